@@ -1,0 +1,47 @@
+"""The noise-prediction networks ε_θ(x_t, t) and the registry that builds one from its config."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from torch import nn
+
+from .seed import SeedUNet, SeedUNetConfig
+from .unet import UNet, UNetConfig
+
+ModelConfig = UNetConfig | SeedUNetConfig
+
+# architecture name (as written in config.json) → (config class, model class)
+ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
+    "ddpm": (UNetConfig, UNet),
+    "seed": (SeedUNetConfig, SeedUNet),
+}
+
+
+def arch_name(config: ModelConfig) -> str:
+    for name, (config_cls, _) in ARCHITECTURES.items():
+        if isinstance(config, config_cls):
+            return name
+    raise TypeError(f"not a model config: {type(config).__name__}")
+
+
+def make_config(arch: str, values: dict[str, Any]) -> ModelConfig:
+    """The config dataclass of ``arch`` from a dict (e.g. config.json); unknown keys are an error."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    config_cls = ARCHITECTURES[arch][0]
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {arch} config fields: {', '.join(unknown)}")
+    return config_cls(**values)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A freshly initialised network for ``config``."""
+    return ARCHITECTURES[arch_name(config)][1](config)
+
+
+__all__ = ["ARCHITECTURES", "ModelConfig", "SeedUNet", "SeedUNetConfig", "UNet", "UNetConfig",
+           "arch_name", "build_model", "make_config"]

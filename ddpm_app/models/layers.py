@@ -1,0 +1,32 @@
+"""Building blocks shared by the U-Nets."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of integer timesteps (Transformer positional encoding): (B,) → (B, dim).
+
+    The first half holds sin(t·ω_k), the second cos(t·ω_k), with ω_k = max_period^(−k/(dim/2−1)).
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(max_period) / (half - 1)))
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count ≤ max_groups that divides ``channels``."""
+    groups = math.gcd(channels, max_groups)
+    return nn.GroupNorm(groups, channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Initialise a layer's parameters to zero, so a residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module

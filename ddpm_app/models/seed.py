@@ -1,0 +1,117 @@
+"""The seed tutorial's U-Net, rebuilt so that its ``state_dict`` keys and shapes match the tutorial's.
+
+A checkpoint saved by the tutorial's code (``torch.save(model.state_dict(), …)``) loads here with
+``strict=True`` and gives the same outputs. Layout, for the default widths:
+
+- ``init_conv``: 7×7 conv, 3 → 32 channels
+- ``time_mlp.1``: Linear(32 → 128) after a 32-dim sinusoidal embedding, then GELU
+- ``downs.0…3`` / ``ups.0…3``: :class:`SeedBlock` — GroupNorm, a resampling conv (stride 2 going down,
+  nearest ×2 + conv going up), SiLU, grouped 3×3 conv, a timestep scale/shift from ``time_condition``,
+  GroupNorm, SiLU, 3×3 conv, dropout, plus a 1×1 ``short_cut`` when widths differ
+- ``output``: 1×1 conv, 32 → 3
+
+Each block resamples, so four blocks take 64×64 down to 4×4 and back; there is no attention despite the
+tutorial's class name. Skip connections concatenate each down block's output with the matching up block's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import timestep_embedding
+
+
+@dataclass(frozen=True)
+class SeedUNetConfig:
+    image_size: int = 64
+    in_channels: int = 3
+    init_dim: int = 32
+    down_channels: tuple[int, ...] = (32, 64, 128, 256, 512)  # init_dim first, then each down block's output
+    time_pos_dim: int = 32
+    dropout: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "down_channels", tuple(self.down_channels))
+        if self.down_channels[0] != self.init_dim:
+            raise ValueError("down_channels must start with init_dim")
+        if any(c % 32 for c in self.down_channels):
+            raise ValueError("every width in down_channels must be a multiple of 32 (grouped conv and GroupNorm)")
+        if self.image_size % 2 ** (len(self.down_channels) - 1):
+            raise ValueError(f"image_size must be divisible by {2 ** (len(self.down_channels) - 1)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Timestep → sinusoidal vector (parameter-free; kept as a module so ``time_mlp``'s indices match)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: Tensor) -> Tensor:
+        return timestep_embedding(t, self.dim)
+
+
+class SeedBlock(nn.Module):
+    """The tutorial's ``AttnBlock``: a resampling residual block with a scale-shift timestep condition."""
+
+    def __init__(self, in_ch: int, out_ch: int, time_dim: int, up: bool, dropout: float):
+        super().__init__()
+        self.time_condition = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, 2 * out_ch))
+        self.norm1 = nn.GroupNorm(32, in_ch)
+        self.norm2 = nn.GroupNorm(32, out_ch)
+        self.short_cut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        if up:
+            self.sample = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_ch, in_ch, 3, padding=1))
+        else:
+            self.sample = nn.Conv2d(in_ch, in_ch, 3, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, groups=32)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, time_emb: Tensor) -> Tensor:
+        x = self.sample(self.norm1(x))  # the residual path and the main path share the resampled input
+        h = self.conv1(F.silu(x))
+        scale, shift = self.time_condition(time_emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
+        h = h * (scale + 1) + shift
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.dropout(h) + self.short_cut(x)
+
+
+class SeedUNet(nn.Module):
+    """ε_θ(x_t, t) with the seed tutorial's architecture (≈ 18 M parameters at the default widths)."""
+
+    def __init__(self, config: SeedUNetConfig = SeedUNetConfig()):
+        super().__init__()
+        self.config = config
+        widths = config.down_channels
+        time_dim = 4 * config.time_pos_dim
+        self.init_conv = nn.Conv2d(config.in_channels, config.init_dim, 7, padding=3)
+        self.time_mlp = nn.Sequential(SinusoidalPosEmb(config.time_pos_dim),
+                                      nn.Linear(config.time_pos_dim, time_dim), nn.GELU())
+        self.downs = nn.ModuleList(SeedBlock(a, b, time_dim, up=False, dropout=config.dropout)
+                                   for a, b in zip(widths[:-1], widths[1:]))
+        rev = widths[::-1]
+        self.ups = nn.ModuleList(SeedBlock(2 * a, b, time_dim, up=True, dropout=config.dropout)
+                                 for a, b in zip(rev[:-1], rev[1:]))
+        self.output = nn.Conv2d(config.init_dim, config.in_channels, 1)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        emb = self.time_mlp(t)  # (B, 4·time_pos_dim)
+        h = self.init_conv(x)
+        skips = []
+        for block in self.downs:
+            h = block(h, emb)
+            skips.append(h)
+        for block in self.ups:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.output(h)

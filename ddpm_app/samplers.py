@@ -1,0 +1,152 @@
+"""Reverse-process samplers, written as generators that yield every step.
+
+Each sampler yields one :class:`Step` per network evaluation — the step index, the timestep t, the x_t the
+network saw, its ε̂ and the x̂₀ implied by it, and the x_{t−1} (or x_{t_prev}) it produced — so a caller can
+show the chain as it runs, keep a trajectory, or stop early. :func:`final` drains a sampler and returns only
+the last image. Randomness comes only from the ``generator`` passed in (or an explicit ``x_T``/``noise``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal
+
+import torch
+from torch import Tensor
+
+from .schedule import Schedule, extract
+
+# ε_θ(x_t, t): anything that maps (B, C, H, W) and (B,) timesteps to a (B, C, H, W) noise prediction
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+Variance = Literal["posterior", "beta"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reverse step: the network saw ``x_t`` at timestep ``t`` and the sampler produced ``x_prev``."""
+
+    index: int  # 0 for the first step taken, num_steps − 1 for the last
+    num_steps: int
+    t: int  # 0-based timestep of x_t
+    t_prev: int  # timestep of x_prev; −1 means x_prev is the final image x_0
+    x_t: Tensor  # (B, C, H, W)
+    pred_x0: Tensor  # x̂₀ from ε̂ (clipped to [−1, 1] if the sampler clips)
+    pred_eps: Tensor  # ε̂ = ε_θ(x_t, t)
+    x_prev: Tensor  # x_{t−1} for DDPM, x_{t_prev} for DDIM; the final image on the last step
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.num_steps - 1
+
+
+def _start(schedule: Schedule, shape: tuple[int, ...], start_t: int | None, x_start: Tensor | None,
+           generator: torch.Generator | None, device: torch.device | str) -> tuple[Tensor, int]:
+    """The chain's first x and its timestep: x_T ~ N(0, I) from the generator unless given."""
+    t0 = schedule.timesteps - 1 if start_t is None else int(start_t)
+    if not 0 <= t0 < schedule.timesteps:
+        raise ValueError(f"start_t must be in 0…{schedule.timesteps - 1}, got {t0}")
+    if x_start is None:
+        x_start = torch.randn(shape, generator=generator, device=device)
+    return x_start.to(device=device, dtype=torch.float32), t0
+
+
+def _predict(model: EpsModel, schedule: Schedule, x: Tensor, t: int, clip_x0: bool) -> tuple[Tensor, Tensor]:
+    """ε̂ = ε_θ(x_t, t) and x̂₀ from it, optionally clipped to [−1, 1] (then ε̂ is made consistent with x̂₀)."""
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    eps = model(x, tt).float()
+    x0 = schedule.predict_x0(x, tt, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = schedule.predict_eps(x, tt, x0)
+    return eps, x0
+
+
+@torch.inference_mode()
+def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+         x_start: Tensor | None = None, start_t: int | None = None, clip_x0: bool = False,
+         variance: Variance = "posterior", device: torch.device | str = "cpu") -> Iterator[Step]:
+    """Ancestral sampling: x_{t−1} = 1/√α_t·(x_t − β_t/√(1−ᾱ_t)·ε̂) + σ_t·z  (DDPM Algorithm 2).
+
+    σ_t² is the posterior variance β_t(1−ᾱ_{t−1})/(1−ᾱ_t) by default, or β_t with ``variance="beta"``; no
+    noise is added at the last step. Starts from x_T ~ N(0, I), or from ``x_start`` at timestep ``start_t``
+    (a noised photo, for SDEdit). With ``clip_x0`` the mean is the posterior mean of the clipped x̂₀ — for an
+    unclipped x̂₀ that is the same formula, so both paths share one expression.
+    """
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    x, t0 = _start(schedule, shape, start_t, x_start, generator, device)
+    sigma_table = schedule.posterior_variance if variance == "posterior" else schedule.betas
+    sigma_table = sigma_table.sqrt().to(device)
+    num_steps = t0 + 1
+    for index, t in enumerate(range(t0, -1, -1)):
+        eps, x0 = _predict(model, schedule, x, t, clip_x0)
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        if clip_x0:
+            mean = schedule.q_posterior(x0, x, tt).mean
+        else:
+            mean = extract(schedule.sqrt_recip_alphas, tt, x.shape) * (x - extract(schedule.eps_coef, tt, x.shape) * eps)
+        if t > 0:
+            z = torch.randn(x.shape, generator=generator, device=x.device)
+            x_prev = mean + extract(sigma_table, tt, x.shape) * z
+        else:
+            x_prev = mean
+        yield Step(index, num_steps, t, t - 1, x, x0, eps, x_prev)
+        x = x_prev
+
+
+def ddim_timesteps(start_t: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced timesteps from start_t down to 0, inclusive of both ends, descending."""
+    if not 1 <= steps <= start_t + 1:
+        raise ValueError(f"steps must be in 1…{start_t + 1}, got {steps}")
+    if steps == 1:
+        return [start_t]
+    ts = torch.linspace(start_t, 0, steps, dtype=torch.float64).round().long().tolist()
+    return ts
+
+
+@torch.inference_mode()
+def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: int = 50, eta: float = 0.0,
+         generator: torch.Generator | None = None, x_start: Tensor | None = None, start_t: int | None = None,
+         clip_x0: bool = False, device: torch.device | str = "cpu") -> Iterator[Step]:
+    """DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s−σ²)·ε̂ + σ·z over ``steps`` timesteps.
+
+    σ = η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_s); η = 0 is deterministic, η = 1 matches DDPM's posterior variance.
+    After the last listed timestep the chain ends at x̂₀ (ᾱ_{−1} = 1).
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    x, t0 = _start(schedule, shape, start_t, x_start, generator, device)
+    ts = ddim_timesteps(t0, steps)
+    abar = schedule.float64["alphas_cumprod"]
+    for index, t in enumerate(ts):
+        s = ts[index + 1] if index + 1 < len(ts) else -1
+        eps, x0 = _predict(model, schedule, x, t, clip_x0)
+        a_t = float(abar[t])
+        a_s = float(abar[s]) if s >= 0 else 1.0
+        sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
+        x_prev = a_s ** 0.5 * x0 + max(1 - a_s - sigma ** 2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+        yield Step(index, len(ts), t, s, x, x0, eps, x_prev)
+        x = x_prev
+
+
+def sample(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, sampler: str = "ddpm",
+           steps: int | None = None, eta: float = 0.0, **kwargs) -> Iterator[Step]:
+    """Dispatch by name: ``"ddpm"`` (every timestep; ``steps`` and ``eta`` are not used) or ``"ddim"``."""
+    if sampler == "ddpm":
+        return ddpm(model, schedule, shape, **kwargs)
+    if sampler == "ddim":
+        return ddim(model, schedule, shape, steps=steps or 50, eta=eta, **kwargs)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def final(steps: Iterator[Step]) -> Tensor:
+    """Run a sampler to the end and return the final image (B, C, H, W), values roughly in [−1, 1]."""
+    last = None
+    for last in steps:
+        pass
+    if last is None:
+        raise ValueError("the sampler yielded no steps")
+    return last.x_prev
