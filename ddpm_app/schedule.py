@@ -141,9 +141,11 @@ class Schedule:
     def __repr__(self) -> str:
         return f"Schedule({self.config})"
 
-    def check_t(self, t: Tensor) -> None:
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.timesteps):
-            raise ValueError(f"timestep out of range: t must be in 0…{self.timesteps - 1}")
+    def to(self, device: torch.device | str) -> Schedule:
+        """Move the float32 tables to ``device`` (in place; the float64 originals stay on the CPU)."""
+        for name in self.float64:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε  (q(x_t | x₀), eq. 2)."""

@@ -19,17 +19,19 @@ from .layers import group_norm, timestep_embedding, zero_module
 
 @dataclass(frozen=True)
 class UNetConfig:
+    """Defaults: the shipped 64×64 models' design (≈ 12 M parameters, ~15 ms a step on 2 CPU cores)."""
+
     image_size: int = 64
     in_channels: int = 3
-    base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16,)
-    head_channels: int = 64
+    base_channels: int = 48  # width of the first level
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # width multiplier of each level; each level halves H, W
+    num_res_blocks: int = 2  # residual blocks per level (the up path has one more)
+    attention_resolutions: tuple[int, ...] = (8,)  # feature-map sizes (after patching) that get self-attention
+    head_channels: int = 64  # channels per attention head
     dropout: float = 0.1
     # >1 folds p×p pixel patches into channels before the first conv (and back at the end): the whole
-    # network then runs at image_size/p, which makes small models much cheaper on CPU.
-    patch_size: int = 1
+    # network then runs at image_size/p, which makes it much cheaper, above all on CPU
+    patch_size: int = 2
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so the config stays hashable and comparable

@@ -1,0 +1,431 @@
+"""Training ε_θ with the simple loss  L = E_{x₀, t, ε} ‖ε − ε_θ(√ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t)‖²  (DDPM eq. 14).
+
+Built for throughput on one or several GPUs: the whole dataset sits on the device as uint8, batches are
+drawn by indexing, the network runs in bf16 autocast with channels_last and ``torch.compile``, AdamW is
+fused, and the EMA update is a single foreach op. Training runs in resumable chunks: a checkpoint holds the
+model, the EMA, the optimizer, the step and every RNG state, written atomically, so ``resume`` continues
+exactly where an uninterrupted run would be. The loop is a generator of :class:`Progress` records; entry
+points print them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import samplers
+from .checkpoint import DiffusionConfig, save_pretrained
+from .data import ImagePack, load_pack, random_flip
+from .image import from_uint8, save_grid
+from .models import ModelConfig, build_model
+from .schedule import Schedule, ScheduleConfig, extract
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping settings of a run (the model and schedule have their own configs)."""
+
+    data: str = ""  # image folder or .zip pack
+    split: str | None = "train"  # sub-folder of the pack to train on ("" or None: everything)
+    out: str = "runs/default"  # run folder: checkpoint, samples, metrics, export
+    steps: int = 20_000  # total optimizer steps of the run
+    batch_size: int = 128  # global batch (split across GPUs)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500  # linear learning-rate warm-up
+    lr_decay: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    ema_decay: float = 0.9995
+    ema_warmup: bool = True  # decay = min(ema_decay, (1+step)/(10+step)) early on
+    loss_weighting: Literal["uniform", "min-snr"] = "uniform"
+    min_snr_gamma: float = 5.0
+    seed: int = 0
+    device: str = "auto"  # auto | cuda | cpu
+    compile: bool = True  # torch.compile the network (CUDA only)
+    bf16: bool = True  # bf16 autocast (CUDA only)
+    channels_last: bool = True
+    log_every: int = 100
+    sample_every: int = 2000  # EMA sample grid (DDIM) every N steps (0: off)
+    sample_steps: int = 50  # DDIM steps for the grid
+    save_every: int = 2000  # checkpoint every N steps
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0: no limit
+    export_dtype: Literal["fp32", "fp16"] = "fp32"
+    max_images: int = 0  # use at most this many images (0: all)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.steps < 1:
+            raise ValueError("batch_size and steps must be positive")
+        if self.split == "":
+            object.__setattr__(self, "split", None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the loop reports every ``log_every`` steps, and at its end."""
+
+    step: int
+    total_steps: int
+    loss: float  # mean training loss since the previous report
+    lr: float
+    images_per_s: float
+    elapsed_s: float  # wall time of this process's training so far
+    event: str = "log"  # log | sample | checkpoint | done | stopped
+    path: str | None = None  # the file an event wrote (sample grid, checkpoint)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or had to stop (bad data, non-finite loss, unwritable output)."""
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda asked for, but no CUDA GPU is visible")
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+class EMA:
+    """Exponential moving average of the weights: θ_ema ← d·θ_ema + (1−d)·θ."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.warmup = decay, warmup
+        self._src = [p for p in model.parameters()]
+        self._dst = [p for p in self.model.parameters()]
+        self._src_buf = [b for b in model.buffers() if b.is_floating_point()]
+        self._dst_buf = [b for b in self.model.buffers() if b.is_floating_point()]
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay_at(step))
+        for d, s in zip(self._dst_buf, self._src_buf):
+            d.copy_(s)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr``, then constant or cosine decay to 10 % of it."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return cfg.lr
+
+
+def loss_weights(schedule: Schedule, t: Tensor, cfg: TrainConfig) -> Tensor | None:
+    """Per-sample weights on the ε-MSE: None (uniform), or Min-SNR-γ: min(SNR_t, γ)/SNR_t (Hang et al. 2023)."""
+    if cfg.loss_weighting == "uniform":
+        return None
+    snr = extract(schedule.snr, t, (t.shape[0],)).to(t.device)
+    return snr.clamp(max=cfg.min_snr_gamma) / snr
+
+
+def diffusion_loss(model: nn.Module, schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor,
+                   weights: Tensor | None = None) -> Tensor:
+    """Mean over pixels and batch of ‖ε − ε_θ(x_t, t)‖² (optionally weighted per sample)."""
+    x_t = schedule.q_sample(x0, t, noise)
+    pred = model(x_t, t)
+    per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    if weights is not None:
+        per_sample = per_sample * weights
+    return per_sample.mean()
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint, read without unpickling code (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise TrainingError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {e})") from None
+
+
+def check_writable(out: Path) -> None:
+    """Fail before training if the run folder cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"{out}: cannot write the run folder ({e.strerror or e}); "
+                            "choose another --out or free some space") from None
+
+
+class Trainer:
+    """One training run: data on the device, model + EMA + optimizer, checkpoints under ``cfg.out``."""
+
+    def __init__(self, cfg: TrainConfig, model_config: ModelConfig, schedule_config: ScheduleConfig,
+                 pack: ImagePack | None = None, resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dist = setup_distributed(kind)
+        self.device = resolve_device(cfg.device, self.dist)
+        self.is_cuda = self.device.type == "cuda"
+        if self.dist.is_main:
+            check_writable(self.out)
+
+        ckpt = None
+        if resume:
+            path = self.out / CHECKPOINT_NAME
+            if not path.is_file():
+                raise TrainingError(f"--resume: no checkpoint at {path}")
+            ckpt = load_checkpoint(path)
+            model_config = DiffusionConfig.from_dict(ckpt["diffusion_config"]).model
+            schedule_config = DiffusionConfig.from_dict(ckpt["diffusion_config"]).schedule
+        self.diffusion_config = DiffusionConfig(model_config, schedule_config)
+        self.schedule = Schedule(schedule_config).to(self.device)
+
+        if pack is None:
+            pack = load_pack(cfg.data, model_config.image_size, cfg.split, limit=cfg.max_images or None)
+        self.pack = pack
+        if pack.images.shape[1] != model_config.in_channels or pack.images.shape[-1] != model_config.image_size:
+            raise TrainingError(f"data is {tuple(pack.images.shape[1:])} but the model expects "
+                                f"({model_config.in_channels}, {model_config.image_size}, {model_config.image_size})")
+        # this rank's shard of the data, kept on the device as uint8
+        self.images = pack.images[self.dist.rank::self.dist.world_size].to(self.device)
+
+        torch.manual_seed(cfg.seed)  # parameter init only; the loop's randomness comes from self.gen
+        self.model = build_model(model_config).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           betas=(0.9, 0.999), fused=self.is_cuda)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dist.rank)
+        self.step = 0
+        self.train_seconds = 0.0
+        if ckpt is not None:
+            self._restore(ckpt)
+
+        net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.is_cuda else None)
+        if cfg.compile and self.is_cuda:
+            net = torch.compile(net)
+        self.net = net
+        self.per_rank_batch = max(1, cfg.batch_size // self.dist.world_size)
+        # fixed noise for the sample grids, so grids from different steps are comparable
+        self.grid_noise = torch.randn((16, model_config.in_channels, model_config.image_size, model_config.image_size),
+                                      generator=torch.Generator().manual_seed(1234)).to(self.device)
+        self._stop_signal: int | None = None
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.gen.get_state(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.is_cuda else torch.empty(0, dtype=torch.uint8),
+            "diffusion_config": self.diffusion_config.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "data": {"path": str(self.cfg.data), "split": self.cfg.split, "images": len(self.pack)},
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.model.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.gen.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["cpu_rng"])
+        if self.is_cuda and ckpt["cuda_rng"].numel():
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        self.step = int(ckpt["step"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+
+    def save_checkpoint(self) -> Path:
+        path = self.out / CHECKPOINT_NAME
+        if self.dist.is_main:
+            _save_atomic(self.state(), path)
+        return path
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.randint(0, self.images.shape[0], (self.per_rank_batch,), device=self.device, generator=self.gen)
+        x0 = from_uint8(random_flip(self.images[idx], self.gen))  # (B, C, H, W) in [−1, 1]
+        if self.cfg.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=self.device, generator=self.gen)
+        noise = torch.randn(x0.shape, device=self.device, generator=self.gen)
+        return x0, t, noise
+
+    def train_step(self) -> Tensor:
+        """One optimizer step; returns the loss as a device tensor (no host sync)."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, self.step)
+        x0, t, noise = self._batch()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.is_cuda):
+            loss = diffusion_loss(self.net, self.schedule, x0, t, noise, loss_weights(self.schedule, t, cfg))
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.step)
+        self.step += 1
+        return loss.detach()
+
+    def sample_grid(self) -> Path:
+        """16 EMA samples from fixed noise with DDIM (cheap), saved as samples/step_XXXXXXX.png."""
+        x = samplers.final(samplers.ddim(self.ema.model, self.schedule, tuple(self.grid_noise.shape),
+                                         steps=self.cfg.sample_steps, x_start=self.grid_noise, clip_x0=True,
+                                         device=self.device))
+        return save_grid(x, self.out / "samples" / f"step_{self.step:07d}.png", nrow=4)
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self._stop_signal = signum
+
+    def run(self) -> Iterator[Progress]:
+        """Train until ``cfg.steps`` (or ``max_minutes``, or SIGINT/SIGTERM), yielding progress."""
+        cfg = self.cfg
+        old_handlers = {}
+        if self.dist.is_main and _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+        metrics = (self.out / "metrics.jsonl").open("a") if self.dist.is_main else None
+        try:
+            yield from self._loop(metrics)
+        finally:
+            if metrics:
+                metrics.close()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+
+    def _loop(self, metrics) -> Iterator[Progress]:
+        cfg = self.cfg
+        self.model.train()
+        start = time.perf_counter()
+        seconds_before = self.train_seconds
+        window_loss = torch.zeros((), device=self.device)
+        window_steps, window_start = 0, time.perf_counter()
+        last_good = self.step
+
+        def progress(event: str, loss: float, ips: float, path: Path | None = None) -> Progress:
+            return Progress(self.step, cfg.steps, loss, lr_at(cfg, max(0, self.step - 1)), ips,
+                            self.train_seconds, event, str(path) if path else None)
+
+        while self.step < cfg.steps:
+            window_loss += self.train_step()
+            window_steps += 1
+            self.train_seconds = seconds_before + time.perf_counter() - start
+            out_of_time = cfg.max_minutes > 0 and time.perf_counter() - start > cfg.max_minutes * 60
+            stop = self._stop_signal is not None or out_of_time
+            due_log = self.step % cfg.log_every == 0 or self.step == cfg.steps or stop
+            due_save = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or stop
+            due_sample = cfg.sample_every and self.step % cfg.sample_every == 0
+            if due_log or due_save or due_sample:
+                loss = (window_loss / window_steps).item()  # the only host sync of the window
+                if not math.isfinite(loss):
+                    raise TrainingError(f"loss became {loss} at step {self.step}; stopped. The last good checkpoint "
+                                        f"(step {last_good}) is kept in {self.out}. Try a lower --lr or --grad-clip.")
+                ips = window_steps * cfg.batch_size / (time.perf_counter() - window_start)
+                window_loss.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+                if metrics:
+                    metrics.write(json.dumps({"step": self.step, "loss": loss, "lr": lr_at(cfg, self.step - 1),
+                                              "images_per_s": ips, "elapsed_s": self.train_seconds}) + "\n")
+                    metrics.flush()
+                yield progress("log", loss, ips)
+                if due_sample and self.dist.is_main:
+                    yield progress("sample", loss, ips, self.sample_grid())
+                if due_save:
+                    path = self.save_checkpoint()
+                    last_good = self.step
+                    yield progress("checkpoint", loss, ips, path)
+                window_start = time.perf_counter()  # sampling and saving are not training time
+            if stop:
+                yield progress("stopped", float("nan"), 0.0)
+                return
+        yield progress("done", float("nan"), 0.0)
+
+    # -- export ----------------------------------------------------------------------------------------------
+    def export(self, directory: str | Path | None = None, extra: dict | None = None) -> Path:
+        return export_checkpoint(self.state(), directory or self.out / "export", self.cfg.export_dtype, extra)
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def export_checkpoint(ckpt: dict, directory: str | Path, dtype: str = "fp32", extra: dict | None = None) -> Path:
+    """Write a checkpoint's EMA weights in the model-folder format (config.json + safetensors)."""
+    config = DiffusionConfig.from_dict(ckpt["diffusion_config"])
+    training = {
+        "steps": int(ckpt["step"]),
+        "train_seconds": round(float(ckpt.get("train_seconds", 0.0)), 1),
+        "images_seen": int(ckpt["step"]) * int(ckpt["train_config"]["batch_size"]),
+        "data": ckpt.get("data", {}),
+        "train_config": ckpt["train_config"],
+        "weights": "ema",
+        **(extra or {}),
+    }
+    config = DiffusionConfig(config.model, config.schedule, training)
+    model = build_model(config.model)
+    model.load_state_dict(ckpt["ema"])
+    return save_pretrained(model, config, directory, dtype=torch.float16 if dtype == "fp16" else None)
+
+
+def config_fields(cls) -> list:
+    """The dataclass fields of a config class (used to build CLI options from it)."""
+    return list(fields(cls))

@@ -1,0 +1,254 @@
+"""Train a DDPM U-Net on a folder or zip of images, export it, and optionally publish it to the Hub.
+
+    python train.py --data ../shared/datasets/utkface-64.zip --out runs/faces [options]
+    python train.py --out runs/faces --resume            # continue from runs/faces/checkpoint.pt
+    python train.py export --ckpt runs/faces/checkpoint.pt --out weights/faces
+    python train.py push runs/faces/export USER/REPO
+    torchrun --nproc_per_node=2 train.py --data … --out …   # several GPUs (DistributedDataParallel)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from ddpm_app import cli
+
+
+def _import_training():
+    # deferred so that `--help` answers without loading torch
+    from ddpm_app import training
+    return training
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ddpm_app.models import SeedUNetConfig, UNetConfig
+    from ddpm_app.schedule import ScheduleConfig
+    from ddpm_app.training import TrainConfig
+
+    p = argparse.ArgumentParser(prog="train.py", description="Train a DDPM U-Net (ε-prediction, simple loss).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (model, EMA, "
+                   "optimizer, step, RNG states); model and schedule options are then taken from the checkpoint")
+    p.add_argument("--push-to-hub", metavar="USER/REPO", default=None,
+                   help="after training, upload the export folder to this Hub repo (token: HF_TOKEN or `hf auth login`)")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--name", default=None, help="title of the model card (default: from the data pack)")
+    p.add_argument("--hardware", default=None, help="hardware to name in the model card (default: detected GPU/CPU)")
+    cli.add_dataclass_options(p.add_argument_group("training"), TrainConfig)
+
+    g = p.add_argument_group("model", "architecture and its config fields (unset ones keep the architecture's "
+                             "defaults; `ddpm` and `seed` each take their own)")
+    g.add_argument("--arch", choices=["ddpm", "seed"], default="ddpm", help="U-Net design")
+    seen = set()
+    for cls, label in ((UNetConfig, "ddpm"), (SeedUNetConfig, "seed")):
+        names = [f for f in cls.__dataclass_fields__ if f not in seen]
+        cli.add_dataclass_options(g, cls, skip=tuple(seen), defaults=False,
+                                  help_prefix=f"[{label}] ")
+        seen.update(names)
+
+    s = p.add_argument_group("noise schedule")
+    s.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="β_t layout")
+    cli.add_dataclass_options(s, ScheduleConfig, skip=("kind",))
+    return p
+
+
+def model_config_from_args(args):
+    from ddpm_app.models import ARCHITECTURES, SeedUNetConfig, UNetConfig, make_config
+
+    own = ARCHITECTURES[args.arch][0]
+    given = {**cli.pick(args, UNetConfig, only_given=True), **cli.pick(args, SeedUNetConfig, only_given=True)}
+    foreign = sorted(set(given) - set(own.__dataclass_fields__))
+    if foreign:
+        raise SystemExit(f"error: --arch {args.arch} has no option(s) "
+                         + ", ".join("--" + f.replace("_", "-") for f in foreign))
+    return make_config(args.arch, given)
+
+
+def detect_hardware(device) -> str:
+    import platform
+
+    import torch
+    if device.type == "cuda":
+        n = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        return f"{n}× {torch.cuda.get_device_name(device)}" if n > 1 else torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set(xlabel="step", ylabel="loss (ε MSE)", yscale="log", title="training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path
+
+
+def finish_export(trainer, args, training) -> Path:
+    """Export the EMA weights with a model card, the last sample grid and the loss curve."""
+    from ddpm_app import model_card
+
+    out = Path(trainer.cfg.out)
+    export_dir = out / "export"
+    hardware = args.hardware or detect_hardware(trainer.device)
+    trainer.export(export_dir, extra={"hardware": hardware})
+    grids = sorted((out / "samples").glob("step_*.png"))
+    sample_name = None
+    if trainer.cfg.sample_every == 0 or not grids or not grids[-1].name.endswith(f"{trainer.step:07d}.png"):
+        grids.append(trainer.sample_grid())
+    if grids:
+        shutil.copy(grids[-1], export_dir / "samples.png")
+        sample_name = "samples.png"
+    plot_loss(out / "metrics.jsonl", out / "loss.png")
+    from ddpm_app.checkpoint import read_config
+    config = read_config(export_dir)
+    title = args.name or f"DDPM {Path(trainer.cfg.data).stem}"
+    model_card.write(export_dir, config, sum(p.numel() for p in trainer.model.parameters()),
+                     title=title, sample_image=sample_name)
+    return export_dir
+
+
+def train_main(argv) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    training = _import_training()
+    from ddpm_app.data import DatasetError
+    from ddpm_app.schedule import ScheduleConfig
+    from tqdm import tqdm
+
+    cfg_values = cli.pick(args, training.TrainConfig)
+    if args.resume:
+        # the run folder's own settings, with the options given now taking precedence for bookkeeping
+        ckpt_path = Path(args.out) / training.CHECKPOINT_NAME
+        if not ckpt_path.is_file():
+            print(f"error: --resume: no checkpoint at {ckpt_path}", file=sys.stderr)
+            return 2
+        saved = training.load_checkpoint(ckpt_path)["train_config"]
+        given = {k: v for k, v in cfg_values.items() if v != training.TrainConfig.__dataclass_fields__[k].default}
+        cfg_values = {**saved, **given}
+    try:
+        cfg = training.TrainConfig(**cfg_values)
+        if not cfg.data:
+            print("error: --data is required (an image folder or a .zip pack)", file=sys.stderr)
+            return 2
+        model_config = None if args.resume else model_config_from_args(args)
+        schedule_config = ScheduleConfig(args.schedule, args.timesteps, args.beta_start, args.beta_end,
+                                         args.cosine_s, args.max_beta)
+        trainer = training.Trainer(cfg, model_config, schedule_config, resume=args.resume)
+    except (training.TrainingError, DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    main_rank = trainer.dist.is_main
+    if main_rank:
+        pack = trainer.pack
+        if pack.skipped:
+            print(f"warning: skipped {len(pack.skipped)} unreadable image file(s) of {len(pack) + len(pack.skipped)} "
+                  f"(first: {pack.skipped[0]})", file=sys.stderr)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        print(f"training {trainer.diffusion_config.arch} U-Net ({n_params / 1e6:.2f} M parameters) on {len(pack)} "
+              f"images from {cfg.data} on {detect_hardware(trainer.device)}"
+              + (f", resuming at step {trainer.step}" if args.resume else ""), file=sys.stderr)
+    bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not main_rank)
+    status = "done"
+    try:
+        for p in trainer.run():
+            if p.event == "log":
+                bar.update(p.step - bar.n)
+                bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}")
+            elif p.event in ("sample", "checkpoint") and main_rank:
+                bar.write(f"step {p.step}: {p.event} → {p.path}")
+            elif p.event in ("stopped", "done"):
+                status = p.event
+    except training.TrainingError as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    bar.close()
+    if status == "stopped":
+        if main_rank:
+            print(f"stopped at step {trainer.step} of {cfg.steps}; checkpoint saved. Continue with:\n"
+                  f"  python train.py --out {cfg.out} --resume", file=sys.stderr)
+        return 0
+    if not main_rank:
+        return 0
+    export_dir = finish_export(trainer, args, training)
+    print(f"exported to {export_dir}", file=sys.stderr)
+    if args.push_to_hub:
+        return push(export_dir, args.push_to_hub, args.private)
+    return 0
+
+
+def push(folder: Path, repo_id: str, private: bool = False) -> int:
+    from ddpm_app.hub import HubError, push_folder
+    try:
+        url = push_folder(folder, repo_id, private=private)
+    except HubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    print(f"published {folder} to {url}", file=sys.stderr)
+    return 0
+
+
+def export_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="train.py export", description="Re-export a training checkpoint "
+                                "(EMA weights) as a model folder with a model card.")
+    p.add_argument("--ckpt", required=True, help="path to a checkpoint.pt written by training")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--export-dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--name", default=None, help="model card title")
+    p.add_argument("--hardware", default=None, help="hardware to name in the model card")
+    args = p.parse_args(argv)
+    training = _import_training()
+    from ddpm_app import model_card
+    from ddpm_app.checkpoint import read_config
+    try:
+        ckpt = training.load_checkpoint(args.ckpt)
+    except training.TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    extra = {"hardware": args.hardware} if args.hardware else None
+    out = training.export_checkpoint(ckpt, args.out, args.export_dtype, extra)
+    samples = Path(args.ckpt).parent / "samples"
+    grids = sorted(samples.glob("step_*.png"))
+    if grids:
+        shutil.copy(grids[-1], out / "samples.png")
+    config = read_config(out)
+    n_params = sum(v.numel() for v in ckpt["ema"].values() if v.is_floating_point())
+    model_card.write(out, config, n_params, title=args.name or "DDPM model",
+                     sample_image="samples.png" if grids else None)
+    print(f"exported {args.ckpt} to {out}", file=sys.stderr)
+    return 0
+
+
+def push_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="train.py push", description="Upload an exported model folder to the Hub.")
+    p.add_argument("folder", help="model folder (config.json + safetensors + README.md)")
+    p.add_argument("repo_id", help="USER/REPO on the Hugging Face Hub (created if needed)")
+    p.add_argument("--private", action="store_true")
+    args = p.parse_args(argv)
+    return push(Path(args.folder), args.repo_id, args.private)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
+    if argv and argv[0] == "push":
+        return push_main(argv[1:])
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
