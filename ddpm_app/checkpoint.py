@@ -150,8 +150,9 @@ def load_local(directory: str | Path, device: torch.device | str = "cpu") -> Loa
         raise CheckpointError(f"{directory}: no model.safetensors found next to config.json")
     try:
         load_torch_model(model, directory, strict=True, safe=True, filename_pattern=WEIGHTS_PATTERN)
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{directory}/{weights[0]}: not a readable safetensors file ({e}). "
+    except (SafetensorError, OSError, ValueError) as e:  # ValueError: huggingface_hub wraps SafetensorError in one
+        cause = e.__cause__ if isinstance(e, ValueError) and e.__cause__ is not None else e
+        raise CheckpointError(f"{directory}/{weights[0]}: not a readable safetensors file ({cause}). "
                               "Re-export or re-download the model.") from None
     except RuntimeError as e:  # missing/unexpected keys or wrong shapes from load_state_dict
         detail = re.sub(r"\s+", " ", str(e))[:500]
