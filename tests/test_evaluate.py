@@ -1,0 +1,131 @@
+"""The evaluation end to end on a tiny random model and tiny packs, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_app import evaluate as ev
+from ddpm_app.data import load_pack
+from ddpm_app.evaluate import EvalConfig, EvalResult, evaluate, main, nearest_pixels
+from ddpm_app.features import HEADS
+from tiny_packs import EMOJI_TEST, EMOJI_TRAIN, UTK_TEST, UTK_TRAIN, emoji_pack, utkface_pack
+
+FAST = ["--num-samples", "64", "--batch-size", "64", "--device", "cpu"]
+
+
+@pytest.fixture
+def face_pack(tmp_path: Path) -> Path:
+    return utkface_pack(tmp_path)
+
+
+def test_cli_end_to_end_on_a_face_pack(tiny_model_dir: Path, face_pack: Path, tmp_path: Path, capsys):
+    out = tmp_path / "eval"
+    assert main([str(tiny_model_dir), "--data", str(face_pack), "--out", str(out), *FAST]) == 0
+    table = capsys.readouterr().out
+    for row in ("bits/dim", "prior L_T", "decoder L_0", "FD-UTK samples ↔ test", "FD-UTK train ↔ test (floor)",
+                "nearest train, pixels", "nearest train, features"):
+        assert row in table, row
+
+    result = json.loads((out / "eval.json").read_text())
+    assert result["format"] == "ddpm-app-eval" and result["sampler"] == "ddpm (20 steps)"
+    assert result["num_test"] == len(UTK_TEST) and result["num_train"] == len(UTK_TRAIN)
+    bpd = result["bpd"]
+    assert bpd["exact"] and bpd["timesteps_evaluated"] == 20 and bpd["num_images"] == len(UTK_TEST)
+    assert bpd["total"] == pytest.approx(bpd["prior"] + bpd["diffusion"] + bpd["decoder"])
+    assert 0 < bpd["total"] < 100 and len(bpd["per_timestep"]) == 20
+
+    faces = result["faces"]
+    assert faces["num_samples"] == 64 and faces["num_train_floor"] == len(UTK_TRAIN)
+    assert faces["fd_samples_test"] > 0 and faces["fd_train_test"] > 0
+    assert math.isfinite(faces["fd_samples_test"]) and faces["feature_dim"] == 128
+    assert set(faces["coverage"]) == set(HEADS)
+    for name, cov in faces["coverage"].items():
+        assert cov["classes"] == list(HEADS[name])
+        for key in ("samples", "test_predicted", "test_labels"):
+            assert sum(cov[key]) == pytest.approx(1.0)
+        assert 0 <= cov["total_variation"] <= 1
+    # the held-out labels come from the file names
+    assert faces["coverage"]["gender"]["test_labels"] == pytest.approx([3 / 6, 3 / 6])
+
+    mem = result["memorisation"]
+    assert mem["num_samples"] == 64 and len(mem["neighbours"]) == 64
+    assert mem["pixel_ratio"] == pytest.approx(mem["pixel_median"] / mem["pixel_test_median"])
+    assert all(n["pixel_train"] in UTK_TRAIN and n["feature_train"] in UTK_TRAIN for n in mem["neighbours"])
+    # a random network makes noise, far from every training face
+    assert mem["pixel_ratio"] > 1.0
+
+    side = 8 * (16 + 2) + 2  # 8×8 tiles of 16 px with 2 px padding
+    assert Image.open(out / "samples_ddpm.png").size == (side, side)
+    # memorisation grid: sample | nearest in pixels | nearest in features, four samples per row, 16 rows
+    assert Image.open(out / "memorisation.png").size == (12 * 18 + 2, 16 * 18 + 2)
+
+
+def test_emoji_pack_skips_the_face_metrics_and_labels_an_estimate(tiny_model_dir: Path, tmp_path: Path):
+    pack = emoji_pack(tmp_path)
+    config = EvalConfig(num_samples=0, sampler="ddim", steps=5, bpd_timesteps=6, batch_size=32, device="cpu",
+                        memorisation_samples=8)
+    result = evaluate(tiny_model_dir, pack, config, out_dir=tmp_path / "out")
+    assert isinstance(result, EvalResult)
+    assert result.faces is None and "not UTKFace" in result.faces_note
+    assert result.bpd is not None and not result.bpd.exact and result.bpd.timesteps_evaluated == 6
+    assert "estimate" in result.bpd.label
+    assert result.sampler == "ddim (5 steps, η = 0)" and result.grid == "samples_ddim5.png"
+    assert (tmp_path / "out" / "samples_ddim5.png").is_file()
+    mem = result.memorisation
+    assert mem.num_samples == 8 and mem.feature_ratio is None and mem.neighbours[0].feature_train is None
+    assert all(n.pixel_train in EMOJI_TRAIN for n in mem.neighbours) and mem.num_test == len(EMOJI_TEST)
+    assert Image.open(tmp_path / "out" / "memorisation.png").size == (8 * 18 + 2, 2 * 18 + 2)  # pairs, 4 per row
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert saved["faces"] is None and saved["config"]["sampler"] == "ddim"
+    assert ev.format_table(result).count("\n") > 5
+
+
+def test_a_model_that_copies_the_training_set_is_flagged(tiny_model_dir: Path, face_pack: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    train = load_pack(face_pack, 16, split="train").images
+
+    def copy_training_images(model, loaded, config, count, device, progress=None):
+        picks = torch.arange(count) % len(train)
+        flips = (torch.arange(count) // len(train)) % 2 == 1  # every other round mirrored
+        return torch.where(flips[:, None, None, None], train[picks].flip(-1), train[picks])
+
+    monkeypatch.setattr(ev, "generate", copy_training_images)
+    result = evaluate(tiny_model_dir, face_pack, EvalConfig(num_samples=64, skip_bpd=True, device="cpu"),
+                      out_dir=tmp_path / "out")
+    mem = result.memorisation
+    assert mem.pixel_median == pytest.approx(0.0, abs=1e-3) and mem.pixel_ratio < 0.01
+    assert mem.pixel_test_median > 0.05
+    assert any(n.pixel_flipped for n in mem.neighbours) and not all(n.pixel_flipped for n in mem.neighbours)
+    assert result.bpd is None
+
+
+def test_nearest_pixels_finds_copies_and_mirror_images():
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randint(0, 256, (9, 3, 8, 8), generator=g, dtype=torch.uint8)
+    queries = torch.stack([reference[3], reference[5].flip(-1), torch.full((3, 8, 8), 128, dtype=torch.uint8)])
+    near = nearest_pixels(queries, reference, torch.device("cpu"), chunk=4)  # chunks smaller than the set
+    assert near.index[:2].tolist() == [3, 5] and near.flipped[:2].tolist() == [False, True]
+    assert near.distance[:2].tolist() == pytest.approx([0.0, 0.0], abs=1e-3)
+    # the grey image: RMS distance in [0, 1] units to the nearest reference, computed directly
+    direct = ((reference.double() - 128) / 255).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    mirrored = ((reference.flip(-1).double() - 128) / 255).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert float(near.distance[2]) == pytest.approx(float(torch.minimum(direct, mirrored).min()), rel=1e-5)
+    no_flips = nearest_pixels(queries[1:2], reference, torch.device("cpu"), flips=False)
+    assert float(no_flips.distance[0]) > 0.1
+
+
+def test_config_validation_and_cli_errors(tiny_model_dir: Path, tmp_path: Path, capsys):
+    with pytest.raises(ValueError):
+        EvalConfig(bpd_timesteps=1)
+    with pytest.raises(ValueError):
+        EvalConfig(num_samples=10, memorisation_samples=100)
+    assert main([str(tmp_path / "no-model"), "--data", str(tmp_path / "no.zip")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main([str(tiny_model_dir), "--data", str(tmp_path / "no.zip"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
