@@ -363,7 +363,8 @@ def attribute_accuracy(net: FaceFeatureNet, images: Tensor, labels: Tensor, batc
 # command line
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -435,11 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         "what": "UTKFace attribute classifier; its penultimate (global-average-pooled) features define FD-UTK. "
                 "Not comparable with Inception FID.",
         "file": out.name,
-        "file_sha256": _sha256(out),
+        "file_sha256": sha256_file(out),
         "net": asdict(net_config),
         "feature_dim": net_config.feature_dim,
         "heads": {k: list(v) for k, v in HEADS.items()},
-        "training": {**asdict(config), "data": data.name, "data_sha256": _sha256(data) if data.is_file() else None,
+        "training": {**asdict(config), "data": data.name, "data_sha256": sha256_file(data) if data.is_file() else None,
                      "train_images": len(labelled.indices), "limit": args.limit,
                      "train_seconds": round(train_seconds, 1), "device": str(args.device),
                      "torch": torch.__version__, "threads": torch.get_num_threads()},

@@ -84,6 +84,11 @@ def test_emoji_pack_skips_the_face_metrics_and_labels_an_estimate(tiny_model_dir
     saved = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert saved["faces"] is None and saved["config"]["sampler"] == "ddim"
     assert ev.format_table(result).count("\n") > 5
+    # the seed fixes the samples, the bound's noise and its timesteps: a second run gives the same numbers
+    again = evaluate(tiny_model_dir, pack, config, out_dir=tmp_path / "again")
+    assert again.bpd == result.bpd and again.memorisation.neighbours == mem.neighbours
+    other = evaluate(tiny_model_dir, pack, EvalConfig(**{**config.__dict__, "seed": 1}), out_dir=tmp_path / "other")
+    assert other.bpd.total != result.bpd.total
 
 
 def test_a_model_that_copies_the_training_set_is_flagged(tiny_model_dir: Path, face_pack: Path, tmp_path: Path,
@@ -103,6 +108,17 @@ def test_a_model_that_copies_the_training_set_is_flagged(tiny_model_dir: Path, f
     assert mem.pixel_test_median > 0.05
     assert any(n.pixel_flipped for n in mem.neighbours) and not all(n.pixel_flipped for n in mem.neighbours)
     assert result.bpd is None
+
+
+def test_the_seed_architecture_evaluates_too(seed_model, tiny_schedule_config, face_pack: Path, tmp_path: Path):
+    from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+
+    model_dir = save_pretrained(seed_model, DiffusionConfig(model=seed_model.config, schedule=tiny_schedule_config),
+                                tmp_path / "seed-model")
+    config = EvalConfig(num_samples=64, sampler="ddim", steps=4, batch_size=64, device="cpu")
+    result = evaluate(model_dir, face_pack, config, out_dir=tmp_path / "out")
+    assert result.arch == "seed" and result.bpd is not None and result.bpd.exact
+    assert result.faces is not None and math.isfinite(result.faces.fd_samples_test)
 
 
 def test_nearest_pixels_finds_copies_and_mirror_images():
