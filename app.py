@@ -1,0 +1,52 @@
+"""Run the app: ``python app.py`` (locally, or as a Hugging Face Space with no arguments).
+
+Serves every model folder in ``weights/`` (or ``--weights DIR``, or $DDPM_WEIGHTS_DIR) on CUDA when present, else CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from ddpm_app import ui
+from ddpm_app.checkpoint import CheckpointError
+from ddpm_app.session import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Watch a DDPM noise photos and generate images, step by step.")
+    p.add_argument("--weights", default=os.environ.get("DDPM_WEIGHTS_DIR", "weights"),
+                   help="folder of model folders (default: weights/, or $DDPM_WEIGHTS_DIR)")
+    p.add_argument("--model", default=None, help="model folder to start with (default: 'faces' if present, "
+                                                 "else the first)")
+    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, or "
+                                                "$GRADIO_SERVER_NAME as on a Space)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
+                   help="seconds between streamed previews; 0 = every step, negative = only the final images")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        library = ModelLibrary(args.weights, device, default=args.model)
+        library.session()  # load the first model now, so a broken one fails here and not on the first click
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    interval = None if args.preview_interval < 0 else args.preview_interval
+    demo = ui.build(library, preview_interval=interval)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=ui.CSS, head=ui.HEAD,
+                theme=ui.THEME)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,491 @@
+"""The Gradio app: watch q(x_t|x₀) noise a photo, and watch the reverse chain p_θ turn noise into images.
+
+:func:`build` makes the Blocks from a :class:`~ddpm_app.session.ModelLibrary`; :class:`Handlers` holds one method
+per event, each a plain function (or generator) of widget values and the user's
+:class:`~ddpm_app.session.UserState`, so the tests call them directly. The math lives in the library: this module
+only turns widget values into calls and results into pictures and text.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+from matplotlib.figure import Figure
+
+from .checkpoint import CheckpointError
+from .image import ImageError
+from .samplers import Step
+from .session import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, DiffusionSession,
+                      InputError, ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
+                      export_mp4, export_png, labelled_strip, noise_picture, picture, psnr, resolve_seed,
+                      schedule_curves, stream)
+
+ASSETS = Path(__file__).parent / "assets"
+EXAMPLES = sorted(ASSETS.glob("*.png"))
+QUEUE_SIZE = 16  # requests waiting at most; more get "queue full"
+SAMPLER_CHOICES = [("DDPM (all T steps)", "ddpm"), ("DDIM (K steps)", "ddim")]
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+
+CSS = """
+/* small model outputs: scale up to the component, keep the pixels sharp */
+.pixelated .image-container > button, .pixelated .image-frame { width: 100%; height: 100%; }
+.pixelated .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.ddpm-stats { font-variant-numeric: tabular-nums; line-height: 1.6; }
+.ddpm-stats progress { width: 100%; height: 0.9em; }
+"""
+# Gradio drops @media rules from `css`, so the phone-width rule goes into the page head.
+# It lets all five tabs fit on one line instead of hiding three behind an overflow menu.
+HEAD = """<style>
+@media (max-width: 480px) { .tabs .tab-container button { padding-left: 6px !important; padding-right: 6px !important; } }
+</style>"""
+THEME = gr.themes.Soft(font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+                       font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+
+INTRO = """# Denoising diffusion, step by step
+A diffusion model learns to undo noise. **Forward**, a photo is mixed with Gaussian noise until nothing is left;
+**reverse**, a network ε_θ predicts the noise in x_t and the sampler removes a little of it at each step."""
+
+GENERATE_HELP = r"""Start from pure noise $x_T \sim \mathcal N(0, I)$ and step backwards. At each step the network predicts
+the noise $\hat\varepsilon = \varepsilon_\theta(x_t, t)$, which gives a guess of the final image,
+$\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$; the sampler then moves
+$x_t$ a little towards it. **DDPM** takes all $T$ steps and adds fresh noise each time; **DDIM** jumps over
+$K$ of them ($\eta = 0$: no fresh noise, the same seed always gives the same image)."""
+
+FRAMES_HELP = r"""Every step of the last run is kept: scrub through it to see $x_t$ lose its noise while the guess
+$\hat x_0$ sharpens — early guesses are blurry averages, late ones add detail."""
+
+FORWARD_HELP = r"""The forward process needs no network: for any $t$,
+$$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\qquad \varepsilon \sim \mathcal N(0, I),$$
+where $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$ falls from 1 to about 0. The signal-to-noise ratio
+$\mathrm{SNR}(t) = \bar\alpha_t/(1-\bar\alpha_t)$ says how much of the photo is left."""
+
+DENOISE_HELP = r"""Take the photo noised to $t$ in the **Forward** tab and run the reverse chain from that $t$
+back to 0 (SDEdit). Small $t$ keeps the photo; large $t$ keeps only its rough layout and colours, and the model
+fills in the rest with what it has learned."""
+
+MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedule, image size) and
+`model.safetensors`. Pick a shipped one, or download one in this format from the Hugging Face Hub."""
+
+
+class Handlers:
+    """The event handlers, over a model library. Generators stream previews; every step is stored in the
+    user's trajectory as it is computed, so Stop (which closes the generator) keeps what was done."""
+
+    def __init__(self, library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
+                 max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None):
+        self.library = library
+        self.preview_interval = preview_interval  # None: send only the final images
+        self.max_trajectory_bytes = max_trajectory_bytes
+        self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="ddpm_app_"))
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+
+    def session(self, user: UserState) -> DiffusionSession:
+        return self.library.session(user.model)
+
+    # -- Generate ------------------------------------------------------------------------------------------
+
+    def generate(self, sampler: str, steps: float, eta: float, seed: float | None, batch: float, clip_x0: bool,
+                 show_eps: bool, user: UserState) -> Iterator[tuple]:
+        """Sample from noise, yielding (x_t, x̂₀, ε̂, status, seed used, frame-slider update) per preview."""
+        session = self.session(user)
+        with user_errors():
+            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, session.timesteps)
+            batch = session.check_batch(batch)
+            seed = resolve_seed(seed)
+        run = Trajectory(f"{settings.describe()}, seed {seed}", settings.num_steps(session.timesteps - 1),
+                         session.shape(batch), seed, self.max_trajectory_bytes)
+        user.run = run  # a new object per run: a stopped run still finishing its step cannot write into this one
+        started = time.perf_counter()
+        for step in stream(session.sample(settings, batch, seed), run, Throttle(self.preview_interval)):
+            yield self._preview(session, run, step, started, show_eps)
+
+    @staticmethod
+    def _preview(session: DiffusionSession, run: Trajectory, step: Step, started: float,
+                 show_eps: bool = True) -> tuple:
+        """(x_t, x̂₀, ε̂, status, seed, frame-slider update) for one step; the last one shows the finished x₀."""
+        last = len(run.frames) - 1
+        return (picture(step.x_prev if step.is_last else step.x_t), picture(step.pred_x0),
+                noise_picture(step.pred_eps) if show_eps or step.is_last else gr.skip(),
+                status_html(session, run, step, time.perf_counter() - started), str(run.seed),
+                gr.update(maximum=max(last, 1), value=last) if step.is_last else gr.update(maximum=max(last, 1)))
+
+    # -- Step through the frames -------------------------------------------------------------------------
+
+    def frame(self, index: float, user: UserState) -> tuple:
+        """The stored frame ``index`` of the latest run: (x_t, x̂₀, label)."""
+        run = user.run
+        if run is None or not run.frames:
+            return None, None, "No run yet: press **Generate** (or **Denoise**) first."
+        i = min(max(int(index or 0), 0), len(run.frames) - 1)
+        f = run.frames[i]
+        state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
+                 if run.stopped else f"running: {run.steps_done} of {run.num_steps} steps")
+        every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
+        label = (f"**{run.title}** ({state}) — frame {i + 1}/{len(run.frames)}: step {f.index + 1}/{run.num_steps}, "
+                 f"**t = {f.t}**. Stored: {every}.")
+        return picture(f.x_t), picture(f.pred_x0), label
+
+    def nudge(self, index: float, delta: int, user: UserState) -> tuple:
+        """Prev/next: (new slider value, x_t, x̂₀, label), kept inside the stored frames."""
+        last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
+        index = min(max(int(index or 0) + delta, 0), last)
+        return (index, *self.frame(index, user))
+
+    def export(self, kind: str, user: UserState) -> str:
+        """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images); returns a path."""
+        self._prune_exports()
+        run = user.run
+        path = Path(tempfile.mkdtemp(dir=self.export_dir)) / f"ddpm_seed{run.seed if run else 0}.{kind}"
+        writer = {"gif": export_gif, "mp4": export_mp4, "png": export_png}[kind]
+        with user_errors():
+            return str(writer(run, path))
+
+    def _prune_exports(self, max_age_s: float = 3600) -> None:
+        now = time.time()
+        for old in self.export_dir.glob("*/*"):
+            if now - old.stat().st_mtime > max_age_s:
+                old.unlink(missing_ok=True)
+                old.parent.rmdir()
+
+    # -- Forward process ----------------------------------------------------------------------------------
+
+    def noise(self, photo: str | None, t: float, fix_noise: bool, noise_seed: float | None,
+              user: UserState) -> tuple:
+        """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
+        session = self.session(user)
+        forward = user.forward
+        with user_errors():
+            t = session.check_t(t)
+            forward.update(session, photo, t, fix_noise, noise_seed)
+        numbers, plot = forward_numbers(session, t, forward.eps_seed), schedule_plot(session, t)
+        if forward.x0 is None:
+            hint = "Upload a photo (or pick an example) in the **Forward** tab first."
+            return None, None, None, numbers, None, plot, None, hint
+        ts = session.strip_timesteps()
+        strip = labelled_strip(session.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts])
+        note = (f"Starting point: the photo noised to **t = {t}** (noise seed {forward.eps_seed}); "
+                f"change it in the **Forward** tab.")
+        return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
+                picture(forward.x_t), note)
+
+    def new_noise(self, photo: str | None, t: float, user: UserState) -> tuple:
+        """Draw a fresh ε: (noise-seed box reset to −1, then the outputs of :meth:`noise`)."""
+        return (-1, *self.noise(photo, t, False, -1, user))
+
+    # -- Noise it, then denoise it --------------------------------------------------------------------
+
+    def denoise(self, sampler: str, steps: float, eta: float, seed: float | None, clip_x0: bool,
+                user: UserState) -> Iterator[tuple]:
+        """Run the reverse chain from the forward tab's x_t at its t back to 0 (SDEdit); yields
+        (x_t, x̂₀, original | noised | result, status, seed used, frame-slider update)."""
+        session = self.session(user)
+        forward = user.forward
+        if forward.x_t is None or forward.model != session.name:
+            raise gr.Error("Noise a photo in the Forward tab first (upload or pick one, then choose t).",
+                           print_exception=False)
+        with user_errors():
+            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, session.timesteps)
+            seed = resolve_seed(seed)
+        t, x0, x_t = forward.t, forward.x0, forward.x_t
+        run = Trajectory(f"SDEdit from t = {t}, {settings.describe()}, seed {seed}", settings.num_steps(t),
+                         session.shape(1), seed, self.max_trajectory_bytes)
+        user.run = run
+        started = time.perf_counter()
+        for step in stream(session.sdedit(x_t, t, settings, seed), run, Throttle(self.preview_interval)):
+            x_now, x0_now, _, status, seed_used, slider = self._preview(session, run, step, started, False)
+            result = run.result()
+            compare = labelled_strip([x0, x_t, result], ["original", f"noised to t={t}",
+                                                         "result" if step.is_last else "current guess"])
+            if step.is_last:
+                status += f"<div>PSNR of the result against the original: <b>{psnr(result, x0):.1f} dB</b></div>"
+            yield x_now, x0_now, compare, status, seed_used, slider
+
+    # -- Model ------------------------------------------------------------------------------------------
+
+    def select_model(self, name: str, user: UserState) -> tuple:
+        """Switch this user's model: (summary, card, header, t-slider and DDIM-steps updates, dropdown update)."""
+        with user_errors():
+            session = self.library.session(name)
+        user.model = session.name
+        return self._model_outputs(session, f"Loaded **{session.name}**.")
+
+    def download_model(self, repo_id: str, user: UserState) -> tuple:
+        """Download a model from the Hub and switch to it; on failure the current model stays."""
+        try:
+            name = self.library.add_from_hub(repo_id)
+        except (InputError, CheckpointError) as e:
+            raise gr.Error(f"{e} — the current model stays loaded.", print_exception=False) from None
+        user.model = name
+        return self._model_outputs(self.library.session(name), f"Downloaded and loaded **{name}**.")
+
+    def _model_outputs(self, session: DiffusionSession, status: str) -> tuple:
+        T = session.timesteps
+        ddim_steps = gr.update(maximum=T, value=min(50, T))
+        table, card = model_card(session)
+        return (status + "\n\n" + table, card, model_header(session),
+                gr.update(maximum=T - 1, value=T // 2), ddim_steps, ddim_steps,
+                gr.update(choices=self.library.names, value=session.name))
+
+    def header(self, user: UserState) -> str:
+        return model_header(self.session(user))
+
+
+class user_errors:
+    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if isinstance(error, (InputError, ImageError, CheckpointError)):
+            raise gr.Error(str(error), print_exception=False) from None
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text and plots
+
+
+def status_html(session: DiffusionSession, run: Trajectory, step: Step, elapsed: float) -> str:
+    level = session.noise_level(step.t)
+    n = run.num_steps
+    if step.is_last:
+        head = f"<b>Done</b>: {n} steps in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} steps/s). Left: final x₀."
+    else:
+        head = f"Step <b>{step.index + 1}</b> / {n}"
+    return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
+            f"<div>{head}</div>"
+            f"<div>t = <b>{step.t}</b> · ᾱ_t = {level.alpha_bar:.4f} · SNR = {level.snr_db:+.1f} dB · "
+            f"{elapsed:.1f} s · seed {run.seed}</div></div>")
+
+
+def forward_numbers(session: DiffusionSession, t: int, noise_seed: int | None = None) -> str:
+    lv = session.noise_level(t)
+    seed = f" · noise seed {noise_seed}" if noise_seed is not None else ""
+    return (f"**t = {t}** of 0…{session.timesteps - 1} ({session.config.schedule.kind} schedule){seed}\n\n"
+            f"$\\sqrt{{\\bar\\alpha_t}}$ = **{lv.sqrt_alpha_bar:.4f}** · "
+            f"$\\sqrt{{1-\\bar\\alpha_t}}$ = **{lv.sqrt_one_minus_alpha_bar:.4f}** · "
+            f"SNR = $\\bar\\alpha_t/(1-\\bar\\alpha_t)$ = {lv.snr:.4g} = **{lv.snr_db:+.1f} dB**\n\n"
+            f"$$x_{{{t}}} = {lv.sqrt_alpha_bar:.3f}\\,x_0 + {lv.sqrt_one_minus_alpha_bar:.3f}\\,\\varepsilon$$")
+
+
+def schedule_plot(session: DiffusionSession, t: int) -> Figure:
+    """ᾱ_t and SNR (dB) against t for both schedules, the model's drawn bold, the current t marked."""
+    curves = schedule_curves(session.timesteps)
+    own = session.config.schedule.kind
+    fig = Figure(figsize=(7, 2.6), dpi=90, layout="constrained")
+    ax_a, ax_s = fig.subplots(1, 2)
+    for kind, (abar, snr_db) in curves.items():
+        style = dict(lw=2.6 if kind == own else 1.2, alpha=1.0 if kind == own else 0.55,
+                     label=f"{kind}{' (this model)' if kind == own else ''}")
+        ax_a.plot(abar, **style)
+        ax_s.plot(snr_db, **style)
+    for ax, name in ((ax_a, r"$\bar\alpha_t$"), (ax_s, "SNR (dB)")):
+        ax.axvline(t, color="crimson", lw=1)
+        ax.set_xlabel("t")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    ax_a.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def model_header(session: DiffusionSession) -> str:
+    c = session.config
+    return (f"Model: **{session.name}** — {c.image_size}×{c.image_size}, {c.channels} channel"
+            f"{'s' if c.channels > 1 else ''}, {c.schedule.kind} schedule, T = {c.schedule.timesteps}, "
+            f"device {session.device.type}")
+
+
+def model_card(session: DiffusionSession) -> tuple[str, str]:
+    """(summary table, model card text) in Markdown."""
+    s = session.summary()
+    rows = [("source", f"`{s.source}`"), ("architecture", s.arch), ("parameters", f"{s.parameters / 1e6:.2f} M"),
+            ("image size", f"{s.image_size}×{s.image_size}, {s.channels} channel(s)"),
+            ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}")]
+    rows += [(k, str(v)) for k, v in s.training.items() if isinstance(v, (str, int, float, bool))][:12]
+    table = "| property | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    card = s.card[:3000] + ("…" if len(s.card) > 3000 else "")
+    return table, card or "This model has no README.md card."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout
+
+
+def _image(label: str, height: int = 280, pixelated: bool = True, **kw) -> gr.Image:
+    """An output picture; ``pixelated`` enlarges small model images with sharp pixels."""
+    return gr.Image(label=label, format="png", interactive=False, elem_classes="pixelated" if pixelated else None,
+                    min_width=140, height=height, buttons=["download", "fullscreen"], **kw)
+
+
+def _sampler_controls(T: int, default_sampler: str = "ddim"):
+    sampler = gr.Radio(SAMPLER_CHOICES, value=default_sampler, label="Sampler")
+    with gr.Column(visible=default_sampler == "ddim") as ddim_row:
+        steps = gr.Slider(1, T, value=min(50, T), step=1, label="DDIM steps K")
+        eta = gr.Slider(0, 1, value=0, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
+    sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
+                   queue=False, show_progress="hidden")
+    return sampler, steps, eta
+
+
+def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
+          max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``."""
+    h = Handlers(library, preview_interval, max_trajectory_bytes)
+    first = library.session()
+    T = first.timesteps
+    chain = dict(concurrency_limit=1, concurrency_id="model")  # one sampling job at a time per device
+
+    with gr.Blocks(title="DDPM step by step", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        user = gr.State(UserState())
+        gr.Markdown(INTRO)
+        header = gr.Markdown(model_header(first), label="model")
+
+        with gr.Tabs():
+            # 1. Generate -----------------------------------------------------------------------------
+            with gr.Tab("Generate", id="generate"):
+                gr.Markdown(GENERATE_HELP, latex_delimiters=LATEX)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=260):
+                        sampler, steps, eta = _sampler_controls(T)
+                        with gr.Row():
+                            seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0, min_width=120)
+                            seed_used = gr.Textbox(label="Seed used", interactive=False, min_width=120)
+                        batch = gr.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
+                        with gr.Row():
+                            clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]", min_width=120)
+                            show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120)
+                        with gr.Row():
+                            run_btn = gr.Button("Generate", variant="primary", min_width=100)
+                            stop_btn = gr.Button("Stop", variant="stop", min_width=80)
+                    with gr.Column(scale=2, min_width=300):
+                        status = gr.HTML("<div class='ddpm-stats'>Press <b>Generate</b>.</div>", label="progress")
+                        with gr.Row():
+                            g_xt = _image("x_t")
+                            g_x0 = _image("predicted x̂₀")
+                            g_eps = _image("predicted ε̂ (×½)", visible=False)
+
+            # 2. Step through the frames ----------------------------------------------------------
+            with gr.Tab("Frames", id="frames"):
+                gr.Markdown(FRAMES_HELP, latex_delimiters=LATEX)
+                frame = gr.Slider(0, 1, value=0, step=1, label="Frame")
+                with gr.Row():
+                    prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
+                    next_btn = gr.Button("Next ▶", size="sm", min_width=80)
+                frame_label = gr.Markdown("No run yet: press **Generate** first.", label="frame info")
+                with gr.Row():
+                    f_xt = _image("x_t")
+                    f_x0 = _image("predicted x̂₀")
+                with gr.Row():
+                    gif_btn = gr.Button("Export GIF", size="sm", min_width=80)
+                    mp4_btn = gr.Button("Export MP4", size="sm", min_width=80)
+                    png_btn = gr.Button("Final images (PNG)", size="sm", min_width=80)
+                export_file = gr.File(label="Download", interactive=False, visible=False)
+
+            # 3. Forward process ----------------------------------------------------------------
+            with gr.Tab("Forward", id="forward"):
+                gr.Markdown(FORWARD_HELP, latex_delimiters=LATEX)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=260):
+                        photo = gr.Image(label="Photo (center-cropped, resized)", type="filepath",
+                                         image_mode=None, sources=["upload", "clipboard"], height=260)
+                        gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples",
+                                    cache_examples=False)
+                    with gr.Column(scale=2, min_width=300):
+                        t_slider = gr.Slider(0, T - 1, value=T // 2, step=1, label="t")
+                        with gr.Row():
+                            fix_noise = gr.Checkbox(True, label="Fix the noise ε while t moves", min_width=140)
+                            noise_seed = gr.Number(-1, label="Noise seed (−1 = random)", precision=0,
+                                                   min_width=120)
+                            new_noise = gr.Button("New noise", size="sm", min_width=80)
+                        numbers = gr.Markdown(forward_numbers(first, T // 2), latex_delimiters=LATEX, label="numbers")
+                with gr.Row():
+                    q_x0 = _image("x₀")
+                    q_eps = _image("ε (×½)")
+                    q_xt = _image("x_t")
+                strip = _image("x_t at evenly spaced t (same ε)", height=180, pixelated=False)
+                plot = gr.Plot(schedule_plot(first, T // 2), label="Schedules", format="png")
+
+            # 4. Noise it, then denoise it ------------------------------------------------------
+            with gr.Tab("Denoise", id="denoise"):
+                gr.Markdown(DENOISE_HELP, latex_delimiters=LATEX)
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=260):
+                        sd_note = gr.Markdown("Upload a photo (or pick an example) in the **Forward** tab first.",
+                                              label="starting point")
+                        sd_start = _image("start: x_t", height=200)
+                        sd_sampler, sd_steps, sd_eta = _sampler_controls(T)
+                        sd_seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0)
+                        sd_clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]")
+                        with gr.Row():
+                            sd_btn = gr.Button("Denoise", variant="primary", min_width=100)
+                            sd_stop = gr.Button("Stop", variant="stop", min_width=80)
+                        sd_seed_used = gr.Textbox(label="Seed used", interactive=False)
+                    with gr.Column(scale=2, min_width=300):
+                        sd_status = gr.HTML("<div class='ddpm-stats'>Press <b>Denoise</b>.</div>", label="progress")
+                        with gr.Row():
+                            sd_xt = _image("x_t")
+                            sd_x0 = _image("predicted x̂₀")
+                        sd_compare = _image("original | noised | result", height=220, pixelated=False)
+
+            # 5. Model --------------------------------------------------------------------------
+            with gr.Tab("Model", id="model"):
+                gr.Markdown(MODEL_HELP)
+                with gr.Row():
+                    model_pick = gr.Dropdown(library.names, value=first.name, label="Shipped models", min_width=200)
+                    with gr.Column(min_width=260):
+                        repo = gr.Textbox(label="Hub model id", placeholder="user/model-name")
+                        download_btn = gr.Button("Download from the Hub", size="sm")
+                table, card_text = model_card(first)
+                summary = gr.Markdown(table, label="model summary")
+                with gr.Accordion("Model card (README.md)", open=False):
+                    card = gr.Markdown(card_text, label="model card")
+
+        # Events ------------------------------------------------------------------------------------------
+        show_frame = dict(fn=h.frame, inputs=[frame, user], outputs=[f_xt, f_x0, frame_label],
+                          show_progress="hidden", concurrency_limit=4)
+        gen_event = run_btn.click(h.generate, [sampler, steps, eta, seed, batch, clip, show_eps, user],
+                                  [g_xt, g_x0, g_eps, status, seed_used, frame], api_name="generate",
+                                  show_progress="hidden", **chain)
+        gen_event.then(**show_frame, api_name="show_generated", api_visibility="private")
+        stop_btn.click(None, None, None, cancels=[gen_event])
+        show_eps.change(lambda v: gr.update(visible=v), show_eps, g_eps, api_visibility="private", queue=False)
+
+        frame.input(**show_frame, api_name="frame", trigger_mode="always_last")
+        prev_btn.click(lambda i, u: h.nudge(i, -1, u), [frame, user], [frame, f_xt, f_x0, frame_label],
+                       api_visibility="private")
+        next_btn.click(lambda i, u: h.nudge(i, +1, u), [frame, user], [frame, f_xt, f_x0, frame_label],
+                       api_visibility="private")
+        for btn, kind in ((gif_btn, "gif"), (mp4_btn, "mp4"), (png_btn, "png")):
+            btn.click(lambda u, k=kind: h.export(k, u), user, export_file, api_name=f"export_{kind}").success(
+                lambda: gr.update(visible=True), None, export_file, api_visibility="private", queue=False)
+
+        noise_inputs = [photo, t_slider, fix_noise, noise_seed, user]
+        noise_outputs = [q_x0, q_eps, q_xt, numbers, strip, plot, sd_start, sd_note]
+        noise_kw = dict(show_progress="hidden", trigger_mode="always_last", concurrency_limit=4)
+        t_slider.change(h.noise, noise_inputs, noise_outputs, api_name="noise", **noise_kw)
+        for trigger in (photo.change, fix_noise.change, noise_seed.submit):
+            trigger(h.noise, noise_inputs, noise_outputs, api_visibility="private", **noise_kw)
+        new_noise.click(h.new_noise, [photo, t_slider, user], [noise_seed, *noise_outputs],
+                        api_visibility="private", **noise_kw)
+
+        sd_event = sd_btn.click(h.denoise, [sd_sampler, sd_steps, sd_eta, sd_seed, sd_clip, user],
+                                [sd_xt, sd_x0, sd_compare, sd_status, sd_seed_used, frame], api_name="denoise",
+                                show_progress="hidden", **chain)
+        sd_event.then(**show_frame, api_name="show_denoised", api_visibility="private")
+        sd_stop.click(None, None, None, cancels=[sd_event])
+
+        model_outputs = [summary, card, header, t_slider, steps, sd_steps, model_pick]
+        refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
+                               **noise_kw)
+        model_pick.input(h.select_model, [model_pick, user], model_outputs, api_name="select_model").then(
+            **refresh_forward)
+        download_btn.click(h.download_model, [repo, user], model_outputs, api_name="download_model").then(
+            **refresh_forward)
+
+    demo.queue(max_size=queue_size, default_concurrency_limit=2)
+    return demo

@@ -1,0 +1,158 @@
+"""``python app.py`` as a real server on a free localhost port, driven through every API endpoint with gradio_client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_tiny_config, perturb, seeded_init
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+from ddpm_app.models import UNet
+from ddpm_app.schedule import ScheduleConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "ddpm_app" / "assets" / "landscape.png"
+ENDPOINTS = {"/generate", "/frame", "/export_gif", "/export_mp4", "/export_png", "/noise", "/denoise",
+             "/select_model", "/download_model"}
+T = 300  # enough DDPM steps that a run can be stopped part-way
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(weights: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "app.py", "--weights", str(weights), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"app.py did not start within {timeout} s:\n{log.read_text()}")
+
+
+def app_env() -> dict[str, str]:
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("GRADIO_SERVER_NAME", None)
+    env.pop("GRADIO_SERVER_PORT", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """app.py serving two tiny models ("faces" 16×16 RGB with T = 300, "small" 8×8 grey), and its URL."""
+    root = tmp_path_factory.mktemp("server")
+    weights = root / "weights"
+    for name, size, channels, timesteps in (("faces", 16, 3, T), ("small", 8, 1, 10)):
+        config = DiffusionConfig(make_tiny_config(image_size=size, in_channels=channels),
+                                 ScheduleConfig(timesteps=timesteps), training={"dataset": "noise"})
+        save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, weights / name)
+    port, log = free_port(), root / "app.log"
+    proc = start_app(weights, port, log, app_env())
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(proc, url, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_every_endpoint_through_gradio_client(server: str):
+    client = Client(server, verbose=False)
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ENDPOINTS
+
+    # generate: the final images, the seed used, and the frame slider at the last stored step
+    x_t, x0, eps, status, seed, slider = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
+    assert seed == "11" and "Done" in status and slider["value"] == 5
+    assert Image.open(x_t).size == Image.open(x0).size == Image.open(eps).size
+    again = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
+    assert Image.open(again[0]).tobytes() == Image.open(x_t).tobytes()  # same seed, same images
+
+    f_xt, f_x0, label = client.predict(2, api_name="/frame")
+    assert "frame 3/6" in label and Image.open(f_xt).size == Image.open(x_t).size
+    assert Image.open(client.predict(api_name="/export_gif")).n_frames == 6
+    assert Image.open(client.predict(api_name="/export_png")).size == Image.open(x_t).size
+    assert Path(client.predict(api_name="/export_mp4")).stat().st_size > 0
+
+    # noise a photo, then denoise it
+    q_x0, q_eps, q_xt, numbers, strip, plot, start, note = client.predict(
+        handle_file(str(PHOTO)), 40, True, 5, api_name="/noise")
+    assert "t = 40" in numbers and "noise seed 5" in numbers and Image.open(q_xt).size == (16, 16)
+    assert plot["type"] == "matplotlib" and Image.open(strip).width > Image.open(strip).height
+    sd = client.predict("ddim", 10, 0.0, 3, True, api_name="/denoise")
+    assert "PSNR" in sd[3] and sd[4] == "3" and sd[5]["value"] == 9
+    assert "SDEdit from t = 40" in client.predict(0, api_name="/frame")[2]
+
+    # models: switch this client's model; a Hub download fails cleanly (offline) and keeps it
+    summary, card, header, t_slider, steps, sd_steps, pick = client.predict("small", api_name="/select_model")
+    assert "small" in header and t_slider["maximum"] == 9
+    with pytest.raises(AppError, match="the current model stays loaded"):
+        client.predict("someone/nothing-here", api_name="/download_model")
+    x_small = client.predict("ddpm", 1, 0.0, 1, 1, True, False, api_name="/generate")[0]
+    assert Image.open(x_small).size == (8, 8)  # one 8×8 grey image from the small model
+
+
+@pytest.mark.slow
+def test_errors_are_messages_and_the_server_keeps_serving(server: str):
+    client = Client(server, verbose=False)
+    with pytest.raises(AppError, match="greater than maximum value 4"):  # Gradio checks slider ranges itself
+        client.predict("ddim", 5, 0.0, 1, 9, True, False, api_name="/generate")
+    with pytest.raises(AppError, match="η \\(eta\\) must be in 0…1|greater than maximum value 1"):
+        client.predict("ddim", 5, 3.0, 1, 1, True, False, api_name="/generate")
+    with pytest.raises(AppError, match="seed must be a whole number"):
+        client.predict("ddim", 5, 0.0, -7, 1, True, False, api_name="/generate")
+    with pytest.raises(AppError, match="Noise a photo in the Forward tab first"):
+        client.predict("ddim", 5, 0.0, 1, True, api_name="/denoise")
+    with pytest.raises(AppError, match="nothing to export yet"):
+        client.predict(api_name="/export_gif")
+    assert "Done" in client.predict("ddim", 3, 0.0, 1, 1, True, False, api_name="/generate")[3]
+
+
+@pytest.mark.slow
+def test_cancelling_a_run_keeps_the_computed_steps(server: str):
+    client = Client(server, verbose=False)
+    job = client.submit("ddpm", 1, 0.0, 21, 4, True, False, api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.outputs(), "no preview streamed"
+    job.cancel()
+    deadline = time.monotonic() + 30
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the step in progress when Stop arrived finishes, then the run ends
+    label = client.predict(0, api_name="/frame")[2]
+    assert "stopped after" in label, label
+    done = int(label.split("stopped after ")[1].split(" ")[0])
+    assert 1 <= done < T
+    time.sleep(1.0)
+    assert client.predict(0, api_name="/frame")[2] == label  # nothing runs on after Stop
+    assert Image.open(client.predict(api_name="/export_gif")).n_frames == done

@@ -1,0 +1,405 @@
+"""The app's handlers, called directly on tiny random models: streaming, trajectories, Stop, the forward view,
+export, validation and model switching."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_config, perturb, seeded_init
+from PIL import Image
+
+import app
+from ddpm_app import ui
+from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, save_pretrained
+from ddpm_app.convert_seed import convert
+from ddpm_app.image import load_image, to_uint8
+from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
+from ddpm_app.samplers import ddim_timesteps
+from ddpm_app.schedule import Schedule, ScheduleConfig
+from ddpm_app.session import (ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
+                              export_indices, stream)
+
+T = 20  # the "faces" test model's timesteps
+PHOTO = Path(ui.ASSETS) / "portrait.png"
+
+
+def save_tiny(directory: Path, *, image_size: int = 16, channels: int = 3, kind: str = "linear",
+              timesteps: int = T, seed: int = 0) -> Path:
+    config = DiffusionConfig(make_tiny_config(image_size=image_size, in_channels=channels),
+                             ScheduleConfig(kind=kind, timesteps=timesteps), training={"dataset": "noise"})
+    model = perturb(seeded_init(lambda: UNet(config.model), seed), seed)
+    return save_pretrained(model, config, directory)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A weights folder with three models: faces (16×16 RGB, T = 20), mono (8×8 grey, cosine, T = 12) and seed
+    (converted from a seed-tutorial state dict)."""
+    root = tmp_path_factory.mktemp("weights")
+    save_tiny(root / "faces")
+    save_tiny(root / "mono", image_size=8, channels=1, kind="cosine", timesteps=12, seed=1)
+    seed_model = seeded_init(lambda: SeedUNet(SeedUNetConfig(image_size=16, init_dim=32, down_channels=(32, 64),
+                                                             time_pos_dim=32)))
+    torch.save(perturb(seed_model, scale=0.02).state_dict(), root / "seed.pth")
+    convert(root / "seed.pth", root / "seed", image_size=16, schedule=ScheduleConfig(timesteps=15))
+    (root / "seed.pth").unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def library(weights: Path) -> ModelLibrary:
+    return ModelLibrary(weights, "cpu")
+
+
+@pytest.fixture
+def handlers(library: ModelLibrary, tmp_path: Path) -> ui.Handlers:
+    """Handlers that preview every step (interval 0), so preview counts are exact."""
+    return ui.Handlers(library, preview_interval=0, export_dir=tmp_path / "exports")
+
+
+def run_all(gen) -> list[tuple]:
+    return list(gen)
+
+
+def image_of(x: np.ndarray) -> np.ndarray:
+    assert isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3
+    return x
+
+
+# -- the library --------------------------------------------------------------------------------------------
+
+
+def test_library_lists_every_model_folder_and_prefers_faces(library: ModelLibrary):
+    assert library.names == ["faces", "mono", "seed"]
+    assert library.default == "faces"
+    assert library.session().name == "faces"
+
+
+def test_library_without_faces_defaults_to_the_first(tmp_path: Path):
+    save_tiny(tmp_path / "b-model")
+    save_tiny(tmp_path / "a-model")
+    (tmp_path / "not-a-model").mkdir()
+    lib = ModelLibrary(tmp_path)
+    assert lib.names == ["a-model", "b-model"]
+    assert lib.default == "a-model"
+
+
+def test_empty_weights_folder_is_a_one_line_error(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="no models in") as e:
+        ModelLibrary(tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        app.main(["--weights", str(tmp_path / "missing")])
+    message = str(e.value.code)
+    assert message.startswith("error: no models in") and "\n" not in message
+
+
+def test_unknown_start_model_names_the_choices(weights: Path):
+    with pytest.raises(CheckpointError, match="found: faces, mono, seed"):
+        ModelLibrary(weights, default="cats")
+
+
+def test_app_picks_weights_dir_from_the_environment(monkeypatch, weights: Path):
+    monkeypatch.setenv("DDPM_WEIGHTS_DIR", str(weights))
+    assert app.parse_args([]).weights == str(weights)
+    assert app.parse_args(["--weights", "elsewhere"]).weights == "elsewhere"
+
+
+# -- Generate: streaming and the trajectory ------------------------------------------------------------------
+
+
+def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: ui.Handlers):
+    user = UserState()
+    outs = run_all(handlers.generate("ddim", 7, 0.0, 5, 2, True, False, user))
+    assert len(outs) == 7  # interval 0: one preview per network evaluation
+    run = user.run
+    assert run.finished and not run.stopped and run.steps_done == 7
+    assert [f.index for f in run.frames] == list(range(7))
+    assert [f.t for f in run.frames] == ddim_timesteps(T - 1, 7)
+    assert run.frames[0].x_t.shape == (2, 3, 16, 16) and run.frames[0].x_t.dtype == torch.uint8
+    x_t, x0, eps, status, seed, slider = outs[-1]
+    assert image_of(x_t).shape == image_of(x0).shape == image_of(eps).shape
+    assert seed == "5" and "Done" in status
+    assert slider["maximum"] == 6 and slider["value"] == 6
+    assert isinstance(outs[0][2], type(gr.skip()))  # ε̂ not shown: no picture made while streaming
+    # the last preview shows the finished image
+    np.testing.assert_array_equal(x_t, ui.picture(run.final))
+
+
+def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers):
+    user = UserState()
+    outs = run_all(handlers.generate("ddpm", 3, 0.5, 1, 1, False, True, user))  # steps and η ignored by DDPM
+    assert len(outs) == T
+    assert [f.t for f in user.run.frames] == list(range(T - 1, -1, -1))
+    assert all(image_of(o[2]) is not None for o in outs)  # ε̂ shown on every preview
+
+
+def test_streaming_off_sends_only_the_final_images_but_keeps_every_step(library: ModelLibrary, tmp_path: Path):
+    h = ui.Handlers(library, preview_interval=None, export_dir=tmp_path)
+    user = UserState()
+    outs = run_all(h.generate("ddim", 9, 0.0, 3, 1, True, False, user))
+    assert len(outs) == 1
+    assert len(user.run.frames) == 9 and user.run.finished
+
+
+def test_throttle_sends_first_last_and_one_preview_per_interval(library: ModelLibrary):
+    session = library.session("faces")
+    clock = itertools.count(0.0, 0.1).__next__  # 0.1 s per step
+    previews = list(stream(session.sample(SamplerSettings("ddpm", T), 1, 0), None, Throttle(0.25, clock)))
+    # ready at 0.0, 0.3, 0.6, … (the first call at or after each deadline) and always the last step
+    assert [s.index for s in previews] == [0, 3, 6, 9, 12, 15, 18, 19]
+
+
+def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
+    session = library.session("faces")
+    per_step = 2 * 4 * 3 * 16 * 16
+    run = Trajectory("t", T, session.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
+    assert run.stride == 4
+    list(stream(session.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
+    assert [f.index for f in run.frames] == [0, 4, 8, 12, 16, 19]
+    assert run.finished and sum(f.x_t.numel() + f.pred_x0.numel() for f in run.frames) <= per_step * 6
+
+
+def test_same_seed_same_images_whoever_else_is_sampling(handlers: ui.Handlers):
+    alone = run_all(handlers.generate("ddim", 5, 0.5, 42, 2, True, False, UserState()))[-1][0]
+    # two users interleaved step by step, the other with another seed and η > 0 (which draws noise too)
+    a = handlers.generate("ddim", 5, 0.5, 42, 2, True, False, UserState())
+    b = handlers.generate("ddim", 5, 1.0, 7, 2, True, False, UserState())
+    interleaved = [(x, next(b, None)) for x in a]
+    np.testing.assert_array_equal(interleaved[-1][0][0], alone)
+    other = run_all(handlers.generate("ddim", 5, 0.5, 43, 2, True, False, UserState()))[-1][0]
+    assert not np.array_equal(other, alone)
+
+
+def test_random_seed_is_shown_and_repeats_the_run(handlers: ui.Handlers):
+    first = run_all(handlers.generate("ddim", 4, 0.0, -1, 1, True, False, UserState()))[-1]
+    blank = run_all(handlers.generate("ddim", 4, 0.0, None, 1, True, False, UserState()))[-1]
+    assert first[4] != blank[4]  # two random seeds
+    again = run_all(handlers.generate("ddim", 4, 0.0, int(first[4]), 1, True, False, UserState()))[-1]
+    np.testing.assert_array_equal(again[0], first[0])
+
+
+def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Path):
+    user = UserState()
+    gen = handlers.generate("ddpm", 0, 0, 9, 2, True, False, user)
+    for _ in range(3):
+        next(gen)
+    gen.close()  # what Gradio does when Stop cancels the event
+    run = user.run
+    assert run.stopped and not run.finished and run.final is None
+    assert run.steps_done == len(run.frames) == 3
+    assert [f.t for f in run.frames] == [T - 1, T - 2, T - 3]
+    assert torch.equal(run.result(), run.frames[-1].pred_x0)
+    x_t, x0, label = handlers.frame(99, user)  # out of range: clamped to the last stored frame
+    assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label
+    np.testing.assert_array_equal(x_t, ui.picture(run.frames[-1].x_t))
+    gif = Image.open(handlers.export("gif", user))
+    assert gif.n_frames == 3
+    png = Image.open(handlers.export("png", user))
+    assert png.size == Image.fromarray(ui.picture(run.frames[-1].pred_x0)).size
+    # a new run replaces it
+    run_all(handlers.generate("ddim", 2, 0, 1, 1, True, False, user))
+    assert user.run is not run and user.run.finished
+
+
+def test_frame_scrubber_and_prev_next(handlers: ui.Handlers):
+    user = UserState()
+    assert handlers.frame(0, user)[0] is None  # nothing yet
+    run_all(handlers.generate("ddim", 6, 0.0, 2, 1, True, False, user))
+    x_t, x0, label = handlers.frame(2, user)
+    np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[2].x_t))
+    np.testing.assert_array_equal(x0, ui.picture(user.run.frames[2].pred_x0))
+    assert "frame 3/6" in label and "finished" in label
+    assert handlers.nudge(2, +1, user)[0] == 3
+    assert handlers.nudge(5, +1, user)[0] == 5
+    assert handlers.nudge(0, -1, user)[0] == 0
+
+
+def test_gif_export_has_one_frame_per_stored_step(handlers: ui.Handlers):
+    user = UserState()
+    run_all(handlers.generate("ddim", 8, 0.0, 4, 3, True, False, user))
+    path = Path(handlers.export("gif", user))
+    gif = Image.open(path)
+    assert path.suffix == ".gif" and gif.n_frames == 8
+    side = ui.picture(user.run.frames[0].x_t).shape[0] * 7  # a 2×2 grid of 16 px images, enlarged ×7 to ≥ 256 px
+    assert gif.size == (2 * side + 8, side + 40)  # x_t | x̂₀ side by side under a label bar
+
+
+def test_gif_export_caps_the_frame_count(library: ModelLibrary, tmp_path: Path):
+    user = UserState()
+    h = ui.Handlers(library, preview_interval=None)
+    run_all(h.generate("ddpm", 0, 0, 4, 1, True, False, user))
+    gif = Image.open(export_gif(user.run, tmp_path / "a.gif", max_frames=6))
+    assert gif.n_frames == 6
+    assert export_indices(20, 6) == [0, 4, 8, 11, 15, 19]
+
+
+def test_mp4_export(handlers: ui.Handlers):
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v3 as iio
+
+    user = UserState()
+    run_all(handlers.generate("ddim", 5, 0.0, 4, 1, True, False, user))
+    path = handlers.export("mp4", user)
+    frames = iio.imread(path, plugin="FFMPEG")
+    assert frames.shape[0] == 5 + 20  # the frames, then the last one held for a second at 20 fps
+    assert frames.shape[1] % 16 == 0 and frames.shape[2] % 16 == 0
+
+
+def test_export_before_any_run_is_a_clear_error(handlers: ui.Handlers):
+    with pytest.raises(gr.Error, match="nothing to export yet"):
+        handlers.export("gif", UserState())
+
+
+# -- validation ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (("ddim", 0, 0.0, 1, 1), "DDIM steps must be a whole number in 1…20"),
+    (("ddim", 21, 0.0, 1, 1), "DDIM steps must be a whole number in 1…20"),
+    (("ddim", 5, 1.5, 1, 1), "η \\(eta\\) must be in 0…1"),
+    (("ddim", 5, 0.0, -5, 1), "seed must be a whole number in 0…4294967295"),
+    (("ddim", 5, 0.0, 1.5, 1), "seed must be a whole number"),
+    (("ddim", 5, 0.0, 2**32, 1), "seed must be a whole number"),
+    (("ddim", 5, 0.0, 1, 5), "number of images must be a whole number in 1…4"),
+    (("ddim", 5, 0.0, 1, 0), "number of images must be a whole number in 1…4"),
+    (("euler", 5, 0.0, 1, 1), "sampler must be one of ddpm, ddim"),
+])
+def test_out_of_range_generate_inputs_name_the_allowed_range(handlers: ui.Handlers, args, message):
+    sampler, steps, eta, seed, batch = args
+    with pytest.raises(gr.Error, match=message):
+        next(handlers.generate(sampler, steps, eta, seed, batch, True, False, UserState()))
+
+
+def test_out_of_range_t_and_bad_images(handlers: ui.Handlers, tmp_path: Path):
+    user = UserState()
+    with pytest.raises(gr.Error, match="t must be a whole number in 0…19"):
+        handlers.noise(str(PHOTO), 20, True, -1, user)
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello")
+    with pytest.raises(gr.Error, match="not a readable image"):
+        handlers.noise(str(bad), 5, True, -1, user)
+    # the handler still works afterwards
+    assert handlers.noise(str(PHOTO), 5, True, -1, user)[2] is not None
+
+
+# -- the forward process ---------------------------------------------------------------------------------------
+
+
+def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.Handlers):
+    user = UserState()
+    x0_pic, eps_pic, xt_pic, numbers, strip, plot, start, note = handlers.noise(str(PHOTO), 7, True, 1234, user)
+    x0 = load_image(PHOTO, 16)
+    eps = torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(1234))
+    expected = Schedule(ScheduleConfig(timesteps=T)).q_sample(x0[None], torch.tensor([7]), eps[None])
+    torch.testing.assert_close(user.forward.x_t[None], expected)
+    np.testing.assert_array_equal(xt_pic, ui.picture(expected))
+    np.testing.assert_array_equal(x0_pic, ui.picture(x0))
+    assert "t = 7" in numbers and "noise seed 1234" in numbers
+    lv = handlers.library.session("faces").noise_level(7)
+    assert f"{lv.sqrt_alpha_bar:.4f}" in numbers and f"{lv.snr_db:+.1f} dB" in numbers
+    assert strip.shape[1] > 8 * 16  # eight noised copies side by side
+    assert plot is not None and "t = 7" in note
+
+
+def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
+    user = UserState()
+    handlers.noise(str(PHOTO), 3, True, -1, user)
+    eps, seed = user.forward.eps.clone(), user.forward.eps_seed
+    handlers.noise(str(PHOTO), 15, True, -1, user)
+    assert torch.equal(user.forward.eps, eps) and user.forward.eps_seed == seed
+    handlers.noise(str(PHOTO), 15, False, -1, user)  # not fixed: fresh noise
+    assert not torch.equal(user.forward.eps, eps)
+    handlers.noise(str(PHOTO), 4, True, 99, user)  # an explicit seed
+    assert user.forward.eps_seed == 99
+    out = handlers.new_noise(str(PHOTO), 4, user)
+    assert out[0] == -1 and user.forward.eps_seed != 99
+
+
+def test_forward_without_a_photo_shows_the_numbers_only(handlers: ui.Handlers):
+    out = handlers.noise(None, 3, True, -1, UserState())
+    assert out[0] is None and out[2] is None and "t = 3" in out[3] and out[5] is not None
+
+
+# -- noise it, then denoise it ---------------------------------------------------------------------------------
+
+
+def test_denoise_runs_from_the_forward_x_t(handlers: ui.Handlers):
+    user = UserState()
+    with pytest.raises(gr.Error, match="Noise a photo in the Forward tab first"):
+        next(handlers.denoise("ddim", 5, 0.0, 1, True, user))
+    handlers.noise(str(PHOTO), 9, True, 5, user)
+    outs = run_all(handlers.denoise("ddim", 15, 0.0, 1, True, user))  # 15 > t + 1: capped to 10 steps
+    run = user.run
+    assert len(outs) == 10 and run.num_steps == 10 and run.finished
+    assert run.frames[0].t == 9 and run.frames[-1].t == 0
+    assert torch.equal(run.start[0], to_uint8(user.forward.x_t))  # started from the forward tab's x_t
+    compare, status = outs[-1][2], outs[-1][3]
+    assert image_of(compare).shape[1] > 3 * 16 and "PSNR" in status
+    ddpm = run_all(handlers.denoise("ddpm", 0, 0.0, 1, True, user))
+    assert len(ddpm) == 10  # DDPM from t = 9: ten steps
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+
+
+def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
+    me, other = UserState(), UserState()
+    summary, card, header, t_slider, steps, sd_steps, pick = handlers.select_model("mono", me)
+    assert "mono" in header and "8×8" in header and "1 channel," in header
+    assert t_slider["maximum"] == 11 and steps["maximum"] == 12 and pick["value"] == "mono"
+    assert "cosine, T = 12" in summary
+    outs = run_all(handlers.generate("ddim", 4, 0.0, 1, 2, True, False, me))
+    assert me.run.frames[0].x_t.shape == (2, 1, 8, 8)
+    assert image_of(outs[-1][0]).shape[2] == 3  # grey shown as RGB
+    handlers.noise(str(PHOTO), 3, True, -1, me)  # a colour photo becomes a grey x₀
+    assert me.forward.x0.shape == (1, 8, 8)
+    run_all(handlers.generate("ddim", 4, 0.0, 1, 1, True, False, other))
+    assert other.run.frames[0].x_t.shape == (1, 3, 16, 16)  # the other user still has faces
+    with pytest.raises(gr.Error, match="unknown model 'cats'"):
+        handlers.select_model("cats", me)
+
+
+def test_converted_seed_checkpoint_samples_like_any_model(handlers: ui.Handlers):
+    user = UserState()
+    summary = handlers.select_model("seed", user)[0]
+    assert "seed" in summary and "converted_from" in summary
+    outs = run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    assert len(outs) == 3 and user.run.finished
+
+
+def test_hub_download_failures_keep_the_current_model(handlers: ui.Handlers):
+    user = UserState()
+    handlers.select_model("mono", user)
+    with pytest.raises(gr.Error, match="enter a Hub model id"):
+        handlers.download_model("not a repo id", user)
+    with pytest.raises(gr.Error, match="cannot reach the Hugging Face Hub|download failed|no such model repo"):
+        handlers.download_model("someone/some-ddpm", user)  # the Hub is unreachable in the tests
+    assert user.model == "mono" and handlers.library.names == ["faces", "mono", "seed"]
+
+
+def test_hub_download_adds_and_selects_the_model(handlers: ui.Handlers, tmp_path: Path, monkeypatch):
+    folder = save_tiny(tmp_path / "snapshot", image_size=8, timesteps=10)
+    monkeypatch.setattr("ddpm_app.session.download", lambda repo_id, cache_dir=None: folder)
+    user = UserState()
+    lib = ModelLibrary(handlers.library.weights_dir)
+    h = ui.Handlers(lib, preview_interval=0, export_dir=tmp_path / "x")
+    out = h.download_model("someone/tiny-ddpm", user)
+    assert user.model == "someone/tiny-ddpm" and "someone/tiny-ddpm" in out[6]["choices"]
+    assert "T = 10" in out[0]
+    assert len(run_all(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))) == 3
+
+
+def test_build_wires_named_endpoints(library: ModelLibrary):
+    demo = ui.build(library)
+    names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
+    assert names == {"generate", "frame", "export_gif", "export_mp4", "export_png", "noise", "denoise",
+                     "select_model", "download_model"}
+    sampling = [d for d in demo.fns.values() if d.api_name in ("generate", "denoise")]
+    assert all(d.concurrency_limit == 1 and d.concurrency_id == "model" for d in sampling)
+    assert demo._queue.max_size == ui.QUEUE_SIZE
