@@ -77,9 +77,8 @@ def render(config: DiffusionConfig, num_parameters: int, *, title: str = "DDPM m
         "## Training", "",
         "| | |", "|---|---|",
         f"| dataset | {info.name}, split `{data.get('split') or 'all'}`, {data.get('images', '?')} images |",
-        f"| steps × batch | {training.get('steps', '?')} × {tc.get('batch_size', '?')} "
-        f"= {training.get('images_seen', '?'):,} images |" if isinstance(training.get("images_seen"), int)
-        else f"| steps × batch | {training.get('steps', '?')} × {tc.get('batch_size', '?')} |",
+        f"| images seen | {training.get('images_seen', 0):,} in {training.get('steps', '?')} steps "
+        f"({training.get('batch_schedule') or 'batch ' + str(tc.get('batch_size', '?'))}) |",
         f"| optimiser | AdamW, lr {tc.get('lr', '?')}, warm-up {tc.get('warmup_steps', '?')} steps, "
         f"{tc.get('lr_decay', 'constant')} schedule, grad clip {tc.get('grad_clip', '?')} |",
         f"| loss | MSE on ε, {tc.get('loss_weighting', 'uniform')} weighting over uniform t |",

@@ -248,6 +248,7 @@ class Trainer:
                                            betas=(0.9, 0.999), fused=self.is_cuda)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dist.rank)
         self.step = 0
+        self.images_seen = 0  # summed over steps, so it stays right when a resumed run changes batch size
         self.train_seconds = 0.0
         if ckpt is not None:
             self._restore(ckpt)
@@ -269,6 +270,7 @@ class Trainer:
     def state(self) -> dict:
         return {
             "step": self.step,
+            "images_seen": self.images_seen,
             "train_seconds": self.train_seconds,
             "model": self.model.state_dict(),
             "ema": self.ema.model.state_dict(),
@@ -290,6 +292,7 @@ class Trainer:
         if self.is_cuda and ckpt["cuda_rng"].numel():
             torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
         self.step = int(ckpt["step"])
+        self.images_seen = int(ckpt.get("images_seen", self.step * self.cfg.batch_size))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
 
     def save_checkpoint(self) -> Path:
@@ -323,6 +326,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.step)
         self.step += 1
+        self.images_seen += self.per_rank_batch * self.dist.world_size
         return loss.detach()
 
     def sample_grid(self) -> Path:
@@ -414,7 +418,7 @@ def export_checkpoint(ckpt: dict, directory: str | Path, dtype: str = "fp32", ex
     training = {
         "steps": int(ckpt["step"]),
         "train_seconds": round(float(ckpt.get("train_seconds", 0.0)), 1),
-        "images_seen": int(ckpt["step"]) * int(ckpt["train_config"]["batch_size"]),
+        "images_seen": int(ckpt.get("images_seen", int(ckpt["step"]) * int(ckpt["train_config"]["batch_size"]))),
         "data": ckpt.get("data", {}),
         "train_config": ckpt["train_config"],
         "weights": "ema",
