@@ -139,9 +139,10 @@ class ModelSummary:
 class DiffusionSession:
     """A loaded model, its schedule and its device: the calls the app's handlers make."""
 
-    def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str):
+    def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None):
         self.name = name
         self.loaded = loaded
+        self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
         self.device = torch.device(device)
         # channels_last makes the U-Nets' convolutions faster on CPU (and does no harm on CUDA)
@@ -214,7 +215,7 @@ class DiffusionSession:
 
     def summary(self) -> ModelSummary:
         card = ""
-        readme = Path(self.loaded.source) / "README.md"
+        readme = self.folder / "README.md"
         if readme.is_file():
             card = _strip_front_matter(readme.read_text(errors="replace"))
         return ModelSummary(self.name, self.loaded.source, self.config.arch, self.loaded.num_parameters,
@@ -338,7 +339,7 @@ class ModelLibrary:
             if name not in self.folders:
                 raise InputError(f"unknown model {name!r}; choose one of {', '.join(self.folders)}")
             loaded = load_local(self.folders[name], self.device)
-            session = DiffusionSession(name, loaded, self.device)
+            session = DiffusionSession(name, loaded, self.device, self.folders[name])
             self._loaded[name] = session
             while len(self._loaded) > self.models_in_memory:
                 self._loaded.popitem(last=False)
@@ -354,10 +355,10 @@ class ModelLibrary:
             raise InputError(f"enter a Hub model id like 'user/model-name', got {repo_id!r}")
         folder = download(repo_id, cache_dir=self.hub_cache_dir)
         loaded = load_local(folder, self.device)
-        loaded.source = str(folder)
+        loaded.source = repo_id
         with self._lock:
             self.folders[repo_id] = folder
-            self._loaded[repo_id] = DiffusionSession(repo_id, loaded, self.device)
+            self._loaded[repo_id] = DiffusionSession(repo_id, loaded, self.device, folder)
             while len(self._loaded) > self.models_in_memory:
                 self._loaded.popitem(last=False)
         return repo_id

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .checkpoint import CheckpointError
@@ -67,6 +71,8 @@ DENOISE_HELP = r"""Take the photo noised to $t$ in the **Forward** tab and run t
 back to 0 (SDEdit). Small $t$ keeps the photo; large $t$ keeps only its rough layout and colours, and the model
 fills in the rest with what it has learned."""
 
+STOPPED = "<div class='ddpm-stats'><b>Stopped.</b> The steps computed so far are in the <b>Frames</b> tab.</div>"
+
 MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedule, image size) and
 `model.safetensors`. Pick a shipped one, or download one in this format from the Hugging Face Hub."""
 
@@ -108,10 +114,12 @@ class Handlers:
                  show_eps: bool = True) -> tuple:
         """(x_t, x̂₀, ε̂, status, seed, frame-slider update) for one step; the last one shows the finished x₀."""
         last = len(run.frames) - 1
+        slider = gr.update(maximum=max(last, 1))  # the scrubber grows with the run
+        if step.is_last or step.index == 0:  # jump to the end when done; to 0 on a new run (inside the new range)
+            slider["value"] = last
         return (picture(step.x_prev if step.is_last else step.x_t), picture(step.pred_x0),
                 noise_picture(step.pred_eps) if show_eps or step.is_last else gr.skip(),
-                status_html(session, run, step, time.perf_counter() - started), str(run.seed),
-                gr.update(maximum=max(last, 1), value=last) if step.is_last else gr.update(maximum=max(last, 1)))
+                status_html(session, run, step, time.perf_counter() - started), str(run.seed), slider)
 
     # -- Step through the frames -------------------------------------------------------------------------
 
@@ -230,20 +238,14 @@ class Handlers:
                 gr.update(maximum=T - 1, value=T // 2), ddim_steps, ddim_steps,
                 gr.update(choices=self.library.names, value=session.name))
 
-    def header(self, user: UserState) -> str:
-        return model_header(self.session(user))
 
-
-class user_errors:
+@contextmanager
+def user_errors():
     """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        if isinstance(error, (InputError, ImageError, CheckpointError)):
-            raise gr.Error(str(error), print_exception=False) from None
-        return False
+    try:
+        yield
+    except (InputError, ImageError, CheckpointError) as e:
+        raise gr.Error(str(e), print_exception=False) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,7 +256,7 @@ def status_html(session: DiffusionSession, run: Trajectory, step: Step, elapsed:
     level = session.noise_level(step.t)
     n = run.num_steps
     if step.is_last:
-        head = f"<b>Done</b>: {n} steps in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} steps/s). Left: final x₀."
+        head = f"<b>Done</b>: {n} steps in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} steps/s). Shown: the final x₀."
     else:
         head = f"Step <b>{step.index + 1}</b> / {n}"
     return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
@@ -273,24 +275,44 @@ def forward_numbers(session: DiffusionSession, t: int, noise_seed: int | None = 
             f"$$x_{{{t}}} = {lv.sqrt_alpha_bar:.3f}\\,x_0 + {lv.sqrt_one_minus_alpha_bar:.3f}\\,\\varepsilon$$")
 
 
-def schedule_plot(session: DiffusionSession, t: int) -> Figure:
-    """ᾱ_t and SNR (dB) against t for both schedules, the model's drawn bold, the current t marked."""
-    curves = schedule_curves(session.timesteps)
-    own = session.config.schedule.kind
-    fig = Figure(figsize=(7, 2.6), dpi=90, layout="constrained")
+def schedule_plot(session: DiffusionSession, t: int) -> np.ndarray:
+    """ᾱ_t and SNR (dB) against t for both schedules, the model's drawn bold, the current t marked: (H, W, 3).
+
+    The curves are drawn once per model (matplotlib is slow); moving t only paints the marker line."""
+    base, marks = _schedule_figure(session.timesteps, session.config.schedule.kind)
+    img = base.copy()
+    for x0, dx, top, bottom in marks:
+        x = round(x0 + dx * t)
+        img[top:bottom, x - 1:x + 1] = (220, 20, 60)
+    return img
+
+
+@lru_cache(maxsize=8)
+def _schedule_figure(timesteps: int, own: str) -> tuple[np.ndarray, list[tuple[float, float, int, int]]]:
+    """The two panels as pixels, and for each the marker geometry: x pixel = x0 + dx·t, rows top…bottom."""
+    fig = Figure(figsize=(8, 2.6), dpi=100, layout="constrained")
     ax_a, ax_s = fig.subplots(1, 2)
-    for kind, (abar, snr_db) in curves.items():
+    for kind, (abar, snr_db) in schedule_curves(timesteps).items():
         style = dict(lw=2.6 if kind == own else 1.2, alpha=1.0 if kind == own else 0.55,
                      label=f"{kind}{' (this model)' if kind == own else ''}")
         ax_a.plot(abar, **style)
         ax_s.plot(snr_db, **style)
     for ax, name in ((ax_a, r"$\bar\alpha_t$"), (ax_s, "SNR (dB)")):
-        ax.axvline(t, color="crimson", lw=1)
         ax.set_xlabel("t")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
     ax_a.legend(fontsize=8, loc="upper right")
-    return fig
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    height = pixels.shape[0]
+    marks = []
+    for ax in (ax_a, ax_s):
+        (x_start, _), (x_end, _) = ax.transData.transform([(0, 0), (timesteps - 1, 0)])
+        box = ax.get_window_extent()  # pixels from the bottom left
+        marks.append((x_start, (x_end - x_start) / max(timesteps - 1, 1),
+                      int(height - box.y1) + 1, int(height - box.y0) - 1))
+    return pixels, marks
 
 
 def model_header(session: DiffusionSession) -> str:
@@ -363,10 +385,11 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             run_btn = gr.Button("Generate", variant="primary", min_width=100)
                             stop_btn = gr.Button("Stop", variant="stop", min_width=80)
                     with gr.Column(scale=2, min_width=300):
-                        status = gr.HTML("<div class='ddpm-stats'>Press <b>Generate</b>.</div>", label="progress")
+                        status = gr.HTML("<div class='ddpm-stats'>Press <b>Generate</b>.</div>", label="progress",
+                                         elem_id="gen-status")
                         with gr.Row():
-                            g_xt = _image("x_t")
-                            g_x0 = _image("predicted x̂₀")
+                            g_xt = _image("x_t", elem_id="gen-xt")
+                            g_x0 = _image("predicted x̂₀", elem_id="gen-x0")
                             g_eps = _image("predicted ε̂ (×½)", visible=False)
 
             # 2. Step through the frames ----------------------------------------------------------
@@ -376,7 +399,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 with gr.Row():
                     prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
                     next_btn = gr.Button("Next ▶", size="sm", min_width=80)
-                frame_label = gr.Markdown("No run yet: press **Generate** first.", label="frame info")
+                frame_label = gr.Markdown("No run yet: press **Generate** first.", label="frame info",
+                                          elem_id="frame-label")
                 with gr.Row():
                     f_xt = _image("x_t")
                     f_x0 = _image("predicted x̂₀")
@@ -396,19 +420,21 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples",
                                     cache_examples=False)
                     with gr.Column(scale=2, min_width=300):
-                        t_slider = gr.Slider(0, T - 1, value=T // 2, step=1, label="t")
+                        t_slider = gr.Slider(0, T - 1, value=T // 2, step=1, label="t", elem_id="t-slider")
                         with gr.Row():
                             fix_noise = gr.Checkbox(True, label="Fix the noise ε while t moves", min_width=140)
                             noise_seed = gr.Number(-1, label="Noise seed (−1 = random)", precision=0,
                                                    min_width=120)
                             new_noise = gr.Button("New noise", size="sm", min_width=80)
-                        numbers = gr.Markdown(forward_numbers(first, T // 2), latex_delimiters=LATEX, label="numbers")
+                        numbers = gr.Markdown(forward_numbers(first, T // 2), latex_delimiters=LATEX, label="numbers",
+                                              elem_id="fwd-numbers")
                 with gr.Row():
                     q_x0 = _image("x₀")
                     q_eps = _image("ε (×½)")
-                    q_xt = _image("x_t")
+                    q_xt = _image("x_t", elem_id="fwd-xt")
                 strip = _image("x_t at evenly spaced t (same ε)", height=180, pixelated=False)
-                plot = gr.Plot(schedule_plot(first, T // 2), label="Schedules", format="png")
+                plot = _image("ᾱ_t and SNR against t: linear and cosine schedules", height=None, pixelated=False,
+                              value=schedule_plot(first, T // 2))
 
             # 4. Noise it, then denoise it ------------------------------------------------------
             with gr.Tab("Denoise", id="denoise"):
@@ -452,7 +478,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                                   [g_xt, g_x0, g_eps, status, seed_used, frame], api_name="generate",
                                   show_progress="hidden", **chain)
         gen_event.then(**show_frame, api_name="show_generated", api_visibility="private")
-        stop_btn.click(None, None, None, cancels=[gen_event])
+        stop_btn.click(lambda: STOPPED, None, status, cancels=[gen_event], api_visibility="private", queue=False)
         show_eps.change(lambda v: gr.update(visible=v), show_eps, g_eps, api_visibility="private", queue=False)
 
         frame.input(**show_frame, api_name="frame", trigger_mode="always_last")
@@ -477,7 +503,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                                 [sd_xt, sd_x0, sd_compare, sd_status, sd_seed_used, frame], api_name="denoise",
                                 show_progress="hidden", **chain)
         sd_event.then(**show_frame, api_name="show_denoised", api_visibility="private")
-        sd_stop.click(None, None, None, cancels=[sd_event])
+        sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private", queue=False)
 
         model_outputs = [summary, card, header, t_slider, steps, sd_steps, model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",

@@ -304,7 +304,10 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     lv = handlers.library.session("faces").noise_level(7)
     assert f"{lv.sqrt_alpha_bar:.4f}" in numbers and f"{lv.snr_db:+.1f} dB" in numbers
     assert strip.shape[1] > 8 * 16  # eight noised copies side by side
-    assert plot is not None and "t = 7" in note
+    assert "t = 7" in note
+    marked = ui.schedule_plot(handlers.library.session("faces"), 7)
+    np.testing.assert_array_equal(plot, marked)
+    assert (marked != ui.schedule_plot(handlers.library.session("faces"), 12)).any()  # the t marker moves
 
 
 def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):

@@ -1,0 +1,167 @@
+"""What streaming previews cost in the app: time to the first preview and total time, streaming on vs off.
+
+    python benchmarks/app_stream.py [--weights weights] [--model NAME] [--batch 4] [--repeats 2]
+                                    [--interval 0.15] [--samplers ddpm,ddim] [--device cpu]
+
+For DDPM over all T steps and DDIM-50, each measured three ways:
+
+- ``sampler``: the bare sampler generator drained, no pictures and no server: the floor (its "first preview"
+  is when the first step was done);
+- ``handler``: the app's generate handler iterated in-process (stores every step, makes the preview pictures);
+- ``server``: ``python app.py`` started on localhost in its own process and driven with gradio_client, timed
+  from submit to the first streamed output and to the last: what a browser sees, including the queue, PNG
+  encoding and transport.
+
+"off" sends only the final images (``--preview-interval -1`` in app.py); "on" sends a preview at most every
+``--interval`` seconds plus the last step. Prints a Markdown table (medians over ``--repeats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+from ddpm_app import ui  # noqa: E402
+from ddpm_app.session import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, SamplerSettings, UserState  # noqa: E402
+
+SEED = 1234
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def time_sampler(library: ModelLibrary, settings: SamplerSettings, batch: int) -> tuple[float, float]:
+    session = library.session()
+    start = time.perf_counter()
+    first = None
+    for _ in session.sample(settings, batch, SEED):
+        first = first or time.perf_counter() - start
+    return first, time.perf_counter() - start
+
+
+def time_handler(library: ModelLibrary, interval: float | None, settings: SamplerSettings,
+                 batch: int) -> tuple[float, float]:
+    handlers = ui.Handlers(library, preview_interval=interval)
+    start = time.perf_counter()
+    first = None
+    for _ in handlers.generate(settings.sampler, settings.steps, settings.eta, SEED, batch, True, False,
+                               UserState()):
+        first = first or time.perf_counter() - start
+    return first, time.perf_counter() - start
+
+
+def start_server(args, interval: float | None) -> tuple[subprocess.Popen, str]:
+    """``python app.py`` in its own process (as users run it), and its URL once it answers."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "app.py"), "--weights", args.weights, "--port", str(port),
+           "--preview-interval", str(-1 if interval is None else interval)]
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.device:
+        cmd += ["--device", args.device]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("app.py did not start")
+
+
+def time_server(client, settings: SamplerSettings, batch: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    job = client.submit(settings.sampler, settings.steps, settings.eta, SEED, batch, True, False,
+                        api_name="/generate")
+    first = None
+    for _ in job:  # blocks until each streamed output arrives
+        first = first or time.perf_counter() - start
+    job.result()
+    total = time.perf_counter() - start
+    return first or total, total
+
+
+def median_pair(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default=os.environ.get("DDPM_WEIGHTS_DIR", "weights"))
+    p.add_argument("--model", default=None)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--interval", type=float, default=DEFAULT_PREVIEW_INTERVAL)
+    p.add_argument("--samplers", default="ddpm,ddim", help="comma-separated: ddpm (all T steps), ddim (50 steps)")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+
+    from gradio_client import Client
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)  # as app.py does
+    library = ModelLibrary(args.weights, device, default=args.model)
+    session = library.session()
+    T = session.timesteps
+    cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings("ddim", 50, 0.0, True)}
+    cases = {k: cases[k] for k in args.samplers.split(",")}
+
+    servers = {}
+    for mode, interval in (("off", None), ("on", args.interval)):
+        proc, url = start_server(args, interval)
+        servers[mode] = (proc, Client(url, verbose=False))
+
+    print(f"model {session.name}: {session.config.arch}, {session.loaded.num_parameters / 1e6:.1f} M parameters, "
+          f"{session.config.image_size}×{session.config.image_size}×{session.config.channels}, T = {T}; "
+          f"batch {args.batch}; device {device}, {torch.get_num_threads()} torch threads, "
+          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); preview every "
+          f"{args.interval} s when on; median of {args.repeats}\n")
+    print("| sampler | measured | streaming | first preview (s) | total (s) | vs sampler only |")
+    print("|---|---|---|---|---|---|")
+    try:
+        for name, settings in cases.items():
+            label = f"DDPM-{T}" if name == "ddpm" else "DDIM-50"
+            time_sampler(library, SamplerSettings("ddim", 2, 0.0, True), args.batch)  # warm up
+            base = median_pair([time_sampler(library, settings, args.batch) for _ in range(args.repeats)])
+            rows = [("sampler", "—", base)]
+            for mode, interval in (("off", None), ("on", args.interval)):
+                rows.append(("handler", mode, median_pair(
+                    [time_handler(library, interval, settings, args.batch) for _ in range(args.repeats)])))
+            for mode in ("off", "on"):  # one server at a time does work; the other idles
+                client = servers[mode][1]
+                time_server(client, SamplerSettings("ddim", 2, 0.0, True), args.batch)  # warm up
+                rows.append(("server", mode, median_pair(
+                    [time_server(client, settings, args.batch) for _ in range(args.repeats)])))
+            for measured, mode, (first, total) in rows:
+                print(f"| {label} | {measured} | {mode} | {first:.2f} | {total:.2f} | "
+                      f"{100 * (total / base[1] - 1):+.1f} % |", flush=True)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
