@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ddpm_app.schedule import ScheduleConfig
     from ddpm_app.training import TrainConfig
 
-    p = argparse.ArgumentParser(prog="train.py", description="Train a DDPM U-Net (ε-prediction, simple loss).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # option helps state their own defaults (from the config dataclasses), so no ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="train.py", description="Train a DDPM U-Net (ε-prediction, simple loss).")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (model, EMA, "
                    "optimizer, step, RNG states); model and schedule options are then taken from the checkpoint")
     p.add_argument("--push-to-hub", metavar="USER/REPO", default=None,
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model", "architecture and its config fields (unset ones keep the architecture's "
                              "defaults; `ddpm` and `seed` each take their own)")
-    g.add_argument("--arch", choices=["ddpm", "seed"], default="ddpm", help="U-Net design")
+    g.add_argument("--arch", choices=["ddpm", "seed"], default="ddpm", help="U-Net design (default: ddpm)")
     seen = set()
     for cls, label in ((UNetConfig, "ddpm"), (SeedUNetConfig, "seed")):
         names = [f for f in cls.__dataclass_fields__ if f not in seen]
@@ -51,9 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         seen.update(names)
 
     s = p.add_argument_group("noise schedule")
-    s.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="β_t layout")
+    s.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="β_t layout (default: linear)")
     cli.add_dataclass_options(s, ScheduleConfig, skip=("kind",))
     return p
+
+
+def given_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
+    """The options of ``args`` that ``argv`` sets explicitly (even to their default value)."""
+    probe = build_parser()
+    for action in probe._actions:  # an option left out then leaves no attribute at all
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv))) & set(vars(args))
 
 
 def model_config_from_args(args):
@@ -83,7 +91,13 @@ def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in metrics_path.read_text(errors="replace").splitlines() if metrics_path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+    rows = [r for r in rows if isinstance(r, dict) and "step" in r and "loss" in r]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -135,9 +149,14 @@ def train_main(argv) -> int:
         if not ckpt_path.is_file():
             print(f"error: --resume: no checkpoint at {ckpt_path}", file=sys.stderr)
             return 2
-        saved = training.load_checkpoint(ckpt_path)["train_config"]
-        given = {k: v for k, v in cfg_values.items() if v != training.TrainConfig.__dataclass_fields__[k].default}
-        cfg_values = {**saved, **given}
+        try:
+            saved = training.load_checkpoint(ckpt_path)["train_config"]
+        except training.TrainingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        saved = {k: v for k, v in saved.items() if k in training.TrainConfig.__dataclass_fields__}
+        given = given_options(args, argv)
+        cfg_values = {**saved, **{k: v for k, v in cfg_values.items() if k in given}, "out": args.out}
     try:
         cfg = training.TrainConfig(**cfg_values)
         if not cfg.data:
@@ -171,7 +190,7 @@ def train_main(argv) -> int:
                 bar.write(f"step {p.step}: {p.event} → {p.path}")
             elif p.event in ("stopped", "done"):
                 status = p.event
-    except training.TrainingError as e:
+    except (training.TrainingError, OSError) as e:  # OSError: e.g. the disk filled up while writing a sample grid
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -62,8 +62,12 @@ def list_images(path: str | Path, split: str | None = None) -> list[str]:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
     else:
         raise DatasetError(f"{path}: not a folder or a .zip archive of images")
-    names = sorted(n for n in names if _is_image(n) and _in_split(n, split))
+    images = [n for n in names if _is_image(n)]
+    names = sorted(n for n in images if _in_split(n, split))
     if not names:
+        if images:  # e.g. a flat folder of images and the default split "train"
+            raise DatasetError(f"{path}: no images in a folder named {split!r}, but {len(images)} elsewhere; "
+                               f"use split \"\" (train.py --split \"\") to take all of them")
         where = f" in split {split!r}" if split else ""
         raise DatasetError(f"{path}: no images{where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return names
@@ -76,6 +80,14 @@ def _decode(data: bytes, size: int) -> Tensor | None:
         return None
 
 
+def _read_or_none(read) -> bytes | None:
+    """The file's bytes, or None if it cannot be read (I/O error, a damaged zip member)."""
+    try:
+        return read()
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return None
+
+
 def load_pack(path: str | Path, image_size: int, split: str | None = None, limit: int | None = None,
               workers: int = 8) -> ImagePack:
     """Decode every image under ``path`` (folder or zip) to (3, image_size, image_size) uint8.
@@ -85,13 +97,12 @@ def load_pack(path: str | Path, image_size: int, split: str | None = None, limit
     path = Path(path)
     names = list_images(path, split)[:limit]
     if path.is_dir():
-        read = lambda name: (path / name).read_bytes()  # noqa: E731
-        blobs = [read(n) for n in names]
+        blobs = [_read_or_none(lambda n=n: (path / n).read_bytes()) for n in names]
     else:
         with zipfile.ZipFile(path) as zf:
-            blobs = [zf.read(n) for n in names]
+            blobs = [_read_or_none(lambda n=n: zf.read(n)) for n in names]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(lambda b: _decode(b, image_size), blobs, chunksize=64))
+        decoded = list(pool.map(lambda b: None if b is None else _decode(b, image_size), blobs))
     kept = [(n, x) for n, x in zip(names, decoded) if x is not None]
     skipped = [n for n, x in zip(names, decoded) if x is None]
     if not kept:

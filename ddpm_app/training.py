@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +34,8 @@ from .models import ModelConfig, build_model
 from .schedule import Schedule, ScheduleConfig, extract
 
 CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+STOP_SYNC_STEPS = 10  # with several processes, a stop request (signal, time limit) is agreed on every N steps
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,48 @@ def diffusion_loss(model: nn.Module, schedule: Schedule, x0: Tensor, t: Tensor, 
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Write to ``NAME.tmpPID``, fsync, then rename over ``NAME``: the final name only ever holds a whole file."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports some write failures as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"{path}: could not write the checkpoint ({e}); the previous checkpoint, if any, is "
+                            "intact. Free some space or choose another --out, then --resume.") from None
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def remove_stale_temp_files(out: Path) -> list[Path]:
+    """Delete ``checkpoint.pt.tmpPID`` files left by a killed run (not those of a live process); returns them."""
+    removed = []
+    for tmp in out.glob(CHECKPOINT_NAME + ".tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -193,16 +232,37 @@ def load_checkpoint(path: str | Path) -> dict:
         raise TrainingError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {e})") from None
 
 
-def check_writable(out: Path) -> None:
-    """Fail before training if the run folder cannot be written."""
+def check_writable(out: Path, need_bytes: int = 0) -> None:
+    """Fail before training if the run folder cannot be written or has less than ``need_bytes`` free."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"x" * 4096)
         probe.unlink()
+        free = shutil.disk_usage(out).free
     except OSError as e:
         raise TrainingError(f"{out}: cannot write the run folder ({e.strerror or e}); "
                             "choose another --out or free some space") from None
+    if free < need_bytes:
+        raise TrainingError(f"{out}: only {free / 1e6:.1f} MB free, but checkpoints and the export of this model "
+                            f"need about {need_bytes / 1e6:.1f} MB; free some space or choose another --out")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a killed run may have logged past its last checkpoint)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 class Trainer:
@@ -216,8 +276,7 @@ class Trainer:
         self.dist = setup_distributed(kind)
         self.device = resolve_device(cfg.device, self.dist)
         self.is_cuda = self.device.type == "cuda"
-        if self.dist.is_main:
-            check_writable(self.out)
+        self._agreed_check(lambda: check_writable(self.out), "cannot write the run folder")
 
         ckpt = None
         if resume:
@@ -236,6 +295,8 @@ class Trainer:
         if pack.images.shape[1] != model_config.in_channels or pack.images.shape[-1] != model_config.image_size:
             raise TrainingError(f"data is {tuple(pack.images.shape[1:])} but the model expects "
                                 f"({model_config.in_channels}, {model_config.image_size}, {model_config.image_size})")
+        if len(pack) < self.dist.world_size:
+            raise TrainingError(f"{len(pack)} image(s) cannot be shared among {self.dist.world_size} processes")
         # this rank's shard of the data, kept on the device as uint8
         self.images = pack.images[self.dist.rank::self.dist.world_size].to(self.device)
 
@@ -252,6 +313,14 @@ class Trainer:
         self.train_seconds = 0.0
         if ckpt is not None:
             self._restore(ckpt)
+        self._resumed = ckpt is not None
+
+        def preflight() -> None:
+            # room for the next checkpoint beside the current one (model, EMA, two Adam moments) and the export
+            param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            check_writable(self.out, 5 * param_bytes)
+            remove_stale_temp_files(self.out)
+        self._agreed_check(preflight, "the run folder is not usable")
 
         net: nn.Module = self.model
         if self.dist.world_size > 1:
@@ -287,7 +356,13 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.ema.model.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.gen.set_state(ckpt["generator"])
+        rank_generators = ckpt.get("rank_generators")
+        if rank_generators is not None and len(rank_generators) == self.dist.world_size:
+            self.gen.set_state(rank_generators[self.dist.rank])
+        elif self.dist.is_main:
+            self.gen.set_state(ckpt["generator"])
+        else:  # resumed with more processes than saved the checkpoint: a fresh stream of this rank's own
+            self.gen.manual_seed((self.cfg.seed * 1000 + self.dist.rank) * 1_000_003 + int(ckpt["step"]))
         torch.set_rng_state(ckpt["cpu_rng"])
         if self.is_cuda and ckpt["cuda_rng"].numel():
             torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
@@ -296,10 +371,38 @@ class Trainer:
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
 
     def save_checkpoint(self) -> Path:
+        """Write ``checkpoint.pt`` (rank 0); every rank must call it. Refuses to overwrite with non-finite weights."""
         path = self.out / CHECKPOINT_NAME
-        if self.dist.is_main:
-            _save_atomic(self.state(), path)
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not bool(finite):  # the same on every rank: DDP keeps the weights identical
+            raise TrainingError(f"the weights became non-finite (NaN/inf) by step {self.step}; "
+                                f"{path} was not overwritten. Try a lower --lr or --grad-clip.")
+        state = self.state()
+        if self.dist.world_size > 1:  # each rank's own random stream, so a resumed run keeps them independent
+            generators: list = [None] * self.dist.world_size
+            dist.all_gather_object(generators, self.gen.get_state())
+            state["rank_generators"] = generators
+        self._agreed_check(lambda: _save_atomic(state, path), "could not write the checkpoint")
         return path
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (a collective: every rank must call it)."""
+        if self.dist.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _agreed_check(self, check, what: str) -> None:
+        """Run ``check`` on rank 0; if it raises a TrainingError, every rank raises one (no rank is left waiting)."""
+        error = None
+        if self.dist.is_main:
+            try:
+                check()
+            except TrainingError as e:
+                error = e
+        if self._agree(error is not None):
+            raise error or TrainingError(f"rank 0: {what}; see its error")
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -343,10 +446,14 @@ class Trainer:
         """Train until ``cfg.steps`` (or ``max_minutes``, or SIGINT/SIGTERM), yielding progress."""
         cfg = self.cfg
         old_handlers = {}
-        if self.dist.is_main and _in_main_thread():
+        if _in_main_thread():  # every rank: torchrun passes a Ctrl-C or SIGTERM on to all of them
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
-        metrics = (self.out / "metrics.jsonl").open("a") if self.dist.is_main else None
+        metrics = None
+        if self.dist.is_main:
+            if self._resumed:
+                _trim_metrics(self.out / METRICS_NAME, self.step)
+            metrics = (self.out / METRICS_NAME).open("a")
         try:
             yield from self._loop(metrics)
         finally:
@@ -362,7 +469,7 @@ class Trainer:
         seconds_before = self.train_seconds
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
-        last_good = self.step
+        last_good = self.step if self._resumed else None  # step of the newest checkpoint this run can vouch for
 
         def progress(event: str, loss: float, ips: float, path: Path | None = None) -> Progress:
             return Progress(self.step, cfg.steps, loss, lr_at(cfg, max(0, self.step - 1)), ips,
@@ -374,14 +481,21 @@ class Trainer:
             self.train_seconds = seconds_before + time.perf_counter() - start
             out_of_time = cfg.max_minutes > 0 and time.perf_counter() - start > cfg.max_minutes * 60
             stop = self._stop_signal is not None or out_of_time
+            if self.dist.world_size > 1:  # all ranks must leave at the same step, or the others wait forever
+                stop = self._agree(stop) if self.step % STOP_SYNC_STEPS == 0 else False
             due_log = self.step % cfg.log_every == 0 or self.step == cfg.steps or stop
             due_save = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or stop
             due_sample = cfg.sample_every and self.step % cfg.sample_every == 0
             if due_log or due_save or due_sample:
+                if self.dist.world_size > 1:  # the mean over ranks, so that all of them see a NaN and stop together
+                    dist.all_reduce(window_loss)
+                    window_loss /= self.dist.world_size
                 loss = (window_loss / window_steps).item()  # the only host sync of the window
                 if not math.isfinite(loss):
-                    raise TrainingError(f"loss became {loss} at step {self.step}; stopped. The last good checkpoint "
-                                        f"(step {last_good}) is kept in {self.out}. Try a lower --lr or --grad-clip.")
+                    kept = (f"The last good checkpoint (step {last_good}) is kept in {self.out / CHECKPOINT_NAME}."
+                            if last_good is not None else "No checkpoint of this run had been written yet.")
+                    raise TrainingError(f"loss became {loss} at step {self.step}; stopped. {kept} "
+                                        "Try a lower --lr or --grad-clip.")
                 ips = window_steps * cfg.batch_size / (time.perf_counter() - window_start)
                 window_loss.zero_()
                 window_steps, window_start = 0, time.perf_counter()

@@ -1,0 +1,281 @@
+"""train.py end to end on tiny folders and zips: exit codes, messages, resume, export, model card, push offline."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import constants, metadata_load
+from PIL import Image
+
+import train
+from ddpm_app import samplers, training
+from ddpm_app.checkpoint import load_pretrained
+from ddpm_app.data import load_pack
+from ddpm_app.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint
+from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
+from tiny_runs import MODEL, SCHEDULE, train_args, write_folder
+
+FAKE_TOKEN = "hf_fakeTokenForTests0123456789abcdefXYZ"
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path):
+    """No Hugging Face token anywhere: not in the environment, not in a token file."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
+
+
+def write_corrupted(folder: Path) -> list[str]:
+    """A truncated PNG, random bytes named .jpg and an empty file; returns their names."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="PNG")
+    (folder / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "noise.jpg").write_bytes(bytes(range(256)) * 4)
+    (folder / "empty.png").write_bytes(b"")
+    return ["empty.png", "noise.jpg", "truncated.png"]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished CLI run on a folder of 8 PNGs plus 3 broken files, asked to push with no token at the end."""
+    root = tmp_path_factory.mktemp("cli-run")
+    data = write_folder(root / "pictures")
+    broken = write_corrupted(data)
+    out = root / "run"
+    mp = pytest.MonkeyPatch()
+    mp.delenv("HF_TOKEN", raising=False)
+    mp.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    mp.setattr(constants, "HF_TOKEN_PATH", str(root / "no-token-here"))
+    mp.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # never reached: there is no token
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = train.main(train_args(data, out, "--split", "", "--name", "Tiny shapes", "--hardware", "test CPU",
+                                     "--push-to-hub", "someone/tiny-ddpm"))
+    mp.undo()
+    return {"code": code, "stderr": stderr.getvalue(), "out": out, "data": data, "broken": broken}
+
+
+# -- --help ---------------------------------------------------------------------------------------------------------
+
+def test_help_lists_every_option_with_its_help_text(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--data", "--split", "--out", "--steps", "--batch-size", "--lr", "--lr-decay", "--resume",
+                   "--push-to-hub", "--arch", "--base-channels", "--schedule", "--timesteps", "--no-compile"):
+        assert option in text, option
+    assert "total optimizer steps of the run (default: 20000)" in " ".join(text.split())
+    assert "image folder or .zip pack" in text
+    assert "{constant,cosine}" in text and "{uniform,min-snr}" in text
+    assert not re.search(r"\(default: [^)]*\)\s*\(default:", text)  # each default stated once
+    for sub in ("export", "push"):
+        with pytest.raises(SystemExit) as e:
+            train.main([sub, "--help"])
+        assert e.value.code == 0
+    assert "--ckpt" in capsys.readouterr().out
+
+
+# -- a full run -----------------------------------------------------------------------------------------------------
+
+def test_run_trains_skips_broken_files_and_exports(trained):
+    out = trained["out"]
+    assert "warning: skipped 3 unreadable image file(s) of 11" in trained["stderr"]
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    assert ckpt["step"] == 12 and ckpt["data"]["images"] == 8 and ckpt["data"]["split"] is None
+    assert {p.name for p in (out / "export").iterdir()} == {"config.json", "model.safetensors", "README.md",
+                                                             "samples.png"}
+    assert (out / "loss.png").is_file()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [4, 8, 12]
+
+    loaded = load_pretrained(out / "export")
+    assert loaded.config.model == MODEL and loaded.config.schedule == SCHEDULE
+    assert loaded.config.training["steps"] == 12 and loaded.config.training["hardware"] == "test CPU"
+    x = samplers.final(samplers.ddim(loaded.model, loaded.schedule, (2, 3, 16, 16), steps=2,
+                                     generator=torch.Generator().manual_seed(0)))
+    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+
+
+def test_model_card_has_the_hub_metadata_header(trained):
+    card = trained["out"] / "export" / "README.md"
+    assert card.read_text().startswith("---\n")
+    meta = metadata_load(card)
+    assert meta["library_name"] == "ddpm-app"
+    assert meta["license"] == "other" and meta["license_name"] == "see-dataset"
+    assert {"unconditional-image-generation", "ddpm"} <= set(meta["tags"])
+    assert meta["pipeline_tag"] == "unconditional-image-generation"
+    body = card.read_text()
+    assert "# Tiny shapes" in body and "![samples](samples.png)" in body and "on test CPU" in body
+
+
+def test_push_after_training_without_token_fails_clearly_and_keeps_the_export(trained):
+    assert trained["code"] == 4
+    message = trained["stderr"]
+    assert "exported to" in message
+    assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in message
+    assert f"the local export in {trained['out'] / 'export'} is intact" in message
+    assert load_pretrained(trained["out"] / "export").config.training["steps"] == 12
+
+
+def test_push_subcommand_without_token(trained, no_token, capsys, tmp_path):
+    export = trained["out"] / "export"
+    before = digest(export)
+    assert train.main(["push", str(export), "someone/tiny-ddpm"]) == 4
+    err = capsys.readouterr().err
+    assert "HF_TOKEN" in err and "`hf auth login`" in err and "is intact" in err
+    assert digest(export) == before
+
+
+def test_push_with_a_token_but_no_network_fails_clearly_and_hides_the_token(trained, no_token, monkeypatch, capsys):
+    export = trained["out"] / "export"
+    before = digest(export)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # the Hub endpoint is a closed local port (conftest)
+    assert train.main(["push", str(export), "someone/tiny-ddpm", "--private"]) == 4
+    captured = capsys.readouterr()
+    assert "error: could not upload to someone/tiny-ddpm" in captured.err
+    assert f"The local export in {export} is intact" in captured.err
+    assert FAKE_TOKEN not in captured.err + captured.out
+    assert digest(export) == before
+
+
+def test_push_of_a_folder_that_is_not_an_export(tmp_path, no_token, capsys):
+    assert train.main(["push", str(tmp_path), "someone/tiny-ddpm"]) == 4
+    assert "not a model folder (no config.json); export the model first" in capsys.readouterr().err
+
+
+def test_export_subcommand_rewrites_the_model_folder(trained, tmp_path, capsys):
+    ckpt = trained["out"] / CHECKPOINT_NAME
+    folder = tmp_path / "re-export"
+    assert train.main(["export", "--ckpt", str(ckpt), "--out", str(folder), "--export-dtype", "fp16",
+                       "--name", "Half precision", "--hardware", "a test box"]) == 0
+    assert "exported" in capsys.readouterr().err
+    loaded = load_pretrained(folder)
+    first = load_pretrained(trained["out"] / "export")
+    for name, value in first.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], value, rtol=1e-3, atol=1e-3)
+    meta = metadata_load(folder / "README.md")
+    assert meta["library_name"] == "ddpm-app" and "ddpm" in meta["tags"]
+    assert "# Half precision" in (folder / "README.md").read_text()
+    assert (folder / "samples.png").is_file()  # the run's last grid comes along
+
+
+def test_export_of_a_broken_checkpoint_is_exit_2(tmp_path, capsys):
+    bad = tmp_path / CHECKPOINT_NAME
+    bad.write_bytes(b"not a checkpoint")
+    assert train.main(["export", "--ckpt", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "not a readable training checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+# -- resume -----------------------------------------------------------------------------------------------------------
+
+def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    data = write_folder(tmp_path / "pictures")
+    assert train.main(train_args(data, tmp_path / "a", "--split", "", steps=8)) == 0
+    assert train.main(train_args(data, tmp_path / "b", "--split", "", steps=4)) == 0
+    # only --out, --resume and the new length: data, model, schedule and optimiser settings come from the run
+    assert train.main(["--out", str(tmp_path / "b"), "--resume", "--steps", "8"]) == 0
+    assert "resuming at step 4" in capsys.readouterr().err
+    a, b = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME), load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
+    assert a["step"] == b["step"] == 8
+    assert {**a["train_config"], "out": None} == {**b["train_config"], "out": None}
+    for key in ("model", "ema"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name}"
+
+
+def test_cli_resume_takes_options_given_now_even_at_their_default_value(tmp_path):
+    data = write_folder(tmp_path / "pictures")
+    out = tmp_path / "run"
+    assert train.main(train_args(data, out, "--split", "", steps=4)) == 0  # --lr 1e-3, --save-every 4
+    default_lr = TrainConfig.__dataclass_fields__["lr"].default
+    assert train.main(["--out", str(out), "--resume", "--steps", "5", "--lr", str(default_lr)]) == 0
+    cfg = load_checkpoint(out / CHECKPOINT_NAME)["train_config"]
+    assert cfg["steps"] == 5 and cfg["lr"] == default_lr  # given now, although equal to the default
+    assert cfg["save_every"] == 4 and cfg["batch_size"] == 8 and cfg["data"] == str(data)  # kept from the run
+    assert cfg["out"] == str(out)
+
+
+def test_resume_without_a_checkpoint_is_exit_2(tmp_path, capsys):
+    assert train.main(["--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert f"no checkpoint at {tmp_path / 'nothing' / CHECKPOINT_NAME}" in capsys.readouterr().err
+
+
+# -- data -------------------------------------------------------------------------------------------------------------
+
+def test_zip_with_train_and_test_folders_trains_on_the_split(tmp_path):
+    pack = utkface_pack(tmp_path)
+    out = tmp_path / "run"
+    assert train.main(train_args(pack, out, "--split", "train", steps=4)) == 0
+    data = load_checkpoint(out / CHECKPOINT_NAME)["data"]
+    assert data == {"path": str(pack), "split": "train", "images": len(UTK_TRAIN)}
+    test = load_pack(pack, 16, split="test")
+    assert test.names == sorted(UTK_TEST) and test.images.shape == (len(UTK_TEST), 3, 16, 16)
+
+
+def test_corrupted_files_are_skipped_and_listed(tmp_path):
+    data = write_folder(tmp_path / "pictures", n=3)
+    broken = write_corrupted(data)
+    pack = load_pack(data, 16)
+    assert len(pack) == 3 and sorted(pack.skipped) == broken
+
+
+def test_folder_of_only_broken_files_is_exit_2(tmp_path, capsys):
+    data = tmp_path / "broken"
+    data.mkdir()
+    write_corrupted(data)
+    assert train.main(train_args(data, tmp_path / "run", "--split", "")) == 2
+    assert "none of the 3 image files could be read" in capsys.readouterr().err
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+def test_empty_folder_is_a_clear_error_and_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert train.main(train_args(tmp_path / "empty", tmp_path / "run", "--split", "")) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "no images" in err and str(tmp_path / "empty") in err
+    assert "Traceback" not in err
+
+
+def test_flat_folder_with_the_default_split_says_how_to_use_it(tmp_path, capsys):
+    data = write_folder(tmp_path / "pictures", n=2)
+    assert train.main(train_args(data, tmp_path / "run")) == 2  # the default --split is "train"
+    assert "no images in a folder named 'train', but 2 elsewhere" in capsys.readouterr().err
+
+
+def test_missing_data_is_exit_2(tmp_path, capsys):
+    assert train.main(train_args(tmp_path / "nowhere", tmp_path / "run")) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert train.main(["--out", str(tmp_path / "run")]) == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
+def test_unwritable_out_is_a_clear_error_before_training(tmp_path, capsys):
+    data = write_folder(tmp_path / "pictures", n=2)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the run folder would have to be inside this file")
+    assert train.main(train_args(data, blocker / "run", "--split", "")) == 2
+    err = capsys.readouterr().err
+    assert f"{blocker / 'run'}: cannot write the run folder" in err
+    assert "training ddpm U-Net" not in err  # it never started
+
+
+def test_nan_during_training_is_exit_3(tmp_path, monkeypatch, capsys):
+    data = write_folder(tmp_path / "pictures", n=2)
+    real_loss = training.diffusion_loss
+    monkeypatch.setattr(training, "diffusion_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    assert train.main(train_args(data, tmp_path / "run", "--split", "")) == 3
+    assert "error: loss became nan at step 4" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "export").exists()

@@ -1,0 +1,298 @@
+"""The trainer on tiny in-memory data: it learns, resumes bit-exactly, stops cleanly, refuses bad states, exports."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_app import samplers, training
+from ddpm_app.checkpoint import load_pretrained
+from ddpm_app.schedule import Schedule
+from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, export_checkpoint, load_checkpoint,
+                               loss_weights, lr_at)
+from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
+
+
+def run(trainer: Trainer) -> list[training.Progress]:
+    return list(trainer.run())
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bitwise equality of everything a checkpoint carries that decides the rest of a run."""
+    assert a["step"] == b["step"] and a["images_seen"] == b["images_seen"]
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    opt_a, opt_b = a["optimizer"], b["optimizer"]
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert opt_a["state"].keys() == opt_b["state"].keys()
+    for i in opt_a["state"]:
+        for name, value in opt_a["state"][i].items():
+            assert torch.equal(value, opt_b["state"][i][name]), f"optimizer state {i}.{name} differs"
+    assert torch.equal(a["generator"], b["generator"])
+
+
+# -- learning-rate schedule and loss weights ---------------------------------------------------------------------
+
+def test_lr_linear_warmup_then_constant(tmp_path):
+    cfg = train_config(tmp_path, steps=100, lr=1e-3, warmup_steps=10)
+    assert [lr_at(cfg, s) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3], rel=1e-12)
+    assert lr_at(cfg, 10) == lr_at(cfg, 99) == 1e-3
+
+
+def test_lr_cosine_decays_to_a_tenth(tmp_path):
+    cfg = train_config(tmp_path, steps=110, lr=1e-3, warmup_steps=10, lr_decay="cosine")
+    assert lr_at(cfg, 9) == pytest.approx(1e-3)
+    assert lr_at(cfg, 10) == pytest.approx(1e-3)  # start of the cosine: cos(0) = 1
+    assert lr_at(cfg, 60) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # halfway: cos(π/2) = 0
+    assert lr_at(cfg, 110) == pytest.approx(1e-4)  # the end: 10 % of lr
+    assert lr_at(cfg, 500) == pytest.approx(1e-4)  # past the end (a resumed run with more steps) stays there
+
+
+def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
+    schedule = Schedule(SCHEDULE)
+    t = torch.arange(SCHEDULE.timesteps)
+    snr = schedule.alphas_cumprod.double() / (1 - schedule.alphas_cumprod.double())
+    w = loss_weights(schedule, t, train_config(tmp_path, loss_weighting="min-snr", min_snr_gamma=5.0))
+    assert w.shape == (SCHEDULE.timesteps,)
+    torch.testing.assert_close(w.double(), snr.clamp(max=5.0) / snr, rtol=1e-4, atol=0)
+    assert (w[snr <= 5.0] == 1).all() and (w[snr > 5.0] < 1).all()
+    assert (snr > 5.0).any() and (snr <= 5.0).any()  # both branches are exercised at this T
+    assert loss_weights(schedule, t, train_config(tmp_path)) is None
+
+
+# -- learning ---------------------------------------------------------------------------------------------------
+
+def test_loss_goes_down_on_simple_pictures(tmp_path):
+    trainer = Trainer(train_config(tmp_path, steps=60, log_every=10, save_every=0), MODEL, SCHEDULE,
+                      pack=shapes_pack())
+    logs = [p for p in run(trainer) if p.event == "log"]
+    assert [p.step for p in logs] == [10, 20, 30, 40, 50, 60]
+    losses = [p.loss for p in logs]
+    assert all(math.isfinite(x) for x in losses)
+    # the zero-initialised output layer predicts ε ≈ 0 at first (loss ≈ 1); it has to learn to do much better
+    assert losses[0] > 0.5
+    assert max(losses[-2:]) < 0.4 * losses[0], losses
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert [r["loss"] for r in rows] == pytest.approx(losses)
+
+
+def test_min_snr_weighting_trains_and_down_weights_low_noise_steps(tmp_path):
+    first_loss = {}
+    for weighting in ("uniform", "min-snr"):
+        cfg = train_config(tmp_path / weighting, steps=4, log_every=1, loss_weighting=weighting)
+        trainer = Trainer(cfg, MODEL, SCHEDULE, pack=shapes_pack())
+        logs = [p for p in run(trainer) if p.event == "log"]
+        assert len(logs) == 4 and all(math.isfinite(p.loss) for p in logs)
+        first_loss[weighting] = logs[0].loss
+        assert load_checkpoint(tmp_path / weighting / CHECKPOINT_NAME)["train_config"]["loss_weighting"] == weighting
+    # same batch, same initial network: the weights (≤ 1, < 1 where SNR > γ) lower the first loss
+    assert first_loss["min-snr"] < 0.95 * first_loss["uniform"]
+
+
+# -- resuming -----------------------------------------------------------------------------------------------------
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    """12 steps in one go vs 4 steps, a new Trainer from the checkpoint, 8 more: the same bits everywhere."""
+    a = Trainer(train_config(tmp_path / "a", steps=12), MODEL, SCHEDULE, pack=shapes_pack())
+    run(a)
+
+    first = Trainer(train_config(tmp_path / "b", steps=4), MODEL, SCHEDULE, pack=shapes_pack())
+    events = [(p.event, p.step) for p in run(first) if p.event != "log"]
+    assert events == [("checkpoint", 4), ("done", 4)]
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 4
+    del first
+
+    b = Trainer(train_config(tmp_path / "b", steps=12), None, None, pack=shapes_pack(), resume=True)
+    assert b.step == 4 and b.diffusion_config == a.diffusion_config  # model and schedule come from the checkpoint
+    run(b)
+    assert b.step == 12
+    assert_same_state(a.state(), b.state())
+    assert_same_state(load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME), load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME))
+    # the resumed run's metrics continue the first one's
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+
+
+def test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly(tmp_path):
+    """Ctrl-C mid-run (cosine lr, so the step count matters): checkpoint at the stop, resume → same bits."""
+    a = Trainer(train_config(tmp_path / "a", lr_decay="cosine", warmup_steps=3), MODEL, SCHEDULE, pack=shapes_pack())
+    run(a)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    b = Trainer(train_config(tmp_path / "b", lr_decay="cosine", warmup_steps=3), MODEL, SCHEDULE, pack=shapes_pack())
+    events = []
+    for p in b.run():
+        events.append((p.event, p.step))
+        if p.event == "checkpoint" and p.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # caught by the trainer: no KeyboardInterrupt
+    assert events[-2:] == [("checkpoint", 5), ("stopped", 5)]
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is put back
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 5
+
+    resumed = Trainer(train_config(tmp_path / "b", lr_decay="cosine", warmup_steps=3), None, None,
+                      pack=shapes_pack(), resume=True)
+    run(resumed)
+    assert_same_state(a.state(), resumed.state())
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path):
+    trainer = Trainer(train_config(tmp_path, steps=1000, max_minutes=1e-9), MODEL, SCHEDULE, pack=shapes_pack())
+    events = [(p.event, p.step) for p in run(trainer) if p.event != "log"]
+    assert events == [("checkpoint", 1), ("stopped", 1)]
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 1
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint at"):
+        Trainer(train_config(tmp_path), None, None, pack=shapes_pack(), resume=True)
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(TrainingError, match="not a readable training checkpoint"):
+        Trainer(train_config(tmp_path), None, None, pack=shapes_pack(), resume=True)
+
+
+def test_stale_temp_checkpoints_are_removed_and_never_read(tmp_path):
+    run(Trainer(train_config(tmp_path, steps=4), MODEL, SCHEDULE, pack=shapes_pack()))
+    dead = tmp_path / f"{CHECKPOINT_NAME}.tmp999999999"  # no such process
+    dead.write_bytes(b"half a checkpoint")
+    live = tmp_path / f"{CHECKPOINT_NAME}.tmp1"  # pid 1 is always alive: maybe another run writing right now
+    live.write_bytes(b"being written")
+
+    trainer = Trainer(train_config(tmp_path, steps=8), None, None, pack=shapes_pack(), resume=True)
+    assert trainer.step == 4  # read from checkpoint.pt, not from a temp file
+    assert not dead.exists() and live.exists()
+    run(trainer)
+    assert sorted(p.name for p in tmp_path.glob(CHECKPOINT_NAME + "*")) == [CHECKPOINT_NAME, live.name]
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    """A killed run may have logged past its last checkpoint (and cut a line short); resuming rewrites from there."""
+    run(Trainer(train_config(tmp_path, steps=4), MODEL, SCHEDULE, pack=shapes_pack()))
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 6, "loss": 0.5}) + "\n" + '{"step": 8, "lo')
+    run(Trainer(train_config(tmp_path, steps=8), None, None, pack=shapes_pack(), resume=True))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8]
+
+
+# -- faults -------------------------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(train_config(tmp_path, steps=12), MODEL, SCHEDULE, pack=shapes_pack())
+    real_loss = training.diffusion_loss
+
+    def loss_going_nan(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if trainer.step >= 6 else loss
+
+    monkeypatch.setattr(training, "diffusion_loss", loss_going_nan)
+    with pytest.raises(TrainingError) as e:
+        run(trainer)
+    message = str(e.value)
+    assert "loss became nan at step 8" in message
+    assert "last good checkpoint (step 4)" in message and str(tmp_path / CHECKPOINT_NAME) in message
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(torch.isfinite(v).all() for v in ckpt["ema"].values())
+
+
+def test_nan_before_any_checkpoint_says_none_was_written(tmp_path, monkeypatch):
+    trainer = Trainer(train_config(tmp_path, steps=12), MODEL, SCHEDULE, pack=shapes_pack())
+    real_loss = training.diffusion_loss
+    monkeypatch.setattr(training, "diffusion_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    with pytest.raises(TrainingError, match="No checkpoint of this run had been written yet"):
+        run(trainer)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_non_finite_weights_never_overwrite_the_checkpoint(tmp_path):
+    """A NaN gradient on the last step of a window leaves the logged loss finite; the save must still refuse."""
+    trainer = Trainer(train_config(tmp_path, steps=12), MODEL, SCHEDULE, pack=shapes_pack())
+    first = next(iter(trainer.model.parameters()))
+    first.register_hook(lambda g: g * float("nan") if trainer.step == 7 else g)  # the step that reaches 8
+    with pytest.raises(TrainingError, match="non-finite .* by step 8"):
+        run(trainer)
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    trainer = Trainer(train_config(tmp_path, steps=12), MODEL, SCHEDULE, pack=shapes_pack())
+    real_save, calls = torch.save, []
+
+    def save_then_disk_full(obj, f, *args, **kwargs):
+        calls.append(obj["step"])
+        if len(calls) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_disk_full)
+    with pytest.raises(TrainingError, match="could not write the checkpoint .*No space left"):
+        run(trainer)
+    assert calls == [4, 8]
+    assert [p.name for p in tmp_path.glob(CHECKPOINT_NAME + "*")] == [CHECKPOINT_NAME]  # no temp file left
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 4
+
+
+def test_unwritable_run_folder_fails_before_loading_data(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = train_config(blocker / "run", data=str(tmp_path / "no-such-data"))  # data would fail second
+    with pytest.raises(TrainingError, match="cannot write the run folder"):
+        Trainer(cfg, MODEL, SCHEDULE)
+
+
+def test_too_little_free_space_fails_before_training(tmp_path, monkeypatch):
+    real_usage = training.shutil.disk_usage
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1_000_000))
+    with pytest.raises(TrainingError, match=r"only 1\.0 MB free, but .* need about"):
+        Trainer(train_config(tmp_path), MODEL, SCHEDULE, pack=shapes_pack())
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_data_of_the_wrong_size_is_a_clear_error(tmp_path):
+    pack = shapes_pack()
+    pack.images = pack.images[:, :, :8, :8]
+    with pytest.raises(TrainingError, match=r"data is \(3, 8, 8\) but the model expects \(3, 16, 16\)"):
+        Trainer(train_config(tmp_path), MODEL, SCHEDULE, pack=pack)
+
+
+# -- export -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_export_loads_through_the_core_loader_and_samples(tmp_path, dtype):
+    trainer = Trainer(train_config(tmp_path / "run", steps=4, export_dtype=dtype), MODEL, SCHEDULE, pack=shapes_pack())
+    run(trainer)
+    folder = trainer.export(tmp_path / "export", extra={"hardware": "test CPU"})
+
+    loaded = load_pretrained(folder)
+    assert loaded.config.model == MODEL and loaded.config.schedule == SCHEDULE
+    assert loaded.config.training["steps"] == 4 and loaded.config.training["images_seen"] == 32
+    assert loaded.config.training["weights"] == "ema" and loaded.config.training["hardware"] == "test CPU"
+    tolerance = 0 if dtype == "fp32" else 1e-3
+    for name, value in trainer.ema.model.state_dict().items():  # the EMA weights, not the raw ones
+        torch.testing.assert_close(loaded.model.state_dict()[name], value, rtol=tolerance, atol=tolerance)
+
+    steps = list(samplers.ddim(loaded.model, loaded.schedule, (2, 3, 16, 16), steps=3,
+                               generator=torch.Generator().manual_seed(0)))
+    assert len(steps) == 3
+    assert steps[-1].x_prev.shape == (2, 3, 16, 16) and torch.isfinite(steps[-1].x_prev).all()
+
+    # the same export straight from the checkpoint file
+    again = export_checkpoint(load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME), tmp_path / "again", dtype)
+    for name, value in load_pretrained(again).model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[name])
