@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -142,6 +143,16 @@ def train_main(argv) -> int:
     from ddpm_app.schedule import ScheduleConfig
     from tqdm import tqdm
 
+    if args.push_to_hub:  # a bad repo id is worth knowing now, not after hours of training
+        from ddpm_app.hub import HubError, check_repo_id, has_token
+        try:
+            check_repo_id(args.push_to_hub)
+        except HubError as e:
+            print(f"error: --push-to-hub: {e}", file=sys.stderr)
+            return 2
+        if not has_token() and os.environ.get("RANK", "0") == "0":
+            print("warning: no Hugging Face token yet; set HF_TOKEN or run `hf auth login` before training ends, "
+                  "or the model will only be exported locally", file=sys.stderr)
     cfg_values = cli.pick(args, training.TrainConfig)
     if args.resume:
         # the run folder's own settings, with the options given now taking precedence for bookkeeping

@@ -14,6 +14,22 @@ class HubError(RuntimeError):
     """Publishing failed; the message says why and that the local folder is untouched."""
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Raise :class:`HubError` if ``repo_id`` cannot name a Hub repo (worth knowing before training, not after)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"{repo_id!r} is not a valid Hub repo id: {e}") from None
+
+
+def has_token() -> bool:
+    """Whether a Hub token is available (``HF_TOKEN`` or a prior ``hf auth login``)."""
+    from huggingface_hub import get_token
+    return bool(get_token())
+
+
 def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
                 commit_message: str = "Upload DDPM model") -> str:
     """Create ``repo_id`` if needed and upload ``folder`` (config, safetensors, card, images). Returns the URL.
@@ -24,6 +40,7 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, p
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     folder = Path(folder)
+    check_repo_id(repo_id)
     if not (folder / "config.json").is_file():
         raise HubError(f"{folder}: not a model folder (no config.json); export the model first")
     token = token or get_token()

@@ -215,6 +215,8 @@ def remove_stale_temp_files(out: Path) -> list[Path]:
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) is not a probe there; keep the file
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -123,10 +124,18 @@ def test_model_card_has_the_hub_metadata_header(trained):
 def test_push_after_training_without_token_fails_clearly_and_keeps_the_export(trained):
     assert trained["code"] == 4
     message = trained["stderr"]
+    assert "warning: no Hugging Face token yet" in message  # said before training, too
     assert "exported to" in message
     assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in message
     assert f"the local export in {trained['out'] / 'export'} is intact" in message
     assert load_pretrained(trained["out"] / "export").config.training["steps"] == 12
+
+
+def test_bad_repo_id_is_refused_before_training(tmp_path, capsys):
+    data = write_folder(tmp_path / "pictures", n=2)
+    assert train.main(train_args(data, tmp_path / "run", "--split", "", "--push-to-hub", "not a repo!")) == 2
+    assert "error: --push-to-hub: 'not a repo!' is not a valid Hub repo id" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_push_subcommand_without_token(trained, no_token, capsys, tmp_path):
@@ -153,6 +162,8 @@ def test_push_with_a_token_but_no_network_fails_clearly_and_hides_the_token(trai
 def test_push_of_a_folder_that_is_not_an_export(tmp_path, no_token, capsys):
     assert train.main(["push", str(tmp_path), "someone/tiny-ddpm"]) == 4
     assert "not a model folder (no config.json); export the model first" in capsys.readouterr().err
+    assert train.main(["push", str(tmp_path), "two words"]) == 4
+    assert "'two words' is not a valid Hub repo id" in capsys.readouterr().err
 
 
 def test_export_subcommand_rewrites_the_model_folder(trained, tmp_path, capsys):
@@ -230,6 +241,20 @@ def test_corrupted_files_are_skipped_and_listed(tmp_path):
     broken = write_corrupted(data)
     pack = load_pack(data, 16)
     assert len(pack) == 3 and sorted(pack.skipped) == broken
+
+
+def test_damaged_zip_member_is_skipped(tmp_path):
+    pictures = write_folder(tmp_path / "pictures", n=3)
+    pack_path = tmp_path / "pack.zip"
+    with zipfile.ZipFile(pack_path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for p in sorted(pictures.iterdir()):
+            zf.write(p, f"train/{p.name}")
+    raw = bytearray(pack_path.read_bytes())
+    second = raw.find((pictures / "img_01.png").read_bytes())
+    raw[second + 40] ^= 0xFF  # a flipped byte inside img_01.png: its CRC no longer matches
+    pack_path.write_bytes(bytes(raw))
+    pack = load_pack(pack_path, 16, split="train")
+    assert pack.names == ["train/img_00.png", "train/img_02.png"] and pack.skipped == ["train/img_01.png"]
 
 
 def test_folder_of_only_broken_files_is_exit_2(tmp_path, capsys):
