@@ -167,6 +167,13 @@ def train_main(argv) -> int:
             return 2
         saved = {k: v for k, v in saved.items() if k in training.TrainConfig.__dataclass_fields__}
         given = given_options(args, argv)
+        from ddpm_app.models import SeedUNetConfig, UNetConfig
+        architecture = {"arch", "schedule", *UNetConfig.__dataclass_fields__, *SeedUNetConfig.__dataclass_fields__,
+                        *ScheduleConfig.__dataclass_fields__}
+        ignored = sorted(given & architecture)
+        if ignored:
+            print("warning: --resume takes the model and noise schedule from the checkpoint; ignoring "
+                  + ", ".join("--" + name.replace("_", "-") for name in ignored), file=sys.stderr)
         cfg_values = {**saved, **{k: v for k, v in cfg_values.items() if k in given}, "out": args.out}
     try:
         cfg = training.TrainConfig(**cfg_values)

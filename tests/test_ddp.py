@@ -46,22 +46,24 @@ sys.exit(train.main(sys.argv[1:]))
 
 
 def torchrun(launcher: Path, args: list[str], record: Path) -> subprocess.Popen:
+    """Start 2 ranks of train.py; output goes to ``record/log.txt``, each rank's record to ``record/rankR.pt``."""
     record.mkdir(parents=True, exist_ok=True)
-    for old in record.glob("rank*.pt"):
-        old.unlink()
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher), *args]
     env = subprocess_env() | {"TRAIN_TEST_RECORD": str(record)}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    with (record / "log.txt").open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log = record / "log.txt"
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = 150) -> str:
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s (a rank left waiting?):\n{out[-3000:]}")
+        proc.wait()
+        pytest.fail(f"torchrun did not finish in {timeout} s (a rank left waiting?):\n{proc.log.read_text()[-3000:]}")
+    out = proc.log.read_text()
     assert proc.returncode == 0, out[-3000:]
     return out
 
@@ -70,7 +72,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            pytest.fail(f"torchrun exited early:\n{proc.stdout.read()[-3000:]}")
+            pytest.fail(f"torchrun exited early:\n{proc.log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("timed out waiting for the run to start")

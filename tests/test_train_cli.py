@@ -207,12 +207,17 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
             assert torch.equal(value, b[key][name]), f"{key}.{name}"
 
 
-def test_cli_resume_takes_options_given_now_even_at_their_default_value(tmp_path):
+def test_cli_resume_takes_options_given_now_even_at_their_default_value(tmp_path, capsys):
     data = write_folder(tmp_path / "pictures")
     out = tmp_path / "run"
     assert train.main(train_args(data, out, "--split", "", steps=4)) == 0  # --lr 1e-3, --save-every 4
     default_lr = TrainConfig.__dataclass_fields__["lr"].default
-    assert train.main(["--out", str(out), "--resume", "--steps", "5", "--lr", str(default_lr)]) == 0
+    capsys.readouterr()
+    assert train.main(["--out", str(out), "--resume", "--steps", "5", "--lr", str(default_lr),
+                       "--base-channels", "64", "--timesteps", "1000"]) == 0
+    assert ("warning: --resume takes the model and noise schedule from the checkpoint; ignoring --base-channels, "
+            "--timesteps") in capsys.readouterr().err
+    assert load_pretrained(out / "export").config.model == MODEL
     cfg = load_checkpoint(out / CHECKPOINT_NAME)["train_config"]
     assert cfg["steps"] == 5 and cfg["lr"] == default_lr  # given now, although equal to the default
     assert cfg["save_every"] == 4 and cfg["batch_size"] == 8 and cfg["data"] == str(data)  # kept from the run

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly(tmp_path):
     """Ctrl-C mid-run (cosine lr, so the step count matters): checkpoint at the stop, resume → same bits."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
     a = Trainer(train_config(tmp_path / "a", lr_decay="cosine", warmup_steps=3), MODEL, SCHEDULE, pack=shapes_pack())
     run(a)
 
