@@ -47,10 +47,18 @@ def _in_split(name: str, split: str | None) -> bool:
     return split is None or split in PurePosixPath(name).parts[:-1]
 
 
+def resolve_split(names: list[str], split: str | None) -> str | None:
+    """``"auto"`` → ``"train"`` when some image lies below a folder named train (a pack), else None (all)."""
+    if split != "auto":
+        return split or None
+    return "train" if any(_in_split(n, "train") for n in names) else None
+
+
 def list_images(path: str | Path, split: str | None = None) -> list[str]:
     """Relative names of the image files under a folder (recursively) or inside a zip, sorted.
 
-    ``split`` keeps only files below a folder of that name (e.g. ``train`` or ``test``).
+    ``split`` keeps only files below a folder of that name (e.g. ``train`` or ``test``); ``"auto"`` means
+    ``train`` for a pack that has such a folder and every image otherwise.
     """
     path = Path(path)
     if not path.exists():
@@ -63,9 +71,10 @@ def list_images(path: str | Path, split: str | None = None) -> list[str]:
     else:
         raise DatasetError(f"{path}: not a folder or a .zip archive of images")
     images = [n for n in names if _is_image(n)]
+    split = resolve_split(images, split)
     names = sorted(n for n in images if _in_split(n, split))
     if not names:
-        if images:  # e.g. a flat folder of images and the default split "train"
+        if images:  # e.g. a flat folder of images and split "train"
             raise DatasetError(f"{path}: no images in a folder named {split!r}, but {len(images)} elsewhere; "
                                f"use split \"\" (train.py --split \"\") to take all of them")
         where = f" in split {split!r}" if split else ""

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import samplers
 from .checkpoint import DiffusionConfig, save_pretrained
-from .data import ImagePack, load_pack, random_flip
+from .data import ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
 from .models import ModelConfig, build_model
 from .schedule import Schedule, ScheduleConfig, extract
@@ -43,7 +43,7 @@ class TrainConfig:
     """Optimisation and bookkeeping settings of a run (the model and schedule have their own configs)."""
 
     data: str = ""  # image folder or .zip pack
-    split: str | None = "train"  # sub-folder of the pack to train on ("" or None: everything)
+    split: str | None = "auto"  # sub-folder to train on: auto = train/ if the data has one, else everything; "" = all
     out: str = "runs/default"  # run folder: checkpoint, samples, metrics, export
     steps: int = 20_000  # total optimizer steps of the run
     batch_size: int = 128  # global batch (split across GPUs)
@@ -351,7 +351,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.is_cuda else torch.empty(0, dtype=torch.uint8),
             "diffusion_config": self.diffusion_config.to_dict(),
             "train_config": self.cfg.to_dict(),
-            "data": {"path": str(self.cfg.data), "split": self.cfg.split, "images": len(self.pack)},
+            "data": {"path": str(self.cfg.data), "split": resolve_split(self.pack.names, self.cfg.split),
+                     "images": len(self.pack)},
         }
 
     def _restore(self, ckpt: dict) -> None:

@@ -279,9 +279,15 @@ def test_empty_folder_is_a_clear_error_and_exit_2(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_flat_folder_with_the_default_split_says_how_to_use_it(tmp_path, capsys):
+def test_default_split_takes_a_flat_folder_whole_and_a_pack_s_train_folder(tmp_path, capsys):
     data = write_folder(tmp_path / "pictures", n=2)
-    assert train.main(train_args(data, tmp_path / "run")) == 2  # the default --split is "train"
+    assert train.main(train_args(data, tmp_path / "flat", steps=4)) == 0  # --split auto: no train/ → everything
+    assert load_checkpoint(tmp_path / "flat" / "checkpoint.pt")["data"]["images"] == 2
+
+
+def test_an_explicit_split_missing_from_a_flat_folder_says_how_to_use_it(tmp_path, capsys):
+    data = write_folder(tmp_path / "pictures", n=2)
+    assert train.main(train_args(data, tmp_path / "run", "--split", "train")) == 2
     assert "no images in a folder named 'train', but 2 elsewhere" in capsys.readouterr().err
 
 
