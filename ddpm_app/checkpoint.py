@@ -14,6 +14,7 @@ Nothing here unpickles: weights are read with safetensors only, and from the Hub
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,19 +108,33 @@ class LoadedModel:
 
 def save_pretrained(model: nn.Module, config: DiffusionConfig, directory: str | Path, *,
                     dtype: torch.dtype | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE) -> Path:
-    """Write ``config.json`` and the safetensors weights (cast to ``dtype`` if given) into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``config.json`` and the safetensors weights (cast to ``dtype`` if given) into ``directory``.
+
+    Files are written into a temporary folder first and then renamed into place one by one, so no file is
+    ever half-written under its final name; weight files of an earlier save that the new one lacks are removed.
+    """
+    import shutil
+
     from huggingface_hub import save_torch_state_dict
 
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
-    for old in directory.glob("model*.safetensors*"):  # a re-export must not leave stale shards behind
-        old.unlink()
-    save_torch_state_dict(state, directory, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_size)
-    tmp = directory / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    tmp.replace(directory / CONFIG_NAME)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / f".saving-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+                 for k, v in model.state_dict().items()}
+        staging.mkdir()
+        save_torch_state_dict(state, staging, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_size)
+        (staging / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        new_files = sorted(p.name for p in staging.iterdir())
+        for old in directory.glob("model*.safetensors*"):  # stale shards or index of an earlier save
+            if old.name not in new_files:
+                old.unlink()
+        for name in sorted(new_files, key=lambda n: n == CONFIG_NAME):  # config.json last
+            os.replace(staging / name, directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
