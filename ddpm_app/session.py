@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -37,10 +39,14 @@ from .schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
 DEFAULT_MODEL = "faces"
 MAX_BATCH = 4
 MAX_SEED = 2**32 - 1
-DEFAULT_PREVIEW_INTERVAL = 0.15  # seconds between previews sent to the browser
-DEFAULT_TRAJECTORY_BYTES = 64 * 2**20  # per run: every step of DDPM-1000 for one 64×64 RGB image, a dense subset for more
+# seconds between previews sent to the browser: 5 a second look smooth, and cost under 10 % of the sampling
+# time on a 2-core CPU (benchmarks/app_stream.py)
+DEFAULT_PREVIEW_INTERVAL = 0.2
+# per run: every step of DDPM-1000 for four 64×64 RGB images (98 MB as uint8); a dense subset beyond that
+DEFAULT_TRAJECTORY_BYTES = 128 * 2**20
 STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
 MODELS_IN_MEMORY = 3
+T = TypeVar("T")
 
 
 class InputError(ValueError):
@@ -69,9 +75,13 @@ def resolve_seed(seed: float | int | str | None) -> int:
 
 
 def _whole(value: float | int | None, name: str, low: int, high: int) -> int:
-    if value is None or not float(value).is_integer() or not low <= value <= high:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number.is_integer() or not low <= number <= high:
         raise InputError(f"{name} must be a whole number in {low}…{high}, got {value}")
-    return int(value)
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,10 @@ class ModelSummary:
     image_size: int
     channels: int
     schedule: ScheduleConfig
+    dataset: str | None  # from config.json's training metadata
     training: dict
-    card: str  # the model card's text without its YAML front matter ("" if there is none)
+    card: str  # the model card's text without its YAML front matter or image links ("" if there is none)
+    samples: Path | None  # samples.png next to the weights, if there is one
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,9 +230,15 @@ class DiffusionSession:
         readme = self.folder / "README.md"
         if readme.is_file():
             card = _strip_front_matter(readme.read_text(errors="replace"))
+            card = re.sub(r"!\[[^\]]*\]\([^)]*\)\s*", "", card)  # pictures are shown separately
+        training = dict(self.config.training)
+        data = training.get("data")
+        dataset = training.get("dataset") or (data.get("path") if isinstance(data, dict) else data)
+        samples = self.folder / "samples.png"
         return ModelSummary(self.name, self.loaded.source, self.config.arch, self.loaded.num_parameters,
                             self.config.image_size, self.config.channels, self.config.schedule,
-                            dict(self.config.training), card)
+                            None if dataset is None else str(dataset), training, card,
+                            samples if samples.is_file() else None)
 
 
 def _strip_front_matter(text: str) -> str:
@@ -293,6 +311,29 @@ def psnr(a: Tensor, b: Tensor) -> float:
 # The models the app serves
 
 
+class DeviceWorker:
+    """One thread that does all of the app's tensor work, one job at a time: ``run(fn, …)`` calls ``fn`` there.
+
+    PyTorch's CPU kernels start an OpenMP thread team in each thread that calls them. A web server hands requests
+    to any of its pool threads, so each would get a team; with more team threads than cores OpenMP stops
+    spinning between kernels and sleeps instead, which made sampling in the server ~50 % slower than in a
+    script on a 2-core machine. With every kernel called from this one thread there is a single team.
+    """
+
+    def __init__(self, name: str = "ddpm-device"):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
+                                            initializer=self._remember_thread)
+        self._thread_id: int | None = None
+
+    def _remember_thread(self) -> None:
+        self._thread_id = threading.get_ident()
+
+    def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        if threading.get_ident() == self._thread_id:  # already on the worker (a job calling another)
+            return fn(*args, **kwargs)
+        return self._executor.submit(fn, *args, **kwargs).result()
+
+
 def find_models(weights_dir: str | Path) -> dict[str, Path]:
     """Every model folder (one holding config.json) directly inside ``weights_dir``, by folder name."""
     weights_dir = Path(weights_dir)
@@ -324,6 +365,7 @@ class ModelLibrary:
         self.hub_cache_dir = hub_cache_dir
         self._loaded: OrderedDict[str, DiffusionSession] = OrderedDict()
         self._lock = threading.Lock()
+        self.worker = DeviceWorker()  # all tensor work on this library's device goes through it
 
     @property
     def names(self) -> list[str]:
@@ -338,8 +380,7 @@ class ModelLibrary:
                 return self._loaded[name]
             if name not in self.folders:
                 raise InputError(f"unknown model {name!r}; choose one of {', '.join(self.folders)}")
-            loaded = load_local(self.folders[name], self.device)
-            session = DiffusionSession(name, loaded, self.device, self.folders[name])
+            session = self.worker.run(self._load, name, self.folders[name])
             self._loaded[name] = session
             while len(self._loaded) > self.models_in_memory:
                 self._loaded.popitem(last=False)
@@ -354,14 +395,17 @@ class ModelLibrary:
         if not is_repo_id(repo_id):
             raise InputError(f"enter a Hub model id like 'user/model-name', got {repo_id!r}")
         folder = download(repo_id, cache_dir=self.hub_cache_dir)
-        loaded = load_local(folder, self.device)
-        loaded.source = repo_id
+        session = self.worker.run(self._load, repo_id, folder)
+        session.loaded.source = repo_id
         with self._lock:
             self.folders[repo_id] = folder
-            self._loaded[repo_id] = DiffusionSession(repo_id, loaded, self.device, folder)
+            self._loaded[repo_id] = session
             while len(self._loaded) > self.models_in_memory:
                 self._loaded.popitem(last=False)
         return repo_id
+
+    def _load(self, name: str, folder: Path) -> DiffusionSession:
+        return DiffusionSession(name, load_local(folder, self.device), self.device, folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -390,7 +434,6 @@ class Trajectory:
     max_bytes: int = DEFAULT_TRAJECTORY_BYTES
     frames: list[Frame] = field(default_factory=list)
     final: Tensor | None = None  # (B, C, H, W) uint8, once the last step has run
-    start: Tensor | None = None  # (B, C, H, W) uint8: the x_t the chain started from
     steps_done: int = 0
     stopped: bool = False  # the run ended before its last step (Stop, or an error)
 
@@ -407,8 +450,6 @@ class Trajectory:
         return index % self.stride == 0 or index == self.num_steps - 1
 
     def add(self, step: Step) -> None:
-        if step.index == 0:
-            self.start = to_uint8(step.x_t).cpu()
         if self.keeps(step.index):
             self.frames.append(Frame(step.index, step.t, to_uint8(step.x_t).cpu(), to_uint8(step.pred_x0).cpu()))
         if step.is_last:
@@ -440,19 +481,36 @@ class Throttle:
         return True
 
 
-@torch.inference_mode()
-def stream(steps: Iterator[Step], trajectory: Trajectory | None = None,
-           throttle: Throttle | None = None) -> Iterator[Step]:
-    """Run every step of a sampler, store each in ``trajectory``, and yield those to preview: the first, then
-    at most one per throttle interval, and always the last. Stopping the iteration stops the sampler there."""
+def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle: Throttle | None = None,
+           render: Callable[[Step], T] | None = None, worker: DeviceWorker | None = None) -> Iterator[T]:
+    """Run every step of a sampler, store each in ``trajectory``, and yield ``render(step)`` (the step itself
+    by default) for those to preview: the first, then at most one per throttle interval, and always the last.
+
+    With a ``worker``, the steps and the rendering run on its thread, a stretch of steps per preview. Closing
+    this iterator (Stop) ends the sampler after the stretch in progress; the trajectory keeps what was done.
+    """
     throttle = throttle or Throttle(DEFAULT_PREVIEW_INTERVAL)
-    try:
+    render = render or (lambda step: step)
+
+    @torch.inference_mode()
+    def advance() -> tuple[object, bool] | None:
+        """Steps up to the next one to preview: (its rendering, whether it was the last), or None at the end."""
         for step in steps:
             if trajectory is not None:
                 trajectory.add(step)
             if throttle.ready() or step.is_last:
-                yield step
+                return render(step), step.is_last
+        return None
+
+    call = worker.run if worker is not None else (lambda fn: fn())
+    try:
+        while (preview := call(advance)) is not None:
+            yield preview[0]
+            if preview[1]:
+                return
     finally:  # also when the consumer closes us (Stop)
+        if hasattr(steps, "close"):  # a sampler generator: let it run its cleanup on the worker too
+            call(steps.close)
         if trajectory is not None and not trajectory.finished:
             trajectory.stopped = True
 
@@ -553,9 +611,10 @@ def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int 
     with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
                             macro_block_size=16, output_params=["-pix_fmt", "yuv420p"]) as writer:
         for i in indices:
-            writer.append_data(_pad_to(np.asarray(frame_picture(trajectory, trajectory.frames[i])), 16))
+            frame = _pad_to(np.asarray(frame_picture(trajectory, trajectory.frames[i])), 16)
+            writer.append_data(frame)
         for _ in range(fps):  # hold the last frame for a second
-            writer.append_data(_pad_to(np.asarray(frame_picture(trajectory, trajectory.frames[indices[-1]])), 16))
+            writer.append_data(frame)
     return path
 
 
@@ -574,7 +633,7 @@ def export_png(trajectory: Trajectory | None, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["DiffusionSession", "ForwardState", "Frame", "InputError", "ModelLibrary", "ModelSummary", "NoiseLevel",
+__all__ = ["DeviceWorker", "DiffusionSession", "ForwardState", "Frame", "InputError", "ModelLibrary", "ModelSummary", "NoiseLevel",
            "SamplerSettings", "Throttle", "Trajectory", "UserState", "export_gif", "export_mp4", "export_png",
            "find_models", "labelled_strip", "noise_picture", "picture", "psnr", "resolve_seed",
            "schedule_curves", "stream"]

@@ -8,6 +8,7 @@ only turns widget values into calls and results into pictures and text.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from contextlib import contextmanager
@@ -77,9 +78,18 @@ MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedul
 `model.safetensors`. Pick a shipped one, or download one in this format from the Hugging Face Hub."""
 
 
+def on_device(method):
+    """Run a handler on the library's device worker, the one thread that does the app's tensor work."""
+    @functools.wraps(method)
+    def on_worker(self: Handlers, *args, **kwargs):
+        return self.library.worker.run(method, self, *args, **kwargs)
+    return on_worker
+
+
 class Handlers:
     """The event handlers, over a model library. Generators stream previews; every step is stored in the
-    user's trajectory as it is computed, so Stop (which closes the generator) keeps what was done."""
+    user's trajectory as it is computed, so Stop (which closes the generator) keeps what was done. All tensor
+    work runs on the library's device worker (see :class:`~ddpm_app.session.DeviceWorker`)."""
 
     def __init__(self, library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
                  max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None):
@@ -106,8 +116,8 @@ class Handlers:
                          session.shape(batch), seed, self.max_trajectory_bytes)
         user.run = run  # a new object per run: a stopped run still finishing its step cannot write into this one
         started = time.perf_counter()
-        for step in stream(session.sample(settings, batch, seed), run, Throttle(self.preview_interval)):
-            yield self._preview(session, run, step, started, show_eps)
+        yield from stream(session.sample(settings, batch, seed), run, Throttle(self.preview_interval),
+                          lambda step: self._preview(session, run, step, started, show_eps), self.library.worker)
 
     @staticmethod
     def _preview(session: DiffusionSession, run: Trajectory, step: Step, started: float,
@@ -123,6 +133,7 @@ class Handlers:
 
     # -- Step through the frames -------------------------------------------------------------------------
 
+    @on_device
     def frame(self, index: float, user: UserState) -> tuple:
         """The stored frame ``index`` of the latest run: (x_t, x̂₀, label)."""
         run = user.run
@@ -137,12 +148,14 @@ class Handlers:
                  f"**t = {f.t}**. Stored: {every}.")
         return picture(f.x_t), picture(f.pred_x0), label
 
+    @on_device
     def nudge(self, index: float, delta: int, user: UserState) -> tuple:
         """Prev/next: (new slider value, x_t, x̂₀, label), kept inside the stored frames."""
         last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
         index = min(max(int(index or 0) + delta, 0), last)
         return (index, *self.frame(index, user))
 
+    @on_device
     def export(self, kind: str, user: UserState) -> str:
         """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images); returns a path."""
         self._prune_exports()
@@ -161,6 +174,7 @@ class Handlers:
 
     # -- Forward process ----------------------------------------------------------------------------------
 
+    @on_device
     def noise(self, photo: str | None, t: float, fix_noise: bool, noise_seed: float | None,
               user: UserState) -> tuple:
         """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
@@ -203,14 +217,18 @@ class Handlers:
                          session.shape(1), seed, self.max_trajectory_bytes)
         user.run = run
         started = time.perf_counter()
-        for step in stream(session.sdedit(x_t, t, settings, seed), run, Throttle(self.preview_interval)):
+
+        def render(step: Step) -> tuple:
             x_now, x0_now, _, status, seed_used, slider = self._preview(session, run, step, started, False)
             result = run.result()
             compare = labelled_strip([x0, x_t, result], ["original", f"noised to t={t}",
                                                          "result" if step.is_last else "current guess"])
             if step.is_last:
                 status += f"<div>PSNR of the result against the original: <b>{psnr(result, x0):.1f} dB</b></div>"
-            yield x_now, x0_now, compare, status, seed_used, slider
+            return x_now, x0_now, compare, status, seed_used, slider
+
+        yield from stream(session.sdedit(x_t, t, settings, seed), run, Throttle(self.preview_interval), render,
+                          self.library.worker)
 
     # -- Model ------------------------------------------------------------------------------------------
 
@@ -233,9 +251,9 @@ class Handlers:
     def _model_outputs(self, session: DiffusionSession, status: str) -> tuple:
         T = session.timesteps
         ddim_steps = gr.update(maximum=T, value=min(50, T))
-        table, card = model_card(session)
-        return (status + "\n\n" + table, card, model_header(session),
-                gr.update(maximum=T - 1, value=T // 2), ddim_steps, ddim_steps,
+        table, card, samples = model_card(session)
+        return (status + "\n\n" + table, card, samples, model_header(session),
+                gr.update(maximum=T - 1, value=T // 4), ddim_steps, ddim_steps,
                 gr.update(choices=self.library.names, value=session.name))
 
 
@@ -322,16 +340,18 @@ def model_header(session: DiffusionSession) -> str:
             f"device {session.device.type}")
 
 
-def model_card(session: DiffusionSession) -> tuple[str, str]:
-    """(summary table, model card text) in Markdown."""
+def model_card(session: DiffusionSession) -> tuple[str, str, str | None]:
+    """(summary table, model card text) in Markdown, and the path of the card's sample grid if there is one."""
     s = session.summary()
-    rows = [("source", f"`{s.source}`"), ("architecture", s.arch), ("parameters", f"{s.parameters / 1e6:.2f} M"),
+    rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or "not recorded"), ("architecture", s.arch),
+            ("parameters", f"{s.parameters / 1e6:.1f} M"),
             ("image size", f"{s.image_size}×{s.image_size}, {s.channels} channel(s)"),
             ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}")]
-    rows += [(k, str(v)) for k, v in s.training.items() if isinstance(v, (str, int, float, bool))][:12]
+    rows += [(k.replace("_", " "), str(v)) for k, v in s.training.items()
+             if isinstance(v, (str, int, float, bool)) and k != "dataset"][:12]
     table = "| property | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     card = s.card[:3000] + ("…" if len(s.card) > 3000 else "")
-    return table, card or "This model has no README.md card."
+    return table, card or "This model has no README.md card.", s.samples and str(s.samples)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,13 +440,13 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples",
                                     cache_examples=False)
                     with gr.Column(scale=2, min_width=300):
-                        t_slider = gr.Slider(0, T - 1, value=T // 2, step=1, label="t", elem_id="t-slider")
+                        t_slider = gr.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
                         with gr.Row():
                             fix_noise = gr.Checkbox(True, label="Fix the noise ε while t moves", min_width=140)
                             noise_seed = gr.Number(-1, label="Noise seed (−1 = random)", precision=0,
                                                    min_width=120)
                             new_noise = gr.Button("New noise", size="sm", min_width=80)
-                        numbers = gr.Markdown(forward_numbers(first, T // 2), latex_delimiters=LATEX, label="numbers",
+                        numbers = gr.Markdown(forward_numbers(first, T // 4), latex_delimiters=LATEX, label="numbers",
                                               elem_id="fwd-numbers")
                 with gr.Row():
                     q_x0 = _image("x₀")
@@ -434,7 +454,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     q_xt = _image("x_t", elem_id="fwd-xt")
                 strip = _image("x_t at evenly spaced t (same ε)", height=180, pixelated=False)
                 plot = _image("ᾱ_t and SNR against t: linear and cosine schedules", height=None, pixelated=False,
-                              value=schedule_plot(first, T // 2))
+                              value=schedule_plot(first, T // 4))
 
             # 4. Noise it, then denoise it ------------------------------------------------------
             with gr.Tab("Denoise", id="denoise"):
@@ -466,8 +486,11 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     with gr.Column(min_width=260):
                         repo = gr.Textbox(label="Hub model id", placeholder="user/model-name")
                         download_btn = gr.Button("Download from the Hub", size="sm")
-                table, card_text = model_card(first)
-                summary = gr.Markdown(table, label="model summary")
+                table, card_text, samples_path = model_card(first)
+                with gr.Row():
+                    summary = gr.Markdown(table, label="model summary", min_width=280)
+                    samples = gr.Image(samples_path, label="samples from the model card", interactive=False,
+                                       min_width=280, buttons=["fullscreen"])
                 with gr.Accordion("Model card (README.md)", open=False):
                     card = gr.Markdown(card_text, label="model card")
 
@@ -505,7 +528,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         sd_event.then(**show_frame, api_name="show_denoised", api_visibility="private")
         sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private", queue=False)
 
-        model_outputs = [summary, card, header, t_slider, steps, sd_steps, model_pick]
+        model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
                                **noise_kw)
         model_pick.input(h.select_model, [model_pick, user], model_outputs, api_name="select_model").then(

@@ -341,7 +341,7 @@ def test_denoise_runs_from_the_forward_x_t(handlers: ui.Handlers):
     run = user.run
     assert len(outs) == 10 and run.num_steps == 10 and run.finished
     assert run.frames[0].t == 9 and run.frames[-1].t == 0
-    assert torch.equal(run.start[0], to_uint8(user.forward.x_t))  # started from the forward tab's x_t
+    assert torch.equal(run.frames[0].x_t[0], to_uint8(user.forward.x_t))  # started from the forward tab's x_t
     compare, status = outs[-1][2], outs[-1][3]
     assert image_of(compare).shape[1] > 3 * 16 and "PSNR" in status
     ddpm = run_all(handlers.denoise("ddpm", 0, 0.0, 1, True, user))
@@ -353,8 +353,9 @@ def test_denoise_runs_from_the_forward_x_t(handlers: ui.Handlers):
 
 def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
     me, other = UserState(), UserState()
-    summary, card, header, t_slider, steps, sd_steps, pick = handlers.select_model("mono", me)
+    summary, card, samples, header, t_slider, steps, sd_steps, pick = handlers.select_model("mono", me)
     assert "mono" in header and "8×8" in header and "1 channel," in header
+    assert "| dataset | noise |" in summary and samples is None
     assert t_slider["maximum"] == 11 and steps["maximum"] == 12 and pick["value"] == "mono"
     assert "cosine, T = 12" in summary
     outs = run_all(handlers.generate("ddim", 4, 0.0, 1, 2, True, False, me))
@@ -371,7 +372,7 @@ def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
 def test_converted_seed_checkpoint_samples_like_any_model(handlers: ui.Handlers):
     user = UserState()
     summary = handlers.select_model("seed", user)[0]
-    assert "seed" in summary and "converted_from" in summary
+    assert "| converted from | seed tutorial checkpoint" in summary and "| architecture | seed |" in summary
     outs = run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
     assert len(outs) == 3 and user.run.finished
 
@@ -393,7 +394,7 @@ def test_hub_download_adds_and_selects_the_model(handlers: ui.Handlers, tmp_path
     lib = ModelLibrary(handlers.library.weights_dir)
     h = ui.Handlers(lib, preview_interval=0, export_dir=tmp_path / "x")
     out = h.download_model("someone/tiny-ddpm", user)
-    assert user.model == "someone/tiny-ddpm" and "someone/tiny-ddpm" in out[6]["choices"]
+    assert user.model == "someone/tiny-ddpm" and "someone/tiny-ddpm" in out[7]["choices"]
     assert "T = 10" in out[0]
     assert len(run_all(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))) == 3
 
@@ -406,3 +407,14 @@ def test_build_wires_named_endpoints(library: ModelLibrary):
     sampling = [d for d in demo.fns.values() if d.api_name in ("generate", "denoise")]
     assert all(d.concurrency_limit == 1 and d.concurrency_id == "model" for d in sampling)
     assert demo._queue.max_size == ui.QUEUE_SIZE
+
+
+def test_model_card_summary_and_samples(tmp_path: Path):
+    folder = save_tiny(tmp_path / "faces")
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# Faces\n\n![samples](samples.png)\n\nTrained on faces.\n")
+    Image.new("RGB", (8, 8)).save(folder / "samples.png")
+    session = ModelLibrary(tmp_path).session()
+    table, card, samples = ui.model_card(session)
+    assert "| dataset | noise |" in table and "| parameters |" in table and "linear, T = 20" in table
+    assert card.startswith("# Faces") and "license" not in card and "![" not in card and "Trained on faces." in card
+    assert samples == str(folder / "samples.png")
