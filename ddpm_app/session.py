@@ -13,6 +13,7 @@ Nothing here prints or touches global state; user-input problems raise :class:`I
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 import re
@@ -600,12 +601,11 @@ def export_gif(trajectory: Trajectory | None, path: str | Path, max_frames: int 
 def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int = 300, fps: int = 20) -> Path:
     """An H.264 MP4 of the stored frames (needs the ``imageio-ffmpeg`` package)."""
     trajectory = _check_frames(trajectory)
-    try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg  # noqa: F401  (the ffmpeg binary imageio writes MP4 with)
-    except ImportError:
+    if importlib.util.find_spec("imageio_ffmpeg") is None:  # the ffmpeg binary imageio's MP4 writer runs
         raise InputError("MP4 export needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
-                         "the GIF export works without it") from None
+                         "the GIF export works without it")
+    import imageio.v2 as imageio
+
     indices = export_indices(len(trajectory.frames), max_frames)
     path = Path(path)
     with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
@@ -633,7 +633,7 @@ def export_png(trajectory: Trajectory | None, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["DeviceWorker", "DiffusionSession", "ForwardState", "Frame", "InputError", "ModelLibrary", "ModelSummary", "NoiseLevel",
-           "SamplerSettings", "Throttle", "Trajectory", "UserState", "export_gif", "export_mp4", "export_png",
-           "find_models", "labelled_strip", "noise_picture", "picture", "psnr", "resolve_seed",
+__all__ = ["DeviceWorker", "DiffusionSession", "ForwardState", "Frame", "InputError", "ModelLibrary", "ModelSummary",
+           "NoiseLevel", "SamplerSettings", "Throttle", "Trajectory", "UserState", "export_gif", "export_mp4",
+           "export_indices", "export_png", "find_models", "labelled_strip", "noise_picture", "picture", "psnr", "resolve_seed",
            "schedule_curves", "stream"]

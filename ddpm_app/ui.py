@@ -45,7 +45,9 @@ CSS = """
 # Gradio drops @media rules from `css`, so the phone-width rule goes into the page head.
 # It lets all five tabs fit on one line instead of hiding three behind an overflow menu.
 HEAD = """<style>
-@media (max-width: 480px) { .tabs .tab-container button { padding-left: 6px !important; padding-right: 6px !important; } }
+@media (max-width: 480px) {
+  .tabs .tab-container button { padding-left: 6px !important; padding-right: 6px !important; }
+}
 </style>"""
 THEME = gr.themes.Soft(font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
@@ -54,10 +56,10 @@ INTRO = """# Denoising diffusion, step by step
 A diffusion model learns to undo noise. **Forward**, a photo is mixed with Gaussian noise until nothing is left;
 **reverse**, a network ε_θ predicts the noise in x_t and the sampler removes a little of it at each step."""
 
-GENERATE_HELP = r"""Start from pure noise $x_T \sim \mathcal N(0, I)$ and step backwards. At each step the network predicts
-the noise $\hat\varepsilon = \varepsilon_\theta(x_t, t)$, which gives a guess of the final image,
+GENERATE_HELP = r"""Start from pure noise $x_T \sim \mathcal N(0, I)$ and step backwards. At each step the network
+predicts the noise $\hat\varepsilon = \varepsilon_\theta(x_t, t)$, which gives a guess of the final image,
 $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$; the sampler then moves
-$x_t$ a little towards it. **DDPM** takes all $T$ steps and adds fresh noise each time; **DDIM** jumps over
+$x_t$ a little towards it. **DDPM** takes all $T$ steps and adds fresh noise each time; **DDIM** visits only
 $K$ of them ($\eta = 0$: no fresh noise, the same seed always gives the same image)."""
 
 FRAMES_HELP = r"""Every step of the last run is kept: scrub through it to see $x_t$ lose its noise while the guess
@@ -364,7 +366,8 @@ def _image(label: str, height: int = 280, pixelated: bool = True, **kw) -> gr.Im
                     min_width=140, height=height, buttons=["download", "fullscreen"], **kw)
 
 
-def _sampler_controls(T: int, default_sampler: str = "ddim"):
+def _sampler_controls(T: int, default_sampler: str = "ddim") -> tuple[gr.Radio, gr.Slider, gr.Slider]:
+    """Sampler choice, and DDIM's K and η (shown only for DDIM)."""
     sampler = gr.Radio(SAMPLER_CHOICES, value=default_sampler, label="Sampler")
     with gr.Column(visible=default_sampler == "ddim") as ddim_row:
         steps = gr.Slider(1, T, value=min(50, T), step=1, label="DDIM steps K")
@@ -446,8 +449,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             noise_seed = gr.Number(-1, label="Noise seed (−1 = random)", precision=0,
                                                    min_width=120)
                             new_noise = gr.Button("New noise", size="sm", min_width=80)
-                        numbers = gr.Markdown(forward_numbers(first, T // 4), latex_delimiters=LATEX, label="numbers",
-                                              elem_id="fwd-numbers")
+                        numbers = gr.Markdown(forward_numbers(first, T // 4), latex_delimiters=LATEX,
+                                              label="numbers", elem_id="fwd-numbers")
                 with gr.Row():
                     q_x0 = _image("x₀")
                     q_eps = _image("ε (×½)")

@@ -4,6 +4,7 @@ export, validation and model switching."""
 from __future__ import annotations
 
 import itertools
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -21,7 +22,7 @@ from ddpm_app.image import load_image, to_uint8
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
 from ddpm_app.samplers import ddim_timesteps
 from ddpm_app.schedule import Schedule, ScheduleConfig
-from ddpm_app.session import (ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
+from ddpm_app.session import (DiffusionSession, ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
                               export_indices, stream)
 
 T = 20  # the "faces" test model's timesteps
@@ -411,10 +412,32 @@ def test_build_wires_named_endpoints(library: ModelLibrary):
 
 def test_model_card_summary_and_samples(tmp_path: Path):
     folder = save_tiny(tmp_path / "faces")
-    (folder / "README.md").write_text("---\nlicense: mit\n---\n# Faces\n\n![samples](samples.png)\n\nTrained on faces.\n")
+    card = "---\nlicense: mit\n---\n# Faces\n\n![samples](samples.png)\n\nTrained on faces.\n"
+    (folder / "README.md").write_text(card)
     Image.new("RGB", (8, 8)).save(folder / "samples.png")
     session = ModelLibrary(tmp_path).session()
     table, card, samples = ui.model_card(session)
     assert "| dataset | noise |" in table and "| parameters |" in table and "linear, T = 20" in table
     assert card.startswith("# Faces") and "license" not in card and "![" not in card and "Trained on faces." in card
     assert samples == str(folder / "samples.png")
+
+
+def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, monkeypatch):
+    """Sampling, the forward view and the previews all run on the library's worker thread (one OpenMP team)."""
+    threads: set[int] = set()
+
+    def recording(method):
+        def record(*args, **kwargs):
+            threads.add(threading.get_ident())
+            return method(*args, **kwargs)
+        return record
+
+    for name in ("eps_model", "q_sample"):
+        monkeypatch.setattr(DiffusionSession, name, recording(getattr(DiffusionSession, name)))
+    monkeypatch.setattr(ui, "picture", recording(ui.picture))
+    user = UserState()
+    run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    handlers.noise(str(PHOTO), 5, True, -1, user)
+    run_all(handlers.denoise("ddim", 3, 0.0, 1, True, user))
+    handlers.frame(1, user)
+    assert len(threads) == 1 and threading.get_ident() not in threads
