@@ -534,10 +534,10 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
                                **noise_kw)
-        model_pick.input(h.select_model, [model_pick, user], model_outputs, api_name="select_model").then(
-            **refresh_forward)
-        download_btn.click(h.download_model, [repo, user], model_outputs, api_name="download_model").then(
-            **refresh_forward)
+        model_pick.input(h.select_model, [model_pick, user], model_outputs, api_name="select_model",
+                         show_progress="hidden").then(**refresh_forward)
+        download_btn.click(h.download_model, [repo, user], model_outputs, api_name="download_model",
+                           show_progress="minimal", show_progress_on=download_btn).success(**refresh_forward)
 
     demo.queue(max_size=queue_size, default_concurrency_limit=2)
     return demo
