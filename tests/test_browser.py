@@ -84,7 +84,7 @@ def test_forward_tab_upload_and_t_slider(browser, server):
     x_t = page.locator("#fwd-xt")
     x_t.locator("img").wait_for(timeout=30_000)
     before = image_src(x_t)
-    page.screenshot(path=SHOTS / "forward_t200.png", full_page=True)
+    page.screenshot(path=SHOTS / "forward_photo.png", full_page=True)
 
     page.locator("#t-slider input[type=range]").focus()
     page.keyboard.press("End")  # t = T − 1
