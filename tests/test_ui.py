@@ -432,8 +432,9 @@ def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, mo
             return method(*args, **kwargs)
         return record
 
-    for name in ("eps_model", "q_sample"):
-        monkeypatch.setattr(DiffusionSession, name, recording(getattr(DiffusionSession, name)))
+    session = handlers.library.session("faces")
+    monkeypatch.setattr(session, "eps_model", recording(session.eps_model))
+    monkeypatch.setattr(DiffusionSession, "q_sample", recording(DiffusionSession.q_sample))
     monkeypatch.setattr(ui, "picture", recording(ui.picture))
     user = UserState()
     run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
