@@ -82,9 +82,9 @@ def seed_loop(device, steps: int, warmup: int, batch: int = 128) -> float:
     return batch / statistics.median(times)
 
 
-def ours(config, device, steps: int, warmup: int, batch: int, out: str) -> float:
+def ours(config, device, steps: int, warmup: int, batch: int, out: str, compile_mode: str = "default") -> float:
     cfg = TrainConfig(out=out, steps=warmup + steps, batch_size=batch, log_every=10, sample_every=0,
-                      save_every=0, device=device.type, warmup_steps=10)
+                      save_every=0, device=device.type, warmup_steps=10, compile_mode=compile_mode)
     trainer = Trainer(cfg, config, ScheduleConfig(), pack=fake_pack(4096, config.image_size))
     for _ in range(warmup):  # includes compilation
         trainer.train_step()
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256, help="batch size for our trainer")
     p.add_argument("--configs", default="seed,ddpm,ddpm-small", help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--out", default="/tmp/throughput-bench")
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead",
+                                                                  "max-autotune-no-cudagraphs"])
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA GPU")
@@ -120,8 +122,9 @@ def main(argv=None) -> int:
     rows = [("seed tutorial loop (fp32 Adam, batch 128)", "seed", base, seed_flops)]
     for key in args.configs.split(","):
         config = CONFIGS[key]
-        rate = ours(config, device, args.steps, args.warmup, args.batch, args.out)
-        rows.append((f"our trainer, batch {args.batch}", key, rate, training_flops_per_image(config, device)))
+        rate = ours(config, device, args.steps, args.warmup, args.batch, args.out, args.compile_mode)
+        rows.append((f"our trainer, batch {args.batch}, compile {args.compile_mode}", key, rate,
+                     training_flops_per_image(config, device)))
     print(f"\n| loop | model | params | GFLOP/img (train) | images/s | × seed loop | MFU (bf16 peak) |")
     print("|---|---|---|---|---|---|---|")
     for label, key, rate, flops in rows:

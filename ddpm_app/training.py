@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cuda | cpu
     compile: bool = True  # torch.compile the network (CUDA only)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"  # reduce-overhead: CUDA graphs
     bf16: bool = True  # bf16 autocast (CUDA only)
     channels_last: bool = True
     log_every: int = 100
@@ -329,7 +330,7 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.is_cuda else None)
         if cfg.compile and self.is_cuda:
-            net = torch.compile(net)
+            net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         self.net = net
         self.per_rank_batch = max(1, cfg.batch_size // self.dist.world_size)
         # fixed noise for the sample grids, so grids from different steps are comparable
