@@ -13,9 +13,11 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
-# Pillow refuses (DecompressionBombError) images above 2× this many pixels and warns above it.
+# Pillow refuses (DecompressionBombError) images above 2× this many pixels and warns above it; open_image refuses
+# anything above it, from the header alone, before decoding a pixel.
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+MAX_FILE_BYTES = 20 * 2**20  # larger image files are refused before they are opened (the app's upload limit)
 
 
 class ImageError(ValueError):
@@ -84,26 +86,47 @@ def fit(img: Image.Image, size: int) -> Image.Image:
     return TF.resize(img, [size, size], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
 
 
-def open_image(source: str | Path | BinaryIO | Image.Image) -> Image.Image:
-    """Open and fully decode an image file, turning every decoder failure into an :class:`ImageError`."""
+def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = None) -> Image.Image:
+    """Open and decode an image file (its first frame, if animated), turning every problem into an
+    :class:`ImageError`. Checked before decoding: the file size (at most :data:`MAX_FILE_BYTES`) and the pixel
+    count the header declares (at most :data:`MAX_IMAGE_PIXELS`). With ``size``, a JPEG is decoded at the
+    smallest scale (1/2, 1/4, 1/8) that still covers size × size, so a large photo costs little."""
     if isinstance(source, Image.Image):
         return source
+    if isinstance(source, (str, Path)):
+        try:
+            nbytes = Path(source).stat().st_size
+        except FileNotFoundError:
+            raise ImageError(f"file not found: {source}") from None
+        except OSError as e:
+            raise ImageError(f"cannot read {source} ({e})") from None
+        if nbytes == 0:
+            raise ImageError("the file is empty; use a PNG, JPEG, WebP, BMP or TIFF file")
+        if nbytes > MAX_FILE_BYTES:
+            raise ImageError(f"the file is too large ({nbytes / 2**20:.1f} MB; at most {MAX_FILE_BYTES // 2**20} MB)")
     try:
         img = Image.open(source)
+        if img.width < 1 or img.height < 1:
+            raise ImageError(f"the image is empty ({img.width}×{img.height} pixels)")
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # an animated GIF / WebP / APNG: its first frame
+        if size is not None and img.format == "JPEG":
+            img.draft(img.mode, (size, size))
         img.load()
     except Image.DecompressionBombError:
-        raise ImageError(f"the image is too large (over {2 * MAX_IMAGE_PIXELS:,} pixels); "
-                         "use a smaller picture") from None
+        raise ImageError(f"the image is too large (over {MAX_IMAGE_PIXELS:,} pixels); use a smaller picture") from None
     except FileNotFoundError:
         raise ImageError(f"file not found: {source}") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, ImageError):
+            raise
         raise ImageError(f"not a readable image ({e}); use a PNG, JPEG, WebP, BMP or TIFF file") from None
-    if img.width < 1 or img.height < 1:
-        raise ImageError(f"the image is empty ({img.width}×{img.height} pixels)")
     return img
 
 
 def load_image(source: str | Path | BinaryIO | Image.Image, size: int) -> Tensor:
     """Any user image → (3, size, size) float tensor in [−1, 1]: upright RGB, resized and center-cropped."""
-    img = fit(to_rgb(open_image(source)), size)
+    img = fit(to_rgb(open_image(source, size)), size)
     return from_uint8(TF.pil_to_tensor(img))

@@ -66,7 +66,7 @@ def resolve_seed(seed: float | int | str | None) -> int:
         return random_seed()
     try:
         value = float(seed)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"seed must be a whole number in 0…{MAX_SEED}, or −1 / blank for a random one; "
                          f"got {seed!r}") from None
     if value == -1:
@@ -79,10 +79,10 @@ def resolve_seed(seed: float | int | str | None) -> int:
 def _whole(value: float | int | None, name: str, low: int, high: int) -> int:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = math.nan
     if not number.is_integer() or not low <= number <= high:
-        raise InputError(f"{name} must be a whole number in {low}…{high}, got {value}")
+        raise InputError(f"{name} must be a whole number in {low}…{high}, got {value!r}")
     return int(number)
 
 
@@ -104,9 +104,13 @@ class SamplerSettings:
         if sampler == "ddpm":
             return cls("ddpm", timesteps, 1.0, bool(clip_x0))
         steps = _whole(steps, "DDIM steps", 1, timesteps)
-        if eta is None or not 0.0 <= float(eta) <= 1.0:
-            raise InputError(f"η (eta) must be in 0…1, got {eta}")
-        return cls("ddim", steps, float(eta), bool(clip_x0))
+        try:
+            value = float(eta)
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"η (eta) must be in 0…1, got {eta!r}")
+        return cls("ddim", steps, value, bool(clip_x0))
 
     def num_steps(self, start_t: int) -> int:
         """Network evaluations for a chain that starts at timestep ``start_t``."""
