@@ -13,6 +13,7 @@ import torch
 
 from ddpm_app import ui
 from ddpm_app.checkpoint import CheckpointError
+from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.session import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
 
 
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
+                   help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
                    help="seconds between streamed previews; 0 = every step, negative = only the final images")
     return p.parse_args(argv)
@@ -44,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval
-    demo = ui.build(library, preview_interval=interval)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=ui.CSS, head=ui.HEAD,
-                theme=ui.THEME)
+    demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
+                css=ui.CSS, head=ui.HEAD, theme=ui.THEME)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .checkpoint import CheckpointError
-from .image import ImageError
+from .image import ImageError, open_image
 from .samplers import Step
 from .session import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, DiffusionSession,
                       InputError, ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
@@ -86,6 +86,27 @@ def on_device(method):
     def on_worker(self: Handlers, *args, **kwargs):
         return self.library.worker.run(method, self, *args, **kwargs)
     return on_worker
+
+
+class PhotoInput(gr.Image):
+    """``gr.Image`` for photos users upload. Gradio opens an upload (header only) before the handler sees it; a file
+    it cannot open (not an image, a decompression bomb) becomes the same message the handler would give, instead
+    of a component processing error. A template of ``gr.Image``: the browser shows the ordinary image widget."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as e:
+            try:
+                open_image(payload.path)
+            except ImageError as reason:
+                raise gr.Error(str(reason), print_exception=False) from None
+            raise gr.Error(f"not a usable image ({type(e).__name__}); use a PNG, JPEG, WebP, BMP or TIFF file",
+                           print_exception=False) from None
 
 
 class Handlers:
@@ -438,7 +459,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 gr.Markdown(FORWARD_HELP, latex_delimiters=LATEX)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        photo = gr.Image(label="Photo (center-cropped, resized)", type="filepath",
+                        photo = PhotoInput(label="Photo (center-cropped, resized)", type="filepath",
                                          image_mode=None, sources=["upload", "clipboard"], height=260)
                         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples",
                                     cache_examples=False)
