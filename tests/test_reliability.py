@@ -3,7 +3,6 @@ request works; the Hub download asks only for data files and never leaks a token
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import time
