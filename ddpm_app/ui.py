@@ -271,6 +271,7 @@ class Handlers:
         user.model = name
         return self._model_outputs(self.library.session(name), f"Downloaded and loaded **{name}**.")
 
+    @on_device
     def _model_outputs(self, session: DiffusionSession, status: str) -> tuple:
         T = session.timesteps
         ddim_steps = gr.update(maximum=T, value=min(50, T))
@@ -404,12 +405,18 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
     h = Handlers(library, preview_interval, max_trajectory_bytes)
     first = library.session()
     T = first.timesteps
+    # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
+    # operation on this thread would start a second OpenMP team, and sampling on a 2-core CPU then measured
+    # 35-50 % slower for as long as the server runs (benchmarks/app_stream.py)
+    header_text, numbers_text, plot_image, (table, card_text, samples_path) = library.worker.run(
+        lambda: (model_header(first), forward_numbers(first, T // 4), schedule_plot(first, T // 4),
+                 model_card(first)))
     chain = dict(concurrency_limit=1, concurrency_id="model")  # one sampling job at a time per device
 
     with gr.Blocks(title="DDPM step by step", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         user = gr.State(UserState())
         gr.Markdown(INTRO)
-        header = gr.Markdown(model_header(first), label="model")
+        header = gr.Markdown(header_text, label="model")
 
         with gr.Tabs():
             # 1. Generate -----------------------------------------------------------------------------
@@ -470,7 +477,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             noise_seed = gr.Number(-1, label="Noise seed (−1 = random)", precision=0,
                                                    min_width=120)
                             new_noise = gr.Button("New noise", size="sm", min_width=80)
-                        numbers = gr.Markdown(forward_numbers(first, T // 4), latex_delimiters=LATEX,
+                        numbers = gr.Markdown(numbers_text, latex_delimiters=LATEX,
                                               label="numbers", elem_id="fwd-numbers")
                 with gr.Row():
                     q_x0 = _image("x₀")
@@ -478,7 +485,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     q_xt = _image("x_t", elem_id="fwd-xt")
                 strip = _image("x_t at evenly spaced t (same ε)", height=180, pixelated=False)
                 plot = _image("ᾱ_t and SNR against t: linear and cosine schedules", height=None, pixelated=False,
-                              value=schedule_plot(first, T // 4))
+                              value=plot_image)
 
             # 4. Noise it, then denoise it ------------------------------------------------------
             with gr.Tab("Denoise", id="denoise"):
@@ -510,7 +517,6 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     with gr.Column(min_width=260):
                         repo = gr.Textbox(label="Hub model id", placeholder="user/model-name")
                         download_btn = gr.Button("Download from the Hub", size="sm")
-                table, card_text, samples_path = model_card(first)
                 with gr.Row():
                     summary = gr.Markdown(table, label="model summary", min_width=280)
                     samples = gr.Image(samples_path, label="samples from the model card", interactive=False,
