@@ -7,7 +7,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
@@ -122,7 +122,8 @@ def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = N
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         if isinstance(e, ImageError):
             raise
-        raise ImageError(f"not a readable image ({e}); use a PNG, JPEG, WebP, BMP or TIFF file") from None
+        reason = "unknown format" if isinstance(e, UnidentifiedImageError) else e  # its text repeats the path
+        raise ImageError(f"not a readable image ({reason}); use a PNG, JPEG, WebP, BMP or TIFF file") from None
     return img
 
 
