@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +16,7 @@ import pytest
 from conftest import make_tiny_config, perturb, seeded_init
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from test_app_server import ROOT, app_env, free_port, wait_until_serving
+from test_app_server import ROOT, serving_app
 
 from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
 from ddpm_app.image import MAX_FILE_BYTES
@@ -39,21 +37,9 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("limits")
     config = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=T), training={"dataset": "noise"})
     save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "weights" / "faces")
-    port, log = free_port(), root / "app.log"
-    proc = subprocess.Popen([sys.executable, "app.py", "--weights", str(root / "weights"), "--port", str(port),
-                             "--queue-size", str(QUEUE)], cwd=ROOT, env=app_env(), stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(proc, url, log)
+    log = root / "app.log"
+    with serving_app(root / "weights", log, "--queue-size", str(QUEUE)) as (url, proc):
         yield url, proc.pid, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from conftest import make_tiny_config, perturb, seeded_init
@@ -33,9 +35,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(weights: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "app.py", "--weights", str(weights), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+@contextlib.contextmanager
+def serving_app(weights: Path, log: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``app.py --weights WEIGHTS`` on a free localhost port until the block ends; yields (url, process)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--weights", str(weights), "--port", str(port), *extra],
+                            cwd=ROOT, env=app_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(proc, url, log)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
@@ -70,19 +86,8 @@ def server(tmp_path_factory):
         config = DiffusionConfig(make_tiny_config(image_size=size, in_channels=channels),
                                  ScheduleConfig(timesteps=timesteps), training={"dataset": "noise"})
         save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, weights / name)
-    port, log = free_port(), root / "app.log"
-    proc = start_app(weights, port, log, app_env())
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(proc, url, log)
+    with serving_app(weights, root / "app.log") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow

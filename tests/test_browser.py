@@ -5,13 +5,12 @@ Screenshots go to test-artifacts/browser/ for a person to look at.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import make_tiny_config, perturb, seeded_init
-from test_app_server import ROOT, app_env, free_port, start_app, wait_until_serving
+from test_app_server import ROOT, serving_app
 
 from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
@@ -35,19 +34,8 @@ def server(tmp_path_factory):
     config = DiffusionConfig(make_tiny_config(image_size=32, base_channels=32), ScheduleConfig(timesteps=T),
                              training={"dataset": "noise"})
     save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "weights" / "faces")
-    port, log = free_port(), root / "app.log"
-    proc = start_app(root / "weights", port, log, app_env())
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(proc, url, log)
+    with serving_app(root / "weights", root / "app.log") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
