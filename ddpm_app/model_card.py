@@ -89,7 +89,7 @@ def render(config: DiffusionConfig, num_parameters: int, *, title: str = "DDPM m
         "comparing samplers and schedules. Not for identifying people or making decisions about them; "
         "samples can reflect the biases and gaps of the training set.", "",
     ]
-    return "\n".join(header + lines) + extra_sections
+    return "\n".join(header + lines) + ("\n" + extra_sections if extra_sections else "")
 
 
 def _compact(d: dict) -> str:
