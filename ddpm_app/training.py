@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import samplers
-from .checkpoint import DiffusionConfig, save_pretrained
+from .checkpoint import CheckpointError, DiffusionConfig, load_pretrained, save_pretrained
 from .data import ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
 from .models import ModelConfig, build_model
@@ -69,6 +69,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0: no limit
     export_dtype: Literal["fp32", "fp16"] = "fp32"
     max_images: int = 0  # use at most this many images (0: all)
+    init_from: str = ""  # start from the weights of a model folder (e.g. an export) instead of random ones
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.steps < 1:
@@ -289,6 +290,13 @@ class Trainer:
             ckpt = load_checkpoint(path)
             model_config = DiffusionConfig.from_dict(ckpt["diffusion_config"]).model
             schedule_config = DiffusionConfig.from_dict(ckpt["diffusion_config"]).schedule
+        start = None
+        if cfg.init_from and ckpt is None:
+            try:
+                start = load_pretrained(cfg.init_from)
+            except CheckpointError as e:
+                raise TrainingError(f"--init-from: {e}") from None
+            model_config, schedule_config = start.config.model, start.config.schedule
         self.diffusion_config = DiffusionConfig(model_config, schedule_config)
         self.schedule = Schedule(schedule_config).to(self.device)
 
@@ -314,6 +322,11 @@ class Trainer:
         self.step = 0
         self.images_seen = 0  # summed over steps, so it stays right when a resumed run changes batch size
         self.train_seconds = 0.0
+        if start is not None:  # the folder's (EMA) weights seed both the model and its EMA
+            self.model.load_state_dict(start.model.state_dict())
+            self.ema.model.load_state_dict(start.model.state_dict())
+            self.images_seen = int(start.config.training.get("images_seen", 0))
+            self.train_seconds = float(start.config.training.get("train_seconds", 0.0))
         if ckpt is not None:
             self._restore(ckpt)
         self._resumed = ckpt is not None

@@ -299,3 +299,25 @@ def test_export_loads_through_the_core_loader_and_samples(tmp_path, dtype):
     again = export_checkpoint(load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME), tmp_path / "again", dtype)
     for name, value in load_pretrained(again).model.state_dict().items():
         assert torch.equal(value, loaded.model.state_dict()[name])
+
+
+def test_init_from_an_export_starts_from_its_weights_and_counts_on(tmp_path):
+    first = Trainer(train_config(tmp_path / "first", steps=4), MODEL, SCHEDULE, pack=shapes_pack())
+    run(first)
+    folder = first.export(tmp_path / "export")
+
+    # model and schedule come from the folder, whatever is passed in
+    second = Trainer(train_config(tmp_path / "second", steps=4, init_from=str(folder)), None, None, pack=shapes_pack())
+    exported = load_pretrained(folder).model.state_dict()
+    for name, value in exported.items():
+        assert torch.equal(second.model.state_dict()[name], value)
+        assert torch.equal(second.ema.model.state_dict()[name], value)
+    assert second.diffusion_config.model == MODEL and second.diffusion_config.schedule == SCHEDULE
+    run(second)
+    assert second.images_seen == 32 + 32  # the export's images plus this run's 4 steps × 8
+
+
+def test_init_from_a_broken_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(TrainingError, match="--init-from: .*no such model folder"):
+        Trainer(train_config(tmp_path / "run", init_from=str(tmp_path / "missing")), MODEL, SCHEDULE,
+                pack=shapes_pack())
