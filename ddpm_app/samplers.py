@@ -51,15 +51,18 @@ def _start(schedule: Schedule, shape: tuple[int, ...], start_t: int | None, x_st
     return x_start.to(device=device, dtype=torch.float32), t0
 
 
-def _predict(model: EpsModel, schedule: Schedule, x: Tensor, t: int, clip_x0: bool) -> tuple[Tensor, Tensor]:
+def _predict(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, clip_x0: bool) -> tuple[Tensor, Tensor]:
     """ε̂ = ε_θ(x_t, t) and x̂₀ from it, optionally clipped to [−1, 1] (then ε̂ is made consistent with x̂₀)."""
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     eps = model(x, tt).float()
     x0 = schedule.predict_x0(x, tt, eps)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
         eps = schedule.predict_eps(x, tt, x0)
     return eps, x0
+
+
+def _timestep(x: Tensor, t: int) -> Tensor:
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
 
 
 @torch.inference_mode()
@@ -70,8 +73,8 @@ def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generat
 
     σ_t² is the posterior variance β_t(1−ᾱ_{t−1})/(1−ᾱ_t) by default, or β_t with ``variance="beta"``; no
     noise is added at the last step. Starts from x_T ~ N(0, I), or from ``x_start`` at timestep ``start_t``
-    (a noised photo, for SDEdit). With ``clip_x0`` the mean is the posterior mean of the clipped x̂₀ — for an
-    unclipped x̂₀ that is the same formula, so both paths share one expression.
+    (a noised photo, for SDEdit). With ``clip_x0``, ε̂ is recomputed from the clipped x̂₀, so the same formula
+    gives the posterior mean of q(x_{t−1} | x_t, x̂₀) for the clipped x̂₀.
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
@@ -80,12 +83,9 @@ def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generat
     sigma_table = sigma_table.sqrt().to(device)
     num_steps = t0 + 1
     for index, t in enumerate(range(t0, -1, -1)):
-        eps, x0 = _predict(model, schedule, x, t, clip_x0)
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        if clip_x0:
-            mean = schedule.q_posterior(x0, x, tt).mean
-        else:
-            mean = extract(schedule.sqrt_recip_alphas, tt, x.shape) * (x - extract(schedule.eps_coef, tt, x.shape) * eps)
+        tt = _timestep(x, t)
+        eps, x0 = _predict(model, schedule, x, tt, clip_x0)
+        mean = extract(schedule.sqrt_recip_alphas, tt, x.shape) * (x - extract(schedule.eps_coef, tt, x.shape) * eps)
         if t > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device)
             x_prev = mean + extract(sigma_table, tt, x.shape) * z
@@ -121,7 +121,7 @@ def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: 
     abar = schedule.float64["alphas_cumprod"]
     for index, t in enumerate(ts):
         s = ts[index + 1] if index + 1 < len(ts) else -1
-        eps, x0 = _predict(model, schedule, x, t, clip_x0)
+        eps, x0 = _predict(model, schedule, x, _timestep(x, t), clip_x0)
         a_t = float(abar[t])
         a_s = float(abar[s]) if s >= 0 else 1.0
         sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5

@@ -83,6 +83,12 @@ def test_clip_x0_keeps_prediction_in_range(tiny_schedule):
             t = torch.full((SHAPE[0],), s.t)
             torch.testing.assert_close(tiny_schedule.q_sample(s.pred_x0, t, s.pred_eps), s.x_t, rtol=0, atol=1e-5)
 
+    # DDPM's step with a clipped x̂₀ is the posterior mean of q(x_{t−1} | x_t, x̂₀) (exact at the noise-free last step)
+    last = list(ddpm(loud, tiny_schedule, SHAPE, generator=torch.Generator().manual_seed(0), clip_x0=True))[-1]
+    t = torch.full((SHAPE[0],), last.t)
+    torch.testing.assert_close(last.x_prev, tiny_schedule.q_posterior(last.pred_x0, last.x_t, t).mean,
+                               rtol=1e-4, atol=1e-4)
+
 
 # --- the steps yielded ----------------------------------------------------------------------------------
 
