@@ -81,15 +81,13 @@ def main(argv=None) -> int:
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         print(f"\nGPU: {torch.cuda.get_device_name(gpu)}; DDPM-1000, batch {args.gpu_batch}, x̂₀ clipped")
-        print("\n| model | eager: chain s | compiled (CUDA graphs): chain s |")
-        print("|---|---|---|")
+        print("\n| model | eager fp32: chain s | CUDA graph fp32: chain s | CUDA graph fp16: chain s |")
+        print("|---|---|---|---|")
         for name, model, size, ch in rows:
             schedule = Schedule(ScheduleConfig()).to(gpu)
-            eager = prepare(model, gpu, compile=False)
-            t_eager = chain_seconds(eager, schedule, size, ch, gpu, args.gpu_batch)
-            graphed = prepare(model, gpu, compile=True)
-            t_graph = chain_seconds(graphed, schedule, size, ch, gpu, args.gpu_batch)
-            print(f"| {name} | {t_eager:.2f} | {t_graph:.2f} |")
+            times = [chain_seconds(prepare(model, gpu, compile=c, precision=pr), schedule, size, ch, gpu,
+                                   args.gpu_batch) for c, pr in ((False, "fp32"), (True, "fp32"), (True, "fp16"))]
+            print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in times) + " |", flush=True)
     return 0
 
 

@@ -82,9 +82,11 @@ def seed_loop(device, steps: int, warmup: int, batch: int = 128) -> float:
     return batch / statistics.median(times)
 
 
-def ours(config, device, steps: int, warmup: int, batch: int, out: str, compile_mode: str = "default") -> float:
+def ours(config, device, steps: int, warmup: int, batch: int, out: str, compile_mode: str = "default",
+         channels_last: bool = True) -> float:
     cfg = TrainConfig(out=out, steps=warmup + steps, batch_size=batch, log_every=10, sample_every=0,
-                      save_every=0, device=device.type, warmup_steps=10, compile_mode=compile_mode)
+                      save_every=0, device=device.type, warmup_steps=10, compile_mode=compile_mode,
+                      channels_last=channels_last)
     trainer = Trainer(cfg, config, ScheduleConfig(), pack=fake_pack(4096, config.image_size))
     for _ in range(warmup):  # includes compilation
         trainer.train_step()
@@ -99,16 +101,38 @@ def ours(config, device, steps: int, warmup: int, batch: int, out: str, compile_
     return statistics.median(rates)
 
 
+def parse_runs(text: str, default_batch: int, default_mode: str) -> list[tuple[str, int, str, bool]]:
+    """``CONFIG[:BATCH[:MODE[:nchw]]]`` items, comma-separated; ``nchw`` turns channels_last off."""
+    runs = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if parts[0] not in CONFIGS or len(parts) > 4 or (len(parts) == 4 and parts[3] != "nchw"):
+            raise SystemExit(f"bad run {item!r}: expected CONFIG[:BATCH[:MODE[:nchw]]] with CONFIG one of "
+                             f"{', '.join(CONFIGS)}")
+        batch = int(parts[1]) if len(parts) > 1 else default_batch
+        mode = parts[2] if len(parts) > 2 else default_mode
+        if mode not in COMPILE_MODES:
+            raise SystemExit(f"bad compile mode {mode!r} in {item!r}: choose one of {', '.join(COMPILE_MODES)}")
+        runs.append((parts[0], batch, mode, len(parts) < 4))
+    return runs
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=15)
-    p.add_argument("--batch", type=int, default=256, help="batch size for our trainer")
-    p.add_argument("--configs", default="seed,ddpm,ddpm-small", help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--batch", type=int, default=256, help="batch size for our trainer (runs that name none)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode of our trainer (runs that name none)")
+    p.add_argument("--configs", default="seed,ddpm,ddpm-small",
+                   help="runs of our trainer, comma-separated CONFIG[:BATCH[:MODE]], e.g. "
+                        f"seed:1024:reduce-overhead; CONFIG is one of {', '.join(CONFIGS)}")
     p.add_argument("--out", default="/tmp/throughput-bench")
-    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead",
-                                                                  "max-autotune-no-cudagraphs"])
     args = p.parse_args(argv)
+    runs = parse_runs(args.configs, args.batch, args.compile_mode)
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA GPU")
         return 1
@@ -116,21 +140,24 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
-    print(f"GPU: {name}; torch {torch.__version__}")
+    print(f"GPU: {name}; torch {torch.__version__}", flush=True)
     base = seed_loop(device, args.steps, args.warmup)
-    seed_flops = training_flops_per_image(SeedUNetConfig(), device)
-    rows = [("seed tutorial loop (fp32 Adam, batch 128)", "seed", base, seed_flops)]
-    for key in args.configs.split(","):
-        config = CONFIGS[key]
-        rate = ours(config, device, args.steps, args.warmup, args.batch, args.out, args.compile_mode)
-        rows.append((f"our trainer, batch {args.batch}, compile {args.compile_mode}", key, rate,
-                     training_flops_per_image(config, device)))
-    print(f"\n| loop | model | params | GFLOP/img (train) | images/s | × seed loop | MFU (bf16 peak) |")
+    flops = {"seed": training_flops_per_image(SeedUNetConfig(), device)}
+    rows = [("seed tutorial loop (fp32 Adam, batch 128)", "seed", base)]
+    for key, batch, mode, channels_last in runs:
+        torch._dynamo.reset()
+        rate = ours(CONFIGS[key], device, args.steps, args.warmup, batch, args.out, mode, channels_last)
+        if key not in flops:
+            flops[key] = training_flops_per_image(CONFIGS[key], device)
+        layout = "" if channels_last else ", NCHW"
+        rows.append((f"our trainer, batch {batch}, compile {mode}{layout}", key, rate))
+        print(f"{key} batch {batch} {mode}{layout}: {rate:,.0f} images/s", flush=True)
+    print("\n| loop | model | params | GFLOP/img (train) | images/s | × seed loop | MFU (bf16 peak) |")
     print("|---|---|---|---|---|---|---|")
-    for label, key, rate, flops in rows:
+    for label, key, rate in rows:
         params = sum(p.numel() for p in build_model(CONFIGS[key]).parameters()) / 1e6
-        mfu = f"{flops * rate / peak:.1%}" if peak else "n/a"
-        print(f"| {label} | {key} | {params:.1f} M | {flops / 1e9:.2f} | {rate:,.0f} | {rate / base:.1f}× | {mfu} |")
+        mfu = f"{flops[key] * rate / peak:.1%}" if peak else "n/a"
+        print(f"| {label} | {key} | {params:.1f} M | {flops[key] / 1e9:.2f} | {rate:,.0f} | {rate / base:.1f}× | {mfu} |")
     return 0
 
 

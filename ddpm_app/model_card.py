@@ -77,8 +77,7 @@ def render(config: DiffusionConfig, num_parameters: int, *, title: str = "DDPM m
         "## Training", "",
         "| | |", "|---|---|",
         f"| dataset | {info.name}, split `{data.get('split') or 'all'}`, {data.get('images', '?')} images |",
-        f"| images seen | {training.get('images_seen', 0):,} in {training.get('steps', '?')} steps "
-        f"({training.get('batch_schedule') or 'batch ' + str(tc.get('batch_size', '?'))}) |",
+        f"| images seen | {_images_seen(training, tc)} |",
         f"| optimiser | AdamW, lr {tc.get('lr', '?')}, warm-up {tc.get('warmup_steps', '?')} steps, "
         f"{tc.get('lr_decay', 'constant')} schedule, grad clip {tc.get('grad_clip', '?')} |",
         f"| loss | MSE on ε, {tc.get('loss_weighting', 'uniform')} weighting over uniform t |",
@@ -90,6 +89,17 @@ def render(config: DiffusionConfig, num_parameters: int, *, title: str = "DDPM m
         "samples can reflect the biases and gaps of the training set.", "",
     ]
     return "\n".join(header + lines) + ("\n" + extra_sections if extra_sections else "")
+
+
+def _images_seen(training: dict, tc: dict) -> str:
+    """How many images, in how many steps; for a run started from another model's weights, what came before."""
+    seen, steps = int(training.get("images_seen", 0)), training.get("steps", "?")
+    batches = training.get("batch_schedule") or f"batch {tc.get('batch_size', '?')}"
+    if not tc.get("init_from") or not isinstance(steps, int) or not isinstance(tc.get("batch_size"), int):
+        return f"{seen:,} in {steps} steps ({batches})"
+    this_run = steps * tc["batch_size"]
+    return (f"{seen:,} in all: {this_run:,} in this run's {steps} steps ({batches}), which started from "
+            f"`{tc['init_from']}` ({seen - this_run:,} images seen before)")
 
 
 def _compact(d: dict) -> str:

@@ -61,6 +61,18 @@ def _predict(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, clip_x0
     return eps, x0
 
 
+def ddpm_step(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
+              clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One ancestral step from x_t: (ε̂, x̂₀, x_{t−1}) with x_{t−1} = posterior mean + σ_t·noise.
+
+    Pure tensor code with no Python branch on values, so it can be compiled and captured in a CUDA graph as a
+    whole (see :meth:`ddpm_app.inference.Prepared.ddpm_step`); pass zero noise for the last step.
+    """
+    eps, x0 = _predict(model, schedule, x, tt, clip_x0)
+    mean = extract(schedule.sqrt_recip_alphas, tt, x.shape) * (x - extract(schedule.eps_coef, tt, x.shape) * eps)
+    return eps, x0, mean + extract(sigma_table, tt, x.shape) * noise
+
+
 def _timestep(x: Tensor, t: int) -> Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
 
@@ -82,15 +94,16 @@ def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generat
     sigma_table = schedule.posterior_variance if variance == "posterior" else schedule.betas
     sigma_table = sigma_table.sqrt().to(device)
     num_steps = t0 + 1
+    # a model prepared for its device may bring its own (compiled) version of the same step
+    step = getattr(model, "ddpm_step", None)
+    if step is None:
+        def step(*args):
+            return ddpm_step(model, *args)
     for index, t in enumerate(range(t0, -1, -1)):
         tt = _timestep(x, t)
-        eps, x0 = _predict(model, schedule, x, tt, clip_x0)
-        mean = extract(schedule.sqrt_recip_alphas, tt, x.shape) * (x - extract(schedule.eps_coef, tt, x.shape) * eps)
-        if t > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device)
-            x_prev = mean + extract(sigma_table, tt, x.shape) * z
-        else:
-            x_prev = mean
+        # no noise at the last step: z = 0 there, and the generator is not drawn from
+        z = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else torch.zeros_like(x)
+        eps, x0, x_prev = step(schedule, x, tt, z, sigma_table, clip_x0)
         yield Step(index, num_steps, t, t - 1, x, x0, eps, x_prev)
         x = x_prev
 

@@ -280,6 +280,8 @@ class Trainer:
         self.dist = setup_distributed(kind)
         self.device = resolve_device(cfg.device, self.dist)
         self.is_cuda = self.device.type == "cuda"
+        if self.is_cuda:  # every batch has the same shape: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
         self._agreed_check(lambda: check_writable(self.out), "cannot write the run folder")
 
         ckpt = None
@@ -342,9 +344,16 @@ class Trainer:
         if self.dist.world_size > 1:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.is_cuda else None)
-        if cfg.compile and self.is_cuda:
-            net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         self.net = net
+
+        def forward_loss(x0: Tensor, t: Tensor, noise: Tensor, weights: Tensor | None) -> Tensor:
+            return diffusion_loss(self.net, self.schedule, x0, t, noise, weights)
+        # the whole loss is compiled, so noising x₀ and the squared error fuse with the network's kernels
+        self._graphed = cfg.compile and self.is_cuda and cfg.compile_mode == "reduce-overhead"
+        self._forward_loss = forward_loss
+        if cfg.compile and self.is_cuda:
+            self._forward_loss = torch.compile(forward_loss, mode=None if cfg.compile_mode == "default"
+                                               else cfg.compile_mode)
         self.per_rank_batch = max(1, cfg.batch_size // self.dist.world_size)
         # fixed noise for the sample grids, so grids from different steps are comparable
         self.grid_noise = torch.randn((16, model_config.in_channels, model_config.image_size, model_config.image_size),
@@ -437,8 +446,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step)
         x0, t, noise = self._batch()
+        if self._graphed:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.is_cuda):
-            loss = diffusion_loss(self.net, self.schedule, x0, t, noise, loss_weights(self.schedule, t, cfg))
+            loss = self._forward_loss(x0, t, noise, loss_weights(self.schedule, t, cfg))
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
@@ -447,7 +458,7 @@ class Trainer:
         self.ema.update(self.step)
         self.step += 1
         self.images_seen += self.per_rank_batch * self.dist.world_size
-        return loss.detach()
+        return loss.detach().clone() if self._graphed else loss.detach()
 
     def sample_grid(self) -> Path:
         """16 EMA samples from fixed noise with DDIM (cheap), saved as samples/step_XXXXXXX.png."""

@@ -315,3 +315,17 @@ def test_nan_during_training_is_exit_3(tmp_path, monkeypatch, capsys):
     assert train.main(train_args(data, tmp_path / "run", "--split", "")) == 3
     assert "error: loss became nan at step 4" in capsys.readouterr().err
     assert not (tmp_path / "run" / "export").exists()
+
+
+def test_model_card_of_a_run_started_from_other_weights_counts_what_came_before(tiny_diffusion_config):
+    from dataclasses import replace
+
+    from ddpm_app import model_card
+
+    started = replace(tiny_diffusion_config, training={
+        "steps": 100, "images_seen": 5000, "train_config": {"batch_size": 20, "init_from": "weights/old"}})
+    assert ("5,000 in all: 2,000 in this run's 100 steps (batch 20), which started from `weights/old` "
+            "(3,000 images seen before)") in model_card.render(started, 1000)
+    plain = replace(tiny_diffusion_config, training={
+        "steps": 100, "images_seen": 2000, "train_config": {"batch_size": 20}})
+    assert "| images seen | 2,000 in 100 steps (batch 20) |" in model_card.render(plain, 1000)

@@ -1,0 +1,66 @@
+"""Preparing a network for sampling: the same samples as the bare network, also when the step is compiled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm_app import samplers
+from ddpm_app.inference import Prepared, prepare
+from ddpm_app.models import UNetConfig, build_model
+from ddpm_app.schedule import Schedule, ScheduleConfig
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    config = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(8,), head_channels=16, patch_size=1)
+    return build_model(config).eval()
+
+
+def chain(model, schedule, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    return list(samplers.ddpm(model, schedule, (2, 3, 16, 16), generator=gen, clip_x0=True))
+
+
+def test_prepared_model_gives_the_bare_networks_chain(net):
+    schedule = Schedule(ScheduleConfig(timesteps=12))
+    bare, prepared = chain(net, schedule), chain(prepare(net, "cpu"), schedule)
+    assert len(bare) == len(prepared) == 12
+    for a, b in zip(bare, prepared):
+        for name in ("x_t", "pred_x0", "pred_eps", "x_prev"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-5)
+
+
+def test_the_sampler_uses_a_models_own_ddpm_step(net):
+    schedule = Schedule(ScheduleConfig(timesteps=5))
+    prepared = prepare(net, "cpu")
+    calls = []
+
+    def counting_step(*args):
+        calls.append(args[2])  # tt
+        return Prepared.ddpm_step(prepared, *args)
+
+    prepared.ddpm_step = counting_step
+    steps = chain(prepared, schedule)
+    assert [int(tt[0]) for tt in calls] == [4, 3, 2, 1, 0]
+    torch.testing.assert_close(steps[-1].x_prev, chain(net, schedule)[-1].x_prev, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_step_matches_and_hands_out_its_own_tensors(net):
+    """The code path CUDA uses (torch.compile of the whole step), run on the CPU."""
+    schedule = Schedule(ScheduleConfig(timesteps=6))
+    compiled = prepare(net, "cpu", compile=True)
+    assert compiled.compiled
+    bare, fast = chain(net, schedule), chain(compiled, schedule)
+    for a, b in zip(bare, fast):
+        torch.testing.assert_close(a.x_prev, b.x_prev, rtol=1e-4, atol=1e-4)
+    # the steps kept from the chain are distinct tensors, not views of one reused buffer
+    assert len({s.x_prev.data_ptr() for s in fast}) == len(fast)
+
+
+def test_fp16_is_refused_on_the_cpu(net):
+    with pytest.raises(ValueError, match="CUDA"):
+        prepare(net, "cpu", precision="fp16")
+    assert prepare(net, "cpu").half is False
