@@ -284,7 +284,25 @@ def main(argv: list[str] | None = None) -> int:
         return export_main(argv[1:])
     if argv and argv[0] == "push":
         return push_main(argv[1:])
-    return train_main(argv)
+    try:
+        return train_main(argv)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Shut the process group down before exit.
+
+    Left to interpreter shutdown, the process group (still held by the trainer's DistributedDataParallel wrapper)
+    is destroyed in no fixed order and its threads can abort the process ("terminate called without an active
+    exception"). So the trainer is collected first, then the group is destroyed while Python is still running.
+    """
+    import gc
+
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def _predict(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, clip_x0
 
 def ddpm_step(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
               clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """One ancestral step from x_t: (ε̂, x̂₀, x_{t−1}) with x_{t−1} = posterior mean + σ_t·noise.
+    """x_{t−1} = 1/√α_t·(x_t − β_t/√(1−ᾱ_t)·ε̂) + σ_t·z: one ancestral step, returning (ε̂, x̂₀, x_{t−1}).
 
     Pure tensor code with no Python branch on values, so it can be compiled and captured in a CUDA graph as a
     whole (see :meth:`ddpm_app.inference.Prepared.ddpm_step`); pass zero noise for the last step.
