@@ -9,6 +9,7 @@ the last image. Randomness comes only from the ``generator`` passed in (or an ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator, Literal
 
 import torch
@@ -95,10 +96,7 @@ def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generat
     sigma_table = sigma_table.sqrt().to(device)
     num_steps = t0 + 1
     # a model prepared for its device may bring its own (compiled) version of the same step
-    step = getattr(model, "ddpm_step", None)
-    if step is None:
-        def step(*args):
-            return ddpm_step(model, *args)
+    step = getattr(model, "ddpm_step", None) or partial(ddpm_step, model)
     for index, t in enumerate(range(t0, -1, -1)):
         tt = _timestep(x, t)
         # no noise at the last step: z = 0 there, and the generator is not drawn from

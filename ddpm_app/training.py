@@ -345,14 +345,11 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.is_cuda else None)
         self.net = net
-
-        def forward_loss(x0: Tensor, t: Tensor, noise: Tensor, weights: Tensor | None) -> Tensor:
-            return diffusion_loss(self.net, self.schedule, x0, t, noise, weights)
         # the whole loss is compiled, so noising x₀ and the squared error fuse with the network's kernels
         self._graphed = cfg.compile and self.is_cuda and cfg.compile_mode == "reduce-overhead"
-        self._forward_loss = forward_loss
+        self._forward_loss = self._loss
         if cfg.compile and self.is_cuda:
-            self._forward_loss = torch.compile(forward_loss, mode=None if cfg.compile_mode == "default"
+            self._forward_loss = torch.compile(self._loss, mode=None if cfg.compile_mode == "default"
                                                else cfg.compile_mode)
         self.per_rank_batch = max(1, cfg.batch_size // self.dist.world_size)
         # fixed noise for the sample grids, so grids from different steps are comparable
@@ -439,6 +436,9 @@ class Trainer:
         t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=self.device, generator=self.gen)
         noise = torch.randn(x0.shape, device=self.device, generator=self.gen)
         return x0, t, noise
+
+    def _loss(self, x0: Tensor, t: Tensor, noise: Tensor, weights: Tensor | None) -> Tensor:
+        return diffusion_loss(self.net, self.schedule, x0, t, noise, weights)
 
     def train_step(self) -> Tensor:
         """One optimizer step; returns the loss as a device tensor (no host sync)."""
