@@ -48,7 +48,7 @@ def test_the_sampler_uses_a_models_own_ddpm_step(net):
     torch.testing.assert_close(steps[-1].x_prev, chain(net, schedule)[-1].x_prev, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_step_matches_and_hands_out_its_own_tensors(net):
+def test_compiled_step_matches_the_bare_network(net):
     """The code path CUDA uses (torch.compile of the whole step), run on the CPU."""
     schedule = Schedule(ScheduleConfig(timesteps=6))
     compiled = prepare(net, "cpu", compile=True)
@@ -56,8 +56,6 @@ def test_compiled_step_matches_and_hands_out_its_own_tensors(net):
     bare, fast = chain(net, schedule), chain(compiled, schedule)
     for a, b in zip(bare, fast):
         torch.testing.assert_close(a.x_prev, b.x_prev, rtol=1e-4, atol=1e-4)
-    # the steps kept from the chain are distinct tensors, not views of one reused buffer
-    assert len({s.x_prev.data_ptr() for s in fast}) == len(fast)
 
 
 def test_fp16_is_refused_on_the_cpu(net):
