@@ -27,7 +27,8 @@ def main() -> int:
     p.add_argument("--config", default="ddpm")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format (default: the trainer's choice for the architecture)")
     args = p.parse_args()
     config = CONFIGS[args.config]
     cfg = TrainConfig(out="/tmp/profile-run", steps=10_000, batch_size=args.batch, sample_every=0, save_every=0,

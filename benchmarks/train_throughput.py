@@ -5,11 +5,13 @@
 (a) the seed tutorial's loop on the seed architecture, as the tutorial writes it: fp32, plain Adam at 2e-4,
     per-image sum-of-squares loss, batch 128, no EMA (data comes from memory here, which only helps it:
     the tutorial decodes JPEGs in the training process);
-(b) our Trainer (bf16 autocast, channels_last, torch.compile, fused AdamW, EMA, clipping) on the seed
-    architecture and on `ddpm` U-Net configurations.
+(b) our Trainer (bf16 autocast, torch.compile, fused AdamW, EMA, clipping; channels_last for `ddpm`, NCHW for
+    the seed net; the seed net's upsampling convs as transposed convs, see models/seed.py) on the seed
+    architecture and on `ddpm` U-Net configurations. A run's flags can change the layout (``nchw``, ``cl``) or
+    keep the tutorial's literal upsample-then-conv ops in our trainer (``literal``), to show what each part gives.
 Prints images/s (median over timed windows), the ratio to (a), and the model FLOPs utilisation:
-training FLOPs per image (counted by torch.utils.flop_counter on one forward + backward) × images/s ÷ the
-GPU's dense bf16 peak (989 TFLOP/s for H100/H200 SXM).
+training FLOPs per image (counted by torch.utils.flop_counter on one forward + backward of the network as the
+tutorial writes it) × images/s ÷ the GPU's dense bf16 peak (989 TFLOP/s for H100/H200 SXM).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -83,11 +86,14 @@ def seed_loop(device, steps: int, warmup: int, batch: int = 128) -> float:
 
 
 def ours(config, device, steps: int, warmup: int, batch: int, out: str, compile_mode: str = "default",
-         channels_last: bool = True) -> float:
+         channels_last: bool | None = None, literal: bool = False) -> tuple[float, bool]:
+    """(images/s, whether the trainer ran channels_last)."""
     cfg = TrainConfig(out=out, steps=warmup + steps, batch_size=batch, log_every=10, sample_every=0,
                       save_every=0, device=device.type, warmup_steps=10, compile_mode=compile_mode,
                       channels_last=channels_last)
     trainer = Trainer(cfg, config, ScheduleConfig(), pack=fake_pack(4096, config.image_size))
+    if literal:
+        trainer.model.subpixel = False  # before the first step, which compiles the network
     for _ in range(warmup):  # includes compilation
         trainer.train_step()
     torch.cuda.synchronize()
@@ -98,22 +104,40 @@ def ours(config, device, steps: int, warmup: int, batch: int, out: str, compile_
             loss = trainer.train_step()
         loss.item()
         rates.append(10 * batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return statistics.median(rates), trainer.channels_last
 
 
-def parse_runs(text: str, default_batch: int, default_mode: str) -> list[tuple[str, int, str, bool]]:
-    """``CONFIG[:BATCH[:MODE[:nchw]]]`` items, comma-separated; ``nchw`` turns channels_last off."""
+class Run(NamedTuple):
+    config: str
+    batch: int
+    mode: str
+    channels_last: bool | None  # None: the trainer's choice for the architecture
+    literal: bool
+
+    def label(self, channels_last: bool) -> str:
+        flags = ["channels_last" if channels_last else "NCHW"] + (["tutorial's upsample ops"] if self.literal else [])
+        return f"our trainer, batch {self.batch}, compile {self.mode}" + "".join(f", {f}" for f in flags)
+
+
+RUN_FLAGS = ("nchw", "cl", "literal")
+
+
+def parse_runs(text: str, default_batch: int, default_mode: str) -> list[Run]:
+    """``CONFIG[:BATCH[:MODE[:FLAGS]]]`` items, comma-separated; FLAGS joins ``nchw``, ``cl``, ``literal`` with +."""
     runs = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        if parts[0] not in CONFIGS or len(parts) > 4 or (len(parts) == 4 and parts[3] != "nchw"):
-            raise SystemExit(f"bad run {item!r}: expected CONFIG[:BATCH[:MODE[:nchw]]] with CONFIG one of "
-                             f"{', '.join(CONFIGS)}")
+        flags = parts[3].split("+") if len(parts) == 4 else []
+        bad_flags = not set(flags) <= set(RUN_FLAGS) or {"nchw", "cl"} <= set(flags)
+        if parts[0] not in CONFIGS or len(parts) > 4 or bad_flags:
+            raise SystemExit(f"bad run {item!r}: expected CONFIG[:BATCH[:MODE[:FLAGS]]] with CONFIG one of "
+                             f"{', '.join(CONFIGS)} and FLAGS from {', '.join(RUN_FLAGS)} joined by +")
         batch = int(parts[1]) if len(parts) > 1 else default_batch
         mode = parts[2] if len(parts) > 2 else default_mode
         if mode not in COMPILE_MODES:
             raise SystemExit(f"bad compile mode {mode!r} in {item!r}: choose one of {', '.join(COMPILE_MODES)}")
-        runs.append((parts[0], batch, mode, len(parts) < 4))
+        layout = False if "nchw" in flags else True if "cl" in flags else None
+        runs.append(Run(parts[0], batch, mode, layout, "literal" in flags))
     return runs
 
 
@@ -128,8 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile mode of our trainer (runs that name none)")
     p.add_argument("--configs", default="seed,ddpm,ddpm-small",
-                   help="runs of our trainer, comma-separated CONFIG[:BATCH[:MODE]], e.g. "
-                        f"seed:1024:reduce-overhead; CONFIG is one of {', '.join(CONFIGS)}")
+                   help="runs of our trainer, comma-separated CONFIG[:BATCH[:MODE[:FLAGS]]], e.g. "
+                        f"seed:1024:reduce-overhead:literal; CONFIG is one of {', '.join(CONFIGS)}; FLAGS "
+                        "joins nchw (layout NCHW), cl (channels_last), literal (the tutorial's upsample ops) with +")
     p.add_argument("--out", default="/tmp/throughput-bench")
     args = p.parse_args(argv)
     runs = parse_runs(args.configs, args.batch, args.compile_mode)
@@ -144,14 +169,14 @@ def main(argv=None) -> int:
     base = seed_loop(device, args.steps, args.warmup)
     flops = {"seed": training_flops_per_image(SeedUNetConfig(), device)}
     rows = [("seed tutorial loop (fp32 Adam, batch 128)", "seed", base)]
-    for key, batch, mode, channels_last in runs:
+    for run in runs:
         torch._dynamo.reset()
-        rate = ours(CONFIGS[key], device, args.steps, args.warmup, batch, args.out, mode, channels_last)
-        if key not in flops:
-            flops[key] = training_flops_per_image(CONFIGS[key], device)
-        layout = "" if channels_last else ", NCHW"
-        rows.append((f"our trainer, batch {batch}, compile {mode}{layout}", key, rate))
-        print(f"{key} batch {batch} {mode}{layout}: {rate:,.0f} images/s", flush=True)
+        rate, channels_last = ours(CONFIGS[run.config], device, args.steps, args.warmup, run.batch, args.out,
+                                   run.mode, run.channels_last, run.literal)
+        if run.config not in flops:
+            flops[run.config] = training_flops_per_image(CONFIGS[run.config], device)
+        rows.append((run.label(channels_last), run.config, rate))
+        print(f"{run.config}: {rows[-1][0]}: {rate:,.0f} images/s", flush=True)
     print("\n| loop | model | params | GFLOP/img (train) | images/s | × seed loop | MFU (bf16 peak) |")
     print("|---|---|---|---|---|---|---|")
     for label, key, rate in rows:

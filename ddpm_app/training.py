@@ -1,7 +1,7 @@
 """Training ε_θ with the simple loss  L = E_{x₀, t, ε} ‖ε − ε_θ(√ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t)‖²  (DDPM eq. 14).
 
 Built for throughput on one or several GPUs: the whole dataset sits on the device as uint8, batches are
-drawn by indexing, the network runs in bf16 autocast with channels_last and ``torch.compile``, AdamW is
+drawn by indexing, the network runs in bf16 autocast (channels_last where faster) under ``torch.compile``, AdamW is
 fused, and the EMA update is a single foreach op. Training runs in resumable chunks: a checkpoint holds the
 model, the EMA, the optimizer, the step and every RNG state, written atomically, so ``resume`` continues
 exactly where an uninterrupted run would be. The loop is a generator of :class:`Progress` records; entry
@@ -30,7 +30,7 @@ from . import samplers
 from .checkpoint import CheckpointError, DiffusionConfig, load_pretrained, save_pretrained
 from .data import ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
-from .models import ModelConfig, build_model
+from .models import ModelConfig, SeedUNet, build_model
 from .schedule import Schedule, ScheduleConfig, extract
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -61,7 +61,7 @@ class TrainConfig:
     compile: bool = True  # torch.compile the network (CUDA only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"  # reduce-overhead: CUDA graphs
     bf16: bool = True  # bf16 autocast (CUDA only)
-    channels_last: bool = True
+    channels_last: bool | None = None  # channels_last memory format (default: on, but off for the seed net)
     log_every: int = 100
     sample_every: int = 2000  # EMA sample grid (DDIM) every N steps (0: off)
     sample_steps: int = 50  # DDIM steps for the grid
@@ -315,7 +315,11 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # parameter init only; the loop's randomness comes from self.gen
         self.model = build_model(model_config).to(self.device)
-        if cfg.channels_last:
+        if self.is_cuda and isinstance(self.model, SeedUNet):
+            self.model.subpixel = True  # the same function with fewer FLOPs: see models/seed.py
+        # the seed net trains faster in NCHW (H100, torch 2.11: 12.9k vs 7.3k images/s, layout copies around its convs)
+        self.channels_last = not isinstance(self.model, SeedUNet) if cfg.channels_last is None else cfg.channels_last
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -431,7 +435,7 @@ class Trainer:
     def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
         idx = torch.randint(0, self.images.shape[0], (self.per_rank_batch,), device=self.device, generator=self.gen)
         x0 = from_uint8(random_flip(self.images[idx], self.gen))  # (B, C, H, W) in [−1, 1]
-        if self.cfg.channels_last:
+        if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=self.device, generator=self.gen)
         noise = torch.randn(x0.shape, device=self.device, generator=self.gen)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import make_tiny_config, perturb, seeded_init
 
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet, arch_name, build_model, make_config
+from ddpm_app.models.seed import upsample_conv3x3
 
 
 # --- the DDPM U-Net -------------------------------------------------------------------------------------
@@ -188,13 +189,15 @@ def tutorial_forward(sd: dict, img: torch.Tensor, time: torch.Tensor) -> torch.T
     return F.conv2d(x, sd["output.weight"], sd["output.bias"])
 
 
+@pytest.mark.parametrize("subpixel", [False, True], ids=["literal-upsampling", "transposed-conv-upsampling"])
 @pytest.mark.parametrize("config", [
     SeedUNetConfig(image_size=16, down_channels=(32, 64, 64)),
     SeedUNetConfig(image_size=16),  # the tutorial's default widths, 16×16 → 1×1 at the bottom
     SeedUNetConfig(image_size=16, in_channels=1, init_dim=64, down_channels=(64, 96), time_pos_dim=16),
 ], ids=["small", "default-widths", "grey"])
-def test_seed_unet_forward_matches_the_tutorial(config):
+def test_seed_unet_forward_matches_the_tutorial(config, subpixel):
     model = perturb(seeded_init(lambda: SeedUNet(config)), scale=0.02).eval()
+    model.subpixel = subpixel
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, config.in_channels, config.image_size, config.image_size, generator=g)
     t = torch.tensor([0, 17, 999])
@@ -204,3 +207,52 @@ def test_seed_unet_forward_matches_the_tutorial(config):
     assert ours.shape == x.shape
     assert ours.abs().mean() > 1e-2  # not a degenerate comparison of two zeros
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+# --- nearest ×2 upsampling + 3×3 conv as one transposed conv ---------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 6), (1, 1, 1, 1), (3, 4, 2, 9)])
+def test_upsample_conv3x3_is_upsample_then_conv_in_value_and_gradient(shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, shape[1], 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    ours = upsample_conv3x3(x, w, b)
+    literal = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=1)
+    assert ours.shape == (shape[0], 3, 2 * shape[2], 2 * shape[3])
+    torch.testing.assert_close(ours, literal, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(ours.shape, generator=g, dtype=torch.float64)  # a generic ∂L/∂y
+    for a, b_ in zip(torch.autograd.grad(ours, (x, w, b), upstream), torch.autograd.grad(literal, (x, w, b), upstream)):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
+
+
+def test_upsample_conv3x3_gets_each_border_tap_right():
+    """A kernel with a single 1 copies the upsampled image shifted by one pixel, zeros entering at the border."""
+    x = torch.arange(1.0, 5.0, dtype=torch.float64).reshape(1, 1, 2, 2)  # [[1, 2], [3, 4]]
+    up = F.interpolate(x, scale_factor=2, mode="nearest")[0, 0]  # (4, 4)
+    for dy in range(3):
+        for dx in range(3):
+            w = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+            w[0, 0, dy, dx] = 1.0
+            expected = F.pad(up, (1, 1, 1, 1))[dy:dy + 4, dx:dx + 4]  # out[i, j] = up[i + dy − 1, j + dx − 1]
+            assert torch.equal(upsample_conv3x3(x, w, None)[0, 0], expected)
+
+
+def test_seed_unet_trains_the_same_with_either_upsampling(seed_config):
+    model = perturb(seeded_init(lambda: SeedUNet(seed_config)), scale=0.02)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, seed_config.image_size, seed_config.image_size, generator=g)
+    t = torch.tensor([3, 900])
+    grads = []
+    for subpixel in (False, True):
+        model.subpixel = subpixel
+        assert model.subpixel is subpixel and all(block.subpixel is subpixel for block in model.ups)
+        model.zero_grad()
+        model.eval()(x, t).square().mean().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    assert any(grads[0][name].abs().max() > 0 for name in grads[0] if name.endswith("sample.1.weight"))
+    # float32 rounding, measured against the largest gradient entry: some gradients are zero in exact arithmetic
+    # (a bias right before a GroupNorm) and hold only rounding noise in either form
+    scale = max(grad.abs().max().item() for grad in grads[0].values())
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5 * scale, msg=name)

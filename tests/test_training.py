@@ -15,6 +15,7 @@ import torch
 
 from ddpm_app import samplers, training
 from ddpm_app.checkpoint import load_pretrained
+from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
 from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, export_checkpoint, load_checkpoint,
                                loss_weights, lr_at)
@@ -272,6 +273,31 @@ def test_data_of_the_wrong_size_is_a_clear_error(tmp_path):
     pack.images = pack.images[:, :, :8, :8]
     with pytest.raises(TrainingError, match=r"data is \(3, 8, 8\) but the model expects \(3, 16, 16\)"):
         Trainer(train_config(tmp_path), MODEL, SCHEDULE, pack=pack)
+
+
+# -- memory layout ------------------------------------------------------------------------------------------------
+
+SEED_MODEL = SeedUNetConfig(image_size=16, down_channels=(32, 64), dropout=0.0)
+
+
+@pytest.mark.parametrize("model, option, expected", [
+    (MODEL, None, True), (SEED_MODEL, None, False),  # the default depends on the network
+    (MODEL, False, False), (SEED_MODEL, True, True),  # an explicit choice wins
+])
+def test_memory_layout_follows_the_network_unless_chosen(tmp_path, model, option, expected):
+    trainer = Trainer(train_config(tmp_path, steps=2, channels_last=option), model, SCHEDULE, pack=shapes_pack())
+    assert trainer.channels_last is expected
+    first_conv = next(p for p in trainer.model.parameters() if p.dim() == 4)  # (O, 3, k, k), k > 1
+    assert first_conv.is_contiguous(memory_format=torch.channels_last) is expected
+    x0, _, _ = trainer._batch()
+    assert x0.is_contiguous(memory_format=torch.channels_last) is expected
+    run(trainer)
+    assert trainer.step == 2
+
+
+def test_seed_net_keeps_the_literal_upsampling_on_cpu(tmp_path):
+    trainer = Trainer(train_config(tmp_path, steps=1), SEED_MODEL, SCHEDULE, pack=shapes_pack())
+    assert trainer.model.subpixel is False  # the transposed-conv form is for CUDA; a CPU runs the literal ops faster
 
 
 # -- export -------------------------------------------------------------------------------------------------------
