@@ -42,7 +42,7 @@ def main() -> int:
         trainer.train_step()
     torch.cuda.synchronize()
     step_ms = (time.perf_counter() - start) / 20 * 1000
-    print(f"{args.config} batch {args.batch} compile={args.compile} channels_last={args.channels_last}: "
+    print(f"{args.config} batch {args.batch} compile={args.compile} channels_last={trainer.channels_last}: "
           f"{step_ms:.1f} ms/step, {args.batch / step_ms * 1000:,.0f} images/s")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(5):

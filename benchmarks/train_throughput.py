@@ -136,6 +136,8 @@ def parse_runs(text: str, default_batch: int, default_mode: str) -> list[Run]:
         mode = parts[2] if len(parts) > 2 else default_mode
         if mode not in COMPILE_MODES:
             raise SystemExit(f"bad compile mode {mode!r} in {item!r}: choose one of {', '.join(COMPILE_MODES)}")
+        if "literal" in flags and not isinstance(CONFIGS[parts[0]], SeedUNetConfig):
+            raise SystemExit(f"bad run {item!r}: only the seed net has the tutorial's upsample ops (flag literal)")
         layout = False if "nchw" in flags else True if "cl" in flags else None
         runs.append(Run(parts[0], batch, mode, layout, "literal" in flags))
     return runs
