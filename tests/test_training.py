@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -101,7 +102,65 @@ def test_min_snr_weighting_trains_and_down_weights_low_noise_steps(tmp_path):
     assert first_loss["min-snr"] < 0.95 * first_loss["uniform"]
 
 
+# -- the EMA -------------------------------------------------------------------------------------------------------
+
+def ema_decay(step: int, decay: float, warmup: bool) -> float:
+    """d_k = min(decay, (1 + k)/(10 + k)) with the warm-up, else decay; k = optimizer steps taken before."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+@pytest.mark.parametrize("decay, warmup", [(0.3, True), (0.6, False)], ids=["warm-up", "no-warm-up"])
+def test_ema_after_k_steps_is_the_moving_average_of_the_weights(tmp_path, decay, warmup):
+    """θ_ema(k+1) = d_k·θ_ema(k) + (1 − d_k)·θ(k+1), from θ_ema(0) = θ(0), with the weights of every step recorded.
+
+    With decay 0.3 the warm-up rule decides the first three steps ((1+k)/(10+k) = 0.1, 0.18, 0.25) and the decay
+    the rest, so both branches are checked.
+    """
+    trainer = Trainer(train_config(tmp_path, steps=6, ema_decay=decay, ema_warmup=warmup, save_every=0),
+                      MODEL, SCHEDULE, pack=shapes_pack())
+    params = lambda: {name: p.detach().clone() for name, p in trainer.model.named_parameters()}  # noqa: E731
+    trajectory = [params()]
+    trainer.optimizer.register_step_post_hook(lambda *args: trajectory.append(params()))
+    run(trainer)
+    assert len(trajectory) == 7
+
+    expected = dict(trajectory[0])
+    for k, weights in enumerate(trajectory[1:]):
+        d = ema_decay(k, decay, warmup)
+        expected = {name: d * expected[name] + (1 - d) * weights[name] for name in expected}
+    ema = dict(trainer.ema.model.named_parameters())
+    moved = 0
+    for name, value in expected.items():
+        torch.testing.assert_close(ema[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int(not torch.equal(ema[name], trajectory[0][name]))
+    assert moved == len(expected)  # every tensor moved away from its initial value
+    # and it is an average, not the weights themselves
+    assert any((ema[name] - trajectory[-1][name]).abs().max() > 1e-4 for name in expected)
+    # the checkpoint and the export carry the same EMA
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)["ema"]
+    for name, value in ema.items():
+        assert torch.equal(saved[name], value)
+
+
 # -- resuming -----------------------------------------------------------------------------------------------------
+
+def test_resume_with_dropout_is_bit_exact(tmp_path):
+    """Dropout draws from the CPU generator: resuming restores it, so 4 + 4 steps equal 8 in one go."""
+    model = dataclasses.replace(MODEL, dropout=0.3)
+    a = Trainer(train_config(tmp_path / "a", steps=8), model, SCHEDULE, pack=shapes_pack())
+    run(a)
+    run(Trainer(train_config(tmp_path / "b", steps=4), model, SCHEDULE, pack=shapes_pack()))
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    b = Trainer(train_config(tmp_path / "b", steps=8), None, None, pack=shapes_pack(), resume=True)
+    assert b.diffusion_config.model.dropout == 0.3
+    run(b)
+    assert_same_state(a.state(), b.state())
+    # the dropout did draw: the same run without it ends elsewhere
+    c = Trainer(train_config(tmp_path / "c", steps=8), MODEL, SCHEDULE, pack=shapes_pack())
+    run(c)
+    assert not torch.equal(c.state()["model"]["out_conv.weight"], a.state()["model"]["out_conv.weight"])
+
+
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     """12 steps in one go vs 4 steps, a new Trainer from the checkpoint, 8 more: the same bits everywhere."""
