@@ -1,6 +1,6 @@
 """Record ε̂ of every shipped model (weights/*) on fixed inputs, for tests/test_shipped_models.py.
 
-    python scripts/record_shipped_outputs.py        # writes tests/data/shipped_outputs.safetensors
+    python scripts/record_shipped_outputs.py        # writes tests/recorded/shipped_outputs.safetensors
 
 The inputs are two 64×64 RGB noise images drawn from ``torch.Generator().manual_seed(0)`` and rounded to float16
 (so they are stored exactly), at timesteps 50 and 600. Run it only after retraining a shipped model on purpose:
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from ddpm_app.checkpoint import load_pretrained  # noqa: E402
 
-OUT = ROOT / "tests" / "data" / "shipped_outputs.safetensors"
+OUT = ROOT / "tests" / "recorded" / "shipped_outputs.safetensors"
 TIMESTEPS = (50, 600)
 
 

@@ -49,7 +49,7 @@ def test_config_records_the_training(shipped):
     assert loaded.config.image_size == 64 and loaded.config.channels == 3
 
 
-RECORDED = Path(__file__).resolve().parent / "data" / "shipped_outputs.safetensors"
+RECORDED = Path(__file__).resolve().parent / "recorded" / "shipped_outputs.safetensors"
 PICTURES = [Path(__file__).resolve().parents[1] / "ddpm_app" / "assets" / f"{name}.png" for name in ("portrait", "smiley")]
 
 

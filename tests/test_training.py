@@ -18,8 +18,8 @@ from ddpm_app import samplers, training
 from ddpm_app.checkpoint import load_pretrained
 from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
-from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, export_checkpoint, load_checkpoint,
-                               loss_weights, lr_at)
+from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, diffusion_loss, export_checkpoint,
+                               load_checkpoint, loss_weights, lr_at)
 from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
 
 
@@ -70,6 +70,63 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
     assert (w[snr <= 5.0] == 1).all() and (w[snr > 5.0] < 1).all()
     assert (snr > 5.0).any() and (snr <= 5.0).any()  # both branches are exercised at this T
     assert loss_weights(schedule, t, train_config(tmp_path)) is None
+
+
+# -- the loss and its inputs ------------------------------------------------------------------------------------
+
+def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_schedule):
+    """L = mean over batch and pixels of (ε − ε_θ(√ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t))², checked with a network that records
+    what it is shown and predicts ε̂ = x_t/2."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(3, 3, 4, 4, generator=g) * 2 - 1, torch.randn(3, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 7, 19])
+    seen = []
+
+    def half_of_input(x_t, tt):
+        seen.append((x_t.clone(), tt.clone()))
+        return x_t / 2
+
+    abar = torch.cumprod(1 - torch.linspace(1e-3, 0.3, 20, dtype=torch.float64), 0)[t].float()[:, None, None, None]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    loss = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise)
+    torch.testing.assert_close(seen[0][0], x_t, rtol=1e-6, atol=1e-6)
+    assert torch.equal(seen[0][1], t)
+    expected = ((noise - x_t / 2) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    # with per-sample weights: the mean over the batch of w_i·(per-sample mean)
+    w = torch.tensor([1.0, 0.5, 0.25])
+    weighted = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise, w)
+    torch.testing.assert_close(weighted, (w * ((noise - x_t / 2) ** 2).mean(dim=(1, 2, 3))).mean())
+
+
+def test_training_batches_are_flipped_normalised_pictures_at_every_timestep(tmp_path, monkeypatch):
+    """What the loss receives: x₀ = one of the pictures or its left–right mirror, mapped to [−1, 1]; t drawn over all
+    of 0…T−1; ε ~ N(0, I)."""
+    schedule = dataclasses.replace(SCHEDULE, timesteps=4)
+    pack = shapes_pack()
+    pictures = pack.images.float() / 127.5 - 1  # (N, 3, 16, 16)
+    batches = []
+    real_loss = training.diffusion_loss
+
+    def recording_loss(model, sched, x0, t, noise, weights=None):
+        batches.append((x0.detach().clone(), t.clone(), noise.clone()))
+        return real_loss(model, sched, x0, t, noise, weights)
+
+    monkeypatch.setattr(training, "diffusion_loss", recording_loss)
+    run(Trainer(train_config(tmp_path, steps=6, save_every=0), MODEL, schedule, pack=pack))
+    assert len(batches) == 6
+    x0 = torch.cat([b[0] for b in batches])  # (48, 3, 16, 16)
+    ts = torch.cat([b[1] for b in batches])
+    noise = torch.cat([b[2] for b in batches])
+    mirrored = 0
+    for x in x0:
+        same = [torch.allclose(x, p, atol=1e-6) for p in pictures]
+        mirror = [torch.allclose(x, p.flip(-1), atol=1e-6) for p in pictures]
+        assert any(same) or any(mirror)
+        mirrored += any(mirror) and not any(same)
+    assert 10 <= mirrored <= 38  # about half of the 48 are mirrored
+    assert sorted(set(ts.tolist())) == [0, 1, 2, 3]
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
 
 
 # -- learning ---------------------------------------------------------------------------------------------------
