@@ -10,6 +10,7 @@ Fixtures
     seed_config           SeedUNetConfig: 16×16, widths 32 → 64 → 64 (both shortcut kinds)
     seed_model            a SeedUNet built from it, in eval mode
     no_hub_network        (autouse) the Hub client points at a closed localhost port; returns that URL
+    chromium              the path of Debian's Chromium for the browser tests; FAILS (never skips) when it is missing
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
 seeded_init(build, seed).
@@ -27,6 +28,10 @@ from torch import nn
 from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet, UNetConfig
 from ddpm_app.schedule import Schedule, ScheduleConfig
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's build; scripts/test.sh installs it when this path is missing
+# flags for headless Chromium in a container: no sandbox (no user namespaces), no GPU, no background traffic
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 # The test models are tiny: one thread is fastest, and it keeps a busy machine (a training run beside the
 # tests) from turning each convolution into a long wait on thread synchronisation.
@@ -108,3 +113,14 @@ def seed_config() -> SeedUNetConfig:
 @pytest.fixture
 def seed_model(seed_config: SeedUNetConfig) -> SeedUNet:
     return seeded_init(lambda: SeedUNet(seed_config)).eval()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium. A browser test that cannot run fails instead of skipping, so a machine without the browser
+    never passes the suite unnoticed; leave the browser tests out on purpose with ``-m "not browser"``."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing, so the browser tests cannot run: install Debian's chromium "
+                    "(`apt-get install chromium`, as scripts/test.sh does), or leave these tests out with "
+                    "-m \"not browser\"", pytrace=False)
+    return CHROMIUM
