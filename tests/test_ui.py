@@ -15,8 +15,8 @@ from conftest import make_tiny_config, perturb, seeded_init
 from PIL import Image
 
 import app
-from ddpm_app import ui
-from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, save_pretrained
+from ddpm_app import samplers, ui
+from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, load_pretrained, save_pretrained
 from ddpm_app.convert_seed import convert
 from ddpm_app.image import load_image, to_uint8
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
@@ -130,6 +130,68 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
     assert isinstance(outs[0][2], type(gr.skip()))  # ε̂ not shown: no picture made while streaming
     # the last preview shows the finished image
     np.testing.assert_array_equal(x_t, ui.picture(run.final))
+
+
+def assert_same_picture(ours: torch.Tensor, expected: torch.Tensor) -> None:
+    """uint8 images equal up to float rounding: the app samples with the prepared (channels_last) network, whose
+    sums round differently, and over a chain that can move a pixel across a rounding boundary."""
+    diff = (ours.int() - expected.int()).abs()
+    assert diff.max() <= 2 and (diff > 0).float().mean() < 0.01, (int(diff.max()), float((diff > 0).float().mean()))
+
+
+def library_chain(weights: Path, sampler: str, steps: int, eta: float, clip_x0: bool, seed: int, batch: int,
+                  x_start: torch.Tensor | None = None, start_t: int | None = None) -> list:
+    """The steps the library's samplers take with the loaded (unprepared) "faces" network: what the app must show."""
+    loaded = load_pretrained(weights / "faces")
+    kwargs = dict(x_start=x_start, start_t=start_t) if x_start is not None else {}
+    return list(samplers.sample(loaded.model, loaded.schedule, (batch, 3, 16, 16), sampler=sampler, steps=steps,
+                                eta=eta, clip_x0=clip_x0, generator=torch.Generator().manual_seed(seed), **kwargs))
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.6), ("ddpm", 0.0)])
+def test_generate_gives_the_library_samplers_images_with_each_option(handlers: ui.Handlers, weights: Path, sampler,
+                                                                       eta):
+    """Every widget reaches the sampler: the app's frames and final images equal the library's chain with the same
+    sampler, η, clip setting and seed; clip on and off give different x̂₀ (the network's x̂₀ leaves [−1, 1])."""
+    runs = {}
+    for clip in (True, False):
+        user = UserState()
+        run_all(handlers.generate(sampler, 6, eta, 17, 2, clip, False, user))
+        expected = library_chain(weights, sampler, 6, eta, clip, 17, 2)
+        assert [f.t for f in user.run.frames] == [s.t for s in expected]
+        for frame, step in zip(user.run.frames, expected):
+            assert_same_picture(frame.x_t, to_uint8(step.x_t))
+            assert_same_picture(frame.pred_x0, to_uint8(step.pred_x0))
+        assert_same_picture(user.run.final, to_uint8(expected[-1].x_prev))
+        assert max(float(s.pred_x0.abs().max()) for s in expected) > (1.0 + 1e-6 if not clip else 0.5)
+        runs[clip] = user.run
+    for a, b in ((runs[True].final, runs[False].final), (runs[True].frames[-1].pred_x0, runs[False].frames[-1].pred_x0)):
+        assert (a.float() - b.float()).abs().mean() > 2, "clip on and off give the same pictures"  # uint8 levels
+
+
+def test_eta_changes_the_app_s_ddim_images(handlers: ui.Handlers):
+    finals = []
+    for eta in (0.0, 1.0):
+        user = UserState()
+        run_all(handlers.generate("ddim", 5, eta, 3, 1, True, False, user))
+        finals.append(user.run.final)
+    assert (finals[0].float() - finals[1].float()).abs().mean() > 2  # uint8 levels
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_denoise_is_the_library_chain_from_the_noised_photo(handlers: ui.Handlers, weights: Path, sampler):
+    """SDEdit: the reverse chain starts at the forward tab's x_t and its t; clip on/off and the seed reach it."""
+    finals = {}
+    for clip in (True, False):
+        user = UserState()
+        handlers.noise(str(PHOTO), 12, True, 5, user)
+        run_all(handlers.denoise(sampler, 4, 0.5, 9, clip, user))
+        expected = library_chain(weights, sampler, 4, 0.5, clip, 9, 1, x_start=user.forward.x_t[None], start_t=12)
+        assert [f.t for f in user.run.frames] == [s.t for s in expected] and expected[0].t == 12
+        assert_same_picture(user.run.final, to_uint8(expected[-1].x_prev))
+        finals[clip] = user.run.final
+    # far more pixels differ than the < 1 % that rounding may move (assert_same_picture)
+    assert (finals[True] != finals[False]).float().mean() > 0.2
 
 
 def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers):
