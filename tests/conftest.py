@@ -13,7 +13,7 @@ Fixtures
     chromium              the path of Debian's Chromium for the browser tests; FAILS (never skips) when it is missing
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
-seeded_init(build, seed).
+seeded_init(build, seed), noised_photo_picture(photo, size, t, noise_seed, timesteps).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -124,3 +125,22 @@ def chromium() -> Path:
                     "(`apt-get install chromium`, as scripts/test.sh does), or leave these tests out with "
                     "-m \"not browser\"", pytrace=False)
     return CHROMIUM
+
+
+def noised_photo_picture(photo, size: int, t: int, noise_seed: int, timesteps: int) -> np.ndarray:
+    """The forward view's x_t as the app should show it, from the definitions alone: x₀ the photo at ``size`` in
+    [−1, 1], ε ~ N(0, I) from ``noise_seed`` (CPU), ᾱ_t for the default linear β from 1e-4 to 0.02 over ``timesteps``,
+    x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, shown as (H, W, 3) uint8 with [−1, 1] → [0, 255]."""
+    from ddpm_app.image import load_image
+
+    x0 = load_image(photo, size).double()
+    eps = torch.randn((3, size, size), generator=torch.Generator().manual_seed(noise_seed)).double()
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64), 0)[t]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    return ((x_t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def assert_pictures_close(ours: np.ndarray, expected: np.ndarray, levels: int = 1) -> None:
+    """Equal uint8 pictures up to ``levels`` (float32 against float64 rounding at a level boundary)."""
+    assert ours.shape == expected.shape and ours.dtype == expected.dtype == np.uint8
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= levels

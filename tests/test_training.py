@@ -432,10 +432,13 @@ def test_export_loads_through_the_core_loader_and_samples(tmp_path, dtype):
     for name, value in trainer.ema.model.state_dict().items():  # the EMA weights, not the raw ones
         torch.testing.assert_close(loaded.model.state_dict()[name], value, rtol=tolerance, atol=tolerance)
 
-    steps = list(samplers.ddim(loaded.model, loaded.schedule, (2, 3, 16, 16), steps=3,
-                               generator=torch.Generator().manual_seed(0)))
-    assert len(steps) == 3
-    assert steps[-1].x_prev.shape == (2, 3, 16, 16) and torch.isfinite(steps[-1].x_prev).all()
+    # the loaded network samples as the trainer's EMA network does (same seed, same images up to the export dtype)
+    def ddim_images(model) -> torch.Tensor:
+        return samplers.final(samplers.ddim(model, loaded.schedule, (2, 3, 16, 16), steps=3,
+                                            generator=torch.Generator().manual_seed(0)))
+
+    torch.testing.assert_close(ddim_images(loaded.model), ddim_images(trainer.ema.model.eval()),
+                               rtol=0, atol=1e-5 if dtype == "fp32" else 2e-2)
 
     # the same export straight from the checkpoint file
     again = export_checkpoint(load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME), tmp_path / "again", dtype)

@@ -4,6 +4,7 @@ export, validation and model switching."""
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config, perturb, seeded_init
+from conftest import assert_pictures_close, make_tiny_config, noised_photo_picture, perturb, seeded_init
 from PIL import Image
 
 import app
@@ -194,12 +195,15 @@ def test_denoise_is_the_library_chain_from_the_noised_photo(handlers: ui.Handler
     assert (finals[True] != finals[False]).float().mean() > 0.2
 
 
-def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers):
+def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers, weights: Path):
     user = UserState()
     outs = run_all(handlers.generate("ddpm", 3, 0.5, 1, 1, False, True, user))  # steps and η ignored by DDPM
     assert len(outs) == T
     assert [f.t for f in user.run.frames] == list(range(T - 1, -1, -1))
-    assert all(image_of(o[2]) is not None for o in outs)  # ε̂ shown on every preview
+    # ε̂ shown on every preview, as ε̂/2 (±2σ spans the grey range)
+    for out, step in zip(outs, library_chain(weights, "ddpm", 0, 0.0, False, 1, 1)):
+        expected = (((step.pred_eps[0] / 2).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        assert_same_picture(torch.from_numpy(image_of(out[2])).permute(2, 0, 1), expected)
 
 
 def test_streaming_off_sends_only_the_final_images_but_keeps_every_step(library: ModelLibrary, tmp_path: Path):
@@ -303,8 +307,7 @@ def test_gif_export_caps_the_frame_count(library: ModelLibrary, tmp_path: Path):
 
 
 def test_mp4_export(handlers: ui.Handlers):
-    pytest.importorskip("imageio_ffmpeg")
-    import imageio.v3 as iio
+    import imageio.v3 as iio  # MP4 export needs imageio-ffmpeg, a requirement: missing, this test fails
 
     user = UserState()
     run_all(handlers.generate("ddim", 5, 0.0, 4, 1, True, False, user))
@@ -348,7 +351,7 @@ def test_out_of_range_t_and_bad_images(handlers: ui.Handlers, tmp_path: Path):
     with pytest.raises(gr.Error, match="not a readable image"):
         handlers.noise(str(bad), 5, True, -1, user)
     # the handler still works afterwards
-    assert handlers.noise(str(PHOTO), 5, True, -1, user)[2] is not None
+    assert_pictures_close(handlers.noise(str(PHOTO), 5, True, 3, user)[2], noised_photo_picture(PHOTO, 16, 5, 3, T))
 
 
 # -- the forward process ---------------------------------------------------------------------------------------
@@ -361,16 +364,34 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     eps = torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(1234))
     expected = Schedule(ScheduleConfig(timesteps=T)).q_sample(x0[None], torch.tensor([7]), eps[None])
     torch.testing.assert_close(user.forward.x_t[None], expected)
-    np.testing.assert_array_equal(xt_pic, ui.picture(expected))
-    np.testing.assert_array_equal(x0_pic, ui.picture(x0))
+    assert_pictures_close(xt_pic, noised_photo_picture(PHOTO, 16, 7, 1234, T))
+    np.testing.assert_array_equal(x0_pic, ((x0 + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
     assert "t = 7" in numbers and "noise seed 1234" in numbers
-    lv = handlers.library.session("faces").noise_level(7)
-    assert f"{lv.sqrt_alpha_bar:.4f}" in numbers and f"{lv.snr_db:+.1f} dB" in numbers
+    abar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / (T - 1)) for i in range(8))  # ᾱ_7 of the linear schedule
+    assert f"{math.sqrt(abar):.4f}" in numbers and f"{10 * math.log10(abar / (1 - abar)):+.1f} dB" in numbers
     assert strip.shape[1] > 8 * 16  # eight noised copies side by side
     assert "t = 7" in note
-    marked = ui.schedule_plot(handlers.library.session("faces"), 7)
-    np.testing.assert_array_equal(plot, marked)
-    assert (marked != ui.schedule_plot(handlers.library.session("faces"), 12)).any()  # the t marker moves
+    # the plot marks t with a 2-pixel crimson line in each panel, moving linearly with t; nothing else changes
+    session = handlers.library.session("faces")
+    at_0, at_end = ui.schedule_plot(session, 0), ui.schedule_plot(session, T - 1)
+    first, last = marker_columns(at_0), marker_columns(at_end)
+    assert len(first) == len(last) == 2  # one line per panel
+    per_t = [(b - a) / (T - 1) for a, b in zip(first, last)]
+    assert min(per_t) > 5  # pixels per timestep: the line moves right with t
+    assert all(abs(c - (a + 7 * d)) <= 1 for c, a, d in zip(marker_columns(plot), first, per_t))
+    unmarked = np.ones(plot.shape[1], bool)
+    unmarked[[c for line in first + last for c in (line - 1, line)]] = False
+    assert np.array_equal(at_0[:, unmarked], at_end[:, unmarked])
+
+
+MARKER = (220, 20, 60)
+
+
+def marker_columns(plot: np.ndarray) -> list[int]:
+    """The right column of each 2-pixel marker line (crimson, (220, 20, 60)) of a schedule plot, left to right."""
+    columns = np.nonzero((plot == MARKER).all(-1).any(0))[0]
+    assert len(columns) % 2 == 0 and all(columns[1::2] - columns[::2] == 1)
+    return columns[1::2].tolist()
 
 
 def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
@@ -389,7 +410,10 @@ def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
 
 def test_forward_without_a_photo_shows_the_numbers_only(handlers: ui.Handlers):
     out = handlers.noise(None, 3, True, -1, UserState())
-    assert out[0] is None and out[2] is None and "t = 3" in out[3] and out[5] is not None
+    assert out[0] is None and out[2] is None and "t = 3" in out[3]
+    first = marker_columns(ui.schedule_plot(handlers.library.session("faces"), 0))
+    last = marker_columns(ui.schedule_plot(handlers.library.session("faces"), T - 1))
+    assert all(abs(c - (a + 3 * (b - a) / (T - 1))) <= 1 for c, a, b in zip(marker_columns(out[5]), first, last))
 
 
 # -- noise it, then denoise it ---------------------------------------------------------------------------------
