@@ -31,11 +31,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from . import samplers
 from .checkpoint import CONFIG_NAME, CheckpointError, LoadedModel, download, is_repo_id, load_local
 from .image import from_uint8, grid, load_image, to_numpy, to_uint8
 from .inference import prepare
-from .samplers import Step
+from .samplers import SamplerSettings, Step, whole_number
 from .schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
 
 DEFAULT_MODEL = "faces"
@@ -74,52 +73,6 @@ def resolve_seed(seed: float | int | str | None) -> int:
     if not value.is_integer() or not 0 <= value <= MAX_SEED:
         raise InputError(f"seed must be a whole number in 0…{MAX_SEED}, or −1 / blank for a random one; got {seed}")
     return int(value)
-
-
-def _whole(value: float | int | None, name: str, low: int, high: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not number.is_integer() or not low <= number <= high:
-        raise InputError(f"{name} must be a whole number in {low}…{high}, got {value!r}")
-    return int(number)
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """How to run the reverse chain: ``ddpm`` over every timestep, or ``ddim`` over ``steps`` of them with η."""
-
-    sampler: str = "ddim"
-    steps: int = 50  # DDIM only
-    eta: float = 0.0  # DDIM only
-    clip_x0: bool = True
-
-    @classmethod
-    def checked(cls, sampler: str, steps: float | None, eta: float | None, clip_x0: bool,
-                timesteps: int) -> SamplerSettings:
-        """Settings from widget values, with an :class:`InputError` naming the allowed range for a bad one."""
-        if sampler not in samplers.SAMPLERS:
-            raise InputError(f"sampler must be one of {', '.join(samplers.SAMPLERS)}, got {sampler!r}")
-        if sampler == "ddpm":
-            return cls("ddpm", timesteps, 1.0, bool(clip_x0))
-        steps = _whole(steps, "DDIM steps", 1, timesteps)
-        try:
-            value = float(eta)
-        except (TypeError, ValueError, OverflowError):
-            value = math.nan
-        if not 0.0 <= value <= 1.0:
-            raise InputError(f"η (eta) must be in 0…1, got {eta!r}")
-        return cls("ddim", steps, value, bool(clip_x0))
-
-    def num_steps(self, start_t: int) -> int:
-        """Network evaluations for a chain that starts at timestep ``start_t``."""
-        return start_t + 1 if self.sampler == "ddpm" else min(self.steps, start_t + 1)
-
-    def describe(self) -> str:
-        if self.sampler == "ddpm":
-            return f"DDPM, {self.steps} steps"
-        return f"DDIM, {self.steps} steps, η = {self.eta:g}"
 
 
 class NoiseLevel(NamedTuple):
@@ -163,7 +116,9 @@ class DiffusionSession:
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
         self.device = torch.device(device)
-        self.eps_model = prepare(loaded.model, self.device)  # ε_θ(x_t, t), made fast for this device
+        prepared = prepare(loaded.model, self.device)
+        self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
+        self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
 
     @property
     def config(self):
@@ -180,23 +135,22 @@ class DiffusionSession:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def check_t(self, t: float | None) -> int:
-        return _whole(t, "t", 0, self.timesteps - 1)
+        return whole_number(t, "t", 0, self.timesteps - 1, InputError)
 
     def check_batch(self, batch: float | None) -> int:
-        return _whole(batch, "number of images", 1, MAX_BATCH)
+        return whole_number(batch, "number of images", 1, MAX_BATCH, InputError)
 
     def sample(self, settings: SamplerSettings, batch: int, seed: int) -> Iterator[Step]:
         """The reverse chain from x_T ~ N(0, I), drawn (like all its noise) from a generator seeded with ``seed``."""
-        return samplers.sample(self.eps_model, self.schedule, self.shape(batch), sampler=settings.sampler,
-                               steps=settings.steps, eta=settings.eta, clip_x0=settings.clip_x0,
-                               generator=self.generator(seed), device=self.device)
+        return settings.run(self.eps_model, self.schedule, self.shape(batch), step_fn=self.ddpm_step,
+                            generator=self.generator(seed), device=self.device)
 
     def sdedit(self, x_t: Tensor, t: int, settings: SamplerSettings, seed: int) -> Iterator[Step]:
         """The reverse chain from a given x_t at timestep t back to x₀ (SDEdit: noise a photo, then denoise it)."""
         x_start = x_t.to(self.device)[None] if x_t.dim() == 3 else x_t.to(self.device)
-        return samplers.sample(self.eps_model, self.schedule, tuple(x_start.shape), sampler=settings.sampler,
-                               steps=settings.num_steps(t), eta=settings.eta, clip_x0=settings.clip_x0,
-                               generator=self.generator(seed), x_start=x_start, start_t=t, device=self.device)
+        return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), start_t=t,
+                            step_fn=self.ddpm_step, generator=self.generator(seed), x_start=x_start,
+                            device=self.device)
 
     def noise_level(self, t: int) -> NoiseLevel:
         s = self.schedule

@@ -30,7 +30,9 @@ from . import samplers
 from .checkpoint import CheckpointError, DiffusionConfig, load_pretrained, save_pretrained
 from .data import ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
+from .inference import prepare
 from .models import ModelConfig, SeedUNet, build_model
+from .samplers import DEFAULT_DDIM_STEPS, SamplerSettings
 from .schedule import Schedule, ScheduleConfig, extract
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -64,7 +66,7 @@ class TrainConfig:
     channels_last: bool | None = None  # channels_last memory format (default: on, but off for the seed net)
     log_every: int = 100
     sample_every: int = 2000  # EMA sample grid (DDIM) every N steps (0: off)
-    sample_steps: int = 50  # DDIM steps for the grid
+    sample_steps: int = DEFAULT_DDIM_STEPS  # DDIM steps for the grid
     save_every: int = 2000  # checkpoint every N steps
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0: no limit
     export_dtype: Literal["fp32", "fp16"] = "fp32"
@@ -467,9 +469,10 @@ class Trainer:
 
     def sample_grid(self) -> Path:
         """16 EMA samples from fixed noise with DDIM (cheap), saved as samples/step_XXXXXXX.png."""
-        x = samplers.final(samplers.ddim(self.ema.model, self.schedule, tuple(self.grid_noise.shape),
-                                         steps=self.cfg.sample_steps, x_start=self.grid_noise, clip_x0=True,
-                                         device=self.device))
+        settings = SamplerSettings("ddim", self.cfg.sample_steps, eta=0.0, clip_x0=True)
+        net = prepare(self.ema.model, self.device, compile=False, precision="fp32", channels_last=self.channels_last)
+        x = samplers.final(settings.run(net, self.schedule, tuple(self.grid_noise.shape), x_start=self.grid_noise,
+                                        device=self.device))
         return save_grid(x, self.out / "samples" / f"step_{self.step:07d}.png", nrow=4)
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002

@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 
 from .checkpoint import CheckpointError
 from .image import ImageError, open_image
-from .samplers import Step
+from .samplers import SamplerSettings, SettingsError, Step
 from .session import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, DiffusionSession,
-                      InputError, ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
+                      InputError, ModelLibrary, Throttle, Trajectory, UserState, export_gif,
                       export_mp4, export_png, labelled_strip, noise_picture, picture, psnr, resolve_seed,
                       schedule_curves, stream)
 
@@ -33,6 +33,7 @@ ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
 QUEUE_SIZE = 16  # requests waiting at most; more get "queue full"
 SAMPLER_CHOICES = [("DDPM (all T steps)", "ddpm"), ("DDIM (K steps)", "ddim")]
+DEFAULT_SETTINGS = SamplerSettings()  # what the sampler controls show first
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 CSS = """
@@ -274,7 +275,7 @@ class Handlers:
     @on_device
     def _model_outputs(self, session: DiffusionSession, status: str) -> tuple:
         T = session.timesteps
-        ddim_steps = gr.update(maximum=T, value=min(50, T))
+        ddim_steps = gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T))
         table, card, samples = model_card(session)
         return (status + "\n\n" + table, card, samples, model_header(session),
                 gr.update(maximum=T - 1, value=T // 4), ddim_steps, ddim_steps,
@@ -286,7 +287,7 @@ def user_errors():
     """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
     try:
         yield
-    except (InputError, ImageError, CheckpointError) as e:
+    except (InputError, SettingsError, ImageError, CheckpointError) as e:
         raise gr.Error(str(e), print_exception=False) from None
 
 
@@ -388,12 +389,12 @@ def _image(label: str, height: int = 280, pixelated: bool = True, **kw) -> gr.Im
                     min_width=140, height=height, buttons=["download", "fullscreen"], **kw)
 
 
-def _sampler_controls(T: int, default_sampler: str = "ddim") -> tuple[gr.Radio, gr.Slider, gr.Slider]:
+def _sampler_controls(T: int, default: SamplerSettings = DEFAULT_SETTINGS) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
     """Sampler choice, and DDIM's K and η (shown only for DDIM)."""
-    sampler = gr.Radio(SAMPLER_CHOICES, value=default_sampler, label="Sampler")
-    with gr.Column(visible=default_sampler == "ddim") as ddim_row:
-        steps = gr.Slider(1, T, value=min(50, T), step=1, label="DDIM steps K")
-        eta = gr.Slider(0, 1, value=0, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
+    sampler = gr.Radio(SAMPLER_CHOICES, value=default.sampler, label="Sampler")
+    with gr.Column(visible=default.sampler == "ddim") as ddim_row:
+        steps = gr.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
+        eta = gr.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
     sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
                    queue=False, show_progress="hidden")
     return sampler, steps, eta
@@ -430,7 +431,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             seed_used = gr.Textbox(label="Seed used", interactive=False, min_width=120)
                         batch = gr.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
                         with gr.Row():
-                            clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]", min_width=120)
+                            clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
                             show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120)
                         with gr.Row():
                             run_btn = gr.Button("Generate", variant="primary", min_width=100)
@@ -497,7 +498,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         sd_start = _image("start: x_t", height=200)
                         sd_sampler, sd_steps, sd_eta = _sampler_controls(T)
                         sd_seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0)
-                        sd_clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]")
+                        sd_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]")
                         with gr.Row():
                             sd_btn = gr.Button("Denoise", variant="primary", min_width=100)
                             sd_stop = gr.Button("Stop", variant="stop", min_width=80)
