@@ -14,7 +14,7 @@ import torch
 from ddpm_app import ui
 from ddpm_app.checkpoint import CheckpointError
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.session import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
+from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     try:
         library = ModelLibrary(args.weights, device, default=args.model)
-        library.session()  # load the first model now, so a broken one fails here and not on the first click
+        library.get()  # load the first model now, so a broken one fails here and not on the first click
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +33,13 @@ def to_uint8(x: Tensor) -> Tensor:
 def from_uint8(x: Tensor) -> Tensor:
     """uint8 [0, 255] (…, C, H, W) → float32 in [−1, 1]."""
     return x.float() / 127.5 - 1.0
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB between two images (float in [−1, 1] or uint8), peak-to-peak range 2."""
+    a, b = (from_uint8(x) if x.dtype == torch.uint8 else x.float() for x in (a, b))
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(4.0 / mse)
 
 
 def to_pil(x: Tensor) -> Image.Image:

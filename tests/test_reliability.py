@@ -20,7 +20,7 @@ from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, save_pretraine
 from ddpm_app.image import load_image
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
-from ddpm_app.session import ModelLibrary, UserState
+from ddpm_app.app import ModelLibrary, UserState
 
 T = 20
 PHOTO = Path(ui.ASSETS) / "portrait.png"
