@@ -154,18 +154,15 @@ def train_main(argv) -> int:
             print("warning: no Hugging Face token yet; set HF_TOKEN or run `hf auth login` before training ends, "
                   "or the model will only be exported locally", file=sys.stderr)
     cfg_values = cli.pick(args, training.TrainConfig)
+    checkpoint = None  # the training state to resume from, read once
     if args.resume:
         # the run folder's own settings, with the options given now taking precedence for bookkeeping
-        ckpt_path = Path(args.out) / training.CHECKPOINT_NAME
-        if not ckpt_path.is_file():
-            print(f"error: --resume: no checkpoint at {ckpt_path}", file=sys.stderr)
-            return 2
         try:
-            saved = training.load_checkpoint(ckpt_path)["train_config"]
+            checkpoint = training.read_resume_checkpoint(Path(args.out))
         except training.TrainingError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        saved = {k: v for k, v in saved.items() if k in training.TrainConfig.__dataclass_fields__}
+        saved = {k: v for k, v in checkpoint["train_config"].items() if k in training.TrainConfig.__dataclass_fields__}
         given = given_options(args, argv)
         from ddpm_app.models import SeedUNetConfig, UNetConfig
         architecture = {"arch", "schedule", *UNetConfig.__dataclass_fields__, *SeedUNetConfig.__dataclass_fields__,
@@ -183,7 +180,7 @@ def train_main(argv) -> int:
         model_config = None if args.resume else model_config_from_args(args)
         schedule_config = ScheduleConfig(args.schedule, args.timesteps, args.beta_start, args.beta_end,
                                          args.cosine_s, args.max_beta)
-        trainer = training.Trainer(cfg, model_config, schedule_config, resume=args.resume)
+        trainer = training.Trainer(cfg, model_config, schedule_config, resume=args.resume, checkpoint=checkpoint)
     except (training.TrainingError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -161,6 +161,13 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         Trainer(train_config(tmp_path), None, None, pack=shapes_pack(), resume=True)
 
 
+def test_a_batch_that_does_not_divide_among_the_processes_is_a_clear_error():
+    assert training.per_rank_batch(128, 4) == 32
+    with pytest.raises(TrainingError, match="--batch-size 130 does not divide evenly among 4 processes; "
+                                            "use a multiple of 4"):
+        training.per_rank_batch(130, 4)
+
+
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(TrainingError, match="not a readable training checkpoint"):
