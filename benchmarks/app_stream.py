@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from ddpm_app import ui  # noqa: E402
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # noqa: E402
+from ddpm_app.inference import resolve_device  # noqa: E402
 from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
 
 SEED = 1234
@@ -127,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from gradio_client import Client
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
+    device = resolve_device(args.device or "auto")
+    if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
     library = ModelLibrary(args.weights, device, default=args.model)
     served = library.get()

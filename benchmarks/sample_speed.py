@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     for name, model, size, ch in rows:
         fast = prepare(model, cpu)
         ms = ms_per_step(fast, size, ch, cpu, args.repeats)
-        n = sum(q.numel() for q in model.parameters()) / 1e6
+        n = model.num_parameters() / 1e6
         print(f"| {name} | {n:.1f} M | {ms:.1f} | {ms:.0f} ms × 1000 = {ms:.1f} s | {ms * 50 / 1000:.2f} s |")
 
     if torch.cuda.is_available():

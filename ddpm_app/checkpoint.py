@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from .models import ModelConfig, arch_name, build_model, make_config
+from .models import Denoiser, ModelConfig, arch_name, build_model, make_config
 from .schedule import Schedule, ScheduleConfig
 
 FORMAT = "ddpm-app"
@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_PATTERN = "model{suffix}.safetensors"
 DEFAULT_SHARD_SIZE = "15MB"  # keeps every weights file under 16 MiB (Hub previews, small uploads)
+# what a model folder holds on the Hub: fetched (and no other file) by download, uploaded by hub.push_folder
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png"]
 
 
@@ -93,14 +94,14 @@ class DiffusionConfig:
 class LoadedModel:
     """A network ready for sampling, with its schedule, config and where it came from."""
 
-    model: nn.Module
+    model: Denoiser
     schedule: Schedule
     config: DiffusionConfig
     source: str
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return self.model.num_parameters()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model(x, t)

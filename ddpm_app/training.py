@@ -264,20 +264,26 @@ def check_writable(out: Path, need_bytes: int = 0) -> None:
                             f"need about {need_bytes / 1e6:.1f} MB; free some space or choose another --out")
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a killed run may have logged past its last checkpoint)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (one JSON object with an integer ``step`` per line); none if absent."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            kept.append(line)
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a killed run may have logged past its last checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [row for row in read_metrics(path) if row["step"] <= step]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
     os.replace(tmp, path)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import group_norm, timestep_embedding, zero_module
+from .layers import Denoiser, group_norm, timestep_embedding, zero_module
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Level(nn.Module):
         return self.attn(self.res(x, emb))
 
 
-class UNet(nn.Module):
+class UNet(Denoiser):
     """ε_θ(x_t, t): predicts the noise in x_t. Input and output are (B, C, H, W)."""
 
     def __init__(self, config: UNetConfig = UNetConfig()):
