@@ -265,11 +265,11 @@ def grid_name(settings: SamplerSettings) -> str:
 # the evaluation
 
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalConfig(), *,
-             out_dir: str | Path | None = None, progress: Progress | None = None) -> EvalResult:
+             out_dir: str | Path | None = None, progress: StageProgress | None = None) -> EvalResult:
     """Measure a model against a data pack and write ``eval.json`` and the grids into ``out_dir``."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
@@ -91,7 +91,7 @@ def fit(img: Image.Image, size: int) -> Image.Image:
     """
     side = min(img.width, img.height)
     img = TF.center_crop(img, [side, side])
-    return TF.resize(img, [size, size], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    return TF.resize(img, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
 def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = None) -> Image.Image:
