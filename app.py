@@ -12,10 +12,10 @@ import sys
 import torch
 
 from ddpm_app import ui
-from ddpm_app.checkpoint import CheckpointError
+from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.inference import resolve_device
-from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
+from ddpm_app.model_folder import ModelFolderError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         library = ModelLibrary(args.weights, device, default=args.model)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
-    except CheckpointError as e:
+    except ModelFolderError as e:
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval
     demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size)

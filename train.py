@@ -111,7 +111,7 @@ def complete_export(folder: Path, samples: Path | None, title: str) -> Path:
     import torch
 
     from ddpm_app import model_card
-    from ddpm_app.checkpoint import read_config
+    from ddpm_app.model_folder import read_config
     from ddpm_app.models import build_model
 
     if samples is not None:

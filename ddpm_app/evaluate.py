@@ -32,13 +32,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .checkpoint import LoadedModel, is_repo_id, load_pretrained
 from .data import ImagePack, load_pack
 from .features import (DEFAULT_WEIGHTS, HEADS, class_fractions, embed, feature_fd, is_utkface, label_names,
                        load_feature_net, sha256_file, total_variation)
 from .image import from_uint8, save_grid, to_uint8
 from .inference import Precision, float32_matmul, prepare, resolve_device
 from .likelihood import BitsPerDim, bits_per_dim
+from .model_folder import LoadedModel, is_repo_id, load_pretrained
 from .samplers import DEFAULT_DDIM_STEPS, EpsModel, SamplerName, SamplerSettings, Variance
 
 GRID_SAMPLES = 64  # an 8×8 grid
@@ -478,9 +478,9 @@ class _Printer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
     from .cli import add_dataclass_options, pick
     from .data import DatasetError
+    from .model_folder import ModelFolderError
 
     parser = argparse.ArgumentParser(prog="python -m ddpm_app.evaluate",
                                      description="Measure a model: bits/dim, FD-UTK, memorisation, sample grid.")
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EvalConfig(**pick(args, EvalConfig))
         result = evaluate(args.model, args.data, config, out_dir=args.out, progress=_Printer())
-    except (CheckpointError, DatasetError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ModelFolderError, DatasetError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))

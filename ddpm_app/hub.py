@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import HUB_FILES
+from .model_folder import HUB_FILES
 
 try:  # the HTTP client huggingface_hub uses (its connection errors are not OSErrors)
     from httpx2 import HTTPError as _HTTPError

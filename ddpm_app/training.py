@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import samplers
-from .checkpoint import CheckpointError, DiffusionConfig, LoadedModel, load_pretrained, save_pretrained
 from .data import ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
 from .inference import prepare, resolve_device
+from .model_folder import DiffusionConfig, LoadedModel, ModelFolderError, load_pretrained, save_pretrained
 from .models import ModelConfig, SeedUNet, build_model
 from .samplers import DEFAULT_DDIM_STEPS, SamplerSettings
 from .schedule import Schedule, ScheduleConfig, extract
@@ -304,7 +304,7 @@ def starting_point(cfg: TrainConfig, model_config: ModelConfig | None, schedule_
     if cfg.init_from:
         try:
             start = load_pretrained(cfg.init_from)
-        except CheckpointError as e:
+        except ModelFolderError as e:
             raise TrainingError(f"--init-from: {e}") from None
         return DiffusionConfig(start.config.model, start.config.schedule), start
     return DiffusionConfig(model_config, schedule_config), None

@@ -21,12 +21,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .checkpoint import CheckpointError
-from .image import ImageError, open_image, psnr
-from .samplers import SamplerSettings, SettingsError, Step
 from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, InputError, ModelLibrary,
                   ServedModel, Throttle, Trajectory, UserState, export_gif, export_mp4, export_png, labelled_strip,
                   noise_picture, picture, resolve_seed, schedule_curves, stream)
+from .image import ImageError, open_image, psnr
+from .model_folder import ModelFolderError
+from .samplers import SamplerSettings, SettingsError, Step
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
@@ -267,7 +267,7 @@ class Handlers:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
         try:
             name = self.library.add_from_hub(repo_id)
-        except (InputError, CheckpointError) as e:
+        except (InputError, ModelFolderError) as e:
             raise gr.Error(f"{e} — the current model stays loaded.", print_exception=False) from None
         user.model = name
         return self._model_outputs(self.library.get(name), f"Downloaded and loaded **{name}**.")
@@ -287,7 +287,7 @@ def user_errors():
     """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
     try:
         yield
-    except (InputError, SettingsError, ImageError, CheckpointError) as e:
+    except (InputError, SettingsError, ImageError, ModelFolderError) as e:
         raise gr.Error(str(e), print_exception=False) from None
 
 

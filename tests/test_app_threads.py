@@ -11,10 +11,10 @@ from pathlib import Path
 from conftest import make_tiny_config, perturb, seeded_init
 
 from ddpm_app import ui
-from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+from ddpm_app.app import ModelLibrary, UserState
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
-from ddpm_app.app import ModelLibrary, UserState
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddpm_app import samplers, training
-from ddpm_app.checkpoint import load_pretrained
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
 from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, export_checkpoint, load_checkpoint,

@@ -16,12 +16,12 @@ from PIL import Image
 
 import app
 from ddpm_app import ui
-from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, save_pretrained
-from ddpm_app.convert_seed import convert
-from ddpm_app.image import load_image, to_uint8
-from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
 from ddpm_app.app import (ModelLibrary, ServedModel, Throttle, Trajectory, UserState, export_gif, export_indices,
                           stream)
+from ddpm_app.convert_seed import convert
+from ddpm_app.image import load_image, to_uint8
+from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, save_pretrained
+from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
 from ddpm_app.samplers import SamplerSettings, ddim_timesteps
 from ddpm_app.schedule import Schedule, ScheduleConfig
 
@@ -91,7 +91,7 @@ def test_library_without_faces_defaults_to_the_first(tmp_path: Path):
 
 
 def test_empty_weights_folder_is_a_one_line_error(tmp_path: Path):
-    with pytest.raises(CheckpointError, match="no models in") as e:
+    with pytest.raises(ModelFolderError, match="no models in") as e:
         ModelLibrary(tmp_path)
     assert "\n" not in str(e.value)
     with pytest.raises(SystemExit) as e:
@@ -101,7 +101,7 @@ def test_empty_weights_folder_is_a_one_line_error(tmp_path: Path):
 
 
 def test_unknown_start_model_names_the_choices(weights: Path):
-    with pytest.raises(CheckpointError, match="found: faces, mono, seed"):
+    with pytest.raises(ModelFolderError, match="found: faces, mono, seed"):
         ModelLibrary(weights, default="cats")
 
 

@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, CheckpointError, download, is_repo_id, load_local
+from ..model_folder import CONFIG_NAME, ModelFolderError, download, is_repo_id, load_local
 from .inputs import InputError
 from .served import ServedModel
 
@@ -64,10 +64,10 @@ class ModelLibrary:
         self.device = torch.device(device)
         self.folders: dict[str, Path] = find_models(self.weights_dir)
         if not self.folders:
-            raise CheckpointError(f"no models in {self.weights_dir}/: each model is a folder with config.json "
+            raise ModelFolderError(f"no models in {self.weights_dir}/: each model is a folder with config.json "
                                   "and model.safetensors (train one, or pass --weights DIR)")
         if default is not None and default not in self.folders:
-            raise CheckpointError(f"no model named {default!r} in {self.weights_dir}/; "
+            raise ModelFolderError(f"no model named {default!r} in {self.weights_dir}/; "
                                   f"found: {', '.join(self.folders)}")
         self.default = default or (DEFAULT_MODEL if DEFAULT_MODEL in self.folders else next(iter(self.folders)))
         self.models_in_memory = models_in_memory
@@ -98,7 +98,7 @@ class ModelLibrary:
     def add_from_hub(self, repo_id: str) -> str:
         """Download a model in this app's format from the Hub and load it; returns its name (the repo id).
 
-        Raises :class:`CheckpointError` (offline, not found, wrong format) and leaves the library as it was.
+        Raises :class:`ModelFolderError` (offline, not found, wrong format) and leaves the library as it was.
         """
         repo_id = (repo_id or "").strip()
         if not is_repo_id(repo_id):

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import LoadedModel
 from ..image import load_image
 from ..inference import prepare
+from ..model_folder import LoadedModel
 from ..samplers import SamplerSettings, Step, whole_number
 from ..schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
 from .inputs import MAX_BATCH, InputError
