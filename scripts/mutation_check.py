@@ -36,7 +36,7 @@ SCHEDULE = ("tests/test_schedule.py", "tests/test_samplers.py", "tests/test_like
 SAMPLERS = ("tests/test_samplers.py", "tests/test_inference.py")
 LIKELIHOOD = ("tests/test_likelihood.py",)
 TRAINING = ("tests/test_training.py",)
-CHECKPOINT = ("tests/test_checkpoint.py", "tests/test_training.py")
+MODEL_FOLDER = ("tests/test_checkpoint.py", "tests/test_training.py")
 INFERENCE = ("tests/test_inference.py", "tests/test_shipped_models.py")
 MODELS = ("tests/test_models.py", "tests/test_shipped_models.py")
 DATA = ("tests/test_data.py", "tests/test_training.py", "tests/test_train_cli.py")
@@ -188,8 +188,8 @@ MUTATIONS: list[Mutation] = [
       'model = build_model(config.model)\n    model.load_state_dict(ckpt["ema"])',
       'model = build_model(config.model)\n    model.load_state_dict(ckpt["model"])', TRAINING,
       "the export holds the raw weights, not the EMA"),
-    # --- checkpoint ---------------------------------------------------------------------------------------------
-    M("load-not-strict", "ddpm_app/checkpoint.py", "strict=True, safe=True", "strict=False, safe=True", CHECKPOINT,
+    # --- model folder -------------------------------------------------------------------------------------------
+    M("load-not-strict", "ddpm_app/model_folder.py", "strict=True, safe=True", "strict=False, safe=True", MODEL_FOLDER,
       "a model folder missing weights loads silently"),
     # --- inference ----------------------------------------------------------------------------------------------
     M("prepared-net-gets-t-plus-1", "ddpm_app/inference.py",
@@ -243,24 +243,20 @@ MUTATIONS: list[Mutation] = [
       ".clamp(-1, 1) + 1) * 127.5).round()", ".clamp(-1, 1) + 1) * 127.5)", IMAGE,
       "images truncated, not rounded, to 8 bits"),
     # --- the app's sampling path --------------------------------------------------------------------------------
-    M("app-clip-forced-on", "ddpm_app/session.py",
-      "steps=settings.steps, eta=settings.eta, clip_x0=settings.clip_x0,",
-      "steps=settings.steps, eta=settings.eta, clip_x0=True,", APP, "the Clip x̂₀ checkbox does nothing"),
-    M("app-sdedit-clip-forced-on", "ddpm_app/session.py",
-      "steps=settings.num_steps(t), eta=settings.eta, clip_x0=settings.clip_x0,",
-      "steps=settings.num_steps(t), eta=settings.eta, clip_x0=True,", APP,
-      "the Denoise tab's Clip x̂₀ checkbox does nothing"),
-    M("app-eta-ignored", "ddpm_app/session.py",
+    M("app-clip-forced-on", "ddpm_app/samplers.py",
+      "clip_x0=self.clip_x0, start_t=start_t", "clip_x0=True, start_t=start_t", APP,
+      "the Clip x̂₀ checkboxes (Generate and Denoise) do nothing"),
+    M("app-eta-ignored", "ddpm_app/samplers.py",
       'return cls("ddim", steps, value, bool(clip_x0))', 'return cls("ddim", steps, 0.0, bool(clip_x0))', APP,
       "the η slider does nothing"),
-    M("app-seed-ignored", "ddpm_app/session.py",
+    M("app-seed-ignored", "ddpm_app/app/served.py",
       "return torch.Generator(device=self.device).manual_seed(seed)",
       "return torch.Generator(device=self.device).manual_seed(0)", APP, "every seed gives the same images"),
-    M("app-sdedit-starts-one-step-late", "ddpm_app/session.py",
-      "start_t=t, device=self.device", "start_t=t - 1, device=self.device", APP,
+    M("app-sdedit-starts-one-step-late", "ddpm_app/app/served.py",
+      "tuple(x_start.shape), start_t=t,", "tuple(x_start.shape), start_t=t - 1,", APP,
       "denoising a photo starts one timestep below the noise it has"),
-    M("app-forward-t-off-by-one", "ddpm_app/session.py",
-      "self.x_t = session.q_sample(self.x0, t, self.eps)[0]", "self.x_t = session.q_sample(self.x0, t + 1, self.eps)[0]",
+    M("app-forward-t-off-by-one", "ddpm_app/app/state.py",
+      "self.x_t = served.q_sample(self.x0, t, self.eps)[0]", "self.x_t = served.q_sample(self.x0, t + 1, self.eps)[0]",
       APP, "the forward view shows x_{t+1}"),
 ]
 

@@ -17,14 +17,14 @@ from PIL import Image
 
 import app
 from ddpm_app import samplers, ui
-from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, load_pretrained, save_pretrained
+from ddpm_app.app import (ModelLibrary, ServedModel, Throttle, Trajectory, UserState, export_gif, export_indices,
+                          stream)
 from ddpm_app.convert_seed import convert
 from ddpm_app.image import load_image, to_uint8
+from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, load_pretrained, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
-from ddpm_app.samplers import ddim_timesteps
+from ddpm_app.samplers import SamplerSettings, ddim_timesteps
 from ddpm_app.schedule import Schedule, ScheduleConfig
-from ddpm_app.session import (DiffusionSession, ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
-                              export_indices, stream)
 
 T = 20  # the "faces" test model's timesteps
 PHOTO = Path(ui.ASSETS) / "portrait.png"
@@ -79,7 +79,7 @@ def image_of(x: np.ndarray) -> np.ndarray:
 def test_library_lists_every_model_folder_and_prefers_faces(library: ModelLibrary):
     assert library.names == ["faces", "mono", "seed"]
     assert library.default == "faces"
-    assert library.session().name == "faces"
+    assert library.get().name == "faces"
 
 
 def test_library_without_faces_defaults_to_the_first(tmp_path: Path):
@@ -92,7 +92,7 @@ def test_library_without_faces_defaults_to_the_first(tmp_path: Path):
 
 
 def test_empty_weights_folder_is_a_one_line_error(tmp_path: Path):
-    with pytest.raises(CheckpointError, match="no models in") as e:
+    with pytest.raises(ModelFolderError, match="no models in") as e:
         ModelLibrary(tmp_path)
     assert "\n" not in str(e.value)
     with pytest.raises(SystemExit) as e:
@@ -102,7 +102,7 @@ def test_empty_weights_folder_is_a_one_line_error(tmp_path: Path):
 
 
 def test_unknown_start_model_names_the_choices(weights: Path):
-    with pytest.raises(CheckpointError, match="found: faces, mono, seed"):
+    with pytest.raises(ModelFolderError, match="found: faces, mono, seed"):
         ModelLibrary(weights, default="cats")
 
 
@@ -215,19 +215,19 @@ def test_streaming_off_sends_only_the_final_images_but_keeps_every_step(library:
 
 
 def test_throttle_sends_first_last_and_one_preview_per_interval(library: ModelLibrary):
-    session = library.session("faces")
+    served = library.get("faces")
     clock = itertools.count(0.0, 0.1).__next__  # 0.1 s per step
-    previews = list(stream(session.sample(SamplerSettings("ddpm", T), 1, 0), None, Throttle(0.25, clock)))
+    previews = list(stream(served.sample(SamplerSettings("ddpm", T), 1, 0), None, Throttle(0.25, clock)))
     # ready at 0.0, 0.3, 0.6, … (the first call at or after each deadline) and always the last step
     assert [s.index for s in previews] == [0, 3, 6, 9, 12, 15, 18, 19]
 
 
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
-    session = library.session("faces")
+    served = library.get("faces")
     per_step = 2 * 4 * 3 * 16 * 16
-    run = Trajectory("t", T, session.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
+    run = Trajectory("t", T, served.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
     assert run.stride == 4
-    list(stream(session.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
+    list(stream(served.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
     assert [f.index for f in run.frames] == [0, 4, 8, 12, 16, 19]
     assert run.finished and sum(f.x_t.numel() + f.pred_x0.numel() for f in run.frames) <= per_step * 6
 
@@ -372,7 +372,7 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     assert strip.shape[1] > 8 * 16  # eight noised copies side by side
     assert "t = 7" in note
     # the plot marks t with a 2-pixel crimson line in each panel, moving linearly with t; nothing else changes
-    session = handlers.library.session("faces")
+    session = handlers.library.get("faces")
     at_0, at_end = ui.schedule_plot(session, 0), ui.schedule_plot(session, T - 1)
     first, last = marker_columns(at_0), marker_columns(at_end)
     assert len(first) == len(last) == 2  # one line per panel
@@ -411,8 +411,8 @@ def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
 def test_forward_without_a_photo_shows_the_numbers_only(handlers: ui.Handlers):
     out = handlers.noise(None, 3, True, -1, UserState())
     assert out[0] is None and out[2] is None and "t = 3" in out[3]
-    first = marker_columns(ui.schedule_plot(handlers.library.session("faces"), 0))
-    last = marker_columns(ui.schedule_plot(handlers.library.session("faces"), T - 1))
+    first = marker_columns(ui.schedule_plot(handlers.library.get("faces"), 0))
+    last = marker_columns(ui.schedule_plot(handlers.library.get("faces"), T - 1))
     assert all(abs(c - (a + 3 * (b - a) / (T - 1))) <= 1 for c, a, b in zip(marker_columns(out[5]), first, last))
 
 
@@ -476,7 +476,7 @@ def test_hub_download_failures_keep_the_current_model(handlers: ui.Handlers):
 
 def test_hub_download_adds_and_selects_the_model(handlers: ui.Handlers, tmp_path: Path, monkeypatch):
     folder = save_tiny(tmp_path / "snapshot", image_size=8, timesteps=10)
-    monkeypatch.setattr("ddpm_app.session.download", lambda repo_id, cache_dir=None: folder)
+    monkeypatch.setattr("ddpm_app.app.library.download", lambda repo_id, cache_dir=None: folder)
     user = UserState()
     lib = ModelLibrary(handlers.library.weights_dir)
     h = ui.Handlers(lib, preview_interval=0, export_dir=tmp_path / "x")
@@ -501,8 +501,8 @@ def test_model_card_summary_and_samples(tmp_path: Path):
     card = "---\nlicense: mit\n---\n# Faces\n\n![samples](samples.png)\n\nTrained on faces.\n"
     (folder / "README.md").write_text(card)
     Image.new("RGB", (8, 8)).save(folder / "samples.png")
-    session = ModelLibrary(tmp_path).session()
-    table, card, samples = ui.model_card(session)
+    served = ModelLibrary(tmp_path).get()
+    table, card, samples = ui.model_card(served)
     assert "| dataset | noise |" in table and "| parameters |" in table and "linear, T = 20" in table
     assert card.startswith("# Faces") and "license" not in card and "![" not in card and "Trained on faces." in card
     assert samples == str(folder / "samples.png")
@@ -518,9 +518,9 @@ def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, mo
             return method(*args, **kwargs)
         return record
 
-    session = handlers.library.session("faces")
-    monkeypatch.setattr(session, "eps_model", recording(session.eps_model))
-    monkeypatch.setattr(DiffusionSession, "q_sample", recording(DiffusionSession.q_sample))
+    served = handlers.library.get("faces")
+    monkeypatch.setattr(served, "eps_model", recording(served.eps_model))
+    monkeypatch.setattr(ServedModel, "q_sample", recording(ServedModel.q_sample))
     monkeypatch.setattr(ui, "picture", recording(ui.picture))
     user = UserState()
     run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
