@@ -1,12 +1,26 @@
-"""Training data on the way into the loss: the random flip mirrors left–right, and pixels map to [−1, 1]."""
+"""Training data on the way into the loss: which files a pack trains on, the random flip mirrors left–right, and
+pixels map to [−1, 1]."""
 
 from __future__ import annotations
 
 import torch
 
-from ddpm_app.data import random_flip
+from ddpm_app.data import list_images, load_pack, random_flip, resolve_split
 from ddpm_app.image import from_uint8
-from tiny_runs import shapes
+from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
+from tiny_runs import shapes, write_folder
+
+
+def test_the_default_split_is_a_pack_s_train_folder_and_a_flat_folder_whole(tmp_path):
+    """split "auto": a pack with train/ and test/ trains on train/ only (its test images stay unseen)."""
+    pack = utkface_pack(tmp_path)
+    assert resolve_split(UTK_TRAIN + UTK_TEST, "auto") == "train"
+    assert list_images(pack, "auto") == sorted(UTK_TRAIN)
+    assert load_pack(pack, 16, "auto").names == sorted(UTK_TRAIN)
+    assert list_images(pack, None) == sorted(UTK_TRAIN + UTK_TEST)
+    flat = write_folder(tmp_path / "flat", n=3)
+    assert resolve_split(["a.png", "b/c.png"], "auto") is None
+    assert list_images(flat, "auto") == ["img_00.png", "img_01.png", "img_02.png"]
 
 
 def test_random_flip_mirrors_left_right_about_half_the_time():
