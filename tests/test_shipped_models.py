@@ -42,8 +42,15 @@ def test_the_size_rule_allows_only_single_tensor_shards_over_the_limit(tmp_path)
     assert oversized_files(tmp_path, limit=1000) == ["samples.png", "two.safetensors"]
 
 
-def test_the_faces_and_emoji_models_ship():
-    assert {"faces", "emoji"} <= set(SHIPPED)
+def test_the_faces_emoji_and_seed_faces_models_ship():
+    assert {"faces", "emoji", "seed-faces"} <= set(SHIPPED)
+
+
+def test_seed_faces_is_the_tutorial_s_network_and_its_card_says_so():
+    config = json.loads((WEIGHTS / "seed-faces" / "config.json").read_text())
+    assert config["arch"] == "seed"
+    card = (WEIGHTS / "seed-faces" / "README.md").read_text()
+    assert "the seed tutorial's own U-Net" in card and "| the tutorial | this model |" in card
 
 
 @pytest.fixture(scope="module", params=SHIPPED)
