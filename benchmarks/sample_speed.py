@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import samplers  # noqa: E402
-from ddpm_app.checkpoint import load_pretrained  # noqa: E402
 from ddpm_app.inference import prepare  # noqa: E402
+from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
 from ddpm_app.schedule import Schedule, ScheduleConfig  # noqa: E402
 
@@ -48,7 +48,8 @@ def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: t
     for _ in range(2):
         gen = torch.Generator(device).manual_seed(0)
         start = time.perf_counter()
-        samplers.final(samplers.ddpm(model, schedule, shape, generator=gen, device=device, clip_x0=True))
+        samplers.final(samplers.ddpm(model, schedule, shape, generator=gen, device=device, clip_x0=True,
+                                     step_fn=model.ddpm_step))
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     for name, model, size, ch in rows:
         fast = prepare(model, cpu)
         ms = ms_per_step(fast, size, ch, cpu, args.repeats)
-        n = sum(q.numel() for q in model.parameters()) / 1e6
+        n = model.num_parameters() / 1e6
         print(f"| {name} | {n:.1f} M | {ms:.1f} | {ms:.0f} ms × 1000 = {ms:.1f} s | {ms * 50 / 1000:.2f} s |")
 
     if torch.cuda.is_available():

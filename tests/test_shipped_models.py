@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 
 from ddpm_app import samplers
-from ddpm_app.checkpoint import load_pretrained
 from ddpm_app.inference import prepare
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.schedule import Schedule
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -44,6 +44,11 @@ def test_the_size_rule_allows_only_single_tensor_shards_over_the_limit(tmp_path)
 
 def test_the_faces_emoji_and_seed_faces_models_ship():
     assert {"faces", "emoji", "seed-faces"} <= set(SHIPPED)
+
+
+def test_the_app_lists_every_shipped_model():
+    from ddpm_app.app.library import find_models
+    assert set(find_models(WEIGHTS)) == set(SHIPPED)
 
 
 def test_seed_faces_is_the_tutorial_s_network_and_its_card_says_so():
