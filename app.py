@@ -13,6 +13,7 @@ import torch
 
 from ddpm_app import ui
 from ddpm_app.checkpoint import CheckpointError
+from ddpm_app.cpu import cpu_budget
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.session import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
 
@@ -28,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -40,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        budget = cpu_budget()
+        torch.set_num_threads(args.threads or budget.threads)
+        chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
+        print(f"torch threads: {chosen}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model)
         library.session()  # load the first model now, so a broken one fails here and not on the first click
