@@ -37,8 +37,7 @@ MODEL_FOLDER_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json"
 def select_files(folder: str | Path, allow_patterns: Sequence[str], ignore_patterns: Sequence[str] = ()) -> list[str]:
     """The files under ``folder`` an upload sends: the paths (relative, ``/``-separated, sorted) that match an allow
     pattern and no ignore pattern, by huggingface_hub's own matching (``*`` crosses ``/``; ``.git`` never goes)."""
-    from huggingface_hub.utils import filter_repo_objects
-    from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
     folder = Path(folder)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
