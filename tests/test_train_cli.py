@@ -128,7 +128,7 @@ def test_push_after_training_without_token_fails_clearly_and_keeps_the_export(tr
     assert "warning: no Hugging Face token yet" in message  # said before training, too
     assert "exported to" in message
     assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in message
-    assert f"the local export in {trained['out'] / 'export'} is intact" in message
+    assert f"The local export in {trained['out'] / 'export'} is intact" in message
     assert load_pretrained(trained["out"] / "export").config.training["steps"] == 12
 
 
