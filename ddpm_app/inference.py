@@ -1,22 +1,52 @@
 """Making a loaded network fast for sampling on the device at hand.
 
-Measured on the shipped 12 M-parameter U-Net (see benchmarks/sample_speed.py): on CPU, channels_last is a
-little faster and ``torch.compile`` is not worth it (about a minute of compilation for no gain per step). On
-CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step — network, x̂₀, the
-posterior mean and the noise — is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph.
+On the CPU (see benchmarks/sample_speed.py): the network runs channels_last with every convolution packed once for
+oneDNN (:mod:`ddpm_app.onednn`), so none takes PyTorch's slow im2col path. On CPUs with bf16 in hardware (AMX or
+AVX512-BF16) it may run in bf16: ``precision="auto"`` times both on this machine and keeps bf16 only if it is
+faster. ε̂ and the update stay float32 either way.
+
+On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
+mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph, in fp16 autocast.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from . import samplers
+from . import onednn, samplers
+from .isa import CpuFeatures, detect
 from .schedule import Schedule
 
-Precision = Literal["fp32", "fp16"]
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")  # what --precision accepts
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# bf16 must beat fp32 by this factor to be chosen: a tie is not worth its rounding
+BF16_MARGIN = 0.95
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a prepared network runs: what was chosen and why (shown in logs, the benchmark and the Model tab)."""
+
+    device: str
+    precision: Precision
+    packed: bool  # convolutions pre-packed for oneDNN
+    compiled: bool
+    reason: str
+
+    def describe(self) -> str:
+        parts = [self.device, self.precision] + ["oneDNN pre-packed convolutions"] * self.packed
+        parts += ["compiled step"] * self.compiled
+        return f"{', '.join(parts)} ({self.reason})"
 
 
 class Prepared(nn.Module):
@@ -25,12 +55,14 @@ class Prepared(nn.Module):
     Besides ε̂ (``forward``) it offers :meth:`ddpm_step`, which :func:`ddpm_app.samplers.ddpm` uses when present.
     """
 
-    def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32"):
+    def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32",
+                 runtime: Runtime | None = None):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
-        self.half = precision == "fp16"
+        self.precision = precision
         self.compiled = compile
+        self.runtime = runtime or Runtime("?", precision, False, compile, "given")
         if compile:
             self._eps_graph = torch.compile(self._eps, mode="reduce-overhead", dynamic=False)
             self._step_graph = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
@@ -38,7 +70,8 @@ class Prepared(nn.Module):
     def _eps(self, x: Tensor, t: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.float16, enabled=self.half):
+        dtype = _AUTOCAST.get(self.precision)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return self.model(x, t).float()
 
     def _step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
@@ -62,21 +95,107 @@ class Prepared(nn.Module):
         return eps.clone(), x0.clone(), x_prev.clone()
 
 
-def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
-            precision: Precision | None = None) -> Prepared:
-    """Eval mode, no grads, on ``device``, channels_last; on CUDA compiled with CUDA graphs unless ``compile=False``.
+def example_input(model: nn.Module, batch: int = 1) -> tuple[Tensor, Tensor]:
+    """A (x_t, t) pair of the shape ``model`` samples, from its config: (B, C, H, W) noise and (B,) timesteps."""
+    config = model.config
+    x = torch.randn(batch, config.in_channels, config.image_size, config.image_size)
+    return x.contiguous(memory_format=torch.channels_last), torch.full((batch,), 500, dtype=torch.long)
 
-    ``precision``: the network's compute precision, fp16 autocast on CUDA (ε̂ and the update stay float32) and
-    fp32 on the CPU by default. On an H100, fp16 takes a 1,000-step chain of 16 images from 2.4 s to 1.4 s.
-    The first call at each new batch size compiles (CUDA only, a few seconds).
+
+def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor, Tensor], rounds: int = 7,
+              warmup: int = 2) -> dict[str, float]:
+    """Median milliseconds per call of each candidate, timed interleaved (ABAB…) so machine load hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    with torch.inference_mode():
+        for round_ in range(warmup + rounds):
+            for name, model in candidates.items():
+                start = time.perf_counter()
+                model(*example)
+                if round_ >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def choose_cpu_precision(requested: str, cpu: CpuFeatures,
+                         measure: Callable[[], Mapping[str, float]]) -> tuple[Precision, str]:
+    """The CPU precision for ``requested`` ("auto", "fp32" or "bf16"), and why.
+
+    "auto" is fp32 unless the CPU does bf16 in hardware (AMX or AVX512-BF16) and ``measure()`` (ms per step of
+    "fp32" and "bf16") shows bf16 at least 5 % faster. ``measure`` is only called when that question arises.
+    """
+    if requested == "fp16":
+        raise ValueError("fp16 sampling is for CUDA devices; on the CPU use fp32 or bf16 (or auto)")
+    if requested not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
+    if requested == "bf16":
+        if not cpu.bf16_native:
+            raise ValueError(f"bf16 needs a CPU with AMX or AVX512-BF16; this one is {cpu.describe()}. "
+                             "Use --precision fp32 (or auto).")
+        return "bf16", "asked for"
+    if requested == "fp32":
+        return "fp32", "asked for"
+    if not cpu.bf16_native:
+        return "fp32", f"auto: no bf16 in hardware on {cpu.isa}"
+    ms = measure()
+    verdict = "faster" if ms["bf16"] <= BF16_MARGIN * ms["fp32"] else "not faster"
+    choice: Precision = "bf16" if verdict == "faster" else "fp32"
+    return choice, f"auto: bf16 {verdict} on {cpu.isa}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
+
+
+def _cpu_network(model: nn.Module, precision: Precision, example: tuple[Tensor, Tensor]) -> nn.Module:
+    """The network to run on the CPU: channels_last, convolutions packed for oneDNN in ``precision`` if possible."""
+    model = model.to(memory_format=torch.channels_last)
+    if not onednn.available():
+        return model
+    return onednn.pack_convolutions(model, example, torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
+def prepare_cpu(model: nn.Module, precision: str = "auto", cpu: CpuFeatures | None = None,
+                batch: int = 1) -> Prepared:
+    """``model`` made fast for sampling on this CPU (channels_last, packed convolutions, fp32 or bf16).
+
+    With ``precision="auto"`` both precisions are built and timed at ``batch`` when the CPU does bf16 in hardware.
+    """
+    cpu = cpu or detect()
+    model = model.cpu().eval().requires_grad_(False)
+    example = example_input(model, batch)
+    built: dict[str, Prepared] = {}
+
+    def network(p: Precision) -> Prepared:
+        if p not in built:
+            built[p] = Prepared(_cpu_network(model, p, example), channels_last=True, precision=p)
+        return built[p]
+
+    choice, reason = choose_cpu_precision(precision, cpu, lambda: median_ms({p: network(p) for p in ("fp32", "bf16")},
+                                                                          example))
+    prepared = network(choice)
+    prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {torch.get_num_threads()} threads", choice,
+                               onednn.available(), False, reason)
+    log.info("sampling on %s", prepared.runtime.describe())
+    return prepared
+
+
+def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
+            precision: str = "auto") -> Prepared:
+    """Eval mode, no grads, on ``device``; on the CPU see :func:`prepare_cpu`; on CUDA channels_last and compiled
+    with CUDA graphs unless ``compile=False``.
+
+    ``precision``: "auto" (fp16 autocast on CUDA, see :func:`choose_cpu_precision` on the CPU), "fp32", "bf16" or
+    "fp16" (CUDA only); ε̂ and the update stay float32. On an H100, fp16 takes a 1,000-step chain of 16 images from
+    2.4 s to 1.4 s. The first call at each new batch size compiles (a few seconds).
     """
     device = torch.device(device)
-    precision = precision or ("fp16" if device.type == "cuda" else "fp32")
-    if precision == "fp16" and device.type != "cuda":
+    if device.type == "cpu" and not compile:
+        return prepare_cpu(model, precision)
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    chosen: Precision = ("fp16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
+    if chosen == "fp16" and device.type != "cuda":
         raise ValueError("fp16 sampling is for CUDA devices; use fp32 on the CPU")
     model = model.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
     use_compile = device.type == "cuda" if compile is None else compile
-    return Prepared(model, channels_last=True, compile=use_compile, precision=precision)
+    runtime = Runtime(str(device), chosen, False, use_compile, "asked for" if precision != "auto" else "auto")
+    return Prepared(model, channels_last=True, compile=use_compile, precision=chosen, runtime=runtime)
 
 
 def default_device() -> torch.device:
