@@ -39,6 +39,7 @@ from .data import ImagePack, load_pack
 from .features import (DEFAULT_WEIGHTS, HEADS, class_fractions, embed, feature_fd, is_utkface, label_names,
                        load_feature_net, sha256_file, total_variation)
 from .image import from_uint8, save_grid, to_uint8
+from .inference import prepare_cpu
 from .likelihood import BitsPerDim, EpsModel, bits_per_dim
 
 Precision = Literal["fp32", "tf32", "bf16"]
@@ -61,8 +62,8 @@ class EvalConfig:
     bpd_variance: Literal["posterior", "beta"] = "posterior"  # reverse-step variance: σ_q(t)² or β_t
     skip_bpd: bool = False  # leave out bits/dim
     batch_size: int = 256  # network inputs per call, for sampling and for the bound
-    bound_precision: Precision = "fp32"  # network precision for the bound on CUDA (fp32 turns TF32 off)
-    sample_precision: Precision = "tf32"  # network precision for sampling on CUDA
+    bound_precision: Precision = "fp32"  # network precision for the bound (on CUDA fp32 turns TF32 off)
+    sample_precision: Precision = "tf32"  # network precision for sampling (tf32 is fp32 on the CPU)
     compile: bool = False  # torch.compile the network (CUDA only)
     memorisation_samples: int = 64  # samples checked against the training set
     features: str | None = None  # face-feature weights (default: the shipped ddpm_app/assets/face_features.safetensors)
@@ -188,7 +189,14 @@ def precision(mode: Precision, device: torch.device) -> Iterator[None]:
 
 
 def network(loaded: LoadedModel | torch.nn.Module, mode: Precision, device: torch.device) -> EpsModel:
-    """ε_θ as a function, under bf16 autocast when asked on CUDA; the output is always float32."""
+    """ε_θ as a function, under bf16 autocast when asked on CUDA; the output is always float32.
+
+    On the CPU it is the app's sampling network (:func:`ddpm_app.inference.prepare_cpu`), in bf16 when asked and
+    fp32 otherwise (tf32 is a CUDA mode).
+    """
+    if device.type == "cpu":
+        model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+        return prepare_cpu(model, "bf16" if mode == "bf16" else "fp32")
     bf16 = mode == "bf16" and device.type == "cuda"
 
     def eps(x: Tensor, t: Tensor) -> Tensor:

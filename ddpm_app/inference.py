@@ -2,8 +2,8 @@
 
 On the CPU (see benchmarks/sample_speed.py): the network runs channels_last with every convolution packed once for
 oneDNN (:mod:`ddpm_app.onednn`), so none takes PyTorch's slow im2col path. On CPUs with bf16 in hardware (AMX or
-AVX512-BF16) it may run in bf16: ``precision="auto"`` times both on this machine and keeps bf16 only if it is
-faster. ε̂ and the update stay float32 either way.
+AVX512-BF16) the convolutions may run in bf16, everything else staying float32: ``precision="auto"`` times both
+on this machine and keeps bf16 only if it is faster. ε̂ and the update are float32 either way.
 
 On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
 mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph, in fp16 autocast.
@@ -56,11 +56,13 @@ class Prepared(nn.Module):
     """
 
     def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32",
-                 runtime: Runtime | None = None):
+                 runtime: Runtime | None = None, autocast: bool = True):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
         self.precision = precision
+        # fp16/bf16 by autocast, unless the network carries its precision itself (CPU bf16: packed bf16 convolutions)
+        self.autocast_dtype = _AUTOCAST.get(precision) if autocast else None
         self.compiled = compile
         self.runtime = runtime or Runtime("?", precision, False, compile, "given")
         if compile:
@@ -70,7 +72,7 @@ class Prepared(nn.Module):
     def _eps(self, x: Tensor, t: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = _AUTOCAST.get(self.precision)
+        dtype = self.autocast_dtype
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return self.model(x, t).float()
 
@@ -143,7 +145,10 @@ def choose_cpu_precision(requested: str, cpu: CpuFeatures,
 
 
 def _cpu_network(model: nn.Module, precision: Precision, example: tuple[Tensor, Tensor]) -> nn.Module:
-    """The network to run on the CPU: channels_last, convolutions packed for oneDNN in ``precision`` if possible."""
+    """The network to run on the CPU: channels_last, convolutions packed for oneDNN in ``precision`` if possible.
+
+    (Without oneDNN a bf16 network runs under autocast instead, which :class:`Prepared` then turns on.)
+    """
     model = model.to(memory_format=torch.channels_last)
     if not onednn.available():
         return model
@@ -163,7 +168,8 @@ def prepare_cpu(model: nn.Module, precision: str = "auto", cpu: CpuFeatures | No
 
     def network(p: Precision) -> Prepared:
         if p not in built:
-            built[p] = Prepared(_cpu_network(model, p, example), channels_last=True, precision=p)
+            built[p] = Prepared(_cpu_network(model, p, example), channels_last=True, precision=p,
+                                autocast=not onednn.available())
         return built[p]
 
     choice, reason = choose_cpu_precision(precision, cpu, lambda: median_ms({p: network(p) for p in ("fp32", "bf16")},
