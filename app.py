@@ -12,9 +12,10 @@ import sys
 import torch
 
 from ddpm_app import ui
-from ddpm_app.checkpoint import CheckpointError
+from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.session import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
+from ddpm_app.inference import resolve_device
+from ddpm_app.model_folder import ModelFolderError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                 "$GRADIO_SERVER_NAME as on a Space)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default="auto", help="torch device (default: auto = cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
@@ -38,13 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
+    device = resolve_device(args.device)
+    if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     try:
         library = ModelLibrary(args.weights, device, default=args.model)
-        library.session()  # load the first model now, so a broken one fails here and not on the first click
-    except CheckpointError as e:
+        library.get()  # load the first model now, so a broken one fails here and not on the first click
+    except ModelFolderError as e:
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval
     demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size)

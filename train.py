@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -92,13 +91,9 @@ def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for line in metrics_path.read_text(errors="replace").splitlines() if metrics_path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-    rows = [r for r in rows if isinstance(r, dict) and "step" in r and "loss" in r]
+    from ddpm_app.training import read_metrics
+
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -111,28 +106,35 @@ def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
     return out_path
 
 
-def finish_export(trainer, args, training) -> Path:
-    """Export the EMA weights with a model card, the last sample grid and the loss curve."""
-    from ddpm_app import model_card
+def complete_export(folder: Path, samples: Path | None, title: str) -> Path:
+    """Finish an exported model folder: the sample grid as samples.png and the model card (README.md)."""
+    import torch
 
+    from ddpm_app import model_card
+    from ddpm_app.model_folder import read_config
+    from ddpm_app.models import build_model
+
+    if samples is not None:
+        shutil.copy(samples, folder / "samples.png")
+    config = read_config(folder)
+    with torch.device("meta"):  # the parameter count without allocating the weights
+        num_parameters = build_model(config.model).num_parameters()
+    model_card.write(folder, config, num_parameters, title=title,
+                     sample_image="samples.png" if samples is not None else None)
+    return folder
+
+
+def finish_export(trainer, args) -> Path:
+    """Export the EMA weights with a model card, the last sample grid and the loss curve."""
     out = Path(trainer.cfg.out)
     export_dir = out / "export"
     hardware = args.hardware or detect_hardware(trainer.device)
     trainer.export(export_dir, extra={"hardware": hardware})
     grids = sorted((out / "samples").glob("step_*.png"))
-    sample_name = None
     if trainer.cfg.sample_every == 0 or not grids or not grids[-1].name.endswith(f"{trainer.step:07d}.png"):
         grids.append(trainer.sample_grid())
-    if grids:
-        shutil.copy(grids[-1], export_dir / "samples.png")
-        sample_name = "samples.png"
     plot_loss(out / "metrics.jsonl", out / "loss.png")
-    from ddpm_app.checkpoint import read_config
-    config = read_config(export_dir)
-    title = args.name or f"DDPM {Path(trainer.cfg.data).stem}"
-    model_card.write(export_dir, config, sum(p.numel() for p in trainer.model.parameters()),
-                     title=title, sample_image=sample_name)
-    return export_dir
+    return complete_export(export_dir, grids[-1], args.name or f"DDPM {Path(trainer.cfg.data).stem}")
 
 
 def train_main(argv) -> int:
@@ -154,18 +156,15 @@ def train_main(argv) -> int:
             print("warning: no Hugging Face token yet; set HF_TOKEN or run `hf auth login` before training ends, "
                   "or the model will only be exported locally", file=sys.stderr)
     cfg_values = cli.pick(args, training.TrainConfig)
+    checkpoint = None  # the training state to resume from, read once
     if args.resume:
         # the run folder's own settings, with the options given now taking precedence for bookkeeping
-        ckpt_path = Path(args.out) / training.CHECKPOINT_NAME
-        if not ckpt_path.is_file():
-            print(f"error: --resume: no checkpoint at {ckpt_path}", file=sys.stderr)
-            return 2
         try:
-            saved = training.load_checkpoint(ckpt_path)["train_config"]
+            checkpoint = training.read_resume_checkpoint(Path(args.out))
         except training.TrainingError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        saved = {k: v for k, v in saved.items() if k in training.TrainConfig.__dataclass_fields__}
+        saved = {k: v for k, v in checkpoint["train_config"].items() if k in training.TrainConfig.__dataclass_fields__}
         given = given_options(args, argv)
         from ddpm_app.models import SeedUNetConfig, UNetConfig
         architecture = {"arch", "schedule", *UNetConfig.__dataclass_fields__, *SeedUNetConfig.__dataclass_fields__,
@@ -183,7 +182,7 @@ def train_main(argv) -> int:
         model_config = None if args.resume else model_config_from_args(args)
         schedule_config = ScheduleConfig(args.schedule, args.timesteps, args.beta_start, args.beta_end,
                                          args.cosine_s, args.max_beta)
-        trainer = training.Trainer(cfg, model_config, schedule_config, resume=args.resume)
+        trainer = training.Trainer(cfg, model_config, schedule_config, resume=args.resume, checkpoint=checkpoint)
     except (training.TrainingError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -193,7 +192,7 @@ def train_main(argv) -> int:
         if pack.skipped:
             print(f"warning: skipped {len(pack.skipped)} unreadable image file(s) of {len(pack) + len(pack.skipped)} "
                   f"(first: {pack.skipped[0]})", file=sys.stderr)
-        n_params = sum(p.numel() for p in trainer.model.parameters())
+        n_params = trainer.model.num_parameters()
         print(f"training {trainer.diffusion_config.arch} U-Net ({n_params / 1e6:.2f} M parameters) on {len(pack)} "
               f"images from {cfg.data} on {detect_hardware(trainer.device)}"
               + (f", resuming at step {trainer.step}" if args.resume else ""), file=sys.stderr)
@@ -220,7 +219,7 @@ def train_main(argv) -> int:
         return 0
     if not main_rank:
         return 0
-    export_dir = finish_export(trainer, args, training)
+    export_dir = finish_export(trainer, args)
     print(f"exported to {export_dir}", file=sys.stderr)
     if args.push_to_hub:
         return push(export_dir, args.push_to_hub, args.private)
@@ -248,8 +247,6 @@ def export_main(argv) -> int:
     p.add_argument("--hardware", default=None, help="hardware to name in the model card")
     args = p.parse_args(argv)
     training = _import_training()
-    from ddpm_app import model_card
-    from ddpm_app.checkpoint import read_config
     try:
         ckpt = training.load_checkpoint(args.ckpt)
     except training.TrainingError as e:
@@ -257,14 +254,8 @@ def export_main(argv) -> int:
         return 2
     extra = {"hardware": args.hardware} if args.hardware else None
     out = training.export_checkpoint(ckpt, args.out, args.export_dtype, extra)
-    samples = Path(args.ckpt).parent / "samples"
-    grids = sorted(samples.glob("step_*.png"))
-    if grids:
-        shutil.copy(grids[-1], out / "samples.png")
-    config = read_config(out)
-    n_params = sum(v.numel() for v in ckpt["ema"].values() if v.is_floating_point())
-    model_card.write(out, config, n_params, title=args.name or "DDPM model",
-                     sample_image="samples.png" if grids else None)
+    grids = sorted((Path(args.ckpt).parent / "samples").glob("step_*.png"))
+    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model")
     print(f"exported {args.ckpt} to {out}", file=sys.stderr)
     return 0
 

@@ -34,7 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from ddpm_app import ui  # noqa: E402
-from ddpm_app.session import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, SamplerSettings, UserState  # noqa: E402
+from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # noqa: E402
+from ddpm_app.inference import resolve_device  # noqa: E402
+from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
 
 SEED = 1234
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ def time_sampler(library: ModelLibrary, settings: SamplerSettings, batch: int) -
     def drain() -> tuple[float, float]:
         start = time.perf_counter()
         first = None
-        for _ in library.session().sample(settings, batch, SEED):
+        for _ in library.get().sample(settings, batch, SEED):
             first = first or time.perf_counter() - start
         return first, time.perf_counter() - start
     return library.worker.run(drain)  # on the thread the app samples on
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--interval", type=float, default=DEFAULT_PREVIEW_INTERVAL)
-    p.add_argument("--samplers", default="ddpm,ddim", help="comma-separated: ddpm (all T steps), ddim (50 steps)")
+    p.add_argument("--samplers", default="ddpm,ddim", help=f"comma-separated: ddpm (all T steps), ddim ({DEFAULT_DDIM_STEPS} steps)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores, as app.py)")
     args = p.parse_args(argv)
@@ -126,13 +128,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from gradio_client import Client
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
+    device = resolve_device(args.device or "auto")
+    if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
     library = ModelLibrary(args.weights, device, default=args.model)
-    session = library.session()
-    T = session.timesteps
-    cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings("ddim", 50, 0.0, True)}
+    served = library.get()
+    T = served.timesteps
+    cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings()}
     cases = {k: cases[k] for k in args.samplers.split(",")}
 
     servers = {}
@@ -142,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         # does not compete with the server's for this machine's cores
         servers[mode] = (proc, Client(url, verbose=False, download_files=False))
 
-    print(f"model {session.name}: {session.config.arch}, {session.loaded.num_parameters / 1e6:.1f} M parameters, "
-          f"{session.config.image_size}×{session.config.image_size}×{session.config.channels}, T = {T}; "
+    print(f"model {served.name}: {served.config.arch}, {served.loaded.num_parameters / 1e6:.1f} M parameters, "
+          f"{served.config.image_size}×{served.config.image_size}×{served.config.channels}, T = {T}; "
           f"batch {args.batch}; device {device}, {torch.get_num_threads()} torch threads, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); preview every "
           f"{args.interval} s when on; best of {args.repeats}, variants interleaved\n")
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     try:
         for name, settings in cases.items():
-            label = f"DDPM-{T}" if name == "ddpm" else "DDIM-50"
+            label = f"DDPM-{T}" if name == "ddpm" else f"DDIM-{settings.steps}"
             warm = SamplerSettings("ddim", 2, 0.0, True)
             time_sampler(library, warm, args.batch)
             for _, client in servers.values():

@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import samplers  # noqa: E402
-from ddpm_app.checkpoint import load_pretrained  # noqa: E402
 from ddpm_app.image import to_uint8  # noqa: E402
 from ddpm_app.inference import prepare_cpu  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
+from ddpm_app.model_folder import load_pretrained  # noqa: E402
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -38,7 +38,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def run(model, schedule, shape, seed: int, sampler: str) -> tuple[list[samplers.Step], float]:
     start = time.perf_counter()
     steps = list(samplers.sample(model, schedule, shape, sampler=sampler, steps=50, clip_x0=True,
-                                 generator=torch.Generator().manual_seed(seed)))
+                                 step_fn=model.ddpm_step, generator=torch.Generator().manual_seed(seed)))
     return steps, time.perf_counter() - start
 
 

@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import samplers  # noqa: E402
-from ddpm_app.checkpoint import load_pretrained  # noqa: E402
 from ddpm_app.inference import (PRECISION_CHOICES, Prepared, Runtime, example_input, median_ms,  # noqa: E402
                                 prepare, prepare_cpu)
 from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
+from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
 from ddpm_app.schedule import Schedule, ScheduleConfig  # noqa: E402
 
@@ -58,7 +58,8 @@ def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: t
     for _ in range(2):
         gen = torch.Generator(device).manual_seed(0)
         start = time.perf_counter()
-        samplers.final(samplers.ddpm(model, schedule, shape, generator=gen, device=device, clip_x0=True))
+        samplers.final(samplers.ddpm(model, schedule, shape, generator=gen, device=device, clip_x0=True,
+                                     step_fn=model.ddpm_step))
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
 
     for name, model in models:
         variants = cpu_variants(model, cpu, apps[name])
-        params = sum(q.numel() for q in model.parameters()) / 1e6
+        params = model.num_parameters() / 1e6
         print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats})\n")
         print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")
         print("|---" * (len(variants) + 3) + "|")

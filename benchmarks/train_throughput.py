@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     print("\n| loop | model | params | GFLOP/img (train) | images/s | × seed loop | MFU (bf16 peak) |")
     print("|---|---|---|---|---|---|---|")
     for label, key, rate in rows:
-        params = sum(p.numel() for p in build_model(CONFIGS[key]).parameters()) / 1e6
+        params = build_model(CONFIGS[key]).num_parameters() / 1e6
         mfu = f"{flops[key] * rate / peak:.1%}" if peak else "n/a"
         print(f"| {label} | {key} | {params:.1f} M | {flops[key] / 1e9:.2f} | {rate:,.0f} | {rate / base:.1f}× | {mfu} |")
     return 0

@@ -4,7 +4,7 @@ The tutorial saves ``torch.save(model.state_dict(), "…pth")``: a pickle of ten
 widths it was built with. This module reads it with ``torch.load(weights_only=True)`` — PyTorch's restricted
 unpickler, which refuses anything but tensors and plain containers, so a file carrying code is rejected
 without running it — reads the widths off the tensor shapes, loads the tensors strictly into
-:class:`~ddpm_app.models.SeedUNet`, and writes the result with :func:`~ddpm_app.checkpoint.save_pretrained`.
+:class:`~ddpm_app.models.SeedUNet`, and writes the result with :func:`~ddpm_app.model_folder.save_pretrained`.
 
     python -m ddpm_app.convert_seed ddpm_T1000_l2_epochs_300.pth weights/seed-celeba --image-size 96
 """
@@ -23,7 +23,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError, DiffusionConfig, save_pretrained
+from .model_folder import DiffusionConfig, ModelFolderError, save_pretrained
 from .models import SeedUNet, SeedUNetConfig
 from .schedule import SCHEDULE_KINDS, ScheduleConfig
 
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         schedule = ScheduleConfig(kind=args.schedule, timesteps=args.timesteps)
         directory, config = convert(args.pth, args.out_dir, image_size=args.image_size, schedule=schedule)
-    except (ValueError, CheckpointError, OSError) as e:  # ConversionError is a ValueError
+    except (ValueError, ModelFolderError, OSError) as e:  # ConversionError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     widths = ", ".join(map(str, config.model.down_channels))

@@ -21,28 +21,26 @@ writes ``eval.json``, ``samples_<sampler>.png`` (8×8) and ``memorisation.png`` 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
-from . import samplers
-from .checkpoint import LoadedModel, is_repo_id, load_pretrained
 from .data import ImagePack, load_pack
 from .features import (DEFAULT_WEIGHTS, HEADS, class_fractions, embed, feature_fd, is_utkface, label_names,
                        load_feature_net, sha256_file, total_variation)
 from .image import from_uint8, save_grid, to_uint8
-from .inference import prepare_cpu
-from .likelihood import BitsPerDim, EpsModel, bits_per_dim
+from .inference import Precision, float32_matmul, prepare, resolve_device
+from .likelihood import BitsPerDim, bits_per_dim
+from .model_folder import LoadedModel, is_repo_id, load_pretrained
+from .samplers import DEFAULT_DDIM_STEPS, EpsModel, SamplerName, SamplerSettings, Variance
 
-Precision = Literal["fp32", "tf32", "bf16"]
 GRID_SAMPLES = 64  # an 8×8 grid
 
 
@@ -53,13 +51,13 @@ class EvalConfig:
     split: str = "test"  # held-out folder of the pack: bits/dim, FD reference, memorisation reference
     train_split: str = "train"  # the folder the model was trained on: FD floor and nearest neighbours
     num_samples: int = 1000  # generated images for FD-UTK and attribute coverage (at least 64 are drawn for the grid)
-    sampler: Literal["ddpm", "ddim"] = "ddpm"  # ddpm runs all T steps
-    steps: int | None = None  # DDIM steps (default 50)
+    sampler: SamplerName = "ddpm"  # ddpm runs all T steps
+    steps: int | None = None  # DDIM steps (none: the sampler's default)
     eta: float = 0.0  # DDIM η (0: deterministic)
     clip_x0: bool = True  # clip x̂₀ to [−1, 1] in the reverse step, for the samples and the bound alike
     bpd_images: int | None = None  # held-out images for bits/dim (none: all of them)
     bpd_timesteps: int | None = None  # timesteps per image for bits/dim (none: all T, the exact sum; fewer: an estimate)
-    bpd_variance: Literal["posterior", "beta"] = "posterior"  # reverse-step variance: σ_q(t)² or β_t
+    bpd_variance: Variance = "posterior"  # reverse-step variance: σ_q(t)² or β_t
     skip_bpd: bool = False  # leave out bits/dim
     batch_size: int = 256  # network inputs per call, for sampling and for the bound
     bound_precision: Precision = "fp32"  # network precision for the bound (on CUDA fp32 turns TF32 off)
@@ -79,6 +77,11 @@ class EvalConfig:
             raise ValueError("bpd_timesteps must be at least 2 (or none for every timestep)")
         if self.bpd_images is not None and self.bpd_images < 1:
             raise ValueError("bpd_images must be at least 1 (or none for all)")
+
+    def sampler_settings(self, timesteps: int) -> SamplerSettings:
+        """The sampler, its steps, η and clipping, checked against the model's T."""
+        steps = DEFAULT_DDIM_STEPS if self.steps is None else self.steps
+        return SamplerSettings.checked(self.sampler, steps, self.eta, self.clip_x0, timesteps)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,44 +168,15 @@ class EvalResult:
 # helpers
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA GPU is visible")
-    return torch.device(name)
+def network(loaded: LoadedModel, precision: Precision, compile: bool, device: torch.device) -> EpsModel:
+    """ε_θ for sampling or the bound: channels_last, in ``precision`` on CUDA (bf16 autocast, or fp32 with TF32
+    set by :func:`~ddpm_app.inference.float32_matmul`), compiled if asked; the output is always float32.
 
-
-@contextlib.contextmanager
-def precision(mode: Precision, device: torch.device) -> Iterator[None]:
-    """On CUDA: TF32 matmuls and convolutions on for "tf32"/"bf16", off (IEEE fp32) for "fp32"; restored after."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    saved = matmul.fp32_precision, conv.fp32_precision
-    matmul.fp32_precision = conv.fp32_precision = "ieee" if mode == "fp32" else "tf32"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision, conv.fp32_precision = saved
-
-
-def network(loaded: LoadedModel | torch.nn.Module, mode: Precision, device: torch.device) -> EpsModel:
-    """ε_θ as a function, under bf16 autocast when asked on CUDA; the output is always float32.
-
-    On the CPU it is the app's sampling network (:func:`ddpm_app.inference.prepare_cpu`), in bf16 when asked and
-    fp32 otherwise (tf32 is a CUDA mode).
-    """
-    if device.type == "cpu":
-        model = loaded.model if isinstance(loaded, LoadedModel) else loaded
-        return prepare_cpu(model, "bf16" if mode == "bf16" else "fp32")
-    bf16 = mode == "bf16" and device.type == "cuda"
-
-    def eps(x: Tensor, t: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return loaded(x, t).float()
-    return eps
+    On the CPU it is the app's network (:func:`~ddpm_app.inference.prepare_cpu`): bf16 convolutions for "bf16",
+    fp32 for the others."""
+    if precision == "fp16" and device.type != "cuda":
+        precision = "fp32"  # no fp16 on the CPU
+    return prepare(loaded.model, device, compile=compile and device.type == "cuda", precision=precision)
 
 
 def generate(model: EpsModel, loaded: LoadedModel, config: EvalConfig, count: int, device: torch.device,
@@ -212,16 +186,16 @@ def generate(model: EpsModel, loaded: LoadedModel, config: EvalConfig, count: in
     ``progress(done, total)`` counts network evaluations of single images (samples × steps).
     """
     cfg = loaded.config
+    settings = config.sampler_settings(loaded.schedule.timesteps)
     generator = torch.Generator(device).manual_seed(config.seed)
-    steps = loaded.schedule.timesteps if config.sampler == "ddpm" else (config.steps or 50)
+    steps = settings.num_steps(loaded.schedule.timesteps - 1)
     out, done = [], 0
     if progress is not None:
         progress(0, count * steps)
     for start in range(0, count, config.batch_size):
         n = min(config.batch_size, count - start)
-        chain = samplers.sample(model, loaded.schedule, (n, cfg.channels, cfg.image_size, cfg.image_size),
-                                sampler=config.sampler, steps=config.steps, eta=config.eta, generator=generator,
-                                clip_x0=config.clip_x0, device=device)
+        chain = settings.run(model, loaded.schedule, (n, cfg.channels, cfg.image_size, cfg.image_size),
+                             generator=generator, device=device)
         for step in chain:
             done += n
             if progress is not None:
@@ -253,7 +227,7 @@ def nearest_pixels(queries: Tensor, reference: Tensor, device: torch.device, *, 
     best = torch.full((len(q),), math.inf, device=device)
     best_index = torch.zeros(len(q), dtype=torch.long, device=device)
     best_flip = torch.zeros(len(q), dtype=torch.bool, device=device)
-    with precision("fp32", device):
+    with float32_matmul("fp32", device):
         for start in range(0, len(reference), chunk):
             block = reference[start:start + chunk].to(device)
             for flipped in ((False, True) if flips else (False,)):
@@ -286,25 +260,19 @@ def default_out_dir(model: str | Path) -> Path:
     return Path(model) / "eval"
 
 
-def sampler_label(config: EvalConfig, timesteps: int) -> str:
-    if config.sampler == "ddpm":
-        return f"ddpm ({timesteps} steps)"
-    return f"ddim ({config.steps or 50} steps, η = {config.eta:g})"
-
-
-def grid_name(config: EvalConfig) -> str:
-    return "samples_ddpm.png" if config.sampler == "ddpm" else f"samples_ddim{config.steps or 50}.png"
+def grid_name(settings: SamplerSettings) -> str:
+    return "samples_ddpm.png" if settings.sampler == "ddpm" else f"samples_ddim{settings.steps}.png"
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the evaluation
 
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalConfig(), *,
-             out_dir: str | Path | None = None, progress: Progress | None = None) -> EvalResult:
+             out_dir: str | Path | None = None, progress: StageProgress | None = None) -> EvalResult:
     """Measure a model against a data pack and write ``eval.json`` and the grids into ``out_dir``."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -314,10 +282,7 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
     out = Path(out_dir) if out_dir is not None else default_out_dir(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_pretrained(model_dir, device)
-    if device.type == "cuda":
-        loaded.model = loaded.model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
-        if config.compile:
-            loaded.model = torch.compile(loaded.model)
+    settings = config.sampler_settings(loaded.schedule.timesteps)
     size, channels = loaded.config.image_size, loaded.config.channels
     if channels != 3:
         raise ValueError(f"the model makes {channels}-channel images; the data packs are RGB")
@@ -328,10 +293,10 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
     # 1. samples and their grid
     t0 = time.perf_counter()
     count = max(config.num_samples, GRID_SAMPLES)
-    with precision(config.sample_precision, device):
-        samples = generate(network(loaded, config.sample_precision, device), loaded, config, count, device,
-                           tick("sampling"))
-    grid_path = save_grid(from_uint8(samples[:GRID_SAMPLES]), out / grid_name(config), nrow=8)
+    with float32_matmul(config.sample_precision, device):
+        samples = generate(network(loaded, config.sample_precision, config.compile, device), loaded, config,
+                           count, device, tick("sampling"))
+    grid_path = save_grid(from_uint8(samples[:GRID_SAMPLES]), out / grid_name(settings), nrow=8)
     seconds["sampling"] = time.perf_counter() - t0
 
     # 2. bits/dim on the held-out split
@@ -340,8 +305,8 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
         t0 = time.perf_counter()
         images = test.images[:config.bpd_images]
         generator = torch.Generator(device).manual_seed(config.seed + 1)
-        with precision(config.bound_precision, device):
-            bpd = bits_per_dim(network(loaded, config.bound_precision, device), loaded.schedule, images,
+        with float32_matmul(config.bound_precision, device):
+            bpd = bits_per_dim(network(loaded, config.bound_precision, config.compile, device), loaded.schedule, images,
                                num_timesteps=config.bpd_timesteps, batch_size=config.batch_size,
                                generator=generator, variance=config.bpd_variance, clip_x0=config.clip_x0,
                                device=device, progress=tick("bits/dim"))
@@ -362,7 +327,7 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
         model=str(model_dir), data=str(data), config=config, arch=loaded.config.arch,
         parameters=loaded.num_parameters, schedule=loaded.config.schedule.to_dict(), image_size=size,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        num_test=len(test), num_train=len(train), sampler=sampler_label(config, loaded.schedule.timesteps),
+        num_test=len(test), num_train=len(train), sampler=settings.label(),
         grid=grid_path.name, bpd=bpd, faces=faces, faces_note=note, memorisation=memorisation,
         seconds={k: round(v, 2) for k, v in seconds.items()},
     )
@@ -516,9 +481,9 @@ class _Printer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
     from .cli import add_dataclass_options, pick
     from .data import DatasetError
+    from .model_folder import ModelFolderError
 
     parser = argparse.ArgumentParser(prog="python -m ddpm_app.evaluate",
                                      description="Measure a model: bits/dim, FD-UTK, memorisation, sample grid.")
@@ -530,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EvalConfig(**pick(args, EvalConfig))
         result = evaluate(args.model, args.data, config, out_dir=args.out, progress=_Printer())
-    except (CheckpointError, DatasetError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ModelFolderError, DatasetError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))

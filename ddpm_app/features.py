@@ -382,6 +382,7 @@ def metadata_path(weights: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from .cli import add_dataclass_options, pick
     from .data import load_pack
+    from .inference import resolve_device
 
     parser = argparse.ArgumentParser(prog="python -m ddpm_app.features", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="weights file to write (.safetensors); "
                        "a .json with its metadata and test accuracy is written next to it")
     train.add_argument("--limit", type=int, default=None, help="use only the first N training images (testing)")
-    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument("--device", default="auto", help="torch device (default: auto = cuda if available, else cpu)")
     add_dataclass_options(train, FeatureTrainConfig)
     args = parser.parse_args(argv)
 
@@ -412,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"epoch {p.epoch}/{config.epochs}  loss {p.loss:.4f}  {p.elapsed_s:.0f} s", flush=True)
 
     t1 = time.perf_counter()
-    net = train_feature_net(pack.images[labelled.indices], labelled.labels, config, net_config, args.device, report)
+    device = resolve_device(args.device)
+    net = train_feature_net(pack.images[labelled.indices], labelled.labels, config, net_config, device, report)
     train_seconds = time.perf_counter() - t1
     out = save_feature_net(net.cpu(), args.out)
 
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "heads": {k: list(v) for k, v in HEADS.items()},
         "training": {**asdict(config), "data": data.name, "data_sha256": sha256_file(data) if data.is_file() else None,
                      "train_images": len(labelled.indices), "limit": args.limit,
-                     "train_seconds": round(train_seconds, 1), "device": str(args.device),
+                     "train_seconds": round(train_seconds, 1), "device": str(device),
                      "torch": torch.__version__, "threads": torch.get_num_threads()},
         "test_images": test_count,
         "test_accuracy": accuracy,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .model_folder import HUB_FILES
+
 try:  # the HTTP client huggingface_hub uses (its connection errors are not OSErrors)
     from httpx2 import HTTPError as _HTTPError
 except ImportError:  # pragma: no cover - older huggingface_hub
@@ -52,8 +54,7 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, p
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message,
-                                 allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
-                                                 "README.md", "*.png", "*.json"])
+                                 allow_patterns=[*HUB_FILES, "*.json"])  # and e.g. eval.json
     except OfflineModeIsEnabled:
         raise HubError(f"offline mode is on (HF_HUB_OFFLINE); nothing was uploaded. "
                        f"The local export in {folder} is intact.") from None

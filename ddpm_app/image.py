@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import BinaryIO
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
@@ -32,6 +33,13 @@ def to_uint8(x: Tensor) -> Tensor:
 def from_uint8(x: Tensor) -> Tensor:
     """uint8 [0, 255] (…, C, H, W) → float32 in [−1, 1]."""
     return x.float() / 127.5 - 1.0
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB between two images (float in [−1, 1] or uint8), peak-to-peak range 2."""
+    a, b = (from_uint8(x) if x.dtype == torch.uint8 else x.float() for x in (a, b))
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(4.0 / mse)
 
 
 def to_pil(x: Tensor) -> Image.Image:
@@ -83,7 +91,7 @@ def fit(img: Image.Image, size: int) -> Image.Image:
     """
     side = min(img.width, img.height)
     img = TF.center_crop(img, [side, side])
-    return TF.resize(img, [size, size], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    return TF.resize(img, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
 def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = None) -> Image.Image:

@@ -1,9 +1,11 @@
-"""Making a loaded network fast for sampling on the device at hand.
+"""Making a loaded network fast for sampling on the device at hand, and choosing that device.
 
 On the CPU (see benchmarks/sample_speed.py): the network runs channels_last with every convolution packed once for
 oneDNN (:mod:`ddpm_app.onednn`), so none takes PyTorch's slow im2col path. On CPUs with bf16 in hardware (AMX or
 AVX512-BF16) the convolutions may run in bf16, everything else staying float32: ``precision="auto"`` times both
-on this machine and keeps bf16 only if it is faster. ε̂ and the update are float32 either way.
+on this machine and keeps bf16 only if it is faster. ε̂ and the update are float32 either way. ``torch.compile``
+(and an ahead-of-time compiled package) was measured against this and did not win by enough to pay for its
+minutes of compiling; see the README.
 
 On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
 mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph, in fp16 autocast.
@@ -11,11 +13,12 @@ mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping
+from typing import Callable, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -26,22 +29,49 @@ from .schedule import Schedule
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")  # what --precision accepts
-_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# bf16 must beat fp32 by this factor to be chosen: a tie is not worth its rounding
+# the network's compute precision on CUDA: IEEE fp32, TF32 matmuls and convolutions, or bf16 / fp16 autocast
+# (ε̂ and everything after it stay float32). On the CPU: fp32 (tf32 means fp32 there) or bf16 convolutions;
+# fp16 is refused there.
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16", "fp16")  # what --precision accepts
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# bf16 must beat fp32 by this factor to be chosen on the CPU: a tie is not worth its rounding
 BF16_MARGIN = 0.95
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA when a GPU is visible, else the CPU; any other name as given, checked for CUDA."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} asked for, but no CUDA GPU is visible")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def float32_matmul(mode: Precision, device: torch.device) -> Iterator[None]:
+    """On CUDA: TF32 matmuls and convolutions off (IEEE) for "fp32", on for the others; restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = "ieee" if mode == "fp32" else "tf32"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """How a prepared network runs: what was chosen and why (shown in logs, the benchmark and the Model tab)."""
+    """How a prepared network runs: what was chosen and why (for logs, the benchmark and the Model tab)."""
 
-    device: str
+    device: str  # e.g. "cpu: AMD EPYC (AVX-512 + AVX512-BF16), 2 threads"
     precision: Precision
     packed: bool  # convolutions pre-packed for oneDNN
     compiled: bool
-    reason: str
+    reason: str  # e.g. "auto: bf16 faster on AVX-512 + AVX512-BF16, 9.1 vs 10.4 ms/step fp32"
 
     def describe(self) -> str:
         parts = [self.device, self.precision] + ["oneDNN pre-packed convolutions"] * self.packed
@@ -52,19 +82,19 @@ class Runtime:
 class Prepared(nn.Module):
     """Wraps a network for sampling: matches the input's memory format and returns float32 ε̂.
 
-    Besides ε̂ (``forward``) it offers :meth:`ddpm_step`, which :func:`ddpm_app.samplers.ddpm` uses when present.
+    Besides ε̂ (``forward``) it offers :meth:`ddpm_step`, to pass to :func:`ddpm_app.samplers.ddpm` as ``step_fn``.
+    On CUDA, bf16/fp16 are autocast; a CPU network carries its precision itself (packed bf16 convolutions).
     """
 
     def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32",
-                 runtime: Runtime | None = None, autocast: bool = True):
+                 device_type: str = "cpu", runtime: Runtime | None = None):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
         self.precision = precision
-        # fp16/bf16 by autocast, unless the network carries its precision itself (CPU bf16: packed bf16 convolutions)
-        self.autocast_dtype = _AUTOCAST.get(precision) if autocast else None
+        self.autocast_dtype = _AUTOCAST.get(precision) if device_type == "cuda" else None
         self.compiled = compile
-        self.runtime = runtime or Runtime("?", precision, False, compile, "given")
+        self.runtime = runtime or Runtime(device_type, precision, False, compile, "given")
         if compile:
             self._eps_graph = torch.compile(self._eps, mode="reduce-overhead", dynamic=False)
             self._step_graph = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
@@ -72,8 +102,7 @@ class Prepared(nn.Module):
     def _eps(self, x: Tensor, t: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = self.autocast_dtype
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             return self.model(x, t).float()
 
     def _step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
@@ -97,6 +126,10 @@ class Prepared(nn.Module):
         return eps.clone(), x0.clone(), x_prev.clone()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the CPU: packed convolutions, and the choice between fp32 and bf16
+
+
 def example_input(model: nn.Module, batch: int = 1) -> tuple[Tensor, Tensor]:
     """A (x_t, t) pair of the shape ``model`` samples, from its config: (B, C, H, W) noise and (B,) timesteps."""
     config = model.config
@@ -118,25 +151,31 @@ def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def choose_cpu_precision(requested: str, cpu: CpuFeatures,
-                         measure: Callable[[], Mapping[str, float]]) -> tuple[Precision, str]:
-    """The CPU precision for ``requested`` ("auto", "fp32" or "bf16"), and why.
+def cpu_bf16_supported(cpu: CpuFeatures) -> bool:
+    """bf16 convolutions need bf16 in hardware (AMX or AVX512-BF16) and oneDNN's packed ops."""
+    return cpu.bf16_native and onednn.available()
 
-    "auto" is fp32 unless the CPU does bf16 in hardware (AMX or AVX512-BF16) and ``measure()`` (ms per step of
-    "fp32" and "bf16") shows bf16 at least 5 % faster. ``measure`` is only called when that question arises.
+
+def choose_cpu_precision(requested: str | None, cpu: CpuFeatures,
+                         measure: Callable[[], Mapping[str, float]]) -> tuple[Precision, str]:
+    """The CPU precision for ``requested`` ("auto" or None, "fp32"/"tf32", or "bf16"), and why.
+
+    "auto" is fp32 unless the CPU does bf16 in hardware and ``measure()`` (ms per step of "fp32" and "bf16") shows
+    bf16 at least 5 % faster. ``measure`` is only called when that question arises.
     """
+    requested = requested or "auto"
     if requested == "fp16":
         raise ValueError("fp16 sampling is for CUDA devices; on the CPU use fp32 or bf16 (or auto)")
     if requested not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
     if requested == "bf16":
-        if not cpu.bf16_native:
-            raise ValueError(f"bf16 needs a CPU with AMX or AVX512-BF16; this one is {cpu.describe()}. "
-                             "Use --precision fp32 (or auto).")
+        if not cpu_bf16_supported(cpu):
+            raise ValueError(f"bf16 needs a CPU with AMX or AVX512-BF16 (and PyTorch with oneDNN); this one is "
+                             f"{cpu.describe()}. Use --precision fp32 (or auto).")
         return "bf16", "asked for"
-    if requested == "fp32":
+    if requested in ("fp32", "tf32"):
         return "fp32", "asked for"
-    if not cpu.bf16_native:
+    if not cpu_bf16_supported(cpu):
         return "fp32", f"auto: no bf16 in hardware on {cpu.isa}"
     ms = measure()
     verdict = "faster" if ms["bf16"] <= BF16_MARGIN * ms["fp32"] else "not faster"
@@ -145,35 +184,34 @@ def choose_cpu_precision(requested: str, cpu: CpuFeatures,
 
 
 def _cpu_network(model: nn.Module, precision: Precision, example: tuple[Tensor, Tensor]) -> nn.Module:
-    """The network to run on the CPU: channels_last, convolutions packed for oneDNN in ``precision`` if possible.
-
-    (Without oneDNN a bf16 network runs under autocast instead, which :class:`Prepared` then turns on.)
-    """
-    model = model.to(memory_format=torch.channels_last)
+    """The network to run on the CPU: convolutions packed for oneDNN in ``precision``, where oneDNN is there."""
     if not onednn.available():
         return model
     return onednn.pack_convolutions(model, example, torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
-def prepare_cpu(model: nn.Module, precision: str = "auto", cpu: CpuFeatures | None = None,
-                batch: int = 1) -> Prepared:
-    """``model`` made fast for sampling on this CPU (channels_last, packed convolutions, fp32 or bf16).
+def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
+                channels_last: bool = True, batch: int = 1) -> Prepared:
+    """``model`` made fast for sampling on this CPU: packed convolutions, in fp32 or bf16 (see
+    :func:`choose_cpu_precision`; with "auto" both are built and timed at ``batch`` where the CPU has bf16).
 
-    With ``precision="auto"`` both precisions are built and timed at ``batch`` when the CPU does bf16 in hardware.
+    ``model`` itself is switched to eval mode and, with ``channels_last``, to that layout; the packed copy is a
+    snapshot of its weights.
     """
     cpu = cpu or detect()
     model = model.cpu().eval().requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     example = example_input(model, batch)
     built: dict[str, Prepared] = {}
 
     def network(p: Precision) -> Prepared:
         if p not in built:
-            built[p] = Prepared(_cpu_network(model, p, example), channels_last=True, precision=p,
-                                autocast=not onednn.available())
+            built[p] = Prepared(_cpu_network(model, p, example), channels_last=channels_last, precision=p)
         return built[p]
 
-    choice, reason = choose_cpu_precision(precision, cpu, lambda: median_ms({p: network(p) for p in ("fp32", "bf16")},
-                                                                          example))
+    choice, reason = choose_cpu_precision(
+        precision, cpu, lambda: median_ms({p: network(p) for p in ("fp32", "bf16")}, example))
     prepared = network(choice)
     prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {torch.get_num_threads()} threads", choice,
                                onednn.available(), False, reason)
@@ -182,27 +220,27 @@ def prepare_cpu(model: nn.Module, precision: str = "auto", cpu: CpuFeatures | No
 
 
 def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
-            precision: str = "auto") -> Prepared:
-    """Eval mode, no grads, on ``device``; on the CPU see :func:`prepare_cpu`; on CUDA channels_last and compiled
-    with CUDA graphs unless ``compile=False``.
+            precision: str | None = "auto", channels_last: bool = True) -> Prepared:
+    """Eval mode, no grads, on ``device``. On the CPU: :func:`prepare_cpu`. On CUDA: channels_last and compiled with
+    CUDA graphs unless ``compile=False``.
 
-    ``precision``: "auto" (fp16 autocast on CUDA, see :func:`choose_cpu_precision` on the CPU), "fp32", "bf16" or
-    "fp16" (CUDA only); ε̂ and the update stay float32. On an H100, fp16 takes a 1,000-step chain of 16 images from
-    2.4 s to 1.4 s. The first call at each new batch size compiles (a few seconds).
+    ``precision``: "auto" (or None) is fp16 autocast on CUDA and :func:`choose_cpu_precision` on the CPU; else one
+    of :data:`Precision`. On an H100, fp16 takes a 1,000-step chain of 16 images from 2.4 s to 1.4 s. TF32 is a
+    global setting: "tf32" and "fp32" take effect inside :func:`float32_matmul`. The first call at each new batch
+    size compiles (CUDA only, a few seconds). The model itself is moved and switched to eval mode in place.
     """
     device = torch.device(device)
     if device.type == "cpu" and not compile:
-        return prepare_cpu(model, precision)
-    if precision not in PRECISION_CHOICES:
+        return prepare_cpu(model, precision, channels_last=channels_last)
+    if precision not in PRECISION_CHOICES + (None,):
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
-    chosen: Precision = ("fp16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
+    chosen: Precision = ("fp16" if device.type == "cuda" else "fp32") if precision in (None, "auto") else precision
     if chosen == "fp16" and device.type != "cuda":
         raise ValueError("fp16 sampling is for CUDA devices; use fp32 on the CPU")
-    model = model.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    model = model.to(device).eval().requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     use_compile = device.type == "cuda" if compile is None else compile
-    runtime = Runtime(str(device), chosen, False, use_compile, "asked for" if precision != "auto" else "auto")
-    return Prepared(model, channels_last=True, compile=use_compile, precision=chosen, runtime=runtime)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runtime = Runtime(str(device), chosen, False, use_compile, "auto" if precision in (None, "auto") else "asked for")
+    return Prepared(model, channels_last=channels_last, compile=use_compile, precision=chosen,
+                    device_type=device.type, runtime=runtime)

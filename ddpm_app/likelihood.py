@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
+from .samplers import VARIANCES, EpsModel, Variance
 from .schedule import Schedule, extract
 
-# ε_θ(x_t, t): (B, C, H, W) float32 and (B,) long timesteps → (B, C, H, W) noise prediction
-EpsModel = Callable[[Tensor, Tensor], Tensor]
-Variance = Literal["posterior", "beta"]
-VARIANCES: tuple[str, ...] = ("posterior", "beta")
 LN2 = math.log(2.0)
 
 

@@ -4,10 +4,14 @@ Each sampler yields one :class:`Step` per network evaluation — the step index,
 network saw, its ε̂ and the x̂₀ implied by it, and the x_{t−1} (or x_{t_prev}) it produced — so a caller can
 show the chain as it runs, keep a trajectory, or stop early. :func:`final` drains a sampler and returns only
 the last image. Randomness comes only from the ``generator`` passed in (or an explicit ``x_T``/``noise``).
+
+:class:`SamplerSettings` is the one description of a reverse run a user or a config chooses (sampler, steps, η,
+clipping), with its validation, its label and the number of network evaluations it takes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator, Literal
@@ -17,10 +21,17 @@ from torch import Tensor
 
 from .schedule import Schedule, extract
 
-# ε_θ(x_t, t): anything that maps (B, C, H, W) and (B,) timesteps to a (B, C, H, W) noise prediction
+# ε_θ(x_t, t): anything that maps (B, C, H, W) float32 and (B,) long timesteps to a (B, C, H, W) noise prediction
 EpsModel = Callable[[Tensor, Tensor], Tensor]
+# the reverse step's variance σ_t²: the posterior variance σ_q(t)² or β_t
 Variance = Literal["posterior", "beta"]
+VARIANCES: tuple[str, ...] = ("posterior", "beta")
+SamplerName = Literal["ddpm", "ddim"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+DEFAULT_DDIM_STEPS = 50
+# one ancestral step with the network inside: (schedule, x_t, t, z, σ table, clip_x0) → (ε̂, x̂₀, x_{t−1});
+# :func:`ddpm_step` with a model bound, or a compiled version of it (:meth:`ddpm_app.inference.Prepared.ddpm_step`)
+DDPMStepFn = Callable[[Schedule, Tensor, Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,8 @@ def ddpm_step(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, noise:
     """x_{t−1} = 1/√α_t·(x_t − β_t/√(1−ᾱ_t)·ε̂) + σ_t·z: one ancestral step, returning (ε̂, x̂₀, x_{t−1}).
 
     Pure tensor code with no Python branch on values, so it can be compiled and captured in a CUDA graph as a
-    whole (see :meth:`ddpm_app.inference.Prepared.ddpm_step`); pass zero noise for the last step.
+    whole (see :meth:`ddpm_app.inference.Prepared.ddpm_step`, which :func:`ddpm` takes as ``step_fn``); pass
+    zero noise for the last step.
     """
     eps, x0 = _predict(model, schedule, x, tt, clip_x0)
     mean = extract(schedule.sqrt_recip_alphas, tt, x.shape) * (x - extract(schedule.eps_coef, tt, x.shape) * eps)
@@ -81,22 +93,25 @@ def _timestep(x: Tensor, t: int) -> Tensor:
 @torch.inference_mode()
 def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
          x_start: Tensor | None = None, start_t: int | None = None, clip_x0: bool = False,
-         variance: Variance = "posterior", device: torch.device | str = "cpu") -> Iterator[Step]:
+         variance: Variance = "posterior", device: torch.device | str = "cpu",
+         step_fn: DDPMStepFn | None = None) -> Iterator[Step]:
     """Ancestral sampling: x_{t−1} = 1/√α_t·(x_t − β_t/√(1−ᾱ_t)·ε̂) + σ_t·z  (DDPM Algorithm 2).
 
     σ_t² is the posterior variance β_t(1−ᾱ_{t−1})/(1−ᾱ_t) by default, or β_t with ``variance="beta"``; no
     noise is added at the last step. Starts from x_T ~ N(0, I), or from ``x_start`` at timestep ``start_t``
     (a noised photo, for SDEdit). With ``clip_x0``, ε̂ is recomputed from the clipped x̂₀, so the same formula
     gives the posterior mean of q(x_{t−1} | x_t, x̂₀) for the clipped x̂₀.
+
+    ``step_fn`` computes each step (default: :func:`ddpm_step` with ``model``); pass a prepared network's own
+    (compiled) step to run it as one graph. It must compute the same thing as the default.
     """
-    if variance not in ("posterior", "beta"):
+    if variance not in VARIANCES:
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
     x, t0 = _start(schedule, shape, start_t, x_start, generator, device)
     sigma_table = schedule.posterior_variance if variance == "posterior" else schedule.betas
     sigma_table = sigma_table.sqrt().to(device)
     num_steps = t0 + 1
-    # a model prepared for its device may bring its own (compiled) version of the same step
-    step = getattr(model, "ddpm_step", None) or partial(ddpm_step, model)
+    step = step_fn or partial(ddpm_step, model)
     for index, t in enumerate(range(t0, -1, -1)):
         tt = _timestep(x, t)
         # no noise at the last step: z = 0 there, and the generator is not drawn from
@@ -117,7 +132,7 @@ def ddim_timesteps(start_t: int, steps: int) -> list[int]:
 
 
 @torch.inference_mode()
-def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: int = 50, eta: float = 0.0,
+def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: int = DEFAULT_DDIM_STEPS, eta: float = 0.0,
          generator: torch.Generator | None = None, x_start: Tensor | None = None, start_t: int | None = None,
          clip_x0: bool = False, device: torch.device | str = "cpu") -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s−σ²)·ε̂ + σ·z over ``steps`` timesteps.
@@ -144,13 +159,88 @@ def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: 
 
 
 def sample(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, sampler: str = "ddpm",
-           steps: int | None = None, eta: float = 0.0, **kwargs) -> Iterator[Step]:
-    """Dispatch by name: ``"ddpm"`` (every timestep; ``steps`` and ``eta`` are not used) or ``"ddim"``."""
+           steps: int | None = None, eta: float = 0.0, step_fn: DDPMStepFn | None = None,
+           **kwargs) -> Iterator[Step]:
+    """Dispatch by name: ``"ddpm"`` (every timestep; ``steps`` and ``eta`` are not used) or ``"ddim"``.
+
+    ``step_fn`` is DDPM's step function (see :func:`ddpm`); DDIM does not use it.
+    """
     if sampler == "ddpm":
-        return ddpm(model, schedule, shape, **kwargs)
+        return ddpm(model, schedule, shape, step_fn=step_fn, **kwargs)
     if sampler == "ddim":
-        return ddim(model, schedule, shape, steps=steps or 50, eta=eta, **kwargs)
+        return ddim(model, schedule, shape, steps=steps or DEFAULT_DDIM_STEPS, eta=eta, **kwargs)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class SettingsError(ValueError):
+    """A sampler setting is out of range; the message names the setting and the allowed values."""
+
+
+def whole_number(value: float | int | str | None, name: str, low: int, high: int,
+                 error: type[ValueError] = SettingsError) -> int:
+    """``value`` as an int in low…high, or ``error`` with a message naming ``name`` and the range."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not number.is_integer() or not low <= number <= high:
+        raise error(f"{name} must be a whole number in {low}…{high}, got {value!r}")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to run the reverse chain: ``ddpm`` over every timestep, or ``ddim`` over ``steps`` of them with η.
+
+    For DDPM, ``steps`` is the schedule's T (what :meth:`checked` fills in) and ``eta`` is 1 (DDPM's noise).
+    """
+
+    sampler: SamplerName = "ddim"
+    steps: int = DEFAULT_DDIM_STEPS  # DDIM only
+    eta: float = 0.0  # DDIM only
+    clip_x0: bool = True  # clip x̂₀ to [−1, 1] at every step
+
+    @classmethod
+    def checked(cls, sampler: str, steps: float | None, eta: float | None, clip_x0: bool,
+                timesteps: int) -> SamplerSettings:
+        """Settings from user values (widgets, options), with a :class:`SettingsError` naming the allowed range
+        for a bad one."""
+        if sampler not in SAMPLERS:
+            raise SettingsError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if sampler == "ddpm":
+            return cls("ddpm", timesteps, 1.0, bool(clip_x0))
+        steps = whole_number(steps, "DDIM steps", 1, timesteps)
+        try:
+            value = float(eta)
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if not 0.0 <= value <= 1.0:
+            raise SettingsError(f"η (eta) must be in 0…1, got {eta!r}")
+        return cls("ddim", steps, value, bool(clip_x0))
+
+    def num_steps(self, start_t: int) -> int:
+        """Network evaluations for a chain that starts at timestep ``start_t``."""
+        return start_t + 1 if self.sampler == "ddpm" else min(self.steps, start_t + 1)
+
+    def describe(self) -> str:
+        """For people: "DDPM, 1000 steps" or "DDIM, 50 steps, η = 0"."""
+        if self.sampler == "ddpm":
+            return f"DDPM, {self.steps} steps"
+        return f"DDIM, {self.steps} steps, η = {self.eta:g}"
+
+    def label(self) -> str:
+        """For reports and file names: "ddpm (1000 steps)" or "ddim (50 steps, η = 0)"."""
+        if self.sampler == "ddpm":
+            return f"ddpm ({self.steps} steps)"
+        return f"ddim ({self.steps} steps, η = {self.eta:g})"
+
+    def run(self, model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, start_t: int | None = None,
+            step_fn: DDPMStepFn | None = None, **kwargs) -> Iterator[Step]:
+        """The reverse chain with these settings, from timestep ``start_t`` (T−1 by default); ``kwargs`` go to
+        the sampler (``generator``, ``x_start``, ``device``), ``step_fn`` to DDPM (see :func:`ddpm`)."""
+        start = schedule.timesteps - 1 if start_t is None else start_t
+        return sample(model, schedule, shape, sampler=self.sampler, steps=self.num_steps(start), eta=self.eta,
+                      clip_x0=self.clip_x0, start_t=start_t, step_fn=step_fn, **kwargs)
 
 
 def final(steps: Iterator[Step]) -> Tensor:

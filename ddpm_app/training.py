@@ -17,9 +17,9 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.distributed as dist
@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import samplers
-from .checkpoint import CheckpointError, DiffusionConfig, load_pretrained, save_pretrained
 from .data import ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
+from .inference import prepare, resolve_device
+from .model_folder import DiffusionConfig, LoadedModel, ModelFolderError, load_pretrained, save_pretrained
 from .models import ModelConfig, SeedUNet, build_model
+from .samplers import DEFAULT_DDIM_STEPS, SamplerSettings
 from .schedule import Schedule, ScheduleConfig, extract
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -64,7 +66,7 @@ class TrainConfig:
     channels_last: bool | None = None  # channels_last memory format (default: on, but off for the seed net)
     log_every: int = 100
     sample_every: int = 2000  # EMA sample grid (DDIM) every N steps (0: off)
-    sample_steps: int = 50  # DDIM steps for the grid
+    sample_steps: int = DEFAULT_DDIM_STEPS  # DDIM steps for the grid
     save_every: int = 2000  # checkpoint every N steps
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0: no limit
     export_dtype: Literal["fp32", "fp16"] = "fp32"
@@ -120,15 +122,25 @@ def setup_distributed(device_kind: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError("--device cuda asked for, but no CUDA GPU is visible")
-        torch.cuda.set_device(info.local_rank)
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+def setup_device(name: str, info: DistInfo) -> torch.device:
+    """The device of this process: ``name`` (``auto``: CUDA if visible) and, on CUDA, this rank's GPU."""
+    try:
+        device = resolve_device(name)
+    except RuntimeError as e:
+        raise TrainingError(str(e)) from None
+    if device.type != "cuda":
+        return device
+    torch.cuda.set_device(info.local_rank)
+    torch.backends.cudnn.benchmark = True  # every batch has the same shape: let cuDNN pick its fastest kernels once
+    return torch.device("cuda", info.local_rank)
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global batch, which must divide evenly (so images/s and images seen agree)."""
+    if batch_size % world_size:
+        raise TrainingError(f"--batch-size {batch_size} does not divide evenly among {world_size} processes; "
+                            f"use a multiple of {world_size}")
+    return batch_size // world_size
 
 
 class EMA:
@@ -252,76 +264,113 @@ def check_writable(out: Path, need_bytes: int = 0) -> None:
                             f"need about {need_bytes / 1e6:.1f} MB; free some space or choose another --out")
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a killed run may have logged past its last checkpoint)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (one JSON object with an integer ``step`` per line); none if absent."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            kept.append(line)
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a killed run may have logged past its last checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [row for row in read_metrics(path) if row["step"] <= step]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
     os.replace(tmp, path)
+
+
+def read_resume_checkpoint(out: Path) -> dict:
+    """``out/checkpoint.pt``, the training state a resumed run continues from."""
+    path = Path(out) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise TrainingError(f"--resume: no checkpoint at {path}")
+    return load_checkpoint(path)
+
+
+def starting_point(cfg: TrainConfig, model_config: ModelConfig | None, schedule_config: ScheduleConfig | None,
+                   checkpoint: dict | None) -> tuple[DiffusionConfig, LoadedModel | None]:
+    """The run's model and schedule: a resumed checkpoint's, else ``--init-from``'s model folder's (returned too,
+    for its weights), else the ones given."""
+    if checkpoint is not None:
+        return DiffusionConfig.from_dict(checkpoint["diffusion_config"]), None
+    if cfg.init_from:
+        try:
+            start = load_pretrained(cfg.init_from)
+        except ModelFolderError as e:
+            raise TrainingError(f"--init-from: {e}") from None
+        return DiffusionConfig(start.config.model, start.config.schedule), start
+    return DiffusionConfig(model_config, schedule_config), None
+
+
+def shard_images(pack: ImagePack, model_config: ModelConfig, info: DistInfo, device: torch.device) -> Tensor:
+    """This rank's share of the images, kept on the device as uint8 (N, C, H, W), after checking they fit the model."""
+    if pack.images.shape[1] != model_config.in_channels or pack.images.shape[-1] != model_config.image_size:
+        raise TrainingError(f"data is {tuple(pack.images.shape[1:])} but the model expects "
+                            f"({model_config.in_channels}, {model_config.image_size}, {model_config.image_size})")
+    if len(pack) < info.world_size:
+        raise TrainingError(f"{len(pack)} image(s) cannot be shared among {info.world_size} processes")
+    return pack.images[info.rank::info.world_size].to(device)
+
+
+def build_network(model_config: ModelConfig, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, bool]:
+    """A freshly initialised network (seeded with ``cfg.seed``) on ``device``, and whether it is channels_last."""
+    torch.manual_seed(cfg.seed)  # parameter init only; the loop's randomness comes from the trainer's generator
+    model = build_model(model_config).to(device)
+    seed_net = isinstance(model, SeedUNet)
+    if device.type == "cuda" and seed_net:
+        model.subpixel = True  # the same function with fewer FLOPs: see models/seed.py
+    # the seed net trains faster in NCHW (H100, torch 2.11: 12.8k vs 7.3k images/s, layout copies around its convs)
+    channels_last = not seed_net if cfg.channels_last is None else cfg.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def data_parallel(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel when there are several processes, else itself."""
+    if info.world_size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def compiled(loss: Callable[..., Tensor], cfg: TrainConfig) -> Callable[..., Tensor]:
+    """``torch.compile`` of the loss in ``cfg.compile_mode`` (CUDA only)."""
+    return torch.compile(loss, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
 
 class Trainer:
     """One training run: data on the device, model + EMA + optimizer, checkpoints under ``cfg.out``."""
 
-    def __init__(self, cfg: TrainConfig, model_config: ModelConfig, schedule_config: ScheduleConfig,
-                 pack: ImagePack | None = None, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, model_config: ModelConfig | None, schedule_config: ScheduleConfig | None,
+                 pack: ImagePack | None = None, resume: bool = False, checkpoint: dict | None = None):
+        """Build the run's parts: ``resume`` continues from ``cfg.out``'s checkpoint (``checkpoint``, if the caller
+        has read it already), whose model and schedule replace the configs given; so does ``cfg.init_from``'s."""
         self.cfg = cfg
         self.out = Path(cfg.out)
-        kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.dist = setup_distributed(kind)
-        self.device = resolve_device(cfg.device, self.dist)
+        self.dist = setup_distributed(resolve_device().type if cfg.device == "auto" else cfg.device)
+        self.device = setup_device(cfg.device, self.dist)
         self.is_cuda = self.device.type == "cuda"
-        if self.is_cuda:  # every batch has the same shape: let cuDNN pick its fastest kernels once
-            torch.backends.cudnn.benchmark = True
+        self.per_rank_batch = per_rank_batch(cfg.batch_size, self.dist.world_size)
+        self.global_batch = self.per_rank_batch * self.dist.world_size
         self._agreed_check(lambda: check_writable(self.out), "cannot write the run folder")
 
-        ckpt = None
-        if resume:
-            path = self.out / CHECKPOINT_NAME
-            if not path.is_file():
-                raise TrainingError(f"--resume: no checkpoint at {path}")
-            ckpt = load_checkpoint(path)
-            model_config = DiffusionConfig.from_dict(ckpt["diffusion_config"]).model
-            schedule_config = DiffusionConfig.from_dict(ckpt["diffusion_config"]).schedule
-        start = None
-        if cfg.init_from and ckpt is None:
-            try:
-                start = load_pretrained(cfg.init_from)
-            except CheckpointError as e:
-                raise TrainingError(f"--init-from: {e}") from None
-            model_config, schedule_config = start.config.model, start.config.schedule
-        self.diffusion_config = DiffusionConfig(model_config, schedule_config)
-        self.schedule = Schedule(schedule_config).to(self.device)
+        if resume and checkpoint is None:
+            checkpoint = read_resume_checkpoint(self.out)
+        self.diffusion_config, start = starting_point(cfg, model_config, schedule_config, checkpoint)
+        model_config = self.diffusion_config.model
+        self.schedule = Schedule(self.diffusion_config.schedule).to(self.device)
+        self.pack = pack if pack is not None else load_pack(cfg.data, model_config.image_size, cfg.split, limit=cfg.max_images or None)
+        self.images = shard_images(self.pack, model_config, self.dist, self.device)
 
-        if pack is None:
-            pack = load_pack(cfg.data, model_config.image_size, cfg.split, limit=cfg.max_images or None)
-        self.pack = pack
-        if pack.images.shape[1] != model_config.in_channels or pack.images.shape[-1] != model_config.image_size:
-            raise TrainingError(f"data is {tuple(pack.images.shape[1:])} but the model expects "
-                                f"({model_config.in_channels}, {model_config.image_size}, {model_config.image_size})")
-        if len(pack) < self.dist.world_size:
-            raise TrainingError(f"{len(pack)} image(s) cannot be shared among {self.dist.world_size} processes")
-        # this rank's shard of the data, kept on the device as uint8
-        self.images = pack.images[self.dist.rank::self.dist.world_size].to(self.device)
-
-        torch.manual_seed(cfg.seed)  # parameter init only; the loop's randomness comes from self.gen
-        self.model = build_model(model_config).to(self.device)
-        seed_net = isinstance(self.model, SeedUNet)
-        if self.is_cuda and seed_net:
-            self.model.subpixel = True  # the same function with fewer FLOPs: see models/seed.py
-        # the seed net trains faster in NCHW (H100, torch 2.11: 12.8k vs 7.3k images/s, layout copies around its convs)
-        self.channels_last = not seed_net if cfg.channels_last is None else cfg.channels_last
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model, self.channels_last = build_network(model_config, cfg, self.device)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            betas=(0.9, 0.999), fused=self.is_cuda)
@@ -329,38 +378,34 @@ class Trainer:
         self.step = 0
         self.images_seen = 0  # summed over steps, so it stays right when a resumed run changes batch size
         self.train_seconds = 0.0
-        if start is not None:  # the folder's (EMA) weights seed both the model and its EMA
-            self.model.load_state_dict(start.model.state_dict())
-            self.ema.model.load_state_dict(start.model.state_dict())
-            self.images_seen = int(start.config.training.get("images_seen", 0))
-            self.train_seconds = float(start.config.training.get("train_seconds", 0.0))
-        if ckpt is not None:
-            self._restore(ckpt)
-        self._resumed = ckpt is not None
+        if start is not None:
+            self._start_from(start)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self._resumed = checkpoint is not None
+        self._agreed_check(self._preflight, "the run folder is not usable")
 
-        def preflight() -> None:
-            # room for the next checkpoint beside the current one (model, EMA, two Adam moments) and the export
-            param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-            check_writable(self.out, 5 * param_bytes)
-            remove_stale_temp_files(self.out)
-        self._agreed_check(preflight, "the run folder is not usable")
-
-        net: nn.Module = self.model
-        if self.dist.world_size > 1:
-            net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.is_cuda else None)
-        self.net = net
+        self.net = data_parallel(self.model, self.dist, self.device)
         # the whole loss is compiled, so noising x₀ and the squared error fuse with the network's kernels
         self._graphed = cfg.compile and self.is_cuda and cfg.compile_mode == "reduce-overhead"
-        self._forward_loss = self._loss
-        if cfg.compile and self.is_cuda:
-            self._forward_loss = torch.compile(self._loss, mode=None if cfg.compile_mode == "default"
-                                               else cfg.compile_mode)
-        self.per_rank_batch = max(1, cfg.batch_size // self.dist.world_size)
+        self._forward_loss = compiled(self._loss, cfg) if cfg.compile and self.is_cuda else self._loss
         # fixed noise for the sample grids, so grids from different steps are comparable
         self.grid_noise = torch.randn((16, model_config.in_channels, model_config.image_size, model_config.image_size),
                                       generator=torch.Generator().manual_seed(1234)).to(self.device)
         self._stop_signal: int | None = None
+
+    def _start_from(self, start: LoadedModel) -> None:
+        """A model folder's (EMA) weights seed both the model and its EMA; its images and time carry on."""
+        self.model.load_state_dict(start.model.state_dict())
+        self.ema.model.load_state_dict(start.model.state_dict())
+        self.images_seen = int(start.config.training.get("images_seen", 0))
+        self.train_seconds = float(start.config.training.get("train_seconds", 0.0))
+
+    def _preflight(self) -> None:
+        """Room for the next checkpoint beside the current one (model, EMA, two Adam moments) and the export."""
+        param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        check_writable(self.out, 5 * param_bytes)
+        remove_stale_temp_files(self.out)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -462,14 +507,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.step)
         self.step += 1
-        self.images_seen += self.per_rank_batch * self.dist.world_size
+        self.images_seen += self.global_batch
         return loss.detach().clone() if self._graphed else loss.detach()
 
     def sample_grid(self) -> Path:
         """16 EMA samples from fixed noise with DDIM (cheap), saved as samples/step_XXXXXXX.png."""
-        x = samplers.final(samplers.ddim(self.ema.model, self.schedule, tuple(self.grid_noise.shape),
-                                         steps=self.cfg.sample_steps, x_start=self.grid_noise, clip_x0=True,
-                                         device=self.device))
+        settings = SamplerSettings("ddim", self.cfg.sample_steps, eta=0.0, clip_x0=True)
+        net = prepare(self.ema.model, self.device, compile=False, precision="fp32", channels_last=self.channels_last)
+        x = samplers.final(settings.run(net, self.schedule, tuple(self.grid_noise.shape), x_start=self.grid_noise,
+                                        device=self.device))
         return save_grid(x, self.out / "samples" / f"step_{self.step:07d}.png", nrow=4)
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
@@ -529,7 +575,7 @@ class Trainer:
                             if last_good is not None else "No checkpoint of this run had been written yet.")
                     raise TrainingError(f"loss became {loss} at step {self.step}; stopped. {kept} "
                                         "Try a lower --lr or --grad-clip.")
-                ips = window_steps * cfg.batch_size / (time.perf_counter() - window_start)
+                ips = window_steps * self.global_batch / (time.perf_counter() - window_start)
                 window_loss.zero_()
                 window_steps, window_start = 0, time.perf_counter()
                 if metrics:
@@ -576,7 +622,3 @@ def export_checkpoint(ckpt: dict, directory: str | Path, dtype: str = "fp32", ex
     model.load_state_dict(ckpt["ema"])
     return save_pretrained(model, config, directory, dtype=torch.float16 if dtype == "fp16" else None)
 
-
-def config_fields(cls) -> list:
-    """The dataclass fields of a config class (used to build CLI options from it)."""
-    return list(fields(cls))

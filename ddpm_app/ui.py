@@ -1,8 +1,8 @@
 """The Gradio app: watch q(x_t|x₀) noise a photo, and watch the reverse chain p_θ turn noise into images.
 
-:func:`build` makes the Blocks from a :class:`~ddpm_app.session.ModelLibrary`; :class:`Handlers` holds one method
+:func:`build` makes the Blocks from a :class:`~ddpm_app.app.ModelLibrary`; :class:`Handlers` holds one method
 per event, each a plain function (or generator) of widget values and the user's
-:class:`~ddpm_app.session.UserState`, so the tests call them directly. The math lives in the library: this module
+:class:`~ddpm_app.app.UserState`, so the tests call them directly. The math lives in the library: this module
 only turns widget values into calls and results into pictures and text.
 """
 
@@ -21,18 +21,18 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .checkpoint import CheckpointError
-from .image import ImageError, open_image
-from .samplers import Step
-from .session import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, DiffusionSession,
-                      InputError, ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
-                      export_mp4, export_png, labelled_strip, noise_picture, picture, psnr, resolve_seed,
-                      schedule_curves, stream)
+from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, InputError, ModelLibrary,
+                  ServedModel, Throttle, Trajectory, UserState, export_gif, export_mp4, export_png, labelled_strip,
+                  noise_picture, picture, resolve_seed, schedule_curves, stream)
+from .image import ImageError, open_image, psnr
+from .model_folder import ModelFolderError
+from .samplers import SamplerSettings, SettingsError, Step
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
 QUEUE_SIZE = 16  # requests waiting at most; more get "queue full"
 SAMPLER_CHOICES = [("DDPM (all T steps)", "ddpm"), ("DDIM (K steps)", "ddim")]
+DEFAULT_SETTINGS = SamplerSettings()  # what the sampler controls show first
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 CSS = """
@@ -112,7 +112,7 @@ class PhotoInput(gr.Image):
 class Handlers:
     """The event handlers, over a model library. Generators stream previews; every step is stored in the
     user's trajectory as it is computed, so Stop (which closes the generator) keeps what was done. All tensor
-    work runs on the library's device worker (see :class:`~ddpm_app.session.DeviceWorker`)."""
+    work runs on the library's device worker (see :class:`~ddpm_app.app.DeviceWorker`)."""
 
     def __init__(self, library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
                  max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None):
@@ -122,28 +122,29 @@ class Handlers:
         self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="ddpm_app_"))
         self.export_dir.mkdir(parents=True, exist_ok=True)
 
-    def session(self, user: UserState) -> DiffusionSession:
-        return self.library.session(user.model)
+    def served(self, user: UserState) -> ServedModel:
+        """The model this user has chosen (shared with every other user of it)."""
+        return self.library.get(user.model)
 
     # -- Generate ------------------------------------------------------------------------------------------
 
     def generate(self, sampler: str, steps: float, eta: float, seed: float | None, batch: float, clip_x0: bool,
                  show_eps: bool, user: UserState) -> Iterator[tuple]:
         """Sample from noise, yielding (x_t, x̂₀, ε̂, status, seed used, frame-slider update) per preview."""
-        session = self.session(user)
+        served = self.served(user)
         with user_errors():
-            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, session.timesteps)
-            batch = session.check_batch(batch)
+            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
+            batch = served.check_batch(batch)
             seed = resolve_seed(seed)
-        run = Trajectory(f"{settings.describe()}, seed {seed}", settings.num_steps(session.timesteps - 1),
-                         session.shape(batch), seed, self.max_trajectory_bytes)
+        run = Trajectory(f"{settings.describe()}, seed {seed}", settings.num_steps(served.timesteps - 1),
+                         served.shape(batch), seed, self.max_trajectory_bytes)
         user.run = run  # a new object per run: a stopped run still finishing its step cannot write into this one
         started = time.perf_counter()
-        yield from stream(session.sample(settings, batch, seed), run, Throttle(self.preview_interval),
-                          lambda step: self._preview(session, run, step, started, show_eps), self.library.worker)
+        yield from stream(served.sample(settings, batch, seed), run, Throttle(self.preview_interval),
+                          lambda step: self._preview(served, run, step, started, show_eps), self.library.worker)
 
     @staticmethod
-    def _preview(session: DiffusionSession, run: Trajectory, step: Step, started: float,
+    def _preview(served: ServedModel, run: Trajectory, step: Step, started: float,
                  show_eps: bool = True) -> tuple:
         """(x_t, x̂₀, ε̂, status, seed, frame-slider update) for one step; the last one shows the finished x₀."""
         last = len(run.frames) - 1
@@ -152,7 +153,7 @@ class Handlers:
             slider["value"] = last
         return (picture(step.x_prev if step.is_last else step.x_t), picture(step.pred_x0),
                 noise_picture(step.pred_eps) if show_eps or step.is_last else gr.skip(),
-                status_html(session, run, step, time.perf_counter() - started), str(run.seed), slider)
+                status_html(served, run, step, time.perf_counter() - started), str(run.seed), slider)
 
     # -- Step through the frames -------------------------------------------------------------------------
 
@@ -201,17 +202,17 @@ class Handlers:
     def noise(self, photo: str | None, t: float, fix_noise: bool, noise_seed: float | None,
               user: UserState) -> tuple:
         """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
-        session = self.session(user)
+        served = self.served(user)
         forward = user.forward
         with user_errors():
-            t = session.check_t(t)
-            forward.update(session, photo, t, fix_noise, noise_seed)
-        numbers, plot = forward_numbers(session, t, forward.eps_seed), schedule_plot(session, t)
+            t = served.check_t(t)
+            forward.update(served, photo, t, fix_noise, noise_seed)
+        numbers, plot = forward_numbers(served, t, forward.eps_seed), schedule_plot(served, t)
         if forward.x0 is None:
             hint = "Upload a photo (or pick an example) in the **Forward** tab first."
             return None, None, None, numbers, None, plot, None, hint
-        ts = session.strip_timesteps()
-        strip = labelled_strip(session.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts])
+        ts = served.strip_timesteps()
+        strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts])
         note = (f"Starting point: the photo noised to **t = {t}** (noise seed {forward.eps_seed}); "
                 f"change it in the **Forward** tab.")
         return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
@@ -227,22 +228,22 @@ class Handlers:
                 user: UserState) -> Iterator[tuple]:
         """Run the reverse chain from the forward tab's x_t at its t back to 0 (SDEdit); yields
         (x_t, x̂₀, original | noised | result, status, seed used, frame-slider update)."""
-        session = self.session(user)
+        served = self.served(user)
         forward = user.forward
-        if forward.x_t is None or forward.model != session.name:
+        if forward.x_t is None or forward.model != served.name:
             raise gr.Error("Noise a photo in the Forward tab first (upload or pick one, then choose t).",
                            print_exception=False)
         with user_errors():
-            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, session.timesteps)
+            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
             seed = resolve_seed(seed)
         t, x0, x_t = forward.t, forward.x0, forward.x_t
         run = Trajectory(f"SDEdit from t = {t}, {settings.describe()}, seed {seed}", settings.num_steps(t),
-                         session.shape(1), seed, self.max_trajectory_bytes)
+                         served.shape(1), seed, self.max_trajectory_bytes)
         user.run = run
         started = time.perf_counter()
 
         def render(step: Step) -> tuple:
-            x_now, x0_now, _, status, seed_used, slider = self._preview(session, run, step, started, False)
+            x_now, x0_now, _, status, seed_used, slider = self._preview(served, run, step, started, False)
             result = run.result()
             compare = labelled_strip([x0, x_t, result], ["original", f"noised to t={t}",
                                                          "result" if step.is_last else "current guess"])
@@ -250,7 +251,7 @@ class Handlers:
                 status += f"<div>PSNR of the result against the original: <b>{psnr(result, x0):.1f} dB</b></div>"
             return x_now, x0_now, compare, status, seed_used, slider
 
-        yield from stream(session.sdedit(x_t, t, settings, seed), run, Throttle(self.preview_interval), render,
+        yield from stream(served.sdedit(x_t, t, settings, seed), run, Throttle(self.preview_interval), render,
                           self.library.worker)
 
     # -- Model ------------------------------------------------------------------------------------------
@@ -258,27 +259,27 @@ class Handlers:
     def select_model(self, name: str, user: UserState) -> tuple:
         """Switch this user's model: (summary, card, header, t-slider and DDIM-steps updates, dropdown update)."""
         with user_errors():
-            session = self.library.session(name)
-        user.model = session.name
-        return self._model_outputs(session, f"Loaded **{session.name}**.")
+            served = self.library.get(name)
+        user.model = served.name
+        return self._model_outputs(served, f"Loaded **{served.name}**.")
 
     def download_model(self, repo_id: str, user: UserState) -> tuple:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
         try:
             name = self.library.add_from_hub(repo_id)
-        except (InputError, CheckpointError) as e:
+        except (InputError, ModelFolderError) as e:
             raise gr.Error(f"{e} — the current model stays loaded.", print_exception=False) from None
         user.model = name
-        return self._model_outputs(self.library.session(name), f"Downloaded and loaded **{name}**.")
+        return self._model_outputs(self.library.get(name), f"Downloaded and loaded **{name}**.")
 
     @on_device
-    def _model_outputs(self, session: DiffusionSession, status: str) -> tuple:
-        T = session.timesteps
-        ddim_steps = gr.update(maximum=T, value=min(50, T))
-        table, card, samples = model_card(session)
-        return (status + "\n\n" + table, card, samples, model_header(session),
+    def _model_outputs(self, served: ServedModel, status: str) -> tuple:
+        T = served.timesteps
+        ddim_steps = gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T))
+        table, card, samples = model_card(served)
+        return (status + "\n\n" + table, card, samples, model_header(served),
                 gr.update(maximum=T - 1, value=T // 4), ddim_steps, ddim_steps,
-                gr.update(choices=self.library.names, value=session.name))
+                gr.update(choices=self.library.names, value=served.name))
 
 
 @contextmanager
@@ -286,7 +287,7 @@ def user_errors():
     """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
     try:
         yield
-    except (InputError, ImageError, CheckpointError) as e:
+    except (InputError, SettingsError, ImageError, ModelFolderError) as e:
         raise gr.Error(str(e), print_exception=False) from None
 
 
@@ -294,8 +295,8 @@ def user_errors():
 # Text and plots
 
 
-def status_html(session: DiffusionSession, run: Trajectory, step: Step, elapsed: float) -> str:
-    level = session.noise_level(step.t)
+def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float) -> str:
+    level = served.noise_level(step.t)
     n = run.num_steps
     if step.is_last:
         head = f"<b>Done</b>: {n} steps in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} steps/s). Shown: the final x₀."
@@ -307,21 +308,21 @@ def status_html(session: DiffusionSession, run: Trajectory, step: Step, elapsed:
             f"{elapsed:.1f} s · seed {run.seed}</div></div>")
 
 
-def forward_numbers(session: DiffusionSession, t: int, noise_seed: int | None = None) -> str:
-    lv = session.noise_level(t)
+def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None) -> str:
+    lv = served.noise_level(t)
     seed = f" · noise seed {noise_seed}" if noise_seed is not None else ""
-    return (f"**t = {t}** of 0…{session.timesteps - 1} ({session.config.schedule.kind} schedule){seed}\n\n"
+    return (f"**t = {t}** of 0…{served.timesteps - 1} ({served.config.schedule.kind} schedule){seed}\n\n"
             f"$\\sqrt{{\\bar\\alpha_t}}$ = **{lv.sqrt_alpha_bar:.4f}** · "
             f"$\\sqrt{{1-\\bar\\alpha_t}}$ = **{lv.sqrt_one_minus_alpha_bar:.4f}** · "
             f"SNR = $\\bar\\alpha_t/(1-\\bar\\alpha_t)$ = {lv.snr:.4g} = **{lv.snr_db:+.1f} dB**\n\n"
             f"$$x_{{{t}}} = {lv.sqrt_alpha_bar:.3f}\\,x_0 + {lv.sqrt_one_minus_alpha_bar:.3f}\\,\\varepsilon$$")
 
 
-def schedule_plot(session: DiffusionSession, t: int) -> np.ndarray:
+def schedule_plot(served: ServedModel, t: int) -> np.ndarray:
     """ᾱ_t and SNR (dB) against t for both schedules, the model's drawn bold, the current t marked: (H, W, 3).
 
     The curves are drawn once per model (matplotlib is slow); moving t only paints the marker line."""
-    base, marks = _schedule_figure(session.timesteps, session.config.schedule.kind)
+    base, marks = _schedule_figure(served.timesteps, served.config.schedule.kind)
     img = base.copy()
     for x0, dx, top, bottom in marks:
         x = round(x0 + dx * t)
@@ -357,16 +358,16 @@ def _schedule_figure(timesteps: int, own: str) -> tuple[np.ndarray, list[tuple[f
     return pixels, marks
 
 
-def model_header(session: DiffusionSession) -> str:
-    c = session.config
-    return (f"Model: **{session.name}** — {c.image_size}×{c.image_size}, {c.channels} channel"
+def model_header(served: ServedModel) -> str:
+    c = served.config
+    return (f"Model: **{served.name}** — {c.image_size}×{c.image_size}, {c.channels} channel"
             f"{'s' if c.channels > 1 else ''}, {c.schedule.kind} schedule, T = {c.schedule.timesteps}, "
-            f"device {session.device.type}")
+            f"device {served.device.type}")
 
 
-def model_card(session: DiffusionSession) -> tuple[str, str, str | None]:
+def model_card(served: ServedModel) -> tuple[str, str, str | None]:
     """(summary table, model card text) in Markdown, and the path of the card's sample grid if there is one."""
-    s = session.summary()
+    s = served.summary()
     rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or "not recorded"), ("architecture", s.arch),
             ("parameters", f"{s.parameters / 1e6:.1f} M"),
             ("image size", f"{s.image_size}×{s.image_size}, {s.channels} channel(s)"),
@@ -388,12 +389,12 @@ def _image(label: str, height: int = 280, pixelated: bool = True, **kw) -> gr.Im
                     min_width=140, height=height, buttons=["download", "fullscreen"], **kw)
 
 
-def _sampler_controls(T: int, default_sampler: str = "ddim") -> tuple[gr.Radio, gr.Slider, gr.Slider]:
+def _sampler_controls(T: int, default: SamplerSettings = DEFAULT_SETTINGS) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
     """Sampler choice, and DDIM's K and η (shown only for DDIM)."""
-    sampler = gr.Radio(SAMPLER_CHOICES, value=default_sampler, label="Sampler")
-    with gr.Column(visible=default_sampler == "ddim") as ddim_row:
-        steps = gr.Slider(1, T, value=min(50, T), step=1, label="DDIM steps K")
-        eta = gr.Slider(0, 1, value=0, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
+    sampler = gr.Radio(SAMPLER_CHOICES, value=default.sampler, label="Sampler")
+    with gr.Column(visible=default.sampler == "ddim") as ddim_row:
+        steps = gr.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
+        eta = gr.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
     sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
                    queue=False, show_progress="hidden")
     return sampler, steps, eta
@@ -403,7 +404,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
           max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``."""
     h = Handlers(library, preview_interval, max_trajectory_bytes)
-    first = library.session()
+    first = library.get()
     T = first.timesteps
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
     # operation on this thread would start a second OpenMP team, and sampling on a 2-core CPU then measured
@@ -430,7 +431,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             seed_used = gr.Textbox(label="Seed used", interactive=False, min_width=120)
                         batch = gr.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
                         with gr.Row():
-                            clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]", min_width=120)
+                            clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
                             show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120)
                         with gr.Row():
                             run_btn = gr.Button("Generate", variant="primary", min_width=100)
@@ -497,7 +498,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         sd_start = _image("start: x_t", height=200)
                         sd_sampler, sd_steps, sd_eta = _sampler_controls(T)
                         sd_seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0)
-                        sd_clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]")
+                        sd_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]")
                         with gr.Row():
                             sd_btn = gr.Button("Denoise", variant="primary", min_width=100)
                             sd_stop = gr.Button("Stop", variant="stop", min_width=80)

@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet, UNetConfig
 from ddpm_app.schedule import Schedule, ScheduleConfig
 

@@ -18,8 +18,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from test_app_server import ROOT, serving_app
 
-from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
 from ddpm_app.image import MAX_FILE_BYTES
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
 

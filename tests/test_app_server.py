@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from conftest import make_tiny_config, perturb, seeded_init
 
 from ddpm_app import ui
-from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+from ddpm_app.app import ModelLibrary, UserState
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
-from ddpm_app.session import ModelLibrary, UserState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ import os, sys
 import torch
 torch.set_num_threads(2)
 from ddpm_app import ui
-from ddpm_app.session import ModelLibrary, UserState
+from ddpm_app.app import ModelLibrary, UserState
 library = ModelLibrary(sys.argv[1], "cpu")
-library.session()
+library.get()
 before = len(os.listdir("/proc/self/task"))
 ui.build(library)
 ui.Handlers(library).select_model("faces", UserState())

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_tiny_config, perturb, seeded_init
 from test_app_server import ROOT, serving_app
 
-from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
 

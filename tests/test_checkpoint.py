@@ -1,4 +1,4 @@
-"""The model folder: save → load gives the same network; every broken folder gives a CheckpointError naming a file."""
+"""The model folder: save → load gives the same network; every broken folder gives a ModelFolderError naming a file."""
 
 import json
 import random
@@ -8,8 +8,8 @@ import torch
 from huggingface_hub import constants
 from safetensors import safe_open
 
-from ddpm_app.checkpoint import (CONFIG_NAME, CheckpointError, DiffusionConfig, load_local, load_pretrained,
-                                 read_config, save_pretrained)
+from ddpm_app.model_folder import (CONFIG_NAME, DiffusionConfig, ModelFolderError, load_local, load_pretrained,
+                                   read_config, save_pretrained)
 
 
 def outputs(model) -> torch.Tensor:
@@ -80,19 +80,19 @@ def test_fp16_export_loads(tiny_model, tiny_diffusion_config, tmp_path):
 def test_truncated_weights(tiny_model_dir):
     weights = tiny_model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(ModelFolderError, match="model.safetensors"):
         load_pretrained(tiny_model_dir)
 
 
 def test_random_bytes_as_weights(tiny_model_dir):
     (tiny_model_dir / "model.safetensors").write_bytes(random.Random(0).randbytes(5000))
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(ModelFolderError, match="model.safetensors"):
         load_pretrained(tiny_model_dir)
 
 
 def test_missing_weights(tiny_model_dir):
     (tiny_model_dir / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(ModelFolderError, match="model.safetensors"):
         load_pretrained(tiny_model_dir)
 
 
@@ -105,13 +105,13 @@ def rewrite_config(directory, change) -> None:
 
 def test_unknown_architecture(tiny_model_dir):
     rewrite_config(tiny_model_dir, lambda d: d.update(arch="transformer"))
-    with pytest.raises(CheckpointError, match=r"config\.json.*unknown architecture 'transformer'"):
+    with pytest.raises(ModelFolderError, match=r"config\.json.*unknown architecture 'transformer'"):
         load_pretrained(tiny_model_dir)
 
 
 def test_invalid_json(tiny_model_dir):
     (tiny_model_dir / CONFIG_NAME).write_text('{"format": "ddpm-app", "arch": ')
-    with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
+    with pytest.raises(ModelFolderError, match=r"config\.json: not valid JSON"):
         load_pretrained(tiny_model_dir)
 
 
@@ -125,22 +125,22 @@ def test_invalid_json(tiny_model_dir):
 ], ids=["format", "version", "no-schedule", "model-field", "schedule-kind", "schedule-field"])
 def test_bad_config_contents(tiny_model_dir, change, message):
     rewrite_config(tiny_model_dir, change)
-    with pytest.raises(CheckpointError, match=message) as error:
+    with pytest.raises(ModelFolderError, match=message) as error:
         load_pretrained(tiny_model_dir)
     assert "config.json" in str(error.value)
 
 
 def test_config_that_disagrees_with_the_weights(tiny_model_dir):
     rewrite_config(tiny_model_dir, lambda d: d["model"].update(base_channels=64))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: weights do not match config\.json"):
+    with pytest.raises(ModelFolderError, match=r"model\.safetensors: weights do not match config\.json"):
         load_pretrained(tiny_model_dir)
 
 
 def test_missing_config_and_missing_folder(tiny_model_dir, tmp_path):
     (tiny_model_dir / CONFIG_NAME).unlink()
-    with pytest.raises(CheckpointError, match=r"config\.json: not found"):
+    with pytest.raises(ModelFolderError, match=r"config\.json: not found"):
         load_pretrained(tiny_model_dir)
-    with pytest.raises(CheckpointError, match="no such model folder"):
+    with pytest.raises(ModelFolderError, match="no such model folder"):
         load_local(tmp_path / "does-not-exist")
 
 
@@ -150,13 +150,13 @@ def test_repo_id_while_offline(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # so "someone/tiny-ddpm" cannot be a local folder
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the library reads the variable at import time
-    with pytest.raises(CheckpointError, match="cannot reach the Hugging Face Hub and the model is not cached"):
+    with pytest.raises(ModelFolderError, match="cannot reach the Hugging Face Hub and the model is not cached"):
         load_pretrained("someone/tiny-ddpm", cache_dir=tmp_path / "cache")
 
 
 def test_repo_id_with_unreachable_hub(monkeypatch, tmp_path, no_hub_network):
     monkeypatch.chdir(tmp_path)
     assert constants.ENDPOINT == no_hub_network and no_hub_network.startswith("http://127.0.0.1:")
-    with pytest.raises(CheckpointError, match="someone/tiny-ddpm: cannot reach the Hugging Face Hub") as error:
+    with pytest.raises(ModelFolderError, match="someone/tiny-ddpm: cannot reach the Hugging Face Hub") as error:
         load_pretrained("someone/tiny-ddpm", cache_dir=tmp_path / "cache")
     assert "\n" not in str(error.value)

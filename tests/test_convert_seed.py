@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import perturb, seeded_init
 
-from ddpm_app.checkpoint import load_pretrained
 from ddpm_app.convert_seed import ConversionError, convert, infer_config, main, read_state_dict
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig
 from ddpm_app.schedule import ScheduleConfig
 

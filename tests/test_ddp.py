@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_app.checkpoint import load_pretrained
 from ddpm_app.data import load_pack
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.training import CHECKPOINT_NAME, load_checkpoint
 from tiny_runs import PYTHON, REPO, subprocess_env, train_args, write_folder
 

@@ -111,7 +111,7 @@ def test_a_model_that_copies_the_training_set_is_flagged(tiny_model_dir: Path, f
 
 
 def test_the_seed_architecture_evaluates_too(seed_model, tiny_schedule_config, face_pack: Path, tmp_path: Path):
-    from ddpm_app.checkpoint import DiffusionConfig, save_pretrained
+    from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 
     model_dir = save_pretrained(seed_model, DiffusionConfig(model=seed_model.config, schedule=tiny_schedule_config),
                                 tmp_path / "seed-model")

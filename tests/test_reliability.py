@@ -15,12 +15,12 @@ import pytest
 from conftest import make_tiny_config, perturb, seeded_init
 from PIL import Image
 
-from ddpm_app import checkpoint, image, ui
-from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, save_pretrained
+from ddpm_app import image, model_folder, ui
+from ddpm_app.app import ModelLibrary, UserState
 from ddpm_app.image import load_image
+from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
-from ddpm_app.session import ModelLibrary, UserState
 
 T = 20
 PHOTO = Path(ui.ASSETS) / "portrait.png"
@@ -234,7 +234,7 @@ def test_broken_model_folder_names_the_file_and_the_last_good_model_keeps_servin
 
 
 def test_missing_weights_folder_is_a_one_line_error(tmp_path: Path):
-    with pytest.raises(CheckpointError, match="no models in .*nowhere"):
+    with pytest.raises(ModelFolderError, match="no models in .*nowhere"):
         ModelLibrary(tmp_path / "nowhere", "cpu")
 
 
@@ -251,7 +251,7 @@ def test_hub_download_asks_only_for_config_weights_card_and_pictures(monkeypatch
         return str(tmp_path)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    assert checkpoint.download("someone/model") == tmp_path
+    assert model_folder.download("someone/model") == tmp_path
     assert asked["repo_id"] == "someone/model"
     assert sorted(asked["allow_patterns"]) == sorted(["config.json", "*.safetensors", "*.safetensors.index.json",
                                                       "README.md", "*.png"])

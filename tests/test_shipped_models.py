@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ddpm_app import samplers
-from ddpm_app.checkpoint import load_pretrained
 from ddpm_app.inference import prepare
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.schedule import Schedule
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"

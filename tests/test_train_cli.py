@@ -17,8 +17,8 @@ from PIL import Image
 
 import train
 from ddpm_app import samplers, training
-from ddpm_app.checkpoint import load_pretrained
 from ddpm_app.data import load_pack
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint
 from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
 from tiny_runs import MODEL, SCHEDULE, train_args, write_folder

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddpm_app import samplers, training
-from ddpm_app.checkpoint import load_pretrained
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
 from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, export_checkpoint, load_checkpoint,
@@ -159,6 +159,13 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="no checkpoint at"):
         Trainer(train_config(tmp_path), None, None, pack=shapes_pack(), resume=True)
+
+
+def test_a_batch_that_does_not_divide_among_the_processes_is_a_clear_error():
+    assert training.per_rank_batch(128, 4) == 32
+    with pytest.raises(TrainingError, match="--batch-size 130 does not divide evenly among 4 processes; "
+                                            "use a multiple of 4"):
+        training.per_rank_batch(130, 4)
 
 
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):

@@ -16,14 +16,14 @@ from PIL import Image
 
 import app
 from ddpm_app import ui
-from ddpm_app.checkpoint import CheckpointError, DiffusionConfig, save_pretrained
+from ddpm_app.app import (ModelLibrary, ServedModel, Throttle, Trajectory, UserState, export_gif, export_indices,
+                          stream)
 from ddpm_app.convert_seed import convert
 from ddpm_app.image import load_image, to_uint8
+from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
-from ddpm_app.samplers import ddim_timesteps
+from ddpm_app.samplers import SamplerSettings, ddim_timesteps
 from ddpm_app.schedule import Schedule, ScheduleConfig
-from ddpm_app.session import (DiffusionSession, ModelLibrary, SamplerSettings, Throttle, Trajectory, UserState, export_gif,
-                              export_indices, stream)
 
 T = 20  # the "faces" test model's timesteps
 PHOTO = Path(ui.ASSETS) / "portrait.png"
@@ -78,7 +78,7 @@ def image_of(x: np.ndarray) -> np.ndarray:
 def test_library_lists_every_model_folder_and_prefers_faces(library: ModelLibrary):
     assert library.names == ["faces", "mono", "seed"]
     assert library.default == "faces"
-    assert library.session().name == "faces"
+    assert library.get().name == "faces"
 
 
 def test_library_without_faces_defaults_to_the_first(tmp_path: Path):
@@ -91,7 +91,7 @@ def test_library_without_faces_defaults_to_the_first(tmp_path: Path):
 
 
 def test_empty_weights_folder_is_a_one_line_error(tmp_path: Path):
-    with pytest.raises(CheckpointError, match="no models in") as e:
+    with pytest.raises(ModelFolderError, match="no models in") as e:
         ModelLibrary(tmp_path)
     assert "\n" not in str(e.value)
     with pytest.raises(SystemExit) as e:
@@ -101,7 +101,7 @@ def test_empty_weights_folder_is_a_one_line_error(tmp_path: Path):
 
 
 def test_unknown_start_model_names_the_choices(weights: Path):
-    with pytest.raises(CheckpointError, match="found: faces, mono, seed"):
+    with pytest.raises(ModelFolderError, match="found: faces, mono, seed"):
         ModelLibrary(weights, default="cats")
 
 
@@ -149,19 +149,19 @@ def test_streaming_off_sends_only_the_final_images_but_keeps_every_step(library:
 
 
 def test_throttle_sends_first_last_and_one_preview_per_interval(library: ModelLibrary):
-    session = library.session("faces")
+    served = library.get("faces")
     clock = itertools.count(0.0, 0.1).__next__  # 0.1 s per step
-    previews = list(stream(session.sample(SamplerSettings("ddpm", T), 1, 0), None, Throttle(0.25, clock)))
+    previews = list(stream(served.sample(SamplerSettings("ddpm", T), 1, 0), None, Throttle(0.25, clock)))
     # ready at 0.0, 0.3, 0.6, … (the first call at or after each deadline) and always the last step
     assert [s.index for s in previews] == [0, 3, 6, 9, 12, 15, 18, 19]
 
 
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
-    session = library.session("faces")
+    served = library.get("faces")
     per_step = 2 * 4 * 3 * 16 * 16
-    run = Trajectory("t", T, session.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
+    run = Trajectory("t", T, served.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
     assert run.stride == 4
-    list(stream(session.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
+    list(stream(served.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
     assert [f.index for f in run.frames] == [0, 4, 8, 12, 16, 19]
     assert run.finished and sum(f.x_t.numel() + f.pred_x0.numel() for f in run.frames) <= per_step * 6
 
@@ -302,13 +302,13 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     np.testing.assert_array_equal(xt_pic, ui.picture(expected))
     np.testing.assert_array_equal(x0_pic, ui.picture(x0))
     assert "t = 7" in numbers and "noise seed 1234" in numbers
-    lv = handlers.library.session("faces").noise_level(7)
+    lv = handlers.library.get("faces").noise_level(7)
     assert f"{lv.sqrt_alpha_bar:.4f}" in numbers and f"{lv.snr_db:+.1f} dB" in numbers
     assert strip.shape[1] > 8 * 16  # eight noised copies side by side
     assert "t = 7" in note
-    marked = ui.schedule_plot(handlers.library.session("faces"), 7)
+    marked = ui.schedule_plot(handlers.library.get("faces"), 7)
     np.testing.assert_array_equal(plot, marked)
-    assert (marked != ui.schedule_plot(handlers.library.session("faces"), 12)).any()  # the t marker moves
+    assert (marked != ui.schedule_plot(handlers.library.get("faces"), 12)).any()  # the t marker moves
 
 
 def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
@@ -390,7 +390,7 @@ def test_hub_download_failures_keep_the_current_model(handlers: ui.Handlers):
 
 def test_hub_download_adds_and_selects_the_model(handlers: ui.Handlers, tmp_path: Path, monkeypatch):
     folder = save_tiny(tmp_path / "snapshot", image_size=8, timesteps=10)
-    monkeypatch.setattr("ddpm_app.session.download", lambda repo_id, cache_dir=None: folder)
+    monkeypatch.setattr("ddpm_app.app.library.download", lambda repo_id, cache_dir=None: folder)
     user = UserState()
     lib = ModelLibrary(handlers.library.weights_dir)
     h = ui.Handlers(lib, preview_interval=0, export_dir=tmp_path / "x")
@@ -415,8 +415,8 @@ def test_model_card_summary_and_samples(tmp_path: Path):
     card = "---\nlicense: mit\n---\n# Faces\n\n![samples](samples.png)\n\nTrained on faces.\n"
     (folder / "README.md").write_text(card)
     Image.new("RGB", (8, 8)).save(folder / "samples.png")
-    session = ModelLibrary(tmp_path).session()
-    table, card, samples = ui.model_card(session)
+    served = ModelLibrary(tmp_path).get()
+    table, card, samples = ui.model_card(served)
     assert "| dataset | noise |" in table and "| parameters |" in table and "linear, T = 20" in table
     assert card.startswith("# Faces") and "license" not in card and "![" not in card and "Trained on faces." in card
     assert samples == str(folder / "samples.png")
@@ -432,9 +432,9 @@ def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, mo
             return method(*args, **kwargs)
         return record
 
-    session = handlers.library.session("faces")
-    monkeypatch.setattr(session, "eps_model", recording(session.eps_model))
-    monkeypatch.setattr(DiffusionSession, "q_sample", recording(DiffusionSession.q_sample))
+    served = handlers.library.get("faces")
+    monkeypatch.setattr(served, "eps_model", recording(served.eps_model))
+    monkeypatch.setattr(ServedModel, "q_sample", recording(ServedModel.q_sample))
     monkeypatch.setattr(ui, "picture", recording(ui.picture))
     user = UserState()
     run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))

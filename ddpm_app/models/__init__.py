@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from torch import nn
-
+from .layers import Denoiser
 from .seed import SeedUNet, SeedUNetConfig
 from .unet import UNet, UNetConfig
 
 ModelConfig = UNetConfig | SeedUNetConfig
 
 # architecture name (as written in config.json) → (config class, model class)
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
+ARCHITECTURES: dict[str, tuple[type, type[Denoiser]]] = {
     "ddpm": (UNetConfig, UNet),
     "seed": (SeedUNetConfig, SeedUNet),
 }
@@ -38,10 +37,10 @@ def make_config(arch: str, values: dict[str, Any]) -> ModelConfig:
     return config_cls(**values)
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+def build_model(config: ModelConfig) -> Denoiser:
     """A freshly initialised network for ``config``."""
     return ARCHITECTURES[arch_name(config)][1](config)
 
 
-__all__ = ["ARCHITECTURES", "ModelConfig", "SeedUNet", "SeedUNetConfig", "UNet", "UNetConfig",
+__all__ = ["ARCHITECTURES", "Denoiser", "ModelConfig", "SeedUNet", "SeedUNetConfig", "UNet", "UNetConfig",
            "arch_name", "build_model", "make_config"]

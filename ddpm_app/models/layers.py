@@ -8,6 +8,14 @@ import torch
 from torch import Tensor, nn
 
 
+class Denoiser(nn.Module):
+    """Base of the ε_θ(x_t, t) networks: what every one of them can say about itself."""
+
+    def num_parameters(self) -> int:
+        """Number of parameters (weights and biases, no buffers)."""
+        return sum(p.numel() for p in self.parameters())
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of integer timesteps (Transformer positional encoding): (B,) → (B, dim).
 

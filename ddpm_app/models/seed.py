@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import timestep_embedding
+from .layers import Denoiser, timestep_embedding
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class SeedBlock(nn.Module):
         return self.dropout(h) + self.short_cut(x)
 
 
-class SeedUNet(nn.Module):
+class SeedUNet(Denoiser):
     """ε_θ(x_t, t) with the seed tutorial's architecture (≈ 18 M parameters at the default widths)."""
 
     def __init__(self, config: SeedUNetConfig = SeedUNetConfig()):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import group_norm, timestep_embedding, zero_module
+from .layers import Denoiser, group_norm, timestep_embedding, zero_module
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ class Attention(nn.Module):
         return x + self.proj(out)
 
 
-class Level(nn.Module):
-    """One ResBlock, optionally followed by attention, taking the timestep embedding."""
+class ResAttnBlock(nn.Module):
+    """One ResBlock, optionally followed by attention, taking the timestep embedding (several make a level)."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, attention: bool, head_channels: int):
         super().__init__()
@@ -98,7 +98,7 @@ class Level(nn.Module):
         return self.attn(self.res(x, emb))
 
 
-class UNet(nn.Module):
+class UNet(Denoiser):
     """ε_θ(x_t, t): predicts the noise in x_t. Input and output are (B, C, H, W)."""
 
     def __init__(self, config: UNetConfig = UNetConfig()):
@@ -117,8 +117,8 @@ class UNet(nn.Module):
         for level, mult in enumerate(cfg.channel_mult):
             blocks = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                blocks.append(Level(ch, base * mult, emb_dim, cfg.dropout, res in cfg.attention_resolutions,
-                                    cfg.head_channels))
+                blocks.append(ResAttnBlock(ch, base * mult, emb_dim, cfg.dropout, res in cfg.attention_resolutions,
+                                           cfg.head_channels))
                 ch = base * mult
                 skip_channels.append(ch)
             self.down.append(blocks)
@@ -136,8 +136,8 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             blocks = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(Level(ch + skip_channels.pop(), base * mult, emb_dim, cfg.dropout,
-                                    res in cfg.attention_resolutions, cfg.head_channels))
+                blocks.append(ResAttnBlock(ch + skip_channels.pop(), base * mult, emb_dim, cfg.dropout,
+                                           res in cfg.attention_resolutions, cfg.head_channels))
                 ch = base * mult
             self.up.append(blocks)
             if level > 0:

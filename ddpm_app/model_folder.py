@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from .models import ModelConfig, arch_name, build_model, make_config
+from .models import Denoiser, ModelConfig, arch_name, build_model, make_config
 from .schedule import Schedule, ScheduleConfig
 
 FORMAT = "ddpm-app"
@@ -32,10 +32,11 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_PATTERN = "model{suffix}.safetensors"
 DEFAULT_SHARD_SIZE = "15MB"  # keeps every weights file under 16 MiB (Hub previews, small uploads)
+# what a model folder holds on the Hub: fetched (and no other file) by download, uploaded by hub.push_folder
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png"]
 
 
-class CheckpointError(Exception):
+class ModelFolderError(Exception):
     """A model could not be saved or loaded; the message says which file and what to do."""
 
 
@@ -93,14 +94,14 @@ class DiffusionConfig:
 class LoadedModel:
     """A network ready for sampling, with its schedule, config and where it came from."""
 
-    model: nn.Module
+    model: Denoiser
     schedule: Schedule
     config: DiffusionConfig
     source: str
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return self.model.num_parameters()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model(x, t)
@@ -142,13 +143,13 @@ def read_config(directory: str | Path) -> DiffusionConfig:
     """Parse ``directory/config.json``, with an error that names the file and the problem."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found. A model folder needs config.json and model.safetensors.")
+        raise ModelFolderError(f"{path}: not found. A model folder needs config.json and model.safetensors.")
     try:
         return DiffusionConfig.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
     except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        raise ModelFolderError(f"{path}: {e}") from None
 
 
 def load_local(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -157,21 +158,21 @@ def load_local(directory: str | Path, device: torch.device | str = "cpu") -> Loa
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such model folder")
+        raise ModelFolderError(f"{directory}: no such model folder")
     config = read_config(directory)
     model = build_model(config.model)
     weights = sorted(p.name for p in directory.glob("model*.safetensors*"))
     if not weights:
-        raise CheckpointError(f"{directory}: no model.safetensors found next to config.json")
+        raise ModelFolderError(f"{directory}: no model.safetensors found next to config.json")
     try:
         load_torch_model(model, directory, strict=True, safe=True, filename_pattern=WEIGHTS_PATTERN)
     except (SafetensorError, OSError, ValueError) as e:  # ValueError: huggingface_hub wraps SafetensorError in one
         cause = e.__cause__ if isinstance(e, ValueError) and e.__cause__ is not None else e
-        raise CheckpointError(f"{directory}/{weights[0]}: not a readable safetensors file ({cause}). "
+        raise ModelFolderError(f"{directory}/{weights[0]}: not a readable safetensors file ({cause}). "
                               "Re-export or re-download the model.") from None
     except RuntimeError as e:  # missing/unexpected keys or wrong shapes from load_state_dict
         detail = re.sub(r"\s+", " ", str(e))[:500]
-        raise CheckpointError(f"{directory}/{weights[0]}: weights do not match config.json ({detail})") from None
+        raise ModelFolderError(f"{directory}/{weights[0]}: weights do not match config.json ({detail})") from None
     model.to(device).eval()
     return LoadedModel(model, Schedule(config.schedule), config, str(directory))
 
@@ -189,17 +190,17 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | 
     try:
         path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_FILES)
     except GatedRepoError:
-        raise CheckpointError(f"{repo_id}: the repo is gated; accept its terms on the Hub and log in "
+        raise ModelFolderError(f"{repo_id}: the repo is gated; accept its terms on the Hub and log in "
                               "(`hf auth login`).") from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id}: no such model repo on the Hub (or it is private: log in first).") from None
+        raise ModelFolderError(f"{repo_id}: no such model repo on the Hub (or it is private: log in first).") from None
     except RevisionNotFoundError:
-        raise CheckpointError(f"{repo_id}: revision {revision!r} not found.") from None
+        raise ModelFolderError(f"{repo_id}: revision {revision!r} not found.") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise CheckpointError(f"{repo_id}: cannot reach the Hugging Face Hub and the model is not cached. "
+        raise ModelFolderError(f"{repo_id}: cannot reach the Hugging Face Hub and the model is not cached. "
                               "Check the network, or use a model folder on disk.") from None
     except (HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"{repo_id}: download failed ({type(e).__name__}: {str(e)[:200]}).") from None
+        raise ModelFolderError(f"{repo_id}: download failed ({type(e).__name__}: {str(e)[:200]}).") from None
     return Path(path)
 
 

@@ -1,0 +1,94 @@
+"""A reverse run written out: an animated GIF or MP4 of x_t | x̂₀ per stored step, or the final images as a PNG."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .inputs import InputError
+from .pictures import label_font, picture
+from .runs import Frame, Trajectory
+
+
+def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256) -> Image.Image:
+    """x_t | x̂₀ of one stored frame side by side under a label line, upscaled (nearest) to ``min_height``."""
+    left = Image.fromarray(picture(frame.x_t))
+    right = Image.fromarray(picture(frame.pred_x0))
+    scale = max(1, math.ceil(min_height / left.height))
+    w, h = left.width * scale, left.height * scale
+    bar, gap = 40, 8
+    out = Image.new("RGB", (2 * w + gap, h + bar), "white")
+    out.paste(left.resize((w, h), Image.NEAREST), (0, bar))
+    out.paste(right.resize((w, h), Image.NEAREST), (w + gap, bar))
+    draw, font = ImageDraw.Draw(out), label_font(14)
+    draw.text((4, 2), f"{trajectory.title}   step {frame.index + 1}/{trajectory.num_steps}   t = {frame.t}",
+              fill="black", font=font)
+    draw.text((4, 21), "x_t", fill="black", font=font)
+    draw.text((w + gap + 4, 21), "predicted x0", fill="black", font=font)
+    return out
+
+
+def export_indices(n: int, max_frames: int) -> list[int]:
+    """At most ``max_frames`` evenly spaced indices into n frames, always including the first and the last."""
+    if n <= max_frames:
+        return list(range(n))
+    if max_frames < 2:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (max_frames - 1)) for i in range(max_frames)})
+
+
+def _check_frames(trajectory: Trajectory | None) -> Trajectory:
+    if trajectory is None or not trajectory.frames:
+        raise InputError("nothing to export yet: run Generate (or Denoise) first")
+    return trajectory
+
+
+def export_gif(trajectory: Trajectory | None, path: str | Path, max_frames: int = 120,
+               duration_ms: int = 60, hold_last_ms: int = 1500) -> Path:
+    """An animated GIF of the stored frames (x_t | x̂₀ side by side, labelled), the last one held a moment."""
+    trajectory = _check_frames(trajectory)
+    indices = export_indices(len(trajectory.frames), max_frames)
+    pictures = [frame_picture(trajectory, trajectory.frames[i]) for i in indices]
+    durations = [duration_ms] * (len(pictures) - 1) + [hold_last_ms]
+    path = Path(path)
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
+    return path
+
+
+def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int = 300, fps: int = 20) -> Path:
+    """An H.264 MP4 of the stored frames (needs the ``imageio-ffmpeg`` package)."""
+    trajectory = _check_frames(trajectory)
+    if importlib.util.find_spec("imageio_ffmpeg") is None:  # the ffmpeg binary imageio's MP4 writer runs
+        raise InputError("MP4 export needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
+                         "the GIF export works without it")
+    import imageio.v2 as imageio
+
+    indices = export_indices(len(trajectory.frames), max_frames)
+    path = Path(path)
+    with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
+                            macro_block_size=16, output_params=["-pix_fmt", "yuv420p"]) as writer:
+        for i in indices:
+            frame = _pad_to(np.asarray(frame_picture(trajectory, trajectory.frames[i])), 16)
+            writer.append_data(frame)
+        for _ in range(fps):  # hold the last frame for a second
+            writer.append_data(frame)
+    return path
+
+
+def _pad_to(frame: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad (H, W, 3) with white so both sides are multiples of ``multiple`` (what H.264 encoders want)."""
+    h, w = frame.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    return np.pad(frame, ((0, ph), (0, pw), (0, 0)), constant_values=255) if ph or pw else frame
+
+
+def export_png(trajectory: Trajectory | None, path: str | Path) -> Path:
+    """The run's final images (or, for a stopped run, its latest x̂₀) as one PNG grid."""
+    trajectory = _check_frames(trajectory)
+    result = trajectory.result()
+    Image.fromarray(picture(result)).save(path)
+    return Path(path)

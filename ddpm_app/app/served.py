@@ -1,0 +1,160 @@
+"""One model served on one device, shared by every user: sampling with a per-request generator, the forward
+process for a photo, and what the model tab shows. The math comes from :mod:`ddpm_app.schedule` and
+:mod:`ddpm_app.samplers`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..image import load_image
+from ..inference import prepare
+from ..model_folder import LoadedModel
+from ..samplers import SamplerSettings, Step, whole_number
+from ..schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
+from .inputs import MAX_BATCH, InputError
+
+STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
+
+
+class NoiseLevel(NamedTuple):
+    """The forward process at one timestep: x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε."""
+
+    t: int
+    alpha_bar: float
+    sqrt_alpha_bar: float
+    sqrt_one_minus_alpha_bar: float
+    snr: float  # ᾱ_t / (1 − ᾱ_t)
+    snr_db: float
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the model tab shows about a model."""
+
+    name: str
+    source: str
+    arch: str
+    parameters: int
+    image_size: int
+    channels: int
+    schedule: ScheduleConfig
+    dataset: str | None  # from config.json's training metadata
+    training: dict
+    card: str  # the model card's text without its YAML front matter or image links ("" if there is none)
+    samples: Path | None  # samples.png next to the weights, if there is one
+
+
+class ServedModel:
+    """A loaded model, its schedule and its device: the calls the app's handlers make. One per model, shared by
+    every user; what a user keeps is in :class:`~ddpm_app.app.state.UserState`."""
+
+    def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None):
+        self.name = name
+        self.loaded = loaded
+        self.folder = Path(folder or loaded.source)  # where config.json and the model card are
+        self.schedule = loaded.schedule
+        self.device = torch.device(device)
+        prepared = prepare(loaded.model, self.device)
+        self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
+        self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
+
+    @property
+    def config(self):
+        return self.loaded.config
+
+    @property
+    def timesteps(self) -> int:
+        return self.schedule.timesteps
+
+    def shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, self.config.channels, self.config.image_size, self.config.image_size)  # (B, C, H, W)
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def check_t(self, t: float | None) -> int:
+        return whole_number(t, "t", 0, self.timesteps - 1, InputError)
+
+    def check_batch(self, batch: float | None) -> int:
+        return whole_number(batch, "number of images", 1, MAX_BATCH, InputError)
+
+    def sample(self, settings: SamplerSettings, batch: int, seed: int) -> Iterator[Step]:
+        """The reverse chain from x_T ~ N(0, I), drawn (like all its noise) from a generator seeded with ``seed``."""
+        return settings.run(self.eps_model, self.schedule, self.shape(batch), step_fn=self.ddpm_step,
+                            generator=self.generator(seed), device=self.device)
+
+    def sdedit(self, x_t: Tensor, t: int, settings: SamplerSettings, seed: int) -> Iterator[Step]:
+        """The reverse chain from a given x_t at timestep t back to x₀ (SDEdit: noise a photo, then denoise it)."""
+        x_start = x_t.to(self.device)[None] if x_t.dim() == 3 else x_t.to(self.device)
+        return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), start_t=t,
+                            step_fn=self.ddpm_step, generator=self.generator(seed), x_start=x_start,
+                            device=self.device)
+
+    def noise_level(self, t: int) -> NoiseLevel:
+        s = self.schedule
+        return NoiseLevel(t, float(s.alphas_cumprod[t]), float(s.sqrt_alphas_cumprod[t]),
+                          float(s.sqrt_one_minus_alphas_cumprod[t]), float(s.float64["snr"][t]), s.snr_db(t))
+
+    def prepare_photo(self, source) -> Tensor:
+        """A user photo → x₀ (C, H, W) in [−1, 1] at the model's size: center-cropped, resized, grey if C = 1."""
+        x0 = load_image(source, self.config.image_size)  # (3, H, W)
+        if self.config.channels == 1:
+            x0 = x0.mean(dim=0, keepdim=True)
+        elif self.config.channels != 3:
+            raise InputError(f"this model takes {self.config.channels}-channel images; photos need 1 or 3")
+        return x0
+
+    def draw_noise(self, seed: int) -> Tensor:
+        """ε ~ N(0, I) of one image's shape (C, H, W), on the CPU so a seed gives the same ε on any device."""
+        return torch.randn(self.shape(1)[1:], generator=torch.Generator().manual_seed(seed))
+
+    def q_sample(self, x0: Tensor, t: int | list[int], eps: Tensor) -> Tensor:
+        """x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε for one image (C, H, W) at one or several t → (len(t), C, H, W)."""
+        ts = torch.tensor([t] if isinstance(t, int) else t, dtype=torch.long)
+        n = len(ts)
+        return self.schedule.q_sample(x0.expand(n, *x0.shape), ts, eps.expand(n, *eps.shape))
+
+    def strip_timesteps(self, n: int = STRIP_LENGTH) -> list[int]:
+        """``n`` evenly spaced timesteps from 0 to T−1."""
+        return sorted({round(i * (self.timesteps - 1) / max(n - 1, 1)) for i in range(n)})
+
+    def summary(self) -> ModelSummary:
+        card = ""
+        readme = self.folder / "README.md"
+        if readme.is_file():
+            card = _strip_front_matter(readme.read_text(errors="replace"))
+            card = re.sub(r"!\[[^\]]*\]\([^)]*\)\s*", "", card)  # pictures are shown separately
+        training = dict(self.config.training)
+        data = training.get("data")
+        dataset = training.get("dataset") or (data.get("path") if isinstance(data, dict) else data)
+        samples = self.folder / "samples.png"
+        return ModelSummary(self.name, self.loaded.source, self.config.arch, self.loaded.num_parameters,
+                            self.config.image_size, self.config.channels, self.config.schedule,
+                            None if dataset is None else str(dataset), training, card,
+                            samples if samples.is_file() else None)
+
+
+def _strip_front_matter(text: str) -> str:
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        if end != -1:
+            text = text[end + 4:]
+    return text.strip()
+
+
+@lru_cache(maxsize=8)
+def schedule_curves(timesteps: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(ᾱ_t, SNR in dB) over t = 0…T−1 for each schedule kind with its default settings."""
+    curves = {}
+    for kind in SCHEDULE_KINDS:
+        s = Schedule(ScheduleConfig(kind=kind, timesteps=timesteps))
+        curves[kind] = (s.float64["alphas_cumprod"].numpy(), 10.0 * np.log10(s.float64["snr"].numpy()))
+    return curves
