@@ -6,6 +6,7 @@ Serves every model folder in ``weights/`` (or ``--weights DIR``, or $DDPM_WEIGHT
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -14,7 +15,7 @@ import torch
 from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.inference import resolve_device
+from ddpm_app.inference import PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
 
 
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--device", default="auto", help="torch device (default: auto = cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
+                        "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -39,13 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    log = logging.getLogger("ddpm_app")  # the library logs how each model runs on this machine
+    log.addHandler(logging.StreamHandler())
+    log.setLevel(logging.INFO)
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     try:
-        library = ModelLibrary(args.weights, device, default=args.model)
+        library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
-    except ModelFolderError as e:
+    except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval
     demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size)

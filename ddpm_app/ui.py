@@ -371,7 +371,10 @@ def model_card(served: ServedModel) -> tuple[str, str, str | None]:
     rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or "not recorded"), ("architecture", s.arch),
             ("parameters", f"{s.parameters / 1e6:.1f} M"),
             ("image size", f"{s.image_size}×{s.image_size}, {s.channels} channel(s)"),
-            ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}")]
+            ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}"),
+            ("speed here", "not measured (compiled on first use)" if s.ms_per_step is None
+             else f"{s.ms_per_step:.1f} ms per step at batch 1, measured on this machine when the model was loaded"),
+            ("runs on", s.runtime)]
     rows += [(k.replace("_", " "), str(v)) for k, v in s.training.items()
              if isinstance(v, (str, int, float, bool)) and k != "dataset"][:12]
     table = "| property | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

@@ -422,6 +422,23 @@ def test_model_card_summary_and_samples(tmp_path: Path):
     assert samples == str(folder / "samples.png")
 
 
+def test_model_tab_shows_the_step_time_measured_here_and_how_the_model_runs(tmp_path: Path):
+    save_tiny(tmp_path / "faces")
+    served = ModelLibrary(tmp_path, precision="fp32").get()
+    assert served.runtime.precision == "fp32" and served.ms_per_step > 0
+    table, _, _ = ui.model_card(served)
+    assert f"| speed here | {served.ms_per_step:.1f} ms per step at batch 1, measured on this machine" in table
+    assert f"| runs on | {served.runtime.describe()} |" in table and "fp32" in served.runtime.describe()
+
+
+def test_app_takes_a_precision_and_refuses_unknown_ones(capsys):
+    assert app.parse_args([]).precision == "auto"
+    assert app.parse_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--precision", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
 def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, monkeypatch):
     """Sampling, the forward view and the previews all run on the library's worker thread (one OpenMP team)."""
     threads: set[int] = set()
