@@ -72,6 +72,7 @@ class Runtime:
     packed: bool  # convolutions pre-packed for oneDNN
     compiled: bool
     reason: str  # e.g. "auto: bf16 faster on AVX-512 + AVX512-BF16, 9.1 vs 10.4 ms/step fp32"
+    ms_per_step: float | None = None  # batch 1, when the choice timed it
 
     def describe(self) -> str:
         parts = [self.device, self.precision] + ["oneDNN pre-packed convolutions"] * self.packed
@@ -137,8 +138,8 @@ def example_input(model: nn.Module, batch: int = 1) -> tuple[Tensor, Tensor]:
     return x.contiguous(memory_format=torch.channels_last), torch.full((batch,), 500, dtype=torch.long)
 
 
-def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor, Tensor], rounds: int = 7,
-              warmup: int = 2) -> dict[str, float]:
+def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor, Tensor], rounds: int = 5,
+              warmup: int = 1) -> dict[str, float]:
     """Median milliseconds per call of each candidate, timed interleaved (ABAB…) so machine load hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():
@@ -210,11 +211,16 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
             built[p] = Prepared(_cpu_network(model, p, example), channels_last=channels_last, precision=p)
         return built[p]
 
-    choice, reason = choose_cpu_precision(
-        precision, cpu, lambda: median_ms({p: network(p) for p in ("fp32", "bf16")}, example))
+    timed: dict[str, float] = {}
+
+    def measure() -> dict[str, float]:
+        timed.update(median_ms({p: network(p) for p in ("fp32", "bf16")}, example))
+        return timed
+
+    choice, reason = choose_cpu_precision(precision, cpu, measure)
     prepared = network(choice)
     prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {torch.get_num_threads()} threads", choice,
-                               onednn.available(), False, reason)
+                               onednn.available(), False, reason, timed.get(choice))
     log.info("sampling on %s", prepared.runtime.describe())
     return prepared
 

@@ -157,6 +157,13 @@ def test_overrides_win_over_the_hardware():
         choose_cpu_precision("int8", AMX, never_timed)
 
 
+@needs_bf16
+def test_auto_on_this_cpu_keeps_the_timing_it_chose_by(net):
+    prepared = prepare_cpu(net, "auto")
+    assert prepared.runtime.reason.startswith("auto: bf16 ")
+    assert prepared.runtime.ms_per_step > 0 and f"{prepared.runtime.ms_per_step:.1f}" in prepared.runtime.reason
+
+
 def test_prepare_on_an_avx2_cpu_runs_fp32(net):
     prepared = prepare_cpu(net, "auto", cpu=AVX2)
     assert prepared.precision == prepared.runtime.precision == "fp32"

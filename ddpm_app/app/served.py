@@ -69,9 +69,11 @@ class ServedModel:
         self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
         self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
         self.runtime = prepared.runtime
-        # what a step costs on this machine, for the model tab (on CUDA the first call compiles: not measured)
-        self.ms_per_step = (median_ms({"step": prepared}, example_input(loaded.model, 1), rounds=5)["step"]
-                            if self.device.type == "cpu" else None)
+        # what a step costs on this machine, for the model tab: timed by the precision choice, or here (on CUDA
+        # the first call compiles: not measured)
+        self.ms_per_step = self.runtime.ms_per_step
+        if self.ms_per_step is None and self.device.type == "cpu":
+            self.ms_per_step = median_ms({"step": prepared}, example_input(loaded.model, 1), rounds=3)["step"]
 
     @property
     def config(self):
