@@ -55,7 +55,9 @@ def main(argv=None) -> int:
     cfg = loaded.config
     shape = (args.batch, cfg.channels, cfg.image_size, cfg.image_size)
     cpu = detect()
-    ref, fast = prepare_cpu(loaded.model, "fp32", cpu), prepare_cpu(loaded.model, args.precision, cpu)
+    T = loaded.schedule.timesteps
+    ref = prepare_cpu(loaded.model, "fp32", cpu, timesteps=T)
+    fast = prepare_cpu(loaded.model, args.precision, cpu, timesteps=T)
     print(f"CPU: {cpu.describe()}, {args.threads} threads; {args.model}, batch {args.batch}, seed {args.seed}")
     print(f"{args.precision} path: {fast.runtime.describe()}\n")
 

@@ -176,7 +176,8 @@ def network(loaded: LoadedModel, precision: Precision, compile: bool, device: to
     fp32 for the others."""
     if precision == "fp16" and device.type != "cuda":
         precision = "fp32"  # no fp16 on the CPU
-    return prepare(loaded.model, device, compile=compile and device.type == "cuda", precision=precision)
+    return prepare(loaded.model, device, compile=compile and device.type == "cuda", precision=precision,
+                   timesteps=loaded.schedule.timesteps)
 
 
 def generate(model: EpsModel, loaded: LoadedModel, config: EvalConfig, count: int, device: torch.device,

@@ -117,7 +117,7 @@ def test_bf16_network_stays_close_to_fp32_and_returns_float32(net):
     assert bf16.runtime.precision == "bf16" and fp32.runtime.precision == "fp32"
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        for step in (0, 250, 999):
+        for step in (75, 250, 999):  # from t = 75 on (7.5 % of T) it runs in bf16
             t = torch.full((2,), step)
             a, b = fp32(x, t), bf16(x, t)
             assert b.dtype == torch.float32
@@ -125,6 +125,18 @@ def test_bf16_network_stays_close_to_fp32_and_returns_float32(net):
     schedule = Schedule(ScheduleConfig(timesteps=6))
     last = chain(bf16, schedule)[-1]
     assert last.x_prev.dtype == last.pred_x0.dtype == torch.float32
+
+
+@needs_bf16
+def test_bf16_hands_the_last_steps_to_fp32(net):
+    """Near t = 0 bf16 rounding grows: a batch with any t below the cut runs the fp32 network, exactly."""
+    fp32, bf16 = prepare_cpu(net, "fp32", timesteps=200), prepare_cpu(net, "bf16", timesteps=200)
+    assert bf16.fp32_below_t == 15 and "fp32 for t < 15" in bf16.runtime.reason  # 7.5 % of T = 200
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for t, same in ((torch.tensor([0, 0]), True), (torch.tensor([14, 100]), True),
+                        (torch.tensor([15, 15]), False), (torch.tensor([199, 50]), False)):
+            assert torch.equal(bf16(x, t), fp32(x, t)) is same
 
 
 # --- the choice of precision ------------------------------------------------------------------------------------

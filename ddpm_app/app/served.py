@@ -65,7 +65,7 @@ class ServedModel:
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
         self.device = torch.device(device)
-        prepared = prepare(loaded.model, self.device, precision=precision)
+        prepared = prepare(loaded.model, self.device, precision=precision, timesteps=self.schedule.timesteps)
         self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
         self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
         self.runtime = prepared.runtime
