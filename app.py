@@ -14,6 +14,7 @@ import torch
 
 from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
+from ddpm_app.cpu import cpu_budget
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.inference import PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
@@ -30,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--device", default="auto", help="torch device (default: auto = cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
                         "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32")
@@ -48,7 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(logging.INFO)
     device = resolve_device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        budget = cpu_budget()
+        torch.set_num_threads(args.threads or budget.threads)
+        chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
+        print(f"torch threads: {chosen}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
