@@ -148,7 +148,7 @@ def example_input(model: nn.Module, batch: int = 1) -> tuple[Tensor, Tensor]:
     return x.contiguous(memory_format=torch.channels_last), torch.full((batch,), 500, dtype=torch.long)
 
 
-def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor, Tensor], rounds: int = 5,
+def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor, Tensor], rounds: int = 3,
               warmup: int = 1) -> dict[str, float]:
     """Median milliseconds per call of each candidate, timed interleaved (ABAB…) so machine load hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
