@@ -6,6 +6,7 @@ Serves every model folder in ``weights/`` (or ``--weights DIR``, or $DDPM_WEIGHT
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -15,7 +16,7 @@ from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
 from ddpm_app.cpu import cpu_budget
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.inference import resolve_device
+from ddpm_app.inference import PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
 
 
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="torch device (default: auto = cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: the CPUs this process may use, by affinity and cgroup quota)")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
+                        "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -41,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    log = logging.getLogger("ddpm_app")  # the library logs how each model runs on this machine
+    log.addHandler(logging.StreamHandler())
+    log.setLevel(logging.INFO)
     device = resolve_device(args.device)
     if device.type == "cpu":
         budget = cpu_budget()
@@ -48,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
         print(f"torch threads: {chosen}", file=sys.stderr, flush=True)
     try:
-        library = ModelLibrary(args.weights, device, default=args.model)
+        library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
-    except ModelFolderError as e:
+    except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval
     demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size)

@@ -1,19 +1,20 @@
-"""How fast one reverse step is: ms per step on CPU for the shipped models and the seed architecture,
-and (when a GPU is present) the time of a whole 1,000-step DDPM chain for 16 images.
+"""How fast one reverse step is: ms per step on this CPU for the shipped models and the seed architecture, and
+(when a GPU is present) the time of a whole 1,000-step DDPM chain for 16 images.
 
-    python benchmarks/sample_speed.py [--threads 2] [--repeats 50] [--weights weights]
+    python benchmarks/sample_speed.py [--threads 2] [--repeats 50] [--batches 1,4] [--precision auto]
 
-CPU figures are the median of ``--repeats`` timed single steps at batch 1 (after warm-up), with the same
-inference settings the app uses (``ddpm_app.inference.prepare``). The seed architecture is measured with
-random weights (speed does not depend on the values).
+It first prints the CPU model, its instruction sets (AVX2 / AVX-512 / AVX512-BF16 / AMX), the threads and the
+precision the app chooses here (``ddpm_app.inference.prepare``). Then, per model and batch, the median of
+``--repeats`` single network evaluations, the variants interleaved (ABAB…) so that other jobs on the machine slow
+them alike: PyTorch's own dispatch (some convolutions on its slow im2col path), the convolutions pre-packed for
+oneDNN in fp32, the same in bf16 where the CPU has it in hardware, and the app's choice. The seed architecture is
+measured with random weights (speed does not depend on the values).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,29 +22,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import samplers  # noqa: E402
-from ddpm_app.inference import prepare  # noqa: E402
+from ddpm_app.inference import (PRECISION_CHOICES, Prepared, Runtime, example_input, median_ms,  # noqa: E402
+                                prepare, prepare_cpu)
+from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
 from ddpm_app.schedule import Schedule, ScheduleConfig  # noqa: E402
 
 
-def ms_per_step(model, size: int, channels: int, device: torch.device, repeats: int, batch: int = 1) -> float:
-    x = torch.randn(batch, channels, size, size, device=device)
-    t = torch.full((batch,), 500, device=device, dtype=torch.long)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 5):
-            start = time.perf_counter()
-            model(x, t)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 5:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
+    """The lines that say which machine the figures below belong to."""
+    flags = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in
+                      (("AVX2", cpu.avx2), ("AVX-512", cpu.avx512), ("AVX512-BF16", cpu.avx512_bf16), ("AMX", cpu.amx)))
+    return [f"CPU: {cpu.model}",
+            f"ISA: {cpu.isa} ({flags})",
+            f"Threads: {threads} (torch {torch.__version__})",
+            f"Precision: {runtime.precision} ({runtime.reason})"]
+
+
+def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures, app: Prepared) -> dict[str, Prepared]:
+    """The ways to run ``model`` on this CPU that the table compares, ending with the app's own choice."""
+    plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True),
+                "packed fp32": prepare_cpu(model, "fp32", cpu)}
+    if cpu.bf16_native:
+        variants["packed bf16"] = prepare_cpu(model, "bf16", cpu)
+    variants[f"app ({app.precision})"] = app
+    return variants
 
 
 def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: torch.device, batch: int) -> float:
     """Wall time of a full DDPM chain (every timestep), after one warm-up chain."""
+    import time
     shape = (batch, channels, size, size)
     for _ in range(2):
         gen = torch.Generator(device).manual_seed(0)
@@ -60,34 +70,46 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--batches", default="1,4", help="CPU batch sizes, comma-separated (default: 1,4)")
+    p.add_argument("--precision", default="auto", choices=[c for c in PRECISION_CHOICES if c != "fp16"])
     p.add_argument("--weights", default="weights")
+    p.add_argument("--no-seed", action="store_true", help="skip the seed architecture")
     p.add_argument("--gpu-batch", type=int, default=16)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cpu = torch.device("cpu")
+    batches = [int(b) for b in args.batches.split(",") if b]
+    cpu = detect()
 
-    models = [(d.name, load_pretrained(d)) for d in sorted(Path(args.weights).iterdir()) if (d / "config.json").is_file()]
-    seed = build_model(SeedUNetConfig()).eval()
-    print(f"CPU: {args.threads} threads, torch {torch.__version__}")
-    print("\n| model | params | CPU ms/step (batch 1, median) | DDPM-1000 chain (est.) | DDIM-50 (est.) |")
-    print("|---|---|---|---|---|")
-    rows = [(name, lm.model, lm.config.image_size, lm.config.channels) for name, lm in models]
-    rows.append(("seed architecture (random weights)", seed, 64, 3))
-    for name, model, size, ch in rows:
-        fast = prepare(model, cpu)
-        ms = ms_per_step(fast, size, ch, cpu, args.repeats)
-        n = model.num_parameters() / 1e6
-        print(f"| {name} | {n:.1f} M | {ms:.1f} | {ms:.0f} ms × 1000 = {ms:.1f} s | {ms * 50 / 1000:.2f} s |")
+    models = [(d.name, load_pretrained(d).model) for d in sorted(Path(args.weights).iterdir())
+              if (d / "config.json").is_file()]
+    if not args.no_seed:
+        models.append(("seed architecture (random weights)", build_model(SeedUNetConfig())))
+    apps = {name: prepare_cpu(model, args.precision, cpu) for name, model in models}
+    print("\n".join(header(cpu, torch.get_num_threads(), next(iter(apps.values())).runtime)), flush=True)
+
+    for name, model in models:
+        variants = cpu_variants(model, cpu, apps[name])
+        params = model.num_parameters() / 1e6
+        print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats})\n")
+        print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")
+        print("|---" * (len(variants) + 3) + "|")
+        for batch in batches:
+            ms = median_ms(variants, example_input(model, batch), rounds=args.repeats, warmup=3)
+            app = ms[f"app ({apps[name].precision})"]
+            print(f"| {batch} | " + " | ".join(f"{v:.1f}" for v in ms.values())
+                  + f" | {app:.0f} ms × 1000 = {app:.1f} s | {app * 50 / 1000:.2f} s |", flush=True)
 
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         print(f"\nGPU: {torch.cuda.get_device_name(gpu)}; DDPM-1000, batch {args.gpu_batch}, x̂₀ clipped")
         print("\n| model | eager fp32: chain s | CUDA graph fp32: chain s | CUDA graph fp16: chain s |")
         print("|---|---|---|---|")
-        for name, model, size, ch in rows:
+        for name, model in models:
+            config = model.config
             schedule = Schedule(ScheduleConfig()).to(gpu)
-            times = [chain_seconds(prepare(model, gpu, compile=c, precision=pr), schedule, size, ch, gpu,
-                                   args.gpu_batch) for c, pr in ((False, "fp32"), (True, "fp32"), (True, "fp16"))]
+            times = [chain_seconds(prepare(model, gpu, compile=c, precision=pr), schedule, config.image_size,
+                                   config.in_channels, gpu, args.gpu_batch)
+                     for c, pr in ((False, "fp32"), (True, "fp32"), (True, "fp16"))]
             print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in times) + " |", flush=True)
     return 0
 

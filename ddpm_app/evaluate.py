@@ -60,8 +60,8 @@ class EvalConfig:
     bpd_variance: Variance = "posterior"  # reverse-step variance: σ_q(t)² or β_t
     skip_bpd: bool = False  # leave out bits/dim
     batch_size: int = 256  # network inputs per call, for sampling and for the bound
-    bound_precision: Precision = "fp32"  # network precision for the bound on CUDA (fp32 turns TF32 off)
-    sample_precision: Precision = "tf32"  # network precision for sampling on CUDA
+    bound_precision: Precision = "fp32"  # network precision for the bound (on CUDA fp32 turns TF32 off)
+    sample_precision: Precision = "tf32"  # network precision for sampling (tf32 is fp32 on the CPU)
     compile: bool = False  # torch.compile the network (CUDA only)
     memorisation_samples: int = 64  # samples checked against the training set
     features: str | None = None  # face-feature weights (default: the shipped ddpm_app/assets/face_features.safetensors)
@@ -170,10 +170,14 @@ class EvalResult:
 
 def network(loaded: LoadedModel, precision: Precision, compile: bool, device: torch.device) -> EpsModel:
     """ε_θ for sampling or the bound: channels_last, in ``precision`` on CUDA (bf16 autocast, or fp32 with TF32
-    set by :func:`~ddpm_app.inference.float32_matmul`), compiled if asked; the output is always float32."""
+    set by :func:`~ddpm_app.inference.float32_matmul`), compiled if asked; the output is always float32.
+
+    On the CPU it is the app's network (:func:`~ddpm_app.inference.prepare_cpu`): bf16 convolutions for "bf16",
+    fp32 for the others."""
     if precision == "fp16" and device.type != "cuda":
-        precision = "fp32"  # the CPU computes in fp32 whatever is asked
-    return prepare(loaded.model, device, compile=compile and device.type == "cuda", precision=precision)
+        precision = "fp32"  # no fp16 on the CPU
+    return prepare(loaded.model, device, compile=compile and device.type == "cuda", precision=precision,
+                   timesteps=loaded.schedule.timesteps)
 
 
 def generate(model: EpsModel, loaded: LoadedModel, config: EvalConfig, count: int, device: torch.device,

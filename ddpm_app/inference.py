@@ -1,26 +1,46 @@
 """Making a loaded network fast for sampling on the device at hand, and choosing that device.
 
-Measured on the shipped 12 M-parameter U-Net (see benchmarks/sample_speed.py): on CPU, channels_last is a
-little faster and ``torch.compile`` is not worth it (about a minute of compilation for no gain per step). On
-CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step — network, x̂₀, the
-posterior mean and the noise — is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph.
+On the CPU (see benchmarks/sample_speed.py): the network runs channels_last with every convolution packed once for
+oneDNN (:mod:`ddpm_app.onednn`), so none takes PyTorch's slow im2col path. On CPUs with bf16 in hardware (AMX or
+AVX512-BF16) the convolutions may run in bf16, everything else staying float32: ``precision="auto"`` times both
+on this machine and keeps bf16 only if it is faster. ε̂ and the update are float32 either way. ``torch.compile``
+(and an ahead-of-time compiled package) was measured against this and did not win by enough to pay for its
+minutes of compiling; see the README.
+
+On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
+mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph, in fp16 autocast.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Literal
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from . import samplers
+from . import onednn, samplers
+from .isa import CpuFeatures, detect
 from .schedule import Schedule
 
+log = logging.getLogger(__name__)
+
 # the network's compute precision on CUDA: IEEE fp32, TF32 matmuls and convolutions, or bf16 / fp16 autocast
-# (ε̂ and everything after it stay float32). The CPU computes in fp32 whatever is asked (fp16 is refused there).
+# (ε̂ and everything after it stay float32). On the CPU: fp32 (tf32 means fp32 there) or bf16 convolutions;
+# fp16 is refused there.
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16", "fp16")  # what --precision accepts
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# bf16 must beat fp32 by this factor to be chosen on the CPU: a tie is not worth its rounding
+BF16_MARGIN = 0.95
+# below this share of T the bf16 network hands over to fp32: near t = 0, x_t holds little noise and ε̂ is a small
+# difference of large activations, so bf16 rounding grows (shipped faces model: ε̂ 0.63 % off fp32 at t ≥ 200,
+# 0.75 % at t = 75, 1.3 % at t = 20, 7.4 % at t = 0)
+FP32_BELOW_T_SHARE = 0.075
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -47,20 +67,42 @@ def float32_matmul(mode: Precision, device: torch.device) -> Iterator[None]:
         matmul.fp32_precision, conv.fp32_precision = saved
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a prepared network runs: what was chosen and why (for logs, the benchmark and the Model tab)."""
+
+    device: str  # e.g. "cpu: AMD EPYC (AVX-512 + AVX512-BF16), 2 threads"
+    precision: Precision
+    packed: bool  # convolutions pre-packed for oneDNN
+    compiled: bool
+    reason: str  # e.g. "auto: bf16 faster on AVX-512 + AVX512-BF16, 9.1 vs 10.4 ms/step fp32"
+    ms_per_step: float | None = None  # batch 1, when the choice timed it
+
+    def describe(self) -> str:
+        parts = [self.device, self.precision] + ["oneDNN pre-packed convolutions"] * self.packed
+        parts += ["compiled step"] * self.compiled
+        return f"{', '.join(parts)} ({self.reason})"
+
+
 class Prepared(nn.Module):
     """Wraps a network for sampling: matches the input's memory format and returns float32 ε̂.
 
     Besides ε̂ (``forward``) it offers :meth:`ddpm_step`, to pass to :func:`ddpm_app.samplers.ddpm` as ``step_fn``.
+    On CUDA, bf16/fp16 are autocast; a CPU network carries its precision itself (packed bf16 convolutions).
     """
 
     def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32",
-                 device_type: str = "cpu"):
+                 device_type: str = "cpu", runtime: Runtime | None = None, fp32_model: nn.Module | None = None,
+                 fp32_below_t: int = 0):
         super().__init__()
         self.model = model
+        # a batch with any t < fp32_below_t runs through fp32_model instead (CPU bf16: see FP32_BELOW_T_SHARE)
+        self.fp32_model, self.fp32_below_t = fp32_model, fp32_below_t
         self.channels_last = channels_last
-        self.half = precision == "fp16"
+        self.precision = precision
         self.autocast_dtype = _AUTOCAST.get(precision) if device_type == "cuda" else None
         self.compiled = compile
+        self.runtime = runtime or Runtime(device_type, precision, False, compile, "given")
         if compile:
             self._eps_graph = torch.compile(self._eps, mode="reduce-overhead", dynamic=False)
             self._step_graph = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
@@ -68,8 +110,11 @@ class Prepared(nn.Module):
     def _eps(self, x: Tensor, t: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        model = self.model
+        if self.fp32_model is not None and int(t.min()) < self.fp32_below_t:
+            model = self.fp32_model
         with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            return self.model(x, t).float()
+            return model(x, t).float()
 
     def _step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
               clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,22 +137,131 @@ class Prepared(nn.Module):
         return eps.clone(), x0.clone(), x_prev.clone()
 
 
-def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
-            precision: Precision | None = None, channels_last: bool = True) -> Prepared:
-    """Eval mode, no grads, on ``device``, channels_last; on CUDA compiled with CUDA graphs unless ``compile=False``.
+# ---------------------------------------------------------------------------------------------------------------
+# the CPU: packed convolutions, and the choice between fp32 and bf16
 
-    ``precision``: the network's compute precision (see :data:`Precision`), fp16 autocast on CUDA by default
-    and fp32 on the CPU. On an H100, fp16 takes a 1,000-step chain of 16 images from 2.4 s to 1.4 s. TF32 is a
+
+def example_input(model: nn.Module, batch: int = 1) -> tuple[Tensor, Tensor]:
+    """A (x_t, t) pair of the shape ``model`` samples, from its config: (B, C, H, W) noise and (B,) timesteps."""
+    config = model.config
+    x = torch.randn(batch, config.in_channels, config.image_size, config.image_size)
+    return x.contiguous(memory_format=torch.channels_last), torch.full((batch,), 500, dtype=torch.long)
+
+
+def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor, Tensor], rounds: int = 3,
+              warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds per call of each candidate, timed interleaved (ABAB…) so machine load hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    with torch.inference_mode():
+        for round_ in range(warmup + rounds):
+            for name, model in candidates.items():
+                start = time.perf_counter()
+                model(*example)
+                if round_ >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def cpu_bf16_supported(cpu: CpuFeatures) -> bool:
+    """bf16 convolutions need bf16 in hardware (AMX or AVX512-BF16) and oneDNN's packed ops."""
+    return cpu.bf16_native and onednn.available()
+
+
+def choose_cpu_precision(requested: str | None, cpu: CpuFeatures,
+                         measure: Callable[[], Mapping[str, float]]) -> tuple[Precision, str]:
+    """The CPU precision for ``requested`` ("auto" or None, "fp32"/"tf32", or "bf16"), and why.
+
+    "auto" is fp32 unless the CPU does bf16 in hardware and ``measure()`` (ms per step of "fp32" and "bf16") shows
+    bf16 at least 5 % faster. ``measure`` is only called when that question arises.
+    """
+    requested = requested or "auto"
+    if requested == "fp16":
+        raise ValueError("fp16 sampling is for CUDA devices; on the CPU use fp32 or bf16 (or auto)")
+    if requested not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
+    if requested == "bf16":
+        if not cpu_bf16_supported(cpu):
+            raise ValueError(f"bf16 needs a CPU with AMX or AVX512-BF16 (and PyTorch with oneDNN); this one is "
+                             f"{cpu.describe()}. Use --precision fp32 (or auto).")
+        return "bf16", "asked for"
+    if requested in ("fp32", "tf32"):
+        return "fp32", "asked for"
+    if not cpu_bf16_supported(cpu):
+        return "fp32", f"auto: no bf16 in hardware on {cpu.isa}"
+    ms = measure()
+    verdict = "faster" if ms["bf16"] <= BF16_MARGIN * ms["fp32"] else "not faster"
+    choice: Precision = "bf16" if verdict == "faster" else "fp32"
+    return choice, f"auto: bf16 {verdict} on {cpu.isa}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
+
+
+def _cpu_network(model: nn.Module, precision: Precision, example: tuple[Tensor, Tensor]) -> nn.Module:
+    """The network to run on the CPU: convolutions packed for oneDNN in ``precision``, where oneDNN is there."""
+    if not onednn.available():
+        return model
+    return onednn.pack_convolutions(model, example, torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
+def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
+                channels_last: bool = True, batch: int = 1, timesteps: int = 1000) -> Prepared:
+    """``model`` made fast for sampling on this CPU: packed convolutions, in fp32 or bf16 (see
+    :func:`choose_cpu_precision`; with "auto" both are built and timed at ``batch`` where the CPU has bf16).
+    In bf16, steps with t below ``FP32_BELOW_T_SHARE``·``timesteps`` (T) run in fp32.
+
+    ``model`` itself is switched to eval mode and, with ``channels_last``, to that layout; the packed copy is a
+    snapshot of its weights.
+    """
+    cpu = cpu or detect()
+    model = model.cpu().eval().requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    example = example_input(model, batch)
+    built: dict[str, Prepared] = {}
+
+    def network(p: Precision) -> Prepared:
+        if p not in built:
+            built[p] = Prepared(_cpu_network(model, p, example), channels_last=channels_last, precision=p)
+        return built[p]
+
+    timed: dict[str, float] = {}
+
+    def measure() -> dict[str, float]:
+        timed.update(median_ms({p: network(p) for p in ("fp32", "bf16")}, example))
+        return timed
+
+    choice, reason = choose_cpu_precision(precision, cpu, measure)
+    prepared = network(choice)
+    if choice == "bf16":
+        prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
+        reason += f"; fp32 for t < {prepared.fp32_below_t}"
+    prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {torch.get_num_threads()} threads", choice,
+                               onednn.available(), False, reason, timed.get(choice))
+    log.info("sampling on %s", prepared.runtime.describe())
+    return prepared
+
+
+def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
+            precision: str | None = "auto", channels_last: bool = True, timesteps: int = 1000) -> Prepared:
+    """Eval mode, no grads, on ``device``. On the CPU: :func:`prepare_cpu`. On CUDA: channels_last and compiled with
+    CUDA graphs unless ``compile=False``.
+
+    ``precision``: "auto" (or None) is fp16 autocast on CUDA and :func:`choose_cpu_precision` on the CPU; else one
+    of :data:`Precision`. On an H100, fp16 takes a 1,000-step chain of 16 images from 2.4 s to 1.4 s. TF32 is a
     global setting: "tf32" and "fp32" take effect inside :func:`float32_matmul`. The first call at each new batch
     size compiles (CUDA only, a few seconds). The model itself is moved and switched to eval mode in place.
+    ``timesteps``: the schedule's T (the CPU's bf16 network hands the last steps to fp32).
     """
     device = torch.device(device)
-    precision = precision or ("fp16" if device.type == "cuda" else "fp32")
-    if precision == "fp16" and device.type != "cuda":
+    if device.type == "cpu" and not compile:
+        return prepare_cpu(model, precision, channels_last=channels_last, timesteps=timesteps)
+    if precision not in PRECISION_CHOICES + (None,):
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    chosen: Precision = ("fp16" if device.type == "cuda" else "fp32") if precision in (None, "auto") else precision
+    if chosen == "fp16" and device.type != "cuda":
         raise ValueError("fp16 sampling is for CUDA devices; use fp32 on the CPU")
     model = model.to(device).eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     use_compile = device.type == "cuda" if compile is None else compile
-    return Prepared(model, channels_last=channels_last, compile=use_compile, precision=precision,
-                    device_type=device.type)
+    runtime = Runtime(str(device), chosen, False, use_compile, "auto" if precision in (None, "auto") else "asked for")
+    return Prepared(model, channels_last=channels_last, compile=use_compile, precision=chosen,
+                    device_type=device.type, runtime=runtime)

@@ -1,4 +1,5 @@
-"""Preparing a network for sampling: the same samples as the bare network, also when the step is compiled."""
+"""Preparing a network for sampling: the same samples as the bare network, also when the step is compiled, its
+convolutions are packed for oneDNN, or it runs in bf16; and the CPU precision chosen as the hardware allows."""
 
 from __future__ import annotations
 
@@ -6,10 +7,17 @@ import pytest
 import torch
 from conftest import perturb, seeded_init
 
-from ddpm_app import samplers
-from ddpm_app.inference import Prepared, prepare
-from ddpm_app.models import UNetConfig, build_model
+from ddpm_app import onednn, samplers
+from ddpm_app.inference import Prepared, choose_cpu_precision, cpu_bf16_supported, prepare, prepare_cpu
+from ddpm_app.isa import CpuFeatures, detect
+from ddpm_app.models import SeedUNetConfig, UNetConfig, build_model
 from ddpm_app.schedule import Schedule, ScheduleConfig
+
+AVX2 = CpuFeatures("an AVX2 CPU", avx2=True, avx512=False, avx512_bf16=False, amx=False)
+AVX512_BF16 = CpuFeatures("a Zen 4 CPU", avx2=True, avx512=True, avx512_bf16=True, amx=False)
+AMX = CpuFeatures("a Xeon CPU", avx2=True, avx512=True, avx512_bf16=True, amx=True)
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this PyTorch build has no oneDNN")
+needs_bf16 = pytest.mark.skipif(not cpu_bf16_supported(detect()), reason="this CPU has no bf16 in hardware")
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +25,8 @@ def net():
     """A small U-Net whose zero-initialised output layer is perturbed: ε̂ depends on x_t and t."""
     config = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                         attention_resolutions=(8,), head_channels=16, patch_size=1)
-    return perturb(seeded_init(lambda: build_model(config))).eval()
+    # perturbed: zero-initialised output layers would make every ε̂ zero and every check trivial
+    return perturb(seeded_init(lambda: build_model(config)), scale=0.1).eval()
 
 
 def test_prepared_model_is_the_raw_network(net):
@@ -38,18 +47,22 @@ def chain(model, schedule, seed=3, step_fn=None):
     return list(samplers.ddpm(model, schedule, (2, 3, 16, 16), generator=gen, clip_x0=True, step_fn=step_fn))
 
 
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
 def test_prepared_model_gives_the_bare_networks_chain(net):
     schedule = Schedule(ScheduleConfig(timesteps=12))
-    bare, prepared = chain(net, schedule), chain(prepare(net, "cpu"), schedule)
+    bare, prepared = chain(net, schedule), chain(prepare(net, "cpu", precision="fp32"), schedule)
     assert len(bare) == len(prepared) == 12
-    for a, b in zip(bare, prepared):
+    for a, b in zip(bare, prepared):  # 1e−4: oneDNN sums in another order than PyTorch's own kernels
         for name in ("x_t", "pred_x0", "pred_eps", "x_prev"):
-            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)
 
 
 def test_the_sampler_uses_the_step_function_it_is_given(net):
     schedule = Schedule(ScheduleConfig(timesteps=5))
-    prepared = prepare(net, "cpu")
+    prepared = prepare(net, "cpu", precision="fp32")
     calls = []
 
     def counting_step(*args):
@@ -58,7 +71,7 @@ def test_the_sampler_uses_the_step_function_it_is_given(net):
 
     steps = chain(prepared, schedule, step_fn=counting_step)
     assert [int(tt[0]) for tt in calls] == [4, 3, 2, 1, 0]
-    torch.testing.assert_close(steps[-1].x_prev, chain(net, schedule)[-1].x_prev, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(steps[-1].x_prev, chain(net, schedule)[-1].x_prev, rtol=1e-4, atol=1e-4)
 
 
 def test_compiled_step_matches_the_bare_network(net):
@@ -71,7 +84,117 @@ def test_compiled_step_matches_the_bare_network(net):
         torch.testing.assert_close(a.x_prev, b.x_prev, rtol=1e-4, atol=1e-4)
 
 
+# --- oneDNN pre-packed convolutions -----------------------------------------------------------------------------
+
+@needs_onednn
+@pytest.mark.parametrize("batch", [1, 3])
+def test_packed_network_computes_the_same_eps_at_any_batch(net, batch):
+    """Packed for batch 1, the network gives the unpacked ε̂ at batch 1 and at a batch it was not packed for."""
+    packed = onednn.pack_convolutions(net, (torch.randn(1, 3, 16, 16), torch.tensor([5])))
+    x, t = torch.randn(batch, 3, 16, 16), torch.arange(batch) * 7
+    with torch.inference_mode():
+        expected = net(x, t)
+        got = packed(x.contiguous(memory_format=torch.channels_last), t)
+    assert relative_error(expected, expected.flip(0) + 1) > 0.1  # ε̂ depends on the input: the check can fail
+    assert relative_error(got, expected) < 1e-5
+
+
+@needs_onednn
+def test_packing_replaces_every_convolution_and_leaves_the_original_alone(net):
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    packed = onednn.pack_convolutions(net, (torch.randn(1, 3, 16, 16), torch.tensor([5])))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and not any(isinstance(m, torch.nn.Conv2d) for m in packed.modules())
+    assert sum(isinstance(m, onednn.PackedConv2d) for m in packed.modules()) == len(convs)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+
+
+@needs_onednn
+def test_the_seed_network_packs_too():
+    """Grouped, strided and 7×7 convolutions: every kind the seed U-Net has."""
+    seed = seeded_init(lambda: build_model(SeedUNetConfig(image_size=16, down_channels=(32, 32, 64),
+                                                          time_pos_dim=8)), seed=1).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 900])
+    packed = onednn.pack_convolutions(seed, (x, t))
+    with torch.inference_mode():
+        assert relative_error(packed(x.contiguous(memory_format=torch.channels_last), t), seed(x, t)) < 1e-5
+
+
+# --- bf16 on the CPU --------------------------------------------------------------------------------------------
+
+@needs_bf16
+def test_bf16_network_stays_close_to_fp32_and_returns_float32(net):
+    """ε̂ in bf16 within 2 % of fp32 at every timestep tried, and x̂₀/x_{t−1} computed from it in float32."""
+    fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
+    assert bf16.runtime.precision == "bf16" and fp32.runtime.precision == "fp32"
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for step in (75, 250, 999):  # from t = 75 on (7.5 % of T) it runs in bf16
+            t = torch.full((2,), step)
+            a, b = fp32(x, t), bf16(x, t)
+            assert b.dtype == torch.float32
+            assert 0 < relative_error(b, a) < 0.02  # > 0: it really ran in bf16
+    schedule = Schedule(ScheduleConfig(timesteps=6))
+    last = chain(bf16, schedule)[-1]
+    assert last.x_prev.dtype == last.pred_x0.dtype == torch.float32
+
+
+@needs_bf16
+def test_bf16_hands_the_last_steps_to_fp32(net):
+    """Near t = 0 bf16 rounding grows: a batch with any t below the cut runs the fp32 network, exactly."""
+    fp32, bf16 = prepare_cpu(net, "fp32", timesteps=200), prepare_cpu(net, "bf16", timesteps=200)
+    assert bf16.fp32_below_t == 15 and "fp32 for t < 15" in bf16.runtime.reason  # 7.5 % of T = 200
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for t, same in ((torch.tensor([0, 0]), True), (torch.tensor([14, 100]), True),
+                        (torch.tensor([15, 15]), False), (torch.tensor([199, 50]), False)):
+            assert torch.equal(bf16(x, t), fp32(x, t)) is same
+
+
+# --- the choice of precision ------------------------------------------------------------------------------------
+
+def never_timed():
+    raise AssertionError("the speed was measured although the answer did not depend on it")
+
+
+def test_auto_is_fp32_without_bf16_hardware_and_does_not_time_anything():
+    assert choose_cpu_precision("auto", AVX2, never_timed)[0] == "fp32"
+
+
+@pytest.mark.parametrize("cpu", [AVX512_BF16, AMX])
+def test_auto_picks_bf16_only_where_it_is_faster(cpu):
+    assert choose_cpu_precision("auto", cpu, lambda: {"fp32": 10.0, "bf16": 7.0})[0] == "bf16"
+    assert choose_cpu_precision("auto", cpu, lambda: {"fp32": 10.0, "bf16": 11.0})[0] == "fp32"
+    assert choose_cpu_precision("auto", cpu, lambda: {"fp32": 10.0, "bf16": 9.8})[0] == "fp32"  # a tie: fp32
+    choice, reason = choose_cpu_precision("auto", cpu, lambda: {"fp32": 10.0, "bf16": 7.0})
+    assert "7.0" in reason and "10.0" in reason
+
+
+def test_overrides_win_over_the_hardware():
+    assert choose_cpu_precision("fp32", AMX, never_timed)[0] == "fp32"
+    assert choose_cpu_precision("bf16", AVX512_BF16, never_timed)[0] == "bf16"
+    with pytest.raises(ValueError, match="AMX or AVX512-BF16"):
+        choose_cpu_precision("bf16", AVX2, never_timed)
+    with pytest.raises(ValueError, match="CUDA"):
+        choose_cpu_precision("fp16", AMX, never_timed)
+    with pytest.raises(ValueError, match="auto"):
+        choose_cpu_precision("int8", AMX, never_timed)
+
+
+@needs_bf16
+def test_auto_on_this_cpu_keeps_the_timing_it_chose_by(net):
+    prepared = prepare_cpu(net, "auto")
+    assert prepared.runtime.reason.startswith("auto: bf16 ")
+    assert prepared.runtime.ms_per_step > 0 and f"{prepared.runtime.ms_per_step:.1f}" in prepared.runtime.reason
+
+
+def test_prepare_on_an_avx2_cpu_runs_fp32(net):
+    prepared = prepare_cpu(net, "auto", cpu=AVX2)
+    assert prepared.precision == prepared.runtime.precision == "fp32"
+    assert "AVX2" in prepared.runtime.describe()
+
+
 def test_fp16_is_refused_on_the_cpu(net):
     with pytest.raises(ValueError, match="CUDA"):
         prepare(net, "cpu", precision="fp16")
-    assert prepare(net, "cpu").half is False

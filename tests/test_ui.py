@@ -3,6 +3,7 @@ export, validation and model switching."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import threading
@@ -71,6 +72,14 @@ def run_all(gen) -> list[tuple]:
 def image_of(x: np.ndarray) -> np.ndarray:
     assert isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3
     return x
+
+
+def preview_of(x: str) -> np.ndarray:
+    """A picture streamed during a run: a JPEG file, decoded."""
+    assert isinstance(x, str) and x.endswith(".jpeg")
+    with Image.open(x) as im:
+        assert im.format == "JPEG"
+        return np.asarray(im.convert("RGB"))
 
 
 # -- the library --------------------------------------------------------------------------------------------
@@ -200,10 +209,28 @@ def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers, weights: Path):
     outs = run_all(handlers.generate("ddpm", 3, 0.5, 1, 1, False, True, user))  # steps and η ignored by DDPM
     assert len(outs) == T
     assert [f.t for f in user.run.frames] == list(range(T - 1, -1, -1))
-    # ε̂ shown on every preview, as ε̂/2 (±2σ spans the grey range)
-    for out, step in zip(outs, library_chain(weights, "ddpm", 0, 0.0, False, 1, 1)):
+    # ε̂ shown on every preview, as ε̂/2 (±2σ spans the grey range): JPEG on the way, the last one lossless
+    steps = library_chain(weights, "ddpm", 0, 0.0, False, 1, 1)
+    for out, step in zip(outs, steps):
         expected = (((step.pred_eps[0] / 2).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        assert_same_picture(torch.from_numpy(image_of(out[2])).permute(2, 0, 1), expected)
+        if step.is_last:
+            assert_same_picture(torch.from_numpy(image_of(out[2])).permute(2, 0, 1), expected)
+        else:
+            shown = torch.from_numpy(preview_of(out[2]).copy()).permute(2, 0, 1)
+            assert (shown.float() - expected.float()).abs().mean() < 8.0
+
+
+def test_previews_on_the_way_are_jpeg_files_of_the_same_picture():
+    """Faces survive JPEG within a few levels, and the file is smaller than the PNG of them."""
+    with Image.open(Path(__file__).resolve().parents[1] / "weights" / "faces" / "samples.png") as im:
+        array = np.asarray(im.convert("RGB"))[:134, :134]  # 2×2 faces, as a 4-image preview grid
+    path = ui.preview_file(array)
+    decoded = preview_of(path)
+    assert decoded.shape == array.shape
+    assert np.abs(decoded.astype(int) - array).mean() < 3.0
+    png = io.BytesIO()
+    Image.fromarray(array).save(png, "PNG")
+    assert Path(path).stat().st_size < len(png.getvalue())
 
 
 def test_streaming_off_sends_only_the_final_images_but_keeps_every_step(library: ModelLibrary, tmp_path: Path):
@@ -220,6 +247,28 @@ def test_throttle_sends_first_last_and_one_preview_per_interval(library: ModelLi
     previews = list(stream(served.sample(SamplerSettings("ddpm", T), 1, 0), None, Throttle(0.25, clock)))
     # ready at 0.0, 0.3, 0.6, … (the first call at or after each deadline) and always the last step
     assert [s.index for s in previews] == [0, 3, 6, 9, 12, 15, 18, 19]
+
+
+def test_costly_previews_are_spaced_to_stay_within_the_budget():
+    """Previews that take 0.1 s each, with a 5 % budget, come at most every 2 s however short the interval."""
+    now = [0.0]
+    throttle = Throttle(0.2, lambda: now[0], budget=0.05)
+    sent = []
+    for step in range(100):  # 0.05 s per step
+        now[0] = step * 0.05
+        if throttle.ready():
+            sent.append(step)
+            throttle.spent(0.1)
+    assert sent == [0, 40, 80]
+    cheap = Throttle(0.2, lambda: now[0], budget=0.05)
+    sent = []
+    for step in range(20):
+        now[0] = step * 0.05
+        if cheap.ready():
+            sent.append(step)
+            cheap.spent(0.001)  # 0.001 / 0.05 = 0.02 s: the interval rules
+    assert sent == [0, 4, 8, 12, 16]
+    assert Throttle(0, budget=0.05).budget is None  # interval 0: every step, whatever it costs
 
 
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
@@ -506,6 +555,23 @@ def test_model_card_summary_and_samples(tmp_path: Path):
     assert "| dataset | noise |" in table and "| parameters |" in table and "linear, T = 20" in table
     assert card.startswith("# Faces") and "license" not in card and "![" not in card and "Trained on faces." in card
     assert samples == str(folder / "samples.png")
+
+
+def test_model_tab_shows_the_step_time_measured_here_and_how_the_model_runs(tmp_path: Path):
+    save_tiny(tmp_path / "faces")
+    served = ModelLibrary(tmp_path, precision="fp32").get()
+    assert served.runtime.precision == "fp32" and served.ms_per_step > 0
+    table, _, _ = ui.model_card(served)
+    assert f"| speed here | {served.ms_per_step:.1f} ms per step at batch 1, measured on this machine" in table
+    assert f"| runs on | {served.runtime.describe()} |" in table and "fp32" in served.runtime.describe()
+
+
+def test_app_takes_a_precision_and_refuses_unknown_ones(capsys):
+    assert app.parse_args([]).precision == "auto"
+    assert app.parse_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--precision", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
 
 
 def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, monkeypatch):

@@ -17,11 +17,13 @@ from .export import export_gif, export_indices, export_mp4, export_png, frame_pi
 from .inputs import MAX_BATCH, MAX_SEED, InputError, random_seed, resolve_seed
 from .library import DEFAULT_MODEL, DeviceWorker, ModelLibrary, find_models
 from .pictures import labelled_strip, noise_picture, picture
-from .runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, Frame, Throttle, Trajectory, stream
+from .runs import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, PREVIEW_BUDGET, Frame, Throttle, Trajectory,
+                   stream)
 from .served import ModelSummary, NoiseLevel, ServedModel, schedule_curves
 from .state import ForwardState, UserState
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PREVIEW_INTERVAL", "DEFAULT_TRAJECTORY_BYTES", "MAX_BATCH", "MAX_SEED",
+           "PREVIEW_BUDGET",
            "DeviceWorker", "ForwardState", "Frame", "InputError", "ModelLibrary", "ModelSummary", "NoiseLevel",
            "ServedModel", "Throttle", "Trajectory", "UserState", "export_gif", "export_indices", "export_mp4",
            "export_png", "find_models", "frame_picture", "labelled_strip", "noise_picture", "picture",

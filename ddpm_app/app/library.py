@@ -59,9 +59,11 @@ class ModelLibrary:
     """
 
     def __init__(self, weights_dir: str | Path, device: torch.device | str = "cpu", default: str | None = None,
-                 models_in_memory: int = MODELS_IN_MEMORY, hub_cache_dir: str | Path | None = None):
+                 models_in_memory: int = MODELS_IN_MEMORY, hub_cache_dir: str | Path | None = None,
+                 precision: str = "auto"):
         self.weights_dir = Path(weights_dir)
         self.device = torch.device(device)
+        self.precision = precision  # the networks' compute precision (see ddpm_app.inference.prepare)
         self.folders: dict[str, Path] = find_models(self.weights_dir)
         if not self.folders:
             raise ModelFolderError(f"no models in {self.weights_dir}/: each model is a folder with config.json "
@@ -114,4 +116,4 @@ class ModelLibrary:
         return repo_id
 
     def _load(self, name: str, folder: Path) -> ServedModel:
-        return ServedModel(name, load_local(folder, self.device), self.device, folder)
+        return ServedModel(name, load_local(folder, self.device), self.device, folder, self.precision)

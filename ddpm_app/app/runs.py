@@ -18,6 +18,9 @@ from .library import DeviceWorker
 # seconds between previews sent to the browser: 5 a second look smooth, and cost under 10 % of the sampling
 # time on a 2-core CPU (benchmarks/app_stream.py)
 DEFAULT_PREVIEW_INTERVAL = 0.2
+# at most this share of the time goes into making previews: a preview that took c seconds to draw and encode
+# delays the next one to c / PREVIEW_BUDGET seconds later (slow machines and big batches get fewer previews)
+PREVIEW_BUDGET = 0.05
 # per run: every step of DDPM-1000 for four 64×64 RGB images (98 MB as uint8); a dense subset beyond that
 DEFAULT_TRAJECTORY_BYTES = 128 * 2**20
 Preview = TypeVar("Preview")
@@ -75,12 +78,18 @@ class Trajectory:
 
 
 class Throttle:
-    """True at most once per ``interval`` seconds (always on the first call); ``None`` = never."""
+    """True at most once per ``interval`` seconds (always on the first call); ``None`` = never, 0 = always.
 
-    def __init__(self, interval: float | None, clock: Callable[[], float] = time.perf_counter):
+    With a ``budget`` (a fraction of the time), :meth:`spent` also keeps previews from taking more than that share:
+    after a preview that cost c seconds the next one is ready no sooner than c / budget seconds after it began.
+    """
+
+    def __init__(self, interval: float | None, clock: Callable[[], float] = time.perf_counter,
+                 budget: float | None = None):
         self.interval = interval
         self.clock = clock
-        self.next = -math.inf
+        self.budget = budget if interval else None  # interval 0 means every step, whatever it costs
+        self.next = self.last = -math.inf
 
     def ready(self) -> bool:
         if self.interval is None:
@@ -88,8 +97,13 @@ class Throttle:
         now = self.clock()
         if now < self.next:
             return False
-        self.next = now + self.interval
+        self.last, self.next = now, now + self.interval
         return True
+
+    def spent(self, seconds: float) -> None:
+        """The preview that :meth:`ready` allowed last took ``seconds`` to make."""
+        if self.budget is not None:
+            self.next = max(self.next, self.last + seconds / self.budget)
 
 
 def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle: Throttle | None = None,
@@ -110,7 +124,12 @@ def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle
             if trajectory is not None:
                 trajectory.add(step)
             if throttle.ready() or step.is_last:
-                return render(step), step.is_last
+                if throttle.budget is None:
+                    return render(step), step.is_last
+                start = time.perf_counter()
+                preview = render(step)
+                throttle.spent(time.perf_counter() - start)
+                return preview, step.is_last
         return None
 
     call = worker.run if worker is not None else (lambda fn: fn())

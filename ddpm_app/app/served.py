@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..image import load_image
-from ..inference import prepare
+from ..inference import example_input, median_ms, prepare
 from ..model_folder import LoadedModel
 from ..samplers import SamplerSettings, Step, whole_number
 from ..schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
@@ -50,21 +50,30 @@ class ModelSummary:
     training: dict
     card: str  # the model card's text without its YAML front matter or image links ("" if there is none)
     samples: Path | None  # samples.png next to the weights, if there is one
+    runtime: str  # how the network runs here: device, CPU and its ISA, precision, and why
+    ms_per_step: float | None  # one network evaluation at batch 1, measured on this machine when loaded (CPU only)
 
 
 class ServedModel:
     """A loaded model, its schedule and its device: the calls the app's handlers make. One per model, shared by
     every user; what a user keeps is in :class:`~ddpm_app.app.state.UserState`."""
 
-    def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None):
+    def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None,
+                 precision: str = "auto"):
         self.name = name
         self.loaded = loaded
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
         self.device = torch.device(device)
-        prepared = prepare(loaded.model, self.device)
+        prepared = prepare(loaded.model, self.device, precision=precision, timesteps=self.schedule.timesteps)
         self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
         self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
+        self.runtime = prepared.runtime
+        # what a step costs on this machine, for the model tab: timed by the precision choice, or here (on CUDA
+        # the first call compiles: not measured)
+        self.ms_per_step = self.runtime.ms_per_step
+        if self.ms_per_step is None and self.device.type == "cpu":
+            self.ms_per_step = median_ms({"step": prepared}, example_input(loaded.model, 1), rounds=3)["step"]
 
     @property
     def config(self):
@@ -139,7 +148,7 @@ class ServedModel:
         return ModelSummary(self.name, self.loaded.source, self.config.arch, self.loaded.num_parameters,
                             self.config.image_size, self.config.channels, self.config.schedule,
                             None if dataset is None else str(dataset), training, card,
-                            samples if samples.is_file() else None)
+                            samples if samples.is_file() else None, self.runtime.describe(), self.ms_per_step)
 
 
 def _strip_front_matter(text: str) -> str:

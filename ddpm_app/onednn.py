@@ -1,0 +1,94 @@
+"""Convolutions whose weights are reordered once for oneDNN, the library behind PyTorch's fast CPU convolutions.
+
+PyTorch sends an fp32 CPU convolution to oneDNN only when it guesses oneDNN will be faster
+(``ConvParams::use_mkldnn`` in ATen's Convolution.cpp: batch > 1, groups > 1, a kernel larger than 3×3, or an
+input of more than 20,480 values). The rest, which at batch 1 is most of a 64×64 U-Net's deeper levels, take the
+im2col + GEMM "slow" path. Where oneDNN does run, every call first reorders the weights into oneDNN's blocked
+layout. At batch 1 that reorder and the slow path cost more than the arithmetic.
+
+:func:`pack_convolutions` swaps every ``nn.Conv2d`` of a network, for inference only, for a :class:`PackedConv2d`
+that keeps its weights in oneDNN's layout and calls oneDNN's convolution directly. This is the op PyTorch's
+compiler (inductor with ``freezing``) emits for a frozen CPU convolution. The function computed is the same, to
+float rounding.
+
+Packed in bf16, a convolution computes in bf16 and hands back its input's dtype, so the rest of the network (the
+GroupNorms, attention, the residual sums) stays float32. On the CPU those run slower in bf16 than in fp32 (measured
+on an AVX512-BF16 CPU: GroupNorm on channels_last bf16 up to 24× slower, attention 1.7× at batch 4), and keeping
+them float32 also makes ε̂ closer to the fp32 network's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+
+def available() -> bool:
+    """Whether this PyTorch build has oneDNN and the two ops used here (both are internal to PyTorch)."""
+    ops = torch.ops.mkldnn
+    return (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_convolution_weight")
+            and hasattr(ops, "_convolution_pointwise"))
+
+
+class PackedConv2d(nn.Module):
+    """``conv(x)`` through oneDNN with the weights reordered once, for the input size seen when packing.
+
+    Inputs of other sizes (another batch) work as fast. It computes in ``dtype`` and returns the input's dtype,
+    channels_last for a channels_last input.
+    """
+
+    def __init__(self, conv: nn.Conv2d, input_size: list[int], dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("only zero padding given as numbers can be packed")
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups, self.dtype = list(conv.dilation), conv.groups, dtype
+        weight = conv.weight.detach().to(dtype).contiguous()
+        # a opaque oneDNN tensor: a plain attribute, so state_dict() and .to() leave it alone
+        self.packed_weight = torch.ops.mkldnn._reorder_convolution_weight(
+            weight, self.padding, self.stride, self.dilation, self.groups, input_size)
+        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+        self.shape = tuple(conv.weight.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.mkldnn._convolution_pointwise(x.to(self.dtype), self.packed_weight, self.bias, self.padding,
+                                                    self.stride, self.dilation, self.groups, "none", [], "")
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.shape}, stride={self.stride}, padding={self.padding}, groups={self.groups}, {self.dtype}"
+
+
+def _input_sizes(model: nn.Module, example: tuple[Tensor, ...]) -> dict[str, list[int]]:
+    """The input shape each Conv2d of ``model`` sees when it is called on ``example``."""
+    sizes: dict[str, list[int]] = {}
+
+    def record(name: str, args: tuple[Tensor, ...]) -> None:  # a pre-hook that returns None keeps the inputs
+        sizes.setdefault(name, list(args[0].shape))
+
+    hooks = [module.register_forward_pre_hook(lambda _, args, name=name: record(name, args))
+             for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            model(*example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
+def pack_convolutions(model: nn.Module, example: tuple[Tensor, ...], dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of ``model`` (on the CPU, in eval mode) with every Conv2d it calls on ``example`` packed for oneDNN.
+
+    ``model`` itself is not changed. The copy is for inference only: packed weights carry no gradient.
+    """
+    if not available():
+        raise RuntimeError("this PyTorch build has no oneDNN convolution ops; use the network unpacked")
+    model = copy.deepcopy(model).eval()
+    for name, size in _input_sizes(model, example).items():
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, leaf, PackedConv2d(getattr(owner, leaf), size, dtype))
+    return model
