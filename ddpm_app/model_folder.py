@@ -33,7 +33,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_PATTERN = "model{suffix}.safetensors"
 DEFAULT_SHARD_SIZE = "15MB"  # keeps every weights file under 16 MiB (Hub previews, small uploads)
 # what a model folder holds on the Hub: fetched (and no other file) by download, uploaded by hub.push_folder
-HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png"]
+HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png", "heldout.json"]
 
 
 class ModelFolderError(Exception):
