@@ -6,7 +6,8 @@ A model directory holds
   free-form training metadata; the loader rebuilds the network from this file alone;
 - ``model.safetensors`` — the weights (or ``model-0000k-of-0000n.safetensors`` shards with
   ``model.safetensors.index.json`` when a file would exceed the shard size);
-- optionally ``README.md`` (the model card) and sample images.
+- optionally ``README.md`` (the model card), sample images and ``heldout.json`` (the held-out loss curve and
+  bits/dim, see :mod:`ddpm_app.heldout`).
 
 Nothing here unpickles: weights are read with safetensors only, and from the Hub only the files above are fetched.
 """

@@ -26,7 +26,8 @@ from .app.figures import VIEWS, figure, save_figure
 from .app.inputs import random_seed
 from .app.likelihood_view import ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
 from .app.reverse_step import number
-from .app.training_view import CURVE_DRAWS, CURVE_TIMESTEPS, curve_plot, error_heatmap, photo_curve, training_step
+from .app.training_view import (CURVE_DRAWS, CURVE_TIMESTEPS, curve_plot, error_heatmap, heat_scale, photo_curve,
+                                 training_step)
 from .image import to_uint8
 from .samplers import SamplerSettings, whole_number
 from .ui import LATEX, EXAMPLES, PhotoInput, _image, on_device, user_errors
@@ -115,10 +116,12 @@ class TeachHandlers:
                    f"loss $\\frac{{1}}{{D}}\\lVert\\varepsilon - \\hat\\varepsilon\\rVert^2$ = **{number(step.loss)}** "
                    f"(the mean over D = {step.eps.numel()} values: what training minimises) · "
                    f"$\\lVert\\varepsilon - \\hat\\varepsilon\\rVert^2$ = **{step.loss_sum:.1f}** (the tutorial's "
-                   f"per-image sum). A network that predicted ε̂ = 0 would score about 1 per value.")
+                   f"per-image sum). A network that predicted ε̂ = 0 would score about 1 per value. "
+                   f"Heat map of (ε − ε̂)²: black 0 … white {number(heat_scale(step.squared_error))}.")
         plot = self._curve_plot(served, photo, user).at(t)
         return TrainingOutputs(picture(x0), noise_picture(step.eps), picture(step.x_t), noise_picture(step.pred_eps),
-                               error_heatmap(step.squared_error), numbers, plot).as_tuple()
+                               error_heatmap(step.squared_error, heat_scale(step.squared_error)), numbers,
+                               plot).as_tuple()
 
     def _curve_plot(self, served: ServedModel, photo: str | None, user: UserState):
         """The loss-curve plot for this model and photo: with the photo's curve once computed, else held-out only."""
@@ -315,7 +318,7 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
     T = first.timesteps
     quick = dict(show_progress="hidden", trigger_mode="always_last", concurrency_limit=4)
 
-    with gr.Tab("Training", id="training"):
+    with gr.Tab("Training", id="training", elem_id="training-tab"):
         gr.Markdown(TRAINING_HELP, latex_delimiters=LATEX)
         with gr.Row():
             tr_photo = _photo_column("Photo x₀")
@@ -330,12 +333,12 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
             tr_x0 = _image("x₀", height=200)
             tr_eps = _image("ε (×½)", height=200)
             tr_xt = _image("x_t", height=200)
-            tr_pred = _image("ε̂ = ε_θ(x_t, t) (×½)", height=200, elem_id="train-pred")
-            tr_err = _image("(ε − ε̂)² per pixel (0 … 4)", height=200)
+            tr_pred = _image("ε̂ (×½)", height=200, elem_id="train-pred")
+            tr_err = _image("(ε − ε̂)²", height=200)
         tr_plot = _image("loss against t", height=None, pixelated=False, elem_id="train-curve")
         tr_summary = gr.Markdown("", label="loss curve", elem_id="train-summary")
 
-    with gr.Tab("Likelihood", id="likelihood"):
+    with gr.Tab("Likelihood", id="likelihood", elem_id="likelihood-tab"):
         gr.Markdown(LIKELIHOOD_HELP, latex_delimiters=LATEX)
         with gr.Row():
             lk_photo = _photo_column("Photo")
@@ -350,7 +353,7 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
                 lk_verdict = gr.Markdown("", label="what it means", elem_id="lk-verdict")
         lk_plot = _image("the terms of the bound", height=None, pixelated=False, elem_id="lk-plot")
 
-    with gr.Tab("Compare", id="compare"):
+    with gr.Tab("Compare", id="compare", elem_id="compare-tab"):
         gr.Markdown(COMPARE_HELP, latex_delimiters=LATEX)
         with gr.Row():
             pin_btn = gr.Button("Pin this run (as A)", variant="primary", min_width=120)
@@ -360,7 +363,7 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
                                   label="runs", elem_id="compare-caption")
         cmp_image = _image("A: x_t, x̂₀ | B: x_t, x̂₀", height=300, pixelated=False, elem_id="compare-image")
 
-    with gr.Tab("Interpolate", id="interpolate"):
+    with gr.Tab("Interpolate", id="interpolate", elem_id="interpolate-tab"):
         gr.Markdown(INTERPOLATE_HELP, latex_delimiters=LATEX)
         with gr.Row():
             in_a = gr.Number(1, label="Seed a", precision=0, min_width=100)
@@ -380,7 +383,8 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
     tr_seed.submit(th.train_step, tr_inputs, train_outputs, api_visibility="private", **quick)
     tr_photo.change(th.train_step, tr_inputs, train_outputs, api_visibility="private", **quick).success(
         th.loss_curve, [tr_photo, tr_t, user], [tr_plot, tr_summary], api_name="loss_curve",
-        show_progress="minimal", show_progress_on=tr_plot)
+        show_progress="minimal", show_progress_on=tr_plot).success(  # mark the t the slider has got to meanwhile
+        th.train_step, tr_inputs, train_outputs, api_visibility="private", **quick)
     tr_random.click(th.random_t, user, tr_t, api_visibility="private", queue=False)
 
     lk_event = lk_btn.click(th.likelihood, [lk_photo, lk_exact, lk_seed, user], [lk_status, lk_plot, lk_verdict],

@@ -103,7 +103,7 @@ def test_every_endpoint_through_gradio_client(server: str):
     again = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
     assert Image.open(again[0]).tobytes() == Image.open(x_t).tobytes()  # same seed, same images
 
-    f_xt, f_x0, label = client.predict(2, api_name="/frame")
+    f_xt, f_x0, label, *_ = client.predict(2, api_name="/frame")
     assert "frame 3/6" in label and Image.open(f_xt).size == Image.open(x_t).size
     assert Image.open(client.predict(api_name="/export_gif")).n_frames == 6
     assert Image.open(client.predict(api_name="/export_png")).size == Image.open(x_t).size

@@ -64,10 +64,6 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-def upload(page, panel: str) -> None:
-    page.locator(f"#{panel} input[type=file]").first.set_input_files(str(PHOTO))
-
-
 @pytest.mark.parametrize("width", [1280, 400])
 def test_teaching_views(browser, server, width):
     page, errors = open_app(browser, server, width)
@@ -75,7 +71,7 @@ def test_teaching_views(browser, server, width):
 
     # Training: Algorithm 1 on the photo, the loss curve, then t moved
     open_tab(page, "Training")
-    page.locator("#training input[type=file]").first.set_input_files(str(PHOTO))
+    page.locator("#training-tab input[type=file]").first.set_input_files(str(PHOTO))
     page.locator("#train-numbers").get_by_text("noise seed").wait_for(timeout=WAIT)
     page.locator("#train-summary").get_by_text("held-out", exact=False).first.wait_for(timeout=WAIT)
     page.locator("#train-t input[type=range]").focus()
@@ -85,11 +81,11 @@ def test_teaching_views(browser, server, width):
 
     # Likelihood of the photo: progress, then the bound beside the held-out figure
     open_tab(page, "Likelihood")
-    page.locator("#likelihood input[type=file]").first.set_input_files(str(PHOTO))
+    page.locator("#likelihood-tab input[type=file]").first.set_input_files(str(PHOTO))
     page.get_by_role("button", name="Bits/dim of this photo").click()
     page.locator("#lk-status progress").wait_for(timeout=WAIT)
     page.locator("#lk-status").get_by_text("Done").wait_for(timeout=WAIT)
-    page.locator("#lk-verdict").get_by_text("Held-out average").wait_for(timeout=WAIT)
+    page.locator("#lk-verdict").get_by_text("Held-out average").first.wait_for(timeout=WAIT)
     page.screenshot(path=SHOTS / f"likelihood{tag}.png", full_page=True)
 
     # Generate (DDIM, 50 steps, seed 7, clip on), pin it, generate again with clip off, compare
@@ -104,11 +100,13 @@ def test_teaching_views(browser, server, width):
     open_tab(page, "Generate")
     page.get_by_label("Clip x̂₀ to [−1, 1]").first.uncheck()
     page.get_by_role("button", name="Generate", exact=True).click()
-    page.locator("#gen-status").get_by_text("Done").wait_for(timeout=WAIT)
+    page.locator("#gen-status").get_by_text("Step").wait_for(timeout=WAIT)  # the new run has started…
+    page.locator("#gen-status").get_by_text("Done").wait_for(timeout=WAIT)  # …and finished
     open_tab(page, "Frames")
     page.get_by_role("button", name="◀ Previous").click()
-    page.locator("#frame-update").get_by_text("σ", exact=False).first.wait_for(timeout=WAIT)
+    page.locator("#frame-label").get_by_text("frame 49/50", exact=False).wait_for(timeout=WAIT)
     page.locator("#frame-terms img").wait_for(timeout=WAIT)
+    page.wait_for_function("() => !document.querySelector('.wrap.pending, .eta-bar')", timeout=WAIT)
     page.screenshot(path=SHOTS / f"frames-step{tag}.png", full_page=True)
     open_tab(page, "Compare")
     page.locator("#compare-t input[type=range]").focus()

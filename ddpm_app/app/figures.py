@@ -16,7 +16,7 @@ from .pictures import labelled_strip
 from .reverse_step import equation_text, frame_breakdown, number, terms_strip
 from .served import ServedModel
 from .state import UserState
-from .training_view import error_heatmap
+from .training_view import error_heatmap, heat_scale
 
 SLIDE_SIZE = 512  # pixels per image, at least
 VIEWS = ("step", "forward", "training", "likelihood", "compare", "interpolation")
@@ -49,8 +49,9 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
         s = lesson.step
         if s is None:
             raise InputError("nothing to export yet: pick a photo in the Training tab first")
-        return labelled_strip([s.x0, s.eps / 2, s.x_t, s.pred_eps / 2, _rgb_tensor(error_heatmap(s.squared_error))],
-                              ["x₀", "ε (×½)", f"x_{s.t}", "ε̂ = ε_θ(x_t, t) (×½)", "(ε − ε̂)², 0 … 4"],
+        scale = heat_scale(s.squared_error)
+        return labelled_strip([s.x0, s.eps / 2, s.x_t, s.pred_eps / 2, _rgb_tensor(error_heatmap(s.squared_error, scale))],
+                              ["x₀", "ε (×½)", f"x_{s.t}", "ε̂ = ε_θ(x_t, t) (×½)", f"(ε − ε̂)², 0 … {number(scale)}"],
                               SLIDE_SIZE, title=f"t = {s.t}: loss ‖ε − ε̂‖²/D = {number(s.loss)}, "
                                                 f"‖ε − ε̂‖² = {s.loss_sum:.1f}")
     if view == "likelihood":

@@ -42,16 +42,16 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
         ref_steps = [(t, v) for t, _, v in ref.per_timestep if t > 0]
         ax.plot(*zip(*ref_steps), "-", lw=1.2, color="tab:orange", alpha=0.9, label="held-out mean")
     ax.plot(*zip(*steps), "o", ms=3, color="tab:blue", label="your photo")
-    ax.plot([0], [photo.decoder], "D", ms=6, color="tab:red", label=f"decoder L₀ = {photo.decoder:.2f}")
+    ax.plot([0], [photo.decoder], "D", ms=6, color="tab:red", label=f"decoder $L_0$ = {photo.decoder:.2f}")
     ax.set_yscale("log")
     ax.set_xlim(-timesteps * 0.02, timesteps - 1)
     ax.set_xlabel("t")
     ax.set_ylabel("bits/dim")
-    ax.set_title("KL(q(x_{t−1}|x_t, x₀) ‖ p_θ(x_{t−1}|x_t)) per step", fontsize=10)
+    ax.set_title(r"per step: $L_{t-1} = \mathrm{KL}(q(x_{t-1}|x_t, x_0)\,\|\,p_\theta(x_{t-1}|x_t))$", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right")
 
-    parts = ["prior L_T", "Σ steps L_{t−1}", "decoder L₀"]
+    parts = ["prior $L_T$", r"$\sum_t L_{t-1}$", "decoder $L_0$"]
     mine = [photo.prior, photo.diffusion, photo.decoder]
     x = np.arange(3)
     width = 0.38 if ref is not None else 0.6

@@ -21,7 +21,10 @@ def number(v: float, digits: int = 4) -> str:
         return "0"
     if abs(v) < 1e-3 or abs(v) >= 1e5:
         return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}"
+    text = f"{v:.{digits}g}"
+    if abs(float(text)) == 1 and abs(v) != 1:  # 0.99998 is not 1: keep the digits that say how close
+        text = f"{v:.{digits + 3}f}".rstrip("0")
+    return text
 
 
 def latex_number(v: float) -> str:

@@ -21,7 +21,7 @@ from .served import ServedModel
 
 CURVE_TIMESTEPS = 25  # points of the photo's loss curve, evenly spaced over the schedule
 CURVE_DRAWS = 4  # ε per point
-ERROR_RANGE = 4.0  # the heat map's colour scale: 0 … 4 (a useless ε̂ = 0 scores 1 on average)
+ERROR_RANGE = 4.0  # a fixed colour scale for the heat map: 0 … 4 (a useless ε̂ = 0 scores 1 on average)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ def photo_curve(served: ServedModel, x0: Tensor, seed: int, num: int = CURVE_TIM
     return loss_curve(served.eps_model, served.schedule, x0[None].to(served.device),
                       curve_timesteps(served.timesteps, num), draws=draws,
                       generator=served.generator(seed), batch_size=max(draws * 4, 16))
+
+
+def heat_scale(squared_error: Tensor) -> float:
+    """The top of the heat map's colour scale: the 99th percentile of (ε − ε̂)² over pixels (at least 10⁻⁶), so the
+    map shows where the error is at any t; the numbers say what white means."""
+    return max(float(squared_error.float().mean(dim=0).flatten().quantile(0.99)), 1e-6)
 
 
 def error_heatmap(squared_error: Tensor, vmax: float = ERROR_RANGE) -> np.ndarray:
