@@ -3,7 +3,7 @@
     python benchmarks/teach_views.py [--weights weights] [--model faces] [--repeats 5] [--threads N]
 
 - training view: one update after moving t (Algorithm 1's pictures and numbers, the loss-curve plot marked at t);
-- loss against t: the photo's curve (25 timesteps × 4 ε), computed afresh;
+- loss against t: the photo's curve (25 timesteps × 3 ε), computed afresh;
 - likelihood: the bits/dim estimate (50 timesteps), its first progress update (the 0-of-50 bar, and the first
   one with work done) and the whole estimate.
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min); model {args.model}\n")
     print("| measure | median | range | runs |\n|---|---|---|---|")
     print(summary("training view: update after moving t", moves))
-    print(summary("loss against t (25 t × 4 ε)", curves))
+    print(summary("loss against t (25 t × 3 ε)", curves))
     print(summary("likelihood estimate (50 t): first progress bar", first_bar))
     print(summary("likelihood estimate: first progress with work done", first_work))
     print(summary("likelihood estimate: whole", totals))

@@ -141,7 +141,7 @@ def test_teaching_endpoints_through_gradio_client(server: str):
     x0, eps, x_t, pred, heat, numbers, plot = client.predict(photo, 120, 4, api_name="/train_step")
     assert "t = 120" in numbers and "noise seed 4" in numbers and Image.open(heat).size == (16, 16)
     plot, summary = client.predict(photo, 120, api_name="/loss_curve")
-    assert "25 timesteps, 4 ε each" in summary and "No held-out curve" in summary
+    assert "25 timesteps, 3 ε each" in summary and "No held-out curve" in summary
     assert Image.open(plot).width > Image.open(plot).height
 
     # the likelihood of the photo: progress, then the bound and what it means

@@ -103,8 +103,8 @@ def test_teaching_views(browser, server, width):
     page.locator("#gen-status").get_by_text("Step").wait_for(timeout=WAIT)  # the new run has started…
     page.locator("#gen-status").get_by_text("Done").wait_for(timeout=WAIT)  # …and finished
     open_tab(page, "Frames")
+    page.locator("#frame-label").get_by_text("finished").wait_for(timeout=WAIT)
     page.get_by_role("button", name="◀ Previous").click()
-    page.locator("#frame-label").get_by_text("frame 49/50", exact=False).wait_for(timeout=WAIT)
     page.locator("#frame-terms img").wait_for(timeout=WAIT)
     page.wait_for_function("() => !document.querySelector('.wrap.pending, .eta-bar')", timeout=WAIT)
     page.screenshot(path=SHOTS / f"frames-step{tag}.png", full_page=True)

@@ -18,7 +18,7 @@ from .plots import new_figure, pixels
 from .served import ServedModel
 
 ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
-BATCH = 10  # timesteps per network call: a progress update after each
+BATCH = 5  # timesteps per network call: a progress update after each
 CLIP_X0 = True  # as the held-out figures of the shipped models (python -m ddpm_app.evaluate)
 
 
