@@ -138,7 +138,8 @@ class Handlers:
             settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
-        run = Trajectory(f"{settings.describe()}, seed {seed}", settings.num_steps(served.timesteps - 1),
+        clipped = "x̂₀ clipped" if settings.clip_x0 else "x̂₀ not clipped"
+        run = Trajectory(f"{settings.describe()}, {clipped}, seed {seed}", settings.num_steps(served.timesteps - 1),
                          served.shape(batch), seed, self.max_trajectory_bytes, settings, served.schedule)
         user.keep("generate", run)
         started = time.perf_counter()

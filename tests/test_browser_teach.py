@@ -79,6 +79,7 @@ def test_teaching_views(browser, server, width):
     page.locator("#train-t input[type=range]").focus()
     page.keyboard.press("End")
     page.locator("#train-numbers").get_by_text("t = 999").wait_for(timeout=WAIT)
+    page.wait_for_function("() => !document.querySelector('.wrap.pending, .eta-bar')", timeout=WAIT)
     page.screenshot(path=SHOTS / f"training{tag}.png", full_page=True)
 
     # Likelihood of the photo: progress, then the bound beside the held-out figure
@@ -115,7 +116,8 @@ def test_teaching_views(browser, server, width):
     page.locator("#compare-t input[type=range]").focus()
     for _ in range(3):
         page.keyboard.press("PageDown")
-    page.locator("#compare-caption").get_by_text("(latest)").wait_for(timeout=WAIT)
+    # DDIM-50 visits t = …, 734, 714, 693, …: at t = 699 both runs show their step at t = 714
+    page.locator("#compare-caption").get_by_text("at t = 714").first.wait_for(timeout=WAIT)
     page.locator("#compare-image img").wait_for(timeout=WAIT)
     page.screenshot(path=SHOTS / f"compare{tag}.png", full_page=True)
 
