@@ -106,11 +106,13 @@ def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
     return out_path
 
 
-def complete_export(folder: Path, samples: Path | None, title: str) -> Path:
-    """Finish an exported model folder: the sample grid as samples.png and the model card (README.md)."""
+def complete_export(folder: Path, samples: Path | None, title: str, data: str | None = None,
+                    device: str = "cpu") -> Path:
+    """Finish an exported model folder: the sample grid as samples.png, the model card (README.md) and, when the
+    data pack has a test/ split, the held-out loss curve and bits/dim (heldout.json)."""
     import torch
 
-    from ddpm_app import model_card
+    from ddpm_app import heldout, model_card
     from ddpm_app.model_folder import read_config
     from ddpm_app.models import build_model
 
@@ -121,6 +123,10 @@ def complete_export(folder: Path, samples: Path | None, title: str) -> Path:
         num_parameters = build_model(config.model).num_parameters()
     model_card.write(folder, config, num_parameters, title=title,
                      sample_image="samples.png" if samples is not None else None)
+    if data and Path(data).exists():
+        measured = heldout.measure_folder(folder, data, device=device)
+        print(f"held-out figures: {measured.method}" if measured else f"{data} has no test/ split: "
+              "no held-out figures stored", file=sys.stderr)
     return folder
 
 
@@ -134,7 +140,8 @@ def finish_export(trainer, args) -> Path:
     if trainer.cfg.sample_every == 0 or not grids or not grids[-1].name.endswith(f"{trainer.step:07d}.png"):
         grids.append(trainer.sample_grid())
     plot_loss(out / "metrics.jsonl", out / "loss.png")
-    return complete_export(export_dir, grids[-1], args.name or f"DDPM {Path(trainer.cfg.data).stem}")
+    return complete_export(export_dir, grids[-1], args.name or f"DDPM {Path(trainer.cfg.data).stem}",
+                           data=trainer.cfg.data, device=str(trainer.device))
 
 
 def train_main(argv) -> int:
@@ -258,7 +265,8 @@ def export_main(argv) -> int:
     extra = {"hardware": args.hardware} if args.hardware else None
     out = training.export_checkpoint(ckpt, args.out, args.export_dtype, extra)
     grids = sorted((Path(args.ckpt).parent / "samples").glob("step_*.png"))
-    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model")
+    data = (ckpt.get("data") or {}).get("path") or ckpt["train_config"].get("data")
+    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model", data=data)
     print(f"exported {args.ckpt} to {out}", file=sys.stderr)
     return 0
 

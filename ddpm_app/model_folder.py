@@ -7,7 +7,8 @@ A model directory holds
 - ``model.safetensors`` — the weights (or ``model-0000k-of-0000n.safetensors`` shards with
   ``model.safetensors.index.json`` when a file would exceed the shard size; a single tensor larger than the
   shard size gets a shard of its own, the only kind of file that may exceed it);
-- optionally ``README.md`` (the model card) and sample images.
+- optionally ``README.md`` (the model card), sample images and ``heldout.json`` (the held-out loss curve and
+  bits/dim, see :mod:`ddpm_app.heldout`).
 
 Nothing here unpickles: weights are read with safetensors only, and from the Hub only the files above are fetched.
 """
@@ -34,7 +35,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_PATTERN = "model{suffix}.safetensors"
 DEFAULT_SHARD_SIZE = "15MB"  # keeps every weights file under 16 MiB (Hub previews, small uploads)
 # what a model folder holds on the Hub: fetched (and no other file) by download, uploaded by hub.push_folder
-HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png"]
+HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png", "heldout.json"]
 
 
 class ModelFolderError(Exception):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,6 +46,7 @@ class Step:
     pred_x0: Tensor  # x̂₀ from ε̂ (clipped to [−1, 1] if the sampler clips)
     pred_eps: Tensor  # ε̂ = ε_θ(x_t, t)
     x_prev: Tensor  # x_{t−1} for DDPM, x_{t_prev} for DDIM; the final image on the last step
+    noise: Tensor | None = None  # z ~ N(0, I) added as σ·z; None when the step adds no noise
 
     @property
     def is_last(self) -> bool:
@@ -117,7 +118,7 @@ def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generat
         # no noise at the last step: z = 0 there, and the generator is not drawn from
         z = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else torch.zeros_like(x)
         eps, x0, x_prev = step(schedule, x, tt, z, sigma_table, clip_x0)
-        yield Step(index, num_steps, t, t - 1, x, x0, eps, x_prev)
+        yield Step(index, num_steps, t, t - 1, x, x0, eps, x_prev, z if t > 0 else None)
         x = x_prev
 
 
@@ -144,18 +145,34 @@ def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: 
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     x, t0 = _start(schedule, shape, start_t, x_start, generator, device)
     ts = ddim_timesteps(t0, steps)
-    abar = schedule.float64["alphas_cumprod"]
     for index, t in enumerate(ts):
         s = ts[index + 1] if index + 1 < len(ts) else -1
         eps, x0 = _predict(model, schedule, x, _timestep(x, t), clip_x0)
-        a_t = float(abar[t])
-        a_s = float(abar[s]) if s >= 0 else 1.0
-        sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
-        x_prev = a_s ** 0.5 * x0 + max(1 - a_s - sigma ** 2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=x.device)
-        yield Step(index, len(ts), t, s, x, x0, eps, x_prev)
+        c = ddim_coefficients(schedule, t, s, eta)
+        x_prev = c.x0 * x0 + c.eps * eps
+        z = None
+        if c.sigma > 0:
+            z = torch.randn(x.shape, generator=generator, device=x.device)
+            x_prev = x_prev + c.sigma * z
+        yield Step(index, len(ts), t, s, x, x0, eps, x_prev, z)
         x = x_prev
+
+
+class DDIMCoefficients(NamedTuple):
+    """x_s = x0·x̂₀ + eps·ε̂ + sigma·z for one DDIM jump t → s."""
+
+    x0: float  # √ᾱ_s
+    eps: float  # √(1 − ᾱ_s − σ²)
+    sigma: float  # η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_s)
+
+
+def ddim_coefficients(schedule: Schedule, t: int, s: int, eta: float) -> DDIMCoefficients:
+    """The coefficients of DDIM's update from timestep t to s (s = −1: the final image, ᾱ_{−1} = 1), float64."""
+    abar = schedule.float64["alphas_cumprod"]
+    a_t = float(abar[t])
+    a_s = float(abar[s]) if s >= 0 else 1.0
+    sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
+    return DDIMCoefficients(a_s ** 0.5, max(1 - a_s - sigma ** 2, 0.0) ** 0.5, sigma)
 
 
 def sample(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, sampler: str = "ddpm",
@@ -241,6 +258,69 @@ class SamplerSettings:
         start = schedule.timesteps - 1 if start_t is None else start_t
         return sample(model, schedule, shape, sampler=self.sampler, steps=self.num_steps(start), eta=self.eta,
                       clip_x0=self.clip_x0, start_t=start_t, step_fn=step_fn, **kwargs)
+
+
+@dataclass(frozen=True)
+class StepTerm:
+    """One summand of a reverse step: ``coefficient`` times the tensor named by ``factor``."""
+
+    factor: str  # "x_t", "x̂₀", "ε̂" or "z"
+    coefficient: float
+    value: Tensor  # coefficient · factor, (B, C, H, W)
+
+
+@dataclass(frozen=True)
+class StepBreakdown:
+    """A reverse step written as a sum, x_prev = Σ terms, with the schedule numbers it was built from.
+
+    DDPM:  x_{t−1} = (1/√α_t)·x_t − β_t/(√α_t·√(1−ᾱ_t))·ε̂ + σ_t·z
+    DDIM:  x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s−σ²)·ε̂ + σ·z
+    For a DDIM jump t → s, α and β are those of the whole jump: α = ᾱ_t/ᾱ_s, β = 1 − α.
+    """
+
+    sampler: SamplerName
+    t: int
+    t_prev: int  # −1: the step produces the final image
+    alpha: float  # α_t
+    beta: float  # β_t
+    alpha_bar: float  # ᾱ_t
+    alpha_bar_prev: float  # ᾱ at t_prev (1 for the final image)
+    sigma: float  # the noise scale σ of this step (0 when it adds none)
+    terms: tuple[StepTerm, ...]
+
+    def result(self) -> Tensor:
+        """Σ terms: the x_prev this step produced."""
+        total = self.terms[0].value
+        for term in self.terms[1:]:
+            total = total + term.value
+        return total
+
+
+def step_breakdown(schedule: Schedule, step: Step, settings: SamplerSettings,
+                   variance: Variance = "posterior") -> StepBreakdown:
+    """The terms of ``step`` (a step of a chain run with ``settings``), each a coefficient times x_t, x̂₀, ε̂ or z.
+
+    Coefficients come from the schedule in float64; z is the noise the sampler drew (``step.noise``).
+    """
+    f64 = schedule.float64
+    t, s = step.t, step.t_prev
+    abar_t = float(f64["alphas_cumprod"][t])
+    abar_s = float(f64["alphas_cumprod"][s]) if s >= 0 else 1.0
+    z = step.noise if step.noise is not None else torch.zeros_like(step.x_t)
+    if settings.sampler == "ddpm":
+        alpha, beta = float(f64["alphas"][t]), float(f64["betas"][t])
+        table = f64["posterior_variance"] if variance == "posterior" else f64["betas"]
+        sigma = float(table[t]) ** 0.5 if step.noise is not None else 0.0
+        c_x = 1.0 / alpha ** 0.5
+        c_eps = -beta / (alpha ** 0.5 * (1.0 - abar_t) ** 0.5)
+        terms = (StepTerm("x_t", c_x, c_x * step.x_t), StepTerm("ε̂", c_eps, c_eps * step.pred_eps),
+                 StepTerm("z", sigma, sigma * z))
+        return StepBreakdown("ddpm", t, s, alpha, beta, abar_t, abar_s, sigma, terms)
+    c = ddim_coefficients(schedule, t, s, settings.eta)
+    sigma = c.sigma if step.noise is not None else 0.0
+    terms = (StepTerm("x̂₀", c.x0, c.x0 * step.pred_x0), StepTerm("ε̂", c.eps, c.eps * step.pred_eps),
+             StepTerm("z", sigma, sigma * z))
+    return StepBreakdown("ddim", t, s, abar_t / abar_s, 1.0 - abar_t / abar_s, abar_t, abar_s, sigma, terms)
 
 
 def final(steps: Iterator[Step]) -> Tensor:

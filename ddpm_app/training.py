@@ -23,13 +23,13 @@ from typing import Callable, Iterator, Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import samplers
 from .data import DatasetError, ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
 from .inference import prepare, resolve_device
+from .loss import diffusion_loss
 from .model_folder import DiffusionConfig, LoadedModel, ModelFolderError, load_pretrained, save_pretrained
 from .models import ModelConfig, SeedUNet, build_model
 from .samplers import DEFAULT_DDIM_STEPS, SamplerSettings
@@ -187,17 +187,6 @@ def loss_weights(schedule: Schedule, t: Tensor, cfg: TrainConfig) -> Tensor | No
         return None
     snr = extract(schedule.snr, t, (t.shape[0],)).to(t.device)
     return snr.clamp(max=cfg.min_snr_gamma) / snr
-
-
-def diffusion_loss(model: nn.Module, schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor,
-                   weights: Tensor | None = None) -> Tensor:
-    """Mean over pixels and batch of ‖ε − ε_θ(x_t, t)‖² (optionally weighted per sample)."""
-    x_t = schedule.q_sample(x0, t, noise)
-    pred = model(x_t, t)
-    per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    if weights is not None:
-        per_sample = per_sample * weights
-    return per_sample.mean()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ only turns widget values into calls and results into pictures and text.
 from __future__ import annotations
 
 import functools
+import html
 import io
 import tempfile
 import time
@@ -29,7 +30,8 @@ from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH,
                   labelled_strip, noise_picture, picture, resolve_seed, schedule_curves, stream)
 from .image import ImageError, open_image, psnr
 from .model_folder import ModelFolderError
-from .samplers import SamplerSettings, SettingsError, Step
+from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, number, terms_strip
+from .samplers import SamplerSettings, SettingsError, Step, step_breakdown
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
@@ -139,9 +141,10 @@ class Handlers:
             settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
-        run = Trajectory(f"{settings.describe()}, seed {seed}", settings.num_steps(served.timesteps - 1),
-                         served.shape(batch), seed, self.max_trajectory_bytes)
-        user.run = run  # a new object per run: a stopped run still finishing its step cannot write into this one
+        clipped = "x̂₀ clipped" if settings.clip_x0 else "x̂₀ not clipped"
+        run = Trajectory(f"{settings.describe()}, {clipped}, seed {seed}", settings.num_steps(served.timesteps - 1),
+                         served.shape(batch), seed, self.max_trajectory_bytes, settings, served.schedule)
+        user.keep("generate", run)
         started = time.perf_counter()
         yield from stream(served.sample(settings, batch, seed), run, Throttle(self.preview_interval, budget=PREVIEW_BUDGET),
                           lambda step: self._preview(served, run, step, started, show_eps), self.library.worker)
@@ -157,33 +160,49 @@ class Handlers:
         if step.is_last or step.index == 0:  # jump to the end when done; to 0 on a new run (inside the new range)
             slider["value"] = last
         send = (lambda array: array) if step.is_last else preview_file
+        update = equation_text(step_breakdown(served.schedule, step, run.settings))
         return (send(picture(step.x_prev if step.is_last else step.x_t)), send(picture(step.pred_x0)),
                 send(noise_picture(step.pred_eps)) if show_eps or step.is_last else gr.skip(),
-                status_html(served, run, step, time.perf_counter() - started), str(run.seed), slider)
+                status_html(served, run, step, time.perf_counter() - started, update), str(run.seed), slider)
 
     # -- Step through the frames -------------------------------------------------------------------------
 
     @on_device
     def frame(self, index: float, user: UserState) -> tuple:
-        """The stored frame ``index`` of the latest run: (x_t, x̂₀, label)."""
+        """The stored frame ``index`` of the run Frames shows (the user's latest Generate or Denoise run):
+        (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
         run = user.run
         if run is None or not run.frames:
-            return None, None, "No run yet: press **Generate** (or **Denoise**) first."
+            return (None, None, f"No {user.shown} run yet: press **{user.shown.capitalize()}** first.",
+                    "", None, user.shown)
         i = min(max(int(index or 0), 0), len(run.frames) - 1)
         f = run.frames[i]
+        user.frame_index = i
         state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
                  if run.stopped else f"running: {run.steps_done} of {run.num_steps} steps")
         every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
         label = (f"**{run.title}** ({state}) — frame {i + 1}/{len(run.frames)}: step {f.index + 1}/{run.num_steps}, "
                  f"**t = {f.t}**. Stored: {every}.")
-        return picture(f.x_t), picture(f.pred_x0), label
+        parts = frame_breakdown(run, f)
+        if parts is None:
+            return picture(f.x_t), picture(f.pred_x0), label, "", None, user.shown
+        return (picture(f.x_t), picture(f.pred_x0), label, equation_markdown(parts),
+                terms_strip(parts, f.x_prev), user.shown)
 
     @on_device
     def nudge(self, index: float, delta: int, user: UserState) -> tuple:
-        """Prev/next: (new slider value, x_t, x̂₀, label), kept inside the stored frames."""
+        """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames."""
         last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
         index = min(max(int(index or 0) + delta, 0), last)
         return (index, *self.frame(index, user))
+
+    @on_device
+    def show_run(self, which: str, user: UserState) -> tuple:
+        """Switch Frames between the latest Generate and Denoise runs: (slider update, outputs of :meth:`frame`)."""
+        with user_errors():
+            user.show(which)
+        last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
+        return (gr.update(maximum=max(last, 1), value=last), *self.frame(last, user))
 
     @on_device
     def export(self, kind: str, user: UserState) -> str:
@@ -244,8 +263,8 @@ class Handlers:
             seed = resolve_seed(seed)
         t, x0, x_t = forward.t, forward.x0, forward.x_t
         run = Trajectory(f"SDEdit from t = {t}, {settings.describe()}, seed {seed}", settings.num_steps(t),
-                         served.shape(1), seed, self.max_trajectory_bytes)
-        user.run = run
+                         served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule)
+        user.keep("denoise", run)
         started = time.perf_counter()
 
         def render(step: Step) -> tuple:
@@ -314,7 +333,8 @@ def preview_file(array: np.ndarray) -> str:
     return processing_utils.save_bytes_to_cache(buffer.getvalue(), "preview.jpeg", processing_utils.get_upload_folder())
 
 
-def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float) -> str:
+def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float, update: str = "") -> str:
+    """Progress, the step's t, ᾱ_t and SNR, and (``update``) the step's update with its numbers filled in."""
     level = served.noise_level(step.t)
     n = run.num_steps
     if step.is_last:
@@ -323,8 +343,9 @@ def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float
         head = f"Step <b>{step.index + 1}</b> / {n}"
     return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
             f"<div>{head}</div>"
-            f"<div>t = <b>{step.t}</b> · ᾱ_t = {level.alpha_bar:.4f} · SNR = {level.snr_db:+.1f} dB · "
-            f"{elapsed:.1f} s · seed {run.seed}</div></div>")
+            f"<div>t = <b>{step.t}</b> · ᾱ_t = {number(level.alpha_bar)} · SNR = {level.snr_db:+.1f} dB · "
+            f"{elapsed:.1f} s · seed {run.seed}</div>"
+            + (f"<div class='ddpm-update'>{html.escape(update)}</div>" if update else "") + "</div>")
 
 
 def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None) -> str:
@@ -425,7 +446,10 @@ def _sampler_controls(T: int, default: SamplerSettings = DEFAULT_SETTINGS) -> tu
 def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
           max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``."""
+    from .ui_teach import TeachHandlers, figure_row, teach_tabs
+
     h = Handlers(library, preview_interval, max_trajectory_bytes)
+    th = TeachHandlers(library, h.export_dir / "figures", preview_interval)
     first = library.get()
     T = first.timesteps
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
@@ -475,9 +499,15 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     next_btn = gr.Button("Next ▶", size="sm", min_width=80)
                 frame_label = gr.Markdown("No run yet: press **Generate** first.", label="frame info",
                                           elem_id="frame-label")
+                which_run = gr.Radio([("Latest Generate run", "generate"), ("Latest Denoise run", "denoise")],
+                                     value="generate", label="Run", elem_id="which-run")
                 with gr.Row():
                     f_xt = _image("x_t")
                     f_x0 = _image("predicted x̂₀")
+                f_update = gr.Markdown("", latex_delimiters=LATEX, label="this step's update",
+                                       elem_id="frame-update")
+                f_terms = _image("this step's terms (first image) and their sum", height=220, pixelated=False,
+                                 elem_id="frame-terms")
                 with gr.Row():
                     gif_btn = gr.Button("Export GIF", size="sm", min_width=80)
                     mp4_btn = gr.Button("Export MP4", size="sm", min_width=80)
@@ -532,7 +562,10 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             sd_x0 = _image("predicted x̂₀")
                         sd_compare = _image("original | noised | result", height=220, pixelated=False)
 
-            # 5. Model --------------------------------------------------------------------------
+            # 5.–8. Training, Likelihood, Compare, Interpolate ------------------------------------
+            teach = teach_tabs(th, user, first)
+
+            # 9. Model --------------------------------------------------------------------------
             with gr.Tab("Model", id="model"):
                 gr.Markdown(MODEL_HELP)
                 with gr.Row():
@@ -547,8 +580,11 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 with gr.Accordion("Model card (README.md)", open=False):
                     card = gr.Markdown(card_text, label="model card")
 
+        figure_row(th, user)
+
         # Events ------------------------------------------------------------------------------------------
-        show_frame = dict(fn=h.frame, inputs=[frame, user], outputs=[f_xt, f_x0, frame_label],
+        frame_outputs = [f_xt, f_x0, frame_label, f_update, f_terms, which_run]
+        show_frame = dict(fn=h.frame, inputs=[frame, user], outputs=frame_outputs,
                           show_progress="hidden", concurrency_limit=4)
         gen_event = run_btn.click(h.generate, [sampler, steps, eta, seed, batch, clip, show_eps, user],
                                   [g_xt, g_x0, g_eps, status, seed_used, frame], api_name="generate",
@@ -558,10 +594,12 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         show_eps.change(lambda v: gr.update(visible=v), show_eps, g_eps, api_visibility="private", queue=False)
 
         frame.input(**show_frame, api_name="frame", trigger_mode="always_last")
-        prev_btn.click(lambda i, u: h.nudge(i, -1, u), [frame, user], [frame, f_xt, f_x0, frame_label],
+        prev_btn.click(lambda i, u: h.nudge(i, -1, u), [frame, user], [frame, *frame_outputs],
                        api_visibility="private")
-        next_btn.click(lambda i, u: h.nudge(i, +1, u), [frame, user], [frame, f_xt, f_x0, frame_label],
+        next_btn.click(lambda i, u: h.nudge(i, +1, u), [frame, user], [frame, *frame_outputs],
                        api_visibility="private")
+        which_run.input(h.show_run, [which_run, user], [frame, *frame_outputs], api_name="show_run",
+                        show_progress="hidden")
         for btn, kind in ((gif_btn, "gif"), (mp4_btn, "mp4"), (png_btn, "png")):
             btn.click(lambda u, k=kind: h.export(k, u), user, export_file, api_name=f"export_{kind}").success(
                 lambda: gr.update(visible=True), None, export_file, api_visibility="private", queue=False)
@@ -584,10 +622,13 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
                                **noise_kw)
+        teach_ranges = dict(fn=th.ranges, inputs=user, outputs=[teach.train_t, teach.compare_t, teach.interp_steps],
+                            api_visibility="private", queue=False)
         model_pick.input(h.select_model, [model_pick, user], model_outputs, api_name="select_model",
-                         show_progress="hidden").then(**refresh_forward)
+                         show_progress="hidden").then(**refresh_forward).then(**teach_ranges)
         download_btn.click(h.download_model, [repo, user], model_outputs, api_name="download_model",
-                           show_progress="minimal", show_progress_on=download_btn).success(**refresh_forward)
+                           show_progress="minimal", show_progress_on=download_btn).success(
+                               **refresh_forward).then(**teach_ranges)
 
     demo.queue(max_size=queue_size, default_concurrency_limit=2)
     return demo

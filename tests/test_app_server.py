@@ -25,7 +25,8 @@ from ddpm_app.schedule import ScheduleConfig
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "ddpm_app" / "assets" / "landscape.png"
 ENDPOINTS = {"/generate", "/frame", "/export_gif", "/export_mp4", "/export_png", "/noise", "/denoise",
-             "/select_model", "/download_model"}
+             "/select_model", "/download_model", "/show_run", "/train_step", "/loss_curve", "/likelihood", "/pin",
+             "/compare", "/interpolate", "/export_figure"}
 T = 300  # enough DDPM steps that a run can be stopped part-way
 
 
@@ -108,7 +109,7 @@ def test_every_endpoint_through_gradio_client(server: str):
     again = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
     assert Image.open(again[0]).tobytes() == Image.open(x_t).tobytes()  # same seed, same images
 
-    f_xt, f_x0, label = client.predict(2, api_name="/frame")
+    f_xt, f_x0, label, *_ = client.predict(2, api_name="/frame")
     assert "frame 3/6" in label and Image.open(f_xt).size == Image.open(x_t).size
     assert Image.open(client.predict(api_name="/export_gif")).n_frames == 6
     assert Image.open(client.predict(api_name="/export_png")).size == Image.open(x_t).size
@@ -135,6 +136,50 @@ def test_every_endpoint_through_gradio_client(server: str):
         client.predict("someone/nothing-here", api_name="/download_model")
     x_small = client.predict("ddpm", 1, 0.0, 1, 1, True, False, api_name="/generate")[0]
     assert Image.open(x_small).size == (8, 8)  # one 8×8 grey image from the small model
+
+
+@pytest.mark.slow
+def test_teaching_endpoints_through_gradio_client(server: str):
+    client = Client(server, verbose=False)
+    photo = handle_file(str(PHOTO))
+
+    # the training view: Algorithm 1 on the photo, then its loss against t
+    x0, eps, x_t, pred, heat, numbers, plot = client.predict(photo, 120, 4, api_name="/train_step")
+    assert "t = 120" in numbers and "noise seed 4" in numbers and Image.open(heat).size == (16, 16)
+    plot, summary = client.predict(photo, 120, api_name="/loss_curve")
+    assert "25 timesteps, 3 ε each" in summary and "No held-out curve" in summary
+    assert Image.open(plot).width > Image.open(plot).height
+
+    # the likelihood of the photo: progress, then the bound and what it means
+    status, plot, verdict = client.predict(photo, False, 2, api_name="/likelihood")
+    assert "Done" in status and "bits/dim (estimate from 50 timesteps)" in verdict
+    job = client.submit(photo, False, 3, api_name="/likelihood")
+    job.result()
+    assert any("progress" in out[0] and "Done" not in out[0] for out in job.outputs())  # streamed progress
+
+    # a Generate run and a Denoise run, kept apart; the reverse step explained in Frames
+    client.predict("ddim", 6, 0.0, 11, 1, True, False, api_name="/generate")
+    client.predict(photo, 40, True, 5, api_name="/noise")
+    client.predict("ddim", 5, 0.0, 3, True, api_name="/denoise")
+    f_xt, f_x0, label, update, terms, which = client.predict(2, api_name="/frame")
+    assert which == "denoise" and "SDEdit" in label and "\\hat\\varepsilon" in update and Image.open(terms).width > 0
+    slider, *shown = client.predict("generate", api_name="/show_run")
+    assert shown[5] == "generate" and "DDIM, 6 steps" in shown[2]
+
+    # runs side by side: pin DDIM-6, run DDIM-3 from the same seed, scrub both
+    caption = client.predict(api_name="/pin")[0]
+    assert "Pinned **A**: DDIM, 6 steps" in caption
+    client.predict("ddim", 3, 0.0, 11, 1, True, False, api_name="/generate")
+    image, caption = client.predict(150, api_name="/compare")
+    assert "**B** (latest): DDIM, 3 steps" in caption and Image.open(image).width > 4 * 16
+
+    # interpolation and a slide figure of it
+    strip, status = client.predict(1, 2, 5, 4, True, api_name="/interpolate")
+    assert "Done" in status and Image.open(strip).width > 5 * 16
+    figure = Image.open(client.predict("interpolation", api_name="/export_figure"))
+    assert figure.height >= 512 and figure.width >= 5 * 512
+    with pytest.raises(AppError, match="upload a photo"):
+        client.predict(None, 3, 0, api_name="/train_step")
 
 
 @pytest.mark.slow

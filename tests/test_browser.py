@@ -113,8 +113,8 @@ def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
 
 def test_phone_width_layout(browser, server):
     page, errors = open_app(browser, server, width=400)
-    tabs = page.get_by_role("tab")
-    assert tabs.count() == 5  # all five tabs on one line, none hidden in an overflow menu
+    tabs = page.get_by_role("tab")  # nine tabs: those that do not fit on the line are under "More tabs"
+    assert tabs.count() == 9 or (tabs.count() >= 3 and page.get_by_role("button", name="More tabs").count())
     page.get_by_role("tab", name="Forward").click()
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=30_000)

@@ -256,7 +256,7 @@ def test_hub_download_asks_only_for_config_weights_card_and_pictures(monkeypatch
     assert model_folder.download("someone/model") == tmp_path
     assert asked["repo_id"] == "someone/model"
     assert sorted(asked["allow_patterns"]) == sorted(["config.json", "*.safetensors", "*.safetensors.index.json",
-                                                      "README.md", "*.png"])
+                                                      "README.md", "*.png", "heldout.json"])
     assert "trust_remote_code" not in asked
     for pattern in asked["allow_patterns"]:
         for unsafe in (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".py"):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ddpm_app.samplers import Step, ddim, ddim_timesteps, ddpm, final, sample
+from ddpm_app.samplers import SamplerSettings, Step, ddim, ddim_timesteps, ddpm, final, sample, step_breakdown
 from ddpm_app.schedule import Schedule, ScheduleConfig
 
 SHAPE = (2, 3, 4, 4)
@@ -280,3 +280,32 @@ def test_beta_and_posterior_variance_give_different_chains(tiny_model, tiny_sche
     a, b = (final(ddpm(tiny_model, tiny_schedule, shape, x_start=x_start, variance=v,
                        generator=torch.Generator().manual_seed(1))) for v in ("posterior", "beta"))
     assert (a - b).abs().mean() > 1e-2
+
+
+# --- a step written as a sum of its terms ---------------------------------------------------------------
+
+@pytest.mark.parametrize("settings", [SamplerSettings("ddpm", 20, 1.0, False), SamplerSettings("ddpm", 20, 1.0, True),
+                                      SamplerSettings("ddim", 6, 0.0, True), SamplerSettings("ddim", 6, 0.7, False)])
+def test_the_terms_of_every_step_add_up_to_the_sampled_x_prev(tiny_model, tiny_schedule, settings):
+    steps = list(settings.run(tiny_model, tiny_schedule, SHAPE, generator=torch.Generator().manual_seed(4)))
+    for step in steps:
+        parts = step_breakdown(tiny_schedule, step, settings)
+        torch.testing.assert_close(parts.result(), step.x_prev, rtol=0, atol=2e-5)
+        assert [term.factor for term in parts.terms] == (["x_t", "ε̂", "z"] if settings.sampler == "ddpm"
+                                                         else ["x̂₀", "ε̂", "z"])
+    assert step_breakdown(tiny_schedule, steps[-1], settings).sigma == 0.0  # no noise on the last step
+
+
+def test_ddpm_coefficients_are_the_tutorials_numbers(tiny_model, tiny_schedule):
+    """1/√α_t, −β_t/(√α_t·√(1−ᾱ_t)) and σ_t = √(β_t(1−ᾱ_{t−1})/(1−ᾱ_t)), from β alone."""
+    settings = SamplerSettings("ddpm", 20, 1.0, False)
+    step = next(iter(settings.run(tiny_model, tiny_schedule, SHAPE, start_t=7,
+                                  generator=torch.Generator().manual_seed(0))))
+    betas = torch.linspace(1e-3, 0.3, 20, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    beta, alpha, a_t, a_prev = float(betas[7]), 1 - float(betas[7]), float(abar[7]), float(abar[6])
+    parts = step_breakdown(tiny_schedule, step, settings)
+    assert [term.coefficient for term in parts.terms] == pytest.approx(
+        [alpha ** -0.5, -beta / (alpha * (1 - a_t)) ** 0.5, (beta * (1 - a_prev) / (1 - a_t)) ** 0.5], rel=1e-12)
+    assert (parts.t, parts.t_prev, parts.alpha_bar, parts.alpha_bar_prev) == (7, 6, pytest.approx(a_t),
+                                                                              pytest.approx(a_prev))

@@ -16,7 +16,7 @@ from huggingface_hub import constants, metadata_load
 from PIL import Image
 
 import train
-from ddpm_app import training
+from ddpm_app import heldout, training
 from ddpm_app.data import load_pack
 from ddpm_app.model_folder import load_pretrained
 from ddpm_app.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint
@@ -241,6 +241,9 @@ def test_zip_with_train_and_test_folders_trains_on_the_split(tmp_path):
     assert data == {"path": str(pack), "split": "train", "images": len(UTK_TRAIN)}
     test = load_pack(pack, 16, split="test")
     assert test.names == sorted(UTK_TEST) and test.images.shape == (len(UTK_TEST), 3, 16, 16)
+    stored = heldout.load(out / "export")  # the held-out figures, measured at export on the pack's test/ split
+    assert stored.loss.num_images == stored.bpd.num_images == len(UTK_TEST) and stored.data.endswith("split test")
+    assert len(stored.loss.timesteps) == min(heldout.LOSS_TIMESTEPS, SCHEDULE.timesteps)
 
 
 def test_eval_every_reads_the_pack_s_test_folder_and_logs_held_out_mse(tmp_path, capsys):

@@ -273,12 +273,14 @@ def test_costly_previews_are_spaced_to_stay_within_the_budget():
 
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
     served = library.get("faces")
-    per_step = 2 * 4 * 3 * 16 * 16
+    per_step = 2 * 4 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀ of four; ε̂, z and x_prev of the first
     run = Trajectory("t", T, served.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
     assert run.stride == 4
     list(stream(served.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
     assert [f.index for f in run.frames] == [0, 4, 8, 12, 16, 19]
-    assert run.finished and sum(f.x_t.numel() + f.pred_x0.numel() for f in run.frames) <= per_step * 6
+    stored = sum(x.numel() for f in run.frames for x in (f.x_t, f.pred_x0, f.pred_eps, f.noise, f.x_prev)
+                 if x is not None)
+    assert run.finished and stored <= per_step * 6
 
 
 def test_same_seed_same_images_whoever_else_is_sampling(handlers: ui.Handlers):
@@ -311,7 +313,7 @@ def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Pa
     assert run.steps_done == len(run.frames) == 3
     assert [f.t for f in run.frames] == [T - 1, T - 2, T - 3]
     assert torch.equal(run.result(), run.frames[-1].pred_x0)
-    x_t, x0, label = handlers.frame(99, user)  # out of range: clamped to the last stored frame
+    x_t, x0, label, *_ = handlers.frame(99, user)  # out of range: clamped to the last stored frame
     assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label
     np.testing.assert_array_equal(x_t, ui.picture(run.frames[-1].x_t))
     gif = Image.open(handlers.export("gif", user))
@@ -327,7 +329,7 @@ def test_frame_scrubber_and_prev_next(handlers: ui.Handlers):
     user = UserState()
     assert handlers.frame(0, user)[0] is None  # nothing yet
     run_all(handlers.generate("ddim", 6, 0.0, 2, 1, True, False, user))
-    x_t, x0, label = handlers.frame(2, user)
+    x_t, x0, label, *_ = handlers.frame(2, user)
     np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[2].x_t))
     np.testing.assert_array_equal(x0, ui.picture(user.run.frames[2].pred_x0))
     assert "frame 3/6" in label and "finished" in label
@@ -539,7 +541,8 @@ def test_build_wires_named_endpoints(library: ModelLibrary):
     demo = ui.build(library)
     names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
     assert names == {"generate", "frame", "export_gif", "export_mp4", "export_png", "noise", "denoise",
-                     "select_model", "download_model"}
+                     "select_model", "download_model", "show_run", "train_step", "loss_curve", "likelihood", "pin",
+                     "compare", "interpolate", "export_figure"}
     sampling = [d for d in demo.fns.values() if d.api_name in ("generate", "denoise")]
     assert all(d.concurrency_limit == 1 and d.concurrency_id == "model" for d in sampling)
     assert demo._queue.max_size == ui.QUEUE_SIZE

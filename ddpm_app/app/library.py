@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -41,6 +41,10 @@ class DeviceWorker:
         if threading.get_ident() == self._thread_id:  # already on the worker (a job calling another)
             return fn(*args, **kwargs)
         return self._executor.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn: Callable[..., Result], *args, **kwargs) -> Future[Result]:
+        """Start ``fn`` on the worker and return at once (for a caller that reports progress while it runs)."""
+        return self._executor.submit(fn, *args, **kwargs)
 
 
 def find_models(weights_dir: str | Path) -> dict[str, Path]:

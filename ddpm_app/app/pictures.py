@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 import torch
+from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -27,20 +29,29 @@ def noise_picture(eps: Tensor, nrow: int | None = None) -> np.ndarray:
     return picture(eps / 2, nrow)
 
 
-def label_font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+@lru_cache(maxsize=16)
+def label_font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (shipped with matplotlib) at ``size`` px: it has the Greek letters and sub/superscripts."""
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
 
 
-def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min_size: int = 96) -> np.ndarray:
+def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min_size: int = 96,
+                   title: str | None = None) -> np.ndarray:
     """Images (each (C, H, W), float in [−1, 1] or uint8) side by side, each labelled underneath → (H', W', 3).
-    Small images are enlarged (nearest neighbour) to at least ``min_size`` pixels so the labels stay legible."""
+    Small images are enlarged (nearest neighbour) to at least ``min_size`` pixels so the labels stay legible;
+    the label font grows with them (a 512-pixel strip is a slide figure), and ``title`` goes on top."""
     tiles = [Image.fromarray(picture(x, nrow=1)).convert("RGB") for x in images]
     scale = max(1, math.ceil(min_size / tiles[0].height))
     w, h = tiles[0].width * scale, tiles[0].height * scale
-    pad, text_h = 2, 16
-    out = Image.new("RGB", (len(tiles) * (w + pad) - pad, h + text_h + 2), "white")
-    draw, font = ImageDraw.Draw(out), label_font(13)
+    size = max(13, min(h // 16, 36))
+    font = label_font(size)
+    pad, text_h = max(2, size // 6), size + size // 4
+    top = text_h + pad if title else 0
+    out = Image.new("RGB", (len(tiles) * (w + pad) - pad, top + h + text_h + 2), "white")
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((out.width // 2, 0), title, fill="black", font=font, anchor="ma")
     for i, (tile, label) in enumerate(zip(tiles, labels)):
-        out.paste(tile.resize((w, h), Image.NEAREST), (i * (w + pad), 0))
-        draw.text((i * (w + pad) + w // 2, h + 2), label, fill="black", font=font, anchor="ma")
+        out.paste(tile.resize((w, h), Image.NEAREST), (i * (w + pad), top))
+        draw.text((i * (w + pad) + w // 2, top + h + 2), label, fill="black", font=font, anchor="ma")
     return np.asarray(out)

@@ -11,8 +11,9 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import Tensor
 
-from ..image import to_uint8
-from ..samplers import Step
+from ..image import from_uint8, to_uint8
+from ..samplers import SamplerSettings, Step
+from ..schedule import Schedule
 from .library import DeviceWorker
 
 # seconds between previews sent to the browser: 5 a second look smooth, and cost under 10 % of the sampling
@@ -21,8 +22,10 @@ DEFAULT_PREVIEW_INTERVAL = 0.2
 # at most this share of the time goes into making previews: a preview that took c seconds to draw and encode
 # delays the next one to c / PREVIEW_BUDGET seconds later (slow machines and big batches get fewer previews)
 PREVIEW_BUDGET = 0.05
-# per run: every step of DDPM-1000 for four 64×64 RGB images (98 MB as uint8); a dense subset beyond that
-DEFAULT_TRAJECTORY_BYTES = 128 * 2**20
+# per run: every step of DDPM-1000 for four 64×64 RGB images, with the first image's step terms (135 MB as
+# uint8); a dense subset beyond that
+DEFAULT_TRAJECTORY_BYTES = 144 * 2**20
+NOISE_RANGE = 4.0  # ε̂ and z are stored as uint8 over ±4 (N(0, I) values beyond 4σ are rare)
 Preview = TypeVar("Preview")
 
 
@@ -34,6 +37,19 @@ class Frame:
     t: int
     x_t: Tensor  # (B, C, H, W) uint8
     pred_x0: Tensor  # (B, C, H, W) uint8
+    # the first image's step, to show its terms: t_prev, ε̂ and z (uint8 over ±NOISE_RANGE), x_prev
+    t_prev: int = -1
+    pred_eps: Tensor | None = None  # (C, H, W) uint8
+    noise: Tensor | None = None  # (C, H, W) uint8; None when the step added no noise
+    x_prev: Tensor | None = None  # (C, H, W) uint8
+
+    def first_step(self, num_steps: int) -> Step:
+        """The first image's step rebuilt from the stored pictures (x_t clamped to [−1, 1], ε̂ and z quantised):
+        good for showing its terms, not for computing with."""
+        def noise_of(x: Tensor | None) -> Tensor | None:
+            return None if x is None else from_uint8(x)[None] * NOISE_RANGE
+        return Step(self.index, num_steps, self.t, self.t_prev, from_uint8(self.x_t[:1]), from_uint8(self.pred_x0[:1]),
+                    noise_of(self.pred_eps), from_uint8(self.x_prev)[None], noise_of(self.noise))
 
 
 @dataclass
@@ -46,6 +62,8 @@ class Trajectory:
     shape: tuple[int, ...]  # (B, C, H, W)
     seed: int
     max_bytes: int = DEFAULT_TRAJECTORY_BYTES
+    settings: SamplerSettings | None = None  # how the chain was run and on which schedule (for the step terms)
+    schedule: Schedule | None = None
     frames: list[Frame] = field(default_factory=list)
     final: Tensor | None = None  # (B, C, H, W) uint8, once the last step has run
     steps_done: int = 0
@@ -53,7 +71,7 @@ class Trajectory:
 
     @property
     def stride(self) -> int:
-        per_step = 2 * math.prod(self.shape)  # x_t and x̂₀, one byte per value
+        per_step = 2 * math.prod(self.shape) + 3 * math.prod(self.shape[1:])  # x_t, x̂₀; ε̂, z, x_prev of one
         return max(1, math.ceil(self.num_steps * per_step / self.max_bytes))
 
     @property
@@ -65,7 +83,10 @@ class Trajectory:
 
     def add(self, step: Step) -> None:
         if self.keeps(step.index):
-            self.frames.append(Frame(step.index, step.t, to_uint8(step.x_t).cpu(), to_uint8(step.pred_x0).cpu()))
+            noise = None if step.noise is None else to_uint8(step.noise[0] / NOISE_RANGE).cpu()
+            self.frames.append(Frame(step.index, step.t, to_uint8(step.x_t).cpu(), to_uint8(step.pred_x0).cpu(),
+                                     step.t_prev, to_uint8(step.pred_eps[0] / NOISE_RANGE).cpu(), noise,
+                                     to_uint8(step.x_prev[0]).cpu()))
         if step.is_last:
             self.final = to_uint8(step.x_prev).cpu()
         self.steps_done = step.index + 1

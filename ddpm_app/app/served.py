@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -14,8 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import heldout
+from ..heldout import HeldOut
 from ..image import load_image
 from ..inference import example_input, median_ms, prepare
+from ..interpolation import slerp, weights
 from ..model_folder import LoadedModel
 from ..samplers import SamplerSettings, Step, whole_number
 from ..schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
@@ -74,10 +77,24 @@ class ServedModel:
         self.ms_per_step = self.runtime.ms_per_step
         if self.ms_per_step is None and self.device.type == "cpu":
             self.ms_per_step = median_ms({"step": prepared}, example_input(loaded.model, 1), rounds=3)["step"]
+        self.heldout_note = ""  # why :attr:`heldout` is None, once it has been looked up
 
     @property
     def config(self):
         return self.loaded.config
+
+    @cached_property
+    def heldout(self) -> HeldOut | None:
+        """The held-out loss curve and bits/dim stored beside the weights (heldout.json), or None: a model folder
+        made before they were kept, or an unreadable file (:attr:`heldout_note` says which)."""
+        try:
+            found = heldout.load(self.folder)
+        except heldout.HeldOutError as e:
+            self.heldout_note = str(e)
+            return None
+        self.heldout_note = "" if found else (f"this model folder has no {heldout.HELDOUT_NAME} (it was exported "
+                                              "before held-out figures were kept)")
+        return found
 
     @property
     def timesteps(self) -> int:
@@ -106,6 +123,16 @@ class ServedModel:
         return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), start_t=t,
                             step_fn=self.ddpm_step, generator=self.generator(seed), x_start=x_start,
                             device=self.device)
+
+    def start_noise(self, seed: int, batch: int = 1) -> Tensor:
+        """x_T ~ N(0, I) as :meth:`sample` draws it from ``seed`` (B, C, H, W)."""
+        return torch.randn(self.shape(batch), generator=self.generator(seed), device=self.device)
+
+    def interpolate(self, seed_a: int, seed_b: int, n: int, settings: SamplerSettings) -> Iterator[Step]:
+        """The chain from ``n`` slerps between seed a's and seed b's x_T (ends included): a batch of n images."""
+        x_start = slerp(self.start_noise(seed_a)[0], self.start_noise(seed_b)[0], weights(n))  # (n, C, H, W)
+        return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), step_fn=self.ddpm_step,
+                            x_start=x_start, generator=self.generator(seed_a), device=self.device)
 
     def noise_level(self, t: int) -> NoiseLevel:
         s = self.schedule

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import Tensor
 
-from .inputs import random_seed, resolve_seed
+from ..likelihood import BitsPerDim
+from ..loss import LossCurve
+from .inputs import InputError, random_seed, resolve_seed
+from .plots import MarkedPlot
 from .runs import Trajectory
 from .served import ServedModel
+from .training_view import TrainingStep
 
 
 @dataclass
@@ -43,10 +48,53 @@ class ForwardState:
         self.x_t = served.q_sample(self.x0, t, self.eps)[0]
 
 
+RUN_KINDS = ("generate", "denoise")
+
+
+@dataclass
+class LessonState:
+    """One user's latest results in the teaching views (training, likelihood, interpolation), kept for their
+    figures and exports."""
+
+    step: TrainingStep | None = None  # the training view's latest step
+    curve_for: tuple[str, str] | None = None  # (model, photo) the photo's loss curve was computed for
+    curve: LossCurve | None = None
+    plot_for: tuple[str, str | None] | None = None  # (model, photo or None) the curve plot was drawn for
+    plot: MarkedPlot | None = None
+    likelihood: BitsPerDim | None = None
+    likelihood_plot: np.ndarray | None = None
+    interpolation: np.ndarray | None = None  # (n, C, H, W) uint8: the images from seed a to seed b
+    interpolation_title: str = ""
+    compare_t: int = 0  # where the Compare scrubber is
+
+
 @dataclass
 class UserState:
-    """What one browser tab (or API client) keeps between requests: its model, its latest run, its photo."""
+    """What one browser tab (or API client) keeps between requests: its model, its latest Generate run and its
+    latest Denoise run (neither replaces the other), the run it pinned to compare against, its photo."""
 
     model: str | None = None  # None = the library's default
-    run: Trajectory | None = None
+    runs: dict[str, Trajectory] = field(default_factory=dict)  # by kind: "generate", "denoise"
+    shown: str = "generate"  # the kind of run the Frames tab shows
+    frame_index: int = -1  # the frame of it shown last
+    pinned: Trajectory | None = None
     forward: ForwardState = field(default_factory=ForwardState)
+    lesson: LessonState = field(default_factory=LessonState)
+
+    def keep(self, kind: str, run: Trajectory) -> None:
+        """Make ``run`` this user's latest run of ``kind`` (a new object per run: a stopped run still finishing its
+        step cannot write into the next one) and the one the Frames tab shows."""
+        if kind not in RUN_KINDS:
+            raise InputError(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+        self.runs[kind] = run
+        self.shown = kind
+
+    def show(self, kind: str) -> None:
+        if kind not in RUN_KINDS:
+            raise InputError(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+        self.shown = kind
+
+    @property
+    def run(self) -> Trajectory | None:
+        """The run the Frames tab shows."""
+        return self.runs.get(self.shown)

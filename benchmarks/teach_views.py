@@ -1,0 +1,105 @@
+"""How fast the teaching views answer on this machine, with the shipped faces model (in-process handlers).
+
+    python benchmarks/teach_views.py [--weights weights] [--model faces] [--repeats 5] [--threads N]
+
+- training view: one update after moving t (Algorithm 1's pictures and numbers, the loss-curve plot marked at t);
+- loss against t: the photo's curve (25 timesteps × 3 ε), computed afresh;
+- likelihood: the bits/dim estimate (50 timesteps), its first progress update (the 0-of-50 bar, and the first
+  one with work done) and the whole estimate.
+
+Prints the CPU, the load average (the figures are only as good as the machine is quiet) and the median and range
+of ``--repeats`` runs of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+from ddpm_app import ui  # noqa: E402
+from ddpm_app.app import ModelLibrary, UserState  # noqa: E402
+from ddpm_app.ui_teach import TeachHandlers  # noqa: E402
+
+PHOTO = Path(ui.ASSETS) / "portrait.png"
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def summary(name: str, seconds: list[float]) -> str:
+    return (f"| {name} | {statistics.median(seconds):.2f} s | {min(seconds):.2f}–{max(seconds):.2f} s | "
+            f"{len(seconds)} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default="weights")
+    p.add_argument("--model", default="faces")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    library = ModelLibrary(args.weights, "cpu", default=args.model)
+    teach = TeachHandlers(library, preview_interval=0.2)
+    photo = str(PHOTO)
+
+    user = UserState()
+    teach.train_step(photo, 100, 0, user)  # warm up: load the model, draw the held-out plot
+    teach.loss_curve(photo, 100, user)
+
+    moves = []
+    for i in range(args.repeats):
+        start = time.perf_counter()
+        teach.train_step(photo, 50 + 173 * i, 0, user)
+        moves.append(time.perf_counter() - start)
+
+    curves = []
+    for _ in range(args.repeats):
+        fresh = UserState()
+        start = time.perf_counter()
+        teach.loss_curve(photo, 100, fresh)
+        curves.append(time.perf_counter() - start)
+
+    first_bar, first_work, totals = [], [], []
+    for i in range(args.repeats):
+        start = time.perf_counter()
+        bar = work = None
+        for status, *_ in teach.likelihood(photo, False, i, UserState()):
+            now = time.perf_counter() - start
+            done = re.search(r"value='(\d+)'", status)
+            bar = bar if bar is not None else now
+            if work is None and done and int(done.group(1)) > 0:
+                work = now
+        totals.append(time.perf_counter() - start)
+        first_bar.append(bar)
+        first_work.append(work if work is not None else totals[-1])
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min); model {args.model}\n")
+    print("| measure | median | range | runs |\n|---|---|---|---|")
+    print(summary("training view: update after moving t", moves))
+    print(summary("loss against t (25 t × 3 ε)", curves))
+    print(summary("likelihood estimate (50 t): first progress bar", first_bar))
+    print(summary("likelihood estimate: first progress with work done", first_work))
+    print(summary("likelihood estimate: whole", totals))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

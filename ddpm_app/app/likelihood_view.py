@@ -1,0 +1,89 @@
+"""The likelihood of a photo: the variational bound in bits/dim and its terms, beside the model's held-out figure.
+
+−log p_θ(x₀) ≤ L_T + Σ_{t≥2} L_{t−1} + L_0: the prior term, one KL per reverse step and the decoder. The numbers are
+:func:`ddpm_app.likelihood.bits_per_dim` on the photo as 8-bit data, the bound :mod:`ddpm_app.evaluate` reports.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from torch import Tensor
+
+from ..heldout import HeldOut
+from ..image import to_uint8
+from ..likelihood import BitsPerDim, bits_per_dim
+from .plots import new_figure, pixels
+from .served import ServedModel
+
+ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
+BATCH = 5  # timesteps per network call: a progress update after each
+CLIP_X0 = True  # as the held-out figures of the shipped models (python -m ddpm_app.evaluate)
+
+
+def photo_bits_per_dim(served: ServedModel, x0: Tensor, seed: int, num_timesteps: int | None = ESTIMATE_TIMESTEPS,
+                       progress: Callable[[int, int], None] | None = None) -> BitsPerDim:
+    """The bound for one photo x₀ (C, H, W) in [−1, 1], taken as the 8-bit image it shows: over ``num_timesteps``
+    (None: all T, exact), its timesteps and noise drawn from ``seed``."""
+    return bits_per_dim(served.eps_model, served.schedule, to_uint8(x0)[None], num_timesteps=num_timesteps,
+                        batch_size=BATCH, generator=served.generator(seed), clip_x0=CLIP_X0, device=served.device,
+                        progress=progress)
+
+
+def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100) -> np.ndarray:
+    """Left: the per-step KL terms L_{t−1} against t (the photo's, and the held-out mean), with the decoder L_0 at
+    t = 0. Right: the three parts of the bound side by side. (H, W, 3) uint8."""
+    fig = new_figure(9, 3.2, dpi)
+    ax, bars = fig.subplots(1, 2, width_ratios=[2.2, 1])
+    steps = [(t, v) for t, _, v in photo.per_timestep if t > 0]
+    ref = heldout.bpd if heldout is not None else None
+    if ref is not None:
+        ref_steps = [(t, v) for t, _, v in ref.per_timestep if t > 0]
+        ax.plot(*zip(*ref_steps), "-", lw=1.2, color="tab:orange", alpha=0.9, label="held-out mean")
+    ax.plot(*zip(*steps), "o", ms=3, color="tab:blue", label="your photo")
+    ax.plot([0], [photo.decoder], "D", ms=6, color="tab:red", label=f"decoder $L_0$ = {photo.decoder:.2f}")
+    ax.set_yscale("log")
+    ax.set_xlim(-timesteps * 0.02, timesteps - 1)
+    ax.set_xlabel("t")
+    ax.set_ylabel("bits/dim")
+    ax.set_title(r"per step: $L_{t-1} = \mathrm{KL}(q(x_{t-1}|x_t, x_0)\,\|\,p_\theta(x_{t-1}|x_t))$", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper right")
+
+    parts = ["prior $L_T$", r"$\sum_t L_{t-1}$", "decoder $L_0$"]
+    mine = [photo.prior, photo.diffusion, photo.decoder]
+    x = np.arange(3)
+    width = 0.38 if ref is not None else 0.6
+    bars.bar(x - (width / 2 if ref is not None else 0), mine, width, color="tab:blue", label="your photo")
+    if ref is not None:
+        bars.bar(x + width / 2, [ref.prior, ref.diffusion, ref.decoder], width, color="tab:orange",
+                 label="held-out")
+    bars.set_xticks(x, parts, fontsize=8)
+    bars.set_ylabel("bits/dim")
+    bars.set_title(f"the bound: {photo.total:.3f} bits/dim", fontsize=10)
+    bars.grid(alpha=0.3, axis="y")
+    bars.legend(fontsize=8)
+    return pixels(fig)
+
+
+def verdict(photo: BitsPerDim, heldout: HeldOut | None, note: str = "") -> str:
+    """What the number means, in Markdown: the photo against the held-out average."""
+    head = (f"**Your photo: {photo.total:.3f} {photo.label}** — prior {photo.prior:.2g}, per-step terms "
+            f"{photo.diffusion:.3f}, decoder {photo.decoder:.3f}.")
+    if heldout is None or heldout.bpd is None:
+        return head + f"\n\nNo held-out figure to compare with: {note or 'this model has none stored'}."
+    ref = heldout.bpd
+    diff = photo.total - ref.total
+    ratio = photo.total / ref.total
+    if ratio < 1.15:
+        reading = ("close to the held-out average: to this model your photo looks like its training data.")
+    elif ratio < 1.5:
+        reading = "somewhat worse than the held-out average: partly unlike the images the model learned."
+    else:
+        reading = ("much worse than the held-out average: the model finds this image unlike anything it learned, "
+                   "so it needs many more bits to describe it.")
+    return (f"{head}\n\nHeld-out average ({heldout.data}): **{ref.total:.3f} {ref.label}** over {ref.num_images} "
+            f"images. Difference: **{diff:+.3f} bits/dim** — {reading}\n\n"
+            "A photo like the training data (a face, for the faces model) should score near the held-out average; "
+            "a very different image (a landscape, a cartoon, text) scores much worse.")

@@ -1,0 +1,285 @@
+"""The teaching views, called directly on tiny random models: the reverse step with its numbers, the training
+view, the likelihood of a photo, runs side by side, interpolation and slide figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_ui import PHOTO, save_tiny
+
+from ddpm_app import heldout, ui, ui_teach
+from ddpm_app.app import ModelLibrary, UserState
+from ddpm_app.app.compare import frame_at
+from ddpm_app.app.likelihood_view import BATCH, CLIP_X0, ESTIMATE_TIMESTEPS
+from ddpm_app.app.reverse_step import latex_number, number
+from ddpm_app.image import to_uint8
+from ddpm_app.likelihood import bits_per_dim
+from ddpm_app.loss import curve_timesteps, diffusion_loss, loss_curve
+from ddpm_app.samplers import SamplerSettings, step_breakdown
+from ddpm_app.schedule import Schedule, ScheduleConfig
+
+T = 20
+LANDSCAPE = PHOTO.parent / "landscape.png"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> ModelLibrary:
+    root = tmp_path_factory.mktemp("teach")
+    save_tiny(root / "faces")
+    save_tiny(root / "other", seed=3)
+    return ModelLibrary(root, "cpu")
+
+
+@pytest.fixture
+def handlers(library, tmp_path) -> ui.Handlers:
+    return ui.Handlers(library, preview_interval=0, export_dir=tmp_path / "exports")
+
+
+@pytest.fixture
+def teach(library, tmp_path) -> ui_teach.TeachHandlers:
+    return ui_teach.TeachHandlers(library, tmp_path / "figures", preview_interval=0)
+
+
+# -- the reverse step, explained ------------------------------------------------------------------------------
+
+
+def test_numbers_near_zero_are_in_scientific_notation():
+    assert number(4.0357e-5) == "4.036e-05" and latex_number(4.0357e-5) == "4.036\\times10^{-5}"
+    assert number(0.98765) == "0.9877" and number(0) == "0"
+    abar_T = float(Schedule(ScheduleConfig()).alphas_cumprod[-1])  # 4.0e-5 for the linear T = 1000 schedule
+    assert "e-05" in number(abar_T)
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 0), ("ddim", 5)])
+def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(handlers, library, sampler, steps):
+    user = UserState()
+    outs = list(handlers.generate(sampler, steps, 0.0, 7, 2, False, False, user))
+    served = library.get("faces")
+    settings = user.run.settings
+    replay = list(served.sample(settings, 2, 7))  # the same run again: the same steps, noise included
+    first = step_breakdown(served.schedule, replay[0], settings)
+    torch.testing.assert_close(first.result(), replay[0].x_prev, rtol=0, atol=2e-5)
+    status = outs[0][3]
+    target = f"x_{replay[0].t_prev}"
+    assert f"{target} = {number(first.terms[0].coefficient)}·" in status  # the update, its numbers filled in
+
+    x_t, x0, label, update, terms, which = handlers.frame(0, user)
+    assert which == "generate" and f"t = {replay[0].t}" in label
+    for term in first.terms:  # the same coefficients, written for LaTeX
+        assert latex_number(abs(term.coefficient)) in update
+    assert terms.shape[1] > 4 * 16  # x_t term | ε̂ term | noise term | result, each enlarged
+    last = handlers.frame(len(user.run.frames) - 1, user)[3]
+    assert "x_{0}" in last and ("no noise on the last step" in last or sampler == "ddim")
+
+
+def test_generate_and_denoise_runs_do_not_replace_each_other(handlers):
+    user = UserState()
+    list(handlers.generate("ddim", 4, 0.0, 1, 1, True, False, user))
+    handlers.noise(str(PHOTO), 9, True, 5, user)
+    list(handlers.denoise("ddim", 3, 0.0, 1, True, user))
+    assert user.runs["generate"].num_steps == 4 and user.runs["denoise"].num_steps == 3
+    assert handlers.frame(0, user)[5] == "denoise"  # Frames shows the latest run…
+    slider, *out = handlers.show_run("generate", user)  # …and either one on request
+    assert slider["value"] == 3 and out[5] == "generate" and "DDIM, 4 steps" in out[2]
+    with pytest.raises(gr.Error, match="run kind must be one of"):
+        handlers.show_run("nonsense", user)
+
+
+# -- the training view -----------------------------------------------------------------------------------------
+
+
+def test_training_step_loss_is_diffusion_loss_on_the_same_x0_t_and_eps(teach, library):
+    user = UserState()
+    x0_pic, eps_pic, xt_pic, pred_pic, heat, numbers, plot = teach.train_step(str(PHOTO), 13, 42, user)
+    served = library.get("faces")
+    x0 = served.prepare_photo(str(PHOTO))
+    eps = served.draw_noise(42)
+    with torch.inference_mode():
+        expected = float(diffusion_loss(served.eps_model, served.schedule, x0[None], torch.tensor([13]), eps[None]))
+    step = user.lesson.step
+    assert step.loss == pytest.approx(expected, rel=1e-6)
+    assert step.loss_sum == pytest.approx(expected * x0.numel(), rel=1e-5)  # the tutorial's per-image sum
+    assert number(step.loss) in numbers and f"{step.loss_sum:.1f}" in numbers
+    torch.testing.assert_close(step.x_t, served.schedule.q_sample(x0[None], torch.tensor([13]), eps[None])[0])
+    assert heat.shape == (16, 16, 3) and plot.shape[1] > plot.shape[0]
+    other = teach.train_step(str(PHOTO), 13, 43, user)  # another ε: another loss
+    assert user.lesson.step.loss != pytest.approx(expected)
+    assert not np.array_equal(other[1], eps_pic)
+
+
+def test_training_view_marks_t_on_the_curve_without_redrawing(teach):
+    user = UserState()
+    a = teach.train_step(str(PHOTO), 2, 0, user)[6]
+    b = teach.train_step(str(PHOTO), 17, 0, user)[6]
+    moved = np.argwhere((a != b).any(axis=2))[:, 1]
+    assert len(moved) and moved.min() < moved.max()  # the marker moved along x, nothing else changed much
+    assert (a != b).any(axis=2).sum() < 0.05 * a.shape[0] * a.shape[1]
+
+
+def test_loss_curve_is_the_library_curve_and_says_when_held_out_figures_are_missing(teach, library):
+    user = UserState()
+    with pytest.raises(gr.Error, match="upload a photo"):
+        teach.loss_curve(None, 3, user)
+    plot, summary = teach.loss_curve(str(PHOTO), 3, user)
+    served = library.get("faces")
+    x0 = served.prepare_photo(str(PHOTO))
+    expected = loss_curve(served.eps_model, served.schedule, x0[None], curve_timesteps(T, ui_teach.CURVE_TIMESTEPS),
+                          draws=ui_teach.CURVE_DRAWS, generator=served.generator(ui_teach.CURVE_SEED),
+                          batch_size=max(ui_teach.CURVE_DRAWS * 4, 16))
+    assert user.lesson.curve.mean == pytest.approx(expected.mean, rel=1e-6)
+    assert user.lesson.curve.timesteps == list(range(T))  # 25 points asked, T = 20 available
+    assert "No held-out curve" in summary and "heldout.json" in summary
+    assert plot.shape[1] > plot.shape[0]
+
+
+def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
+    folder = save_tiny(tmp_path / "m")
+    library = ModelLibrary(tmp_path, "cpu")
+    served = library.get("m")
+    assert served.heldout is None and "no heldout.json" in served.heldout_note  # an older folder still loads
+    images = to_uint8(torch.rand(6, 3, 16, 16) * 2 - 1)
+    stats = heldout.measure(served.eps_model, served.schedule, images, "noise, split test", loss_timesteps=5,
+                            bound_timesteps=6)
+    heldout.save(stats, folder)
+    again = heldout.load(folder)
+    assert again.loss == stats.loss and again.bpd == stats.bpd and again.loss.num_images == 6
+    assert again.bpd.timesteps_evaluated == 6 and not again.bpd.exact
+
+    fresh = ModelLibrary(tmp_path, "cpu").get("m")
+    teach = ui_teach.TeachHandlers(ModelLibrary(tmp_path, "cpu"), tmp_path / "f", preview_interval=0)
+    _, summary = teach.loss_curve(str(PHOTO), 3, UserState())
+    assert "Held-out images (6, noise, split test)" in summary and fresh.heldout is not None
+
+    (folder / heldout.HELDOUT_NAME).write_text("{not json")
+    broken = ModelLibrary(tmp_path, "cpu").get("m")
+    assert broken.heldout is None and "not a readable held-out file" in broken.heldout_note
+
+
+# -- the likelihood of a photo ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_likelihood_is_bits_per_dim_on_the_same_image_timesteps_and_noise(teach, library, exact):
+    user = UserState()
+    outs = list(teach.likelihood(str(PHOTO), exact, 11, user))
+    assert len(outs) >= 2 and "progress" in outs[0][0]  # progress before the result
+    status, plot, verdict = outs[-1]
+    served = library.get("faces")
+    x0 = served.prepare_photo(str(PHOTO))
+    expected = bits_per_dim(served.eps_model, served.schedule, to_uint8(x0)[None],
+                            num_timesteps=None if exact else ESTIMATE_TIMESTEPS, batch_size=BATCH,
+                            generator=served.generator(11), clip_x0=CLIP_X0)
+    got = user.lesson.likelihood
+    assert got.total == pytest.approx(expected.total, rel=1e-12) and got.per_timestep == expected.per_timestep
+    assert got.timesteps_evaluated == T and got.exact  # T = 20 < 50: the estimate is the exact sum here
+    assert f"{expected.total:.3f}" in verdict and "No held-out figure" in verdict
+    assert "Done" in status and plot.shape[1] > plot.shape[0]
+
+
+def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
+    save_tiny(tmp_path / "long", timesteps=120)
+    teach = ui_teach.TeachHandlers(ModelLibrary(tmp_path, "cpu"), tmp_path / "f", preview_interval=0)
+    user = UserState()
+    outs = list(teach.likelihood(str(PHOTO), False, 3, user))
+    assert user.lesson.likelihood.timesteps_evaluated == ESTIMATE_TIMESTEPS and not user.lesson.likelihood.exact
+    done = [int(m) for o in outs[:-1] for m in re.findall(r"value='(\d+)'", o[0])]
+    assert done == sorted(done) and len(done) >= ESTIMATE_TIMESTEPS // BATCH - 1  # one update per network call
+
+
+def test_likelihood_stop_ends_the_computation(tmp_path):
+    save_tiny(tmp_path / "long", timesteps=200)
+    library = ModelLibrary(tmp_path, "cpu")
+    teach = ui_teach.TeachHandlers(library, tmp_path / "f", preview_interval=0)
+    gen = teach.likelihood(str(PHOTO), True, 3, UserState())
+    next(gen)
+    gen.close()  # what Stop does
+    assert library.worker.run(lambda: "free") == "free"  # the worker is not stuck in the cancelled bound
+
+
+# -- runs side by side ---------------------------------------------------------------------------------------------
+
+
+def test_pin_a_run_and_compare_another_from_the_same_seed(handlers, teach):
+    user = UserState()
+    assert teach.compare(10, user)[0] is None
+    with pytest.raises(gr.Error, match="Nothing to pin"):
+        teach.pin(user)
+    list(handlers.generate("ddpm", 0, 0.0, 5, 1, True, False, user))
+    caption, picture_, slider = teach.pin(user)
+    assert "DDPM" in caption and slider["value"] == T - 1
+    list(handlers.generate("ddim", 5, 0.0, 5, 1, True, False, user))
+    image, caption = teach.compare(8, user)
+    assert "**A** (pinned): DDPM" in caption and "**B** (latest): DDIM, 5 steps" in caption
+    assert "seeds differ" not in caption
+    assert frame_at(user.pinned, 8).t == 8 and frame_at(user.run, 8).t >= 8
+    assert image.shape[1] > 4 * 16
+    played = list(teach.play(user, positions=4, delay=0))
+    assert [p[0] for p in played] == [T - 1, 13, 6, 0]
+
+
+# -- interpolation -------------------------------------------------------------------------------------------------
+
+
+def test_interpolation_ends_are_the_two_seeds_ddim_images(handlers, teach, library):
+    user = UserState()
+    outs = list(teach.interpolate(3, 9, 4, 5, True, user))
+    assert "Done" in outs[-1][1] and len(user.lesson.interpolation) == 4
+    for seed, end in ((3, 0), (9, -1)):
+        alone = list(handlers.generate("ddim", 5, 0.0, seed, 1, True, False, UserState()))
+        final = user_final = user.lesson.interpolation[end]
+        generated = UserState()
+        list(handlers.generate("ddim", 5, 0.0, seed, 1, True, False, generated))
+        diff = (generated.run.final[0].int() - user_final.int()).abs().max()
+        assert diff <= 1, (seed, int(diff))  # the same x_T through the same deterministic chain
+        assert alone and final is user_final
+    with pytest.raises(gr.Error, match="number of images must be a whole number in 2…10"):
+        next(teach.interpolate(1, 2, 11, 5, True, user))
+
+
+# -- figures for slides ----------------------------------------------------------------------------------------
+
+
+def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
+    user = UserState()
+    with pytest.raises(gr.Error, match="nothing to export yet"):
+        teach.export_figure("training", user)
+    list(handlers.generate("ddpm", 0, 0.0, 5, 1, True, False, user))
+    teach.pin(user)
+    list(handlers.generate("ddim", 4, 0.0, 5, 1, True, False, user))
+    teach.compare(10, user)
+    handlers.frame(2, user)
+    handlers.noise(str(PHOTO), 9, True, 5, user)
+    teach.train_step(str(PHOTO), 5, 1, user)
+    list(teach.likelihood(str(LANDSCAPE), False, 1, user))
+    list(teach.interpolate(1, 2, 3, 3, True, user))
+    for view in ("step", "forward", "training", "compare", "interpolation"):
+        img = Image.open(teach.export_figure(view, user))
+        assert img.height >= 512 + 20, view  # 16-pixel images enlarged to 512, a label line below
+        px = np.asarray(img.convert("RGB"))
+        assert (px[-40:] < 128).any(), f"{view}: no label text at the bottom"
+    plot = Image.open(teach.export_figure("likelihood", user))
+    assert plot.width >= 1800
+    with pytest.raises(gr.Error, match="no figure for view"):
+        teach.export_figure("nope", user)
+
+
+def test_teaching_endpoints_are_wired(library):
+    demo = ui.build(library)
+    names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
+    assert {"train_step", "loss_curve", "likelihood", "compare", "pin", "interpolate", "export_figure",
+            "show_run"} <= names
+    heavy = [d for d in demo.fns.values() if d.api_name in ("likelihood", "interpolate")]
+    assert all(d.concurrency_id == "model" for d in heavy)
+
+
+def test_heldout_json_is_plain_json(tmp_path):
+    stats = heldout.HeldOut("d", "m", None, None)
+    path = heldout.save(stats, tmp_path)
+    assert json.loads(path.read_text()) == {"data": "d", "method": "m", "loss": None, "bpd": None}
