@@ -21,12 +21,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, InputError, ModelLibrary,
-                  ServedModel, Throttle, Trajectory, UserState, export_gif, export_mp4, export_png, labelled_strip,
-                  noise_picture, picture, resolve_seed, schedule_curves, stream)
-from .image import ImageError, open_image, psnr
+from . import widgets
+from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, ModelLibrary, ServedModel, Throttle,
+                  Trajectory, UserState, export_gif, export_mp4, export_png, labelled_strip, noise_picture, picture,
+                  resolve_seed, schedule_curves, stream)
+from .app.inputs import choice, flag, whole_number
+from .image import ImageError, psnr
 from .model_folder import ModelFolderError
-from .samplers import SamplerSettings, SettingsError, Step
+from .samplers import SamplerSettings, Step
+from .values import InvalidValue
+from .widgets import user_error
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
@@ -88,27 +92,6 @@ def on_device(method):
     return on_worker
 
 
-class PhotoInput(gr.Image):
-    """``gr.Image`` for photos users upload. Gradio opens an upload (header only) before the handler sees it; a file
-    it cannot open (not an image, a decompression bomb) becomes the same message the handler would give, instead
-    of a component processing error. A template of ``gr.Image``: the browser shows the ordinary image widget."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception as e:
-            try:
-                open_image(payload.path)
-            except ImageError as reason:
-                raise gr.Error(str(reason), print_exception=False) from None
-            raise gr.Error(f"not a usable image ({type(e).__name__}); use a PNG, JPEG, WebP, BMP or TIFF file",
-                           print_exception=False) from None
-
-
 class Handlers:
     """The event handlers, over a model library. Generators stream previews; every step is stored in the
     user's trajectory as it is computed, so Stop (which closes the generator) keeps what was done. All tensor
@@ -136,6 +119,7 @@ class Handlers:
             settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
+            show_eps = flag(show_eps, "show ε̂")
         run = Trajectory(f"{settings.describe()}, seed {seed}", settings.num_steps(served.timesteps - 1),
                          served.shape(batch), seed, self.max_trajectory_bytes)
         user.run = run  # a new object per run: a stopped run still finishing its step cannot write into this one
@@ -163,7 +147,8 @@ class Handlers:
         run = user.run
         if run is None or not run.frames:
             return None, None, "No run yet: press **Generate** (or **Denoise**) first."
-        i = min(max(int(index or 0), 0), len(run.frames) - 1)
+        with user_errors():
+            i = whole_number(index, "frame", 0, len(run.frames) - 1)
         f = run.frames[i]
         state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
                  if run.stopped else f"running: {run.steps_done} of {run.num_steps} steps")
@@ -176,7 +161,8 @@ class Handlers:
     def nudge(self, index: float, delta: int, user: UserState) -> tuple:
         """Prev/next: (new slider value, x_t, x̂₀, label), kept inside the stored frames."""
         last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
-        index = min(max(int(index or 0) + delta, 0), last)
+        with user_errors():
+            index = min(max(whole_number(index, "frame", 0, last) + delta, 0), last)
         return (index, *self.frame(index, user))
 
     @on_device
@@ -206,7 +192,7 @@ class Handlers:
         forward = user.forward
         with user_errors():
             t = served.check_t(t)
-            forward.update(served, photo, t, fix_noise, noise_seed)
+            forward.update(served, photo, t, flag(fix_noise, "fix the noise"), noise_seed)
         numbers, plot = forward_numbers(served, t, forward.eps_seed), schedule_plot(served, t)
         if forward.x0 is None:
             hint = "Upload a photo (or pick an example) in the **Forward** tab first."
@@ -230,12 +216,11 @@ class Handlers:
         (x_t, x̂₀, original | noised | result, status, seed used, frame-slider update)."""
         served = self.served(user)
         forward = user.forward
-        if forward.x_t is None or forward.model != served.name:
-            raise gr.Error("Noise a photo in the Forward tab first (upload or pick one, then choose t).",
-                           print_exception=False)
         with user_errors():
             settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
             seed = resolve_seed(seed)
+        if forward.x_t is None or forward.model != served.name:
+            raise user_error("Noise a photo in the Forward tab first (upload or pick one, then choose t).")
         t, x0, x_t = forward.t, forward.x0, forward.x_t
         run = Trajectory(f"SDEdit from t = {t}, {settings.describe()}, seed {seed}", settings.num_steps(t),
                          served.shape(1), seed, self.max_trajectory_bytes)
@@ -259,7 +244,7 @@ class Handlers:
     def select_model(self, name: str, user: UserState) -> tuple:
         """Switch this user's model: (summary, card, header, t-slider and DDIM-steps updates, dropdown update)."""
         with user_errors():
-            served = self.library.get(name)
+            served = self.library.get(choice(name, "model", self.library.names))
         user.model = served.name
         return self._model_outputs(served, f"Loaded **{served.name}**.")
 
@@ -267,8 +252,8 @@ class Handlers:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
         try:
             name = self.library.add_from_hub(repo_id)
-        except (InputError, ModelFolderError) as e:
-            raise gr.Error(f"{e} — the current model stays loaded.", print_exception=False) from None
+        except (InvalidValue, ModelFolderError) as e:
+            raise user_error(f"{e} — the current model stays loaded.") from None
         user.model = name
         return self._model_outputs(self.library.get(name), f"Downloaded and loaded **{name}**.")
 
@@ -287,8 +272,8 @@ def user_errors():
     """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
     try:
         yield
-    except (InputError, SettingsError, ImageError, ModelFolderError) as e:
-        raise gr.Error(str(e), print_exception=False) from None
+    except (InvalidValue, ImageError, ModelFolderError) as e:
+        raise user_error(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,10 +376,10 @@ def _image(label: str, height: int = 280, pixelated: bool = True, **kw) -> gr.Im
 
 def _sampler_controls(T: int, default: SamplerSettings = DEFAULT_SETTINGS) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
     """Sampler choice, and DDIM's K and η (shown only for DDIM)."""
-    sampler = gr.Radio(SAMPLER_CHOICES, value=default.sampler, label="Sampler")
+    sampler = widgets.Radio(SAMPLER_CHOICES, value=default.sampler, label="Sampler")
     with gr.Column(visible=default.sampler == "ddim") as ddim_row:
-        steps = gr.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
-        eta = gr.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
+        steps = widgets.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
+        eta = widgets.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
     sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
                    queue=False, show_progress="hidden")
     return sampler, steps, eta
@@ -427,9 +412,10 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     with gr.Column(scale=1, min_width=260):
                         sampler, steps, eta = _sampler_controls(T)
                         with gr.Row():
-                            seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0, min_width=120)
+                            seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0,
+                                                  min_width=120)
                             seed_used = gr.Textbox(label="Seed used", interactive=False, min_width=120)
-                        batch = gr.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
+                        batch = widgets.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
                         with gr.Row():
                             clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
                             show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120)
@@ -447,7 +433,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             # 2. Step through the frames ----------------------------------------------------------
             with gr.Tab("Frames", id="frames"):
                 gr.Markdown(FRAMES_HELP, latex_delimiters=LATEX)
-                frame = gr.Slider(0, 1, value=0, step=1, label="Frame")
+                frame = widgets.Slider(0, 1, value=0, step=1, label="Frame")
                 with gr.Row():
                     prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
                     next_btn = gr.Button("Next ▶", size="sm", min_width=80)
@@ -467,15 +453,15 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 gr.Markdown(FORWARD_HELP, latex_delimiters=LATEX)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        photo = PhotoInput(label="Photo (center-cropped, resized)", type="filepath",
+                        photo = widgets.PhotoInput(label="Photo (center-cropped, resized)", type="filepath",
                                          image_mode=None, sources=["upload", "clipboard"], height=260)
                         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples",
                                     cache_examples=False)
                     with gr.Column(scale=2, min_width=300):
-                        t_slider = gr.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
+                        t_slider = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
                         with gr.Row():
                             fix_noise = gr.Checkbox(True, label="Fix the noise ε while t moves", min_width=140)
-                            noise_seed = gr.Number(-1, label="Noise seed (−1 = random)", precision=0,
+                            noise_seed = widgets.Number(-1, label="Noise seed (−1 = random)", precision=0,
                                                    min_width=120)
                             new_noise = gr.Button("New noise", size="sm", min_width=80)
                         numbers = gr.Markdown(numbers_text, latex_delimiters=LATEX,
@@ -497,7 +483,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                                               label="starting point")
                         sd_start = _image("start: x_t", height=200)
                         sd_sampler, sd_steps, sd_eta = _sampler_controls(T)
-                        sd_seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0)
+                        sd_seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0)
                         sd_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]")
                         with gr.Row():
                             sd_btn = gr.Button("Denoise", variant="primary", min_width=100)
@@ -514,7 +500,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             with gr.Tab("Model", id="model"):
                 gr.Markdown(MODEL_HELP)
                 with gr.Row():
-                    model_pick = gr.Dropdown(library.names, value=first.name, label="Shipped models", min_width=200)
+                    model_pick = widgets.Dropdown(library.names, value=first.name, label="Shipped models", min_width=200)
                     with gr.Column(min_width=260):
                         repo = gr.Textbox(label="Hub model id", placeholder="user/model-name")
                         download_btn = gr.Button("Download from the Hub", size="sm")

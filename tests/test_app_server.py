@@ -136,7 +136,7 @@ def test_errors_are_messages_and_the_server_keeps_serving(server: str):
     client = Client(server, verbose=False)
     with pytest.raises(AppError, match="greater than maximum value 4"):  # Gradio checks slider ranges itself
         client.predict("ddim", 5, 0.0, 1, 9, True, False, api_name="/generate")
-    with pytest.raises(AppError, match="η \\(eta\\) must be in 0…1|greater than maximum value 1"):
+    with pytest.raises(AppError, match="η \\(eta\\) must be a number in 0…1|greater than maximum value 1"):
         client.predict("ddim", 5, 3.0, 1, 1, True, False, api_name="/generate")
     with pytest.raises(AppError, match="seed must be a whole number"):
         client.predict("ddim", 5, 0.0, -7, 1, True, False, api_name="/generate")

@@ -1,6 +1,7 @@
 """What the app does, without Gradio: models on a device, reverse runs kept as trajectories, the forward view, export.
 
-- :mod:`.inputs`: checking what a user types (seeds, counts); :class:`InputError` names the allowed range.
+- :mod:`.inputs`: checking what a user sends, one function per kind of value (numbers, choices, flags, seeds, Hub
+  ids); :class:`InputError` names the field and the allowed range.
 - :mod:`.served`: :class:`ServedModel`, one model + its schedule + a device, shared by every user: it starts
   samplers with a per-request ``torch.Generator`` and computes q(x_t|x₀) for a photo.
 - :mod:`.library`: :class:`ModelLibrary` lists the model folders in a weights directory (plus models downloaded

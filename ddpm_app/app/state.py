@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from .inputs import random_seed, resolve_seed
+from .inputs import random_seed, requested_seed
 from .runs import Trajectory
 from .served import ServedModel
 
@@ -27,13 +27,13 @@ class ForwardState:
                noise_seed: float | None = -1) -> None:
         """Noise ``photo`` to timestep ``t``. With ``fix_noise`` the previous ε is kept (unless a different
         ``noise_seed`` is asked for); otherwise ε is drawn anew from ``noise_seed`` (−1 = a random seed)."""
+        wanted = requested_seed(noise_seed)  # None: draw one
         if photo is None:
             self.photo = self.model = self.x0 = self.x_t = None
             return
         if photo != self.photo or served.name != self.model:
             self.x0 = served.prepare_photo(photo)  # raises ImageError for a bad file
             self.photo, self.model = photo, served.name
-        wanted = None if noise_seed is None or noise_seed == -1 else resolve_seed(noise_seed)
         keep = (fix_noise and self.eps is not None and self.eps.shape == self.x0.shape
                 and wanted in (None, self.eps_seed))
         if not keep:
