@@ -22,9 +22,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import widgets
-from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, ModelLibrary, ServedModel, Throttle,
-                  Trajectory, UserState, export_gif, export_mp4, export_png, labelled_strip, noise_picture, picture,
-                  resolve_seed, schedule_curves, stream)
+from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, ExportFolder, ModelLibrary,
+                  ServedModel, Throttle, Trajectory, UserState, Users, export_gif, export_mp4, export_png,
+                  labelled_strip, noise_picture, picture, resolve_seed, schedule_curves, stream)
+from .app.state import DEFAULT_TIME_TO_LIVE
 from .app.inputs import choice, flag, whole_number
 from .image import ImageError, psnr
 from .model_folder import ModelFolderError
@@ -78,6 +79,9 @@ DENOISE_HELP = r"""Take the photo noised to $t$ in the **Forward** tab and run t
 back to 0 (SDEdit). Small $t$ keeps the photo; large $t$ keeps only its rough layout and colours, and the model
 fills in the rest with what it has learned."""
 
+RELEASED = ("Your last run is no longer kept (runs are released when you leave, after "
+            f"{DEFAULT_TIME_TO_LIVE // 60} minutes without a new one, or when the server needs the memory for other "
+            "users' runs): press **Generate** (or **Denoise**) again.")
 STOPPED = "<div class='ddpm-stats'><b>Stopped.</b> The steps computed so far are in the <b>Frames</b> tab.</div>"
 
 MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedule, image size) and
@@ -98,12 +102,17 @@ class Handlers:
     work runs on the library's device worker (see :class:`~ddpm_app.app.DeviceWorker`)."""
 
     def __init__(self, library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
-                 max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None):
+                 max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None,
+                 users: Users | None = None):
         self.library = library
         self.preview_interval = preview_interval  # None: send only the final images
         self.max_trajectory_bytes = max_trajectory_bytes
-        self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="ddpm_app_"))
-        self.export_dir.mkdir(parents=True, exist_ok=True)
+        self.exports = ExportFolder(export_dir or tempfile.mkdtemp(prefix="ddpm_app_"))
+        self.users = Users() if users is None else users  # whose runs and photos stay in memory, and for how long
+
+    def leave(self, request: gr.Request) -> None:
+        """The user's tab (or API client) has closed: release its run and photo."""
+        self.users.leave(request.session_hash)
 
     def served(self, user: UserState) -> ServedModel:
         """The model this user has chosen (shared with every other user of it)."""
@@ -112,7 +121,7 @@ class Handlers:
     # -- Generate ------------------------------------------------------------------------------------------
 
     def generate(self, sampler: str, steps: float, eta: float, seed: float | None, batch: float, clip_x0: bool,
-                 show_eps: bool, user: UserState) -> Iterator[tuple]:
+                 show_eps: bool, user: UserState, request: gr.Request | None = None) -> Iterator[tuple]:
         """Sample from noise, yielding (x_t, x̂₀, ε̂, status, seed used, frame-slider update) per preview."""
         served = self.served(user)
         with user_errors():
@@ -123,6 +132,7 @@ class Handlers:
         run = Trajectory(f"{settings.describe()}, seed {seed}", settings.num_steps(served.timesteps - 1),
                          served.shape(batch), seed, self.max_trajectory_bytes)
         user.run = run  # a new object per run: a stopped run still finishing its step cannot write into this one
+        self.users.seen(user_key(user, request), user)
         started = time.perf_counter()
         yield from stream(served.sample(settings, batch, seed), run, Throttle(self.preview_interval),
                           lambda step: self._preview(served, run, step, started, show_eps), self.library.worker)
@@ -145,6 +155,8 @@ class Handlers:
     def frame(self, index: float, user: UserState) -> tuple:
         """The stored frame ``index`` of the latest run: (x_t, x̂₀, label)."""
         run = user.run
+        if run is not None and run.released:
+            return None, None, RELEASED
         if run is None or not run.frames:
             return None, None, "No run yet: press **Generate** (or **Denoise**) first."
         with user_errors():
@@ -168,31 +180,23 @@ class Handlers:
     @on_device
     def export(self, kind: str, user: UserState) -> str:
         """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images); returns a path."""
-        self._prune_exports()
         run = user.run
-        path = Path(tempfile.mkdtemp(dir=self.export_dir)) / f"ddpm_seed{run.seed if run else 0}.{kind}"
         writer = {"gif": export_gif, "mp4": export_mp4, "png": export_png}[kind]
         with user_errors():
-            return str(writer(run, path))
-
-    def _prune_exports(self, max_age_s: float = 3600) -> None:
-        now = time.time()
-        for old in self.export_dir.glob("*/*"):
-            if now - old.stat().st_mtime > max_age_s:
-                old.unlink(missing_ok=True)
-                old.parent.rmdir()
+            return str(self.exports.write(f"ddpm_seed{run.seed if run else 0}.{kind}", lambda path: writer(run, path)))
 
     # -- Forward process ----------------------------------------------------------------------------------
 
     @on_device
     def noise(self, photo: str | None, t: float, fix_noise: bool, noise_seed: float | None,
-              user: UserState) -> tuple:
+              user: UserState, request: gr.Request | None = None) -> tuple:
         """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
         served = self.served(user)
         forward = user.forward
         with user_errors():
             t = served.check_t(t)
             forward.update(served, photo, t, flag(fix_noise, "fix the noise"), noise_seed)
+        self.users.seen(user_key(user, request), user)
         numbers, plot = forward_numbers(served, t, forward.eps_seed), schedule_plot(served, t)
         if forward.x0 is None:
             hint = "Upload a photo (or pick an example) in the **Forward** tab first."
@@ -204,14 +208,14 @@ class Handlers:
         return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
                 picture(forward.x_t), note)
 
-    def new_noise(self, photo: str | None, t: float, user: UserState) -> tuple:
+    def new_noise(self, photo: str | None, t: float, user: UserState, request: gr.Request | None = None) -> tuple:
         """Draw a fresh ε: (noise-seed box reset to −1, then the outputs of :meth:`noise`)."""
-        return (-1, *self.noise(photo, t, False, -1, user))
+        return (-1, *self.noise(photo, t, False, -1, user, request))
 
     # -- Noise it, then denoise it --------------------------------------------------------------------
 
     def denoise(self, sampler: str, steps: float, eta: float, seed: float | None, clip_x0: bool,
-                user: UserState) -> Iterator[tuple]:
+                user: UserState, request: gr.Request | None = None) -> Iterator[tuple]:
         """Run the reverse chain from the forward tab's x_t at its t back to 0 (SDEdit); yields
         (x_t, x̂₀, original | noised | result, status, seed used, frame-slider update)."""
         served = self.served(user)
@@ -225,6 +229,7 @@ class Handlers:
         run = Trajectory(f"SDEdit from t = {t}, {settings.describe()}, seed {seed}", settings.num_steps(t),
                          served.shape(1), seed, self.max_trajectory_bytes)
         user.run = run
+        self.users.seen(user_key(user, request), user)
         started = time.perf_counter()
 
         def render(step: Step) -> tuple:
@@ -265,6 +270,11 @@ class Handlers:
         return (status + "\n\n" + table, card, samples, model_header(served),
                 gr.update(maximum=T - 1, value=T // 4), ddim_steps, ddim_steps,
                 gr.update(choices=self.library.names, value=served.name))
+
+
+def user_key(user: UserState, request: gr.Request | None) -> object:
+    """Who ``user`` is to :class:`~ddpm_app.app.Users`: the Gradio session, or the object when called directly."""
+    return request.session_hash if request is not None else id(user)
 
 
 @contextmanager
@@ -386,9 +396,11 @@ def _sampler_controls(T: int, default: SamplerSettings = DEFAULT_SETTINGS) -> tu
 
 
 def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
-          max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
-    """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``."""
-    h = Handlers(library, preview_interval, max_trajectory_bytes)
+          max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE,
+          users: Users | None = None) -> gr.Blocks:
+    """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``. ``users`` decides how long
+    each user's results stay in memory (see :class:`~ddpm_app.app.Users`)."""
+    h = Handlers(library, preview_interval, max_trajectory_bytes, users=users)
     first = library.get()
     T = first.timesteps
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
@@ -553,5 +565,6 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         download_btn.click(h.download_model, [repo, user], model_outputs, api_name="download_model",
                            show_progress="minimal", show_progress_on=download_btn).success(**refresh_forward)
 
+        demo.unload(h.leave)
     demo.queue(max_size=queue_size, default_concurrency_limit=2)
     return demo

@@ -12,12 +12,14 @@ Fixtures
     no_hub_network        (autouse) the Hub client points at a closed localhost port; returns that URL
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
-seeded_init(build, seed).
+seeded_init(build, seed); PATIENCE, the seconds any test waits for something before calling it a hang, and
+wait_for(condition, what), which polls until the condition holds.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,19 @@ from torch import nn
 from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet, UNetConfig
 from ddpm_app.schedule import Schedule, ScheduleConfig
+
+# Tests wait on events and progress, never on a deadline sized for an idle machine: this is only how long a wait
+# may last before it counts as a hang (CI and shared machines can be many times slower than an idle one).
+PATIENCE = 600
+
+
+def wait_for(condition, what: str, poll: float = 0.02):
+    """Poll ``condition()`` until it returns something true, and return that; fail only after PATIENCE seconds."""
+    deadline = time.monotonic() + PATIENCE
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"waited {PATIENCE} s for {what}: a hang"
+        time.sleep(poll)
+    return result
 
 # The test models are tiny: one thread is fastest, and it keeps a busy machine (a training run beside the
 # tests) from turning each convolution into a long wait on thread synchronisation.

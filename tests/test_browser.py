@@ -5,11 +5,10 @@ Screenshots go to test-artifacts/browser/ for a person to look at.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_config, perturb, seeded_init
+from conftest import PATIENCE, make_tiny_config, perturb, seeded_init, wait_for
 from test_app_server import ROOT, serving_app
 
 from ddpm_app.model_folder import DiffusionConfig, save_pretrained
@@ -20,6 +19,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "browser"
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 T = 1000  # DDPM steps: long enough (seconds) to watch previews arrive and to stop a run part-way
+PATIENCE_MS = PATIENCE * 1000  # Playwright's waits, as a guard against a hang only
 
 pytestmark = [
     pytest.mark.browser,
@@ -54,7 +54,7 @@ def open_app(browser, url: str, width: int = 1280):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
-    page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=60_000)
+    page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=PATIENCE_MS)
     return page, errors
 
 
@@ -68,17 +68,17 @@ def test_forward_tab_upload_and_t_slider(browser, server):
     page.get_by_role("tab", name="Forward").click()
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     numbers = page.locator("#fwd-numbers")
-    numbers.get_by_text("noise seed").wait_for(timeout=30_000)
+    numbers.get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     x_t = page.locator("#fwd-xt")
-    x_t.locator("img").wait_for(timeout=30_000)
+    x_t.locator("img").wait_for(timeout=PATIENCE_MS)
     before = image_src(x_t)
     page.screenshot(path=SHOTS / "forward_photo.png", full_page=True)
 
     page.locator("#t-slider input[type=range]").focus()
     page.keyboard.press("End")  # t = T − 1
-    numbers.get_by_text(f"t = {T - 1}", exact=True).wait_for(timeout=30_000)
+    numbers.get_by_text(f"t = {T - 1}", exact=True).wait_for(timeout=PATIENCE_MS)
     page.wait_for_function("([el, old]) => { const i = el.querySelector('img'); return i && i.src !== old; }",
-                           arg=[x_t.element_handle(), before], timeout=30_000)
+                           arg=[x_t.element_handle(), before], timeout=PATIENCE_MS)
     assert image_src(x_t) != before
     page.screenshot(path=SHOTS / "forward_t_end.png", full_page=True)
     assert not errors, errors
@@ -90,25 +90,24 @@ def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
     page.get_by_role("button", name="Generate", exact=True).click()
     progress = page.locator("#gen-status progress")
     seen: set[str] = set()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def finished() -> bool:  # noting each step shown on the way
         if progress.count():
             seen.add(progress.first.get_attribute("value"))
-        if page.locator("#gen-status").get_by_text("Done").count():
-            break
-        time.sleep(0.05)
-    assert page.locator("#gen-status").get_by_text("Done").count(), "the run did not finish"
+        return bool(page.locator("#gen-status").get_by_text("Done").count())
+
+    wait_for(finished, "the run to finish", poll=0.05)
     assert len(seen - {str(T)}) >= 2, f"expected several streamed previews before the end, saw {sorted(seen)}"
     assert image_src(page.locator("#gen-xt")) and image_src(page.locator("#gen-x0")), "no images shown"
     page.screenshot(path=SHOTS / "generate_done.png", full_page=True)
 
     # a second run, stopped part-way: the frames tab shows what was computed
     page.get_by_role("button", name="Generate", exact=True).click()
-    page.wait_for_function(f"() => document.querySelector('#gen-status progress')?.value < {T}", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelector('#gen-status progress')?.value < {T}", timeout=PATIENCE_MS)
     page.get_by_role("button", name="Stop", exact=True).first.click()
     page.get_by_role("tab", name="Frames").click()
     page.get_by_role("button", name="Next ▶").click()  # the scrubber renders the stored frames
-    page.locator("#frame-label").get_by_text("stopped after").wait_for(timeout=30_000)
+    page.locator("#frame-label").get_by_text("stopped after").wait_for(timeout=PATIENCE_MS)
     page.screenshot(path=SHOTS / "frames_after_stop.png", full_page=True)
     assert not errors, errors
 
@@ -119,7 +118,7 @@ def test_phone_width_layout(browser, server):
     assert tabs.count() == 5  # all five tabs on one line, none hidden in an overflow menu
     page.get_by_role("tab", name="Forward").click()
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
-    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=30_000)
+    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the page scrolls sideways on a phone ({width} px wide)"
     page.screenshot(path=SHOTS / "phone_forward.png", full_page=True)

@@ -1,14 +1,23 @@
-"""What one user (a browser tab or an API client) keeps between requests."""
+"""What one user (a browser tab or an API client) keeps between requests, and :class:`Users`, which decides how
+long it stays in memory."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable, Hashable
 
 from torch import Tensor
 
 from .inputs import random_seed, requested_seed
-from .runs import Trajectory
+from .runs import DEFAULT_TRAJECTORY_BYTES, Trajectory
 from .served import ServedModel
+
+# all users' stored runs together: four of the largest single runs (every step of DDPM-1000 for four images)
+DEFAULT_KEPT_BYTES = 4 * DEFAULT_TRAJECTORY_BYTES
+DEFAULT_TIME_TO_LIVE = 30 * 60  # seconds a user's results stay after their last request
 
 
 @dataclass
@@ -50,3 +59,76 @@ class UserState:
     model: str | None = None  # None = the library's default
     run: Trajectory | None = None
     forward: ForwardState = field(default_factory=ForwardState)
+
+    def release(self) -> None:
+        """Drop the run's pictures and the photo (the run remembers that it was released)."""
+        if self.run is not None:
+            self.run.release()
+        self.forward = ForwardState()
+
+
+class Users:
+    """The users whose results (latest run, photo) are in memory, by key (a Gradio session). A user's results are
+    released when the user leaves, when unused for ``time_to_live`` seconds, and (least recently used first) when
+    the runs of all users together take more than ``max_bytes``. A run still computing is released once it ends.
+    Safe to use from the server's threads."""
+
+    def __init__(self, max_bytes: int = DEFAULT_KEPT_BYTES, time_to_live: float = DEFAULT_TIME_TO_LIVE,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_bytes, self.time_to_live, self.clock = max_bytes, time_to_live, clock
+        self._users: OrderedDict[Hashable, tuple[UserState, float]] = OrderedDict()  # least recently used first
+        self._leaving: list[UserState] = []  # left while a run was still computing
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the kept runs take."""
+        return sum(user.run.nbytes for user, _ in self._users.values() if user.run is not None)
+
+    def seen(self, key: Hashable, user: UserState) -> None:
+        """``user`` (known by ``key``) made a request: keep its results, then release what is over the limits."""
+        with self._lock:
+            self._users[key] = (user, self.clock())
+            self._users.move_to_end(key)
+        self.sweep()
+
+    def leave(self, key: Hashable) -> None:
+        """The user known by ``key`` has gone (closed the tab or the client): release its results."""
+        with self._lock:
+            user = self._users.pop(key, (None, 0.0))[0]
+            if user is not None:
+                self._leaving.append(user)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Release the results of users who left, of those unused for ``time_to_live``, and, least recently used
+        first, as many more as it takes to bring the kept runs within ``max_bytes``."""
+        with self._lock:
+            now = self.clock()
+            for key, (user, last_seen) in list(self._users.items()):
+                if now - last_seen > self.time_to_live:
+                    self._leaving.append(self._users.pop(key)[0])
+            total = self.nbytes
+            for key, (user, _) in list(self._users.items()):
+                if total <= self.max_bytes:
+                    break
+                if user.run is not None and not user.run.running:
+                    total -= user.run.nbytes
+                    user.run.release()
+            gone = [user for user in self._leaving if user.run is None or not user.run.running]
+            self._leaving = [user for user in self._leaving if user.run is not None and user.run.running]
+        for user in gone:
+            user.release()
+
+    def sweep_every(self, seconds: float) -> threading.Thread:
+        """Call :meth:`sweep` every ``seconds`` from a daemon thread (so results expire while nobody asks)."""
+        def loop() -> None:
+            while True:
+                time.sleep(seconds)
+                self.sweep()
+        thread = threading.Thread(target=loop, name="ddpm-users-sweep", daemon=True)
+        thread.start()
+        return thread
