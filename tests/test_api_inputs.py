@@ -18,15 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PATIENCE, make_tiny_config, perturb, seeded_init
+from conftest import PATIENCE
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from test_app_server import ROOT, serving_app
-
-from ddpm_app.model_folder import DiffusionConfig, save_pretrained
-from ddpm_app.models import UNet
-from ddpm_app.schedule import ScheduleConfig
+from test_app_server import ROOT, serving_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +33,7 @@ PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """app.py serving a tiny 16×16 model (T = 20): (url, log)."""
-    root = tmp_path_factory.mktemp("api")
-    config = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=T), training={"dataset": "noise"})
-    save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "weights" / "faces")
-    log = root / "app.log"
-    with serving_app(root / "weights", log) as (url, _):
+    with serving_tiny_model(tmp_path_factory.mktemp("api"), T) as (url, _, log):
         yield url, log
 
 

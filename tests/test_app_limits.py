@@ -16,16 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PATIENCE, make_tiny_config, perturb, seeded_init, wait_for
+from conftest import PATIENCE, wait_for
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
-from test_app_server import ROOT, serving_app
+from test_app_server import ROOT, serving_tiny_model
 
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.model_folder import DiffusionConfig, save_pretrained
-from ddpm_app.models import UNet
-from ddpm_app.schedule import ScheduleConfig
 
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,11 +35,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """app.py serving a tiny 16×16 model (T = 3000) with room for only two waiting requests: (url, pid, log)."""
-    root = tmp_path_factory.mktemp("limits")
-    config = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=T), training={"dataset": "noise"})
-    save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "weights" / "faces")
-    log = root / "app.log"
-    with serving_app(root / "weights", log, "--queue-size", str(QUEUE)) as (url, proc):
+    with serving_tiny_model(tmp_path_factory.mktemp("limits"), T, "--queue-size", str(QUEUE)) as (url, proc, log):
         yield url, proc.pid, log
 
 

@@ -54,6 +54,15 @@ def serving_app(weights: Path, log: Path, *extra: str) -> Iterator[tuple[str, su
             proc.wait()
 
 
+@contextlib.contextmanager
+def serving_tiny_model(root: Path, timesteps: int, *extra: str) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """``serving_app`` with one tiny 16×16 RGB model, "faces", of ``timesteps`` steps: yields (url, process, log)."""
+    config = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=timesteps), training={"dataset": "noise"})
+    save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "weights" / "faces")
+    with serving_app(root / "weights", root / "app.log", *extra) as (url, proc):
+        yield url, proc, root / "app.log"
+
+
 def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float = PATIENCE) -> None:
     import httpx
 
