@@ -35,11 +35,15 @@ from ddpm_app.schedule import Schedule, ScheduleConfig
 PATIENCE = 600
 
 
-def wait_for(condition, what: str, poll: float = 0.02):
-    """Poll ``condition()`` until it returns something true, and return that; fail only after PATIENCE seconds."""
-    deadline = time.monotonic() + PATIENCE
+def wait_for(condition, what: str, poll: float = 0.02, progress=None):
+    """Poll ``condition()`` until it returns something true, and return that. Fail only after PATIENCE seconds
+    without the condition, or, given ``progress()`` (say, the step a run has reached), PATIENCE seconds in which
+    that did not change: a slow machine gets all the time it needs, a stuck one does not."""
+    deadline, last = time.monotonic() + PATIENCE, progress() if progress else None
     while not (result := condition()):
-        assert time.monotonic() < deadline, f"waited {PATIENCE} s for {what}: a hang"
+        if progress and (now := progress()) != last:
+            deadline, last = time.monotonic() + PATIENCE, now
+        assert time.monotonic() < deadline, f"waited {PATIENCE} s for {what} without progress: a hang"
         time.sleep(poll)
     return result
 

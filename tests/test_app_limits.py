@@ -71,7 +71,8 @@ class StepCost:
 
     def measure(self, steps: int = 50) -> float:
         """Wait until the run is ``steps`` further on; CPU seconds per step meanwhile."""
-        step1 = wait_for(lambda: (s := self.read_step()) >= self.step0 + steps and s, f"{steps} more steps")
+        step1 = wait_for(lambda: (s := self.read_step()) >= self.step0 + steps and s, f"{steps} more steps",
+                         progress=self.read_step)
         return (cpu_seconds(self.pid) - self.cpu0) / (step1 - self.step0)
 
 

@@ -91,13 +91,14 @@ def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
     progress = page.locator("#gen-status progress")
     seen: set[str] = set()
 
-    def finished() -> bool:  # noting each step shown on the way
-        if progress.count():
-            seen.add(progress.first.get_attribute("value"))
-        return bool(page.locator("#gen-status").get_by_text("Done").count())
+    def step() -> str | None:  # noting each step shown on the way
+        value = progress.first.get_attribute("value") if progress.count() else None
+        seen.add(value)
+        return value
 
-    wait_for(finished, "the run to finish", poll=0.05)
-    assert len(seen - {str(T)}) >= 2, f"expected several streamed previews before the end, saw {sorted(seen)}"
+    wait_for(lambda: page.locator("#gen-status").get_by_text("Done").count(), "the run to finish", poll=0.05,
+             progress=step)
+    assert len(seen - {str(T), None}) >= 2, f"expected several streamed previews before the end, saw {sorted(seen - {None})}"
     assert image_src(page.locator("#gen-xt")) and image_src(page.locator("#gen-x0")), "no images shown"
     page.screenshot(path=SHOTS / "generate_done.png", full_page=True)
 
