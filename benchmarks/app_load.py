@@ -184,14 +184,12 @@ def come_and_go(url: str, pid: int, args: argparse.Namespace) -> None:
 def exports(url: str, temp: Path, args: argparse.Namespace) -> None:
     """Phase 6: failed and good exports; what stays on disk."""
     failed = 0
+    c = client(url)  # a user with nothing to export yet
     for _ in range(args.failed_exports):
-        c = client(url)  # a new user with nothing to export
         try:
             c.predict(api_name="/export_gif")
         except Exception as e:
             failed += "nothing to export" in str(e)
-        c.close()
-    c = client(url)
     c.predict("ddim", 20, 0.0, 5, 4, True, False, api_name="/generate")
     good = 0
     for i in range(args.good_exports):
