@@ -13,7 +13,7 @@ import sys
 import torch
 
 from ddpm_app import ui
-from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
+from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users
 from ddpm_app.cpu import cpu_budget
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.inference import PRECISION_CHOICES, resolve_device
@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval
-    demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size)
+    users = Users()
+    users.sweep_every(60)  # results unused for the time-to-live go even while nobody makes a request
+    demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size, users=users)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
                 css=ui.CSS, head=ui.HEAD, theme=ui.THEME)
 

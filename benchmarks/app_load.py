@@ -13,19 +13,28 @@ memory and CPU are not measured and ``--queue-size`` only labels the output).
 3. burst: ``--burst`` clients submit at once, more than the queue holds: how many are answered "busy"
    (gradio_client's QueueError "Queue is full"), how many finish, and the server's peak memory meanwhile;
 4. cancel: a long DDPM run is cancelled after its first preview; then a short run must start at once, and
-   (when this script started the server) the server's CPU time must stop growing.
+   (when this script started the server) the server's CPU time must stop growing;
+5. come and go (``--phases memory``): ``--visitors`` clients come, ``--visitors-at-once`` at a time, each runs
+   DDIM-``--visitor-steps`` × 4 images and leaves (closes its client); the server's memory before, at the peak,
+   when the last has left and ``--linger`` seconds later;
+6. exports (``--phases exports``): ``--failed-exports`` exports with nothing to export, then ``--good-exports``
+   real ones (GIF, PNG and MP4 in turn); the size and file count of the app's export folder and of Gradio's
+   file cache afterwards.
 
-Prints one Markdown table per phase.
+Phases 5 and 6 need the server started here (``--url`` not given); it then runs with its own temporary folder
+(TMPDIR and GRADIO_TEMP_DIR), so its files can be counted. Prints one Markdown table per phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,11 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def start_app(args: argparse.Namespace, temp: Path) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TMPDIR=str(temp),
+               GRADIO_TEMP_DIR=str(temp / "gradio"))
     proc = subprocess.Popen([sys.executable, "app.py", "--weights", args.weights, "--port", str(port),
                              "--queue-size", str(args.queue_size)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -71,6 +81,33 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class PeakMemory:
+    """The process's RSS, sampled every 50 ms from a thread while the block runs: ``.before`` and ``.peak``."""
+
+    def __init__(self, pid: int):
+        self.pid, self.before, self.peak = pid, rss_mib(pid), rss_mib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, rss_mib(self.pid))
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def folder_size(folder: Path) -> tuple[float, int]:
+    """(MiB, number of files) under ``folder``."""
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 2**20, len(files)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,6 +148,68 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def come_and_go(url: str, pid: int, args: argparse.Namespace) -> None:
+    """Phase 5: users come, each runs DDIM × 4 images and leaves; the server's memory meanwhile and after."""
+    def visit(i: int) -> str:
+        c = client(url)
+        try:
+            return c.predict("ddim", args.visitor_steps, 0.0, 3000 + i, 4, True, False, api_name="/generate")[3]
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        finally:
+            c.close()  # the user leaves: its heartbeat connection closes
+
+    warm = client(url)
+    warm.predict("ddim", args.visitor_steps, 0.0, 1, 4, True, False, api_name="/generate")
+    warm.close()
+    time.sleep(5)
+    with PeakMemory(pid) as memory:
+        with ThreadPoolExecutor(args.visitors_at_once) as pool:
+            answers = list(pool.map(visit, range(args.visitors)))
+    left = rss_mib(pid)
+    time.sleep(args.linger)
+    after = rss_mib(pid)
+    done = sum("Done" in a for a in answers)
+    print(f"\n| come and go: {args.visitors} users, {args.visitors_at_once} at a time, DDIM-{args.visitor_steps} × 4 "
+          f"images each | finished | RSS before | peak | when the last left | {args.linger:.0f} s later | "
+          "later − before |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| server memory (MiB) | {done}/{args.visitors} | {memory.before:.0f} | {memory.peak:.0f} | {left:.0f} | "
+          f"{after:.0f} | {after - memory.before:+.0f} |")
+    errors = [a for a in answers if "Done" not in a]
+    if errors:
+        print(f"\nErrors: {errors[:3]!r}")
+
+
+def exports(url: str, temp: Path, args: argparse.Namespace) -> None:
+    """Phase 6: failed and good exports; what stays on disk."""
+    failed = 0
+    c = client(url)  # a user with nothing to export yet
+    for _ in range(args.failed_exports):
+        try:
+            c.predict(api_name="/export_gif")
+        except Exception as e:
+            failed += "nothing to export" in str(e)
+    c.predict("ddim", 20, 0.0, 5, 4, True, False, api_name="/generate")
+    good = 0
+    for i in range(args.good_exports):
+        kind = ("gif", "png", "mp4")[i % 3]
+        try:
+            good += Path(c.predict(api_name=f"/export_{kind}")).stat().st_size > 0
+        except Exception as e:
+            print(f"export {kind} failed: {e}")
+    c.close()
+    folders = sorted(temp.glob("ddpm_app_*"))
+    app_mib, app_files = folder_size(folders[0]) if folders else (float("nan"), 0)
+    app_dirs = sum(1 for _ in folders[0].iterdir()) if folders else 0
+    cache_mib, cache_files = folder_size(temp / "gradio")
+    print(f"\n| exports: {args.failed_exports} failed, then {args.good_exports} good (GIF/PNG/MP4 in turn, DDIM-20 × 4) "
+          "| failed as expected | good | export folder: MiB | files | sub-folders | Gradio file cache: MiB | files |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| after all | {failed}/{args.failed_exports} | {good}/{args.good_exports} | {app_mib:.1f} | {app_files} | "
+          f"{app_dirs} | {cache_mib:.1f} | {cache_files} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=None, help="a running app (default: start app.py here)")
@@ -121,80 +220,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--burst", type=int, default=24, help="clients submitting at once in the busy phase")
     p.add_argument("--queue-size", type=int, default=16, help="the app's queue size (app.py --queue-size)")
+    p.add_argument("--phases", default="load", help="comma-separated: load (phases 1-4), memory, exports")
+    p.add_argument("--visitors", type=int, default=20, help="users who come and go (memory phase)")
+    p.add_argument("--visitors-at-once", type=int, default=4)
+    p.add_argument("--visitor-steps", type=int, default=50, help="DDIM steps of each visitor's run")
+    p.add_argument("--linger", type=float, default=60, help="seconds to wait after the last visitor left")
+    p.add_argument("--failed-exports", type=int, default=100)
+    p.add_argument("--good-exports", type=int, default=20)
     args = p.parse_args(argv)
+    phases = set(args.phases.split(","))
 
     proc = None
     url = args.url
+    temp = Path(tempfile.mkdtemp(prefix="app_load_"))
     if url is None:
-        proc, url = start_app(args)
+        proc, url = start_app(args, temp)
+    elif phases - {"load"}:
+        sys.exit("the memory and exports phases measure the server: leave out --url")
     pid = proc.pid if proc else None
+    print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores")
     try:
-        seeds = [1000 + i for i in range(args.users)]
-        c = client(url)
-        generate(c, args, 0)  # warm-up: first-request costs (model compile paths, caches)
-        solo = {s: generate(c, args, s) for s in seeds}
-        solo_times = [t for t, _ in solo.values()]
-
-        wall, results = concurrent(url, args, seeds)
-        ok = [t for (t, img), s in zip(results, seeds) if isinstance(img, np.ndarray)]
-        same = sum(isinstance(img, np.ndarray) and np.array_equal(img, solo[s][1])
-                   for (_, img), s in zip(results, seeds))
-
-        print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-              f"{args.sampler.upper()}{'-' + str(args.steps) if args.sampler == 'ddim' else ''}, "
-              f"batch {args.batch}, queue size {args.queue_size}\n")
-        print("| phase | runs | wall (s) | runs/s | p50 latency (s) | p95 latency (s) | results equal to solo |")
-        print("|---|---|---|---|---|---|---|")
-        print(f"| solo, one at a time | {len(seeds)} | {sum(solo_times):.2f} | {len(seeds) / sum(solo_times):.2f} | "
-              f"{percentile(solo_times, 50):.2f} | {percentile(solo_times, 95):.2f} | (reference) |")
-        print(f"| {args.users} users at once | {len(ok)} | {wall:.2f} | {len(ok) / wall:.2f} | "
-              f"{percentile(ok, 50):.2f} | {percentile(ok, 95):.2f} | {same}/{len(seeds)} |")
-
-        # burst: more requests than the queue holds
-        peak = [rss_mib(pid) if pid else float("nan")]
-        stop = threading.Event()
-
-        def watch():
-            while not stop.is_set():
-                peak.append(rss_mib(pid))
-                time.sleep(0.05)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        if pid:
-            watcher.start()
-        burst_seeds = [2000 + i for i in range(args.burst)]
-        burst_wall, burst = concurrent(url, args, burst_seeds)
-        stop.set()
-        busy = [r for _, r in burst if isinstance(r, str) and "Queue is full" in r]
-        other = [r for _, r in burst if isinstance(r, str) and "Queue is full" not in r]
-        done = [t for t, r in burst if isinstance(r, np.ndarray)]
-        print("\n| burst | submitted | finished | answered busy | other errors | wall (s) | p95 latency (s) | "
-              "server RSS before → peak (MiB) |")
-        print("|---|---|---|---|---|---|---|---|")
-        print(f"| {args.burst} at once | {args.burst} | {len(done)} | {len(busy)} | {len(other)} | {burst_wall:.2f} | "
-              f"{percentile(done, 95):.2f} | {peak[0]:.0f} → {max(peak):.0f} |")
-        if busy:
-            print(f"\nThe busy answer: {busy[0]!r}")
-        if other:
-            print(f"Other errors: {other[:3]!r}")
-
-        # cancel: a long run stopped after its first preview frees the worker
-        long = c.submit("ddpm", 1, 0.0, 7, 4, True, False, api_name="/generate")
-        deadline = time.monotonic() + 120
-        while not long.outputs() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        long.cancel()
-        after, _ = generate(client(url), args, 1)
-        idle = None
-        if pid:
-            time.sleep(0.5)
-            before = cpu_seconds(pid)
-            time.sleep(2.0)
-            idle = (cpu_seconds(pid) - before) / 2.0
-        print("\n| cancel | next short run after cancel (s) | solo p50 (s) | server CPU after (cores busy) |")
-        print("|---|---|---|---|")
-        print(f"| DDPM over all T, batch 4, cancelled at its first preview | {after:.2f} | "
-              f"{percentile(solo_times, 50):.2f} | {'n/a' if idle is None else f'{idle:.2f}'} |")
+        if "memory" in phases:
+            come_and_go(url, pid, args)
+        if "exports" in phases:
+            exports(url, temp, args)
+        if "load" in phases:
+            load(url, pid, args)
     finally:
         if proc is not None:
             proc.terminate()
@@ -202,6 +253,73 @@ def main(argv: list[str] | None = None) -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load(url: str, pid: int | None, args: argparse.Namespace) -> None:
+    """Phases 1-4: solo, concurrent, burst, cancel."""
+    seeds = [1000 + i for i in range(args.users)]
+    c = client(url)
+    generate(c, args, 0)  # warm-up: first-request costs (model compile paths, caches)
+    solo = {s: generate(c, args, s) for s in seeds}
+    solo_times = [t for t, _ in solo.values()]
+
+    wall, results = concurrent(url, args, seeds)
+    ok = [t for (t, img), s in zip(results, seeds) if isinstance(img, np.ndarray)]
+    same = sum(isinstance(img, np.ndarray) and np.array_equal(img, solo[s][1])
+               for (_, img), s in zip(results, seeds))
+
+    print(f"\n{args.sampler.upper()}{'-' + str(args.steps) if args.sampler == 'ddim' else ''}, "
+          f"batch {args.batch}, queue size {args.queue_size}\n")
+    print("| phase | runs | wall (s) | runs/s | p50 latency (s) | p95 latency (s) | results equal to solo |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| solo, one at a time | {len(seeds)} | {sum(solo_times):.2f} | {len(seeds) / sum(solo_times):.2f} | "
+          f"{percentile(solo_times, 50):.2f} | {percentile(solo_times, 95):.2f} | (reference) |")
+    print(f"| {args.users} users at once | {len(ok)} | {wall:.2f} | {len(ok) / wall:.2f} | "
+          f"{percentile(ok, 50):.2f} | {percentile(ok, 95):.2f} | {same}/{len(seeds)} |")
+
+    # burst: more requests than the queue holds
+    memory = PeakMemory(pid) if pid else None
+    burst_seeds = [2000 + i for i in range(args.burst)]
+    with memory or contextlib.nullcontext():
+        burst_wall, burst = concurrent(url, args, burst_seeds)
+    peak = [memory.before, memory.peak] if memory else [float("nan")]
+    busy = [r for _, r in burst if isinstance(r, str) and "Queue is full" in r]
+    other = [r for _, r in burst if isinstance(r, str) and "Queue is full" not in r]
+    done = [t for t, r in burst if isinstance(r, np.ndarray)]
+    print("\n| burst | submitted | finished | answered busy | other errors | wall (s) | p95 latency (s) | "
+          "server RSS before → peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {args.burst} at once | {args.burst} | {len(done)} | {len(busy)} | {len(other)} | {burst_wall:.2f} | "
+          f"{percentile(done, 95):.2f} | {peak[0]:.0f} → {max(peak):.0f} |")
+    if busy:
+        print(f"\nThe busy answer: {busy[0]!r}")
+    if other:
+        print(f"Other errors: {other[:3]!r}")
+
+    # cancel: a long run stopped after its first preview frees the worker
+    long = c.submit("ddpm", 1, 0.0, 7, 4, True, False, api_name="/generate")
+    deadline = time.monotonic() + 120
+    while not long.outputs() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    long.cancel()
+    after, _ = generate(client(url), args, 1)
+    idle = None
+    if pid:
+        time.sleep(0.5)
+        before = cpu_seconds(pid)
+        time.sleep(2.0)
+        idle = (cpu_seconds(pid) - before) / 2.0
+    print("\n| cancel | next short run after cancel (s) | solo p50 (s) | server CPU after (cores busy) |")
+    print("|---|---|---|---|")
+    print(f"| DDPM over all T, batch 4, cancelled at its first preview | {after:.2f} | "
+          f"{percentile(solo_times, 50):.2f} | {'n/a' if idle is None else f'{idle:.2f}'} |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import urllib.parse
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +22,11 @@ from torchvision.utils import make_grid
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 MAX_FILE_BYTES = 20 * 2**20  # larger image files are refused before they are opened (the app's upload limit)
+# the decoders Pillow may use on a user's file; no others (EPS would run Ghostscript, and so on). The JPEG decoder
+# also opens the multi-picture JPEGs of many cameras.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+USE_FORMATS = "use a PNG, JPEG, WebP, GIF, BMP or TIFF file"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(ValueError):
@@ -66,14 +74,30 @@ def save_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
     return path
 
 
+def _white_level(img: Image.Image, arr: np.ndarray) -> float:
+    """The value that means white in a 16-bit, 32-bit or float greyscale image. Floats in 0…1 (as scientific
+    TIFFs store them) are taken as such; other float ranges are refused rather than guessed."""
+    if img.mode != "F":
+        return 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    if not np.isfinite(arr).all():
+        raise ImageError("the image holds values that are not numbers (NaN or infinity); save it with 8-bit "
+                         f"or 16-bit pixels, or floats in 0…1 ({USE_FORMATS})")
+    low, high = float(arr.min()), float(arr.max())
+    for white in (1.0, 255.0, 65535.0):
+        if 0.0 <= low and high <= white:
+            return white
+    raise ImageError(f"a floating-point image with values in {low:g}…{high:g} cannot be shown as a photo; save "
+                     "it with floats in 0…1, or as 8-bit or 16-bit pixels")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode → RGB, upright: EXIF rotation applied, transparency composited on white,
-    16-bit and float greyscale rescaled to 8 bits, palette and CMYK converted."""
+    16-bit, 32-bit and float greyscale rescaled to 8 bits (floats in 0…1, 0…255 or 0…65535), palette and
+    CMYK converted."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray((arr / hi * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray((arr / _white_level(img, arr) * 255.0).round().clip(0, 255).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("LA", "PA", "La", "RGBa"):
@@ -97,8 +121,9 @@ def fit(img: Image.Image, size: int) -> Image.Image:
 def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = None) -> Image.Image:
     """Open and decode an image file (its first frame, if animated), turning every problem into an
     :class:`ImageError`. Checked before decoding: the file size (at most :data:`MAX_FILE_BYTES`) and the pixel
-    count the header declares (at most :data:`MAX_IMAGE_PIXELS`). With ``size``, a JPEG is decoded at the
-    smallest scale (1/2, 1/4, 1/8) that still covers size × size, so a large photo costs little."""
+    count the header declares (at most :data:`MAX_IMAGE_PIXELS`). Only the decoders in :data:`FORMATS` are tried.
+    With ``size``, a JPEG is decoded at the smallest scale (1/2, 1/4, 1/8) that still covers size × size, so a
+    large photo costs little."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (str, Path)):
@@ -108,12 +133,9 @@ def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = N
             raise ImageError(f"file not found: {source}") from None
         except OSError as e:
             raise ImageError(f"cannot read {source} ({e})") from None
-        if nbytes == 0:
-            raise ImageError("the file is empty; use a PNG, JPEG, WebP, BMP or TIFF file")
-        if nbytes > MAX_FILE_BYTES:
-            raise ImageError(f"the file is too large ({nbytes / 2**20:.1f} MB; at most {MAX_FILE_BYTES // 2**20} MB)")
+        check_file_size(nbytes)
     try:
-        img = Image.open(source)
+        img = Image.open(source, formats=FORMATS)
         if img.width < 1 or img.height < 1:
             raise ImageError(f"the image is empty ({img.width}×{img.height} pixels)")
         if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -130,9 +152,56 @@ def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = N
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         if isinstance(e, ImageError):
             raise
-        reason = "unknown format" if isinstance(e, UnidentifiedImageError) else e  # its text repeats the path
-        raise ImageError(f"not a readable image ({reason}); use a PNG, JPEG, WebP, BMP or TIFF file") from None
+        if isinstance(e, UnidentifiedImageError):  # its text repeats the path
+            size = _declared_png_size(source)
+            if size is not None and 0 in size:
+                raise ImageError(f"the image is empty ({size[0]}×{size[1]} pixels)") from None
+            raise ImageError(f"not a readable image (unknown or unsupported format); {USE_FORMATS}") from None
+        raise ImageError(f"not a readable image ({e}); {USE_FORMATS}") from None
     return img
+
+
+def check_file_size(nbytes: int) -> None:
+    """Refuse an empty file, or one over :data:`MAX_FILE_BYTES`, before anything reads it."""
+    if nbytes == 0:
+        raise ImageError(f"the file is empty; {USE_FORMATS}")
+    if nbytes > MAX_FILE_BYTES:
+        raise ImageError(f"the file is too large ({nbytes / 2**20:.1f} MB; at most {MAX_FILE_BYTES // 2**20} MB)")
+
+
+def _declared_png_size(source: str | Path | BinaryIO) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, which Pillow will not open when either is 0; None if not a PNG."""
+    try:
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as f:
+                head = f.read(24)
+        else:
+            source.seek(0)
+            head = source.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def read_data_url(url: str) -> bytes:
+    """The bytes of a ``data:`` URL (base64 or percent-encoded), with the same size limit as a file: its size is
+    worked out from the URL's length and checked before anything is decoded."""
+    header, comma, payload = url.partition(",")
+    if not header.startswith("data:") or not comma:
+        raise ImageError("not a data: URL (data:image/png;base64,…)")
+    if header.endswith(";base64"):
+        check_file_size(len(payload) * 3 // 4 - payload[-2:].count("="))
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            raise ImageError(f"the data: URL is not valid base64; {USE_FORMATS}") from None
+    if len(payload) > 3 * MAX_FILE_BYTES:  # percent-encoding at most triples the length
+        check_file_size(len(payload) // 3)
+    data = urllib.parse.unquote_to_bytes(payload)
+    check_file_size(len(data))
+    return data
 
 
 def load_image(source: str | Path | BinaryIO | Image.Image, size: int) -> Tensor:

@@ -36,6 +36,8 @@ WEIGHTS_PATTERN = "model{suffix}.safetensors"
 DEFAULT_SHARD_SIZE = "15MB"  # keeps every weights file under 16 MiB (Hub previews, small uploads)
 # what a model folder holds on the Hub: fetched (and no other file) by download, uploaded by hub.push_folder
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png", "heldout.json"]
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")  # "user/name"; huggingface_hub checks the finer rules
+HUB_ID_MAX_LENGTH = 96  # the Hub's limit on a repo id
 
 
 class ModelFolderError(Exception):
@@ -181,7 +183,7 @@ def load_local(directory: str | Path, device: torch.device | str = "cpu") -> Loa
 
 def is_repo_id(source: str) -> bool:
     """True for strings shaped like a Hub repo id ("user/name"), which a local path is not assumed to be."""
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", source)) and not Path(source).exists()
+    return len(source) <= HUB_ID_MAX_LENGTH and bool(HUB_REPO_ID.fullmatch(source)) and not Path(source).exists()
 
 
 def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:

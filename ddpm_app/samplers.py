@@ -11,7 +11,6 @@ clipping), with its validation, its label and the number of network evaluations 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator, Literal, NamedTuple
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .schedule import Schedule, extract
+from .values import InvalidValue, choice, flag, real_number, whole_number
 
 # ε_θ(x_t, t): anything that maps (B, C, H, W) float32 and (B,) long timesteps to a (B, C, H, W) noise prediction
 EpsModel = Callable[[Tensor, Tensor], Tensor]
@@ -189,20 +189,8 @@ def sample(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, sampl
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-class SettingsError(ValueError):
+class SettingsError(InvalidValue):
     """A sampler setting is out of range; the message names the setting and the allowed values."""
-
-
-def whole_number(value: float | int | str | None, name: str, low: int, high: int,
-                 error: type[ValueError] = SettingsError) -> int:
-    """``value`` as an int in low…high, or ``error`` with a message naming ``name`` and the range."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not number.is_integer() or not low <= number <= high:
-        raise error(f"{name} must be a whole number in {low}…{high}, got {value!r}")
-    return int(number)
 
 
 @dataclass(frozen=True)
@@ -222,18 +210,12 @@ class SamplerSettings:
                 timesteps: int) -> SamplerSettings:
         """Settings from user values (widgets, options), with a :class:`SettingsError` naming the allowed range
         for a bad one."""
-        if sampler not in SAMPLERS:
-            raise SettingsError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        sampler = choice(sampler, "sampler", SAMPLERS, SettingsError)
+        clip_x0 = flag(clip_x0, "clip x̂₀", SettingsError)
         if sampler == "ddpm":
-            return cls("ddpm", timesteps, 1.0, bool(clip_x0))
-        steps = whole_number(steps, "DDIM steps", 1, timesteps)
-        try:
-            value = float(eta)
-        except (TypeError, ValueError, OverflowError):
-            value = math.nan
-        if not 0.0 <= value <= 1.0:
-            raise SettingsError(f"η (eta) must be in 0…1, got {eta!r}")
-        return cls("ddim", steps, value, bool(clip_x0))
+            return cls("ddpm", timesteps, 1.0, clip_x0)
+        return cls("ddim", whole_number(steps, "DDIM steps", 1, timesteps, SettingsError),
+                   real_number(eta, "η (eta)", 0.0, 1.0, SettingsError), clip_x0)
 
     def num_steps(self, start_t: int) -> int:
         """Network evaluations for a chain that starts at timestep ``start_t``."""

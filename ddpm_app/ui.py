@@ -25,13 +25,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, PREVIEW_BUDGET, InputError,
-                  ModelLibrary, ServedModel, Throttle, Trajectory, UserState, export_gif, export_mp4, export_png,
-                  labelled_strip, noise_picture, picture, resolve_seed, schedule_curves, stream)
-from .image import ImageError, open_image, psnr
-from .model_folder import ModelFolderError
+from . import widgets
+from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH, PREVIEW_BUDGET, ExportFolder,
+                  ModelLibrary, ServedModel, Throttle, Trajectory, UserState, Users, export_gif, export_mp4,
+                  export_png, labelled_strip, noise_picture, picture, resolve_seed, schedule_curves, stream)
+from .app.inputs import choice, flag, whole_number
 from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, number, terms_strip
-from .samplers import SamplerSettings, SettingsError, Step, step_breakdown
+from .app.state import DEFAULT_TIME_TO_LIVE
+from .image import ImageError, psnr
+from .model_folder import ModelFolderError
+from .samplers import SamplerSettings, Step, step_breakdown
+from .values import InvalidValue
+from .widgets import user_error
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
@@ -79,6 +84,9 @@ DENOISE_HELP = r"""Take the photo noised to $t$ in the **Forward** tab and run t
 back to 0 (SDEdit). Small $t$ keeps the photo; large $t$ keeps only its rough layout and colours, and the model
 fills in the rest with what it has learned."""
 
+RELEASED = ("Your last run is no longer kept (runs are released when you leave, after "
+            f"{DEFAULT_TIME_TO_LIVE // 60} minutes without a new one, or when the server needs the memory for other "
+            "users' runs): press **Generate** (or **Denoise**) again.")
 STOPPED = "<div class='ddpm-stats'><b>Stopped.</b> The steps computed so far are in the <b>Frames</b> tab.</div>"
 
 MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedule, image size) and
@@ -93,39 +101,23 @@ def on_device(method):
     return on_worker
 
 
-class PhotoInput(gr.Image):
-    """``gr.Image`` for photos users upload. Gradio opens an upload (header only) before the handler sees it; a file
-    it cannot open (not an image, a decompression bomb) becomes the same message the handler would give, instead
-    of a component processing error. A template of ``gr.Image``: the browser shows the ordinary image widget."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception as e:
-            try:
-                open_image(payload.path)
-            except ImageError as reason:
-                raise gr.Error(str(reason), print_exception=False) from None
-            raise gr.Error(f"not a usable image ({type(e).__name__}); use a PNG, JPEG, WebP, BMP or TIFF file",
-                           print_exception=False) from None
-
-
 class Handlers:
     """The event handlers, over a model library. Generators stream previews; every step is stored in the
     user's trajectory as it is computed, so Stop (which closes the generator) keeps what was done. All tensor
     work runs on the library's device worker (see :class:`~ddpm_app.app.DeviceWorker`)."""
 
     def __init__(self, library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
-                 max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None):
+                 max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None,
+                 users: Users | None = None):
         self.library = library
         self.preview_interval = preview_interval  # None: send only the final images
         self.max_trajectory_bytes = max_trajectory_bytes
-        self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="ddpm_app_"))
-        self.export_dir.mkdir(parents=True, exist_ok=True)
+        self.exports = ExportFolder(export_dir or tempfile.mkdtemp(prefix="ddpm_app_"))
+        self.users = Users() if users is None else users  # whose runs and photos stay in memory, and for how long
+
+    def leave(self, request: gr.Request) -> None:
+        """The user's tab (or API client) has closed: release its run and photo."""
+        self.users.leave(request.session_hash)
 
     def served(self, user: UserState) -> ServedModel:
         """The model this user has chosen (shared with every other user of it)."""
@@ -134,17 +126,19 @@ class Handlers:
     # -- Generate ------------------------------------------------------------------------------------------
 
     def generate(self, sampler: str, steps: float, eta: float, seed: float | None, batch: float, clip_x0: bool,
-                 show_eps: bool, user: UserState) -> Iterator[tuple]:
+                 show_eps: bool, user: UserState, request: gr.Request | None = None) -> Iterator[tuple]:
         """Sample from noise, yielding (x_t, x̂₀, ε̂, status, seed used, frame-slider update) per preview."""
         served = self.served(user)
         with user_errors():
             settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
+            show_eps = flag(show_eps, "show ε̂")
         clipped = "x̂₀ clipped" if settings.clip_x0 else "x̂₀ not clipped"
         run = Trajectory(f"{settings.describe()}, {clipped}, seed {seed}", settings.num_steps(served.timesteps - 1),
                          served.shape(batch), seed, self.max_trajectory_bytes, settings, served.schedule)
-        user.keep("generate", run)
+        user.keep("generate", run)  # a new object per run: a stopped run still finishing its step cannot write into it
+        self.users.seen(user_key(user, request), user)
         started = time.perf_counter()
         yield from stream(served.sample(settings, batch, seed), run, Throttle(self.preview_interval, budget=PREVIEW_BUDGET),
                           lambda step: self._preview(served, run, step, started, show_eps), self.library.worker)
@@ -172,10 +166,13 @@ class Handlers:
         """The stored frame ``index`` of the run Frames shows (the user's latest Generate or Denoise run):
         (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
         run = user.run
+        if run is not None and run.released:
+            return None, None, RELEASED, "", None, user.shown
         if run is None or not run.frames:
             return (None, None, f"No {user.shown} run yet: press **{user.shown.capitalize()}** first.",
                     "", None, user.shown)
-        i = min(max(int(index or 0), 0), len(run.frames) - 1)
+        with user_errors():
+            i = whole_number(index, "frame", 0, len(run.frames) - 1)
         f = run.frames[i]
         user.frame_index = i
         state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
@@ -193,7 +190,8 @@ class Handlers:
     def nudge(self, index: float, delta: int, user: UserState) -> tuple:
         """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames."""
         last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
-        index = min(max(int(index or 0) + delta, 0), last)
+        with user_errors():
+            index = min(max(whole_number(index, "frame", 0, last) + delta, 0), last)
         return (index, *self.frame(index, user))
 
     @on_device
@@ -207,31 +205,23 @@ class Handlers:
     @on_device
     def export(self, kind: str, user: UserState) -> str:
         """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images); returns a path."""
-        self._prune_exports()
         run = user.run
-        path = Path(tempfile.mkdtemp(dir=self.export_dir)) / f"ddpm_seed{run.seed if run else 0}.{kind}"
         writer = {"gif": export_gif, "mp4": export_mp4, "png": export_png}[kind]
         with user_errors():
-            return str(writer(run, path))
-
-    def _prune_exports(self, max_age_s: float = 3600) -> None:
-        now = time.time()
-        for old in self.export_dir.glob("*/*"):
-            if now - old.stat().st_mtime > max_age_s:
-                old.unlink(missing_ok=True)
-                old.parent.rmdir()
+            return str(self.exports.write(f"ddpm_seed{run.seed if run else 0}.{kind}", lambda path: writer(run, path)))
 
     # -- Forward process ----------------------------------------------------------------------------------
 
     @on_device
     def noise(self, photo: str | None, t: float, fix_noise: bool, noise_seed: float | None,
-              user: UserState) -> tuple:
+              user: UserState, request: gr.Request | None = None) -> tuple:
         """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
         served = self.served(user)
         forward = user.forward
         with user_errors():
             t = served.check_t(t)
-            forward.update(served, photo, t, fix_noise, noise_seed)
+            forward.update(served, photo, t, flag(fix_noise, "fix the noise"), noise_seed)
+        self.users.seen(user_key(user, request), user)
         numbers, plot = forward_numbers(served, t, forward.eps_seed), schedule_plot(served, t)
         if forward.x0 is None:
             hint = "Upload a photo (or pick an example) in the **Forward** tab first."
@@ -243,28 +233,28 @@ class Handlers:
         return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
                 picture(forward.x_t), note)
 
-    def new_noise(self, photo: str | None, t: float, user: UserState) -> tuple:
+    def new_noise(self, photo: str | None, t: float, user: UserState, request: gr.Request | None = None) -> tuple:
         """Draw a fresh ε: (noise-seed box reset to −1, then the outputs of :meth:`noise`)."""
-        return (-1, *self.noise(photo, t, False, -1, user))
+        return (-1, *self.noise(photo, t, False, -1, user, request))
 
     # -- Noise it, then denoise it --------------------------------------------------------------------
 
     def denoise(self, sampler: str, steps: float, eta: float, seed: float | None, clip_x0: bool,
-                user: UserState) -> Iterator[tuple]:
+                user: UserState, request: gr.Request | None = None) -> Iterator[tuple]:
         """Run the reverse chain from the forward tab's x_t at its t back to 0 (SDEdit); yields
         (x_t, x̂₀, original | noised | result, status, seed used, frame-slider update)."""
         served = self.served(user)
         forward = user.forward
-        if forward.x_t is None or forward.model != served.name:
-            raise gr.Error("Noise a photo in the Forward tab first (upload or pick one, then choose t).",
-                           print_exception=False)
         with user_errors():
             settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
             seed = resolve_seed(seed)
+        if forward.x_t is None or forward.model != served.name:
+            raise user_error("Noise a photo in the Forward tab first (upload or pick one, then choose t).")
         t, x0, x_t = forward.t, forward.x0, forward.x_t
         run = Trajectory(f"SDEdit from t = {t}, {settings.describe()}, seed {seed}", settings.num_steps(t),
                          served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule)
         user.keep("denoise", run)
+        self.users.seen(user_key(user, request), user)
         started = time.perf_counter()
 
         def render(step: Step) -> tuple:
@@ -285,7 +275,7 @@ class Handlers:
     def select_model(self, name: str, user: UserState) -> tuple:
         """Switch this user's model: (summary, card, header, t-slider and DDIM-steps updates, dropdown update)."""
         with user_errors():
-            served = self.library.get(name)
+            served = self.library.get(choice(name, "model", self.library.names))
         user.model = served.name
         return self._model_outputs(served, f"Loaded **{served.name}**.")
 
@@ -293,8 +283,8 @@ class Handlers:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
         try:
             name = self.library.add_from_hub(repo_id)
-        except (InputError, ModelFolderError) as e:
-            raise gr.Error(f"{e} — the current model stays loaded.", print_exception=False) from None
+        except (InvalidValue, ModelFolderError) as e:
+            raise user_error(f"{e} — the current model stays loaded.") from None
         user.model = name
         return self._model_outputs(self.library.get(name), f"Downloaded and loaded **{name}**.")
 
@@ -308,13 +298,18 @@ class Handlers:
                 gr.update(choices=self.library.names, value=served.name))
 
 
+def user_key(user: UserState, request: gr.Request | None) -> object:
+    """Who ``user`` is to :class:`~ddpm_app.app.Users`: the Gradio session, or the object when called directly."""
+    return request.session_hash if request is not None else id(user)
+
+
 @contextmanager
 def user_errors():
     """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
     try:
         yield
-    except (InputError, SettingsError, ImageError, ModelFolderError) as e:
-        raise gr.Error(str(e), print_exception=False) from None
+    except (InvalidValue, ImageError, ModelFolderError) as e:
+        raise user_error(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -434,22 +429,24 @@ def _image(label: str, height: int = 280, pixelated: bool = True, **kw) -> gr.Im
 
 def _sampler_controls(T: int, default: SamplerSettings = DEFAULT_SETTINGS) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
     """Sampler choice, and DDIM's K and η (shown only for DDIM)."""
-    sampler = gr.Radio(SAMPLER_CHOICES, value=default.sampler, label="Sampler")
+    sampler = widgets.Radio(SAMPLER_CHOICES, value=default.sampler, label="Sampler")
     with gr.Column(visible=default.sampler == "ddim") as ddim_row:
-        steps = gr.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
-        eta = gr.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
+        steps = widgets.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
+        eta = widgets.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
     sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
                    queue=False, show_progress="hidden")
     return sampler, steps, eta
 
 
 def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
-          max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
-    """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``."""
+          max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE,
+          users: Users | None = None) -> gr.Blocks:
+    """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``. ``users`` decides how long
+    each user's results stay in memory (see :class:`~ddpm_app.app.Users`)."""
     from .ui_teach import TeachHandlers, figure_row, teach_tabs
 
-    h = Handlers(library, preview_interval, max_trajectory_bytes)
-    th = TeachHandlers(library, h.export_dir / "figures", preview_interval)
+    h = Handlers(library, preview_interval, max_trajectory_bytes, users=users)
+    th = TeachHandlers(library, preview_interval=preview_interval)
     first = library.get()
     T = first.timesteps
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
@@ -473,9 +470,10 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     with gr.Column(scale=1, min_width=260):
                         sampler, steps, eta = _sampler_controls(T)
                         with gr.Row():
-                            seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0, min_width=120)
+                            seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0,
+                                                  min_width=120)
                             seed_used = gr.Textbox(label="Seed used", interactive=False, min_width=120)
-                        batch = gr.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
+                        batch = widgets.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
                         with gr.Row():
                             clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
                             show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120)
@@ -493,7 +491,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             # 2. Step through the frames ----------------------------------------------------------
             with gr.Tab("Frames", id="frames"):
                 gr.Markdown(FRAMES_HELP, latex_delimiters=LATEX)
-                frame = gr.Slider(0, 1, value=0, step=1, label="Frame")
+                frame = widgets.Slider(0, 1, value=0, step=1, label="Frame")
                 with gr.Row():
                     prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
                     next_btn = gr.Button("Next ▶", size="sm", min_width=80)
@@ -519,15 +517,15 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 gr.Markdown(FORWARD_HELP, latex_delimiters=LATEX)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        photo = PhotoInput(label="Photo (center-cropped, resized)", type="filepath",
+                        photo = widgets.PhotoInput(label="Photo (center-cropped, resized)", type="filepath",
                                          image_mode=None, sources=["upload", "clipboard"], height=260)
                         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples",
                                     cache_examples=False)
                     with gr.Column(scale=2, min_width=300):
-                        t_slider = gr.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
+                        t_slider = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
                         with gr.Row():
                             fix_noise = gr.Checkbox(True, label="Fix the noise ε while t moves", min_width=140)
-                            noise_seed = gr.Number(-1, label="Noise seed (−1 = random)", precision=0,
+                            noise_seed = widgets.Number(-1, label="Noise seed (−1 = random)", precision=0,
                                                    min_width=120)
                             new_noise = gr.Button("New noise", size="sm", min_width=80)
                         numbers = gr.Markdown(numbers_text, latex_delimiters=LATEX,
@@ -549,7 +547,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                                               label="starting point")
                         sd_start = _image("start: x_t", height=200)
                         sd_sampler, sd_steps, sd_eta = _sampler_controls(T)
-                        sd_seed = gr.Number(-1, label="Seed (−1 or blank = random)", precision=0)
+                        sd_seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0)
                         sd_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]")
                         with gr.Row():
                             sd_btn = gr.Button("Denoise", variant="primary", min_width=100)
@@ -569,7 +567,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             with gr.Tab("Model", id="model"):
                 gr.Markdown(MODEL_HELP)
                 with gr.Row():
-                    model_pick = gr.Dropdown(library.names, value=first.name, label="Shipped models", min_width=200)
+                    model_pick = widgets.Dropdown(library.names, value=first.name, label="Shipped models", min_width=200)
                     with gr.Column(min_width=260):
                         repo = gr.Textbox(label="Hub model id", placeholder="user/model-name")
                         download_btn = gr.Button("Download from the Hub", size="sm")
@@ -630,5 +628,6 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                            show_progress="minimal", show_progress_on=download_btn).success(
                                **refresh_forward).then(**teach_ranges)
 
+        demo.unload(h.leave)
     demo.queue(max_size=queue_size, default_concurrency_limit=2)
     return demo

@@ -19,18 +19,19 @@ from typing import Iterator
 
 import gradio as gr
 
-from .app import InputError, ModelLibrary, ServedModel, Throttle, UserState, labelled_strip, noise_picture, \
-    picture, resolve_seed, stream
+from .app import (ExportFolder, InputError, ModelLibrary, ServedModel, Throttle, UserState, labelled_strip,
+                  noise_picture, picture, resolve_seed, stream)
 from .app.compare import compare_picture
 from .app.figures import VIEWS, figure, save_figure
-from .app.inputs import random_seed
+from .app.inputs import choice, flag, random_seed, whole_number
 from .app.likelihood_view import ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
 from .app.reverse_step import number
-from .app.training_view import (CURVE_DRAWS, CURVE_TIMESTEPS, curve_plot, error_heatmap, heat_scale, photo_curve,
-                                 training_step)
+from .app.training_view import curve_plot, error_heatmap, heat_scale, photo_curve, training_step
 from .image import to_uint8
-from .samplers import SamplerSettings, whole_number
-from .ui import LATEX, EXAMPLES, PhotoInput, _image, on_device, user_errors
+from .samplers import SamplerSettings
+from .ui import LATEX, EXAMPLES, _image, on_device, user_errors
+from . import widgets
+from .widgets import PhotoInput
 
 MAX_INTERPOLATION = 10  # images in an interpolation strip
 CURVE_SEED = 0  # the photo's loss curve draws its ε from this seed: the same curve every time
@@ -89,8 +90,7 @@ class TeachHandlers:
     def __init__(self, library: ModelLibrary, export_dir: str | Path | None = None,
                  preview_interval: float | None = 0.2):
         self.library = library
-        self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="ddpm_figures_"))
-        self.export_dir.mkdir(parents=True, exist_ok=True)
+        self.figures = ExportFolder(export_dir or tempfile.mkdtemp(prefix="ddpm_figures_"))  # bounded, like exports
         self.preview_interval = preview_interval
 
     def served(self, user: UserState) -> ServedModel:
@@ -173,6 +173,7 @@ class TeachHandlers:
         result. ``exact``: all T timesteps; otherwise the quick estimate from a stratified sample."""
         served = self.served(user)
         with user_errors():
+            exact = flag(exact, "exact")
             seed = resolve_seed(seed)
             if photo is None:
                 raise InputError("upload a photo (or pick an example) first")
@@ -227,7 +228,7 @@ class TeachHandlers:
         if latest is None or not latest.frames:
             return None, "Pinned; now run another (Generate or Denoise) to compare with."
         with user_errors():
-            t = whole_number(t, "t", 0, 10**9, InputError) if t is not None else 0
+            t = whole_number(t, "t", 0, 10**9)
         user.lesson.compare_t = t
         return compare_picture(user.pinned, latest, t)
 
@@ -249,8 +250,8 @@ class TeachHandlers:
         served = self.served(user)
         with user_errors():
             a, b = resolve_seed(seed_a), resolve_seed(seed_b)
-            n = whole_number(n, "number of images", 2, MAX_INTERPOLATION, InputError)
-            settings = SamplerSettings.checked("ddim", steps, 0.0, clip_x0, served.timesteps)
+            n = whole_number(n, "number of images", 2, MAX_INTERPOLATION)
+            settings = SamplerSettings.checked("ddim", steps, 0.0, flag(clip_x0, "clip x̂₀"), served.timesteps)
         title = f"seed {a} → seed {b}, {settings.describe()}"
         labels = [f"w = {i / (n - 1):.2f}" for i in range(n)]
 
@@ -278,9 +279,8 @@ class TeachHandlers:
     def export_figure(self, view: str, user: UserState) -> str:
         """The latest result of ``view`` as a slide figure (PNG, ≥ 512 px per image); returns its path."""
         with user_errors():
-            picture_ = figure(view, user, self.served(user))
-        path = Path(tempfile.mkdtemp(dir=self.export_dir)) / f"ddpm_{view}.png"
-        return str(save_figure(picture_, path))
+            picture_ = figure(choice(view, "view", VIEWS), user, self.served(user))
+        return str(self.figures.write(f"ddpm_{view}.png", lambda path: save_figure(picture_, path)))
 
 
 def progress_html(done: int, total: int, elapsed: float, exact: bool) -> str:
@@ -323,10 +323,10 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
         with gr.Row():
             tr_photo = _photo_column("Photo x₀")
             with gr.Column(scale=2, min_width=300):
-                tr_t = gr.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="train-t")
+                tr_t = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="train-t")
                 with gr.Row():
                     tr_random = gr.Button("Random t (as in training)", size="sm", min_width=120)
-                    tr_seed = gr.Number(0, label="Noise seed for ε", precision=0, min_width=120)
+                    tr_seed = widgets.Number(0, label="Noise seed for ε", precision=0, min_width=120)
                 tr_numbers = gr.Markdown("Upload a photo (or pick an example).", latex_delimiters=LATEX,
                                          label="numbers", elem_id="train-numbers")
         with gr.Row():
@@ -344,7 +344,7 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
             lk_photo = _photo_column("Photo")
             with gr.Column(scale=2, min_width=300):
                 lk_exact = gr.Checkbox(False, label=f"Exact: all {T} timesteps (slower)")
-                lk_seed = gr.Number(0, label="Seed (timesteps and noise)", precision=0)
+                lk_seed = widgets.Number(0, label="Seed (timesteps and noise)", precision=0)
                 with gr.Row():
                     lk_btn = gr.Button("Bits/dim of this photo", variant="primary", min_width=120)
                     lk_stop = gr.Button("Stop", variant="stop", min_width=80)
@@ -358,7 +358,7 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
         with gr.Row():
             pin_btn = gr.Button("Pin this run (as A)", variant="primary", min_width=120)
             play_btn = gr.Button("Play both ▶", min_width=100)
-        cmp_t = gr.Slider(0, T - 1, value=T - 1, step=1, label="t (both runs)", elem_id="compare-t")
+        cmp_t = widgets.Slider(0, T - 1, value=T - 1, step=1, label="t (both runs)", elem_id="compare-t")
         cmp_caption = gr.Markdown("Nothing pinned yet: run **Generate**, then press **Pin this run**.",
                                   label="runs", elem_id="compare-caption")
         cmp_image = _image("A: x_t, x̂₀ | B: x_t, x̂₀", height=300, pixelated=False, elem_id="compare-image")
@@ -366,10 +366,10 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
     with gr.Tab("Interpolate", id="interpolate", elem_id="interpolate-tab"):
         gr.Markdown(INTERPOLATE_HELP, latex_delimiters=LATEX)
         with gr.Row():
-            in_a = gr.Number(1, label="Seed a", precision=0, min_width=100)
-            in_b = gr.Number(2, label="Seed b", precision=0, min_width=100)
-            in_n = gr.Slider(2, MAX_INTERPOLATION, value=6, step=1, label="Images", min_width=160)
-            in_steps = gr.Slider(1, T, value=min(25, T), step=1, label="DDIM steps K", min_width=160)
+            in_a = widgets.Number(1, label="Seed a", precision=0, min_width=100)
+            in_b = widgets.Number(2, label="Seed b", precision=0, min_width=100)
+            in_n = widgets.Slider(2, MAX_INTERPOLATION, value=6, step=1, label="Images", min_width=160)
+            in_steps = widgets.Slider(1, T, value=min(25, T), step=1, label="DDIM steps K", min_width=160)
             in_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀", min_width=100)
         in_btn = gr.Button("Interpolate", variant="primary")
         in_status = gr.Markdown("", label="status", elem_id="interp-status")
@@ -410,7 +410,7 @@ def figure_row(th: TeachHandlers, user: gr.State) -> None:
     with gr.Accordion("Figures for slides (PNG)", open=False):
         gr.Markdown(FIGURE_HELP)
         with gr.Row():
-            view = gr.Dropdown([(names[v], v) for v in VIEWS], value="training", label="View", min_width=200)
+            view = widgets.Dropdown([(names[v], v) for v in VIEWS], value="training", label="View", min_width=200)
             btn = gr.Button("Export figure", size="sm", min_width=100)
         out = gr.File(label="Figure", interactive=False, elem_id="figure-file")
     btn.click(th.export_figure, [view, user], out, api_name="export_figure")

@@ -247,7 +247,7 @@ MUTATIONS: list[Mutation] = [
       "clip_x0=self.clip_x0, start_t=start_t", "clip_x0=True, start_t=start_t", APP,
       "the Clip x̂₀ checkboxes (Generate and Denoise) do nothing"),
     M("app-eta-ignored", "ddpm_app/samplers.py",
-      'return cls("ddim", steps, value, bool(clip_x0))', 'return cls("ddim", steps, 0.0, bool(clip_x0))', APP,
+      'real_number(eta, "η (eta)", 0.0, 1.0, SettingsError), clip_x0)', '0.0 * real_number(eta, "η (eta)", 0.0, 1.0, SettingsError), clip_x0)', APP,
       "the η slider does nothing"),
     M("app-seed-ignored", "ddpm_app/app/served.py",
       "return torch.Generator(device=self.device).manual_seed(seed)",

@@ -13,12 +13,15 @@ Fixtures
     chromium              the path of Debian's Chromium for the browser tests; FAILS (never skips) when it is missing
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
-seeded_init(build, seed), noised_photo_picture(photo, size, t, noise_seed, timesteps).
+seeded_init(build, seed), noised_photo_picture(photo, size, t, noise_seed, timesteps); PATIENCE, the seconds
+any test waits for something before calling it a hang, and wait_for(condition, what), which polls until the
+condition holds.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,23 @@ from ddpm_app.schedule import Schedule, ScheduleConfig
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's build; scripts/test.sh installs it when this path is missing
 # flags for headless Chromium in a container: no sandbox (no user namespaces), no GPU, no background traffic
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+
+# Tests wait on events and progress, never on a deadline sized for an idle machine: this is only how long a wait
+# may last before it counts as a hang (CI and shared machines can be many times slower than an idle one).
+PATIENCE = 600
+
+
+def wait_for(condition, what: str, poll: float = 0.02, progress=None):
+    """Poll ``condition()`` until it returns something true, and return that. Fail only after PATIENCE seconds
+    without the condition, or, given ``progress()`` (say, the step a run has reached), PATIENCE seconds in which
+    that did not change: a slow machine gets all the time it needs, a stuck one does not."""
+    deadline, last = time.monotonic() + PATIENCE, progress() if progress else None
+    while not (result := condition()):
+        if progress and (now := progress()) != last:
+            deadline, last = time.monotonic() + PATIENCE, now
+        assert time.monotonic() < deadline, f"waited {PATIENCE} s for {what} without progress: a hang"
+        time.sleep(poll)
+    return result
 
 # The test models are tiny: one thread is fastest, and it keeps a busy machine (a training run beside the
 # tests) from turning each convolution into a long wait on thread synchronisation.

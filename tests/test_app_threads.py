@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import make_tiny_config, perturb, seeded_init
+from conftest import PATIENCE, make_tiny_config, perturb, seeded_init
 
 from ddpm_app import ui
 from ddpm_app.app import ModelLibrary, UserState
@@ -61,7 +61,7 @@ print(before, len(os.listdir("/proc/self/task")))
 def test_building_the_page_starts_no_openmp_threads(tmp_path: Path):
     save_tiny(tmp_path / "faces", timesteps=1000)  # schedule tables long enough for torch to go parallel
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={"PATH": "/usr/bin:/bin", "GRADIO_ANALYTICS_ENABLED": "False",
+                         timeout=PATIENCE, env={"PATH": "/usr/bin:/bin", "GRADIO_ANALYTICS_ENABLED": "False",
                                            "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     before, after = map(int, out.stdout.split()[-2:])

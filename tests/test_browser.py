@@ -6,10 +6,8 @@ the ``chromium`` fixture in conftest.py); ``-m "not browser"`` leaves them out.
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from conftest import CHROMIUM_ARGS, make_tiny_config, perturb, seeded_init
+from conftest import CHROMIUM_ARGS, PATIENCE, make_tiny_config, perturb, seeded_init, wait_for
 from test_app_server import ROOT, serving_app
 
 from ddpm_app.model_folder import DiffusionConfig, save_pretrained
@@ -19,6 +17,7 @@ from ddpm_app.schedule import ScheduleConfig
 SHOTS = ROOT / "test-artifacts" / "browser"
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 T = 1000  # DDPM steps: long enough (seconds) to watch previews arrive and to stop a run part-way
+PATIENCE_MS = PATIENCE * 1000  # Playwright's waits, as a guard against a hang only
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -49,7 +48,7 @@ def open_app(browser, url: str, width: int = 1280):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
-    page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=60_000)
+    page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=PATIENCE_MS)
     return page, errors
 
 
@@ -63,17 +62,17 @@ def test_forward_tab_upload_and_t_slider(browser, server):
     page.get_by_role("tab", name="Forward").click()
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     numbers = page.locator("#fwd-numbers")
-    numbers.get_by_text("noise seed").wait_for(timeout=30_000)
+    numbers.get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     x_t = page.locator("#fwd-xt")
-    x_t.locator("img").wait_for(timeout=30_000)
+    x_t.locator("img").wait_for(timeout=PATIENCE_MS)
     before = image_src(x_t)
     page.screenshot(path=SHOTS / "forward_photo.png", full_page=True)
 
     page.locator("#t-slider input[type=range]").focus()
     page.keyboard.press("End")  # t = T − 1
-    numbers.get_by_text(f"t = {T - 1}", exact=True).wait_for(timeout=30_000)
+    numbers.get_by_text(f"t = {T - 1}", exact=True).wait_for(timeout=PATIENCE_MS)
     page.wait_for_function("([el, old]) => { const i = el.querySelector('img'); return i && i.src !== old; }",
-                           arg=[x_t.element_handle(), before], timeout=30_000)
+                           arg=[x_t.element_handle(), before], timeout=PATIENCE_MS)
     assert image_src(x_t) != before
     page.screenshot(path=SHOTS / "forward_t_end.png", full_page=True)
     assert not errors, errors
@@ -85,28 +84,26 @@ def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
     page.get_by_role("button", name="Generate", exact=True).click()
     progress = page.locator("#gen-status progress")
     seen: set[str] = set()
-    stalled_after = time.monotonic() + 120  # waits as long as previews keep coming: a busy machine is only slower
-    while time.monotonic() < stalled_after:
-        if progress.count():
-            value = progress.first.get_attribute("value")
-            if value not in seen:
-                seen.add(value)
-                stalled_after = time.monotonic() + 120
-        if page.locator("#gen-status").get_by_text("Done").count():
-            break
-        time.sleep(0.05)
-    assert page.locator("#gen-status").get_by_text("Done").count(), f"the run stalled (progress values {sorted(seen)})"
-    assert len(seen - {str(T)}) >= 2, f"expected several streamed previews before the end, saw {sorted(seen)}"
+
+    def step() -> str | None:  # noting each step shown on the way
+        value = progress.first.get_attribute("value") if progress.count() else None
+        seen.add(value)
+        return value
+
+    wait_for(lambda: page.locator("#gen-status").get_by_text("Done").count(), "the run to finish", poll=0.05,
+             progress=step)
+    shown = sorted(seen - {None})
+    assert len(set(shown) - {str(T)}) >= 2, f"expected several streamed previews before the end, saw {shown}"
     assert image_src(page.locator("#gen-xt")) and image_src(page.locator("#gen-x0")), "no images shown"
     page.screenshot(path=SHOTS / "generate_done.png", full_page=True)
 
     # a second run, stopped part-way: the frames tab shows what was computed
     page.get_by_role("button", name="Generate", exact=True).click()
-    page.wait_for_function(f"() => document.querySelector('#gen-status progress')?.value < {T}", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelector('#gen-status progress')?.value < {T}", timeout=PATIENCE_MS)
     page.get_by_role("button", name="Stop", exact=True).first.click()
     page.get_by_role("tab", name="Frames").click()
     page.get_by_role("button", name="Next ▶").click()  # the scrubber renders the stored frames
-    page.locator("#frame-label").get_by_text("stopped after").wait_for(timeout=30_000)
+    page.locator("#frame-label").get_by_text("stopped after").wait_for(timeout=PATIENCE_MS)
     page.screenshot(path=SHOTS / "frames_after_stop.png", full_page=True)
     assert not errors, errors
 
@@ -117,7 +114,7 @@ def test_phone_width_layout(browser, server):
     assert tabs.count() == 9 or (tabs.count() >= 3 and page.get_by_role("button", name="More tabs").count())
     page.get_by_role("tab", name="Forward").click()
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
-    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=30_000)
+    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the page scrolls sideways on a phone ({width} px wide)"
     page.screenshot(path=SHOTS / "phone_forward.png", full_page=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturb, seeded_init
+from conftest import PATIENCE, perturb, seeded_init
 
 from ddpm_app.convert_seed import ConversionError, convert, infer_config, main, read_state_dict
 from ddpm_app.model_folder import load_pretrained
@@ -206,7 +206,7 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
     path.write_bytes(b"\x80\x04not really")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "ddpm_app.convert_seed", str(path), str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=PATIENCE)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and str(path) in result.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PATIENCE
 
 from ddpm_app.data import load_pack
 from ddpm_app.model_folder import load_pretrained
@@ -56,7 +57,7 @@ def torchrun(launcher: Path, args: list[str], record: Path) -> subprocess.Popen:
     return proc
 
 
-def finish(proc: subprocess.Popen, timeout: float = 150) -> str:
+def finish(proc: subprocess.Popen, timeout: float = PATIENCE) -> str:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -68,7 +69,7 @@ def finish(proc: subprocess.Popen, timeout: float = 150) -> str:
     return out
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_for(condition, proc: subprocess.Popen, timeout: float = PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:

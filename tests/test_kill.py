@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PATIENCE
 
 from ddpm_app.training import CHECKPOINT_NAME, Trainer, load_checkpoint
 from tiny_runs import MODEL, PYTHON, REPO, SCHEDULE, subprocess_env, train_args, train_config, write_folder
@@ -54,7 +55,7 @@ def temp_files(out: Path) -> list[Path]:
     return list(out.glob(CHECKPOINT_NAME + ".tmp*"))
 
 
-def wait(condition, proc: subprocess.Popen, timeout: float = 60) -> bool:
+def wait(condition, proc: subprocess.Popen, timeout: float = PATIENCE) -> bool:
     """Poll ``condition`` every 2 ms; False if the process ended first."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -107,7 +108,7 @@ def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_pa
 
     # the last resume runs to the end; stale temp files are cleared, not read
     proc = start()
-    proc.wait(timeout=120)
+    proc.wait(timeout=PATIENCE)
     assert proc.returncode == 0, stderr()[-3000:]
     assert f"resuming at step {last_step}" in stderr()
     assert temp_files(out) == []

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shutil
+import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -42,6 +46,8 @@ def export_indices(n: int, max_frames: int) -> list[int]:
 
 
 def _check_frames(trajectory: Trajectory | None) -> Trajectory:
+    if trajectory is not None and trajectory.released:
+        raise InputError("this run is no longer kept in memory: run Generate (or Denoise) again")
     if trajectory is None or not trajectory.frames:
         raise InputError("nothing to export yet: run Generate (or Denoise) first")
     return trajectory
@@ -92,3 +98,48 @@ def export_png(trajectory: Trajectory | None, path: str | Path) -> Path:
     result = trajectory.result()
     Image.fromarray(picture(result)).save(path)
     return Path(path)
+
+
+class ExportFolder:
+    """Where exports are written: one sub-folder per export, so each file keeps its plain download name. A failed
+    export leaves nothing behind, and the folder stays bounded: before each export, exports older than
+    ``max_age_s`` go, then the oldest until at most ``max_exports`` − 1 remain and they take at most ``max_bytes``.
+    (Gradio copies a returned file into its own cache at once, so an export is only needed here for a moment.)"""
+
+    def __init__(self, root: str | Path, max_exports: int = 32, max_bytes: int = 256 * 2**20,
+                 max_age_s: float = 3600):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_exports, self.max_bytes, self.max_age_s = max_exports, max_bytes, max_age_s
+
+    def write(self, name: str, writer: Callable[[Path], Path]) -> Path:
+        """``writer(path)`` for a fresh ``path`` named ``name``; its folder is removed again if ``writer`` fails."""
+        self.prune()
+        folder = Path(tempfile.mkdtemp(dir=self.root))
+        try:
+            return writer(folder / name)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def exports(self) -> list[tuple[float, int, Path]]:
+        """(modified time, bytes, folder) of every export, oldest first."""
+        found = []
+        for folder in self.root.iterdir():
+            try:
+                files = [f.stat() for f in folder.iterdir()] if folder.is_dir() else []
+                found.append((folder.stat().st_mtime, sum(f.st_size for f in files), folder))
+            except FileNotFoundError:  # removed meanwhile by another request
+                continue
+        return sorted(found)
+
+    def prune(self) -> None:
+        exports = self.exports()
+        total = sum(size for _, size, _ in exports)
+        now = time.time()
+        for i, (modified, size, folder) in enumerate(exports):
+            if (now - modified <= self.max_age_s and len(exports) - i < self.max_exports
+                    and total <= self.max_bytes):
+                break
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size

@@ -11,8 +11,8 @@ from typing import Callable, TypeVar
 
 import torch
 
-from ..model_folder import CONFIG_NAME, ModelFolderError, download, is_repo_id, load_local
-from .inputs import InputError
+from ..model_folder import CONFIG_NAME, ModelFolderError, download, load_local
+from .inputs import choice, hub_model_id
 from .served import ServedModel
 
 DEFAULT_MODEL = "faces"
@@ -88,13 +88,11 @@ class ModelLibrary:
 
     def get(self, name: str | None = None) -> ServedModel:
         """The model called ``name`` (the default if None), loading it if it is not in memory."""
-        name = name or self.default
+        name = self.default if name is None else choice(name, "model", self.names)
         with self._lock:
             if name in self._loaded:
                 self._loaded.move_to_end(name)
                 return self._loaded[name]
-            if name not in self.folders:
-                raise InputError(f"unknown model {name!r}; choose one of {', '.join(self.folders)}")
             served = self.worker.run(self._load, name, self.folders[name])
             self._loaded[name] = served
             while len(self._loaded) > self.models_in_memory:
@@ -106,9 +104,7 @@ class ModelLibrary:
 
         Raises :class:`ModelFolderError` (offline, not found, wrong format) and leaves the library as it was.
         """
-        repo_id = (repo_id or "").strip()
-        if not is_repo_id(repo_id):
-            raise InputError(f"enter a Hub model id like 'user/model-name', got {repo_id!r}")
+        repo_id = hub_model_id(repo_id)
         folder = download(repo_id, cache_dir=self.hub_cache_dir)
         served = self.worker.run(self._load, repo_id, folder)
         served.loaded.source = repo_id

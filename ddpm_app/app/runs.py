@@ -68,6 +68,7 @@ class Trajectory:
     final: Tensor | None = None  # (B, C, H, W) uint8, once the last step has run
     steps_done: int = 0
     stopped: bool = False  # the run ended before its last step (Stop, or an error)
+    released: bool = False  # its pictures were dropped to free memory (see :class:`~ddpm_app.app.state.Users`)
 
     @property
     def stride(self) -> int:
@@ -81,7 +82,23 @@ class Trajectory:
     def keeps(self, index: int) -> bool:
         return index % self.stride == 0 or index == self.num_steps - 1
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the stored pictures take."""
+        pictures = [x for f in self.frames for x in (f.x_t, f.pred_x0)] + ([self.final] if self.final is not None else [])
+        return sum(x.nbytes for x in pictures)
+
+    @property
+    def running(self) -> bool:
+        return not (self.finished or self.stopped or self.released)
+
+    def release(self) -> None:
+        """Drop the stored pictures (the run's title, seed and step count stay); a run still going stops storing."""
+        self.frames, self.final, self.released = [], None, True
+
     def add(self, step: Step) -> None:
+        if self.released:
+            return
         if self.keeps(step.index):
             noise = None if step.noise is None else to_uint8(step.noise[0] / NOISE_RANGE).cpu()
             self.frames.append(Frame(step.index, step.t, to_uint8(step.x_t).cpu(), to_uint8(step.pred_x0).cpu(),

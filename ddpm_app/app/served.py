@@ -20,9 +20,9 @@ from ..image import load_image
 from ..inference import example_input, median_ms, prepare
 from ..interpolation import slerp, weights
 from ..model_folder import LoadedModel
-from ..samplers import SamplerSettings, Step, whole_number
+from ..samplers import SamplerSettings, Step
 from ..schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
-from .inputs import MAX_BATCH, InputError
+from .inputs import InputError, batch_size, whole_number
 
 STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
 
@@ -107,10 +107,10 @@ class ServedModel:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def check_t(self, t: float | None) -> int:
-        return whole_number(t, "t", 0, self.timesteps - 1, InputError)
+        return whole_number(t, "t", 0, self.timesteps - 1)
 
     def check_batch(self, batch: float | None) -> int:
-        return whole_number(batch, "number of images", 1, MAX_BATCH, InputError)
+        return batch_size(batch)
 
     def sample(self, settings: SamplerSettings, batch: int, seed: int) -> Iterator[Step]:
         """The reverse chain from x_T ~ N(0, I), drawn (like all its noise) from a generator seeded with ``seed``."""

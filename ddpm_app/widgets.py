@@ -1,0 +1,99 @@
+"""Gradio input components whose values reach the handlers unchanged, so that the handlers check every value
+(with :mod:`ddpm_app.app.inputs`) and answer any wrong one, of any JSON type, with a message naming the field.
+
+Gradio's own ``Slider``, ``Number``, ``Radio`` and ``Dropdown`` check and round values before a handler sees them:
+a string or NaN then fails inside Gradio with a generic error, and a seed of 1.5 is silently rounded to 2. The
+versions here are templates of those components (the browser shows the ordinary widgets) that skip that step.
+
+:class:`PhotoInput` is ``gr.Image`` for user photos: it accepts an uploaded file or a ``data:`` URL, under the
+same limits (:mod:`ddpm_app.image`), refuses web addresses and anything else with a message, and hands the
+handler a file path.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+from gradio import processing_utils
+from gradio.data_classes import ImageData
+from gradio_client.utils import is_http_url_like
+from pydantic import ConfigDict, ValidationError, model_validator
+
+from .image import ImageError, read_data_url
+from .values import shown
+
+
+def user_error(message: str) -> gr.Error:
+    """The error a user sees: ``message`` with its HTML escaped (the page shows error text as HTML, and messages
+    quote what was sent), no traceback in the server's log."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+def as_sent(self, payload: Any) -> Any:
+    """The value as the client sent it: the handler checks it."""
+    return payload
+
+
+# templates of Gradio's components (the same widgets in the browser) whose values reach the handler unchanged
+class Slider(gr.Slider): is_template, preprocess = True, as_sent  # noqa: E701
+class Number(gr.Number): is_template, preprocess = True, as_sent  # noqa: E701
+class Radio(gr.Radio): is_template, preprocess = True, as_sent  # noqa: E701
+class Dropdown(gr.Dropdown): is_template, preprocess = True, as_sent  # noqa: E701
+
+
+PHOTO_FORMS = ("an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
+               "(data:image/png;base64,…)")
+NOT_FETCHED = f"photos are not fetched from web addresses; send {PHOTO_FORMS}"
+
+
+class PhotoData(ImageData):
+    """``ImageData`` that takes any JSON: a bare string counts as a URL, and a value that is no file object at
+    all becomes an empty one marked ``refused``, so the component can answer it with a message (Gradio would
+    fail on it with a generic error before the component is asked)."""
+
+    model_config = ConfigDict(title="ImageData")  # the same API description as gr.Image's
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, handler):
+        try:
+            return handler({"url": value} if isinstance(value, str) else value)
+        except ValidationError:
+            return handler({"meta": {"_type": "gradio.FileData", "refused": shown(value)}})
+
+
+class PhotoInput(gr.Image):
+    """``gr.Image`` for photos users send, as a file path (``type="filepath"``). An upload has already passed the
+    server's upload limit; a ``data:`` URL is held to the same limit before it is decoded and saved in the cache;
+    either way the handler opens the file with :func:`ddpm_app.image.open_image`, so every way a photo arrives
+    gets the same checks and messages. Web addresses and other values are refused."""
+
+    is_template = True
+    data_model = PhotoData
+
+    def preprocess(self, payload: PhotoData | None) -> str | None:
+        if payload is None:
+            return None
+        if payload.meta.get("refused") is not None:
+            raise user_error(f"photo must be {PHOTO_FORMS}, got {payload.meta['refused']}")
+        if payload.path and not is_http_url_like(payload.path):
+            return str(payload.path)
+        if payload.url and payload.url.startswith("data:"):
+            try:
+                data = read_data_url(payload.url)
+            except ImageError as e:
+                raise user_error(str(e)) from None
+            path = processing_utils.save_bytes_to_cache(data, "photo", self.GRADIO_CACHE)
+            self.temp_files.add(path)
+            return path
+        if is_http_url_like(payload.path) or is_http_url_like(payload.url):
+            raise user_error(NOT_FETCHED)
+        raise user_error(f"photo must be {PHOTO_FORMS}, got {shown(payload.url) if payload.url else 'no file'}")
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
+        """Gradio would download a web address here, before :meth:`preprocess`, without the upload limits."""
+        if is_http_url_like(url_or_file_path):
+            raise user_error(NOT_FETCHED)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)

@@ -1,0 +1,172 @@
+"""What the app keeps stays bounded: exports on disk (a failed one leaves nothing; old ones go) and users' runs
+and photos in memory (released when the user leaves, after a time-to-live, and beyond a total for all users)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from conftest import make_tiny_config, perturb, seeded_init
+
+from ddpm_app import ui
+from ddpm_app.app import ExportFolder, ModelLibrary, Trajectory, Users, UserState
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
+from ddpm_app.models import UNet
+from ddpm_app.samplers import Step
+from ddpm_app.schedule import ScheduleConfig
+
+PHOTO = Path(ui.ASSETS) / "portrait.png"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> ModelLibrary:
+    root = tmp_path_factory.mktemp("weights")
+    config = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=20), training={"dataset": "noise"})
+    save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "faces")
+    return ModelLibrary(root, "cpu")
+
+
+# -- exports on disk ------------------------------------------------------------------------------------------------
+
+
+def test_a_failed_export_leaves_no_folder(library: ModelLibrary, tmp_path: Path):
+    h = ui.Handlers(library, preview_interval=None, export_dir=tmp_path / "exports")
+    for kind in ("gif", "png", "mp4"):
+        with pytest.raises(gr.Error, match="nothing to export yet"):
+            h.export(kind, UserState())
+    assert list((tmp_path / "exports").iterdir()) == []
+    user = UserState()
+    list(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    path = Path(h.export("gif", user))
+    assert path.is_file() and [p.name for p in (tmp_path / "exports").iterdir()] == [path.parent.name]
+
+
+def test_a_writer_that_fails_half_way_leaves_nothing(tmp_path: Path):
+    exports = ExportFolder(tmp_path)
+
+    def broken(path: Path) -> Path:
+        path.write_bytes(b"half a GIF")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        exports.write("a.gif", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_bytes(n: int):
+    def writer(path: Path) -> Path:
+        path.write_bytes(bytes(n))
+        return path
+    return writer
+
+
+def test_exports_are_bounded_in_number_bytes_and_age(tmp_path: Path):
+    now = time.time()
+    exports = ExportFolder(tmp_path / "counted", max_exports=5, max_bytes=10_000, max_age_s=3600)
+    for i in range(12):
+        path = exports.write(f"{i}.png", write_bytes(100))
+        os.utime(path.parent, (now - 100 + i, now - 100 + i))  # one second apart, the newest last
+        assert len(exports.exports()) <= 5
+    assert sorted(p.name for p in exports.root.glob("*/*")) == ["10.png", "11.png", "7.png", "8.png", "9.png"]
+
+    sized = ExportFolder(tmp_path / "sized", max_exports=100, max_bytes=10_000)
+    for i in range(6):  # each 4,000-byte export pushes out the oldest beyond 10,000 bytes before it
+        path = sized.write(f"{i}.gif", write_bytes(4_000))
+        os.utime(path.parent, (now - 100 + i, now - 100 + i))
+    assert sorted(p.name for p in sized.root.glob("*/*")) == ["3.gif", "4.gif", "5.gif"]
+
+    aged = ExportFolder(tmp_path / "aged", max_age_s=60)
+    old = aged.write("old.gif", write_bytes(10))
+    os.utime(old.parent, (now - 120, now - 120))
+    aged.write("new.gif", write_bytes(10))
+    assert not old.exists() and [p.name for p in aged.root.glob("*/*")] == ["new.gif"]
+
+
+# -- users' runs and photos in memory -------------------------------------------------------------------------------
+
+
+def finished_run(nbytes_per_frame: int = 2 * 3 * 16 * 16, steps: int = 4, seed: int = 0) -> Trajectory:
+    run = Trajectory("test", steps, (1, 3, 16, 16), seed)
+    for i in range(steps):
+        x = torch.zeros(1, 3, 16, 16)
+        run.add(Step(i, steps, steps - 1 - i, steps - 2 - i, x, x, x, x))
+    assert run.finished and run.nbytes == steps * nbytes_per_frame + 3 * 16 * 16
+    return run
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_user_who_leaves_is_released_and_others_keep_theirs():
+    users = Users()
+    a, b = UserState(run=finished_run()), UserState(run=finished_run())
+    users.seen("a", a)
+    users.seen("b", b)
+    users.leave("a")
+    assert a.run.released and a.run.frames == [] and a.run.final is None and a.forward.x0 is None
+    assert not b.run.released and len(b.run.frames) == 4 and len(users) == 1
+    users.leave("nobody")  # an unknown session (a tab that never ran anything) is fine
+
+
+def test_results_go_after_the_time_to_live():
+    clock = Clock()
+    users = Users(time_to_live=60, clock=clock)
+    a, b = UserState(run=finished_run()), UserState(run=finished_run())
+    users.seen("a", a)
+    clock.now = 50
+    users.seen("b", b)
+    clock.now = 61  # a unused for 61 s, b for 11 s
+    users.sweep()
+    assert a.run.released and not b.run.released
+    clock.now = 200
+    users.sweep()
+    assert b.run.released and len(users) == 0
+
+
+def test_all_users_runs_together_stay_within_the_budget_least_recently_used_first():
+    one = finished_run().nbytes
+    users = Users(max_bytes=3 * one)
+    states = [UserState(run=finished_run(seed=i)) for i in range(5)]
+    for i, user in enumerate(states):
+        users.seen(i, user)
+        assert users.nbytes <= 3 * one
+    assert [u.run.released for u in states] == [True, True, False, False, False]
+    users.seen(0, states[0])  # a released user comes back: nothing more goes
+    assert [u.run.released for u in states] == [True, True, False, False, False]
+
+
+def test_a_run_still_computing_is_released_only_when_it_ends():
+    users = Users(max_bytes=0)
+    running = Trajectory("running", 4, (1, 3, 16, 16), 0)
+    user = UserState(run=running)
+    users.seen("a", user)  # over the budget, but the run is still going
+    users.leave("a")
+    assert not running.released
+    running.stopped = True  # Stop, or the closed tab's cancel
+    users.sweep()
+    assert running.released
+
+
+def test_the_handlers_say_a_released_run_is_gone_and_a_new_one_works(library: ModelLibrary, tmp_path: Path):
+    users = Users()
+    h = ui.Handlers(library, preview_interval=None, export_dir=tmp_path, users=users)
+    user = UserState()
+    list(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    h.noise(str(PHOTO), 5, True, 3, user)
+    assert len(users) == 1 and users.nbytes == user.run.nbytes > 0
+    users.leave(id(user))  # what the page's unload event does, by Gradio session
+    assert user.forward.x0 is None
+    assert "no longer kept" in h.frame(0, user)[2]
+    with pytest.raises(gr.Error, match="no longer kept in memory"):
+        h.export("gif", user)
+    list(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    assert "frame 1/3" in h.frame(0, user)[2]
