@@ -98,6 +98,11 @@ def finished_run(nbytes_per_frame: int = 2 * 3 * 16 * 16, steps: int = 4, seed: 
     return run
 
 
+def user_with(run: Trajectory) -> UserState:
+    """A user whose latest Generate run is ``run``."""
+    return UserState(runs={"generate": run})
+
+
 class Clock:
     def __init__(self):
         self.now = 0.0
@@ -108,7 +113,7 @@ class Clock:
 
 def test_a_user_who_leaves_is_released_and_others_keep_theirs():
     users = Users()
-    a, b = UserState(run=finished_run()), UserState(run=finished_run())
+    a, b = user_with(finished_run()), user_with(finished_run())
     users.seen("a", a)
     users.seen("b", b)
     users.leave("a")
@@ -120,7 +125,7 @@ def test_a_user_who_leaves_is_released_and_others_keep_theirs():
 def test_results_go_after_the_time_to_live():
     clock = Clock()
     users = Users(time_to_live=60, clock=clock)
-    a, b = UserState(run=finished_run()), UserState(run=finished_run())
+    a, b = user_with(finished_run()), user_with(finished_run())
     users.seen("a", a)
     clock.now = 50
     users.seen("b", b)
@@ -135,7 +140,7 @@ def test_results_go_after_the_time_to_live():
 def test_all_users_runs_together_stay_within_the_budget_least_recently_used_first():
     one = finished_run().nbytes
     users = Users(max_bytes=3 * one)
-    states = [UserState(run=finished_run(seed=i)) for i in range(5)]
+    states = [user_with(finished_run(seed=i)) for i in range(5)]
     for i, user in enumerate(states):
         users.seen(i, user)
         assert users.nbytes <= 3 * one
@@ -144,10 +149,21 @@ def test_all_users_runs_together_stay_within_the_budget_least_recently_used_firs
     assert [u.run.released for u in states] == [True, True, False, False, False]
 
 
+def test_every_run_a_user_keeps_counts_and_goes():
+    """The latest Generate and Denoise runs and the pinned one all count towards the budget, and all are released."""
+    generate, denoise, pinned = finished_run(seed=1), finished_run(seed=2), finished_run(seed=3)
+    user = UserState(runs={"generate": generate, "denoise": denoise}, pinned=pinned)
+    users = Users()
+    users.seen("a", user)
+    assert users.nbytes == generate.nbytes + denoise.nbytes + pinned.nbytes
+    users.leave("a")
+    assert generate.released and denoise.released and pinned.released
+
+
 def test_a_run_still_computing_is_released_only_when_it_ends():
     users = Users(max_bytes=0)
     running = Trajectory("running", 4, (1, 3, 16, 16), 0)
-    user = UserState(run=running)
+    user = user_with(running)
     users.seen("a", user)  # over the budget, but the run is still going
     users.leave("a")
     assert not running.released

@@ -15,7 +15,7 @@ from PIL import Image
 from test_ui import PHOTO, save_tiny
 
 from ddpm_app import heldout, ui, ui_teach
-from ddpm_app.app import ModelLibrary, UserState
+from ddpm_app.app import ModelLibrary, UserState, training_view
 from ddpm_app.app.compare import frame_at
 from ddpm_app.app.likelihood_view import BATCH, CLIP_X0, ESTIMATE_TIMESTEPS
 from ddpm_app.app.reverse_step import latex_number, number
@@ -34,7 +34,7 @@ def library(tmp_path_factory) -> ModelLibrary:
     root = tmp_path_factory.mktemp("teach")
     save_tiny(root / "faces")
     save_tiny(root / "other", seed=3)
-    return ModelLibrary(root, "cpu")
+    return ModelLibrary(root, "cpu", precision="fp32")  # known answers are float32 values
 
 
 @pytest.fixture
@@ -130,9 +130,9 @@ def test_loss_curve_is_the_library_curve_and_says_when_held_out_figures_are_miss
     plot, summary = teach.loss_curve(str(PHOTO), 3, user)
     served = library.get("faces")
     x0 = served.prepare_photo(str(PHOTO))
-    expected = loss_curve(served.eps_model, served.schedule, x0[None], curve_timesteps(T, ui_teach.CURVE_TIMESTEPS),
-                          draws=ui_teach.CURVE_DRAWS, generator=served.generator(ui_teach.CURVE_SEED),
-                          batch_size=max(ui_teach.CURVE_DRAWS * 4, 16))
+    expected = loss_curve(served.eps_model, served.schedule, x0[None], curve_timesteps(T, training_view.CURVE_TIMESTEPS),
+                          draws=training_view.CURVE_DRAWS, generator=served.generator(ui_teach.CURVE_SEED),
+                          batch_size=max(training_view.CURVE_DRAWS * 4, 16))
     assert user.lesson.curve.mean == pytest.approx(expected.mean, rel=1e-6)
     assert user.lesson.curve.timesteps == list(range(T))  # 25 points asked, T = 20 available
     assert "No held-out curve" in summary and "heldout.json" in summary
@@ -266,7 +266,7 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
         assert (px[-40:] < 128).any(), f"{view}: no label text at the bottom"
     plot = Image.open(teach.export_figure("likelihood", user))
     assert plot.width >= 1800
-    with pytest.raises(gr.Error, match="no figure for view"):
+    with pytest.raises(gr.Error, match="view must be one of step, forward, training"):
         teach.export_figure("nope", user)
 
 

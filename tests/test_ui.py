@@ -56,7 +56,8 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def library(weights: Path) -> ModelLibrary:
-    return ModelLibrary(weights, "cpu")
+    # fp32, so the app's pictures can be held to the library's float32 chain (the bf16 path has its own tests)
+    return ModelLibrary(weights, "cpu", precision="fp32")
 
 
 @pytest.fixture
