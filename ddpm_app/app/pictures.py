@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -27,20 +28,36 @@ def noise_picture(eps: Tensor, nrow: int | None = None) -> np.ndarray:
     return picture(eps / 2, nrow)
 
 
-def label_font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+@lru_cache(maxsize=1)
+def label_font_path() -> str:
+    """DejaVu Sans, which matplotlib ships: it has every glyph the labels use (Greek, x̂₀'s combining hat,
+    subscripts, superscripts), where Pillow's built-in font draws η as a box."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
 
 
-def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min_size: int = 96) -> np.ndarray:
-    """Images (each (C, H, W), float in [−1, 1] or uint8) side by side, each labelled underneath → (H', W', 3).
-    Small images are enlarged (nearest neighbour) to at least ``min_size`` pixels so the labels stay legible."""
+@lru_cache(maxsize=8)
+def label_font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(label_font_path(), size)
+
+
+def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min_size: int = 96,
+                   columns: int | None = None, font_size: int = 13) -> np.ndarray:
+    """Images (each (C, H, W), float in [−1, 1] or uint8) in rows of ``columns`` (all in one row by default),
+    each labelled underneath → (H', W', 3). Small images are enlarged (nearest neighbour) to at least
+    ``min_size`` pixels so the labels stay legible."""
     tiles = [Image.fromarray(picture(x, nrow=1)).convert("RGB") for x in images]
+    columns = columns or len(tiles)
+    rows = math.ceil(len(tiles) / columns)
     scale = max(1, math.ceil(min_size / tiles[0].height))
     w, h = tiles[0].width * scale, tiles[0].height * scale
-    pad, text_h = 2, 16
-    out = Image.new("RGB", (len(tiles) * (w + pad) - pad, h + text_h + 2), "white")
-    draw, font = ImageDraw.Draw(out), label_font(13)
+    pad, text_h = 2, font_size + 6
+    cell_h = h + text_h
+    out = Image.new("RGB", (min(columns, len(tiles)) * (w + pad) - pad, rows * cell_h), "white")
+    draw, font = ImageDraw.Draw(out), label_font(font_size)
     for i, (tile, label) in enumerate(zip(tiles, labels)):
-        out.paste(tile.resize((w, h), Image.NEAREST), (i * (w + pad), 0))
-        draw.text((i * (w + pad) + w // 2, h + 2), label, fill="black", font=font, anchor="ma")
+        x, y = (i % columns) * (w + pad), (i // columns) * cell_h
+        out.paste(tile.resize((w, h), Image.NEAREST), (x, y))
+        draw.text((x + w // 2, y + h + 2), label, fill="black", font=font, anchor="ma")
     return np.asarray(out)
