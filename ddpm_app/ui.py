@@ -79,8 +79,8 @@ $K$ of them ($\eta = 0$: no fresh noise, the same seed always gives the same ima
 
 FRAMES_HELP = r"""Every step of the last run is kept: scrub through it to see $x_t$ lose its noise while the guess
 $\hat x_0$ forms. The earliest guesses ($t \gtrsim 900$) are saturated colour noise: $\hat x_0$ divides by
-$\sqrt{\bar\alpha_t}$, which is tiny there, and clipping to $[-1, 1]$ leaves mostly pure colours. Halfway down
-the chain the guess has the layout and colours of the final image; the last steps add the detail."""
+$\sqrt{\bar\alpha_t}$, which is tiny there, and clipping to $[-1, 1]$ leaves mostly pure colours. By
+$t \approx 700$ the guess has the layout and colours of the final image; the rest of the chain adds the detail."""
 
 FORWARD_HELP = r"""The forward process needs no network: for any $t$,
 $$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\qquad \varepsilon \sim \mathcal N(0, I),$$

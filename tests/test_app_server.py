@@ -25,7 +25,7 @@ from ddpm_app.schedule import ScheduleConfig
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "ddpm_app" / "assets" / "landscape.png"
 ENDPOINTS = {"/generate", "/frame", "/export_gif", "/export_mp4", "/export_png", "/noise", "/denoise",
-             "/select_model", "/download_model"}
+             "/select_model", "/download_model", "/load_folder", "/rescan_models"}
 T = 300  # enough DDPM steps that a run can be stopped part-way
 
 
@@ -97,12 +97,12 @@ def test_every_endpoint_through_gradio_client(server: str):
 
     # generate: the final images, the seed used, and the frame slider at the last stored step
     x_t, x0, eps, status, seed, slider = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
-    assert seed == "11" and "Done" in status and slider["value"] == 5
+    assert seed == "11" and "Done" in status and slider["value"] == 6  # frames numbered from 1
     assert Image.open(x_t).size == Image.open(x0).size == Image.open(eps).size
     again = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
     assert Image.open(again[0]).tobytes() == Image.open(x_t).tobytes()  # same seed, same images
 
-    f_xt, f_x0, label = client.predict(2, api_name="/frame")
+    f_xt, f_x0, label = client.predict(3, api_name="/frame")
     assert "frame 3/6" in label and Image.open(f_xt).size == Image.open(x_t).size
     assert Image.open(client.predict(api_name="/export_gif")).n_frames == 6
     assert Image.open(client.predict(api_name="/export_png")).size == Image.open(x_t).size
@@ -118,8 +118,8 @@ def test_every_endpoint_through_gradio_client(server: str):
     assert "t = 40" in numbers and "noise seed 5" in numbers and Image.open(q_xt).size == (16, 16)
     assert Image.open(plot).width > Image.open(plot).height and Image.open(strip).width > Image.open(strip).height
     sd = client.predict("ddim", 10, 0.0, 3, True, api_name="/denoise")
-    assert "PSNR" in sd[3] and sd[4] == "3" and sd[5]["value"] == 9
-    assert "SDEdit from t = 40" in client.predict(0, api_name="/frame")[2]
+    assert "PSNR" in sd[3] and sd[4] == "3" and sd[5]["value"] == 10
+    assert "SDEdit from t = 40, DDIM, 10 steps" in client.predict(1, api_name="/frame")[2]
 
     # models: switch this client's model; a Hub download fails cleanly (offline) and keeps it
     summary, card, samples, header, t_slider, steps, sd_steps, pick = client.predict("small",
@@ -160,10 +160,10 @@ def test_cancelling_a_run_keeps_the_computed_steps(server: str):
     while not job.done() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # the step in progress when Stop arrived finishes, then the run ends
-    label = client.predict(0, api_name="/frame")[2]
+    label = client.predict(1, api_name="/frame")[2]
     assert "stopped after" in label, label
     done = int(label.split("stopped after ")[1].split(" ")[0])
     assert 1 <= done < T
     time.sleep(1.0)
-    assert client.predict(0, api_name="/frame")[2] == label  # nothing runs on after Stop
+    assert client.predict(1, api_name="/frame")[2] == label  # nothing runs on after Stop
     assert Image.open(client.predict(api_name="/export_gif")).n_frames == done

@@ -107,8 +107,9 @@ def test_unknown_start_model_names_the_choices(weights: Path):
 
 def test_app_picks_weights_dir_from_the_environment(monkeypatch, weights: Path):
     monkeypatch.setenv("DDPM_WEIGHTS_DIR", str(weights))
-    assert app.parse_args([]).weights == str(weights)
-    assert app.parse_args(["--weights", "elsewhere"]).weights == "elsewhere"
+    assert app.parse_args([]).weights == [str(weights)]
+    assert app.parse_args(["--weights", "elsewhere"]).weights == ["elsewhere"]
+    assert app.parse_args(["--weights", "a", "--weights", "b"]).weights == ["a", "b"]
 
 
 # -- Generate: streaming and the trajectory ------------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
     x_t, x0, eps, status, seed, slider = outs[-1]
     assert image_of(x_t).shape == image_of(x0).shape == image_of(eps).shape
     assert seed == "5" and "Done" in status
-    assert slider["maximum"] == 6 and slider["value"] == 6
+    assert slider["maximum"] == 7 and slider["value"] == 7  # frames are numbered from 1, the last is the 7th
     assert isinstance(outs[0][2], type(gr.skip()))  # ε̂ not shown: no picture made while streaming
     # the last preview shows the finished image
     np.testing.assert_array_equal(x_t, ui.picture(run.final))
@@ -197,7 +198,7 @@ def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Pa
     assert [f.t for f in run.frames] == [T - 1, T - 2, T - 3]
     assert torch.equal(run.result(), run.frames[-1].pred_x0)
     x_t, x0, label = handlers.frame(99, user)  # out of range: clamped to the last stored frame
-    assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label
+    assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label and "frame 3/3" in label
     np.testing.assert_array_equal(x_t, ui.picture(run.frames[-1].x_t))
     gif = Image.open(handlers.export("gif", user))
     assert gif.n_frames == 3
@@ -212,13 +213,13 @@ def test_frame_scrubber_and_prev_next(handlers: ui.Handlers):
     user = UserState()
     assert handlers.frame(0, user)[0] is None  # nothing yet
     run_all(handlers.generate("ddim", 6, 0.0, 2, 1, True, False, user))
-    x_t, x0, label = handlers.frame(2, user)
+    x_t, x0, label = handlers.frame(3, user)  # the slider and the label both count frames from 1
     np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[2].x_t))
     np.testing.assert_array_equal(x0, ui.picture(user.run.frames[2].pred_x0))
     assert "frame 3/6" in label and "finished" in label
-    assert handlers.nudge(2, +1, user)[0] == 3
-    assert handlers.nudge(5, +1, user)[0] == 5
-    assert handlers.nudge(0, -1, user)[0] == 0
+    assert handlers.nudge(3, +1, user)[0] == 4
+    assert handlers.nudge(6, +1, user)[0] == 6
+    assert handlers.nudge(1, -1, user)[0] == 1
 
 
 def test_gif_export_has_one_frame_per_stored_step(handlers: ui.Handlers):
@@ -404,7 +405,7 @@ def test_build_wires_named_endpoints(library: ModelLibrary):
     demo = ui.build(library)
     names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
     assert names == {"generate", "frame", "export_gif", "export_mp4", "export_png", "noise", "denoise",
-                     "select_model", "download_model"}
+                     "select_model", "download_model", "load_folder", "rescan_models"}
     sampling = [d for d in demo.fns.values() if d.api_name in ("generate", "denoise")]
     assert all(d.concurrency_limit == 1 and d.concurrency_id == "model" for d in sampling)
     assert demo._queue.max_size == ui.QUEUE_SIZE
