@@ -14,6 +14,7 @@ import torch
 
 from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary
+from ddpm_app.cpu import cpu_budget
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.inference import resolve_device
 from ddpm_app.model_folder import ModelFolderError
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--device", default="auto", help="torch device (default: auto = cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -45,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        budget = cpu_budget()
+        torch.set_num_threads(args.threads or budget.threads)
+        chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
+        print(f"torch threads: {chosen}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model)
         library.get()  # load the first model now, so a broken one fails here and not on the first click

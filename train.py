@@ -205,6 +205,9 @@ def train_main(argv) -> int:
                 bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}")
             elif p.event in ("sample", "checkpoint") and main_rank:
                 bar.write(f"step {p.step}: {p.event} → {p.path}")
+            elif p.event == "eval":
+                bar.write(f"step {p.step}: held-out ε-MSE {p.held_out.ema:.5f} (EMA weights), "
+                          f"{p.held_out.raw:.5f} (raw weights)")
             elif p.event in ("stopped", "done"):
                 status = p.event
     except (training.TrainingError, OSError) as e:  # OSError: e.g. the disk filled up while writing a sample grid

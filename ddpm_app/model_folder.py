@@ -5,7 +5,8 @@ A model directory holds
 - ``config.json`` — the architecture and its config, the noise schedule, image size and channels, and
   free-form training metadata; the loader rebuilds the network from this file alone;
 - ``model.safetensors`` — the weights (or ``model-0000k-of-0000n.safetensors`` shards with
-  ``model.safetensors.index.json`` when a file would exceed the shard size);
+  ``model.safetensors.index.json`` when a file would exceed the shard size; a single tensor larger than the
+  shard size gets a shard of its own, the only kind of file that may exceed it);
 - optionally ``README.md`` (the model card) and sample images.
 
 Nothing here unpickles: weights are read with safetensors only, and from the Hub only the files above are fetched.

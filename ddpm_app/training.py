@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import samplers
-from .data import ImagePack, load_pack, random_flip, resolve_split
+from .data import DatasetError, ImagePack, load_pack, random_flip, resolve_split
 from .image import from_uint8, save_grid
 from .inference import prepare, resolve_device
 from .model_folder import DiffusionConfig, LoadedModel, ModelFolderError, load_pretrained, save_pretrained
@@ -38,6 +38,7 @@ from .schedule import Schedule, ScheduleConfig, extract
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 STOP_SYNC_STEPS = 10  # with several processes, a stop request (signal, time limit) is agreed on every N steps
+HELD_OUT_SEED = 0  # draws the held-out set's t and ε: one fixed set, whatever the run's own seed
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,15 @@ class TrainConfig:
     export_dtype: Literal["fp32", "fp16"] = "fp32"
     max_images: int = 0  # use at most this many images (0: all)
     init_from: str = ""  # start from the weights of a model folder (e.g. an export) instead of random ones
+    eval_every: int = 0  # held-out ε-MSE (EMA and raw weights) every N steps, into metrics.jsonl (0: off)
+    eval_split: str = "test"  # held-out folder of the data for --eval-every
+    eval_images: int = 1000  # held-out images for --eval-every (at most)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.steps < 1:
             raise ValueError("batch_size and steps must be positive")
+        if self.eval_every < 0 or self.eval_images < 1:
+            raise ValueError("eval_every must be ≥ 0 (0: off) and eval_images ≥ 1")
         if self.split == "":
             object.__setattr__(self, "split", None)
 
@@ -93,8 +99,9 @@ class Progress:
     lr: float
     images_per_s: float
     elapsed_s: float  # wall time of this process's training so far
-    event: str = "log"  # log | sample | checkpoint | done | stopped
+    event: str = "log"  # log | sample | checkpoint | eval | done | stopped
     path: str | None = None  # the file an event wrote (sample grid, checkpoint)
+    held_out: HeldOutMSE | None = None  # the held-out ε-MSE (event "eval")
 
 
 class TrainingError(RuntimeError):
@@ -191,6 +198,54 @@ def diffusion_loss(model: nn.Module, schedule: Schedule, x0: Tensor, t: Tensor, 
     if weights is not None:
         per_sample = per_sample * weights
     return per_sample.mean()
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """Fixed triples (x₀, t, ε) on images the run does not train on, so that ε-MSE values compare across steps,
+    runs and recipes: every run that reads the same images draws the same t and ε."""
+
+    x0: Tensor  # (N, C, H, W) in [−1, 1]
+    t: Tensor  # (N,) long
+    noise: Tensor  # (N, C, H, W)
+
+    def to(self, device: torch.device | str) -> HeldOutSet:
+        return HeldOutSet(self.x0.to(device), self.t.to(device), self.noise.to(device))
+
+
+@dataclass(frozen=True)
+class HeldOutMSE:
+    """The held-out ε-MSE of the EMA weights and of the raw (trained) weights."""
+
+    ema: float
+    raw: float
+
+
+def held_out_set(images: Tensor, timesteps: int, seed: int = HELD_OUT_SEED) -> HeldOutSet:
+    """x₀ from uint8 images (N, C, H, W), t ~ U{0, …, T−1} and ε ~ N(0, I), drawn once on the CPU from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, timesteps, (images.shape[0],), generator=gen)
+    noise = torch.randn(images.shape, generator=gen)
+    return HeldOutSet(from_uint8(images), t, noise)
+
+
+@torch.no_grad()
+def held_out_mse(model: nn.Module, schedule: Schedule, held: HeldOutSet, batch_size: int = 250) -> float:
+    """E ‖ε − ε_θ(√ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t)‖² per pixel over the held-out triples: the simple loss on unseen images.
+
+    The network runs in eval mode (no dropout) and in the precision of the caller's context; its mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, held.t.shape[0]
+    try:
+        for i in range(0, n, batch_size):
+            part = slice(i, i + batch_size)
+            loss = diffusion_loss(model, schedule, held.x0[part], held.t[part], held.noise[part])
+            total += float(loss) * held.t[part].shape[0]
+    finally:
+        model.train(was_training)
+    return total / n
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -320,6 +375,15 @@ def shard_images(pack: ImagePack, model_config: ModelConfig, info: DistInfo, dev
     return pack.images[info.rank::info.world_size].to(device)
 
 
+def load_held_out(cfg: TrainConfig, image_size: int) -> ImagePack:
+    """The data's held-out images for ``--eval-every``: up to ``eval_images`` of its ``eval_split`` folder."""
+    try:
+        return load_pack(cfg.data, image_size, cfg.eval_split, limit=cfg.eval_images)
+    except DatasetError:
+        raise TrainingError(f"--eval-every: {cfg.data} has no readable held-out images in a folder named "
+                            f"{cfg.eval_split!r}; name one with --eval-split, or leave --eval-every at 0") from None
+
+
 def build_network(model_config: ModelConfig, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, bool]:
     """A freshly initialised network (seeded with ``cfg.seed``) on ``device``, and whether it is channels_last."""
     torch.manual_seed(cfg.seed)  # parameter init only; the loop's randomness comes from the trainer's generator
@@ -350,9 +414,11 @@ class Trainer:
     """One training run: data on the device, model + EMA + optimizer, checkpoints under ``cfg.out``."""
 
     def __init__(self, cfg: TrainConfig, model_config: ModelConfig | None, schedule_config: ScheduleConfig | None,
-                 pack: ImagePack | None = None, resume: bool = False, checkpoint: dict | None = None):
+                 pack: ImagePack | None = None, resume: bool = False, checkpoint: dict | None = None,
+                 held_out: ImagePack | None = None):
         """Build the run's parts: ``resume`` continues from ``cfg.out``'s checkpoint (``checkpoint``, if the caller
-        has read it already), whose model and schedule replace the configs given; so does ``cfg.init_from``'s."""
+        has read it already), whose model and schedule replace the configs given; so does ``cfg.init_from``'s.
+        ``held_out`` holds the images of the held-out ε-MSE (default: ``cfg.eval_split`` of the data)."""
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.dist = setup_distributed(resolve_device().type if cfg.device == "auto" else cfg.device)
@@ -370,6 +436,11 @@ class Trainer:
         self.pack = pack if pack is not None else load_pack(cfg.data, model_config.image_size, cfg.split, limit=cfg.max_images or None)
         self.images = shard_images(self.pack, model_config, self.dist, self.device)
 
+        self.held_out = None  # fixed (x₀, t, ε) for the held-out ε-MSE, on rank 0 only
+        if cfg.eval_every and self.dist.is_main:
+            pack_held_out = held_out if held_out is not None else load_held_out(cfg, model_config.image_size)
+            images = pack_held_out.images[:cfg.eval_images]
+            self.held_out = held_out_set(images, self.diffusion_config.schedule.timesteps).to(self.device)
         self.model, self.channels_last = build_network(model_config, cfg, self.device)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -518,6 +589,11 @@ class Trainer:
                                         device=self.device))
         return save_grid(x, self.out / "samples" / f"step_{self.step:07d}.png", nrow=4)
 
+    def evaluate_held_out(self) -> HeldOutMSE:
+        """The held-out ε-MSE of the EMA and the raw weights (fp32, uncompiled)."""
+        return HeldOutMSE(held_out_mse(self.ema.model, self.schedule, self.held_out),
+                          held_out_mse(self.model, self.schedule, self.held_out))
+
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self._stop_signal = signum
 
@@ -590,6 +666,17 @@ class Trainer:
                     last_good = self.step
                     yield progress("checkpoint", loss, ips, path)
                 window_start = time.perf_counter()  # sampling and saving are not training time
+            if self.held_out is not None and self.step % cfg.eval_every == 0:
+                eval_start = time.perf_counter()
+                mse = self.evaluate_held_out()
+                if metrics:
+                    metrics.write(json.dumps({"step": self.step, "images_seen": self.images_seen,
+                                              "held_out_mse_ema": mse.ema, "held_out_mse": mse.raw,
+                                              "elapsed_s": self.train_seconds}) + "\n")
+                    metrics.flush()
+                yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
+                               self.train_seconds, "eval", held_out=mse)
+                window_start += time.perf_counter() - eval_start  # evaluating is not training time
             if stop:
                 yield progress("stopped", float("nan"), 0.0)
                 return

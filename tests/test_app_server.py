@@ -35,12 +35,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def serving_app(weights: Path, log: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def serving_app(weights: Path, log: Path, *extra: str) -> contextlib.AbstractContextManager:
     """Run ``app.py --weights WEIGHTS`` on a free localhost port until the block ends; yields (url, process)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--weights", str(weights), "--port", str(port), *extra],
-                            cwd=ROOT, env=app_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return serving(["--weights", str(weights), "--port", str(port), *extra], app_env(), port, log)
+
+
+@contextlib.contextmanager
+def serving(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``python app.py ARGS`` with ``env``, which must serve on ``port``, until the block ends; yields (url,
+    process) once it answers."""
+    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(proc, url, log)

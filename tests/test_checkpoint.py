@@ -53,6 +53,22 @@ def test_sharded_save_round_trips(tiny_model, tiny_diffusion_config, tmp_path):
     assert torch.equal(outputs(load_pretrained(directory)), outputs(tiny_model))
 
 
+def test_a_tensor_larger_than_the_shard_size_gets_a_shard_of_its_own(tiny_model, tiny_diffusion_config, tmp_path):
+    sizes = {k: v.numel() * v.element_size() for k, v in tiny_model.state_dict().items()}
+    biggest = max(sizes, key=sizes.get)
+    second = sorted(sizes.values())[-2]
+    assert second < sizes[biggest]
+    shard_size = (second + sizes[biggest]) // 2  # every tensor but the biggest fits in a shard
+    directory = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "m", max_shard_size=shard_size)
+    index = json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"]
+    own = index[biggest]
+    assert [k for k, f in index.items() if f == own] == [biggest]
+    assert (directory / own).stat().st_size > shard_size
+    for name in set(index.values()) - {own}:  # tensor bytes within the limit; the file adds a small JSON header
+        assert sum(sizes[k] for k, f in index.items() if f == name) <= shard_size
+    assert torch.equal(outputs(load_pretrained(directory)), outputs(tiny_model))
+
+
 def test_resave_leaves_no_stale_weights(tiny_model, tiny_diffusion_config, tmp_path):
     directory = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "m", max_shard_size="100KB")
     save_pretrained(tiny_model, tiny_diffusion_config, directory)

@@ -128,7 +128,7 @@ def test_push_after_training_without_token_fails_clearly_and_keeps_the_export(tr
     assert "warning: no Hugging Face token yet" in message  # said before training, too
     assert "exported to" in message
     assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in message
-    assert f"the local export in {trained['out'] / 'export'} is intact" in message
+    assert f"The local export in {trained['out'] / 'export'} is intact" in message
     assert load_pretrained(trained["out"] / "export").config.training["steps"] == 12
 
 
@@ -240,6 +240,24 @@ def test_zip_with_train_and_test_folders_trains_on_the_split(tmp_path):
     assert data == {"path": str(pack), "split": "train", "images": len(UTK_TRAIN)}
     test = load_pack(pack, 16, split="test")
     assert test.names == sorted(UTK_TEST) and test.images.shape == (len(UTK_TEST), 3, 16, 16)
+
+
+def test_eval_every_reads_the_pack_s_test_folder_and_logs_held_out_mse(tmp_path, capsys):
+    pack = utkface_pack(tmp_path)
+    out = tmp_path / "run"
+    assert train.main(train_args(pack, out, "--eval-every", "2", steps=4)) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in rows if "held_out_mse" in r]
+    assert [r["step"] for r in held] == [2, 4]
+    assert all(0 < r["held_out_mse"] < 10 and 0 < r["held_out_mse_ema"] < 10 for r in held)
+    assert "step 4: held-out ε-MSE" in capsys.readouterr().out  # tqdm.write prints to stdout
+
+
+def test_eval_every_without_held_out_images_is_exit_2(tmp_path, capsys):
+    folder = write_folder(tmp_path / "flat")
+    assert train.main(train_args(folder, tmp_path / "run", "--eval-every", "2", steps=4)) == 2
+    err = capsys.readouterr().err
+    assert "no readable held-out images in a folder named 'test'" in err and "--eval-split" in err
 
 
 def test_corrupted_files_are_skipped_and_listed(tmp_path):

@@ -17,8 +17,9 @@ from ddpm_app import samplers, training
 from ddpm_app.model_folder import load_pretrained
 from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
-from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, export_checkpoint, load_checkpoint,
-                               loss_weights, lr_at)
+from ddpm_app.models import build_model
+from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, diffusion_loss, export_checkpoint,
+                               held_out_mse, held_out_set, load_checkpoint, loss_weights, lr_at)
 from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
 
 
@@ -99,6 +100,55 @@ def test_min_snr_weighting_trains_and_down_weights_low_noise_steps(tmp_path):
         assert load_checkpoint(tmp_path / weighting / CHECKPOINT_NAME)["train_config"]["loss_weighting"] == weighting
     # same batch, same initial network: the weights (≤ 1, < 1 where SNR > γ) lower the first loss
     assert first_loss["min-snr"] < 0.95 * first_loss["uniform"]
+
+
+# -- held-out ε-MSE ---------------------------------------------------------------------------------------------
+
+def test_held_out_set_is_one_fixed_draw_whatever_the_global_seed():
+    images = shapes_pack(6).images
+    torch.manual_seed(1)
+    a = held_out_set(images, SCHEDULE.timesteps)
+    torch.manual_seed(2)
+    b = held_out_set(images, SCHEDULE.timesteps)
+    assert torch.equal(a.t, b.t) and torch.equal(a.noise, b.noise) and torch.equal(a.x0, b.x0)
+    assert a.x0.min() >= -1 and a.x0.max() <= 1 and a.noise.shape == a.x0.shape == (6, 3, 16, 16)
+    assert a.t.min() >= 0 and a.t.max() < SCHEDULE.timesteps and len(set(a.t.tolist())) > 1
+    other = held_out_set(images, SCHEDULE.timesteps, seed=1)
+    assert not torch.equal(a.t, other.t) and not torch.equal(a.noise, other.noise)
+
+
+def test_held_out_mse_is_the_training_loss_on_the_same_x0_t_and_noise():
+    torch.manual_seed(0)
+    model = build_model(MODEL.__class__(**{**MODEL.to_dict(), "dropout": 0.5}))  # dropout: eval mode must matter
+    for p in model.parameters():  # the zero-initialised output layer would predict ε = 0 for every input
+        p.data.normal_(0, 0.05)
+    schedule = Schedule(SCHEDULE)
+    held = held_out_set(shapes_pack(7).images, SCHEDULE.timesteps)
+    model.eval()
+    with torch.no_grad():
+        expected = diffusion_loss(model, schedule, held.x0, held.t, held.noise).item()
+    model.train()
+    got = held_out_mse(model, schedule, held, batch_size=3)  # 3 + 3 + 1: the mean is over images, not batches
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert model.training  # the caller's mode is restored
+    assert got != pytest.approx(held_out_mse(model, schedule, held_out_set(shapes_pack(7).images, 50, seed=5)))
+
+
+def test_training_logs_the_held_out_mse_of_the_ema_and_raw_weights(tmp_path):
+    pack, held = shapes_pack(8), shapes_pack(5)
+    cfg = train_config(tmp_path, steps=12, eval_every=6, eval_images=4)
+    trainer = Trainer(cfg, MODEL, SCHEDULE, pack=pack, held_out=held)
+    evals = [p for p in run(trainer) if p.event == "eval"]
+    assert [p.step for p in evals] == [6, 12]
+    rows = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "held_out_mse" in r]
+    assert [(r["step"], r["images_seen"]) for r in rows] == [(6, 48), (12, 96)]
+    assert [(r["held_out_mse_ema"], r["held_out_mse"]) for r in rows] == [(p.held_out.ema, p.held_out.raw)
+                                                                           for p in evals]
+    fixed = held_out_set(held.images[:4], SCHEDULE.timesteps)  # eval_images of them, the set any run would draw
+    assert rows[-1]["held_out_mse_ema"] == pytest.approx(held_out_mse(trainer.ema.model, trainer.schedule, fixed))
+    assert rows[-1]["held_out_mse"] == pytest.approx(held_out_mse(trainer.model, trainer.schedule, fixed))
+    assert rows[-1]["held_out_mse"] != rows[-1]["held_out_mse_ema"]  # EMA decay 0.9: the two weights differ
+    assert rows[-1]["held_out_mse"] < rows[0]["held_out_mse"]  # it learns
 
 
 # -- resuming -----------------------------------------------------------------------------------------------------
