@@ -49,6 +49,10 @@ CSS = """
 .ddpm-picture { display: flex !important; flex-flow: column nowrap !important; }
 .ddpm-picture .image-container { flex: 1 1 auto; min-height: 0; overflow: visible; }
 .ddpm-picture .image-container > .icon-button-wrapper { top: -36px !important; }
+/* the model table: words whole, the property names on one line, so it stays readable on a phone */
+#model-summary td, #model-summary th { overflow-wrap: normal; word-break: normal; }
+#model-summary td:first-child { white-space: nowrap; }
+#model-summary code { word-break: break-all; }
 /* the download box: one line high until there is a file */
 .ddpm-download .empty.large { min-height: 3rem !important; }
 .ddpm-stats { font-variant-numeric: tabular-nums; line-height: 1.6; }
@@ -171,8 +175,9 @@ class Handlers:
         """(x_t, x̂₀, ε̂, status, seed, frame-slider update) for one step; the last one shows the finished x₀.
 
         The frame slider counts stored frames from 1, as the Frames label does."""
-        count = len(run.frames)  # the scrubber grows with the run; it jumps to the end when done, and to 1 on a
-        slider = frame_slider(count, count if step.is_last or step.index == 0 else None)  # new run
+        count = len(run.frames)  # the scrubber grows with the run
+        jump = step.is_last or step.index == 0  # to the last frame when done; to the first on a new run
+        slider = frame_slider(count, count if jump else None)
         return (picture(step.x_prev if step.is_last else step.x_t), picture(step.pred_x0),
                 noise_picture(step.pred_eps) if show_eps or step.is_last else gr.skip(),
                 status_html(served, run, step, time.perf_counter() - started), str(run.seed), slider)
@@ -552,8 +557,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 frame_label = gr.Markdown("No run yet: press **Generate** first.", label="frame info",
                                           elem_id="frame-label")
                 with gr.Row():
-                    f_xt = _image("x_t")
-                    f_x0 = _image("predicted x̂₀")
+                    f_xt = _image("x_t", min_width=200)
+                    f_x0 = _image("predicted x̂₀", min_width=200)
                 with gr.Row():
                     gif_btn = gr.Button("Export GIF", size="sm", min_width=80)
                     mp4_btn = gr.Button("Export MP4", size="sm", min_width=80)
@@ -634,7 +639,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         summary = gr.Markdown(table, label="model summary", elem_id="model-summary")
                     with gr.Column(min_width=300):
                         samples = gr.Image(samples_path, label="samples from the model card", interactive=False,
-                                           buttons=["fullscreen"], elem_classes="ddpm-picture")
+                                           buttons=["fullscreen"], elem_classes="ddpm-picture",
+                                           elem_id="model-samples")
                 with gr.Accordion("Model card (README.md)", open=False):
                     card = gr.Markdown(card_text, label="model card")
 
@@ -647,7 +653,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         gen_event = run_btn.click(h.generate, [sampler, steps, eta, seed, batch, clip, show_eps, user],
                                   [g_xt, g_x0, g_eps, status, seed_used, frame], api_name="generate",
                                   **waiting, **chain)
-        gen_event.then(**show_frame, api_name="show_generated", api_visibility="private")
+        gen_event.success(**show_frame, api_name="show_generated", api_visibility="private")  # Stop: below
         stopped = dict(fn=h.show_stopped, inputs=user, outputs=[frame, f_xt, f_x0, frame_label],
                        api_visibility="private", show_progress="hidden", concurrency_limit=4)
         stop_btn.click(lambda: STOPPED, None, status, cancels=[gen_event], api_visibility="private",
@@ -676,7 +682,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         sd_event = sd_btn.click(h.denoise, [sd_sampler, sd_steps, sd_eta, sd_seed, sd_clip, user],
                                 [sd_xt, sd_x0, sd_compare, sd_status, sd_seed_used, frame], api_name="denoise",
                                 show_progress="full", show_progress_on=[sd_status], **chain)
-        sd_event.then(**show_frame, api_name="show_denoised", api_visibility="private")
+        sd_event.success(**show_frame, api_name="show_denoised", api_visibility="private")
         sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private",
                       queue=False).then(**stopped)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def served(weights: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "app.py", "--weights", str(weights), "--port", str(port)], cwd=ROOT,
+    weights = os.path.relpath(weights, ROOT)  # the Model tab shows the folder as given: weights/faces
+    proc = subprocess.Popen([sys.executable, "app.py", "--weights", weights, "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -85,6 +87,9 @@ def tour(browser, url: str, width: int, out: Path) -> None:
 
     page.get_by_role("tab", name="Model").click()
     page.locator("#model-summary table").wait_for(timeout=60_000)
+    samples = page.locator("#model-samples img")
+    samples.scroll_into_view_if_needed()  # a lazy image loads once in view
+    samples.evaluate("img => img.decode()")
     shoot(page, out / f"model-{width}.png")
     page.close()
 
