@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if ! command -v chromium >/dev/null 2>&1; then
+# the browser tests use exactly this path (tests/conftest.py) and fail without it: another chromium on PATH won't do
+if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi

@@ -10,9 +10,10 @@ Fixtures
     seed_config           SeedUNetConfig: 16×16, widths 32 → 64 → 64 (both shortcut kinds)
     seed_model            a SeedUNet built from it, in eval mode
     no_hub_network        (autouse) the Hub client points at a closed localhost port; returns that URL
+    chromium              the path of Debian's Chromium for the browser tests; FAILS (never skips) when it is missing
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
-seeded_init(build, seed).
+seeded_init(build, seed), noised_photo_picture(photo, size, t, noise_seed, timesteps).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -27,6 +29,10 @@ from torch import nn
 from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet, UNetConfig
 from ddpm_app.schedule import Schedule, ScheduleConfig
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's build; scripts/test.sh installs it when this path is missing
+# flags for headless Chromium in a container: no sandbox (no user namespaces), no GPU, no background traffic
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 # The test models are tiny: one thread is fastest, and it keeps a busy machine (a training run beside the
 # tests) from turning each convolution into a long wait on thread synchronisation.
@@ -108,3 +114,33 @@ def seed_config() -> SeedUNetConfig:
 @pytest.fixture
 def seed_model(seed_config: SeedUNetConfig) -> SeedUNet:
     return seeded_init(lambda: SeedUNet(seed_config)).eval()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium. A browser test that cannot run fails instead of skipping, so a machine without the browser
+    never passes the suite unnoticed; leave the browser tests out on purpose with ``-m "not browser"``."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing, so the browser tests cannot run: install Debian's chromium "
+                    "(`apt-get install chromium`, as scripts/test.sh does), or leave these tests out with "
+                    "-m \"not browser\"", pytrace=False)
+    return CHROMIUM
+
+
+def noised_photo_picture(photo, size: int, t: int, noise_seed: int, timesteps: int) -> np.ndarray:
+    """The forward view's x_t as the app should show it, from the definitions alone: x₀ the photo at ``size`` in
+    [−1, 1], ε ~ N(0, I) from ``noise_seed`` (CPU), ᾱ_t for the default linear β from 1e-4 to 0.02 over ``timesteps``,
+    x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, shown as (H, W, 3) uint8 with [−1, 1] → [0, 255]."""
+    from ddpm_app.image import load_image
+
+    x0 = load_image(photo, size).double()
+    eps = torch.randn((3, size, size), generator=torch.Generator().manual_seed(noise_seed)).double()
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64), 0)[t]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    return ((x_t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def assert_pictures_close(ours: np.ndarray, expected: np.ndarray, levels: int = 1) -> None:
+    """Equal uint8 pictures up to ``levels`` (float32 against float64 rounding at a level boundary)."""
+    assert ours.shape == expected.shape and ours.dtype == expected.dtype == np.uint8
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= levels

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_tiny_config, perturb, seeded_init
+from conftest import CHROMIUM_ARGS, make_tiny_config, perturb, seeded_init
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from test_app_server import ROOT, serving_app
@@ -24,7 +24,6 @@ from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
 
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
-CHROMIUM = Path("/usr/bin/chromium")
 T = 3000  # DDPM steps: a full run takes many seconds, so it is surely still running when cancelled
 QUEUE = 2
 
@@ -126,13 +125,12 @@ def test_a_cancelled_run_stops_computing_and_frees_the_worker(app):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
-def test_closing_the_tab_stops_the_run(app):
+def test_closing_the_tab_stops_the_run(app, chromium):
     from playwright.sync_api import sync_playwright
 
     url, pid, _ = app
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page()
         page.goto(url)
         page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=60_000)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ddpm_app.model_folder import (CONFIG_NAME, DiffusionConfig, ModelFolderError, load_local, load_pretrained,
                                    read_config, save_pretrained)
@@ -149,6 +150,33 @@ def test_bad_config_contents(tiny_model_dir, change, message):
 def test_config_that_disagrees_with_the_weights(tiny_model_dir):
     rewrite_config(tiny_model_dir, lambda d: d["model"].update(base_channels=64))
     with pytest.raises(ModelFolderError, match=r"model\.safetensors: weights do not match config\.json"):
+        load_pretrained(tiny_model_dir)
+
+
+def rewrite_weights(directory, change) -> None:
+    path = directory / "model.safetensors"
+    state = load_file(path)
+    change(state)
+    save_file(state, path)
+
+
+def test_weights_missing_a_layer_are_refused_by_name(tiny_model_dir):
+    """Loading is strict: a folder without its attention weights fails, naming a missing key."""
+    def drop_attention(state):
+        dropped = [k for k in state if ".attn." in k or k.startswith("mid_attn.")]
+        assert len(dropped) > 4
+        for k in dropped:
+            del state[k]
+
+    rewrite_weights(tiny_model_dir, drop_attention)
+    with pytest.raises(ModelFolderError, match=r"weights do not match config\.json .*Missing key.*attn\.") as error:
+        load_pretrained(tiny_model_dir)
+    assert str(tiny_model_dir / "model.safetensors") in str(error.value)
+
+
+def test_weights_with_an_extra_tensor_are_refused_by_name(tiny_model_dir):
+    rewrite_weights(tiny_model_dir, lambda state: state.update({"extra.weight": torch.zeros(3)}))
+    with pytest.raises(ModelFolderError, match=r"weights do not match config\.json .*Unexpected key.*extra\.weight"):
         load_pretrained(tiny_model_dir)
 
 

@@ -132,5 +132,5 @@ def test_two_process_run_shards_stops_together_resumes_and_exports(tmp_path):
                                                      "samples"]
     loaded = load_pretrained(out / "export")
     assert loaded.config.training["steps"] == s + 4
-    x = loaded.model(torch.zeros(2, 3, 16, 16), torch.tensor([0, 49]))
-    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+    exported = loaded.model.state_dict()  # the EMA of the final checkpoint, written once by rank 0
+    assert exported.keys() == final["ema"].keys() and all(torch.equal(exported[k], final["ema"][k]) for k in exported)

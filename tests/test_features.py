@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_fd_closed_form_for_diagonal_gaussians_and_symmetry():
     # non-commuting covariances: symmetric in its arguments, and equal to scipy's sqrtm where scipy is present
     x, y = random_features(300, 12, 4), 1.5 * random_features(300, 12, 5)
     assert feature_fd(x, y) == pytest.approx(feature_fd(y, x), rel=1e-10)
-    scipy_linalg = pytest.importorskip("scipy.linalg")
+    import scipy.linalg as scipy_linalg  # a test requirement: missing, this test fails rather than skips
     sx, sy = gaussian_stats(x), gaussian_stats(y)
     covmean = scipy_linalg.sqrtm(sx.cov.numpy() @ sy.cov.numpy()).real
     reference = float((sx.mean - sy.mean) @ (sx.mean - sy.mean)) + float(sx.cov.trace() + sy.cov.trace()) \
@@ -136,6 +137,8 @@ def test_net_shapes_and_resizing():
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
     x = net.prepare(images)
     assert x.shape == (5, 3, 32, 32) and x.dtype == torch.float32 and float(x.abs().max()) <= 1.0
+    flat = net.prepare(torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 16, 16))
+    torch.testing.assert_close(flat[0, :, 5, 7], torch.tensor([-1.0, 1.0, -0.6]))  # uint8 → [−1, 1], resized
     logits = net(x)
     assert [tuple(lg.shape) for lg in logits] == [(5, len(c)) for c in HEADS.values()]
     emb = embed(net, images, batch_size=2)
@@ -216,6 +219,9 @@ def test_features_cli_trains_and_writes_metadata(tmp_path: Path, tiny_face_pack:
 def test_shipped_weights_load_and_beat_the_majority_class():
     net = load_feature_net(DEFAULT_WEIGHTS)
     meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    # the recorded accuracies belong to exactly these weights and this architecture
+    assert hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest() == meta["file_sha256"]
+    assert meta["file"] == DEFAULT_WEIGHTS.name and list(net.config.widths) == meta["net"]["widths"]
     assert meta["feature_dim"] == net.config.feature_dim == 128
     for head in HEADS:  # held-out accuracy recorded at training time, vs always guessing the commonest class
         assert meta["test_accuracy"][head] > meta["test_majority_class_rate"][head] + 0.1, head

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import perturb, seeded_init
 
 from ddpm_app import samplers
 from ddpm_app.inference import Prepared, prepare
@@ -13,10 +14,22 @@ from ddpm_app.schedule import Schedule, ScheduleConfig
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
+    """A small U-Net whose zero-initialised output layer is perturbed: ε̂ depends on x_t and t."""
     config = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                         attention_resolutions=(8,), head_channels=16, patch_size=1)
-    return build_model(config).eval()
+    return perturb(seeded_init(lambda: build_model(config))).eval()
+
+
+def test_prepared_model_is_the_raw_network(net):
+    """ε̂ of the prepared network equals the network's own, at every timestep (not t ± 1)."""
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 7, 11])
+    with torch.no_grad():
+        raw = net(x, t)
+        shifted = net(x, t + 1)
+    prepared = prepare(net, "cpu")
+    assert raw.abs().mean() > 0.05 and (raw - shifted).abs().max() > 1e-3  # a test that can tell t from t + 1
+    torch.testing.assert_close(prepared(x, t), raw, rtol=1e-5, atol=1e-5)
 
 
 def chain(model, schedule, seed=3, step_fn=None):

@@ -13,22 +13,102 @@ from ddpm_app.models.seed import upsample_conv3x3
 
 # --- the DDPM U-Net -------------------------------------------------------------------------------------
 
+# --- the DDPM U-Net: forward pass, re-implemented with functional ops from its state dict ----------------
+
+def reference_group_norm(x: torch.Tensor, sd: dict, p: str) -> torch.Tensor:
+    """GroupNorm with the largest group count ≤ 32 dividing the channels (improved-diffusion's normalization)."""
+    return F.group_norm(x, math.gcd(x.shape[1], 32), sd[p + "weight"], sd[p + "bias"], eps=1e-5)
+
+
+def reference_res_block(sd: dict, p: str, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """skip(x) + conv₂(SiLU(GN(conv₁(SiLU(GN(x))))·(1 + scale) + shift)), (scale, shift) = Linear(emb)."""
+    h = F.conv2d(F.silu(reference_group_norm(x, sd, p + "norm1.")), sd[p + "conv1.weight"], sd[p + "conv1.bias"],
+                 padding=1)
+    c = F.linear(emb, sd[p + "emb.weight"], sd[p + "emb.bias"])
+    out_ch = h.shape[1]
+    scale, shift = c[:, :out_ch, None, None], c[:, out_ch:, None, None]
+    h = reference_group_norm(h, sd, p + "norm2.") * (1 + scale) + shift
+    h = F.conv2d(F.silu(h), sd[p + "conv2.weight"], sd[p + "conv2.bias"], padding=1)
+    skip = F.conv2d(x, sd[p + "skip.weight"], sd[p + "skip.bias"]) if x.shape[1] != out_ch else x
+    return skip + h
+
+
+def reference_attention(sd: dict, p: str, x: torch.Tensor, head_channels: int) -> torch.Tensor:
+    """x + proj(softmax(q·kᵀ/√d)·v), per head, over the H·W positions; q, k, v from a 1×1 conv of GN(x)."""
+    b, c, height, width = x.shape
+    heads = max(1, c // head_channels)
+    d = c // heads
+    qkv = F.conv2d(reference_group_norm(x, sd, p + "norm."), sd[p + "qkv.weight"], sd[p + "qkv.bias"])
+    q, k, v = (qkv[:, i * c:(i + 1) * c].reshape(b, heads, d, height * width) for i in range(3))  # (B, heads, d, HW)
+    weights = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(d), dim=-1)  # (B, heads, HW, HW)
+    out = torch.einsum("bhij,bhdj->bhdi", weights, v).reshape(b, c, height, width)
+    return x + F.conv2d(out, sd[p + "proj.weight"], sd[p + "proj.bias"])
+
+
+def reference_unet(sd: dict, config, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """ε_θ(x, t) of the DDPM U-Net (Ho et al. 2020, appendix B), computed from the config and the weights alone."""
+    base, p = config.base_channels, config.patch_size
+    half = base // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([args.sin(), args.cos()], dim=1)  # (B, base)
+    emb = F.linear(F.silu(F.linear(emb, sd["time_embed.0.weight"], sd["time_embed.0.bias"])),
+                   sd["time_embed.2.weight"], sd["time_embed.2.bias"])  # (B, 4·base)
+
+    def block(prefix: str, h: torch.Tensor, resolution: int) -> torch.Tensor:
+        h = reference_res_block(sd, prefix + "res.", h, emb)
+        if resolution in config.attention_resolutions:
+            h = reference_attention(sd, prefix + "attn.", h, config.head_channels)
+        return h
+
+    h = F.pixel_unshuffle(x, p) if p > 1 else x
+    h = F.conv2d(h, sd["input_conv.weight"], sd["input_conv.bias"], padding=1)
+    resolution, levels = config.image_size // p, len(config.channel_mult)
+    skips = [h]
+    for level in range(levels):
+        for i in range(config.num_res_blocks):
+            h = block(f"down.{level}.{i}.", h, resolution)
+            skips.append(h)
+        if level < levels - 1:
+            h = F.conv2d(h, sd[f"downsample.{level}.weight"], sd[f"downsample.{level}.bias"], stride=2, padding=1)
+            skips.append(h)
+            resolution //= 2
+    h = reference_res_block(sd, "mid1.", h, emb)
+    h = reference_attention(sd, "mid_attn.", h, config.head_channels)
+    h = reference_res_block(sd, "mid2.", h, emb)
+    for j in range(levels):  # j = 0 is the deepest level
+        for i in range(config.num_res_blocks + 1):
+            h = block(f"up.{j}.{i}.", torch.cat([h, skips.pop()], dim=1), resolution)
+        if j < levels - 1:
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = F.conv2d(h, sd[f"upsample.{j}.weight"], sd[f"upsample.{j}.bias"], padding=1)
+            resolution *= 2
+    assert not skips
+    out = F.conv2d(F.silu(reference_group_norm(h, sd, "out_norm.")), sd["out_conv.weight"], sd["out_conv.bias"],
+                   padding=1)
+    return F.pixel_shuffle(out, p) if p > 1 else out
+
+
 @pytest.mark.parametrize("overrides", [
-    dict(),
-    dict(attention_resolutions=()),
-    dict(patch_size=2, image_size=16),
-    dict(patch_size=2, image_size=32, attention_resolutions=(8,)),
+    dict(),  # attention at 8×8 (level 1, two heads of 32 channels) and in the middle
+    dict(attention_resolutions=()),  # attention only in the middle
+    dict(patch_size=2, image_size=16),  # 2×2 patches: the network runs at 8×8
+    dict(patch_size=2, image_size=32, num_res_blocks=2),  # patches, two blocks a level, attention after patching
     dict(image_size=32, channel_mult=(1, 2, 2), attention_resolutions=(16, 8)),
-    dict(in_channels=1, num_res_blocks=2),
-])
-def test_unet_output_shape_equals_input(overrides):
+    dict(image_size=32, channel_mult=(1, 2, 2), attention_resolutions=(16,), head_channels=16, in_channels=1),
+], ids=["tiny", "no-attention", "patched", "patched-two-blocks", "three-levels", "three-levels-grey"])
+def test_unet_forward_matches_the_functional_reference(overrides):
     config = make_tiny_config(**overrides)
     model = perturb(seeded_init(lambda: UNet(config))).eval()
-    x = torch.randn(2, config.in_channels, config.image_size, config.image_size)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, config.in_channels, config.image_size, config.image_size, generator=g)
+    t = torch.tensor([0, 17, 999])
     with torch.no_grad():
-        out = model(x, torch.tensor([0, 999]))
-    assert out.shape == x.shape
-    assert torch.isfinite(out).all()
+        ours = model(x, t)
+        theirs = reference_unet(model.state_dict(), config, x, t)
+    assert ours.shape == x.shape
+    assert ours.abs().mean() > 0.05  # the perturbed output layer is not zero: a real comparison
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_unet_attention_is_built_where_asked():

@@ -12,7 +12,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-from conftest import make_tiny_config, perturb, seeded_init
+import torch
+from conftest import assert_pictures_close, make_tiny_config, noised_photo_picture, perturb, seeded_init
 from PIL import Image
 
 from ddpm_app import image, model_folder, ui
@@ -90,7 +91,7 @@ def test_bad_image_files_give_a_message_and_the_next_request_works(handlers: ui.
     with pytest.raises(gr.Error, match=message):
         handlers.noise(path, 5, True, -1, user)
     assert time.perf_counter() - started < 2.0  # refused from the header, never decoded
-    assert handlers.noise(str(PHOTO), 5, True, -1, user)[2] is not None
+    assert_pictures_close(handlers.noise(str(PHOTO), 5, True, 3, user)[2], noised_photo_picture(PHOTO, 16, 5, 3, T))
 
 
 def test_files_over_the_size_limit_are_refused_before_opening(handlers: ui.Handlers, tmp_path: Path, monkeypatch):
@@ -124,7 +125,8 @@ def test_odd_but_valid_images_are_used(handlers: ui.Handlers, tmp_path: Path):
     user = UserState()
     for kind, path in odd_but_valid(tmp_path).items():
         x0 = handlers.noise(path, 5, True, -1, user)[0]
-        assert x0.shape == (16, 16, 3) and x0.dtype == np.uint8, kind
+        expected = ((load_image(path, 16) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(x0, expected, err_msg=kind)
 
 
 def test_animated_images_use_their_first_frame(tmp_path: Path):

@@ -1,5 +1,7 @@
 """The reverse chain: DDPM and DDIM driven by a perfect noise oracle and by a tiny random U-Net."""
 
+import math
+
 import pytest
 import torch
 
@@ -200,3 +202,81 @@ def test_ddpm_rejects_bad_arguments(tiny_schedule, kwargs):
 def test_sample_rejects_unknown_sampler(tiny_schedule):
     with pytest.raises(ValueError):
         sample(oracle(tiny_schedule, known_x0()), tiny_schedule, SHAPE, sampler="euler")
+
+
+# --- known answers for the noise terms ------------------------------------------------------------------
+
+def reference_alphas_cumprod(beta_start: float, beta_end: float, timesteps: int) -> list[float]:
+    """ᾱ_t = ∏_{s≤t}(1 − β_s) for evenly spaced β, in float64, without the schedule module."""
+    abar, out = 1.0, []
+    for i in range(timesteps):
+        beta = beta_start + (beta_end - beta_start) * i / (timesteps - 1)
+        abar *= 1.0 - beta
+        out.append(abar)
+    return out
+
+
+def ddim_sigma(abar_t: float, abar_s: float, eta: float) -> float:
+    """σ = η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_s)  (DDIM eq. 16)."""
+    return eta * math.sqrt((1 - abar_s) / (1 - abar_t)) * math.sqrt(1 - abar_t / abar_s)
+
+
+@pytest.mark.parametrize("eta", [0.3, 0.5, 0.7])
+def test_ddim_at_intermediate_eta_takes_the_closed_form_step(tiny_model, tiny_schedule, eta):
+    """x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s−σ²)·ε̂ + σ·z at every step, σ from eq. 16 and z replayed from the generator."""
+    abar = reference_alphas_cumprod(1e-3, 0.3, 20)  # tiny_schedule's β
+    shape = (2, 3, 16, 16)
+    x_start = torch.randn(shape, generator=torch.Generator().manual_seed(11))
+    steps = list(ddim(tiny_model, tiny_schedule, shape, steps=6, eta=eta, x_start=x_start,
+                      generator=torch.Generator().manual_seed(4)))
+    replay = torch.Generator().manual_seed(4)
+    sigmas = []
+    for step in steps:
+        with torch.no_grad():  # ε̂ is the network's own output at (x_t, t)
+            torch.testing.assert_close(step.pred_eps, tiny_model(step.x_t, torch.full((2,), step.t)))
+        a_t = abar[step.t]
+        a_s = abar[step.t_prev] if step.t_prev >= 0 else 1.0
+        sigma = ddim_sigma(a_t, a_s, eta)
+        sigmas.append(sigma)
+        z = torch.randn(shape, generator=replay) if sigma > 0 else torch.zeros(shape)
+        expected = (math.sqrt(a_s) * step.pred_x0 + math.sqrt(max(1 - a_s - sigma ** 2, 0.0)) * step.pred_eps
+                    + sigma * z)
+        torch.testing.assert_close(step.x_prev, expected, rtol=1e-5, atol=1e-5)
+    assert sigmas[-1] == 0.0  # no noise on the step that lands on x̂₀, and on every other step σ(η) is far
+    assert min(sigmas[:-1]) * (1 - eta) > 5e-3  # from σ(η²) = η·σ(η), next to the 1e-5 tolerance above
+
+
+def test_ddim_noise_grows_with_eta(tiny_model, tiny_schedule):
+    """Same start, same generator: the distance from the deterministic (η = 0) chain rises with η."""
+    shape = (2, 3, 16, 16)
+    x_start = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+
+    def run(eta: float) -> torch.Tensor:
+        return final(ddim(tiny_model, tiny_schedule, shape, steps=5, eta=eta, x_start=x_start,
+                          generator=torch.Generator().manual_seed(0)))
+
+    deterministic = run(0.0)
+    distances = [float((run(eta) - deterministic).abs().mean()) for eta in (0.25, 0.5, 0.75, 1.0)]
+    assert distances[0] > 1e-3 and all(a < b for a, b in zip(distances, distances[1:])), distances
+
+
+def test_ddpm_with_beta_variance_adds_sqrt_beta_noise(tiny_schedule):
+    """variance="beta": x_{t−1} = posterior mean + √β_t·z (σ_t² = β_t, DDPM's other choice), no noise at t = 0."""
+    x0, x_start = known_x0(5), torch.randn(SHAPE, generator=torch.Generator().manual_seed(6))
+    steps = list(ddpm(oracle(tiny_schedule, x0), tiny_schedule, SHAPE, x_start=x_start, variance="beta",
+                      generator=torch.Generator().manual_seed(8)))
+    assert [s.t for s in steps] == list(range(19, -1, -1))
+    replay = torch.Generator().manual_seed(8)
+    for step in steps:
+        beta = 1e-3 + (0.3 - 1e-3) * step.t / 19  # tiny_schedule's β_t
+        z = torch.randn(SHAPE, generator=replay) if step.t > 0 else torch.zeros(SHAPE)
+        mean = tiny_schedule.q_posterior(x0, step.x_t, torch.full((SHAPE[0],), step.t)).mean  # ε̂ = ε*: the true mean
+        torch.testing.assert_close(step.x_prev, mean + math.sqrt(beta) * z, rtol=0, atol=1e-5)
+
+
+def test_beta_and_posterior_variance_give_different_chains(tiny_model, tiny_schedule):
+    shape = (2, 3, 16, 16)
+    x_start = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    a, b = (final(ddpm(tiny_model, tiny_schedule, shape, x_start=x_start, variance=v,
+                       generator=torch.Generator().manual_seed(1))) for v in ("posterior", "beta"))
+    assert (a - b).abs().mean() > 1e-2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -72,6 +73,63 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
     assert loss_weights(schedule, t, train_config(tmp_path)) is None
 
 
+# -- the loss and its inputs ------------------------------------------------------------------------------------
+
+def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_schedule):
+    """L = mean over batch and pixels of (ε − ε_θ(√ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t))², checked with a network that records
+    what it is shown and predicts ε̂ = x_t/2."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(3, 3, 4, 4, generator=g) * 2 - 1, torch.randn(3, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 7, 19])
+    seen = []
+
+    def half_of_input(x_t, tt):
+        seen.append((x_t.clone(), tt.clone()))
+        return x_t / 2
+
+    abar = torch.cumprod(1 - torch.linspace(1e-3, 0.3, 20, dtype=torch.float64), 0)[t].float()[:, None, None, None]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    loss = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise)
+    torch.testing.assert_close(seen[0][0], x_t, rtol=1e-6, atol=1e-6)
+    assert torch.equal(seen[0][1], t)
+    expected = ((noise - x_t / 2) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    # with per-sample weights: the mean over the batch of w_i·(per-sample mean)
+    w = torch.tensor([1.0, 0.5, 0.25])
+    weighted = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise, w)
+    torch.testing.assert_close(weighted, (w * ((noise - x_t / 2) ** 2).mean(dim=(1, 2, 3))).mean())
+
+
+def test_training_batches_are_flipped_normalised_pictures_at_every_timestep(tmp_path, monkeypatch):
+    """What the loss receives: x₀ = one of the pictures or its left–right mirror, mapped to [−1, 1]; t drawn over all
+    of 0…T−1; ε ~ N(0, I)."""
+    schedule = dataclasses.replace(SCHEDULE, timesteps=4)
+    pack = shapes_pack()
+    pictures = pack.images.float() / 127.5 - 1  # (N, 3, 16, 16)
+    batches = []
+    real_loss = training.diffusion_loss
+
+    def recording_loss(model, sched, x0, t, noise, weights=None):
+        batches.append((x0.detach().clone(), t.clone(), noise.clone()))
+        return real_loss(model, sched, x0, t, noise, weights)
+
+    monkeypatch.setattr(training, "diffusion_loss", recording_loss)
+    run(Trainer(train_config(tmp_path, steps=6, save_every=0), MODEL, schedule, pack=pack))
+    assert len(batches) == 6
+    x0 = torch.cat([b[0] for b in batches])  # (48, 3, 16, 16)
+    ts = torch.cat([b[1] for b in batches])
+    noise = torch.cat([b[2] for b in batches])
+    mirrored = 0
+    for x in x0:
+        same = [torch.allclose(x, p, atol=1e-6) for p in pictures]
+        mirror = [torch.allclose(x, p.flip(-1), atol=1e-6) for p in pictures]
+        assert any(same) or any(mirror)
+        mirrored += any(mirror) and not any(same)
+    assert 10 <= mirrored <= 38  # about half of the 48 are mirrored
+    assert sorted(set(ts.tolist())) == [0, 1, 2, 3]
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
+
+
 # -- learning ---------------------------------------------------------------------------------------------------
 
 def test_loss_goes_down_on_simple_pictures(tmp_path):
@@ -100,6 +158,46 @@ def test_min_snr_weighting_trains_and_down_weights_low_noise_steps(tmp_path):
         assert load_checkpoint(tmp_path / weighting / CHECKPOINT_NAME)["train_config"]["loss_weighting"] == weighting
     # same batch, same initial network: the weights (≤ 1, < 1 where SNR > γ) lower the first loss
     assert first_loss["min-snr"] < 0.95 * first_loss["uniform"]
+
+
+# -- the EMA -------------------------------------------------------------------------------------------------------
+
+def ema_decay(step: int, decay: float, warmup: bool) -> float:
+    """d_k = min(decay, (1 + k)/(10 + k)) with the warm-up, else decay; k = optimizer steps taken before."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+@pytest.mark.parametrize("decay, warmup", [(0.3, True), (0.6, False)], ids=["warm-up", "no-warm-up"])
+def test_ema_after_k_steps_is_the_moving_average_of_the_weights(tmp_path, decay, warmup):
+    """θ_ema(k+1) = d_k·θ_ema(k) + (1 − d_k)·θ(k+1), from θ_ema(0) = θ(0), with the weights of every step recorded.
+
+    With decay 0.3 the warm-up rule decides the first three steps ((1+k)/(10+k) = 0.1, 0.18, 0.25) and the decay
+    the rest, so both branches are checked.
+    """
+    trainer = Trainer(train_config(tmp_path, steps=6, ema_decay=decay, ema_warmup=warmup, save_every=0),
+                      MODEL, SCHEDULE, pack=shapes_pack())
+    params = lambda: {name: p.detach().clone() for name, p in trainer.model.named_parameters()}  # noqa: E731
+    trajectory = [params()]
+    trainer.optimizer.register_step_post_hook(lambda *args: trajectory.append(params()))
+    run(trainer)
+    assert len(trajectory) == 7
+
+    expected = dict(trajectory[0])
+    for k, weights in enumerate(trajectory[1:]):
+        d = ema_decay(k, decay, warmup)
+        expected = {name: d * expected[name] + (1 - d) * weights[name] for name in expected}
+    ema = dict(trainer.ema.model.named_parameters())
+    moved = 0
+    for name, value in expected.items():
+        torch.testing.assert_close(ema[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int(not torch.equal(ema[name], trajectory[0][name]))
+    assert moved == len(expected)  # every tensor moved away from its initial value
+    # and it is an average, not the weights themselves
+    assert any((ema[name] - trajectory[-1][name]).abs().max() > 1e-4 for name in expected)
+    # the checkpoint and the export carry the same EMA
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)["ema"]
+    for name, value in ema.items():
+        assert torch.equal(saved[name], value)
 
 
 # -- held-out ε-MSE ---------------------------------------------------------------------------------------------
@@ -152,6 +250,24 @@ def test_training_logs_the_held_out_mse_of_the_ema_and_raw_weights(tmp_path):
 
 
 # -- resuming -----------------------------------------------------------------------------------------------------
+
+def test_resume_with_dropout_is_bit_exact(tmp_path):
+    """Dropout draws from the CPU generator: resuming restores it, so 4 + 4 steps equal 8 in one go."""
+    model = dataclasses.replace(MODEL, dropout=0.3)
+    a = Trainer(train_config(tmp_path / "a", steps=8), model, SCHEDULE, pack=shapes_pack())
+    run(a)
+    run(Trainer(train_config(tmp_path / "b", steps=4), model, SCHEDULE, pack=shapes_pack()))
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    b = Trainer(train_config(tmp_path / "b", steps=8), None, None, pack=shapes_pack(), resume=True)
+    assert b.diffusion_config.model.dropout == 0.3
+    run(b)
+    assert_same_state(a.state(), b.state())
+    # the dropout did draw: the same run without it ends elsewhere
+    c = Trainer(train_config(tmp_path / "c", steps=8), MODEL, SCHEDULE, pack=shapes_pack())
+    run(c)
+    assert not torch.equal(c.state()["model"]["out_conv.weight"], a.state()["model"]["out_conv.weight"])
+
+
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     """12 steps in one go vs 4 steps, a new Trainer from the checkpoint, 8 more: the same bits everywhere."""
@@ -373,10 +489,13 @@ def test_export_loads_through_the_core_loader_and_samples(tmp_path, dtype):
     for name, value in trainer.ema.model.state_dict().items():  # the EMA weights, not the raw ones
         torch.testing.assert_close(loaded.model.state_dict()[name], value, rtol=tolerance, atol=tolerance)
 
-    steps = list(samplers.ddim(loaded.model, loaded.schedule, (2, 3, 16, 16), steps=3,
-                               generator=torch.Generator().manual_seed(0)))
-    assert len(steps) == 3
-    assert steps[-1].x_prev.shape == (2, 3, 16, 16) and torch.isfinite(steps[-1].x_prev).all()
+    # the loaded network samples as the trainer's EMA network does (same seed, same images up to the export dtype)
+    def ddim_images(model) -> torch.Tensor:
+        return samplers.final(samplers.ddim(model, loaded.schedule, (2, 3, 16, 16), steps=3,
+                                            generator=torch.Generator().manual_seed(0)))
+
+    torch.testing.assert_close(ddim_images(loaded.model), ddim_images(trainer.ema.model.eval()),
+                               rtol=0, atol=1e-5 if dtype == "fp32" else 2e-2)
 
     # the same export straight from the checkpoint file
     again = export_checkpoint(load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME), tmp_path / "again", dtype)

@@ -4,6 +4,7 @@ export, validation and model switching."""
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from pathlib import Path
 
@@ -11,16 +12,16 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config, perturb, seeded_init
+from conftest import assert_pictures_close, make_tiny_config, noised_photo_picture, perturb, seeded_init
 from PIL import Image
 
 import app
-from ddpm_app import ui
+from ddpm_app import samplers, ui
 from ddpm_app.app import (ModelLibrary, ServedModel, Throttle, Trajectory, UserState, export_gif, export_indices,
                           stream)
 from ddpm_app.convert_seed import convert
 from ddpm_app.image import load_image, to_uint8
-from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, save_pretrained
+from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, load_pretrained, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
 from ddpm_app.samplers import SamplerSettings, ddim_timesteps
 from ddpm_app.schedule import Schedule, ScheduleConfig
@@ -133,12 +134,77 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
     np.testing.assert_array_equal(x_t, ui.picture(run.final))
 
 
-def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers):
+def assert_same_picture(ours: torch.Tensor, expected: torch.Tensor) -> None:
+    """uint8 images equal up to float rounding: the app samples with the prepared (channels_last) network, whose
+    sums round differently, and over a chain that can move a pixel across a rounding boundary."""
+    diff = (ours.int() - expected.int()).abs()
+    assert diff.max() <= 2 and (diff > 0).float().mean() < 0.01, (int(diff.max()), float((diff > 0).float().mean()))
+
+
+def library_chain(weights: Path, sampler: str, steps: int, eta: float, clip_x0: bool, seed: int, batch: int,
+                  x_start: torch.Tensor | None = None, start_t: int | None = None) -> list:
+    """The steps the library's samplers take with the loaded (unprepared) "faces" network: what the app must show."""
+    loaded = load_pretrained(weights / "faces")
+    kwargs = dict(x_start=x_start, start_t=start_t) if x_start is not None else {}
+    return list(samplers.sample(loaded.model, loaded.schedule, (batch, 3, 16, 16), sampler=sampler, steps=steps,
+                                eta=eta, clip_x0=clip_x0, generator=torch.Generator().manual_seed(seed), **kwargs))
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.6), ("ddpm", 0.0)])
+def test_generate_gives_the_library_samplers_images_with_each_option(handlers: ui.Handlers, weights: Path, sampler,
+                                                                       eta):
+    """Every widget reaches the sampler: the app's frames and final images equal the library's chain with the same
+    sampler, η, clip setting and seed; clip on and off give different x̂₀ (the network's x̂₀ leaves [−1, 1])."""
+    runs = {}
+    for clip in (True, False):
+        user = UserState()
+        run_all(handlers.generate(sampler, 6, eta, 17, 2, clip, False, user))
+        expected = library_chain(weights, sampler, 6, eta, clip, 17, 2)
+        assert [f.t for f in user.run.frames] == [s.t for s in expected]
+        for frame, step in zip(user.run.frames, expected):
+            assert_same_picture(frame.x_t, to_uint8(step.x_t))
+            assert_same_picture(frame.pred_x0, to_uint8(step.pred_x0))
+        assert_same_picture(user.run.final, to_uint8(expected[-1].x_prev))
+        assert max(float(s.pred_x0.abs().max()) for s in expected) > (1.0 + 1e-6 if not clip else 0.5)
+        runs[clip] = user.run
+    for a, b in ((runs[True].final, runs[False].final), (runs[True].frames[-1].pred_x0, runs[False].frames[-1].pred_x0)):
+        assert (a.float() - b.float()).abs().mean() > 2, "clip on and off give the same pictures"  # uint8 levels
+
+
+def test_eta_changes_the_app_s_ddim_images(handlers: ui.Handlers):
+    finals = []
+    for eta in (0.0, 1.0):
+        user = UserState()
+        run_all(handlers.generate("ddim", 5, eta, 3, 1, True, False, user))
+        finals.append(user.run.final)
+    assert (finals[0].float() - finals[1].float()).abs().mean() > 2  # uint8 levels
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_denoise_is_the_library_chain_from_the_noised_photo(handlers: ui.Handlers, weights: Path, sampler):
+    """SDEdit: the reverse chain starts at the forward tab's x_t and its t; clip on/off and the seed reach it."""
+    finals = {}
+    for clip in (True, False):
+        user = UserState()
+        handlers.noise(str(PHOTO), 12, True, 5, user)
+        run_all(handlers.denoise(sampler, 4, 0.5, 9, clip, user))
+        expected = library_chain(weights, sampler, 4, 0.5, clip, 9, 1, x_start=user.forward.x_t[None], start_t=12)
+        assert [f.t for f in user.run.frames] == [s.t for s in expected] and expected[0].t == 12
+        assert_same_picture(user.run.final, to_uint8(expected[-1].x_prev))
+        finals[clip] = user.run.final
+    # far more pixels differ than the < 1 % that rounding may move (assert_same_picture)
+    assert (finals[True] != finals[False]).float().mean() > 0.2
+
+
+def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers, weights: Path):
     user = UserState()
     outs = run_all(handlers.generate("ddpm", 3, 0.5, 1, 1, False, True, user))  # steps and η ignored by DDPM
     assert len(outs) == T
     assert [f.t for f in user.run.frames] == list(range(T - 1, -1, -1))
-    assert all(image_of(o[2]) is not None for o in outs)  # ε̂ shown on every preview
+    # ε̂ shown on every preview, as ε̂/2 (±2σ spans the grey range)
+    for out, step in zip(outs, library_chain(weights, "ddpm", 0, 0.0, False, 1, 1)):
+        expected = (((step.pred_eps[0] / 2).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        assert_same_picture(torch.from_numpy(image_of(out[2])).permute(2, 0, 1), expected)
 
 
 def test_streaming_off_sends_only_the_final_images_but_keeps_every_step(library: ModelLibrary, tmp_path: Path):
@@ -242,8 +308,7 @@ def test_gif_export_caps_the_frame_count(library: ModelLibrary, tmp_path: Path):
 
 
 def test_mp4_export(handlers: ui.Handlers):
-    pytest.importorskip("imageio_ffmpeg")
-    import imageio.v3 as iio
+    import imageio.v3 as iio  # MP4 export needs imageio-ffmpeg, a requirement: missing, this test fails
 
     user = UserState()
     run_all(handlers.generate("ddim", 5, 0.0, 4, 1, True, False, user))
@@ -287,7 +352,7 @@ def test_out_of_range_t_and_bad_images(handlers: ui.Handlers, tmp_path: Path):
     with pytest.raises(gr.Error, match="not a readable image"):
         handlers.noise(str(bad), 5, True, -1, user)
     # the handler still works afterwards
-    assert handlers.noise(str(PHOTO), 5, True, -1, user)[2] is not None
+    assert_pictures_close(handlers.noise(str(PHOTO), 5, True, 3, user)[2], noised_photo_picture(PHOTO, 16, 5, 3, T))
 
 
 # -- the forward process ---------------------------------------------------------------------------------------
@@ -300,16 +365,34 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     eps = torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(1234))
     expected = Schedule(ScheduleConfig(timesteps=T)).q_sample(x0[None], torch.tensor([7]), eps[None])
     torch.testing.assert_close(user.forward.x_t[None], expected)
-    np.testing.assert_array_equal(xt_pic, ui.picture(expected))
-    np.testing.assert_array_equal(x0_pic, ui.picture(x0))
+    assert_pictures_close(xt_pic, noised_photo_picture(PHOTO, 16, 7, 1234, T))
+    np.testing.assert_array_equal(x0_pic, ((x0 + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
     assert "t = 7" in numbers and "noise seed 1234" in numbers
-    lv = handlers.library.get("faces").noise_level(7)
-    assert f"{lv.sqrt_alpha_bar:.4f}" in numbers and f"{lv.snr_db:+.1f} dB" in numbers
+    abar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / (T - 1)) for i in range(8))  # ᾱ_7 of the linear schedule
+    assert f"{math.sqrt(abar):.4f}" in numbers and f"{10 * math.log10(abar / (1 - abar)):+.1f} dB" in numbers
     assert strip.shape[1] > 8 * 16  # eight noised copies side by side
     assert "t = 7" in note
-    marked = ui.schedule_plot(handlers.library.get("faces"), 7)
-    np.testing.assert_array_equal(plot, marked)
-    assert (marked != ui.schedule_plot(handlers.library.get("faces"), 12)).any()  # the t marker moves
+    # the plot marks t with a 2-pixel crimson line in each panel, moving linearly with t; nothing else changes
+    session = handlers.library.get("faces")
+    at_0, at_end = ui.schedule_plot(session, 0), ui.schedule_plot(session, T - 1)
+    first, last = marker_columns(at_0), marker_columns(at_end)
+    assert len(first) == len(last) == 2  # one line per panel
+    per_t = [(b - a) / (T - 1) for a, b in zip(first, last)]
+    assert min(per_t) > 5  # pixels per timestep: the line moves right with t
+    assert all(abs(c - (a + 7 * d)) <= 1 for c, a, d in zip(marker_columns(plot), first, per_t))
+    unmarked = np.ones(plot.shape[1], bool)
+    unmarked[[c for line in first + last for c in (line - 1, line)]] = False
+    assert np.array_equal(at_0[:, unmarked], at_end[:, unmarked])
+
+
+MARKER = (220, 20, 60)
+
+
+def marker_columns(plot: np.ndarray) -> list[int]:
+    """The right column of each 2-pixel marker line (crimson, (220, 20, 60)) of a schedule plot, left to right."""
+    columns = np.nonzero((plot == MARKER).all(-1).any(0))[0]
+    assert len(columns) % 2 == 0 and all(columns[1::2] - columns[::2] == 1)
+    return columns[1::2].tolist()
 
 
 def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
@@ -328,7 +411,10 @@ def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
 
 def test_forward_without_a_photo_shows_the_numbers_only(handlers: ui.Handlers):
     out = handlers.noise(None, 3, True, -1, UserState())
-    assert out[0] is None and out[2] is None and "t = 3" in out[3] and out[5] is not None
+    assert out[0] is None and out[2] is None and "t = 3" in out[3]
+    first = marker_columns(ui.schedule_plot(handlers.library.get("faces"), 0))
+    last = marker_columns(ui.schedule_plot(handlers.library.get("faces"), T - 1))
+    assert all(abs(c - (a + 3 * (b - a) / (T - 1))) <= 1 for c, a, b in zip(marker_columns(out[5]), first, last))
 
 
 # -- noise it, then denoise it ---------------------------------------------------------------------------------

@@ -1,0 +1,411 @@
+"""Mutation check: plant one realistic bug at a time in a copy of the repository and see whether the tests notice.
+
+    python scripts/mutation_check.py                  # every mutation (about 10–20 minutes on 2 CPU cores)
+    python scripts/mutation_check.py --list           # what each mutation does, and which tests it runs
+    python scripts/mutation_check.py --check          # only check that every pattern still matches (a second)
+    python scripts/mutation_check.py --only ddim-eta-squared,ema-never-updated
+    python scripts/mutation_check.py --json mutation-report.json
+
+Each mutation replaces one exact piece of source text (it must occur exactly once in its file, so a refactor that
+moves the code makes the script stop with an error instead of silently testing nothing) in a temporary copy of
+the repository; the real files are never touched. Then it runs only the test files that should catch the bug,
+with ``-x`` and a time limit, and counts the mutation as killed when they fail. Before any mutation the same test
+files run once on the unmodified copy: they must pass, or a failure could not be blamed on a mutation.
+
+The result (killed/total and every survivor) is printed; the README's test section keeps the latest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the tests that cover each part of the code, fastest first (with -x a killed mutation stops at its first failure)
+SCHEDULE = ("tests/test_schedule.py", "tests/test_samplers.py", "tests/test_likelihood.py")
+SAMPLERS = ("tests/test_samplers.py", "tests/test_inference.py")
+LIKELIHOOD = ("tests/test_likelihood.py",)
+TRAINING = ("tests/test_training.py",)
+MODEL_FOLDER = ("tests/test_checkpoint.py", "tests/test_training.py")
+INFERENCE = ("tests/test_inference.py", "tests/test_shipped_models.py")
+MODELS = ("tests/test_models.py", "tests/test_shipped_models.py")
+DATA = ("tests/test_data.py", "tests/test_training.py", "tests/test_train_cli.py")
+IMAGE = ("tests/test_data.py", "tests/test_image.py", "tests/test_training.py")
+APP = ("tests/test_ui.py",)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # exact source text; must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]
+    what: str  # the bug, as a user would meet it
+
+
+M = Mutation
+MUTATIONS: list[Mutation] = [
+    # --- schedule -----------------------------------------------------------------------------------------------
+    M("linear-betas-off-by-one", "ddpm_app/schedule.py",
+      "torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)",
+      "torch.linspace(beta_start, beta_end, timesteps + 1, dtype=torch.float64)[1:]", SCHEDULE,
+      "β_t shifted by one grid step"),
+    M("alphas-cumprod-prev-starts-at-abar0", "ddpm_app/schedule.py",
+      "torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])",
+      "torch.cat([alphas_cumprod[:1], alphas_cumprod[:-1]])", SCHEDULE,
+      "ᾱ_{t−1} at t = 0 is ᾱ_0 instead of 1 (off by one at the last reverse step)"),
+    M("sqrt-one-minus-abar-missing-sqrt", "ddpm_app/schedule.py",
+      "sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).sqrt()",
+      "sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod)", SCHEDULE,
+      "q(x_t|x₀) uses 1−ᾱ_t as the noise scale instead of √(1−ᾱ_t)"),
+    M("recipm1-sign", "ddpm_app/schedule.py",
+      "(1.0 / alphas_cumprod - 1.0).sqrt()", "(1.0 / alphas_cumprod + 1.0).sqrt()", SCHEDULE,
+      "x̂₀ from ε̂ with a sign error under the root"),
+    M("posterior-variance-uses-abar-t", "ddpm_app/schedule.py",
+      "posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)",
+      "posterior_variance = betas * (1.0 - alphas_cumprod) / (1.0 - alphas_cumprod_prev)", SCHEDULE,
+      "posterior variance with the ᾱ indices swapped"),
+    M("posterior-log-variance-shifted", "ddpm_app/schedule.py",
+      "torch.cat([posterior_variance[1:2], posterior_variance[1:]])",
+      "torch.cat([posterior_variance[1:2], posterior_variance[:-1]])", SCHEDULE,
+      "log σ_q(t)² read one timestep off"),
+    M("posterior-coef2-missing-sqrt", "ddpm_app/schedule.py",
+      "(1.0 - alphas_cumprod_prev) * alphas.sqrt()", "(1.0 - alphas_cumprod_prev) * alphas", SCHEDULE,
+      "posterior mean weight of x_t uses α_t instead of √α_t"),
+    M("eps-coef-wrong-denominator", "ddpm_app/schedule.py",
+      "eps_coef = betas / sqrt_one_minus_alphas_cumprod", "eps_coef = betas / (1.0 - alphas_cumprod)", SCHEDULE,
+      "the reverse step's ε̂ weight β_t/(1−ᾱ_t) instead of β_t/√(1−ᾱ_t)"),
+    M("cosine-missing-square", "ddpm_app/schedule.py",
+      "f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2",
+      "f = torch.cos((steps + s) / (1 + s) * math.pi / 2)", SCHEDULE, "cosine schedule ᾱ = cos instead of cos²"),
+    M("extract-off-by-one", "ddpm_app/schedule.py",
+      "out = table.to(t.device)[t]", "out = table.to(t.device)[t - 1]", SCHEDULE,
+      "every per-timestep table read at t − 1"),
+    M("q-sample-sign", "ddpm_app/schedule.py",
+      "+ extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)",
+      "- extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)", SCHEDULE,
+      "x_t = √ᾱ·x₀ − √(1−ᾱ)·ε"),
+    M("predict-x0-sign", "ddpm_app/schedule.py",
+      "- extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)",
+      "+ extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)", SCHEDULE, "x̂₀ adds ε̂ instead of removing it"),
+    M("q-step-missing-sqrt", "ddpm_app/schedule.py",
+      "extract(self.alphas, t, x_prev.shape).sqrt() * x_prev", "extract(self.alphas, t, x_prev.shape) * x_prev",
+      SCHEDULE, "one forward step scales x_{t−1} by α_t instead of √α_t"),
+    # --- samplers -----------------------------------------------------------------------------------------------
+    M("ddim-eta-squared", "ddpm_app/samplers.py",
+      "sigma = eta * ((1 - a_s)", "sigma = eta ** 2 * ((1 - a_s)", SAMPLERS,
+      "DDIM σ computed with η² instead of η (wrong for every 0 < η < 1)"),
+    M("ddpm-beta-variance-ignored", "ddpm_app/samplers.py",
+      'sigma_table = schedule.posterior_variance if variance == "posterior" else schedule.betas',
+      "sigma_table = schedule.posterior_variance", SAMPLERS, 'variance="beta" silently does nothing'),
+    M("ddpm-noise-at-last-step", "ddpm_app/samplers.py",
+      "if t > 0 else torch.zeros_like(x)", "if t >= 0 else torch.zeros_like(x)", SAMPLERS,
+      "noise added on the final step (matters with variance=\"beta\")"),
+    M("ddpm-skips-last-step", "ddpm_app/samplers.py",
+      "enumerate(range(t0, -1, -1))", "enumerate(range(t0, 0, -1))", SAMPLERS,
+      "the chain stops at x_1 (off-by-one in the timestep loop)"),
+    M("ddpm-variance-as-std", "ddpm_app/samplers.py",
+      "sigma_table = sigma_table.sqrt().to(device)", "sigma_table = sigma_table.to(device)", SAMPLERS,
+      "σ_t² used where σ_t belongs"),
+    M("ddpm-mean-sign", "ddpm_app/samplers.py",
+      "(x - extract(schedule.eps_coef, tt, x.shape) * eps)", "(x + extract(schedule.eps_coef, tt, x.shape) * eps)",
+      SAMPLERS, "the reverse step adds the predicted noise"),
+    M("clip-ignored", "ddpm_app/samplers.py", "    if clip_x0:\n", "    if False:\n", SAMPLERS,
+      "clip_x0 does nothing"),
+    M("clip-eps-not-recomputed", "ddpm_app/samplers.py",
+      "        eps = schedule.predict_eps(x, tt, x0)\n", "", SAMPLERS,
+      "after clipping x̂₀, ε̂ no longer agrees with it"),
+    M("ddim-last-step-uses-abar-T", "ddpm_app/samplers.py",
+      "a_s = float(abar[s]) if s >= 0 else 1.0", "a_s = float(abar[s])", SAMPLERS,
+      "DDIM's last step reads ᾱ[−1] = ᾱ_T instead of ending at x̂₀"),
+    M("ddim-x0-weight-missing-sqrt", "ddpm_app/samplers.py",
+      "x_prev = a_s ** 0.5 * x0", "x_prev = a_s * x0", SAMPLERS, "DDIM scales x̂₀ by ᾱ_s instead of √ᾱ_s"),
+    M("ddim-noise-scaled-by-variance", "ddpm_app/samplers.py",
+      "x_prev = x_prev + sigma * torch.randn", "x_prev = x_prev + sigma * sigma * torch.randn", SAMPLERS,
+      "DDIM's fresh noise scaled by σ² (variance for standard deviation)"),
+    # --- likelihood ---------------------------------------------------------------------------------------------
+    M("kl-variance-term-inverted", "ddpm_app/likelihood.py",
+      "(mean1 - mean2) ** 2 * torch.exp(-logvar2)", "(mean1 - mean2) ** 2 * torch.exp(logvar2)", LIKELIHOOD,
+      "Gaussian KL multiplies by σ₂² instead of dividing"),
+    M("decoder-bin-width", "ddpm_app/likelihood.py",
+      "half = 1.0 / (bins - 1)", "half = 2.0 / (bins - 1)", LIKELIHOOD, "decoder bins twice as wide"),
+    M("prior-uses-abar-0", "ddpm_app/likelihood.py",
+      'abar_T = schedule.float64["alphas_cumprod"][-1]', 'abar_T = schedule.float64["alphas_cumprod"][0]',
+      LIKELIHOOD, "prior term L_T computed at the first timestep"),
+    M("vb-model-mean-uses-true-x0", "ddpm_app/likelihood.py",
+      "c1 * pred_x0 + c2 * x_t", "c1 * x0 + c2 * x_t", LIKELIHOOD, "the bound never looks at the network"),
+    M("beta-variance-decoder-uses-beta0", "ddpm_app/likelihood.py",
+      'torch.cat([f64["posterior_variance"][1:2], f64["betas"][1:]]).log()', 'f64["betas"].log()', LIKELIHOOD,
+      "the β-variance decoder uses β_0 (a needlessly narrow decoder)"),
+    M("stratified-weights-dropped", "ddpm_app/likelihood.py",
+      "weights = torch.cat([torch.ones(1, dtype=torch.float64), sizes.double()])",
+      "weights = torch.ones(num, dtype=torch.float64)", LIKELIHOOD, "the stratified estimate forgets stratum sizes"),
+    M("bpd-in-nats", "ddpm_app/likelihood.py",
+      "return mean_over_dims(normal_kl(mean, logvar, zero, zero)) / LN2",
+      "return mean_over_dims(normal_kl(mean, logvar, zero, zero))", LIKELIHOOD, "prior term in nats, not bits"),
+    # --- training -----------------------------------------------------------------------------------------------
+    M("ema-never-updated", "ddpm_app/training.py",
+      "        self.ema.update(self.step)\n", "", TRAINING, "exported weights are the initial ones"),
+    M("ema-weight-swapped", "ddpm_app/training.py",
+      "torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay_at(step))",
+      "torch._foreach_lerp_(self._dst, self._src, self.decay_at(step))", TRAINING,
+      "EMA weight d and 1 − d swapped"),
+    M("ema-warmup-max", "ddpm_app/training.py",
+      "return min(self.decay, (1 + step) / (10 + step))", "return max(self.decay, (1 + step) / (10 + step))",
+      TRAINING, "EMA warm-up picks the larger decay"),
+    M("resume-cpu-rng-not-restored", "ddpm_app/training.py",
+      '        torch.set_rng_state(ckpt["cpu_rng"])\n', "", TRAINING,
+      "resume is not exact with dropout (the CPU RNG state is not restored)"),
+    M("loss-sum-over-pixels", "ddpm_app/training.py",
+      ".mean(dim=(1, 2, 3))  # (B,)", ".sum(dim=(1, 2, 3))  # (B,)", TRAINING,
+      "loss summed over pixels (learning rate effectively ×C·H·W)"),
+    M("loss-target-x0", "ddpm_app/training.py",
+      'F.mse_loss(pred.float(), noise, reduction="none")', 'F.mse_loss(pred.float(), x0, reduction="none")',
+      TRAINING, "the network is trained to predict x₀ while sampling expects ε"),
+    M("loss-network-sees-clean-image", "ddpm_app/training.py",
+      "pred = model(x_t, t)", "pred = model(x0, t)", TRAINING, "the network is shown x₀ instead of x_t"),
+    M("train-never-samples-t0", "ddpm_app/training.py",
+      "t = torch.randint(0, self.schedule.timesteps,", "t = torch.randint(1, self.schedule.timesteps,", TRAINING,
+      "timestep 0 is never trained (off by one)"),
+    M("min-snr-inverted", "ddpm_app/training.py",
+      "return snr.clamp(max=cfg.min_snr_gamma) / snr", "return snr / snr.clamp(max=cfg.min_snr_gamma)", TRAINING,
+      "Min-SNR weights inverted"),
+    M("lr-warmup-off-by-one", "ddpm_app/training.py",
+      "return cfg.lr * (step + 1) / cfg.warmup_steps", "return cfg.lr * step / cfg.warmup_steps", TRAINING,
+      "the first warm-up step has learning rate 0"),
+    M("export-raw-weights", "ddpm_app/training.py",
+      'model = build_model(config.model)\n    model.load_state_dict(ckpt["ema"])',
+      'model = build_model(config.model)\n    model.load_state_dict(ckpt["model"])', TRAINING,
+      "the export holds the raw weights, not the EMA"),
+    # --- model folder -------------------------------------------------------------------------------------------
+    M("load-not-strict", "ddpm_app/model_folder.py", "strict=True, safe=True", "strict=False, safe=True", MODEL_FOLDER,
+      "a model folder missing weights loads silently"),
+    # --- inference ----------------------------------------------------------------------------------------------
+    M("prepared-net-gets-t-plus-1", "ddpm_app/inference.py",
+      "return self.model(x, t).float()", "return self.model(x, t + 1).float()", INFERENCE,
+      "every sample subtly off"),
+    M("prepared-net-left-in-train-mode", "ddpm_app/inference.py",
+      "model = model.to(device).eval()", "model = model.to(device).train()", INFERENCE,
+      "dropout stays on while sampling"),
+    # --- models -------------------------------------------------------------------------------------------------
+    M("resblock-scale-without-one", "ddpm_app/models/unet.py",
+      "h = self.norm2(h) * (1 + scale) + shift", "h = self.norm2(h) * scale + shift", MODELS,
+      "ResBlock uses ·scale instead of ·(1 + scale)"),
+    M("attention-without-residual", "ddpm_app/models/unet.py",
+      "return x + self.proj(out)", "return self.proj(out)", MODELS, "attention drops its residual connection"),
+    M("attention-q-k-swapped", "ddpm_app/models/unet.py",
+      "q, k, v = qkv.transpose(-1, -2).unbind(dim=1)", "k, q, v = qkv.transpose(-1, -2).unbind(dim=1)", MODELS,
+      "queries and keys swapped"),
+    M("mid-attention-skipped", "ddpm_app/models/unet.py",
+      "h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)", "h = self.mid2(self.mid1(h, emb), emb)", MODELS,
+      "the middle block's attention is never applied"),
+    M("skip-concat-order", "ddpm_app/models/unet.py",
+      "h = block(torch.cat([h, skips.pop()], dim=1), emb)", "h = block(torch.cat([skips.pop(), h], dim=1), emb)",
+      MODELS, "skip connection concatenated in the wrong order"),
+    M("upsample-bilinear", "ddpm_app/models/unet.py",
+      'F.interpolate(h, scale_factor=2.0, mode="nearest")', 'F.interpolate(h, scale_factor=2.0, mode="bilinear")',
+      MODELS, "upsampling mode changed"),
+    M("timestep-frequency-off-by-one", "ddpm_app/models/layers.py",
+      "(-math.log(max_period) / (half - 1))", "(-math.log(max_period) / half)", MODELS,
+      "timestep embedding frequencies off by one"),
+    M("timestep-sin-cos-swapped", "ddpm_app/models/layers.py",
+      "torch.cat([args.sin(), args.cos()], dim=-1)", "torch.cat([args.cos(), args.sin()], dim=-1)", MODELS,
+      "sin and cos halves of the timestep embedding swapped"),
+    M("group-norm-one-group", "ddpm_app/models/layers.py",
+      "groups = math.gcd(channels, max_groups)", "groups = 1", MODELS, "GroupNorm with a single group"),
+    M("seed-block-scale-without-one", "ddpm_app/models/seed.py",
+      "h = h * (scale + 1) + shift", "h = h * scale + shift", MODELS, "seed block uses ·scale instead of ·(1 + scale)"),
+    M("seed-upsample-taps-reversed", "ddpm_app/models/seed.py",
+      "torch.stack([w2, w1 + w2, w0 + w1, w0], dim)", "torch.stack([w0, w0 + w1, w1 + w2, w2], dim)", MODELS,
+      "the transposed-conv upsampling taps in the wrong order"),
+    # --- data ---------------------------------------------------------------------------------------------------
+    M("flip-vertical", "ddpm_app/data.py",
+      "x.flip(-1), x)", "x.flip(-2), x)", DATA, "the random flip turns faces upside down"),
+    M("flip-never", "ddpm_app/data.py", "generator=generator) < 0.5", "generator=generator) < 0.0", DATA,
+      "the random flip never happens"),
+    M("auto-split-ignores-train-folder", "ddpm_app/data.py",
+      'return "train" if any(_in_split(n, "train") for n in names) else None', "return None", DATA,
+      "a pack's test images are trained on"),
+    M("from-uint8-zero-to-one", "ddpm_app/image.py",
+      "return x.float() / 127.5 - 1.0", "return x.float() / 255.0", IMAGE, "pixels scaled to [0, 1], not [−1, 1]"),
+    M("to-uint8-truncates", "ddpm_app/image.py",
+      ".clamp(-1, 1) + 1) * 127.5).round()", ".clamp(-1, 1) + 1) * 127.5)", IMAGE,
+      "images truncated, not rounded, to 8 bits"),
+    # --- the app's sampling path --------------------------------------------------------------------------------
+    M("app-clip-forced-on", "ddpm_app/samplers.py",
+      "clip_x0=self.clip_x0, start_t=start_t", "clip_x0=True, start_t=start_t", APP,
+      "the Clip x̂₀ checkboxes (Generate and Denoise) do nothing"),
+    M("app-eta-ignored", "ddpm_app/samplers.py",
+      'return cls("ddim", steps, value, bool(clip_x0))', 'return cls("ddim", steps, 0.0, bool(clip_x0))', APP,
+      "the η slider does nothing"),
+    M("app-seed-ignored", "ddpm_app/app/served.py",
+      "return torch.Generator(device=self.device).manual_seed(seed)",
+      "return torch.Generator(device=self.device).manual_seed(0)", APP, "every seed gives the same images"),
+    M("app-sdedit-starts-one-step-late", "ddpm_app/app/served.py",
+      "tuple(x_start.shape), start_t=t,", "tuple(x_start.shape), start_t=t - 1,", APP,
+      "denoising a photo starts one timestep below the noise it has"),
+    M("app-forward-t-off-by-one", "ddpm_app/app/state.py",
+      "self.x_t = served.q_sample(self.x0, t, self.eps)[0]", "self.x_t = served.q_sample(self.x0, t + 1, self.eps)[0]",
+      APP, "the forward view shows x_{t+1}"),
+]
+
+
+class PatternError(RuntimeError):
+    pass
+
+
+def mutated_source(root: Path, mutation: Mutation) -> tuple[str, str]:
+    """(original, mutated) text of the mutation's file; PatternError unless ``old`` occurs exactly once."""
+    path = root / mutation.path
+    if not path.is_file():
+        raise PatternError(f"{mutation.name}: {mutation.path} does not exist")
+    source = path.read_text()
+    count = source.count(mutation.old)
+    if count != 1:
+        raise PatternError(f"{mutation.name}: {mutation.old!r} occurs {count} times in {mutation.path} (needs 1); "
+                           "update the mutation to the current code")
+    mutated = source.replace(mutation.old, mutation.new)
+    try:
+        compile(mutated, str(path), "exec")
+    except SyntaxError as e:
+        raise PatternError(f"{mutation.name}: the mutated {mutation.path} does not compile ({e})") from None
+    return source, mutated
+
+
+def check_all(root: Path, mutations: list[Mutation]) -> list[str]:
+    """Every problem with the mutation list (bad patterns, unknown test files, repeated names)."""
+    problems = []
+    names = [m.name for m in mutations]
+    problems += [f"{n}: name used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    for m in mutations:
+        try:
+            mutated_source(root, m)
+        except PatternError as e:
+            problems.append(str(e))
+        problems += [f"{m.name}: no test file {t}" for t in m.tests if not (root / t).is_file()]
+    return problems
+
+
+def copy_repository(destination: Path) -> None:
+    """The working tree's tracked and untracked-but-not-ignored files (what the tests see), without .git."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+@dataclass
+class Result:
+    name: str
+    path: str
+    what: str
+    outcome: str  # killed | survived | timeout
+    seconds: float
+    failed_test: str = ""
+
+
+def run_tests(workdir: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
+    """(outcome, seconds, first failing test) of ``pytest -x`` on ``tests`` in ``workdir``."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - start, ""
+    seconds = time.perf_counter() - start
+    if proc.returncode == 0:
+        return "survived", seconds, ""
+    if proc.returncode not in (1, 2):  # 2: interrupted by a collection error (e.g. an import fails), also a kill
+        raise RuntimeError(f"pytest exited with {proc.returncode} (usage or internal error):\n{proc.stdout[-2000:]}")
+    failed = re.search(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.MULTILINE)
+    return "killed", seconds, failed.group(1) if failed else "(collection)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated mutation names (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--check", action="store_true", help="only check that every pattern matches once")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutation's test run (a timeout "
+                        "counts as killed: the tests did not pass)")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
+    args = parser.parse_args(argv)
+
+    mutations = MUTATIONS
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {m.name for m in MUTATIONS})
+        if unknown:
+            parser.error(f"unknown mutation(s): {', '.join(unknown)} (see --list)")
+        mutations = [m for m in MUTATIONS if m.name in wanted]
+
+    if args.list:
+        for m in mutations:
+            print(f"{m.name:40s} {m.path:28s} {m.what}\n{'':40s} tests: {' '.join(m.tests)}")
+        return 0
+    problems = check_all(ROOT, mutations)
+    if problems:
+        print("the mutation list does not fit the code:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"all {len(mutations)} mutation patterns match exactly once and compile")
+        return 0
+
+    workdir = Path(tempfile.mkdtemp(prefix="mutation-check-"))
+    try:
+        copy_repository(workdir)
+        all_tests = tuple(dict.fromkeys(t for m in mutations for t in m.tests))
+        print(f"baseline: {' '.join(all_tests)} on the unmodified copy in {workdir}", flush=True)
+        outcome, seconds, failed = run_tests(workdir, all_tests, args.timeout * 2)
+        if outcome != "survived":
+            print(f"the tests do not pass without any mutation ({outcome}: {failed}); fix that first", file=sys.stderr)
+            return 2
+        print(f"baseline passed in {seconds:.0f} s\n", flush=True)
+
+        results: list[Result] = []
+        for i, m in enumerate(mutations, 1):
+            original, mutated = mutated_source(workdir, m)
+            path = workdir / m.path
+            path.write_text(mutated)
+            try:
+                outcome, seconds, failed = run_tests(workdir, m.tests, args.timeout)
+            finally:
+                path.write_text(original)
+            results.append(Result(m.name, m.path, m.what, outcome, seconds, failed))
+            print(f"[{i:2d}/{len(mutations)}] {outcome:8s} {m.name:40s} {seconds:6.1f} s  {failed}", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    survivors = [r for r in results if r.outcome == "survived"]
+    killed = len(results) - len(survivors)
+    print(f"\nkilled {killed}/{len(results)} ({100 * killed / len(results):.0f} %)")
+    for r in survivors:
+        print(f"  survived: {r.name} ({r.path}): {r.what}")
+    if args.json:
+        args.json.write_text(json.dumps({"killed": killed, "total": len(results),
+                                         "results": [asdict(r) for r in results]}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
