@@ -143,6 +143,6 @@ def test_early_guesses_are_saturated_noise_and_the_layout_settles_by_t700(shippe
     assert steps[0].t == 999
     assert (first.abs() > 0.99).float().mean() > 0.4  # saturated colours
     neighbour_difference = (first[..., 1:, :] - first[..., :-1, :]).abs().mean()
-    assert neighbour_difference > 5 * (final[..., 1:, :] - final[..., :-1, :]).abs().mean()  # noise, not blur
+    assert neighbour_difference > 2 * (final[..., 1:, :] - final[..., :-1, :]).abs().mean()  # noise, not blur
     settled = next(s for s in steps if s.t <= 700).pred_x0
     assert torch.corrcoef(torch.stack([settled.flatten(), final.flatten()]))[0, 1] > 0.7

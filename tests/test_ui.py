@@ -376,7 +376,9 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     session = handlers.library.get("faces")
     at_0, at_end = ui.schedule_plot(session, 0), ui.schedule_plot(session, T - 1)
     first, last = marker_columns(at_0), marker_columns(at_end)
-    assert len(first) == len(last) == 2  # one line per panel
+    assert len(first) == len(last) == 1  # the two panels, stacked, share the t axis: one column
+    rows = np.nonzero((at_0 == MARKER).all(-1).any(1))[0]
+    assert (np.diff(rows) > 1).sum() == 1  # two stretches of rows: a line in each panel
     per_t = [(b - a) / (T - 1) for a, b in zip(first, last)]
     assert min(per_t) > 5  # pixels per timestep: the line moves right with t
     assert all(abs(c - (a + 7 * d)) <= 1 for c, a, d in zip(marker_columns(plot), first, per_t))
