@@ -1,6 +1,7 @@
 """Run the app: ``python app.py`` (locally, or as a Hugging Face Space with no arguments).
 
-Serves every model folder in ``weights/`` (or ``--weights DIR``, or $DDPM_WEIGHTS_DIR) on CUDA when present, else CPU.
+Serves every model folder in ``weights/`` (or in each ``--weights DIR``, or $DDPM_WEIGHTS_DIR) on CUDA when present,
+else CPU.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from ddpm_app.model_folder import ModelFolderError
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Watch a DDPM noise photos and generate images, step by step.")
-    p.add_argument("--weights", default=os.environ.get("DDPM_WEIGHTS_DIR", "weights"),
-                   help="folder of model folders (default: weights/, or $DDPM_WEIGHTS_DIR)")
+    p.add_argument("--weights", action="append", default=None,
+                   help="folder of model folders (default: weights/, or $DDPM_WEIGHTS_DIR); repeat it to serve "
+                        "several. The Model tab loads model folders from inside these folders only")
     p.add_argument("--model", default=None, help="model folder to start with (default: 'faces' if present, "
                                                  "else the first)")
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, or "
@@ -40,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
                    help="seconds between streamed previews; 0 = every step, negative = only the final images")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.weights = args.weights or [os.environ.get("DDPM_WEIGHTS_DIR", "weights")]
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -221,11 +221,16 @@ class SamplerSettings:
         """Network evaluations for a chain that starts at timestep ``start_t``."""
         return start_t + 1 if self.sampler == "ddpm" else min(self.steps, start_t + 1)
 
-    def describe(self) -> str:
-        """For people: "DDPM, 1000 steps" or "DDIM, 50 steps, η = 0"."""
-        if self.sampler == "ddpm":
-            return f"DDPM, {self.steps} steps"
-        return f"DDIM, {self.steps} steps, η = {self.eta:g}"
+    def describe(self, start_t: int) -> str:
+        """What a chain from ``start_t`` runs, for people: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"."""
+        n = self.num_steps(start_t)
+        steps = f"{n} step{'' if n == 1 else 's'}"
+        return f"DDPM, {steps}" if self.sampler == "ddpm" else f"DDIM, {steps}, η = {self.eta:g}"
+
+    def file_stem(self, start_t: int) -> str:
+        """What a chain from ``start_t`` runs, for file names: "ddpm-31steps" or "ddim-50steps-eta0.5"."""
+        stem = f"{self.sampler}-{self.num_steps(start_t)}steps"
+        return stem if self.sampler == "ddpm" else f"{stem}-eta{self.eta:g}"
 
     def label(self) -> str:
         """For reports and file names: "ddpm (1000 steps)" or "ddim (50 steps, η = 0)"."""

@@ -30,7 +30,7 @@ from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH,
                   ModelLibrary, ServedModel, Throttle, Trajectory, UserState, Users, export_gif, export_mp4,
                   export_png, labelled_strip, noise_picture, picture, resolve_seed, schedule_curves, stream)
 from .app.inputs import choice, flag, whole_number
-from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, number, terms_strip
+from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, terms_strip
 from .app.state import DEFAULT_TIME_TO_LIVE
 from .image import ImageError, psnr
 from .model_folder import ModelFolderError
@@ -41,7 +41,10 @@ from .widgets import user_error
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
 QUEUE_SIZE = 16  # requests waiting at most; more get "queue full"
+# what each sampler runs: from x_T in Generate, from the noised photo's t in Denoise
 SAMPLER_CHOICES = [("DDPM (all T steps)", "ddpm"), ("DDIM (K steps)", "ddim")]
+SDEDIT_CHOICES = [("DDPM (every step from t to 0: t + 1 steps)", "ddpm"), ("DDIM (K steps, at most t + 1)", "ddim")]
+STRIP_COLUMNS, STRIP_FONT_SIZE = 4, 18  # the forward strip: two rows of four, captions legible on a phone
 DEFAULT_SETTINGS = SamplerSettings()  # what the sampler controls show first
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
@@ -49,6 +52,19 @@ CSS = """
 /* small model outputs: scale up to the component, keep the pixels sharp */
 .pixelated .image-container > button, .pixelated .image-frame { width: 100%; height: 100%; }
 .pixelated .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+/* a picture's label sits above it, and its buttons beside the label, instead of both floating over the picture
+   (on a phone a floating label covers small images and runs under the buttons) */
+.ddpm-picture > label[data-testid="block-label"] { position: static !important; width: fit-content;
+  max-width: calc(100% - 72px); margin-bottom: 6px; }
+.ddpm-picture { display: flex !important; flex-flow: column nowrap !important; }
+.ddpm-picture .image-container { flex: 1 1 auto; min-height: 0; overflow: visible; }
+.ddpm-picture .image-container > .icon-button-wrapper { top: -36px !important; }
+/* the model table: words whole, the property names on one line, so it stays readable on a phone */
+#model-summary td, #model-summary th { overflow-wrap: normal; word-break: normal; }
+#model-summary td:first-child { white-space: nowrap; }
+#model-summary code { word-break: break-all; }
+/* the download box: one line high until there is a file */
+.ddpm-download .empty.large { min-height: 3rem !important; }
 .ddpm-stats { font-variant-numeric: tabular-nums; line-height: 1.6; }
 .ddpm-stats progress { width: 100%; height: 0.9em; }
 """
@@ -62,6 +78,9 @@ HEAD = """<style>
 THEME = gr.themes.Soft(font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
 
+NOISE_SHOWN = r"""Noise pictures ($\varepsilon$, $\hat\varepsilon$, marked ×½) show $\varepsilon/2$, so that
+$\pm 2$ standard deviations span black to white."""
+
 INTRO = """# Denoising diffusion, step by step
 A diffusion model learns to undo noise. **Forward**, a photo is mixed with Gaussian noise until nothing is left;
 **reverse**, a network ε_θ predicts the noise in x_t and the sampler removes a little of it at each step."""
@@ -70,15 +89,19 @@ GENERATE_HELP = r"""Start from pure noise $x_T \sim \mathcal N(0, I)$ and step b
 predicts the noise $\hat\varepsilon = \varepsilon_\theta(x_t, t)$, which gives a guess of the final image,
 $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$; the sampler then moves
 $x_t$ a little towards it. **DDPM** takes all $T$ steps and adds fresh noise each time; **DDIM** visits only
-$K$ of them ($\eta = 0$: no fresh noise, the same seed always gives the same image)."""
+$K$ of them ($\eta = 0$: no fresh noise, the same seed always gives the same image). """ + NOISE_SHOWN
 
 FRAMES_HELP = r"""Every step of the last run is kept: scrub through it to see $x_t$ lose its noise while the guess
-$\hat x_0$ sharpens — early guesses are blurry averages, late ones add detail."""
+$\hat x_0$ forms. The earliest guesses ($t \gtrsim 900$) are saturated colour noise: $\hat x_0$ divides by
+$\sqrt{\bar\alpha_t}$, which is tiny there, and clipping to $[-1, 1]$ leaves mostly pure colours. By
+$t \approx 700$ the guess has the layout and colours of the final image; the rest of the chain adds the detail."""
 
 FORWARD_HELP = r"""The forward process needs no network: for any $t$,
 $$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\qquad \varepsilon \sim \mathcal N(0, I),$$
 where $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$ falls from 1 to about 0. The signal-to-noise ratio
-$\mathrm{SNR}(t) = \bar\alpha_t/(1-\bar\alpha_t)$ says how much of the photo is left."""
+$\mathrm{SNR}(t) = \bar\alpha_t/(1-\bar\alpha_t)$ says how much of the photo is left. Here $t$ counts from 0, as in
+the code: $t = 0$ is the paper's first step ($t = 1$), so $x_t$ at $t = 0$ already holds a little noise, while
+$x_0$ is the clean photo. """ + NOISE_SHOWN
 
 DENOISE_HELP = r"""Take the photo noised to $t$ in the **Forward** tab and run the reverse chain from that $t$
 back to 0 (SDEdit). Small $t$ keeps the photo; large $t$ keeps only its rough layout and colours, and the model
@@ -90,7 +113,8 @@ RELEASED = ("Your last run is no longer kept (runs are released when you leave, 
 STOPPED = "<div class='ddpm-stats'><b>Stopped.</b> The steps computed so far are in the <b>Frames</b> tab.</div>"
 
 MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedule, image size) and
-`model.safetensors`. Pick a shipped one, or download one in this format from the Hugging Face Hub."""
+`model.safetensors`. Pick one from the weights folder (**Rescan** after adding one there), load a model folder
+nested inside it, or download one in this format from the Hugging Face Hub."""
 
 
 def on_device(method):
@@ -134,9 +158,11 @@ class Handlers:
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
             show_eps = flag(show_eps, "show ε̂")
+        start_t = served.timesteps - 1
         clipped = "x̂₀ clipped" if settings.clip_x0 else "x̂₀ not clipped"
-        run = Trajectory(f"{settings.describe()}, {clipped}, seed {seed}", settings.num_steps(served.timesteps - 1),
-                         served.shape(batch), seed, self.max_trajectory_bytes, settings, served.schedule)
+        run = Trajectory(f"{settings.describe(start_t)}, {clipped}, seed {seed}", settings.num_steps(start_t),
+                         served.shape(batch), seed, self.max_trajectory_bytes, settings, served.schedule,
+                         file_stem=f"{settings.file_stem(start_t)}_seed{seed}")
         user.keep("generate", run)  # a new object per run: a stopped run still finishing its step cannot write into it
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()
@@ -148,11 +174,11 @@ class Handlers:
                  show_eps: bool = True) -> tuple:
         """(x_t, x̂₀, ε̂, status, seed, frame-slider update) for one step; the last one shows the finished x₀.
 
-        Pictures on the way are JPEG files (:func:`preview_file`); the last step's are arrays, sent as PNG."""
-        last = len(run.frames) - 1
-        slider = gr.update(maximum=max(last, 1))  # the scrubber grows with the run
-        if step.is_last or step.index == 0:  # jump to the end when done; to 0 on a new run (inside the new range)
-            slider["value"] = last
+        The frame slider counts stored frames from 1, as the Frames label does. Pictures on the way are JPEG files
+        (:func:`preview_file`); the last step's are arrays, sent as PNG."""
+        count = len(run.frames)  # the scrubber grows with the run
+        jump = step.is_last or step.index == 0  # to the last frame when done; to the first on a new run
+        slider = frame_slider(count, count if jump else None)
         send = (lambda array: array) if step.is_last else preview_file
         update = equation_text(step_breakdown(served.schedule, step, run.settings))
         return (send(picture(step.x_prev if step.is_last else step.x_t)), send(picture(step.pred_x0)),
@@ -162,9 +188,9 @@ class Handlers:
     # -- Step through the frames -------------------------------------------------------------------------
 
     @on_device
-    def frame(self, index: float, user: UserState) -> tuple:
-        """The stored frame ``index`` of the run Frames shows (the user's latest Generate or Denoise run):
-        (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
+    def frame(self, number: float, user: UserState) -> tuple:
+        """Stored frame ``number`` (1 = the first) of the run Frames shows (the user's latest Generate or Denoise
+        run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
         run = user.run
         if run is not None and run.released:
             return None, None, RELEASED, "", None, user.shown
@@ -172,7 +198,7 @@ class Handlers:
             return (None, None, f"No {user.shown} run yet: press **{user.shown.capitalize()}** first.",
                     "", None, user.shown)
         with user_errors():
-            i = whole_number(index, "frame", 0, len(run.frames) - 1)
+            i = whole_number(number, "frame", 1, len(run.frames)) - 1
         f = run.frames[i]
         user.frame_index = i
         state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
@@ -187,28 +213,46 @@ class Handlers:
                 terms_strip(parts, f.x_prev), user.shown)
 
     @on_device
-    def nudge(self, index: float, delta: int, user: UserState) -> tuple:
-        """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames."""
-        last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
+    def nudge(self, number: float, delta: int, user: UserState) -> tuple:
+        """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames (1…count)."""
+        count = len(user.run.frames) if user.run and user.run.frames else 1
         with user_errors():
-            index = min(max(whole_number(index, "frame", 0, last) + delta, 0), last)
-        return (index, *self.frame(index, user))
+            number = min(max(whole_number(number, "frame", 1, count) + delta, 1), count)
+        return (number, *self.frame(number, user))
 
     @on_device
     def show_run(self, which: str, user: UserState) -> tuple:
         """Switch Frames between the latest Generate and Denoise runs: (slider update, outputs of :meth:`frame`)."""
         with user_errors():
             user.show(which)
-        last = len(user.run.frames) - 1 if user.run and user.run.frames else 0
-        return (gr.update(maximum=max(last, 1), value=last), *self.frame(last, user))
+        count = len(user.run.frames) if user.run and user.run.frames else 1
+        return (frame_slider(count, count), *self.frame(count, user))
+
+    def show_stopped(self, user: UserState, wait_s: float = 60.0) -> tuple:
+        """After Stop: wait until the run has ended (the step in progress finishes), then show its last stored
+        frame: (frame-slider update, then the outputs of :meth:`frame`). Not on the device thread, which is
+        finishing the run."""
+        run = user.run
+        if run is None:
+            return gr.skip(), *self.frame(1, user)
+        run.ended.wait(wait_s)
+        return frame_slider(len(run.frames), len(run.frames)), *self.frame(max(len(run.frames), 1), user)
 
     @on_device
-    def export(self, kind: str, user: UserState) -> str:
-        """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images); returns a path."""
+    def export(self, kind: str, user: UserState, progress: gr.Progress | None = None) -> str:
+        """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images), named by
+        what ran (``ddim-50steps-eta0_seed7.gif``); returns a path. ``progress`` hears of each frame drawn."""
         run = user.run
-        writer = {"gif": export_gif, "mp4": export_mp4, "png": export_png}[kind]
+        told = None if progress is None else (
+            lambda done, total: progress((done, total), desc=f"{kind.upper()}: drawing frames", unit="frames"))
+
+        def write(path: Path) -> Path:
+            if kind == "png":
+                return export_png(run, path)
+            return {"gif": export_gif, "mp4": export_mp4}[kind](run, path, progress=told)
+
         with user_errors():
-            return str(self.exports.write(f"ddpm_seed{run.seed if run else 0}.{kind}", lambda path: writer(run, path)))
+            return str(self.exports.write(f"{run.file_stem if run else 'run'}.{kind}", write))
 
     # -- Forward process ----------------------------------------------------------------------------------
 
@@ -227,7 +271,8 @@ class Handlers:
             hint = "Upload a photo (or pick an example) in the **Forward** tab first."
             return None, None, None, numbers, None, plot, None, hint
         ts = served.strip_timesteps()
-        strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts])
+        strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts],
+                               min_size=128, columns=STRIP_COLUMNS, font_size=STRIP_FONT_SIZE)
         note = (f"Starting point: the photo noised to **t = {t}** (noise seed {forward.eps_seed}); "
                 f"change it in the **Forward** tab.")
         return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
@@ -251,8 +296,9 @@ class Handlers:
         if forward.x_t is None or forward.model != served.name:
             raise user_error("Noise a photo in the Forward tab first (upload or pick one, then choose t).")
         t, x0, x_t = forward.t, forward.x0, forward.x_t
-        run = Trajectory(f"SDEdit from t = {t}, {settings.describe()}, seed {seed}", settings.num_steps(t),
-                         served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule)
+        run = Trajectory(f"SDEdit from t = {t}, {settings.describe(t)}, seed {seed}", settings.num_steps(t),
+                         served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule,
+                         file_stem=f"sdedit-t{t}_{settings.file_stem(t)}_seed{seed}")
         user.keep("denoise", run)
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()
@@ -288,6 +334,28 @@ class Handlers:
         user.model = name
         return self._model_outputs(self.library.get(name), f"Downloaded and loaded **{name}**.")
 
+    def load_folder(self, path: str, user: UserState) -> tuple:
+        """Load a model folder inside a weights folder and switch to it; on failure the current model stays."""
+        try:
+            name = self.library.add_folder(path)
+            served = self.library.get(name)
+        except (InvalidValue, ModelFolderError) as e:
+            raise user_error(f"{e} — the current model stays loaded.") from None
+        user.model = name
+        return self._model_outputs(served, f"Loaded **{name}** from `{served.folder}`.")
+
+    def rescan(self, user: UserState) -> tuple[dict, str]:
+        """Look at the weights folders again: (model dropdown update, what changed)."""
+        new, gone = self.library.rescan()
+        names = self.library.names
+        changes = [f"new: {', '.join(new)}"] * bool(new) + [f"gone: {', '.join(gone)}"] * bool(gone)
+        note = (f"{len(names)} model{'s' if len(names) != 1 else ''} in "
+                f"{', '.join(f'`{r}/`' for r in self.library.roots)}"
+                f"{' (' + '; '.join(changes) + ')' if changes else ', no change'}.")
+        if user.model not in names:  # this user's model folder is gone: back to the default
+            user.model = None
+        return gr.update(choices=names, value=user.model or self.library.default), note
+
     @on_device
     def _model_outputs(self, served: ServedModel, status: str) -> tuple:
         T = served.timesteps
@@ -301,6 +369,14 @@ class Handlers:
 def user_key(user: UserState, request: gr.Request | None) -> object:
     """Who ``user`` is to :class:`~ddpm_app.app.Users`: the Gradio session, or the object when called directly."""
     return request.session_hash if request is not None else id(user)
+
+
+def frame_slider(count: int, value: int | None = None) -> dict:
+    """The frame slider's update for ``count`` stored frames, numbered from 1 (its range is at least 1…2)."""
+    update = gr.update(maximum=max(count, 2))
+    if value is not None:
+        update["value"] = max(value, 1)
+    return update
 
 
 @contextmanager
@@ -328,6 +404,20 @@ def preview_file(array: np.ndarray) -> str:
     return processing_utils.save_bytes_to_cache(buffer.getvalue(), "preview.jpeg", processing_utils.get_upload_folder())
 
 
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def number(x: float, decimals: int = 4, latex: bool = False) -> str:
+    """``x`` with ``decimals`` decimals, or as 4.0×10⁻⁵ where that would show fewer than two significant digits
+    (or for 10⁴ and more): ᾱ_t near T is small, not 0.0000. ``latex`` writes ``4.0\\times10^{-5}``."""
+    if x == 0 or 10 ** (1 - decimals) <= abs(x) < 1e4:
+        return f"{x:.{decimals}f}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    if latex:
+        return f"{mantissa}\\times10^{{{int(exponent)}}}"
+    return f"{mantissa}×10{str(int(exponent)).translate(SUPERSCRIPTS)}"
+
+
 def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float, update: str = "") -> str:
     """Progress, the step's t, ᾱ_t and SNR, and (``update``) the step's update with its numbers filled in."""
     level = served.noise_level(step.t)
@@ -347,10 +437,12 @@ def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None) 
     lv = served.noise_level(t)
     seed = f" · noise seed {noise_seed}" if noise_seed is not None else ""
     return (f"**t = {t}** of 0…{served.timesteps - 1} ({served.config.schedule.kind} schedule){seed}\n\n"
-            f"$\\sqrt{{\\bar\\alpha_t}}$ = **{lv.sqrt_alpha_bar:.4f}** · "
-            f"$\\sqrt{{1-\\bar\\alpha_t}}$ = **{lv.sqrt_one_minus_alpha_bar:.4f}** · "
-            f"SNR = $\\bar\\alpha_t/(1-\\bar\\alpha_t)$ = {lv.snr:.4g} = **{lv.snr_db:+.1f} dB**\n\n"
-            f"$$x_{{{t}}} = {lv.sqrt_alpha_bar:.3f}\\,x_0 + {lv.sqrt_one_minus_alpha_bar:.3f}\\,\\varepsilon$$")
+            f"$\\bar\\alpha_t$ = **{number(lv.alpha_bar)}** · "
+            f"$\\sqrt{{\\bar\\alpha_t}}$ = **{number(lv.sqrt_alpha_bar)}** · "
+            f"$\\sqrt{{1-\\bar\\alpha_t}}$ = **{number(lv.sqrt_one_minus_alpha_bar)}** · "
+            f"SNR = $\\bar\\alpha_t/(1-\\bar\\alpha_t)$ = {number(lv.snr, 2)} = **{lv.snr_db:+.1f} dB**\n\n"
+            f"$$x_t = {number(lv.sqrt_alpha_bar, 3, latex=True)}\\,x_0 + "
+            f"{number(lv.sqrt_one_minus_alpha_bar, 3, latex=True)}\\,\\varepsilon \\qquad (t = {t})$$")
 
 
 def schedule_plot(served: ServedModel, t: int) -> np.ndarray:
@@ -367,19 +459,21 @@ def schedule_plot(served: ServedModel, t: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _schedule_figure(timesteps: int, own: str) -> tuple[np.ndarray, list[tuple[float, float, int, int]]]:
-    """The two panels as pixels, and for each the marker geometry: x pixel = x0 + dx·t, rows top…bottom."""
-    fig = Figure(figsize=(8, 2.6), dpi=100, layout="constrained")
-    ax_a, ax_s = fig.subplots(1, 2)
+    """The two panels, one above the other (narrow enough to stay legible on a phone), as pixels, and for each
+    the marker geometry: x pixel = x0 + dx·t, rows top…bottom."""
+    fig = Figure(figsize=(4.8, 4.4), dpi=100, layout="constrained")
+    fig.suptitle("Noise schedules (red line: the current t)", fontsize=10)
+    ax_a, ax_s = fig.subplots(2, 1, sharex=True)
     for kind, (abar, snr_db) in schedule_curves(timesteps).items():
         style = dict(lw=2.6 if kind == own else 1.2, alpha=1.0 if kind == own else 0.55,
                      label=f"{kind}{' (this model)' if kind == own else ''}")
         ax_a.plot(abar, **style)
         ax_s.plot(snr_db, **style)
     for ax, name in ((ax_a, r"$\bar\alpha_t$"), (ax_s, "SNR (dB)")):
-        ax.set_xlabel("t")
-        ax.set_title(name, fontsize=10)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    ax_a.legend(fontsize=8, loc="upper right")
+    ax_s.set_xlabel("t")
+    ax_a.legend(fontsize=8, loc="lower left")  # the top right holds the picture's buttons
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     pixels = np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -421,21 +515,32 @@ def model_card(served: ServedModel) -> tuple[str, str, str | None]:
 # Layout
 
 
-def _image(label: str, height: int = 280, pixelated: bool = True, **kw) -> gr.Image:
-    """An output picture; ``pixelated`` enlarges small model images with sharp pixels."""
-    return gr.Image(label=label, format="png", interactive=False, elem_classes="pixelated" if pixelated else None,
-                    min_width=140, height=height, buttons=["download", "fullscreen"], **kw)
+def _image(label: str, height: int | None = 280, pixelated: bool = True, **kw) -> gr.Image:
+    """An output picture, its label above it (class ``ddpm-picture``); ``pixelated`` enlarges small model images
+    with sharp pixels."""
+    return gr.Image(label=label, format="png", interactive=False, height=height,
+                    elem_classes=["ddpm-picture"] + ["pixelated"] * pixelated, buttons=["download", "fullscreen"],
+                    **{"min_width": 140} | kw)
 
 
-def _sampler_controls(T: int, default: SamplerSettings = DEFAULT_SETTINGS) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
-    """Sampler choice, and DDIM's K and η (shown only for DDIM)."""
-    sampler = widgets.Radio(SAMPLER_CHOICES, value=default.sampler, label="Sampler")
+def _sampler_controls(T: int, choices: list[tuple[str, str]] = SAMPLER_CHOICES,
+                      default: SamplerSettings = DEFAULT_SETTINGS) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
+    """Sampler choice (``choices`` say what each runs), and DDIM's K and η (shown only for DDIM)."""
+    sampler = widgets.Radio(choices, value=default.sampler, label="Sampler")
     with gr.Column(visible=default.sampler == "ddim") as ddim_row:
         steps = widgets.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
         eta = widgets.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
     sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
                    queue=False, show_progress="hidden")
     return sampler, steps, eta
+
+
+def _exporter(h: Handlers, kind: str):
+    """The export event's function for ``kind``: Gradio passes it a ``gr.Progress`` that the export reports to."""
+    def export(user: UserState, progress=gr.Progress()) -> str:
+        return h.export(kind, user, progress)
+    export.__name__ = f"export_{kind}"
+    return export
 
 
 def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
@@ -482,16 +587,17 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             stop_btn = gr.Button("Stop", variant="stop", min_width=80)
                     with gr.Column(scale=2, min_width=300):
                         status = gr.HTML("<div class='ddpm-stats'>Press <b>Generate</b>.</div>", label="progress",
-                                         elem_id="gen-status")
+                                         elem_id="gen-status", min_height=60)
                         with gr.Row():
-                            g_xt = _image("x_t", elem_id="gen-xt")
-                            g_x0 = _image("predicted x̂₀", elem_id="gen-x0")
-                            g_eps = _image("predicted ε̂ (×½)", visible=False)
+                            # at least 200 px each: one picture per line on a phone, big enough to see faces
+                            g_xt = _image("x_t", elem_id="gen-xt", min_width=200)
+                            g_x0 = _image("predicted x̂₀", elem_id="gen-x0", min_width=200)
+                            g_eps = _image("predicted ε̂ (×½)", visible=False, elem_id="gen-eps", min_width=200)
 
             # 2. Step through the frames ----------------------------------------------------------
             with gr.Tab("Frames", id="frames"):
                 gr.Markdown(FRAMES_HELP, latex_delimiters=LATEX)
-                frame = widgets.Slider(0, 1, value=0, step=1, label="Frame")
+                frame = widgets.Slider(1, 2, value=1, step=1, label="Frame", elem_id="frame-slider")
                 with gr.Row():
                     prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
                     next_btn = gr.Button("Next ▶", size="sm", min_width=80)
@@ -500,8 +606,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 which_run = gr.Radio([("Latest Generate run", "generate"), ("Latest Denoise run", "denoise")],
                                      value="generate", label="Run", elem_id="which-run")
                 with gr.Row():
-                    f_xt = _image("x_t")
-                    f_x0 = _image("predicted x̂₀")
+                    f_xt = _image("x_t", min_width=200)
+                    f_x0 = _image("predicted x̂₀", min_width=200)
                 f_update = gr.Markdown("", latex_delimiters=LATEX, label="this step's update",
                                        elem_id="frame-update")
                 f_terms = _image("this step's terms (first image) and their sum", height=220, pixelated=False,
@@ -510,7 +616,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     gif_btn = gr.Button("Export GIF", size="sm", min_width=80)
                     mp4_btn = gr.Button("Export MP4", size="sm", min_width=80)
                     png_btn = gr.Button("Final images (PNG)", size="sm", min_width=80)
-                export_file = gr.File(label="Download", interactive=False, visible=False)
+                export_file = gr.File(label="Download (the latest run's export)", interactive=False,
+                                      elem_id="export-file", elem_classes="ddpm-download")
 
             # 3. Forward process ----------------------------------------------------------------
             with gr.Tab("Forward", id="forward"):
@@ -522,21 +629,25 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples",
                                     cache_examples=False)
                     with gr.Column(scale=2, min_width=300):
+                        # t right above x_t, so x_t stays in view while t moves (on a phone too); the pictures
+                        # in the order of x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
                         t_slider = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
+                        with gr.Row():
+                            q_xt = _image("x_t", height=240, elem_id="fwd-xt")
+                            q_x0 = _image("x₀", height=240)
+                            q_eps = _image("ε (×½)", height=240)
+                        numbers = gr.Markdown(numbers_text, latex_delimiters=LATEX,
+                                              label="numbers", elem_id="fwd-numbers")
                         with gr.Row():
                             fix_noise = gr.Checkbox(True, label="Fix the noise ε while t moves", min_width=140)
                             noise_seed = widgets.Number(-1, label="Noise seed (−1 = random)", precision=0,
                                                    min_width=120)
                             new_noise = gr.Button("New noise", size="sm", min_width=80)
-                        numbers = gr.Markdown(numbers_text, latex_delimiters=LATEX,
-                                              label="numbers", elem_id="fwd-numbers")
                 with gr.Row():
-                    q_x0 = _image("x₀")
-                    q_eps = _image("ε (×½)")
-                    q_xt = _image("x_t", elem_id="fwd-xt")
-                strip = _image("x_t at evenly spaced t (same ε)", height=180, pixelated=False)
-                plot = _image("ᾱ_t and SNR against t: linear and cosine schedules", height=None, pixelated=False,
-                              value=plot_image)
+                    strip = _image("x_t at evenly spaced t (same ε)", height=None, pixelated=False, scale=3,
+                                   min_width=300, elem_id="fwd-strip")
+                    plot = _image("noise schedules", height=None, pixelated=False, value=plot_image, scale=2,
+                                  min_width=300, show_label=False, elem_id="fwd-plot")
 
             # 4. Noise it, then denoise it ------------------------------------------------------
             with gr.Tab("Denoise", id="denoise"):
@@ -546,7 +657,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         sd_note = gr.Markdown("Upload a photo (or pick an example) in the **Forward** tab first.",
                                               label="starting point")
                         sd_start = _image("start: x_t", height=200)
-                        sd_sampler, sd_steps, sd_eta = _sampler_controls(T)
+                        sd_sampler, sd_steps, sd_eta = _sampler_controls(T, SDEDIT_CHOICES)
                         sd_seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0)
                         sd_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]")
                         with gr.Row():
@@ -554,10 +665,11 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             sd_stop = gr.Button("Stop", variant="stop", min_width=80)
                         sd_seed_used = gr.Textbox(label="Seed used", interactive=False)
                     with gr.Column(scale=2, min_width=300):
-                        sd_status = gr.HTML("<div class='ddpm-stats'>Press <b>Denoise</b>.</div>", label="progress")
+                        sd_status = gr.HTML("<div class='ddpm-stats'>Press <b>Denoise</b>.</div>", label="progress",
+                                            elem_id="sd-status", min_height=60)
                         with gr.Row():
-                            sd_xt = _image("x_t")
-                            sd_x0 = _image("predicted x̂₀")
+                            sd_xt = _image("x_t", min_width=200)
+                            sd_x0 = _image("predicted x̂₀", min_width=200)
                         sd_compare = _image("original | noised | result", height=220, pixelated=False)
 
             # 5.–8. Training, Likelihood, Compare, Interpolate ------------------------------------
@@ -567,14 +679,24 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             with gr.Tab("Model", id="model"):
                 gr.Markdown(MODEL_HELP)
                 with gr.Row():
-                    model_pick = widgets.Dropdown(library.names, value=first.name, label="Shipped models", min_width=200)
-                    with gr.Column(min_width=260):
+                    with gr.Column(min_width=240):
+                        model_pick = widgets.Dropdown(library.names, value=first.name, label="Models in the weights folder")
+                        rescan_btn = gr.Button("Rescan the weights folder", size="sm")
+                    with gr.Column(min_width=240):
+                        folder = gr.Textbox(label="Model folder inside the weights folder",
+                                            placeholder="runs/my-faces", elem_id="model-folder")
+                        folder_btn = gr.Button("Load folder", size="sm")
+                    with gr.Column(min_width=240):
                         repo = gr.Textbox(label="Hub model id", placeholder="user/model-name")
                         download_btn = gr.Button("Download from the Hub", size="sm")
+                model_note = gr.Markdown("", elem_id="model-note")
                 with gr.Row():
-                    summary = gr.Markdown(table, label="model summary", min_width=280)
-                    samples = gr.Image(samples_path, label="samples from the model card", interactive=False,
-                                       min_width=280, buttons=["fullscreen"])
+                    with gr.Column(min_width=300):
+                        summary = gr.Markdown(table, label="model summary", elem_id="model-summary")
+                    with gr.Column(min_width=300):
+                        samples = gr.Image(samples_path, label="samples from the model card", interactive=False,
+                                           buttons=["fullscreen"], elem_classes="ddpm-picture",
+                                           elem_id="model-samples")
                 with gr.Accordion("Model card (README.md)", open=False):
                     card = gr.Markdown(card_text, label="model card")
 
@@ -584,11 +706,17 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         frame_outputs = [f_xt, f_x0, frame_label, f_update, f_terms, which_run]
         show_frame = dict(fn=h.frame, inputs=[frame, user], outputs=frame_outputs,
                           show_progress="hidden", concurrency_limit=4)
+        # while a run waits for the device, Gradio's tracker on the status line shows the queue position and an
+        # estimate (with show_progress="hidden" it is drawn at opacity 0); while it streams the tracker hides
+        waiting = dict(show_progress="full", show_progress_on=[status])
         gen_event = run_btn.click(h.generate, [sampler, steps, eta, seed, batch, clip, show_eps, user],
                                   [g_xt, g_x0, g_eps, status, seed_used, frame], api_name="generate",
-                                  show_progress="hidden", **chain)
-        gen_event.then(**show_frame, api_name="show_generated", api_visibility="private")
-        stop_btn.click(lambda: STOPPED, None, status, cancels=[gen_event], api_visibility="private", queue=False)
+                                  **waiting, **chain)
+        gen_event.success(**show_frame, api_name="show_generated", api_visibility="private")  # Stop: below
+        stopped = dict(fn=h.show_stopped, inputs=user, outputs=[frame, f_xt, f_x0, frame_label],
+                       api_visibility="private", show_progress="hidden", concurrency_limit=4)
+        stop_btn.click(lambda: STOPPED, None, status, cancels=[gen_event], api_visibility="private",
+                       queue=False).then(**stopped)
         show_eps.change(lambda v: gr.update(visible=v), show_eps, g_eps, api_visibility="private", queue=False)
 
         frame.input(**show_frame, api_name="frame", trigger_mode="always_last")
@@ -599,8 +727,9 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         which_run.input(h.show_run, [which_run, user], [frame, *frame_outputs], api_name="show_run",
                         show_progress="hidden")
         for btn, kind in ((gif_btn, "gif"), (mp4_btn, "mp4"), (png_btn, "png")):
-            btn.click(lambda u, k=kind: h.export(k, u), user, export_file, api_name=f"export_{kind}").success(
-                lambda: gr.update(visible=True), None, export_file, api_visibility="private", queue=False)
+            btn.click(_exporter(h, kind), user, export_file, api_name=f"export_{kind}", show_progress="full")
+        for btn in (run_btn, sd_btn):  # a new run: the previous run's export goes
+            btn.click(lambda: None, None, export_file, api_visibility="private", queue=False, show_progress="hidden")
 
         noise_inputs = [photo, t_slider, fix_noise, noise_seed, user]
         noise_outputs = [q_x0, q_eps, q_xt, numbers, strip, plot, sd_start, sd_note]
@@ -613,9 +742,10 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
 
         sd_event = sd_btn.click(h.denoise, [sd_sampler, sd_steps, sd_eta, sd_seed, sd_clip, user],
                                 [sd_xt, sd_x0, sd_compare, sd_status, sd_seed_used, frame], api_name="denoise",
-                                show_progress="hidden", **chain)
-        sd_event.then(**show_frame, api_name="show_denoised", api_visibility="private")
-        sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private", queue=False)
+                                show_progress="full", show_progress_on=[sd_status], **chain)
+        sd_event.success(**show_frame, api_name="show_denoised", api_visibility="private")
+        sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private",
+                      queue=False).then(**stopped)
 
         model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
@@ -627,6 +757,10 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         download_btn.click(h.download_model, [repo, user], model_outputs, api_name="download_model",
                            show_progress="minimal", show_progress_on=download_btn).success(
                                **refresh_forward).then(**teach_ranges)
+        folder_btn.click(h.load_folder, [folder, user], model_outputs, api_name="load_folder",
+                         show_progress="minimal", show_progress_on=folder_btn).success(
+                             **refresh_forward).then(**teach_ranges)
+        rescan_btn.click(h.rescan, user, [model_pick, model_note], api_name="rescan_models", show_progress="hidden")
 
         demo.unload(h.leave)
     demo.queue(max_size=queue_size, default_concurrency_limit=2)

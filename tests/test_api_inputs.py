@@ -66,7 +66,7 @@ FIELDS = {
                  ("seed", 1, ("blank", "null")), ("clip x̂₀", True, ("bool",))],
     "/noise": [("photo", None, ("null",)), ("t", 5, ()), ("fix the noise", True, ("bool",)),
                ("seed", 3, ("blank", "null"))],
-    "/frame": [("frame", 0, ())],
+    "/frame": [("frame", 1, ())],
     "/select_model": [("model", "faces", ())],
     "/download_model": [("Hub model id", "someone/model", ())],
 }
@@ -198,12 +198,12 @@ def test_a_users_run_is_released_when_the_user_leaves(app):
     leaving, staying = Client(url, verbose=False), Client(url, verbose=False)
     for client in (leaving, staying):
         client.predict("ddim", 4, 0.0, 1, 2, True, False, api_name="/generate")
-        assert "frame 2/4" in client.predict(1, api_name="/frame")[2]
+        assert "frame 2/4" in client.predict(2, api_name="/frame")[2]
     session = leaving.session_hash
-    assert "frame 2/4" in call(url, "/frame", [1], session)[1][2]  # the same user, by raw HTTP
+    assert "frame 2/4" in call(url, "/frame", [2], session)[1][2]  # the same user, by raw HTTP
     leaving.close()  # its heartbeat connection closes: the page's unload event
     deadline = time.monotonic() + PATIENCE  # a guard against hanging only
     while "no longer kept" not in call(url, "/frame", [1], session)[1][2]:
         assert time.monotonic() < deadline, "the run of a user who left was never released"
         time.sleep(0.2)
-    assert "frame 2/4" in staying.predict(1, api_name="/frame")[2]
+    assert "frame 2/4" in staying.predict(2, api_name="/frame")[2]

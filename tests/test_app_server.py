@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "ddpm_app" / "assets" / "landscape.png"
 ENDPOINTS = {"/generate", "/frame", "/export_gif", "/export_mp4", "/export_png", "/noise", "/denoise",
              "/select_model", "/download_model", "/show_run", "/train_step", "/loss_curve", "/likelihood", "/pin",
-             "/compare", "/interpolate", "/export_figure"}
+             "/compare", "/interpolate", "/export_figure", "/load_folder",
+             "/rescan_models"}
 T = 3000  # enough DDPM steps that a run is surely still going when it is stopped, however slow the machine
 
 
@@ -113,12 +114,12 @@ def test_every_endpoint_through_gradio_client(server: str):
 
     # generate: the final images, the seed used, and the frame slider at the last stored step
     x_t, x0, eps, status, seed, slider = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
-    assert seed == "11" and "Done" in status and slider["value"] == 5
+    assert seed == "11" and "Done" in status and slider["value"] == 6  # frames numbered from 1
     assert Image.open(x_t).size == Image.open(x0).size == Image.open(eps).size
     again = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")
     assert Image.open(again[0]).tobytes() == Image.open(x_t).tobytes()  # same seed, same images
 
-    f_xt, f_x0, label, *_ = client.predict(2, api_name="/frame")
+    f_xt, f_x0, label, *_ = client.predict(3, api_name="/frame")
     assert "frame 3/6" in label and Image.open(f_xt).size == Image.open(x_t).size
     assert Image.open(client.predict(api_name="/export_gif")).n_frames == 6
     assert Image.open(client.predict(api_name="/export_png")).size == Image.open(x_t).size
@@ -134,8 +135,8 @@ def test_every_endpoint_through_gradio_client(server: str):
     assert "t = 40" in numbers and "noise seed 5" in numbers and Image.open(q_xt).size == (16, 16)
     assert Image.open(plot).width > Image.open(plot).height and Image.open(strip).width > Image.open(strip).height
     sd = client.predict("ddim", 10, 0.0, 3, True, api_name="/denoise")
-    assert "PSNR" in sd[3] and sd[4] == "3" and sd[5]["value"] == 9
-    assert "SDEdit from t = 40" in client.predict(0, api_name="/frame")[2]
+    assert "PSNR" in sd[3] and sd[4] == "3" and sd[5]["value"] == 10
+    assert "SDEdit from t = 40, DDIM, 10 steps" in client.predict(1, api_name="/frame")[2]
 
     # models: switch this client's model; a Hub download fails cleanly (offline) and keeps it
     summary, card, samples, header, t_slider, steps, sd_steps, pick = client.predict("small",
@@ -170,7 +171,7 @@ def test_teaching_endpoints_through_gradio_client(server: str):
     client.predict("ddim", 6, 0.0, 11, 1, True, False, api_name="/generate")
     client.predict(photo, 40, True, 5, api_name="/noise")
     client.predict("ddim", 5, 0.0, 3, True, api_name="/denoise")
-    f_xt, f_x0, label, update, terms, which = client.predict(2, api_name="/frame")
+    f_xt, f_x0, label, update, terms, which = client.predict(3, api_name="/frame")
     assert which == "denoise" and "SDEdit" in label and "\\hat\\varepsilon" in update and Image.open(terms).width > 0
     slider, *shown = client.predict("generate", api_name="/show_run")
     assert shown[5] == "generate" and "DDIM, 6 steps" in shown[2]
@@ -219,11 +220,11 @@ def test_cancelling_a_run_keeps_the_computed_steps(server: str):
     done = int(label.split("stopped after ")[1].split(" ")[0])
     assert 1 <= done < T
     time.sleep(1.0)  # not a deadline: nothing may run on after Stop, however long we look
-    assert client.predict(0, api_name="/frame")[2] == label
+    assert client.predict(1, api_name="/frame")[2] == label
     assert Image.open(client.predict(api_name="/export_gif")).n_frames == min(done, 120)  # the GIF's frame cap
 
 
 def stopped_label(client: Client) -> str | None:
     """The frame label of this client's run once it says the run was stopped, else None."""
-    label = client.predict(0, api_name="/frame")[2]
+    label = client.predict(1, api_name="/frame")[2]
     return label if "stopped after" in label else None

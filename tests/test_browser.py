@@ -6,10 +6,13 @@ the ``chromium`` fixture in conftest.py); ``-m "not browser"`` leaves them out.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import CHROMIUM_ARGS, PATIENCE, make_tiny_config, perturb, seeded_init, wait_for
 from test_app_server import ROOT, serving_app
 
+from ddpm_app import ui
 from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
@@ -102,8 +105,15 @@ def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
     page.wait_for_function(f"() => document.querySelector('#gen-status progress')?.value < {T}", timeout=PATIENCE_MS)
     page.get_by_role("button", name="Stop", exact=True).first.click()
     page.get_by_role("tab", name="Frames").click()
-    page.get_by_role("button", name="Next ▶").click()  # the scrubber renders the stored frames
+    # no Next needed: after Stop the slider and the pictures are at the last stored frame, numbered as the label
     page.locator("#frame-label").get_by_text("stopped after").wait_for(timeout=PATIENCE_MS)
+    label = page.locator("#frame-label")
+    label.get_by_text(re.compile(r"frame (\d+)/\1:")).wait_for(timeout=PATIENCE_MS)  # the last stored frame
+    count = re.search(r"frame (\d+)/", label.inner_text()).group(1)
+    slider = page.locator("#frame-slider input[type=range]")
+    assert slider.input_value() == slider.get_attribute("max") == count, (slider.input_value(), label.inner_text())
+    page.wait_for_timeout(1000)  # and nothing moves it away afterwards
+    assert re.search(rf"frame {count}/{count}:", label.inner_text()) and slider.input_value() == count
     page.screenshot(path=SHOTS / "frames_after_stop.png", full_page=True)
     assert not errors, errors
 
@@ -117,5 +127,127 @@ def test_phone_width_layout(browser, server):
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the page scrolls sideways on a phone ({width} px wide)"
+    # t right above x_t, so x_t stays in view while t moves
+    slider, x_t = page.locator("#t-slider").bounding_box(), page.locator("#fwd-xt").bounding_box()
+    gap = x_t["y"] - (slider["y"] + slider["height"])
+    assert 0 <= gap < 60, f"x_t is {gap:.0f} px below the t slider"
+    # the strip's captions drawn at a legible size once the strip is scaled to the phone's width
+    strip = page.locator("#fwd-strip img")
+    strip.wait_for(timeout=30_000)
+    scale = strip.evaluate("img => img.getBoundingClientRect().width / img.naturalWidth")
+    assert ui.STRIP_FONT_SIZE * scale >= 10, f"strip captions are {ui.STRIP_FONT_SIZE * scale:.1f} px high"
     page.screenshot(path=SHOTS / "phone_forward.png", full_page=True)
+
+    page.get_by_role("tab", name="Model").click()
+    table = page.locator("#model-summary table")
+    table.wait_for(timeout=30_000)
+    assert table.bounding_box()["width"] >= 300, "the model table is squeezed"
+    lines = table.locator("td:first-child").evaluate_all("""cells => cells.map(td => {
+        const range = document.createRange(); range.selectNodeContents(td);
+        return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size; })""")
+    assert lines and max(lines) == 1, f"property names break over lines: {lines}"
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 2200, f"the Model tab is {height} px tall on a phone"
+    page.screenshot(path=SHOTS / "phone_model.png", full_page=True)
+    assert not errors, errors
+
+
+# -- waiting, exports -----------------------------------------------------------------------------------------
+
+
+def test_a_second_user_sees_the_queue_position_while_waiting(browser, server):
+    first, errors_1 = open_app(browser, server)
+    second, errors_2 = open_app(browser, server)
+    first.get_by_text("DDPM (all T steps)").click()
+    first.get_by_role("button", name="Generate", exact=True).click()
+    first.wait_for_function("() => document.querySelector('#gen-status progress')?.value < 500", timeout=60_000)
+    second.get_by_role("button", name="Generate", exact=True).click()
+    queue = second.locator("#gen-status [data-testid=status-tracker]").get_by_text(re.compile(r"queue: \d+/\d+"))
+    queue.wait_for(timeout=60_000)
+    tracker = second.locator("#gen-status [data-testid=status-tracker]")
+    assert float(tracker.evaluate("e => getComputedStyle(e).opacity")) > 0.5  # drawn, not hidden
+    assert re.search(r"queue: 1/\d+ \| [\d.]+(/[\d.]+)?s", tracker.inner_text()), tracker.inner_text()
+    second.screenshot(path=SHOTS / "second_user_waiting.png")
+    first.get_by_role("button", name="Stop", exact=True).first.click()
+    second.locator("#gen-status").get_by_text("Done").wait_for(timeout=600_000)
+    assert not errors_1 and not errors_2, errors_1 + errors_2
+
+
+WATCH_TRACKER = """el => {
+    window.trackerShown = false;
+    const look = () => { const t = el.querySelector('[data-testid=status-tracker]');
+                         if (t && !t.classList.contains('hide') && getComputedStyle(t).opacity > 0.5) window.trackerShown = true; };
+    new MutationObserver(look).observe(el, {subtree: true, childList: true, attributes: true, characterData: true});
+}"""
+
+
+def test_export_shows_progress_is_named_by_the_run_and_a_new_run_clears_it(browser, server):
+    page, errors = open_app(browser, server)
+    page.get_by_role("button", name="Generate", exact=True).click()  # DDIM, 50 steps
+    page.locator("#gen-status").get_by_text("Done").wait_for(timeout=600_000)
+    seed = page.get_by_label("Seed used").input_value()
+    page.get_by_role("tab", name="Frames").click()
+    download = page.locator("#export-file")
+    download.evaluate(WATCH_TRACKER)
+    page.get_by_role("button", name="Export GIF").click()
+    name = f"ddim-50steps-eta0_seed{seed}.gif"
+    download.locator(f'[aria-label="{name}"]').wait_for(timeout=600_000)
+    assert page.evaluate("window.trackerShown"), "no progress was shown while the GIF was written"
+    page.screenshot(path=SHOTS / "export_done.png", full_page=True)
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_role("tab", name="Frames").click()
+    download.locator(f'[aria-label="{name}"]').wait_for(state="detached", timeout=60_000)  # the old file is gone
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#gen-status").get_by_text("Done").wait_for(timeout=600_000)
+    assert not errors, errors
+
+
+# -- layout -----------------------------------------------------------------------------------------------------
+
+# For every picture shown: its label's box, the box of the picture drawn in it (object-fit: contain), the box of
+# its buttons, and whether the label's text is cut off.
+PICTURE_BOXES = """() => [...document.querySelectorAll('.ddpm-picture')].filter(b => b.offsetParent && b.querySelector('img'))
+  .map(b => {
+    const box = r => r && {x: r.left, y: r.top, r: r.right, b: r.bottom};
+    const label = b.querySelector('label[data-testid=block-label]:not(.sr-only)');
+    const img = b.querySelector('img'), ir = img.getBoundingClientRect();
+    const k = Math.min(ir.width / img.naturalWidth, ir.height / img.naturalHeight);
+    const w = img.naturalWidth * k, h = img.naturalHeight * k;
+    const drawn = {x: ir.left + (ir.width - w) / 2, y: ir.top + (ir.height - h) / 2,
+                   r: ir.left + (ir.width + w) / 2, b: ir.top + (ir.height + h) / 2};
+    const buttons = b.querySelector('.icon-button-wrapper');
+    return {id: b.id || (label && label.innerText), label: label && box(label.getBoundingClientRect()),
+            picture: drawn, buttons: buttons && box(buttons.getBoundingClientRect()),
+            labelCut: !!label && label.scrollWidth > label.clientWidth + 1};
+  })"""
+
+
+def overlap(a: dict | None, b: dict | None) -> bool:
+    return bool(a and b) and a["x"] < b["r"] - 1 and b["x"] < a["r"] - 1 and a["y"] < b["b"] - 1 and b["y"] < a["b"] - 1
+
+
+def assert_labels_clear(page) -> None:
+    """No picture's label covers its picture or runs under its buttons, and none is cut off."""
+    boxes = page.evaluate(PICTURE_BOXES)
+    assert boxes
+    for p in boxes:
+        assert not overlap(p["label"], p["picture"]), f"the label of {p['id']} covers its picture"
+        assert not overlap(p["label"], p["buttons"]), f"the label of {p['id']} runs under its buttons"
+        assert not p["labelCut"], f"the label of {p['id']} is cut off"
+
+
+@pytest.mark.parametrize("width", [1280, 400])
+def test_picture_labels_never_cover_pictures(browser, server, width):
+    page, errors = open_app(browser, server, width=width)
+    page.get_by_text("Show predicted noise ε̂").click()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#gen-status").get_by_text("Done").wait_for(timeout=600_000)
+    page.locator("#gen-eps img").wait_for(timeout=30_000)
+    assert_labels_clear(page)
+    page.get_by_role("tab", name="Forward").click()
+    page.locator("input[type=file]").first.set_input_files(str(PHOTO))
+    page.locator("#fwd-strip img").wait_for(timeout=60_000)
+    assert_labels_clear(page)  # also the schedule plot: no label over its panels
+    page.screenshot(path=SHOTS / f"labels_{width}.png", full_page=True)
     assert not errors, errors

@@ -185,4 +185,4 @@ def test_the_handlers_say_a_released_run_is_gone_and_a_new_one_works(library: Mo
     with pytest.raises(gr.Error, match="no longer kept in memory"):
         h.export("gif", user)
     list(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))
-    assert "frame 1/3" in h.frame(0, user)[2]
+    assert "frame 1/3" in h.frame(1, user)[2]

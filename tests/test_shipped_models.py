@@ -129,3 +129,21 @@ def test_the_prepared_network_samples_exactly_as_the_loaded_one(shipped):
     torch.testing.assert_close(run(prepared, 0), raw, rtol=1e-4, atol=1e-4)
     assert raw.abs().max() <= 1.0 + 1e-5  # with clipping, the last DDIM step returns x̂₀ in [−1, 1]
     assert (run(prepared, 1) - raw).abs().mean() > 0.1  # the seed decides the images
+
+
+def test_early_guesses_are_saturated_noise_and_the_layout_settles_by_t700(shipped):
+    """What the Frames help says about x̂₀ along a clipped DDIM chain: at t = 999 most values sit at ±1 and
+    neighbouring pixels differ like noise (not a blurry average); by t ≈ 700 x̂₀ is close to the final image."""
+    _, loaded = shipped
+    model = prepare(loaded.model, "cpu")
+    schedule = Schedule(loaded.config.schedule)
+    steps = list(samplers.ddim(model, schedule, (2, 3, 64, 64), steps=20, clip_x0=True,
+                               generator=torch.Generator().manual_seed(0)))
+    final = steps[-1].x_prev
+    first = steps[0].pred_x0
+    assert steps[0].t == 999
+    assert (first.abs() > 0.99).float().mean() > 0.4  # saturated colours
+    neighbour_difference = (first[..., 1:, :] - first[..., :-1, :]).abs().mean()
+    assert neighbour_difference > 2 * (final[..., 1:, :] - final[..., :-1, :]).abs().mean()  # noise, not blur
+    settled = next(s for s in steps if s.t <= 700).pred_x0
+    assert torch.corrcoef(torch.stack([settled.flatten(), final.flatten()]))[0, 1] > 0.7

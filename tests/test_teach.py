@@ -70,12 +70,12 @@ def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(hand
     target = f"x_{replay[0].t_prev}"
     assert f"{target} = {number(first.terms[0].coefficient)}·" in status  # the update, its numbers filled in
 
-    x_t, x0, label, update, terms, which = handlers.frame(0, user)
+    x_t, x0, label, update, terms, which = handlers.frame(1, user)
     assert which == "generate" and f"t = {replay[0].t}" in label
     for term in first.terms:  # the same coefficients, written for LaTeX
         assert latex_number(abs(term.coefficient)) in update
     assert terms.shape[1] > 4 * 16  # x_t term | ε̂ term | noise term | result, each enlarged
-    last = handlers.frame(len(user.run.frames) - 1, user)[3]
+    last = handlers.frame(len(user.run.frames), user)[3]
     assert "x_{0}" in last and ("no noise on the last step" in last or sampler == "ddim")
 
 
@@ -85,9 +85,9 @@ def test_generate_and_denoise_runs_do_not_replace_each_other(handlers):
     handlers.noise(str(PHOTO), 9, True, 5, user)
     list(handlers.denoise("ddim", 3, 0.0, 1, True, user))
     assert user.runs["generate"].num_steps == 4 and user.runs["denoise"].num_steps == 3
-    assert handlers.frame(0, user)[5] == "denoise"  # Frames shows the latest run…
+    assert handlers.frame(1, user)[5] == "denoise"  # Frames shows the latest run…
     slider, *out = handlers.show_run("generate", user)  # …and either one on request
-    assert slider["value"] == 3 and out[5] == "generate" and "DDIM, 4 steps" in out[2]
+    assert slider["value"] == 4 and out[5] == "generate" and "DDIM, 4 steps" in out[2]
     with pytest.raises(gr.Error, match="run kind must be one of"):
         handlers.show_run("nonsense", user)
 
@@ -254,7 +254,7 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
     teach.pin(user)
     list(handlers.generate("ddim", 4, 0.0, 5, 1, True, False, user))
     teach.compare(10, user)
-    handlers.frame(2, user)
+    handlers.frame(3, user)
     handlers.noise(str(PHOTO), 9, True, 5, user)
     teach.train_step(str(PHOTO), 5, 1, user)
     list(teach.likelihood(str(LANDSCAPE), False, 1, user))

@@ -118,8 +118,9 @@ def test_unknown_start_model_names_the_choices(weights: Path):
 
 def test_app_picks_weights_dir_from_the_environment(monkeypatch, weights: Path):
     monkeypatch.setenv("DDPM_WEIGHTS_DIR", str(weights))
-    assert app.parse_args([]).weights == str(weights)
-    assert app.parse_args(["--weights", "elsewhere"]).weights == "elsewhere"
+    assert app.parse_args([]).weights == [str(weights)]
+    assert app.parse_args(["--weights", "elsewhere"]).weights == ["elsewhere"]
+    assert app.parse_args(["--weights", "a", "--weights", "b"]).weights == ["a", "b"]
 
 
 # -- Generate: streaming and the trajectory ------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
     x_t, x0, eps, status, seed, slider = outs[-1]
     assert image_of(x_t).shape == image_of(x0).shape == image_of(eps).shape
     assert seed == "5" and "Done" in status
-    assert slider["maximum"] == 6 and slider["value"] == 6
+    assert slider["maximum"] == 7 and slider["value"] == 7  # frames are numbered from 1, the last is the 7th
     assert isinstance(outs[0][2], type(gr.skip()))  # ε̂ not shown: no picture made while streaming
     # the last preview shows the finished image
     np.testing.assert_array_equal(x_t, ui.picture(run.final))
@@ -314,10 +315,10 @@ def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Pa
     assert run.steps_done == len(run.frames) == 3
     assert [f.t for f in run.frames] == [T - 1, T - 2, T - 3]
     assert torch.equal(run.result(), run.frames[-1].pred_x0)
-    with pytest.raises(gr.Error, match="frame must be a whole number in 0…2, got 99"):
+    with pytest.raises(gr.Error, match="frame must be a whole number in 1…3, got 99"):
         handlers.frame(99, user)
-    x_t, x0, label, *_ = handlers.frame(2, user)
-    assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label
+    x_t, x0, label, *_ = handlers.frame(3, user)
+    assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label and "frame 3/3" in label
     np.testing.assert_array_equal(x_t, ui.picture(run.frames[-1].x_t))
     gif = Image.open(handlers.export("gif", user))
     assert gif.n_frames == 3
@@ -332,13 +333,13 @@ def test_frame_scrubber_and_prev_next(handlers: ui.Handlers):
     user = UserState()
     assert handlers.frame(0, user)[0] is None  # nothing yet
     run_all(handlers.generate("ddim", 6, 0.0, 2, 1, True, False, user))
-    x_t, x0, label, *_ = handlers.frame(2, user)
+    x_t, x0, label, *_ = handlers.frame(3, user)  # the slider and the label both count frames from 1
     np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[2].x_t))
     np.testing.assert_array_equal(x0, ui.picture(user.run.frames[2].pred_x0))
     assert "frame 3/6" in label and "finished" in label
-    assert handlers.nudge(2, +1, user)[0] == 3
-    assert handlers.nudge(5, +1, user)[0] == 5
-    assert handlers.nudge(0, -1, user)[0] == 0
+    assert handlers.nudge(3, +1, user)[0] == 4
+    assert handlers.nudge(6, +1, user)[0] == 6
+    assert handlers.nudge(1, -1, user)[0] == 1
 
 
 def test_gif_export_has_one_frame_per_stored_step(handlers: ui.Handlers):
@@ -429,7 +430,9 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     session = handlers.library.get("faces")
     at_0, at_end = ui.schedule_plot(session, 0), ui.schedule_plot(session, T - 1)
     first, last = marker_columns(at_0), marker_columns(at_end)
-    assert len(first) == len(last) == 2  # one line per panel
+    assert len(first) == len(last) == 1  # the two panels, stacked, share the t axis: one column
+    rows = np.nonzero((at_0 == MARKER).all(-1).any(1))[0]
+    assert (np.diff(rows) > 1).sum() == 1  # two stretches of rows: a line in each panel
     per_t = [(b - a) / (T - 1) for a, b in zip(first, last)]
     assert min(per_t) > 5  # pixels per timestep: the line moves right with t
     assert all(abs(c - (a + 7 * d)) <= 1 for c, a, d in zip(marker_columns(plot), first, per_t))
@@ -545,7 +548,8 @@ def test_build_wires_named_endpoints(library: ModelLibrary):
     names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
     assert names == {"generate", "frame", "export_gif", "export_mp4", "export_png", "noise", "denoise",
                      "select_model", "download_model", "show_run", "train_step", "loss_curve", "likelihood", "pin",
-                     "compare", "interpolate", "export_figure"}
+                     "compare", "interpolate", "export_figure", "load_folder",
+                     "rescan_models"}
     sampling = [d for d in demo.fns.values() if d.api_name in ("generate", "denoise")]
     assert all(d.concurrency_limit == 1 and d.concurrency_id == "model" for d in sampling)
     assert demo._queue.max_size == ui.QUEUE_SIZE

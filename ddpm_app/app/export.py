@@ -19,7 +19,9 @@ from .runs import Frame, Trajectory
 
 
 def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256) -> Image.Image:
-    """x_t | x̂₀ of one stored frame side by side under a label line, upscaled (nearest) to ``min_height``."""
+    """x_t | x̂₀ of one stored frame side by side under two label lines, upscaled (nearest) to ``min_height``.
+
+    The labels are drawn in :func:`~.pictures.label_font`, which has every character they use."""
     left = Image.fromarray(picture(frame.x_t))
     right = Image.fromarray(picture(frame.pred_x0))
     scale = max(1, math.ceil(min_height / left.height))
@@ -28,11 +30,16 @@ def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256) -
     out = Image.new("RGB", (2 * w + gap, h + bar), "white")
     out.paste(left.resize((w, h), Image.NEAREST), (0, bar))
     out.paste(right.resize((w, h), Image.NEAREST), (w + gap, bar))
-    draw, font = ImageDraw.Draw(out), label_font(14)
-    draw.text((4, 2), f"{trajectory.title}   step {frame.index + 1}/{trajectory.num_steps}   t = {frame.t}",
-              fill="black", font=font)
-    draw.text((4, 21), "x_t", fill="black", font=font)
-    draw.text((w + gap + 4, 21), "predicted x0", fill="black", font=font)
+    draw = ImageDraw.Draw(out)
+    title = trajectory.title
+    size = 14
+    while size > 9 and label_font(size).getlength(title) > out.width - 8:  # long titles: smaller, still whole
+        size -= 1
+    draw.text((4, 2), title, fill="black", font=label_font(size))
+    font = label_font(14)
+    draw.text((4, 21), f"x_t   step {frame.index + 1}/{trajectory.num_steps}, t = {frame.t}", fill="black",
+              font=font)
+    draw.text((w + gap + 4, 21), "predicted x̂₀", fill="black", font=font)
     return out
 
 
@@ -45,6 +52,18 @@ def export_indices(n: int, max_frames: int) -> list[int]:
     return sorted({round(i * (n - 1) / (max_frames - 1)) for i in range(max_frames)})
 
 
+# told (frames drawn, frames in all) as an export goes, so a user sees it move
+ExportProgress = Callable[[int, int], None]
+
+
+def _pictures(trajectory: Trajectory, indices: list[int], progress: ExportProgress | None):
+    """The labelled pictures of the frames at ``indices``, one at a time, reporting progress before each."""
+    for n, i in enumerate(indices):
+        if progress is not None:
+            progress(n, len(indices))
+        yield frame_picture(trajectory, trajectory.frames[i])
+
+
 def _check_frames(trajectory: Trajectory | None) -> Trajectory:
     if trajectory is not None and trajectory.released:
         raise InputError("this run is no longer kept in memory: run Generate (or Denoise) again")
@@ -54,18 +73,19 @@ def _check_frames(trajectory: Trajectory | None) -> Trajectory:
 
 
 def export_gif(trajectory: Trajectory | None, path: str | Path, max_frames: int = 120,
-               duration_ms: int = 60, hold_last_ms: int = 1500) -> Path:
+               duration_ms: int = 60, hold_last_ms: int = 1500, progress: ExportProgress | None = None) -> Path:
     """An animated GIF of the stored frames (x_t | x̂₀ side by side, labelled), the last one held a moment."""
     trajectory = _check_frames(trajectory)
     indices = export_indices(len(trajectory.frames), max_frames)
-    pictures = [frame_picture(trajectory, trajectory.frames[i]) for i in indices]
+    pictures = list(_pictures(trajectory, indices, progress))
     durations = [duration_ms] * (len(pictures) - 1) + [hold_last_ms]
     path = Path(path)
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
     return path
 
 
-def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int = 300, fps: int = 20) -> Path:
+def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int = 300, fps: int = 20,
+               progress: ExportProgress | None = None) -> Path:
     """An H.264 MP4 of the stored frames (needs the ``imageio-ffmpeg`` package)."""
     trajectory = _check_frames(trajectory)
     if importlib.util.find_spec("imageio_ffmpeg") is None:  # the ffmpeg binary imageio's MP4 writer runs
@@ -77,8 +97,8 @@ def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int 
     path = Path(path)
     with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
                             macro_block_size=16, output_params=["-pix_fmt", "yuv420p"]) as writer:
-        for i in indices:
-            frame = _pad_to(np.asarray(frame_picture(trajectory, trajectory.frames[i])), 16)
+        for labelled in _pictures(trajectory, indices, progress):
+            frame = _pad_to(np.asarray(labelled), 16)
             writer.append_data(frame)
         for _ in range(fps):  # hold the last frame for a second
             writer.append_data(frame)

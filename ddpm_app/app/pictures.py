@@ -8,7 +8,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -29,29 +28,42 @@ def noise_picture(eps: Tensor, nrow: int | None = None) -> np.ndarray:
     return picture(eps / 2, nrow)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=1)
+def label_font_path() -> str:
+    """DejaVu Sans, which matplotlib ships: it has every glyph the labels use (Greek, x̂₀'s combining hat,
+    subscripts, superscripts), where Pillow's built-in font draws η as a box."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
+
+
+@lru_cache(maxsize=8)
 def label_font(size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans (shipped with matplotlib) at ``size`` px: it has the Greek letters and sub/superscripts."""
-    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    return ImageFont.truetype(label_font_path(), size)
 
 
 def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min_size: int = 96,
-                   title: str | None = None) -> np.ndarray:
-    """Images (each (C, H, W), float in [−1, 1] or uint8) side by side, each labelled underneath → (H', W', 3).
-    Small images are enlarged (nearest neighbour) to at least ``min_size`` pixels so the labels stay legible;
-    the label font grows with them (a 512-pixel strip is a slide figure), and ``title`` goes on top."""
+                   columns: int | None = None, font_size: int | None = None, title: str | None = None) -> np.ndarray:
+    """Images (each (C, H, W), float in [−1, 1] or uint8) in rows of ``columns`` (all in one row by default),
+    each labelled underneath → (H', W', 3). Small images are enlarged (nearest neighbour) to at least
+    ``min_size`` pixels so the labels stay legible; the label font (by default) grows with them, so a 512-pixel
+    strip is a slide figure, and ``title`` goes on top."""
     tiles = [Image.fromarray(picture(x, nrow=1)).convert("RGB") for x in images]
+    columns = columns or len(tiles)
+    rows = math.ceil(len(tiles) / columns)
     scale = max(1, math.ceil(min_size / tiles[0].height))
     w, h = tiles[0].width * scale, tiles[0].height * scale
-    size = max(13, min(h // 16, 36))
+    size = font_size or max(13, min(h // 16, 36))
     font = label_font(size)
     pad, text_h = max(2, size // 6), size + size // 4
     top = text_h + pad if title else 0
-    out = Image.new("RGB", (len(tiles) * (w + pad) - pad, top + h + text_h + 2), "white")
+    cell_h = h + text_h
+    out = Image.new("RGB", (min(columns, len(tiles)) * (w + pad) - pad, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(out)
     if title:
         draw.text((out.width // 2, 0), title, fill="black", font=font, anchor="ma")
     for i, (tile, label) in enumerate(zip(tiles, labels)):
-        out.paste(tile.resize((w, h), Image.NEAREST), (i * (w + pad), top))
-        draw.text((i * (w + pad) + w // 2, top + h + 2), label, fill="black", font=font, anchor="ma")
+        x, y = (i % columns) * (w + pad), top + (i // columns) * cell_h
+        out.paste(tile.resize((w, h), Image.NEAREST), (x, y))
+        draw.text((x + w // 2, y + h + 2), label, fill="black", font=font, anchor="ma")
     return np.asarray(out)

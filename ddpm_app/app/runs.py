@@ -4,6 +4,7 @@ runs a sampler to the end and passes on only the steps worth previewing (a time-
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
@@ -69,6 +70,8 @@ class Trajectory:
     steps_done: int = 0
     stopped: bool = False  # the run ended before its last step (Stop, or an error)
     released: bool = False  # its pictures were dropped to free memory (see :class:`~ddpm_app.app.state.Users`)
+    file_stem: str = "run"  # what ran, for export file names: "ddim-50steps-eta0_seed7"
+    ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # stopped or finished
 
     @property
     def stride(self) -> int:
@@ -179,5 +182,6 @@ def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle
     finally:  # also when the consumer closes us (Stop)
         if hasattr(steps, "close"):  # a sampler generator: let it run its cleanup on the worker too
             call(steps.close)
-        if trajectory is not None and not trajectory.finished:
-            trajectory.stopped = True
+        if trajectory is not None:
+            trajectory.stopped = not trajectory.finished
+            trajectory.ended.set()

@@ -1,0 +1,109 @@
+"""The Model tab's local folders: a model folder is loaded only from inside a weights folder (never through
+``..``, an absolute path elsewhere or a symlink that leads out), and a rescan picks up folders added or removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from test_ui import run_all, save_tiny
+
+from ddpm_app import ui
+from ddpm_app.app import InputError, ModelLibrary, UserState
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Path:
+    """tmp/weights/faces (a served model), tmp/weights/runs/nested (a model folder one level down), and
+    tmp/outside/secret (a model folder outside the weights folder)."""
+    save_tiny(tmp_path / "weights" / "faces")
+    save_tiny(tmp_path / "weights" / "runs" / "nested", image_size=8, timesteps=10)
+    save_tiny(tmp_path / "outside" / "secret", image_size=8, timesteps=12)
+    return tmp_path
+
+
+@pytest.fixture
+def handlers(place: Path) -> ui.Handlers:
+    return ui.Handlers(ModelLibrary(place / "weights"), preview_interval=0, export_dir=place / "exports")
+
+
+def test_a_nested_model_folder_loads_by_its_path_inside_the_weights_folder(handlers: ui.Handlers, place: Path):
+    user = UserState()
+    summary, _, _, header, t_slider, *_, pick = handlers.load_folder("runs/nested", user)
+    assert user.model == "runs/nested" and "runs/nested" in pick["choices"] and pick["value"] == "runs/nested"
+    assert "8×8" in header and t_slider["maximum"] == 9 and "T = 10" in summary
+    assert len(run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))) == 3
+    # the same folder by an absolute path, by a path from the working directory, and a listed name
+    assert handlers.library.add_folder(str(place / "weights" / "runs" / "nested")) == "runs/nested"
+    cwd = os.getcwd()
+    try:
+        os.chdir(place)
+        assert handlers.library.add_folder("weights/runs/nested") == "runs/nested"
+    finally:
+        os.chdir(cwd)
+    assert handlers.library.add_folder("faces") == "faces"
+
+
+@pytest.mark.parametrize("attempt", [
+    "../outside/secret",
+    "runs/../../outside/secret",
+    "{root}/outside/secret",  # absolute, outside
+    "{root}/weights/../outside/secret",
+    "/etc",
+])
+def test_paths_out_of_the_weights_folder_are_refused(handlers: ui.Handlers, place: Path, attempt: str):
+    user = UserState()
+    handlers.select_model("faces", user)
+    with pytest.raises(gr.Error, match="outside the weights folders.*--weights DIR.*current model stays loaded"):
+        handlers.load_folder(attempt.format(root=place), user)
+    assert user.model == "faces" and handlers.library.names == ["faces"]
+
+
+def test_a_symlink_inside_the_weights_folder_that_leads_out_is_refused(handlers: ui.Handlers, place: Path):
+    (place / "weights" / "runs" / "link").symlink_to(place / "outside" / "secret", target_is_directory=True)
+    (place / "weights" / "runs" / "up").symlink_to(place / "outside", target_is_directory=True)
+    for attempt in ("runs/link", "runs/up/secret", str(place / "weights" / "runs" / "link")):
+        with pytest.raises(InputError, match="outside the weights folders"):
+            handlers.library.add_folder(attempt)
+    # a symlink that stays inside is fine
+    (place / "weights" / "alias").symlink_to(place / "weights" / "runs" / "nested", target_is_directory=True)
+    assert handlers.library.add_folder("alias") == "runs/nested"
+
+
+def test_missing_and_broken_folders_say_what_is_wrong(handlers: ui.Handlers, place: Path):
+    user = UserState()
+    with pytest.raises(gr.Error, match="no folder 'runs/none' in"):
+        handlers.load_folder("runs/none", user)
+    with pytest.raises(gr.Error, match="no folder '~' in"):  # a name inside, not the home folder
+        handlers.load_folder("~", user)
+    with pytest.raises(gr.Error, match="enter a model folder inside"):
+        handlers.load_folder("  ", user)
+    with pytest.raises(gr.Error, match="config.json: not found"):
+        handlers.load_folder("runs", user)  # a folder, but not a model folder
+    assert user.model is None and handlers.library.names == ["faces"]
+
+
+def test_another_weights_folder_named_on_the_command_line_is_allowed(place: Path):
+    library = ModelLibrary([place / "weights", place / "outside"])
+    assert library.names == ["faces", "secret"]  # both scanned
+    assert library.add_folder(str(place / "outside" / "secret")) == "secret"
+    with pytest.raises(InputError, match="outside the weights folders"):
+        library.add_folder(str(place))
+
+
+def test_rescan_adds_new_folders_and_drops_removed_ones(handlers: ui.Handlers, place: Path):
+    user = UserState()
+    save_tiny(place / "weights" / "fresh", image_size=8, timesteps=6)
+    pick, note = handlers.rescan(user)
+    assert pick["choices"] == ["faces", "fresh"] and "new: fresh" in note
+    handlers.select_model("fresh", user)
+    shutil.rmtree(place / "weights" / "fresh")
+    pick, note = handlers.rescan(user)
+    assert pick["choices"] == ["faces"] and "gone: fresh" in note
+    assert user.model is None and pick["value"] == "faces"  # this user is back on the default model
+    assert handlers.rescan(user)[1].endswith("no change.")
+    with pytest.raises(gr.Error, match="unknown model 'fresh'"):
+        handlers.select_model("fresh", user)
