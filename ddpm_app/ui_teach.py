@@ -252,7 +252,7 @@ class TeachHandlers:
             a, b = resolve_seed(seed_a), resolve_seed(seed_b)
             n = whole_number(n, "number of images", 2, MAX_INTERPOLATION)
             settings = SamplerSettings.checked("ddim", steps, 0.0, flag(clip_x0, "clip x̂₀"), served.timesteps)
-        title = f"seed {a} → seed {b}, {settings.describe()}"
+        title = f"seed {a} → seed {b}, {settings.describe(served.timesteps - 1)}"
         labels = [f"w = {i / (n - 1):.2f}" for i in range(n)]
 
         def render(step) -> tuple:

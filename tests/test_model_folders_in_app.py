@@ -105,5 +105,5 @@ def test_rescan_adds_new_folders_and_drops_removed_ones(handlers: ui.Handlers, p
     assert pick["choices"] == ["faces"] and "gone: fresh" in note
     assert user.model is None and pick["value"] == "faces"  # this user is back on the default model
     assert handlers.rescan(user)[1].endswith("no change.")
-    with pytest.raises(gr.Error, match="unknown model 'fresh'"):
+    with pytest.raises(gr.Error, match="model must be one of faces, got 'fresh'"):
         handlers.select_model("fresh", user)

@@ -99,7 +99,7 @@ def test_after_stop_the_slider_and_frames_show_the_last_stored_frame(handlers: u
     previews = [next(gen) for _ in range(5)]
     assert previews[-1][5].get("value") is None  # mid-run previews leave the slider where the user put it
     gen.close()  # what Gradio does when Stop cancels the event
-    slider, x_t, _, label = handlers.show_stopped(user)
+    slider, x_t, _, label, *_ = handlers.show_stopped(user)
     assert slider["value"] == slider["maximum"] == len(user.run.frames) == 5
     assert "frame 5/5" in label and "stopped after 5 of 20 steps" in label
     np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[-1].x_t))

@@ -55,7 +55,7 @@ def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min
     w, h = tiles[0].width * scale, tiles[0].height * scale
     size = font_size or max(13, min(h // 16, 36))
     font = label_font(size)
-    pad, text_h = max(2, size // 6), size + size // 4
+    pad, text_h = (2, size + 6) if font_size else (max(2, size // 6), size + size // 4)
     top = text_h + pad if title else 0
     cell_h = h + text_h
     out = Image.new("RGB", (min(columns, len(tiles)) * (w + pad) - pad, top + rows * cell_h), "white")
