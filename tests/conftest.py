@@ -164,3 +164,13 @@ def assert_pictures_close(ours: np.ndarray, expected: np.ndarray, levels: int = 
     """Equal uint8 pictures up to ``levels`` (float32 against float64 rounding at a level boundary)."""
     assert ours.shape == expected.shape and ours.dtype == expected.dtype == np.uint8
     assert np.abs(ours.astype(int) - expected.astype(int)).max() <= levels
+
+
+def open_tab(page, name: str) -> None:
+    """Click a tab, through the "More tabs" menu when a narrow screen keeps it there."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.get_by_role("button", name="More tabs").click()
+    page.locator(".overflow-dropdown button", has_text=name).first.click()

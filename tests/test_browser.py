@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import CHROMIUM_ARGS, PATIENCE, make_tiny_config, perturb, seeded_init, wait_for
+from conftest import CHROMIUM_ARGS, PATIENCE, make_tiny_config, open_tab, perturb, seeded_init, wait_for
 from test_app_server import ROOT, serving_app
 
 from ddpm_app import ui
@@ -122,7 +122,7 @@ def test_phone_width_layout(browser, server):
     page, errors = open_app(browser, server, width=400)
     tabs = page.get_by_role("tab")  # nine tabs: those that do not fit on the line are under "More tabs"
     assert tabs.count() == 9 or (tabs.count() >= 3 and page.get_by_role("button", name="More tabs").count())
-    page.get_by_role("tab", name="Forward").click()
+    open_tab(page, "Forward")
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     width = page.evaluate("document.documentElement.scrollWidth")
@@ -138,7 +138,7 @@ def test_phone_width_layout(browser, server):
     assert ui.STRIP_FONT_SIZE * scale >= 10, f"strip captions are {ui.STRIP_FONT_SIZE * scale:.1f} px high"
     page.screenshot(path=SHOTS / "phone_forward.png", full_page=True)
 
-    page.get_by_role("tab", name="Model").click()
+    open_tab(page, "Model")
     table = page.locator("#model-summary table")
     table.wait_for(timeout=30_000)
     assert table.bounding_box()["width"] >= 300, "the model table is squeezed"

@@ -6,10 +6,8 @@ The screenshots go to docs/screens/ (the README shows them); look at them after 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import CHROMIUM_ARGS
+from conftest import CHROMIUM_ARGS, open_tab
 from test_app_server import ROOT, serving_app
 
 SHOTS = ROOT / "test-artifacts" / "teach"  # for a person to look at; the README's copies are in docs/screens/
@@ -51,16 +49,6 @@ def open_app(browser, url: str, width: int):
     page.goto(url)
     page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=60_000)
     return page, errors
-
-
-def open_tab(page, name: str) -> None:
-    """Click a tab, through the "More tabs" menu when a narrow screen keeps it there."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-        return
-    page.get_by_role("button", name="More tabs").click()
-    page.locator(".overflow-dropdown button", has_text=name).first.click()
 
 
 @pytest.mark.parametrize("width", [1280, 400])
