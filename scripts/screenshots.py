@@ -27,6 +27,16 @@ WIDTHS = (1280, 400)
 TABS = ("Generate", "Frames", "Forward", "Denoise", "Model")
 
 
+def open_tab(page, name: str) -> None:
+    """Click a tab, through the "More tabs" menu when a phone-width screen keeps it there."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.get_by_role("button", name="More tabs").click()
+    page.locator(".overflow-dropdown button", has_text=name).first.click()
+
+
 @contextlib.contextmanager
 def served(weights: Path):
     """``python app.py`` on a free localhost port until the block ends; yields its URL."""
@@ -70,22 +80,22 @@ def tour(browser, url: str, width: int, out: Path) -> None:
     page.locator("#gen-status").get_by_text("Done").wait_for(timeout=300_000)
     shoot(page, out / f"generate-{width}.png")
 
-    page.get_by_role("tab", name="Frames").click()
+    open_tab(page, "Frames")
     page.locator("#frame-label").get_by_text("finished").wait_for(timeout=60_000)
     shoot(page, out / f"frames-{width}.png")
 
-    page.get_by_role("tab", name="Forward").click()
+    open_tab(page, "Forward")
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=60_000)
     page.locator("#fwd-strip img").wait_for(timeout=60_000)
     shoot(page, out / f"forward-{width}.png")
 
-    page.get_by_role("tab", name="Denoise").click()
+    open_tab(page, "Denoise")
     page.get_by_role("button", name="Denoise", exact=True).click()
     page.locator("#sd-status").get_by_text("Done").wait_for(timeout=300_000)
     shoot(page, out / f"denoise-{width}.png")
 
-    page.get_by_role("tab", name="Model").click()
+    open_tab(page, "Model")
     page.locator("#model-summary table").wait_for(timeout=60_000)
     samples = page.locator("#model-samples img")
     samples.scroll_into_view_if_needed()  # a lazy image loads once in view
