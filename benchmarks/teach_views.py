@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import sys
@@ -29,16 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from ddpm_app import ui  # noqa: E402
 from ddpm_app.app import ModelLibrary, UserState  # noqa: E402
 from ddpm_app.ui_teach import TeachHandlers  # noqa: E402
+from ddpm_app.isa import cpu_model_name  # noqa: E402
 
 PHOTO = Path(ui.ASSETS) / "portrait.png"
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def summary(name: str, seconds: list[float]) -> str:
@@ -90,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         first_work.append(work if work is not None else totals[-1])
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+    print(f"CPU: {cpu_model_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min); model {args.model}\n")
     print("| measure | median | range | runs |\n|---|---|---|---|")
     print(summary("training view: update after moving t", moves))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,14 +26,7 @@ from ddpm_app.data import load_pack  # noqa: E402
 from ddpm_app.inference import prepare  # noqa: E402
 from ddpm_app.likelihood import BitsPerDim  # noqa: E402
 from ddpm_app.model_folder import load_local  # noqa: E402
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from ddpm_app.isa import cpu_model_name  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bpd_from:
         row = json.loads(Path(args.bpd_from).read_text())["bpd"]
         bpd = BitsPerDim(**(row | {"per_timestep": [tuple(r) for r in row["per_timestep"]]}))
-    where = f"CPU {cpu_name()}" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    where = f"CPU {cpu_model_name()}" if device.type == "cpu" else torch.cuda.get_device_name(device)
     start = time.perf_counter()
     stats = heldout.measure(prepare(loaded.model, device, compile=False, precision="fp32"), loaded.schedule,
                             pack.images, f"{Path(args.data).name}, split {args.split}", loss_timesteps=args.timesteps,

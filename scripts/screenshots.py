@@ -26,15 +26,8 @@ PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 WIDTHS = (1280, 400)
 TABS = ("Generate", "Frames", "Forward", "Denoise", "Model")
 
-
-def open_tab(page, name: str) -> None:
-    """Click a tab, through the "More tabs" menu when a phone-width screen keeps it there."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-        return
-    page.get_by_role("button", name="More tabs").click()
-    page.locator(".overflow-dropdown button", has_text=name).first.click()
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import open_tab  # noqa: E402  (the browser tests' way through "More tabs")
 
 
 @contextlib.contextmanager

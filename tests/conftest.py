@@ -174,3 +174,14 @@ def open_tab(page, name: str) -> None:
         return
     page.get_by_role("button", name="More tabs").click()
     page.locator(".overflow-dropdown button", has_text=name).first.click()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """Headless Chromium (Debian's) driven by Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import CHROMIUM_ARGS, PATIENCE, make_tiny_config, open_tab, perturb, seeded_init, wait_for
+from conftest import PATIENCE, make_tiny_config, open_tab, perturb, seeded_init, wait_for
 from test_app_server import ROOT, serving_app
 
 from ddpm_app import ui
@@ -18,6 +18,7 @@ from ddpm_app.models import UNet
 from ddpm_app.schedule import ScheduleConfig
 
 SHOTS = ROOT / "test-artifacts" / "browser"
+SHOTS.mkdir(parents=True, exist_ok=True)
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 T = 1000  # DDPM steps: long enough (seconds) to watch previews arrive and to stop a run part-way
 PATIENCE_MS = PATIENCE * 1000  # Playwright's waits, as a guard against a hang only
@@ -33,17 +34,6 @@ def server(tmp_path_factory):
     save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "weights" / "faces")
     with serving_app(root / "weights", root / "app.log") as (url, _):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(chromium):
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def open_app(browser, url: str, width: int = 1280):

@@ -7,10 +7,11 @@ The screenshots go to docs/screens/ (the README shows them); look at them after 
 from __future__ import annotations
 
 import pytest
-from conftest import CHROMIUM_ARGS, open_tab
+from conftest import open_tab
 from test_app_server import ROOT, serving_app
 
 SHOTS = ROOT / "test-artifacts" / "teach"  # for a person to look at; the README's copies are in docs/screens/
+SHOTS.mkdir(parents=True, exist_ok=True)
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 WEIGHTS = ROOT / "weights"
 WAIT = 300_000  # ms: the shipped 12 M-parameter network on a busy 2-core CPU
@@ -29,17 +30,6 @@ def server(tmp_path_factory):
     (weights / "faces").symlink_to(WEIGHTS / "faces")  # the shipped model alone
     with serving_app(weights, root / "app.log") as (url, _):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(chromium):
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def open_app(browser, url: str, width: int):
