@@ -588,7 +588,6 @@ class Trainer:
 
     def run(self) -> Iterator[Progress]:
         """Train until ``cfg.steps`` (or ``max_minutes``, or SIGINT/SIGTERM), yielding progress."""
-        cfg = self.cfg
         old_handlers = {}
         if _in_main_thread():  # every rank: torchrun passes a Ctrl-C or SIGTERM on to all of them
             for sig in (signal.SIGINT, signal.SIGTERM):
