@@ -30,6 +30,7 @@ from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH,
                   ModelLibrary, ServedModel, Throttle, Trajectory, UserState, Users, export_gif, export_mp4,
                   export_png, labelled_strip, noise_picture, picture, resolve_seed, schedule_curves, stream)
 from .app.inputs import choice, flag, whole_number
+from .app.numbers import number
 from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, terms_strip
 from .app.state import DEFAULT_TIME_TO_LIVE
 from .image import ImageError, psnr
@@ -404,20 +405,6 @@ def preview_file(array: np.ndarray) -> str:
     return processing_utils.save_bytes_to_cache(buffer.getvalue(), "preview.jpeg", processing_utils.get_upload_folder())
 
 
-SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def number(x: float, decimals: int = 4, latex: bool = False) -> str:
-    """``x`` with ``decimals`` decimals, or as 4.0×10⁻⁵ where that would show fewer than two significant digits
-    (or for 10⁴ and more): ᾱ_t near T is small, not 0.0000. ``latex`` writes ``4.0\\times10^{-5}``."""
-    if x == 0 or 10 ** (1 - decimals) <= abs(x) < 1e4:
-        return f"{x:.{decimals}f}"
-    mantissa, exponent = f"{x:.1e}".split("e")
-    if latex:
-        return f"{mantissa}\\times10^{{{int(exponent)}}}"
-    return f"{mantissa}×10{str(int(exponent)).translate(SUPERSCRIPTS)}"
-
-
 def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float, update: str = "") -> str:
     """Progress, the step's t, ᾱ_t and SNR, and (``update``) the step's update with its numbers filled in."""
     level = served.noise_level(step.t)
@@ -440,7 +427,7 @@ def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None) 
             f"$\\bar\\alpha_t$ = **{number(lv.alpha_bar)}** · "
             f"$\\sqrt{{\\bar\\alpha_t}}$ = **{number(lv.sqrt_alpha_bar)}** · "
             f"$\\sqrt{{1-\\bar\\alpha_t}}$ = **{number(lv.sqrt_one_minus_alpha_bar)}** · "
-            f"SNR = $\\bar\\alpha_t/(1-\\bar\\alpha_t)$ = {number(lv.snr, 2)} = **{lv.snr_db:+.1f} dB**\n\n"
+            f"SNR = $\\bar\\alpha_t/(1-\\bar\\alpha_t)$ = {number(lv.snr)} = **{lv.snr_db:+.1f} dB**\n\n"
             f"$$x_t = {number(lv.sqrt_alpha_bar, 3, latex=True)}\\,x_0 + "
             f"{number(lv.sqrt_one_minus_alpha_bar, 3, latex=True)}\\,\\varepsilon \\qquad (t = {t})$$")
 

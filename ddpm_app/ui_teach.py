@@ -25,7 +25,7 @@ from .app.compare import compare_picture
 from .app.figures import VIEWS, figure, save_figure
 from .app.inputs import choice, flag, random_seed, whole_number
 from .app.likelihood_view import ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
-from .app.reverse_step import number
+from .app.numbers import number
 from .app.training_view import curve_plot, error_heatmap, heat_scale, photo_curve, training_step
 from .image import to_uint8
 from .samplers import SamplerSettings
@@ -110,9 +110,10 @@ class TeachHandlers:
             x0 = served.prepare_photo(photo)
         step = training_step(served, x0, t, seed)
         user.lesson.step = step
-        numbers = (f"**t = {t}**, noise seed {seed} · $\\bar\\alpha_t$ = {number(served.noise_level(t).alpha_bar)}"
-                   f"\n\n$$x_{{{t}}} = {number(served.noise_level(t).sqrt_alpha_bar)}\\,x_0 + "
-                   f"{number(served.noise_level(t).sqrt_one_minus_alpha_bar)}\\,\\varepsilon$$\n\n"
+        level = served.noise_level(t)
+        numbers = (f"**t = {t}**, noise seed {seed} · $\\bar\\alpha_t$ = {number(level.alpha_bar)}"
+                   f"\n\n$$x_{{{t}}} = {number(level.sqrt_alpha_bar, latex=True)}\\,x_0 + "
+                   f"{number(level.sqrt_one_minus_alpha_bar, latex=True)}\\,\\varepsilon$$\n\n"
                    f"loss $\\frac{{1}}{{D}}\\lVert\\varepsilon - \\hat\\varepsilon\\rVert^2$ = **{number(step.loss)}** "
                    f"(the mean over D = {step.eps.numel()} values: what training minimises) · "
                    f"$\\lVert\\varepsilon - \\hat\\varepsilon\\rVert^2$ = **{step.loss_sum:.1f}** (the tutorial's "
@@ -149,11 +150,11 @@ class TeachHandlers:
         curve = lesson.curve
         held = served.heldout
         summary = (f"Your photo: the loss at {len(curve.timesteps)} timesteps, {curve.draws} ε each "
-                   f"(mean over t: {sum(curve.mean) / len(curve.mean):.4f}). ")
+                   f"(mean over t: {number(sum(curve.mean) / len(curve.mean))}). ")
         if held is not None and held.loss is not None:
             ratio = [a / b for a, b in zip(curve.mean, (held.loss.at(s) for s in curve.timesteps))]
             summary += (f"Held-out images ({held.loss.num_images}, {held.data}): mean over t "
-                        f"{sum(held.loss.mean) / len(held.loss.mean):.4f}; your photo's loss is "
+                        f"{number(sum(held.loss.mean) / len(held.loss.mean))}; your photo's loss is "
                         f"{min(ratio):.2f}–{max(ratio):.2f}× theirs across t. ")
         else:
             summary += f"No held-out curve to compare with: {served.heldout_note}. "

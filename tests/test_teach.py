@@ -18,12 +18,11 @@ from ddpm_app import heldout, ui, ui_teach
 from ddpm_app.app import ModelLibrary, UserState, training_view
 from ddpm_app.app.compare import frame_at
 from ddpm_app.app.likelihood_view import BATCH, CLIP_X0, ESTIMATE_TIMESTEPS
-from ddpm_app.app.reverse_step import latex_number, number
+from ddpm_app.app.numbers import number
 from ddpm_app.image import to_uint8
 from ddpm_app.likelihood import bits_per_dim
 from ddpm_app.loss import curve_timesteps, diffusion_loss, loss_curve
 from ddpm_app.samplers import SamplerSettings, step_breakdown
-from ddpm_app.schedule import Schedule, ScheduleConfig
 
 T = 20
 LANDSCAPE = PHOTO.parent / "landscape.png"
@@ -50,13 +49,6 @@ def teach(library, tmp_path) -> ui_teach.TeachHandlers:
 # -- the reverse step, explained ------------------------------------------------------------------------------
 
 
-def test_numbers_near_zero_are_in_scientific_notation():
-    assert number(4.0357e-5) == "4.036e-05" and latex_number(4.0357e-5) == "4.036\\times10^{-5}"
-    assert number(0.98765) == "0.9877" and number(0) == "0"
-    abar_T = float(Schedule(ScheduleConfig()).alphas_cumprod[-1])  # 4.0e-5 for the linear T = 1000 schedule
-    assert "e-05" in number(abar_T)
-
-
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 0), ("ddim", 5)])
 def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(handlers, library, sampler, steps):
     user = UserState()
@@ -73,7 +65,7 @@ def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(hand
     x_t, x0, label, update, terms, which = handlers.frame(1, user)
     assert which == "generate" and f"t = {replay[0].t}" in label
     for term in first.terms:  # the same coefficients, written for LaTeX
-        assert latex_number(abs(term.coefficient)) in update
+        assert number(abs(term.coefficient), latex=True) in update
     assert terms.shape[1] > 4 * 16  # x_t term | ε̂ term | noise term | result, each enlarged
     last = handlers.frame(len(user.run.frames), user)[3]
     assert "x_{0}" in last and ("no noise on the last step" in last or sampler == "ddim")

@@ -14,6 +14,7 @@ from test_ui import PHOTO, T, run_all, save_tiny
 
 from ddpm_app import ui
 from ddpm_app.app import ModelLibrary, UserState, export_gif, noise_picture
+from ddpm_app.app.numbers import number
 from ddpm_app.samplers import SamplerSettings
 from ddpm_app.schedule import Schedule, ScheduleConfig
 
@@ -108,21 +109,27 @@ def test_after_stop_the_slider_and_frames_show_the_last_stored_frame(handlers: u
 # -- numbers -------------------------------------------------------------------------------------------------
 
 
-def test_small_values_are_shown_in_scientific_notation():
-    abar = float(Schedule(ScheduleConfig()).alphas_cumprod[996])  # the linear schedule, T = 1000
-    assert 1e-5 < abar < 1e-4
-    assert ui.number(abar) == f"{abar:.1e}".split("e")[0] + "×10⁻⁵"
-    assert ui.number(abar, latex=True).endswith(r"\times10^{-5}")
-    assert ui.number(0.7221) == "0.7221" and ui.number(0.0012) == "0.0012" and ui.number(0.0) == "0.0000"
-    assert ui.number(0.0064, 3) == "6.4×10⁻³" and ui.number(12000.0, 2) == "1.2×10⁴"
+def test_one_number_style_significant_digits_and_scientific_notation_outside_1e_3_to_1e5():
+    assert number(0.7221) == "0.7221" and number(0.98765) == "0.9877" and number(-0.01234) == "-0.01234"
+    assert number(0.0012) == "0.0012" and number(9999.0) == "9999" and number(0) == "0" and number(1.0) == "1"
+    assert number(0.00099) == "9.900×10⁻⁴" and number(123456.0) == "1.235×10⁵"
+    assert number(12000.0) == "1.200×10⁴"  # 4 significant digits cannot show 12000 without an exponent
+    assert number(0.99998) == "0.99998"  # not "1": the digits that say how close to 1 stay
+    assert number(2.5e-7, 2, latex=True) == r"2.5\times10^{-7}" and number(0.0064, 3, latex=True) == "0.0064"
+
+
+def test_alpha_bar_near_T_is_in_scientific_notation_not_zero():
+    abar = float(Schedule(ScheduleConfig()).alphas_cumprod[-1])  # linear schedule, T = 1000: ᾱ_999 = 4.0358e-5
+    assert number(abar) == "4.036×10⁻⁵" and number(abar, latex=True) == r"4.036\times10^{-5}"
 
 
 def test_status_and_forward_numbers_show_a_tiny_alpha_bar(tmp_path: Path):
     save_tiny(tmp_path / "faces", timesteps=1000)
     served = ModelLibrary(tmp_path).get()
     numbers = ui.forward_numbers(served, 996)
-    assert "0.0000" not in numbers and "×10^{-" not in numbers and "10⁻⁵" in numbers
-    assert r"\times10^{-3}" in numbers  # √ᾱ_t in the equation
+    assert "0.0000" not in numbers and "×10^{-" not in numbers
+    assert "**4.288×10⁻⁵**" in numbers  # ᾱ_996 = 4.2877e-5 in the text
+    assert r"$$x_t = 0.00655\,x_0 + 0.999979\,\varepsilon" in numbers  # √ᾱ_t, √(1−ᾱ_t) in the equation
 
 
 def test_forward_at_t0_does_not_call_the_noised_image_x0(handlers: ui.Handlers):

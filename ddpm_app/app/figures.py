@@ -13,7 +13,8 @@ from .compare import compare_picture
 from .inputs import InputError
 from .likelihood_view import terms_plot
 from .pictures import labelled_strip
-from .reverse_step import equation_text, frame_breakdown, number, terms_strip
+from .numbers import number
+from .reverse_step import equation_text, frame_breakdown, terms_strip
 from .served import ServedModel
 from .state import UserState
 from .training_view import error_heatmap, heat_scale

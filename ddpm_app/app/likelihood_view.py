@@ -14,6 +14,7 @@ from torch import Tensor
 from ..heldout import HeldOut
 from ..image import to_uint8
 from ..likelihood import BitsPerDim, bits_per_dim
+from .numbers import number
 from .plots import new_figure, pixels
 from .served import ServedModel
 
@@ -69,7 +70,7 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
 
 def verdict(photo: BitsPerDim, heldout: HeldOut | None, note: str = "") -> str:
     """What the number means, in Markdown: the photo against the held-out average."""
-    head = (f"**Your photo: {photo.total:.3f} {photo.label}** — prior {photo.prior:.2g}, per-step terms "
+    head = (f"**Your photo: {photo.total:.3f} {photo.label}** — prior {number(photo.prior, 2)}, per-step terms "
             f"{photo.diffusion:.3f}, decoder {photo.decoder:.3f}.")
     if heldout is None or heldout.bpd is None:
         return head + f"\n\nNo held-out figure to compare with: {note or 'this model has none stored'}."

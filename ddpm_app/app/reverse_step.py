@@ -6,34 +6,15 @@ The numbers come from :func:`ddpm_app.samplers.step_breakdown`; this module only
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 from torch import Tensor
 
 from ..samplers import StepBreakdown, StepTerm, step_breakdown
+from .numbers import number
 from .pictures import labelled_strip
 from .runs import Frame, Trajectory
-
-
-def number(v: float, digits: int = 4) -> str:
-    """``v`` for people: 4 significant digits, scientific notation (3.1e-05) below 10⁻³ instead of 0.0000."""
-    if v == 0:
-        return "0"
-    if abs(v) < 1e-3 or abs(v) >= 1e5:
-        return f"{v:.{digits - 1}e}"
-    text = f"{v:.{digits}g}"
-    if abs(float(text)) == 1 and abs(v) != 1:  # 0.99998 is not 1: keep the digits that say how close
-        text = f"{v:.{digits + 3}f}".rstrip("0")
-    return text
-
-
-def latex_number(v: float) -> str:
-    """Like :func:`number`, written for LaTeX: 3.1\\times10^{-5}."""
-    text = number(v)
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        return f"{mantissa}\\times10^{{{int(exponent)}}}"
-    return text
 
 
 def _sub(t: int) -> str:
@@ -57,7 +38,7 @@ def _factor(term: StepTerm, b: StepBreakdown) -> str:
 def equation_markdown(b: StepBreakdown) -> str:
     """The update in LaTeX twice: its symbolic form with this step's schedule values, then the coefficients."""
     t, s = b.t, _sub(b.t_prev)
-    n = latex_number
+    n = partial(number, latex=True)
     c = [term.coefficient for term in b.terms]
     if b.sampler == "ddpm":
         values = (f"$\\alpha_t = {n(b.alpha)}$ · $\\beta_t = {n(b.beta)}$ · $\\bar\\alpha_t = {n(b.alpha_bar)}$ · "
@@ -76,7 +57,7 @@ def equation_markdown(b: StepBreakdown) -> str:
 
 
 def _signed(v: float) -> str:
-    return f"- {latex_number(-v)}" if v < 0 else f"+ {latex_number(v)}"
+    return f"- {number(-v, latex=True)}" if v < 0 else f"+ {number(v, latex=True)}"
 
 
 def display_gain(value: Tensor) -> float:
