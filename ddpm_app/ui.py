@@ -205,8 +205,8 @@ class Handlers:
         state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
                  if run.stopped else f"running: {run.steps_done} of {run.num_steps} steps")
         every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
-        label = (f"**{run.title}** ({state}) — frame {i + 1}/{len(run.frames)}: step {f.index + 1}/{run.num_steps}, "
-                 f"**t = {f.t}**. Stored: {every}.")
+        label = (f"**step {f.index + 1} of {run.num_steps} · t = {f.t}** — frame {i + 1}/{len(run.frames)}: "
+                 f"{run.title} ({state}). Stored: {every}.")
         parts = frame_breakdown(run, f)
         if parts is None:
             return picture(f.x_t), picture(f.pred_x0), label, "", None, user.shown
@@ -584,7 +584,9 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             # 2. Step through the frames ----------------------------------------------------------
             with gr.Tab("Frames", id="frames"):
                 gr.Markdown(FRAMES_HELP, latex_delimiters=LATEX)
-                frame = widgets.Slider(1, 2, value=1, step=1, label="Frame", elem_id="frame-slider")
+                frame = widgets.Slider(1, 2, value=1, step=1, label="Frame",
+                                       info="one stored step of the run: the line below says which step and t",
+                                       elem_id="frame-slider")
                 with gr.Row():
                     prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
                     next_btn = gr.Button("Next ▶", size="sm", min_width=80)

@@ -71,6 +71,39 @@ def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(hand
     assert "x_{0}" in last and ("no noise on the last step" in last or sampler == "ddim")
 
 
+def frame_heads(handlers, user, count: int) -> list[str]:
+    """The bold head of the Frames label for frames 1…count: "step k of n · t = …"."""
+    return [re.match(r"\*\*(.*?)\*\*", handlers.frame(i, user)[2]).group(1) for i in range(1, count + 1)]
+
+
+def test_frames_name_the_step_and_t_of_each_frame_for_ddpm_ddim_and_sdedit(handlers, library):
+    user = UserState()
+    list(handlers.generate("ddpm", 0, 0.0, 3, 1, False, False, user))  # T = 20: t = 19, 18, …, 0
+    assert frame_heads(handlers, user, 3) == ["step 1 of 20 · t = 19", "step 2 of 20 · t = 18",
+                                              "step 3 of 20 · t = 17"]
+    assert handlers.frame(20, user)[2].startswith("**step 20 of 20 · t = 0**")
+    list(handlers.generate("ddim", 5, 0.0, 3, 1, False, False, user))  # linspace(19, 0, 5) rounded
+    assert frame_heads(handlers, user, 5) == ["step 1 of 5 · t = 19", "step 2 of 5 · t = 14", "step 3 of 5 · t = 10",
+                                              "step 4 of 5 · t = 5", "step 5 of 5 · t = 0"]
+    handlers.noise(str(PHOTO), 9, True, 5, user)
+    list(handlers.denoise("ddim", 4, 0.0, 1, True, user))  # SDEdit: the chain starts at the Forward tab's t = 9
+    assert frame_heads(handlers, user, 4) == ["step 1 of 4 · t = 9", "step 2 of 4 · t = 6", "step 3 of 4 · t = 3",
+                                              "step 4 of 4 · t = 0"]
+    list(handlers.denoise("ddpm", 0, 0.0, 1, True, user))
+    assert frame_heads(handlers, user, 2) == ["step 1 of 10 · t = 9", "step 2 of 10 · t = 8"]
+
+
+def test_frames_of_a_thinned_run_name_the_step_they_hold(library, tmp_path):
+    served = library.get("faces")
+    per_step = 2 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀; ε̂, z and x_prev of one 16×16 image
+    thin = ui.Handlers(library, preview_interval=0, export_dir=tmp_path, max_trajectory_bytes=per_step * 6)
+    user = UserState()
+    list(thin.generate("ddpm", 0, 0.0, 3, 1, False, False, user))
+    assert user.run.stride == 4 and served.timesteps == 20  # frames hold steps 1, 5, 9, 13, 17 and 20
+    assert frame_heads(thin, user, 6) == ["step 1 of 20 · t = 19", "step 5 of 20 · t = 15", "step 9 of 20 · t = 11",
+                                          "step 13 of 20 · t = 7", "step 17 of 20 · t = 3", "step 20 of 20 · t = 0"]
+
+
 def test_generate_and_denoise_runs_do_not_replace_each_other(handlers):
     user = UserState()
     list(handlers.generate("ddim", 4, 0.0, 1, 1, True, False, user))

@@ -20,6 +20,7 @@ import app
 from ddpm_app import samplers, ui
 from ddpm_app.app import (ModelLibrary, ServedModel, Throttle, Trajectory, UserState, export_gif, export_indices,
                           stream)
+from ddpm_app.app.numbers import number
 from ddpm_app.convert_seed import convert
 from ddpm_app.image import load_image, to_uint8
 from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, load_pretrained, save_pretrained
@@ -423,7 +424,7 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     np.testing.assert_array_equal(x0_pic, ((x0 + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
     assert "t = 7" in numbers and "noise seed 1234" in numbers
     abar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / (T - 1)) for i in range(8))  # ᾱ_7 of the linear schedule
-    assert f"{math.sqrt(abar):.4f}" in numbers and f"{10 * math.log10(abar / (1 - abar)):+.1f} dB" in numbers
+    assert f"**{number(math.sqrt(abar))}**" in numbers and f"{10 * math.log10(abar / (1 - abar)):+.1f} dB" in numbers
     assert strip.shape[1] > 8 * 16  # eight noised copies side by side
     assert "t = 7" in note
     # the plot marks t with a 2-pixel crimson line in each panel, moving linearly with t; nothing else changes
