@@ -152,6 +152,26 @@ def test_bf16_hands_the_last_steps_to_fp32(net):
             assert torch.equal(bf16(x, t), fp32(x, t)) is same
 
 
+@needs_bf16
+def test_in_fp32_is_the_fp32_network_whatever_sampling_runs_in(net):
+    """What the teaching views measure with: a bf16 network's fp32 twin gives fp32's ε̂ exactly, at any t."""
+    fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
+    assert fp32.in_fp32() is fp32
+    measuring = bf16.in_fp32()
+    assert measuring.precision == measuring.runtime.precision == "fp32"
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([500, 999])
+    with torch.inference_mode():
+        assert torch.equal(measuring(x, t), fp32(x, t)) and not torch.equal(bf16(x, t), fp32(x, t))
+
+
+def test_in_fp32_on_cuda_drops_autocast_and_compiling(net):
+    """A CUDA network's fp32 form (built here without a GPU: only its settings are checked)."""
+    fast = Prepared(net, channels_last=True, precision="fp16", device_type="cuda")
+    measuring = fast.in_fp32()
+    assert fast.autocast_dtype == torch.float16 and measuring.autocast_dtype is None
+    assert measuring.model is net and not measuring.compiled and measuring.precision == "fp32"
+
+
 # --- the choice of precision ------------------------------------------------------------------------------------
 
 def never_timed():

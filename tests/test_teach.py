@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_inference import needs_bf16
 from test_ui import PHOTO, save_tiny
 
 from ddpm_app import heldout, ui, ui_teach
 from ddpm_app.app import ModelLibrary, UserState, training_view
 from ddpm_app.app.compare import frame_at
-from ddpm_app.app.likelihood_view import BATCH, CLIP_X0, ESTIMATE_TIMESTEPS
+from ddpm_app.app.likelihood_view import CLIP_X0, ESTIMATE_TIMESTEPS, timesteps_per_call
 from ddpm_app.app.numbers import number
 from ddpm_app.image import to_uint8
+from ddpm_app.inference import prepare_cpu
 from ddpm_app.likelihood import bits_per_dim
 from ddpm_app.loss import curve_timesteps, diffusion_loss, loss_curve
 from ddpm_app.samplers import SamplerSettings, step_breakdown
@@ -139,6 +141,29 @@ def test_training_step_loss_is_diffusion_loss_on_the_same_x0_t_and_eps(teach, li
     assert not np.array_equal(other[1], eps_pic)
 
 
+@needs_bf16
+def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_path):
+    """The held-out figures beside the photo's were made in fp32, so the photo's are too: bf16 rounding of ε̂ would
+    move ‖ε − ε̂‖² far more than float32 rounding does (11–17 % at large t on the shipped faces model)."""
+    save_tiny(tmp_path / "faces")
+    library = ModelLibrary(tmp_path, "cpu", precision="bf16")
+    served = library.get("faces")
+    assert served.eps_model.precision == "bf16" and served.fp32_eps_model.precision == "fp32"
+    fp32 = prepare_cpu(served.loaded.model, "fp32")  # built afresh: the known answer
+    teach = ui_teach.TeachHandlers(library, tmp_path / "f", preview_interval=0)
+    user = UserState()
+    teach.train_step(str(PHOTO), 15, 42, user)
+    x0, eps, t = served.prepare_photo(str(PHOTO))[None], served.draw_noise(42)[None], torch.tensor([15])
+    with torch.inference_mode():
+        in_fp32, in_bf16 = (float(diffusion_loss(net, served.schedule, x0, t, eps)) for net in (fp32, served.eps_model))
+    assert user.lesson.step.loss == pytest.approx(in_fp32, rel=1e-6)
+    assert in_bf16 != pytest.approx(in_fp32, rel=1e-4)  # bf16 would have shown another number
+    list(teach.likelihood(str(PHOTO), False, 11, user))
+    expected = bits_per_dim(fp32, served.schedule, to_uint8(x0[0])[None], num_timesteps=ESTIMATE_TIMESTEPS,
+                            batch_size=timesteps_per_call(T), generator=served.generator(11), clip_x0=CLIP_X0)
+    assert user.lesson.likelihood.total == pytest.approx(expected.total, rel=1e-12)
+
+
 def test_training_view_marks_t_on_the_curve_without_redrawing(teach):
     user = UserState()
     a = teach.train_step(str(PHOTO), 2, 0, user)[6]
@@ -157,7 +182,7 @@ def test_loss_curve_is_the_library_curve_and_says_when_held_out_figures_are_miss
     x0 = served.prepare_photo(str(PHOTO))
     expected = loss_curve(served.eps_model, served.schedule, x0[None], curve_timesteps(T, training_view.CURVE_TIMESTEPS),
                           draws=training_view.CURVE_DRAWS, generator=served.generator(ui_teach.CURVE_SEED),
-                          batch_size=max(training_view.CURVE_DRAWS * 4, 16))
+                          batch_size=7)  # ε does not depend on the batch
     assert user.lesson.curve.mean == pytest.approx(expected.mean, rel=1e-6)
     assert user.lesson.curve.timesteps == list(range(T))  # 25 points asked, T = 20 available
     assert "No held-out curve" in summary and "heldout.json" in summary
@@ -199,7 +224,7 @@ def test_likelihood_is_bits_per_dim_on_the_same_image_timesteps_and_noise(teach,
     served = library.get("faces")
     x0 = served.prepare_photo(str(PHOTO))
     expected = bits_per_dim(served.eps_model, served.schedule, to_uint8(x0)[None],
-                            num_timesteps=None if exact else ESTIMATE_TIMESTEPS, batch_size=BATCH,
+                            num_timesteps=None if exact else ESTIMATE_TIMESTEPS, batch_size=timesteps_per_call(T),
                             generator=served.generator(11), clip_x0=CLIP_X0)
     got = user.lesson.likelihood
     assert got.total == pytest.approx(expected.total, rel=1e-12) and got.per_timestep == expected.per_timestep
@@ -215,7 +240,11 @@ def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
     outs = list(teach.likelihood(str(PHOTO), False, 3, user))
     assert user.lesson.likelihood.timesteps_evaluated == ESTIMATE_TIMESTEPS and not user.lesson.likelihood.exact
     done = [int(m) for o in outs[:-1] for m in re.findall(r"value='(\d+)'", o[0])]
-    assert done == sorted(done) and len(done) >= ESTIMATE_TIMESTEPS // BATCH - 1  # one update per network call
+    assert done == [0, 10, 20, 30, 40]  # an update before the first network call and after each but the last
+
+
+def test_the_bound_goes_through_the_network_in_a_few_large_calls():
+    assert [timesteps_per_call(n) for n in (50, 1000, 20, 3)] == [10, 50, 4, 1]
 
 
 def test_likelihood_stop_ends_the_computation(tmp_path):

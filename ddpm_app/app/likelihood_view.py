@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -19,16 +20,27 @@ from .plots import new_figure, pixels
 from .served import ServedModel
 
 ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
-BATCH = 5  # timesteps per network call: a progress update after each
 CLIP_X0 = True  # as the held-out figures of the shipped models (python -m ddpm_app.evaluate)
+# The timesteps go through the network in a few large calls, with a progress update after each. On a 2-core CPU
+# that others share, per-call costs dominate: the faces model's 50-timestep estimate took a median 3.2 s in calls
+# of 5 timesteps, 2.7 s in calls of 10 and 1.9 s in one call of 50 (load average ≈ 5).
+PROGRESS_UPDATES = 5
+MAX_TIMESTEPS_PER_CALL = 50
+
+
+def timesteps_per_call(num_timesteps: int) -> int:
+    """Timesteps per network call for a bound over ``num_timesteps``: :data:`PROGRESS_UPDATES` calls, none larger
+    than :data:`MAX_TIMESTEPS_PER_CALL` (the estimate: 5 calls of 10; the exact bound over T = 1000: 20 of 50)."""
+    return max(1, min(MAX_TIMESTEPS_PER_CALL, math.ceil(num_timesteps / PROGRESS_UPDATES)))
 
 
 def photo_bits_per_dim(served: ServedModel, x0: Tensor, seed: int, num_timesteps: int | None = ESTIMATE_TIMESTEPS,
                        progress: Callable[[int, int], None] | None = None) -> BitsPerDim:
     """The bound for one photo x₀ (C, H, W) in [−1, 1], taken as the 8-bit image it shows: over ``num_timesteps``
     (None: all T, exact), its timesteps and noise drawn from ``seed``."""
-    return bits_per_dim(served.eps_model, served.schedule, to_uint8(x0)[None], num_timesteps=num_timesteps,
-                        batch_size=BATCH, generator=served.generator(seed), clip_x0=CLIP_X0, device=served.device,
+    batch = timesteps_per_call(min(num_timesteps or served.timesteps, served.timesteps))
+    return bits_per_dim(served.fp32_eps_model, served.schedule, to_uint8(x0)[None], num_timesteps=num_timesteps,
+                        batch_size=batch, generator=served.generator(seed), clip_x0=CLIP_X0, device=served.device,
                         progress=progress)
 
 

@@ -70,6 +70,9 @@ class ServedModel:
         self.device = torch.device(device)
         prepared = prepare(loaded.model, self.device, precision=precision, timesteps=self.schedule.timesteps)
         self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
+        # the same network in fp32, for what the teaching views measure (the loss, the bound): the held-out figures
+        # beside them were made in fp32, and bf16 would move the loss at large t (see Prepared.in_fp32)
+        self.fp32_eps_model = prepared.in_fp32()
         self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
         self.runtime = prepared.runtime
         # what a step costs on this machine, for the model tab: timed by the precision choice, or here (on CUDA
