@@ -201,6 +201,22 @@ def test_eta_is_drawn_as_a_glyph_not_a_box():
     assert eta.size and (eta.shape != notdef.shape or not np.array_equal(eta, notdef))
 
 
+def label_row_ink(strip: np.ndarray, tile: int) -> list[int]:
+    """Dark pixels under each tile of a one-row strip (the label row: below the tiles)."""
+    row = strip[tile:].min(axis=2) < 128  # (text rows, W)
+    return [int(row[:, i * (tile + 2):(i + 1) * (tile + 2) - 2].sum()) for i in range(strip.shape[1] // tile)]
+
+
+def test_strip_labels_keep_their_underscores_and_stay_under_their_own_picture():
+    from ddpm_app.app.pictures import labelled_strip
+
+    grey = torch.zeros(3, 16, 16)  # enlarged ×8 to 128 px: the terms strip's size
+    assert label_row_ink(labelled_strip([grey], ["_"], min_size=128), 128)[0] > 0  # not cut off at the bottom
+    long = "−1.234×10⁻⁴·x_999 (×2000)"  # wider than 128 px at the default label size
+    ink = label_row_ink(labelled_strip([grey, grey, grey], ["", long, ""], min_size=128), 128)
+    assert ink[1] > 0 and ink[0] == ink[2] == 0  # drawn smaller, not spilling under the neighbours
+
+
 def test_export_reports_progress_per_frame(handlers: ui.Handlers, tmp_path: Path):
     user = UserState()
     run_all(handlers.generate("ddim", 6, 0.0, 1, 1, True, False, user))

@@ -42,6 +42,13 @@ def label_font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(label_font_path(), size)
 
 
+def fitting_font(text: str, size: int, width: int, smallest: int = 8) -> ImageFont.FreeTypeFont:
+    """The label font at ``size``, or smaller (down to ``smallest``) until ``text`` fits in ``width`` pixels."""
+    while size > smallest and label_font(size).getlength(text) > width:
+        size -= 1
+    return label_font(size)
+
+
 def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min_size: int = 96,
                    columns: int | None = None, font_size: int | None = None, title: str | None = None) -> np.ndarray:
     """Images (each (C, H, W), float in [−1, 1] or uint8) in rows of ``columns`` (all in one row by default),
@@ -55,7 +62,8 @@ def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min
     w, h = tiles[0].width * scale, tiles[0].height * scale
     size = font_size or max(13, min(h // 16, 36))
     font = label_font(size)
-    pad, text_h = (2, size + 6) if font_size else (max(2, size // 6), size + size // 4)
+    # room below the baseline too: the underscore of "x_0" sits there
+    pad, text_h = (2, size + 6) if font_size else (max(2, size // 6), sum(font.getmetrics()) + 4)
     top = text_h + pad if title else 0
     cell_h = h + text_h
     out = Image.new("RGB", (min(columns, len(tiles)) * (w + pad) - pad, top + rows * cell_h), "white")
@@ -65,5 +73,5 @@ def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min
     for i, (tile, label) in enumerate(zip(tiles, labels)):
         x, y = (i % columns) * (w + pad), top + (i // columns) * cell_h
         out.paste(tile.resize((w, h), Image.NEAREST), (x, y))
-        draw.text((x + w // 2, y + h + 2), label, fill="black", font=font, anchor="ma")
+        draw.text((x + w // 2, y + h + 2), label, fill="black", font=fitting_font(label, size, w), anchor="ma")
     return np.asarray(out)
