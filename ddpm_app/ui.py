@@ -67,6 +67,8 @@ CSS = """
 /* the download box: one line high until there is a file */
 .ddpm-download .empty.large { min-height: 3rem !important; }
 .ddpm-stats { font-variant-numeric: tabular-nums; line-height: 1.6; }
+/* an equation wider than a phone scrolls sideways inside its box instead of being cut off */
+.katex-display { overflow-x: auto; overflow-y: hidden; }
 .ddpm-stats progress { width: 100%; height: 0.9em; }
 """
 # Gradio drops @media rules from `css`, so the phone-width rule goes into the page head.

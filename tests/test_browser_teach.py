@@ -1,7 +1,8 @@
 """The teaching views in a real browser (Debian's headless Chromium, Playwright) against ``python app.py`` serving
 the shipped faces model: each view opened and used at 1280 and 400 pixels wide.
 
-The screenshots go to docs/screens/ (the README shows them); look at them after a change to the views.
+The screenshots go to test-artifacts/teach/; look at them after a change to the views, and copy them to
+docs/screens/ (which the README shows).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def test_teaching_views(browser, server, width):
     open_tab(page, "Frames")
     page.locator("#frame-label").get_by_text("finished").wait_for(timeout=WAIT)
     page.get_by_role("button", name="◀ Previous").click()
+    # DDIM-50 from t = 999 visits …, 41, 20, 0: the label names the step before the last and its t
+    page.locator("#frame-label").get_by_text("step 49 of 50 · t = 20").wait_for(timeout=WAIT)
     page.locator("#frame-terms img").wait_for(timeout=WAIT)
     page.wait_for_function("() => !document.querySelector('.wrap.pending, .eta-bar')", timeout=WAIT)
     page.screenshot(path=SHOTS / f"frames-step{tag}.png", full_page=True)

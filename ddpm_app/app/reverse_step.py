@@ -36,7 +36,8 @@ def _factor(term: StepTerm, b: StepBreakdown) -> str:
 
 
 def equation_markdown(b: StepBreakdown) -> str:
-    """The update in LaTeX twice: its symbolic form with this step's schedule values, then the coefficients."""
+    """The update in LaTeX twice: its symbolic form with this step's schedule values, then (a line below) the
+    coefficients."""
     t, s = b.t, _sub(b.t_prev)
     n = partial(number, latex=True)
     c = [term.coefficient for term in b.terms]
@@ -53,7 +54,7 @@ def equation_markdown(b: StepBreakdown) -> str:
         form = (f"x_{{{s}}} = \\sqrt{{{n(b.alpha_bar_prev)}}}\\,\\hat x_0 + "
                 f"\\sqrt{{1-{n(b.alpha_bar_prev)}-{n(b.sigma)}^2}}\\,\\hat\\varepsilon + {n(b.sigma)}\\,z")
         terms = f"{n(c[0])}\\,\\hat x_0 {_signed(c[1])}\\,\\hat\\varepsilon {_signed(c[2])}\\,z"
-    return f"{values}\n\n$${form} = {terms}$$"
+    return f"{values}\n\n$${form}$$\n\n$$= {terms}$$"  # two lines: each fits a phone
 
 
 def _signed(v: float) -> str:
