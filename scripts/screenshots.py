@@ -26,7 +26,7 @@ PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 WIDTHS = (1280, 400)
 TABS = ("Generate", "Frames", "Forward", "Denoise", "Model")
 
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run from anywhere: the package and the test helpers
 from conftest import open_tab  # noqa: E402  (the browser tests' way through "More tabs")
 
 
