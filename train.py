@@ -203,11 +203,19 @@ def train_main(argv) -> int:
         print(f"training {trainer.diffusion_config.arch} U-Net ({n_params / 1e6:.2f} M parameters) on {len(pack)} "
               f"images from {cfg.data} on {detect_hardware(trainer.device)}"
               + (f", resuming at step {trainer.step}" if args.resume else ""), file=sys.stderr)
+        cfg = trainer.cfg  # with the architecture's recipe filled in
+        print(f"batch {cfg.batch_size}, lr {cfg.lr:.3g} (warm-up {cfg.warmup_steps} steps, {cfg.lr_decay}), "
+              f"EMA {cfg.ema_decay}, " + (f"torch.compile mode {cfg.compile_mode}" if cfg.compile and
+                                          trainer.is_cuda else "not compiled"), file=sys.stderr)
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not main_rank)
     status = "done"
     try:
         for p in trainer.run():
-            if p.event == "log":
+            if p.event == "started" and main_rank:
+                setup_s, first_step_s = p.startup
+                bar.write(f"start-up: {setup_s:.1f} s to load the data and build the model, {first_step_s:.1f} s for "
+                          "the first step (compiling); images/s count from the second step")
+            elif p.event == "log":
                 bar.update(p.step - bar.n)
                 bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}")
             elif p.event in ("sample", "checkpoint") and main_rank:

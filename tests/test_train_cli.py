@@ -60,12 +60,13 @@ def trained(tmp_path_factory):
     mp.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     mp.setattr(constants, "HF_TOKEN_PATH", str(root / "no-token-here"))
     mp.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # never reached: there is no token
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
         code = train.main(train_args(data, out, "--split", "", "--name", "Tiny shapes", "--hardware", "test CPU",
                                      "--push-to-hub", "someone/tiny-ddpm"))
     mp.undo()
-    return {"code": code, "stderr": stderr.getvalue(), "out": out, "data": data, "broken": broken}
+    return {"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "out": out, "data": data,
+            "broken": broken}
 
 
 # -- --help ---------------------------------------------------------------------------------------------------------
@@ -95,6 +96,9 @@ def test_help_lists_every_option_with_its_help_text(capsys):
 def test_run_trains_skips_broken_files_and_exports(trained):
     out = trained["out"]
     assert "warning: skipped 3 unreadable image file(s) of 11" in trained["stderr"]
+    assert "batch 8, lr 0.001 (warm-up 0 steps, constant), EMA 0.9, not compiled" in trained["stderr"]
+    assert re.search(r"start-up: [0-9.]+ s to load the data and build the model, [0-9.]+ s for the first step",
+                     trained["stdout"] + trained["stderr"])
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     assert ckpt["step"] == 12 and ckpt["data"]["images"] == 8 and ckpt["data"]["split"] is None
     assert {p.name for p in (out / "export").iterdir()} == {"config.json", "model.safetensors", "README.md",
@@ -212,17 +216,19 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
 def test_cli_resume_takes_options_given_now_even_at_their_default_value(tmp_path, capsys):
     data = write_folder(tmp_path / "pictures")
     out = tmp_path / "run"
-    assert train.main(train_args(data, out, "--split", "", steps=4)) == 0  # --lr 1e-3, --save-every 4
-    default_lr = TrainConfig.__dataclass_fields__["lr"].default
+    assert train.main(train_args(data, out, "--split", "", steps=4)) == 0  # --ema-decay 0.9, --save-every 4
+    default_decay = TrainConfig.__dataclass_fields__["ema_decay"].default
+    assert default_decay != 0.9
     capsys.readouterr()
-    assert train.main(["--out", str(out), "--resume", "--steps", "5", "--lr", str(default_lr),
+    assert train.main(["--out", str(out), "--resume", "--steps", "5", "--ema-decay", str(default_decay),
                        "--base-channels", "64", "--timesteps", "1000"]) == 0
     assert ("warning: --resume takes the model and noise schedule from the checkpoint; ignoring --base-channels, "
             "--timesteps") in capsys.readouterr().err
     assert load_pretrained(out / "export").config.model == MODEL
     cfg = load_checkpoint(out / CHECKPOINT_NAME)["train_config"]
-    assert cfg["steps"] == 5 and cfg["lr"] == default_lr  # given now, although equal to the default
-    assert cfg["save_every"] == 4 and cfg["batch_size"] == 8 and cfg["data"] == str(data)  # kept from the run
+    assert cfg["steps"] == 5 and cfg["ema_decay"] == default_decay  # given now, although equal to the default
+    assert cfg["save_every"] == 4 and cfg["batch_size"] == 8 and cfg["lr"] == 1e-3  # kept from the run
+    assert cfg["data"] == str(data)
     assert cfg["out"] == str(out)
 
 

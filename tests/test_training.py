@@ -61,6 +61,30 @@ def test_lr_cosine_decays_to_a_tenth(tmp_path):
     assert lr_at(cfg, 500) == pytest.approx(1e-4)  # past the end (a resumed run with more steps) stays there
 
 
+@pytest.mark.parametrize("arch, given, world_size, expected", [
+    # nothing given: the recipe the shipped model of that architecture trained with, CUDA graphs on one GPU
+    ("ddpm", {}, 1, dict(batch_size=1024, lr=3e-4, warmup_steps=300, compile_mode="reduce-overhead")),
+    ("seed", {}, 1, dict(batch_size=256, lr=4e-4, warmup_steps=500, compile_mode="reduce-overhead")),
+    # another batch scales the recipe's lr by √(batch / recipe batch): 3e-4·√(256/1024) = 1.5e-4
+    ("ddpm", {"batch_size": 256}, 1, dict(batch_size=256, lr=1.5e-4, warmup_steps=300)),
+    ("seed", {"batch_size": 1024}, 1, dict(batch_size=1024, lr=8e-4)),
+    # what is given wins; DistributedDataParallel keeps the default compile mode
+    ("ddpm", {"batch_size": 64, "lr": 1e-3, "warmup_steps": 0}, 1, dict(batch_size=64, lr=1e-3, warmup_steps=0)),
+    ("ddpm", {"compile_mode": "default"}, 1, dict(compile_mode="default")),
+    ("ddpm", {}, 2, dict(compile_mode="default")),
+])
+def test_unset_settings_come_from_the_architectures_recipe(arch, given, world_size, expected):
+    cfg = training.with_recipe(training.TrainConfig(**given), arch, world_size)
+    assert {k: getattr(cfg, k) for k in expected} == pytest.approx(expected)
+
+
+def test_the_trainer_runs_and_records_the_recipe_it_filled_in(tmp_path):
+    cfg = train_config(tmp_path, steps=1, batch_size=None, lr=None, warmup_steps=None)
+    trainer = Trainer(cfg, MODEL, SCHEDULE, pack=shapes_pack())
+    assert trainer.global_batch == 1024 and trainer.cfg.lr == pytest.approx(3e-4)
+    assert trainer.state()["train_config"]["lr"] == pytest.approx(3e-4)  # a resumed run carries on with it
+
+
 def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
     schedule = Schedule(SCHEDULE)
     t = torch.arange(SCHEDULE.timesteps)
@@ -135,7 +159,10 @@ def test_training_batches_are_flipped_normalised_pictures_at_every_timestep(tmp_
 def test_loss_goes_down_on_simple_pictures(tmp_path):
     trainer = Trainer(train_config(tmp_path, steps=60, log_every=10, save_every=0), MODEL, SCHEDULE,
                       pack=shapes_pack())
-    logs = [p for p in run(trainer) if p.event == "log"]
+    events = run(trainer)
+    started = [p for p in events if p.event == "started"]
+    assert [p.step for p in started] == [1] and all(seconds > 0 for seconds in started[0].startup)
+    logs = [p for p in events if p.event == "log"]
     assert [p.step for p in logs] == [10, 20, 30, 40, 50, 60]
     losses = [p.loss for p in logs]
     assert all(math.isfinite(x) for x in losses)
@@ -276,7 +303,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
     first = Trainer(train_config(tmp_path / "b", steps=4), MODEL, SCHEDULE, pack=shapes_pack())
     events = [(p.event, p.step) for p in run(first) if p.event != "log"]
-    assert events == [("checkpoint", 4), ("done", 4)]
+    assert events == [("started", 1), ("checkpoint", 4), ("done", 4)]
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 4
     del first
 
@@ -318,7 +345,7 @@ def test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly(tmp
 def test_time_limit_stops_with_a_checkpoint(tmp_path):
     trainer = Trainer(train_config(tmp_path, steps=1000, max_minutes=1e-9), MODEL, SCHEDULE, pack=shapes_pack())
     events = [(p.event, p.step) for p in run(trainer) if p.event != "log"]
-    assert events == [("checkpoint", 1), ("stopped", 1)]
+    assert events == [("started", 1), ("checkpoint", 1), ("stopped", 1)]
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 1
 
 
