@@ -274,7 +274,10 @@ def export_main(argv) -> int:
     out = training.export_checkpoint(ckpt, args.out, args.export_dtype, extra)
     grids = sorted((Path(args.ckpt).parent / "samples").glob("step_*.png"))
     data = (ckpt.get("data") or {}).get("path") or ckpt["train_config"].get("data")
-    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model", data=data)
+    from ddpm_app.inference import resolve_device
+    # the held-out figures take minutes on a CPU and seconds on a GPU
+    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model", data=data,
+                    device=str(resolve_device()))
     print(f"exported {args.ckpt} to {out}", file=sys.stderr)
     return 0
 

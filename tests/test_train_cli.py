@@ -188,6 +188,16 @@ def test_export_subcommand_rewrites_the_model_folder(trained, tmp_path, capsys):
     assert (folder / "samples.png").is_file()  # the run's last grid comes along
 
 
+def test_export_subcommand_measures_the_held_out_figures_on_the_gpu_when_there_is_one(trained, tmp_path,
+                                                                                      monkeypatch):
+    import ddpm_app.inference
+    seen = {}
+    monkeypatch.setattr(ddpm_app.inference, "resolve_device", lambda name="auto": torch.device("cuda", 3))
+    monkeypatch.setattr(train, "complete_export", lambda folder, *args, **kwargs: seen.update(kwargs))
+    assert train.main(["export", "--ckpt", str(trained["out"] / CHECKPOINT_NAME), "--out", str(tmp_path / "x")]) == 0
+    assert seen["device"] == "cuda:3"
+
+
 def test_export_of_a_broken_checkpoint_is_exit_2(tmp_path, capsys):
     bad = tmp_path / CHECKPOINT_NAME
     bad.write_bytes(b"not a checkpoint")
