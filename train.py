@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from ddpm_app import cli
@@ -209,13 +210,20 @@ def train_main(argv) -> int:
                                           trainer.is_cuda else "not compiled"), file=sys.stderr)
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not main_rank)
     status = "done"
+    loop_start = None
     try:
         for p in trainer.run():
             if p.event == "started" and main_rank:
                 setup_s, first_step_s = p.startup
+                loop_start = time.perf_counter() - first_step_s  # --max-minutes counts from here
                 bar.write(f"start-up: {setup_s:.1f} s to load the data and build the model, {first_step_s:.1f} s for "
                           "the first step (compiling); images/s count from the second step")
             elif p.event == "log":
+                if loop_start is not None and main_rank:  # the first speed measured: will the time limit cut the run?
+                    warning = training.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
+                    if warning:
+                        bar.write(warning, file=sys.stderr)
+                    loop_start = None
                 bar.update(p.step - bar.n)
                 bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}")
             elif p.event in ("sample", "checkpoint") and main_rank:

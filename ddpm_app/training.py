@@ -207,6 +207,20 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
+def time_limit_warning(cfg: TrainConfig, step: int, images_per_s: float, seconds_used: float) -> str | None:
+    """What to tell the user when, at this speed, ``max_minutes`` will stop the run before ``cfg.steps`` while the
+    learning rate decays over the steps (the run would stop with the lr still high); None when all is well."""
+    if cfg.max_minutes <= 0 or cfg.lr_decay == "constant" or images_per_s <= 0:
+        return None
+    steps_per_s = images_per_s / cfg.batch_size
+    reachable = step + int(max(0.0, cfg.max_minutes * 60 - seconds_used) * steps_per_s)
+    if reachable >= cfg.steps:
+        return None
+    return (f"warning: at {images_per_s:,.0f} images/s, --max-minutes {cfg.max_minutes:g} stops the run near step "
+            f"{reachable} of {cfg.steps}, before the {cfg.lr_decay} learning-rate decay ends; for a finished decay "
+            f"in this time use --steps {reachable} (the rest can follow with --resume)")
+
+
 def loss_weights(schedule: Schedule, t: Tensor, cfg: TrainConfig) -> Tensor | None:
     """Per-sample weights on the ε-MSE: None (uniform), or Min-SNR-γ: min(SNR_t, γ)/SNR_t (Hang et al. 2023)."""
     if cfg.loss_weighting == "uniform":

@@ -242,6 +242,19 @@ def test_cli_resume_takes_options_given_now_even_at_their_default_value(tmp_path
     assert cfg["out"] == str(out)
 
 
+def test_the_time_limit_is_checked_once_at_the_first_measured_speed(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def warn(cfg, step, images_per_s, seconds_used):
+        calls.append((step, images_per_s, seconds_used))
+        return "warning: the time limit cuts this run short"
+    monkeypatch.setattr(training, "time_limit_warning", warn)
+    data = write_folder(tmp_path / "pictures")
+    assert train.main(train_args(data, tmp_path / "run", "--split", "", "--lr-decay", "cosine")) == 0
+    assert capsys.readouterr().err.count("warning: the time limit cuts this run short") == 1
+    assert len(calls) == 1 and calls[0][0] == 4 and calls[0][1] > 0 and calls[0][2] > 0  # the first log, step 4
+
+
 def test_resume_without_a_checkpoint_is_exit_2(tmp_path, capsys):
     assert train.main(["--out", str(tmp_path / "nothing"), "--resume"]) == 2
     assert f"no checkpoint at {tmp_path / 'nothing' / CHECKPOINT_NAME}" in capsys.readouterr().err

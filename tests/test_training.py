@@ -85,6 +85,17 @@ def test_the_trainer_runs_and_records_the_recipe_it_filled_in(tmp_path):
     assert trainer.state()["train_config"]["lr"] == pytest.approx(3e-4)  # a resumed run carries on with it
 
 
+def test_a_time_limit_that_cuts_the_lr_decay_short_is_warned_about_with_the_step_it_reaches(tmp_path):
+    # 15,360 images/s at batch 1,024 is 15 steps/s; 630 s allowed, 130 s used: 500 s more reach step 100 + 7,500
+    cfg = train_config(tmp_path, steps=8000, batch_size=1024, max_minutes=10.5, lr_decay="cosine")
+    warning = training.time_limit_warning(cfg, step=100, images_per_s=15_360, seconds_used=130)
+    assert "stops the run near step 7600 of 8000, before the cosine learning-rate decay ends" in warning
+    assert "use --steps 7600" in warning
+    assert training.time_limit_warning(dataclasses.replace(cfg, steps=7600), 100, 15_360, 130) is None  # it fits
+    assert training.time_limit_warning(dataclasses.replace(cfg, lr_decay="constant"), 100, 15_360, 130) is None
+    assert training.time_limit_warning(dataclasses.replace(cfg, max_minutes=0), 100, 15_360, 130) is None
+
+
 def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
     schedule = Schedule(SCHEDULE)
     t = torch.arange(SCHEDULE.timesteps)
