@@ -9,8 +9,9 @@
 Each mutation replaces one exact piece of source text (it must occur exactly once in its file, so a refactor that
 moves the code makes the script stop with an error instead of silently testing nothing) in a temporary copy of
 the repository; the real files are never touched. Then it runs only the test files that should catch the bug,
-with ``-x`` and a time limit, and counts the mutation as killed when they fail. Before any mutation the same test
-files run once on the unmodified copy: they must pass, or a failure could not be blamed on a mutation.
+with ``-x`` and a time limit, and counts the mutation as killed when they fail (or the test process crashes).
+Before any mutation the same test files run once on the unmodified copy: they must pass, or a failure could not
+be blamed on a mutation.
 
 The result (killed/total and every survivor) is printed; the README's test section keeps the latest one.
 """
@@ -22,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -413,6 +415,8 @@ def run_tests(workdir: Path, tests: tuple[str, ...], timeout: float) -> tuple[st
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return "survived", seconds, ""
+    if proc.returncode < 0:  # the test process died of a signal (a crash in native code): the bug did not pass
+        return "killed", seconds, f"(crashed: {signal.Signals(-proc.returncode).name})"
     if proc.returncode not in (1, 2):  # 2: interrupted by a collection error (e.g. an import fails), also a kill
         raise RuntimeError(f"pytest exited with {proc.returncode} (usage or internal error):\n{proc.stdout[-2000:]}")
     failed = re.search(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.MULTILINE)
