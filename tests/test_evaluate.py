@@ -37,9 +37,8 @@ def rms_to_nearest(queries: torch.Tensor, reference: torch.Tensor, flips: bool =
 def grid_tiles(path: Path, count: int, size: int = 16, nrow: int = 8, pad: int = 2) -> torch.Tensor:
     """The first ``count`` tiles of a saved grid, uint8 (count, 3, size, size): the samples exactly as drawn."""
     pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-    step = size + pad
-    return torch.stack([pixels[:, pad + (i // nrow) * step:][:, :size, pad + (i % nrow) * step:][:, :, :size]
-                        for i in range(count)])
+    corners = [(pad + (i // nrow) * (size + pad), pad + (i % nrow) * (size + pad)) for i in range(count)]
+    return torch.stack([pixels[:, top:top + size, left:left + size] for top, left in corners])
 
 
 @pytest.fixture

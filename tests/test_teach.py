@@ -267,7 +267,6 @@ def test_slerp_keeps_the_norm_on_the_arc_between_orthogonal_noises():
     assert interpolation.weights(5).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-
 def test_interpolation_ends_are_the_two_seeds_ddim_images(handlers, teach, library):
     user = UserState()
     outs = list(teach.interpolate(3, 9, 4, 5, True, user))
