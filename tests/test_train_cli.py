@@ -19,6 +19,8 @@ import train
 from ddpm_app import heldout, training
 from ddpm_app.data import load_pack
 from ddpm_app.model_folder import load_pretrained
+from ddpm_app.models import build_model
+from ddpm_app.schedule import Schedule
 from ddpm_app.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint
 from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
 from tiny_runs import MODEL, SCHEDULE, train_args, write_folder
@@ -282,7 +284,15 @@ def test_eval_every_reads_the_pack_s_test_folder_and_logs_held_out_mse(tmp_path,
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     held = [r for r in rows if "held_out_mse" in r]
     assert [r["step"] for r in held] == [2, 4]
-    assert all(0 < r["held_out_mse"] < 10 and 0 < r["held_out_mse_ema"] < 10 for r in held)
+    # the last row recomputed from the step-4 checkpoint on the pack's test/ images: fails if the held-out ε-MSE
+    # is taken on the training split or the EMA and raw figures are swapped
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    assert ckpt["step"] == 4
+    held_out = training.held_out_set(load_pack(pack, 16, split="test").images, SCHEDULE.timesteps)
+    for key, weights in (("held_out_mse", "model"), ("held_out_mse_ema", "ema")):
+        model = build_model(MODEL)
+        model.load_state_dict(ckpt[weights])
+        assert held[-1][key] == pytest.approx(training.held_out_mse(model, Schedule(SCHEDULE), held_out), rel=1e-5)
     assert "step 4: held-out ε-MSE" in capsys.readouterr().out  # tqdm.write prints to stdout
 
 

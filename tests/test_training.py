@@ -19,6 +19,7 @@ from ddpm_app.model_folder import load_pretrained
 from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
 from ddpm_app.models import build_model
+from ddpm_app.loss import curve_timesteps, loss_curve
 from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, diffusion_loss, export_checkpoint,
                                held_out_mse, held_out_set, load_checkpoint, loss_weights, lr_at)
 from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
@@ -110,6 +111,11 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
 
 # -- the loss and its inputs ------------------------------------------------------------------------------------
 
+def tiny_alphas_cumprod() -> torch.Tensor:
+    """ᾱ_t of the tiny schedule (linear β from 1e-3 to 0.3 over T = 20), computed here in float64."""
+    return torch.cumprod(1 - torch.linspace(1e-3, 0.3, 20, dtype=torch.float64), 0)
+
+
 def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_schedule):
     """L = mean over batch and pixels of (ε − ε_θ(√ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t))², checked with a network that records
     what it is shown and predicts ε̂ = x_t/2."""
@@ -122,7 +128,7 @@ def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_s
         seen.append((x_t.clone(), tt.clone()))
         return x_t / 2
 
-    abar = torch.cumprod(1 - torch.linspace(1e-3, 0.3, 20, dtype=torch.float64), 0)[t].float()[:, None, None, None]
+    abar = tiny_alphas_cumprod()[t].float()[:, None, None, None]
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
     loss = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise)
     torch.testing.assert_close(seen[0][0], x_t, rtol=1e-6, atol=1e-6)
@@ -133,6 +139,34 @@ def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_s
     w = torch.tensor([1.0, 0.5, 0.25])
     weighted = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise, w)
     torch.testing.assert_close(weighted, (w * ((noise - x_t / 2) ** 2).mean(dim=(1, 2, 3))).mean())
+
+
+def test_loss_curve_is_snr_times_x0_squared_for_a_network_that_ignores_x0(tiny_schedule):
+    """ε̂ = x_t/√(1−ᾱ_t) misses by √ᾱ_t·x₀/√(1−ᾱ_t), so for a constant image x₀ = c the loss at t is SNR(t)·c²
+    whatever ε is: the curve's mean at t is SNR(t)·mean(c²) and its standard error SNR(t)·std(c²)/√(N·draws).
+    Fails if the (t, image) pairs are mismatched inside the batches, or the spread is a standard deviation."""
+    abar = tiny_alphas_cumprod()
+    c = torch.tensor([-0.5, 0.25, 1.0])
+    x0 = c[:, None, None, None].expand(3, 3, 4, 4).contiguous()
+
+    def noise_from_x_t(x_t, tt):
+        return x_t / (1 - abar[tt]).sqrt().float()[:, None, None, None]
+
+    timesteps = [0, 5, 19]
+    curve = loss_curve(noise_from_x_t, tiny_schedule, x0, timesteps, draws=2, batch_size=4,  # batches straddle t
+                       generator=torch.Generator().manual_seed(0))
+    snr = (abar / (1 - abar))[timesteps]
+    per_image = torch.cat([c.double() ** 2] * 2)  # every image twice (two draws of ε)
+    assert curve.timesteps == timesteps and curve.num_images == 3 and curve.draws == 2
+    assert curve.mean == pytest.approx((snr * per_image.mean()).tolist(), rel=1e-5)
+    assert curve.stderr == pytest.approx((snr * per_image.std() / 6 ** 0.5).tolist(), rel=1e-5)
+
+
+def test_curve_timesteps_span_the_schedule_ends_included():
+    """round(i·(T−1)/(num−1)): fails if the last point falls short of T − 1 (an off-by-one in the spacing)."""
+    assert curve_timesteps(1000, 5) == [0, 250, 500, 749, 999]
+    assert curve_timesteps(20, 25) == list(range(20))  # more points than timesteps: each t once
+    assert curve_timesteps(20, 1) == [19]
 
 
 def test_training_batches_are_flipped_normalised_pictures_at_every_timestep(tmp_path, monkeypatch):
@@ -247,7 +281,9 @@ def test_held_out_set_is_one_fixed_draw_whatever_the_global_seed():
     torch.manual_seed(2)
     b = held_out_set(images, SCHEDULE.timesteps)
     assert torch.equal(a.t, b.t) and torch.equal(a.noise, b.noise) and torch.equal(a.x0, b.x0)
-    assert a.x0.min() >= -1 and a.x0.max() <= 1 and a.noise.shape == a.x0.shape == (6, 3, 16, 16)
+    # x₀ is the images in order, 8-bit values mapped to [−1, 1] (fails for [0, 1] or a shuffled set)
+    torch.testing.assert_close(a.x0, images.float() / 127.5 - 1, rtol=0, atol=1e-6)
+    assert a.noise.shape == a.x0.shape == (6, 3, 16, 16)
     assert a.t.min() >= 0 and a.t.max() < SCHEDULE.timesteps and len(set(a.t.tolist())) > 1
     other = held_out_set(images, SCHEDULE.timesteps, seed=1)
     assert not torch.equal(a.t, other.t) and not torch.equal(a.noise, other.noise)
@@ -404,7 +440,14 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
 
 # -- faults -------------------------------------------------------------------------------------------------------
 
+def state_of_a_clean_run(out: Path, steps: int) -> dict:
+    """The checkpoint of the same tiny run stopped after ``steps`` steps, with nothing going wrong."""
+    run(Trainer(train_config(out, steps=steps), MODEL, SCHEDULE, pack=shapes_pack()))
+    return load_checkpoint(out / CHECKPOINT_NAME)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Fails if the checkpoint kept is not exactly step 4's state (e.g. one written after the loss went bad)."""
     trainer = Trainer(train_config(tmp_path, steps=12), MODEL, SCHEDULE, pack=shapes_pack())
     real_loss = training.diffusion_loss
 
@@ -418,10 +461,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     message = str(e.value)
     assert "loss became nan at step 8" in message
     assert "last good checkpoint (step 4)" in message and str(tmp_path / CHECKPOINT_NAME) in message
-    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert ckpt["step"] == 4
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    assert all(torch.isfinite(v).all() for v in ckpt["ema"].values())
+    # the kept checkpoint is step 4 of a run that never saw a NaN, bit for bit
+    monkeypatch.undo()
+    assert_same_state(load_checkpoint(tmp_path / CHECKPOINT_NAME), state_of_a_clean_run(tmp_path / "clean", steps=4))
 
 
 def test_nan_before_any_checkpoint_says_none_was_written(tmp_path, monkeypatch):
@@ -440,8 +482,7 @@ def test_non_finite_weights_never_overwrite_the_checkpoint(tmp_path):
     first.register_hook(lambda g: g * float("nan") if trainer.step == 7 else g)  # the step that reaches 8
     with pytest.raises(TrainingError, match="non-finite .* by step 8"):
         run(trainer)
-    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert_same_state(load_checkpoint(tmp_path / CHECKPOINT_NAME), state_of_a_clean_run(tmp_path / "clean", steps=4))
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
