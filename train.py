@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from ddpm_app import cli
@@ -203,11 +204,26 @@ def train_main(argv) -> int:
         print(f"training {trainer.diffusion_config.arch} U-Net ({n_params / 1e6:.2f} M parameters) on {len(pack)} "
               f"images from {cfg.data} on {detect_hardware(trainer.device)}"
               + (f", resuming at step {trainer.step}" if args.resume else ""), file=sys.stderr)
+        cfg = trainer.cfg  # with the architecture's recipe filled in
+        print(f"batch {cfg.batch_size}, lr {cfg.lr:.3g} (warm-up {cfg.warmup_steps} steps, {cfg.lr_decay}), "
+              f"EMA {cfg.ema_decay}, " + (f"torch.compile mode {cfg.compile_mode}" if cfg.compile and
+                                          trainer.is_cuda else "not compiled"), file=sys.stderr)
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not main_rank)
     status = "done"
+    loop_start = None
     try:
         for p in trainer.run():
-            if p.event == "log":
+            if p.event == "started" and main_rank:
+                setup_s, first_step_s = p.startup
+                loop_start = time.perf_counter() - first_step_s  # --max-minutes counts from here
+                bar.write(f"start-up: {setup_s:.1f} s to load the data and build the model, {first_step_s:.1f} s for "
+                          "the first step (compiling); images/s count from the second step")
+            elif p.event == "log":
+                if loop_start is not None and main_rank:  # the first speed measured: will the time limit cut the run?
+                    warning = training.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
+                    if warning:
+                        bar.write(warning, file=sys.stderr)
+                    loop_start = None
                 bar.update(p.step - bar.n)
                 bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}")
             elif p.event in ("sample", "checkpoint") and main_rank:
@@ -266,7 +282,10 @@ def export_main(argv) -> int:
     out = training.export_checkpoint(ckpt, args.out, args.export_dtype, extra)
     grids = sorted((Path(args.ckpt).parent / "samples").glob("step_*.png"))
     data = (ckpt.get("data") or {}).get("path") or ckpt["train_config"].get("data")
-    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model", data=data)
+    from ddpm_app.inference import resolve_device
+    # the held-out figures take minutes on a CPU and seconds on a GPU
+    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model", data=data,
+                    device=str(resolve_device()))
     print(f"exported {args.ckpt} to {out}", file=sys.stderr)
     return 0
 

@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -49,10 +49,10 @@ class TrainConfig:
     split: str | None = "auto"  # sub-folder to train on: auto = train/ if the data has one, else everything; "" = all
     out: str = "runs/default"  # run folder: checkpoint, samples, metrics, export
     steps: int = 20_000  # total optimizer steps of the run
-    batch_size: int = 128  # global batch (split across GPUs)
-    lr: float = 2e-4
+    batch_size: int | None = None  # global batch, split across GPUs (default: the architecture's recipe, 1024 for ddpm, 256 for seed)
+    lr: float | None = None  # peak learning rate (default: the recipe's, 3e-4 for ddpm and 4e-4 for seed, times √(batch / the recipe's batch))
     weight_decay: float = 0.0
-    warmup_steps: int = 500  # linear learning-rate warm-up
+    warmup_steps: int | None = None  # linear learning-rate warm-up (default: the recipe's, 300 for ddpm, 500 for seed)
     lr_decay: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 1.0  # max gradient norm (0: off)
     ema_decay: float = 0.9995
@@ -62,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cuda | cpu
     compile: bool = True  # torch.compile the network (CUDA only)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"  # reduce-overhead: CUDA graphs
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"  # auto: reduce-overhead (CUDA graphs) on one GPU, default with several
     bf16: bool = True  # bf16 autocast (CUDA only)
     channels_last: bool | None = None  # channels_last memory format (default: on, but off for the seed net)
     log_every: int = 100
@@ -78,7 +78,7 @@ class TrainConfig:
     eval_images: int = 1000  # held-out images for --eval-every (at most)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.steps < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.steps < 1:
             raise ValueError("batch_size and steps must be positive")
         if self.eval_every < 0 or self.eval_images < 1:
             raise ValueError("eval_every must be ≥ 0 (0: off) and eval_images ≥ 1")
@@ -87,6 +87,31 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An architecture's recommended batch, peak learning rate and warm-up: the settings its shipped model used."""
+
+    batch_size: int
+    lr: float
+    warmup_steps: int
+
+
+RECIPES = {"ddpm": Recipe(batch_size=1024, lr=3e-4, warmup_steps=300),
+           "seed": Recipe(batch_size=256, lr=4e-4, warmup_steps=500)}
+
+
+def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1) -> TrainConfig:
+    """``cfg`` with its unset settings filled in from ``arch``'s recipe. A batch other than the recipe's scales the
+    recipe's learning rate by √(batch / recipe batch), the usual rule for Adam. ``compile_mode="auto"`` becomes
+    CUDA graphs on one GPU and the default mode under DistributedDataParallel."""
+    recipe = RECIPES[arch]
+    batch = cfg.batch_size or recipe.batch_size
+    lr = cfg.lr if cfg.lr is not None else recipe.lr * math.sqrt(batch / recipe.batch_size)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else recipe.warmup_steps
+    mode = cfg.compile_mode if cfg.compile_mode != "auto" else "reduce-overhead" if world_size == 1 else "default"
+    return replace(cfg, batch_size=batch, lr=lr, warmup_steps=warmup, compile_mode=mode)
 
 
 @dataclass(frozen=True)
@@ -99,9 +124,10 @@ class Progress:
     lr: float
     images_per_s: float
     elapsed_s: float  # wall time of this process's training so far
-    event: str = "log"  # log | sample | checkpoint | eval | done | stopped
+    event: str = "log"  # started | log | sample | checkpoint | eval | done | stopped
     path: str | None = None  # the file an event wrote (sample grid, checkpoint)
     held_out: HeldOutMSE | None = None  # the held-out ε-MSE (event "eval")
+    startup: tuple[float, float] | None = None  # event "started": seconds to set up (data, model), then the first step (compiling)
 
 
 class TrainingError(RuntimeError):
@@ -179,6 +205,20 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
     return cfg.lr
+
+
+def time_limit_warning(cfg: TrainConfig, step: int, images_per_s: float, seconds_used: float) -> str | None:
+    """What to tell the user when, at this speed, ``max_minutes`` will stop the run before ``cfg.steps`` while the
+    learning rate decays over the steps (the run would stop with the lr still high); None when all is well."""
+    if cfg.max_minutes <= 0 or cfg.lr_decay == "constant" or images_per_s <= 0:
+        return None
+    steps_per_s = images_per_s / cfg.batch_size
+    reachable = step + int(max(0.0, cfg.max_minutes * 60 - seconds_used) * steps_per_s)
+    if reachable >= cfg.steps:
+        return None
+    return (f"warning: at {images_per_s:,.0f} images/s, --max-minutes {cfg.max_minutes:g} stops the run near step "
+            f"{reachable} of {cfg.steps}, before the {cfg.lr_decay} learning-rate decay ends; for a finished decay "
+            f"in this time use --steps {reachable} (the rest can follow with --resume)")
 
 
 def loss_weights(schedule: Schedule, t: Tensor, cfg: TrainConfig) -> Tensor | None:
@@ -408,18 +448,19 @@ class Trainer:
         """Build the run's parts: ``resume`` continues from ``cfg.out``'s checkpoint (``checkpoint``, if the caller
         has read it already), whose model and schedule replace the configs given; so does ``cfg.init_from``'s.
         ``held_out`` holds the images of the held-out ε-MSE (default: ``cfg.eval_split`` of the data)."""
-        self.cfg = cfg
+        self.created = time.perf_counter()
         self.out = Path(cfg.out)
         self.dist = setup_distributed(resolve_device().type if cfg.device == "auto" else cfg.device)
         self.device = setup_device(cfg.device, self.dist)
         self.is_cuda = self.device.type == "cuda"
-        self.per_rank_batch = per_rank_batch(cfg.batch_size, self.dist.world_size)
-        self.global_batch = self.per_rank_batch * self.dist.world_size
         self._agreed_check(lambda: check_writable(self.out), "cannot write the run folder")
 
         if resume and checkpoint is None:
             checkpoint = read_resume_checkpoint(self.out)
         self.diffusion_config, start = starting_point(cfg, model_config, schedule_config, checkpoint)
+        self.cfg = cfg = with_recipe(cfg, self.diffusion_config.arch, self.dist.world_size)
+        self.per_rank_batch = per_rank_batch(cfg.batch_size, self.dist.world_size)
+        self.global_batch = self.per_rank_batch * self.dist.world_size
         model_config = self.diffusion_config.model
         self.schedule = Schedule(self.diffusion_config.schedule).to(self.device)
         self.pack = pack if pack is not None else load_pack(cfg.data, model_config.image_size, cfg.split, limit=cfg.max_images or None)
@@ -618,9 +659,19 @@ class Trainer:
             return Progress(self.step, cfg.steps, loss, lr_at(cfg, max(0, self.step - 1)), ips,
                             self.train_seconds, event, str(path) if path else None)
 
+        first_step, untimed_steps = True, 0
         while self.step < cfg.steps:
             window_loss += self.train_step()
             window_steps += 1
+            if first_step:  # data loading and compilation are start-up, not training throughput
+                first_step = False
+                if self.is_cuda:
+                    torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+                setup_s, first_step_s = start - self.created, now - start
+                yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
+                               self.train_seconds, "started", startup=(setup_s, first_step_s))
+                untimed_steps, window_start = window_steps, time.perf_counter()
             self.train_seconds = seconds_before + time.perf_counter() - start
             out_of_time = cfg.max_minutes > 0 and time.perf_counter() - start > cfg.max_minutes * 60
             stop = self._stop_signal is not None or out_of_time
@@ -639,9 +690,9 @@ class Trainer:
                             if last_good is not None else "No checkpoint of this run had been written yet.")
                     raise TrainingError(f"loss became {loss} at step {self.step}; stopped. {kept} "
                                         "Try a lower --lr or --grad-clip.")
-                ips = window_steps * self.global_batch / (time.perf_counter() - window_start)
+                ips = (window_steps - untimed_steps) * self.global_batch / (time.perf_counter() - window_start)
                 window_loss.zero_()
-                window_steps, window_start = 0, time.perf_counter()
+                window_steps, untimed_steps, window_start = 0, 0, time.perf_counter()
                 if metrics:
                     metrics.write(json.dumps({"step": self.step, "loss": loss, "lr": lr_at(cfg, self.step - 1),
                                               "images_per_s": ips, "elapsed_s": self.train_seconds}) + "\n")

@@ -9,8 +9,9 @@
 Each mutation replaces one exact piece of source text (it must occur exactly once in its file, so a refactor that
 moves the code makes the script stop with an error instead of silently testing nothing) in a temporary copy of
 the repository; the real files are never touched. Then it runs only the test files that should catch the bug,
-with ``-x`` and a time limit, and counts the mutation as killed when they fail. Before any mutation the same test
-files run once on the unmodified copy: they must pass, or a failure could not be blamed on a mutation.
+with ``-x`` and a time limit, and counts the mutation as killed when they fail (or the test process crashes).
+Before any mutation the same test files run once on the unmodified copy: they must pass, or a failure could not
+be blamed on a mutation.
 
 The result (killed/total and every survivor) is printed; the README's test section keeps the latest one.
 """
@@ -22,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,9 @@ MODELS = ("tests/test_models.py", "tests/test_shipped_models.py")
 DATA = ("tests/test_data.py", "tests/test_training.py", "tests/test_train_cli.py")
 IMAGE = ("tests/test_data.py", "tests/test_image.py", "tests/test_training.py")
 APP = ("tests/test_ui.py",)
+TEACH = ("tests/test_teach.py",)  # the teaching views: likelihood of a photo, runs side by side, interpolation
+TRAIN_CLI = ("tests/test_train_cli.py",)
+EVALUATE = ("tests/test_evaluate.py",)
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,15 @@ MUTATIONS: list[Mutation] = [
       TRAINING, "the network is trained to predict x₀ while sampling expects ε"),
     M("loss-network-sees-clean-image", "ddpm_app/loss.py",
       "pred = model(x_t, t).float()", "pred = model(x0, t).float()", TRAINING, "the network is shown x₀ instead of x_t"),
+    M("loss-curve-t-not-grouped", "ddpm_app/loss.py",
+      ".repeat_interleave(n * draws)  # t-major", ".repeat(n * draws)  # t-major", TRAINING,
+      "the loss curve pairs images with the wrong timesteps (every point an average over all t)"),
+    M("loss-curve-stderr-is-std", "ddpm_app/loss.py",
+      "spread = per_t.std(dim=1) / (n * draws) ** 0.5 if", "spread = per_t.std(dim=1) if", TRAINING,
+      "the loss curve's error bars are the spread of single losses, not the standard error of the mean"),
+    M("curve-timesteps-short-of-T", "ddpm_app/loss.py",
+      "round(i * (timesteps - 1) / (num - 1))", "round(i * (timesteps - 1) / num)", TRAINING,
+      "the loss curve stops short of t = T − 1"),
     M("train-never-samples-t0", "ddpm_app/training.py",
       "t = torch.randint(0, self.schedule.timesteps,", "t = torch.randint(1, self.schedule.timesteps,", TRAINING,
       "timestep 0 is never trained (off by one)"),
@@ -184,11 +198,29 @@ MUTATIONS: list[Mutation] = [
     M("lr-warmup-off-by-one", "ddpm_app/training.py",
       "return cfg.lr * (step + 1) / cfg.warmup_steps", "return cfg.lr * step / cfg.warmup_steps", TRAINING,
       "the first warm-up step has learning rate 0"),
+    M("recipe-lr-scaled-linearly", "ddpm_app/training.py",
+      "recipe.lr * math.sqrt(batch / recipe.batch_size)", "recipe.lr * (batch / recipe.batch_size)", TRAINING,
+      "another batch scales the recipe's learning rate linearly instead of by the square root"),
+    M("recipe-cuda-graphs-under-ddp", "ddpm_app/training.py",
+      '"reduce-overhead" if world_size == 1 else "default"', '"reduce-overhead"', TRAINING,
+      "several GPUs get CUDA graphs, a compile mode DistributedDataParallel was not tested with"),
+    M("time-limit-warning-never", "ddpm_app/training.py",
+      "    if reachable >= cfg.steps:\n        return None", "    if True:\n        return None", TRAINING,
+      "no warning when --max-minutes will cut the learning-rate decay short"),
+    M("held-out-mse-ema-and-raw-swapped", "ddpm_app/training.py",
+      '"held_out_mse_ema": mse.ema, "held_out_mse": mse.raw', '"held_out_mse_ema": mse.raw, "held_out_mse": mse.ema',
+      TRAINING + TRAIN_CLI, "metrics.jsonl reports the raw weights' held-out ε-MSE as the EMA's and vice versa"),
     M("export-raw-weights", "ddpm_app/training.py",
       'model = build_model(config.model)\n    model.load_state_dict(ckpt["ema"])',
       'model = build_model(config.model)\n    model.load_state_dict(ckpt["model"])', TRAINING,
       "the export holds the raw weights, not the EMA"),
     # --- model folder -------------------------------------------------------------------------------------------
+    M("heldout-measures-train-split", "ddpm_app/heldout.py",
+      "split=split, limit=limit)", 'split="train", limit=limit)', TRAIN_CLI,
+      "the held-out figures stored at export are measured on the training images"),
+    M("heldout-bound-unclipped", "ddpm_app/heldout.py",
+      "manual_seed(seed + 1), clip_x0=True", "manual_seed(seed + 1), clip_x0=False", TEACH,
+      "the stored held-out bound is not the one the photo is compared with (x̂₀ unclipped)"),
     M("load-not-strict", "ddpm_app/model_folder.py", "strict=True, safe=True", "strict=False, safe=True", MODEL_FOLDER,
       "a model folder missing weights loads silently"),
     # --- inference ----------------------------------------------------------------------------------------------
@@ -198,6 +230,26 @@ MUTATIONS: list[Mutation] = [
     M("prepared-net-left-in-train-mode", "ddpm_app/inference.py",
       "model = model.to(device).eval()", "model = model.to(device).train()", INFERENCE,
       "dropout stays on while sampling"),
+    M("packed-conv-stride-padding-swapped", "ddpm_app/onednn.py",
+      "self.padding, self.stride = list(conv.padding), list(conv.stride)",
+      "self.padding, self.stride = list(conv.stride), list(conv.padding)", INFERENCE,
+      "packed strided convolutions use the padding as stride (wrong downsampling on the CPU)"),
+    M("packed-conv-bias-dropped", "ddpm_app/onednn.py",
+      "self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)", "self.bias = None", INFERENCE,
+      "packed convolutions lose their bias"),
+    M("packed-conv-output-stays-bf16", "ddpm_app/onednn.py",
+      "return y.to(x.dtype)", "return y", INFERENCE,
+      "a bf16 packed convolution hands bf16 to the float32 rest of the network"),
+    M("bf16-handover-on-max-t", "ddpm_app/inference.py",
+      "int(t.min()) < self.fp32_below_t", "int(t.max()) < self.fp32_below_t", INFERENCE,
+      "a batch mixing small and large t runs its last steps in bf16"),
+    M("bf16-cut-ignores-T", "ddpm_app/inference.py",
+      "round(FP32_BELOW_T_SHARE * timesteps)", "round(FP32_BELOW_T_SHARE * 1000)", INFERENCE,
+      "the bf16 → fp32 hand-over assumes T = 1000"),
+    M("auto-bf16-choice-inverted", "ddpm_app/inference.py",
+      'verdict = "faster" if ms["bf16"] <= BF16_MARGIN * ms["fp32"]',
+      'verdict = "faster" if ms["fp32"] <= BF16_MARGIN * ms["bf16"]', INFERENCE,
+      "auto picks bf16 exactly where it is slower"),
     # --- models -------------------------------------------------------------------------------------------------
     M("resblock-scale-without-one", "ddpm_app/models/unet.py",
       "h = self.norm2(h) * (1 + scale) + shift", "h = self.norm2(h) * scale + shift", MODELS,
@@ -242,6 +294,12 @@ MUTATIONS: list[Mutation] = [
     M("to-uint8-truncates", "ddpm_app/image.py",
       ".clamp(-1, 1) + 1) * 127.5).round()", ".clamp(-1, 1) + 1) * 127.5)", IMAGE,
       "images truncated, not rounded, to 8 bits"),
+    M("to-numpy-rows-columns-swapped", "ddpm_app/image.py",
+      "to_uint8(x).cpu().permute(1, 2, 0).numpy()", "to_uint8(x).cpu().permute(2, 1, 0).numpy()", IMAGE,
+      "pictures handed to Gradio transposed (and with channels mixed up)"),
+    M("grey-levels-taken-as-16-bit", "ddpm_app/image.py",
+      'return 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0', "return 65535.0", IMAGE,
+      "a 32-bit integer grey image with 8-bit levels comes out black"),
     # --- the app's sampling path --------------------------------------------------------------------------------
     M("app-clip-forced-on", "ddpm_app/samplers.py",
       "clip_x0=self.clip_x0, start_t=start_t", "clip_x0=True, start_t=start_t", APP,
@@ -258,6 +316,44 @@ MUTATIONS: list[Mutation] = [
     M("app-forward-t-off-by-one", "ddpm_app/app/state.py",
       "self.x_t = served.q_sample(self.x0, t, self.eps)[0]", "self.x_t = served.q_sample(self.x0, t + 1, self.eps)[0]",
       APP, "the forward view shows x_{t+1}"),
+    # --- the evaluation -------------------------------------------------------------------------------------------
+    M("fd-floor-uses-samples", "ddpm_app/evaluate.py",
+      "fd_train_test=feature_fd(emb_train.features[floor_index], emb_test.features)",
+      "fd_train_test=feature_fd(generated, emb_test.features)", EVALUATE,
+      "the FD floor is the samples' own distance (no floor at all)"),
+    M("memorisation-reference-is-train-images", "ddpm_app/evaluate.py",
+      "near_test = nearest_pixels(test.images, train.images, device)",
+      "near_test = nearest_pixels(train.images, train.images, device)", EVALUATE,
+      "the held-out reference distance is 0 (training images against themselves): every ratio is infinite"),
+    M("evaluate-bound-on-the-training-split", "ddpm_app/evaluate.py",
+      "images = test.images[:config.bpd_images]", "images = train.images[:config.bpd_images]", EVALUATE,
+      "bits/dim measured on the images the model was trained on"),
+    M("nearest-ignores-flips-off", "ddpm_app/evaluate.py",
+      "for flipped in ((False, True) if flips else (False,)):", "for flipped in (False, True):", EVALUATE,
+      "nearest_pixels(flips=False) still tries mirror images"),
+    # --- the teaching views ---------------------------------------------------------------------------------------
+    M("likelihood-view-unclipped", "ddpm_app/app/likelihood_view.py",
+      "generator=served.generator(seed), clip_x0=CLIP_X0", "generator=served.generator(seed), clip_x0=False", TEACH,
+      "the photo's bound is not computed like the held-out figure it is compared with"),
+    M("likelihood-view-seed-ignored", "ddpm_app/app/likelihood_view.py",
+      "generator=served.generator(seed)", "generator=served.generator(0)", TEACH,
+      "the likelihood's seed does nothing"),
+    M("verdict-ratio-inverted", "ddpm_app/app/likelihood_view.py",
+      "ratio = photo.total / ref.total", "ratio = ref.total / photo.total", TEACH,
+      "a photo far worse than the held-out images is called close to them"),
+    M("compare-b-is-pinned", "ddpm_app/app/compare.py",
+      "a, b = frame_at(pinned, t), frame_at(latest, t)", "a, b = frame_at(pinned, t), frame_at(pinned, t)", TEACH,
+      "side by side shows the pinned run twice"),
+    M("compare-frame-first-reached", "ddpm_app/app/compare.py",
+      "return reached[-1] if reached", "return reached[0] if reached", TEACH,
+      "side by side shows the run's first frame instead of its state at t"),
+    M("slerp-is-lerp", "ddpm_app/interpolation.py",
+      "if float(theta) < 1e-6:", "if True:", TEACH,
+      "the interpolation is a straight line (its middle noises too short)"),
+    M("slerp-ends-swapped", "ddpm_app/interpolation.py",
+      "torch.sin((1 - w) * theta) * a.double() + torch.sin(w * theta) * b.double()",
+      "torch.sin(w * theta) * a.double() + torch.sin((1 - w) * theta) * b.double()", TEACH,
+      "the interpolation runs from the second seed to the first"),
 ]
 
 
@@ -331,6 +427,8 @@ def run_tests(workdir: Path, tests: tuple[str, ...], timeout: float) -> tuple[st
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return "survived", seconds, ""
+    if proc.returncode < 0:  # the test process died of a signal (a crash in native code): the bug did not pass
+        return "killed", seconds, f"(crashed: {signal.Signals(-proc.returncode).name})"
     if proc.returncode not in (1, 2):  # 2: interrupted by a collection error (e.g. an import fails), also a kill
         raise RuntimeError(f"pytest exited with {proc.returncode} (usage or internal error):\n{proc.stdout[-2000:]}")
     failed = re.search(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.MULTILINE)

@@ -54,18 +54,37 @@ def test_to_pil_and_numpy():
     img = to_pil(x)
     assert img.size == (5, 4) and img.mode == "RGB"
     assert img.getpixel((0, 0)) == (255, 128, 128)
+
+
+def test_to_numpy_and_to_pil_put_each_value_at_its_row_column_and_channel():
+    """Pixel (channel c, row h, column w) = 100·c + 10·h + w lands at arr[h, w, c] and PIL's (w, h): fails on a
+    transposed image (rows ↔ columns) or reversed channels (BGR)."""
+    pixels = torch.tensor([[[100 * c + 10 * h + w for w in range(3)] for h in range(2)] for c in range(3)])
+    x = from_uint8(pixels.to(torch.uint8))
+    expected = np.array([[[0, 100, 200], [1, 101, 201], [2, 102, 202]],
+                         [[10, 110, 210], [11, 111, 211], [12, 112, 212]]], dtype=np.uint8)  # (H, W, C) by hand
     arr = to_numpy(x)
-    assert arr.shape == (4, 5, 3) and arr.dtype == np.uint8
+    assert arr.dtype == np.uint8
+    np.testing.assert_array_equal(arr, expected)
+    img = to_pil(x)
+    assert img.getpixel((2, 1)) == (12, 112, 212) and img.getpixel((0, 1)) == (10, 110, 210)
 
 
 def test_grid_and_save_grid(tmp_path):
     batch = torch.rand(5, 3, 8, 8) * 2 - 1
     g = grid(batch, nrow=3, padding=2)
     assert g.shape == (3, 2 + 2 * (8 + 2), 2 + 3 * (8 + 2))
-    torch.testing.assert_close(g[:, 2:10, 2:10], batch[0])
+    # row-major: image i at row i // 3, column i % 3, each 8×8 tile 10 px from the next (fails if laid out by column)
+    for i in range(5):
+        top, left = 2 + (i // 3) * 10, 2 + (i % 3) * 10
+        torch.testing.assert_close(g[:, top:top + 8, left:left + 8], batch[i])
     assert torch.all(g[:, 0, :] == 1.0)  # white padding
+    assert torch.all(g[:, 12:20, 22:30] == 1.0)  # the sixth place, left empty, is white too
     path = save_grid(batch, tmp_path / "sub" / "grid.png", nrow=3)
     assert Image.open(path).size == (32, 22)
+    # the file holds the grid rounded to 8 bits: ((v + 1)·127.5) rounded, computed here
+    expected = ((g.double() + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(np.array(Image.open(path)), expected)
 
 
 # --- user images -----------------------------------------------------------------------------------------
@@ -84,7 +103,11 @@ def test_greyscale_becomes_three_equal_channels():
     x = load_image(png_bytes(ramp), SIZE)
     assert_valid(x)
     assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
-    assert x[0, :, 0].mean() < -0.8 and x[0, :, -1].mean() > 0.8  # dark on the left, bright on the right
+    # input column i holds 8·i; halving the width averages symmetrically around input position 2j + ½, and a
+    # symmetric filter reproduces a linear ramp, so output column j holds 8·(2j + ½) = 16j + 4 away from the edges
+    # (fails for a mirrored image, a rescaled grey level, or a non-linear transfer)
+    expected = (16 * torch.arange(2, 14) + 4) / 127.5 - 1
+    torch.testing.assert_close(x[0, 8, 2:14], expected, rtol=0, atol=1.01 / 127.5)
 
 
 def test_palette_with_transparency():
@@ -137,12 +160,22 @@ def test_extreme_aspect_ratios(size):
     assert uniform_colour(x) == [BLACK, WHITE, BLACK]
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I", "I;16", "F", "YCbCr"])
-def test_every_mode_gives_a_valid_tensor(mode):
+@pytest.mark.parametrize("mode, same_as, tolerance", [
+    ("1", "1", 0), ("L", "L", 0), ("LA", "L", 0), ("I", "L", 0), ("F", "L", 0), ("P", "P", 0), ("RGB", "RGB", 0),
+    ("RGBA", "RGB", 0), ("CMYK", "RGB", 0), ("YCbCr", "RGB", 4 / 127.5), ("I;16", None, None)])
+def test_every_mode_shows_the_picture_pillow_shows(mode, same_as, tolerance):
+    """A random picture converted to ``mode`` loads as Pillow's own RGB rendering of the same picture in
+    ``same_as`` (an 8-bit grey image stored as 32-bit "I" or float "F" keeps its 0…255 grey levels; YCbCr within 4
+    levels, as Pillow's own RGB → YCbCr → RGB round trip moves values by up to 3). Fails if a mode is rescaled,
+    inverted or loses its colours; I;16 (16-bit, so an 8-bit picture comes out nearly black) is only checked for
+    range."""
     rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).convert(mode)
-    x = load_image(img, SIZE)
+    rgb = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    x = load_image(rgb.convert(mode), SIZE)
     assert_valid(x)
+    if same_as is not None:
+        reference = load_image(rgb.convert(same_as).convert("RGB"), SIZE)
+        torch.testing.assert_close(x, reference, rtol=0, atol=tolerance)
 
 
 def test_load_from_path(tmp_path):

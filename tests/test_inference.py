@@ -141,6 +141,31 @@ def test_bf16_network_stays_close_to_fp32_and_returns_float32(net):
 
 
 @needs_bf16
+def test_a_bf16_convolution_computes_in_bf16_and_hands_back_float32(net):
+    """A bf16-packed 3×3 convolution equals F.conv2d on bf16-rounded input, weights and bias (accumulated in
+    float32), returned as float32; in the prepared bf16 network every GroupNorm therefore sees float32. Fails if
+    bf16 leaks out of the convolutions into the normalisations, attention and residual sums."""
+    conv = seeded_init(lambda: torch.nn.Conv2d(4, 8, 3, padding=1), seed=2)
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+    packed = onednn.PackedConv2d(conv, list(x.shape), torch.bfloat16)
+    bf16 = lambda v: v.detach().bfloat16().float()  # noqa: E731
+    with torch.inference_mode():
+        got = packed(x)
+        expected = torch.nn.functional.conv2d(bf16(x), bf16(conv.weight), bf16(conv.bias), padding=1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)  # the output itself is rounded to bf16
+    seen = []
+    prepared = prepare_cpu(net, "bf16")
+    hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
+             for m in prepared.model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    with torch.inference_mode():
+        prepared(torch.randn(1, 3, 16, 16), torch.tensor([500]))
+    for hook in hooks:
+        hook.remove()
+    assert seen and set(seen) == {torch.float32}
+
+
+@needs_bf16
 def test_bf16_hands_the_last_steps_to_fp32(net):
     """Near t = 0 bf16 rounding grows: a batch with any t below the cut runs the fp32 network, exactly."""
     fp32, bf16 = prepare_cpu(net, "fp32", timesteps=200), prepare_cpu(net, "bf16", timesteps=200)

@@ -27,7 +27,9 @@ def test_every_mutation_matches_its_source_exactly_once():
     assert len(script.MUTATIONS) >= 40
     covered = {m.path.split("/")[1].removesuffix(".py") for m in script.MUTATIONS}
     assert {"schedule", "samplers", "likelihood", "training", "model_folder", "inference", "models", "data",
-            "app"} <= covered
+            "app", "loss", "heldout", "interpolation", "onednn", "evaluate", "image"} <= covered
+    paths = {m.path for m in script.MUTATIONS}
+    assert {"ddpm_app/app/compare.py", "ddpm_app/app/likelihood_view.py", "ddpm_app/app/served.py"} <= paths
 
 
 def test_a_pattern_that_no_longer_matches_is_an_error(tmp_path):

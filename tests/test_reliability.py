@@ -182,7 +182,8 @@ def test_animated_images_use_their_first_frame(tmp_path: Path):
     paths = odd_but_valid(tmp_path)
     for kind in ("animated gif", "animated webp"):
         x = load_image(paths[kind], 8)
-        assert x[0].mean() > 0.9 and x[2].mean() < -0.9, kind  # red, not blue or green
+        # exactly the first frame's pure red (255, 0, 0) everywhere: not the blue or green frames, nor a blend
+        assert x[0].eq(1.0).all() and x[1:].eq(-1.0).all(), kind
 
 
 def test_huge_exif_rotated_photo_is_upright_and_decoded_reduced(tmp_path: Path):
@@ -195,8 +196,11 @@ def test_huge_exif_rotated_photo_is_upright_and_decoded_reduced(tmp_path: Path):
     assert image.open_image(path, 16).size == (750, 500)  # JPEG draft mode: decoded at 1/8 scale
     x = load_image(path, 16)
     assert x.shape == (3, 16, 16)
+    # upright, the top rows are the dark level 20 and the bottom rows the light 230, to JPEG's rounding (fails if
+    # the rotation is ignored or applied the wrong way, which leaves a left/right split)
     top, bottom = x[:, :6].mean(), x[:, 10:].mean()
-    assert top < -0.5 < 0.5 < bottom
+    assert float(top) == pytest.approx(20 / 127.5 - 1, abs=0.03)
+    assert float(bottom) == pytest.approx(230 / 127.5 - 1, abs=0.03)
 
 
 # -- wrong values through the API -------------------------------------------------------------------------------

@@ -15,14 +15,14 @@ from PIL import Image
 from test_inference import needs_bf16
 from test_ui import PHOTO, save_tiny
 
-from ddpm_app import heldout, ui, ui_teach
+from ddpm_app import heldout, interpolation, ui, ui_teach
 from ddpm_app.app import ModelLibrary, UserState, training_view
 from ddpm_app.app.compare import frame_at
-from ddpm_app.app.likelihood_view import CLIP_X0, ESTIMATE_TIMESTEPS, timesteps_per_call
+from ddpm_app.app.likelihood_view import CLIP_X0, ESTIMATE_TIMESTEPS, timesteps_per_call, verdict
 from ddpm_app.app.numbers import number
 from ddpm_app.image import to_uint8
 from ddpm_app.inference import prepare_cpu
-from ddpm_app.likelihood import bits_per_dim
+from ddpm_app.likelihood import BitsPerDim, bits_per_dim
 from ddpm_app.loss import curve_timesteps, diffusion_loss, loss_curve
 from ddpm_app.samplers import SamplerSettings, step_breakdown
 
@@ -197,6 +197,14 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
     images = to_uint8(torch.rand(6, 3, 16, 16) * 2 - 1)
     stats = heldout.measure(served.eps_model, served.schedule, images, "noise, split test", loss_timesteps=5,
                             bound_timesteps=6)
+    # the stored figures are the library's loss curve (ε from the seed) and bound (x̂₀ clipped, as the evaluation
+    # reports it; noise from seed + 1): fails if the bound is left unclipped or the curve misses t = T − 1
+    expected_bpd = bits_per_dim(served.eps_model, served.schedule, images, num_timesteps=6,
+                                generator=torch.Generator().manual_seed(1), clip_x0=True)
+    expected_loss = loss_curve(served.eps_model, served.schedule, images.float() / 127.5 - 1, [0, 5, 10, 14, 19],
+                               generator=torch.Generator().manual_seed(0))
+    assert stats.bpd == expected_bpd and stats.bpd.clip_x0
+    assert stats.loss.timesteps == expected_loss.timesteps and stats.loss.mean == pytest.approx(expected_loss.mean)
     heldout.save(stats, folder)
     again = heldout.load(folder)
     assert again.loss == stats.loss and again.bpd == stats.bpd and again.loss.num_images == 6
@@ -231,6 +239,20 @@ def test_likelihood_is_bits_per_dim_on_the_same_image_timesteps_and_noise(teach,
     assert got.timesteps_evaluated == T and got.exact  # T = 20 < 50: the estimate is the exact sum here
     assert f"{expected.total:.3f}" in verdict and "No held-out figure" in verdict
     assert "Done" in status and plot.shape[1] > plot.shape[0]
+
+
+def bound(total: float) -> BitsPerDim:
+    return BitsPerDim(total, 0.01, 0.001, 0.5, total - 0.501, 4, T, True, "posterior", True, [])
+
+
+@pytest.mark.parametrize("photo, reading", [(3.3, "close to the held-out average"), (4.0, "somewhat worse"),
+                                            (6.0, "much worse")])
+def test_verdict_reads_the_photo_against_the_held_out_ratio(photo, reading):
+    """Held-out 3.0 bits/dim: a photo at 3.3 (ratio 1.1) is close, at 4.0 (1.33) somewhat worse, at 6.0 (2) much
+    worse, and the difference is photo − held-out. Fails if the ratio or the difference is taken the other way."""
+    text = verdict(bound(photo), heldout.HeldOut("faces, split test", "m", None, bound(3.0)))
+    assert reading in text and f"Difference: **{photo - 3.0:+.3f} bits/dim**" in text
+    assert f"**Your photo: {photo:.3f} bits/dim**" in text and "over 4 images" in text
 
 
 def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
@@ -272,13 +294,31 @@ def test_pin_a_run_and_compare_another_from_the_same_seed(handlers, teach):
     image, caption = teach.compare(8, user)
     assert "**A** (pinned): DDPM" in caption and "**B** (latest): DDIM, 5 steps" in caption
     assert "seeds differ" not in caption
-    assert frame_at(user.pinned, 8).t == 8 and frame_at(user.run, 8).t >= 8
+    # DDPM stores every t; DDIM's 5 steps of T = 20 are round(linspace(19, 0, 5)) = 19, 14, 10, 5, 0, so at t = 8
+    # the DDIM chain is still at x_10, its third step. Fails if B shows the pinned run or the frame is not the
+    # last one at or above t.
+    assert frame_at(user.pinned, 8).t == 8 and frame_at(user.run, 8).t == 10
+    assert "at t = 8, step 12/20" in caption.split("**B**")[0] and "at t = 10, step 3/5" in caption.split("**B**")[1]
     assert image.shape[1] > 4 * 16
     played = list(teach.play(user, positions=4, delay=0))
     assert [p[0] for p in played] == [T - 1, 13, 6, 0]
 
 
 # -- interpolation -------------------------------------------------------------------------------------------------
+
+
+def test_slerp_keeps_the_norm_on_the_arc_between_orthogonal_noises():
+    """For orthogonal a, b of equal norm, θ = π/2 and slerp(w) = cos(w·π/2)·a + sin(w·π/2)·b: at w = 1/3 that is
+    (√3/2)·a + ½·b, of the same norm as a. Fails for a straight line (norm 1/√2 at w = ½) or swapped ends."""
+    a, b = torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 2, 2)
+    a[0, 0, 0, 0], b[1, 2, 1, 1] = 2.0, 2.0
+    out = interpolation.slerp(a, b, torch.tensor([0.0, 1 / 3, 0.5, 1.0]))
+    assert out.shape == (4, 2, 3, 2, 2) and out.dtype == a.dtype
+    torch.testing.assert_close(out[0], a)
+    torch.testing.assert_close(out[1], 3 ** 0.5 / 2 * a + 0.5 * b)
+    torch.testing.assert_close(out[2], (a + b) / 2 ** 0.5)
+    torch.testing.assert_close(out[3], b)
+    assert interpolation.weights(5).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def test_interpolation_ends_are_the_two_seeds_ddim_images(handlers, teach, library):

@@ -19,6 +19,8 @@ import train
 from ddpm_app import heldout, training
 from ddpm_app.data import load_pack
 from ddpm_app.model_folder import load_pretrained
+from ddpm_app.models import build_model
+from ddpm_app.schedule import Schedule
 from ddpm_app.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint
 from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
 from tiny_runs import MODEL, SCHEDULE, train_args, write_folder
@@ -60,12 +62,13 @@ def trained(tmp_path_factory):
     mp.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     mp.setattr(constants, "HF_TOKEN_PATH", str(root / "no-token-here"))
     mp.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # never reached: there is no token
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
         code = train.main(train_args(data, out, "--split", "", "--name", "Tiny shapes", "--hardware", "test CPU",
                                      "--push-to-hub", "someone/tiny-ddpm"))
     mp.undo()
-    return {"code": code, "stderr": stderr.getvalue(), "out": out, "data": data, "broken": broken}
+    return {"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "out": out, "data": data,
+            "broken": broken}
 
 
 # -- --help ---------------------------------------------------------------------------------------------------------
@@ -95,6 +98,9 @@ def test_help_lists_every_option_with_its_help_text(capsys):
 def test_run_trains_skips_broken_files_and_exports(trained):
     out = trained["out"]
     assert "warning: skipped 3 unreadable image file(s) of 11" in trained["stderr"]
+    assert "batch 8, lr 0.001 (warm-up 0 steps, constant), EMA 0.9, not compiled" in trained["stderr"]
+    assert re.search(r"start-up: [0-9.]+ s to load the data and build the model, [0-9.]+ s for the first step",
+                     trained["stdout"] + trained["stderr"])
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     assert ckpt["step"] == 12 and ckpt["data"]["images"] == 8 and ckpt["data"]["split"] is None
     assert {p.name for p in (out / "export").iterdir()} == {"config.json", "model.safetensors", "README.md",
@@ -184,6 +190,16 @@ def test_export_subcommand_rewrites_the_model_folder(trained, tmp_path, capsys):
     assert (folder / "samples.png").is_file()  # the run's last grid comes along
 
 
+def test_export_subcommand_measures_the_held_out_figures_on_the_gpu_when_there_is_one(trained, tmp_path,
+                                                                                      monkeypatch):
+    import ddpm_app.inference
+    seen = {}
+    monkeypatch.setattr(ddpm_app.inference, "resolve_device", lambda name="auto": torch.device("cuda", 3))
+    monkeypatch.setattr(train, "complete_export", lambda folder, *args, **kwargs: seen.update(kwargs))
+    assert train.main(["export", "--ckpt", str(trained["out"] / CHECKPOINT_NAME), "--out", str(tmp_path / "x")]) == 0
+    assert seen["device"] == "cuda:3"
+
+
 def test_export_of_a_broken_checkpoint_is_exit_2(tmp_path, capsys):
     bad = tmp_path / CHECKPOINT_NAME
     bad.write_bytes(b"not a checkpoint")
@@ -212,18 +228,33 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
 def test_cli_resume_takes_options_given_now_even_at_their_default_value(tmp_path, capsys):
     data = write_folder(tmp_path / "pictures")
     out = tmp_path / "run"
-    assert train.main(train_args(data, out, "--split", "", steps=4)) == 0  # --lr 1e-3, --save-every 4
-    default_lr = TrainConfig.__dataclass_fields__["lr"].default
+    assert train.main(train_args(data, out, "--split", "", steps=4)) == 0  # --ema-decay 0.9, --save-every 4
+    default_decay = TrainConfig.__dataclass_fields__["ema_decay"].default
+    assert default_decay != 0.9
     capsys.readouterr()
-    assert train.main(["--out", str(out), "--resume", "--steps", "5", "--lr", str(default_lr),
+    assert train.main(["--out", str(out), "--resume", "--steps", "5", "--ema-decay", str(default_decay),
                        "--base-channels", "64", "--timesteps", "1000"]) == 0
     assert ("warning: --resume takes the model and noise schedule from the checkpoint; ignoring --base-channels, "
             "--timesteps") in capsys.readouterr().err
     assert load_pretrained(out / "export").config.model == MODEL
     cfg = load_checkpoint(out / CHECKPOINT_NAME)["train_config"]
-    assert cfg["steps"] == 5 and cfg["lr"] == default_lr  # given now, although equal to the default
-    assert cfg["save_every"] == 4 and cfg["batch_size"] == 8 and cfg["data"] == str(data)  # kept from the run
+    assert cfg["steps"] == 5 and cfg["ema_decay"] == default_decay  # given now, although equal to the default
+    assert cfg["save_every"] == 4 and cfg["batch_size"] == 8 and cfg["lr"] == 1e-3  # kept from the run
+    assert cfg["data"] == str(data)
     assert cfg["out"] == str(out)
+
+
+def test_the_time_limit_is_checked_once_at_the_first_measured_speed(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def warn(cfg, step, images_per_s, seconds_used):
+        calls.append((step, images_per_s, seconds_used))
+        return "warning: the time limit cuts this run short"
+    monkeypatch.setattr(training, "time_limit_warning", warn)
+    data = write_folder(tmp_path / "pictures")
+    assert train.main(train_args(data, tmp_path / "run", "--split", "", "--lr-decay", "cosine")) == 0
+    assert capsys.readouterr().err.count("warning: the time limit cuts this run short") == 1
+    assert len(calls) == 1 and calls[0][0] == 4 and calls[0][1] > 0 and calls[0][2] > 0  # the first log, step 4
 
 
 def test_resume_without_a_checkpoint_is_exit_2(tmp_path, capsys):
@@ -253,7 +284,15 @@ def test_eval_every_reads_the_pack_s_test_folder_and_logs_held_out_mse(tmp_path,
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     held = [r for r in rows if "held_out_mse" in r]
     assert [r["step"] for r in held] == [2, 4]
-    assert all(0 < r["held_out_mse"] < 10 and 0 < r["held_out_mse_ema"] < 10 for r in held)
+    # the last row recomputed from the step-4 checkpoint on the pack's test/ images: fails if the held-out ε-MSE
+    # is taken on the training split or the EMA and raw figures are swapped
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    assert ckpt["step"] == 4
+    held_out = training.held_out_set(load_pack(pack, 16, split="test").images, SCHEDULE.timesteps)
+    for key, weights in (("held_out_mse", "model"), ("held_out_mse_ema", "ema")):
+        model = build_model(MODEL)
+        model.load_state_dict(ckpt[weights])
+        assert held[-1][key] == pytest.approx(training.held_out_mse(model, Schedule(SCHEDULE), held_out), rel=1e-5)
     assert "step 4: held-out ε-MSE" in capsys.readouterr().out  # tqdm.write prints to stdout
 
 

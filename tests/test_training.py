@@ -19,6 +19,7 @@ from ddpm_app.model_folder import load_pretrained
 from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
 from ddpm_app.models import build_model
+from ddpm_app.loss import curve_timesteps, loss_curve
 from ddpm_app.training import (CHECKPOINT_NAME, Trainer, TrainingError, diffusion_loss, export_checkpoint,
                                held_out_mse, held_out_set, load_checkpoint, loss_weights, lr_at)
 from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
@@ -61,6 +62,41 @@ def test_lr_cosine_decays_to_a_tenth(tmp_path):
     assert lr_at(cfg, 500) == pytest.approx(1e-4)  # past the end (a resumed run with more steps) stays there
 
 
+@pytest.mark.parametrize("arch, given, world_size, expected", [
+    # nothing given: the recipe the shipped model of that architecture trained with, CUDA graphs on one GPU
+    ("ddpm", {}, 1, dict(batch_size=1024, lr=3e-4, warmup_steps=300, compile_mode="reduce-overhead")),
+    ("seed", {}, 1, dict(batch_size=256, lr=4e-4, warmup_steps=500, compile_mode="reduce-overhead")),
+    # another batch scales the recipe's lr by √(batch / recipe batch): 3e-4·√(256/1024) = 1.5e-4
+    ("ddpm", {"batch_size": 256}, 1, dict(batch_size=256, lr=1.5e-4, warmup_steps=300)),
+    ("seed", {"batch_size": 1024}, 1, dict(batch_size=1024, lr=8e-4)),
+    # what is given wins; DistributedDataParallel keeps the default compile mode
+    ("ddpm", {"batch_size": 64, "lr": 1e-3, "warmup_steps": 0}, 1, dict(batch_size=64, lr=1e-3, warmup_steps=0)),
+    ("ddpm", {"compile_mode": "default"}, 1, dict(compile_mode="default")),
+    ("ddpm", {}, 2, dict(compile_mode="default")),
+])
+def test_unset_settings_come_from_the_architectures_recipe(arch, given, world_size, expected):
+    cfg = training.with_recipe(training.TrainConfig(**given), arch, world_size)
+    assert {k: getattr(cfg, k) for k in expected} == pytest.approx(expected)
+
+
+def test_the_trainer_runs_and_records_the_recipe_it_filled_in(tmp_path):
+    cfg = train_config(tmp_path, steps=1, batch_size=None, lr=None, warmup_steps=None)
+    trainer = Trainer(cfg, MODEL, SCHEDULE, pack=shapes_pack())
+    assert trainer.global_batch == 1024 and trainer.cfg.lr == pytest.approx(3e-4)
+    assert trainer.state()["train_config"]["lr"] == pytest.approx(3e-4)  # a resumed run carries on with it
+
+
+def test_a_time_limit_that_cuts_the_lr_decay_short_is_warned_about_with_the_step_it_reaches(tmp_path):
+    # 15,360 images/s at batch 1,024 is 15 steps/s; 630 s allowed, 130 s used: 500 s more reach step 100 + 7,500
+    cfg = train_config(tmp_path, steps=8000, batch_size=1024, max_minutes=10.5, lr_decay="cosine")
+    warning = training.time_limit_warning(cfg, step=100, images_per_s=15_360, seconds_used=130)
+    assert "stops the run near step 7600 of 8000, before the cosine learning-rate decay ends" in warning
+    assert "use --steps 7600" in warning
+    assert training.time_limit_warning(dataclasses.replace(cfg, steps=7600), 100, 15_360, 130) is None  # it fits
+    assert training.time_limit_warning(dataclasses.replace(cfg, lr_decay="constant"), 100, 15_360, 130) is None
+    assert training.time_limit_warning(dataclasses.replace(cfg, max_minutes=0), 100, 15_360, 130) is None
+
+
 def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
     schedule = Schedule(SCHEDULE)
     t = torch.arange(SCHEDULE.timesteps)
@@ -75,6 +111,11 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
 
 # -- the loss and its inputs ------------------------------------------------------------------------------------
 
+def tiny_alphas_cumprod() -> torch.Tensor:
+    """ᾱ_t of the tiny schedule (linear β from 1e-3 to 0.3 over T = 20), computed here in float64."""
+    return torch.cumprod(1 - torch.linspace(1e-3, 0.3, 20, dtype=torch.float64), 0)
+
+
 def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_schedule):
     """L = mean over batch and pixels of (ε − ε_θ(√ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t))², checked with a network that records
     what it is shown and predicts ε̂ = x_t/2."""
@@ -87,7 +128,7 @@ def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_s
         seen.append((x_t.clone(), tt.clone()))
         return x_t / 2
 
-    abar = torch.cumprod(1 - torch.linspace(1e-3, 0.3, 20, dtype=torch.float64), 0)[t].float()[:, None, None, None]
+    abar = tiny_alphas_cumprod()[t].float()[:, None, None, None]
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
     loss = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise)
     torch.testing.assert_close(seen[0][0], x_t, rtol=1e-6, atol=1e-6)
@@ -98,6 +139,34 @@ def test_diffusion_loss_is_the_mean_squared_error_of_the_noise_prediction(tiny_s
     w = torch.tensor([1.0, 0.5, 0.25])
     weighted = diffusion_loss(half_of_input, tiny_schedule, x0, t, noise, w)
     torch.testing.assert_close(weighted, (w * ((noise - x_t / 2) ** 2).mean(dim=(1, 2, 3))).mean())
+
+
+def test_loss_curve_is_snr_times_x0_squared_for_a_network_that_ignores_x0(tiny_schedule):
+    """ε̂ = x_t/√(1−ᾱ_t) misses by √ᾱ_t·x₀/√(1−ᾱ_t), so for a constant image x₀ = c the loss at t is SNR(t)·c²
+    whatever ε is: the curve's mean at t is SNR(t)·mean(c²) and its standard error SNR(t)·std(c²)/√(N·draws).
+    Fails if the (t, image) pairs are mismatched inside the batches, or the spread is a standard deviation."""
+    abar = tiny_alphas_cumprod()
+    c = torch.tensor([-0.5, 0.25, 1.0])
+    x0 = c[:, None, None, None].expand(3, 3, 4, 4).contiguous()
+
+    def noise_from_x_t(x_t, tt):
+        return x_t / (1 - abar[tt]).sqrt().float()[:, None, None, None]
+
+    timesteps = [0, 5, 19]
+    curve = loss_curve(noise_from_x_t, tiny_schedule, x0, timesteps, draws=2, batch_size=4,  # batches straddle t
+                       generator=torch.Generator().manual_seed(0))
+    snr = (abar / (1 - abar))[timesteps]
+    per_image = torch.cat([c.double() ** 2] * 2)  # every image twice (two draws of ε)
+    assert curve.timesteps == timesteps and curve.num_images == 3 and curve.draws == 2
+    assert curve.mean == pytest.approx((snr * per_image.mean()).tolist(), rel=1e-5)
+    assert curve.stderr == pytest.approx((snr * per_image.std() / 6 ** 0.5).tolist(), rel=1e-5)
+
+
+def test_curve_timesteps_span_the_schedule_ends_included():
+    """round(i·(T−1)/(num−1)): fails if the last point falls short of T − 1 (an off-by-one in the spacing)."""
+    assert curve_timesteps(1000, 5) == [0, 250, 500, 749, 999]
+    assert curve_timesteps(20, 25) == list(range(20))  # more points than timesteps: each t once
+    assert curve_timesteps(20, 1) == [19]
 
 
 def test_training_batches_are_flipped_normalised_pictures_at_every_timestep(tmp_path, monkeypatch):
@@ -135,7 +204,10 @@ def test_training_batches_are_flipped_normalised_pictures_at_every_timestep(tmp_
 def test_loss_goes_down_on_simple_pictures(tmp_path):
     trainer = Trainer(train_config(tmp_path, steps=60, log_every=10, save_every=0), MODEL, SCHEDULE,
                       pack=shapes_pack())
-    logs = [p for p in run(trainer) if p.event == "log"]
+    events = run(trainer)
+    started = [p for p in events if p.event == "started"]
+    assert [p.step for p in started] == [1] and all(seconds > 0 for seconds in started[0].startup)
+    logs = [p for p in events if p.event == "log"]
     assert [p.step for p in logs] == [10, 20, 30, 40, 50, 60]
     losses = [p.loss for p in logs]
     assert all(math.isfinite(x) for x in losses)
@@ -209,7 +281,9 @@ def test_held_out_set_is_one_fixed_draw_whatever_the_global_seed():
     torch.manual_seed(2)
     b = held_out_set(images, SCHEDULE.timesteps)
     assert torch.equal(a.t, b.t) and torch.equal(a.noise, b.noise) and torch.equal(a.x0, b.x0)
-    assert a.x0.min() >= -1 and a.x0.max() <= 1 and a.noise.shape == a.x0.shape == (6, 3, 16, 16)
+    # x₀ is the images in order, 8-bit values mapped to [−1, 1] (fails for [0, 1] or a shuffled set)
+    torch.testing.assert_close(a.x0, images.float() / 127.5 - 1, rtol=0, atol=1e-6)
+    assert a.noise.shape == a.x0.shape == (6, 3, 16, 16)
     assert a.t.min() >= 0 and a.t.max() < SCHEDULE.timesteps and len(set(a.t.tolist())) > 1
     other = held_out_set(images, SCHEDULE.timesteps, seed=1)
     assert not torch.equal(a.t, other.t) and not torch.equal(a.noise, other.noise)
@@ -276,7 +350,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
     first = Trainer(train_config(tmp_path / "b", steps=4), MODEL, SCHEDULE, pack=shapes_pack())
     events = [(p.event, p.step) for p in run(first) if p.event != "log"]
-    assert events == [("checkpoint", 4), ("done", 4)]
+    assert events == [("started", 1), ("checkpoint", 4), ("done", 4)]
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 4
     del first
 
@@ -318,7 +392,7 @@ def test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly(tmp
 def test_time_limit_stops_with_a_checkpoint(tmp_path):
     trainer = Trainer(train_config(tmp_path, steps=1000, max_minutes=1e-9), MODEL, SCHEDULE, pack=shapes_pack())
     events = [(p.event, p.step) for p in run(trainer) if p.event != "log"]
-    assert events == [("checkpoint", 1), ("stopped", 1)]
+    assert events == [("started", 1), ("checkpoint", 1), ("stopped", 1)]
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 1
 
 
@@ -366,7 +440,14 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
 
 # -- faults -------------------------------------------------------------------------------------------------------
 
+def state_of_a_clean_run(out: Path, steps: int) -> dict:
+    """The checkpoint of the same tiny run stopped after ``steps`` steps, with nothing going wrong."""
+    run(Trainer(train_config(out, steps=steps), MODEL, SCHEDULE, pack=shapes_pack()))
+    return load_checkpoint(out / CHECKPOINT_NAME)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Fails if the checkpoint kept is not exactly step 4's state (e.g. one written after the loss went bad)."""
     trainer = Trainer(train_config(tmp_path, steps=12), MODEL, SCHEDULE, pack=shapes_pack())
     real_loss = training.diffusion_loss
 
@@ -380,10 +461,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     message = str(e.value)
     assert "loss became nan at step 8" in message
     assert "last good checkpoint (step 4)" in message and str(tmp_path / CHECKPOINT_NAME) in message
-    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert ckpt["step"] == 4
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    assert all(torch.isfinite(v).all() for v in ckpt["ema"].values())
+    # the kept checkpoint is step 4 of a run that never saw a NaN, bit for bit
+    monkeypatch.undo()
+    assert_same_state(load_checkpoint(tmp_path / CHECKPOINT_NAME), state_of_a_clean_run(tmp_path / "clean", steps=4))
 
 
 def test_nan_before_any_checkpoint_says_none_was_written(tmp_path, monkeypatch):
@@ -402,8 +482,7 @@ def test_non_finite_weights_never_overwrite_the_checkpoint(tmp_path):
     first.register_hook(lambda g: g * float("nan") if trainer.step == 7 else g)  # the step that reaches 8
     with pytest.raises(TrainingError, match="non-finite .* by step 8"):
         run(trainer)
-    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert_same_state(load_checkpoint(tmp_path / CHECKPOINT_NAME), state_of_a_clean_run(tmp_path / "clean", steps=4))
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
