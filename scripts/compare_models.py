@@ -42,6 +42,7 @@ def bound_timesteps_split(timesteps: int, exact: int, strata: int, seed: int) ->
     return ts, weights
 
 
+@torch.no_grad()  # for this call only: a test calling main() keeps autograd afterwards
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", help="model folder A (e.g. the shipped one)")
@@ -56,7 +57,6 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    torch.set_grad_enabled(False)
     models = {name: load_local(name, "cpu") for name in (args.a, args.b)}
     first = next(iter(models.values()))
     if any(m.config.schedule != first.config.schedule for m in models.values()):

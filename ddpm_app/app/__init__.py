@@ -11,6 +11,7 @@
 - :mod:`.runs`: :func:`stream` runs a sampler to the end, stores every step in a :class:`Trajectory`, and passes
   on only the steps worth previewing.
 - :mod:`.pictures` and :mod:`.export`: tensors as pictures; a trajectory as GIF, MP4 or PNG.
+- :mod:`.numbers`: how a number is written for people, one style everywhere (scientific notation for small values).
 
 Nothing here prints or touches global state.
 """
