@@ -273,6 +273,42 @@ def test_costly_previews_are_spaced_to_stay_within_the_budget():
     assert Throttle(0, budget=0.05).budget is None  # interval 0: every step, whatever it costs
 
 
+def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it():
+    """Steps of 10 ms; a preview takes 5 ms to draw and 12.5 ms to hand on (Gradio sending it, while the sampler
+    waits): 17.5 ms in all, so with a 5 % budget the next comes 0.35 s after one began, not after the 0.2 s
+    interval. A fake clock that the steps, the drawing and the consumer advance."""
+    now = [0.0]
+
+    def steps(n: int):
+        for index in range(n):
+            now[0] += 0.01
+            yield samplers.Step(index, n, n - 1 - index, n - 2 - index, *[None] * 5)
+
+    def draw(step):
+        now[0] += 0.005
+        return step.index
+
+    sent = []
+    for index in stream(steps(100), None, Throttle(0.2, lambda: now[0], budget=0.05), draw):
+        sent.append(index)
+        now[0] += 0.0125
+    # ready at 0.01 s, then 0.01 + 0.35 (the step ending at 0.3675 s: step 34), 0.3675 + 0.35 (step 68); the last
+    assert sent == [0, 34, 68, 99]
+
+
+def test_a_preview_sends_each_picture_once_as_jpeg_and_the_final_images_lossless(handlers: ui.Handlers):
+    """Per preview: x_t and x̂₀ as one JPEG grid each (the four images in one picture), ε̂ not at all unless it is
+    shown, then the status, the seed and the frame slider. The last output: the final images as arrays (PNG)."""
+    outs = run_all(handlers.generate("ddim", 3, 0.0, 1, 4, True, False, UserState()))
+    assert len(outs) == 3
+    for x_t, x0, eps, status, seed, slider in outs[:-1]:
+        assert preview_of(x_t).shape == preview_of(x0).shape == (2 * 16 + 6, 2 * 16 + 6, 3)  # 2×2 grid, padded
+        assert x_t != x0 and eps == gr.skip()
+        assert "Step" in status and seed == "1"
+    x_t, x0, eps, *_ = outs[-1]
+    assert image_of(x_t).shape == image_of(x0).shape == image_of(eps).shape == (38, 38, 3)
+
+
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
     served = library.get("faces")
     per_step = 2 * 4 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀ of four; ε̂, z and x_prev of the first
