@@ -256,16 +256,16 @@ def test_costly_previews_are_spaced_to_stay_within_the_budget():
     now = [0.0]
     throttle = Throttle(0.2, lambda: now[0], budget=0.05)
     sent = []
-    for step in range(100):  # 0.05 s per step
-        now[0] = step * 0.05
+    for step in range(100):  # 1/16 s per step (exact in binary, so no step looks slower than another)
+        now[0] = step / 16
         if throttle.ready():
             sent.append(step)
             throttle.spent(0.1)
-    assert sent == [0, 40, 80]
+    assert sent == [0, 32, 64, 96]
     cheap = Throttle(0.2, lambda: now[0], budget=0.05)
     sent = []
     for step in range(20):
-        now[0] = step * 0.05
+        now[0] = step / 16
         if cheap.ready():
             sent.append(step)
             cheap.spent(0.001)  # 0.001 / 0.05 = 0.02 s: the interval rules
@@ -294,6 +294,22 @@ def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it():
         now[0] += 0.0125
     # ready at 0.01 s, then 0.01 + 0.35 (the step ending at 0.3675 s: step 34), 0.3675 + 0.35 (step 68); the last
     assert sent == [0, 34, 68, 99]
+
+
+def test_steps_slower_than_the_interval_each_get_a_preview_when_previews_are_cheap():
+    """0.5 s steps, previews costing 5 ms (1 % of a step): every step is previewed."""
+    now = [0.0]
+
+    def steps(n: int):
+        for index in range(n):
+            now[0] += 0.5
+            yield samplers.Step(index, n, n - 1 - index, n - 2 - index, *[None] * 5)
+
+    def draw(step):
+        now[0] += 0.005
+        return step.index
+
+    assert list(stream(steps(8), None, Throttle(0.2, lambda: now[0], budget=0.05), draw)) == list(range(8))
 
 
 def test_a_preview_sends_each_picture_once_as_jpeg_and_the_final_images_lossless(handlers: ui.Handlers):
