@@ -242,7 +242,7 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
 
     choice, reason = choose_cpu_precision(precision, cpu, measure)
     if remembered is not None:
-        reason += f" (timed {remembered.measured}, remembered in {cache.path})"
+        reason += f"; timed {remembered.measured}, remembered in {cache.path}"
     elif timed and cache is not None:
         cache.store(key, RememberedChoice(choice, dict(timed), now()))
     prepared = network(choice)

@@ -273,23 +273,29 @@ def test_costly_previews_are_spaced_to_stay_within_the_budget():
     assert Throttle(0, budget=0.05).budget is None  # interval 0: every step, whatever it costs
 
 
+def fake_steps(now: list[float], n: int, seconds: float):
+    """``n`` sampler steps (no tensors) that each advance the fake clock ``now[0]`` by ``seconds``."""
+    for index in range(n):
+        now[0] += seconds
+        yield samplers.Step(index, n, n - 1 - index, n - 2 - index, *[None] * 5)
+
+
+def fake_draw(now: list[float], seconds: float):
+    """A preview renderer that takes ``seconds`` on the fake clock and returns the step's index."""
+    def draw(step) -> int:
+        now[0] += seconds
+        return step.index
+    return draw
+
+
 def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it():
     """Steps of 10 ms; a preview takes 5 ms to draw and 12.5 ms to hand on (Gradio sending it, while the sampler
     waits): 17.5 ms in all, so with a 5 % budget the next comes 0.35 s after one began, not after the 0.2 s
     interval. A fake clock that the steps, the drawing and the consumer advance."""
     now = [0.0]
-
-    def steps(n: int):
-        for index in range(n):
-            now[0] += 0.01
-            yield samplers.Step(index, n, n - 1 - index, n - 2 - index, *[None] * 5)
-
-    def draw(step):
-        now[0] += 0.005
-        return step.index
-
     sent = []
-    for index in stream(steps(100), None, Throttle(0.2, lambda: now[0], budget=0.05), draw):
+    for index in stream(fake_steps(now, 100, 0.01), None, Throttle(0.2, lambda: now[0], budget=0.05),
+                        fake_draw(now, 0.005)):
         sent.append(index)
         now[0] += 0.0125
     # ready at 0.01 s, then 0.01 + 0.35 (the step ending at 0.3675 s: step 34), 0.3675 + 0.35 (step 68); the last
@@ -299,17 +305,8 @@ def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it():
 def test_steps_slower_than_the_interval_each_get_a_preview_when_previews_are_cheap():
     """0.5 s steps, previews costing 5 ms (1 % of a step): every step is previewed."""
     now = [0.0]
-
-    def steps(n: int):
-        for index in range(n):
-            now[0] += 0.5
-            yield samplers.Step(index, n, n - 1 - index, n - 2 - index, *[None] * 5)
-
-    def draw(step):
-        now[0] += 0.005
-        return step.index
-
-    assert list(stream(steps(8), None, Throttle(0.2, lambda: now[0], budget=0.05), draw)) == list(range(8))
+    throttle = Throttle(0.2, lambda: now[0], budget=0.05)
+    assert list(stream(fake_steps(now, 8, 0.5), None, throttle, fake_draw(now, 0.005))) == list(range(8))
 
 
 def test_a_preview_sends_each_picture_once_as_jpeg_and_the_final_images_lossless(handlers: ui.Handlers):
