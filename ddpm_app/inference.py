@@ -4,9 +4,9 @@ On the CPU (see benchmarks/sample_speed.py): the network runs channels_last with
 oneDNN (:mod:`ddpm_app.onednn`), so none takes PyTorch's slow im2col path. On CPUs with bf16 in hardware (AMX or
 AVX512-BF16) the convolutions may run in bf16, everything else staying float32: ``precision="auto"`` times both
 on this machine and keeps bf16 only if it is faster (remembered per machine and model in a
-:class:`~ddpm_app.precision_cache.PrecisionCache`, so the app times once, not at every start). ε̂ and the update are float32 either way. ``torch.compile``
-(and an ahead-of-time compiled package) was measured against this and did not win by enough to pay for its
-minutes of compiling; see the README.
+:class:`~ddpm_app.precision_cache.PrecisionCache`, so the app times once, not at every start). ε̂ and the update
+are float32 either way. ``torch.compile`` (and an ahead-of-time compiled package) was measured against this and
+did not win by enough to pay for its minutes of compiling; see the README.
 
 On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
 mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph, in fp16 autocast.

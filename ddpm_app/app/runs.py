@@ -19,8 +19,8 @@ from ..samplers import SamplerSettings, Step
 from ..schedule import Schedule
 from .library import DeviceWorker
 
-# seconds between previews sent to the browser: 5 a second look smooth, and cost under 10 % of the sampling
-# time on a 2-core CPU (benchmarks/app_stream.py)
+# seconds between previews sent to the browser at most: 5 a second look smooth (what they cost: PREVIEW_BUDGET,
+# and benchmarks/app_stream.py)
 DEFAULT_PREVIEW_INTERVAL = 0.2
 # previews may slow sampling by at most this share: a preview that cost c seconds (the step after it took that much
 # longer than the others: drawing, encoding, handing it on) delays the next one to c / PREVIEW_BUDGET seconds after
