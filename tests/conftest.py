@@ -90,12 +90,15 @@ def no_hub_network(monkeypatch: pytest.MonkeyPatch) -> str:
     return endpoint
 
 
-@pytest.fixture(autouse=True)
-def own_precision_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """app.py started by a test remembers its CPU precision choice in a temporary folder, not in ~/.cache."""
+@pytest.fixture(scope="session", autouse=True)
+def own_precision_cache(tmp_path_factory: pytest.TempPathFactory):
+    """app.py started by a test (also by a session-wide server) remembers its CPU precision choice in a temporary
+    folder, not in ~/.cache."""
     from ddpm_app.precision_cache import CACHE_DIR_ENV
 
-    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "ddpm-app-cache"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("ddpm-app-cache")))
+        yield
 
 
 @pytest.fixture
