@@ -302,6 +302,18 @@ def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it():
     assert sent == [0, 34, 68, 99]
 
 
+def test_costly_previews_are_spaced_even_when_every_step_is_due_for_one():
+    """An interval shorter than a step: each step is due for a preview, but at 17.5 ms each (5 ms to draw, 12.5 ms
+    to hand on) against 10 ms steps the 5 % budget spaces them 0.35 s apart, as with the 0.2 s interval."""
+    now = [0.0]
+    sent = []
+    for index in stream(fake_steps(now, 100, 0.01), None, Throttle(0.005, lambda: now[0], budget=0.05),
+                        fake_draw(now, 0.005)):
+        sent.append(index)
+        now[0] += 0.0125
+    assert sent == [0, 34, 68, 99]
+
+
 def test_steps_slower_than_the_interval_each_get_a_preview_when_previews_are_cheap():
     """0.5 s steps, previews costing 5 ms (1 % of a step): every step is previewed."""
     now = [0.0]

@@ -4,10 +4,9 @@ runs a sampler to the end and passes on only the steps worth previewing (a time-
 from __future__ import annotations
 
 import math
-import statistics
 import threading
 import time
-from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
@@ -22,9 +21,9 @@ from .library import DeviceWorker
 # seconds between previews sent to the browser at most: 5 a second look smooth (what they cost: PREVIEW_BUDGET,
 # and benchmarks/app_stream.py)
 DEFAULT_PREVIEW_INTERVAL = 0.2
-# previews may slow sampling by at most this share: a preview that cost c seconds (the step after it took that much
-# longer than the others: drawing, encoding, handing it on) delays the next one to c / PREVIEW_BUDGET seconds after
-# it (slow machines, busy ones and big batches get fewer previews; see Throttle)
+# previews may hold sampling up by at most this share of the time: a preview that took c seconds to draw, encode
+# and hand on (the sampler waits meanwhile) delays the next one to c / PREVIEW_BUDGET seconds after it (slow
+# machines, busy ones and big batches get fewer previews; see Throttle)
 PREVIEW_BUDGET = 0.05
 # per run: every step of DDPM-1000 for four 64×64 RGB images, with the first image's step terms (135 MB as
 # uint8); a dense subset beyond that
@@ -124,57 +123,47 @@ class Trajectory:
 class Throttle:
     """True at most once per ``interval`` seconds (always on the first call); ``None`` = never, 0 = always.
 
-    With a ``budget`` (a fraction of the time), previews may also slow sampling down by at most that share. Asked
-    once per step, the throttle times the steps: the step after a preview also pays for drawing it, handing it on
-    (the sampler waits while the server sends it) and whatever else that slows the step down, so its excess over
-    the median of the other recent steps is what the preview cost. After a preview that cost c seconds the next
-    one is ready no sooner than c / budget seconds after it began. So the rate adapts to the machine, its load and
-    the step: with 5 % and previews costing 10 ms, at most one every 0.2 s however fast the steps; with a slow
-    step, a preview every step if drawing it is cheap next to the step.
+    With a ``budget`` (a fraction of the time), :meth:`spent` also keeps previews from taking more than that share:
+    after a preview that cost c seconds in all (drawing it, and handing it on while sampling waits) the next one is
+    ready no sooner than c / budget seconds after it began. So the rate adapts to the machine, its load and the
+    step: with 5 % and previews costing 10 ms, at most one every 0.2 s however fast the steps or short the
+    interval; with slow steps, one after every step if drawing it is cheap next to the step.
     """
 
     def __init__(self, interval: float | None, clock: Callable[[], float] = time.perf_counter,
-                 budget: float | None = None, steps_kept: int = 9):
+                 budget: float | None = None):
         self.interval = interval
         self.clock = clock
         self.budget = budget if interval else None  # interval 0 means every step, whatever it costs
         self.next = self.last = -math.inf
         self.cost = 0.0  # seconds the latest preview has cost so far
-        self.step_seconds: deque[float] = deque(maxlen=steps_kept)  # recent steps without a preview in them
-        self._previous: float | None = None  # when the last step ended (the last call of ready)
-        self._previewed = False  # a preview was allowed at the end of that step
-        self._with_preview: float | None = None  # the duration of a step that followed a preview, not yet judged
 
     def ready(self) -> bool:
         if self.interval is None:
             return False
         now = self.clock()
-        if self.budget is not None:
-            self._time_step(now)
         if now < self.next:
             return False
         self.last, self.next, self.cost = now, now + self.interval, 0.0
-        self._previewed = True
         return True
 
     def spent(self, seconds: float) -> None:
-        """The preview that :meth:`ready` allowed last cost ``seconds`` more."""
+        """The preview that :meth:`ready` allowed last took ``seconds`` more to make or hand on."""
         if self.budget is not None:
             self.cost += seconds
             self.next = max(self.next, self.last + self.cost / self.budget)
 
-    def _time_step(self, now: float) -> None:
-        """The step that ended now: kept as a plain step, or (after a preview) set against the plain ones."""
-        if self._previous is not None:
-            duration = now - self._previous
-            if self._previewed:
-                self._with_preview = duration
-            else:
-                self.step_seconds.append(duration)
-            if self._with_preview is not None and self.step_seconds:
-                self.spent(max(0.0, self._with_preview - statistics.median(self.step_seconds)))
-                self._with_preview = None
-        self._previous, self._previewed = now, False
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        """The time inside the block (on this throttle's clock) counts as spent on the latest preview."""
+        if self.budget is None:
+            yield
+            return
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.spent(self.clock() - start)
 
 
 def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle: Throttle | None = None,
@@ -195,13 +184,16 @@ def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle
             if trajectory is not None:
                 trajectory.add(step)
             if throttle.ready() or step.is_last:
-                return render(step), step.is_last
+                with throttle.spending():
+                    shown = render(step)
+                return shown, step.is_last
         return None
 
     call = worker.run if worker is not None else (lambda fn: fn())
     try:
         while (preview := call(advance)) is not None:
-            yield preview[0]
+            with throttle.spending():  # until the consumer asks for more (Gradio sends it on), sampling waits
+                yield preview[0]
             if preview[1]:
                 return
     finally:  # also when the consumer closes us (Stop)
