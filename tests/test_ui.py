@@ -288,29 +288,18 @@ def fake_draw(now: list[float], seconds: float):
     return draw
 
 
-def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it():
+@pytest.mark.parametrize("interval", [0.2, 0.005])  # the second: every 10 ms step is due for a preview
+def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it(interval: float):
     """Steps of 10 ms; a preview takes 5 ms to draw and 12.5 ms to hand on (Gradio sending it, while the sampler
-    waits): 17.5 ms in all, so with a 5 % budget the next comes 0.35 s after one began, not after the 0.2 s
-    interval. A fake clock that the steps, the drawing and the consumer advance."""
+    waits): 17.5 ms in all, so with a 5 % budget the next comes 0.35 s after one began, whether the interval is
+    0.2 s or shorter than a step. A fake clock that the steps, the drawing and the consumer advance."""
     now = [0.0]
     sent = []
-    for index in stream(fake_steps(now, 100, 0.01), None, Throttle(0.2, lambda: now[0], budget=0.05),
+    for index in stream(fake_steps(now, 100, 0.01), None, Throttle(interval, lambda: now[0], budget=0.05),
                         fake_draw(now, 0.005)):
         sent.append(index)
         now[0] += 0.0125
     # ready at 0.01 s, then 0.01 + 0.35 (the step ending at 0.3675 s: step 34), 0.3675 + 0.35 (step 68); the last
-    assert sent == [0, 34, 68, 99]
-
-
-def test_costly_previews_are_spaced_even_when_every_step_is_due_for_one():
-    """An interval shorter than a step: each step is due for a preview, but at 17.5 ms each (5 ms to draw, 12.5 ms
-    to hand on) against 10 ms steps the 5 % budget spaces them 0.35 s apart, as with the 0.2 s interval."""
-    now = [0.0]
-    sent = []
-    for index in stream(fake_steps(now, 100, 0.01), None, Throttle(0.005, lambda: now[0], budget=0.05),
-                        fake_draw(now, 0.005)):
-        sent.append(index)
-        now[0] += 0.0125
     assert sent == [0, 34, 68, 99]
 
 
