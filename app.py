@@ -19,6 +19,7 @@ from ddpm_app.cpu import cpu_budget
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.inference import PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
+from ddpm_app.precision_cache import CACHE_DIR_ENV, PrecisionCache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU threads for torch (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
-                        "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32")
+                        "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32; timed once per machine and "
+                        f"model, remembered in ${CACHE_DIR_ENV} (default ~/.cache/ddpm-app)")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
         print(f"torch threads: {chosen}", file=sys.stderr, flush=True)
     try:
-        library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision)
+        library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision,
+                               precision_cache=PrecisionCache.default())
         library.get()  # load the first model now, so a broken one fails here and not on the first click
     except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
         sys.exit(f"error: {e}")

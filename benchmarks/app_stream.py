@@ -1,7 +1,8 @@
 """What streaming previews cost in the app: time to the first preview and total time, streaming on vs off.
 
-    python benchmarks/app_stream.py [--weights weights] [--model NAME] [--batch 4] [--repeats 2]
-                                    [--interval 0.15] [--samplers ddpm,ddim] [--device cpu]
+    python benchmarks/app_stream.py [--weights weights] [--model NAME] [--batch 4] [--repeats 5]
+                                    [--interval 0.2] [--samplers ddpm,ddim] [--device cpu]
+                                    [--precision fp32] [--no-handler] [--compare-app OTHER_CHECKOUT/app.py]
 
 For DDPM over all T steps and DDIM-50, each measured three ways:
 
@@ -9,25 +10,33 @@ For DDPM over all T steps and DDIM-50, each measured three ways:
   the floor (its "first preview" is when the first step was done);
 - ``handler``: the app's generate handler iterated in-process (stores every step, makes the preview pictures);
 - ``server``: ``python app.py`` started on localhost in its own process and driven with gradio_client, timed
-  from submit to the first streamed output and to the last: what a browser sees, including the queue, PNG
-  encoding and transport.
+  from submit to the first streamed output and to the last: what a browser sees, including the queue, the
+  encoding of the pictures and transport (the client does not download the picture files).
 
 "off" sends only the final images (``--preview-interval -1`` in app.py); "on" sends a preview at most every
-``--interval`` seconds plus the last step. Prints a Markdown table: the best of ``--repeats`` runs of each
-variant, the variants interleaved so that a busy spell on a shared machine does not favour one of them.
+``--interval`` seconds (fewer where making them would take more than the app's preview budget) plus the last
+step. ``--compare-app`` also runs another checkout's app.py the same way, interleaved with this one, to compare two
+versions of the server on a shared machine.
+
+Prints a Markdown table per sampler: for each variant the median of ``--repeats`` runs (and the range of the
+totals), the CPU seconds the process spent (the server's own process for ``server``: on a busy machine this moves
+much less than wall time), and the outputs streamed. The variants are interleaved so that a busy spell hits all of
+them alike, and below each table the ratio of streaming on to off within each repeat (its median and range). The
+header names the CPU (model and ISA) and the load average when the runs began and ended.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -36,10 +45,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from ddpm_app import ui  # noqa: E402
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # noqa: E402
 from ddpm_app.inference import resolve_device  # noqa: E402
+from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
 
 SEED = 1234
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class Timed(NamedTuple):
+    """One run of one variant."""
+
+    first: float  # seconds to the first streamed output
+    total: float  # seconds to the last
+    cpu: float  # CPU seconds the process doing the work spent meanwhile
+    outputs: int  # outputs streamed (previews and the final one)
 
 
 def free_port() -> int:
@@ -48,33 +67,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def time_sampler(library: ModelLibrary, settings: SamplerSettings, batch: int) -> tuple[float, float]:
-    def drain() -> tuple[float, float]:
-        start = time.perf_counter()
-        first = None
-        for _ in library.get().sample(settings, batch, SEED):
-            first = first or time.perf_counter() - start
-        return first, time.perf_counter() - start
-    return library.worker.run(drain)  # on the thread the app samples on
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and all its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def time_handler(library: ModelLibrary, interval: float | None, settings: SamplerSettings,
-                 batch: int) -> tuple[float, float]:
-    handlers = ui.Handlers(library, preview_interval=interval)
-    start = time.perf_counter()
-    first = None
-    for _ in handlers.generate(settings.sampler, settings.steps, settings.eta, SEED, batch, True, False,
-                               UserState()):
+def timed(outputs, cpu: Callable[[], float]) -> Timed:
+    """Drain ``outputs`` (an iterator of streamed outputs), timing the first and the last."""
+    cpu_start, start = cpu(), time.perf_counter()
+    first, count = None, 0
+    for _ in outputs:
         first = first or time.perf_counter() - start
-    return first, time.perf_counter() - start
+        count += 1
+    total = time.perf_counter() - start
+    return Timed(first or total, total, cpu() - cpu_start, count)
 
 
-def start_server(args, interval: float | None) -> tuple[subprocess.Popen, str]:
+def time_sampler(library: ModelLibrary, settings: SamplerSettings, batch: int) -> Timed:
+    return library.worker.run(  # on the thread the app samples on
+        lambda: timed(library.get().sample(settings, batch, SEED), time.process_time))
+
+
+def time_handler(library: ModelLibrary, interval: float | None, settings: SamplerSettings, batch: int) -> Timed:
+    handlers = ui.Handlers(library, preview_interval=interval)
+    return timed(handlers.generate(settings.sampler, settings.steps, settings.eta, SEED, batch, True, False,
+                                   UserState()), time.process_time)
+
+
+def start_server(app: Path, args, interval: float | None) -> tuple[subprocess.Popen, str]:
     """``python app.py`` in its own process (as users run it), and its URL once it answers."""
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, str(ROOT / "app.py"), "--weights", args.weights, "--port", str(port),
+    cmd = [sys.executable, str(app), "--weights", str(Path(args.weights).resolve()), "--port", str(port),
            "--preview-interval", str(-1 if interval is None else interval)]
     if args.model:
         cmd += ["--model", args.model]
@@ -82,35 +108,36 @@ def start_server(args, interval: float | None) -> tuple[subprocess.Popen, str]:
         cmd += ["--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    if args.precision:
+        cmd += ["--precision", args.precision]
+    proc = subprocess.Popen(cmd, cwd=app.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}/"
-    for _ in range(600):
+    for _ in range(3000):
         if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}")
+            raise RuntimeError(f"{app} exited with {proc.returncode}")
         try:
             httpx.get(url, timeout=1)
             return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)
-    raise RuntimeError("app.py did not start")
+    raise RuntimeError(f"{app} did not start")
 
 
-def time_server(client, settings: SamplerSettings, batch: int) -> tuple[float, float]:
-    start = time.perf_counter()
+def time_server(client, pid: int, settings: SamplerSettings, batch: int) -> Timed:
     job = client.submit(settings.sampler, settings.steps, settings.eta, SEED, batch, True, False,
                         api_name="/generate")
-    first = None
-    for _ in job:  # blocks until each streamed output arrives
-        first = first or time.perf_counter() - start
+    run = timed(job, lambda: process_cpu_seconds(pid))  # iterating blocks until each streamed output arrives
     job.result()
-    total = time.perf_counter() - start
-    return first or total, total
+    return run
 
 
-def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The fastest of the repeats (first preview and total separately): on a shared machine, the least disturbed."""
-    return min(r[0] for r in runs), min(r[1] for r in runs)
+def load_average() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:+.1f} %"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,11 +145,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", default=os.environ.get("DDPM_WEIGHTS_DIR", "weights"))
     p.add_argument("--model", default=None)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--interval", type=float, default=DEFAULT_PREVIEW_INTERVAL)
-    p.add_argument("--samplers", default="ddpm,ddim", help=f"comma-separated: ddpm (all T steps), ddim ({DEFAULT_DDIM_STEPS} steps)")
+    p.add_argument("--samplers", default="ddpm,ddim",
+                   help=f"comma-separated: ddpm (all T steps), ddim ({DEFAULT_DDIM_STEPS} steps)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores, as app.py)")
+    p.add_argument("--precision", default=None,
+                   help="the servers' --precision (default: theirs, auto); fp32 keeps two versions comparable")
+    p.add_argument("--no-handler", action="store_true", help="skip the in-process handler rows")
+    p.add_argument("--compare-app", type=Path, default=None,
+                   help="another checkout's app.py, served the same way and interleaved with this one")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the servers below are stopped too
 
@@ -131,48 +164,68 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device or "auto")
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
-    library = ModelLibrary(args.weights, device, default=args.model)
+    library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto")
     served = library.get()
     T = served.timesteps
     cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings()}
     cases = {k: cases[k] for k in args.samplers.split(",")}
 
+    apps = {"server": ROOT / "app.py"} | ({"other server": args.compare_app.resolve()} if args.compare_app else {})
     servers = {}
-    for mode, interval in (("off", None), ("on", args.interval)):
-        proc, url = start_server(args, interval)
-        # the browser is on another machine: the client here does not fetch the image files, so that its work
-        # does not compete with the server's for this machine's cores
-        servers[mode] = (proc, Client(url, verbose=False, download_files=False))
+    for label, app in apps.items():
+        for mode, interval in (("off", None), ("on", args.interval)):
+            proc, url = start_server(app, args, interval)
+            # the browser is on another machine: the client here does not fetch the image files, so that its
+            # work does not compete with the server's for this machine's cores
+            servers[label, mode] = (proc, Client(url, verbose=False, download_files=False))
 
+    cpu = detect()
     print(f"model {served.name}: {served.config.arch}, {served.loaded.num_parameters / 1e6:.1f} M parameters, "
           f"{served.config.image_size}×{served.config.image_size}×{served.config.channels}, T = {T}; "
-          f"batch {args.batch}; device {device}, {torch.get_num_threads()} torch threads, "
-          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); preview every "
-          f"{args.interval} s when on; best of {args.repeats}, variants interleaved\n")
-    print("| sampler | measured | streaming | first preview (s) | total (s) | vs sampler only |")
-    print("|---|---|---|---|---|---|")
+          f"batch {args.batch}; device {device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs; "
+          f"preview every {args.interval} s when on; median of {args.repeats}, variants interleaved")
+    print(f"CPU: {cpu.describe()}; load average (1/5/15 min) at start: {load_average()}")
+    if args.compare_app:
+        print(f"other server: {args.compare_app.resolve()}")
     try:
         for name, settings in cases.items():
             label = f"DDPM-{T}" if name == "ddpm" else f"DDIM-{settings.steps}"
             warm = SamplerSettings("ddim", 2, 0.0, True)
             time_sampler(library, warm, args.batch)
-            for _, client in servers.values():
-                time_server(client, warm, args.batch)
+            for proc, client in servers.values():
+                time_server(client, proc.pid, warm, args.batch)
             # every repeat runs each variant once, interleaved, so a busy spell on the machine hits all alike
             variants = {("sampler", "—"): lambda s=settings: time_sampler(library, s, args.batch)}
-            for mode, interval in (("off", None), ("on", args.interval)):
-                variants["handler", mode] = lambda i=interval, s=settings: time_handler(library, i, s, args.batch)
-            for mode, (_, client) in servers.items():
-                variants["server", mode] = lambda c=client, s=settings: time_server(c, s, args.batch)
-            runs = {key: [] for key in variants}
+            if not args.no_handler:
+                for mode, interval in (("off", None), ("on", args.interval)):
+                    variants["handler", mode] = lambda i=interval, s=settings: time_handler(library, i, s, args.batch)
+            for key, (proc, client) in servers.items():
+                variants[key] = lambda c=client, pid=proc.pid, s=settings: time_server(c, pid, s, args.batch)
+            runs: dict[tuple[str, str], list[Timed]] = {key: [] for key in variants}
             for _ in range(args.repeats):
                 for key, measure in variants.items():
                     runs[key].append(measure())
-            rows = [(measured, mode, best(runs[measured, mode])) for measured, mode in variants]
-            base = rows[0][2]
-            for measured, mode, (first, total) in rows:
-                print(f"| {label} | {measured} | {mode} | {first:.2f} | {total:.2f} | "
-                      f"{100 * (total / base[1] - 1):+.1f} % |", flush=True)
+
+            print(f"\n| {label} | streaming | first output (s) | total (s) | range of totals (s) | CPU s | outputs "
+                  "| total vs sampler only |")
+            print("|---|---|---|---|---|---|---|---|")
+            base = statistics.median(r.total for r in runs["sampler", "—"])
+            for (measured, mode), timings in runs.items():
+                total = statistics.median(r.total for r in timings)
+                totals = [r.total for r in timings]
+                print(f"| {measured} | {mode} | {statistics.median(r.first for r in timings):.2f} | {total:.2f} | "
+                      f"{min(totals):.2f}–{max(totals):.2f} | {statistics.median(r.cpu for r in timings):.2f} | "
+                      f"{statistics.median(r.outputs for r in timings):g} | {percent(total / base - 1)} |", flush=True)
+            # on a shared machine a run next to another is the fairest comparison: the ratio within each repeat
+            print()
+            for measured in [m for m in ("handler", *apps) if (m, "on") in runs]:
+                for what in ("total", "cpu"):
+                    ratios = [getattr(on, what) / getattr(off, what) - 1
+                              for on, off in zip(runs[measured, "on"], runs[measured, "off"])]
+                    print(f"{label}, {measured}, streaming on against off within each repeat, "
+                          f"{'wall time' if what == 'total' else 'CPU time'}: median {percent(statistics.median(ratios))} "
+                          f"(from {percent(min(ratios))} to {percent(max(ratios))})")
+            print(f"load average at end: {load_average()}", flush=True)
     finally:
         for proc, _ in servers.values():
             proc.terminate()

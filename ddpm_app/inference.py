@@ -3,9 +3,10 @@
 On the CPU (see benchmarks/sample_speed.py): the network runs channels_last with every convolution packed once for
 oneDNN (:mod:`ddpm_app.onednn`), so none takes PyTorch's slow im2col path. On CPUs with bf16 in hardware (AMX or
 AVX512-BF16) the convolutions may run in bf16, everything else staying float32: ``precision="auto"`` times both
-on this machine and keeps bf16 only if it is faster. ε̂ and the update are float32 either way. ``torch.compile``
-(and an ahead-of-time compiled package) was measured against this and did not win by enough to pay for its
-minutes of compiling; see the README.
+on this machine and keeps bf16 only if it is faster (remembered per machine and model in a
+:class:`~ddpm_app.precision_cache.PrecisionCache`, so the app times once, not at every start). ε̂ and the update
+are float32 either way. ``torch.compile`` (and an ahead-of-time compiled package) was measured against this and
+did not win by enough to pay for its minutes of compiling; see the README.
 
 On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
 mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph, in fp16 autocast.
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from . import onednn, samplers
 from .isa import CpuFeatures, detect
+from .precision_cache import ChoiceKey, PrecisionCache, RememberedChoice, now
 from .schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -223,10 +225,15 @@ def _cpu_network(model: nn.Module, precision: Precision, example: tuple[Tensor, 
 
 
 def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
-                channels_last: bool = True, batch: int = 1, timesteps: int = 1000) -> Prepared:
+                channels_last: bool = True, batch: int = 1, timesteps: int = 1000,
+                cache: PrecisionCache | None = None) -> Prepared:
     """``model`` made fast for sampling on this CPU: packed convolutions, in fp32 or bf16 (see
     :func:`choose_cpu_precision`; with "auto" both are built and timed at ``batch`` where the CPU has bf16).
     In bf16, steps with t below ``FP32_BELOW_T_SHARE``·``timesteps`` (T) run in fp32.
+
+    With a ``cache``, "auto" first looks for timings made before under the same :class:`ChoiceKey` (this CPU,
+    threads, PyTorch and model config) and only builds the network it chooses; fresh timings are stored there.
+    The runtime's ``ms_per_step`` is then None: the caller times the chosen network if it wants the figure.
 
     ``model`` itself is switched to eval mode and, with ``channels_last``, to that layout; the packed copy is a
     snapshot of its weights.
@@ -244,12 +251,21 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         return built[p]
 
     timed: dict[str, float] = {}
+    key = ChoiceKey.of(cpu, model, batch) if cache is not None else None
+    remembered: RememberedChoice | None = None
 
-    def measure() -> dict[str, float]:
+    def measure() -> Mapping[str, float]:
+        nonlocal remembered
+        if cache is not None and (remembered := cache.lookup(key)) is not None:
+            return remembered.ms_per_step
         timed.update(median_ms({p: network(p) for p in ("fp32", "bf16")}, example))
         return timed
 
     choice, reason = choose_cpu_precision(precision, cpu, measure)
+    if remembered is not None:
+        reason += f"; timed {remembered.measured}, remembered in {cache.path}"
+    elif timed and cache is not None:
+        cache.store(key, RememberedChoice(choice, dict(timed), now()))
     prepared = network(choice)
     if choice == "bf16":
         prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
@@ -261,7 +277,8 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
 
 
 def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
-            precision: str | None = "auto", channels_last: bool = True, timesteps: int = 1000) -> Prepared:
+            precision: str | None = "auto", channels_last: bool = True, timesteps: int = 1000,
+            cache: PrecisionCache | None = None) -> Prepared:
     """Eval mode, no grads, on ``device``. On the CPU: :func:`prepare_cpu`. On CUDA: channels_last and compiled with
     CUDA graphs unless ``compile=False``.
 
@@ -269,11 +286,12 @@ def prepare(model: nn.Module, device: torch.device | str, compile: bool | None =
     of :data:`Precision`. On an H100, fp16 takes a 1,000-step chain of 16 images from 2.4 s to 1.4 s. TF32 is a
     global setting: "tf32" and "fp32" take effect inside :func:`float32_matmul`. The first call at each new batch
     size compiles (CUDA only, a few seconds). The model itself is moved and switched to eval mode in place.
-    ``timesteps``: the schedule's T (the CPU's bf16 network hands the last steps to fp32).
+    ``timesteps``: the schedule's T (the CPU's bf16 network hands the last steps to fp32). ``cache``: where the
+    CPU's "auto" choice is remembered (see :func:`prepare_cpu`).
     """
     device = torch.device(device)
     if device.type == "cpu" and not compile:
-        return prepare_cpu(model, precision, channels_last=channels_last, timesteps=timesteps)
+        return prepare_cpu(model, precision, channels_last=channels_last, timesteps=timesteps, cache=cache)
     if precision not in PRECISION_CHOICES + (None,):
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
     chosen: Precision = ("fp16" if device.type == "cuda" else "fp32") if precision in (None, "auto") else precision

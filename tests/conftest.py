@@ -10,6 +10,7 @@ Fixtures
     seed_config           SeedUNetConfig: 16×16, widths 32 → 64 → 64 (both shortcut kinds)
     seed_model            a SeedUNet built from it, in eval mode
     no_hub_network        (autouse) the Hub client points at a closed localhost port; returns that URL
+    own_precision_cache   (autouse) $DDPM_APP_CACHE is a temporary folder (for app.py started by a test)
     chromium              the path of Debian's Chromium for the browser tests; FAILS (never skips) when it is missing
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
@@ -87,6 +88,17 @@ def no_hub_network(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("HF_ENDPOINT", endpoint)  # for subprocesses
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     return endpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_precision_cache(tmp_path_factory: pytest.TempPathFactory):
+    """app.py started by a test (also by a session-wide server) remembers its CPU precision choice in a temporary
+    folder, not in ~/.cache."""
+    from ddpm_app.precision_cache import CACHE_DIR_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("ddpm-app-cache")))
+        yield
 
 
 @pytest.fixture

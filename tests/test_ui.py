@@ -257,21 +257,71 @@ def test_costly_previews_are_spaced_to_stay_within_the_budget():
     now = [0.0]
     throttle = Throttle(0.2, lambda: now[0], budget=0.05)
     sent = []
-    for step in range(100):  # 0.05 s per step
-        now[0] = step * 0.05
+    for step in range(100):  # 1/16 s per step (exact in binary, so no step looks slower than another)
+        now[0] = step / 16
         if throttle.ready():
             sent.append(step)
             throttle.spent(0.1)
-    assert sent == [0, 40, 80]
+    assert sent == [0, 32, 64, 96]
     cheap = Throttle(0.2, lambda: now[0], budget=0.05)
     sent = []
     for step in range(20):
-        now[0] = step * 0.05
+        now[0] = step / 16
         if cheap.ready():
             sent.append(step)
             cheap.spent(0.001)  # 0.001 / 0.05 = 0.02 s: the interval rules
     assert sent == [0, 4, 8, 12, 16]
     assert Throttle(0, budget=0.05).budget is None  # interval 0: every step, whatever it costs
+
+
+def fake_steps(now: list[float], n: int, seconds: float):
+    """``n`` sampler steps (no tensors) that each advance the fake clock ``now[0]`` by ``seconds``."""
+    for index in range(n):
+        now[0] += seconds
+        yield samplers.Step(index, n, n - 1 - index, n - 2 - index, *[None] * 5)
+
+
+def fake_draw(now: list[float], seconds: float):
+    """A preview renderer that takes ``seconds`` on the fake clock and returns the step's index."""
+    def draw(step) -> int:
+        now[0] += seconds
+        return step.index
+    return draw
+
+
+@pytest.mark.parametrize("interval", [0.2, 0.005])  # the second: every 10 ms step is due for a preview
+def test_sending_a_preview_on_counts_against_the_budget_like_drawing_it(interval: float):
+    """Steps of 10 ms; a preview takes 5 ms to draw and 12.5 ms to hand on (Gradio sending it, while the sampler
+    waits): 17.5 ms in all, so with a 5 % budget the next comes 0.35 s after one began, whether the interval is
+    0.2 s or shorter than a step. A fake clock that the steps, the drawing and the consumer advance."""
+    now = [0.0]
+    sent = []
+    for index in stream(fake_steps(now, 100, 0.01), None, Throttle(interval, lambda: now[0], budget=0.05),
+                        fake_draw(now, 0.005)):
+        sent.append(index)
+        now[0] += 0.0125
+    # ready at 0.01 s, then 0.01 + 0.35 (the step ending at 0.3675 s: step 34), 0.3675 + 0.35 (step 68); the last
+    assert sent == [0, 34, 68, 99]
+
+
+def test_steps_slower_than_the_interval_each_get_a_preview_when_previews_are_cheap():
+    """0.5 s steps, previews costing 5 ms (1 % of a step): every step is previewed."""
+    now = [0.0]
+    throttle = Throttle(0.2, lambda: now[0], budget=0.05)
+    assert list(stream(fake_steps(now, 8, 0.5), None, throttle, fake_draw(now, 0.005))) == list(range(8))
+
+
+def test_a_preview_sends_each_picture_once_as_jpeg_and_the_final_images_lossless(handlers: ui.Handlers):
+    """Per preview: x_t and x̂₀ as one JPEG grid each (the four images in one picture), ε̂ not at all unless it is
+    shown, then the status, the seed and the frame slider. The last output: the final images as arrays (PNG)."""
+    outs = run_all(handlers.generate("ddim", 3, 0.0, 1, 4, True, False, UserState()))
+    assert len(outs) == 3
+    for x_t, x0, eps, status, seed, slider in outs[:-1]:
+        assert preview_of(x_t).shape == preview_of(x0).shape == (2 * 16 + 6, 2 * 16 + 6, 3)  # 2×2 grid, padded
+        assert x_t != x0 and eps == gr.skip()
+        assert "Step" in status and seed == "1"
+    x_t, x0, eps, *_ = outs[-1]
+    assert image_of(x_t).shape == image_of(x0).shape == image_of(eps).shape == (38, 38, 3)
 
 
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):

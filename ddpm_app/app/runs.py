@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
@@ -17,11 +18,12 @@ from ..samplers import SamplerSettings, Step
 from ..schedule import Schedule
 from .library import DeviceWorker
 
-# seconds between previews sent to the browser: 5 a second look smooth, and cost under 10 % of the sampling
-# time on a 2-core CPU (benchmarks/app_stream.py)
+# seconds between previews sent to the browser at most: 5 a second look smooth (what they cost: PREVIEW_BUDGET,
+# and benchmarks/app_stream.py)
 DEFAULT_PREVIEW_INTERVAL = 0.2
-# at most this share of the time goes into making previews: a preview that took c seconds to draw and encode
-# delays the next one to c / PREVIEW_BUDGET seconds later (slow machines and big batches get fewer previews)
+# previews may hold sampling up by at most this share of the time: a preview that took c seconds to draw, encode
+# and hand on (the sampler waits meanwhile) delays the next one to c / PREVIEW_BUDGET seconds after it (slow
+# machines, busy ones and big batches get fewer previews; see Throttle)
 PREVIEW_BUDGET = 0.05
 # per run: every step of DDPM-1000 for four 64×64 RGB images, with the first image's step terms (135 MB as
 # uint8); a dense subset beyond that
@@ -122,7 +124,10 @@ class Throttle:
     """True at most once per ``interval`` seconds (always on the first call); ``None`` = never, 0 = always.
 
     With a ``budget`` (a fraction of the time), :meth:`spent` also keeps previews from taking more than that share:
-    after a preview that cost c seconds the next one is ready no sooner than c / budget seconds after it began.
+    after a preview that cost c seconds in all (drawing it, and handing it on while sampling waits) the next one is
+    ready no sooner than c / budget seconds after it began. So the rate adapts to the machine, its load and the
+    step: with 5 % and previews costing 10 ms, at most one every 0.2 s however fast the steps or short the
+    interval; with slow steps, one after every step if drawing it is cheap next to the step.
     """
 
     def __init__(self, interval: float | None, clock: Callable[[], float] = time.perf_counter,
@@ -131,6 +136,7 @@ class Throttle:
         self.clock = clock
         self.budget = budget if interval else None  # interval 0 means every step, whatever it costs
         self.next = self.last = -math.inf
+        self.cost = 0.0  # seconds the latest preview has cost so far
 
     def ready(self) -> bool:
         if self.interval is None:
@@ -138,13 +144,26 @@ class Throttle:
         now = self.clock()
         if now < self.next:
             return False
-        self.last, self.next = now, now + self.interval
+        self.last, self.next, self.cost = now, now + self.interval, 0.0
         return True
 
     def spent(self, seconds: float) -> None:
-        """The preview that :meth:`ready` allowed last took ``seconds`` to make."""
+        """The preview that :meth:`ready` allowed last took ``seconds`` more to make or hand on."""
         if self.budget is not None:
-            self.next = max(self.next, self.last + seconds / self.budget)
+            self.cost += seconds
+            self.next = max(self.next, self.last + self.cost / self.budget)
+
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        """The time inside the block (on this throttle's clock) counts as spent on the latest preview."""
+        if self.budget is None:
+            yield
+            return
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.spent(self.clock() - start)
 
 
 def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle: Throttle | None = None,
@@ -165,18 +184,16 @@ def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle
             if trajectory is not None:
                 trajectory.add(step)
             if throttle.ready() or step.is_last:
-                if throttle.budget is None:
-                    return render(step), step.is_last
-                start = time.perf_counter()
-                preview = render(step)
-                throttle.spent(time.perf_counter() - start)
-                return preview, step.is_last
+                with throttle.spending():
+                    shown = render(step)
+                return shown, step.is_last
         return None
 
     call = worker.run if worker is not None else (lambda fn: fn())
     try:
         while (preview := call(advance)) is not None:
-            yield preview[0]
+            with throttle.spending():  # until the consumer asks for more (Gradio sends it on), sampling waits
+                yield preview[0]
             if preview[1]:
                 return
     finally:  # also when the consumer closes us (Stop)
