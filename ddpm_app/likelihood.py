@@ -126,14 +126,22 @@ def bound_timesteps(timesteps: int, num: int | None = None,
     """The timesteps at which to evaluate the bound and the weight of each, (K,) long and (K,) float64.
 
     All T with weight 1 when ``num`` is None or ≥ T (the exact sum). Otherwise t = 0 (the decoder, weight 1) and
-    one uniformly drawn t from each of ``num − 1`` equal strata of 1…T−1, weighted by its stratum's size: an
-    unbiased estimate of Σ_{t≥1} L_t.
+    one uniformly drawn t from each of ``num − 1`` strata of 1…T−1, weighted by its stratum's size: an unbiased
+    estimate of Σ_{t≥1} L_t. The strata grow geometrically (each at least one step wide), so the first steps, whose
+    terms are large and fall by orders of magnitude within a few t, are evaluated one by one, and every stratum
+    spans terms of about one size: equal strata would let one draw near t = 1, weighted by a wide stratum, move the
+    estimate by more than a bit per dimension.
     """
     if num is None or num >= timesteps:
         return torch.arange(timesteps), torch.ones(timesteps, dtype=torch.float64)
     if num < 2:
         raise ValueError(f"need at least 2 timesteps (the decoder and one step) for an estimate, got {num}")
-    edges = torch.linspace(1, timesteps, num, dtype=torch.float64).round().long()  # num−1 strata [e_i, e_{i+1})
+    strata = num - 1
+    geometric = torch.logspace(0, math.log10(timesteps), strata + 1, dtype=torch.float64).round().long().tolist()
+    edges = [1]
+    for k in range(1, strata + 1):  # at least one step per stratum, and room left for the strata after it
+        edges.append(min(max(geometric[k], edges[-1] + 1), timesteps - (strata - k)))
+    edges = torch.tensor(edges)  # num−1 strata [e_i, e_{i+1}), from 1 to T
     sizes = edges[1:] - edges[:-1]
     offsets = (torch.rand(num - 1, generator=generator, dtype=torch.float64) * sizes).floor().long()
     ts = torch.cat([torch.zeros(1, dtype=torch.long), edges[:-1] + offsets])

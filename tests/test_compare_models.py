@@ -16,14 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import compare_models  # noqa: E402
 
 
-def test_the_timesteps_cover_the_schedule_with_weights_that_sum_to_t():
-    ts, weights = compare_models.bound_timesteps_split(1000, exact=20, strata=40, seed=0)
-    assert ts[:20].tolist() == list(range(20)) and weights[:20].tolist() == [1.0] * 20
-    assert float(weights.sum()) == 1000  # each stratum's one timestep stands for the stratum's size
-    edges = torch.linspace(20, 1000, 41).round().long()
-    assert all(lo <= t < hi for t, lo, hi in zip(ts[20:].tolist(), edges[:-1].tolist(), edges[1:].tolist()))
-
-
 def figures(out: str) -> dict[str, tuple[float, float]]:
     rows = re.findall(r"^(.+?): held-out ε-MSE ([0-9.]+) .*?bits/dim ([0-9.]+) ", out, re.M)
     return {name: (float(mse), float(bpd)) for name, mse, bpd in rows}
@@ -32,7 +24,7 @@ def figures(out: str) -> dict[str, tuple[float, float]]:
 def test_a_model_against_itself_differs_by_exactly_nothing(tiny_model_dir, tmp_path, capsys):
     pack = utkface_pack(tmp_path)
     assert compare_models.main([str(tiny_model_dir), str(tiny_model_dir), "--data", str(pack), "--bound-images", "4",
-                                "--exact-steps", "3", "--strata", "4"]) == 0
+                                "--bound-timesteps", "6"]) == 0
     out = capsys.readouterr().out
     assert "B − A bits/dim: +0.0000 ± 0.0000 (paired" in out
 
@@ -45,7 +37,7 @@ def test_the_paired_difference_is_the_difference_of_the_two_models_figures(tiny_
     other = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "other")
     pack = utkface_pack(tmp_path)
     assert compare_models.main([str(tiny_model_dir), str(other), "--data", str(pack), "--bound-images", "6",
-                                "--exact-steps", "3", "--strata", "4"]) == 0
+                                "--bound-timesteps", "6"]) == 0
     out = capsys.readouterr().out
     rows = figures(out)
     (mse_a, bpd_a), (mse_b, bpd_b) = rows[str(tiny_model_dir)], rows[str(other)]
