@@ -76,7 +76,9 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
     bars.set_ylabel("bits/dim")
     bars.set_title(f"the bound: {photo.total:.3f} bits/dim", fontsize=10)
     bars.grid(alpha=0.3, axis="y")
-    bars.legend(fontsize=8)
+    tallest = max(mine + ([ref.prior, ref.diffusion, ref.decoder] if ref is not None else []))
+    bars.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
+    bars.legend(fontsize=8, loc="upper left")
     return pixels(fig)
 
 
