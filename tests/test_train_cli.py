@@ -257,6 +257,17 @@ def test_the_time_limit_is_checked_once_at_the_first_measured_speed(tmp_path, ca
     assert len(calls) == 1 and calls[0][0] == 4 and calls[0][1] > 0 and calls[0][2] > 0  # the first log, step 4
 
 
+def test_help_states_each_architectures_recipe_as_the_trainer_has_it(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    helps = {name: re.search(rf"--{name} [A-Z_]+ ([a-z].+?\))", text).group(1)
+             for name in ("batch-size", "lr", "warmup-steps")}
+    for arch, recipe in training.RECIPES.items():
+        stated = {name: float(re.search(rf"([0-9.e-]+) for {arch}", h).group(1)) for name, h in helps.items()}
+        assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps}
+
+
 def test_resume_without_a_checkpoint_is_exit_2(tmp_path, capsys):
     assert train.main(["--out", str(tmp_path / "nothing"), "--resume"]) == 2
     assert f"no checkpoint at {tmp_path / 'nothing' / CHECKPOINT_NAME}" in capsys.readouterr().err
