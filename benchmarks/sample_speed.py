@@ -7,7 +7,8 @@ It first prints the CPU model, its instruction sets (AVX2 / AVX-512 / AVX512-BF1
 precision the app chooses here (``ddpm_app.inference.prepare``). Then, per model and batch, the median of
 ``--repeats`` single network evaluations, the variants interleaved (ABAB…) so that other jobs on the machine slow
 them alike: PyTorch's own dispatch (some convolutions on its slow im2col path), the convolutions pre-packed for
-oneDNN in fp32, the same in bf16 where the CPU has it in hardware, and the app's choice. The seed architecture is
+oneDNN in fp32, the same in bf16 where the CPU has it in hardware (packed for one image, as the app does, and packed
+for the row's batch), and the app's choice, which may differ between batch sizes. The seed architecture is
 measured with random weights (speed does not depend on the values).
 """
 
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_app import samplers  # noqa: E402
+from ddpm_app import onednn, samplers  # noqa: E402
 from ddpm_app.inference import (PRECISION_CHOICES, Prepared, Runtime, example_input, median_ms,  # noqa: E402
                                 prepare, prepare_cpu)
 from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
@@ -40,14 +41,20 @@ def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
             f"Precision: {runtime.precision} ({runtime.reason})"]
 
 
-def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures, app: Prepared) -> dict[str, Prepared]:
-    """The ways to run ``model`` on this CPU that the table compares, ending with the app's own choice."""
+def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures, app: Prepared, batch: int) -> dict[str, Prepared]:
+    """The ways to run ``model`` on this CPU that the table compares at ``batch``, ending with the app's own choice.
+
+    The app packs the convolutions for one image and runs every batch size on those weights; "packed bf16 for the
+    batch" packs them for ``batch`` instead, to show whether that matters on this CPU.
+    """
     plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True),
                 "packed fp32": prepare_cpu(model, "fp32", cpu)}
     if cpu.bf16_native:
         variants["packed bf16"] = prepare_cpu(model, "bf16", cpu)
-    variants[f"app ({app.precision})"] = app
+        packed = onednn.pack_convolutions(plain, example_input(plain, batch), torch.bfloat16)
+        variants["packed bf16 for the batch"] = Prepared(packed, channels_last=True, precision="bf16")
+    variants["app"] = app  # its precision at each batch: the header's Precision line
     return variants
 
 
@@ -88,14 +95,15 @@ def main(argv=None) -> int:
     print("\n".join(header(cpu, torch.get_num_threads(), next(iter(apps.values())).runtime)), flush=True)
 
     for name, model in models:
-        variants = cpu_variants(model, cpu, apps[name])
         params = model.num_parameters() / 1e6
         print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats})\n")
-        print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")
-        print("|---" * (len(variants) + 3) + "|")
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            variants = cpu_variants(model, cpu, apps[name], batch)
+            if i == 0:
+                print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")
+                print("|---" * (len(variants) + 3) + "|")
             ms = median_ms(variants, example_input(model, batch), rounds=args.repeats, warmup=3)
-            app = ms[f"app ({apps[name].precision})"]
+            app = ms["app"]
             print(f"| {batch} | " + " | ".join(f"{v:.1f}" for v in ms.values())
                   + f" | {app:.0f} ms × 1000 = {app:.1f} s | {app * 50 / 1000:.2f} s |", flush=True)
 

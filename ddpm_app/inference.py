@@ -43,6 +43,10 @@ BF16_MARGIN = 0.95
 # difference of large activations, so bf16 rounding grows (shipped faces model: ε̂ 0.63 % off fp32 at t ≥ 200,
 # 0.75 % at t = 75, 1.3 % at t = 20, 7.4 % at t = 0)
 FP32_BELOW_T_SHARE = 0.075
+# the batch sizes "auto" times bf16 against fp32 at on the CPU: one image (Frames, the teaching views) and the app's
+# default of 4. They can disagree: on an Intel Xeon with AMX (2 threads, shipped faces model) bf16 took 17.5 against
+# 22.2 ms/step fp32 at batch 1, and 88 against 71 at batch 4
+TIMED_BATCHES = (1, 4)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -86,6 +90,16 @@ class Runtime:
         return f"{', '.join(parts)} ({self.reason})"
 
 
+@dataclass(frozen=True)
+class BatchSwitch:
+    """From ``from_batch`` images up, a prepared CPU network runs ``model`` (in ``precision``) instead of its own:
+    bf16 can be faster than fp32 at one batch size and slower at another (see :func:`prepare_cpu`)."""
+
+    from_batch: int
+    precision: Precision
+    model: nn.Module
+
+
 class Prepared(nn.Module):
     """Wraps a network for sampling: matches the input's memory format and returns float32 ε̂.
 
@@ -95,11 +109,13 @@ class Prepared(nn.Module):
 
     def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32",
                  device_type: str = "cpu", runtime: Runtime | None = None, fp32_model: nn.Module | None = None,
-                 fp32_below_t: int = 0):
+                 fp32_below_t: int = 0, switch: BatchSwitch | None = None):
         super().__init__()
         self.model = model
         # a batch with any t < fp32_below_t runs through fp32_model instead (CPU bf16: see FP32_BELOW_T_SHARE)
         self.fp32_model, self.fp32_below_t = fp32_model, fp32_below_t
+        # CPU: batches of switch.from_batch images or more run in the other precision, where it was timed faster
+        self.switch = switch
         self.channels_last = channels_last
         self.precision = precision
         self.device_type = device_type
@@ -114,6 +130,8 @@ class Prepared(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         model = self.model
+        if self.switch is not None and x.shape[0] >= self.switch.from_batch:
+            model = self.switch.model
         if self.fp32_model is not None and int(t.min()) < self.fp32_below_t:
             model = self.fp32_model
         with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -138,7 +156,7 @@ class Prepared(nn.Module):
         rounding of ε̂ is small against ε̂ but not against ‖ε − ε̂‖² where ε̂ is nearly right. Shipped faces model,
         the example portrait: in bf16 the loss read 11–17 % high at t ≥ 870 and 0.3 % at t = 300, and the
         bits/dim moved by 3·10⁻⁴."""
-        if self.precision == "fp32" and not self.compiled:
+        if self.precision == "fp32" and self.switch is None and not self.compiled:
             return self
         if self.device_type == "cpu":
             if self.fp32_model is None:
@@ -225,24 +243,26 @@ def _cpu_network(model: nn.Module, precision: Precision, example: tuple[Tensor, 
 
 
 def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
-                channels_last: bool = True, batch: int = 1, timesteps: int = 1000,
+                channels_last: bool = True, batches: tuple[int, ...] = TIMED_BATCHES, timesteps: int = 1000,
                 cache: PrecisionCache | None = None) -> Prepared:
     """``model`` made fast for sampling on this CPU: packed convolutions, in fp32 or bf16 (see
-    :func:`choose_cpu_precision`; with "auto" both are built and timed at ``batch`` where the CPU has bf16).
-    In bf16, steps with t below ``FP32_BELOW_T_SHARE``·``timesteps`` (T) run in fp32.
+    :func:`choose_cpu_precision`; with "auto" both are built and timed at each of ``batches`` where the CPU has
+    bf16). The choice at the first batch size is the network's precision; where a later one chose the other
+    precision, batches of that many images or more run in it (a :class:`BatchSwitch`). Wherever bf16 runs, steps
+    with t below ``FP32_BELOW_T_SHARE``·``timesteps`` (T) run in fp32.
 
     With a ``cache``, "auto" first looks for timings made before under the same :class:`ChoiceKey` (this CPU,
-    threads, PyTorch and model config) and only builds the network it chooses; fresh timings are stored there.
-    The runtime's ``ms_per_step`` is then None: the caller times the chosen network if it wants the figure.
+    threads, PyTorch, model config and batch) and only builds the networks it chooses; fresh timings are stored
+    there. The runtime's ``ms_per_step`` is then None: the caller times the chosen network if it wants the figure.
 
-    ``model`` itself is switched to eval mode and, with ``channels_last``, to that layout; the packed copy is a
-    snapshot of its weights.
+    ``model`` itself is switched to eval mode and, with ``channels_last``, to that layout; the packed copies are
+    snapshots of its weights.
     """
     cpu = cpu or detect()
     model = model.cpu().eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    example = example_input(model, batch)
+    example = example_input(model, 1)  # the sizes packed for; other batch sizes run on the same packed weights
     built: dict[str, Prepared] = {}
 
     def network(p: Precision) -> Prepared:
@@ -250,28 +270,49 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
             built[p] = Prepared(_cpu_network(model, p, example), channels_last=channels_last, precision=p)
         return built[p]
 
-    timed: dict[str, float] = {}
-    key = ChoiceKey.of(cpu, model, batch) if cache is not None else None
-    remembered: RememberedChoice | None = None
+    timed: dict[int, dict[str, float]] = {}  # batch → ms per step of each precision, timed now or remembered
+    notes: dict[int, str] = {}  # batch → where a remembered timing came from
+    fresh: set[int] = set()  # batches timed now, to remember
 
-    def measure() -> Mapping[str, float]:
-        nonlocal remembered
-        if cache is not None and (remembered := cache.lookup(key)) is not None:
-            return remembered.ms_per_step
-        timed.update(median_ms({p: network(p) for p in ("fp32", "bf16")}, example))
-        return timed
+    def measure(batch: int) -> Callable[[], Mapping[str, float]]:
+        def run() -> Mapping[str, float]:
+            remembered = cache.lookup(ChoiceKey.of(cpu, model, batch)) if cache is not None else None
+            if remembered is not None:
+                notes[batch] = f"timed {remembered.measured}, remembered in {cache.path}"
+                timed[batch] = dict(remembered.ms_per_step)
+            else:
+                timed[batch] = median_ms({p: network(p) for p in ("fp32", "bf16")}, example_input(model, batch))
+                fresh.add(batch)
+            return timed[batch]
+        return run
 
-    choice, reason = choose_cpu_precision(precision, cpu, measure)
-    if remembered is not None:
-        reason += f"; timed {remembered.measured}, remembered in {cache.path}"
-    elif timed and cache is not None:
-        cache.store(key, RememberedChoice(choice, dict(timed), now()))
+    choices: list[tuple[int, Precision, str]] = []
+    for batch in batches:
+        choice, reason = choose_cpu_precision(precision, cpu, measure(batch))
+        choices.append((batch, choice, reason))
+        if batch not in timed:  # nothing was timed: the answer is the same at every batch size
+            break
+        if cache is not None and batch in fresh:
+            cache.store(ChoiceKey.of(cpu, model, batch), RememberedChoice(choice, dict(timed[batch]), now()))
+
+    first_batch, choice, reason = choices[0]
     prepared = network(choice)
-    if choice == "bf16":
+    if first_batch in timed:
+        reason += f" at batch {first_batch}"
+    for batch, other, _ in choices[1:]:
+        ms = timed[batch]
+        reason += f"; {other} at batch {batch}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
+        if other != choice and prepared.switch is None:
+            prepared.switch = BatchSwitch(batch, other, network(other).model)
+            reason += f", so {other} from {batch} images up"
+    if notes:
+        reason += f" ({'; '.join(sorted(set(notes.values())))})"
+    if any(c == "bf16" for _, c, _ in choices):
         prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
         reason += f"; fp32 for t < {prepared.fp32_below_t}"
+    ms_now = timed[first_batch][choice] if first_batch in fresh else None
     prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {torch.get_num_threads()} threads", choice,
-                               onednn.available(), False, reason, timed.get(choice))
+                               onednn.available(), False, reason, ms_now)
     log.info("sampling on %s", prepared.runtime.describe())
     return prepared
 

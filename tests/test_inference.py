@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import perturb, seeded_init
 
-from ddpm_app import onednn, samplers
+from ddpm_app import inference, onednn, samplers
 from ddpm_app.inference import Prepared, choose_cpu_precision, cpu_bf16_supported, prepare, prepare_cpu
 from ddpm_app.isa import CpuFeatures, detect
 from ddpm_app.models import SeedUNetConfig, UNetConfig, build_model
@@ -232,6 +232,57 @@ def test_auto_on_this_cpu_keeps_the_timing_it_chose_by(net):
     prepared = prepare_cpu(net, "auto")
     assert prepared.runtime.reason.startswith("auto: bf16 ")
     assert prepared.runtime.ms_per_step > 0 and f"{prepared.runtime.ms_per_step:.1f}" in prepared.runtime.reason
+
+
+def timing_by_batch(at_batch: dict[int, dict[str, float]]):
+    """A stand-in for median_ms: the fp32 and bf16 ms/step given for the example's batch size."""
+    return lambda candidates, example, **kwargs: dict(at_batch[example[0].shape[0]])
+
+
+@needs_bf16
+def test_auto_runs_each_batch_size_in_the_precision_that_was_faster_there(net, monkeypatch):
+    """bf16 faster at one image and slower at four (as on a Xeon with AMX): one image runs bf16, four and more
+    run the fp32 network exactly, and the last steps stay fp32 either way."""
+    monkeypatch.setattr(inference, "median_ms", timing_by_batch({1: {"fp32": 22.2, "bf16": 17.5},
+                                                                  4: {"fp32": 71.2, "bf16": 88.0}}))
+    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4), timesteps=200)
+    fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
+    assert prepared.precision == prepared.runtime.precision == "bf16" and prepared.runtime.ms_per_step == 17.5
+    assert "fp32 at batch 4, 88.0 vs 71.2 ms/step fp32, so fp32 from 4 images up" in prepared.runtime.reason
+    gen = torch.Generator().manual_seed(4)
+    with torch.inference_mode():
+        for batch, step, runs in ((1, 100, bf16), (3, 100, bf16), (4, 100, fp32), (6, 100, fp32), (2, 3, fp32)):
+            x, t = torch.randn(batch, 3, 16, 16, generator=gen), torch.full((batch,), step)
+            assert torch.equal(prepared(x, t), runs(x, t)), (batch, step)
+            assert torch.equal(prepared(x, t), fp32(x, t)) is (runs is fp32)
+        x4, t4 = torch.randn(4, 3, 16, 16, generator=gen), torch.full((4,), 100)
+        assert torch.equal(prepared.in_fp32()(x4[:1], t4[:1]), fp32(x4[:1], t4[:1]))
+
+
+@needs_bf16
+def test_auto_can_switch_to_bf16_for_larger_batches_only(net, monkeypatch):
+    """The other way round: fp32 at one image, bf16 from four, whose measuring twin is still fp32."""
+    monkeypatch.setattr(inference, "median_ms", timing_by_batch({1: {"fp32": 10.0, "bf16": 11.0},
+                                                                  4: {"fp32": 40.0, "bf16": 30.0}}))
+    prepared = prepare_cpu(net, "auto", cpu=AVX512_BF16, batches=(1, 4), timesteps=200)
+    fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
+    assert prepared.precision == "fp32" and (prepared.switch.from_batch, prepared.switch.precision) == (4, "bf16")
+    x, t = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(5)), torch.full((5,), 100)
+    with torch.inference_mode():
+        assert torch.equal(prepared(x[:2], t[:2]), fp32(x[:2], t[:2]))
+        assert torch.equal(prepared(x, t), bf16(x, t)) and not torch.equal(prepared(x, t), fp32(x, t))
+        assert torch.equal(prepared(x, torch.full((5,), 3)), fp32(x, torch.full((5,), 3)))  # t < 15: fp32
+        measuring = prepared.in_fp32()
+        assert measuring is not prepared and torch.equal(measuring(x, t), fp32(x, t))
+
+
+@needs_bf16
+def test_auto_without_disagreement_keeps_one_network(net, monkeypatch):
+    monkeypatch.setattr(inference, "median_ms", timing_by_batch({1: {"fp32": 10.0, "bf16": 7.0},
+                                                                  4: {"fp32": 40.0, "bf16": 30.0}}))
+    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4))
+    assert prepared.precision == "bf16" and prepared.switch is None
+    assert "bf16 at batch 4, 30.0 vs 40.0 ms/step fp32" in prepared.runtime.reason
 
 
 def test_prepare_on_an_avx2_cpu_runs_fp32(net):

@@ -142,14 +142,20 @@ def test_the_cache_folder_comes_from_the_environment():
 
 # --- prepare_cpu with a cache -----------------------------------------------------------------------------------
 
-def fake_timing(ms: dict[str, float]):
-    """A stand-in for median_ms that counts its calls and answers ``ms`` (no wall clock involved)."""
+def fake_timing(ms: dict[str, float], at_batch: dict[int, dict[str, float]] | None = None):
+    """A stand-in for median_ms that counts its calls and answers ``ms``, or ``at_batch[batch]`` for the batch of
+    the example it is given (no wall clock involved)."""
     def median_ms(candidates, example, **kwargs):
         median_ms.calls += 1
-        assert set(candidates) == set(ms)
-        return dict(ms)
-    median_ms.calls = 0
+        median_ms.batches.append(example[0].shape[0])
+        answer = (at_batch or {}).get(example[0].shape[0], ms)
+        assert set(candidates) == set(answer)
+        return dict(answer)
+    median_ms.calls, median_ms.batches = 0, []
     return median_ms
+
+
+TIMED = len(inference.TIMED_BATCHES)  # "auto" times once per batch size in TIMED_BATCHES
 
 
 @needs_bf16
@@ -160,11 +166,11 @@ def test_auto_times_once_then_reuses_the_remembered_choice(net, tmp_path, monkey
     timing = fake_timing(timings)
     monkeypatch.setattr(inference, "median_ms", timing)
     first = prepare_cpu(net, "auto", cache=cache)
-    assert timing.calls == 1 and first.precision == chosen and first.runtime.ms_per_step == timings[chosen]
+    assert timing.calls == TIMED and first.precision == chosen and first.runtime.ms_per_step == timings[chosen]
     stored = cache.lookup(ChoiceKey.of(detect(), net, 1))
     assert stored.precision == chosen and stored.ms_per_step == timings
     second = prepare_cpu(net, "auto", cache=cache)  # a restart: the same machine, threads, PyTorch and model
-    assert timing.calls == 1 and second.precision == chosen
+    assert timing.calls == TIMED and second.precision == chosen and second.switch is None
     assert "remembered" in second.runtime.reason and stored.measured in second.runtime.reason
     assert second.runtime.ms_per_step is None  # not timed now: the app times the chosen network itself
 
@@ -178,7 +184,7 @@ def test_a_remembered_choice_for_another_thread_count_is_timed_again(net, tmp_pa
     monkeypatch.setattr(inference, "median_ms", timing)
     with caplog.at_level(logging.INFO, LOG):
         prepared = prepare_cpu(net, "auto", cache=cache)
-    assert timing.calls == 1 and prepared.precision == "fp32"
+    assert timing.calls == TIMED and prepared.precision == "fp32"
     assert f"threads: {here.threads + 7} (here: {here.threads})" in caplog.text
     assert cache.lookup(here).precision == "fp32"
 
@@ -200,5 +206,23 @@ def test_an_unusable_cache_file_leaves_auto_timing_as_before_and_is_replaced(net
     timing = fake_timing({"fp32": 10.0, "bf16": 12.0})
     monkeypatch.setattr(inference, "median_ms", timing)
     prepared = prepare_cpu(net, "auto", cache=cache)
-    assert prepared.precision == "fp32" and timing.calls == 1 and prepared.runtime.ms_per_step == 10.0
+    assert prepared.precision == "fp32" and timing.calls == TIMED and prepared.runtime.ms_per_step == 10.0
     assert cache.lookup(ChoiceKey.of(detect(), net, 1)).ms_per_step == {"fp32": 10.0, "bf16": 12.0}
+
+
+@needs_bf16
+def test_each_batch_size_is_remembered_apart_with_its_own_choice(net, tmp_path, monkeypatch):
+    """bf16 faster at one image and slower at four: both choices stored under their own batch, and a restart
+    rebuilds the same switch without timing anything."""
+    cache = PrecisionCache(tmp_path / FILE_NAME)
+    one, four = {"fp32": 10.0, "bf16": 7.0}, {"fp32": 30.0, "bf16": 40.0}
+    timing = fake_timing({}, at_batch={1: one, 4: four})
+    monkeypatch.setattr(inference, "median_ms", timing)
+    first = prepare_cpu(net, "auto", batches=(1, 4), cache=cache)
+    assert timing.batches == [1, 4] and first.precision == "bf16" and first.switch.precision == "fp32"
+    assert cache.lookup(ChoiceKey.of(detect(), net, 1)).ms_per_step == one
+    assert cache.lookup(ChoiceKey.of(detect(), net, 4)).precision == "fp32"
+    second = prepare_cpu(net, "auto", batches=(1, 4), cache=cache)
+    assert timing.calls == 2 and second.precision == "bf16"
+    assert (second.switch.from_batch, second.switch.precision) == (4, "fp32")
+    assert "remembered" in second.runtime.reason and "fp32 from 4 images up" in second.runtime.reason

@@ -50,4 +50,23 @@ def test_benchmark_prints_this_machines_header_and_a_row_per_batch(bench, tiny_m
     rows = [line for line in out if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2
     table_head = next(line for line in out if line.startswith("| batch |"))
-    assert "PyTorch dispatch fp32" in table_head and "packed fp32" in table_head and "app (fp32)" in table_head
+    assert "PyTorch dispatch fp32" in table_head and "packed fp32" in table_head and table_head.endswith(
+        "| app | app: DDPM-1000 | app: DDIM-50 |")
+    if cpu.bf16_native:  # bf16 packed for one image (as the app does) and for the row's batch, side by side
+        assert "| packed bf16 | packed bf16 for the batch |" in table_head
+
+
+def test_profile_script_prints_a_table_per_precision_and_batch(tiny_model_dir, capsys):
+    spec = importlib.util.spec_from_file_location("profile_cpu_step", ROOT / "benchmarks" / "profile_cpu_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main([str(tiny_model_dir), "--threads", "1", "--batches", "1,2", "--precisions", "fp32",
+                            "--calls", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.startswith(f"CPU: {detect().model} (")
+    assert out.count("=== fp32, batch 1, 1 calls") == 1 and out.count("=== fp32, batch 2, 1 calls") == 1
+    assert "Self CPU time total" in out
