@@ -279,6 +279,29 @@ def feature_fd(features1: Tensor, features2: Tensor) -> float:
     return frechet_distance(gaussian_stats(features1), gaussian_stats(features2))
 
 
+def fd_bootstrap_se(features: Tensor, reference: Tensor, draws: int = 200,
+                    generator: torch.Generator | None = None) -> float:
+    """The standard error of ``feature_fd(features, reference)`` as far as it comes from which N samples were drawn:
+    the spread of the distance over ``draws`` resamplings of ``features`` (N, F) with replacement, the reference held
+    fixed (every model is compared with the same held-out set, so its own draw is shared by all of them)."""
+    ref = gaussian_stats(reference)
+    n = len(features)
+    values = torch.tensor([frechet_distance(gaussian_stats(features[torch.randint(n, (n,), generator=generator)]), ref)
+                           for _ in range(draws)], dtype=torch.float64)
+    return float(values.std())
+
+
+def fd_floor_spread(pool: Tensor, reference: Tensor, n: int, draws: int = 20,
+                    generator: torch.Generator | None = None) -> float:
+    """The standard deviation of ``feature_fd`` between ``n`` feature vectors drawn without replacement from
+    ``pool`` and ``reference``, over ``draws`` independent draws: how much the distance of two sets of real images
+    moves with the draw alone, at this N."""
+    ref = gaussian_stats(reference)
+    values = torch.tensor([frechet_distance(gaussian_stats(pool[torch.randperm(len(pool), generator=generator)[:n]]),
+                                            ref) for _ in range(draws)], dtype=torch.float64)
+    return float(values.std())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # training
 

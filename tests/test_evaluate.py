@@ -13,7 +13,7 @@ from PIL import Image
 from ddpm_app import evaluate as ev
 from ddpm_app.data import load_pack
 from ddpm_app.evaluate import EvalConfig, EvalResult, evaluate, main, nearest_pixels
-from ddpm_app.features import HEADS, embed, feature_fd, load_feature_net
+from ddpm_app.features import HEADS, embed, fd_bootstrap_se, feature_fd, load_feature_net
 from ddpm_app.likelihood import bits_per_dim
 from ddpm_app.model_folder import load_pretrained
 from tiny_packs import EMOJI_TEST, EMOJI_TRAIN, UTK_TEST, UTK_TRAIN, emoji_pack, utkface_pack
@@ -73,6 +73,14 @@ def test_cli_end_to_end_on_a_face_pack(tiny_model_dir: Path, face_pack: Path, tm
     features = {name: embed(net, x).features for name, x in (("samples", samples), ("train", train), ("test", test))}
     assert faces["fd_samples_test"] == pytest.approx(feature_fd(features["samples"], features["test"]), rel=1e-6)
     assert faces["fd_train_test"] == pytest.approx(feature_fd(features["train"], features["test"]), rel=1e-6)
+    # its error bar: the bootstrap over the samples, drawn from seed + 2 after the floor's draw (seed 0 here); the
+    # floor holds every training image (12 < 64), so it cannot move between draws
+    gen = torch.Generator().manual_seed(2)
+    torch.randperm(len(train), generator=gen)
+    expected_se = fd_bootstrap_se(features["samples"], features["test"], ev.BOOTSTRAP_DRAWS, gen)
+    assert faces["fd_samples_test_se"] == pytest.approx(expected_se, rel=1e-4) and expected_se > 0
+    assert faces["fd_train_test_sd"] == 0.0
+    assert f"{faces['fd_samples_test']:.3f} ± {expected_se:.3f}" in table
     assert set(faces["coverage"]) == set(HEADS)
     for name, cov in faces["coverage"].items():
         assert cov["classes"] == list(HEADS[name])

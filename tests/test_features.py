@@ -12,9 +12,9 @@ import torch
 
 from ddpm_app.features import (AGE_GROUPS, DEFAULT_WEIGHTS, HEADS, FaceFeatureNet, FaceLabels, FaceNetConfig,
                                FeatureTrainConfig, GaussianStats, attribute_accuracy, augment, class_fractions,
-                               embed, feature_fd, frechet_distance, gaussian_stats, is_utkface, label_names,
-                               load_feature_net, main, metadata_path, parse_utkface_name, save_feature_net,
-                               sqrtm_psd, total_variation, train_feature_net)
+                               embed, fd_bootstrap_se, fd_floor_spread, feature_fd, frechet_distance, gaussian_stats,
+                               is_utkface, label_names, load_feature_net, main, metadata_path, parse_utkface_name,
+                               save_feature_net, sqrtm_psd, total_variation, train_feature_net)
 
 from tiny_packs import utkface_pack
 
@@ -106,6 +106,28 @@ def test_fd_closed_form_for_diagonal_gaussians_and_symmetry():
     reference = float((sx.mean - sy.mean) @ (sx.mean - sy.mean)) + float(sx.cov.trace() + sy.cov.trace()) \
         - 2 * float(covmean.trace())
     assert feature_fd(x, y) == pytest.approx(reference, rel=1e-8)
+
+
+def test_fd_error_bars_match_the_spread_of_independent_draws():
+    """Gaussian features whose FD spread over independent draws is known by simulation (300 draws): the bootstrap
+    standard error from one draw of samples lands within 0.8–2× of it (it runs high: resampling repeats vectors),
+    and the floor's spread over subsets of a large pool within 0.7–1.5×. Fails if the bootstrap resamples the
+    reference instead of the samples (an s.e. ~3× too small here) or returns a variance."""
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.randn(1000, 8, generator=gen)
+
+    def samples(n: int) -> torch.Tensor:
+        return torch.randn(n, 8, generator=gen) * 1.1 + 0.1
+
+    for n in (100, 400):
+        true_sd = torch.tensor([feature_fd(samples(n), reference) for _ in range(300)]).std().item()
+        se = fd_bootstrap_se(samples(n), reference, draws=200, generator=gen)
+        assert 0.8 * true_sd < se < 2 * true_sd, (n, se, true_sd)
+    pool = torch.randn(20000, 8, generator=gen)
+    true_sd = torch.tensor([feature_fd(torch.randn(200, 8, generator=gen), reference) for _ in range(300)]).std()
+    spread = fd_floor_spread(pool, reference, 200, draws=20, generator=gen)
+    assert 0.7 * true_sd < spread < 1.5 * true_sd
+    assert fd_floor_spread(pool[:200], reference, 200, draws=5, generator=gen) < 1e-9  # the same set every draw
 
 
 def test_gaussian_stats_needs_two_vectors():
