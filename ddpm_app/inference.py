@@ -298,15 +298,14 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     first_batch, choice, reason = choices[0]
     prepared = network(choice)
     if first_batch in timed:
-        reason += f" at batch {first_batch}"
+        reason += f" at batch {first_batch}" + (f" ({notes[first_batch]})" if first_batch in notes else "")
     for batch, other, _ in choices[1:]:
         ms = timed[batch]
         reason += f"; {other} at batch {batch}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
+        reason += f" ({notes[batch]})" if batch in notes else ""
         if other != choice and prepared.switch is None:
             prepared.switch = BatchSwitch(batch, other, network(other).model)
             reason += f", so {other} from {batch} images up"
-    if notes:
-        reason += f" ({'; '.join(sorted(set(notes.values())))})"
     if any(c == "bf16" for _, c, _ in choices):
         prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
         reason += f"; fp32 for t < {prepared.fp32_below_t}"
