@@ -271,14 +271,14 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         return built[p]
 
     timed: dict[int, dict[str, float]] = {}  # batch → ms per step of each precision, timed now or remembered
-    notes: dict[int, str] = {}  # batch → where a remembered timing came from
+    notes: dict[int, str] = {}  # batch → when a remembered timing was made
     fresh: set[int] = set()  # batches timed now, to remember
 
     def measure(batch: int) -> Callable[[], Mapping[str, float]]:
         def run() -> Mapping[str, float]:
             remembered = cache.lookup(ChoiceKey.of(cpu, model, batch)) if cache is not None else None
             if remembered is not None:
-                notes[batch] = f"timed {remembered.measured}, remembered in {cache.path}"
+                notes[batch] = f"timed {remembered.measured}"
                 timed[batch] = dict(remembered.ms_per_step)
             else:
                 timed[batch] = median_ms({p: network(p) for p in ("fp32", "bf16")}, example_input(model, batch))
@@ -306,6 +306,8 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         if other != choice and prepared.switch is None:
             prepared.switch = BatchSwitch(batch, other, network(other).model)
             reason += f", so {other} from {batch} images up"
+    if notes:
+        reason += f"; remembered in {cache.path}"
     if any(c == "bf16" for _, c, _ in choices):
         prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
         reason += f"; fp32 for t < {prepared.fp32_below_t}"

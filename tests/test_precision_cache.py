@@ -226,4 +226,7 @@ def test_each_batch_size_is_remembered_apart_with_its_own_choice(net, tmp_path, 
     assert timing.calls == 2 and second.precision == "bf16"
     assert (second.switch.from_batch, second.switch.precision) == (4, "fp32")
     assert "fp32 from 4 images up" in second.runtime.reason
-    assert second.runtime.reason.count("remembered in") == 2  # each batch's timing says where it came from
+    stored_one, stored_four = (cache.lookup(ChoiceKey.of(detect(), net, b)) for b in (1, 4))
+    assert f"at batch 1 (timed {stored_one.measured})" in second.runtime.reason  # each timing says when it was made
+    assert f"ms/step fp32 (timed {stored_four.measured})" in second.runtime.reason
+    assert second.runtime.reason.count(f"remembered in {cache.path}") == 1
