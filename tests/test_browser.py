@@ -155,7 +155,9 @@ def test_a_second_user_sees_the_queue_position_while_waiting(browser, server):
     queue = second.locator("#gen-status [data-testid=status-tracker]").get_by_text(re.compile(r"queue: \d+/\d+"))
     queue.wait_for(timeout=60_000)
     tracker = second.locator("#gen-status [data-testid=status-tracker]")
-    assert float(tracker.evaluate("e => getComputedStyle(e).opacity")) > 0.5  # drawn, not hidden
+    # drawn, not hidden: the tracker fades in, so wait for the fade rather than read its opacity mid-way
+    second.wait_for_function("""() => [...document.querySelectorAll('#gen-status [data-testid=status-tracker]')]
+        .some(e => parseFloat(getComputedStyle(e).opacity) > 0.5)""", timeout=10_000)
     assert re.search(r"queue: 1/\d+ \| [\d.]+(/[\d.]+)?s", tracker.inner_text()), tracker.inner_text()
     second.screenshot(path=SHOTS / "second_user_waiting.png")
     first.get_by_role("button", name="Stop", exact=True).first.click()
