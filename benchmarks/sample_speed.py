@@ -41,21 +41,22 @@ def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
             f"Precision: {runtime.precision} ({runtime.reason})"]
 
 
-def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures, app: Prepared, batch: int) -> dict[str, Prepared]:
-    """The ways to run ``model`` on this CPU that the table compares at ``batch``, ending with the app's own choice.
-
-    The app packs the convolutions for one image and runs every batch size on those weights; "packed bf16 for the
-    batch" packs them for ``batch`` instead, to show whether that matters on this CPU.
-    """
+def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures) -> dict[str, Prepared]:
+    """The ways to run ``model`` on this CPU that the table compares at every batch size."""
     plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True),
                 "packed fp32": prepare_cpu(model, "fp32", cpu)}
     if cpu.bf16_native:
         variants["packed bf16"] = prepare_cpu(model, "bf16", cpu)
-        packed = onednn.pack_convolutions(plain, example_input(plain, batch), torch.bfloat16)
-        variants["packed bf16 for the batch"] = Prepared(packed, channels_last=True, precision="bf16")
-    variants["app"] = app  # its precision at each batch: the header's Precision line
     return variants
+
+
+def packed_for(model: torch.nn.Module, batch: int) -> Prepared:
+    """bf16 convolutions packed for ``batch`` images: the app packs them for one and runs every batch size on those
+    weights, and this shows whether that matters on this CPU."""
+    plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    return Prepared(onednn.pack_convolutions(plain, example_input(plain, batch), torch.bfloat16), channels_last=True,
+                    precision="bf16")
 
 
 def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: torch.device, batch: int) -> float:
@@ -97,8 +98,10 @@ def main(argv=None) -> int:
     for name, model in models:
         params = model.num_parameters() / 1e6
         print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats})\n")
+        shared = cpu_variants(model, cpu)
         for i, batch in enumerate(batches):
-            variants = cpu_variants(model, cpu, apps[name], batch)
+            for_batch = {"packed bf16 for the batch": packed_for(model, batch)} if cpu.bf16_native else {}
+            variants = {**shared, **for_batch, "app": apps[name]}  # the app's precision per batch: the header
             if i == 0:
                 print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")
                 print("|---" * (len(variants) + 3) + "|")

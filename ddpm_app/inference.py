@@ -286,20 +286,22 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
             return timed[batch]
         return run
 
-    choices: list[tuple[int, Precision, str]] = []
+    choices: list[tuple[int, Precision]] = []  # (batch, precision chosen there)
     for batch in batches:
-        choice, reason = choose_cpu_precision(precision, cpu, measure(batch))
-        choices.append((batch, choice, reason))
+        chosen, why = choose_cpu_precision(precision, cpu, measure(batch))
+        if not choices:
+            reason = why  # the first batch's reason; later batches add their timings below
+        choices.append((batch, chosen))
         if batch not in timed:  # nothing was timed: the answer is the same at every batch size
             break
         if cache is not None and batch in fresh:
-            cache.store(ChoiceKey.of(cpu, model, batch), RememberedChoice(choice, dict(timed[batch]), now()))
+            cache.store(ChoiceKey.of(cpu, model, batch), RememberedChoice(chosen, dict(timed[batch]), now()))
 
-    first_batch, choice, reason = choices[0]
+    first_batch, choice = choices[0]
     prepared = network(choice)
     if first_batch in timed:
         reason += f" at batch {first_batch}" + (f" ({notes[first_batch]})" if first_batch in notes else "")
-    for batch, other, _ in choices[1:]:
+    for batch, other in choices[1:]:
         ms = timed[batch]
         reason += f"; {other} at batch {batch}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
         reason += f" ({notes[batch]})" if batch in notes else ""
@@ -308,7 +310,7 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
             reason += f", so {other} from {batch} images up"
     if notes:
         reason += f"; remembered in {cache.path}"
-    if any(c == "bf16" for _, c, _ in choices):
+    if any(c == "bf16" for _, c in choices):
         prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
         reason += f"; fp32 for t < {prepared.fp32_below_t}"
     ms_now = timed[first_batch][choice] if first_batch in fresh else None

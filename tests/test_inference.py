@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import perturb, seeded_init
+from conftest import fake_timing, perturb, seeded_init
 
 from ddpm_app import inference, onednn, samplers
 from ddpm_app.inference import Prepared, choose_cpu_precision, cpu_bf16_supported, prepare, prepare_cpu
@@ -234,17 +234,12 @@ def test_auto_on_this_cpu_keeps_the_timing_it_chose_by(net):
     assert prepared.runtime.ms_per_step > 0 and f"{prepared.runtime.ms_per_step:.1f}" in prepared.runtime.reason
 
 
-def timing_by_batch(at_batch: dict[int, dict[str, float]]):
-    """A stand-in for median_ms: the fp32 and bf16 ms/step given for the example's batch size."""
-    return lambda candidates, example, **kwargs: dict(at_batch[example[0].shape[0]])
-
-
 @needs_bf16
 def test_auto_runs_each_batch_size_in_the_precision_that_was_faster_there(net, monkeypatch):
     """bf16 faster at one image and slower at four (as on a Xeon with AMX): one image runs bf16, four and more
     run the fp32 network exactly, and the last steps stay fp32 either way."""
-    monkeypatch.setattr(inference, "median_ms", timing_by_batch({1: {"fp32": 22.2, "bf16": 17.5},
-                                                                  4: {"fp32": 71.2, "bf16": 88.0}}))
+    monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 22.2, "bf16": 17.5},
+                                                              4: {"fp32": 71.2, "bf16": 88.0}}))
     prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4), timesteps=200)
     fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
     assert prepared.precision == prepared.runtime.precision == "bf16" and prepared.runtime.ms_per_step == 17.5
@@ -262,8 +257,8 @@ def test_auto_runs_each_batch_size_in_the_precision_that_was_faster_there(net, m
 @needs_bf16
 def test_auto_can_switch_to_bf16_for_larger_batches_only(net, monkeypatch):
     """The other way round: fp32 at one image, bf16 from four, whose measuring twin is still fp32."""
-    monkeypatch.setattr(inference, "median_ms", timing_by_batch({1: {"fp32": 10.0, "bf16": 11.0},
-                                                                  4: {"fp32": 40.0, "bf16": 30.0}}))
+    monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 10.0, "bf16": 11.0},
+                                                              4: {"fp32": 40.0, "bf16": 30.0}}))
     prepared = prepare_cpu(net, "auto", cpu=AVX512_BF16, batches=(1, 4), timesteps=200)
     fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
     assert prepared.precision == "fp32" and (prepared.switch.from_batch, prepared.switch.precision) == (4, "bf16")
@@ -278,8 +273,8 @@ def test_auto_can_switch_to_bf16_for_larger_batches_only(net, monkeypatch):
 
 @needs_bf16
 def test_auto_without_disagreement_keeps_one_network(net, monkeypatch):
-    monkeypatch.setattr(inference, "median_ms", timing_by_batch({1: {"fp32": 10.0, "bf16": 7.0},
-                                                                  4: {"fp32": 40.0, "bf16": 30.0}}))
+    monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 10.0, "bf16": 7.0},
+                                                              4: {"fp32": 40.0, "bf16": 30.0}}))
     prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4))
     assert prepared.precision == "bf16" and prepared.switch is None
     assert "bf16 at batch 4, 30.0 vs 40.0 ms/step fp32" in prepared.runtime.reason

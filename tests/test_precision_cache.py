@@ -7,7 +7,7 @@ import json
 import logging
 
 import pytest
-from conftest import make_tiny_config, perturb, seeded_init
+from conftest import fake_timing, make_tiny_config, perturb, seeded_init
 
 from ddpm_app import inference
 from ddpm_app.inference import cpu_bf16_supported, prepare_cpu
@@ -141,19 +141,6 @@ def test_the_cache_folder_comes_from_the_environment():
 
 
 # --- prepare_cpu with a cache -----------------------------------------------------------------------------------
-
-def fake_timing(ms: dict[str, float], at_batch: dict[int, dict[str, float]] | None = None):
-    """A stand-in for median_ms that counts its calls and answers ``ms``, or ``at_batch[batch]`` for the batch of
-    the example it is given (no wall clock involved)."""
-    def median_ms(candidates, example, **kwargs):
-        median_ms.calls += 1
-        median_ms.batches.append(example[0].shape[0])
-        answer = (at_batch or {}).get(example[0].shape[0], ms)
-        assert set(candidates) == set(answer)
-        return dict(answer)
-    median_ms.calls, median_ms.batches = 0, []
-    return median_ms
-
 
 TIMED = len(inference.TIMED_BATCHES)  # "auto" times once per batch size in TIMED_BATCHES
 
