@@ -7,8 +7,9 @@ It first prints the CPU model, its instruction sets (AVX2 / AVX-512 / AVX512-BF1
 precision the app chooses here (``ddpm_app.inference.prepare``). Then, per model and batch, the median of
 ``--repeats`` single network evaluations, the variants interleaved (ABAB…) so that other jobs on the machine slow
 them alike: PyTorch's own dispatch (some convolutions on its slow im2col path), the convolutions pre-packed for
-oneDNN in fp32, the same in bf16 where the CPU has it in hardware (packed for one image, as the app does, and packed
-for the row's batch), and the app's choice, which may differ between batch sizes. The seed architecture is
+oneDNN (1×1 ones as matrix products) with each GroupNorm's kernel timed fastest for its shape, in fp32, the same in
+bf16 where the CPU has it in hardware (packed for one image, as the app does, and packed for the row's batch), and
+the app's choice, which may differ between batch sizes. The seed architecture is
 measured with random weights (speed does not depend on the values).
 """
 
@@ -22,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_app import onednn, samplers  # noqa: E402
+from ddpm_app import cpu_norm, onednn, samplers  # noqa: E402
 from ddpm_app.inference import (PRECISION_CHOICES, Prepared, Runtime, example_input, median_ms,  # noqa: E402
-                                prepare, prepare_cpu)
+                                prepare, prepare_cpu, time_group_norm_kernels)
 from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
@@ -52,11 +53,13 @@ def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures) -> dict[str, Prepared
 
 
 def packed_for(model: torch.nn.Module, batch: int) -> Prepared:
-    """bf16 convolutions packed for ``batch`` images: the app packs them for one and runs every batch size on those
-    weights, and this shows whether that matters on this CPU."""
+    """bf16 convolutions packed for ``batch`` images (GroupNorm kernels tuned there, as the app does): the app packs
+    them for one and runs every batch size on those weights, and this shows whether that matters on this CPU."""
     plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    return Prepared(onednn.pack_convolutions(plain, example_input(plain, batch), torch.bfloat16), channels_last=True,
-                    precision="bf16")
+    example = example_input(plain, batch)
+    net = onednn.pack_convolutions(plain, example, torch.bfloat16)
+    net = cpu_norm.tune_group_norms(net, {batch: example}, time_group_norm_kernels)
+    return Prepared(net, channels_last=True, precision="bf16")
 
 
 def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: torch.device, batch: int) -> float:

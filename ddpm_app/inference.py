@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from . import onednn, samplers
+from . import cpu_norm, onednn, samplers
 from .isa import CpuFeatures, detect
 from .precision_cache import ChoiceKey, PrecisionCache, RememberedChoice, now
 from .schedule import Schedule
@@ -189,9 +189,10 @@ def example_input(model: nn.Module, batch: int = 1) -> tuple[Tensor, Tensor]:
     return x.contiguous(memory_format=torch.channels_last), torch.full((batch,), 500, dtype=torch.long)
 
 
-def median_ms(candidates: Mapping[str, samplers.EpsModel], example: tuple[Tensor, Tensor], rounds: int = 3,
+def median_ms(candidates: Mapping[str, Callable[..., object]], example: tuple[Tensor, ...], rounds: int = 3,
               warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds per call of each candidate, timed interleaved (ABAB…) so machine load hits all alike."""
+    """Median milliseconds per call ``candidate(*example)`` of each candidate, timed interleaved (ABAB…) so machine
+    load hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():
         for round_ in range(warmup + rounds):
@@ -235,11 +236,26 @@ def choose_cpu_precision(requested: str | None, cpu: CpuFeatures,
     return choice, f"auto: bf16 {verdict} on {cpu.isa}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
 
 
-def _cpu_network(model: nn.Module, precision: Precision, example: tuple[Tensor, Tensor]) -> nn.Module:
-    """The network to run on the CPU: convolutions packed for oneDNN in ``precision``, where oneDNN is there."""
+def _cpu_network(model: nn.Module, precision: Precision, batches: tuple[int, ...]) -> nn.Module:
+    """The network to run on the CPU, where oneDNN is there: convolutions packed for oneDNN in ``precision`` (in bf16
+    the 1×1 ones as matrix products), and each GroupNorm through the kernel timed fastest for its shape at each of
+    ``batches`` (:func:`ddpm_app.cpu_norm.tune_group_norms`)."""
     if not onednn.available():
         return model
-    return onednn.pack_convolutions(model, example, torch.bfloat16 if precision == "bf16" else torch.float32)
+    # 1×1 convolutions as matrix products in bf16 only: that is where they were measured faster (2× at batch 4 on an
+    # Intel Xeon with AMX, level elsewhere); in fp32 the two forms were within noise, and fp32 is what CPUs
+    # without bf16 (AVX2 ones, say) run, where the matrix products were not measured
+    bf16 = precision == "bf16"
+    net = onednn.pack_convolutions(model, example_input(model, 1), torch.bfloat16 if bf16 else torch.float32,
+                                   pointwise_as_matmul=bf16)
+    examples = {batch: example_input(model, batch) for batch in batches}
+    return cpu_norm.tune_group_norms(net, examples, lambda calls: time_group_norm_kernels(calls))
+
+
+def time_group_norm_kernels(calls: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+    """How :func:`_cpu_network` times the GroupNorm kernels of one shape: the median ms of 5 interleaved calls each,
+    after a warm-up call."""
+    return median_ms(calls, (), rounds=5, warmup=1)
 
 
 def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
@@ -262,12 +278,11 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     model = model.cpu().eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    example = example_input(model, 1)  # the sizes packed for; other batch sizes run on the same packed weights
     built: dict[str, Prepared] = {}
 
     def network(p: Precision) -> Prepared:
         if p not in built:
-            built[p] = Prepared(_cpu_network(model, p, example), channels_last=channels_last, precision=p)
+            built[p] = Prepared(_cpu_network(model, p, batches), channels_last=channels_last, precision=p)
         return built[p]
 
     timed: dict[int, dict[str, float]] = {}  # batch → ms per step of each precision, timed now or remembered

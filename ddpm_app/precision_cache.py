@@ -4,8 +4,8 @@
 which builds both and takes seconds on a 2-core CPU; and on a shared machine two start-ups may time them
 differently when they are close. A :class:`PrecisionCache` keeps the first timings, and the choice made from them,
 in a small JSON file under a :class:`ChoiceKey` that holds everything they depend on: the CPU model and its
-instruction sets, the torch thread count, the PyTorch version, the model's architecture and config, and the batch
-timed. An entry made for the same model under another key (another CPU, thread count or PyTorch: stale, or copied
+instruction sets, the torch thread count, the PyTorch version, the model's architecture and config, the batch
+timed, and the version of the networks timed (:data:`NETWORKS`). An entry made for the same model under another key (another CPU, thread count or PyTorch: stale, or copied
 from another machine) is not used, and a log line says what differs. A file that cannot be read, parsed or
 written is passed over with a log line: the choice is then timed, as without a cache.
 """
@@ -35,6 +35,10 @@ CACHE_DIR_ENV = "DDPM_APP_CACHE"  # where the app keeps what it measured; defaul
 FILE_NAME = "cpu-precision.json"
 FORMAT = 1  # the file's layout; a file of another format is ignored (and replaced on the next store)
 MAX_ENTRIES = 64  # the most recently stored are kept
+# the version of the networks inference.prepare_cpu builds and times; raise it when their ops change, so that
+# timings of the older networks are not reused. 1: packed convolutions; 2: bf16 1×1 convolutions as matrix products
+# and GroupNorm kernels timed per shape (an Intel Xeon with AMX went from fp32 to bf16 at four images with them)
+NETWORKS = 2
 
 
 def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -55,12 +59,14 @@ class ChoiceKey:
     torch: str  # PyTorch version (it brings its oneDNN)
     model: str  # architecture and a digest of its config, e.g. "UNet 3f2a…"
     batch: int  # the batch size timed
+    networks: int = 1  # the NETWORKS version timed (entries written before the field existed were version 1)
 
     @classmethod
     def of(cls, cpu: CpuFeatures, model: nn.Module, batch: int, threads: int | None = None,
-           torch_version: str = torch.__version__) -> ChoiceKey:
+           torch_version: str = torch.__version__, networks: int = NETWORKS) -> ChoiceKey:
         flags = " ".join(name for name in ("avx2", "avx512", "avx512_bf16", "amx") if getattr(cpu, name))
-        return cls(cpu.model, flags, threads or torch.get_num_threads(), torch_version, model_identity(model), batch)
+        return cls(cpu.model, flags, threads or torch.get_num_threads(), torch_version, model_identity(model), batch,
+                   networks)
 
     def differences(self, other: ChoiceKey) -> list[str]:
         """What ``other`` has that this key does not, as "field: theirs (here: ours)"."""

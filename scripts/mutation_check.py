@@ -40,6 +40,7 @@ LIKELIHOOD = ("tests/test_likelihood.py",)
 TRAINING = ("tests/test_training.py",)
 MODEL_FOLDER = ("tests/test_checkpoint.py", "tests/test_training.py")
 INFERENCE = ("tests/test_inference.py", "tests/test_shipped_models.py")
+CPU_NORM = ("tests/test_cpu_norm.py", "tests/test_inference.py")
 MODELS = ("tests/test_models.py", "tests/test_shipped_models.py")
 DATA = ("tests/test_data.py", "tests/test_training.py", "tests/test_train_cli.py")
 IMAGE = ("tests/test_data.py", "tests/test_image.py", "tests/test_training.py")
@@ -239,11 +240,29 @@ MUTATIONS: list[Mutation] = [
       "self.padding, self.stride = list(conv.stride), list(conv.padding)", INFERENCE,
       "packed strided convolutions use the padding as stride (wrong downsampling on the CPU)"),
     M("packed-conv-bias-dropped", "ddpm_app/onednn.py",
-      "self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)", "self.bias = None", INFERENCE,
+      "input_size)\n        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)",
+      "input_size)\n        self.bias = None", INFERENCE,
       "packed convolutions lose their bias"),
     M("packed-conv-output-stays-bf16", "ddpm_app/onednn.py",
       "return y.to(x.dtype)", "return y", INFERENCE,
       "a bf16 packed convolution hands bf16 to the float32 rest of the network"),
+    M("pointwise-matmul-weight-untransposed", "ddpm_app/onednn.py",
+      "weight = conv.weight.detach()[:, :, 0, 0].to(dtype).contiguous()  # (C_out, C_in)",
+      "weight = conv.weight.detach()[:, :, 0, 0].t().to(dtype).contiguous()  # (C_out, C_in)", INFERENCE,
+      "a bf16 1×1 convolution multiplies by the transposed weights (square ones still run, wrong)"),
+    M("pointwise-matmul-in-fp32-too", "ddpm_app/inference.py",
+      "pointwise_as_matmul=bf16)", "pointwise_as_matmul=True)", INFERENCE,
+      "CPUs without bf16 run the 1×1 convolutions in a form never measured faster there"),
+    M("group-norm-sums-mean-not-subtracted", "ddpm_app/cpu_norm.py",
+      "/ count - mean.square()", "/ count", CPU_NORM,
+      "the Σx/Σx² GroupNorm takes E[x²] for the variance: wrong wherever a group's mean is not zero"),
+    M("group-norm-slowest-kernel-chosen", "ddpm_app/cpu_norm.py",
+      "fastest[key] = min(times, key=times.__getitem__)", "fastest[key] = max(times, key=times.__getitem__)",
+      CPU_NORM, "every GroupNorm runs the kernel timed slowest on this CPU"),
+    M("group-norm-choice-from-next-batch-up", "ddpm_app/cpu_norm.py",
+      "at = max((b for b in tuned if b <= batch), default=tuned[0])",
+      "at = min((b for b in tuned if b >= batch), default=tuned[-1])", CPU_NORM,
+      "two or three images run the GroupNorm kernels timed for four"),
     M("bf16-handover-on-max-t", "ddpm_app/inference.py",
       "int(t.min()) < self.fp32_below_t", "int(t.max()) < self.fp32_below_t", INFERENCE,
       "a batch mixing small and large t runs its last steps in bf16"),

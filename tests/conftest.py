@@ -11,6 +11,7 @@ Fixtures
     seed_model            a SeedUNet built from it, in eval mode
     no_hub_network        (autouse) the Hub client points at a closed localhost port; returns that URL
     own_precision_cache   (autouse) $DDPM_APP_CACHE is a temporary folder (for app.py started by a test)
+    native_group_norms    (autouse) in this process, networks prepared for the CPU keep PyTorch's GroupNorm kernel
     chromium              the path of Debian's Chromium for the browser tests; FAILS (never skips) when it is missing
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
@@ -101,6 +102,17 @@ def no_hub_network(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("HF_ENDPOINT", endpoint)  # for subprocesses
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     return endpoint
+
+
+@pytest.fixture(autouse=True)
+def native_group_norms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Networks prepared for the CPU in this process keep PyTorch's GroupNorm kernel instead of the one timed fastest
+    (``inference.time_group_norm_kernels``): tests compare networks prepared apart bit for bit, and timings could
+    pick different kernels (equal to float rounding) for the two. tests/test_cpu_norm.py times them for real."""
+    from ddpm_app import inference
+
+    monkeypatch.setattr(inference, "time_group_norm_kernels",
+                        lambda calls: {name: 0.0 if name == "native" else 1.0 for name in calls})
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import fake_timing, perturb, seeded_init
 
-from ddpm_app import inference, onednn, samplers
+from ddpm_app import cpu_norm, inference, onednn, samplers
 from ddpm_app.inference import Prepared, choose_cpu_precision, cpu_bf16_supported, prepare, prepare_cpu
 from ddpm_app.isa import CpuFeatures, detect
 from ddpm_app.models import SeedUNetConfig, UNetConfig, build_model
@@ -105,9 +105,33 @@ def test_packing_replaces_every_convolution_and_leaves_the_original_alone(net):
     packed = onednn.pack_convolutions(net, (torch.randn(1, 3, 16, 16), torch.tensor([5])))
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and not any(isinstance(m, torch.nn.Conv2d) for m in packed.modules())
-    assert sum(isinstance(m, onednn.PackedConv2d) for m in packed.modules()) == len(convs)
+    pointwise = [c for c in convs if c.kernel_size == (1, 1)]
+    assert pointwise and sum(isinstance(m, onednn.PackedPointwise) for m in packed.modules()) == len(pointwise)
+    assert sum(isinstance(m, onednn.PackedConv2d) for m in packed.modules()) == len(convs) - len(pointwise)
+    as_convs = onednn.pack_convolutions(net, (torch.randn(1, 3, 16, 16), torch.tensor([5])), pointwise_as_matmul=False)
+    assert sum(isinstance(m, onednn.PackedConv2d) for m in as_convs.modules()) == len(convs)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_a_pointwise_convolution_as_a_matrix_product_is_the_same_function(dtype, tolerance):
+    """A 1×1 convolution run as (N·H·W, C_in) @ Wᵀ: the convolution's values (bf16: its bf16-rounded values) at the
+    batch it was packed for and another, in either memory format, returned channels_last and float32."""
+    conv = seeded_init(lambda: torch.nn.Conv2d(24, 40, 1), seed=4)
+    packed = onednn.PackedPointwise(conv, dtype, rows=1 * 5 * 7)
+    bf = (lambda v: v.detach().bfloat16().float()) if dtype == torch.bfloat16 else (lambda v: v.detach())
+    for batch, layout in ((1, torch.channels_last), (3, torch.contiguous_format)):
+        x = torch.randn(batch, 24, 5, 7, generator=torch.Generator().manual_seed(batch)).contiguous(memory_format=layout)
+        with torch.inference_mode():
+            got = packed(x)
+            expected = torch.nn.functional.conv2d(bf(x), bf(conv.weight), bf(conv.bias))
+        assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+        assert relative_error(expected, expected.roll(1, dims=1)) > 0.1  # channels differ: a transposed W would fail
+        assert relative_error(got, expected) < tolerance
+    with pytest.raises(ValueError, match="plain 1×1"):
+        onednn.PackedPointwise(torch.nn.Conv2d(4, 4, 1, stride=2))
 
 
 @needs_onednn
@@ -157,12 +181,23 @@ def test_a_bf16_convolution_computes_in_bf16_and_hands_back_float32(net):
     seen = []
     prepared = prepare_cpu(net, "bf16")
     hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
-             for m in prepared.model.modules() if isinstance(m, torch.nn.GroupNorm)]
+             for m in prepared.model.modules() if isinstance(m, cpu_norm.TunedGroupNorm)]
     with torch.inference_mode():
         prepared(torch.randn(1, 3, 16, 16), torch.tensor([500]))
     for hook in hooks:
         hook.remove()
     assert seen and set(seen) == {torch.float32}
+
+
+@needs_bf16
+def test_only_the_bf16_network_runs_its_pointwise_convolutions_as_matrix_products(net):
+    """bf16: every 1×1 convolution a PackedPointwise in bf16 (they were measured faster there); fp32: all packed
+    convolutions, as before (not measured faster in fp32, and fp32 is what CPUs without bf16 run)."""
+    pointwise = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in net.modules())
+    bf16, fp32 = prepare_cpu(net, "bf16").model, prepare_cpu(net, "fp32").model
+    assert pointwise and [m.dtype for m in bf16.modules() if isinstance(m, onednn.PackedPointwise)] == \
+        [torch.bfloat16] * pointwise
+    assert not any(isinstance(m, onednn.PackedPointwise) for m in fp32.modules())
 
 
 @needs_bf16

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -13,8 +14,8 @@ from ddpm_app import inference
 from ddpm_app.inference import cpu_bf16_supported, prepare_cpu
 from ddpm_app.isa import CpuFeatures, detect
 from ddpm_app.models import build_model
-from ddpm_app.precision_cache import (CACHE_DIR_ENV, FILE_NAME, ChoiceKey, PrecisionCache, RememberedChoice,
-                                      default_cache_dir, model_identity)
+from ddpm_app.precision_cache import (CACHE_DIR_ENV, FILE_NAME, FORMAT, NETWORKS, ChoiceKey, PrecisionCache,
+                                      RememberedChoice, default_cache_dir, model_identity)
 
 AVX512_BF16 = CpuFeatures("a Zen 4 CPU", avx2=True, avx512=True, avx512_bf16=True, amx=False)
 AMX = CpuFeatures("a Xeon CPU", avx2=True, avx512=True, avx512_bf16=True, amx=True)
@@ -29,7 +30,7 @@ def net():
 
 def key(**changes) -> ChoiceKey:
     fields = dict(cpu="a Zen 4 CPU", isa="avx2 avx512 avx512_bf16", threads=2, torch="2.14.1", model="UNet 0123",
-                  batch=1)
+                  batch=1, networks=NETWORKS)
     return ChoiceKey(**{**fields, **changes})
 
 
@@ -74,7 +75,7 @@ def test_storing_again_under_a_key_replaces_its_entry(tmp_path):
 
 
 @pytest.mark.parametrize("change", [dict(threads=4), dict(torch="2.13.0"), dict(cpu="another CPU"),
-                                    dict(isa="avx2 avx512 avx512_bf16 amx"), dict(batch=4)])
+                                    dict(isa="avx2 avx512 avx512_bf16 amx"), dict(batch=4), dict(networks=1)])
 def test_an_entry_made_under_another_key_is_not_used_and_a_log_line_says_why(tmp_path, caplog, change):
     cache = PrecisionCache(tmp_path / FILE_NAME)
     cache.store(key(**change), BF16_FASTER)  # made on another machine, thread count, PyTorch or batch
@@ -82,6 +83,21 @@ def test_an_entry_made_under_another_key_is_not_used_and_a_log_line_says_why(tmp
         assert cache.lookup(key()) is None
     (field, theirs), = change.items()
     assert f"{field}: {theirs} (here: {getattr(key(), field)})" in caplog.text
+
+
+def test_a_timing_stored_before_the_networks_changed_is_not_reused(net, tmp_path, caplog):
+    """A file written by the code before the networks' version was kept (no "networks" in its keys) holds timings of
+    other networks: it is read as version 1, not used, and the log line names the version."""
+    path = tmp_path / FILE_NAME
+    current = ChoiceKey.of(AMX, net, batch=4)
+    assert current.networks == NETWORKS > 1
+    old_key = {k: v for k, v in dataclasses.asdict(current).items() if k != "networks"}
+    path.write_text(json.dumps({"format": FORMAT, "entries": [
+        {"key": old_key, "precision": "fp32", "ms_per_step": {"fp32": 71.2, "bf16": 88.0}, "measured": "then"}]}))
+    with caplog.at_level(logging.INFO, LOG):
+        assert PrecisionCache(path).lookup(current) is None
+    assert f"networks: 1 (here: {NETWORKS})" in caplog.text
+    assert PrecisionCache(path).lookup(dataclasses.replace(current, networks=1)).precision == "fp32"  # it was read
 
 
 def test_entries_of_other_models_are_passed_over_without_a_word(tmp_path, caplog):
