@@ -45,12 +45,32 @@ class ModelFolderError(Exception):
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """How the app first samples a model, where it should differ from the app's own defaults (``config.json``'s
+    optional ``"sampling"``): the DDIM η, and why, in a sentence the app shows when the model is loaded."""
+
+    ddim_eta: float = 0.0
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ddim_eta, bool) or not isinstance(self.ddim_eta, (int, float)) \
+                or not 0.0 <= self.ddim_eta <= 1.0:
+            raise ValueError(f"sampling.ddim_eta must be a number from 0 to 1, got {self.ddim_eta!r}")
+        if not isinstance(self.why, str):
+            raise ValueError(f"sampling.why must be text, got {self.why!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ddim_eta": self.ddim_eta, "why": self.why}
+
+
+@dataclass(frozen=True)
 class DiffusionConfig:
     """Everything needed to rebuild a model and its schedule: what ``config.json`` holds."""
 
     model: ModelConfig
     schedule: ScheduleConfig = ScheduleConfig()
     training: dict[str, Any] = field(default_factory=dict)  # metadata only: dataset, steps, time, metrics…
+    sampling: SamplingDefaults = SamplingDefaults()  # the app's first DDIM η for this model
 
     @property
     def arch(self) -> str:
@@ -69,7 +89,7 @@ class DiffusionConfig:
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "arch": self.arch, "image_size": self.image_size, "channels": self.channels,
             "model": self.model.to_dict(), "schedule": self.schedule.to_dict(), "training": self.training,
-        }
+        } | ({"sampling": self.sampling.to_dict()} if self.sampling != SamplingDefaults() else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
@@ -91,7 +111,14 @@ class DiffusionConfig:
             model = make_config(data["arch"], data["model"])
         except TypeError as e:
             raise ValueError(f"bad model config: {e}") from None
-        return cls(model=model, schedule=schedule, training=dict(data.get("training") or {}))
+        sampling = data.get("sampling") or {}
+        if not isinstance(sampling, dict):
+            raise ValueError("bad sampling defaults: \"sampling\" must be a JSON object")
+        try:
+            defaults = SamplingDefaults(**sampling)
+        except TypeError as e:
+            raise ValueError(f"bad sampling defaults: {e}") from None
+        return cls(model=model, schedule=schedule, training=dict(data.get("training") or {}), sampling=defaults)
 
 
 @dataclass

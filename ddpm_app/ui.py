@@ -14,6 +14,7 @@ import io
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +35,7 @@ from .app.numbers import number
 from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, terms_strip
 from .app.state import DEFAULT_TIME_TO_LIVE
 from .image import ImageError, psnr
-from .model_folder import ModelFolderError
+from .model_folder import ModelFolderError, SamplingDefaults
 from .samplers import SamplerSettings, Step, step_breakdown
 from .values import InvalidValue
 from .widgets import user_error
@@ -322,7 +323,8 @@ class Handlers:
     # -- Model ------------------------------------------------------------------------------------------
 
     def select_model(self, name: str, user: UserState) -> tuple:
-        """Switch this user's model: (summary, card, header, t-slider and DDIM-steps updates, dropdown update)."""
+        """Switch this user's model: (summary, card, samples, header, t-slider, DDIM-steps and DDIM-η updates of
+        Generate and Denoise, dropdown update)."""
         with user_errors():
             served = self.library.get(choice(name, "model", self.library.names))
         user.model = served.name
@@ -362,10 +364,15 @@ class Handlers:
     @on_device
     def _model_outputs(self, served: ServedModel, status: str) -> tuple:
         T = served.timesteps
-        ddim_steps = gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T))
+        defaults = served.config.sampling
+        if defaults != SamplingDefaults():
+            status += f" DDIM η starts at {number(defaults.ddim_eta)} for this model: {defaults.why}"
         table, card, samples = model_card(served)
+        # one update per output: Gradio takes the value out of an update dict as it sends it
+        ddim_steps = [gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T)) for _ in range(2)]
+        ddim_eta = [gr.update(value=defaults.ddim_eta) for _ in range(2)]
         return (status + "\n\n" + table, card, samples, model_header(served),
-                gr.update(maximum=T - 1, value=T // 4), ddim_steps, ddim_steps,
+                gr.update(maximum=T - 1, value=T // 4), *ddim_steps, *ddim_eta,
                 gr.update(choices=self.library.names, value=served.name))
 
 
@@ -543,6 +550,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
     th = TeachHandlers(library, preview_interval=preview_interval)
     first = library.get()
     T = first.timesteps
+    first_settings = replace(DEFAULT_SETTINGS, eta=first.config.sampling.ddim_eta)  # the model may ask for another η
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
     # operation on this thread would start a second OpenMP team, and sampling on a 2-core CPU then measured
     # 35-50 % slower for as long as the server runs (benchmarks/app_stream.py)
@@ -562,7 +570,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 gr.Markdown(GENERATE_HELP, latex_delimiters=LATEX)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        sampler, steps, eta = _sampler_controls(T)
+                        sampler, steps, eta = _sampler_controls(T, default=first_settings)
                         with gr.Row():
                             seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0,
                                                   min_width=120)
@@ -648,7 +656,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         sd_note = gr.Markdown("Upload a photo (or pick an example) in the **Forward** tab first.",
                                               label="starting point")
                         sd_start = _image("start: x_t", height=200)
-                        sd_sampler, sd_steps, sd_eta = _sampler_controls(T, SDEDIT_CHOICES)
+                        sd_sampler, sd_steps, sd_eta = _sampler_controls(T, SDEDIT_CHOICES, first_settings)
                         sd_seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0)
                         sd_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]")
                         with gr.Row():
@@ -738,7 +746,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private",
                       queue=False).then(**stopped)
 
-        model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, model_pick]
+        model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, eta, sd_eta, model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
                                **noise_kw)
         teach_ranges = dict(fn=th.ranges, inputs=user, outputs=[teach.train_t, teach.compare_t, teach.interp_steps],

@@ -139,7 +139,11 @@ def test_invalid_json(tiny_model_dir):
     (lambda d: d["model"].update(width=3), "unknown ddpm config fields: width"),
     (lambda d: d["schedule"].update(kind="quadratic"), "unknown schedule"),
     (lambda d: d["schedule"].update(steps=3), "bad schedule"),
-], ids=["format", "version", "no-schedule", "model-field", "schedule-kind", "schedule-field"])
+    (lambda d: d.update(sampling={"ddim_eta": 1.5}), "ddim_eta must be a number from 0 to 1, got 1.5"),
+    (lambda d: d.update(sampling={"eta": 1}), "bad sampling defaults: .*unexpected keyword argument 'eta'"),
+    (lambda d: d.update(sampling=[1.0]), "bad sampling defaults: \"sampling\" must be a JSON object"),
+], ids=["format", "version", "no-schedule", "model-field", "schedule-kind", "schedule-field", "sampling-eta",
+        "sampling-field", "sampling-type"])
 def test_bad_config_contents(tiny_model_dir, change, message):
     rewrite_config(tiny_model_dir, change)
     with pytest.raises(ModelFolderError, match=message) as error:

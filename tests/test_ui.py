@@ -23,7 +23,8 @@ from ddpm_app.app import (ModelLibrary, ServedModel, Throttle, Trajectory, UserS
 from ddpm_app.app.numbers import number
 from ddpm_app.convert_seed import convert
 from ddpm_app.image import load_image, to_uint8
-from ddpm_app.model_folder import DiffusionConfig, ModelFolderError, load_pretrained, save_pretrained
+from ddpm_app.model_folder import (DiffusionConfig, ModelFolderError, SamplingDefaults, load_pretrained,
+                                   save_pretrained)
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet
 from ddpm_app.samplers import SamplerSettings, ddim_timesteps
 from ddpm_app.schedule import Schedule, ScheduleConfig
@@ -33,9 +34,10 @@ PHOTO = Path(ui.ASSETS) / "portrait.png"
 
 
 def save_tiny(directory: Path, *, image_size: int = 16, channels: int = 3, kind: str = "linear",
-              timesteps: int = T, seed: int = 0) -> Path:
+              timesteps: int = T, seed: int = 0, sampling: SamplingDefaults = SamplingDefaults()) -> Path:
     config = DiffusionConfig(make_tiny_config(image_size=image_size, in_channels=channels),
-                             ScheduleConfig(kind=kind, timesteps=timesteps), training={"dataset": "noise"})
+                             ScheduleConfig(kind=kind, timesteps=timesteps), training={"dataset": "noise"},
+                             sampling=sampling)
     model = perturb(seeded_init(lambda: UNet(config.model), seed), seed)
     return save_pretrained(model, config, directory)
 
@@ -546,9 +548,35 @@ def test_denoise_runs_from_the_forward_x_t(handlers: ui.Handlers):
 # -- models ------------------------------------------------------------------------------------------------------
 
 
+NOISY_ODE = SamplingDefaults(1.0, "deterministic DDIM leaves noise in its samples.")
+
+
+def eta_sliders(demo: gr.Blocks) -> list[float]:
+    return [b.value for b in demo.blocks.values() if isinstance(b, gr.Slider) and (b.label or "").startswith("η")]
+
+
+def test_a_model_can_ask_for_its_own_ddim_eta(tmp_path: Path):
+    """A model folder whose config asks for DDIM η = 1 sets both η sliders (Generate, Denoise) when it is loaded, and
+    the status says why; another model puts them back to the app's η = 0. The page starts with the default model's."""
+    save_tiny(tmp_path / "faces")
+    save_tiny(tmp_path / "noisy-ode", seed=2, sampling=NOISY_ODE)
+    assert load_pretrained(tmp_path / "noisy-ode").config.sampling == NOISY_ODE  # kept in config.json
+    library = ModelLibrary(tmp_path, "cpu", precision="fp32")
+    handlers, user = ui.Handlers(library, preview_interval=0, export_dir=tmp_path / "exports"), UserState()
+    summary, *_, eta, sd_eta, pick = handlers.select_model("noisy-ode", user)
+    assert eta["value"] == sd_eta["value"] == 1.0 and pick["value"] == "noisy-ode"
+    assert "DDIM η starts at 1 for this model: deterministic DDIM leaves noise in its samples." in summary
+    summary, *_, eta, sd_eta, pick = handlers.select_model("faces", user)
+    assert eta["value"] == sd_eta["value"] == 0.0 and "DDIM η starts" not in summary
+    assert eta_sliders(ui.build(library)) == [0.0, 0.0]
+    only = tmp_path / "only"
+    save_tiny(only / "noisy-ode", sampling=NOISY_ODE)
+    assert eta_sliders(ui.build(ModelLibrary(only, "cpu", precision="fp32"))) == [1.0, 1.0]
+
+
 def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
     me, other = UserState(), UserState()
-    summary, card, samples, header, t_slider, steps, sd_steps, pick = handlers.select_model("mono", me)
+    summary, card, samples, header, t_slider, steps, sd_steps, eta, sd_eta, pick = handlers.select_model("mono", me)
     assert "mono" in header and "8×8" in header and "1 channel," in header
     assert "| dataset | noise |" in summary and samples is None
     assert t_slider["maximum"] == 11 and steps["maximum"] == 12 and pick["value"] == "mono"
@@ -589,7 +617,7 @@ def test_hub_download_adds_and_selects_the_model(handlers: ui.Handlers, tmp_path
     lib = ModelLibrary(handlers.library.weights_dir)
     h = ui.Handlers(lib, preview_interval=0, export_dir=tmp_path / "x")
     out = h.download_model("someone/tiny-ddpm", user)
-    assert user.model == "someone/tiny-ddpm" and "someone/tiny-ddpm" in out[7]["choices"]
+    assert user.model == "someone/tiny-ddpm" and "someone/tiny-ddpm" in out[-1]["choices"]
     assert "T = 10" in out[0]
     assert len(run_all(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))) == 3
 
