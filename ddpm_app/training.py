@@ -68,6 +68,7 @@ class TrainConfig:
     log_every: int = 100
     sample_every: int = 2000  # EMA sample grid (DDIM) every N steps (0: off)
     sample_steps: int = DEFAULT_DDIM_STEPS  # DDIM steps for the grid
+    sample_eta: float | None = None  # grid's DDIM η (default: the recipe's, 0 for ddpm, 1 for seed, whose deterministic DDIM samples keep noise)
     save_every: int = 2000  # checkpoint every N steps
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0: no limit
     export_dtype: Literal["fp32", "fp16"] = "fp32"
@@ -96,10 +97,11 @@ class Recipe:
     batch_size: int
     lr: float
     warmup_steps: int
+    sample_eta: float  # DDIM η of the sample grids: the seed net's deterministic (η = 0) samples keep visible noise
 
 
-RECIPES = {"ddpm": Recipe(batch_size=1024, lr=3e-4, warmup_steps=300),
-           "seed": Recipe(batch_size=256, lr=4e-4, warmup_steps=500)}
+RECIPES = {"ddpm": Recipe(batch_size=1024, lr=3e-4, warmup_steps=300, sample_eta=0.0),
+           "seed": Recipe(batch_size=256, lr=4e-4, warmup_steps=500, sample_eta=1.0)}
 
 
 def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1) -> TrainConfig:
@@ -111,7 +113,8 @@ def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1) -> TrainConfig
     lr = cfg.lr if cfg.lr is not None else recipe.lr * math.sqrt(batch / recipe.batch_size)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else recipe.warmup_steps
     mode = cfg.compile_mode if cfg.compile_mode != "auto" else "reduce-overhead" if world_size == 1 else "default"
-    return replace(cfg, batch_size=batch, lr=lr, warmup_steps=warmup, compile_mode=mode)
+    eta = cfg.sample_eta if cfg.sample_eta is not None else recipe.sample_eta
+    return replace(cfg, batch_size=batch, lr=lr, warmup_steps=warmup, compile_mode=mode, sample_eta=eta)
 
 
 @dataclass(frozen=True)
@@ -612,11 +615,13 @@ class Trainer:
         return loss.detach().clone() if self._graphed else loss.detach()
 
     def sample_grid(self) -> Path:
-        """16 EMA samples from fixed noise with DDIM (cheap), saved as samples/step_XXXXXXX.png."""
-        settings = SamplerSettings("ddim", self.cfg.sample_steps, eta=0.0, clip_x0=True)
+        """16 EMA samples from fixed noise with DDIM (cheap; η from the recipe, its noise from a fixed seed too),
+        saved as samples/step_XXXXXXX.png."""
+        settings = SamplerSettings("ddim", self.cfg.sample_steps, eta=self.cfg.sample_eta, clip_x0=True)
         net = prepare(self.ema.model, self.device, compile=False, precision="fp32", channels_last=self.channels_last)
+        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
         x = samplers.final(settings.run(net, self.schedule, tuple(self.grid_noise.shape), x_start=self.grid_noise,
-                                        device=self.device))
+                                        generator=generator, device=self.device))
         return save_grid(x, self.out / "samples" / f"step_{self.step:07d}.png", nrow=4)
 
     def evaluate_held_out(self) -> HeldOutMSE:

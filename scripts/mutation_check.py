@@ -236,6 +236,10 @@ MUTATIONS: list[Mutation] = [
       "ddim_eta = [gr.update(value=defaults.ddim_eta) for _ in range(2)]",
       "ddim_eta = [gr.update(value=0.0) for _ in range(2)]", APP,
       "a model that needs stochastic DDIM starts at η = 0 and makes noisy samples"),
+    M("sample-grid-ignores-eta", "ddpm_app/training.py",
+      'SamplerSettings("ddim", self.cfg.sample_steps, eta=self.cfg.sample_eta, clip_x0=True)',
+      'SamplerSettings("ddim", self.cfg.sample_steps, eta=0.0, clip_x0=True)', TRAINING,
+      "a seed-architecture run's sample grids show noise at every step, as if training failed"),
     # --- inference ----------------------------------------------------------------------------------------------
     M("prepared-net-gets-t-plus-1", "ddpm_app/inference.py",
       "return model(x, t).float()", "return model(x, t + 1).float()", INFERENCE,

@@ -262,10 +262,11 @@ def test_help_states_each_architectures_recipe_as_the_trainer_has_it(capsys):
         train.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
     helps = {name: re.search(rf"--{name} [A-Z_]+ ([a-z].+?\))", text).group(1)
-             for name in ("batch-size", "lr", "warmup-steps")}
+             for name in ("batch-size", "lr", "warmup-steps", "sample-eta")}
     for arch, recipe in training.RECIPES.items():
         stated = {name: float(re.search(rf"([0-9.e-]+) for {arch}", h).group(1)) for name, h in helps.items()}
-        assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps}
+        assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps,
+                          "sample-eta": recipe.sample_eta}
 
 
 def test_resume_without_a_checkpoint_is_exit_2(tmp_path, capsys):

@@ -11,8 +11,10 @@ import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddpm_app import samplers, training
 from ddpm_app.model_folder import load_pretrained
@@ -64,8 +66,9 @@ def test_lr_cosine_decays_to_a_tenth(tmp_path):
 
 @pytest.mark.parametrize("arch, given, world_size, expected", [
     # nothing given: the recipe the shipped model of that architecture trained with, CUDA graphs on one GPU
-    ("ddpm", {}, 1, dict(batch_size=1024, lr=3e-4, warmup_steps=300, compile_mode="reduce-overhead")),
-    ("seed", {}, 1, dict(batch_size=256, lr=4e-4, warmup_steps=500, compile_mode="reduce-overhead")),
+    ("ddpm", {}, 1, dict(batch_size=1024, lr=3e-4, warmup_steps=300, compile_mode="reduce-overhead", sample_eta=0.0)),
+    ("seed", {}, 1, dict(batch_size=256, lr=4e-4, warmup_steps=500, compile_mode="reduce-overhead", sample_eta=1.0)),
+    ("seed", {"sample_eta": 0.0}, 1, dict(sample_eta=0.0)),
     # another batch scales the recipe's lr by √(batch / recipe batch): 3e-4·√(256/1024) = 1.5e-4
     ("ddpm", {"batch_size": 256}, 1, dict(batch_size=256, lr=1.5e-4, warmup_steps=300)),
     ("seed", {"batch_size": 1024}, 1, dict(batch_size=1024, lr=8e-4)),
@@ -77,6 +80,18 @@ def test_lr_cosine_decays_to_a_tenth(tmp_path):
 def test_unset_settings_come_from_the_architectures_recipe(arch, given, world_size, expected):
     cfg = training.with_recipe(training.TrainConfig(**given), arch, world_size)
     assert {k: getattr(cfg, k) for k in expected} == pytest.approx(expected)
+
+
+def test_the_sample_grid_uses_the_recipes_eta_and_is_the_same_every_time(tmp_path):
+    """The grid runs DDIM at the configured η from fixed noise: with η = 1 it draws fresh noise from a fixed seed, so
+    two grids of the same weights are identical, and differ from the η = 0 grid."""
+    def grid(eta: float, name: str) -> np.ndarray:
+        trainer = Trainer(train_config(tmp_path / name, steps=1, sample_eta=eta, sample_steps=5), MODEL, SCHEDULE,
+                          pack=shapes_pack())
+        return np.asarray(Image.open(trainer.sample_grid()))
+    stochastic, again, deterministic = grid(1.0, "a"), grid(1.0, "b"), grid(0.0, "c")
+    assert np.array_equal(stochastic, again)
+    assert np.abs(stochastic.astype(int) - deterministic).mean() > 1
 
 
 def test_the_trainer_runs_and_records_the_recipe_it_filled_in(tmp_path):
