@@ -385,7 +385,7 @@ def read_resume_checkpoint(out: Path) -> dict:
 def starting_point(cfg: TrainConfig, model_config: ModelConfig | None, schedule_config: ScheduleConfig | None,
                    checkpoint: dict | None) -> tuple[DiffusionConfig, LoadedModel | None]:
     """The run's model and schedule: a resumed checkpoint's, else ``--init-from``'s model folder's (returned too,
-    for its weights), else the ones given."""
+    for its weights; its sampling defaults carry over), else the ones given."""
     if checkpoint is not None:
         return DiffusionConfig.from_dict(checkpoint["diffusion_config"]), None
     if cfg.init_from:
@@ -393,7 +393,7 @@ def starting_point(cfg: TrainConfig, model_config: ModelConfig | None, schedule_
             start = load_pretrained(cfg.init_from)
         except ModelFolderError as e:
             raise TrainingError(f"--init-from: {e}") from None
-        return DiffusionConfig(start.config.model, start.config.schedule), start
+        return DiffusionConfig(start.config.model, start.config.schedule, sampling=start.config.sampling), start
     return DiffusionConfig(model_config, schedule_config), None
 
 
@@ -748,7 +748,7 @@ def export_checkpoint(ckpt: dict, directory: str | Path, dtype: str = "fp32", ex
         "weights": "ema",
         **(extra or {}),
     }
-    config = DiffusionConfig(config.model, config.schedule, training)
+    config = DiffusionConfig(config.model, config.schedule, training, config.sampling)
     model = build_model(config.model)
     model.load_state_dict(ckpt["ema"])
     return save_pretrained(model, config, directory, dtype=torch.float16 if dtype == "fp16" else None)

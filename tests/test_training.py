@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ddpm_app import samplers, training
-from ddpm_app.model_folder import load_pretrained
+from ddpm_app.model_folder import SamplingDefaults, load_pretrained
 from ddpm_app.models import SeedUNetConfig
 from ddpm_app.schedule import Schedule
 from ddpm_app.models import build_model
@@ -601,8 +601,10 @@ def test_init_from_an_export_starts_from_its_weights_and_counts_on(tmp_path):
     first = Trainer(train_config(tmp_path / "first", steps=4), MODEL, SCHEDULE, pack=shapes_pack())
     run(first)
     folder = first.export(tmp_path / "export")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"sampling": {"ddim_eta": 0.5, "why": "a test"}}))
 
-    # model and schedule come from the folder, whatever is passed in
+    # model and schedule come from the folder, whatever is passed in; so do its sampling defaults, to the export
     second = Trainer(train_config(tmp_path / "second", steps=4, init_from=str(folder)), None, None, pack=shapes_pack())
     exported = load_pretrained(folder).model.state_dict()
     for name, value in exported.items():
@@ -611,6 +613,7 @@ def test_init_from_an_export_starts_from_its_weights_and_counts_on(tmp_path):
     assert second.diffusion_config.model == MODEL and second.diffusion_config.schedule == SCHEDULE
     run(second)
     assert second.images_seen == 32 + 32  # the export's images plus this run's 4 steps × 8
+    assert load_pretrained(second.export(tmp_path / "export2")).config.sampling == SamplingDefaults(0.5, "a test")
 
 
 def test_init_from_a_broken_folder_is_a_clear_error(tmp_path):
