@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import cpu_norm, onednn  # noqa: E402
-from ddpm_app.inference import Prepared, example_input, median_ms  # noqa: E402
+from ddpm_app.inference import Prepared, cpu_bf16_supported, example_input, median_ms  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     model = load_pretrained(args.model).model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     example = example_input(model, 1)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    variants = [v for v in VARIANTS if v[0] == "fp32" or cpu.bf16_native]
+    variants = [v for v in VARIANTS if v[0] == "fp32" or cpu_bf16_supported(cpu)]
     batches = [int(b) for b in args.batches.split(",")]
 
     def network(dtype: str, pointwise: str, norm: str) -> Prepared:
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
             conv = torch.nn.Conv2d(shape[1], out, 1)
             x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
             cands = {}
-            for d in dtypes if cpu.bf16_native else ["fp32"]:
+            for d in dtypes if cpu_bf16_supported(cpu) else ["fp32"]:
                 cands[f"conv {d}"] = onednn.PackedConv2d(conv, list(shape), dtypes[d])
                 cands[f"matmul {d}"] = onednn.PackedPointwise(conv, dtypes[d], shape[0] * shape[2] * shape[3])
             t = median_ms(cands, (x,), rounds=args.repeats, warmup=3)

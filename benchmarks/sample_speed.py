@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import cpu_norm, onednn, samplers  # noqa: E402
-from ddpm_app.inference import (PRECISION_CHOICES, Prepared, Runtime, example_input, median_ms,  # noqa: E402
-                                prepare, prepare_cpu, time_group_norm_kernels)
+from ddpm_app.inference import (PRECISION_CHOICES, Prepared, Runtime, cpu_bf16_supported, example_input,  # noqa: E402
+                                median_ms, prepare, prepare_cpu, time_group_norm_kernels)
 from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
@@ -47,7 +47,7 @@ def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures) -> dict[str, Prepared
     plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True),
                 "packed fp32": prepare_cpu(model, "fp32", cpu)}
-    if cpu.bf16_native:
+    if cpu_bf16_supported(cpu):
         variants["packed bf16"] = prepare_cpu(model, "bf16", cpu)
     return variants
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats})\n")
         shared = cpu_variants(model, cpu)
         for i, batch in enumerate(batches):
-            for_batch = {"packed bf16 for the batch": packed_for(model, batch)} if cpu.bf16_native else {}
+            for_batch = {"packed bf16 for the batch": packed_for(model, batch)} if cpu_bf16_supported(cpu) else {}
             variants = {**shared, **for_batch, "app": apps[name]}  # the app's precision per batch: the header
             if i == 0:
                 print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")

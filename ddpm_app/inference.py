@@ -204,9 +204,13 @@ def median_ms(candidates: Mapping[str, Callable[..., object]], example: tuple[Te
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+ONEDNN_NO_BF16 = ("this PyTorch's oneDNN does not run bf16 here, although the CPU has it (limited with "
+                  "ONEDNN_MAX_CPU_ISA, or built without it)")
+
+
 def cpu_bf16_supported(cpu: CpuFeatures) -> bool:
-    """bf16 convolutions need bf16 in hardware (AMX or AVX512-BF16) and oneDNN's packed ops."""
-    return cpu.bf16_native and onednn.available()
+    """bf16 convolutions need bf16 in hardware (AMX or AVX512-BF16) and oneDNN's packed ops, in bf16."""
+    return cpu.bf16_native and onednn.bf16_available()
 
 
 def choose_cpu_precision(requested: str | None, cpu: CpuFeatures,
@@ -222,14 +226,18 @@ def choose_cpu_precision(requested: str | None, cpu: CpuFeatures,
     if requested not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
     if requested == "bf16":
-        if not cpu_bf16_supported(cpu):
+        if not cpu.bf16_native:
             raise ValueError(f"bf16 needs a CPU with AMX or AVX512-BF16 (and PyTorch with oneDNN); this one is "
                              f"{cpu.describe()}. Use --precision fp32 (or auto).")
+        if not cpu_bf16_supported(cpu):
+            raise ValueError(f"bf16: {ONEDNN_NO_BF16}. Use --precision fp32 (or auto).")
         return "bf16", "asked for"
     if requested in ("fp32", "tf32"):
         return "fp32", "asked for"
-    if not cpu_bf16_supported(cpu):
+    if not cpu.bf16_native:
         return "fp32", f"auto: no bf16 in hardware on {cpu.isa}"
+    if not cpu_bf16_supported(cpu):
+        return "fp32", f"auto: {ONEDNN_NO_BF16}"
     ms = measure()
     verdict = "faster" if ms["bf16"] <= BF16_MARGIN * ms["fp32"] else "not faster"
     choice: Precision = "bf16" if verdict == "faster" else "fp32"

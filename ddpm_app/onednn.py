@@ -34,6 +34,13 @@ def available() -> bool:
                                     "_linear_pointwise")))
 
 
+def bf16_available() -> bool:
+    """Whether oneDNN will run bf16 here: :func:`available`, and its own check, which also follows a limit set with
+    ``ONEDNN_MAX_CPU_ISA`` (with ``AVX2``, packing bf16 weights fails although the CPU has AVX512-BF16)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return available() and check is not None and bool(check())
+
+
 class PackedConv2d(nn.Module):
     """``conv(x)`` through oneDNN with the weights reordered once, for the input size seen when packing.
 

@@ -3,9 +3,14 @@ convolutions are packed for oneDNN, or it runs in bf16; and the CPU precision ch
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import fake_timing, perturb, seeded_init
+from conftest import PATIENCE, fake_timing, perturb, seeded_init
 
 from ddpm_app import cpu_norm, inference, onednn, samplers
 from ddpm_app.inference import Prepared, choose_cpu_precision, cpu_bf16_supported, prepare, prepare_cpu
@@ -319,6 +324,34 @@ def test_prepare_on_an_avx2_cpu_runs_fp32(net):
     prepared = prepare_cpu(net, "auto", cpu=AVX2)
     assert prepared.precision == prepared.runtime.precision == "fp32"
     assert "AVX2" in prepared.runtime.describe()
+
+
+@needs_bf16
+def test_a_cpu_whose_onednn_is_limited_to_avx2_runs_fp32_although_it_has_bf16():
+    """ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with AVX512-BF16: oneDNN refuses bf16 weights there, so "auto" must not
+    build a bf16 network (it crashed the app's start before), and asking for bf16 is a clear error."""
+    script = """
+import torch
+from ddpm_app import onednn
+from ddpm_app.inference import prepare_cpu
+from ddpm_app.isa import detect
+from ddpm_app.models import UNetConfig, build_model
+assert detect().bf16_native and not onednn.bf16_available()
+net = build_model(UNetConfig(image_size=16, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                             attention_resolutions=(8,), head_channels=32, dropout=0.0))
+prepared = prepare_cpu(net, "auto")
+assert prepared.precision == "fp32", prepared.runtime.reason
+try:
+    prepare_cpu(net, "bf16")
+except ValueError as e:
+    assert "bf16: this PyTorch's oneDNN does not run bf16 here, although the CPU has it" in str(e), e
+else:
+    raise AssertionError("bf16 was built")
+print("ok", prepared.runtime.reason)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=PATIENCE,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.startswith("ok auto: this PyTorch's oneDNN does not run bf16 here"), done.stdout + done.stderr
 
 
 def test_fp16_is_refused_on_the_cpu(net):
