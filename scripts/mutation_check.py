@@ -240,6 +240,9 @@ MUTATIONS: list[Mutation] = [
       'SamplerSettings("ddim", self.cfg.sample_steps, eta=self.cfg.sample_eta, clip_x0=True)',
       'SamplerSettings("ddim", self.cfg.sample_steps, eta=0.0, clip_x0=True)', TRAINING,
       "a seed-architecture run's sample grids show noise at every step, as if training failed"),
+    M("bf16-without-asking-onednn", "ddpm_app/inference.py",
+      "return cpu.bf16_native and onednn.bf16_available()", "return cpu.bf16_native and onednn.available()",
+      INFERENCE, "a CPU with bf16 whose oneDNN is limited to AVX2 crashes the app's start packing bf16 weights"),
     # --- inference ----------------------------------------------------------------------------------------------
     M("prepared-net-gets-t-plus-1", "ddpm_app/inference.py",
       "return model(x, t).float()", "return model(x, t + 1).float()", INFERENCE,
