@@ -84,14 +84,17 @@ class TunedGroupNorm(nn.Module):
 Timer = Callable[[Mapping[str, Callable[[], object]]], Mapping[str, float]]
 
 
-def tune_group_norms(model: nn.Module, examples: Mapping[int, tuple[Tensor, ...]], timer: Timer) -> nn.Module:
+def tune_group_norms(model: nn.Module, examples: Mapping[int, tuple[Tensor, ...]], timer: Timer,
+                     fastest: dict[tuple, str] | None = None) -> nn.Module:
     """Swap every ``nn.GroupNorm`` of ``model`` (in place) for a :class:`TunedGroupNorm` whose kernel for each batch
     size in ``examples`` (batch → the model's inputs) is the fastest on the shape it sees there.
 
     ``timer`` takes named no-argument calls (``functools.partial(norm.kernel, name, x)``) and returns each one's time
-    (e.g. the median of a few interleaved runs); each distinct (shape, strides, groups) is timed once. Returns
-    ``model``.
+    (e.g. the median of a few interleaved runs); each distinct (batch, shape, strides, groups) is timed once, and
+    ``fastest`` (kept by the caller) carries the answers over to the next network of the same inputs, untimed.
+    Returns ``model``.
     """
+    fastest = {} if fastest is None else fastest
     norms: dict[str, TunedGroupNorm] = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.GroupNorm):
@@ -99,15 +102,14 @@ def tune_group_norms(model: nn.Module, examples: Mapping[int, tuple[Tensor, ...]
             norms[name] = TunedGroupNorm(module)
             setattr(model.get_submodule(parent), leaf, norms[name])
     for batch, example in examples.items():
-        fastest: dict[tuple, str] = {}
         for name, x in first_inputs(model, example, TunedGroupNorm).items():
             norm = norms[name]
-            key = (tuple(x.shape), x.stride(), norm.groups)
+            key = (batch, tuple(x.shape), x.stride(), norm.groups)
             if key not in fastest:
                 times = timer({k: functools.partial(norm.kernel, k, x) for k in KERNELS})
                 fastest[key] = min(times, key=times.__getitem__)
             norm.choices[batch] = fastest[key]
-        log.debug("GroupNorm kernels at batch %d: %s", batch, sorted(fastest.items()))
+        log.debug("GroupNorm kernels at batch %d: %s", batch, kernel_counts(model, batch))
     return model
 
 

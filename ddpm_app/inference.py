@@ -244,10 +244,12 @@ def choose_cpu_precision(requested: str | None, cpu: CpuFeatures,
     return choice, f"auto: bf16 {verdict} on {cpu.isa}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
 
 
-def _cpu_network(model: nn.Module, precision: Precision, batches: tuple[int, ...]) -> nn.Module:
+def _cpu_network(model: nn.Module, precision: Precision, batches: tuple[int, ...],
+                 group_norm_kernels: dict[tuple, str]) -> nn.Module:
     """The network to run on the CPU, where oneDNN is there: convolutions packed for oneDNN in ``precision`` (in bf16
     the 1×1 ones as matrix products), and each GroupNorm through the kernel timed fastest for its shape at each of
-    ``batches`` (:func:`ddpm_app.cpu_norm.tune_group_norms`)."""
+    ``batches`` (:func:`ddpm_app.cpu_norm.tune_group_norms`; ``group_norm_kernels`` keeps those timings for the
+    next network of the same model: the GroupNorms see float32 in either precision)."""
     if not onednn.available():
         return model
     # 1×1 convolutions as matrix products in bf16 only: that is where they were measured faster (2× at batch 4 on an
@@ -257,7 +259,7 @@ def _cpu_network(model: nn.Module, precision: Precision, batches: tuple[int, ...
     net = onednn.pack_convolutions(model, example_input(model, 1), torch.bfloat16 if bf16 else torch.float32,
                                    pointwise_as_matmul=bf16)
     examples = {batch: example_input(model, batch) for batch in batches}
-    return cpu_norm.tune_group_norms(net, examples, lambda calls: time_group_norm_kernels(calls))
+    return cpu_norm.tune_group_norms(net, examples, lambda calls: time_group_norm_kernels(calls), group_norm_kernels)
 
 
 def time_group_norm_kernels(calls: Mapping[str, Callable[[], object]]) -> dict[str, float]:
@@ -287,10 +289,12 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     built: dict[str, Prepared] = {}
+    group_norm_kernels: dict[tuple, str] = {}  # timed once, for whichever network is built first
 
     def network(p: Precision) -> Prepared:
         if p not in built:
-            built[p] = Prepared(_cpu_network(model, p, batches), channels_last=channels_last, precision=p)
+            built[p] = Prepared(_cpu_network(model, p, batches, group_norm_kernels), channels_last=channels_last,
+                                precision=p)
         return built[p]
 
     timed: dict[int, dict[str, float]] = {}  # batch → ms per step of each precision, timed now or remembered

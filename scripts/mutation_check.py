@@ -243,6 +243,9 @@ MUTATIONS: list[Mutation] = [
     M("bf16-without-asking-onednn", "ddpm_app/inference.py",
       "return cpu.bf16_native and onednn.bf16_available()", "return cpu.bf16_native and onednn.available()",
       INFERENCE, "a CPU with bf16 whose oneDNN is limited to AVX2 crashes the app's start packing bf16 weights"),
+    M("group-norm-timed-again-per-network", "ddpm_app/inference.py",
+      "_cpu_network(model, p, batches, group_norm_kernels)", "_cpu_network(model, p, batches, {})", CPU_NORM,
+      "the app's start times every GroupNorm shape twice, once per precision"),
     # --- inference ----------------------------------------------------------------------------------------------
     M("prepared-net-gets-t-plus-1", "ddpm_app/inference.py",
       "return model(x, t).float()", "return model(x, t + 1).float()", INFERENCE,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import fake_timing
 
 from ddpm_app import cpu_norm, inference
-from ddpm_app.inference import example_input, prepare_cpu
+from ddpm_app.inference import cpu_bf16_supported, example_input, prepare_cpu
+from ddpm_app.isa import detect
 
 
 def norm_with_weights(groups: int, channels: int, seed: int) -> torch.nn.GroupNorm:
@@ -100,3 +102,25 @@ def test_a_prepared_network_with_timed_kernels_computes_the_same_eps(tiny_model,
             with torch.inference_mode():
                 expected, got = tiny_model(x, t), prepared(x, t)
             assert (expected - got).norm() / expected.norm() < 1e-5, (forced, batch)
+
+
+@pytest.mark.skipif(not cpu_bf16_supported(detect()), reason="this CPU has no bf16 in hardware")
+def test_preparing_both_precisions_times_each_groupnorm_shape_once(tiny_model, monkeypatch):
+    """"auto" on a bf16 CPU builds the fp32 and the bf16 network; their GroupNorms see the same float32 inputs, so the
+    kernels are timed for the first and given to the second: as many timings as distinct (batch, shape), not twice."""
+    timed = []
+
+    def timer(calls):
+        timed.append(tuple(calls["native"].args[1].shape))
+        return {name: (0.5 if name == "nchw" else 1.0) for name in calls}
+
+    monkeypatch.setattr(inference, "time_group_norm_kernels", timer)
+    monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 10.0, "bf16": 7.0},
+                                                              4: {"fp32": 40.0, "bf16": 30.0}}))
+    prepared = prepare_cpu(tiny_model, "auto", batches=(1, 4))
+    fp32 = prepared.fp32_model  # the other network built, kept for the last steps
+    assert prepared.precision == "bf16" and fp32 is not None and fp32 is not prepared.model
+    assert len(timed) == len(set(timed)) and {s[0] for s in timed} == {1, 4}
+    for network in (prepared.model, fp32):
+        norms = [m for m in network.modules() if isinstance(m, cpu_norm.TunedGroupNorm)]
+        assert norms and all(n.choices == {1: "nchw", 4: "nchw"} for n in norms)
