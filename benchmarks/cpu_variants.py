@@ -43,17 +43,13 @@ def siblings() -> str:
 
 def shapes(model, batch):
     """(GroupNorm input shapes, 1×1 conv input shapes with their out-channels) the model sees at ``batch``."""
-    norms, points = set(), set()
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, torch.nn.GroupNorm):
-            hooks.append(m.register_forward_pre_hook(lambda mod, a: norms.add((tuple(a[0].shape), mod.num_groups))))
-        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1):
-            hooks.append(m.register_forward_pre_hook(lambda mod, a: points.add((tuple(a[0].shape), mod.out_channels))))
-    with torch.inference_mode():
-        model(*example_input(model, batch))
-    for h in hooks:
-        h.remove()
+    example = example_input(model, batch)
+    modules = dict(model.named_modules())
+    norms = {(tuple(x.shape), modules[name].num_groups)
+             for name, x in onednn.first_inputs(model, example, torch.nn.GroupNorm).items()}
+    points = {(tuple(x.shape), modules[name].out_channels)
+              for name, x in onednn.first_inputs(model, example, torch.nn.Conv2d).items()
+              if modules[name].kernel_size == (1, 1)}
     return sorted(norms), sorted(points)
 
 
