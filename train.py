@@ -206,8 +206,10 @@ def train_main(argv) -> int:
               + (f", resuming at step {trainer.step}" if args.resume else ""), file=sys.stderr)
         cfg = trainer.cfg  # with the architecture's recipe filled in
         print(f"batch {cfg.batch_size}, lr {cfg.lr:.3g} (warm-up {cfg.warmup_steps} steps, {cfg.lr_decay}), "
-              f"EMA {cfg.ema_decay}, " + (f"torch.compile mode {cfg.compile_mode}" if cfg.compile and
-                                          trainer.is_cuda else "not compiled"), file=sys.stderr)
+              f"EMA {cfg.ema_decay}, "
+              + (f"{cfg.small_t_fraction:.0%} of t log-uniform, " if cfg.small_t_fraction else "")
+              + (f"torch.compile mode {cfg.compile_mode}" if cfg.compile and trainer.is_cuda else "not compiled"),
+              file=sys.stderr)
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not main_rank)
     status = "done"
     loop_start = None

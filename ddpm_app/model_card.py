@@ -80,7 +80,7 @@ def render(config: DiffusionConfig, num_parameters: int, *, title: str = "DDPM m
         f"| images seen | {_images_seen(training, tc)} |",
         f"| optimiser | AdamW, lr {tc.get('lr', '?')}, warm-up {tc.get('warmup_steps', '?')} steps, "
         f"{tc.get('lr_decay', 'constant')} schedule, grad clip {tc.get('grad_clip', '?')} |",
-        f"| loss | MSE on ε, {tc.get('loss_weighting', 'uniform')} weighting over uniform t |",
+        f"| loss | MSE on ε, {tc.get('loss_weighting', 'uniform')} weighting over {_t_draws(tc)} |",
         f"| time | {minutes:.1f} min" + (f" on {training['hardware']}" if training.get("hardware") else "") + " |", "",
         "## License", "", info.license_note, "",
         "## Intended use", "",
@@ -89,6 +89,12 @@ def render(config: DiffusionConfig, num_parameters: int, *, title: str = "DDPM m
         "samples can reflect the biases and gaps of the training set.", "",
     ]
     return "\n".join(header + lines) + ("\n" + extra_sections if extra_sections else "")
+
+
+def _t_draws(tc: dict) -> str:
+    """How the run drew its timesteps: uniform, or a share of each batch log-uniform (``--small-t-fraction``)."""
+    fraction = tc.get("small_t_fraction") or 0.0
+    return "uniform t" if not fraction else f"t, {fraction:.0%} of each batch log-uniform (more small t), the rest uniform"
 
 
 def _images_seen(training: dict, tc: dict) -> str:

@@ -59,6 +59,7 @@ class TrainConfig:
     ema_warmup: bool = True  # decay = min(ema_decay, (1+step)/(10+step)) early on
     loss_weighting: Literal["uniform", "min-snr"] = "uniform"
     min_snr_gamma: float = 5.0
+    small_t_fraction: float = 0.0  # share of each batch whose t is drawn log-uniformly (p(t) ∝ ~1/(t+1)), where most bits/dim lie; the rest uniform (0: L_simple)
     seed: int = 0
     device: str = "auto"  # auto | cuda | cpu
     compile: bool = True  # torch.compile the network (CUDA only)
@@ -81,6 +82,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.batch_size is not None and self.batch_size < 1) or self.steps < 1:
             raise ValueError("batch_size and steps must be positive")
+        if not 0.0 <= self.small_t_fraction <= 1.0:
+            raise ValueError(f"small_t_fraction must lie in [0, 1], got {self.small_t_fraction}")
         if self.eval_every < 0 or self.eval_images < 1:
             raise ValueError("eval_every must be ≥ 0 (0: off) and eval_images ≥ 1")
         if self.split == "":
@@ -230,6 +233,34 @@ def loss_weights(schedule: Schedule, t: Tensor, cfg: TrainConfig) -> Tensor | No
         return None
     snr = extract(schedule.snr, t, (t.shape[0],)).to(t.device)
     return snr.clamp(max=cfg.min_snr_gamma) / snr
+
+
+def small_t_count(batch: int, fraction: float) -> int:
+    """How many of a batch's ``batch`` timesteps are drawn log-uniformly: a fixed count, so shapes stay static."""
+    return round(batch * fraction)
+
+
+def log_uniform_t_probs(timesteps: int) -> Tensor:
+    """p(t) of :func:`sample_timesteps`' log-uniform draws: t = ⌊(T + 1)^u⌋ − 1 with u ~ U[0, 1), so
+    p(t) = log((t + 2)/(t + 1)) / log(T + 1), about 1/((t + 1)·log T). At T = 1000, 10 % of draws are t = 0 and
+    35 % are t ≤ 10, where the variational bound puts 2.6 of a model's ~2.9 bits/dim; uniform draws put 1.1 % there."""
+    t = torch.arange(timesteps, dtype=torch.float64)
+    return torch.log((t + 2) / (t + 1)) / math.log(timesteps + 1)
+
+
+def sample_timesteps(batch: int, timesteps: int, small_t_fraction: float, *, device: torch.device | str = "cpu",
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Training timesteps: the first ``small_t_count(batch, small_t_fraction)`` log-uniform (see
+    :func:`log_uniform_t_probs`), the rest uniform on {0, …, T−1}. Drawing more small t weights the ε-MSE towards
+    them: relative to uniform t the objective weights step t by (1 − f) + f·T·p(t), 1 − f at large t and
+    1 + f·(T·p(0) − 1) ≈ 1 + 100·f at t = 0 (T = 1000)."""
+    t = torch.randint(0, timesteps, (batch,), device=device, generator=generator)
+    k = small_t_count(batch, small_t_fraction)
+    if k:
+        u = torch.rand(k, device=device, generator=generator, dtype=torch.float64)
+        small = (torch.exp(u * math.log(timesteps + 1)).floor().long() - 1).clamp_(0, timesteps - 1)
+        t = torch.cat([small, t[k:]])
+    return t
 
 
 @dataclass(frozen=True)
@@ -587,7 +618,8 @@ class Trainer:
         x0 = from_uint8(random_flip(self.images[idx], self.gen))  # (B, C, H, W) in [−1, 1]
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=self.device, generator=self.gen)
+        t = sample_timesteps(x0.shape[0], self.schedule.timesteps, self.cfg.small_t_fraction, device=self.device,
+                             generator=self.gen)
         noise = torch.randn(x0.shape, device=self.device, generator=self.gen)
         return x0, t, noise
 

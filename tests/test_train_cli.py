@@ -403,3 +403,18 @@ def test_model_card_of_a_run_started_from_other_weights_counts_what_came_before(
     plain = replace(tiny_diffusion_config, training={
         "steps": 100, "images_seen": 2000, "train_config": {"batch_size": 20}})
     assert "| images seen | 2,000 in 100 steps (batch 20) |" in model_card.render(plain, 1000)
+
+
+def test_model_card_says_how_the_timesteps_were_drawn(tiny_diffusion_config):
+    from dataclasses import replace
+
+    from ddpm_app import model_card
+
+    def loss_row(train_config: dict) -> str:
+        card = model_card.render(replace(tiny_diffusion_config, training={"steps": 10, "train_config": train_config}), 10)
+        return next(line for line in card.splitlines() if line.startswith("| loss |"))
+
+    assert loss_row({}) == "| loss | MSE on ε, uniform weighting over uniform t |"
+    assert loss_row({"small_t_fraction": 0.0}) == "| loss | MSE on ε, uniform weighting over uniform t |"
+    assert loss_row({"small_t_fraction": 0.25}) == ("| loss | MSE on ε, uniform weighting over t, 25% of each batch "
+                                                    "log-uniform (more small t), the rest uniform |")

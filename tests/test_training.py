@@ -124,6 +124,54 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
     assert loss_weights(schedule, t, train_config(tmp_path)) is None
 
 
+def test_log_uniform_timesteps_follow_their_stated_probabilities():
+    T = 1000
+    probs = training.log_uniform_t_probs(T)
+    assert probs.shape == (T,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert (probs[1:] < probs[:-1]).all() and probs[-1] > 0  # decreasing, every t reachable
+    assert float(probs[0]) == pytest.approx(math.log(2) / math.log(T + 1))
+    gen = torch.Generator().manual_seed(0)
+    n = 400_000
+    t = training.sample_timesteps(n, T, 1.0, generator=gen)
+    assert t.dtype == torch.long and int(t.min()) == 0 and int(t.max()) <= T - 1
+    counts = torch.bincount(t, minlength=T).double()
+    # bins wide enough for ~≥ 2,000 draws each; each count within 5 binomial standard deviations of its expectation
+    edges = [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, T]
+    for lo, hi in zip(edges, edges[1:]):
+        p = float(probs[lo:hi].sum())
+        seen = float(counts[lo:hi].sum())
+        assert abs(seen - n * p) < 5 * math.sqrt(n * p * (1 - p)), (lo, hi, seen, n * p)
+
+
+def test_small_t_fraction_draws_that_share_of_the_batch_log_uniformly_and_none_keeps_the_uniform_stream():
+    T, batch = 1000, 1024
+    assert training.small_t_count(batch, 0.25) == 256 and training.small_t_count(batch, 0.0) == 0
+    plain = training.sample_timesteps(batch, T, 0.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain, torch.randint(0, T, (batch,), generator=torch.Generator().manual_seed(3)))
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([training.sample_timesteps(batch, T, 0.25, generator=gen) for _ in range(100)])
+    head, tail = draws[:, :256], draws[:, 256:]
+    assert float((head == 0).double().mean()) == pytest.approx(math.log(2) / math.log(T + 1), abs=0.01)
+    assert float((tail == 0).double().mean()) < 0.003 and float(tail.double().mean()) == pytest.approx(499.5, abs=6)
+    with pytest.raises(ValueError, match="small_t_fraction must lie in"):
+        training.TrainConfig(small_t_fraction=1.5)
+
+
+def test_the_trainer_draws_its_timesteps_with_the_small_t_fraction(tmp_path):
+    counts = {}
+    for fraction in (0.0, 0.5):
+        cfg = train_config(tmp_path / str(fraction), steps=1, batch_size=64, small_t_fraction=fraction)
+        trainer = Trainer(cfg, MODEL, SCHEDULE, pack=shapes_pack())
+        t = torch.cat([trainer._batch()[1] for _ in range(50)])
+        assert t.shape == (50 * 64,) and int(t.max()) < SCHEDULE.timesteps
+        counts[fraction] = float((t == 0).double().mean())
+        list(trainer.run())
+        assert load_checkpoint(tmp_path / str(fraction) / CHECKPOINT_NAME)["train_config"]["small_t_fraction"] == fraction
+    # T = 50: uniform draws give t = 0 one time in 50; half the batch log-uniform adds ½·log 2 / log 51 ≈ 8.8 %
+    assert counts[0.0] == pytest.approx(1 / 50, abs=0.01)
+    assert counts[0.5] == pytest.approx(0.5 / 50 + 0.5 * math.log(2) / math.log(51), abs=0.015)
+
+
 # -- the loss and its inputs ------------------------------------------------------------------------------------
 
 def tiny_alphas_cumprod() -> torch.Tensor:
