@@ -1,0 +1,27 @@
+"""benchmarks/profile_stream.py: how py-spy stacks of the server are sorted into parts of the work."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import profile_stream  # noqa: E402
+
+
+def test_stacks_are_counted_by_part_with_the_sampler_first_and_shares_summing_to_100():
+    raw = [
+        "_bootstrap (threading.py:1);advance (runs.py:2);sample (samplers.py:3);forward (unet.py:4) 90",
+        "_bootstrap (threading.py:1);advance (runs.py:2);_preview (ui.py:9);preview_file (ui.py:10) 6",
+        "run (asyncio/base_events.py:1);postprocess_data (blocks.py:2);postprocess (image.py:3) 3",
+        "main (app.py:1);something (x.py:2) 1",
+        "garbage line without a count",
+    ]
+    rows = profile_stream.shares(raw)
+    assert rows[0] == ("network and sampler", 90, pytest.approx(90.0))
+    assert dict((name, n) for name, n, _ in rows) == {"network and sampler": 90, "preview JPEG files": 6,
+                                                       "Gradio postprocess": 3, "other": 1}
+    assert sum(share for _, _, share in rows) == pytest.approx(100.0)
+    assert profile_stream.part_of("a;EpollSelector.select (selectors.py:1)") == "event loop waiting"
