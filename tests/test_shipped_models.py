@@ -16,7 +16,8 @@ from ddpm_app.inference import prepare
 from ddpm_app.model_folder import load_pretrained
 from ddpm_app.schedule import Schedule
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
 SHIPPED = sorted(d.name for d in WEIGHTS.iterdir() if (d / "config.json").is_file())
 MAX_FILE_BYTES = 16 * 2 ** 20
 
@@ -83,6 +84,22 @@ def test_config_records_the_training(shipped):
     training = json.loads((WEIGHTS / name / "config.json").read_text())["training"]
     assert training["weights"] == "ema" and training["images_seen"] > 1_000_000 and training["hardware"]
     assert loaded.config.image_size == 64 and loaded.config.channels == 3
+
+
+def test_the_card_readme_and_held_out_figures_quote_the_model_s_own_evaluation(shipped):
+    """After a retraining, the evaluation report in docs/eval/, the stored held-out bits/dim and the headline
+    figures of the card and the README must all be the new model's."""
+    name, _ = shipped
+    report = json.loads((ROOT / "docs" / "eval" / f"{name}-eval.json").read_text())
+    bound = report["bpd"]
+    assert bound["exact"] and bound["num_images"] >= 300
+    stored = json.loads((WEIGHTS / name / "heldout.json").read_text())["bpd"]
+    assert stored["total"] == pytest.approx(bound["total"], abs=1e-9)
+    quoted = f"{bound['total']:.3f} ± {bound['stderr']:.3f}"
+    assert quoted in (WEIGHTS / name / "README.md").read_text()
+    assert quoted in (ROOT / "README.md").read_text()
+    if "utkface" in report["data"]:  # the face models: the card's FD-UTK at sampling seed 0
+        assert f"{report['faces']['fd_samples_test']:.2f}" in (WEIGHTS / name / "README.md").read_text()
 
 
 RECORDED = Path(__file__).resolve().parent / "recorded" / "shipped_outputs.safetensors"
