@@ -206,7 +206,7 @@ class TeachHandlers:
         elapsed = time.perf_counter() - started
         done_text = (f"<div class='ddpm-stats'><progress value='1' max='1'></progress><div><b>Done</b>: "
                      f"{bpd.timesteps_evaluated} timesteps in {elapsed:.1f} s (seed {seed}).</div></div>")
-        yield done_text, plot, verdict(bpd, served.heldout, served.heldout_note)
+        yield done_text, plot, verdict(bpd, served.heldout, served.heldout_note, served.timesteps)
 
     # -- Runs side by side ---------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from test_inference import needs_bf16
 from test_ui import PHOTO, save_tiny
 
 from ddpm_app import heldout, interpolation, ui, ui_teach
-from ddpm_app.app import ModelLibrary, UserState, training_view
+from ddpm_app.app import ModelLibrary, UserState, likelihood_view, training_view
 from ddpm_app.app.compare import frame_at
 from ddpm_app.app.likelihood_view import CLIP_X0, ESTIMATE_TIMESTEPS, timesteps_per_call, verdict
 from ddpm_app.app.numbers import number
@@ -255,6 +255,23 @@ def test_verdict_reads_the_photo_against_the_held_out_ratio(photo, reading):
     assert f"**Your photo: {photo:.3f} bits/dim**" in text and "over 4 images" in text
 
 
+def test_the_verdict_says_how_much_of_the_bound_lies_in_the_least_noisy_steps():
+    """T = 1000: t ≤ 10 is the least noisy 1 %. The photo's terms are 1.0 at t = 0 and 0.1·t after it up to t = 10
+    (Σ = 6.5), then 0.001 each; a stratified row inside t ≤ 10, or no terms at all, says nothing."""
+    rows = [(0, 1.0, 1.0)] + [(t, 1.0, 0.1 * t) for t in range(1, 11)] + [(t, 1.0, 0.001) for t in range(11, 1000)]
+    photo = BitsPerDim(7.489, 0.01, 0.0, 1.0, 6.489, 4, 1000, True, "posterior", True, rows)
+    assert likelihood_view.least_noisy_bits(photo, 10) == pytest.approx(6.5)
+    held = BitsPerDim(3.0, 0.01, 0.0, 1.5, 1.5, 4, 1000, True, "posterior", True,
+                      [(t, 1.0, 2.6 / 11) for t in range(11)] + [(t, 1.0, 0.0004) for t in range(11, 1000)])
+    text = verdict(photo, heldout.HeldOut("faces, split test", "m", None, held), timesteps=1000)
+    assert "**6.50** lie in the decoder and the least noisy 1 % of the steps, t ≤ 10 (held-out images: 2.60 of 3.00)" in text
+    assert "(held-out" not in verdict(photo, None, timesteps=1000) and "**6.50**" in verdict(photo, None, timesteps=1000)
+    strided = BitsPerDim(7.489, 0.01, 0.0, 1.0, 6.489, 4, 50, False, "posterior", True, [(0, 1.0, 1.0), (5, 9.0, 0.5)])
+    assert likelihood_view.least_noisy_bits(strided, 10) is None
+    assert "least noisy" not in verdict(strided, None, timesteps=1000)
+    assert "least noisy" not in verdict(photo, None)  # T unknown
+
+
 def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
     save_tiny(tmp_path / "long", timesteps=120)
     teach = ui_teach.TeachHandlers(ModelLibrary(tmp_path, "cpu"), tmp_path / "f", preview_interval=0)
@@ -263,6 +280,8 @@ def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
     assert user.lesson.likelihood.timesteps_evaluated == ESTIMATE_TIMESTEPS and not user.lesson.likelihood.exact
     done = [int(m) for o in outs[:-1] for m in re.findall(r"value='(\d+)'", o[0])]
     assert done == [0, 10, 20, 30, 40]  # an update before the first network call and after each but the last
+    # the model's T reaches the verdict: 1 % of T = 120 is t ≤ 1, both evaluated one by one in the estimate
+    assert "least noisy 1 % of the steps, t ≤ 1:" in outs[-1][2]
 
 
 def test_the_bound_goes_through_the_network_in_a_few_large_calls():

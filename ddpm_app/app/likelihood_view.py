@@ -82,10 +82,35 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
     return pixels(fig)
 
 
-def verdict(photo: BitsPerDim, heldout: HeldOut | None, note: str = "") -> str:
-    """What the number means, in Markdown: the photo against the held-out average."""
+def least_noisy_bits(bound: BitsPerDim, t_max: int) -> float | None:
+    """Σ_{t ≤ t_max} L_t: the decoder term and the per-step terms of the least noisy steps, in bits/dim; None when
+    the bound did not evaluate each of those t with weight 1 (the estimate's first strata are single steps)."""
+    rows = {t: (weight, value) for t, weight, value in bound.per_timestep if t <= t_max}
+    if sorted(rows) != list(range(t_max + 1)) or any(weight != 1 for weight, _ in rows.values()):
+        return None
+    return sum(value for _, value in rows.values())
+
+
+def where_the_bits_are(photo: BitsPerDim, heldout: BitsPerDim | None, timesteps: int) -> str:
+    """One sentence: how much of the bound lies in the decoder and the least noisy 1 % of the steps (t ≤ T/100),
+    for the photo and the held-out images; empty when the terms are not there to add up."""
+    t_max = timesteps // 100
+    mine = least_noisy_bits(photo, t_max)
+    if mine is None or t_max < 1:
+        return ""
+    theirs = least_noisy_bits(heldout, t_max) if heldout is not None else None
+    also = f" (held-out images: {theirs:.2f} of {heldout.total:.2f})" if theirs is not None else ""
+    return (f" Of the {photo.total:.2f}, **{mine:.2f}** lie in the decoder and the least noisy 1 % of the steps, "
+            f"t ≤ {t_max}{also}: most of the cost of describing an image is its finest detail, which only the last "
+            "steps of sampling settle.")
+
+
+def verdict(photo: BitsPerDim, heldout: HeldOut | None, note: str = "", timesteps: int = 0) -> str:
+    """What the number means, in Markdown: the photo against the held-out average, and (given the model's T) how
+    much of each lies in the least noisy steps."""
+    reference = heldout.bpd if heldout is not None else None
     head = (f"**Your photo: {photo.total:.3f} {photo.label}** — prior {number(photo.prior, 2)}, per-step terms "
-            f"{photo.diffusion:.3f}, decoder {photo.decoder:.3f}.")
+            f"{photo.diffusion:.3f}, decoder {photo.decoder:.3f}." + where_the_bits_are(photo, reference, timesteps))
     if heldout is None or heldout.bpd is None:
         return head + f"\n\nNo held-out figure to compare with: {note or 'this model has none stored'}."
     ref = heldout.bpd
