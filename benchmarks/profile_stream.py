@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import shutil
 import subprocess
 import sys
@@ -62,28 +61,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--interval", type=float, default=0.2, help="the app's --preview-interval")
     p.add_argument("--weights", default=str(ROOT / "weights"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default=None, help="model folder in --weights (default: the app's)")
     args = p.parse_args(argv)
+    args.device = args.precision = None  # the app's defaults (read by app_stream.start_server)
     if shutil.which("py-spy") is None:
         sys.exit("error: py-spy is not installed; `pip install py-spy` and run again")
-    import httpx
     from gradio_client import Client
 
-    port = 7000 + os.getpid() % 2000
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--weights", args.weights, "--port", str(port),
-                               "--threads", str(args.threads), "--preview-interval", str(args.interval)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    from app_stream import start_server  # the app started as users start it, once it answers
+
+    server, url = start_server(ROOT / "app.py", args, args.interval)
     out = Path(tempfile.mkdtemp()) / "stacks.txt"
     try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(1500):
-            if server.poll() is not None:
-                sys.exit(f"error: app.py exited with {server.returncode}")
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         client = Client(url, verbose=False, download_files=False)
         client.predict("ddim", 50, 0.0, 1, args.batch, True, False, api_name="/generate")  # warm-up
         spy = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-r", "200", "-f", "raw", "-o", str(out),
