@@ -95,8 +95,8 @@ def where_the_bits_are(photo: BitsPerDim, heldout: BitsPerDim | None, timesteps:
     """One sentence: how much of the bound lies in the decoder and the least noisy 1 % of the steps (t ≤ T/100),
     for the photo and the held-out images; empty when the terms are not there to add up."""
     t_max = timesteps // 100
-    mine = least_noisy_bits(photo, t_max)
-    if mine is None or t_max < 1:
+    mine = least_noisy_bits(photo, t_max) if t_max >= 1 else None
+    if mine is None:
         return ""
     theirs = least_noisy_bits(heldout, t_max) if heldout is not None else None
     also = f" (held-out images: {theirs:.2f} of {heldout.total:.2f})" if theirs is not None else ""
