@@ -17,7 +17,7 @@ from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users
 from ddpm_app.cpu import cpu_budget
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.inference import PRECISION_CHOICES, resolve_device
+from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
 from ddpm_app.precision_cache import CACHE_DIR_ENV, PrecisionCache
 
@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
                         "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32; timed once per machine and "
                         f"model, remembered in ${CACHE_DIR_ENV} (default ~/.cache/ddpm-app)")
+    p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES,
+                   help="who runs the network on the CPU: auto = OpenVINO where it is installed, the CPU has bf16 and "
+                        "it was timed faster here, else PyTorch; or pytorch / openvino")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"torch threads: {chosen}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision,
-                               precision_cache=PrecisionCache.default())
+                               precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
     except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
         sys.exit(f"error: {e}")

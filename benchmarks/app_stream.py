@@ -2,7 +2,8 @@
 
     python benchmarks/app_stream.py [--weights weights] [--model NAME] [--batch 4] [--repeats 5]
                                     [--interval 0.2] [--samplers ddpm,ddim] [--device cpu]
-                                    [--precision fp32] [--no-handler] [--compare-app OTHER_CHECKOUT/app.py]
+                                    [--precision fp32] [--cpu-runtime pytorch] [--no-handler]
+                                    [--compare-app OTHER_CHECKOUT/app.py]
 
 For DDPM over all T steps and DDIM-50, each measured three ways:
 
@@ -110,6 +111,8 @@ def start_server(app: Path, args, interval: float | None) -> tuple[subprocess.Po
         cmd += ["--threads", str(args.threads)]
     if args.precision:
         cmd += ["--precision", args.precision]
+    if args.cpu_runtime:
+        cmd += ["--cpu-runtime", args.cpu_runtime]
     proc = subprocess.Popen(cmd, cwd=app.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}/"
@@ -153,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores, as app.py)")
     p.add_argument("--precision", default=None,
                    help="the servers' --precision (default: theirs, auto); fp32 keeps two versions comparable")
+    p.add_argument("--cpu-runtime", default=None,
+                   help="the servers' --cpu-runtime (default: theirs, auto): pytorch or openvino")
     p.add_argument("--no-handler", action="store_true", help="skip the in-process handler rows")
     p.add_argument("--compare-app", type=Path, default=None,
                    help="another checkout's app.py, served the same way and interleaved with this one")
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device or "auto")
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
-    library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto")
+    library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
+                           cpu_runtime=args.cpu_runtime or "auto")
     served = library.get()
     T = served.timesteps
     cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings()}

@@ -1,7 +1,10 @@
 """Does a faster CPU path change the samples? bf16 (or any precision) against the fp32 path, same seeds.
 
     python benchmarks/precision_quality.py [--model weights/faces] [--precision bf16] [--batch 4] [--threads 2]
-                                           [--samplers ddim,ddpm]
+                                           [--samplers ddim,ddpm] [--cpu-runtime pytorch]
+
+``--cpu-runtime openvino`` compares OpenVINO's network (bf16 hint, fp32 for the last steps as the app runs it)
+instead of PyTorch's bf16 one.
 
 Prints three things:
 1. the relative error ‖ε̂ − ε̂_fp32‖ / ‖ε̂_fp32‖ at every timestep of the fp32 chains run, on their x_t (with DDPM
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import samplers  # noqa: E402
 from ddpm_app.image import to_uint8  # noqa: E402
-from ddpm_app.inference import prepare_cpu  # noqa: E402
+from ddpm_app.inference import CPU_RUNTIMES, prepare_cpu  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 
@@ -51,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samplers", default="ddim,ddpm", help="chains to compare: ddim (50 steps), ddpm (all T)")
+    p.add_argument("--cpu-runtime", default="pytorch", choices=[r for r in CPU_RUNTIMES if r != "auto"])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_pretrained(args.model)
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     cpu = detect()
     T = loaded.schedule.timesteps
     ref = prepare_cpu(loaded.model, "fp32", cpu, timesteps=T)
-    fast = prepare_cpu(loaded.model, args.precision, cpu, timesteps=T)
+    fast = prepare_cpu(loaded.model, args.precision, cpu, timesteps=T, runtime=args.cpu_runtime)
     print(f"CPU: {cpu.describe()}, {args.threads} threads; {args.model}, batch {args.batch}, seed {args.seed}")
     print(f"{args.precision} path: {fast.runtime.describe()}\n")
 

@@ -9,7 +9,9 @@ precision the app chooses here (``ddpm_app.inference.prepare``). Then, per model
 them alike: PyTorch's own dispatch (some convolutions on its slow im2col path), the convolutions pre-packed for
 oneDNN (1×1 ones as matrix products) with each GroupNorm's kernel timed fastest for its shape, in fp32, the same in
 bf16 where the CPU has it in hardware (packed for one image, as the app does, and packed for the row's batch), and
-the app's choice, which may differ between batch sizes. The seed architecture is
+OpenVINO's network with its bf16 hint where OpenVINO is installed and the CPU has bf16, and the app's choice,
+which may differ between batch sizes. Where OpenVINO is in the table each variant is timed in turns of a few calls,
+the first untimed (it and PyTorch slow down a call of the other that follows theirs at once). The seed architecture is
 measured with random weights (speed does not depend on the values).
 """
 
@@ -23,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_app import cpu_norm, onednn, samplers  # noqa: E402
-from ddpm_app.inference import (PRECISION_CHOICES, Prepared, Runtime, cpu_bf16_supported, example_input,  # noqa: E402
-                                median_ms, prepare, prepare_cpu, time_group_norm_kernels)
+from ddpm_app import cpu_norm, onednn, openvino_net, samplers  # noqa: E402
+from ddpm_app.inference import (CPU_RUNTIMES, OPENVINO_BLOCK, PRECISION_CHOICES, Prepared, Runtime,  # noqa: E402
+                                cpu_bf16_supported, example_input, median_ms, prepare, prepare_cpu,
+                                time_group_norm_kernels)
 from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
@@ -39,7 +42,8 @@ def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
     return [f"CPU: {cpu.model}",
             f"ISA: {cpu.isa} ({flags})",
             f"Threads: {threads} (torch {torch.__version__})",
-            f"Precision: {runtime.precision} ({runtime.reason})"]
+            f"Precision: {runtime.precision} ({runtime.reason})"] + ([f"Runtime: {runtime.engine}"] if runtime.engine
+                                                                     else [])
 
 
 def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures) -> dict[str, Prepared]:
@@ -49,6 +53,8 @@ def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures) -> dict[str, Prepared
                 "packed fp32": prepare_cpu(model, "fp32", cpu)}
     if cpu_bf16_supported(cpu):
         variants["packed bf16"] = prepare_cpu(model, "bf16", cpu)
+        if openvino_net.version() is not None:
+            variants["OpenVINO bf16"] = prepare_cpu(model, "bf16", cpu, runtime="openvino")
     return variants
 
 
@@ -83,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--batches", default="1,4", help="CPU batch sizes, comma-separated (default: 1,4)")
     p.add_argument("--precision", default="auto", choices=[c for c in PRECISION_CHOICES if c != "fp16"])
+    p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES, help="the app's --cpu-runtime")
     p.add_argument("--weights", default="weights")
     p.add_argument("--no-seed", action="store_true", help="skip the seed architecture")
     p.add_argument("--gpu-batch", type=int, default=16)
@@ -95,7 +102,7 @@ def main(argv=None) -> int:
               if (d / "config.json").is_file()]
     if not args.no_seed:
         models.append(("seed architecture (random weights)", build_model(SeedUNetConfig())))
-    apps = {name: prepare_cpu(model, args.precision, cpu) for name, model in models}
+    apps = {name: prepare_cpu(model, args.precision, cpu, runtime=args.cpu_runtime) for name, model in models}
     print("\n".join(header(cpu, torch.get_num_threads(), next(iter(apps.values())).runtime)), flush=True)
 
     for name, model in models:
@@ -108,7 +115,11 @@ def main(argv=None) -> int:
             if i == 0:
                 print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")
                 print("|---" * (len(variants) + 3) + "|")
-            ms = median_ms(variants, example_input(model, batch), rounds=args.repeats, warmup=3)
+            if "OpenVINO bf16" in variants:  # turns of OPENVINO_BLOCK calls, about --repeats timed ones in all
+                ms = median_ms(variants, example_input(model, batch), rounds=-(-args.repeats // (OPENVINO_BLOCK - 1)),
+                               warmup=1, block=OPENVINO_BLOCK)
+            else:
+                ms = median_ms(variants, example_input(model, batch), rounds=args.repeats, warmup=3)
             app = ms["app"]
             print(f"| {batch} | " + " | ".join(f"{v:.1f}" for v in ms.values())
                   + f" | {app:.0f} ms × 1000 = {app:.1f} s | {app * 50 / 1000:.2f} s |", flush=True)
