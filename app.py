@@ -15,7 +15,7 @@ import torch
 
 from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users
-from ddpm_app.cpu import cpu_budget
+from ddpm_app.cpu import cpu_budget, tune_malloc
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         budget = cpu_budget()
         torch.set_num_threads(args.threads or budget.threads)
         chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
-        print(f"torch threads: {chosen}", file=sys.stderr, flush=True)
+        print(f"torch threads: {chosen}; {tune_malloc()}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision,
                                precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime)

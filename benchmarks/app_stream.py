@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from ddpm_app import ui  # noqa: E402
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # noqa: E402
+from ddpm_app.cpu import tune_malloc  # noqa: E402
 from ddpm_app.inference import resolve_device  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device or "auto")
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
+        tune_malloc()
     library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
                            cpu_runtime=args.cpu_runtime or "auto")
     served = library.get()

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ddpm_app.cpu import tune_malloc  # noqa: E402
 from ddpm_app.inference import example_input, prepare_cpu  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--blocks", type=int, default=3)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(tune_malloc())  # as app.py does
     batches = [int(b) for b in args.batches.split(",")]
     cpu = detect()
     print(f"CPU: {cpu.model}\nISA: {cpu.isa}\nThreads: {args.threads} (torch {torch.__version__})")

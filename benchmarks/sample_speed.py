@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import cpu_norm, onednn, openvino_net, samplers  # noqa: E402
+from ddpm_app.cpu import tune_malloc  # noqa: E402
 from ddpm_app.inference import (CPU_RUNTIMES, OPENVINO_BLOCK, PRECISION_CHOICES, Prepared, Runtime,  # noqa: E402
                                 cpu_bf16_supported, example_input, median_ms, prepare, prepare_cpu,
                                 time_group_norm_kernels)
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-batch", type=int, default=16)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(tune_malloc(), file=sys.stderr)  # as app.py does
     batches = [int(b) for b in args.batches.split(",") if b]
     cpu = detect()
 

@@ -427,7 +427,7 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
         reason += f"; fp32 for t < {prepared.fp32_below_t}"
     ms_now = timed[first_batch][choice] if first_batch in fresh else None
-    engine = prepared.model.describe() if isinstance(prepared.model, OpenVinoNetwork) else ""
+    engine = prepared.model.describe() if isinstance(prepared.model, openvino_net.OpenVinoNetwork) else ""
     prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {torch.get_num_threads()} threads", VARIANT_PRECISION[choice],
                                onednn.available() and not engine, False, reason, ms_now, engine)
     log.info("sampling on %s", prepared.runtime.describe())

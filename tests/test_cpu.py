@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_app.cpu import CpuBudget, cgroup_cpu_quota, cpu_budget
+from ddpm_app.cpu import (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD, CpuBudget,
+                          cgroup_cpu_quota, cpu_budget, tune_malloc)
 
 
 def fake_machine(root: Path, cgroup: str, files: dict[str, str]) -> Path:
@@ -84,3 +85,34 @@ def test_the_real_machine_gets_at_least_one_thread_and_at_most_its_cpus():
     budget = cpu_budget()
     assert 1 <= budget.threads <= budget.affinity <= budget.cpu_count
     assert str(budget).startswith(f"{budget.threads} thread")
+
+
+class FakeLibc:
+    """A libc whose mallopt records its calls and answers ``answer`` (1: accepted, 0: refused)."""
+
+    def __init__(self, answer: int = 1):
+        self.calls, self.answer = [], answer
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return self.answer
+
+
+def test_malloc_keeps_blocks_under_32_mib_on_the_heap_and_freed_memory_for_reuse():
+    libc = FakeLibc()
+    said = tune_malloc(libc, "linux")
+    assert libc.calls == [(M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
+    assert (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD) == (-3, -1, 32 * 2**20)  # malloc.h's numbers
+    assert said == "malloc: blocks under 32 MiB from the heap, up to 1 GiB of freed heap kept"
+
+
+def test_malloc_is_left_alone_without_glibc_or_when_mallopt_refuses():
+    assert tune_malloc(FakeLibc(), "darwin") == "malloc left as it is (darwin)"
+    assert tune_malloc(object(), "linux") == "malloc left as it is (no glibc mallopt)"
+    assert tune_malloc(FakeLibc(answer=0), "linux") == "malloc left as it is (mallopt refused the thresholds)"
+
+
+@pytest.mark.skipif(not Path("/lib/x86_64-linux-gnu/libc.so.6").exists() and not Path("/lib64/libc.so.6").exists(),
+                    reason="no glibc here")
+def test_this_machines_glibc_takes_the_thresholds():
+    assert tune_malloc().startswith("malloc: blocks under 32 MiB")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddpm_app import openvino_net
 from ddpm_app.inference import Runtime
 from ddpm_app.isa import CpuFeatures, detect
 
@@ -29,7 +30,9 @@ def test_header_names_the_cpu_its_instruction_sets_threads_and_precision(bench):
     assert lines[0] == "CPU: Intel(R) Xeon(R) Platinum 8481C"
     assert lines[1].startswith("ISA: AMX + AVX-512 (") and "AMX yes" in lines[1] and "AVX2 yes" in lines[1]
     assert lines[2].startswith("Threads: 2 ")
-    assert lines[3] == "Precision: bf16 (auto: bf16 faster)"
+    assert lines[3] == "Precision: bf16 (auto: bf16 faster)" and len(lines) == 4
+    openvino = Runtime("cpu", "bf16", False, False, "auto: OpenVINO bf16 faster", engine="OpenVINO 2026.4.1 (bf16)")
+    assert bench.header(xeon, 2, openvino)[4] == "Runtime: OpenVINO 2026.4.1 (bf16)"
     avx2 = CpuFeatures("AMD Ryzen 5 3600", avx2=True, avx512=False, avx512_bf16=False, amx=False)
     assert bench.header(avx2, 4, runtime)[1] == "ISA: AVX2 (AVX2 yes, AVX-512 no, AVX512-BF16 no, AMX no)"
 
@@ -53,7 +56,8 @@ def test_benchmark_prints_this_machines_header_and_a_row_per_batch(bench, tiny_m
     assert "PyTorch dispatch fp32" in table_head and "packed fp32" in table_head and table_head.endswith(
         "| app | app: DDPM-1000 | app: DDIM-50 |")
     if cpu.bf16_native:  # bf16 packed for one image (as the app does) and for the row's batch, side by side
-        assert "| packed bf16 | packed bf16 for the batch |" in table_head
+        openvino = "OpenVINO bf16 | " if openvino_net.version() else ""  # beside them where it is installed
+        assert f"| packed bf16 | {openvino}packed bf16 for the batch |" in table_head
 
 
 def test_profile_script_prints_a_table_per_precision_and_batch(tiny_model_dir, capsys):

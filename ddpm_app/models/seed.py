@@ -147,8 +147,16 @@ class SeedUNet(Denoiser):
         for block in self.ups:
             block.subpixel = enabled
 
+    def time_features(self, t: Tensor) -> Tensor:
+        """The sinusoidal features of t (``time_mlp.0``): (B,) → (B, time_pos_dim) float32."""
+        return self.time_mlp[0](t)
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        emb = self.time_mlp(t)  # (B, 4·time_pos_dim)
+        return self.forward_features(x, self.time_features(t))
+
+    def forward_features(self, x: Tensor, features: Tensor) -> Tensor:
+        """ε̂ from x_t and :meth:`time_features` (see :meth:`ddpm_app.models.unet.UNet.forward_features`)."""
+        emb = self.time_mlp[2](self.time_mlp[1](features))  # Linear, GELU: (B, 4·time_pos_dim)
         h = self.init_conv(x)
         skips = []
         for block in self.downs:

@@ -147,9 +147,18 @@ class UNet(Denoiser):
         self.out_norm = group_norm(ch)
         self.out_conv = zero_module(nn.Conv2d(ch, cfg.in_channels * p * p, 3, padding=1))
 
+    def time_features(self, t: Tensor) -> Tensor:
+        """The sinusoidal features of t that the network's time MLP reads: (B,) → (B, base) float32."""
+        return timestep_embedding(t, self.config.base_channels)
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.forward_features(x, self.time_features(t))
+
+    def forward_features(self, x: Tensor, features: Tensor) -> Tensor:
+        """ε̂ from x_t and :meth:`time_features` (t·ω_k grows to ~1000: another runtime computing it in bf16 would
+        round t itself, so it is handed the sines and cosines instead)."""
         p = self.config.patch_size
-        emb = self.time_embed(timestep_embedding(t, self.config.base_channels))  # (B, 4·base)
+        emb = self.time_embed(features)  # (B, 4·base)
         if p > 1:
             x = F.pixel_unshuffle(x, p)  # (B, C·p², H/p, W/p)
         h = self.input_conv(x)

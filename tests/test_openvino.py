@@ -1,0 +1,255 @@
+"""OpenVINO as a CPU runtime: its network computes the U-Net's ε̂ (any batch, each t its own), it is chosen only
+where it was timed faster, the last steps and the measuring stay in PyTorch's fp32, and a missing or failing
+OpenVINO leaves the app on PyTorch (or says what to do when it was asked for)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+from conftest import fake_timing, make_tiny_config, perturb, seeded_init
+
+from ddpm_app import inference, openvino_net
+from ddpm_app.inference import OpenVinoNetwork, choose_cpu_precision, cpu_bf16_supported, prepare_cpu
+from ddpm_app.isa import CpuFeatures, detect
+from ddpm_app.models import SeedUNetConfig, build_model
+from ddpm_app.openvino_net import OpenVinoError
+from ddpm_app.precision_cache import FILE_NAME, ChoiceKey, PrecisionCache
+
+AVX2 = CpuFeatures("an AVX2 CPU", avx2=True, avx512=False, avx512_bf16=False, amx=False)
+AMX = CpuFeatures("a Xeon CPU", avx2=True, avx512=True, avx512_bf16=True, amx=True)
+installed = openvino_net.version() is not None
+needs_openvino = pytest.mark.skipif(not installed, reason="OpenVINO is not installed")
+needs_bf16 = pytest.mark.skipif(not cpu_bf16_supported(detect()), reason="this CPU has no bf16 in hardware")
+
+
+def never_timed():
+    raise AssertionError("nothing should be timed here")
+
+
+@pytest.fixture(scope="module")
+def net():
+    return perturb(seeded_init(lambda: build_model(make_tiny_config())), scale=0.1).eval()
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+# --- the choice ---------------------------------------------------------------------------------------------------
+
+def test_auto_takes_openvino_only_where_it_beats_the_best_other_network_by_five_percent():
+    def pick(ms):
+        return choose_cpu_precision("auto", AMX, lambda: ms)
+    assert pick({"fp32": 20.0, "bf16": 16.0, "openvino": 11.0})[0] == "openvino"
+    assert pick({"fp32": 20.0, "bf16": 16.0, "openvino": 15.5})[0] == "bf16"  # 3 % off bf16: a tie
+    assert pick({"fp32": 20.0, "bf16": 19.5, "openvino": 18.0})[0] == "openvino"  # bf16 is no gain; OpenVINO is
+    assert pick({"fp32": 20.0, "bf16": 25.0, "openvino": 19.5})[0] == "fp32"
+    choice, reason = pick({"fp32": 20.0, "bf16": 16.0, "openvino": 11.0})
+    assert reason == "auto: OpenVINO bf16 faster on AMX + AVX-512, 11.0 vs 20.0 ms/step fp32, 16.0 bf16"
+    assert pick({"fp32": 20.0, "bf16": 16.0, "openvino": 17.0})[1] == (
+        "auto: bf16 faster on AMX + AVX-512, 16.0 vs 20.0 ms/step fp32, 17.0 OpenVINO")
+
+
+def test_asking_for_openvino_picks_its_precision_without_timing(monkeypatch):
+    monkeypatch.setattr(openvino_net, "version", lambda: "2026.4.1")
+    assert choose_cpu_precision("auto", AMX, never_timed, "openvino")[0] == "openvino"
+    assert choose_cpu_precision("auto", AVX2, never_timed, "openvino") == (
+        "openvino-fp32", "OpenVINO asked for; no bf16 in hardware on AVX2")
+    assert choose_cpu_precision("fp32", AMX, never_timed, "openvino")[0] == "openvino-fp32"
+    assert choose_cpu_precision("bf16", AMX, never_timed, "openvino")[0] == "openvino"
+    with pytest.raises(ValueError, match="AMX or AVX512-BF16"):
+        choose_cpu_precision("bf16", AVX2, never_timed, "openvino")
+    with pytest.raises(ValueError, match="cpu runtime must be one of auto, pytorch, openvino"):
+        choose_cpu_precision("auto", AMX, never_timed, "onnx")
+
+
+def test_asking_for_openvino_where_it_is_missing_says_how_to_get_it(net, monkeypatch):
+    monkeypatch.setattr(openvino_net, "version", lambda: None)
+    with pytest.raises(ValueError, match=r"not installed here \(pip install openvino\)"):
+        prepare_cpu(net, "auto", runtime="openvino")
+    with pytest.raises(OpenVinoError, match="pip install openvino"):
+        OpenVinoNetwork(net, 1)
+    # auto without OpenVINO: PyTorch only, nothing about OpenVINO timed
+    timing = fake_timing({"fp32": 10.0, "bf16": 7.0})
+    monkeypatch.setattr(inference, "median_ms", timing)
+    if cpu_bf16_supported(detect()):
+        prepared = prepare_cpu(net, "auto", batches=(1,))
+        assert timing.calls == 1 and prepared.precision == "bf16" and "OpenVINO" not in prepared.runtime.describe()
+
+
+# --- the network --------------------------------------------------------------------------------------------------
+
+@needs_openvino
+@pytest.mark.parametrize("batch", [1, 3])
+def test_openvino_fp32_computes_the_networks_eps_at_any_batch_and_each_t(net, batch):
+    ov = OpenVinoNetwork(net, 1, "fp32")
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 3, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([5, 900, 37][:batch])
+    with torch.inference_mode():
+        ref, out = net(x, t), ov(x, t)
+        shifted = net(x, t + 1)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert relative_error(out, ref) < 1e-4 < relative_error(shifted, ref)  # it can tell t from t + 1
+    assert "OpenVINO" in ov.describe() and "fp32" in ov.describe()
+
+
+@needs_openvino
+def test_openvino_bf16_stays_within_a_bf16_rounding_of_fp32(net):
+    ov = OpenVinoNetwork(net, 1, "bf16")
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7)), torch.tensor([300, 800])
+    with torch.inference_mode():
+        error = relative_error(ov(x, t), net(x, t))
+    assert error < 0.03  # on a CPU without bf16 OpenVINO computes in f32 and the error is ~1e-6
+
+
+@needs_openvino
+def test_each_thread_has_its_own_inference_request(net):
+    """Users sampling at once call the network from several threads: each gets its own answer."""
+    ov = OpenVinoNetwork(net, 1, "fp32")
+    inputs = [(torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(i)), torch.tensor([i, 10 * i]))
+              for i in range(4)]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            with torch.inference_mode():
+                for _ in range(20):
+                    out = ov(*inputs[i])
+                    assert relative_error(out, net(*inputs[i])) < 1e-4
+                results[i] = out
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and len(results) == 4
+
+
+@needs_openvino
+def test_a_network_openvino_cannot_convert_raises_its_own_error(net):
+    class Untraceable(torch.nn.Module):
+        config = make_tiny_config()
+        time_features = net.time_features
+
+        def forward_features(self, x, features):
+            raise RuntimeError("cannot be traced")
+
+    with pytest.raises(OpenVinoError, match="could not convert or compile the network: RuntimeError"):
+        OpenVinoNetwork(Untraceable(), 1)
+    with pytest.raises(OpenVinoError, match="does not take t's features"):
+        OpenVinoNetwork(torch.nn.Linear(2, 2), 1)
+
+
+@pytest.mark.parametrize("config", [make_tiny_config(), SeedUNetConfig(image_size=16, down_channels=(32, 64),
+                                                                       time_pos_dim=32, init_dim=32)])
+def test_both_networks_split_at_ts_features_without_changing_their_function(config):
+    """What OpenVINO is handed (x_t and t's sines and cosines) gives the network's own ε̂, for each architecture."""
+    model = perturb(seeded_init(lambda: build_model(config)), scale=0.1).eval()
+    x, t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 411, 999])
+    with torch.inference_mode():
+        features = model.time_features(t)
+        assert features.shape[0] == 3 and features.dtype == torch.float32 and features.abs().max() <= 1
+        assert torch.equal(model.forward_features(x, features), model(x, t))
+        assert not torch.equal(model.forward_features(x, model.time_features(t + 1)), model(x, t))
+
+
+# --- prepare_cpu --------------------------------------------------------------------------------------------------
+
+@needs_openvino
+@needs_bf16
+def test_auto_runs_openvino_where_faster_with_pytorch_fp32_for_the_last_steps_and_for_measuring(net, monkeypatch):
+    monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 20.0, "bf16": 16.0, "openvino": 11.0},
+                                                              4: {"fp32": 60.0, "bf16": 40.0, "openvino": 44.0}}))
+    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4), timesteps=200)
+    assert isinstance(prepared.model, OpenVinoNetwork) and prepared.precision == "bf16"
+    assert prepared.runtime.engine.startswith("OpenVINO ") and "OpenVINO" in prepared.runtime.describe()
+    assert "oneDNN" not in prepared.runtime.describe() and prepared.runtime.ms_per_step == 11.0
+    assert "auto: OpenVINO bf16 faster" in prepared.runtime.reason
+    assert "bf16 at batch 4, 40.0 vs 60.0 ms/step fp32, 44.0 OpenVINO, so bf16 from 4 images up" in \
+        prepared.runtime.reason
+    assert prepared.switch.precision == "bf16" and not isinstance(prepared.switch.model, OpenVinoNetwork)
+    fp32 = prepare_cpu(net, "fp32")
+    ov = prepared.model
+    gen = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        x, t = torch.randn(2, 3, 16, 16, generator=gen), torch.full((2,), 100)
+        assert torch.equal(prepared(x, t), ov(x, t))
+        small_t = torch.full((2,), 14)  # below 7.5 % of T = 200: PyTorch's fp32 network
+        assert torch.equal(prepared(x, small_t), fp32(x, small_t))
+        assert torch.equal(prepared.in_fp32()(x, t), fp32(x, t))
+        x4 = torch.randn(4, 3, 16, 16, generator=gen)
+        assert torch.equal(prepared(x4, torch.full((4,), 100)), prepared.switch.model(
+            x4.contiguous(memory_format=torch.channels_last), torch.full((4,), 100)).float())
+
+
+@needs_openvino
+@needs_bf16
+def test_auto_goes_on_without_openvino_when_it_cannot_build_the_network(net, monkeypatch, caplog):
+    def fail(*args, **kwargs):
+        raise OpenVinoError("OpenVINO could not convert or compile the network: boom")
+    monkeypatch.setattr(inference, "OpenVinoNetwork", fail)
+    timing = fake_timing({"fp32": 10.0, "bf16": 7.0})
+    monkeypatch.setattr(inference, "median_ms", timing)
+    with caplog.at_level(logging.WARNING, "ddpm_app.inference"):
+        prepared = prepare_cpu(net, "auto", batches=(1,))
+    assert prepared.precision == "bf16" and timing.calls == 1
+    assert "boom; sampling runs in PyTorch" in caplog.text
+    with pytest.raises(ValueError, match="--cpu-runtime openvino: .*boom"):
+        prepare_cpu(net, "auto", runtime="openvino")
+
+
+@needs_openvino
+@needs_bf16
+def test_a_remembered_openvino_choice_falls_back_to_pytorch_when_it_cannot_build(net, tmp_path, monkeypatch, caplog):
+    cache = PrecisionCache(tmp_path / FILE_NAME)
+    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 20.0, "bf16": 16.0, "openvino": 11.0}))
+    assert isinstance(prepare_cpu(net, "auto", batches=(1,), cache=cache).model, OpenVinoNetwork)
+    runtimes = f"PyTorch, OpenVINO {openvino_net.version()}"
+    assert cache.lookup(ChoiceKey.of(detect(), net, 1, runtimes=runtimes)).precision == "openvino"
+    assert cache.lookup(ChoiceKey.of(detect(), net, 1)) is None  # PyTorch-only timings are stored apart
+
+    def fail(*args, **kwargs):
+        raise OpenVinoError("OpenVINO could not convert or compile the network: boom")
+    monkeypatch.setattr(inference, "OpenVinoNetwork", fail)
+    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 20.0, "bf16": 16.0}))
+    with caplog.at_level(logging.WARNING, "ddpm_app.inference"):
+        prepared = prepare_cpu(net, "auto", batches=(1,), cache=cache)
+    assert prepared.precision == "bf16" and not isinstance(prepared.model, OpenVinoNetwork)
+    assert "boom; sampling runs in PyTorch" in caplog.text
+
+
+@needs_openvino
+@needs_bf16
+def test_pytorch_runtime_never_builds_openvino(net, monkeypatch):
+    monkeypatch.setattr(inference, "OpenVinoNetwork", lambda *a, **k: never_timed())
+    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 10.0, "bf16": 7.0}))
+    assert prepare_cpu(net, "auto", batches=(1,), runtime="pytorch").precision == "bf16"
+
+
+def test_median_ms_in_turns_leaves_the_first_call_of_each_turn_untimed(monkeypatch):
+    """The call after a switch of network is slow (another runtime's threads are still about): it is not timed."""
+    now = [0.0]
+    order = []
+
+    def call(name):
+        def run():
+            first = not order or order[-1] != name
+            order.append(name)
+            now[0] += 0.100 if first else (0.002 if name == "a" else 0.003)
+        return run
+
+    monkeypatch.setattr(inference.time, "perf_counter", lambda: now[0])
+    ms = inference.median_ms({"a": call("a"), "b": call("b")}, (), rounds=2, warmup=1, block=3)
+    assert order == (["a"] * 3 + ["b"] * 3) * 3
+    assert ms == pytest.approx({"a": 2.0, "b": 3.0})
+    # one call per turn (the default): every call after the warm-up round is timed
+    order.clear()
+    assert inference.median_ms({"a": call("a"), "b": call("b")}, (), rounds=2) == pytest.approx({"a": 100.0,
+                                                                                              "b": 100.0})
