@@ -40,9 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
                         "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32; timed once per machine and "
                         f"model, remembered in ${CACHE_DIR_ENV} (default ~/.cache/ddpm-app)")
-    p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES,
-                   help="who runs the network on the CPU: auto = OpenVINO where it is installed, the CPU has bf16 and "
-                        "it was timed faster here, else PyTorch; or pytorch / openvino")
+    p.add_argument("--cpu-runtime", default="pytorch", choices=CPU_RUNTIMES,
+                   help="who runs the network on the CPU: pytorch, or openvino (pip install openvino; faster on Intel "
+                        "Xeons with AMX, level on an AMD EPYC: see the README)")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,

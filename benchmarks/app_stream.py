@@ -104,16 +104,9 @@ def start_server(app: Path, args, interval: float | None) -> tuple[subprocess.Po
     port = free_port()
     cmd = [sys.executable, str(app), "--weights", str(Path(args.weights).resolve()), "--port", str(port),
            "--preview-interval", str(-1 if interval is None else interval)]
-    if args.model:
-        cmd += ["--model", args.model]
-    if args.device:
-        cmd += ["--device", args.device]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    if args.precision:
-        cmd += ["--precision", args.precision]
-    if args.cpu_runtime:
-        cmd += ["--cpu-runtime", args.cpu_runtime]
+    for flag in ("model", "device", "threads", "precision", "cpu_runtime"):  # optional: other scripts' args too
+        if getattr(args, flag, None):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     proc = subprocess.Popen(cmd, cwd=app.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}/"
@@ -158,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default=None,
                    help="the servers' --precision (default: theirs, auto); fp32 keeps two versions comparable")
     p.add_argument("--cpu-runtime", default=None,
-                   help="the servers' --cpu-runtime (default: theirs, auto): pytorch or openvino")
+                   help="the servers' --cpu-runtime (default: theirs, pytorch): or openvino")
     p.add_argument("--no-handler", action="store_true", help="skip the in-process handler rows")
     p.add_argument("--compare-app", type=Path, default=None,
                    help="another checkout's app.py, served the same way and interleaved with this one")
@@ -172,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
         tune_malloc()
     library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
-                           cpu_runtime=args.cpu_runtime or "auto")
+                           cpu_runtime=args.cpu_runtime or "pytorch")
     served = library.get()
     T = served.timesteps
     cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings()}

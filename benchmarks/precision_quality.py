@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samplers", default="ddim,ddpm", help="chains to compare: ddim (50 steps), ddpm (all T)")
-    p.add_argument("--cpu-runtime", default="pytorch", choices=[r for r in CPU_RUNTIMES if r != "auto"])
+    p.add_argument("--cpu-runtime", default="pytorch", choices=CPU_RUNTIMES)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_pretrained(args.model)

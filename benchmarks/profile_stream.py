@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", default=str(ROOT / "weights"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default=None, help="model folder in --weights (default: the app's)")
+    p.add_argument("--cpu-runtime", default=None, help="the app's --cpu-runtime (default: its own, pytorch)")
     args = p.parse_args(argv)
     args.device = args.precision = None  # the app's defaults (read by app_stream.start_server)
     if shutil.which("py-spy") is None:

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--batches", default="1,4", help="CPU batch sizes, comma-separated (default: 1,4)")
     p.add_argument("--precision", default="auto", choices=[c for c in PRECISION_CHOICES if c != "fp16"])
-    p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES, help="the app's --cpu-runtime")
+    p.add_argument("--cpu-runtime", default="pytorch", choices=CPU_RUNTIMES, help="the app's --cpu-runtime")
     p.add_argument("--weights", default="weights")
     p.add_argument("--no-seed", action="store_true", help="skip the seed architecture")
     p.add_argument("--gpu-batch", type=int, default=16)

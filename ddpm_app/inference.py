@@ -5,8 +5,8 @@ oneDNN (:mod:`ddpm_app.onednn`), so none takes PyTorch's slow im2col path. On CP
 AVX512-BF16) the convolutions may run in bf16, everything else staying float32: ``precision="auto"`` times both
 on this machine and keeps bf16 only if it is faster (remembered per machine and model in a
 :class:`~ddpm_app.precision_cache.PrecisionCache`, so the app times once, not at every start). ε̂ and the update
-are float32 either way. Where OpenVINO is installed, its compiled network (:mod:`ddpm_app.openvino_net`, bf16
-hint) is timed as a third candidate on such CPUs and kept where it is faster (``cpu_runtime``). ``torch.compile`` (and an ahead-of-time compiled package) was measured against this and
+are float32 either way. With ``runtime="openvino"`` OpenVINO's compiled network (:mod:`ddpm_app.openvino_net`)
+runs instead, where it is installed (see the README for when it is faster). ``torch.compile`` (and an ahead-of-time compiled package) was measured against this and
 did not win by enough to pay for its minutes of compiling; see the README.
 
 On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
@@ -38,17 +38,15 @@ log = logging.getLogger(__name__)
 # fp16 is refused there.
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16", "fp16")  # what --precision accepts
-# who runs the network on the CPU (--cpu-runtime): auto = PyTorch, or OpenVINO where it is installed, the CPU has
-# bf16 in hardware and it was timed faster; or either one as asked
-CPU_RUNTIMES: tuple[str, ...] = ("auto", "pytorch", "openvino")
+# who runs the network on the CPU (--cpu-runtime): PyTorch, or OpenVINO where it is installed (not timed against
+# each other: OpenVINO's network alone was faster on both CPU kinds measured, but in the server only on the Xeon)
+CPU_RUNTIMES: tuple[str, ...] = ("pytorch", "openvino")
 # the networks prepare_cpu can build: PyTorch's packed fp32 or bf16 one, or OpenVINO's with its bf16 or f32 hint
 CpuVariant = Literal["fp32", "bf16", "openvino", "openvino-fp32"]
 VARIANT_PRECISION: dict[str, Precision] = {"fp32": "fp32", "bf16": "bf16", "openvino": "bf16",
                                            "openvino-fp32": "fp32"}
-VARIANT_NAME = {"fp32": "fp32", "bf16": "bf16", "openvino": "OpenVINO bf16", "openvino-fp32": "OpenVINO fp32"}
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# bf16 must beat fp32 by this factor to be chosen on the CPU, and OpenVINO the faster of the two: a tie is not
-# worth its rounding, or another runtime
+# bf16 must beat fp32 by this factor to be chosen on the CPU: a tie is not worth its rounding
 BF16_MARGIN = 0.95
 # below this share of T the bf16 network hands over to fp32: near t = 0, x_t holds little noise and ε̂ is a small
 # difference of large activations, so bf16 rounding grows (shipped faces model: ε̂ 0.63 % off fp32 at t ≥ 200,
@@ -58,9 +56,9 @@ FP32_BELOW_T_SHARE = 0.075
 # default of 4. They can disagree: on an Intel Xeon with AMX (2 threads, shipped faces model) bf16 took 17.5 against
 # 22.2 ms/step fp32 at batch 1, and 88 against 71 at batch 4
 TIMED_BATCHES = (1, 4)
-# where OpenVINO is among the candidates each is timed in turns of this many calls, the first untimed: called one
-# after the other, OpenVINO and PyTorch slow each other down (AMD EPYC, faces, batch 1: 9.6 and 8.9 ms alternating
-# call by call, 5.8 and 7.5 ms in turns of ten)
+# benchmarks that time OpenVINO beside PyTorch do it in turns of this many calls, the first untimed: called one
+# after the other they slow each other down (AMD EPYC, faces, batch 1: 9.6 and 8.9 ms alternating call by call,
+# 5.8 and 7.5 ms in turns of ten)
 OPENVINO_BLOCK = 4
 
 
@@ -235,14 +233,13 @@ def cpu_bf16_supported(cpu: CpuFeatures) -> bool:
 
 
 def choose_cpu_precision(requested: str | None, cpu: CpuFeatures, measure: Callable[[], Mapping[str, float]],
-                         runtime: str = "auto") -> tuple[CpuVariant, str]:
+                         runtime: str = "pytorch") -> tuple[CpuVariant, str]:
     """The CPU network (a :data:`CpuVariant`) for precision ``requested`` ("auto" or None, "fp32"/"tf32", or
     "bf16") and ``runtime`` (one of :data:`CPU_RUNTIMES`), and why.
 
-    "auto" is fp32 unless the CPU does bf16 in hardware and ``measure()`` (ms per step of "fp32", "bf16" and, where
-    OpenVINO is a candidate, "openvino") shows a faster one: each step from fp32 to bf16 to OpenVINO must win by
-    5 % over the one kept so far. ``measure`` is only called when that question arises. Runtime "openvino" runs
-    OpenVINO in the precision asked for (auto: bf16 where the CPU has it in hardware) without timing.
+    In PyTorch, "auto" is fp32 unless the CPU does bf16 in hardware and ``measure()`` (ms per step of "fp32" and
+    "bf16") shows bf16 at least 5 % faster. ``measure`` is only called when that question arises. OpenVINO runs in
+    the precision asked for; "auto" is bf16 where the CPU has it in hardware (OpenVINO's own default there).
     """
     requested = requested or "auto"
     if runtime not in CPU_RUNTIMES:
@@ -257,14 +254,14 @@ def choose_cpu_precision(requested: str | None, cpu: CpuFeatures, measure: Calla
     if runtime == "openvino":
         if openvino_net.version() is None:
             raise ValueError("--cpu-runtime openvino: OpenVINO is not installed here (pip install openvino), or "
-                             "use --cpu-runtime auto")
+                             "leave --cpu-runtime at pytorch")
         if requested in ("fp32", "tf32"):
             return "openvino-fp32", "asked for"
         if requested == "bf16":
             return "openvino", "asked for"
         if cpu.bf16_native:
-            return "openvino", f"OpenVINO asked for; bf16 on {cpu.isa}"
-        return "openvino-fp32", f"OpenVINO asked for; no bf16 in hardware on {cpu.isa}"
+            return "openvino", f"auto: bf16 in hardware on {cpu.isa}"
+        return "openvino-fp32", f"auto: no bf16 in hardware on {cpu.isa}"
     if requested == "bf16":
         if not cpu_bf16_supported(cpu):
             raise ValueError(f"bf16: {ONEDNN_NO_BF16}. Use --precision fp32 (or auto).")
@@ -276,25 +273,9 @@ def choose_cpu_precision(requested: str | None, cpu: CpuFeatures, measure: Calla
     if not cpu_bf16_supported(cpu):
         return "fp32", f"auto: {ONEDNN_NO_BF16}"
     ms = measure()
-    choice: CpuVariant = "fp32"
-    for candidate in ("bf16", "openvino"):
-        if candidate in ms and ms[candidate] <= BF16_MARGIN * ms[choice]:
-            choice = candidate  # type: ignore[assignment]
-    if choice == "openvino":
-        return choice, f"auto: OpenVINO bf16 faster on {cpu.isa}, {timings(ms, choice)}"
-    verdict = "faster" if choice == "bf16" else "not faster"
-    return choice, f"auto: bf16 {verdict} on {cpu.isa}, {timings(ms, 'bf16')}"
-
-
-def timings(ms: Mapping[str, float], chosen: str) -> str:
-    """What ``chosen`` was picked by: the time of the faster network (bf16 where fp32 won) against fp32, and the
-    other timed candidates, e.g. "7.0 vs 10.0 ms/step fp32" or "5.6 vs 10.0 ms/step fp32, 7.5 bf16"."""
-    shown = "bf16" if chosen == "fp32" else chosen
-    text = f"{ms[shown]:.1f} vs {ms['fp32']:.1f} ms/step fp32"
-    for other, label in (("bf16", "bf16"), ("openvino", "OpenVINO")):
-        if other != shown and other in ms:
-            text += f", {ms[other]:.1f} {label}"
-    return text
+    verdict = "faster" if ms["bf16"] <= BF16_MARGIN * ms["fp32"] else "not faster"
+    choice: CpuVariant = "bf16" if verdict == "faster" else "fp32"
+    return choice, f"auto: bf16 {verdict} on {cpu.isa}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
 
 
 def _cpu_network(model: nn.Module, precision: Precision, batches: tuple[int, ...],
@@ -323,19 +304,20 @@ def time_group_norm_kernels(calls: Mapping[str, Callable[[], object]]) -> dict[s
 
 def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
                 channels_last: bool = True, batches: tuple[int, ...] = TIMED_BATCHES, timesteps: int = 1000,
-                cache: PrecisionCache | None = None, runtime: str = "auto") -> Prepared:
-    """``model`` made fast for sampling on this CPU: packed convolutions, in fp32 or bf16, or OpenVINO's network
-    (see :func:`choose_cpu_precision`; with "auto" the candidates are built and timed at each of ``batches`` where
-    the CPU has bf16, OpenVINO among them where it is installed and ``runtime`` is "auto"). The choice at the first
-    batch size is the network's; where a later one chose another, batches of that many images or more run in it (a
-    :class:`BatchSwitch`). Wherever bf16 runs, steps with t below ``FP32_BELOW_T_SHARE``·``timesteps`` (T) run in
-    PyTorch's fp32 network, which is also the one :meth:`Prepared.in_fp32` measures with.
+                cache: PrecisionCache | None = None, runtime: str = "pytorch") -> Prepared:
+    """``model`` made fast for sampling on this CPU: packed convolutions, in fp32 or bf16 (see
+    :func:`choose_cpu_precision`; with "auto" both are built and timed at each of ``batches`` where the CPU has
+    bf16). The choice at the first batch size is the network's precision; where a later one chose the other
+    precision, batches of that many images or more run in it (a :class:`BatchSwitch`). Wherever bf16 runs, steps
+    with t below ``FP32_BELOW_T_SHARE``·``timesteps`` (T) run in fp32.
+
+    ``runtime="openvino"`` runs OpenVINO's network instead (:class:`~ddpm_app.openvino_net.OpenVinoNetwork`, not
+    timed, at every batch size), again with PyTorch's packed fp32 network for the last steps where it runs bf16
+    and for :meth:`Prepared.in_fp32`; a network OpenVINO cannot build is a ValueError that says why.
 
     With a ``cache``, "auto" first looks for timings made before under the same :class:`ChoiceKey` (this CPU,
-    threads, PyTorch, OpenVINO where it is a candidate, model config and batch) and only builds the networks it
-    chooses; fresh timings are stored there. The runtime's ``ms_per_step`` is then None: the caller times the
-    chosen network if it wants the figure. Where OpenVINO cannot build the network, "auto" goes on without it (a
-    log line says why) and runtime "openvino" is an error.
+    threads, PyTorch, model config and batch) and only builds the networks it chooses; fresh timings are stored
+    there. The runtime's ``ms_per_step`` is then None: the caller times the chosen network if it wants the figure.
 
     ``model`` itself is switched to eval mode and, with ``channels_last``, to that layout; the packed copies are
     snapshots of its weights.
@@ -346,47 +328,31 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         model = model.to(memory_format=torch.channels_last)
     built: dict[str, Prepared] = {}
     group_norm_kernels: dict[tuple, str] = {}  # timed once, for whichever network is built first
-    # OpenVINO is timed too where it may win: installed, bf16 in hardware, and neither runtime nor precision fixed
-    candidates = ["fp32", "bf16"]
-    if (runtime == "auto" and precision in (None, "auto") and openvino_net.version() is not None
-            and cpu_bf16_supported(cpu)):
-        candidates.append("openvino")
-    runtimes = "PyTorch" + (f", OpenVINO {openvino_net.version()}" if "openvino" in candidates else "")
 
     def network(v: str) -> Prepared:
         if v not in built:
             if v.startswith("openvino"):
-                net: nn.Module = OpenVinoNetwork(model, torch.get_num_threads(), VARIANT_PRECISION[v])
+                try:
+                    net: nn.Module = OpenVinoNetwork(model, torch.get_num_threads(), VARIANT_PRECISION[v])
+                except OpenVinoError as e:
+                    raise ValueError(f"--cpu-runtime openvino: {e}; leave --cpu-runtime at pytorch") from e
             else:
                 net = _cpu_network(model, VARIANT_PRECISION[v], batches, group_norm_kernels)
             built[v] = Prepared(net, channels_last=channels_last, precision=VARIANT_PRECISION[v])
         return built[v]
 
-    def without_openvino(e: OpenVinoError) -> None:
-        log.warning("%s; sampling runs in PyTorch", e)
-        candidates.remove("openvino")
-
-    timed: dict[int, dict[str, float]] = {}  # batch → ms per step of each candidate, timed now or remembered
+    timed: dict[int, dict[str, float]] = {}  # batch → ms per step of each precision, timed now or remembered
     notes: dict[int, str] = {}  # batch → when a remembered timing was made
     fresh: set[int] = set()  # batches timed now, to remember
 
-    def key(batch: int) -> ChoiceKey:
-        return ChoiceKey.of(cpu, model, batch, runtimes=runtimes)
-
     def measure(batch: int) -> Callable[[], Mapping[str, float]]:
         def run() -> Mapping[str, float]:
-            remembered = cache.lookup(key(batch)) if cache is not None else None
+            remembered = cache.lookup(ChoiceKey.of(cpu, model, batch)) if cache is not None else None
             if remembered is not None:
                 notes[batch] = f"timed {remembered.measured}"
-                timed[batch] = {v: ms for v, ms in remembered.ms_per_step.items() if v in candidates}
+                timed[batch] = dict(remembered.ms_per_step)
             else:
-                if "openvino" in candidates:
-                    try:
-                        network("openvino")
-                    except OpenVinoError as e:
-                        without_openvino(e)
-                timed[batch] = median_ms({v: network(v) for v in candidates}, example_input(model, batch),
-                                         block=OPENVINO_BLOCK if "openvino" in candidates else 1)
+                timed[batch] = median_ms({p: network(p) for p in ("fp32", "bf16")}, example_input(model, batch))
                 fresh.add(batch)
             return timed[batch]
         return run
@@ -400,27 +366,19 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         if batch not in timed:  # nothing was timed: the answer is the same at every batch size
             break
         if cache is not None and batch in fresh:
-            cache.store(key(batch), RememberedChoice(chosen, dict(timed[batch]), now()))
+            cache.store(ChoiceKey.of(cpu, model, batch), RememberedChoice(chosen, dict(timed[batch]), now()))
 
-    if any(v.startswith("openvino") for _, v in choices):
-        try:
-            for _, v in choices:
-                network(v)
-        except OpenVinoError as e:
-            if runtime == "openvino":
-                raise ValueError(f"--cpu-runtime openvino: {e}") from e
-            without_openvino(e)  # remembered from a start where it could: choose again from the other timings
-            return prepare_cpu(model, precision, cpu, channels_last, batches, timesteps, cache, "pytorch")
     first_batch, choice = choices[0]
     prepared = network(choice)
     if first_batch in timed:
         reason += f" at batch {first_batch}" + (f" ({notes[first_batch]})" if first_batch in notes else "")
     for batch, other in choices[1:]:
-        reason += f"; {VARIANT_NAME[other]} at batch {batch}, {timings(timed[batch], other)}"
+        ms = timed[batch]
+        reason += f"; {other} at batch {batch}, {ms['bf16']:.1f} vs {ms['fp32']:.1f} ms/step fp32"
         reason += f" ({notes[batch]})" if batch in notes else ""
         if other != choice and prepared.switch is None:
             prepared.switch = BatchSwitch(batch, other, network(other).model)
-            reason += f", so {VARIANT_NAME[other]} from {batch} images up"
+            reason += f", so {other} from {batch} images up"
     if notes:
         reason += f"; remembered in {cache.path}"
     if any(VARIANT_PRECISION[c] == "bf16" for _, c in choices):
@@ -436,7 +394,7 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
 
 def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
             precision: str | None = "auto", channels_last: bool = True, timesteps: int = 1000,
-            cache: PrecisionCache | None = None, cpu_runtime: str = "auto") -> Prepared:
+            cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch") -> Prepared:
     """Eval mode, no grads, on ``device``. On the CPU: :func:`prepare_cpu`. On CUDA: channels_last and compiled with
     CUDA graphs unless ``compile=False``.
 

@@ -1,11 +1,12 @@
-"""The U-Net run by OpenVINO on the CPU: converted from the PyTorch network when a model is loaded, compiled for
-this CPU, and called like the network it came from.
+"""The U-Net run by OpenVINO on the CPU (``app.py --cpu-runtime openvino``): converted from the PyTorch network when
+a model is loaded, compiled for this CPU, and called like the network it came from.
 
-OpenVINO fuses what PyTorch runs as separate ops (GroupNorm with SiLU, the residual adds, attention), which is what
-a batch of one image on a CPU is bound by. With its bf16 hint on a CPU with bf16 in hardware it ran the shipped
-faces network at batch 1 in 5.6 against 7.6 ms (AMD EPYC, AVX512-BF16) and 10.8–13.9 against 15.1–24.5 ms (Intel
-Xeon with AMX) for the app's own bf16 network; at four images it was level. So :func:`ddpm_app.inference.prepare_cpu`
-times it as one more candidate where it is installed, and keeps it only where it is faster (see the README).
+OpenVINO fuses ops that PyTorch runs one by one (GroupNorm with SiLU, the residual adds), and per-op overhead is
+what a batch of one image on a CPU is bound by: the likely reason it is faster there (not profiled). With its bf16
+hint it ran the shipped faces network at batch 1 faster
+than the app's PyTorch bf16 network on both CPU kinds measured (AMD EPYC with AVX512-BF16, Intel Xeon with AMX),
+but a whole DDPM-1000 run through the server was faster only on the Xeon: see the README. It is optional
+(``pip install openvino``) and never chosen by itself.
 
 ε̂ comes back as float32 whatever the hint; inputs are (B, C, H, W) float32 x_t and (B,) integer t, any batch size.
 OpenVINO is handed t's sinusoidal features, computed here in float32 (the network's ``time_features``), not t:

@@ -5,8 +5,7 @@ which builds both and takes seconds on a 2-core CPU; and on a shared machine two
 differently when they are close. A :class:`PrecisionCache` keeps the first timings, and the choice made from them,
 in a small JSON file under a :class:`ChoiceKey` that holds everything they depend on: the CPU model and its
 instruction sets, the torch thread count, the PyTorch version, the model's architecture and config, the batch
-timed, the version of the networks timed (:data:`NETWORKS`), and the runtimes timed (OpenVINO's version where it was
-one of them). An entry made for the same model under another key (another CPU, thread count or PyTorch: stale, or copied
+timed, and the version of the networks timed (:data:`NETWORKS`). An entry made for the same model under another key (another CPU, thread count or PyTorch: stale, or copied
 from another machine) is not used, and a log line says what differs. A file that cannot be read, parsed or
 written is passed over with a log line: the choice is then timed, as without a cache.
 """
@@ -61,14 +60,13 @@ class ChoiceKey:
     model: str  # architecture and a digest of its config, e.g. "UNet 3f2a…"
     batch: int  # the batch size timed
     networks: int = 1  # the NETWORKS version timed (entries written before the field existed were version 1)
-    runtimes: str = "PyTorch"  # the runtimes timed, with versions: "PyTorch" or "PyTorch, OpenVINO 2026.4.1"
 
     @classmethod
     def of(cls, cpu: CpuFeatures, model: nn.Module, batch: int, threads: int | None = None,
-           torch_version: str = torch.__version__, networks: int = NETWORKS, runtimes: str = "PyTorch") -> ChoiceKey:
+           torch_version: str = torch.__version__, networks: int = NETWORKS) -> ChoiceKey:
         flags = " ".join(name for name in ("avx2", "avx512", "avx512_bf16", "amx") if getattr(cpu, name))
         return cls(cpu.model, flags, threads or torch.get_num_threads(), torch_version, model_identity(model), batch,
-                   networks, runtimes)
+                   networks)
 
     def differences(self, other: ChoiceKey) -> list[str]:
         """What ``other`` has that this key does not, as "field: theirs (here: ours)"."""
@@ -86,10 +84,10 @@ def model_identity(model: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class RememberedChoice:
-    """A timing of the fp32 and bf16 networks (and OpenVINO's), the network chosen from it, and when it was made."""
+    """A timing of the fp32 and bf16 networks, the precision chosen from it, and when it was made."""
 
-    precision: str  # the CpuVariant chosen: "fp32", "bf16" or "openvino"
-    ms_per_step: dict[str, float]  # {"fp32": …, "bf16": …} and "openvino" where it was timed
+    precision: str
+    ms_per_step: dict[str, float]  # {"fp32": …, "bf16": …}
     measured: str  # UTC date and time, e.g. "2026-11-29 15:10 UTC"
 
 

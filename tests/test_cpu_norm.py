@@ -117,7 +117,7 @@ def test_preparing_both_precisions_times_each_groupnorm_shape_once(tiny_model, m
     monkeypatch.setattr(inference, "time_group_norm_kernels", timer)
     monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 10.0, "bf16": 7.0},
                                                               4: {"fp32": 40.0, "bf16": 30.0}}))
-    prepared = prepare_cpu(tiny_model, "auto", batches=(1, 4), runtime="pytorch")
+    prepared = prepare_cpu(tiny_model, "auto", batches=(1, 4))
     fp32 = prepared.fp32_model  # the other network built, kept for the last steps
     assert prepared.precision == "bf16" and fp32 is not None and fp32 is not prepared.model
     assert len(timed) == len(set(timed)) and {s[0] for s in timed} == {1, 4}

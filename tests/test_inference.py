@@ -269,7 +269,7 @@ def test_overrides_win_over_the_hardware():
 
 @needs_bf16
 def test_auto_on_this_cpu_keeps_the_timing_it_chose_by(net):
-    prepared = prepare_cpu(net, "auto", runtime="pytorch")
+    prepared = prepare_cpu(net, "auto")
     assert prepared.runtime.reason.startswith("auto: bf16 ")
     assert prepared.runtime.ms_per_step > 0 and f"{prepared.runtime.ms_per_step:.1f}" in prepared.runtime.reason
 
@@ -280,7 +280,7 @@ def test_auto_runs_each_batch_size_in_the_precision_that_was_faster_there(net, m
     run the fp32 network exactly, and the last steps stay fp32 either way."""
     monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 22.2, "bf16": 17.5},
                                                               4: {"fp32": 71.2, "bf16": 88.0}}))
-    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4), runtime="pytorch", timesteps=200)
+    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4), timesteps=200)
     fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
     assert prepared.precision == prepared.runtime.precision == "bf16" and prepared.runtime.ms_per_step == 17.5
     assert "fp32 at batch 4, 88.0 vs 71.2 ms/step fp32, so fp32 from 4 images up" in prepared.runtime.reason
@@ -299,7 +299,7 @@ def test_auto_can_switch_to_bf16_for_larger_batches_only(net, monkeypatch):
     """The other way round: fp32 at one image, bf16 from four, whose measuring twin is still fp32."""
     monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 10.0, "bf16": 11.0},
                                                               4: {"fp32": 40.0, "bf16": 30.0}}))
-    prepared = prepare_cpu(net, "auto", cpu=AVX512_BF16, batches=(1, 4), runtime="pytorch", timesteps=200)
+    prepared = prepare_cpu(net, "auto", cpu=AVX512_BF16, batches=(1, 4), timesteps=200)
     fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "bf16")
     assert prepared.precision == "fp32" and (prepared.switch.from_batch, prepared.switch.precision) == (4, "bf16")
     x, t = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(5)), torch.full((5,), 100)
@@ -315,7 +315,7 @@ def test_auto_can_switch_to_bf16_for_larger_batches_only(net, monkeypatch):
 def test_auto_without_disagreement_keeps_one_network(net, monkeypatch):
     monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 10.0, "bf16": 7.0},
                                                               4: {"fp32": 40.0, "bf16": 30.0}}))
-    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4), runtime="pytorch")
+    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4))
     assert prepared.precision == "bf16" and prepared.switch is None
     assert "bf16 at batch 4, 30.0 vs 40.0 ms/step fp32" in prepared.runtime.reason
 

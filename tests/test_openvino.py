@@ -1,10 +1,9 @@
-"""OpenVINO as a CPU runtime: its network computes the U-Net's ε̂ (any batch, each t its own), it is chosen only
-where it was timed faster, the last steps and the measuring stay in PyTorch's fp32, and a missing or failing
-OpenVINO leaves the app on PyTorch (or says what to do when it was asked for)."""
+"""OpenVINO as a CPU runtime (--cpu-runtime openvino): its network computes the U-Net's ε̂ (any batch, each t its
+own, t's features in float32), the last steps and the measuring stay in PyTorch's fp32, and a missing or failing
+OpenVINO is an error that says what to do."""
 
 from __future__ import annotations
 
-import logging
 import threading
 
 import pytest
@@ -16,7 +15,6 @@ from ddpm_app.inference import OpenVinoNetwork, choose_cpu_precision, cpu_bf16_s
 from ddpm_app.isa import CpuFeatures, detect
 from ddpm_app.models import SeedUNetConfig, build_model
 from ddpm_app.openvino_net import OpenVinoError
-from ddpm_app.precision_cache import FILE_NAME, ChoiceKey, PrecisionCache
 
 AVX2 = CpuFeatures("an AVX2 CPU", avx2=True, avx512=False, avx512_bf16=False, amx=False)
 AMX = CpuFeatures("a Xeon CPU", avx2=True, avx512=True, avx512_bf16=True, amx=True)
@@ -40,30 +38,25 @@ def relative_error(a, b):
 
 # --- the choice ---------------------------------------------------------------------------------------------------
 
-def test_auto_takes_openvino_only_where_it_beats_the_best_other_network_by_five_percent():
-    def pick(ms):
-        return choose_cpu_precision("auto", AMX, lambda: ms)
-    assert pick({"fp32": 20.0, "bf16": 16.0, "openvino": 11.0})[0] == "openvino"
-    assert pick({"fp32": 20.0, "bf16": 16.0, "openvino": 15.5})[0] == "bf16"  # 3 % off bf16: a tie
-    assert pick({"fp32": 20.0, "bf16": 19.5, "openvino": 18.0})[0] == "openvino"  # bf16 is no gain; OpenVINO is
-    assert pick({"fp32": 20.0, "bf16": 25.0, "openvino": 19.5})[0] == "fp32"
-    choice, reason = pick({"fp32": 20.0, "bf16": 16.0, "openvino": 11.0})
-    assert reason == "auto: OpenVINO bf16 faster on AMX + AVX-512, 11.0 vs 20.0 ms/step fp32, 16.0 bf16"
-    assert pick({"fp32": 20.0, "bf16": 16.0, "openvino": 17.0})[1] == (
-        "auto: bf16 faster on AMX + AVX-512, 16.0 vs 20.0 ms/step fp32, 17.0 OpenVINO")
-
-
-def test_asking_for_openvino_picks_its_precision_without_timing(monkeypatch):
+def test_openvino_runs_in_the_precision_asked_for_without_timing(monkeypatch):
     monkeypatch.setattr(openvino_net, "version", lambda: "2026.4.1")
-    assert choose_cpu_precision("auto", AMX, never_timed, "openvino")[0] == "openvino"
+    assert choose_cpu_precision("auto", AMX, never_timed, "openvino") == (
+        "openvino", "auto: bf16 in hardware on AMX + AVX-512")
     assert choose_cpu_precision("auto", AVX2, never_timed, "openvino") == (
-        "openvino-fp32", "OpenVINO asked for; no bf16 in hardware on AVX2")
+        "openvino-fp32", "auto: no bf16 in hardware on AVX2")
     assert choose_cpu_precision("fp32", AMX, never_timed, "openvino")[0] == "openvino-fp32"
     assert choose_cpu_precision("bf16", AMX, never_timed, "openvino")[0] == "openvino"
     with pytest.raises(ValueError, match="AMX or AVX512-BF16"):
         choose_cpu_precision("bf16", AVX2, never_timed, "openvino")
-    with pytest.raises(ValueError, match="cpu runtime must be one of auto, pytorch, openvino"):
+    with pytest.raises(ValueError, match="cpu runtime must be one of pytorch, openvino"):
         choose_cpu_precision("auto", AMX, never_timed, "onnx")
+
+
+def test_pytorch_is_the_default_and_never_builds_openvino(net, monkeypatch):
+    monkeypatch.setattr(inference, "OpenVinoNetwork", lambda *a, **k: never_timed())
+    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 10.0, "bf16": 7.0}))
+    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1,)) if cpu_bf16_supported(detect()) else prepare_cpu(net)
+    assert prepared.runtime.engine == "" and "OpenVINO" not in prepared.runtime.describe()
 
 
 def test_asking_for_openvino_where_it_is_missing_says_how_to_get_it(net, monkeypatch):
@@ -72,12 +65,6 @@ def test_asking_for_openvino_where_it_is_missing_says_how_to_get_it(net, monkeyp
         prepare_cpu(net, "auto", runtime="openvino")
     with pytest.raises(OpenVinoError, match="pip install openvino"):
         OpenVinoNetwork(net, 1)
-    # auto without OpenVINO: PyTorch only, nothing about OpenVINO timed
-    timing = fake_timing({"fp32": 10.0, "bf16": 7.0})
-    monkeypatch.setattr(inference, "median_ms", timing)
-    if cpu_bf16_supported(detect()):
-        prepared = prepare_cpu(net, "auto", batches=(1,))
-        assert timing.calls == 1 and prepared.precision == "bf16" and "OpenVINO" not in prepared.runtime.describe()
 
 
 # --- the network --------------------------------------------------------------------------------------------------
@@ -163,74 +150,33 @@ def test_both_networks_split_at_ts_features_without_changing_their_function(conf
 # --- prepare_cpu --------------------------------------------------------------------------------------------------
 
 @needs_openvino
-@needs_bf16
-def test_auto_runs_openvino_where_faster_with_pytorch_fp32_for_the_last_steps_and_for_measuring(net, monkeypatch):
-    monkeypatch.setattr(inference, "median_ms", fake_timing({}, {1: {"fp32": 20.0, "bf16": 16.0, "openvino": 11.0},
-                                                              4: {"fp32": 60.0, "bf16": 40.0, "openvino": 44.0}}))
-    prepared = prepare_cpu(net, "auto", cpu=AMX, batches=(1, 4), timesteps=200)
-    assert isinstance(prepared.model, OpenVinoNetwork) and prepared.precision == "bf16"
+def test_openvino_samples_with_pytorch_fp32_for_the_last_steps_and_for_measuring(net, monkeypatch):
+    monkeypatch.setattr(inference, "median_ms", lambda *a, **k: never_timed())  # nothing is timed
+    prepared = prepare_cpu(net, "auto", cpu=AMX, timesteps=200, runtime="openvino")
+    assert isinstance(prepared.model, OpenVinoNetwork) and prepared.precision == "bf16" and prepared.switch is None
     assert prepared.runtime.engine.startswith("OpenVINO ") and "OpenVINO" in prepared.runtime.describe()
-    assert "oneDNN" not in prepared.runtime.describe() and prepared.runtime.ms_per_step == 11.0
-    assert "auto: OpenVINO bf16 faster" in prepared.runtime.reason
-    assert "bf16 at batch 4, 40.0 vs 60.0 ms/step fp32, 44.0 OpenVINO, so bf16 from 4 images up" in \
-        prepared.runtime.reason
-    assert prepared.switch.precision == "bf16" and not isinstance(prepared.switch.model, OpenVinoNetwork)
+    assert "oneDNN" not in prepared.runtime.describe() and prepared.runtime.ms_per_step is None
+    assert prepared.runtime.reason == "auto: bf16 in hardware on AMX + AVX-512; fp32 for t < 15"
     fp32 = prepare_cpu(net, "fp32")
-    ov = prepared.model
     gen = torch.Generator().manual_seed(3)
     with torch.inference_mode():
-        x, t = torch.randn(2, 3, 16, 16, generator=gen), torch.full((2,), 100)
-        assert torch.equal(prepared(x, t), ov(x, t))
-        small_t = torch.full((2,), 14)  # below 7.5 % of T = 200: PyTorch's fp32 network
-        assert torch.equal(prepared(x, small_t), fp32(x, small_t))
-        assert torch.equal(prepared.in_fp32()(x, t), fp32(x, t))
-        x4 = torch.randn(4, 3, 16, 16, generator=gen)
-        assert torch.equal(prepared(x4, torch.full((4,), 100)), prepared.switch.model(
-            x4.contiguous(memory_format=torch.channels_last), torch.full((4,), 100)).float())
+        for batch in (1, 4):
+            x, t = torch.randn(batch, 3, 16, 16, generator=gen), torch.full((batch,), 100)
+            assert torch.equal(prepared(x, t), prepared.model(x, t))
+            small_t = torch.full((batch,), 14)  # below 7.5 % of T = 200: PyTorch's fp32 network
+            assert torch.equal(prepared(x, small_t), fp32(x, small_t))
+            assert torch.equal(prepared.in_fp32()(x, t), fp32(x, t))
+    f32 = prepare_cpu(net, "fp32", runtime="openvino")  # OpenVINO in f32: no PyTorch twin needed
+    assert isinstance(f32.model, OpenVinoNetwork) and f32.fp32_model is None and f32.in_fp32() is f32
 
 
 @needs_openvino
-@needs_bf16
-def test_auto_goes_on_without_openvino_when_it_cannot_build_the_network(net, monkeypatch, caplog):
+def test_a_network_openvino_cannot_build_is_an_error_that_says_what_to_do(net, monkeypatch):
     def fail(*args, **kwargs):
         raise OpenVinoError("OpenVINO could not convert or compile the network: boom")
     monkeypatch.setattr(inference, "OpenVinoNetwork", fail)
-    timing = fake_timing({"fp32": 10.0, "bf16": 7.0})
-    monkeypatch.setattr(inference, "median_ms", timing)
-    with caplog.at_level(logging.WARNING, "ddpm_app.inference"):
-        prepared = prepare_cpu(net, "auto", batches=(1,))
-    assert prepared.precision == "bf16" and timing.calls == 1
-    assert "boom; sampling runs in PyTorch" in caplog.text
-    with pytest.raises(ValueError, match="--cpu-runtime openvino: .*boom"):
+    with pytest.raises(ValueError, match="--cpu-runtime openvino: .*boom; leave --cpu-runtime at pytorch"):
         prepare_cpu(net, "auto", runtime="openvino")
-
-
-@needs_openvino
-@needs_bf16
-def test_a_remembered_openvino_choice_falls_back_to_pytorch_when_it_cannot_build(net, tmp_path, monkeypatch, caplog):
-    cache = PrecisionCache(tmp_path / FILE_NAME)
-    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 20.0, "bf16": 16.0, "openvino": 11.0}))
-    assert isinstance(prepare_cpu(net, "auto", batches=(1,), cache=cache).model, OpenVinoNetwork)
-    runtimes = f"PyTorch, OpenVINO {openvino_net.version()}"
-    assert cache.lookup(ChoiceKey.of(detect(), net, 1, runtimes=runtimes)).precision == "openvino"
-    assert cache.lookup(ChoiceKey.of(detect(), net, 1)) is None  # PyTorch-only timings are stored apart
-
-    def fail(*args, **kwargs):
-        raise OpenVinoError("OpenVINO could not convert or compile the network: boom")
-    monkeypatch.setattr(inference, "OpenVinoNetwork", fail)
-    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 20.0, "bf16": 16.0}))
-    with caplog.at_level(logging.WARNING, "ddpm_app.inference"):
-        prepared = prepare_cpu(net, "auto", batches=(1,), cache=cache)
-    assert prepared.precision == "bf16" and not isinstance(prepared.model, OpenVinoNetwork)
-    assert "boom; sampling runs in PyTorch" in caplog.text
-
-
-@needs_openvino
-@needs_bf16
-def test_pytorch_runtime_never_builds_openvino(net, monkeypatch):
-    monkeypatch.setattr(inference, "OpenVinoNetwork", lambda *a, **k: never_timed())
-    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 10.0, "bf16": 7.0}))
-    assert prepare_cpu(net, "auto", batches=(1,), runtime="pytorch").precision == "bf16"
 
 
 def test_median_ms_in_turns_leaves_the_first_call_of_each_turn_untimed(monkeypatch):

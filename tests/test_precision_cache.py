@@ -168,12 +168,11 @@ def test_auto_times_once_then_reuses_the_remembered_choice(net, tmp_path, monkey
     cache = PrecisionCache(tmp_path / FILE_NAME)
     timing = fake_timing(timings)
     monkeypatch.setattr(inference, "median_ms", timing)
-    first = prepare_cpu(net, "auto", cache=cache, runtime="pytorch")
+    first = prepare_cpu(net, "auto", cache=cache)
     assert timing.calls == TIMED and first.precision == chosen and first.runtime.ms_per_step == timings[chosen]
     stored = cache.lookup(ChoiceKey.of(detect(), net, 1))
     assert stored.precision == chosen and stored.ms_per_step == timings
-    # a restart: the same machine, threads, PyTorch and model
-    second = prepare_cpu(net, "auto", cache=cache, runtime="pytorch")
+    second = prepare_cpu(net, "auto", cache=cache)  # a restart: the same machine, threads, PyTorch and model
     assert timing.calls == TIMED and second.precision == chosen and second.switch is None
     assert "remembered" in second.runtime.reason and stored.measured in second.runtime.reason
     assert second.runtime.ms_per_step is None  # not timed now: the app times the chosen network itself
@@ -187,7 +186,7 @@ def test_a_remembered_choice_for_another_thread_count_is_timed_again(net, tmp_pa
     timing = fake_timing({"fp32": 10.0, "bf16": 12.0})
     monkeypatch.setattr(inference, "median_ms", timing)
     with caplog.at_level(logging.INFO, LOG):
-        prepared = prepare_cpu(net, "auto", cache=cache, runtime="pytorch")
+        prepared = prepare_cpu(net, "auto", cache=cache)
     assert timing.calls == TIMED and prepared.precision == "fp32"
     assert f"threads: {here.threads + 7} (here: {here.threads})" in caplog.text
     assert cache.lookup(here).precision == "fp32"
@@ -209,7 +208,7 @@ def test_an_unusable_cache_file_leaves_auto_timing_as_before_and_is_replaced(net
     cache.path.write_bytes(b"\x00 not json")
     timing = fake_timing({"fp32": 10.0, "bf16": 12.0})
     monkeypatch.setattr(inference, "median_ms", timing)
-    prepared = prepare_cpu(net, "auto", cache=cache, runtime="pytorch")
+    prepared = prepare_cpu(net, "auto", cache=cache)
     assert prepared.precision == "fp32" and timing.calls == TIMED and prepared.runtime.ms_per_step == 10.0
     assert cache.lookup(ChoiceKey.of(detect(), net, 1)).ms_per_step == {"fp32": 10.0, "bf16": 12.0}
 
@@ -222,11 +221,11 @@ def test_each_batch_size_is_remembered_apart_with_its_own_choice(net, tmp_path, 
     one, four = {"fp32": 10.0, "bf16": 7.0}, {"fp32": 30.0, "bf16": 40.0}
     timing = fake_timing({}, at_batch={1: one, 4: four})
     monkeypatch.setattr(inference, "median_ms", timing)
-    first = prepare_cpu(net, "auto", batches=(1, 4), runtime="pytorch", cache=cache)
+    first = prepare_cpu(net, "auto", batches=(1, 4), cache=cache)
     assert timing.batches == [1, 4] and first.precision == "bf16" and first.switch.precision == "fp32"
     assert cache.lookup(ChoiceKey.of(detect(), net, 1)).ms_per_step == one
     assert cache.lookup(ChoiceKey.of(detect(), net, 4)).precision == "fp32"
-    second = prepare_cpu(net, "auto", batches=(1, 4), runtime="pytorch", cache=cache)
+    second = prepare_cpu(net, "auto", batches=(1, 4), cache=cache)
     assert timing.calls == 2 and second.precision == "bf16"
     assert (second.switch.from_batch, second.switch.precision) == (4, "fp32")
     assert "fp32 from 4 images up" in second.runtime.reason

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import app_stream  # noqa: E402
 import profile_stream  # noqa: E402
 
 
@@ -25,3 +28,27 @@ def test_stacks_are_counted_by_part_with_the_sampler_first_and_shares_summing_to
                                                        "Gradio postprocess": 3, "other": 1}
     assert sum(share for _, _, share in rows) == pytest.approx(100.0)
     assert profile_stream.part_of("a;EpollSelector.select (selectors.py:1)") == "event loop waiting"
+
+
+def test_the_server_is_started_with_only_the_flags_its_caller_has(monkeypatch, tmp_path):
+    """app_stream.start_server serves both benchmarks: a flag their arguments lack is left to app.py's default."""
+    started = []
+
+    class Stop(Exception):
+        pass
+
+    def popen(cmd, **kwargs):
+        started.append(cmd)
+        raise Stop
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    with pytest.raises(Stop):  # profile_stream's arguments: no --cpu-runtime, --device or --precision of its own
+        app_stream.start_server(tmp_path / "app.py", argparse.Namespace(weights="w", model="faces", threads=2), 0.2)
+    with pytest.raises(Stop):
+        app_stream.start_server(tmp_path / "app.py", argparse.Namespace(
+            weights="w", model=None, device="cpu", threads=None, precision="fp32", cpu_runtime="pytorch"), None)
+    first, second = (cmd[2:] for cmd in started)
+    assert first[first.index("--model"):] == ["--model", "faces", "--threads", "2"]
+    assert "--preview-interval" in first and first[first.index("--preview-interval") + 1] == "0.2"
+    assert second[second.index("--device"):] == ["--device", "cpu", "--precision", "fp32", "--cpu-runtime", "pytorch"]
+    assert second[second.index("--preview-interval") + 1] == "-1"

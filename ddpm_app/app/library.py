@@ -72,14 +72,14 @@ class ModelLibrary:
     def __init__(self, weights_dir: str | Path | Sequence[str | Path], device: torch.device | str = "cpu",
                  default: str | None = None, models_in_memory: int = MODELS_IN_MEMORY,
                  hub_cache_dir: str | Path | None = None, precision: str = "auto",
-                 precision_cache: PrecisionCache | None = None, cpu_runtime: str = "auto"):
+                 precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch"):
         dirs = [weights_dir] if isinstance(weights_dir, (str, Path)) else list(weights_dir)
         self.roots = tuple(Path(d) for d in dirs)
         self.weights_dir = self.roots[0]
         self.device = torch.device(device)
         self.precision = precision  # the networks' compute precision (see ddpm_app.inference.prepare)
         self.precision_cache = precision_cache  # where the CPU's "auto" choice is remembered (None: timed each load)
-        self.cpu_runtime = cpu_runtime  # who runs the network on the CPU: auto, pytorch or openvino
+        self.cpu_runtime = cpu_runtime  # who runs the network on the CPU: pytorch or openvino
         self._added: dict[str, Path] = {}  # from the Hub or a nested folder: kept by a rescan
         self.folders: dict[str, Path] = self._scan()
         if not self.folders:

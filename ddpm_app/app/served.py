@@ -63,7 +63,7 @@ class ServedModel:
     every user; what a user keeps is in :class:`~ddpm_app.app.state.UserState`."""
 
     def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None,
-                 precision: str = "auto", precision_cache: PrecisionCache | None = None, cpu_runtime: str = "auto"):
+                 precision: str = "auto", precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch"):
         self.name = name
         self.loaded = loaded
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
