@@ -48,6 +48,8 @@ APP = ("tests/test_ui.py",)
 TEACH = ("tests/test_teach.py",)  # the teaching views: likelihood of a photo, runs side by side, interpolation
 TRAIN_CLI = ("tests/test_train_cli.py",)
 EVALUATE = ("tests/test_evaluate.py",)
+OPENVINO = ("tests/test_openvino.py",)
+CPU = ("tests/test_cpu.py",)
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,8 @@ MUTATIONS: list[Mutation] = [
       "return cpu.bf16_native and onednn.bf16_available()", "return cpu.bf16_native and onednn.available()",
       INFERENCE, "a CPU with bf16 whose oneDNN is limited to AVX2 crashes the app's start packing bf16 weights"),
     M("group-norm-timed-again-per-network", "ddpm_app/inference.py",
-      "_cpu_network(model, p, batches, group_norm_kernels)", "_cpu_network(model, p, batches, {})", CPU_NORM,
+      "_cpu_network(model, VARIANT_PRECISION[v], batches, group_norm_kernels)",
+      "_cpu_network(model, VARIANT_PRECISION[v], batches, {})", CPU_NORM,
       "the app's start times every GroupNorm shape twice, once per precision"),
     # --- inference ----------------------------------------------------------------------------------------------
     M("prepared-net-gets-t-plus-1", "ddpm_app/inference.py",
@@ -287,6 +290,21 @@ MUTATIONS: list[Mutation] = [
       "at = max((b for b in tuned if b <= batch), default=tuned[0])",
       "at = min((b for b in tuned if b >= batch), default=tuned[-1])", CPU_NORM,
       "two or three images run the GroupNorm kernels timed for four"),
+    M("openvino-gets-t-plus-1", "ddpm_app/openvino_net.py",
+      "self.time_features(t.detach().reshape(-1).expand(x.shape[0]))",
+      "self.time_features(t.detach().reshape(-1).expand(x.shape[0]) + 1)", OPENVINO,
+      "with --cpu-runtime openvino every sample is subtly off"),
+    M("openvino-bf16-runs-the-last-steps-too", "ddpm_app/inference.py",
+      'if any(VARIANT_PRECISION[c] == "bf16" for _, c in choices):', 'if any(c == "bf16" for _, c in choices):',
+      OPENVINO, "OpenVINO's bf16 network runs the least noisy steps, and the teaching views cannot measure in fp32"),
+    M("openvino-fp32-asked-runs-bf16", "ddpm_app/inference.py",
+      'if requested in ("fp32", "tf32"):\n            return "openvino-fp32", "asked for"',
+      'if requested in ("fp32", "tf32"):\n            return "openvino", "asked for"', OPENVINO,
+      "--precision fp32 --cpu-runtime openvino silently runs bf16"),
+    M("malloc-thresholds-swapped", "ddpm_app/cpu.py",
+      "mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1",
+      "mallopt(M_MMAP_THRESHOLD, TRIM_THRESHOLD) != 1 or mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD) != 1", CPU,
+      "glibc keeps only 32 MiB of freed heap and maps blocks up to 1 GiB afresh (it refuses that threshold)"),
     M("bf16-handover-on-max-t", "ddpm_app/inference.py",
       "int(t.min()) < self.fp32_below_t", "int(t.max()) < self.fp32_below_t", INFERENCE,
       "a batch mixing small and large t runs its last steps in bf16"),
