@@ -16,6 +16,7 @@ network was 16 % off fp32 at t = 800 that way, 1.3 % with the features (PyTorch'
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 import time
@@ -36,6 +37,16 @@ def version() -> str | None:
     import openvino
 
     return openvino.__version__.split("-")[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _core():
+    """One OpenVINO Core for the process, never released. Compiling on the CPU gives the calling thread an alternate
+    signal stack in OpenVINO's memory; a Core released with the last network frees that memory while the stack stays
+    registered, and the next signal to that thread (Ctrl-C) then crashed the process with SIGSEGV."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 class OpenVinoError(RuntimeError):
@@ -69,7 +80,7 @@ class OpenVinoNetwork(nn.Module):
                 converted = ov.convert_model(_FeaturesInput(model.float().eval()), example_input=example,
                                              input=[("x", shape, ov.Type.f32),
                                                     ("features", [-1, features.shape[1]], ov.Type.f32)])
-            self.compiled = ov.Core().compile_model(converted, "CPU", {
+            self.compiled = _core().compile_model(converted, "CPU", {
                 "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _OPENVINO_HINT[hint],
                 "PERFORMANCE_HINT": "LATENCY"})
         except Exception as e:  # OpenVINO raises its own types (and RuntimeError) for what it cannot convert
