@@ -69,6 +69,7 @@ class EvalConfig:
     bound_precision: Precision = "fp32"  # network precision for the bound (on CUDA fp32 turns TF32 off)
     sample_precision: Precision = "tf32"  # network precision for sampling (tf32 is fp32 on the CPU)
     compile: bool = False  # torch.compile the network (CUDA only)
+    cpu_runtime: str = "pytorch"  # who runs the network on the CPU: pytorch or openvino (as app.py --cpu-runtime)
     memorisation_samples: int = 64  # samples checked against the training set
     features: str | None = None  # face-feature weights (default: the shipped ddpm_app/assets/face_features.safetensors)
     seed: int = 0  # seeds the samples, the bound's noise and the training subset of the FD floor
@@ -178,16 +179,17 @@ class EvalResult:
 # helpers
 
 
-def network(loaded: LoadedModel, precision: Precision, compile: bool, device: torch.device) -> EpsModel:
+def network(loaded: LoadedModel, precision: Precision, compile: bool, device: torch.device,
+            cpu_runtime: str = "pytorch") -> EpsModel:
     """ε_θ for sampling or the bound: channels_last, in ``precision`` on CUDA (bf16 autocast, or fp32 with TF32
     set by :func:`~ddpm_app.inference.float32_matmul`), compiled if asked; the output is always float32.
 
     On the CPU it is the app's network (:func:`~ddpm_app.inference.prepare_cpu`): bf16 convolutions for "bf16",
-    fp32 for the others."""
+    fp32 for the others; OpenVINO's network with ``cpu_runtime="openvino"``."""
     if precision == "fp16" and device.type != "cuda":
         precision = "fp32"  # no fp16 on the CPU
     return prepare(loaded.model, device, compile=compile and device.type == "cuda", precision=precision,
-                   timesteps=loaded.schedule.timesteps)
+                   timesteps=loaded.schedule.timesteps, cpu_runtime=cpu_runtime)
 
 
 def generate(model: EpsModel, loaded: LoadedModel, config: EvalConfig, count: int, device: torch.device,
@@ -305,8 +307,8 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
     t0 = time.perf_counter()
     count = max(config.num_samples, GRID_SAMPLES)
     with float32_matmul(config.sample_precision, device):
-        samples = generate(network(loaded, config.sample_precision, config.compile, device), loaded, config,
-                           count, device, tick("sampling"))
+        net = network(loaded, config.sample_precision, config.compile, device, config.cpu_runtime)
+        samples = generate(net, loaded, config, count, device, tick("sampling"))
     grid_path = save_grid(from_uint8(samples[:GRID_SAMPLES]), out / grid_name(settings), nrow=8)
     seconds["sampling"] = time.perf_counter() - t0
 
@@ -317,7 +319,8 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
         images = test.images[:config.bpd_images]
         generator = torch.Generator(device).manual_seed(config.seed + 1)
         with float32_matmul(config.bound_precision, device):
-            bpd = bits_per_dim(network(loaded, config.bound_precision, config.compile, device), loaded.schedule, images,
+            net = network(loaded, config.bound_precision, config.compile, device, config.cpu_runtime)
+            bpd = bits_per_dim(net, loaded.schedule, images,
                                num_timesteps=config.bpd_timesteps, batch_size=config.batch_size,
                                generator=generator, variance=config.bpd_variance, clip_x0=config.clip_x0,
                                device=device, progress=tick("bits/dim"))

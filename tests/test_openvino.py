@@ -217,3 +217,16 @@ def test_ctrl_c_after_an_openvino_network_was_used_does_not_crash_the_process():
                           capture_output=True, text=True, timeout=PATIENCE)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert "2 passed" in done.stdout
+
+
+@needs_openvino
+def test_evaluation_can_measure_the_openvino_path(tiny_model_dir):
+    """python -m ddpm_app.evaluate --cpu-runtime openvino: its samples and its bound run OpenVINO's network."""
+    from ddpm_app.evaluate import EvalConfig, network
+    from ddpm_app.model_folder import load_pretrained
+
+    assert EvalConfig().cpu_runtime == "pytorch" and EvalConfig(cpu_runtime="openvino").cpu_runtime == "openvino"
+    loaded = load_pretrained(tiny_model_dir)
+    ov = network(loaded, "fp32", False, torch.device("cpu"), "openvino")  # fp32: every CPU runs it
+    assert isinstance(ov.model, OpenVinoNetwork) and ov.model.hint == "fp32"
+    assert not isinstance(network(loaded, "fp32", False, torch.device("cpu")).model, OpenVinoNetwork)
