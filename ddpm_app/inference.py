@@ -6,8 +6,9 @@ AVX512-BF16) the convolutions may run in bf16, everything else staying float32: 
 on this machine and keeps bf16 only if it is faster (remembered per machine and model in a
 :class:`~ddpm_app.precision_cache.PrecisionCache`, so the app times once, not at every start). ε̂ and the update
 are float32 either way. With ``runtime="openvino"`` OpenVINO's compiled network (:mod:`ddpm_app.openvino_net`)
-runs instead, where it is installed (see the README for when it is faster). ``torch.compile`` (and an ahead-of-time compiled package) was measured against this and
-did not win by enough to pay for its minutes of compiling; see the README.
+runs instead, where it is installed (see the README for when it is faster). ``torch.compile`` (and an
+ahead-of-time compiled package) was measured against this and did not win by enough to pay for its minutes of
+compiling; see the README.
 
 On CUDA a 64×64 step at small batch is bound by kernel launches, so the whole DDPM step (network, x̂₀, the posterior
 mean and the noise) is compiled with ``mode="reduce-overhead"`` and replayed as one CUDA graph, in fp16 autocast.
