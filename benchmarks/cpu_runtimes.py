@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import tempfile
 import time
@@ -29,12 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app.cpu import tune_malloc  # noqa: E402
-from ddpm_app.inference import example_input, prepare_cpu  # noqa: E402
+from ddpm_app.inference import example_input, median_ms, prepare_cpu  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 
 RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime (needs onnx to export)"}
-BLOCK = 10  # calls per block; a block of each variant in turn
+BLOCK = 10  # timed calls per block; a block of each variant in turn, each after one untimed call
 
 
 def installed(module: str) -> bool:
@@ -44,20 +43,6 @@ def installed(module: str) -> bool:
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     """‖out − ref‖ / ‖ref‖ over the whole batch."""
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-
-
-def interleaved_blocks(calls: dict[str, Callable[[], object]], blocks: int, block: int = BLOCK) -> dict[str, float]:
-    """Median ms per call of each of ``calls``: ``blocks`` rounds, each running every call ``block`` times in a row
-    after one untimed call."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(blocks):
-        for name, call in calls.items():
-            call()
-            for _ in range(block):
-                start = time.perf_counter()
-                call()
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def openvino_networks(model: torch.nn.Module, threads: int, example: tuple[torch.Tensor, torch.Tensor]) -> dict:
@@ -129,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, call in calls.items():
                 out = call()
                 errors[name] = relative_error(out.float().numpy() if torch.is_tensor(out) else out, ref)
-            ms = interleaved_blocks(calls, args.blocks)
+            ms = median_ms(calls, (), rounds=args.blocks, warmup=0, block=BLOCK + 1)
             print(f"\nbatch {batch}: median of {args.blocks * BLOCK} calls\n\n| network | ms | ε̂ error vs fp32 |\n|---|---|---|")
             for name in calls:
                 print(f"| {name} | {ms[name]:.2f} | {100 * errors[name]:.3f} % |")

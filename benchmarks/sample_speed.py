@@ -27,13 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app import cpu_norm, onednn, openvino_net, samplers  # noqa: E402
 from ddpm_app.cpu import tune_malloc  # noqa: E402
-from ddpm_app.inference import (CPU_RUNTIMES, OPENVINO_BLOCK, PRECISION_CHOICES, Prepared, Runtime,  # noqa: E402
+from ddpm_app.inference import (CPU_RUNTIMES, PRECISION_CHOICES, Prepared, Runtime,  # noqa: E402
                                 cpu_bf16_supported, example_input, median_ms, prepare, prepare_cpu,
                                 time_group_norm_kernels)
 from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
 from ddpm_app.schedule import Schedule, ScheduleConfig  # noqa: E402
+
+# where OpenVINO is in the table, each variant is timed in turns of this many calls, the first untimed: called one
+# after the other, OpenVINO and PyTorch slow each other down (AMD EPYC, faces, batch 1: 9.6 and 8.9 ms alternating
+# call by call, 5.8 and 7.5 ms in turns of ten)
+OPENVINO_BLOCK = 4
 
 
 def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:

@@ -57,10 +57,6 @@ FP32_BELOW_T_SHARE = 0.075
 # default of 4. They can disagree: on an Intel Xeon with AMX (2 threads, shipped faces model) bf16 took 17.5 against
 # 22.2 ms/step fp32 at batch 1, and 88 against 71 at batch 4
 TIMED_BATCHES = (1, 4)
-# benchmarks that time OpenVINO beside PyTorch do it in turns of this many calls, the first untimed: called one
-# after the other they slow each other down (AMD EPYC, faces, batch 1: 9.6 and 8.9 ms alternating call by call,
-# 5.8 and 7.5 ms in turns of ten)
-OPENVINO_BLOCK = 4
 
 
 def resolve_device(name: str = "auto") -> torch.device:

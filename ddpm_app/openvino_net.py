@@ -63,7 +63,8 @@ class OpenVinoNetwork(nn.Module):
 
     def __init__(self, model: nn.Module, threads: int, hint: Hint = "bf16"):
         super().__init__()
-        if version() is None:
+        installed = version()
+        if installed is None:
             raise OpenVinoError("OpenVINO is not installed (pip install openvino)")
         import openvino as ov
 
@@ -86,7 +87,7 @@ class OpenVinoNetwork(nn.Module):
         except Exception as e:  # OpenVINO raises its own types (and RuntimeError) for what it cannot convert
             raise OpenVinoError(f"OpenVINO could not convert or compile the network: {type(e).__name__}: {e}") from e
         self.seconds = time.perf_counter() - start  # to convert and compile, paid when the model is loaded
-        self.hint, self.threads, self.version = hint, threads, version()
+        self.hint, self.threads, self.version = hint, threads, installed
         self.time_features = model.time_features  # parameter-free: sines and cosines of t
         self._local = threading.local()
 

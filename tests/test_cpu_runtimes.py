@@ -18,13 +18,5 @@ def test_relative_error_is_the_norm_of_the_difference_over_the_norm_of_the_refer
     assert cpu_runtimes.relative_error(ref + np.array([[0.0, 0.5]]), ref) == pytest.approx(0.1)
 
 
-def test_interleaved_blocks_runs_each_call_in_blocks_in_turn_with_an_untimed_call_first():
-    order = []
-    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    ms = cpu_runtimes.interleaved_blocks(calls, blocks=2, block=3)
-    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
-    assert order == (["a"] * 4 + ["b"] * 4) * 2
-
-
 def test_a_missing_runtime_is_reported_as_not_installed():
     assert cpu_runtimes.installed("numpy") and not cpu_runtimes.installed("no_such_runtime_module_here")

@@ -357,3 +357,25 @@ print("ok", prepared.runtime.reason)
 def test_fp16_is_refused_on_the_cpu(net):
     with pytest.raises(ValueError, match="CUDA"):
         prepare(net, "cpu", precision="fp16")
+
+
+def test_median_ms_in_turns_leaves_the_first_call_of_each_turn_untimed(monkeypatch):
+    """The call after a switch of network is slow (another runtime's threads are still about): it is not timed."""
+    now = [0.0]
+    order = []
+
+    def call(name):
+        def run():
+            first = not order or order[-1] != name
+            order.append(name)
+            now[0] += 0.100 if first else (0.002 if name == "a" else 0.003)
+        return run
+
+    monkeypatch.setattr(inference.time, "perf_counter", lambda: now[0])
+    ms = inference.median_ms({"a": call("a"), "b": call("b")}, (), rounds=2, warmup=1, block=3)
+    assert order == (["a"] * 3 + ["b"] * 3) * 3
+    assert ms == pytest.approx({"a": 2.0, "b": 3.0})
+    # one call per turn (the default): every call after the warm-up round is timed
+    order.clear()
+    assert inference.median_ms({"a": call("a"), "b": call("b")}, (), rounds=2) == pytest.approx({"a": 100.0,
+                                                                                              "b": 100.0})

@@ -183,28 +183,6 @@ def test_a_network_openvino_cannot_build_is_an_error_that_says_what_to_do(net, m
         prepare_cpu(net, "auto", runtime="openvino")
 
 
-def test_median_ms_in_turns_leaves_the_first_call_of_each_turn_untimed(monkeypatch):
-    """The call after a switch of network is slow (another runtime's threads are still about): it is not timed."""
-    now = [0.0]
-    order = []
-
-    def call(name):
-        def run():
-            first = not order or order[-1] != name
-            order.append(name)
-            now[0] += 0.100 if first else (0.002 if name == "a" else 0.003)
-        return run
-
-    monkeypatch.setattr(inference.time, "perf_counter", lambda: now[0])
-    ms = inference.median_ms({"a": call("a"), "b": call("b")}, (), rounds=2, warmup=1, block=3)
-    assert order == (["a"] * 3 + ["b"] * 3) * 3
-    assert ms == pytest.approx({"a": 2.0, "b": 3.0})
-    # one call per turn (the default): every call after the warm-up round is timed
-    order.clear()
-    assert inference.median_ms({"a": call("a"), "b": call("b")}, (), rounds=2) == pytest.approx({"a": 100.0,
-                                                                                              "b": 100.0})
-
-
 @needs_openvino
 def test_ctrl_c_after_an_openvino_network_was_used_does_not_crash_the_process():
     """Compiling gives the thread an alternate signal stack in OpenVINO's memory. With a Core per network, that
