@@ -19,6 +19,10 @@ For DDPM over all T steps and DDIM-50, each measured three ways:
 step. ``--compare-app`` also runs another checkout's app.py the same way, interleaved with this one, to compare two
 versions of the server on a shared machine.
 
+The bare sampler here and the servers read the CPU's remembered "auto" choice from the same place as app.py, so
+that all run the same network; the header prints how each of them runs it (a server's own log line), so that a
+difference between the rows is not a different precision chosen by a noisy start-up timing.
+
 Prints a Markdown table per sampler: for each variant the median of ``--repeats`` runs (and the range of the
 totals), the CPU seconds the process spent (the server's own process for ``server``: on a busy machine this moves
 much less than wall time), and the outputs streamed. The variants are interleaved so that a busy spell hits all of
@@ -35,6 +39,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -48,6 +53,7 @@ from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # no
 from ddpm_app.cpu import tune_malloc  # noqa: E402
 from ddpm_app.inference import resolve_device  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
+from ddpm_app.precision_cache import PrecisionCache  # noqa: E402
 from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
 
 SEED = 1234
@@ -97,8 +103,9 @@ def time_handler(library: ModelLibrary, interval: float | None, settings: Sample
                                    UserState()), time.process_time)
 
 
-def start_server(app: Path, args, interval: float | None) -> tuple[subprocess.Popen, str]:
-    """``python app.py`` in its own process (as users run it), and its URL once it answers."""
+def start_server(app: Path, args, interval: float | None, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``python app.py`` in its own process (as users run it), and its URL once it answers; its stderr goes to
+    ``log`` (default: nowhere)."""
     import httpx
 
     port = free_port()
@@ -107,8 +114,9 @@ def start_server(app: Path, args, interval: float | None) -> tuple[subprocess.Po
     for flag in ("model", "device", "threads", "precision", "cpu_runtime"):  # optional: other scripts' args too
         if getattr(args, flag, None):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    proc = subprocess.Popen(cmd, cwd=app.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    with open(log or os.devnull, "w") as err:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(cmd, cwd=app.parent, stdout=subprocess.DEVNULL, stderr=err,
+                                env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}/"
     for _ in range(3000):
         if proc.poll() is not None:
@@ -119,6 +127,17 @@ def start_server(app: Path, args, interval: float | None) -> tuple[subprocess.Po
         except httpx.HTTPError:
             time.sleep(0.2)
     raise RuntimeError(f"{app} did not start")
+
+
+def runs_on(log: Path) -> str:
+    """How a server says it runs its model (its "sampling on" log line), or a note that it did not say."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("sampling on ")]
+    return lines[-1].removeprefix("sampling on ") if lines else f"(no 'sampling on' line in {log})"
+
+
+def network_of(runs: str) -> str:
+    """The network part of a "sampling on" description (device, precision, engine), without the reasons."""
+    return runs.split(" (", 1)[0]
 
 
 def time_server(client, pid: int, settings: SamplerSettings, batch: int) -> Timed:
@@ -165,17 +184,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
         tune_malloc()
     library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
-                           cpu_runtime=args.cpu_runtime or "pytorch")
+                           precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime or "pytorch")
     served = library.get()
     T = served.timesteps
     cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings()}
     cases = {k: cases[k] for k in args.samplers.split(",")}
 
     apps = {"server": ROOT / "app.py"} | ({"other server": args.compare_app.resolve()} if args.compare_app else {})
-    servers = {}
+    servers, logs = {}, Path(tempfile.mkdtemp(prefix="app_stream-"))
     for label, app in apps.items():
         for mode, interval in (("off", None), ("on", args.interval)):
-            proc, url = start_server(app, args, interval)
+            log = logs / f"{label.replace(' ', '-')}-{mode}.log"
+            proc, url = start_server(app, args, interval, log)
             # the browser is on another machine: the client here does not fetch the image files, so that its
             # work does not compete with the server's for this machine's cores
             servers[label, mode] = (proc, Client(url, verbose=False, download_files=False))
@@ -188,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU: {cpu.describe()}; load average (1/5/15 min) at start: {load_average()}")
     if args.compare_app:
         print(f"other server: {args.compare_app.resolve()}")
+    networks = {"sampler": served.runtime.describe()}
+    networks |= {f"{label} ({mode})": runs_on(logs / f"{label.replace(' ', '-')}-{mode}.log")
+                 for label, mode in servers}
+    for who, runs in networks.items():
+        print(f"{who} runs on {runs}")
+    if len({network_of(runs) for runs in networks.values()}) > 1:
+        print("note: not all rows run the same network (above): their times compare runtimes as well")
     try:
         for name, settings in cases.items():
             label = f"DDPM-{T}" if name == "ddpm" else f"DDIM-{settings.steps}"

@@ -52,3 +52,29 @@ def test_the_server_is_started_with_only_the_flags_its_caller_has(monkeypatch, t
     assert "--preview-interval" in first and first[first.index("--preview-interval") + 1] == "0.2"
     assert second[second.index("--device"):] == ["--device", "cpu", "--precision", "fp32", "--cpu-runtime", "pytorch"]
     assert second[second.index("--preview-interval") + 1] == "-1"
+
+
+def test_a_servers_log_says_how_it_runs_and_rows_on_other_networks_are_told_apart(monkeypatch, tmp_path):
+    """app_stream prints each server's "sampling on" line: a row whose server chose bf16 while the bare sampler
+    chose fp32 compares precisions, not the server's overhead."""
+    logged = []
+
+    class Stop(Exception):
+        pass
+
+    def popen(cmd, stderr=None, **kwargs):
+        stderr.write("torch threads: 2\nsampling on cpu: X, 2 threads, bf16 (auto: bf16 faster)\n")
+        logged.append(stderr.name)
+        raise Stop
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    log = tmp_path / "server-on.log"
+    with pytest.raises(Stop):
+        app_stream.start_server(tmp_path / "app.py", argparse.Namespace(weights="w"), 0.2, log)
+    assert logged == [str(log)]
+    runs = app_stream.runs_on(log)
+    assert runs == "cpu: X, 2 threads, bf16 (auto: bf16 faster)"
+    assert app_stream.network_of(runs) == "cpu: X, 2 threads, bf16"
+    assert app_stream.network_of("cpu: X, 2 threads, fp32 (auto: bf16 slower)") != app_stream.network_of(runs)
+    (tmp_path / "quiet.log").write_text("torch threads: 2\n")
+    assert "no 'sampling on' line" in app_stream.runs_on(tmp_path / "quiet.log")
