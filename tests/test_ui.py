@@ -147,6 +147,26 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
     np.testing.assert_array_equal(x_t, ui.picture(run.final))
 
 
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_a_stored_frame_keeps_each_picture_of_its_step_in_its_own_field(with_noise):
+    """Each field of a frame holds its own picture of the step: x_t and x̂₀ of every image, then ε̂, z (over
+    ±NOISE_RANGE) and x_prev of the first; the last step also keeps the final images."""
+    from ddpm_app.app.runs import NOISE_RANGE
+    g = torch.Generator().manual_seed(3)
+    x_t, x0, eps, x_prev, z = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(5))
+    run = Trajectory("run", 2, (2, 3, 4, 4), 0)
+    for index in range(2):
+        run.add(samplers.Step(index, 2, 10 - index, 9 - index, x_t + index, x0, eps, x_prev, z if with_noise else None))
+    f = run.frames[0]
+    assert (f.index, f.t, f.t_prev) == (0, 10, 9)
+    for stored, expected in [(f.x_t, x_t), (f.pred_x0, x0), (f.pred_eps, eps[0] / NOISE_RANGE),
+                             (f.x_prev, x_prev[0])] + [(f.noise, z[0] / NOISE_RANGE)] * with_noise:
+        assert stored.shape == expected.shape and torch.equal(stored, to_uint8(expected))
+    assert f.noise is None or with_noise
+    assert torch.equal(run.frames[1].x_t, to_uint8(x_t + 1))
+    assert torch.equal(run.final, to_uint8(x_prev)) and run.finished
+
+
 def assert_same_picture(ours: torch.Tensor, expected: torch.Tensor) -> None:
     """uint8 images equal up to float rounding: the app samples with the prepared (channels_last) network, whose
     sums round differently, and over a chain that can move a pixel across a rounding boundary."""

@@ -105,10 +105,13 @@ class Trajectory:
         if self.released:
             return
         if self.keeps(step.index):
-            noise = None if step.noise is None else to_uint8(step.noise[0] / NOISE_RANGE).cpu()
-            self.frames.append(Frame(step.index, step.t, to_uint8(step.x_t).cpu(), to_uint8(step.pred_x0).cpu(),
-                                     step.t_prev, to_uint8(step.pred_eps[0] / NOISE_RANGE).cpu(), noise,
-                                     to_uint8(step.x_prev[0]).cpu()))
+            # one conversion and one copy off the device for all the pictures of the step, not one per picture
+            b = len(step.x_t)
+            noise = [] if step.noise is None else [step.noise[:1] / NOISE_RANGE]
+            pictures = to_uint8(torch.cat([step.x_t, step.pred_x0, step.x_prev[:1], step.pred_eps[:1] / NOISE_RANGE,
+                                           *noise])).cpu()
+            self.frames.append(Frame(step.index, step.t, pictures[:b], pictures[b:2 * b], step.t_prev,
+                                     pictures[2 * b + 1], pictures[2 * b + 2] if noise else None, pictures[2 * b]))
         if step.is_last:
             self.final = to_uint8(step.x_prev).cpu()
         self.steps_done = step.index + 1
