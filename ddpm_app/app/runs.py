@@ -23,8 +23,10 @@ from .library import DeviceWorker
 DEFAULT_PREVIEW_INTERVAL = 0.2
 # previews may hold sampling up by at most this share of the time: a preview that took c seconds to draw, encode
 # and hand on (the sampler waits meanwhile) delays the next one to c / PREVIEW_BUDGET seconds after it (slow
-# machines, busy ones and big batches get fewer previews; see Throttle)
-PREVIEW_BUDGET = 0.05
+# machines, busy ones and big batches get fewer previews; see Throttle). What c measures is about half of what a
+# preview costs a run: the server's work after the hand-off and the slower step that follows it add as much again
+# (README, "Streaming cost"), so 2.5 % of measured cost stands for about 5 % of the run's time.
+PREVIEW_BUDGET = 0.025
 # per run: every step of DDPM-1000 for four 64×64 RGB images, with the first image's step terms (135 MB as
 # uint8); a dense subset beyond that
 DEFAULT_TRAJECTORY_BYTES = 144 * 2**20
