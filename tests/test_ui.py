@@ -162,7 +162,7 @@ def test_a_stored_frame_keeps_each_picture_of_its_step_in_its_own_field(with_noi
     for stored, expected in [(f.x_t, x_t), (f.pred_x0, x0), (f.pred_eps, eps[0] / NOISE_RANGE),
                              (f.x_prev, x_prev[0])] + [(f.noise, z[0] / NOISE_RANGE)] * with_noise:
         assert stored.shape == expected.shape and torch.equal(stored, to_uint8(expected))
-    assert f.noise is None or with_noise
+    assert (f.noise is None) == (not with_noise)  # a step that added no noise stores no z
     assert torch.equal(run.frames[1].x_t, to_uint8(x_t + 1))
     assert torch.equal(run.final, to_uint8(x_prev)) and run.finished
 
