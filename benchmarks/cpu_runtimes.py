@@ -5,11 +5,12 @@
 
 Prints the CPU and its ISA, then per batch size the median ms per network evaluation and the relative error of ε̂
 against the float32 PyTorch network on the same input (t = 500) for: the app's PyTorch network (``prepare_cpu``,
-its ``auto`` precision, and in fp32 where that chose bf16), OpenVINO in f32 and in bf16 (its ``INFERENCE_PRECISION_HINT``; it falls back to f32 where
-the CPU has no bf16), and ONNX Runtime in fp32. Each variant runs in blocks of 10 calls after a warm-up call,
-and the blocks of all variants are interleaved, since runtimes with their own thread pools disturb a call that
-follows theirs immediately; ONNX Runtime's threads are told not to spin. The conversion and compile times of
-each runtime, which an app would pay at start-up, are printed too.
+its ``auto`` precision, and in fp32 where that chose bf16), OpenVINO in f32 and in bf16 (its
+``INFERENCE_PRECISION_HINT``; it falls back to f32 where the CPU has no bf16), and ONNX Runtime in fp32. Each
+variant runs in blocks of 10 calls after a warm-up call, and the blocks of all variants are interleaved, since
+runtimes with their own thread pools disturb a call that follows theirs immediately; ONNX Runtime's threads are
+told not to spin. The conversion and compile times of each runtime, which an app would pay at start-up, are
+printed too.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu = detect()
     print(f"CPU: {cpu.model}\nISA: {cpu.isa}\nThreads: {args.threads} (torch {torch.__version__})")
     model = load_pretrained(args.model).model.float().eval()
-    app = prepare_cpu(model, "auto", cpu=cpu, batches=tuple(batches), )
+    app = prepare_cpu(model, "auto", cpu=cpu, batches=tuple(batches))
     print(f"app's network: {app.runtime.describe()}")
     app_fp32 = prepare_cpu(model, "fp32", cpu=cpu) if app.precision != "fp32" else None
     x1, t1 = example_input(model, 1)

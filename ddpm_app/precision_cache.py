@@ -5,9 +5,10 @@ which builds both and takes seconds on a 2-core CPU; and on a shared machine two
 differently when they are close. A :class:`PrecisionCache` keeps the first timings, and the choice made from them,
 in a small JSON file under a :class:`ChoiceKey` that holds everything they depend on: the CPU model and its
 instruction sets, the torch thread count, the PyTorch version, the model's architecture and config, the batch
-timed, and the version of the networks timed (:data:`NETWORKS`). An entry made for the same model under another key (another CPU, thread count or PyTorch: stale, or copied
-from another machine) is not used, and a log line says what differs. A file that cannot be read, parsed or
-written is passed over with a log line: the choice is then timed, as without a cache.
+timed, and the version of the networks timed (:data:`NETWORKS`). An entry made for the same model under another
+key (another CPU, thread count or PyTorch: stale, or copied from another machine) is not used, and a log line says
+what differs. A file that cannot be read, parsed or written is passed over with a log line: the choice is then
+timed, as without a cache.
 """
 
 from __future__ import annotations
