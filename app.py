@@ -17,7 +17,7 @@ from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users
 from ddpm_app.cpu import cpu_budget, tune_malloc
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device
+from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device, torch_threads
 from ddpm_app.model_folder import ModelFolderError
 from ddpm_app.precision_cache import CACHE_DIR_ENV, PrecisionCache
 
@@ -58,14 +58,19 @@ def main(argv: list[str] | None = None) -> None:
     log.addHandler(logging.StreamHandler())
     log.setLevel(logging.INFO)
     device = resolve_device(args.device)
+    threads = None
     if device.type == "cpu":
         budget = cpu_budget()
-        torch.set_num_threads(args.threads or budget.threads)
+        threads = args.threads or budget.threads
+        torch.set_num_threads(torch_threads(threads, args.cpu_runtime))
         chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
+        if args.cpu_runtime == "openvino":
+            chosen = f"1, OpenVINO's network {chosen}"
         print(f"torch threads: {chosen}; {tune_malloc()}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision,
-                               precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime)
+                               precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime,
+                               cpu_threads=threads)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
     except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
         sys.exit(f"error: {e}")

@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from ddpm_app import ui  # noqa: E402
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # noqa: E402
-from ddpm_app.cpu import tune_malloc  # noqa: E402
-from ddpm_app.inference import resolve_device  # noqa: E402
+from ddpm_app.cpu import cpu_budget, tune_malloc  # noqa: E402
+from ddpm_app.inference import resolve_device, torch_threads  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.precision_cache import PrecisionCache  # noqa: E402
 from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
@@ -180,11 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     from gradio_client import Client
 
     device = resolve_device(args.device or "auto")
+    threads = runtime = None
     if device.type == "cpu":
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)  # as app.py does
+        threads, runtime = args.threads or cpu_budget().threads, args.cpu_runtime or "pytorch"
+        torch.set_num_threads(torch_threads(threads, runtime))  # as app.py does
         tune_malloc()
     library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
-                           precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime or "pytorch")
+                           precision_cache=PrecisionCache.default(), cpu_runtime=runtime or "pytorch",
+                           cpu_threads=threads)
     served = library.get()
     T = served.timesteps
     cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings()}

@@ -42,6 +42,17 @@ PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16", "fp16")  #
 # who runs the network on the CPU (--cpu-runtime): PyTorch, or OpenVINO where it is installed (not timed against
 # each other: OpenVINO's network alone was faster on both CPU kinds measured, but in the server only on the Xeon)
 CPU_RUNTIMES: tuple[str, ...] = ("pytorch", "openvino")
+
+
+def torch_threads(threads: int, cpu_runtime: str) -> int:
+    """PyTorch's threads when the app may use ``threads`` CPU threads: all of them, or one where OpenVINO runs the
+    network on those threads. PyTorch's work beside OpenVINO's network is small (the update, the previews), and its
+    idle OpenMP threads spin about 10 ms after each parallel op before they sleep, on the cores OpenVINO's threads
+    need: DDPM-1000 of one image in the server took 9.75 s with one PyTorch thread and 11.28 s with two (AMD EPYC,
+    2 cores; see the README)."""
+    return 1 if cpu_runtime == "openvino" else threads
+
+
 # the networks prepare_cpu can build: PyTorch's packed fp32 or bf16 one, or OpenVINO's with its bf16 or f32 hint
 CpuVariant = Literal["fp32", "bf16", "openvino", "openvino-fp32"]
 VARIANT_PRECISION: dict[str, Precision] = {"fp32": "fp32", "bf16": "bf16", "openvino": "bf16",
@@ -162,8 +173,8 @@ class Prepared(nn.Module):
         return self._eps_graph(x, t).clone()
 
     def in_fp32(self) -> Prepared:
-        """The same network computing in float32 throughout: itself when it already does, else (CPU bf16) its packed
-        fp32 twin, or (CUDA) the module without autocast and uncompiled.
+        """The same network computing in float32 throughout: itself when it already does, else (CPU bf16) its fp32
+        twin (PyTorch's packed network, or OpenVINO's f32 one), or (CUDA) the module without autocast and uncompiled.
 
         For measuring (the loss, the bound), whose figures are compared with held-out ones made in fp32: bf16
         rounding of ε̂ is small against ε̂ but not against ‖ε − ε̂‖² where ε̂ is nearly right. Shipped faces model,
@@ -301,7 +312,7 @@ def time_group_norm_kernels(calls: Mapping[str, Callable[[], object]]) -> dict[s
 
 def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
                 channels_last: bool = True, batches: tuple[int, ...] = TIMED_BATCHES, timesteps: int = 1000,
-                cache: PrecisionCache | None = None, runtime: str = "pytorch") -> Prepared:
+                cache: PrecisionCache | None = None, runtime: str = "pytorch", threads: int | None = None) -> Prepared:
     """``model`` made fast for sampling on this CPU: packed convolutions, in fp32 or bf16 (see
     :func:`choose_cpu_precision`; with "auto" both are built and timed at each of ``batches`` where the CPU has
     bf16). The choice at the first batch size is the network's precision; where a later one chose the other
@@ -309,8 +320,10 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     with t below ``FP32_BELOW_T_SHARE``·``timesteps`` (T) run in fp32.
 
     ``runtime="openvino"`` runs OpenVINO's network instead (:class:`~ddpm_app.openvino_net.OpenVinoNetwork`, not
-    timed, at every batch size), again with PyTorch's packed fp32 network for the last steps where it runs bf16
-    and for :meth:`Prepared.in_fp32`; a network OpenVINO cannot build is a ValueError that says why.
+    timed, at every batch size), with OpenVINO's f32 network for the last steps where it runs bf16 and for
+    :meth:`Prepared.in_fp32`: every step stays in OpenVINO, whose threads then never wait for PyTorch's OpenMP
+    threads to stop spinning (see the README); a network OpenVINO cannot build is a ValueError that says why. It runs
+    on ``threads`` threads (default: PyTorch's count; the app gives PyTorch one, see :func:`torch_threads`).
 
     With a ``cache``, "auto" first looks for timings made before under the same :class:`ChoiceKey` (this CPU,
     threads, PyTorch, model config and batch) and only builds the networks it chooses; fresh timings are stored
@@ -320,17 +333,22 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     snapshots of its weights.
     """
     cpu = cpu or detect()
+    threads = threads or torch.get_num_threads()
     model = model.cpu().eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     built: dict[str, Prepared] = {}
     group_norm_kernels: dict[tuple, str] = {}  # timed once, for whichever network is built first
+    converted: list[openvino_net.Converted] = []  # OpenVINO's graph, converted once for both of its precisions
 
     def network(v: str) -> Prepared:
         if v not in built:
             if v.startswith("openvino"):
                 try:
-                    net: nn.Module = OpenVinoNetwork(model, torch.get_num_threads(), VARIANT_PRECISION[v])
+                    if not converted:
+                        converted.append(openvino_net.convert(model))
+                    net: nn.Module = OpenVinoNetwork(model, threads, VARIANT_PRECISION[v],
+                                                     converted[0])
                 except OpenVinoError as e:
                     raise ValueError(f"--cpu-runtime openvino: {e}; leave --cpu-runtime at pytorch") from e
             else:
@@ -379,11 +397,13 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     if notes:
         reason += f"; remembered in {cache.path}"
     if any(VARIANT_PRECISION[c] == "bf16" for _, c in choices):
-        prepared.fp32_model, prepared.fp32_below_t = network("fp32").model, round(FP32_BELOW_T_SHARE * timesteps)
+        twin = "openvino-fp32" if runtime == "openvino" else "fp32"
+        prepared.fp32_model, prepared.fp32_below_t = network(twin).model, round(FP32_BELOW_T_SHARE * timesteps)
         reason += f"; fp32 for t < {prepared.fp32_below_t}"
     ms_now = timed[first_batch][choice] if first_batch in fresh else None
     engine = prepared.model.describe() if isinstance(prepared.model, openvino_net.OpenVinoNetwork) else ""
-    prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {torch.get_num_threads()} threads", VARIANT_PRECISION[choice],
+    threads_used = threads if engine else torch.get_num_threads()
+    prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {threads_used} threads", VARIANT_PRECISION[choice],
                                onednn.available() and not engine, False, reason, ms_now, engine)
     log.info("sampling on %s", prepared.runtime.describe())
     return prepared
@@ -391,7 +411,7 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
 
 def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
             precision: str | None = "auto", channels_last: bool = True, timesteps: int = 1000,
-            cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch") -> Prepared:
+            cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch", cpu_threads: int | None = None) -> Prepared:
     """Eval mode, no grads, on ``device``. On the CPU: :func:`prepare_cpu`. On CUDA: channels_last and compiled with
     CUDA graphs unless ``compile=False``.
 
@@ -401,12 +421,12 @@ def prepare(model: nn.Module, device: torch.device | str, compile: bool | None =
     size compiles (CUDA only, a few seconds). The model itself is moved and switched to eval mode in place.
     ``timesteps``: the schedule's T (the CPU's bf16 network hands the last steps to fp32). ``cache``: where the
     CPU's "auto" choice is remembered (see :func:`prepare_cpu`). ``cpu_runtime``: one of :data:`CPU_RUNTIMES`, for
-    the CPU only.
+    the CPU only, and ``cpu_threads`` the threads OpenVINO runs on there (default: PyTorch's count).
     """
     device = torch.device(device)
     if device.type == "cpu" and not compile:
         return prepare_cpu(model, precision, channels_last=channels_last, timesteps=timesteps, cache=cache,
-                           runtime=cpu_runtime)
+                           runtime=cpu_runtime, threads=cpu_threads)
     if precision not in PRECISION_CHOICES + (None,):
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
     chosen: Precision = ("fp16" if device.type == "cuda" else "fp32") if precision in (None, "auto") else precision

@@ -20,6 +20,7 @@ import importlib.util
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -52,41 +53,63 @@ class OpenVinoError(RuntimeError):
     """OpenVINO is missing, or could not convert or compile the network."""
 
 
+@dataclass(frozen=True)
+class Converted:
+    """A network converted to OpenVINO's graph, to compile in either precision (converting is the slow part)."""
+
+    graph: object  # openvino.Model
+    seconds: float  # to convert
+    version: str
+
+
+def convert(model: nn.Module) -> Converted:
+    """``model`` (with ``forward_features``) as OpenVINO's graph of ε̂ from x_t and t's features, any batch size; a
+    snapshot of its weights. Raises :class:`OpenVinoError` when OpenVINO is missing or cannot convert it."""
+    installed = version()
+    if installed is None:
+        raise OpenVinoError("OpenVINO is not installed (pip install openvino)")
+    import openvino as ov
+
+    if not hasattr(model, "forward_features"):
+        raise OpenVinoError(f"{type(model).__name__} does not take t's features as an input (forward_features)")
+    config = model.config
+    shape = [-1, config.in_channels, config.image_size, config.image_size]
+    features = model.time_features(torch.zeros(1, dtype=torch.long))
+    example = (torch.zeros(1, *shape[1:]), features)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's deprecation and constant-shape notes: not the user's
+            graph = ov.convert_model(_FeaturesInput(model.float().eval()), example_input=example,
+                                     input=[("x", shape, ov.Type.f32),
+                                            ("features", [-1, features.shape[1]], ov.Type.f32)])
+    except Exception as e:  # OpenVINO raises its own types (and RuntimeError) for what it cannot convert
+        raise OpenVinoError(f"OpenVINO could not convert the network: {type(e).__name__}: {e}") from e
+    return Converted(graph, time.perf_counter() - start, installed)
+
+
 class OpenVinoNetwork(nn.Module):
     """ε_θ(x_t, t) of ``model`` computed by OpenVINO on the CPU with ``threads`` threads, in ``hint`` precision
     (bf16: OpenVINO's bf16 inference precision, which it keeps to f32 where the CPU has no bf16).
 
-    ``model`` is converted as it is now (a snapshot of its weights). Each calling thread gets its own inference
+    ``model`` is converted as it is now (a snapshot of its weights), unless ``converted`` is what :func:`convert` made
+    of it already (the same graph compiled in another precision). Each calling thread gets its own inference
     request, so users sampling at once do not share one. Raises :class:`OpenVinoError` when it cannot be built.
     """
 
-    def __init__(self, model: nn.Module, threads: int, hint: Hint = "bf16"):
+    def __init__(self, model: nn.Module, threads: int, hint: Hint = "bf16", converted: Converted | None = None):
         super().__init__()
-        installed = version()
-        if installed is None:
-            raise OpenVinoError("OpenVINO is not installed (pip install openvino)")
-        import openvino as ov
-
-        if not hasattr(model, "forward_features"):
-            raise OpenVinoError(f"{type(model).__name__} does not take t's features as an input (forward_features)")
-        config = model.config
-        shape = [-1, config.in_channels, config.image_size, config.image_size]
-        features = model.time_features(torch.zeros(1, dtype=torch.long))
-        example = (torch.zeros(1, *shape[1:]), features)
+        converted = converted or convert(model)
         start = time.perf_counter()
         try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the tracer's deprecation and constant-shape notes: not the user's
-                converted = ov.convert_model(_FeaturesInput(model.float().eval()), example_input=example,
-                                             input=[("x", shape, ov.Type.f32),
-                                                    ("features", [-1, features.shape[1]], ov.Type.f32)])
-            self.compiled = _core().compile_model(converted, "CPU", {
+            self.compiled = _core().compile_model(converted.graph, "CPU", {
                 "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _OPENVINO_HINT[hint],
                 "PERFORMANCE_HINT": "LATENCY"})
-        except Exception as e:  # OpenVINO raises its own types (and RuntimeError) for what it cannot convert
-            raise OpenVinoError(f"OpenVINO could not convert or compile the network: {type(e).__name__}: {e}") from e
-        self.seconds = time.perf_counter() - start  # to convert and compile, paid when the model is loaded
-        self.hint, self.threads, self.version = hint, threads, installed
+        except Exception as e:  # OpenVINO raises its own types (and RuntimeError) for what it cannot compile
+            raise OpenVinoError(f"OpenVINO could not compile the network: {type(e).__name__}: {e}") from e
+        # to convert and compile, paid when the model is loaded
+        self.seconds = converted.seconds + time.perf_counter() - start
+        self.hint, self.threads, self.version = hint, threads, converted.version
         self.time_features = model.time_features  # parameter-free: sines and cosines of t
         self._local = threading.local()
 

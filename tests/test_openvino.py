@@ -132,7 +132,7 @@ def test_a_network_openvino_cannot_convert_raises_its_own_error(net):
         def forward_features(self, x, features):
             raise RuntimeError("cannot be traced")
 
-    with pytest.raises(OpenVinoError, match="could not convert or compile the network: RuntimeError"):
+    with pytest.raises(OpenVinoError, match="could not convert the network: RuntimeError"):
         OpenVinoNetwork(Untraceable(), 1)
     with pytest.raises(OpenVinoError, match="does not take t's features"):
         OpenVinoNetwork(torch.nn.Linear(2, 2), 1)
@@ -154,10 +154,17 @@ def test_both_networks_split_at_ts_features_without_changing_their_function(conf
 # --- prepare_cpu --------------------------------------------------------------------------------------------------
 
 @needs_openvino
-def test_openvino_samples_with_pytorch_fp32_for_the_last_steps_and_for_measuring(net, monkeypatch):
+def test_openvino_runs_every_step_with_its_f32_network_for_the_last_steps_and_for_measuring(net, monkeypatch):
+    """No step goes back to PyTorch's network: its idle OpenMP threads would spin on the cores OpenVINO's threads
+    need. The graph is converted once and compiled in both precisions."""
     monkeypatch.setattr(inference, "median_ms", lambda *a, **k: never_timed())  # nothing is timed
+    conversions = []
+    convert = openvino_net.convert
+    monkeypatch.setattr(openvino_net, "convert", lambda model: conversions.append(model) or convert(model))
     prepared = prepare_cpu(net, "auto", cpu=AMX, timesteps=200, runtime="openvino")
     assert isinstance(prepared.model, OpenVinoNetwork) and prepared.precision == "bf16" and prepared.switch is None
+    assert prepared.model.hint == "bf16" and len(conversions) == 1
+    assert isinstance(prepared.fp32_model, OpenVinoNetwork) and prepared.fp32_model.hint == "fp32"
     assert prepared.runtime.engine.startswith("OpenVINO ") and "OpenVINO" in prepared.runtime.describe()
     assert "oneDNN" not in prepared.runtime.describe() and prepared.runtime.ms_per_step is None
     assert prepared.runtime.reason == "auto: bf16 in hardware on AMX + AVX-512; fp32 for t < 15"
@@ -167,10 +174,13 @@ def test_openvino_samples_with_pytorch_fp32_for_the_last_steps_and_for_measuring
         for batch in (1, 4):
             x, t = torch.randn(batch, 3, 16, 16, generator=gen), torch.full((batch,), 100)
             assert torch.equal(prepared(x, t), prepared.model(x, t))
-            small_t = torch.full((batch,), 14)  # below 7.5 % of T = 200: PyTorch's fp32 network
-            assert torch.equal(prepared(x, small_t), fp32(x, small_t))
-            assert torch.equal(prepared.in_fp32()(x, t), fp32(x, t))
-    f32 = prepare_cpu(net, "fp32", runtime="openvino")  # OpenVINO in f32: no PyTorch twin needed
+            small_t = torch.full((batch,), 14)  # below 7.5 % of T = 200: OpenVINO's f32 network
+            assert torch.equal(prepared(x, small_t), prepared.fp32_model(x, small_t))
+            measured = prepared.in_fp32()
+            assert measured.precision == "fp32" and measured.model is prepared.fp32_model
+            torch.testing.assert_close(measured(x, t), fp32(x, t), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(prepared(x, small_t), fp32(x, small_t), rtol=1e-4, atol=1e-5)
+    f32 = prepare_cpu(net, "fp32", runtime="openvino")  # OpenVINO in f32: no twin needed
     assert isinstance(f32.model, OpenVinoNetwork) and f32.fp32_model is None and f32.in_fp32() is f32
 
 
@@ -189,7 +199,7 @@ def test_ctrl_c_after_an_openvino_network_was_used_does_not_crash_the_process():
     memory went with the last network while the stack stayed registered: the trainer's Ctrl-C test, run after
     this file's sampling test in one process, died of SIGSEGV (3 of 3 runs; the order the full suite runs them in).
     Run here in a process of their own."""
-    tests = ["tests/test_openvino.py::test_openvino_samples_with_pytorch_fp32_for_the_last_steps_and_for_measuring",
+    tests = ["tests/test_openvino.py::test_openvino_runs_every_step_with_its_f32_network_for_the_last_steps_and_for_measuring",
              "tests/test_training.py::test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT,
                           capture_output=True, text=True, timeout=PATIENCE)

@@ -72,7 +72,8 @@ class ModelLibrary:
     def __init__(self, weights_dir: str | Path | Sequence[str | Path], device: torch.device | str = "cpu",
                  default: str | None = None, models_in_memory: int = MODELS_IN_MEMORY,
                  hub_cache_dir: str | Path | None = None, precision: str = "auto",
-                 precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch"):
+                 precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch",
+                 cpu_threads: int | None = None):
         dirs = [weights_dir] if isinstance(weights_dir, (str, Path)) else list(weights_dir)
         self.roots = tuple(Path(d) for d in dirs)
         self.weights_dir = self.roots[0]
@@ -80,6 +81,7 @@ class ModelLibrary:
         self.precision = precision  # the networks' compute precision (see ddpm_app.inference.prepare)
         self.precision_cache = precision_cache  # where the CPU's "auto" choice is remembered (None: timed each load)
         self.cpu_runtime = cpu_runtime  # who runs the network on the CPU: pytorch or openvino
+        self.cpu_threads = cpu_threads  # OpenVINO's threads (None: PyTorch's count)
         self._added: dict[str, Path] = {}  # from the Hub or a nested folder: kept by a rescan
         self.folders: dict[str, Path] = self._scan()
         if not self.folders:
@@ -198,4 +200,4 @@ class ModelLibrary:
 
     def _load(self, name: str, folder: Path) -> ServedModel:
         return ServedModel(name, load_local(folder, self.device), self.device, folder, self.precision,
-                           self.precision_cache, self.cpu_runtime)
+                           self.precision_cache, self.cpu_runtime, self.cpu_threads)

@@ -63,14 +63,15 @@ class ServedModel:
     every user; what a user keeps is in :class:`~ddpm_app.app.state.UserState`."""
 
     def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None,
-                 precision: str = "auto", precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch"):
+                 precision: str = "auto", precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch",
+                 cpu_threads: int | None = None):
         self.name = name
         self.loaded = loaded
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
         self.device = torch.device(device)
         prepared = prepare(loaded.model, self.device, precision=precision, timesteps=self.schedule.timesteps,
-                           cache=precision_cache, cpu_runtime=cpu_runtime)
+                           cache=precision_cache, cpu_runtime=cpu_runtime, cpu_threads=cpu_threads)
         self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
         # the same network in fp32, for what the teaching views measure (the loss, the bound): the held-out figures
         # beside them were made in fp32, and bf16 would move the loss at large t (see Prepared.in_fp32)
