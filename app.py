@@ -17,7 +17,7 @@ from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users
 from ddpm_app.cpu import cpu_budget, tune_malloc
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device, torch_threads
+from ddpm_app.inference import CPU_RUNTIMES, OPENVINO_BELOW_BATCH, PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
 from ddpm_app.precision_cache import CACHE_DIR_ENV, PrecisionCache
 
@@ -40,9 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
                         "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32; timed once per machine and "
                         f"model, remembered in ${CACHE_DIR_ENV} (default ~/.cache/ddpm-app)")
-    p.add_argument("--cpu-runtime", default="pytorch", choices=CPU_RUNTIMES,
-                   help="who runs the network on the CPU: pytorch, or openvino (pip install openvino; faster on Intel "
-                        "Xeons with AMX, level on an AMD EPYC: see the README)")
+    p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES,
+                   help=f"who runs the network on the CPU: auto = OpenVINO below {OPENVINO_BELOW_BATCH} images where "
+                        "it is installed and the CPU has bf16 (AMX or AVX512-BF16), PyTorch otherwise; or pytorch, "
+                        "or openvino, for every batch size (see the README)")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -62,10 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu":
         budget = cpu_budget()
         threads = args.threads or budget.threads
-        torch.set_num_threads(torch_threads(threads, args.cpu_runtime))
+        torch.set_num_threads(threads)
         chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
-        if args.cpu_runtime == "openvino":
-            chosen = f"1, OpenVINO's network {chosen}"
         print(f"torch threads: {chosen}; {tune_malloc()}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision,

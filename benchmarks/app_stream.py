@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from ddpm_app import ui  # noqa: E402
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # noqa: E402
 from ddpm_app.cpu import cpu_budget, tune_malloc  # noqa: E402
-from ddpm_app.inference import resolve_device, torch_threads  # noqa: E402
+from ddpm_app.inference import resolve_device  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
 from ddpm_app.precision_cache import PrecisionCache  # noqa: E402
 from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default=None,
                    help="the servers' --precision (default: theirs, auto); fp32 keeps two versions comparable")
     p.add_argument("--cpu-runtime", default=None,
-                   help="the servers' --cpu-runtime (default: theirs, pytorch): or openvino")
+                   help="the servers' --cpu-runtime (default: theirs, auto): or pytorch, openvino")
     p.add_argument("--no-handler", action="store_true", help="skip the in-process handler rows")
     p.add_argument("--compare-app", type=Path, default=None,
                    help="another checkout's app.py, served the same way and interleaved with this one")
@@ -182,11 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device or "auto")
     threads = runtime = None
     if device.type == "cpu":
-        threads, runtime = args.threads or cpu_budget().threads, args.cpu_runtime or "pytorch"
-        torch.set_num_threads(torch_threads(threads, runtime))  # as app.py does
+        threads, runtime = args.threads or cpu_budget().threads, args.cpu_runtime or "auto"
+        torch.set_num_threads(threads)  # as app.py does
         tune_malloc()
     library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
-                           precision_cache=PrecisionCache.default(), cpu_runtime=runtime or "pytorch",
+                           precision_cache=PrecisionCache.default(), cpu_runtime=runtime or "auto",
                            cpu_threads=threads)
     served = library.get()
     T = served.timesteps

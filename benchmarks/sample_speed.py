@@ -55,7 +55,8 @@ def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
 def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures) -> dict[str, Prepared]:
     """The ways to run ``model`` on this CPU that the table compares at every batch size."""
     plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True),
+    threads = torch.get_num_threads()  # each network sets it for its calls: OpenVINO's to one for PyTorch
+    variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True, torch_threads=threads),
                 "packed fp32": prepare_cpu(model, "fp32", cpu)}
     if cpu_bf16_supported(cpu):
         variants["packed bf16"] = prepare_cpu(model, "bf16", cpu)
@@ -71,7 +72,7 @@ def packed_for(model: torch.nn.Module, batch: int) -> Prepared:
     example = example_input(plain, batch)
     net = onednn.pack_convolutions(plain, example, torch.bfloat16)
     net = cpu_norm.tune_group_norms(net, {batch: example}, time_group_norm_kernels)
-    return Prepared(net, channels_last=True, precision="bf16")
+    return Prepared(net, channels_last=True, precision="bf16", torch_threads=torch.get_num_threads())
 
 
 def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: torch.device, batch: int) -> float:
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--batches", default="1,4", help="CPU batch sizes, comma-separated (default: 1,4)")
     p.add_argument("--precision", default="auto", choices=[c for c in PRECISION_CHOICES if c != "fp16"])
-    p.add_argument("--cpu-runtime", default="pytorch", choices=CPU_RUNTIMES, help="the app's --cpu-runtime")
+    p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES, help="the app's --cpu-runtime")
     p.add_argument("--weights", default="weights")
     p.add_argument("--no-seed", action="store_true", help="skip the seed architecture")
     p.add_argument("--gpu-batch", type=int, default=16)

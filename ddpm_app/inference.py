@@ -39,18 +39,12 @@ log = logging.getLogger(__name__)
 # fp16 is refused there.
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16", "fp16")  # what --precision accepts
-# who runs the network on the CPU (--cpu-runtime): PyTorch, or OpenVINO where it is installed (not timed against
-# each other: OpenVINO's network alone was faster on both CPU kinds measured, but in the server only on the Xeon)
-CPU_RUNTIMES: tuple[str, ...] = ("pytorch", "openvino")
-
-
-def torch_threads(threads: int, cpu_runtime: str) -> int:
-    """PyTorch's threads when the app may use ``threads`` CPU threads: all of them, or one where OpenVINO runs the
-    network on those threads. PyTorch's work beside OpenVINO's network is small (the update, the previews), and its
-    idle OpenMP threads spin about 10 ms after each parallel op before they sleep, on the cores OpenVINO's threads
-    need: DDPM-1000 of one image in the server took 9.75 s with one PyTorch thread and 11.28 s with two (AMD EPYC,
-    2 cores; see the README)."""
-    return 1 if cpu_runtime == "openvino" else threads
+# who runs the network on the CPU (--cpu-runtime): "auto" = OpenVINO below OPENVINO_BELOW_BATCH images where it is
+# installed and the CPU has bf16 in hardware, PyTorch otherwise; or one of them for every batch size. Measured in the
+# server (DDPM-1000, faces model, 2 threads): OpenVINO took a quarter less time at one image on an Intel Xeon with
+# AMX and a tenth less on an AMD EPYC with AVX512-BF16, and 7–18 % more at four images on both (see the README)
+CPU_RUNTIMES: tuple[str, ...] = ("auto", "pytorch", "openvino")
+OPENVINO_BELOW_BATCH = 4
 
 
 # the networks prepare_cpu can build: PyTorch's packed fp32 or bf16 one, or OpenVINO's with its bf16 or f32 hint
@@ -116,12 +110,13 @@ class Runtime:
 @dataclass(frozen=True)
 class BatchSwitch:
     """From ``from_batch`` images up, a prepared CPU network runs ``model`` (the :data:`CpuVariant` ``precision``)
-    instead of its own: bf16 can be faster than fp32 at one batch size and slower at another (see
-    :func:`prepare_cpu`)."""
+    instead of its own, and ``fp32_model`` (when given) for the last steps: bf16 can be faster than fp32 at one batch
+    size and slower at another, and OpenVINO faster than PyTorch (see :func:`prepare_cpu`)."""
 
     from_batch: int
     precision: str
     model: nn.Module
+    fp32_model: nn.Module | None = None
 
 
 class Prepared(nn.Module):
@@ -133,9 +128,15 @@ class Prepared(nn.Module):
 
     def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32",
                  device_type: str = "cpu", runtime: Runtime | None = None, fp32_model: nn.Module | None = None,
-                 fp32_below_t: int = 0, switch: BatchSwitch | None = None):
+                 fp32_below_t: int = 0, switch: BatchSwitch | None = None, torch_threads: int | None = None):
         super().__init__()
         self.model = model
+        # CPU: PyTorch's threads in the calling thread while a PyTorch network runs, one while OpenVINO's does (None:
+        # left as they are). PyTorch's work beside OpenVINO's network is small (the update, the pictures), and its
+        # idle OpenMP threads spin about 10 ms after each parallel op before they sleep, on the cores OpenVINO's
+        # threads need: DDPM-1000 of one image in the app's worker took 8.9 s with one PyTorch thread and 10.4 s
+        # with two (AMD EPYC, 2 cores)
+        self.torch_threads = torch_threads
         # a batch with any t < fp32_below_t runs through fp32_model instead (CPU bf16: see FP32_BELOW_T_SHARE)
         self.fp32_model, self.fp32_below_t = fp32_model, fp32_below_t
         # CPU: batches of switch.from_batch images or more run in the other precision, where it was timed faster
@@ -153,11 +154,15 @@ class Prepared(nn.Module):
     def _eps(self, x: Tensor, t: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        model = self.model
+        model, fp32_model = self.model, self.fp32_model
         if self.switch is not None and x.shape[0] >= self.switch.from_batch:
-            model = self.switch.model
-        if self.fp32_model is not None and int(t.min()) < self.fp32_below_t:
-            model = self.fp32_model
+            model, fp32_model = self.switch.model, self.switch.fp32_model or fp32_model
+        if fp32_model is not None and int(t.min()) < self.fp32_below_t:
+            model = fp32_model
+        if self.torch_threads is not None:
+            threads = 1 if isinstance(model, openvino_net.OpenVinoNetwork) else self.torch_threads
+            if torch.get_num_threads() != threads:  # kept for what follows the call, as the next step's call wants
+                torch.set_num_threads(threads)
         with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             return model(x, t).float()
 
@@ -190,7 +195,8 @@ class Prepared(nn.Module):
             model = self.model
         runtime = replace(self.runtime, precision="fp32", compiled=False, reason="fp32 for measuring",
                           ms_per_step=None)
-        return Prepared(model, self.channels_last, precision="fp32", device_type=self.device_type, runtime=runtime)
+        return Prepared(model, self.channels_last, precision="fp32", device_type=self.device_type, runtime=runtime,
+                        torch_threads=self.torch_threads)
 
     def ddpm_step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
                   clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -321,9 +327,11 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
 
     ``runtime="openvino"`` runs OpenVINO's network instead (:class:`~ddpm_app.openvino_net.OpenVinoNetwork`, not
     timed, at every batch size), with OpenVINO's f32 network for the last steps where it runs bf16 and for
-    :meth:`Prepared.in_fp32`: every step stays in OpenVINO, whose threads then never wait for PyTorch's OpenMP
-    threads to stop spinning (see the README); a network OpenVINO cannot build is a ValueError that says why. It runs
-    on ``threads`` threads (default: PyTorch's count; the app gives PyTorch one, see :func:`torch_threads`).
+    :meth:`Prepared.in_fp32`: every step stays in OpenVINO, and PyTorch keeps one thread meanwhile (see
+    :class:`Prepared`); a network OpenVINO cannot build is a ValueError that says why. ``runtime="auto"`` runs
+    OpenVINO that way below :data:`OPENVINO_BELOW_BATCH` images and PyTorch's network (chosen as above, timed at that
+    batch) from there up, where :func:`openvino_suits`; else it is "pytorch". Networks run on ``threads`` threads
+    (default: PyTorch's count now).
 
     With a ``cache``, "auto" first looks for timings made before under the same :class:`ChoiceKey` (this CPU,
     threads, PyTorch, model config and batch) and only builds the networks it chooses; fresh timings are stored
@@ -334,6 +342,19 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     """
     cpu = cpu or detect()
     threads = threads or torch.get_num_threads()
+    if runtime == "auto" and openvino_suits(precision, cpu):
+        prepared = _openvino_then_pytorch(model, precision, cpu, channels_last, timesteps, cache, threads)
+    else:
+        prepared = _prepare_one(model, precision, cpu, channels_last, batches, timesteps, cache,
+                                "pytorch" if runtime == "auto" else runtime, threads)
+    log.info("sampling on %s", prepared.runtime.describe())
+    return prepared
+
+
+def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, channels_last: bool,
+                 batches: tuple[int, ...], timesteps: int, cache: PrecisionCache | None, runtime: str,
+                 threads: int) -> Prepared:
+    """:func:`prepare_cpu` with one runtime, "pytorch" or "openvino"."""
     model = model.cpu().eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -402,11 +423,33 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         reason += f"; fp32 for t < {prepared.fp32_below_t}"
     ms_now = timed[first_batch][choice] if first_batch in fresh else None
     engine = prepared.model.describe() if isinstance(prepared.model, openvino_net.OpenVinoNetwork) else ""
-    threads_used = threads if engine else torch.get_num_threads()
-    prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {threads_used} threads", VARIANT_PRECISION[choice],
+    prepared.runtime = Runtime(f"cpu: {cpu.describe()}, {threads} threads", VARIANT_PRECISION[choice],
                                onednn.available() and not engine, False, reason, ms_now, engine)
-    log.info("sampling on %s", prepared.runtime.describe())
+    prepared.torch_threads = threads
     return prepared
+
+
+def openvino_suits(precision: str | None, cpu: CpuFeatures) -> bool:
+    """Whether ``--cpu-runtime auto`` runs OpenVINO below :data:`OPENVINO_BELOW_BATCH` images: where it is installed,
+    the CPU has bf16 in hardware (the two kinds it was measured faster on) and bf16 may run (precision auto/bf16)."""
+    return (precision or "auto") in ("auto", "bf16") and cpu.bf16_native and openvino_net.version() is not None
+
+
+def _openvino_then_pytorch(model: nn.Module, precision: str | None, cpu: CpuFeatures, channels_last: bool,
+                           timesteps: int, cache: PrecisionCache | None, threads: int) -> Prepared:
+    """``--cpu-runtime auto`` where OpenVINO suits: its network below OPENVINO_BELOW_BATCH images, PyTorch's from
+    there up (each with its own fp32 network for the last steps)."""
+    small = _prepare_one(model, precision, cpu, channels_last, (1,), timesteps, None, "openvino", threads)
+    large = _prepare_one(model, precision, cpu, channels_last, (OPENVINO_BELOW_BATCH,), timesteps, cache, "pytorch",
+                         threads)
+    small.switch = BatchSwitch(OPENVINO_BELOW_BATCH, large.precision, large.model, large.fp32_model or large.model)
+    below = f"below {OPENVINO_BELOW_BATCH} images"
+    engine = (f"{small.runtime.engine} {below}; from {OPENVINO_BELOW_BATCH} images up PyTorch {large.precision}, "
+              "oneDNN pre-packed convolutions")
+    reason = (f"auto: OpenVINO {below}, {small.runtime.reason.removeprefix('auto: ')}; from "
+              f"{OPENVINO_BELOW_BATCH} up {large.runtime.reason}")
+    small.runtime = replace(small.runtime, engine=engine, reason=reason, ms_per_step=None)
+    return small
 
 
 def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,

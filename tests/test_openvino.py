@@ -1,6 +1,7 @@
-"""OpenVINO as a CPU runtime (--cpu-runtime openvino): its network computes the U-Net's ε̂ (any batch, each t its
-own, t's features in float32), the last steps and the measuring stay in PyTorch's fp32, and a missing or failing
-OpenVINO is an error that says what to do."""
+"""OpenVINO as a CPU runtime (--cpu-runtime auto/openvino): its network computes the U-Net's ε̂ (any batch, each t
+its own, t's features in float32), its f32 network takes the last steps and the measuring, "auto" runs it below four
+images only where it suits and PyTorch from there up, PyTorch keeps one thread while it runs, and a missing or
+failing OpenVINO is an error that says what to do."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_openvino_runs_in_the_precision_asked_for_without_timing(monkeypatch):
     assert choose_cpu_precision("bf16", AMX, never_timed, "openvino")[0] == "openvino"
     with pytest.raises(ValueError, match="AMX or AVX512-BF16"):
         choose_cpu_precision("bf16", AVX2, never_timed, "openvino")
-    with pytest.raises(ValueError, match="cpu runtime must be one of pytorch, openvino"):
+    with pytest.raises(ValueError, match="cpu runtime must be one of auto, pytorch, openvino"):
         choose_cpu_precision("auto", AMX, never_timed, "onnx")
 
 
@@ -182,6 +183,63 @@ def test_openvino_runs_every_step_with_its_f32_network_for_the_last_steps_and_fo
             torch.testing.assert_close(prepared(x, small_t), fp32(x, small_t), rtol=1e-4, atol=1e-5)
     f32 = prepare_cpu(net, "fp32", runtime="openvino")  # OpenVINO in f32: no twin needed
     assert isinstance(f32.model, OpenVinoNetwork) and f32.fp32_model is None and f32.in_fp32() is f32
+
+
+@pytest.fixture
+def threads_restored():
+    saved = torch.get_num_threads()
+    yield saved
+    torch.set_num_threads(saved)
+
+
+@needs_openvino
+@needs_bf16
+def test_auto_runs_openvino_below_four_images_and_pytorch_from_there_up(net, monkeypatch, threads_restored):
+    """Each side with its own fp32 network for the last steps; PyTorch keeps one thread while OpenVINO's network
+    runs and gets its threads back for its own network. Only batch 4 is timed (bf16 against fp32 in PyTorch)."""
+    timing = fake_timing({"fp32": 10.0, "bf16": 7.0})
+    monkeypatch.setattr(inference, "median_ms", timing)
+    prepared = prepare_cpu(net, "auto", cpu=AMX, timesteps=200, runtime="auto", threads=2)
+    assert timing.batches == [4]
+    assert isinstance(prepared.model, OpenVinoNetwork) and prepared.model.hint == "bf16"
+    assert isinstance(prepared.fp32_model, OpenVinoNetwork) and prepared.fp32_model.hint == "fp32"
+    switch = prepared.switch
+    assert switch.from_batch == inference.OPENVINO_BELOW_BATCH == 4 and switch.precision == "bf16"
+    assert not isinstance(switch.model, OpenVinoNetwork) and not isinstance(switch.fp32_model, OpenVinoNetwork)
+    described = prepared.runtime.describe()
+    assert "OpenVINO" in described and "below 4 images; from 4 images up PyTorch bf16" in described
+    assert "bf16 faster on AMX + AVX-512, 7.0 vs 10.0 ms/step fp32 at batch 4" in described
+    pytorch_bf16, pytorch_fp32 = prepare_cpu(net, "bf16", timesteps=200), prepare_cpu(net, "fp32")
+    gen = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        for batch, bf16, fp32, threads in ((1, prepared.model, prepared.fp32_model, 1),
+                                            (3, prepared.model, prepared.fp32_model, 1),
+                                            (4, pytorch_bf16, pytorch_fp32, 2), (1, prepared.model, None, 1)):
+            x = torch.randn(batch, 3, 16, 16, generator=gen)
+            t, small_t = torch.full((batch,), 100), torch.full((batch,), 14)
+            torch.set_num_threads(2 if threads == 1 else 1)  # whatever it was, the call sets it
+            eps = prepared(x, t)
+            assert torch.get_num_threads() == threads and torch.equal(eps, bf16(x, t))
+            if fp32 is not None:
+                eps = prepared(x, small_t)
+                assert torch.get_num_threads() == threads and torch.equal(eps, fp32(x, small_t))
+    measured = prepared.in_fp32()
+    assert measured.model is prepared.fp32_model and measured.torch_threads == 2
+
+
+def test_auto_is_pytorch_without_openvino_or_without_bf16_in_hardware(net, monkeypatch):
+    monkeypatch.setattr(inference, "OpenVinoNetwork", lambda *a, **k: never_timed())
+    monkeypatch.setattr(openvino_net, "convert", lambda *a, **k: never_timed())
+    assert not inference.openvino_suits("auto", AVX2) and not inference.openvino_suits("fp32", AMX)
+    avx2 = prepare_cpu(net, "auto", cpu=AVX2, runtime="auto")  # fp32, nothing timed
+    assert avx2.runtime.engine == "" and avx2.precision == "fp32" and avx2.switch is None
+    asked_fp32 = prepare_cpu(net, "fp32", cpu=AMX, runtime="auto")
+    assert asked_fp32.runtime.engine == "" and asked_fp32.precision == "fp32"
+    monkeypatch.setattr(openvino_net, "version", lambda: None)  # not installed: no error, PyTorch
+    assert not inference.openvino_suits("auto", AMX)
+    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 10.0, "bf16": 12.0}))
+    missing = prepare_cpu(net, "auto", cpu=AMX, batches=(1,), runtime="auto")
+    assert missing.runtime.engine == "" and missing.precision == "fp32"
 
 
 @needs_openvino

@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 from huggingface_hub import HfApi, RepoCard, constants
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from PIL import Image
 from test_app_server import app_env, free_port, serving
 
 from ddpm_app import space
 from ddpm_app.cpu import cpu_budget
+from ddpm_app.inference import openvino_suits
+from ddpm_app.isa import detect
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_fakeSpaceToken0123456789abcdef"
@@ -29,7 +32,8 @@ FAKE_TOKEN = "hf_fakeSpaceToken0123456789abcdef"
 def pins() -> dict[str, str]:
     """requirements.txt as {package: pinned version}."""
     lines = (line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines())
-    return dict(line.split("==") for line in lines if line)
+    requirements = [Requirement(line) for line in lines if line]
+    return {r.name: str(r.specifier).removeprefix("==") for r in requirements}
 
 
 def front_matter():
@@ -268,6 +272,9 @@ def test_a_space_like_start_serves_on_all_interfaces_and_answers_gradio_client(t
         assert listening_on_all_interfaces(port), Path("/proc/net/tcp").read_text()
         text = log.read_text()
         assert f"torch threads: {cpu_budget()}; malloc: blocks under 32 MiB from the heap" in text
+        # --cpu-runtime auto: OpenVINO below four images where it suits this CPU, else PyTorch alone
+        split = "below 4 images; from 4 images up PyTorch"
+        assert (split in text) == openvino_suits("auto", detect()), text
         assert re.search(rf"Running on local URL:\s+http://0\.0\.0\.0:{port}", text), text
 
         client = Client(url, verbose=False)
