@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu = detect()
     print(f"model {served.name}: {served.config.arch}, {served.loaded.num_parameters / 1e6:.1f} M parameters, "
           f"{served.config.image_size}×{served.config.image_size}×{served.config.channels}, T = {T}; "
-          f"batch {args.batch}; device {device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs; "
+          f"batch {args.batch}; device {device}, {threads or torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"preview every {args.interval} s when on; median of {args.repeats}, variants interleaved")
     print(f"CPU: {cpu.describe()}; load average (1/5/15 min) at start: {load_average()}")
     if args.compare_app:

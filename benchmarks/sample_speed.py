@@ -52,27 +52,27 @@ def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
                                                                      else [])
 
 
-def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures) -> dict[str, Prepared]:
-    """The ways to run ``model`` on this CPU that the table compares at every batch size."""
+def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures, threads: int) -> dict[str, Prepared]:
+    """The ways to run ``model`` on this CPU that the table compares at every batch size. Each sets PyTorch's
+    threads for its calls (OpenVINO's network to one), so each is given the count."""
     plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    threads = torch.get_num_threads()  # each network sets it for its calls: OpenVINO's to one for PyTorch
     variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True, torch_threads=threads),
-                "packed fp32": prepare_cpu(model, "fp32", cpu)}
+                "packed fp32": prepare_cpu(model, "fp32", cpu, threads=threads)}
     if cpu_bf16_supported(cpu):
-        variants["packed bf16"] = prepare_cpu(model, "bf16", cpu)
+        variants["packed bf16"] = prepare_cpu(model, "bf16", cpu, threads=threads)
         if openvino_net.version() is not None:
-            variants["OpenVINO bf16"] = prepare_cpu(model, "bf16", cpu, runtime="openvino")
+            variants["OpenVINO bf16"] = prepare_cpu(model, "bf16", cpu, runtime="openvino", threads=threads)
     return variants
 
 
-def packed_for(model: torch.nn.Module, batch: int) -> Prepared:
+def packed_for(model: torch.nn.Module, batch: int, threads: int) -> Prepared:
     """bf16 convolutions packed for ``batch`` images (GroupNorm kernels tuned there, as the app does): the app packs
     them for one and runs every batch size on those weights, and this shows whether that matters on this CPU."""
     plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     example = example_input(plain, batch)
     net = onednn.pack_convolutions(plain, example, torch.bfloat16)
     net = cpu_norm.tune_group_norms(net, {batch: example}, time_group_norm_kernels)
-    return Prepared(net, channels_last=True, precision="bf16", torch_threads=torch.get_num_threads())
+    return Prepared(net, channels_last=True, precision="bf16", torch_threads=threads)
 
 
 def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: torch.device, batch: int) -> float:
@@ -110,15 +110,17 @@ def main(argv=None) -> int:
               if (d / "config.json").is_file()]
     if not args.no_seed:
         models.append(("seed architecture (random weights)", build_model(SeedUNetConfig())))
-    apps = {name: prepare_cpu(model, args.precision, cpu, runtime=args.cpu_runtime) for name, model in models}
-    print("\n".join(header(cpu, torch.get_num_threads(), next(iter(apps.values())).runtime)), flush=True)
+    apps = {name: prepare_cpu(model, args.precision, cpu, runtime=args.cpu_runtime, threads=args.threads)
+            for name, model in models}
+    print("\n".join(header(cpu, args.threads, next(iter(apps.values())).runtime)), flush=True)
 
     for name, model in models:
         params = model.num_parameters() / 1e6
         print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats})\n")
-        shared = cpu_variants(model, cpu)
+        shared = cpu_variants(model, cpu, args.threads)
         for i, batch in enumerate(batches):
-            for_batch = {"packed bf16 for the batch": packed_for(model, batch)} if cpu_bf16_supported(cpu) else {}
+            for_batch = ({"packed bf16 for the batch": packed_for(model, batch, args.threads)}
+                         if cpu_bf16_supported(cpu) else {})
             variants = {**shared, **for_batch, "app": apps[name]}  # the app's precision per batch: the header
             if i == 0:
                 print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")

@@ -69,7 +69,7 @@ class EvalConfig:
     bound_precision: Precision = "fp32"  # network precision for the bound (on CUDA fp32 turns TF32 off)
     sample_precision: Precision = "tf32"  # network precision for sampling (tf32 is fp32 on the CPU)
     compile: bool = False  # torch.compile the network (CUDA only)
-    cpu_runtime: str = "pytorch"  # who runs the network on the CPU: pytorch or openvino (as app.py --cpu-runtime)
+    cpu_runtime: str = "pytorch"  # who runs the network on the CPU: pytorch, openvino or auto (as app.py --cpu-runtime)
     memorisation_samples: int = 64  # samples checked against the training set
     features: str | None = None  # face-feature weights (default: the shipped ddpm_app/assets/face_features.safetensors)
     seed: int = 0  # seeds the samples, the bound's noise and the training subset of the FD floor

@@ -454,7 +454,8 @@ def _openvino_then_pytorch(model: nn.Module, precision: str | None, cpu: CpuFeat
 
 def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
             precision: str | None = "auto", channels_last: bool = True, timesteps: int = 1000,
-            cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch", cpu_threads: int | None = None) -> Prepared:
+            cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch",
+            cpu_threads: int | None = None) -> Prepared:
     """Eval mode, no grads, on ``device``. On the CPU: :func:`prepare_cpu`. On CUDA: channels_last and compiled with
     CUDA graphs unless ``compile=False``.
 

@@ -1,11 +1,13 @@
-"""The U-Net run by OpenVINO on the CPU (``app.py --cpu-runtime openvino``): converted from the PyTorch network when
-a model is loaded, compiled for this CPU, and called like the network it came from.
+"""The U-Net run by OpenVINO on the CPU (``app.py --cpu-runtime auto`` below four images, or ``openvino``):
+converted from the PyTorch network when a model is loaded, compiled for this CPU, and called like the network it
+came from.
 
 OpenVINO fuses ops that PyTorch runs one by one (GroupNorm with SiLU, the residual adds), and per-op overhead is
 what a batch of one image on a CPU is bound by: the likely reason it is faster there (not profiled). With its bf16
-hint it ran the shipped faces network at batch 1 faster than the app's PyTorch bf16 network on both CPU kinds
-measured (AMD EPYC with AVX512-BF16, Intel Xeon with AMX), but a whole DDPM-1000 run through the server was faster
-only on the Xeon: see the README. It is optional (``pip install openvino``) and never chosen by itself.
+hint, every step in OpenVINO and PyTorch at one thread beside it, a one-image DDPM-1000 run through the server took
+a tenth less time than with the app's PyTorch bf16 network on an AMD EPYC with AVX512-BF16 and a quarter less on
+an Intel Xeon with AMX; at four images it took longer on both (see the README). ``requirements.txt`` installs it on
+x86-64 Linux and Windows; the app runs without it.
 
 ε̂ comes back as float32 whatever the hint; inputs are (B, C, H, W) float32 x_t and (B,) integer t, any batch size.
 OpenVINO is handed t's sinusoidal features, computed here in float32 (the network's ``time_features``), not t:

@@ -257,7 +257,8 @@ def test_ctrl_c_after_an_openvino_network_was_used_does_not_crash_the_process():
     memory went with the last network while the stack stayed registered: the trainer's Ctrl-C test, run after
     this file's sampling test in one process, died of SIGSEGV (3 of 3 runs; the order the full suite runs them in).
     Run here in a process of their own."""
-    tests = ["tests/test_openvino.py::test_openvino_runs_every_step_with_its_f32_network_for_the_last_steps_and_for_measuring",
+    tests = ["tests/test_openvino.py::"
+             "test_openvino_runs_every_step_with_its_f32_network_for_the_last_steps_and_for_measuring",
              "tests/test_training.py::test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT,
                           capture_output=True, text=True, timeout=PATIENCE)

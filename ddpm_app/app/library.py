@@ -80,8 +80,8 @@ class ModelLibrary:
         self.device = torch.device(device)
         self.precision = precision  # the networks' compute precision (see ddpm_app.inference.prepare)
         self.precision_cache = precision_cache  # where the CPU's "auto" choice is remembered (None: timed each load)
-        self.cpu_runtime = cpu_runtime  # who runs the network on the CPU: pytorch or openvino
-        self.cpu_threads = cpu_threads  # OpenVINO's threads (None: PyTorch's count)
+        self.cpu_runtime = cpu_runtime  # who runs the network on the CPU: auto, pytorch or openvino
+        self.cpu_threads = cpu_threads  # the networks' threads on the CPU (None: PyTorch's count at each load)
         self._added: dict[str, Path] = {}  # from the Hub or a nested folder: kept by a rescan
         self.folders: dict[str, Path] = self._scan()
         if not self.folders:
