@@ -45,8 +45,6 @@ PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16", "fp16")  #
 # AMX and a tenth less on an AMD EPYC with AVX512-BF16, and 7–18 % more at four images on both (see the README)
 CPU_RUNTIMES: tuple[str, ...] = ("auto", "pytorch", "openvino")
 OPENVINO_BELOW_BATCH = 4
-
-
 # the networks prepare_cpu can build: PyTorch's packed fp32 or bf16 one, or OpenVINO's with its bf16 or f32 hint
 CpuVariant = Literal["fp32", "bf16", "openvino", "openvino-fp32"]
 VARIANT_PRECISION: dict[str, Precision] = {"fp32": "fp32", "bf16": "bf16", "openvino": "bf16",
@@ -330,8 +328,9 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     :meth:`Prepared.in_fp32`: every step stays in OpenVINO, and PyTorch keeps one thread meanwhile (see
     :class:`Prepared`); a network OpenVINO cannot build is a ValueError that says why. ``runtime="auto"`` runs
     OpenVINO that way below :data:`OPENVINO_BELOW_BATCH` images and PyTorch's network (chosen as above, timed at that
-    batch) from there up, where :func:`openvino_suits`; else it is "pytorch". Networks run on ``threads`` threads
-    (default: PyTorch's count now).
+    batch) from there up, where :func:`openvino_suits` (and where OpenVINO cannot build the network, PyTorch at every
+    batch, with a warning in the log); else it is "pytorch". Networks run on ``threads`` threads (default: PyTorch's
+    count now).
 
     With a ``cache``, "auto" first looks for timings made before under the same :class:`ChoiceKey` (this CPU,
     threads, PyTorch, model config and batch) and only builds the networks it chooses; fresh timings are stored
@@ -342,9 +341,13 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     """
     cpu = cpu or detect()
     threads = threads or torch.get_num_threads()
+    prepared = None
     if runtime == "auto" and openvino_suits(precision, cpu):
-        prepared = _openvino_then_pytorch(model, precision, cpu, channels_last, timesteps, cache, threads)
-    else:
+        try:
+            prepared = _openvino_then_pytorch(model, precision, cpu, channels_last, timesteps, cache, threads)
+        except OpenVinoError as e:  # "auto" never fails where PyTorch alone would run
+            log.warning("--cpu-runtime auto: %s; PyTorch runs every batch instead", e)
+    if prepared is None:
         prepared = _prepare_one(model, precision, cpu, channels_last, batches, timesteps, cache,
                                 "pytorch" if runtime == "auto" else runtime, threads)
     log.info("sampling on %s", prepared.runtime.describe())
@@ -353,8 +356,9 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
 
 def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, channels_last: bool,
                  batches: tuple[int, ...], timesteps: int, cache: PrecisionCache | None, runtime: str,
-                 threads: int) -> Prepared:
-    """:func:`prepare_cpu` with one runtime, "pytorch" or "openvino"."""
+                 threads: int, runtime_asked: str | None = None) -> Prepared:
+    """:func:`prepare_cpu` with one runtime, "pytorch" or "openvino". Where OpenVINO cannot build the network, the
+    error is a ValueError that says what to do, or (``runtime_asked`` "auto") the OpenVinoError itself."""
     model = model.cpu().eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -368,9 +372,10 @@ def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, chan
                 try:
                     if not converted:
                         converted.append(openvino_net.convert(model))
-                    net: nn.Module = OpenVinoNetwork(model, threads, VARIANT_PRECISION[v],
-                                                     converted[0])
+                    net: nn.Module = OpenVinoNetwork(model, threads, VARIANT_PRECISION[v], converted[0])
                 except OpenVinoError as e:
+                    if runtime_asked == "auto":
+                        raise
                     raise ValueError(f"--cpu-runtime openvino: {e}; leave --cpu-runtime at pytorch") from e
             else:
                 net = _cpu_network(model, VARIANT_PRECISION[v], batches, group_norm_kernels)
@@ -439,7 +444,7 @@ def _openvino_then_pytorch(model: nn.Module, precision: str | None, cpu: CpuFeat
                            timesteps: int, cache: PrecisionCache | None, threads: int) -> Prepared:
     """``--cpu-runtime auto`` where OpenVINO suits: its network below OPENVINO_BELOW_BATCH images, PyTorch's from
     there up (each with its own fp32 network for the last steps)."""
-    small = _prepare_one(model, precision, cpu, channels_last, (1,), timesteps, None, "openvino", threads)
+    small = _prepare_one(model, precision, cpu, channels_last, (1,), timesteps, None, "openvino", threads, "auto")
     large = _prepare_one(model, precision, cpu, channels_last, (OPENVINO_BELOW_BATCH,), timesteps, cache, "pytorch",
                          threads)
     small.switch = BatchSwitch(OPENVINO_BELOW_BATCH, large.precision, large.model, large.fp32_model or large.model)
@@ -465,7 +470,7 @@ def prepare(model: nn.Module, device: torch.device | str, compile: bool | None =
     size compiles (CUDA only, a few seconds). The model itself is moved and switched to eval mode in place.
     ``timesteps``: the schedule's T (the CPU's bf16 network hands the last steps to fp32). ``cache``: where the
     CPU's "auto" choice is remembered (see :func:`prepare_cpu`). ``cpu_runtime``: one of :data:`CPU_RUNTIMES`, for
-    the CPU only, and ``cpu_threads`` the threads OpenVINO runs on there (default: PyTorch's count).
+    the CPU only, and ``cpu_threads`` the threads its networks run on there (default: PyTorch's count).
     """
     device = torch.device(device)
     if device.type == "cpu" and not compile:

@@ -242,6 +242,19 @@ def test_auto_is_pytorch_without_openvino_or_without_bf16_in_hardware(net, monke
     assert missing.runtime.engine == "" and missing.precision == "fp32"
 
 
+@needs_bf16
+def test_auto_falls_back_to_pytorch_with_a_warning_where_openvino_cannot_build_the_network(net, monkeypatch, caplog):
+    def fail(model):
+        raise OpenVinoError("OpenVINO could not convert the network: boom")
+    monkeypatch.setattr(openvino_net, "version", lambda: "2026.4.1")
+    monkeypatch.setattr(openvino_net, "convert", fail)
+    monkeypatch.setattr(inference, "median_ms", fake_timing({"fp32": 10.0, "bf16": 7.0}))
+    with caplog.at_level("WARNING", logger="ddpm_app.inference"):
+        prepared = prepare_cpu(net, "auto", cpu=AMX, runtime="auto")
+    assert prepared.runtime.engine == "" and prepared.precision == "bf16" and prepared.switch is None
+    assert "--cpu-runtime auto: OpenVINO could not convert the network: boom; PyTorch runs every batch" in caplog.text
+
+
 @needs_openvino
 def test_a_network_openvino_cannot_build_is_an_error_that_says_what_to_do(net, monkeypatch):
     def fail(*args, **kwargs):
