@@ -371,7 +371,8 @@ def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, chan
             if v.startswith("openvino"):
                 try:
                     if not converted:
-                        converted.append(openvino_net.convert(model))
+                        graphs = cache.path.parent / "openvino" if cache is not None else None
+                        converted.append(openvino_net.convert(model, graphs))
                     net: nn.Module = OpenVinoNetwork(model, threads, VARIANT_PRECISION[v], converted[0])
                 except OpenVinoError as e:
                     if runtime_asked == "auto":
@@ -444,7 +445,7 @@ def _openvino_then_pytorch(model: nn.Module, precision: str | None, cpu: CpuFeat
                            timesteps: int, cache: PrecisionCache | None, threads: int) -> Prepared:
     """``--cpu-runtime auto`` where OpenVINO suits: its network below OPENVINO_BELOW_BATCH images, PyTorch's from
     there up (each with its own fp32 network for the last steps)."""
-    small = _prepare_one(model, precision, cpu, channels_last, (1,), timesteps, None, "openvino", threads, "auto")
+    small = _prepare_one(model, precision, cpu, channels_last, (1,), timesteps, cache, "openvino", threads, "auto")
     large = _prepare_one(model, precision, cpu, channels_last, (OPENVINO_BELOW_BATCH,), timesteps, cache, "pytorch",
                          threads)
     small.switch = BatchSwitch(OPENVINO_BELOW_BATCH, large.precision, large.model, large.fp32_model or large.model)

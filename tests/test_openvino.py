@@ -152,6 +152,30 @@ def test_both_networks_split_at_ts_features_without_changing_their_function(conf
         assert not torch.equal(model.forward_features(x, model.time_features(t + 1)), model(x, t))
 
 
+@needs_openvino
+def test_the_converted_graph_is_kept_and_read_back_at_the_next_start(net, tmp_path, monkeypatch, caplog):
+    """Converting is most of OpenVINO's build; a kept graph gives the same ε̂, and other weights get their own."""
+    graphs = tmp_path / "openvino"
+    first = openvino_net.convert(net, graphs)
+    kept = sorted(p.name for p in graphs.iterdir())
+    assert len(kept) == 2 and kept[0].endswith(".bin") and kept[1].endswith(".xml")
+    calls = []
+    real = openvino_net._convert
+    monkeypatch.setattr(openvino_net, "_convert", lambda *a: calls.append(a) or real(*a))
+    again = openvino_net.convert(net, graphs)
+    assert calls == []  # read back, not converted
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([3, 600])
+    with torch.inference_mode():
+        eps = [OpenVinoNetwork(net, 1, "fp32", c)(x, t) for c in (first, again)]
+    torch.testing.assert_close(eps[1], eps[0], rtol=1e-6, atol=1e-6)
+    other = perturb(seeded_init(lambda: build_model(make_tiny_config())), scale=0.2).eval()
+    assert openvino_net.graph_key(other, "v") != openvino_net.graph_key(net, "v")
+    (graphs / kept[1]).write_text("not a graph")  # a damaged file: converted again, with a log line
+    with caplog.at_level("WARNING", logger="ddpm_app.openvino_net"):
+        openvino_net.convert(net, graphs)
+    assert len(calls) == 1 and "could not be read" in caplog.text
+
+
 # --- prepare_cpu --------------------------------------------------------------------------------------------------
 
 @needs_openvino
@@ -161,7 +185,7 @@ def test_openvino_runs_every_step_with_its_f32_network_for_the_last_steps_and_fo
     monkeypatch.setattr(inference, "median_ms", lambda *a, **k: never_timed())  # nothing is timed
     conversions = []
     convert = openvino_net.convert
-    monkeypatch.setattr(openvino_net, "convert", lambda model: conversions.append(model) or convert(model))
+    monkeypatch.setattr(openvino_net, "convert", lambda model, *a: conversions.append(model) or convert(model, *a))
     prepared = prepare_cpu(net, "auto", cpu=AMX, timesteps=200, runtime="openvino")
     assert isinstance(prepared.model, OpenVinoNetwork) and prepared.precision == "bf16" and prepared.switch is None
     assert prepared.model.hint == "bf16" and len(conversions) == 1
@@ -244,7 +268,7 @@ def test_auto_is_pytorch_without_openvino_or_without_bf16_in_hardware(net, monke
 
 @needs_bf16
 def test_auto_falls_back_to_pytorch_with_a_warning_where_openvino_cannot_build_the_network(net, monkeypatch, caplog):
-    def fail(model):
+    def fail(model, *args):
         raise OpenVinoError("OpenVINO could not convert the network: boom")
     monkeypatch.setattr(openvino_net, "version", lambda: "2026.4.1")
     monkeypatch.setattr(openvino_net, "convert", fail)
