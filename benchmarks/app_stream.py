@@ -180,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     from gradio_client import Client
 
     device = resolve_device(args.device or "auto")
-    threads = runtime = None
+    threads = None
     if device.type == "cpu":
-        threads, runtime = args.threads or cpu_budget().threads, args.cpu_runtime or "auto"
+        threads = args.threads or cpu_budget().threads
         torch.set_num_threads(threads)  # as app.py does
         tune_malloc()
     library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
-                           precision_cache=PrecisionCache.default(), cpu_runtime=runtime or "auto",
+                           precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime or "auto",
                            cpu_threads=threads)
     served = library.get()
     T = served.timesteps

@@ -348,17 +348,20 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
         except OpenVinoError as e:  # "auto" never fails where PyTorch alone would run
             log.warning("--cpu-runtime auto: %s; PyTorch runs every batch instead", e)
     if prepared is None:
-        prepared = _prepare_one(model, precision, cpu, channels_last, batches, timesteps, cache,
-                                "pytorch" if runtime == "auto" else runtime, threads)
+        try:
+            prepared = _prepare_one(model, precision, cpu, channels_last, batches, timesteps, cache,
+                                    "pytorch" if runtime == "auto" else runtime, threads)
+        except OpenVinoError as e:
+            raise ValueError(f"--cpu-runtime openvino: {e}; leave --cpu-runtime at pytorch") from e
     log.info("sampling on %s", prepared.runtime.describe())
     return prepared
 
 
 def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, channels_last: bool,
                  batches: tuple[int, ...], timesteps: int, cache: PrecisionCache | None, runtime: str,
-                 threads: int, runtime_asked: str | None = None) -> Prepared:
-    """:func:`prepare_cpu` with one runtime, "pytorch" or "openvino". Where OpenVINO cannot build the network, the
-    error is a ValueError that says what to do, or (``runtime_asked`` "auto") the OpenVinoError itself."""
+                 threads: int) -> Prepared:
+    """:func:`prepare_cpu` with one runtime, "pytorch" or "openvino" (an OpenVinoError where OpenVINO cannot build the
+    network)."""
     model = model.cpu().eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -369,15 +372,10 @@ def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, chan
     def network(v: str) -> Prepared:
         if v not in built:
             if v.startswith("openvino"):
-                try:
-                    if not converted:
-                        graphs = cache.path.parent / "openvino" if cache is not None else None
-                        converted.append(openvino_net.convert(model, graphs))
-                    net: nn.Module = OpenVinoNetwork(model, threads, VARIANT_PRECISION[v], converted[0])
-                except OpenVinoError as e:
-                    if runtime_asked == "auto":
-                        raise
-                    raise ValueError(f"--cpu-runtime openvino: {e}; leave --cpu-runtime at pytorch") from e
+                if not converted:
+                    graphs = cache.path.parent / "openvino" if cache is not None else None
+                    converted.append(openvino_net.convert(model, graphs))
+                net: nn.Module = OpenVinoNetwork(model, threads, VARIANT_PRECISION[v], converted[0])
             else:
                 net = _cpu_network(model, VARIANT_PRECISION[v], batches, group_norm_kernels)
             built[v] = Prepared(net, channels_last=channels_last, precision=VARIANT_PRECISION[v])
@@ -445,7 +443,7 @@ def _openvino_then_pytorch(model: nn.Module, precision: str | None, cpu: CpuFeat
                            timesteps: int, cache: PrecisionCache | None, threads: int) -> Prepared:
     """``--cpu-runtime auto`` where OpenVINO suits: its network below OPENVINO_BELOW_BATCH images, PyTorch's from
     there up (each with its own fp32 network for the last steps)."""
-    small = _prepare_one(model, precision, cpu, channels_last, (1,), timesteps, cache, "openvino", threads, "auto")
+    small = _prepare_one(model, precision, cpu, channels_last, (1,), timesteps, cache, "openvino", threads)
     large = _prepare_one(model, precision, cpu, channels_last, (OPENVINO_BELOW_BATCH,), timesteps, cache, "pytorch",
                          threads)
     small.switch = BatchSwitch(OPENVINO_BELOW_BATCH, large.precision, large.model, large.fp32_model or large.model)
