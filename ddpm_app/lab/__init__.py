@@ -13,10 +13,10 @@ The schedule, the loss and the samplers are the library's own (:mod:`ddpm_app.sc
 
 from .forward import Gaussian, noised_cloud, q_gaussian
 from .metrics import energy_distance
-from .model import PointMLP, PointMLPConfig, predict_field
+from .model import PointMLP, PointMLPConfig, build_model, predict_field
 from .points import DATASETS, PointsError, PointSet, dataset, from_csv, from_drawing, split
 from .train import TrainRecord, Trainer, TrainSettings
 
 __all__ = ["DATASETS", "Gaussian", "PointMLP", "PointMLPConfig", "PointSet", "PointsError", "TrainRecord", "Trainer",
-           "TrainSettings", "dataset", "energy_distance", "from_csv", "from_drawing",
+           "TrainSettings", "build_model", "dataset", "energy_distance", "from_csv", "from_drawing",
            "noised_cloud", "predict_field", "q_gaussian", "split"]

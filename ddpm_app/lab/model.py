@@ -71,3 +71,11 @@ def predict_field(model: nn.Module, schedule: Schedule, points: Tensor, t: int) 
     tt = torch.full((len(points),), t, dtype=torch.long)
     eps = model(points, tt).float()
     return Field(eps, -eps / extract(schedule.sqrt_one_minus_alphas_cumprod, tt, eps.shape))
+
+
+def build_model(config: PointMLPConfig, seed: int) -> PointMLP:
+    """A fresh network whose initial weights come from ``seed`` alone (PyTorch's initialisers draw from the global
+    generator, so they run inside a forked one: the caller's random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PointMLP(config)
