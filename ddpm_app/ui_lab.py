@@ -64,8 +64,10 @@ EXPERIMENTS = {  # label: (what to change, what to look for)
 }
 
 
-class SketchInput(gr.Sketchpad):
-    """``gr.Sketchpad`` that refuses web addresses (Gradio would download them before the handler is asked)."""
+class SketchInput(gr.ImageEditor):
+    """A sketchpad (``gr.ImageEditor`` with a black brush and no uploads, which is what ``gr.Sketchpad`` sets up; a
+    template of a template would have no page component) that refuses web addresses, which Gradio would
+    download before the handler is asked."""
 
     is_template = True
 
@@ -292,7 +294,8 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
                 word = gr.Textbox("DDPM", label="Word (for the word data set)", max_length=12)
                 with gr.Accordion("Draw, upload or paste", open=False):
                     drawing = SketchInput(label="Draw a shape (choose “my drawing” above)", height=300,
-                                          type="numpy", elem_id="lab-sketch")
+                                          type="numpy", sources=(), elem_id="lab-sketch", image_mode="RGBA",
+                                          brush=gr.Brush(colors=["#000000"], color_mode="fixed"))
                     csv_file = gr.File(label=f"CSV of points: x,y per line, at most {MAX_POINTS}",
                                        file_types=[".csv", ".txt"], type="filepath")
                     text = gr.Textbox(label="Points: x,y per line, or JSON [[x, y], …]", lines=3)

@@ -236,7 +236,7 @@ def forward_picture(schedule: Schedule, data: PointSet, t: int, index: int, nois
     ax.annotate("", mean, x0.numpy(), arrowprops=dict(arrowstyle="->", color=NOISE_COLOUR))
     ax.plot(*x0.numpy(), marker="*", ms=12, c=NOISE_COLOUR, ls="", label="x₀ (chosen)")
     ax.plot(*mean, marker="+", ms=12, c=NOISE_COLOUR, ls="", label="√ᾱ_t·x₀ (mean); circles 1σ, 2σ")
-    ax.legend(loc="upper right", fontsize=7, markerscale=2)
+    ax.legend(loc="upper left", fontsize=7)
     return pixels(fig)
 
 
@@ -291,7 +291,7 @@ def preview_picture(data: PointSet, preview: Preview | None, label: str = "") ->
     return pixels(fig)
 
 
-def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths: int = 150) -> np.ndarray:
+def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths: int = 40) -> np.ndarray:
     """Trajectories of the first ``paths`` points from x_T to x₀ (up to stored frame ``upto``), the points now."""
     last = len(run.ts) - 1 if upto is None else upto
     track = torch.stack(run.x_t[:last + 1] + ([run.final] if upto is None else []))[:, :paths].numpy()  # (F, P, 2)
@@ -299,9 +299,9 @@ def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths
     fig, ax = _axes(f"{run.title}\n{'x₀' if upto is None else f'x_t at t = {run.ts[last]}'} and the paths", limit)
     _dots(ax, data.train, DATA_COLOUR, "data", alpha=0.3)
     for p in range(track.shape[1]):
-        ax.plot(track[:, p, 0], track[:, p, 1], c=MODEL_COLOUR, lw=0.4, alpha=0.35)
+        ax.plot(track[:, p, 0], track[:, p, 1], c=MODEL_COLOUR, lw=0.5, alpha=0.3)
     now = run.final if upto is None else run.x_t[last]
-    _dots(ax, now, NOISE_COLOUR, "points now", size=5, alpha=0.8)
+    _dots(ax, now, NOISE_COLOUR, "points now", size=6, alpha=0.9)
     ax.legend(loc="upper right", fontsize=8, markerscale=3)
     return pixels(fig)
 
