@@ -21,13 +21,13 @@ from .schedule import Schedule
 class NoisePrediction(NamedTuple):
     """One pass of the training objective: the noised input, the network's guess and its per-value error."""
 
-    x_t: Tensor  # √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, (B, C, H, W)
+    x_t: Tensor  # √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, (B, C, H, W) for images, (B, 2) for points
     pred_eps: Tensor  # ε̂ = ε_θ(x_t, t), float32
-    squared_error: Tensor  # (ε − ε̂)², (B, C, H, W)
+    squared_error: Tensor  # (ε − ε̂)², the shape of x_t
 
     def per_sample(self) -> Tensor:
-        """The mean over pixels of (ε − ε̂)²: (B,)."""
-        return self.squared_error.mean(dim=(1, 2, 3))
+        """The mean over each sample's values (pixels, or a point's coordinates) of (ε − ε̂)²: (B,)."""
+        return self.squared_error.flatten(1).mean(dim=1)
 
 
 def noise_prediction(model: EpsModel, schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> NoisePrediction:

@@ -544,6 +544,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
           users: Users | None = None) -> gr.Blocks:
     """The app's Blocks, queued; launch it with ``css=CSS, head=HEAD, theme=THEME``. ``users`` decides how long
     each user's results stay in memory (see :class:`~ddpm_app.app.Users`)."""
+    from .ui_lab import LabHandlers, lab_tab
     from .ui_teach import TeachHandlers, figure_row, teach_tabs
 
     h = Handlers(library, preview_interval, max_trajectory_bytes, users=users)
@@ -590,6 +591,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             g_xt = _image("x_t", elem_id="gen-xt", min_width=200)
                             g_x0 = _image("predicted x̂₀", elem_id="gen-x0", min_width=200)
                             g_eps = _image("predicted ε̂ (×½)", visible=False, elem_id="gen-eps", min_width=200)
+
+            lab_tab(LabHandlers(library.worker), user)  # the 2-D lab: DDPM on points, trained live
 
             # 2. Step through the frames ----------------------------------------------------------
             with gr.Tab("Frames", id="frames"):

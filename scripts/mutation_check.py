@@ -46,6 +46,7 @@ DATA = ("tests/test_data.py", "tests/test_training.py", "tests/test_train_cli.py
 IMAGE = ("tests/test_data.py", "tests/test_image.py", "tests/test_training.py")
 APP = ("tests/test_ui.py",)
 TEACH = ("tests/test_teach.py",)  # the teaching views: likelihood of a photo, runs side by side, interpolation
+LAB = ("tests/test_lab.py",)  # the 2-D lab's library
 TRAIN_CLI = ("tests/test_train_cli.py",)
 EVALUATE = ("tests/test_evaluate.py",)
 OPENVINO = ("tests/test_openvino.py",)
@@ -180,7 +181,7 @@ MUTATIONS: list[Mutation] = [
       '        torch.set_rng_state(ckpt["cpu_rng"])\n', "", TRAINING,
       "resume is not exact with dropout (the CPU RNG state is not restored)"),
     M("loss-sum-over-pixels", "ddpm_app/loss.py",
-      "return self.squared_error.mean(dim=(1, 2, 3))", "return self.squared_error.sum(dim=(1, 2, 3))", TRAINING,
+      "return self.squared_error.flatten(1).mean(dim=1)", "return self.squared_error.flatten(1).sum(dim=1)", TRAINING,
       "loss summed over pixels (learning rate effectively ×C·H·W)"),
     M("loss-target-x0", "ddpm_app/loss.py",
       "(pred - noise.float()) ** 2", "(pred - x0.float()) ** 2",
@@ -437,6 +438,20 @@ MUTATIONS: list[Mutation] = [
     M("nearest-ignores-flips-off", "ddpm_app/evaluate.py",
       "for flipped in ((False, True) if flips else (False,)):", "for flipped in (False, True):", EVALUATE,
       "nearest_pixels(flips=False) still tries mirror images"),
+    # --- the 2-D lab --------------------------------------------------------------------------------------------
+    M("lab-forward-mean-unsquared", "ddpm_app/lab/forward.py",
+      'float(f64["sqrt_alphas_cumprod"][t]) * x0', 'float(f64["alphas_cumprod"][t]) * x0', LAB,
+      "the lab's q(x_t|x₀) circles sit at ᾱ_t·x₀ instead of √ᾱ_t·x₀"),
+    M("lab-energy-cross-term-halved", "ddpm_app/lab/metrics.py",
+      "float(2 * _mean_distance(x, y, False)", "float(_mean_distance(x, y, False)", LAB,
+      "the energy distance drops the factor 2 of its cross term: every quality figure is wrong"),
+    M("lab-t-half-range", "ddpm_app/lab/train.py",
+      "t = torch.randint(0, self.schedule.timesteps, (n,), generator=g)",
+      "t = torch.randint(0, self.schedule.timesteps // 2, (n,), generator=g)", LAB,
+      "the lab trains only on the less noisy half of the timesteps"),
+    M("lab-noise-uniform", "ddpm_app/lab/train.py",
+      "noise = torch.randn(x0.shape, generator=g)", "noise = torch.rand(x0.shape, generator=g)", LAB,
+      "the lab's training noise is uniform on [0, 1) instead of N(0, I)"),
     # --- the teaching views ---------------------------------------------------------------------------------------
     M("likelihood-view-unclipped", "ddpm_app/app/likelihood_view.py",
       "generator=served.generator(seed), clip_x0=CLIP_X0", "generator=served.generator(seed), clip_x0=False", TEACH,

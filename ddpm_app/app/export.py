@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -77,7 +77,11 @@ def export_gif(trajectory: Trajectory | None, path: str | Path, max_frames: int 
     """An animated GIF of the stored frames (x_t | x̂₀ side by side, labelled), the last one held a moment."""
     trajectory = _check_frames(trajectory)
     indices = export_indices(len(trajectory.frames), max_frames)
-    pictures = list(_pictures(trajectory, indices, progress))
+    return save_gif(list(_pictures(trajectory, indices, progress)), path, duration_ms, hold_last_ms)
+
+
+def save_gif(pictures: list[Image.Image], path: str | Path, duration_ms: int = 60, hold_last_ms: int = 1500) -> Path:
+    """``pictures`` as an animated GIF that loops, the last one held ``hold_last_ms``."""
     durations = [duration_ms] * (len(pictures) - 1) + [hold_last_ms]
     path = Path(path)
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
@@ -88,16 +92,21 @@ def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int 
                progress: ExportProgress | None = None) -> Path:
     """An H.264 MP4 of the stored frames (needs the ``imageio-ffmpeg`` package)."""
     trajectory = _check_frames(trajectory)
+    indices = export_indices(len(trajectory.frames), max_frames)
+    return save_mp4(_pictures(trajectory, indices, progress), path, fps)
+
+
+def save_mp4(pictures: Iterable[Image.Image | np.ndarray], path: str | Path, fps: int = 20) -> Path:
+    """``pictures`` (all of one size) as an H.264 MP4, the last one held a second (needs ``imageio-ffmpeg``)."""
     if importlib.util.find_spec("imageio_ffmpeg") is None:  # the ffmpeg binary imageio's MP4 writer runs
         raise InputError("MP4 export needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
                          "the GIF export works without it")
     import imageio.v2 as imageio
 
-    indices = export_indices(len(trajectory.frames), max_frames)
     path = Path(path)
     with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
                             macro_block_size=16, output_params=["-pix_fmt", "yuv420p"]) as writer:
-        for labelled in _pictures(trajectory, indices, progress):
+        for labelled in pictures:
             frame = _pad_to(np.asarray(labelled), 16)
             writer.append_data(frame)
         for _ in range(fps):  # hold the last frame for a second

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..likelihood import BitsPerDim
 from ..loss import LossCurve
 from .inputs import InputError, random_seed, requested_seed
+from .lab_view import LabState
 from .plots import MarkedPlot
 from .runs import DEFAULT_TRAJECTORY_BYTES, Trajectory
 from .served import ServedModel
@@ -89,6 +90,7 @@ class UserState:
     pinned: Trajectory | None = None
     forward: ForwardState = field(default_factory=ForwardState)
     lesson: LessonState = field(default_factory=LessonState)
+    lab: LabState = field(default_factory=LabState)  # the 2-D lab: data, model, runs
 
     def keep(self, kind: str, run: Trajectory) -> None:
         """Make ``run`` this user's latest run of ``kind`` (a new object per run: a stopped run still finishing its
@@ -129,10 +131,11 @@ class UserState:
             run.release()
 
     def release(self) -> None:
-        """Drop the runs' pictures, the photo and the teaching views' results."""
+        """Drop the runs' pictures, the photo, the teaching views' results and the lab."""
         self.release_runs()
         self.forward = ForwardState()
         self.lesson = LessonState()
+        self.lab = LabState()
 
 
 class Users:
