@@ -78,7 +78,7 @@ def main() -> None:
             during.append(ddim3(handlers, other))
         print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {threads}; load average "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end; --cpu-runtime {args.cpu_runtime}")
-        print(f"loading {args.running!r} took {load_seconds[0]:.1f} s; the other user ran DDIM-3 {len(during)} times "
+        print(f"loading {args.loading!r} took {load_seconds[0]:.1f} s; the other user ran DDIM-3 {len(during)} times "
               "meanwhile\n")
         print("| DDIM-3, 1 image | runs | median | min | max |\n|---|---|---|---|---|")
         for label, times in (("alone", alone), (f"while {args.loading} loads", during)):
