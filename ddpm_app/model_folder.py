@@ -20,14 +20,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .models import Denoiser, ModelConfig, arch_name, build_model, make_config
+from .models import Denoiser, ModelConfig, arch_name, architecture, build_model, make_config
 from .schedule import Schedule, ScheduleConfig
+from .values import ConfigError, exact_int, exact_real, shown
 
 FORMAT = "ddpm-app"
 FORMAT_VERSION = 1
@@ -38,10 +39,18 @@ DEFAULT_SHARD_SIZE = "15MB"  # keeps every weights file under 16 MiB (Hub previe
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "README.md", "*.png", "heldout.json"]
 HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")  # "user/name"; huggingface_hub checks the finer rules
 HUB_ID_MAX_LENGTH = 96  # the Hub's limit on a repo id
+# bounds on what config.json may hold (the networks' and the schedule's own bounds are in their configs)
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 16  # levels of lists and objects (training metadata nests 3 deep)
+MAX_FORMAT_VERSION = 1_000_000
+MAX_WHY = 1000  # characters of sampling.why
+MAX_PARAMETERS = 250_000_000  # 1 GB in fp32; the shipped models have 8–25 M
+WEIGHTS_IMAGE_SIZE = "image_size"  # safetensors metadata: the image size the weights were saved for
+Part = TypeVar("Part")
 
 
 class ModelFolderError(Exception):
-    """A model could not be saved or loaded; the message says which file and what to do."""
+    """A model could not be saved or loaded; the message says which file (and field) and what to do."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,9 @@ class SamplingDefaults:
     why: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.ddim_eta, bool) or not isinstance(self.ddim_eta, (int, float)) \
-                or not 0.0 <= self.ddim_eta <= 1.0:
-            raise ValueError(f"sampling.ddim_eta must be a number from 0 to 1, got {self.ddim_eta!r}")
-        if not isinstance(self.why, str):
-            raise ValueError(f"sampling.why must be text, got {self.why!r}")
+        exact_real(self.ddim_eta, "ddim_eta", 0.0, 1.0)
+        if not isinstance(self.why, str) or len(self.why) > MAX_WHY:
+            raise ConfigError(f"why must be text of at most {MAX_WHY} characters, got {shown(self.why)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"ddim_eta": self.ddim_eta, "why": self.why}
@@ -92,33 +99,58 @@ class DiffusionConfig:
         } | ({"sampling": self.sampling.to_dict()} if self.sampling != SamplingDefaults() else {})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
+    def from_dict(cls, data: Any) -> DiffusionConfig:
+        """The config that ``config.json`` holds, each field checked by its config's own validation: a
+        :class:`~ddpm_app.values.ConfigError` names the field ("model.base_channels", "schedule.timesteps") and
+        what it allows."""
         if not isinstance(data, dict):
-            raise ValueError("config.json must hold a JSON object")
+            raise ConfigError("config.json must hold a JSON object")
+        if nesting(data) > MAX_NESTING:
+            raise ConfigError(f"lists and objects nest more than {MAX_NESTING} levels deep")
         if data.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} model config (format = {data.get('format')!r})")
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"format_version {data['format_version']} is newer than this app supports "
-                             f"({FORMAT_VERSION}); upgrade the app")
+            raise ConfigError(f"format must be {FORMAT!r}: not a {FORMAT} model config (format = "
+                              f"{shown(data.get('format'))})")
+        version = exact_int(data.get("format_version", FORMAT_VERSION), "format_version", 0, MAX_FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ConfigError(f"format_version {version} is newer than this app supports ({FORMAT_VERSION}); "
+                              "upgrade the app")
         for key in ("arch", "model", "schedule"):
             if key not in data:
-                raise ValueError(f"missing key {key!r}")
-        try:
-            schedule = ScheduleConfig(**data["schedule"])
-        except TypeError as e:
-            raise ValueError(f"bad schedule: {e}") from None
-        try:
-            model = make_config(data["arch"], data["model"])
-        except TypeError as e:
-            raise ValueError(f"bad model config: {e}") from None
-        sampling = data.get("sampling") or {}
-        if not isinstance(sampling, dict):
-            raise ValueError("bad sampling defaults: \"sampling\" must be a JSON object")
-        try:
-            defaults = SamplingDefaults(**sampling)
-        except TypeError as e:
-            raise ValueError(f"bad sampling defaults: {e}") from None
-        return cls(model=model, schedule=schedule, training=dict(data.get("training") or {}), sampling=defaults)
+                raise ConfigError(f"missing key {key!r}")
+        architecture(data["arch"])
+        schedule = _part("schedule", data["schedule"], lambda values: ScheduleConfig(**values))
+        model = _part("model", data["model"], lambda values: make_config(data["arch"], values))
+        for key, value in (("image_size", model.image_size), ("channels", model.in_channels)):
+            if key in data and data[key] != value:
+                raise ConfigError(f"{key} is {shown(data[key])} but the model's is {value}; they must agree")
+        sampling = _part("sampling", data.get("sampling") or {}, lambda values: SamplingDefaults(**values))
+        training = data.get("training") or {}
+        if not isinstance(training, dict):
+            raise ConfigError(f"training must be a JSON object, got {shown(training)}")
+        return cls(model=model, schedule=schedule, training=dict(training), sampling=sampling)
+
+
+def _part(name: str, values: Any, build: Callable[[dict[str, Any]], Part]) -> Part:
+    """``build(values)`` for the part of config.json called ``name``, its errors naming the field as
+    ``name.field``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {shown(values)}")
+    try:
+        return build(values)
+    except ConfigError as e:
+        raise ConfigError(f"{name}.{e}") from None
+    except TypeError as e:  # a missing or unexpected field
+        raise ConfigError(f"{name}: {re.sub(r'^.*__init__[(][)] ', '', str(e))}") from None
+
+
+def nesting(value: Any) -> int:
+    """How many levels of lists and objects a JSON value has (0 for a number or a string), level by level, so a
+    deeply nested file cannot exhaust the stack."""
+    depth, level = 0, [value]
+    while containers := [v for v in level if isinstance(v, (dict, list))]:
+        depth += 1
+        level = [child for v in containers for child in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 @dataclass
@@ -157,7 +189,8 @@ def save_pretrained(model: nn.Module, config: DiffusionConfig, directory: str | 
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in model.state_dict().items()}
         staging.mkdir()
-        save_torch_state_dict(state, staging, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_size)
+        save_torch_state_dict(state, staging, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_size,
+                              metadata={WEIGHTS_IMAGE_SIZE: str(config.image_size)})
         (staging / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         new_files = sorted(p.name for p in staging.iterdir())
         for old in directory.glob("model*.safetensors*"):  # stale shards or index of an earlier save
@@ -171,30 +204,70 @@ def save_pretrained(model: nn.Module, config: DiffusionConfig, directory: str | 
 
 
 def read_config(directory: str | Path) -> DiffusionConfig:
-    """Parse ``directory/config.json``, with an error that names the file and the problem."""
+    """Parse ``directory/config.json``, with an error that names the file, the field and what it allows."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise ModelFolderError(f"{path}: not found. A model folder needs config.json and model.safetensors.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelFolderError(f"{path}: {path.stat().st_size:,} bytes, more than a config.json may have "
+                               f"({MAX_CONFIG_BYTES:,})")
     try:
         return DiffusionConfig.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ModelFolderError(f"{path}: lists and objects nest more than {MAX_NESTING} levels deep") from None
     except ValueError as e:
         raise ModelFolderError(f"{path}: {e}") from None
 
 
+def check_weights(directory: Path, config: DiffusionConfig, files: list[str]) -> None:
+    """Compare the tensors that ``files`` (safetensors, in ``directory``) hold, by their headers alone, with those the
+    network of ``config`` has, built without memory on the "meta" device: a config that asks for more parameters than
+    :data:`MAX_PARAMETERS`, or other shapes than the weights have, or another image size than the weights were saved
+    for, is refused before any tensor is allocated."""
+    with torch.device("meta"):
+        skeleton = build_model(config.model)
+    if skeleton.num_parameters() > MAX_PARAMETERS:
+        raise ModelFolderError(f"{directory / CONFIG_NAME}: model asks for {skeleton.num_parameters():,} parameters, "
+                               f"more than this app loads ({MAX_PARAMETERS:,})")
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found: dict[str, tuple[int, ...]] = {}
+    for name in files:
+        try:
+            with safe_open(directory / name, "pt") as weights:
+                saved_for = (weights.metadata() or {}).get(WEIGHTS_IMAGE_SIZE)
+                if saved_for is not None and saved_for != str(config.image_size):
+                    raise ModelFolderError(
+                        f"{directory / CONFIG_NAME}: model.image_size is {config.image_size}, but {name} holds weights "
+                        f"saved for {shown(saved_for)}×{shown(saved_for)} images; set image_size to that")
+                found |= {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+        except (SafetensorError, OSError) as e:
+            raise ModelFolderError(f"{directory / name}: not a readable safetensors file ({e}). "
+                                   "Re-export or re-download the model.") from None
+    differences = ([f"{k} missing" for k in expected if k not in found]
+                   + [f"{k} not in the network" for k in found if k not in expected]
+                   + [f"{k} is {found[k]} in the weights, {shape} by config.json"
+                      for k, shape in expected.items() if k in found and found[k] != shape])
+    if differences:
+        raise ModelFolderError(f"{directory / files[0]}: weights do not match config.json "
+                               f"({'; '.join(differences[:4])}{'; …' if len(differences) > 4 else ''})")
+
+
 def load_local(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the model from ``directory/config.json`` and load its safetensors weights (strictly)."""
+    """Rebuild the model from ``directory/config.json`` and load its safetensors weights (strictly), once the config's
+    fields and the weights' shapes are checked (:func:`read_config`, :func:`check_weights`)."""
     from huggingface_hub import load_torch_model
 
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelFolderError(f"{directory}: no such model folder")
     config = read_config(directory)
-    model = build_model(config.model)
-    weights = sorted(p.name for p in directory.glob("model*.safetensors*"))
+    weights = sorted(p.name for p in directory.glob("model*.safetensors"))
     if not weights:
         raise ModelFolderError(f"{directory}: no model.safetensors found next to config.json")
+    check_weights(directory, config, weights)
+    model = build_model(config.model)
     try:
         load_torch_model(model, directory, strict=True, safe=True, filename_pattern=WEIGHTS_PATTERN)
     except (SafetensorError, OSError, ValueError) as e:  # ValueError: huggingface_hub wraps SafetensorError in one

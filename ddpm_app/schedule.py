@@ -13,8 +13,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from .values import ConfigError, exact_int, exact_real, shown
+
 ScheduleKind = Literal["linear", "cosine"]
 SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine")
+MAX_TIMESTEPS = 10_000  # T: every per-timestep table has T entries, and DDPM sampling takes T network calls
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,14 @@ class ScheduleConfig:
     max_beta: float = 0.999  # cosine only: β is clipped here to avoid a singularity at t = T
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
-        if self.timesteps < 1:
-            raise ValueError(f"timesteps must be at least 1, got {self.timesteps}")
+        if not isinstance(self.kind, str) or self.kind not in SCHEDULE_KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(SCHEDULE_KINDS)}, got {shown(self.kind)}")
+        exact_int(self.timesteps, "timesteps", 1, MAX_TIMESTEPS)
+        for name in ("beta_start", "beta_end", "cosine_s", "max_beta"):
+            exact_real(getattr(self, name), name, 0.0, 1.0)
         if self.kind == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+            raise ConfigError(f"beta_start and beta_end need 0 < beta_start <= beta_end < 1, got {self.beta_start}, "
+                              f"{self.beta_end}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,7 +34,7 @@ from .app.inputs import choice, flag, whole_number
 from .app.numbers import number
 from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, terms_strip
 from .app.state import DEFAULT_TIME_TO_LIVE
-from .image import ImageError, psnr
+from .image import MAX_FILE_BYTES, ImageError, psnr
 from .model_folder import ModelFolderError, SamplingDefaults
 from .samplers import SamplerSettings, Step, step_breakdown
 from .values import InvalidValue
@@ -327,8 +327,7 @@ class Handlers:
         Generate and Denoise, dropdown update)."""
         with user_errors():
             served = self.library.get(choice(name, "model", self.library.names))
-        user.model = served.name
-        return self._model_outputs(served, f"Loaded **{served.name}**.")
+        return self._switch(user, served, f"Loaded **{served.name}**.")
 
     def download_model(self, repo_id: str, user: UserState) -> tuple:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
@@ -336,8 +335,7 @@ class Handlers:
             name = self.library.add_from_hub(repo_id)
         except (InvalidValue, ModelFolderError) as e:
             raise user_error(f"{e} — the current model stays loaded.") from None
-        user.model = name
-        return self._model_outputs(self.library.get(name), f"Downloaded and loaded **{name}**.")
+        return self._switch(user, self.library.get(name), f"Downloaded and loaded **{name}**.")
 
     def load_folder(self, path: str, user: UserState) -> tuple:
         """Load a model folder inside a weights folder and switch to it; on failure the current model stays."""
@@ -346,20 +344,33 @@ class Handlers:
             served = self.library.get(name)
         except (InvalidValue, ModelFolderError) as e:
             raise user_error(f"{e} — the current model stays loaded.") from None
-        user.model = name
-        return self._model_outputs(served, f"Loaded **{name}** from `{served.folder}`.")
+        return self._switch(user, served, f"Loaded **{name}** from `{served.folder}`.")
 
     def rescan(self, user: UserState) -> tuple[dict, str]:
         """Look at the weights folders again: (model dropdown update, what changed)."""
         new, gone = self.library.rescan()
         names = self.library.names
         changes = [f"new: {', '.join(new)}"] * bool(new) + [f"gone: {', '.join(gone)}"] * bool(gone)
+        refused = self.library.refused
         note = (f"{len(names)} model{'s' if len(names) != 1 else ''} in "
                 f"{', '.join(f'`{r}/`' for r in self.library.roots)}"
-                f"{' (' + '; '.join(changes) + ')' if changes else ', no change'}.")
+                f"{' (' + '; '.join(changes) + ')' if changes else ', no change'}."
+                + (f" Left out, a link in them leads out of the weights folders: {', '.join(refused)}."
+                   if refused else ""))
         if user.model not in names:  # this user's model folder is gone: back to the default
             user.model = None
         return gr.update(choices=names, value=user.model or self.library.default), note
+
+    def _switch(self, user: UserState, served: ServedModel, status: str) -> tuple:
+        """Every output of a model switch, built first: only then is ``user`` on ``served``, so an output that
+        cannot be made leaves the user on their model, with a message."""
+        try:
+            outputs = self._model_outputs(served, status)
+        except OSError as e:
+            raise user_error(f"{served.name}: its model card could not be read ({e}) — the current model stays "
+                             "loaded.") from None
+        user.model = served.name
+        return outputs
 
     @on_device
     def _model_outputs(self, served: ServedModel, status: str) -> tuple:
@@ -504,7 +515,16 @@ def model_card(served: ServedModel) -> tuple[str, str, str | None]:
              if isinstance(v, (str, int, float, bool)) and k != "dataset"][:12]
     table = "| property | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     card = s.card[:3000] + ("…" if len(s.card) > 3000 else "")
-    return table, card or "This model has no README.md card.", s.samples and str(s.samples)
+    return table, card or "This model has no README.md card.", served_picture(s.samples)
+
+
+def served_picture(path: Path | None) -> str | None:
+    """A copy of the picture at ``path`` in Gradio's cache, which Gradio serves (it refuses files outside the working
+    and temporary folders and its ``allowed_paths``, and a model folder may be anywhere: another ``--weights``
+    folder, the Hub's cache); None for no picture or one over the upload limit."""
+    if path is None or path.stat().st_size > MAX_FILE_BYTES:
+        return None
+    return processing_utils.save_file_to_cache(path, processing_utils.get_upload_folder())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,11 @@ class InvalidValue(ValueError):
     """A value is missing, of the wrong type or out of range; the message names the field and the allowed values."""
 
 
+class ConfigError(InvalidValue):
+    """A field of a model or schedule config (as config.json holds it) is of the wrong type or out of range; the
+    message names the field and what it allows."""
+
+
 def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
     """``repr(value)`` cut to ``limit`` characters (with "…"), for quoting a value in a message."""
     text = repr(value)
@@ -62,3 +67,27 @@ def flag(value: object, name: str, error: type[InvalidValue] = InvalidValue) -> 
     if not isinstance(value, bool):
         raise error(f"{name} must be true or false, got {shown(value)}")
     return value
+
+
+def exact_int(value: object, name: str, low: int, high: int, error: type[InvalidValue] = ConfigError) -> int:
+    """``value`` if it is an int (not a bool, a float or a string) in low…high, else ``error``: a stored config is
+    taken as written, never rounded or parsed."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise error(f"{name} must be a whole number in {low}…{high}, got {shown(value)}")
+    return value
+
+
+def exact_real(value: object, name: str, low: float, high: float, error: type[InvalidValue] = ConfigError) -> float:
+    """``value`` if it is an int or a float (not a bool or a string) in low…high, else ``error``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # NaN: not in range
+        raise error(f"{name} must be a number in {low:g}…{high:g}, got {shown(value)}")
+    return float(value)
+
+
+def exact_ints(value: object, name: str, low: int, high: int, length: tuple[int, int],
+               error: type[InvalidValue] = ConfigError) -> tuple[int, ...]:
+    """``value`` as a tuple if it is a list (or tuple) of ``length[0]``…``length[1]`` ints in low…high, else ``error``."""
+    if not isinstance(value, (list, tuple)) or not length[0] <= len(value) <= length[1]:
+        raise error(f"{name} must be a list of {length[0]}…{length[1]} whole numbers in {low}…{high}, "
+                    f"got {shown(value)}")
+    return tuple(exact_int(v, f"{name}[{i}]", low, high, error) for i, v in enumerate(value))

@@ -51,6 +51,7 @@ TRAIN_CLI = ("tests/test_train_cli.py",)
 EVALUATE = ("tests/test_evaluate.py",)
 OPENVINO = ("tests/test_openvino.py",)
 CPU = ("tests/test_cpu.py",)
+MODEL_FOLDERS_IN_APP = ("tests/test_model_folders_in_app.py",)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,24 @@ MUTATIONS: list[Mutation] = [
       "the stored held-out bound is not the one the photo is compared with (x̂₀ unclipped)"),
     M("load-not-strict", "ddpm_app/model_folder.py", "strict=True, safe=True", "strict=False, safe=True", MODEL_FOLDER,
       "a model folder missing weights loads silently"),
+    M("config-types-loose", "ddpm_app/values.py",
+      "if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:",
+      "if not low <= value <= high:", ("tests/test_checkpoint.py",),
+      "config.json's 1.5 or true passes as a whole number, and a string is a TypeError with no message"),
+    M("links-not-followed", "ddpm_app/app/library.py",
+      "if not path.resolve().is_relative_to(real_root):", "if not path.absolute().is_relative_to(real_root):",
+      MODEL_FOLDERS_IN_APP, "weights/link → /elsewhere is listed and loads"),
+    M("load-on-the-device-worker", "ddpm_app/app/library.py",
+      "self.loader.submit(self._load_and_keep, name, folder, hub)",
+      "self.worker.submit(self._load_and_keep, name, folder, hub)", MODEL_FOLDERS_IN_APP,
+      "a model load holds the one thread that runs every user's sampling: other users stall while it loads"),
+    M("switch-before-outputs", "ddpm_app/ui.py",
+      "        try:\n            outputs = self._model_outputs(served, status)",
+      "        user.model = served.name\n        try:\n            outputs = self._model_outputs(served, status)",
+      MODEL_FOLDERS_IN_APP, "a model switch whose outputs fail leaves the user on the new model"),
+    M("samples-served-from-the-folder", "ddpm_app/ui.py",
+      "return processing_utils.save_file_to_cache(path, processing_utils.get_upload_folder())", "return str(path)",
+      MODEL_FOLDERS_IN_APP, "a weights folder outside the working and temporary folders: Gradio refuses its samples.png"),
     M("model-switch-updates-shared", "ddpm_app/ui.py",
       "ddim_steps = [gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T)) for _ in range(2)]",
       "ddim_steps = [gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T))] * 2", ("tests/test_app_server.py",),

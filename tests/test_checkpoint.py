@@ -9,6 +9,7 @@ from huggingface_hub import constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ddpm_app.models import build_model
 from ddpm_app.model_folder import (CONFIG_NAME, DiffusionConfig, ModelFolderError, load_local, load_pretrained,
                                    read_config, save_pretrained)
 
@@ -133,15 +134,15 @@ def test_invalid_json(tiny_model_dir):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(format="diffusers"), "not a ddpm-app model config"),
-    (lambda d: d.update(format_version=99), "newer than this app supports"),
+    (lambda d: d.update(format="diffusers"), "format must be 'ddpm-app': not a ddpm-app model config"),
+    (lambda d: d.update(format_version=99), "format_version 99 is newer than this app supports"),
     (lambda d: d.pop("schedule"), "missing key 'schedule'"),
-    (lambda d: d["model"].update(width=3), "unknown ddpm config fields: width"),
-    (lambda d: d["schedule"].update(kind="quadratic"), "unknown schedule"),
-    (lambda d: d["schedule"].update(steps=3), "bad schedule"),
-    (lambda d: d.update(sampling={"ddim_eta": 1.5}), "ddim_eta must be a number from 0 to 1, got 1.5"),
-    (lambda d: d.update(sampling={"eta": 1}), "bad sampling defaults: .*unexpected keyword argument 'eta'"),
-    (lambda d: d.update(sampling=[1.0]), "bad sampling defaults: \"sampling\" must be a JSON object"),
+    (lambda d: d["model"].update(width=3), "model.unknown ddpm config fields: width"),
+    (lambda d: d["schedule"].update(kind="quadratic"), "schedule.kind must be one of linear, cosine, got 'quadratic'"),
+    (lambda d: d["schedule"].update(steps=3), "schedule: got an unexpected keyword argument 'steps'"),
+    (lambda d: d.update(sampling={"ddim_eta": 1.5}), r"sampling.ddim_eta must be a number in 0…1, got 1\.5"),
+    (lambda d: d.update(sampling={"eta": 1}), "sampling: got an unexpected keyword argument 'eta'"),
+    (lambda d: d.update(sampling=[1.0]), r"sampling must be a JSON object, got \[1\.0\]"),
 ], ids=["format", "version", "no-schedule", "model-field", "schedule-kind", "schedule-field", "sampling-eta",
         "sampling-field", "sampling-type"])
 def test_bad_config_contents(tiny_model_dir, change, message):
@@ -149,6 +150,87 @@ def test_bad_config_contents(tiny_model_dir, change, message):
     with pytest.raises(ModelFolderError, match=message) as error:
         load_pretrained(tiny_model_dir)
     assert "config.json" in str(error.value)
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+# each wrong value a hand-edited or hostile config.json may hold: (change, the field and what it allows)
+BAD_VALUES = [
+    (lambda d: d.update(format_version="2"), "format_version must be a whole number in 0…1000000, got '2'"),
+    (lambda d: d.update(format_version=True), "format_version must be a whole number in 0…1000000, got True"),
+    (lambda d: d["schedule"].update(timesteps=1.5), "schedule.timesteps must be a whole number in 1…10000, got 1.5"),
+    (lambda d: d["schedule"].update(timesteps=10_000_000), "schedule.timesteps must be a whole number in 1…10000"),
+    (lambda d: d["schedule"].update(timesteps="20"), "schedule.timesteps must be a whole number in 1…10000, got '20'"),
+    (lambda d: d["schedule"].update(beta_end=None), "schedule.beta_end must be a number in 0…1, got None"),
+    (lambda d: d["schedule"].update(beta_start=0.5, beta_end=0.1), "schedule.beta_start and beta_end need 0 <"),
+    (lambda d: d["model"].update(dropout="x"), "model.dropout must be a number in 0…1, got 'x'"),
+    (lambda d: d["model"].update(head_channels=0), "model.head_channels must be a whole number in 1…2048, got 0"),
+    (lambda d: d["model"].update(base_channels=-8), "model.base_channels must be a whole number in 1…2048, got -8"),
+    (lambda d: d["model"].update(base_channels=32.0), "model.base_channels must be a whole number in 1…2048, got 32.0"),
+    (lambda d: d["model"].update(num_res_blocks=True), "model.num_res_blocks must be a whole number in 1…8, got True"),
+    (lambda d: d["model"].update(image_size=4096), "model.image_size must be a whole number in 1…512, got 4096"),
+    (lambda d: d["model"].update(in_channels=0), "model.in_channels must be a whole number in 1…4, got 0"),
+    (lambda d: d["model"].update(channel_mult=[1, "2"]), r"model.channel_mult\[1\] must be a whole number in 1…16"),
+    (lambda d: d["model"].update(channel_mult=7), "model.channel_mult must be a list of 1…8 whole numbers in 1…16"),
+    (lambda d: d["model"].update(base_channels=1024, channel_mult=[1, 16]),
+     r"model.base_channels·max\(channel_mult\) must be at most 2048 channels"),
+    (lambda d: d.update(model=[1]), r"model must be a JSON object, got \[1\]"),
+    (lambda d: d.update(arch=["ddpm"]), r"arch: unknown architecture \['ddpm'\]"),
+    (lambda d: d.update(image_size=128), "image_size is 128 but the model's is 16; they must agree"),
+    (lambda d: d.update(training="a lot"), "training must be a JSON object, got 'a lot'"),
+    (lambda d: d.update(training={"notes": nested(40)}), "lists and objects nest more than 16 levels deep"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_VALUES)
+def test_every_bad_value_in_config_json_is_named_with_what_it_allows(tiny_model_dir, change, message):
+    rewrite_config(tiny_model_dir, change)
+    with pytest.raises(ModelFolderError, match=message) as error:
+        load_pretrained(tiny_model_dir)
+    assert str(error.value).startswith(f"{tiny_model_dir / CONFIG_NAME}: ")
+
+
+def test_nesting_too_deep_for_the_json_parser_is_a_message(tiny_model_dir):
+    (tiny_model_dir / CONFIG_NAME).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelFolderError, match=r"config\.json: lists and objects nest more than 16 levels deep"):
+        load_pretrained(tiny_model_dir)
+
+
+def test_a_huge_config_json_is_refused_before_it_is_read(tiny_model_dir):
+    (tiny_model_dir / CONFIG_NAME).write_text(" " * (2 << 20) + "{}")
+    with pytest.raises(ModelFolderError, match=r"config\.json: 2,097,154 bytes, more than a config\.json may have"):
+        load_pretrained(tiny_model_dir)
+
+
+def test_weights_saved_for_another_image_size_are_refused(tiny_model, tiny_diffusion_config, tmp_path):
+    """A convolutional network's weights fit any image size; the size they were trained at is stored with them, and
+    a config.json that asks for another is refused."""
+    folder = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "m")
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        assert f.metadata()["image_size"] == "16"
+    rewrite_config(folder, lambda d: (d.update(image_size=32), d["model"].update(image_size=32)))
+    with pytest.raises(ModelFolderError, match=r"config\.json: model\.image_size is 32, but model\.safetensors holds "
+                                               r"weights saved for '16'×'16' images"):
+        load_pretrained(folder)
+
+
+def test_shapes_are_checked_before_the_network_is_built(tiny_model_dir, monkeypatch):
+    """A config far larger than its weights (here 16× the widths) is refused from the weights' headers, before a
+    tensor of that size exists."""
+    from ddpm_app import model_folder
+
+    rewrite_config(tiny_model_dir, lambda d: d["model"].update(base_channels=512))
+    monkeypatch.setattr(model_folder, "build_model", lambda config: pytest.fail("built before the check") if
+                        torch.get_default_device().type != "meta" else build_model(config))
+    with pytest.raises(ModelFolderError, match=r"model\.safetensors: weights do not match config\.json "
+                                               r"\(time_embed\.0\.weight is \(128, 32\) in the weights, "
+                                               r"\(2048, 512\) by config\.json"):
+        load_pretrained(tiny_model_dir)
 
 
 def test_config_that_disagrees_with_the_weights(tiny_model_dir):
@@ -173,14 +255,14 @@ def test_weights_missing_a_layer_are_refused_by_name(tiny_model_dir):
             del state[k]
 
     rewrite_weights(tiny_model_dir, drop_attention)
-    with pytest.raises(ModelFolderError, match=r"weights do not match config\.json .*Missing key.*attn\.") as error:
+    with pytest.raises(ModelFolderError, match=r"weights do not match config\.json \(down\.0\.0\.attn\.norm\.weight missing; ") as error:
         load_pretrained(tiny_model_dir)
     assert str(tiny_model_dir / "model.safetensors") in str(error.value)
 
 
 def test_weights_with_an_extra_tensor_are_refused_by_name(tiny_model_dir):
     rewrite_weights(tiny_model_dir, lambda state: state.update({"extra.weight": torch.zeros(3)}))
-    with pytest.raises(ModelFolderError, match=r"weights do not match config\.json .*Unexpected key.*extra\.weight"):
+    with pytest.raises(ModelFolderError, match=r"weights do not match config\.json \(extra\.weight not in the network\)"):
         load_pretrained(tiny_model_dir)
 
 

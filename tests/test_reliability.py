@@ -241,7 +241,7 @@ def break_unknown_arch(folder: Path) -> str:
     config = json.loads((folder / "config.json").read_text())
     config["arch"] = "transformer-xl"
     (folder / "config.json").write_text(json.dumps(config))
-    return r"config\.json: unknown architecture 'transformer-xl'"
+    return r"config\.json: arch: unknown architecture 'transformer-xl'"
 
 
 def break_truncated(folder: Path) -> str:
@@ -259,7 +259,7 @@ def break_shapes(folder: Path) -> str:
     config = json.loads((folder / "config.json").read_text())
     config["model"]["base_channels"] = 64  # weights were saved for 32
     (folder / "config.json").write_text(json.dumps(config))
-    return r"model\.safetensors: weights do not match config\.json \(.*size mismatch"
+    return r"model\.safetensors: weights do not match config\.json \(time_embed\.0\.weight is \(128, 32\) in the weights, \(256, 64\) by config\.json"
 
 
 def break_missing_folder(folder: Path) -> str:

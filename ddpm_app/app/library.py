@@ -53,20 +53,41 @@ class DeviceWorker:
 
 
 def find_models(weights_dir: str | Path) -> dict[str, Path]:
-    """Every model folder (one holding config.json) directly inside ``weights_dir``, by folder name."""
+    """Every model folder (one holding config.json) directly inside ``weights_dir``, by folder name, but for those
+    that lead out of it through a link (see :func:`leads_out`)."""
+    return model_folders(weights_dir)[0]
+
+
+def model_folders(weights_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """(the model folders directly inside ``weights_dir`` by name, the names of those refused because a link in
+    them, or the folder itself, leads out of ``weights_dir``)."""
     weights_dir = Path(weights_dir)
     if not weights_dir.is_dir():
-        return {}
-    return {p.name: p for p in sorted(weights_dir.iterdir()) if (p / CONFIG_NAME).is_file()}
+        return {}, []
+    out = {p: leads_out(p, weights_dir) for p in sorted(weights_dir.iterdir()) if (p / CONFIG_NAME).is_file()}
+    return {p.name: p for p, link in out.items() if link is None}, [p.name for p, link in out.items() if link]
+
+
+def leads_out(folder: Path, root: Path) -> Path | None:
+    """The first of ``folder`` and the files in it whose real path (every link followed) is outside ``root``'s, or
+    None: the app reads model folders from inside its weights folders only, and a link there to /elsewhere would
+    let a model folder, or its weights, card or pictures, come from anywhere."""
+    real_root = root.resolve()
+    for path in [folder, *(p for p in sorted(folder.iterdir()) if not p.is_dir())]:
+        if not path.resolve().is_relative_to(real_root):
+            return path
+    return None
 
 
 class ModelLibrary:
     """The model folders in one or more weights folders, plus any loaded from the Hub or from a folder nested
     inside a weights folder, loaded on first use.
 
-    The weights folders (``roots``) are the only places models are read from disk: a path a user types is
-    loaded only if it lies inside one of them once ``..`` and symlinks are resolved. A few models stay in memory
-    (least recently used go first); all are loaded onto ``device``. Safe to use from the server's worker threads.
+    The weights folders (``roots``) are the only places models are read from disk: a path a user types, a folder
+    found by a scan, and every file a model folder holds are read only if they lie inside one of them once ``..``
+    and links are resolved. A few models stay in memory (least recently used go first); all are loaded onto
+    ``device``. Safe to use from the server's worker threads: a model loads on its own thread without the library's
+    lock, so other users' runs go on meanwhile, and users who ask for a model that is loading wait for that one load.
     """
 
     def __init__(self, weights_dir: str | Path | Sequence[str | Path], device: torch.device | str = "cpu",
@@ -83,6 +104,8 @@ class ModelLibrary:
         self.cpu_runtime = cpu_runtime  # who runs the network on the CPU: auto, pytorch or openvino
         self.cpu_threads = cpu_threads  # the networks' threads on the CPU (None: PyTorch's count at each load)
         self._added: dict[str, Path] = {}  # from the Hub or a nested folder: kept by a rescan
+        self._hub: set[str] = set()  # the models loaded from the Hub (their cache links its files, by design)
+        self.refused: list[str] = []  # model folders the last scan left out: a link in them leads out
         self.folders: dict[str, Path] = self._scan()
         if not self.folders:
             raise ModelFolderError(f"no models in {self._where}: each model is a folder with config.json "
@@ -94,8 +117,10 @@ class ModelLibrary:
         self.models_in_memory = models_in_memory
         self.hub_cache_dir = hub_cache_dir
         self._loaded: OrderedDict[str, ServedModel] = OrderedDict()
-        self._lock = threading.Lock()
+        self._loading: dict[str, Future[ServedModel]] = {}  # by name: the loads under way
+        self._lock = threading.Lock()  # guards the three dicts above and the folders; never held during a load
         self.worker = DeviceWorker()  # all tensor work on this library's device goes through it
+        self.loader = DeviceWorker("ddpm-load")  # loads models one at a time, beside the worker's runs
 
     @property
     def _where(self) -> str:
@@ -104,8 +129,11 @@ class ModelLibrary:
     def _scan(self) -> dict[str, Path]:
         """The model folders directly inside the weights folders (the first of a name wins), then those added."""
         found: dict[str, Path] = {}
+        self.refused = []
         for root in self.roots:
-            for name, folder in find_models(root).items():
+            inside, refused = model_folders(root)
+            self.refused += [f"{root / name}" for name in refused]
+            for name, folder in inside.items():
                 found.setdefault(name, folder)
         return found | {name: f for name, f in self._added.items() if (f / CONFIG_NAME).is_file()}
 
@@ -156,10 +184,10 @@ class ModelLibrary:
         if isinstance(path, str) and path.strip() in self.folders:
             return path.strip()
         name, folder = self.find_folder(path)
-        served = self.worker.run(self._load, name, folder)
+        self._served(name, folder)
         with self._lock:
             self.folders[name] = self._added[name] = folder
-            self._keep(name, served)
+            self._hub.discard(name)
         return name
 
     @property
@@ -169,13 +197,7 @@ class ModelLibrary:
     def get(self, name: str | None = None) -> ServedModel:
         """The model called ``name`` (the default if None), loading it if it is not in memory."""
         name = self.default if name is None else choice(name, "model", self.names)
-        with self._lock:
-            if name in self._loaded:
-                self._loaded.move_to_end(name)
-                return self._loaded[name]
-            served = self.worker.run(self._load, name, self.folders[name])
-            self._keep(name, served)
-            return served
+        return self._served(name, self.folders[name], hub=name in self._hub)
 
     def add_from_hub(self, repo_id: str) -> str:
         """Download a model in this app's format from the Hub and load it; returns its name (the repo id).
@@ -184,12 +206,36 @@ class ModelLibrary:
         """
         repo_id = hub_model_id(repo_id)
         folder = download(repo_id, cache_dir=self.hub_cache_dir)
-        served = self.worker.run(self._load, repo_id, folder)
-        served.loaded.source = repo_id
+        self._served(repo_id, folder, hub=True)
         with self._lock:
             self.folders[repo_id] = self._added[repo_id] = folder
-            self._keep(repo_id, served)
+            self._hub.add(repo_id)
         return repo_id
+
+    def _served(self, name: str, folder: Path, hub: bool = False) -> ServedModel:
+        """The model ``name`` in memory, loaded from ``folder`` on the loader thread if it is not there or on its way.
+
+        The lock is held only to look and to register the load, never during it, so a load does not stall the
+        users whose models are in memory; a second user asking for the same model waits for the first one's load.
+        """
+        with self._lock:
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            pending = self._loading.get(name)
+            if pending is None:
+                pending = self._loading[name] = self.loader.submit(self._load_and_keep, name, folder, hub)
+        return pending.result()
+
+    def _load_and_keep(self, name: str, folder: Path, hub: bool) -> ServedModel:
+        try:
+            served = self._load(name, folder, hub)
+            with self._lock:
+                self._keep(name, served)
+            return served
+        finally:
+            with self._lock:
+                del self._loading[name]
 
     def _keep(self, name: str, served: ServedModel) -> None:
         """Hold ``served`` in memory as the most recently used model (call with the lock held)."""
@@ -198,6 +244,26 @@ class ModelLibrary:
         while len(self._loaded) > self.models_in_memory:
             self._loaded.popitem(last=False)
 
-    def _load(self, name: str, folder: Path) -> ServedModel:
-        return ServedModel(name, load_local(folder, self.device), self.device, folder, self.precision,
-                           self.precision_cache, self.cpu_runtime, self.cpu_threads)
+    def _load(self, name: str, folder: Path, hub: bool) -> ServedModel:
+        """``folder``'s model (``hub``: the Hub's copy of repo ``name``, in its cache, which links its files by design;
+        any other folder only once no link in it leads out of the weights folders)."""
+        if not hub:
+            self._refuse_links(folder)
+        loaded = load_local(folder, self.device)
+        if hub:
+            loaded.source = name
+        return ServedModel(name, loaded, self.device, folder, self.precision, self.precision_cache, self.cpu_runtime,
+                           self.cpu_threads)
+
+    def _refuse_links(self, folder: Path) -> None:
+        """A ModelFolderError unless ``folder`` and every file in it are inside one weights folder, links followed
+        (a folder can be swapped for a link between a scan and a load)."""
+        if not folder.is_dir():
+            return  # load_local says so
+        real = folder.resolve()
+        root = next((r for r in self.roots if real.is_relative_to(r.resolve())), None)
+        link = leads_out(folder, root) if root is not None else folder
+        if link is not None:
+            raise ModelFolderError(f"{link}: a link that leads out of the weights folders ({self._where}) to "
+                                   f"{link.resolve()}; model folders and their files are read from inside them "
+                                   "only (start the app with --weights DIR to serve another folder)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from ..values import ConfigError, shown
 from .layers import Denoiser
 from .seed import SeedUNet, SeedUNetConfig
 from .unet import UNet, UNetConfig
@@ -25,15 +26,23 @@ def arch_name(config: ModelConfig) -> str:
     raise TypeError(f"not a model config: {type(config).__name__}")
 
 
+def architecture(arch: object) -> tuple[type, type[Denoiser]]:
+    """(config class, model class) of the architecture named ``arch`` (config.json's "arch"), or a ConfigError."""
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ConfigError(f"arch: unknown architecture {shown(arch)}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
+
+
 def make_config(arch: str, values: dict[str, Any]) -> ModelConfig:
-    """The config dataclass of ``arch`` from a dict (e.g. config.json); unknown keys are an error."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    config_cls = ARCHITECTURES[arch][0]
+    """The config dataclass of ``arch`` from a dict (e.g. config.json); unknown keys are an error, and so is any value
+    the config's own checks refuse (a :class:`~ddpm_app.values.ConfigError` naming the field)."""
+    config_cls = architecture(arch)[0]
+    if not isinstance(values, dict):
+        raise ConfigError(f"the {arch} config must be a JSON object, got {shown(values)}")
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown {arch} config fields: {', '.join(unknown)}")
+        raise ConfigError(f"unknown {arch} config fields: {', '.join(unknown)}")
     return config_cls(**values)
 
 
@@ -42,5 +51,5 @@ def build_model(config: ModelConfig) -> Denoiser:
     return ARCHITECTURES[arch_name(config)][1](config)
 
 
-__all__ = ["ARCHITECTURES", "Denoiser", "ModelConfig", "SeedUNet", "SeedUNetConfig", "UNet", "UNetConfig",
+__all__ = ["ARCHITECTURES", "architecture", "Denoiser", "ModelConfig", "SeedUNet", "SeedUNetConfig", "UNet", "UNetConfig",
            "arch_name", "build_model", "make_config"]

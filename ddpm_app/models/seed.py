@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Denoiser, timestep_embedding
+from ..values import ConfigError, exact_int, exact_ints
+from .layers import MAX_LEVELS, MAX_WIDTH, Denoiser, check_image, timestep_embedding
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,17 @@ class SeedUNetConfig:
     dropout: float = 0.01
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "down_channels", tuple(self.down_channels))
+        check_image(self.image_size, self.in_channels, self.dropout)
+        exact_int(self.init_dim, "init_dim", 1, MAX_WIDTH)
+        exact_int(self.time_pos_dim, "time_pos_dim", 4, MAX_WIDTH)
+        object.__setattr__(self, "down_channels",
+                           exact_ints(self.down_channels, "down_channels", 1, MAX_WIDTH, (2, MAX_LEVELS)))
         if self.down_channels[0] != self.init_dim:
-            raise ValueError("down_channels must start with init_dim")
+            raise ConfigError("down_channels must start with init_dim")
         if any(c % 32 for c in self.down_channels):
-            raise ValueError("every width in down_channels must be a multiple of 32 (grouped conv and GroupNorm)")
+            raise ConfigError("every width in down_channels must be a multiple of 32 (grouped conv and GroupNorm)")
         if self.image_size % 2 ** (len(self.down_channels) - 1):
-            raise ValueError(f"image_size must be divisible by {2 ** (len(self.down_channels) - 1)}")
+            raise ConfigError(f"image_size must be divisible by {2 ** (len(self.down_channels) - 1)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

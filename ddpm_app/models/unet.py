@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Denoiser, group_norm, timestep_embedding, zero_module
+from ..values import ConfigError, exact_int, exact_ints
+from .layers import MAX_IMAGE_SIZE, MAX_LEVELS, MAX_WIDTH, Denoiser, check_image, group_norm, timestep_embedding, zero_module
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,20 @@ class UNetConfig:
     patch_size: int = 2
 
     def __post_init__(self) -> None:
+        check_image(self.image_size, self.in_channels, self.dropout)
+        exact_int(self.base_channels, "base_channels", 1, MAX_WIDTH)
+        exact_int(self.num_res_blocks, "num_res_blocks", 1, 8)
+        exact_int(self.head_channels, "head_channels", 1, MAX_WIDTH)
+        exact_int(self.patch_size, "patch_size", 1, 8)
         # JSON gives lists; keep tuples so the config stays hashable and comparable
-        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        object.__setattr__(self, "channel_mult", exact_ints(self.channel_mult, "channel_mult", 1, 16, (1, MAX_LEVELS)))
+        object.__setattr__(self, "attention_resolutions", exact_ints(
+            self.attention_resolutions, "attention_resolutions", 1, MAX_IMAGE_SIZE, (0, MAX_LEVELS)))
+        if self.base_channels * max(self.channel_mult) > MAX_WIDTH:
+            raise ConfigError(f"base_channels·max(channel_mult) must be at most {MAX_WIDTH} channels, got "
+                              f"{self.base_channels}·{max(self.channel_mult)}")
         if self.image_size % (self.patch_size * 2 ** (len(self.channel_mult) - 1)):
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} must be divisible by patch_size·2^(levels−1) = "
                 f"{self.patch_size * 2 ** (len(self.channel_mult) - 1)}")
 
