@@ -53,6 +53,41 @@ def call(url: str, endpoint: str, data: list, session: str | None = None) -> tup
     raise AssertionError(f"{endpoint}: the stream ended without an answer")
 
 
+NOT_READ = ("photo: send an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
+            "(data:image/png;base64,…); other paths are not read")
+PHOTO_ENDPOINTS = {"/noise": [5, True, 3], "/train_step": [5, 0], "/loss_curve": [5], "/likelihood": [False, 0]}
+
+
+def test_photo_paths_that_are_no_upload_are_never_read_and_the_answer_tells_nothing(app):
+    """The repro: an untagged {"path": …} (and a tagged one) naming a server file. A file, a folder, a missing
+    file, ``..`` out of the upload folder, a link in it to a file outside, an over-long name and a NUL byte all
+    get one message, on every endpoint that takes a photo; an uploaded file works, tagged or not."""
+    url, log = app
+    from gradio.utils import get_upload_folder
+
+    uploads = Path(get_upload_folder())  # the server's too: the same environment
+    link = uploads / f"link-{uuid.uuid4().hex}" / "photo.png"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(PHOTO)
+    try:
+        paths = [str(PHOTO), str(PHOTO.relative_to(ROOT)), "weights/faces/samples.png", "../" * 8 + "etc/passwd",
+                 "/etc/passwd", "/root/.ssh/id_rsa", "/no/such/file.png", "/etc", str(uploads),
+                 f"{uploads}/../../etc/passwd", str(link), "a" * 300, "/tmp/a\x00b"]
+        for endpoint, rest in PHOTO_ENDPOINTS.items():
+            for path in paths:
+                for value in ({"path": path}, {"path": path, "meta": {"_type": "gradio.FileData"}}):
+                    assert call(url, endpoint, [value, *rest]) == ("error", NOT_READ), (endpoint, value)
+    finally:
+        link.unlink()
+        link.parent.rmdir()
+    uploaded = httpx.post(url + "gradio_api/upload", files={"files": ("p.png", PHOTO.read_bytes(), "image/png")},
+                          timeout=PATIENCE).json()[0]
+    for value in ({"path": uploaded}, {"path": uploaded, "meta": {"_type": "gradio.FileData"}}):
+        kind, outputs = call(url, "/noise", [value, 5, True, 3])
+        assert kind == "complete" and "noise seed 3" in outputs[3]
+    assert "Traceback" not in log.read_text()
+
+
 HUGE_INT = 10**400  # json.dumps writes all 401 digits; Python's JSON reader makes it an int again
 # one value of every JSON type, and the strings a client might try in a number field
 KINDS = {"null": None, "bool": True, "int": 10**6, "huge int": HUGE_INT, "huge float": 1e308, "NaN": math.nan,
@@ -220,6 +255,33 @@ def test_other_ways_of_sending_a_photo_are_refused_clearly(app, value):
     assert kind == "error" and message and message.startswith(("photos are not fetched from web addresses",
                                                               "photo must be an uploaded image file")), message
     assert "Traceback" not in log.read_text()
+
+
+def test_the_smaller_input_holes_are_messages(app):
+    """A 5 MB run name is quoted in 40 characters, escaped, and not copied into the log; a 300-character folder
+    name is a message; /compare's t must be in the model's 0…T−1; DDPM refuses DDIM settings that make no sense
+    even though it does not use them."""
+    url, log = app
+    session = uuid.uuid4().hex[:12]
+    for endpoint, data in (("/generate", ["ddim", 3, 0.0, 1, 1, True, False]), ("/pin", []),
+                           ("/generate", ["ddim", 2, 0.0, 2, 1, True, False])):
+        assert call(url, endpoint, data, session)[0] == "complete"
+    size = log.stat().st_size
+    kind, message = call(url, "/show_run", ["<b>" + "x" * 5_000_000], session)
+    assert kind == "error" and message.startswith("run must be one of generate, denoise, got '&lt;b&gt;xxx")
+    assert len(message) < 200 and log.stat().st_size - size < 10_000
+    kind, message = call(url, "/load_folder", ["x" * 300])
+    assert kind == "error" and message.startswith("no folder 'xxxxx") and "the current model stays loaded" in message
+    for t in (T, 1000, 5000, 10**9):
+        assert call(url, "/compare", [t], session) == ("error", f"t must be a whole number in 0…{T - 1}, got {t}")
+    assert call(url, "/compare", [T - 1], session)[0] == "complete"
+    assert call(url, "/generate", ["ddpm", "garbage", 0.0, 1, 1, True, False]) == (
+        "error", f"DDIM steps must be a whole number in 1…{T}, got 'garbage'")
+    assert call(url, "/generate", ["ddpm", 3, "NaN", 1, 1, True, False]) == (
+        "error", "η (eta) must be a number in 0…1, got 'NaN'")
+    assert call(url, "/generate", ["ddim", "3", 0.0, 1, 1, True, False]) == (
+        "error", f"DDIM steps must be a whole number in 1…{T}, got '3'")
+    assert f"Done</b>: {T} steps" in call(url, "/generate", ["ddpm", 3, 0.5, 1, 1, True, False])[1][3]  # all T
 
 
 def test_a_users_run_is_released_when_the_user_leaves(app):

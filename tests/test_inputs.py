@@ -12,7 +12,7 @@ from ddpm_app.app import inputs
 from ddpm_app.app.inputs import InputError
 from ddpm_app.samplers import SamplerSettings, SettingsError
 from ddpm_app.values import InvalidValue, shown
-from ddpm_app.widgets import user_error
+from ddpm_app.widgets import uploaded_file, user_error
 
 # every kind of JSON value a client can send that is not a number: strings (numeric ones too), blanks, null, lists,
 # objects, bools
@@ -109,3 +109,22 @@ def test_messages_quote_a_short_prefix_and_the_page_gets_it_escaped():
     assert shown([1, 2]) == "[1, 2]"
     error = user_error("Hub model id …, got '<img src=x onerror=alert(1)>/b'")
     assert "<img" not in error.message and "&lt;img src=x onerror=alert(1)&gt;/b" in error.message
+
+
+def test_only_files_inside_the_upload_folder_are_read(tmp_path):
+    """uploaded_file: a file in the upload folder (or below it) is its real path; a link in it to a file outside,
+    ``..`` out of it, a folder, a missing file, a name too long and a NUL byte are all None alike."""
+    uploads, outside = tmp_path / "gradio", tmp_path / "secret.png"
+    (uploads / "abc").mkdir(parents=True)
+    (uploads / "abc" / "photo.png").write_bytes(b"png")
+    outside.write_bytes(b"secret")
+    (uploads / "abc" / "link.png").symlink_to(outside)
+    (uploads / "inner.png").symlink_to(uploads / "abc" / "photo.png")
+    real = str(uploads / "abc" / "photo.png")
+    assert uploaded_file(real, str(uploads)) == real
+    assert uploaded_file(str(uploads / "inner.png"), str(uploads)) == real  # a link that stays inside
+    assert uploaded_file(f"{uploads}/abc/../abc/photo.png", str(uploads)) == real
+    for path in (str(outside), str(uploads / "abc" / "link.png"), f"{uploads}/abc/../../secret.png", str(uploads),
+                 str(uploads / "abc"), str(uploads / "missing.png"), str(uploads / ("a" * 300)), f"{uploads}/a\x00b",
+                 "secret.png", ""):
+        assert uploaded_file(path, str(uploads)) is None, path
