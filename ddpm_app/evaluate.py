@@ -87,7 +87,7 @@ class EvalConfig:
 
     def sampler_settings(self, timesteps: int) -> SamplerSettings:
         """The sampler, its steps, η and clipping, checked against the model's T."""
-        steps = DEFAULT_DDIM_STEPS if self.steps is None else self.steps
+        steps = DEFAULT_DDIM_STEPS if self.steps is None and self.sampler == "ddim" else self.steps
         return SamplerSettings.checked(self.sampler, steps, self.eta, self.clip_x0, timesteps)
 
 

@@ -209,13 +209,16 @@ class SamplerSettings:
     def checked(cls, sampler: str, steps: float | None, eta: float | None, clip_x0: bool,
                 timesteps: int) -> SamplerSettings:
         """Settings from user values (widgets, options), with a :class:`SettingsError` naming the allowed range
-        for a bad one."""
+        for a bad one. DDPM does not use DDIM's steps and η, but a value given for them is checked all the same:
+        a wrong one is answered, never ignored (None: not given, for DDPM only)."""
         sampler = choice(sampler, "sampler", SAMPLERS, SettingsError)
+        unused = sampler == "ddpm"
+        steps = None if unused and steps is None else whole_number(steps, "DDIM steps", 1, timesteps, SettingsError)
+        eta = None if unused and eta is None else real_number(eta, "η (eta)", 0.0, 1.0, SettingsError)
         clip_x0 = flag(clip_x0, "clip x̂₀", SettingsError)
-        if sampler == "ddpm":
+        if unused:
             return cls("ddpm", timesteps, 1.0, clip_x0)
-        return cls("ddim", whole_number(steps, "DDIM steps", 1, timesteps, SettingsError),
-                   real_number(eta, "η (eta)", 0.0, 1.0, SettingsError), clip_x0)
+        return cls("ddim", steps, eta, clip_x0)
 
     def num_steps(self, start_t: int) -> int:
         """Network evaluations for a chain that starts at timestep ``start_t``."""

@@ -580,7 +580,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                  model_card(first)))
     chain = dict(concurrency_limit=1, concurrency_id="model")  # one sampling job at a time per device
 
-    with gr.Blocks(title="DDPM step by step", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    with widgets.Blocks(title="DDPM step by step", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         user = gr.State(UserState())
         gr.Markdown(INTRO)
         header = gr.Markdown(header_text, label="model")
@@ -625,7 +625,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                     next_btn = gr.Button("Next ▶", size="sm", min_width=80)
                 frame_label = gr.Markdown("No run yet: press **Generate** first.", label="frame info",
                                           elem_id="frame-label")
-                which_run = gr.Radio([("Latest Generate run", "generate"), ("Latest Denoise run", "denoise")],
+                which_run = widgets.Radio([("Latest Generate run", "generate"), ("Latest Denoise run", "denoise")],
                                      value="generate", label="Run", elem_id="which-run")
                 with gr.Row():
                     f_xt = _image("x_t", min_width=200)

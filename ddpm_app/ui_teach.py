@@ -222,14 +222,14 @@ class TeachHandlers:
 
     @on_device
     def compare(self, t: float, user: UserState) -> tuple:
-        """Both runs at timestep ``t``: (picture, caption)."""
+        """Both runs at timestep ``t`` (in the model's 0…T−1, as the slider): (picture, caption)."""
+        with user_errors():
+            t = self.served(user).check_t(t)
         if user.pinned is None:
             return None, "Nothing pinned yet: run **Generate**, then press **Pin this run**."
         latest = user.run
         if latest is None or not latest.frames:
             return None, "Pinned; now run another (Generate or Denoise) to compare with."
-        with user_errors():
-            t = whole_number(t, "t", 0, 10**9)
         user.lesson.compare_t = t
         return compare_picture(user.pinned, latest, t)
 

@@ -30,8 +30,9 @@ def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
 
 
 def _number(value: object) -> float:
-    """``value`` as a float, NaN for anything that is not a number or a numeric string (bools are not numbers)."""
-    if isinstance(value, bool):
+    """``value`` as a float, NaN for anything that is not a JSON number: bools are not numbers, and neither are
+    strings, "7" or "NaN" alike (the widgets send numbers, and the API describes these fields as numbers)."""
+    if isinstance(value, (bool, str)):
         return math.nan
     try:
         return float(value)  # type: ignore[arg-type]

@@ -6,19 +6,21 @@ a string or NaN then fails inside Gradio with a generic error, and a seed of 1.5
 versions here are templates of those components (the browser shows the ordinary widgets) that skip that step.
 
 :class:`PhotoInput` is ``gr.Image`` for user photos: it accepts an uploaded file or a ``data:`` URL, under the
-same limits (:mod:`ddpm_app.image`), refuses web addresses and anything else with a message, and hands the
-handler a file path.
+same limits (:mod:`ddpm_app.image`), refuses web addresses, paths outside Gradio's upload folder and anything else
+with a message, and hands the handler a file path.
 """
 
 from __future__ import annotations
 
 import html
+import os
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio import processing_utils
+from gradio import processing_utils, utils
 from gradio.data_classes import ImageData
-from gradio_client.utils import is_http_url_like
+from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
 from pydantic import ConfigDict, ValidationError, model_validator
 
 from .image import ImageError, read_data_url
@@ -46,6 +48,20 @@ class Dropdown(gr.Dropdown): is_template, preprocess = True, as_sent  # noqa: E7
 PHOTO_FORMS = ("an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
                "(data:image/png;base64,…)")
 NOT_FETCHED = f"photos are not fetched from web addresses; send {PHOTO_FORMS}"
+# the same words for every path that is not an upload, so an answer tells nothing about the server's files
+NOT_READ = f"photo: send {PHOTO_FORMS}; other paths are not read"
+
+
+def uploaded_file(path: str, upload_folder: str) -> str | None:
+    """``path`` if it names a file inside ``upload_folder`` (where Gradio keeps uploads, cached examples and the
+    photos decoded from data: URLs) once ``..`` and links are resolved, else None: missing, a folder, outside,
+    or no path at all (too long, a NUL byte) all look the same to the caller."""
+    try:
+        real = Path(path).resolve()
+        inside = real.is_relative_to(Path(upload_folder).resolve()) and real.is_file()
+    except (OSError, RuntimeError, ValueError):  # a name too long, a link loop, a NUL byte
+        return None
+    return os.fspath(real) if inside else None
 
 
 class PhotoData(ImageData):
@@ -68,7 +84,12 @@ class PhotoInput(gr.Image):
     """``gr.Image`` for photos users send, as a file path (``type="filepath"``). An upload has already passed the
     server's upload limit; a ``data:`` URL is held to the same limit before it is decoded and saved in the cache;
     either way the handler opens the file with :func:`ddpm_app.image.open_image`, so every way a photo arrives
-    gets the same checks and messages. Web addresses and other values are refused."""
+    gets the same checks and messages. Web addresses and other values are refused.
+
+    Gradio checks a file object's path only when the object carries its ``meta`` tag; an untagged
+    ``{"path": …}`` reaches :meth:`preprocess` as sent. So every path is checked here: only files inside Gradio's
+    upload folder are read, and any other path gets the same message whether it exists, is a folder or is
+    missing."""
 
     is_template = True
     data_model = PhotoData
@@ -79,7 +100,7 @@ class PhotoInput(gr.Image):
         if payload.meta.get("refused") is not None:
             raise user_error(f"photo must be {PHOTO_FORMS}, got {payload.meta['refused']}")
         if payload.path and not is_http_url_like(payload.path):
-            return str(payload.path)
+            return self.upload(payload.path)
         if payload.url and payload.url.startswith("data:"):
             try:
                 data = read_data_url(payload.url)
@@ -92,8 +113,42 @@ class PhotoInput(gr.Image):
             raise user_error(NOT_FETCHED)
         raise user_error(f"photo must be {PHOTO_FORMS}, got {shown(payload.url) if payload.url else 'no file'}")
 
+    @staticmethod
+    def upload(path: str) -> str:
+        """The real path of ``path`` if it is a file Gradio made (see :func:`uploaded_file`), else an error that
+        says nothing about the file system."""
+        if (real := uploaded_file(path, utils.get_upload_folder())) is None:
+            raise user_error(NOT_READ)
+        return real
+
+    def check_sent(self, value: Any) -> None:
+        """The same check for a file object carrying Gradio's ``meta`` tag, before Gradio's own (which answers a
+        path outside its upload folder with an error that has no message)."""
+        if is_file_obj_with_meta(value) and isinstance(value.get("path"), str) and not is_http_url_like(value["path"]):
+            self.upload(value["path"])
+
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
         """Gradio would download a web address here, before :meth:`preprocess`, without the upload limits."""
         if is_http_url_like(url_or_file_path):
             raise user_error(NOT_FETCHED)
         return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class Blocks(gr.Blocks):
+    """``gr.Blocks`` whose endpoints refuse a call with more or fewer values than they have fields, naming the
+    fields (Gradio ignores extra values silently), and let :class:`PhotoInput` check the paths of tagged file
+    objects before Gradio does."""
+
+    def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
+        # By now a call with one value per field has None in the slots of server-side state (gr.State), as
+        # gradio_client and the page send them; a value there is one more than the fields.
+        fields = [block for block in block_fn.inputs if not block.skip_api]
+        sent = len(inputs) - (len(inputs) == len(block_fn.inputs)) * sum(
+            value is None for block, value in zip(block_fn.inputs, inputs) if block.skip_api)
+        if sent != len(fields):
+            names = ", ".join(str(getattr(block, "label", None) or block.get_block_name()) for block in fields)
+            raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(fields)} value"
+                             f"{'s' * (len(fields) != 1)} ({names or 'none'}), got {sent}")
+        for block, value in zip(block_fn.inputs, inputs):
+            if isinstance(block, PhotoInput):
+                block.check_sent(value)

@@ -52,6 +52,8 @@ EVALUATE = ("tests/test_evaluate.py",)
 OPENVINO = ("tests/test_openvino.py",)
 CPU = ("tests/test_cpu.py",)
 MODEL_FOLDERS_IN_APP = ("tests/test_model_folders_in_app.py",)
+INPUTS = ("tests/test_inputs.py",)  # the checks of what users send
+API = ("tests/test_api_inputs.py",)  # a real server sent every kind of value (a few minutes)
 
 
 @dataclass(frozen=True)
@@ -426,7 +428,7 @@ MUTATIONS: list[Mutation] = [
       "clip_x0=self.clip_x0, start_t=start_t", "clip_x0=True, start_t=start_t", APP,
       "the Clip x̂₀ checkboxes (Generate and Denoise) do nothing"),
     M("app-eta-ignored", "ddpm_app/samplers.py",
-      'real_number(eta, "η (eta)", 0.0, 1.0, SettingsError), clip_x0)', '0.0 * real_number(eta, "η (eta)", 0.0, 1.0, SettingsError), clip_x0)', APP,
+      'return cls("ddim", steps, eta, clip_x0)', 'return cls("ddim", steps, 0.0 * eta, clip_x0)', APP,
       "the η slider does nothing"),
     M("app-seed-ignored", "ddpm_app/app/served.py",
       "return torch.Generator(device=self.device).manual_seed(seed)",
@@ -437,6 +439,22 @@ MUTATIONS: list[Mutation] = [
     M("app-forward-t-off-by-one", "ddpm_app/app/state.py",
       "self.x_t = served.q_sample(self.x0, t, self.eps)[0]", "self.x_t = served.q_sample(self.x0, t + 1, self.eps)[0]",
       APP, "the forward view shows x_{t+1}"),
+    # --- what users send ----------------------------------------------------------------------------------------
+    M("photo-path-unchecked", "ddpm_app/widgets.py",
+      "if (real := uploaded_file(path, utils.get_upload_folder())) is None:", "if (real := path) is None:", API,
+      "a photo sent as {\"path\": …} reads any file on the server"),
+    M("upload-check-follows-no-links", "ddpm_app/widgets.py",
+      "real = Path(path).resolve()", "real = Path(os.path.abspath(path))", INPUTS,
+      "a link in the upload folder to a file outside is read"),
+    M("numbers-accept-strings", "ddpm_app/values.py",
+      "if isinstance(value, (bool, str)):", "if isinstance(value, bool):", INPUTS,
+      "a number field takes \"7\" and \"NaN\" strings, which the API describes as numbers"),
+    M("ddpm-ignores-ddim-settings", "ddpm_app/samplers.py",
+      "steps = None if unused and steps is None else", "steps = None if unused else", INPUTS,
+      "DDPM ignores DDIM steps 'garbage' silently"),
+    M("extra-inputs-ignored", "ddpm_app/widgets.py",
+      "if sent != len(fields):", "if sent < len(fields):", API,
+      "a call with more values than the endpoint has fields is run, the extra ones ignored"),
     # --- the evaluation -------------------------------------------------------------------------------------------
     M("fd-floor-uses-samples", "ddpm_app/evaluate.py",
       "fd_train_test=feature_fd(emb_train.features[floor_index], emb_test.features)",

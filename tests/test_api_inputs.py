@@ -13,7 +13,6 @@ import struct
 import time
 import uuid
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ from conftest import PATIENCE
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from test_app_server import ROOT, serving_tiny_model
+from test_app_server import ENDPOINTS, ROOT, serving_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -54,48 +53,113 @@ def call(url: str, endpoint: str, data: list, session: str | None = None) -> tup
     raise AssertionError(f"{endpoint}: the stream ended without an answer")
 
 
+NOT_READ = ("photo: send an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
+            "(data:image/png;base64,…); other paths are not read")
+PHOTO_ENDPOINTS = {"/noise": [5, True, 3], "/train_step": [5, 0], "/loss_curve": [5], "/likelihood": [False, 0]}
+
+
+def test_photo_paths_that_are_no_upload_are_never_read_and_the_answer_tells_nothing(app):
+    """The repro: an untagged {"path": …} (and a tagged one) naming a server file. A file, a folder, a missing
+    file, ``..`` out of the upload folder, a link in it to a file outside, an over-long name and a NUL byte all
+    get one message, on every endpoint that takes a photo; an uploaded file works, tagged or not."""
+    url, log = app
+    from gradio.utils import get_upload_folder
+
+    uploads = Path(get_upload_folder())  # the server's too: the same environment
+    link = uploads / f"link-{uuid.uuid4().hex}" / "photo.png"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(PHOTO)
+    try:
+        paths = [str(PHOTO), str(PHOTO.relative_to(ROOT)), "weights/faces/samples.png", "../" * 8 + "etc/passwd",
+                 "/etc/passwd", "/root/.ssh/id_rsa", "/no/such/file.png", "/etc", str(uploads),
+                 f"{uploads}/../../etc/passwd", str(link), "a" * 300, "/tmp/a\x00b"]
+        for endpoint, rest in PHOTO_ENDPOINTS.items():
+            for path in paths:
+                for value in ({"path": path}, {"path": path, "meta": {"_type": "gradio.FileData"}}):
+                    assert call(url, endpoint, [value, *rest]) == ("error", NOT_READ), (endpoint, value)
+    finally:
+        link.unlink()
+        link.parent.rmdir()
+    uploaded = httpx.post(url + "gradio_api/upload", files={"files": ("p.png", PHOTO.read_bytes(), "image/png")},
+                          timeout=PATIENCE).json()[0]
+    for value in ({"path": uploaded}, {"path": uploaded, "meta": {"_type": "gradio.FileData"}}):
+        kind, outputs = call(url, "/noise", [value, 5, True, 3])
+        assert kind == "complete" and "noise seed 3" in outputs[3]
+    assert "Traceback" not in log.read_text()
+
+
 HUGE_INT = 10**400  # json.dumps writes all 401 digits; Python's JSON reader makes it an int again
-BAD = {"string": "abc", "blank": "", "null": None, "NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
-       "huge float": 1e308, "huge int": HUGE_INT, "nested list": [[1, 2], [3]], "object": {"a": 1}, "bool": True}
-# each endpoint's fields: (name in the message, a valid value, the bad kinds that are valid there)
+# one value of every JSON type, and the strings a client might try in a number field
+KINDS = {"null": None, "bool": True, "int": 10**6, "huge int": HUGE_INT, "huge float": 1e308, "NaN": math.nan,
+         "-Infinity": -math.inf, "'NaN'": "NaN", "'Infinity'": "Infinity", "non-whole": 2.5, "numeric string": "3",
+         "blank": "", "100 kB string": "7" * 100_000, "list": [[1, 2], [3]], "object": {"a": 1},
+         "wrong choice": "no-such-choice"}
+SEED_OK, FLAG_OK = ("null", "blank", "int"), ("bool",)
+UPLOADED = "uploaded photo"  # a placeholder: the fuzz test uploads the photo once and sends Gradio's file object
+# each named endpoint's fields in order: (a regex the message must start with, a valid value, the kinds valid there)
 FIELDS = {
-    "/generate": [("sampler", "ddim", ()), ("DDIM steps", 3, ()), ("η \\(eta\\)", 0.0, ()),
-                  ("seed", 1, ("blank", "null")), ("number of images", 1, ()), ("clip x̂₀", True, ("bool",)),
-                  ("show ε̂", False, ("bool",))],
-    "/denoise": [("sampler", "ddim", ()), ("DDIM steps", 3, ()), ("η \\(eta\\)", 0.0, ()),
-                 ("seed", 1, ("blank", "null")), ("clip x̂₀", True, ("bool",))],
-    "/noise": [("photo", None, ("null",)), ("t", 5, ()), ("fix the noise", True, ("bool",)),
-               ("seed", 3, ("blank", "null"))],
-    "/frame": [("frame", 1, ())],
-    "/select_model": [("model", "faces", ())],
-    "/download_model": [("Hub model id", "someone/model", ())],
+    "/generate": [("sampler must", "ddim", ()), ("DDIM steps must", 3, ()), ("η \\(eta\\) must", 0.0, ()),
+                  ("seed must", 1, SEED_OK), ("number of images must", 1, ()), ("clip x̂₀ must", True, FLAG_OK),
+                  ("show ε̂ must", False, FLAG_OK)],
+    "/denoise": [("sampler must", "ddim", ()), ("DDIM steps must", 3, ()), ("η \\(eta\\) must", 0.0, ()),
+                 ("seed must", 1, SEED_OK), ("clip x̂₀ must", True, FLAG_OK)],
+    "/noise": [("photo", UPLOADED, ("null",)), ("t must", 5, ()), ("fix the noise must", True, FLAG_OK),
+               ("seed must", 3, SEED_OK)],
+    "/train_step": [("(upload a )?photo", UPLOADED, ()), ("t must", 5, ()), ("seed must", 0, SEED_OK)],
+    "/loss_curve": [("(upload a )?photo", UPLOADED, ()), ("t must", 5, ())],
+    "/likelihood": [("(upload a )?photo", UPLOADED, ()), ("exact must", False, FLAG_OK), ("seed must", 0, SEED_OK)],
+    "/frame": [("frame must", 1, ())],
+    "/show_run": [("run must", "generate", ())],
+    "/compare": [("t must", 5, ())],
+    "/interpolate": [("seed must", 1, SEED_OK), ("seed must", 2, SEED_OK), ("number of images must", 2, ()),
+                     ("DDIM steps must", 2, ()), ("clip x̂₀ must", True, FLAG_OK)],
+    "/export_figure": [("view must", "training", ())],
+    "/select_model": [("model must", "faces", ())],
+    "/download_model": [("Hub model id must", "someone/model", ())],
+    "/load_folder": [("(model folder must|enter a model folder|.* is outside the weights folders|no folder)", "faces",
+                      ())],
+    "/pin": [], "/export_gif": [], "/export_mp4": [], "/export_png": [], "/rescan_models": [],
 }
 
 
-def test_every_endpoint_answers_every_kind_of_wrong_value_with_a_message_naming_the_field(app):
+def test_fuzz_every_endpoint_field_and_json_type_gets_a_message_naming_the_field(app):
+    """Every named endpoint × field × kind of JSON value, one call at a time from one user who has a photo, a pinned
+    run and a newer one, and a noised photo (so that /frame, /compare and /denoise check their values): a wrong value is an error whose message
+    starts with the field's name; a value valid there (a blank seed, a flag) is answered. Then every endpoint with
+    one value too many and one too few."""
     url, log = app
-    cases = [(endpoint, i, kind) for endpoint, fields in FIELDS.items() for i, (_, _, valid) in enumerate(fields)
-             for kind in BAD if kind not in valid]
-
-    def send(case):  # each case is a new user (Gradio's HTTP API streams one event per session at a time)
-        endpoint, i, kind = case
-        data = [value for _, value, _ in FIELDS[endpoint]]
-        data[i] = BAD[kind]
-        session = uuid.uuid4().hex[:12]
-        if endpoint == "/frame":  # a run to pick frames from
-            assert call(url, "/generate", ["ddim", 3, 0.0, 1, 1, True, False], session)[0] == "complete"
-        return case, call(url, endpoint, data, session)
-
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(send, cases))
-    wrong = [(case, answer) for case, answer in answers
-             if answer[0] != "error" or not isinstance(answer[1], str)
-             or not re.match(FIELDS[case[0]][case[1]][0] + " must", answer[1])]
-    assert not wrong, wrong[:5]
-    assert len(answers) > 100
-    # still serving, and nothing reached Gradio's generic error handler
+    assert set(FIELDS) == ENDPOINTS
+    session = uuid.uuid4().hex[:12]
+    uploaded = httpx.post(url + "gradio_api/upload", files={"files": ("p.png", PHOTO.read_bytes(), "image/png")},
+                          timeout=PATIENCE).json()[0]
+    photo = {"path": uploaded, "meta": {"_type": "gradio.FileData"}, "orig_name": "p.png"}
+    for endpoint, data in (("/generate", ["ddim", 3, 0.0, 1, 1, True, False]), ("/pin", []),
+                           ("/generate", ["ddim", 2, 0.0, 2, 1, True, False]), ("/noise", [photo, 5, True, 3])):
+        assert call(url, endpoint, data, session)[0] == "complete"
+    log_size = log.stat().st_size
+    wrong, cases = [], 0
+    for endpoint, fields in FIELDS.items():
+        valid = [photo if value == UPLOADED else value for _, value, _ in fields]
+        for i, (message, _, valid_kinds) in enumerate(fields):
+            for kind, value in KINDS.items():
+                answer = call(url, endpoint, valid[:i] + [value] + valid[i + 1:], session)
+                cases += 1
+                ok = (answer[0] == "complete" if kind in valid_kinds else answer[0] == "error"
+                      and isinstance(answer[1], str) and re.match(message, answer[1]) and len(answer[1]) < 1000)
+                if not ok:
+                    wrong.append((endpoint, i, kind, str(answer)[:200]))
+        count = f"{endpoint} takes {len(fields)} value"
+        for data in (valid + [1], valid[:-1]) if fields else (valid + [1],):
+            answer = call(url, endpoint, data, session)
+            cases += 1
+            if answer[0] != "error" or not (answer[1] or "").startswith(count) or f"got {len(data)}" not in answer[1]:
+                wrong.append((endpoint, "count", len(data), str(answer)[:200]))
+    assert not wrong, "\n".join(map(str, wrong[:40]))
+    assert cases > 550
+    # still serving; nothing reached Gradio's generic error handler, and no value sent was copied into the log
     assert "Done" in call(url, "/generate", ["ddim", 3, 0.0, 2, 1, True, False])[1][3]
     assert "Traceback" not in log.read_text()
+    assert log.stat().st_size - log_size < 100_000
 
 
 @pytest.mark.parametrize("seed", [1.5, 0.4, -0.6])
@@ -191,6 +255,33 @@ def test_other_ways_of_sending_a_photo_are_refused_clearly(app, value):
     assert kind == "error" and message and message.startswith(("photos are not fetched from web addresses",
                                                               "photo must be an uploaded image file")), message
     assert "Traceback" not in log.read_text()
+
+
+def test_the_smaller_input_holes_are_messages(app):
+    """A 5 MB run name is quoted in 40 characters, escaped, and not copied into the log; a 300-character folder
+    name is a message; /compare's t must be in the model's 0…T−1; DDPM refuses DDIM settings that make no sense
+    even though it does not use them."""
+    url, log = app
+    session = uuid.uuid4().hex[:12]
+    for endpoint, data in (("/generate", ["ddim", 3, 0.0, 1, 1, True, False]), ("/pin", []),
+                           ("/generate", ["ddim", 2, 0.0, 2, 1, True, False])):
+        assert call(url, endpoint, data, session)[0] == "complete"
+    size = log.stat().st_size
+    kind, message = call(url, "/show_run", ["<b>" + "x" * 5_000_000], session)
+    assert kind == "error" and message.startswith("run must be one of generate, denoise, got '&lt;b&gt;xxx")
+    assert len(message) < 200 and log.stat().st_size - size < 10_000
+    kind, message = call(url, "/load_folder", ["x" * 300])
+    assert kind == "error" and message.startswith("no folder 'xxxxx") and "the current model stays loaded" in message
+    for t in (T, 1000, 5000, 10**9):
+        assert call(url, "/compare", [t], session) == ("error", f"t must be a whole number in 0…{T - 1}, got {t}")
+    assert call(url, "/compare", [T - 1], session)[0] == "complete"
+    assert call(url, "/generate", ["ddpm", "garbage", 0.0, 1, 1, True, False]) == (
+        "error", f"DDIM steps must be a whole number in 1…{T}, got 'garbage'")
+    assert call(url, "/generate", ["ddpm", 3, "NaN", 1, 1, True, False]) == (
+        "error", "η (eta) must be a number in 0…1, got 'NaN'")
+    assert call(url, "/generate", ["ddim", "3", 0.0, 1, 1, True, False]) == (
+        "error", f"DDIM steps must be a whole number in 1…{T}, got '3'")
+    assert f"Done</b>: {T} steps" in call(url, "/generate", ["ddpm", 3, 0.5, 1, 1, True, False])[1][3]  # all T
 
 
 def test_a_users_run_is_released_when_the_user_leaves(app):

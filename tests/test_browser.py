@@ -71,6 +71,18 @@ def test_forward_tab_upload_and_t_slider(browser, server):
     assert not errors, errors
 
 
+def test_forward_tab_example_photo(browser, server):
+    """An example photo reaches the photo input as a file in Gradio's cache, which the input reads."""
+    page, errors = open_app(browser, server)
+    page.get_by_role("tab", name="Forward").click()
+    page.locator("button.gallery-item:visible").first.click()
+    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
+    page.locator("#fwd-xt img").wait_for(timeout=PATIENCE_MS)
+    page.screenshot(path=SHOTS / "forward_example.png", full_page=True)
+    assert not page.get_by_text("other paths are not read").count()
+    assert not errors, errors
+
+
 def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
     page, errors = open_app(browser, server)
     page.get_by_text("DDPM (all T steps)").click()

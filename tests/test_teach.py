@@ -51,7 +51,7 @@ def teach(library, tmp_path) -> ui_teach.TeachHandlers:
 # -- the reverse step, explained ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", 0), ("ddim", 5)])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 1), ("ddim", 5)])
 def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(handlers, library, sampler, steps):
     user = UserState()
     outs = list(handlers.generate(sampler, steps, 0.0, 7, 2, False, False, user))
@@ -80,7 +80,7 @@ def frame_heads(handlers, user, count: int) -> list[str]:
 
 def test_frames_name_the_step_and_t_of_each_frame_for_ddpm_ddim_and_sdedit(handlers, library):
     user = UserState()
-    list(handlers.generate("ddpm", 0, 0.0, 3, 1, False, False, user))  # T = 20: t = 19, 18, …, 0
+    list(handlers.generate("ddpm", 1, 0.0, 3, 1, False, False, user))  # T = 20: t = 19, 18, …, 0
     assert frame_heads(handlers, user, 3) == ["step 1 of 20 · t = 19", "step 2 of 20 · t = 18",
                                               "step 3 of 20 · t = 17"]
     assert handlers.frame(20, user)[2].startswith("**step 20 of 20 · t = 0**")
@@ -91,7 +91,7 @@ def test_frames_name_the_step_and_t_of_each_frame_for_ddpm_ddim_and_sdedit(handl
     list(handlers.denoise("ddim", 4, 0.0, 1, True, user))  # SDEdit: the chain starts at the Forward tab's t = 9
     assert frame_heads(handlers, user, 4) == ["step 1 of 4 · t = 9", "step 2 of 4 · t = 6", "step 3 of 4 · t = 3",
                                               "step 4 of 4 · t = 0"]
-    list(handlers.denoise("ddpm", 0, 0.0, 1, True, user))
+    list(handlers.denoise("ddpm", 1, 0.0, 1, True, user))
     assert frame_heads(handlers, user, 2) == ["step 1 of 10 · t = 9", "step 2 of 10 · t = 8"]
 
 
@@ -100,7 +100,7 @@ def test_frames_of_a_thinned_run_name_the_step_they_hold(library, tmp_path):
     per_step = 2 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀; ε̂, z and x_prev of one 16×16 image
     thin = ui.Handlers(library, preview_interval=0, export_dir=tmp_path, max_trajectory_bytes=per_step * 6)
     user = UserState()
-    list(thin.generate("ddpm", 0, 0.0, 3, 1, False, False, user))
+    list(thin.generate("ddpm", 1, 0.0, 3, 1, False, False, user))
     assert user.run.stride == 4 and served.timesteps == 20  # frames hold steps 1, 5, 9, 13, 17 and 20
     assert frame_heads(thin, user, 6) == ["step 1 of 20 · t = 19", "step 5 of 20 · t = 15", "step 9 of 20 · t = 11",
                                           "step 13 of 20 · t = 7", "step 17 of 20 · t = 3", "step 20 of 20 · t = 0"]
@@ -115,7 +115,7 @@ def test_generate_and_denoise_runs_do_not_replace_each_other(handlers):
     assert handlers.frame(1, user)[5] == "denoise"  # Frames shows the latest run…
     slider, *out = handlers.show_run("generate", user)  # …and either one on request
     assert slider["value"] == 4 and out[5] == "generate" and "DDIM, 4 steps" in out[2]
-    with pytest.raises(gr.Error, match="run kind must be one of"):
+    with pytest.raises(gr.Error, match="run must be one of generate, denoise"):
         handlers.show_run("nonsense", user)
 
 
@@ -306,7 +306,7 @@ def test_pin_a_run_and_compare_another_from_the_same_seed(handlers, teach):
     assert teach.compare(10, user)[0] is None
     with pytest.raises(gr.Error, match="Nothing to pin"):
         teach.pin(user)
-    list(handlers.generate("ddpm", 0, 0.0, 5, 1, True, False, user))
+    list(handlers.generate("ddpm", 1, 0.0, 5, 1, True, False, user))
     caption, picture_, slider = teach.pin(user)
     assert "DDPM" in caption and slider["value"] == T - 1
     list(handlers.generate("ddim", 5, 0.0, 5, 1, True, False, user))
@@ -363,7 +363,7 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
     user = UserState()
     with pytest.raises(gr.Error, match="nothing to export yet"):
         teach.export_figure("training", user)
-    list(handlers.generate("ddpm", 0, 0.0, 5, 1, True, False, user))
+    list(handlers.generate("ddpm", 1, 0.0, 5, 1, True, False, user))
     teach.pin(user)
     list(handlers.generate("ddim", 4, 0.0, 5, 1, True, False, user))
     teach.compare(10, user)

@@ -235,7 +235,7 @@ def test_generate_ddpm_runs_all_T_steps(handlers: ui.Handlers, weights: Path):
     assert len(outs) == T
     assert [f.t for f in user.run.frames] == list(range(T - 1, -1, -1))
     # ε̂ shown on every preview, as ε̂/2 (±2σ spans the grey range): JPEG on the way, the last one lossless
-    steps = library_chain(weights, "ddpm", 0, 0.0, False, 1, 1)
+    steps = library_chain(weights, "ddpm", 1, 0.0, False, 1, 1)
     for out, step in zip(outs, steps):
         expected = (((step.pred_eps[0] / 2).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         if step.is_last:
@@ -379,7 +379,7 @@ def test_random_seed_is_shown_and_repeats_the_run(handlers: ui.Handlers):
 
 def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Path):
     user = UserState()
-    gen = handlers.generate("ddpm", 0, 0, 9, 2, True, False, user)
+    gen = handlers.generate("ddpm", 1, 0, 9, 2, True, False, user)
     for _ in range(3):
         next(gen)
     gen.close()  # what Gradio does when Stop cancels the event
@@ -428,7 +428,7 @@ def test_gif_export_has_one_frame_per_stored_step(handlers: ui.Handlers):
 def test_gif_export_caps_the_frame_count(library: ModelLibrary, tmp_path: Path):
     user = UserState()
     h = ui.Handlers(library, preview_interval=None)
-    run_all(h.generate("ddpm", 0, 0, 4, 1, True, False, user))
+    run_all(h.generate("ddpm", 1, 0, 4, 1, True, False, user))
     gif = Image.open(export_gif(user.run, tmp_path / "a.gif", max_frames=6))
     assert gif.n_frames == 6
     assert export_indices(20, 6) == [0, 4, 8, 11, 15, 19]
@@ -561,7 +561,7 @@ def test_denoise_runs_from_the_forward_x_t(handlers: ui.Handlers):
     assert torch.equal(run.frames[0].x_t[0], to_uint8(user.forward.x_t))  # started from the forward tab's x_t
     compare, status = outs[-1][2], outs[-1][3]
     assert image_of(compare).shape[1] > 3 * 16 and "PSNR" in status
-    ddpm = run_all(handlers.denoise("ddpm", 0, 0.0, 1, True, user))
+    ddpm = run_all(handlers.denoise("ddpm", 1, 0.0, 1, True, user))
     assert len(ddpm) == 10  # DDPM from t = 9: ten steps
 
 

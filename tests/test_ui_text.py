@@ -55,7 +55,7 @@ def test_the_description_counts_the_steps_a_chain_from_start_t_runs(settings, st
 
 def test_denoise_titles_frames_and_exports_with_the_steps_that_ran(handlers: ui.Handlers, monkeypatch):
     user = noised(handlers, 9)
-    outs = run_all(handlers.denoise("ddpm", 0, 0.0, 3, True, user))
+    outs = run_all(handlers.denoise("ddpm", 1, 0.0, 3, True, user))
     assert len(outs) == 10 and user.run.title == "SDEdit from t = 9, DDPM, 10 steps, seed 3"
     drawn = record_drawn_text(monkeypatch)
     path = Path(handlers.export("gif", user))
@@ -96,7 +96,7 @@ def test_the_slider_value_is_the_frame_number_the_label_shows(handlers: ui.Handl
 
 def test_after_stop_the_slider_and_frames_show_the_last_stored_frame(handlers: ui.Handlers):
     user = UserState()
-    gen = handlers.generate("ddpm", 0, 0.0, 9, 1, True, False, user)
+    gen = handlers.generate("ddpm", 1, 0.0, 9, 1, True, False, user)
     previews = [next(gen) for _ in range(5)]
     assert previews[-1][5].get("value") is None  # mid-run previews leave the slider where the user put it
     gen.close()  # what Gradio does when Stop cancels the event
@@ -183,7 +183,7 @@ def test_every_character_drawn_on_exports_and_strips_is_in_the_font(handlers: ui
     user = noised(handlers, 9)  # the forward strip's captions
     run_all(handlers.denoise("ddim", 4, 0.5, 1, True, user))  # η in the title, the comparison strip's captions
     handlers.export("gif", user)
-    run_all(handlers.generate("ddpm", 0, 0.0, 2, 1, True, False, user))
+    run_all(handlers.generate("ddpm", 1, 0.0, 2, 1, True, False, user))
     handlers.export("gif", user)
     texts = {text for text, _ in drawn}
     assert any("η = 0.5" in text for text in texts) and "predicted x̂₀" in texts and "t = 0" in texts

@@ -4,6 +4,7 @@ on first use, and the one thread that does all of the app's tensor work."""
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -174,7 +175,7 @@ class ModelLibrary:
             raise InputError(f"{shown(text)} is outside the weights folders; only model folders inside {self._where} "
                              "can be loaded (start the app with --weights DIR to allow another folder)")
         for real, root in inside:
-            if real.is_dir():
+            if os.path.isdir(real):  # False for a name too long to look up, as for a missing one
                 return (real.relative_to(root).as_posix() if real != root else root.name), real
         raise InputError(f"no folder {shown(text)} in {self._where}")
 

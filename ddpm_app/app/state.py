@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..likelihood import BitsPerDim
 from ..loss import LossCurve
-from .inputs import InputError, random_seed, requested_seed
+from .inputs import InputError, choice, random_seed, requested_seed
 from .lab_view import LabState
 from .plots import MarkedPlot
 from .runs import DEFAULT_TRAJECTORY_BYTES, Trajectory
@@ -100,10 +100,8 @@ class UserState:
         self.runs[kind] = run
         self.shown = kind
 
-    def show(self, kind: str) -> None:
-        if kind not in RUN_KINDS:
-            raise InputError(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
-        self.shown = kind
+    def show(self, kind: object) -> None:
+        self.shown = choice(kind, "run", RUN_KINDS)
 
     @property
     def run(self) -> Trajectory | None:
