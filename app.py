@@ -9,17 +9,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import torch
+from starlette.middleware import Middleware
 
 from ddpm_app import ui
 from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users
-from ddpm_app.cpu import cpu_budget, tune_malloc
+from ddpm_app.app.server import BodyLimit
+from ddpm_app.cpu import cpu_budget, trim_malloc, tune_malloc
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.inference import CPU_RUNTIMES, OPENVINO_BELOW_BATCH, PRECISION_CHOICES, resolve_device
 from ddpm_app.model_folder import ModelFolderError
 from ddpm_app.precision_cache import CACHE_DIR_ENV, PrecisionCache
+
+IDLE_TRIM_S = 5.0  # seconds without tensor work before freed memory is returned to the system
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,9 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     interval = None if args.preview_interval < 0 else args.preview_interval
     users = Users()
     users.sweep_every(60)  # results unused for the time-to-live go even while nobody makes a request
+    # memory freed by users who left or by refused requests goes back to the system once the device is idle
+    library.worker.when_idle(trim_malloc, every=IDLE_TRIM_S, after=IDLE_TRIM_S)
     demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size, users=users)
+    # SIGTERM (a container stopping, `kill`) closes the server like Ctrl-C, so temporary folders are removed
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
-                css=ui.CSS, head=ui.HEAD, theme=ui.THEME)
+                css=ui.CSS, head=ui.HEAD, theme=ui.THEME, app_kwargs={"middleware": [Middleware(BodyLimit)]})
 
 
 if __name__ == "__main__":

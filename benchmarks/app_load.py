@@ -19,10 +19,18 @@ memory and CPU are not measured and ``--queue-size`` only labels the output).
    when the last has left and ``--linger`` seconds later;
 6. exports (``--phases exports``): ``--failed-exports`` exports with nothing to export, then ``--good-exports``
    real ones (GIF, PNG and MP4 in turn); the size and file count of the app's export folder and of Gradio's
-   file cache afterwards.
+   file cache afterwards;
+7. refused bodies (``--phases refused``): ``--refused`` API calls each carrying a photo as a base64 ``data:`` URL of
+   ``--refused-mb`` MB, over the upload limit (over the server's body cap too, so answered 413 before being read),
+   then as many of 20.5 MB (under the body cap, refused by the app's size check); the server's memory meanwhile,
+   just after and ``--settle`` seconds later;
+8. loss curve (``--phases curve``): the first ``/loss_curve`` of the server (run this phase first, on a fresh
+   server); its memory before, at the peak, just after and ``--settle`` seconds later.
 
-Phases 5 and 6 need the server started here (``--url`` not given); it then runs with its own temporary folder
-(TMPDIR and GRADIO_TEMP_DIR), so its files can be counted. Prints one Markdown table per phase.
+Phases 5, 7 and 8 also give the server's memory just after it started ("fresh start"). Phases 5 to 8 need the
+server started here (``--url`` not given); it then runs with its own temporary folder (TMPDIR and GRADIO_TEMP_DIR),
+so its files can be counted. The phases run in the order curve, refused, memory, exports, load. Prints one
+Markdown table per phase.
 """
 
 from __future__ import annotations
@@ -148,7 +156,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def come_and_go(url: str, pid: int, args: argparse.Namespace) -> None:
+def come_and_go(url: str, pid: int, fresh: float, args: argparse.Namespace) -> None:
     """Phase 5: users come, each runs DDIM × 4 images and leaves; the server's memory meanwhile and after."""
     def visit(i: int) -> str:
         c = client(url)
@@ -167,18 +175,71 @@ def come_and_go(url: str, pid: int, args: argparse.Namespace) -> None:
         with ThreadPoolExecutor(args.visitors_at_once) as pool:
             answers = list(pool.map(visit, range(args.visitors)))
     left = rss_mib(pid)
-    time.sleep(args.linger)
-    after = rss_mib(pid)
     done = sum("Done" in a for a in answers)
-    print(f"\n| come and go: {args.visitors} users, {args.visitors_at_once} at a time, DDIM-{args.visitor_steps} × 4 "
-          f"images each | finished | RSS before | peak | when the last left | {args.linger:.0f} s later | "
-          "later − before |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| server memory (MiB) | {done}/{args.visitors} | {memory.before:.0f} | {memory.peak:.0f} | {left:.0f} | "
-          f"{after:.0f} | {after - memory.before:+.0f} |")
+    print("\n" + MEMORY_HEADER.format(settle=args.linger))
+    print(memory_row(f"{args.visitors} users, {args.visitors_at_once} at a time, DDIM-{args.visitor_steps} × 4 images "
+                     f"each ({done} finished); before = after a first run", fresh, memory, left,
+                     settled_rss(pid, args.linger)))
     errors = [a for a in answers if "Done" not in a]
     if errors:
         print(f"\nErrors: {errors[:3]!r}")
+
+
+def settled_rss(pid: int, seconds: float) -> float:
+    """The server's RSS ``seconds`` from now."""
+    time.sleep(seconds)
+    return rss_mib(pid)
+
+
+def memory_row(label: str, fresh: float, memory: PeakMemory, after: float, later: float) -> str:
+    return (f"| {label} | {fresh:.0f} | {memory.before:.0f} | {memory.peak:.0f} | {after:.0f} | {later:.0f} | "
+            f"{later - fresh:+.0f} |")
+
+
+MEMORY_HEADER = ("| MiB | fresh start | before | peak | just after | {settle:.0f} s later | later − fresh |\n"
+                 "|---|---|---|---|---|---|---|")
+
+
+def refused(url: str, pid: int, fresh: float, args: argparse.Namespace) -> None:
+    """Phase 7: photos over the size limit sent as data: URLs; what the server keeps of them."""
+    import base64
+
+    import httpx
+
+    def send(megabytes: float) -> str:
+        photo = "data:image/png;base64," + base64.b64encode(bytes(int(megabytes * 2**20))).decode()
+        c = client(url)
+        try:
+            c.predict(photo, 40, True, 5, api_name="/noise")
+            return "answered"
+        except httpx.HTTPStatusError as e:
+            return f"HTTP {e.response.status_code}"
+        except Exception as e:
+            return "too large" if "too large" in str(e) else f"{type(e).__name__}: {str(e)[:80]}"
+        finally:
+            c.close()
+
+    print("\n" + MEMORY_HEADER.format(settle=args.settle))
+    for megabytes in (args.refused_mb, 20.5):
+        with PeakMemory(pid) as memory:
+            answers = [send(megabytes) for _ in range(args.refused)]
+        after = rss_mib(pid)
+        kinds = ", ".join(f"{answers.count(a)}× {a}" for a in sorted(set(answers)))
+        print(memory_row(f"{args.refused} photos of {megabytes:g} MB as data: URLs ({kinds})", fresh, memory, after,
+                         settled_rss(pid, args.settle)))
+
+
+def first_curve(url: str, pid: int, fresh: float, args: argparse.Namespace) -> None:
+    """Phase 8: the server's first loss curve (a photo's loss at many t)."""
+    from gradio_client import handle_file
+
+    c = client(url)
+    with PeakMemory(pid) as memory:
+        c.predict(handle_file(str(ROOT / "ddpm_app" / "assets" / "portrait.png")), 100, api_name="/loss_curve")
+    after = rss_mib(pid)
+    c.close()
+    print("\n" + MEMORY_HEADER.format(settle=args.settle))
+    print(memory_row("the first loss curve", fresh, memory, after, settled_rss(pid, args.settle)))
 
 
 def exports(url: str, temp: Path, args: argparse.Namespace) -> None:
@@ -220,11 +281,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--burst", type=int, default=24, help="clients submitting at once in the busy phase")
     p.add_argument("--queue-size", type=int, default=16, help="the app's queue size (app.py --queue-size)")
-    p.add_argument("--phases", default="load", help="comma-separated: load (phases 1-4), memory, exports")
+    p.add_argument("--phases", default="load",
+                   help="comma-separated: load (phases 1-4), memory, exports, refused, curve")
     p.add_argument("--visitors", type=int, default=20, help="users who come and go (memory phase)")
     p.add_argument("--visitors-at-once", type=int, default=4)
     p.add_argument("--visitor-steps", type=int, default=50, help="DDIM steps of each visitor's run")
     p.add_argument("--linger", type=float, default=60, help="seconds to wait after the last visitor left")
+    p.add_argument("--refused", type=int, default=30, help="photos over the size limit sent (refused phase)")
+    p.add_argument("--refused-mb", type=float, default=25, help="size of each of them in MB")
+    p.add_argument("--settle", type=float, default=10, help="seconds to wait after the refused and curve phases")
     p.add_argument("--failed-exports", type=int, default=100)
     p.add_argument("--good-exports", type=int, default=20)
     args = p.parse_args(argv)
@@ -236,12 +301,17 @@ def main(argv: list[str] | None = None) -> None:
     if url is None:
         proc, url = start_app(args, temp)
     elif phases - {"load"}:
-        sys.exit("the memory and exports phases measure the server: leave out --url")
+        sys.exit("the memory, exports, refused and curve phases measure the server: leave out --url")
     pid = proc.pid if proc else None
-    print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores")
+    fresh = rss_mib(pid) if pid else float("nan")
+    print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
     try:
+        if "curve" in phases:
+            first_curve(url, pid, fresh, args)
+        if "refused" in phases:
+            refused(url, pid, fresh, args)
         if "memory" in phases:
-            come_and_go(url, pid, args)
+            come_and_go(url, pid, fresh, args)
         if "exports" in phases:
             exports(url, temp, args)
         if "load" in phases:

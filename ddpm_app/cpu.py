@@ -131,3 +131,20 @@ def tune_malloc(libc: object | None = None, platform: str = sys.platform) -> str
         return "malloc left as it is (mallopt refused the thresholds)"
     return (f"malloc: blocks under {MMAP_THRESHOLD >> 20} MiB from the heap, up to {TRIM_THRESHOLD >> 30} GiB of freed "
             "heap kept")
+
+
+def trim_malloc(libc: object | None = None, platform: str = sys.platform) -> bool:
+    """Give the freed heap of every malloc arena back to the system (glibc's ``malloc_trim(0)``); whether memory
+    was returned.
+
+    :func:`tune_malloc` keeps up to 1 GiB of freed heap per arena so that sampling steps reuse their pages, and each
+    server thread that allocates gets an arena of its own: without a trim, what a burst of users or a refused
+    request allocated stays in the process for good. Call it when no tensor work is running (the next step then
+    faults its pages in once again). Without glibc, nothing is done."""
+    if not platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = (libc or ctypes.CDLL("libc.so.6")).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return malloc_trim(0) == 1

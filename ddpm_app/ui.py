@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import html
 import io
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,6 +31,7 @@ from .app import (DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, MAX_BATCH,
                   export_png, labelled_strip, noise_picture, picture, resolve_seed, schedule_curves, stream)
 from .app.inputs import choice, flag, whole_number
 from .app.numbers import number
+from .app.server import JOBS, limit_waiting
 from .app.reverse_step import equation_markdown, equation_text, frame_breakdown, terms_strip
 from .app.state import DEFAULT_TIME_TO_LIVE
 from .image import MAX_FILE_BYTES, ImageError, psnr
@@ -42,7 +42,8 @@ from .widgets import user_error
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = sorted(ASSETS.glob("*.png"))
-QUEUE_SIZE = 16  # requests waiting at most; more get "queue full"
+QUEUE_SIZE = 16  # sampling jobs waiting at most; more get "queue full"
+VIEW_QUEUE_SIZE = 32  # quick views (a frame, a training step, an export) waiting at most, counted apart from jobs
 # what each sampler runs: from x_T in Generate, from the noised photo's t in Denoise
 SAMPLER_CHOICES = [("DDPM (all T steps)", "ddpm"), ("DDIM (K steps)", "ddim")]
 SDEDIT_CHOICES = [("DDPM (every step from t to 0: t + 1 steps)", "ddpm"), ("DDIM (K steps, at most t + 1)", "ddim")]
@@ -140,7 +141,7 @@ class Handlers:
         self.library = library
         self.preview_interval = preview_interval  # None: send only the final images
         self.max_trajectory_bytes = max_trajectory_bytes
-        self.exports = ExportFolder(export_dir or tempfile.mkdtemp(prefix="ddpm_app_"))
+        self.exports = ExportFolder(export_dir) if export_dir else ExportFolder.temporary("ddpm_app_")
         self.users = Users() if users is None else users  # whose runs and photos stay in memory, and for how long
 
     def leave(self, request: gr.Request) -> None:
@@ -578,7 +579,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
     header_text, numbers_text, plot_image, (table, card_text, samples_path) = library.worker.run(
         lambda: (model_header(first), forward_numbers(first, T // 4), schedule_plot(first, T // 4),
                  model_card(first)))
-    chain = dict(concurrency_limit=1, concurrency_id="model")  # one sampling job at a time per device
+    chain = dict(concurrency_limit=1, concurrency_id=JOBS)  # one sampling job at a time per device
 
     with widgets.Blocks(title="DDPM step by step", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         user = gr.State(UserState())
@@ -785,5 +786,6 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         rescan_btn.click(h.rescan, user, [model_pick, model_note], api_name="rescan_models", show_progress="hidden")
 
         demo.unload(h.leave)
-    demo.queue(max_size=queue_size, default_concurrency_limit=2)
+    demo.queue(max_size=None, default_concurrency_limit=2)
+    limit_waiting(demo, JOBS, queue_size, VIEW_QUEUE_SIZE)  # views are never refused because jobs fill the queue
     return demo

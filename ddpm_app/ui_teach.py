@@ -10,7 +10,6 @@ them inside :func:`ddpm_app.ui.build`. The math lives in the library (:mod:`ddpm
 from __future__ import annotations
 
 import queue
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .app.figures import VIEWS, figure, save_figure
 from .app.inputs import choice, flag, random_seed, whole_number
 from .app.likelihood_view import ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
 from .app.numbers import number
+from .app.server import JOBS
 from .app.training_view import curve_plot, error_heatmap, heat_scale, photo_curve, training_step
 from .image import to_uint8
 from .samplers import SamplerSettings
@@ -90,7 +90,7 @@ class TeachHandlers:
     def __init__(self, library: ModelLibrary, export_dir: str | Path | None = None,
                  preview_interval: float | None = 0.2):
         self.library = library
-        self.figures = ExportFolder(export_dir or tempfile.mkdtemp(prefix="ddpm_figures_"))  # bounded, like exports
+        self.figures = ExportFolder(export_dir) if export_dir else ExportFolder.temporary("ddpm_figures_")  # bounded, like exports
         self.preview_interval = preview_interval
 
     def served(self, user: UserState) -> ServedModel:
@@ -390,7 +390,7 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
 
     lk_event = lk_btn.click(th.likelihood, [lk_photo, lk_exact, lk_seed, user], [lk_status, lk_plot, lk_verdict],
                             api_name="likelihood", show_progress="hidden", concurrency_limit=1,
-                            concurrency_id="model")
+                            concurrency_id=JOBS)
     lk_stop.click(lambda: "<div class='ddpm-stats'><b>Stopped.</b></div>", None, lk_status, cancels=[lk_event],
                   api_visibility="private", queue=False)
 
@@ -400,7 +400,7 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
                    show_progress="hidden")
 
     in_btn.click(th.interpolate, [in_a, in_b, in_n, in_steps, in_clip, user], [in_strip, in_status],
-                 api_name="interpolate", show_progress="hidden", concurrency_limit=1, concurrency_id="model")
+                 api_name="interpolate", show_progress="hidden", concurrency_limit=1, concurrency_id=JOBS)
     return TeachTabs(tr_t, cmp_t, in_steps)
 
 

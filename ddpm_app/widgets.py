@@ -21,7 +21,7 @@ import gradio as gr
 from gradio import processing_utils, utils
 from gradio.data_classes import ImageData
 from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
-from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic import ConfigDict, ValidationError, field_serializer, model_validator
 
 from .image import ImageError, read_data_url
 from .values import shown
@@ -78,6 +78,13 @@ class PhotoData(ImageData):
             return handler({"url": value} if isinstance(value, str) else value)
         except ValidationError:
             return handler({"meta": {"_type": "gradio.FileData", "refused": shown(value)}})
+
+    @field_serializer("url")
+    def _data_url_header(self, url: str | None) -> str | None:
+        """A ``data:`` URL serialized as its header alone. Gradio records each input's serialized value in the
+        session's state and keeps it an hour after the user leaves: megabytes of every photo sent (refused ones
+        too) stayed in memory that long. The handler gets the whole URL: Gradio passes it the model itself."""
+        return url[:url.find(",") + 1] + "…" if url is not None and url.startswith("data:") else url
 
 
 class PhotoInput(gr.Image):

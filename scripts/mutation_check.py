@@ -525,6 +525,13 @@ MUTATIONS: list[Mutation] = [
       "torch.sin((1 - w) * theta) * a.double() + torch.sin(w * theta) * b.double()",
       "torch.sin(w * theta) * a.double() + torch.sin((1 - w) * theta) * b.double()", TEACH,
       "the interpolation runs from the second seed to the first"),
+    # --- serving: what users send and what stays behind ------------------------------------------------------------
+    M("export-named-before-complete", "ddpm_app/app/export.py",
+      'writer(folder / f"partial-{name}").replace(folder / name)', "writer(folder / name)",
+      ("tests/test_resources.py",), "a server killed mid-export leaves a truncated MP4 under the export's name"),
+    M("high-bit-image-not-averaged", "ddpm_app/image.py",
+      "if img.mode not in HIGH_BIT_MODES or factor < 2:", "if True:", ("tests/test_reliability.py",),
+      "a 252 KB float TIFF of 6,300² pixels costs a gigabyte and seconds of the device thread"),
 ]
 
 

@@ -7,8 +7,11 @@ idle) and compare CPU time with CPU time, so they hold on a machine busy with ot
 
 from __future__ import annotations
 
+import base64
+import itertools
 import os
 import re
+import socket
 import struct
 import time
 import zlib
@@ -16,13 +19,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CHROMIUM_ARGS, PATIENCE, wait_for
+from conftest import CHROMIUM_ARGS, PATIENCE, make_tiny_config, perturb, seeded_init, wait_for
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
-from test_app_server import ROOT, serving_tiny_model
+from test_app_server import ROOT, app_env, free_port, serving, serving_tiny_model
+from test_resources import dead_pid
 
+from ddpm_app.app.server import MAX_BODY_BYTES
 from ddpm_app.image import MAX_FILE_BYTES
+from ddpm_app.model_folder import DiffusionConfig, save_pretrained
+from ddpm_app.models import UNet
+from ddpm_app.schedule import ScheduleConfig
 
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 T = 3000  # DDPM steps: a full run takes many seconds, so it is surely still running when cancelled
@@ -108,6 +116,78 @@ def test_the_server_refuses_uploads_over_the_limit(app):
     assert small.status_code == 200
 
 
+def http_exchange(url: str, head: str, body_chunks=()) -> bytes:
+    """Send a raw HTTP request (``head`` without the blank line, then ``body_chunks``) and return what the server
+    answers; a server that stops reading the body part-way is what is being tested, so a broken pipe is not an
+    error."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=PATIENCE) as conn:
+        try:
+            conn.sendall(head.encode() + b"\r\n\r\n")
+            for chunk in body_chunks:
+                conn.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        try:
+            while part := conn.recv(65536):
+                answer += part
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def test_bodies_over_the_cap_are_refused_before_they_are_read(app):
+    url, _, _ = app
+    join = "POST /gradio_api/queue/join HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    # 400 MB announced, none sent: the answer comes from the header alone
+    announced = http_exchange(url, join + f"Content-Length: {400 * 2**20}")
+    assert announced.startswith(b"HTTP/1.1 413") and b"too large" in announced, announced[:300]
+    # sent in chunks with no length announced: refused once the cap is passed, without reading the rest
+    chunk = b"%x\r\n%s\r\n" % (2**20, b"x" * 2**20)
+    streamed = http_exchange(url, join + "Transfer-Encoding: chunked",
+                             itertools.repeat(chunk, MAX_BODY_BYTES // 2**20 + 64))
+    assert streamed.startswith(b"HTTP/1.1 413") and b"too large" in streamed, streamed[:300]
+    # the largest photo the API takes, as a base64 data: URL, fits under the cap and gets the app's own answer
+    photo = "data:image/png;base64," + base64.b64encode(bytes(MAX_FILE_BYTES)).decode()
+    with pytest.raises(AppError, match="not a readable image"):  # 20 MB of zeros: read, and found not a picture
+        Client(url, verbose=False).predict(photo, 40, True, 5, api_name="/noise")
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status)[1]) / 1024
+
+
+def test_refused_photos_do_not_stay_in_the_servers_memory(app):
+    """Gradio kept each photo sent as a data: URL, refused or not, in the session's record for an hour, and malloc
+    kept what was freed: six refused photos of 20.5 MB added about 300 MB for good."""
+    url, pid, _ = app
+    wait_for(lambda: idle(pid), "the server to go idle", poll=0)
+    before = rss_mib(pid)
+    photo = "data:image/png;base64," + base64.b64encode(bytes(MAX_FILE_BYTES + 2**19)).decode()  # 27 MB of JSON
+    for _ in range(6):
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="too large"):
+            client.predict(photo, 40, True, 5, api_name="/noise")
+        client.close()
+    wait_for(lambda: rss_mib(pid) < before + 100, "the refused photos' memory to be given back")
+
+
+def test_the_server_leaves_no_temporary_folders(tmp_path: Path):
+    temp = tmp_path / "tmp"
+    killed = temp / f"ddpm_app_pid{dead_pid()}-old"  # what a server killed with -9 left
+    (killed / "export").mkdir(parents=True)
+    port = free_port()
+    config = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=20), training={"dataset": "noise"})
+    save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, tmp_path / "weights" / "faces")
+    with serving(["--weights", str(tmp_path / "weights"), "--port", str(port)], app_env() | {"TMPDIR": str(temp)},
+                 port, tmp_path / "app.log") as (_, proc):
+        assert not killed.exists()
+        assert len(list(temp.glob("ddpm_*"))) == 2  # its exports and its figures
+    assert proc.returncode is not None and not list(temp.glob("ddpm_*")), list(temp.glob("ddpm_*"))
+
+
 def test_requests_beyond_the_queue_are_told_the_app_is_busy(app):
     url, _, _ = app
     blocker = Client(url, verbose=False).submit("ddpm", 1, 0.0, 9, 4, True, False, api_name="/generate")
@@ -123,6 +203,9 @@ def test_requests_beyond_the_queue_are_told_the_app_is_busy(app):
     assert not blocker.done(), "the long run ended before the queue filled: make it longer"
     busy = [job for job in jobs if job.done() and "Queue is full" in str(job.exception())]
     assert len(busy) == 2 and jobs[-2:] == busy, [job.status() for job in jobs]
+    viewer = Client(url, verbose=False)  # quick views are counted apart from the jobs: never refused as busy here
+    assert "No generate run yet" in viewer.predict(1, api_name="/frame")[2]
+    assert "No generate run yet" in viewer.predict("generate", api_name="/show_run")[3]
     blocker.cancel()
     for job in jobs[:QUEUE]:  # the waiting ones run once the slot is free
         assert "Done" in job.result(timeout=PATIENCE)[3]

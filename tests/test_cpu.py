@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ddpm_app.cpu import (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD, CpuBudget,
-                          cgroup_cpu_quota, cpu_budget, tune_malloc)
+                          cgroup_cpu_quota, cpu_budget, trim_malloc, tune_malloc)
 
 
 def fake_machine(root: Path, cgroup: str, files: dict[str, str]) -> Path:
@@ -116,3 +116,19 @@ def test_malloc_is_left_alone_without_glibc_or_when_mallopt_refuses():
                     reason="no glibc here")
 def test_this_machines_glibc_takes_the_thresholds():
     assert tune_malloc().startswith("malloc: blocks under 32 MiB")
+
+
+class TrimLibc:
+    def __init__(self, answer: int = 1):
+        self.answer, self.calls = answer, []
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(pad)
+        return self.answer
+
+
+def test_trim_gives_back_all_freed_heap_and_says_whether_it_did():
+    libc = TrimLibc()
+    assert trim_malloc(libc, "linux") is True and libc.calls == [0]  # pad 0: keep nothing spare
+    assert trim_malloc(TrimLibc(answer=0), "linux") is False
+    assert trim_malloc(TrimLibc(), "darwin") is False and trim_malloc(object(), "linux") is False

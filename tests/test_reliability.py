@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -125,6 +126,22 @@ def test_float_tiffs_in_0_1_are_read_as_such(tmp_path: Path):
     x = load_image(float_tiff(tmp_path, ramp), 16)  # (3, 16, 16) in [−1, 1]
     assert x[:, :, 0].max() < -0.9 and x[:, :, -1].min() > 0.9
     np.testing.assert_allclose(x[0, 0].numpy(), 2 * ramp[0] - 1, atol=0.02)
+
+
+def test_a_large_float_tiff_is_averaged_down_before_its_pixels_become_arrays(tmp_path: Path):
+    """Rescaling went through float64 copies of the whole image, 8 bytes a pixel (about 1 GB for 6,300² pixels);
+    the arrays made now are a small fraction of the decoded image (4 bytes a pixel)."""
+    side = 2000
+    ramp = np.tile(np.linspace(0.0, 1.0, side, dtype=np.float32), (side, 1))
+    path = float_tiff(tmp_path, ramp)
+    tracemalloc.start()  # NumPy's arrays are traced; Pillow's own image memory is not
+    try:
+        x = load_image(path, 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < side * side, f"{peak / 2**20:.0f} MiB of arrays for a {4 * side * side / 2**20:.0f} MiB image"
+    assert x[:, :, 0].max() < -0.9 and x[:, :, -1].min() > 0.9  # still black on the left, white on the right
 
 
 def test_float_tiffs_in_other_ranges_are_refused_with_the_reason(tmp_path: Path):

@@ -3,17 +3,20 @@ and photos in memory (released when the user leaves, after a time-to-live, and b
 
 from __future__ import annotations
 
+import gc
 import os
+import subprocess
+import threading
 import time
 from pathlib import Path
 
 import gradio as gr
 import pytest
 import torch
-from conftest import make_tiny_config, perturb, seeded_init
+from conftest import PATIENCE, make_tiny_config, perturb, seeded_init
 
 from ddpm_app import ui
-from ddpm_app.app import ExportFolder, ModelLibrary, Trajectory, Users, UserState
+from ddpm_app.app import DeviceWorker, ExportFolder, ModelLibrary, Trajectory, Users, UserState
 from ddpm_app.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.samplers import Step
@@ -31,6 +34,43 @@ def library(tmp_path_factory) -> ModelLibrary:
 
 
 # -- exports on disk ------------------------------------------------------------------------------------------------
+
+
+def test_an_export_has_its_name_only_once_it_is_complete(tmp_path: Path):
+    exports = ExportFolder(tmp_path)
+
+    def writer(path: Path) -> Path:
+        assert path.name != "run.mp4" and not (path.parent / "run.mp4").exists()  # a kill now leaves no run.mp4
+        path.write_bytes(b"frames")
+        return path
+
+    written = exports.write("run.mp4", writer)
+    assert written.name == "run.mp4" and written.read_bytes() == b"frames"
+    assert [p.name for p in written.parent.iterdir()] == ["run.mp4"]
+
+
+def test_a_temporary_export_folder_goes_with_its_owner_and_dead_processes_folders_at_the_next_start(tmp_path: Path):
+    dead = dead_pid()
+    stale = tmp_path / f"ddpm_app_pid{dead}-abc123"
+    running = tmp_path / f"ddpm_app_pid{os.getpid()}-def456"  # a process that runs (this one)
+    other = tmp_path / "ddpm_app_old8x_1"  # not made by ExportFolder.temporary
+    for folder in (stale, running, other):
+        (folder / "sub").mkdir(parents=True)
+    folder = ExportFolder.temporary("ddpm_app_", tmp_path)
+    assert not stale.exists() and running.exists() and other.exists()
+    root = folder.root
+    assert root.parent == tmp_path and root.name.startswith(f"ddpm_app_pid{os.getpid()}-")
+    folder.write("a.png", lambda path: path.write_bytes(b"png") and path)
+    del folder
+    gc.collect()
+    assert not root.exists()
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_a_failed_export_leaves_no_folder(library: ModelLibrary, tmp_path: Path):
@@ -186,3 +226,20 @@ def test_the_handlers_say_a_released_run_is_gone_and_a_new_one_works(library: Mo
         h.export("gif", user)
     list(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))
     assert "frame 1/3" in h.frame(1, user)[2]
+
+
+def test_the_device_worker_is_idle_only_while_no_job_runs_or_waits():
+    clock = Clock()
+    worker = DeviceWorker(clock=clock)
+    clock.now += 7
+    assert worker.idle_for() == 7  # since it was made
+    started, release = threading.Event(), threading.Event()
+    job = worker.submit(lambda: (started.set(), release.wait(PATIENCE)))
+    waiting = worker.submit(lambda: None)
+    started.wait(PATIENCE)
+    clock.now += 100
+    assert worker.idle_for() == 0  # one job runs, one waits
+    release.set()
+    job.result(PATIENCE), waiting.result(PATIENCE)
+    clock.now += 3
+    assert worker.idle_for() == 3  # since the last job ended

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import re
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -141,12 +144,25 @@ class ExportFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_exports, self.max_bytes, self.max_age_s = max_exports, max_bytes, max_age_s
 
+    @classmethod
+    def temporary(cls, prefix: str, temp_dir: str | Path | None = None) -> ExportFolder:
+        """A new folder ``{prefix}pid{pid}-…`` in the temporary directory, removed when the process exits or this
+        object goes. A process that was killed cannot remove its own, so this first removes those of ``prefix``
+        whose process is gone (:func:`remove_stale`)."""
+        temp_dir = Path(temp_dir or tempfile.gettempdir())
+        remove_stale(prefix, temp_dir)
+        folder = cls(tempfile.mkdtemp(prefix=f"{prefix}pid{os.getpid()}-", dir=temp_dir))
+        weakref.finalize(folder, shutil.rmtree, folder.root, ignore_errors=True)
+        return folder
+
     def write(self, name: str, writer: Callable[[Path], Path]) -> Path:
-        """``writer(path)`` for a fresh ``path`` named ``name``; its folder is removed again if ``writer`` fails."""
+        """``writer(path)`` in a fresh folder, then the file renamed to ``name``: a file under that name is always
+        complete (a process killed mid-export leaves only ``partial-{name}``). The folder is removed again if
+        ``writer`` fails."""
         self.prune()
         folder = Path(tempfile.mkdtemp(dir=self.root))
         try:
-            return writer(folder / name)
+            return writer(folder / f"partial-{name}").replace(folder / name)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -172,3 +188,31 @@ class ExportFolder:
                 break
             shutil.rmtree(folder, ignore_errors=True)
             total -= size
+
+
+def remove_stale(prefix: str, temp_dir: str | Path) -> list[Path]:
+    """Remove the folders ``{prefix}pid{pid}-…`` in ``temp_dir`` (made by :meth:`ExportFolder.temporary`) that
+    belong to this user and whose process no longer runs; returns them. Anything else is left alone: other names,
+    links, other users' folders, and those of a running process (or of a process id now reused)."""
+    removed = []
+    for folder in Path(temp_dir).glob(f"{prefix}pid*-*"):
+        match = re.fullmatch(rf"{re.escape(prefix)}pid(\d+)-[a-z0-9_]+", folder.name)
+        try:
+            owned = folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == os.getuid()
+        except OSError:  # removed meanwhile
+            continue
+        if match and owned and int(match[1]) > 0 and not process_exists(int(match[1])):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` (> 0) runs, ours or another user's: signal 0 checks without sending anything."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,10 +34,14 @@ class DeviceWorker:
     script's main thread on a 2-core machine. Calling every kernel from this one thread keeps one team.
     """
 
-    def __init__(self, name: str = "ddpm-device"):
+    def __init__(self, name: str = "ddpm-device", clock: Callable[[], float] = time.monotonic):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
                                             initializer=self._remember_thread)
         self._thread_id: int | None = None
+        self.clock = clock
+        self._jobs = 0  # submitted and not yet finished
+        self._last_done = clock()
+        self._lock = threading.Lock()
 
     def _remember_thread(self) -> None:
         self._thread_id = threading.get_ident()
@@ -46,11 +51,37 @@ class DeviceWorker:
         event, as with ``asyncio.to_thread``)."""
         if threading.get_ident() == self._thread_id:  # already on the worker (a job calling another)
             return fn(*args, **kwargs)
-        return self._executor.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
+        return self.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
 
     def submit(self, fn: Callable[..., Result], *args, **kwargs) -> Future[Result]:
         """Start ``fn`` on the worker and return at once (for a caller that reports progress while it runs)."""
-        return self._executor.submit(fn, *args, **kwargs)
+        with self._lock:
+            self._jobs += 1
+        future = self._executor.submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future) -> None:
+        with self._lock:
+            self._jobs -= 1
+            self._last_done = self.clock()
+
+    def idle_for(self) -> float:
+        """Seconds since the worker's last job ended; 0 while a job runs or waits."""
+        with self._lock:
+            return 0.0 if self._jobs else self.clock() - self._last_done
+
+    def when_idle(self, action: Callable[[], object], every: float, after: float) -> threading.Thread:
+        """Every ``every`` seconds, from a daemon thread, call ``action()`` if no job has run for ``after`` seconds
+        (the app returns freed memory to the system this way, never between two sampling steps)."""
+        def loop() -> None:
+            while True:
+                time.sleep(every)
+                if self.idle_for() >= after:
+                    action()
+        thread = threading.Thread(target=loop, name="ddpm-device-idle", daemon=True)
+        thread.start()
+        return thread
 
 
 def find_models(weights_dir: str | Path) -> dict[str, Path]:
