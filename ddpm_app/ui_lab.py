@@ -43,6 +43,7 @@ SOURCES = [("a data set", "preset"), ("my drawing", "drawing"), ("a CSV file", "
 CHUNK_SECONDS = 0.3  # training runs on the device worker this long at a time, then other users' work gets a turn
 PREVIEW_SECONDS = 1.5  # at most one preview (samples + pictures) per this much training
 DEFAULTS = LabSettings()
+PICTURE_MIN_WIDTH = 300  # pixels: narrower than two of these (a phone), the pictures stack one per line
 
 HELP = r"""**DDPM on points in the plane**, where the whole distribution is one picture. The same math as the image
 models: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$, a network $\varepsilon_\theta(x_t, t)$
@@ -62,6 +63,26 @@ EXPERIMENTS = {  # label: (what to change, what to look for)
     "Network too small (1×8)": (dict(width=8, depth=1), "One hidden layer of 8 units cannot draw the shape: the "
                                 "loss stays higher and the samples blur into a blob."),
 }
+
+
+TRAINING_KEYS = ("timesteps", "beta_end", "width", "depth")  # an experiment changing one of these trains again
+SAMPLING_BASELINE = dict(variance="posterior", clip=True)
+
+
+def retrains(change: dict) -> bool:
+    return any(k in TRAINING_KEYS for k in change)
+
+
+def experiment_values(change: dict) -> dict:
+    """The settings an experiment sets: one that trains again sets the defaults plus its change (so experiments do
+    not pile up); one that only samples sets the sampler's defaults plus its change and leaves the model's settings
+    as they are, matching the model it samples from."""
+    s = DEFAULTS
+    sampling = SAMPLING_BASELINE | {k: v for k, v in change.items() if k not in TRAINING_KEYS}
+    if not retrains(change):
+        return sampling
+    return dict(timesteps=s.schedule.timesteps, beta_end=s.schedule.beta_end, width=s.network.width,
+                depth=s.network.depth) | {k: v for k, v in change.items() if k in TRAINING_KEYS} | sampling
 
 
 class SketchInput(gr.ImageEditor):
@@ -281,6 +302,11 @@ class LabHandlers:
             return str(self.exports.write(f"{stem}.{kind}", lambda path: write(frames, path)))
 
 
+def _plot(label: str, elem_id: str) -> gr.Image:
+    """A figure of the lab (540 px square or so), at least :data:`PICTURE_MIN_WIDTH` wide."""
+    return _image(label, height=None, pixelated=False, min_width=PICTURE_MIN_WIDTH, elem_id=elem_id)
+
+
 def lab_tab(lh: LabHandlers, user: gr.State) -> None:
     """The 2-D lab tab with its events (API names ``toy_train``, ``toy_continue``, ``toy_sample``); call inside
     ``gr.Tabs()``."""
@@ -305,7 +331,7 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
                 use_btn = gr.Button("Use this data", size="sm")
                 data_note = gr.Markdown("", elem_id="lab-data-note")
             with gr.Column(scale=1, min_width=280):
-                data_plot = _image("data", height=None, pixelated=False, elem_id="lab-data")
+                data_plot = _plot("data", elem_id="lab-data")
 
         gr.Markdown("### Forward: $q(x_t\\mid x_0)$", latex_delimiters=LATEX)
         with gr.Row():
@@ -313,8 +339,8 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
                                    min_width=200)
             fwd_point = widgets.Slider(1, 1000, value=1, step=1, label="the red point x₀ (index)", min_width=200)
         with gr.Row():
-            fwd_plot = _image("x_t and q(x_t|x₀)", height=None, pixelated=False, elem_id="lab-forward")
-            marg_plot = _image("x_T beside N(0, I)", height=None, pixelated=False, elem_id="lab-marginal")
+            fwd_plot = _plot("x_t and q(x_t|x₀)", elem_id="lab-forward")
+            marg_plot = _plot("x_T beside N(0, I)", elem_id="lab-marginal")
 
         gr.Markdown("### Train (Algorithm 1)")
         with gr.Row():
@@ -325,7 +351,8 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
         with gr.Row():
             width = widgets.Slider(2, 512, value=s.network.width, step=1, label="MLP width", min_width=140)
             depth = widgets.Slider(1, 6, value=s.network.depth, step=1, label="MLP depth", min_width=140)
-            steps = widgets.Slider(100, MAX_STEPS, value=s.steps, step=100, label="Steps", min_width=160)
+            steps = widgets.Slider(100, MAX_STEPS, value=s.steps, step=100, label="Steps", min_width=160,
+                                   elem_id="lab-steps")
             lr = widgets.Number(s.training.learning_rate, label="Learning rate", min_width=100)
             seed = widgets.Number(0, label="Seed", precision=0, min_width=80)
         with gr.Row():
@@ -334,8 +361,8 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
             stop_btn = gr.Button("Stop", variant="stop", min_width=80)
         status = gr.HTML("<div class='ddpm-stats'>Press <b>Train</b>.</div>", elem_id="lab-status", min_height=50)
         with gr.Row():
-            loss_plot = _image("loss", height=None, pixelated=False, elem_id="lab-loss")
-            preview_plot = _image("samples while training", height=None, pixelated=False, elem_id="lab-preview")
+            loss_plot = _plot("loss", elem_id="lab-loss")
+            preview_plot = _plot("samples while training", elem_id="lab-preview")
         quality_md = gr.Markdown("", elem_id="lab-quality")
         with gr.Accordion("Losses (JSON, as /toy_train returns them)", open=False):
             losses_json = gr.JSON(label="losses")
@@ -360,9 +387,9 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
             arrows = widgets.Radio([("score", "score"), ("−ε̂", "eps")], value="score", label="Arrows", min_width=120)
         sample_btn = gr.Button("Sample", variant="primary")
         with gr.Row():
-            paths_plot = _image("paths from x_T to x₀", height=None, pixelated=False, elem_id="lab-paths")
-            field_plot = _image("the learned field", height=None, pixelated=False, elem_id="lab-field")
-            x0_plot = _image("x̂₀ along the way", height=None, pixelated=False, elem_id="lab-x0")
+            paths_plot = _plot("paths from x_T to x₀", elem_id="lab-paths")
+            field_plot = _plot("the learned field", elem_id="lab-field")
+            x0_plot = _plot("x̂₀ along the way", elem_id="lab-x0")
         sample_quality = gr.Markdown("", elem_id="lab-sample-quality")
         with gr.Accordion("Samples (JSON, as /toy_sample returns them)", open=False):
             samples_json = gr.JSON(label="samples")
@@ -403,18 +430,15 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
                  show_progress="hidden")
 
     widget_of = dict(timesteps=timesteps, beta_end=beta_end, width=width, depth=depth, variance=variance, clip=clip)
-    baseline = dict(timesteps=s.schedule.timesteps, beta_end=s.schedule.beta_end, width=s.network.width,
-                    depth=s.network.depth, variance="posterior", clip=True)
     for btn, (label, (change, note)) in zip(exp_btns, EXPERIMENTS.items()):
-        values = baseline | change
-        retrain = any(k in ("timesteps", "beta_end", "width", "depth") for k in change)
+        values = experiment_values(change)
 
         def apply(values=values, note=note, label=label):
-            return [values[k] for k in widget_of] + [f"**{label}.** {note}"]
+            return [values.get(k, gr.skip()) for k in widget_of] + [f"**{label}.** {note}"]
         event = btn.click(apply, None, list(widget_of.values()) + [exp_note], api_visibility="private", queue=False)
-        if retrain:
-            event = event.then(lh.train, train_inputs, train_outputs, api_visibility="private", **lab)
-        event.then(lh.sample, sample_inputs, sample_outputs, api_visibility="private", **lab).then(
+        if retrains(change):
+            event = event.success(lh.train, train_inputs, train_outputs, api_visibility="private", **lab)
+        event.success(lh.sample, sample_inputs, sample_outputs, api_visibility="private", **lab).success(
             **forward, api_visibility="private")
 
     for btn, what, kind_ in export_btns:

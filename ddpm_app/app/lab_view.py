@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from matplotlib.patches import Circle
+from matplotlib.ticker import FuncFormatter
 from PIL import Image
 from torch import Tensor
 
@@ -268,14 +269,19 @@ def loss_picture(losses: list[float], previews: list[Preview]) -> np.ndarray:
     ax.set_xlabel("step")
     ax.set_ylabel("‖ε − ε̂‖² / 2")
     ax.grid(alpha=0.3)
+    legend_on, handles = ax, ax.get_legend_handles_labels()[0]
     if previews:
-        ax2 = ax.twinx()
+        ax2 = legend_on = ax.twinx()  # one legend, on the axes drawn last, so no curve covers it
         ax2.plot([p.step for p in previews], [p.distance for p in previews], "o-", c=NOISE_COLOUR, ms=3,
                  label="energy distance of samples")
         ax2.set_yscale("log")
         ax2.set_ylabel("energy distance", color=NOISE_COLOUR)
-        ax2.legend(loc="upper center", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
+        plain = FuncFormatter(lambda y, _: f"{y:.3g}")  # 0.0123, not 1.23 × 10⁻²
+        ax2.yaxis.set_major_formatter(plain)
+        ax2.yaxis.set_minor_formatter(plain)
+        handles += ax2.get_legend_handles_labels()[0]
+    if handles:
+        legend_on.legend(handles=handles, loc="upper right", fontsize=8)
     ax.set_title("Training loss (Algorithm 1)", fontsize=10)
     return pixels(fig)
 
@@ -291,7 +297,7 @@ def preview_picture(data: PointSet, preview: Preview | None, label: str = "") ->
     return pixels(fig)
 
 
-def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths: int = 40) -> np.ndarray:
+def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths: int = 20) -> np.ndarray:
     """Trajectories of the first ``paths`` points from x_T to x₀ (up to stored frame ``upto``), the points now."""
     last = len(run.ts) - 1 if upto is None else upto
     track = torch.stack(run.x_t[:last + 1] + ([run.final] if upto is None else []))[:, :paths].numpy()  # (F, P, 2)
