@@ -267,6 +267,9 @@ def test_help_states_each_architectures_recipe_as_the_trainer_has_it(capsys):
         stated = {name: float(re.search(rf"([0-9.e-]+) for {arch}", h).group(1)) for name, h in helps.items()}
         assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps,
                           "sample-eta": recipe.sample_eta}
+    on_cpu = {name: float(re.search(r"([0-9.e-]+) on the CPU", helps[name]).group(1)) for name in list(helps)[:3]}
+    for recipe in training.CPU_RECIPES.values():
+        assert on_cpu == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps}
 
 
 def test_resume_without_a_checkpoint_is_exit_2(tmp_path, capsys):
