@@ -50,10 +50,10 @@ class TrainConfig:
     split: str | None = "auto"  # sub-folder to train on: auto = train/ if the data has one, else everything; "" = all
     out: str = "runs/default"  # run folder: checkpoint, samples, metrics, export
     steps: int = 20_000  # total optimizer steps of the run
-    batch_size: int | None = None  # global batch, split across GPUs (default: the architecture's recipe, 1024 for ddpm, 256 for seed, 16 on the CPU)
-    lr: float | None = None  # peak learning rate (default: the recipe's, 3e-4 for ddpm and 4e-4 for seed, 1e-3 on the CPU, times √(batch / the recipe's batch))
+    batch_size: int | None = None  # global batch, split across GPUs (default: the architecture's recipe, 1024 for ddpm, 256 for seed; on the CPU 32 and 16)
+    lr: float | None = None  # peak learning rate (default: the recipe's, 3e-4 for ddpm and 4e-4 for seed, on the CPU 1e-3, times √(batch / the recipe's batch))
     weight_decay: float = 0.0
-    warmup_steps: int | None = None  # linear learning-rate warm-up (default: the recipe's, 300 for ddpm, 500 for seed, 20 on the CPU)
+    warmup_steps: int | None = None  # linear learning-rate warm-up (default: the recipe's, 300 for ddpm, 500 for seed, on the CPU 20)
     lr_decay: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 1.0  # max gradient norm (0: off)
     ema_decay: float = 0.9995
@@ -114,10 +114,10 @@ class Recipe:
 RECIPES = {"ddpm": Recipe(batch_size=1024, lr=3e-4, warmup_steps=300, sample_eta=0.0),
            "seed": Recipe(batch_size=256, lr=4e-4, warmup_steps=500, sample_eta=1.0)}
 # Without a GPU: a 1.2 M-parameter U-Net (widths 32/64/64, one ResBlock per level, attention at 8×8) on batches of
-# 16, so a step takes about a second on 2 cores (docs/training/cpu-steps.txt has the figures), with a short warm-up
-# and a higher learning rate, so a few minutes show the loss falling
+# 32 (the seed net, 1.5 M, on 16), so a step takes about a second on 2 cores (docs/training/cpu-steps.txt), with a
+# short warm-up and a higher learning rate, so that a few minutes show the loss falling
 CPU_RECIPES = {
-    "ddpm": Recipe(batch_size=16, lr=1e-3, warmup_steps=20, sample_eta=0.0, heldout_images=16,
+    "ddpm": Recipe(batch_size=32, lr=1e-3, warmup_steps=20, sample_eta=0.0, heldout_images=16,
                    model=(("base_channels", 32), ("channel_mult", (1, 2, 2)), ("num_res_blocks", 1),
                           ("head_channels", 32))),
     "seed": Recipe(batch_size=16, lr=1e-3, warmup_steps=20, sample_eta=1.0, heldout_images=16,

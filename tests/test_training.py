@@ -112,7 +112,7 @@ def test_the_sample_grid_uses_the_recipes_eta_and_is_the_same_every_time(tmp_pat
 def test_the_trainer_runs_and_records_the_recipe_it_filled_in(tmp_path):
     cfg = train_config(tmp_path, steps=1, batch_size=None, lr=None, warmup_steps=None)
     trainer = Trainer(cfg, MODEL, SCHEDULE, pack=shapes_pack())  # on the CPU: the CPU's recipe
-    assert trainer.global_batch == 16 and trainer.cfg.lr == pytest.approx(1e-3)
+    assert trainer.global_batch == 32 and trainer.cfg.lr == pytest.approx(1e-3)
     assert trainer.state()["train_config"]["lr"] == pytest.approx(1e-3)  # a resumed run carries on with it
     trainer = Trainer(dataclasses.replace(cfg, recipe="gpu"), MODEL, SCHEDULE, pack=shapes_pack())
     assert trainer.global_batch == 1024 and trainer.cfg.lr == pytest.approx(3e-4)
