@@ -94,7 +94,8 @@ def test_without_a_gpu_the_cpu_recipe_fills_in_unless_the_gpu_one_is_asked_for(a
         assert (cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.heldout_images) == (
             expected.batch_size, expected.lr, expected.warmup_steps, expected.heldout_images)
     given = training.with_recipe(training.TrainConfig(batch_size=64, heldout_images=5), arch, 1, "cpu")
-    assert (given.batch_size, given.lr, given.heldout_images) == (64, pytest.approx(cpu.lr * 2), 5)
+    scaled = pytest.approx(cpu.lr * math.sqrt(64 / cpu.batch_size))
+    assert (given.batch_size, given.lr, given.heldout_images) == (64, scaled, 5)
 
 
 def test_the_sample_grid_uses_the_recipes_eta_and_is_the_same_every_time(tmp_path):
