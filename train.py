@@ -66,7 +66,8 @@ def given_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
 
 
 def model_config_from_args(args, recipe_fields: tuple = ()):
-    """The model config the options give, with ``recipe_fields`` (the recipe's network) where they give none."""
+    """The model config the options give. ``recipe_fields`` (the recipe's network) fill in only when the options set
+    none of those fields: a network half from the options and half from the recipe would be neither."""
     from ddpm_app.models import ARCHITECTURES, SeedUNetConfig, UNetConfig, make_config
 
     own = ARCHITECTURES[args.arch][0]
@@ -75,7 +76,8 @@ def model_config_from_args(args, recipe_fields: tuple = ()):
     if foreign:
         raise SystemExit(f"error: --arch {args.arch} has no option(s) "
                          + ", ".join("--" + f.replace("_", "-") for f in foreign))
-    return make_config(args.arch, {**dict(recipe_fields), **given})
+    recipe = dict(recipe_fields)
+    return make_config(args.arch, given if set(given) & set(recipe) else {**recipe, **given})
 
 
 def detect_hardware(device) -> str:

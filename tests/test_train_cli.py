@@ -19,7 +19,7 @@ import train
 from ddpm_app import heldout, training
 from ddpm_app.data import load_pack
 from ddpm_app.model_folder import load_pretrained
-from ddpm_app.models import build_model
+from ddpm_app.models import build_model, make_config
 from ddpm_app.schedule import Schedule
 from ddpm_app.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint
 from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
@@ -449,3 +449,14 @@ def test_the_cpu_smoke_run_trains_with_the_cpu_settings_exports_and_the_app_serv
     served = ModelLibrary(out, "cpu", precision="fp32").get("export")  # python app.py --weights OUT
     picture = final(served.sample(SamplerSettings("ddim", 2), batch=1, seed=0))
     assert picture.shape == (1, 3, 16, 16) and torch.isfinite(picture).all()
+
+
+def test_the_cpu_recipes_network_fills_in_only_when_no_size_of_it_is_given():
+    """Options that size the network take it whole from the options: the recipe's widths and heads are not mixed in
+    (a resumed or reproduced run must build the network its options name)."""
+    recipe = dict(training.CPU_RECIPES["ddpm"].model)
+    sized = train.build_parser().parse_args(["--data", "x.zip", "--out", "o", "--base-channels", "48"])
+    assert train.model_config_from_args(sized, tuple(recipe.items())) == make_config("ddpm", {"base_channels": 48})
+    bare = train.build_parser().parse_args(["--data", "x.zip", "--out", "o", "--image-size", "32"])
+    built = train.model_config_from_args(bare, tuple(recipe.items()))
+    assert built == make_config("ddpm", {**recipe, "image_size": 32})
