@@ -65,7 +65,9 @@ def given_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
     return set(vars(probe.parse_args(argv))) & set(vars(args))
 
 
-def model_config_from_args(args):
+def model_config_from_args(args, recipe_fields: tuple = ()):
+    """The model config the options give. ``recipe_fields`` (the recipe's network) fill in only when the options set
+    none of those fields: a network half from the options and half from the recipe would be neither."""
     from ddpm_app.models import ARCHITECTURES, SeedUNetConfig, UNetConfig, make_config
 
     own = ARCHITECTURES[args.arch][0]
@@ -74,17 +76,18 @@ def model_config_from_args(args):
     if foreign:
         raise SystemExit(f"error: --arch {args.arch} has no option(s) "
                          + ", ".join("--" + f.replace("_", "-") for f in foreign))
-    return make_config(args.arch, given)
+    recipe = dict(recipe_fields)
+    return make_config(args.arch, given if set(given) & set(recipe) else {**recipe, **given})
 
 
 def detect_hardware(device) -> str:
-    import platform
-
     import torch
+
+    from ddpm_app.isa import cpu_model_name
     if device.type == "cuda":
         n = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         return f"{n}× {torch.cuda.get_device_name(device)}" if n > 1 else torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_model_name()}, {torch.get_num_threads()} threads)"
 
 
 def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
@@ -108,7 +111,7 @@ def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
 
 
 def complete_export(folder: Path, samples: Path | None, title: str, data: str | None = None,
-                    device: str = "cpu") -> Path:
+                    device: str = "cpu", heldout_images: int | None = None) -> Path:
     """Finish an exported model folder: the sample grid as samples.png, the model card (README.md) and, when the
     data pack has a test/ split, the held-out loss curve and bits/dim (heldout.json)."""
     import torch
@@ -125,7 +128,7 @@ def complete_export(folder: Path, samples: Path | None, title: str, data: str | 
     model_card.write(folder, config, num_parameters, title=title,
                      sample_image="samples.png" if samples is not None else None)
     if data and Path(data).exists():
-        measured = heldout.measure_folder(folder, data, device=device)
+        measured = heldout.measure_folder(folder, data, device=device, limit=heldout_images or heldout.HELDOUT_IMAGES)
         print(f"held-out figures: {measured.method}" if measured else f"{data} has no test/ split: "
               "no held-out figures stored", file=sys.stderr)
     return folder
@@ -142,7 +145,7 @@ def finish_export(trainer, args) -> Path:
         grids.append(trainer.sample_grid())
     plot_loss(out / "metrics.jsonl", out / "loss.png")
     return complete_export(export_dir, grids[-1], args.name or f"DDPM {Path(trainer.cfg.data).stem}",
-                           data=trainer.cfg.data, device=str(trainer.device))
+                           data=trainer.cfg.data, device=str(trainer.device), heldout_images=trainer.cfg.heldout_images)
 
 
 def train_main(argv) -> int:
@@ -187,7 +190,10 @@ def train_main(argv) -> int:
         if not cfg.data:
             print("error: --data is required (an image folder or a .zip pack)", file=sys.stderr)
             return 2
-        model_config = None if args.resume else model_config_from_args(args)
+        from ddpm_app.inference import resolve_device
+        on = "cuda" if "cuda" in cfg.device else resolve_device(cfg.device).type  # a rank's own GPU is not asked for yet
+        recipe = training.recipe_for(cfg, args.arch, on)
+        model_config = None if args.resume else model_config_from_args(args, recipe.model)
         schedule_config = ScheduleConfig(args.schedule, args.timesteps, args.beta_start, args.beta_end,
                                          args.cosine_s, args.max_beta)
         trainer = training.Trainer(cfg, model_config, schedule_config, resume=args.resume, checkpoint=checkpoint)
@@ -205,6 +211,8 @@ def train_main(argv) -> int:
               f"images from {cfg.data} on {detect_hardware(trainer.device)}"
               + (f", resuming at step {trainer.step}" if args.resume else ""), file=sys.stderr)
         cfg = trainer.cfg  # with the architecture's recipe filled in
+        if not trainer.is_cuda:
+            print(cpu_note(cfg, trainer.diffusion_config.arch), file=sys.stderr)
         print(f"batch {cfg.batch_size}, lr {cfg.lr:.3g} (warm-up {cfg.warmup_steps} steps, {cfg.lr_decay}), "
               f"EMA {cfg.ema_decay}, "
               + (f"{cfg.small_t_fraction:.0%} of t log-uniform, " if cfg.small_t_fraction else "")
@@ -215,11 +223,15 @@ def train_main(argv) -> int:
     loop_start = None
     try:
         for p in trainer.run():
-            if p.event == "started" and main_rank:
-                setup_s, first_step_s = p.startup
+            if p.event == "expected" and main_rank:
+                bar.write(expected_note(cfg, p))
+            elif p.event == "started" and main_rank:
+                setup_s, timing_s, first_step_s = p.startup
                 loop_start = time.perf_counter() - first_step_s  # --max-minutes counts from here
-                bar.write(f"start-up: {setup_s:.1f} s to load the data and build the model, {first_step_s:.1f} s for "
-                          "the first step (compiling); images/s count from the second step")
+                compiling = " (compiling)" if cfg.compile and trainer.is_cuda else ""
+                bar.write(f"start-up: {setup_s:.1f} s to load the data and build the model, "
+                          + (f"{timing_s:.1f} s to time a step, " if timing_s else "")
+                          + f"{first_step_s:.1f} s for the first step{compiling}; images/s count from the second step")
             elif p.event == "log":
                 if loop_start is not None and main_rank:  # the first speed measured: will the time limit cut the run?
                     warning = training.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
@@ -252,6 +264,29 @@ def train_main(argv) -> int:
     if args.push_to_hub:
         return push(export_dir, args.push_to_hub, args.private)
     return 0
+
+
+def cpu_note(cfg, arch: str) -> str:
+    """What training without a GPU does, said before it starts: which settings, and how to get the others."""
+    from ddpm_app import training
+
+    recipe = training.recipe_for(cfg, arch, "cpu")
+    if recipe is training.CPU_RECIPES[arch]:
+        return (f"no CUDA GPU: training on the CPU with settings made for it (--recipe cpu): a smaller network and "
+                f"batch {recipe.batch_size}, so a step takes about a second on 2 cores. It shows the trainer at work; "
+                f"good samples take a GPU's hours. --recipe gpu takes the shipped models' settings "
+                f"(batch {training.RECIPES[arch].batch_size}) here too, at minutes a step.")
+    return (f"no CUDA GPU: training on the CPU with the GPU recipe (--recipe {cfg.recipe}); a step of "
+            f"{cfg.batch_size} images can take minutes here (--recipe cpu: about a second)")
+
+
+def expected_note(cfg, p) -> str:
+    """The time a step should take, timed before the first one, and what that means for the run."""
+    note = f"expected: about {p.step_s:.2g} s a step here (batch {cfg.batch_size}, timed before the first step)"
+    left = p.total_steps - p.step
+    if cfg.max_minutes > 0 and left * p.step_s > cfg.max_minutes * 60:
+        return note + f"; --max-minutes {cfg.max_minutes:g} stops the run near step {p.step + int(cfg.max_minutes * 60 / p.step_s)}"
+    return note + f"; {left} steps: about {left * p.step_s / 60:.0f} minutes"
 
 
 def push(folder: Path, repo_id: str, private: bool = False) -> int:

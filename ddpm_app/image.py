@@ -36,7 +36,8 @@ class ImageError(ValueError):
 
 
 def to_uint8(x: Tensor) -> Tensor:
-    """[−1, 1] float (…, C, H, W) → uint8 [0, 255], clamping values outside the range."""
+    """[−1, 1] float (…, C, H, W) → uint8 [0, 255], clamping values outside the range: (x + 1)·127.5 computed in
+    float32 and rounded half to even, the same level for the same float32 value on every machine."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

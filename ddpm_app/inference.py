@@ -211,9 +211,11 @@ class Prepared(nn.Module):
 
 
 def example_input(model: nn.Module, batch: int = 1) -> tuple[Tensor, Tensor]:
-    """A (x_t, t) pair of the shape ``model`` samples, from its config: (B, C, H, W) noise and (B,) timesteps."""
+    """A (x_t, t) pair of the shape ``model`` samples, from its config: (B, C, H, W) noise and (B,) timesteps. The
+    noise has its own seed: timing and packing leave the caller's global generator where it was."""
     config = model.config
-    x = torch.randn(batch, config.in_channels, config.image_size, config.image_size)
+    x = torch.randn(batch, config.in_channels, config.image_size, config.image_size,
+                    generator=torch.Generator().manual_seed(0))
     return x.contiguous(memory_format=torch.channels_last), torch.full((batch,), 500, dtype=torch.long)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from . import samplers
 from .data import DatasetError, ImagePack, load_pack, random_flip, resolve_split
+from .heldout import HELDOUT_IMAGES
 from .image import from_uint8, save_grid
 from .inference import prepare, resolve_device
 from .loss import diffusion_loss
@@ -49,10 +50,10 @@ class TrainConfig:
     split: str | None = "auto"  # sub-folder to train on: auto = train/ if the data has one, else everything; "" = all
     out: str = "runs/default"  # run folder: checkpoint, samples, metrics, export
     steps: int = 20_000  # total optimizer steps of the run
-    batch_size: int | None = None  # global batch, split across GPUs (default: the architecture's recipe, 1024 for ddpm, 256 for seed)
-    lr: float | None = None  # peak learning rate (default: the recipe's, 3e-4 for ddpm and 4e-4 for seed, times √(batch / the recipe's batch))
+    batch_size: int | None = None  # global batch, split across GPUs (default: the architecture's recipe, 1024 for ddpm, 256 for seed; on the CPU 32 and 16)
+    lr: float | None = None  # peak learning rate (default: the recipe's, 3e-4 for ddpm and 4e-4 for seed, on the CPU 1e-3, times √(batch / the recipe's batch))
     weight_decay: float = 0.0
-    warmup_steps: int | None = None  # linear learning-rate warm-up (default: the recipe's, 300 for ddpm, 500 for seed)
+    warmup_steps: int | None = None  # linear learning-rate warm-up (default: the recipe's, 300 for ddpm, 500 for seed, on the CPU 20)
     lr_decay: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 1.0  # max gradient norm (0: off)
     ema_decay: float = 0.9995
@@ -62,6 +63,7 @@ class TrainConfig:
     small_t_fraction: float = 0.0  # share of each batch whose t is drawn log-uniformly (p(t) ∝ ~1/(t+1)), where most bits/dim lie; the rest uniform (0: L_simple)
     seed: int = 0
     device: str = "auto"  # auto | cuda | cpu
+    recipe: Literal["auto", "gpu", "cpu"] = "auto"  # unset settings from: gpu = the shipped models' recipe (batch 1024 for ddpm); cpu = a smaller network and batch that step in about a second on 2 CPU cores; auto = cpu where there is no CUDA GPU
     compile: bool = True  # torch.compile the network (CUDA only)
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"  # auto: reduce-overhead (CUDA graphs) on one GPU, default with several
     bf16: bool = True  # bf16 autocast (CUDA only)
@@ -71,13 +73,14 @@ class TrainConfig:
     sample_steps: int = DEFAULT_DDIM_STEPS  # DDIM steps for the grid
     sample_eta: float | None = None  # grid's DDIM η (default: the recipe's, 0 for ddpm, 1 for seed, whose deterministic DDIM samples keep noise)
     save_every: int = 2000  # checkpoint every N steps
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0: no limit
+    max_minutes: float = 0.0  # stop (with a checkpoint) before a step that would end after this much wall time, start-up included; 0: no limit
     export_dtype: Literal["fp32", "fp16"] = "fp32"
     max_images: int = 0  # use at most this many images (0: all)
     init_from: str = ""  # start from the weights of a model folder (e.g. an export) instead of random ones
     eval_every: int = 0  # held-out ε-MSE (EMA and raw weights) every N steps, into metrics.jsonl (0: off)
     eval_split: str = "test"  # held-out folder of the data for --eval-every
     eval_images: int = 1000  # held-out images for --eval-every (at most)
+    heldout_images: int | None = None  # held-out images the export's loss curve and bits/dim are measured on (default: the recipe's, 256 on a GPU, 16 on the CPU)
 
     def __post_init__(self) -> None:
         if (self.batch_size is not None and self.batch_size < 1) or self.steps < 1:
@@ -86,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"small_t_fraction must lie in [0, 1], got {self.small_t_fraction}")
         if self.eval_every < 0 or self.eval_images < 1:
             raise ValueError("eval_every must be ≥ 0 (0: off) and eval_images ≥ 1")
+        if self.heldout_images is not None and self.heldout_images < 1:
+            raise ValueError("heldout_images must be ≥ 1")
         if self.split == "":
             object.__setattr__(self, "split", None)
 
@@ -95,29 +100,50 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """An architecture's recommended batch, peak learning rate and warm-up: the settings its shipped model used."""
+    """An architecture's recommended batch, peak learning rate and warm-up: on a GPU, the settings its shipped model
+    used; on the CPU, a smaller network and batch whose steps take about a second, to see the trainer work."""
 
     batch_size: int
     lr: float
     warmup_steps: int
     sample_eta: float  # DDIM η of the sample grids: the seed net's deterministic (η = 0) samples keep visible noise
+    heldout_images: int = HELDOUT_IMAGES  # measured at export (each takes 150 network calls)
+    model: tuple[tuple[str, object], ...] = ()  # model config fields of a fresh network, where not given
 
 
 RECIPES = {"ddpm": Recipe(batch_size=1024, lr=3e-4, warmup_steps=300, sample_eta=0.0),
            "seed": Recipe(batch_size=256, lr=4e-4, warmup_steps=500, sample_eta=1.0)}
+# Without a GPU: a 1.2 M-parameter U-Net (widths 32/64/64, one ResBlock per level, attention at 8×8) on batches of
+# 32 (the seed net, 1.5 M, on 16), so a step takes about a second on 2 cores (docs/training/cpu-steps.txt), with a
+# short warm-up and a higher learning rate, so that a few minutes show the loss falling
+CPU_RECIPES = {
+    "ddpm": Recipe(batch_size=32, lr=1e-3, warmup_steps=20, sample_eta=0.0, heldout_images=16,
+                   model=(("base_channels", 32), ("channel_mult", (1, 2, 2)), ("num_res_blocks", 1),
+                          ("head_channels", 32))),
+    "seed": Recipe(batch_size=16, lr=1e-3, warmup_steps=20, sample_eta=1.0, heldout_images=16,
+                   model=(("down_channels", (32, 64, 64, 128)),)),
+}
 
 
-def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1) -> TrainConfig:
-    """``cfg`` with its unset settings filled in from ``arch``'s recipe. A batch other than the recipe's scales the
-    recipe's learning rate by √(batch / recipe batch), the usual rule for Adam. ``compile_mode="auto"`` becomes
-    CUDA graphs on one GPU and the default mode under DistributedDataParallel."""
-    recipe = RECIPES[arch]
+def recipe_for(cfg: TrainConfig, arch: str, device_type: str) -> Recipe:
+    """The recipe ``cfg.recipe`` names for ``arch``; "auto" is the CPU's wherever the device is not a CUDA GPU."""
+    cpu = cfg.recipe == "cpu" or (cfg.recipe == "auto" and device_type != "cuda")
+    return (CPU_RECIPES if cpu else RECIPES)[arch]
+
+
+def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1, device_type: str = "cuda") -> TrainConfig:
+    """``cfg`` with its unset settings filled in from ``arch``'s recipe on ``device_type`` (:func:`recipe_for`). A
+    batch other than the recipe's scales the recipe's learning rate by √(batch / recipe batch), the usual rule for
+    Adam. ``compile_mode="auto"`` becomes CUDA graphs on one GPU and the default mode under DistributedDataParallel."""
+    recipe = recipe_for(cfg, arch, device_type)
     batch = cfg.batch_size or recipe.batch_size
     lr = cfg.lr if cfg.lr is not None else recipe.lr * math.sqrt(batch / recipe.batch_size)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else recipe.warmup_steps
     mode = cfg.compile_mode if cfg.compile_mode != "auto" else "reduce-overhead" if world_size == 1 else "default"
     eta = cfg.sample_eta if cfg.sample_eta is not None else recipe.sample_eta
-    return replace(cfg, batch_size=batch, lr=lr, warmup_steps=warmup, compile_mode=mode, sample_eta=eta)
+    heldout = cfg.heldout_images or recipe.heldout_images
+    return replace(cfg, batch_size=batch, lr=lr, warmup_steps=warmup, compile_mode=mode, sample_eta=eta,
+                   heldout_images=heldout)
 
 
 @dataclass(frozen=True)
@@ -133,7 +159,8 @@ class Progress:
     event: str = "log"  # started | log | sample | checkpoint | eval | done | stopped
     path: str | None = None  # the file an event wrote (sample grid, checkpoint)
     held_out: HeldOutMSE | None = None  # the held-out ε-MSE (event "eval")
-    startup: tuple[float, float] | None = None  # event "started": seconds to set up (data, model), then the first step (compiling)
+    startup: tuple[float, float, float] | None = None  # event "started": seconds to set up (data, model), to time a step (CPU), then the first step (compiling on CUDA)
+    step_s: float | None = None  # event "expected": the seconds one step should take here, timed before the first
 
 
 class TrainingError(RuntimeError):
@@ -225,6 +252,12 @@ def time_limit_warning(cfg: TrainConfig, step: int, images_per_s: float, seconds
     return (f"warning: at {images_per_s:,.0f} images/s, --max-minutes {cfg.max_minutes:g} stops the run near step "
             f"{reachable} of {cfg.steps}, before the {cfg.lr_decay} learning-rate decay ends; for a finished decay "
             f"in this time use --steps {reachable} (the rest can follow with --resume)")
+
+
+def out_of_time(cfg: TrainConfig, seconds_used: float, next_step_s: float | None) -> bool:
+    """Whether ``max_minutes`` leaves no room for the next step: ``seconds_used`` (start-up included) plus the time
+    the next step should take (the last one's, or the timing before the first; None: not known) would pass it."""
+    return cfg.max_minutes > 0 and seconds_used + (next_step_s or 0.0) > cfg.max_minutes * 60
 
 
 def loss_weights(schedule: Schedule, t: Tensor, cfg: TrainConfig) -> Tensor | None:
@@ -492,7 +525,7 @@ class Trainer:
         if resume and checkpoint is None:
             checkpoint = read_resume_checkpoint(self.out)
         self.diffusion_config, start = starting_point(cfg, model_config, schedule_config, checkpoint)
-        self.cfg = cfg = with_recipe(cfg, self.diffusion_config.arch, self.dist.world_size)
+        self.cfg = cfg = with_recipe(cfg, self.diffusion_config.arch, self.dist.world_size, self.device.type)
         self.per_rank_batch = per_rank_batch(cfg.batch_size, self.dist.world_size)
         self.global_batch = self.per_rank_batch * self.dist.world_size
         model_config = self.diffusion_config.model
@@ -656,6 +689,24 @@ class Trainer:
                                         generator=generator, device=self.device))
         return save_grid(x, self.out / "samples" / f"step_{self.step:07d}.png", nrow=4)
 
+    def time_step(self, images: int = 4) -> float:
+        """The seconds one training step of ``per_rank_batch`` images should take on this CPU: the forward and
+        backward pass of ``images`` of them, timed on its second run (the first sets up the kernels), scaled to the
+        batch (CPU work grows with the batch). The weights, the optimizer and every random state stay as they were."""
+        images = min(images, self.per_rank_batch)
+        x0 = torch.zeros((images, *self.images.shape[1:]), device=self.device)
+        if self.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t = torch.linspace(0, self.schedule.timesteps - 1, images, device=self.device).long()
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0)
+        with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
+            for _ in range(2):
+                start = time.perf_counter()
+                diffusion_loss(self.model, self.schedule, x0, t, noise).backward()  # no DDP: no other rank waits
+                seconds = time.perf_counter() - start
+        self.optimizer.zero_grad(set_to_none=True)
+        return seconds * self.per_rank_batch / images
+
     def evaluate_held_out(self) -> HeldOutMSE:
         """The held-out ε-MSE of the EMA and the raw weights (fp32, uncompiled)."""
         return HeldOutMSE(held_out_mse(self.ema.model, self.schedule, self.held_out),
@@ -686,7 +737,7 @@ class Trainer:
     def _loop(self, metrics) -> Iterator[Progress]:
         cfg = self.cfg
         self.model.train()
-        start = time.perf_counter()
+        setup_end = time.perf_counter()
         seconds_before = self.train_seconds
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
@@ -696,8 +747,20 @@ class Trainer:
             return Progress(self.step, cfg.steps, loss, lr_at(cfg, max(0, self.step - 1)), ips,
                             self.train_seconds, event, str(path) if path else None)
 
+        step_s = None  # what the next step should take: on the CPU timed before the first, then the last one's
+        if not self.is_cuda and self.step < cfg.steps:
+            step_s = self.time_step()
+            yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step), 0.0, self.train_seconds,
+                           "expected", step_s=step_s)
+            if self._agree(out_of_time(cfg, time.perf_counter() - self.created, step_s)):
+                raise TrainingError(
+                    f"--max-minutes {cfg.max_minutes:g} leaves no time for one step: start-up took "
+                    f"{time.perf_counter() - self.created:.0f} s and a step of {self.per_rank_batch} images should take "
+                    f"about {step_s:.1f} s here. Allow more minutes, or take a smaller --batch-size.")
+        start = time.perf_counter()
         first_step, untimed_steps = True, 0
         while self.step < cfg.steps:
+            step_start = time.perf_counter()
             window_loss += self.train_step()
             window_steps += 1
             if first_step:  # data loading and compilation are start-up, not training throughput
@@ -705,13 +768,14 @@ class Trainer:
                 if self.is_cuda:
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
-                setup_s, first_step_s = start - self.created, now - start
+                startup = (setup_end - self.created, start - setup_end, now - start)
                 yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
-                               self.train_seconds, "started", startup=(setup_s, first_step_s))
+                               self.train_seconds, "started", startup=startup)
                 untimed_steps, window_start = window_steps, time.perf_counter()
+            if not self.is_cuda:  # a CUDA step is queued, not done, when train_step returns
+                step_s = time.perf_counter() - step_start
             self.train_seconds = seconds_before + time.perf_counter() - start
-            out_of_time = cfg.max_minutes > 0 and time.perf_counter() - start > cfg.max_minutes * 60
-            stop = self._stop_signal is not None or out_of_time
+            stop = self._stop_signal is not None or out_of_time(cfg, time.perf_counter() - self.created, step_s)
             if self.dist.world_size > 1:  # all ranks must leave at the same step, or the others wait forever
                 stop = self._agree(stop) if self.step % STOP_SYNC_STEPS == 0 else False
             due_log = self.step % cfg.log_every == 0 or self.step == cfg.steps or stop

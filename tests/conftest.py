@@ -9,6 +9,7 @@ Fixtures
     tiny_model_dir        tiny_model saved with save_pretrained into tmp_path; returns the folder
     seed_config           SeedUNetConfig: 16×16, widths 32 → 64 → 64 (both shortcut kinds)
     seed_model            a SeedUNet built from it, in eval mode
+    same_global_random_state (autouse) torch, NumPy and random seeded afresh for each test
     no_hub_network        (autouse) the Hub client points at a closed localhost port; returns that URL
     own_precision_cache   (autouse) $DDPM_APP_CACHE is a temporary folder (for app.py started by a test)
     native_group_norms    (autouse) in this process, networks prepared for the CPU keep PyTorch's GroupNorm kernel
@@ -22,6 +23,7 @@ condition holds.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from pathlib import Path
@@ -102,6 +104,16 @@ def no_hub_network(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("HF_ENDPOINT", endpoint)  # for subprocesses
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     return endpoint
+
+
+@pytest.fixture(autouse=True)
+def same_global_random_state() -> None:
+    """Every test starts from the same global random state (PyTorch's, NumPy's, Python's), whatever ran before it:
+    a test's draws never depend on the order the files ran in, nor on how much earlier tests drew on this CPU (the
+    precision a CPU chooses decides what is built and timed). Tests still seed the draws they check values of."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import perturb
 
 from ddpm_app.model_folder import save_pretrained
 from tiny_packs import utkface_pack
@@ -31,9 +31,7 @@ def test_a_model_against_itself_differs_by_exactly_nothing(tiny_model_dir, tmp_p
 
 def test_the_paired_difference_is_the_difference_of_the_two_models_figures(tiny_model, tiny_diffusion_config,
                                                                            tiny_model_dir, tmp_path, capsys):
-    with torch.no_grad():
-        for p in tiny_model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb(tiny_model, seed=1)  # another model than tiny_model_dir's
     other = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "other")
     pack = utkface_pack(tmp_path)
     assert compare_models.main([str(tiny_model_dir), str(other), "--data", str(pack), "--bound-images", "6",

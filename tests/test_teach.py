@@ -141,6 +141,21 @@ def test_training_step_loss_is_diffusion_loss_on_the_same_x0_t_and_eps(teach, li
     assert not np.array_equal(other[1], eps_pic)
 
 
+def bf16_timesteps(served, fp32, x0: torch.Tensor, eps: torch.Tensor) -> list[int]:
+    """The t at which the served network really computes in bf16, asked of the network itself: its ε̂ for x_t differs
+    from fp32's by bf16 rounding (about 10⁻² relative on the tiny model) rather than by float32 rounding (10⁻⁶). Where
+    and whether it hands the last steps to fp32 is the engine's choice, and may differ between CPUs."""
+    steps = []
+    with torch.inference_mode():
+        for step in range(served.schedule.timesteps):
+            t = torch.tensor([step])
+            x_t = served.schedule.q_sample(x0, t, eps)
+            ours, exact = served.eps_model(x_t, t), fp32(x_t, t)
+            if float((ours - exact).norm() / exact.norm()) > 1e-4:
+                steps.append(step)
+    return steps
+
+
 @needs_bf16
 def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_path):
     """The held-out figures beside the photo's were made in fp32, so the photo's are too: bf16 rounding of ε̂ would
@@ -150,14 +165,21 @@ def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_
     served = library.get("faces")
     assert served.eps_model.precision == "bf16" and served.fp32_eps_model.precision == "fp32"
     fp32 = prepare_cpu(served.loaded.model, "fp32")  # built afresh: the known answer
+    x0, eps = served.prepare_photo(str(PHOTO))[None], served.draw_noise(42)[None]
+    in_bf16_at = bf16_timesteps(served, fp32, x0, eps)
+    assert in_bf16_at, "the network prepared in bf16 computes every step in fp32: nothing here to tell apart"
+    with torch.inference_mode():
+        losses = {step: [float(diffusion_loss(net, served.schedule, x0, torch.tensor([step]), eps))
+                         for net in (fp32, served.eps_model)] for step in in_bf16_at}
+    step = max(losses, key=lambda s: abs(losses[s][1] - losses[s][0]))  # where bf16 shows most on this CPU
+    in_fp32, in_bf16 = losses[step]
     teach = ui_teach.TeachHandlers(library, tmp_path / "f", preview_interval=0)
     user = UserState()
-    teach.train_step(str(PHOTO), 15, 42, user)
-    x0, eps, t = served.prepare_photo(str(PHOTO))[None], served.draw_noise(42)[None], torch.tensor([15])
-    with torch.inference_mode():
-        in_fp32, in_bf16 = (float(diffusion_loss(net, served.schedule, x0, t, eps)) for net in (fp32, served.eps_model))
-    assert user.lesson.step.loss == pytest.approx(in_fp32, rel=1e-6)
-    assert in_bf16 != pytest.approx(in_fp32, rel=1e-4)  # bf16 would have shown another number
+    teach.train_step(str(PHOTO), step, 42, user)
+    same = 1e-6  # float32 rounding between two fp32 networks; bf16 moves the loss further (the tiny model's ε̂ is
+    # small, so by 10⁻⁵–10⁻³ here, where the shipped model's moves by per cent)
+    assert user.lesson.step.loss == pytest.approx(in_fp32, rel=same)
+    assert in_bf16 != pytest.approx(in_fp32, rel=same)  # the network that samples would have shown another number
     list(teach.likelihood(str(PHOTO), False, 11, user))
     expected = bits_per_dim(fp32, served.schedule, to_uint8(x0[0])[None], num_timesteps=ESTIMATE_TIMESTEPS,
                             batch_size=timesteps_per_call(T), generator=served.generator(11), clip_x0=CLIP_X0)
@@ -194,7 +216,7 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
     library = ModelLibrary(tmp_path, "cpu")
     served = library.get("m")
     assert served.heldout is None and "no heldout.json" in served.heldout_note  # an older folder still loads
-    images = to_uint8(torch.rand(6, 3, 16, 16) * 2 - 1)
+    images = to_uint8(torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     stats = heldout.measure(served.eps_model, served.schedule, images, "noise, split test", loss_timesteps=5,
                             bound_timesteps=6)
     # the stored figures are the library's loss curve (ε from the seed) and bound (x̂₀ clipped, as the evaluation

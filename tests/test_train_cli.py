@@ -19,7 +19,7 @@ import train
 from ddpm_app import heldout, training
 from ddpm_app.data import load_pack
 from ddpm_app.model_folder import load_pretrained
-from ddpm_app.models import build_model
+from ddpm_app.models import build_model, make_config
 from ddpm_app.schedule import Schedule
 from ddpm_app.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint
 from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
@@ -267,6 +267,11 @@ def test_help_states_each_architectures_recipe_as_the_trainer_has_it(capsys):
         stated = {name: float(re.search(rf"([0-9.e-]+) for {arch}", h).group(1)) for name, h in helps.items()}
         assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps,
                           "sample-eta": recipe.sample_eta}
+    on_cpu = {name: re.search(r"on the CPU ([0-9.e-]+)(?: and ([0-9.e-]+))?", helps[name]).groups()
+              for name in list(helps)[:3]}
+    for i, recipe in enumerate(training.CPU_RECIPES.values()):  # "on the CPU N" for both, or "N and M" for each
+        stated = {name: float(values[i] or values[0]) for name, values in on_cpu.items()}
+        assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps}
 
 
 def test_resume_without_a_checkpoint_is_exit_2(tmp_path, capsys):
@@ -418,3 +423,40 @@ def test_model_card_says_how_the_timesteps_were_drawn(tiny_diffusion_config):
     assert loss_row({"small_t_fraction": 0.0}) == "| loss | MSE on ε, uniform weighting over uniform t |"
     assert loss_row({"small_t_fraction": 0.25}) == ("| loss | MSE on ε, uniform weighting over t, 25% of each batch "
                                                     "log-uniform (more small t), the rest uniform |")
+
+
+def test_the_cpu_smoke_run_trains_with_the_cpu_settings_exports_and_the_app_serves_the_export(tmp_path, capsys):
+    """The README's CPU smoke run in small: no model or batch options on a machine without a GPU take the CPU
+    recipe, say so and the expected time per step before the first one, and end in an export the app samples from."""
+    from ddpm_app.app import ModelLibrary
+    from ddpm_app.samplers import SamplerSettings, final
+
+    out = tmp_path / "cpu"
+    assert train.main(["--data", str(utkface_pack(tmp_path)), "--out", str(out), "--steps", "2", "--device", "cpu",
+                       "--image-size", "16", "--timesteps", "20", "--sample-steps", "2", "--heldout-images", "3"]) == 0
+    said = capsys.readouterr()
+    err = said.err
+    recipe = training.CPU_RECIPES["ddpm"]
+    assert "no CUDA GPU: training on the CPU with settings made for it (--recipe cpu)" in err
+    assert f"batch {recipe.batch_size}, lr {recipe.lr:g} (warm-up {recipe.warmup_steps} steps" in err
+    expected, started = said.out.index("expected: about "), said.out.index("start-up: ")  # the progress bar's lines
+    assert expected < started and "s to time a step" in said.out and "(compiling)" not in said.out
+    folder = out / "export"
+    assert (folder / "samples.png").is_file()
+    loaded = load_pretrained(folder)
+    assert {k: getattr(loaded.config.model, k) for k, _ in recipe.model} == dict(recipe.model)  # the CPU's network
+    assert "3 held-out images" in heldout.load(folder).method
+    served = ModelLibrary(out, "cpu", precision="fp32").get("export")  # python app.py --weights OUT
+    picture = final(served.sample(SamplerSettings("ddim", 2), batch=1, seed=0))
+    assert picture.shape == (1, 3, 16, 16) and torch.isfinite(picture).all()
+
+
+def test_the_cpu_recipes_network_fills_in_only_when_no_size_of_it_is_given():
+    """Options that size the network take it whole from the options: the recipe's widths and heads are not mixed in
+    (a resumed or reproduced run must build the network its options name)."""
+    recipe = dict(training.CPU_RECIPES["ddpm"].model)
+    sized = train.build_parser().parse_args(["--data", "x.zip", "--out", "o", "--base-channels", "48"])
+    assert train.model_config_from_args(sized, tuple(recipe.items())) == make_config("ddpm", {"base_channels": 48})
+    bare = train.build_parser().parse_args(["--data", "x.zip", "--out", "o", "--image-size", "32"])
+    built = train.model_config_from_args(bare, tuple(recipe.items()))
+    assert built == make_config("ddpm", {**recipe, "image_size": 32})

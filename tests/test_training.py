@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import perturb, seeded_init
 from PIL import Image
 
 from ddpm_app import samplers, training
@@ -82,6 +83,21 @@ def test_unset_settings_come_from_the_architectures_recipe(arch, given, world_si
     assert {k: getattr(cfg, k) for k in expected} == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("arch", ["ddpm", "seed"])
+def test_without_a_gpu_the_cpu_recipe_fills_in_unless_the_gpu_one_is_asked_for(arch):
+    cpu, gpu = training.CPU_RECIPES[arch], training.RECIPES[arch]
+    assert cpu.batch_size < gpu.batch_size and cpu.model  # a smaller batch and network
+    for device, recipe, expected in (("cpu", "auto", cpu), ("cpu", "cpu", cpu), ("cpu", "gpu", gpu),
+                                     ("cuda", "auto", gpu), ("cuda", "cpu", cpu)):
+        cfg = training.with_recipe(training.TrainConfig(recipe=recipe), arch, 1, device)
+        assert training.recipe_for(cfg, arch, device) is expected
+        assert (cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.heldout_images) == (
+            expected.batch_size, expected.lr, expected.warmup_steps, expected.heldout_images)
+    given = training.with_recipe(training.TrainConfig(batch_size=64, heldout_images=5), arch, 1, "cpu")
+    scaled = pytest.approx(cpu.lr * math.sqrt(64 / cpu.batch_size))
+    assert (given.batch_size, given.lr, given.heldout_images) == (64, scaled, 5)
+
+
 def test_the_sample_grid_uses_the_recipes_eta_and_is_the_same_every_time(tmp_path):
     """The grid runs DDIM at the configured η from fixed noise: with η = 1 it draws fresh noise from a fixed seed, so
     two grids of the same weights are identical, and differ from the η = 0 grid."""
@@ -96,9 +112,11 @@ def test_the_sample_grid_uses_the_recipes_eta_and_is_the_same_every_time(tmp_pat
 
 def test_the_trainer_runs_and_records_the_recipe_it_filled_in(tmp_path):
     cfg = train_config(tmp_path, steps=1, batch_size=None, lr=None, warmup_steps=None)
-    trainer = Trainer(cfg, MODEL, SCHEDULE, pack=shapes_pack())
+    trainer = Trainer(cfg, MODEL, SCHEDULE, pack=shapes_pack())  # on the CPU: the CPU's recipe
+    assert trainer.global_batch == 32 and trainer.cfg.lr == pytest.approx(1e-3)
+    assert trainer.state()["train_config"]["lr"] == pytest.approx(1e-3)  # a resumed run carries on with it
+    trainer = Trainer(dataclasses.replace(cfg, recipe="gpu"), MODEL, SCHEDULE, pack=shapes_pack())
     assert trainer.global_batch == 1024 and trainer.cfg.lr == pytest.approx(3e-4)
-    assert trainer.state()["train_config"]["lr"] == pytest.approx(3e-4)  # a resumed run carries on with it
 
 
 def test_a_time_limit_that_cuts_the_lr_decay_short_is_warned_about_with_the_step_it_reaches(tmp_path):
@@ -353,10 +371,9 @@ def test_held_out_set_is_one_fixed_draw_whatever_the_global_seed():
 
 
 def test_held_out_mse_is_the_training_loss_on_the_same_x0_t_and_noise():
-    torch.manual_seed(0)
-    model = build_model(MODEL.__class__(**{**MODEL.to_dict(), "dropout": 0.5}))  # dropout: eval mode must matter
-    for p in model.parameters():  # the zero-initialised output layer would predict ε = 0 for every input
-        p.data.normal_(0, 0.05)
+    model = seeded_init(lambda: build_model(MODEL.__class__(**{**MODEL.to_dict(), "dropout": 0.5})))  # dropout:
+    # eval mode must matter; the zero-initialised output layer would predict ε = 0 for every input
+    perturb(model)
     schedule = Schedule(SCHEDULE)
     held = held_out_set(shapes_pack(7).images, SCHEDULE.timesteps)
     model.eval()
@@ -413,7 +430,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
     first = Trainer(train_config(tmp_path / "b", steps=4), MODEL, SCHEDULE, pack=shapes_pack())
     events = [(p.event, p.step) for p in run(first) if p.event != "log"]
-    assert events == [("started", 1), ("checkpoint", 4), ("done", 4)]
+    assert events == [("expected", 0), ("started", 1), ("checkpoint", 4), ("done", 4)]
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 4
     del first
 
@@ -452,11 +469,31 @@ def test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly(tmp
     assert_same_state(a.state(), resumed.state())
 
 
-def test_time_limit_stops_with_a_checkpoint(tmp_path):
-    trainer = Trainer(train_config(tmp_path, steps=1000, max_minutes=1e-9), MODEL, SCHEDULE, pack=shapes_pack())
+def test_the_time_limit_leaves_room_for_the_next_step():
+    cfg = training.TrainConfig(max_minutes=1.0)
+    assert not training.out_of_time(cfg, 50.0, 9.0) and training.out_of_time(cfg, 50.0, 11.0)
+    assert not training.out_of_time(cfg, 59.0, None) and training.out_of_time(cfg, 61.0, None)  # speed not known
+    assert not training.out_of_time(dataclasses.replace(cfg, max_minutes=0), 1e9, 1e9)  # no limit
+
+
+def test_time_limit_stops_with_a_checkpoint_before_the_step_that_would_pass_it(tmp_path, monkeypatch):
+    asked = []  # (seconds used, the next step's expected seconds) at each check
+    monkeypatch.setattr(training, "out_of_time", lambda cfg, used, step_s: asked.append((used, step_s)) or
+                        len(asked) > 3)  # room for three steps
+    trainer = Trainer(train_config(tmp_path, steps=1000, max_minutes=1), MODEL, SCHEDULE, pack=shapes_pack())
     events = [(p.event, p.step) for p in run(trainer) if p.event != "log"]
-    assert events == [("started", 1), ("checkpoint", 1), ("stopped", 1)]
-    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 1
+    assert events == [("expected", 0), ("started", 1), ("checkpoint", 3), ("stopped", 3)]
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 3
+    # start-up counts, and each check weighs the next step: timed before the first, then the last one's
+    assert all(used > 0 and step_s > 0 for used, step_s in asked) and asked == sorted(asked, key=lambda a: a[0])
+
+
+def test_a_time_limit_without_room_for_one_step_stops_before_it_and_says_why(tmp_path):
+    trainer = Trainer(train_config(tmp_path, steps=1000, max_minutes=1e-9), MODEL, SCHEDULE, pack=shapes_pack())
+    with pytest.raises(TrainingError, match=r"--max-minutes 1e-09 leaves no time for one step: start-up took "
+                                            r"\d+ s and a step of 8 images should take about [0-9.]+ s here"):
+        run(trainer)
+    assert trainer.step == 0 and not (tmp_path / CHECKPOINT_NAME).exists()
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
