@@ -131,7 +131,7 @@ def test_the_trained_network_predicts_the_noise_of_noised_pictures(shipped, t):
 
 
 def test_the_prepared_network_samples_exactly_as_the_loaded_one(shipped):
-    """prepare() in fp32 (channels_last, packed convolutions, eval, no grad) changes the speed, not the chain:
+    """prepare() in fp32 (channels_last, eval, no grad) changes the speed, not the chain:
     same seed, same DDIM images."""
     _, loaded = shipped
     schedule = Schedule(loaded.config.schedule)
@@ -143,7 +143,7 @@ def test_the_prepared_network_samples_exactly_as_the_loaded_one(shipped):
 
     prepared = prepare(loaded.model, "cpu", precision="fp32")
     raw = run(loaded.model, 0)
-    # packed convolutions sum in another order: float32 rounding, far below one 8-bit level (2/255)
+    # channels_last kernels sum in another order: float32 rounding, far below one 8-bit level (2/255)
     torch.testing.assert_close(run(prepared, 0), raw, rtol=0, atol=1e-3)
     assert raw.abs().max() <= 1.0 + 1e-5  # with clipping, the last DDIM step returns x̂₀ in [−1, 1]
     assert (run(prepared, 1) - raw).abs().mean() > 0.1  # the seed decides the images

@@ -71,7 +71,7 @@ class ModelLibrary:
     def __init__(self, weights_dir: str | Path | Sequence[str | Path], device: torch.device | str = "cpu",
                  default: str | None = None, models_in_memory: int = MODELS_IN_MEMORY,
                  hub_cache_dir: str | Path | None = None, precision: str = "auto",
-                 cpu_runtime: str = "auto", cpu_threads: int | None = None):
+                 cpu_runtime: str = "pytorch", cpu_threads: int | None = None):
         dirs = [weights_dir] if isinstance(weights_dir, (str, Path)) else list(weights_dir)
         self.roots = tuple(Path(d) for d in dirs)
         self.weights_dir = self.roots[0]

@@ -62,7 +62,7 @@ class ServedModel:
     every user; what a user keeps is in :class:`~ddpm_app.app.state.UserState`."""
 
     def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None,
-                 precision: str = "auto", cpu_runtime: str = "auto", cpu_threads: int | None = None):
+                 precision: str = "auto", cpu_runtime: str = "pytorch", cpu_threads: int | None = None):
         self.name = name
         self.loaded = loaded
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
