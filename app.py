@@ -15,6 +15,8 @@ import time
 from ddpm_app.cpu import cpu_budget, tune_malloc, wait_passively
 
 WAITING = wait_passively()  # before torch loads OpenMP, which reads it once
+if __name__ == "__main__":
+    print("starting: importing PyTorch and Gradio ...", file=sys.stderr, flush=True)
 
 import torch  # noqa: E402
 

@@ -56,7 +56,7 @@ def test_prepared_model_gives_the_bare_networks_chain(net):
     schedule = Schedule(ScheduleConfig(timesteps=12))
     bare, prepared = chain(net, schedule), chain(prepare(net, "cpu", precision="fp32"), schedule)
     assert len(bare) == len(prepared) == 12
-    for a, b in zip(bare, prepared):  # 1e−4: oneDNN sums in another order than PyTorch's own kernels
+    for a, b in zip(bare, prepared):  # 1e−4: channels_last kernels sum in another order
         for name in ("x_t", "pred_x0", "pred_eps", "x_prev"):
             torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)
 
