@@ -259,7 +259,8 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
             log.warning("--cpu-runtime auto: %s; PyTorch runs instead", e)
             engine = CpuEngine("pytorch", "fp32", f"auto: {e}")
             net = fp32_net = model
-    prepared = Prepared(net, channels_last, precision=engine.precision, fp32_model=fp32_net,
+    # OpenVINO reads NCHW: a channels_last x_t would be copied twice
+    prepared = Prepared(net, channels_last and net is model, precision=engine.precision, fp32_model=fp32_net,
                         runtime=Runtime(f"cpu: {cpu.describe()}, {threads} threads", engine.precision, False,
                                         engine.reason, engine=described or f"PyTorch {torch.__version__}"))
     log.info("sampling on %s", prepared.runtime.describe())
