@@ -11,18 +11,24 @@ import logging
 import os
 import signal
 import sys
+import time
 
-import torch
 from starlette.middleware import Middleware
 
-from ddpm_app import ui
-from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users
-from ddpm_app.app.server import BodyLimit
-from ddpm_app.cpu import cpu_budget, trim_malloc, tune_malloc
-from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.inference import CPU_RUNTIMES, OPENVINO_BELOW_BATCH, PRECISION_CHOICES, resolve_device
-from ddpm_app.model_folder import ModelFolderError
-from ddpm_app.precision_cache import CACHE_DIR_ENV, PrecisionCache
+from ddpm_app.cpu import cpu_budget, trim_malloc, tune_malloc, wait_passively
+
+WAITING = wait_passively()  # before torch loads OpenMP, which reads it once
+if __name__ == "__main__":
+    print("starting: importing PyTorch and Gradio ...", file=sys.stderr, flush=True)
+
+import torch  # noqa: E402
+
+from ddpm_app import ui  # noqa: E402
+from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users  # noqa: E402
+from ddpm_app.app.server import BodyLimit  # noqa: E402
+from ddpm_app.image import MAX_FILE_BYTES  # noqa: E402
+from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device  # noqa: E402
+from ddpm_app.model_folder import ModelFolderError  # noqa: E402
 
 IDLE_TRIM_S = 5.0  # seconds without tensor work before freed memory is returned to the system
 
@@ -42,13 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
-                   help="network precision: auto = fp16 on CUDA; on the CPU bf16 convolutions where the CPU has "
-                        "bf16 (AMX or AVX512-BF16) and they are faster here, else fp32; timed once per machine and "
-                        f"model, remembered in ${CACHE_DIR_ENV} (default ~/.cache/ddpm-app)")
+                   help="network precision: auto = fp16 on CUDA; on the CPU bf16 where OpenVINO runs the network "
+                        "(see --cpu-runtime), else fp32")
     p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES,
-                   help=f"who runs the network on the CPU: auto = OpenVINO below {OPENVINO_BELOW_BATCH} images where "
-                        "it is installed and the CPU has bf16 (AMX or AVX512-BF16), PyTorch otherwise; or pytorch, "
-                        "or openvino, for every batch size (see the README)")
+                   help="who runs the network on the CPU, at every batch size: auto = OpenVINO where it is "
+                        "installed and the CPU has bf16 (AMX or AVX512-BF16), PyTorch (fp32) otherwise; or pytorch, "
+                        "or openvino (see docs/performance.md)")
     p.add_argument("--queue-size", type=int, default=ui.QUEUE_SIZE,
                    help=f"requests that may wait; more are refused as busy (default: {ui.QUEUE_SIZE})")
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
@@ -70,12 +75,16 @@ def main(argv: list[str] | None = None) -> None:
         threads = args.threads or budget.threads
         torch.set_num_threads(threads)
         chosen = f"{args.threads} (--threads; {budget})" if args.threads else str(budget)
-        print(f"torch threads: {chosen}; {tune_malloc()}", file=sys.stderr, flush=True)
+        print(f"torch threads: {chosen}; {WAITING}; {tune_malloc()}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision,
-                               precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime,
-                               cpu_threads=threads)
+                               cpu_runtime=args.cpu_runtime, cpu_threads=threads)
+        start = time.perf_counter()
+        print("loading the first model and building its network for this machine (OpenVINO: converting and "
+              "compiling, a few seconds) ...", file=sys.stderr, flush=True)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
+        print(f"first model ready in {time.perf_counter() - start:.1f} s; building the web page ...", file=sys.stderr,
+              flush=True)
     except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval

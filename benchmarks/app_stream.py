@@ -19,9 +19,8 @@ For DDPM over all T steps and DDIM-50, each measured three ways:
 step. ``--compare-app`` also runs another checkout's app.py the same way, interleaved with this one, to compare two
 versions of the server on a shared machine.
 
-The bare sampler here and the servers read the CPU's remembered "auto" choice from the same place as app.py, so
-that all run the same network; the header prints how each of them runs it (a server's own log line), so that a
-difference between the rows is not a different precision chosen by a noisy start-up timing.
+The header prints how the bare sampler and each server run the network (a server's own log line), so that a
+difference between the rows is not a different network.
 
 Prints a Markdown table per sampler: for each variant the median of ``--repeats`` runs (and the range of the
 totals), the CPU seconds the process spent (the server's own process for ``server``: on a busy machine this moves
@@ -53,7 +52,6 @@ from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # no
 from ddpm_app.cpu import cpu_budget, tune_malloc  # noqa: E402
 from ddpm_app.inference import resolve_device  # noqa: E402
 from ddpm_app.isa import detect  # noqa: E402
-from ddpm_app.precision_cache import PrecisionCache  # noqa: E402
 from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
 
 SEED = 1234
@@ -186,8 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)  # as app.py does
         tune_malloc()
     library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision or "auto",
-                           precision_cache=PrecisionCache.default(), cpu_runtime=args.cpu_runtime or "auto",
-                           cpu_threads=threads)
+                           cpu_runtime=args.cpu_runtime or "auto", cpu_threads=threads)
     served = library.get()
     T = served.timesteps
     cases = {"ddpm": SamplerSettings("ddpm", T, 1.0, True), "ddim": SamplerSettings()}

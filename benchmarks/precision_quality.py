@@ -1,10 +1,10 @@
 """Does a faster CPU path change the samples? bf16 (or any precision) against the fp32 path, same seeds.
 
     python benchmarks/precision_quality.py [--model weights/faces] [--precision bf16] [--batch 4] [--threads 2]
-                                           [--samplers ddim,ddpm] [--cpu-runtime pytorch]
+                                           [--samplers ddim,ddpm] [--cpu-runtime auto]
 
-``--cpu-runtime openvino`` compares OpenVINO's network (bf16 hint, fp32 for the last steps as the app runs it)
-instead of PyTorch's bf16 one.
+The network compared is the one the app runs with ``--precision`` and ``--cpu-runtime`` (bf16: OpenVINO's), against
+PyTorch's fp32 network.
 
 Prints three things:
 1. the relative error ‖ε̂ − ε̂_fp32‖ / ‖ε̂_fp32‖ at every timestep of the fp32 chains run, on their x_t (with DDPM
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samplers", default="ddim,ddpm", help="chains to compare: ddim (50 steps), ddpm (all T)")
-    p.add_argument("--cpu-runtime", default="pytorch", choices=CPU_RUNTIMES)
+    p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_pretrained(args.model)
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     shape = (args.batch, cfg.channels, cfg.image_size, cfg.image_size)
     cpu = detect()
     T = loaded.schedule.timesteps
-    ref = prepare_cpu(loaded.model, "fp32", cpu, timesteps=T)
-    fast = prepare_cpu(loaded.model, args.precision, cpu, timesteps=T, runtime=args.cpu_runtime)
+    ref = prepare_cpu(loaded.model, "fp32", cpu)
+    fast = prepare_cpu(loaded.model, args.precision, cpu, runtime=args.cpu_runtime)
     print(f"CPU: {cpu.describe()}, {args.threads} threads; {args.model}, batch {args.batch}, seed {args.seed}")
     print(f"{args.precision} path: {fast.runtime.describe()}\n")
 

@@ -1,18 +1,14 @@
 """How fast one reverse step is: ms per step on this CPU for the shipped models and the seed architecture, and
 (when a GPU is present) the time of a whole 1,000-step DDPM chain for 16 images.
 
-    python benchmarks/sample_speed.py [--threads 2] [--repeats 50] [--batches 1,4] [--precision auto]
+    python benchmarks/sample_speed.py [--threads 2] [--repeats 50] [--batches 1,2,3,4] [--precision auto]
 
 It first prints the CPU model, its instruction sets (AVX2 / AVX-512 / AVX512-BF16 / AMX), the threads and the
-precision the app chooses here (``ddpm_app.inference.prepare``). Then, per model and batch, the median of
-``--repeats`` single network evaluations, the variants interleaved (ABAB…) so that other jobs on the machine slow
-them alike: PyTorch's own dispatch (some convolutions on its slow im2col path), the convolutions pre-packed for
-oneDNN (1×1 ones as matrix products) with each GroupNorm's kernel timed fastest for its shape, in fp32, the same in
-bf16 where the CPU has it in hardware (packed for one image, as the app does, and packed for the row's batch), and
-OpenVINO's network with its bf16 hint where OpenVINO is installed and the CPU has bf16, and the app's choice,
-which may differ between batch sizes. Where OpenVINO is in the table each variant is timed in turns of a few calls,
-the first untimed (it and PyTorch slow down a call of the other that follows theirs at once). The seed architecture is
-measured with random weights (speed does not depend on the values).
+network the app runs here (``ddpm_app.inference.prepare_cpu``). Then, per model and batch, the median of
+``--repeats`` single network evaluations of each CPU engine, interleaved (ABAB…) so that other jobs on the machine
+slow them alike: PyTorch in fp32, and OpenVINO in f32 and (where the CPU has bf16 in hardware) bf16 where it is
+installed. The seed architecture is measured with random weights (speed does not depend on the values). For how the
+app's network holds up while other programs use the cores, see benchmarks/cpu_busy.py.
 """
 
 from __future__ import annotations
@@ -21,24 +17,21 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_app import cpu_norm, onednn, openvino_net, samplers  # noqa: E402
-from ddpm_app.cpu import tune_malloc  # noqa: E402
-from ddpm_app.inference import (CPU_RUNTIMES, PRECISION_CHOICES, Prepared, Runtime,  # noqa: E402
-                                cpu_bf16_supported, example_input, median_ms, prepare, prepare_cpu,
-                                time_group_norm_kernels)
+from ddpm_app.cpu import tune_malloc, wait_passively  # noqa: E402
+
+wait_passively()  # before torch loads OpenMP, as app.py does
+
+import torch  # noqa: E402
+
+from ddpm_app import openvino_net, samplers  # noqa: E402
+from ddpm_app.inference import (CPU_RUNTIMES, PRECISION_CHOICES, Prepared, Runtime, example_input,  # noqa: E402
+                                median_ms, prepare, prepare_cpu)
 from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
 from ddpm_app.model_folder import load_pretrained  # noqa: E402
 from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
 from ddpm_app.schedule import Schedule, ScheduleConfig  # noqa: E402
-
-# where OpenVINO is in the table, each variant is timed in turns of this many calls, the first untimed: called one
-# after the other, OpenVINO and PyTorch slow each other down (AMD EPYC, faces, batch 1: 9.6 and 8.9 ms alternating
-# call by call, 5.8 and 7.5 ms in turns of ten)
-OPENVINO_BLOCK = 4
 
 
 def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
@@ -52,27 +45,14 @@ def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
                                                                      else [])
 
 
-def cpu_variants(model: torch.nn.Module, cpu: CpuFeatures, threads: int) -> dict[str, Prepared]:
-    """The ways to run ``model`` on this CPU that the table compares at every batch size. Each sets PyTorch's
-    threads for its calls (OpenVINO's network to one), so each is given the count."""
-    plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    variants = {"PyTorch dispatch fp32": Prepared(plain, channels_last=True, torch_threads=threads),
-                "packed fp32": prepare_cpu(model, "fp32", cpu, threads=threads)}
-    if cpu_bf16_supported(cpu):
-        variants["packed bf16"] = prepare_cpu(model, "bf16", cpu, threads=threads)
-        if openvino_net.version() is not None:
-            variants["OpenVINO bf16"] = prepare_cpu(model, "bf16", cpu, runtime="openvino", threads=threads)
-    return variants
-
-
-def packed_for(model: torch.nn.Module, batch: int, threads: int) -> Prepared:
-    """bf16 convolutions packed for ``batch`` images (GroupNorm kernels tuned there, as the app does): the app packs
-    them for one and runs every batch size on those weights, and this shows whether that matters on this CPU."""
-    plain = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    example = example_input(plain, batch)
-    net = onednn.pack_convolutions(plain, example, torch.bfloat16)
-    net = cpu_norm.tune_group_norms(net, {batch: example}, time_group_norm_kernels)
-    return Prepared(net, channels_last=True, precision="bf16", torch_threads=threads)
+def cpu_engines(model: torch.nn.Module, cpu: CpuFeatures, threads: int) -> dict[str, Prepared]:
+    """The engines that could run ``model`` on this CPU, each at every batch size."""
+    engines = {"PyTorch fp32": prepare_cpu(model, "fp32", cpu, runtime="pytorch", threads=threads)}
+    if openvino_net.version() is not None:
+        engines["OpenVINO f32"] = prepare_cpu(model, "fp32", cpu, runtime="openvino", threads=threads)
+        if cpu.bf16_native:
+            engines["OpenVINO bf16"] = prepare_cpu(model, "bf16", cpu, runtime="openvino", threads=threads)
+    return engines
 
 
 def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: torch.device, batch: int) -> float:
@@ -94,7 +74,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--batches", default="1,4", help="CPU batch sizes, comma-separated (default: 1,4)")
+    p.add_argument("--batches", default="1,2,3,4", help="CPU batch sizes, comma-separated (default: 1,2,3,4)")
     p.add_argument("--precision", default="auto", choices=[c for c in PRECISION_CHOICES if c != "fp16"])
     p.add_argument("--cpu-runtime", default="auto", choices=CPU_RUNTIMES, help="the app's --cpu-runtime")
     p.add_argument("--weights", default="weights")
@@ -116,21 +96,14 @@ def main(argv=None) -> int:
 
     for name, model in models:
         params = model.num_parameters() / 1e6
-        print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats})\n")
-        shared = cpu_variants(model, cpu, args.threads)
-        for i, batch in enumerate(batches):
-            for_batch = ({"packed bf16 for the batch": packed_for(model, batch, args.threads)}
-                         if cpu_bf16_supported(cpu) else {})
-            variants = {**shared, **for_batch, "app": apps[name]}  # the app's precision per batch: the header
-            if i == 0:
-                print("| batch | " + " | ".join(variants) + " | app: DDPM-1000 | app: DDIM-50 |")
-                print("|---" * (len(variants) + 3) + "|")
-            if "OpenVINO bf16" in variants:  # turns of OPENVINO_BLOCK calls, about --repeats timed ones in all
-                ms = median_ms(variants, example_input(model, batch), rounds=-(-args.repeats // (OPENVINO_BLOCK - 1)),
-                               warmup=1, block=OPENVINO_BLOCK)
-            else:
-                ms = median_ms(variants, example_input(model, batch), rounds=args.repeats, warmup=3)
-            app = ms["app"]
+        print(f"\n{name}, {params:.1f} M parameters: ms per network evaluation (median of {args.repeats}); the app "
+              f"runs {apps[name].runtime.engine}, {apps[name].precision}\n")
+        engines = cpu_engines(model, cpu, args.threads)
+        print("| batch | " + " | ".join(engines) + " | app: DDPM-1000 | app: DDIM-50 |")
+        print("|---" * (len(engines) + 3) + "|")
+        for batch in batches:
+            ms = median_ms({**engines, "app": apps[name]}, example_input(model, batch), rounds=args.repeats, warmup=3)
+            app = ms.pop("app")
             print(f"| {batch} | " + " | ".join(f"{v:.1f}" for v in ms.values())
                   + f" | {app:.0f} ms × 1000 = {app:.1f} s | {app * 50 / 1000:.2f} s |", flush=True)
 

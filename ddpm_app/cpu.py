@@ -1,5 +1,6 @@
 """How many threads torch should use on the CPU: the CPUs this process may run on, within its cgroup CPU quota;
-and how glibc's malloc should hand memory to the network (:func:`tune_malloc`).
+how its idle threads should wait (:func:`wait_passively`); and how glibc's malloc should hand memory to the
+network (:func:`tune_malloc`).
 
 ``os.cpu_count()`` counts the host's CPUs. In a container (a Hugging Face Space, ``docker run --cpus``) the process
 may use fewer: its affinity mask (taskset, cpuset) lists the CPUs it may run on, and the CFS quota of its cgroup
@@ -15,6 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import MutableMapping
 
 CGROUP_MOUNTS = ("sys/fs/cgroup", "sys/fs/cgroup/unified")  # v2 alone; v2 beside v1 ("hybrid")
 CGROUP_V1_CPU_MOUNTS = ("sys/fs/cgroup/cpu", "sys/fs/cgroup/cpu,cpuacct", "sys/fs/cgroup/cpuacct,cpu")
@@ -23,6 +25,21 @@ CGROUP_V1_CPU_MOUNTS = ("sys/fs/cgroup/cpu", "sys/fs/cgroup/cpu,cpuacct", "sys/f
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2**30
+
+
+def wait_passively(environ: MutableMapping[str, str] = os.environ) -> str:
+    """Make OpenMP's idle threads sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``), unless the environment already
+    says otherwise; returns what was done, for the start-up log. OpenMP reads the variable once, when it loads, so an
+    entry point calls this before it imports torch.
+
+    A thread that spins holds its core while it waits for its siblings; where other programs use the cores too (a
+    shared vCPU, a laptop at work), the scheduler puts aside the thread being waited for, and every parallel op of
+    a step becomes a wait: a step that took tens of ms took hundreds (see docs/performance.md).
+    """
+    if "OMP_WAIT_POLICY" in environ:
+        return f"OpenMP threads wait as OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} says"
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "OpenMP threads sleep while idle (OMP_WAIT_POLICY=PASSIVE)"
 
 
 @dataclass(frozen=True)

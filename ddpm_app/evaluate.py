@@ -184,12 +184,12 @@ def network(loaded: LoadedModel, precision: Precision, compile: bool, device: to
     """ε_θ for sampling or the bound: channels_last, in ``precision`` on CUDA (bf16 autocast, or fp32 with TF32
     set by :func:`~ddpm_app.inference.float32_matmul`), compiled if asked; the output is always float32.
 
-    On the CPU it is the app's network (:func:`~ddpm_app.inference.prepare_cpu`): bf16 convolutions for "bf16",
-    fp32 for the others; OpenVINO's network with ``cpu_runtime="openvino"``."""
+    On the CPU it is the app's network (:func:`~ddpm_app.inference.prepare_cpu`) for ``cpu_runtime`` (bf16 runs in
+    OpenVINO)."""
     if precision == "fp16" and device.type != "cuda":
         precision = "fp32"  # no fp16 on the CPU
     return prepare(loaded.model, device, compile=compile and device.type == "cuda", precision=precision,
-                   timesteps=loaded.schedule.timesteps, cpu_runtime=cpu_runtime)
+                   cpu_runtime=cpu_runtime)
 
 
 def generate(model: EpsModel, loaded: LoadedModel, config: EvalConfig, count: int, device: torch.device,

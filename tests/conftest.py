@@ -11,8 +11,6 @@ Fixtures
     seed_model            a SeedUNet built from it, in eval mode
     same_global_random_state (autouse) torch, NumPy and random seeded afresh for each test
     no_hub_network        (autouse) the Hub client points at a closed localhost port; returns that URL
-    own_precision_cache   (autouse) $DDPM_APP_CACHE is a temporary folder (for app.py started by a test)
-    native_group_norms    (autouse) in this process, networks prepared for the CPU keep PyTorch's GroupNorm kernel
     chromium              the path of Debian's Chromium for the browser tests; FAILS (never skips) when it is missing
 
 Plain helpers (``from conftest import …``): make_tiny_config(**overrides), perturb(model, seed),
@@ -63,19 +61,6 @@ def wait_for(condition, what: str, poll: float = 0.02, progress=None):
 torch.set_num_threads(1)
 
 
-def fake_timing(ms: dict[str, float], at_batch: dict[int, dict[str, float]] | None = None):
-    """A stand-in for median_ms that counts its calls and answers ``ms``, or ``at_batch[batch]`` for the batch of
-    the example it is given (no wall clock involved)."""
-    def median_ms(candidates, example, **kwargs):
-        median_ms.calls += 1
-        median_ms.batches.append(example[0].shape[0])
-        answer = (at_batch or {}).get(example[0].shape[0], ms)
-        assert set(candidates) == set(answer)
-        return dict(answer)
-    median_ms.calls, median_ms.batches = 0, []
-    return median_ms
-
-
 def make_tiny_config(**overrides) -> UNetConfig:
     values = dict(image_size=16, in_channels=3, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                   attention_resolutions=(8,), head_channels=32, dropout=0.0)
@@ -114,28 +99,6 @@ def same_global_random_state() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-
-
-@pytest.fixture(autouse=True)
-def native_group_norms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Networks prepared for the CPU in this process keep PyTorch's GroupNorm kernel instead of the one timed fastest
-    (``inference.time_group_norm_kernels``): tests compare networks prepared apart bit for bit, and timings could
-    pick different kernels (equal to float rounding) for the two. tests/test_cpu_norm.py times them for real."""
-    from ddpm_app import inference
-
-    monkeypatch.setattr(inference, "time_group_norm_kernels",
-                        lambda calls: {name: 0.0 if name == "native" else 1.0 for name in calls})
-
-
-@pytest.fixture(scope="session", autouse=True)
-def own_precision_cache(tmp_path_factory: pytest.TempPathFactory):
-    """app.py started by a test (also by a session-wide server) remembers its CPU precision choice in a temporary
-    folder, not in ~/.cache."""
-    from ddpm_app.precision_cache import CACHE_DIR_ENV
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("ddpm-app-cache")))
-        yield
 
 
 @pytest.fixture

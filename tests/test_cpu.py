@@ -1,14 +1,48 @@
 """The torch thread count: min(os.cpu_count(), CPUs in the affinity mask, ⌊cgroup CPU quota⌋), read from fake
-/proc and /sys trees (cgroup v2 and v1) so every kind of container can be described."""
+/proc and /sys trees (cgroup v2 and v1) so every kind of container can be described; and idle OpenMP threads told
+to sleep before torch loads OpenMP."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import PATIENCE
 
 from ddpm_app.cpu import (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD, CpuBudget,
-                          cgroup_cpu_quota, cpu_budget, trim_malloc, tune_malloc)
+                          cgroup_cpu_quota, cpu_budget, trim_malloc, tune_malloc, wait_passively)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_idle_openmp_threads_are_told_to_sleep_unless_the_user_said_otherwise():
+    environ = {}
+    assert "PASSIVE" in wait_passively(environ) and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    environ = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert "ACTIVE" in wait_passively(environ) and environ == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_the_app_sets_the_wait_policy_before_torch_loads_openmp():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: what app.py sets after that import does nothing."""
+    script = """
+import os, sys
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print("at torch:", os.environ.get("OMP_WAIT_POLICY"))
+            sys.meta_path.remove(self)
+        return None
+sys.meta_path.insert(0, Watch())
+import app
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=PATIENCE)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == "at torch: PASSIVE"
 
 
 def fake_machine(root: Path, cgroup: str, files: dict[str, str]) -> Path:

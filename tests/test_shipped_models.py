@@ -131,7 +131,7 @@ def test_the_trained_network_predicts_the_noise_of_noised_pictures(shipped, t):
 
 
 def test_the_prepared_network_samples_exactly_as_the_loaded_one(shipped):
-    """prepare() in fp32 (channels_last, packed convolutions, eval, no grad) changes the speed, not the chain:
+    """prepare() in fp32 (channels_last, eval, no grad) changes the speed, not the chain:
     same seed, same DDIM images."""
     _, loaded = shipped
     schedule = Schedule(loaded.config.schedule)
@@ -143,7 +143,7 @@ def test_the_prepared_network_samples_exactly_as_the_loaded_one(shipped):
 
     prepared = prepare(loaded.model, "cpu", precision="fp32")
     raw = run(loaded.model, 0)
-    # packed convolutions sum in another order: float32 rounding, far below one 8-bit level (2/255)
+    # channels_last kernels sum in another order: float32 rounding, far below one 8-bit level (2/255)
     torch.testing.assert_close(run(prepared, 0), raw, rtol=0, atol=1e-3)
     assert raw.abs().max() <= 1.0 + 1e-5  # with clipping, the last DDIM step returns x̂₀ in [−1, 1]
     assert (run(prepared, 1) - raw).abs().mean() > 0.1  # the seed decides the images
@@ -165,3 +165,29 @@ def test_early_guesses_are_saturated_noise_and_the_layout_settles_by_t700(shippe
     assert neighbour_difference > 2 * (final[..., 1:, :] - final[..., :-1, :]).abs().mean()  # noise, not blur
     settled = next(s for s in steps if s.t <= 700).pred_x0
     assert torch.corrcoef(torch.stack([settled.flatten(), final.flatten()]))[0, 1] > 0.7
+
+
+def test_a_seeds_image_is_the_same_in_any_batch_and_any_view():
+    """Generate's images at one, three and four images and Interpolate's end images, for the same seeds and settings,
+    through the network the app runs on this machine (OpenVINO bf16 where it is installed and the CPU has bf16 in
+    hardware, PyTorch fp32 elsewhere): at most 2 grey levels apart. DDIM with η = 0, so the seed's x_T alone decides
+    the image."""
+    from ddpm_app.app.served import ServedModel
+    from ddpm_app.image import to_uint8
+    from ddpm_app.samplers import SamplerSettings
+
+    torch.manual_seed(0)
+    served = ServedModel("faces", load_pretrained(WEIGHTS / "faces"), "cpu", cpu_runtime="auto")
+    settings = SamplerSettings("ddim", 20, 0.0, True)
+
+    def images(steps) -> torch.Tensor:
+        return to_uint8(samplers.final(steps)).int()  # (B, C, H, W) grey levels
+
+    four = images(served.sample(settings, 4, seed=5))
+    one = images(served.sample(settings, 1, seed=5))
+    three = images(served.sample(settings, 3, seed=5))
+    ends = images(served.interpolate(5, 8, 4, settings))
+    other = images(served.sample(settings, 1, seed=8))
+    for a, b in ((one[0], four[0]), (three, four[:3]), (ends[0], one[0]), (ends[-1], other[0])):
+        assert (a - b).abs().max() <= 2, served.runtime.describe()
+    assert (one[0] - other[0]).abs().max() > 50  # different seeds: different faces, so the test can fail

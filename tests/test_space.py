@@ -20,9 +20,8 @@ from packaging.specifiers import SpecifierSet
 from PIL import Image
 from test_app_server import app_env, free_port, serving
 
-from ddpm_app import space
+from ddpm_app import openvino_net, space
 from ddpm_app.cpu import cpu_budget
-from ddpm_app.inference import openvino_suits
 from ddpm_app.isa import detect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,10 +270,10 @@ def test_a_space_like_start_serves_on_all_interfaces_and_answers_gradio_client(t
     with serving([], space_env(GRADIO_SERVER_PORT=str(port)), port, log) as (url, _):
         assert listening_on_all_interfaces(port), Path("/proc/net/tcp").read_text()
         text = log.read_text()
-        assert f"torch threads: {cpu_budget()}; malloc: blocks under 32 MiB from the heap" in text
-        # --cpu-runtime auto: OpenVINO below four images where it suits this CPU, else PyTorch alone
-        split = "below 4 images; from 4 images up PyTorch"
-        assert (split in text) == openvino_suits("auto", detect()), text
+        assert f"torch threads: {cpu_budget()}; OpenMP threads " in text
+        # --cpu-runtime auto: OpenVINO at every batch where it is installed and the CPU has bf16, else PyTorch
+        openvino = detect().bf16_native and openvino_net.version() is not None
+        assert ("bf16, OpenVINO " if openvino else "fp32, PyTorch ") in text, text
         assert re.search(rf"Running on local URL:\s+http://0\.0\.0\.0:{port}", text), text
 
         client = Client(url, verbose=False)

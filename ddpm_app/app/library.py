@@ -15,7 +15,6 @@ from typing import Callable, Sequence, TypeVar
 import torch
 
 from ..model_folder import CONFIG_NAME, ModelFolderError, download, load_local
-from ..precision_cache import PrecisionCache
 from ..values import shown
 from .inputs import InputError, choice, hub_model_id
 from .served import ServedModel
@@ -125,14 +124,12 @@ class ModelLibrary:
     def __init__(self, weights_dir: str | Path | Sequence[str | Path], device: torch.device | str = "cpu",
                  default: str | None = None, models_in_memory: int = MODELS_IN_MEMORY,
                  hub_cache_dir: str | Path | None = None, precision: str = "auto",
-                 precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch",
-                 cpu_threads: int | None = None):
+                 cpu_runtime: str = "pytorch", cpu_threads: int | None = None):
         dirs = [weights_dir] if isinstance(weights_dir, (str, Path)) else list(weights_dir)
         self.roots = tuple(Path(d) for d in dirs)
         self.weights_dir = self.roots[0]
         self.device = torch.device(device)
         self.precision = precision  # the networks' compute precision (see ddpm_app.inference.prepare)
-        self.precision_cache = precision_cache  # where the CPU's "auto" choice is remembered (None: timed each load)
         self.cpu_runtime = cpu_runtime  # who runs the network on the CPU: auto, pytorch or openvino
         self.cpu_threads = cpu_threads  # the networks' threads on the CPU (None: PyTorch's count at each load)
         self._added: dict[str, Path] = {}  # from the Hub or a nested folder: kept by a rescan
@@ -284,7 +281,7 @@ class ModelLibrary:
         loaded = load_local(folder, self.device)
         if hub:
             loaded.source = name
-        return ServedModel(name, loaded, self.device, folder, self.precision, self.precision_cache, self.cpu_runtime,
+        return ServedModel(name, loaded, self.device, folder, self.precision, self.cpu_runtime,
                            self.cpu_threads)
 
     def _refuse_links(self, folder: Path) -> None:

@@ -20,7 +20,6 @@ from ..image import load_image
 from ..inference import example_input, median_ms, prepare
 from ..interpolation import slerp, weights
 from ..model_folder import LoadedModel
-from ..precision_cache import PrecisionCache
 from ..samplers import SamplerSettings, Step
 from ..schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
 from .inputs import InputError, batch_size, whole_number
@@ -63,25 +62,23 @@ class ServedModel:
     every user; what a user keeps is in :class:`~ddpm_app.app.state.UserState`."""
 
     def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None,
-                 precision: str = "auto", precision_cache: PrecisionCache | None = None, cpu_runtime: str = "pytorch",
-                 cpu_threads: int | None = None):
+                 precision: str = "auto", cpu_runtime: str = "pytorch", cpu_threads: int | None = None):
         self.name = name
         self.loaded = loaded
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
         self.device = torch.device(device)
-        prepared = prepare(loaded.model, self.device, precision=precision, timesteps=self.schedule.timesteps,
-                           cache=precision_cache, cpu_runtime=cpu_runtime, cpu_threads=cpu_threads)
+        prepared = prepare(loaded.model, self.device, precision=precision, cpu_runtime=cpu_runtime,
+                           cpu_threads=cpu_threads)
         self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
         # the same network in fp32, for what the teaching views measure (the loss, the bound): the held-out figures
         # beside them were made in fp32, and bf16 would move the loss at large t (see Prepared.in_fp32)
         self.fp32_eps_model = prepared.in_fp32()
         self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
         self.runtime = prepared.runtime
-        # what a step costs on this machine, for the model tab: timed by the precision choice, or here (when the
-        # choice was remembered from an earlier start, or asked for; on CUDA the first call compiles: not measured)
-        self.ms_per_step = self.runtime.ms_per_step
-        if self.ms_per_step is None and self.device.type == "cpu":
+        # what a step costs on this machine, for the model tab (on CUDA the first call compiles: not measured)
+        self.ms_per_step = None
+        if self.device.type == "cpu":
             self.ms_per_step = median_ms({"step": prepared}, example_input(loaded.model, 1), rounds=3)["step"]
         self.heldout_note = ""  # why :attr:`heldout` is None, once it has been looked up
 
