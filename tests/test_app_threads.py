@@ -50,7 +50,8 @@ torch.set_num_threads(2)
 from ddpm_app import ui
 from ddpm_app.app import ModelLibrary, UserState
 library = ModelLibrary(sys.argv[1], "cpu")
-library.get()
+library.get()  # on the loader thread, which has a team of its own (loads run beside users' sampling)
+library.worker.run(lambda: torch.ones(1 << 20).sum())  # the device thread and its team, as after any first request
 before = len(os.listdir("/proc/self/task"))
 ui.build(library)
 ui.Handlers(library).select_model("faces", UserState())
