@@ -387,7 +387,7 @@ def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, chan
 
     def measure(batch: int) -> Callable[[], Mapping[str, float]]:
         def run() -> Mapping[str, float]:
-            remembered = cache.lookup(ChoiceKey.of(cpu, model, batch)) if cache is not None else None
+            remembered = cache.lookup(ChoiceKey.of(cpu, model, batch, threads)) if cache is not None else None
             if remembered is not None:
                 notes[batch] = f"timed {remembered.measured}"
                 timed[batch] = dict(remembered.ms_per_step)
@@ -406,7 +406,7 @@ def _prepare_one(model: nn.Module, precision: str | None, cpu: CpuFeatures, chan
         if batch not in timed:  # nothing was timed: the answer is the same at every batch size
             break
         if cache is not None and batch in fresh:
-            cache.store(ChoiceKey.of(cpu, model, batch), RememberedChoice(chosen, dict(timed[batch]), now()))
+            cache.store(ChoiceKey.of(cpu, model, batch, threads), RememberedChoice(chosen, dict(timed[batch]), now()))
 
     first_batch, choice = choices[0]
     prepared = network(choice)

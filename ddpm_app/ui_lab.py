@@ -14,7 +14,6 @@ it instead of waiting for the whole run; one request trains at most :data:`MAX_S
 
 from __future__ import annotations
 
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,7 +81,7 @@ class LabHandlers:
 
     def __init__(self, worker: DeviceWorker, export_dir: str | Path | None = None):
         self.worker = worker
-        self.exports = ExportFolder(export_dir or tempfile.mkdtemp(prefix="ddpm_lab_"))
+        self.exports = ExportFolder(export_dir) if export_dir else ExportFolder.temporary("ddpm_lab_")  # removed at exit
 
     # -- data -------------------------------------------------------------------------------------------------
 

@@ -184,7 +184,7 @@ def test_the_server_leaves_no_temporary_folders(tmp_path: Path):
     with serving(["--weights", str(tmp_path / "weights"), "--port", str(port)], app_env() | {"TMPDIR": str(temp)},
                  port, tmp_path / "app.log") as (_, proc):
         assert not killed.exists()
-        assert len(list(temp.glob("ddpm_*"))) == 2  # its exports and its figures
+        assert len(list(temp.glob("ddpm_*"))) == 3  # its exports, its figures and the 2-D lab's exports
     assert proc.returncode is not None and not list(temp.glob("ddpm_*")), list(temp.glob("ddpm_*"))
 
 
