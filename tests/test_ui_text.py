@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,25 @@ def test_a_120_frame_gif_of_a_64_pixel_run_stays_under_2_mb(tmp_path: Path):
     gif = export_gif(run, tmp_path / "run.gif")
     assert Image.open(gif).n_frames == 120 and gif.stat().st_size <= 2_000_000, gif.stat().st_size
     assert Image.open(gif).height >= 128 + 40  # each picture at least 128 px under the label bar
+
+
+def test_the_docs_examples_are_what_the_app_prints():
+    """docs/teaching.md's examples, read against the code on the default schedule (linear, T = 1000): the status
+    line's update for a DDPM step, the Frames label's t for a DDIM-50 step, and ᾱ_T."""
+    from ddpm_app.app.reverse_step import equation_text
+    from ddpm_app.samplers import Step, ddim_timesteps, step_breakdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "teaching.md").read_text()
+    schedule = Schedule(ScheduleConfig())
+    update = re.search(r"`(x_\d+ = [^`]*·x_(\d+) [^`]*·z)`", text)
+    assert update, "docs/teaching.md has no example of the reverse step's update"
+    t, nothing = int(update.group(2)), torch.zeros(1, 1, 1, 1)
+    step = Step(0, 1000, t, t - 1, nothing, nothing, nothing, nothing, nothing)
+    assert update.group(1) == equation_text(step_breakdown(schedule, step, SamplerSettings("ddpm", 1000, 1.0, True)))
+    label = re.search(r"`step (\d+) of 50 · t = (\d+)` for DDIM-50", text)
+    assert label and ddim_timesteps(999, 50)[int(label.group(1)) - 1] == int(label.group(2))
+    abar = re.search(r"ᾱ_T = ([^,]*?), not 0.0000", text)
+    assert abar and number(float(schedule.float64["alphas_cumprod"][-1])) == abar.group(1)
 
 
 def test_the_forward_strip_wraps_into_rows_with_legible_captions(handlers: ui.Handlers):
