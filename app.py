@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # quiet: Gradio's own start-up lines end with "set `share=True` in `launch()`", advice for code, not for this
     # command line; the address and the hint are printed here instead (a public URL Gradio prints itself)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
-                css=ui.CSS, head=ui.HEAD, theme=ui.THEME, app_kwargs={"middleware": [Middleware(BodyLimit)]},
-                quiet=True, prevent_thread_lock=True)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
+                    css=ui.CSS, head=ui.HEAD, theme=ui.THEME, app_kwargs={"middleware": [Middleware(BodyLimit)]},
+                    quiet=True, prevent_thread_lock=True)
+    except KeyboardInterrupt:  # stopped while Gradio was still checking its own address: close, no traceback
+        demo.close()
+        return
     print(f"* Running on local URL:  {demo.protocol}://{demo.server_name}:{demo.server_port}", flush=True)
     if not args.share and not demo.space_id:
         print("* To create a public link, start the app with --share.", flush=True)
