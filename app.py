@@ -34,7 +34,7 @@ IDLE_TRIM_S = 5.0  # seconds without tensor work before freed memory is returned
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Watch a DDPM noise photos and generate images, step by step.")
+    p = argparse.ArgumentParser(description="See how DDPM adds noise to photos and generates images, step by step.")
     p.add_argument("--weights", action="append", default=None,
                    help="folder of model folders (default: weights/, or $DDPM_WEIGHTS_DIR); repeat it to serve "
                         "several. The Model tab loads model folders from inside these folders only")
@@ -95,8 +95,19 @@ def main(argv: list[str] | None = None) -> None:
     demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size, users=users)
     # SIGTERM (a container stopping, `kill`) closes the server like Ctrl-C, so temporary folders are removed
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
-                css=ui.CSS, head=ui.HEAD, theme=ui.THEME, app_kwargs={"middleware": [Middleware(BodyLimit)]})
+    # quiet: Gradio's own start-up lines end with "set `share=True` in `launch()`", advice for code, not for this
+    # command line; the address and the hint are printed here instead (a public URL Gradio prints itself)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
+                    css=ui.CSS, head=ui.HEAD, theme=ui.THEME, app_kwargs={"middleware": [Middleware(BodyLimit)]},
+                    quiet=True, prevent_thread_lock=True)
+    except KeyboardInterrupt:  # stopped while Gradio was still checking its own address: close, no traceback
+        demo.close()
+        return
+    print(f"* Running on local URL:  {demo.protocol}://{demo.server_name}:{demo.server_port}", flush=True)
+    if not args.share and not demo.space_id:
+        print("* To create a public link, start the app with --share.", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

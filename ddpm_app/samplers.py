@@ -32,6 +32,9 @@ DEFAULT_DDIM_STEPS = 50
 # one ancestral step with the network inside: (schedule, x_t, t, z, σ table, clip_x0) → (ε̂, x̂₀, x_{t−1});
 # :func:`ddpm_step` with a model bound, or a compiled version of it (:meth:`ddpm_app.inference.Prepared.ddpm_step`)
 DDPMStepFn = Callable[[Schedule, Tensor, Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor]]
+# a step's fresh noise z ~ N(0, I) for a batch of the given shape (B, C, H, W), drawn some other way than from one
+# generator: interpolation slerps two seeds' z so that its ends get exactly each seed's own noise
+NoiseFn = Callable[[tuple[int, ...]], Tensor]
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ def _start(schedule: Schedule, shape: tuple[int, ...], start_t: int | None, x_st
     if x_start is None:
         x_start = torch.randn(shape, generator=generator, device=device)
     return x_start.to(device=device, dtype=torch.float32), t0
+
+
+def _noise(draw_noise: NoiseFn | None, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """A step's z ~ N(0, I) of x's shape: from ``draw_noise`` when given, else from the generator."""
+    if draw_noise is not None:
+        return draw_noise(tuple(x.shape)).to(device=x.device, dtype=x.dtype)
+    return torch.randn(x.shape, generator=generator, device=x.device)
 
 
 def _predict(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, clip_x0: bool) -> tuple[Tensor, Tensor]:
@@ -95,7 +105,7 @@ def _timestep(x: Tensor, t: int) -> Tensor:
 def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
          x_start: Tensor | None = None, start_t: int | None = None, clip_x0: bool = False,
          variance: Variance = "posterior", device: torch.device | str = "cpu",
-         step_fn: DDPMStepFn | None = None) -> Iterator[Step]:
+         step_fn: DDPMStepFn | None = None, draw_noise: NoiseFn | None = None) -> Iterator[Step]:
     """Ancestral sampling: x_{t−1} = 1/√α_t·(x_t − β_t/√(1−ᾱ_t)·ε̂) + σ_t·z  (DDPM Algorithm 2).
 
     σ_t² is the posterior variance β_t(1−ᾱ_{t−1})/(1−ᾱ_t) by default, or β_t with ``variance="beta"``; no
@@ -104,7 +114,8 @@ def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generat
     gives the posterior mean of q(x_{t−1} | x_t, x̂₀) for the clipped x̂₀.
 
     ``step_fn`` computes each step (default: :func:`ddpm_step` with ``model``); pass a prepared network's own
-    (compiled) step to run it as one graph. It must compute the same thing as the default.
+    (compiled) step to run it as one graph. It must compute the same thing as the default. ``draw_noise(shape)``
+    gives each step's z instead of the generator (see :data:`NoiseFn`).
     """
     if variance not in VARIANCES:
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
@@ -116,7 +127,7 @@ def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generat
     for index, t in enumerate(range(t0, -1, -1)):
         tt = _timestep(x, t)
         # no noise at the last step: z = 0 there, and the generator is not drawn from
-        z = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else torch.zeros_like(x)
+        z = _noise(draw_noise, x, generator) if t > 0 else torch.zeros_like(x)
         eps, x0, x_prev = step(schedule, x, tt, z, sigma_table, clip_x0)
         yield Step(index, num_steps, t, t - 1, x, x0, eps, x_prev, z if t > 0 else None)
         x = x_prev
@@ -135,11 +146,13 @@ def ddim_timesteps(start_t: int, steps: int) -> list[int]:
 @torch.inference_mode()
 def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: int = DEFAULT_DDIM_STEPS, eta: float = 0.0,
          generator: torch.Generator | None = None, x_start: Tensor | None = None, start_t: int | None = None,
-         clip_x0: bool = False, device: torch.device | str = "cpu") -> Iterator[Step]:
+         clip_x0: bool = False, device: torch.device | str = "cpu", draw_noise: NoiseFn | None = None
+         ) -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s−σ²)·ε̂ + σ·z over ``steps`` timesteps.
 
     σ = η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_s); η = 0 is deterministic, η = 1 matches DDPM's posterior variance.
-    After the last listed timestep the chain ends at x̂₀ (ᾱ_{−1} = 1).
+    After the last listed timestep the chain ends at x̂₀ (ᾱ_{−1} = 1). ``draw_noise(shape)`` gives each z instead
+    of the generator (see :data:`NoiseFn`).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
@@ -152,7 +165,7 @@ def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: 
         x_prev = c.x0 * x0 + c.eps * eps
         z = None
         if c.sigma > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device)
+            z = _noise(draw_noise, x, generator)
             x_prev = x_prev + c.sigma * z
         yield Step(index, len(ts), t, s, x, x0, eps, x_prev, z)
         x = x_prev
@@ -277,6 +290,7 @@ class StepBreakdown:
     alpha_bar_prev: float  # ᾱ at t_prev (1 for the final image)
     sigma: float  # the noise scale σ of this step (0 when it adds none)
     terms: tuple[StepTerm, ...]
+    variance: Variance = "posterior"  # DDPM's σ_t²: the posterior variance β̃_t, or β_t
 
     def result(self) -> Tensor:
         """Σ terms: the x_prev this step produced."""
@@ -305,7 +319,7 @@ def step_breakdown(schedule: Schedule, step: Step, settings: SamplerSettings,
         c_eps = -beta / (alpha ** 0.5 * (1.0 - abar_t) ** 0.5)
         terms = (StepTerm("x_t", c_x, c_x * step.x_t), StepTerm("ε̂", c_eps, c_eps * step.pred_eps),
                  StepTerm("z", sigma, sigma * z))
-        return StepBreakdown("ddpm", t, s, alpha, beta, abar_t, abar_s, sigma, terms)
+        return StepBreakdown("ddpm", t, s, alpha, beta, abar_t, abar_s, sigma, terms, variance)
     c = ddim_coefficients(schedule, t, s, settings.eta)
     sigma = c.sigma if step.noise is not None else 0.0
     terms = (StepTerm("x̂₀", c.x0, c.x0 * step.pred_x0), StepTerm("ε̂", c.eps, c.eps * step.pred_eps),

@@ -214,7 +214,7 @@ class Handlers:
         parts = frame_breakdown(run, f)
         if parts is None:
             return picture(f.x_t), picture(f.pred_x0), label, "", None, user.shown
-        return (picture(f.x_t), picture(f.pred_x0), label, equation_markdown(parts),
+        return (picture(f.x_t), picture(f.pred_x0), label, equation_markdown(parts, run.settings.clip_x0),
                 terms_strip(parts, f.x_prev), user.shown)
 
     @on_device
@@ -600,7 +600,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         batch = widgets.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
                         with gr.Row():
                             clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
-                            show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120)
+                            show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120,
+                                                   info="with clipping on: the ε̂ consistent with the clipped x̂₀")
                         with gr.Row():
                             run_btn = gr.Button("Generate", variant="primary", min_width=100)
                             stop_btn = gr.Button("Stop", variant="stop", min_width=80)
@@ -736,7 +737,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                                   [g_xt, g_x0, g_eps, status, seed_used, frame], api_name="generate",
                                   **waiting, **chain)
         gen_event.success(**show_frame, api_name="show_generated", api_visibility="private")  # Stop: below
-        stopped = dict(fn=h.show_stopped, inputs=user, outputs=[frame, f_xt, f_x0, frame_label],
+        stopped = dict(fn=h.show_stopped, inputs=user, outputs=[frame, *frame_outputs],
                        api_visibility="private", show_progress="hidden", concurrency_limit=4)
         stop_btn.click(lambda: STOPPED, None, status, cancels=[gen_event], api_visibility="private",
                        queue=False).then(**stopped)
@@ -773,7 +774,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, eta, sd_eta, model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
                                **noise_kw)
-        teach_ranges = dict(fn=th.ranges, inputs=user, outputs=[teach.train_t, teach.compare_t, teach.interp_steps],
+        teach_ranges = dict(fn=th.ranges, inputs=user, outputs=[teach.train_t, teach.compare_t, teach.interp_steps,
+                                                        teach.interp_eta],
                             api_visibility="private", queue=False)
         model_pick.input(h.select_model, [model_pick, user], model_outputs, api_name="select_model",
                          show_progress="hidden").then(**refresh_forward).then(**teach_ranges)

@@ -58,7 +58,9 @@ run, **B** the run **Frames** shows now."""
 INTERPOLATE_HELP = r"""**Between two seeds.** DDIM with $\eta = 0$ is a deterministic map from $x_T$ to an image.
 Take the two seeds' starting noises, walk between them along a great circle (spherical interpolation keeps each
 interpolant as long as a real Gaussian sample), and run the map from each: the images change smoothly from one
-seed's image to the other's (the DDIM paper's figure)."""
+seed's image to the other's (the DDIM paper's figure). η starts at the model's own (as in **Generate**); with
+$\eta > 0$ each step's fresh noise $z$ is interpolated between the two seeds' in the same way, so the ends are
+still exactly the two seeds' **Generate** images with these settings."""
 
 FIGURE_HELP = """Figures for slides: the latest result of a view as one PNG, every image at least 512 pixels
 (enlarged with sharp pixels), labelled."""
@@ -245,14 +247,15 @@ class TeachHandlers:
 
     # -- Interpolation -------------------------------------------------------------------------------------------
 
-    def interpolate(self, seed_a: float, seed_b: float, n: float, steps: float, clip_x0: bool,
+    def interpolate(self, seed_a: float, seed_b: float, n: float, steps: float, eta: float, clip_x0: bool,
                     user: UserState) -> Iterator[tuple]:
-        """DDIM (η = 0) from slerps between two seeds' x_T, streamed: (strip of x̂₀ or the images, status)."""
+        """DDIM from slerps between two seeds' x_T (and, for η > 0, their z), streamed: (strip of x̂₀ or the
+        images, status)."""
         served = self.served(user)
         with user_errors():
             a, b = resolve_seed(seed_a), resolve_seed(seed_b)
             n = whole_number(n, "number of images", 2, MAX_INTERPOLATION)
-            settings = SamplerSettings.checked("ddim", steps, 0.0, flag(clip_x0, "clip x̂₀"), served.timesteps)
+            settings = SamplerSettings.checked("ddim", steps, eta, flag(clip_x0, "clip x̂₀"), served.timesteps)
         title = f"seed {a} → seed {b}, {settings.describe(served.timesteps - 1)}"
         labels = [f"w = {i / (n - 1):.2f}" for i in range(n)]
 
@@ -269,10 +272,12 @@ class TeachHandlers:
                           self.library.worker)
 
     def ranges(self, user: UserState) -> tuple:
-        """Slider updates for this user's model: (training t, compare t, interpolation DDIM steps)."""
-        T = self.served(user).timesteps
+        """Slider updates for this user's model: (training t, compare t, interpolation DDIM steps, its η: the
+        model's own DDIM η)."""
+        served = self.served(user)
+        T = served.timesteps
         return (gr.update(maximum=T - 1, value=min(T // 4, T - 1)), gr.update(maximum=T - 1, value=T - 1),
-                gr.update(maximum=T, value=min(25, T)))
+                gr.update(maximum=T, value=min(25, T)), gr.update(value=served.config.sampling.ddim_eta))
 
     # -- Figures for slides -------------------------------------------------------------------------------------
 
@@ -301,6 +306,7 @@ class TeachTabs:
     train_t: gr.Slider
     compare_t: gr.Slider
     interp_steps: gr.Slider
+    interp_eta: gr.Slider
 
 
 def _photo_column(label: str) -> PhotoInput:
@@ -371,6 +377,8 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
             in_b = widgets.Number(2, label="Seed b", precision=0, min_width=100)
             in_n = widgets.Slider(2, MAX_INTERPOLATION, value=6, step=1, label="Images", min_width=160)
             in_steps = widgets.Slider(1, T, value=min(25, T), step=1, label="DDIM steps K", min_width=160)
+            in_eta = widgets.Slider(0, 1, value=first.config.sampling.ddim_eta, step=0.05, label="η (eta)",
+                                    min_width=120, elem_id="interp-eta")
             in_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀", min_width=100)
         in_btn = gr.Button("Interpolate", variant="primary")
         in_status = gr.Markdown("", label="status", elem_id="interp-status")
@@ -399,9 +407,9 @@ def teach_tabs(th: TeachHandlers, user: gr.State, first: ServedModel) -> TeachTa
     play_btn.click(th.play, user, [cmp_t, cmp_image, cmp_caption], api_visibility="private",
                    show_progress="hidden")
 
-    in_btn.click(th.interpolate, [in_a, in_b, in_n, in_steps, in_clip, user], [in_strip, in_status],
+    in_btn.click(th.interpolate, [in_a, in_b, in_n, in_steps, in_eta, in_clip, user], [in_strip, in_status],
                  api_name="interpolate", show_progress="hidden", concurrency_limit=1, concurrency_id=JOBS)
-    return TeachTabs(tr_t, cmp_t, in_steps)
+    return TeachTabs(tr_t, cmp_t, in_steps, in_eta)
 
 
 def figure_row(th: TeachHandlers, user: gr.State) -> None:

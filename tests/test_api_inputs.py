@@ -112,7 +112,7 @@ FIELDS = {
     "/show_run": [("run must", "generate", ())],
     "/compare": [("t must", 5, ())],
     "/interpolate": [("seed must", 1, SEED_OK), ("seed must", 2, SEED_OK), ("number of images must", 2, ()),
-                     ("DDIM steps must", 2, ()), ("clip x̂₀ must", True, FLAG_OK)],
+                     ("DDIM steps must", 2, ()), ("η \\(eta\\) must", 0.0, ()), ("clip x̂₀ must", True, FLAG_OK)],
     "/export_figure": [("view must", "training", ())],
     "/select_model": [("model must", "faces", ())],
     "/download_model": [("Hub model id must", "someone/model", ())],

@@ -73,6 +73,19 @@ def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(hand
     assert "x_{0}" in last and ("no noise on the last step" in last or sampler == "ddim")
 
 
+def test_the_step_says_which_variance_its_noise_has_and_which_eps_it_shows(handlers):
+    """DDPM's σ_t² is the posterior variance β̃_t (the samplers' default), DDIM's σ is η's formula; with clipping on
+    the update says that ε̂ is the one consistent with the clipped x̂₀ (it is: ε̂ = (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t))."""
+    user = UserState()
+    list(handlers.generate("ddpm", 1, 0.0, 7, 1, True, False, user))
+    update = handlers.frame(3, user)[3]
+    assert "\\sigma_t^2 = \\tilde\\beta_t = \\frac{1-\\bar\\alpha_{t-1}}{1-\\bar\\alpha_t}\\,\\beta_t" in update
+    assert "consistent with it" in update
+    list(handlers.generate("ddim", 5, 0.5, 7, 1, False, False, user))
+    update = handlers.frame(2, user)[3]
+    assert "\\sigma = \\eta" in update and "tilde" not in update and "consistent with it" not in update
+
+
 def frame_heads(handlers, user, count: int) -> list[str]:
     """The bold head of the Frames label for frames 1…count: "step k of n · t = …"."""
     return [re.match(r"\*\*(.*?)\*\*", handlers.frame(i, user)[2]).group(1) for i in range(1, count + 1)]
@@ -337,6 +350,17 @@ def test_pin_a_run_and_compare_another_from_the_same_seed(handlers, teach):
     image, caption = teach.compare(8, user)
     assert "**A** (pinned): DDPM" in caption and "**B** (latest): DDIM, 5 steps" in caption
     assert "seeds differ" not in caption
+    assert "DDPM (and DDIM with η > 0) draws fresh noise z at every step" in caption  # why A and B differ
+    list(handlers.generate("ddpm", 1, 0.0, 5, 1, True, False, UserState()))
+    same = UserState()  # DDPM twice from one seed: the same z, the same image, nothing to explain
+    list(handlers.generate("ddpm", 1, 0.0, 5, 1, True, False, same))
+    teach.pin(same)
+    list(handlers.generate("ddpm", 1, 0.0, 5, 1, True, False, same))
+    assert "fresh noise" not in teach.compare(8, same)[1]
+    list(handlers.generate("ddim", 5, 0.0, 5, 1, True, False, same))
+    teach.pin(same)
+    list(handlers.generate("ddim", 4, 0.0, 5, 1, True, False, same))  # η = 0 both: no fresh noise anywhere
+    assert "fresh noise" not in teach.compare(8, same)[1]
     # DDPM stores every t; DDIM's 5 steps of T = 20 are round(linspace(19, 0, 5)) = 19, 14, 10, 5, 0, so at t = 8
     # the DDIM chain is still at x_10, its third step. Fails if B shows the pinned run or the frame is not the
     # last one at or above t.
@@ -364,20 +388,22 @@ def test_slerp_keeps_the_norm_on_the_arc_between_orthogonal_noises():
     assert interpolation.weights(5).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def test_interpolation_ends_are_the_two_seeds_ddim_images(handlers, teach, library):
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_interpolation_ends_are_the_two_seeds_generate_images(handlers, teach, eta):
+    """η = 0: the same x_T through the same deterministic chain. η = 1: every z is slerped between the two seeds'
+    draws too, so the ends still get exactly each seed's own noise (a shared generator made them noisy)."""
     user = UserState()
-    outs = list(teach.interpolate(3, 9, 4, 5, True, user))
-    assert "Done" in outs[-1][1] and len(user.lesson.interpolation) == 4
+    outs = list(teach.interpolate(3, 9, 4, 5, eta, True, user))
+    assert "Done" in outs[-1][1] and f"η = {eta:g}" in outs[-1][1] and len(user.lesson.interpolation) == 4
     for seed, end in ((3, 0), (9, -1)):
-        alone = list(handlers.generate("ddim", 5, 0.0, seed, 1, True, False, UserState()))
-        final = user_final = user.lesson.interpolation[end]
         generated = UserState()
-        list(handlers.generate("ddim", 5, 0.0, seed, 1, True, False, generated))
-        diff = (generated.run.final[0].int() - user_final.int()).abs().max()
-        assert diff <= 1, (seed, int(diff))  # the same x_T through the same deterministic chain
-        assert alone and final is user_final
+        list(handlers.generate("ddim", 5, eta, seed, 1, True, False, generated))
+        diff = (generated.run.final[0].int() - user.lesson.interpolation[end].int()).abs().max()
+        assert diff <= 1, (seed, int(diff))
+    middle = user.lesson.interpolation[1:3].int()
+    assert (middle - user.lesson.interpolation[0].int()).abs().max() > 1  # the middle is neither end
     with pytest.raises(gr.Error, match="number of images must be a whole number in 2…10"):
-        next(teach.interpolate(1, 2, 11, 5, True, user))
+        next(teach.interpolate(1, 2, 11, 5, eta, True, user))
 
 
 # -- figures for slides ----------------------------------------------------------------------------------------
@@ -395,7 +421,7 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
     handlers.noise(str(PHOTO), 9, True, 5, user)
     teach.train_step(str(PHOTO), 5, 1, user)
     list(teach.likelihood(str(LANDSCAPE), False, 1, user))
-    list(teach.interpolate(1, 2, 3, 3, True, user))
+    list(teach.interpolate(1, 2, 3, 3, 0.0, True, user))
     for view in ("step", "forward", "training", "compare", "interpolation"):
         img = Image.open(teach.export_figure(view, user))
         assert img.height >= 512 + 20, view  # 16-pixel images enlarged to 512, a label line below

@@ -17,7 +17,7 @@ from conftest import assert_pictures_close, make_tiny_config, noised_photo_pictu
 from PIL import Image
 
 import app
-from ddpm_app import samplers, ui
+from ddpm_app import samplers, ui, ui_teach
 from ddpm_app.app import (ModelLibrary, ServedModel, Throttle, Trajectory, UserState, export_gif, export_indices,
                           stream)
 from ddpm_app.app.numbers import number
@@ -396,7 +396,9 @@ def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Pa
     gif = Image.open(handlers.export("gif", user))
     assert gif.n_frames == 3
     png = Image.open(handlers.export("png", user))
-    assert png.size == Image.fromarray(ui.picture(run.frames[-1].pred_x0)).size
+    grid = Image.fromarray(ui.picture(run.frames[-1].pred_x0))
+    assert png.size == (grid.width * 32, grid.height * 32)  # 16 px images enlarged to 512 px, like slide figures
+    np.testing.assert_array_equal(np.asarray(png)[::32, ::32], np.asarray(grid))  # nearest neighbour: sharp
     # a new run replaces it
     run_all(handlers.generate("ddim", 2, 0, 1, 1, True, False, user))
     assert user.run is not run and user.run.finished
@@ -421,7 +423,7 @@ def test_gif_export_has_one_frame_per_stored_step(handlers: ui.Handlers):
     path = Path(handlers.export("gif", user))
     gif = Image.open(path)
     assert path.suffix == ".gif" and gif.n_frames == 8
-    side = ui.picture(user.run.frames[0].x_t).shape[0] * 7  # a 2×2 grid of 16 px images, enlarged ×7 to ≥ 256 px
+    side = ui.picture(user.run.frames[0].x_t).shape[0] * 4  # a 2×2 grid of 16 px images, enlarged ×4 to ≥ 128 px
     assert gif.size == (2 * side + 8, side + 40)  # x_t | x̂₀ side by side under a label bar
 
 
@@ -434,12 +436,14 @@ def test_gif_export_caps_the_frame_count(library: ModelLibrary, tmp_path: Path):
     assert export_indices(20, 6) == [0, 4, 8, 11, 15, 19]
 
 
-def test_mp4_export(handlers: ui.Handlers):
+def test_mp4_export(handlers: ui.Handlers, capfd):
     import imageio.v3 as iio  # MP4 export needs imageio-ffmpeg, a requirement: missing, this test fails
 
     user = UserState()
     run_all(handlers.generate("ddim", 5, 0.0, 4, 1, True, False, user))
+    capfd.readouterr()
     path = handlers.export("mp4", user)
+    assert capfd.readouterr().err == ""  # ffmpeg has nothing to warn about (it once got -pix_fmt twice)
     frames = iio.imread(path, plugin="FFMPEG")
     assert frames.shape[0] == 5 + 20  # the frames, then the last one held for a second at 20 fps
     assert frames.shape[1] % 16 == 0 and frames.shape[2] % 16 == 0
@@ -576,8 +580,9 @@ def eta_sliders(demo: gr.Blocks) -> list[float]:
 
 
 def test_a_model_can_ask_for_its_own_ddim_eta(tmp_path: Path):
-    """A model folder whose config asks for DDIM η = 1 sets both η sliders (Generate, Denoise) when it is loaded, and
-    the status says why; another model puts them back to the app's η = 0. The page starts with the default model's."""
+    """A model folder whose config asks for DDIM η = 1 sets the η sliders (Generate, Denoise, Interpolate) when it is
+    loaded, and the status says why; another model puts them back to the app's η = 0. The page starts with the
+    default model's."""
     save_tiny(tmp_path / "faces")
     save_tiny(tmp_path / "noisy-ode", seed=2, sampling=NOISY_ODE)
     assert load_pretrained(tmp_path / "noisy-ode").config.sampling == NOISY_ODE  # kept in config.json
@@ -588,10 +593,15 @@ def test_a_model_can_ask_for_its_own_ddim_eta(tmp_path: Path):
     assert "DDIM η starts at 1 for this model: deterministic DDIM leaves noise in its samples." in summary
     summary, *_, eta, sd_eta, pick = handlers.select_model("faces", user)
     assert eta["value"] == sd_eta["value"] == 0.0 and "DDIM η starts" not in summary
-    assert eta_sliders(ui.build(library)) == [0.0, 0.0]
+    teach = ui_teach.TeachHandlers(library, tmp_path / "figures", preview_interval=0)
+    handlers.select_model("noisy-ode", user)
+    assert teach.ranges(user)[3]["value"] == 1.0  # Interpolate's η
+    handlers.select_model("faces", user)
+    assert teach.ranges(user)[3]["value"] == 0.0
+    assert eta_sliders(ui.build(library)) == [0.0, 0.0, 0.0]
     only = tmp_path / "only"
     save_tiny(only / "noisy-ode", sampling=NOISY_ODE)
-    assert eta_sliders(ui.build(ModelLibrary(only, "cpu", precision="fp32"))) == [1.0, 1.0]
+    assert eta_sliders(ui.build(ModelLibrary(only, "cpu", precision="fp32"))) == [1.0, 1.0, 1.0]
 
 
 def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
@@ -644,7 +654,8 @@ def test_hub_download_adds_and_selects_the_model(handlers: ui.Handlers, tmp_path
 
 def test_build_wires_named_endpoints(library: ModelLibrary):
     demo = ui.build(library)
-    names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
+    names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public" and
+             not d.api_name.startswith("toy_")}  # the 2-D lab's: test_lab_app
     assert names == {"generate", "frame", "export_gif", "export_mp4", "export_png", "noise", "denoise",
                      "select_model", "download_model", "show_run", "train_step", "loss_curve", "likelihood", "pin",
                      "compare", "interpolate", "export_figure", "load_folder",
@@ -652,6 +663,22 @@ def test_build_wires_named_endpoints(library: ModelLibrary):
     sampling = [d for d in demo.fns.values() if d.api_name in ("generate", "denoise")]
     assert all(d.concurrency_limit == 1 and d.concurrency_id == "model" for d in sampling)
     assert demo._queue.max_size is None  # the limits on waiting jobs and views are checked apart (app.server)
+
+
+def test_stop_shows_the_stopped_run_in_every_frames_output(library: ModelLibrary, tmp_path: Path):
+    """Stop's follow-up event has one output for every value show_stopped returns: the slider, then exactly the
+    outputs of the frame view (a shorter list left Frames showing another run's pictures)."""
+    demo = ui.build(library)
+    frame_event = next(d for d in demo.fns.values() if d.api_name == "frame")
+    stopped = [d for d in demo.fns.values() if getattr(d.fn, "__name__", "") == "show_stopped"]
+    assert len(stopped) == 2  # after Generate's Stop and after Denoise's Stop
+    h = ui.Handlers(library, preview_interval=0, export_dir=tmp_path / "x")
+    user = UserState()
+    run_all(h.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    values = h.show_stopped(user)
+    for d in stopped:
+        assert len(d.outputs) == len(values) == 1 + len(frame_event.outputs)
+        assert d.outputs[1:] == frame_event.outputs
 
 
 def test_model_card_summary_and_samples(tmp_path: Path):

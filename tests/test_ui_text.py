@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,7 @@ def test_one_number_style_significant_digits_and_scientific_notation_outside_1e_
     assert number(0.00099) == "9.900×10⁻⁴" and number(123456.0) == "1.235×10⁵"
     assert number(12000.0) == "1.200×10⁴"  # 4 significant digits cannot show 12000 without an exponent
     assert number(0.99998) == "0.99998"  # not "1": the digits that say how close to 1 stay
+    assert number(-0.99996993) == "-0.99997" and number(1.0000012) == "1.000001"  # and no more of them
     assert number(2.5e-7, 2, latex=True) == r"2.5\times10^{-7}" and number(0.0064, 3, latex=True) == "0.0064"
 
 
@@ -129,7 +131,7 @@ def test_status_and_forward_numbers_show_a_tiny_alpha_bar(tmp_path: Path):
     numbers = ui.forward_numbers(served, 996)
     assert "0.0000" not in numbers and "×10^{-" not in numbers
     assert "**4.288×10⁻⁵**" in numbers  # ᾱ_996 = 4.2877e-5 in the text
-    assert r"$$x_t = 0.00655\,x_0 + 0.999979\,\varepsilon" in numbers  # √ᾱ_t, √(1−ᾱ_t) in the equation
+    assert r"$$x_t = 0.00655\,x_0 + 0.99998\,\varepsilon" in numbers  # √ᾱ_t, √(1−ᾱ_t) in the equation
 
 
 def test_forward_at_t0_does_not_call_the_noised_image_x0(handlers: ui.Handlers):
@@ -226,6 +228,44 @@ def test_export_reports_progress_per_frame(handlers: ui.Handlers, tmp_path: Path
     told = []
     gif = Image.open(export_gif(user.run, tmp_path / "a.gif", max_frames=3, progress=lambda i, n: told.append((i, n))))
     assert gif.n_frames == 3 and told == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_a_120_frame_gif_of_a_64_pixel_run_stays_under_2_mb(tmp_path: Path):
+    """A DDPM run of a 64×64 RGB image: x_t goes from noise to a photo, x̂₀ from blur to it (every pixel of every
+    frame differs). Its 120-frame GIF was 6.6 MB; the frames are kept, at 128 px and 48 colours."""
+    from ddpm_app.app.runs import Frame, Trajectory
+    from ddpm_app.image import load_image, to_uint8
+
+    x0 = load_image(PHOTO, 64)[None]  # (1, 3, 64, 64)
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x0, 8), scale_factor=8, mode="bilinear")
+    g = torch.Generator().manual_seed(0)
+    run = Trajectory("DDPM, 1000 steps, seed 1 · faces", 1000, tuple(x0.shape), 1)
+    for i in range(120):
+        a, eps = (i / 119) ** 2, torch.randn(x0.shape, generator=g)
+        x_t, guess = a ** 0.5 * x0 + (1 - a) ** 0.5 * eps, a * x0 + (1 - a) * blurred + 0.05 * eps
+        run.frames.append(Frame(i * 8, 999 - i * 8, to_uint8(x_t.clamp(-1, 1)), to_uint8(guess.clamp(-1, 1))))
+    gif = export_gif(run, tmp_path / "run.gif")
+    assert Image.open(gif).n_frames == 120 and gif.stat().st_size <= 2_000_000, gif.stat().st_size
+    assert Image.open(gif).height >= 128 + 40  # each picture at least 128 px under the label bar
+
+
+def test_the_docs_examples_are_what_the_app_prints():
+    """docs/teaching.md's examples, read against the code on the default schedule (linear, T = 1000): the status
+    line's update for a DDPM step, the Frames label's t for a DDIM-50 step, and ᾱ_T."""
+    from ddpm_app.app.reverse_step import equation_text
+    from ddpm_app.samplers import Step, ddim_timesteps, step_breakdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "teaching.md").read_text()
+    schedule = Schedule(ScheduleConfig())
+    update = re.search(r"`(x_\d+ = [^`]*·x_(\d+) [^`]*·z)`", text)
+    assert update, "docs/teaching.md has no example of the reverse step's update"
+    t, nothing = int(update.group(2)), torch.zeros(1, 1, 1, 1)
+    step = Step(0, 1000, t, t - 1, nothing, nothing, nothing, nothing, nothing)
+    assert update.group(1) == equation_text(step_breakdown(schedule, step, SamplerSettings("ddpm", 1000, 1.0, True)))
+    label = re.search(r"`step (\d+) of 50 · t = (\d+)` for DDIM-50", text)
+    assert label and ddim_timesteps(999, 50)[int(label.group(1)) - 1] == int(label.group(2))
+    abar = re.search(r"ᾱ_T = ([^,]*?), not 0.0000", text)
+    assert abar and number(float(schedule.float64["alphas_cumprod"][-1])) == abar.group(1)
 
 
 def test_the_forward_strip_wraps_into_rows_with_legible_captions(handlers: ui.Handlers):

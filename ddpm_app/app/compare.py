@@ -26,4 +26,13 @@ def compare_picture(pinned: Trajectory, latest: Trajectory, t: int, min_size: in
                f"**B** (latest): {latest.title} — at t = {b.t}, step {b.index + 1}/{latest.num_steps}.")
     if pinned.seed != latest.seed:
         caption += f"  \nThe seeds differ ({pinned.seed} and {latest.seed}): use the same seed to compare samplers."
+    elif (noisy(pinned) or noisy(latest)) and pinned.settings != latest.settings:
+        caption += ("  \nSame seed, so the same starting noise x_T, yet different images: DDPM (and DDIM with η > 0) "
+                    "draws fresh noise z at every step, and the two chains draw it differently (or one adds none), "
+                    "so they part ways from the first step on.")
     return labelled_strip(tiles, labels, min_size=min_size, title=title), caption
+
+
+def noisy(run: Trajectory) -> bool:
+    """Whether the run's chain adds fresh noise z at its steps (DDPM, or DDIM with η > 0)."""
+    return run.settings is not None and (run.settings.sampler == "ddpm" or run.settings.eta > 0)

@@ -35,9 +35,23 @@ def _factor(term: StepTerm, b: StepBreakdown) -> str:
     return f"x_{b.t}" if term.factor == "x_t" else term.factor
 
 
-def equation_markdown(b: StepBreakdown) -> str:
+# which variance the step's noise has, with its formula (DDPM paper, sec. 3.2; DDIM paper, eq. 16)
+SIGMA_FORMULA = {
+    "posterior": ("$\\sigma_t^2 = \\tilde\\beta_t = \\frac{1-\\bar\\alpha_{t-1}}{1-\\bar\\alpha_t}\\,\\beta_t$, the "
+                  "variance of the posterior $q(x_{t-1}\\mid x_t, x_0)$ (Ho et al. also tried $\\sigma_t^2 = \\beta_t$)"),
+    "beta": ("$\\sigma_t^2 = \\beta_t$ (Ho et al.'s other choice is the posterior variance "
+             "$\\tilde\\beta_t = \\frac{1-\\bar\\alpha_{t-1}}{1-\\bar\\alpha_t}\\,\\beta_t$)"),
+    "ddim": ("$\\sigma = \\eta\\,\\sqrt{\\tfrac{1-\\bar\\alpha_s}{1-\\bar\\alpha_t}}\\,"
+             "\\sqrt{1-\\tfrac{\\bar\\alpha_t}{\\bar\\alpha_s}}$ (η = 1: the posterior variance, as DDPM; η = 0: none)"),
+}
+CLIPPED_EPS = ("With **clip x̂₀** on, x̂₀ is clipped to [−1, 1] and the ε̂ shown (and used) is the one consistent "
+               "with it, $\\hat\\varepsilon = (x_t - \\sqrt{\\bar\\alpha_t}\\,\\hat x_0)/\\sqrt{1-\\bar\\alpha_t}$, not the "
+               "network's raw output (they differ where the clip bites, most at small t).")
+
+
+def equation_markdown(b: StepBreakdown, clip_x0: bool = False) -> str:
     """The update in LaTeX twice: its symbolic form with this step's schedule values, then (a line below) the
-    coefficients."""
+    coefficients; then which variance σ is and, with ``clip_x0``, which ε̂ is shown."""
     t, s = b.t, _sub(b.t_prev)
     n = partial(number, latex=True)
     c = [term.coefficient for term in b.terms]
@@ -54,7 +68,10 @@ def equation_markdown(b: StepBreakdown) -> str:
         form = (f"x_{{{s}}} = \\sqrt{{{n(b.alpha_bar_prev)}}}\\,\\hat x_0 + "
                 f"\\sqrt{{1-{n(b.alpha_bar_prev)}-{n(b.sigma)}^2}}\\,\\hat\\varepsilon + {n(b.sigma)}\\,z")
         terms = f"{n(c[0])}\\,\\hat x_0 {_signed(c[1])}\\,\\hat\\varepsilon {_signed(c[2])}\\,z"
-    return f"{values}\n\n$${form}$$\n\n$$= {terms}$$"  # two lines: each fits a phone
+    notes = "Noise: " + SIGMA_FORMULA["ddim" if b.sampler == "ddim" else b.variance] + "."
+    if clip_x0:
+        notes += "  \n" + CLIPPED_EPS
+    return f"{values}\n\n$${form}$$\n\n$$= {terms}$$\n\n{notes}"  # two lines: each fits a phone
 
 
 def _signed(v: float) -> str:

@@ -132,10 +132,20 @@ class ServedModel:
         return torch.randn(self.shape(batch), generator=self.generator(seed), device=self.device)
 
     def interpolate(self, seed_a: int, seed_b: int, n: int, settings: SamplerSettings) -> Iterator[Step]:
-        """The chain from ``n`` slerps between seed a's and seed b's x_T (ends included): a batch of n images."""
-        x_start = slerp(self.start_noise(seed_a)[0], self.start_noise(seed_b)[0], weights(n))  # (n, C, H, W)
+        """The chain from ``n`` slerps between seed a's and seed b's x_T (ends included): a batch of n images.
+
+        Every step's z (η > 0) is the slerp of the z that :meth:`sample` draws from each seed for one image, so
+        the ends are exactly the two seeds' one-image runs with the same settings, whatever η."""
+        a, b, w = self.generator(seed_a), self.generator(seed_b), weights(n)
+
+        def draw(shape: tuple[int, ...]) -> Tensor:  # (n, C, H, W) from two (C, H, W) draws
+            one = self.shape(1)
+            return slerp(torch.randn(one, generator=a, device=self.device)[0],
+                         torch.randn(one, generator=b, device=self.device)[0], w)
+
+        x_start = draw(self.shape(n))  # x_T: each generator's first draw, as in sample()
         return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), step_fn=self.ddpm_step,
-                            x_start=x_start, generator=self.generator(seed_a), device=self.device)
+                            x_start=x_start, draw_noise=draw, device=self.device)
 
     def noise_level(self, t: int) -> NoiseLevel:
         s = self.schedule
