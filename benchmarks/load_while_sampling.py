@@ -5,8 +5,7 @@ alone and while a second model loads for someone else.
                                              [--runs 10] [--cpu-runtime auto]
 
 Runs the app's handlers in this process, as ``app.py`` would (threads as ``app.py`` sets them, the CPU runtime
-given); the precision choice is remembered in a fresh temporary folder, so each load times and builds its networks
-as at the first start on a machine. Prints the CPU, the load average and a Markdown table.
+given); each load builds its networks as at a first start. Prints the CPU, the load average and a Markdown table.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import torch
 from ddpm_app import ui
 from ddpm_app.app import ModelLibrary, UserState
 from ddpm_app.cpu import cpu_budget
-from ddpm_app.precision_cache import PrecisionCache
 
 
 def ddim3(handlers: ui.Handlers, user: UserState) -> float:
@@ -55,7 +53,6 @@ def main() -> None:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as cache:
         library = ModelLibrary(args.weights, "cpu", default=args.running, precision="auto",
-                               precision_cache=PrecisionCache(Path(cache) / "precision.json"),
                                cpu_runtime=args.cpu_runtime, cpu_threads=threads)
         handlers = ui.Handlers(library, preview_interval=None, export_dir=Path(cache) / "exports")
         other = UserState()

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import perturb, seeded_init
 
-from ddpm_app import inference, openvino_net, samplers
-from ddpm_app.inference import CpuEngine, Prepared, choose_cpu_engine, prepare, prepare_cpu
+from ddpm_app import openvino_net, samplers
+from ddpm_app.inference import Prepared, choose_cpu_engine, prepare, prepare_cpu
 from ddpm_app.isa import CpuFeatures, detect
 from ddpm_app.models import UNetConfig, build_model
 from ddpm_app.schedule import Schedule, ScheduleConfig

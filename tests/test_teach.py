@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -24,7 +23,7 @@ from ddpm_app.image import to_uint8
 from ddpm_app.inference import prepare_cpu
 from ddpm_app.likelihood import BitsPerDim, bits_per_dim
 from ddpm_app.loss import curve_timesteps, diffusion_loss, loss_curve
-from ddpm_app.samplers import SamplerSettings, step_breakdown
+from ddpm_app.samplers import step_breakdown
 
 T = 20
 LANDSCAPE = PHOTO.parent / "landscape.png"
