@@ -7,6 +7,8 @@ docs/screens/ (which the README shows).
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from conftest import open_tab
 from test_app_server import ROOT, serving_app
@@ -28,7 +30,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("teach-browser")
     weights = root / "weights"
     weights.mkdir()
-    (weights / "faces").symlink_to(WEIGHTS / "faces")  # the shipped model alone
+    shutil.copytree(WEIGHTS / "faces", weights / "faces")  # the shipped model alone (a link out would be refused)
     with serving_app(weights, root / "app.log") as (url, _):
         yield url
 
