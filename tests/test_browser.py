@@ -52,7 +52,7 @@ def image_src(block) -> str | None:
 
 def test_forward_tab_upload_and_t_slider(browser, server):
     page, errors = open_app(browser, server)
-    page.get_by_role("tab", name="Forward").click()
+    open_tab(page, "Forward")
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     numbers = page.locator("#fwd-numbers")
     numbers.get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
@@ -74,7 +74,7 @@ def test_forward_tab_upload_and_t_slider(browser, server):
 def test_forward_tab_example_photo(browser, server):
     """An example photo reaches the photo input as a file in Gradio's cache, which the input reads."""
     page, errors = open_app(browser, server)
-    page.get_by_role("tab", name="Forward").click()
+    open_tab(page, "Forward")
     page.locator("button.gallery-item:visible").first.click()
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     page.locator("#fwd-xt img").wait_for(timeout=PATIENCE_MS)
@@ -106,7 +106,7 @@ def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
     page.get_by_role("button", name="Generate", exact=True).click()
     page.wait_for_function(f"() => document.querySelector('#gen-status progress')?.value < {T}", timeout=PATIENCE_MS)
     page.get_by_role("button", name="Stop", exact=True).first.click()
-    page.get_by_role("tab", name="Frames").click()
+    open_tab(page, "Frames")
     # no Next needed: after Stop the slider and the pictures are at the last stored frame, numbered as the label
     page.locator("#frame-label").get_by_text("stopped after").wait_for(timeout=PATIENCE_MS)
     label = page.locator("#frame-label")
@@ -190,7 +190,7 @@ def test_export_shows_progress_is_named_by_the_run_and_a_new_run_clears_it(brows
     page.get_by_role("button", name="Generate", exact=True).click()  # DDIM, 50 steps
     page.locator("#gen-status").get_by_text("Done").wait_for(timeout=600_000)
     seed = page.get_by_label("Seed used").input_value()
-    page.get_by_role("tab", name="Frames").click()
+    open_tab(page, "Frames")
     download = page.locator("#export-file")
     download.evaluate(WATCH_TRACKER)
     page.get_by_role("button", name="Export GIF").click()
@@ -198,11 +198,11 @@ def test_export_shows_progress_is_named_by_the_run_and_a_new_run_clears_it(brows
     download.locator(f'[aria-label="{name}"]').wait_for(timeout=600_000)
     assert page.evaluate("window.trackerShown"), "no progress was shown while the GIF was written"
     page.screenshot(path=SHOTS / "export_done.png", full_page=True)
-    page.get_by_role("tab", name="Generate").click()
+    open_tab(page, "Generate")
     page.get_by_role("button", name="Generate", exact=True).click()
-    page.get_by_role("tab", name="Frames").click()
+    open_tab(page, "Frames")
     download.locator(f'[aria-label="{name}"]').wait_for(state="detached", timeout=60_000)  # the old file is gone
-    page.get_by_role("tab", name="Generate").click()
+    open_tab(page, "Generate")
     page.locator("#gen-status").get_by_text("Done").wait_for(timeout=600_000)
     assert not errors, errors
 
@@ -249,7 +249,7 @@ def test_picture_labels_never_cover_pictures(browser, server, width):
     page.locator("#gen-status").get_by_text("Done").wait_for(timeout=600_000)
     page.locator("#gen-eps img").wait_for(timeout=30_000)
     assert_labels_clear(page)
-    page.get_by_role("tab", name="Forward").click()
+    open_tab(page, "Forward")
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     page.locator("#fwd-strip img").wait_for(timeout=60_000)
     assert_labels_clear(page)  # also the schedule plot: no label over its panels
