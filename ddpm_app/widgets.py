@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 from gradio import processing_utils, utils
-from gradio.data_classes import FileData, ImageData
+from gradio.data_classes import GradioModel, ImageData
 from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
 from pydantic import ConfigDict, ValidationError, field_serializer, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -143,22 +143,31 @@ class PhotoInput(gr.Image):
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
-class SentFileData(FileData):
-    """``FileData`` that takes any JSON: a value that is no file object becomes an empty one marked ``refused``,
-    so the component can answer it with a message naming its field."""
+class SentFileData(GradioModel):
+    """``FileData``'s fields, taking any JSON: a value that is no file object becomes an empty one marked
+    ``refused``, so the component can answer it with a message naming its field (``FileData`` itself fails on it
+    with no message, before the component is asked)."""
 
-    model_config = ConfigDict(title="FileData")
+    model_config = ConfigDict(title="FileData", json_schema_extra={"description": "A local filepath or publicly "
+                                                                   "available URL."})  # FileData's API description
+    path: str = ""
+    url: str | None = None
+    size: int | None = None
+    orig_name: str | None = None
+    mime_type: str | None = None
+    is_stream: bool = False
+    meta: dict = {"_type": "gradio.FileData"}
     refused: SkipJsonSchema[str | None] = None
 
     @model_validator(mode="wrap")
     @classmethod
     def _anything(cls, value: Any, handler):
-        try:
-            if not (isinstance(value, dict) and "refused" in value):
+        if isinstance(value, dict) and isinstance(value.get("path"), str) and "refused" not in value:
+            try:
                 return handler(value)
-        except ValidationError:
-            pass
-        return handler({"path": "", "meta": {"_type": "gradio.FileData"}, "refused": shown(value)})
+            except ValidationError:
+                pass
+        return handler({"refused": shown(value)})
 
 
 class FileInput(gr.File):
@@ -167,7 +176,8 @@ class FileInput(gr.File):
     web addresses are not fetched."""
 
     is_template = True
-    data_model = SentFileData
+    # gr.File sets its data model in __init__: this one stays
+    data_model = property(lambda self: SentFileData, lambda self, value: None)
     field = "file"
 
     def _refused(self, sent: str) -> gr.Error:
