@@ -17,26 +17,31 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import gradio as gr
 import torch
+from gradio.components.image_editor import EditorData
+from gradio.utils import get_upload_folder
 from gradio_client.utils import is_http_url_like
+from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from . import widgets
 from .app import ExportFolder, UserState
 from .app.export import save_gif, save_mp4
-from .app.inputs import InputError, choice, flag, whole_number
-from .app.lab_view import (MAX_SAMPLES, MAX_STEPS, MAX_TRAIN_SECONDS, LabSettings, LabState, check_points,
+from .app.inputs import InputError, choice, text as text_value, whole_number
+from .app.lab_view import (MAX_SAMPLES, MAX_STEPS, MAX_TIMESTEPS, MAX_TRAIN_SECONDS, LabSettings, LabState, check_points,
                            check_samples, data_picture, field_picture, forward_picture, loss_picture,
                            marginal_picture, paths_picture, preview_picture, quality, training_frames,
                            trajectory_frames, x0_picture)
 from .app.library import DeviceWorker
 from .lab import DATASETS, PointSet, dataset, from_csv, from_drawing
-from .lab.points import MAX_CSV_BYTES, MAX_POINTS, PointsError
+from .lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD, PointsError
 from .samplers import VARIANCES, SamplerSettings
 from .ui import LATEX, _image, user_errors
-from .widgets import user_error
+from .values import shown
+from .widgets import uploaded_file, user_error
 
 SOURCES = [("a data set", "preset"), ("my drawing", "drawing"), ("a CSV file", "csv"), ("pasted points", "text")]
 CHUNK_SECONDS = 0.3  # training runs on the device worker this long at a time, then other users' work gets a turn
@@ -84,17 +89,55 @@ def experiment_values(change: dict) -> dict:
                 depth=s.network.depth) | {k: v for k, v in change.items() if k in TRAINING_KEYS} | sampling
 
 
+class SketchData(EditorData):
+    """``EditorData`` that takes any JSON: a value that is no editor value (not an object, or an object with none
+    of its keys) becomes an empty one marked ``refused``, so the sketchpad can answer it with a message."""
+
+    model_config = ConfigDict(title="EditorData")
+    refused: SkipJsonSchema[str | None] = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, handler):
+        if isinstance(value, dict) and value.keys() & {"background", "layers", "composite", "id"}:
+            try:
+                return handler({k: v for k, v in value.items() if k != "refused"})
+            except ValidationError:
+                pass
+        return handler({"refused": shown(value)})
+
+
 class SketchInput(gr.ImageEditor):
     """A sketchpad (``gr.ImageEditor`` with a black brush and no uploads, which is what ``gr.Sketchpad`` sets up; a
-    template of a template would have no page component) that refuses web addresses, which Gradio would
+    template of a template would have no page component) that answers any value that is no drawing with a
+    message, reads only images inside Gradio's upload folder and refuses web addresses, which Gradio would
     download before the handler is asked."""
 
     is_template = True
+    data_model = SketchData
+
+    def preprocess(self, payload: SketchData | None):
+        if payload is not None:
+            if payload.refused is not None:
+                raise user_error(f"drawing must be drawn in the box (an image editor value with background, "
+                                 f"layers and composite), got {payload.refused}")
+            for image in (payload.background, payload.composite, *payload.layers):
+                if image is not None and (not image.path or is_http_url_like(image.path)
+                                          or uploaded_file(image.path, get_upload_folder()) is None):
+                    raise user_error("drawing: draw in the box; other images are not read")
+        return super().preprocess(payload)
 
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
         if is_http_url_like(url_or_file_path):
             raise user_error("drawings are not fetched from web addresses: draw in the box")
         return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class CSVInput(widgets.FileInput):
+    """The lab's CSV upload: its messages start with "CSV file"."""
+
+    is_template = True
+    field = "CSV file"
 
 
 class LabHandlers:
@@ -110,6 +153,8 @@ class LabHandlers:
                count: float, seed: float) -> PointSet:
         """The data set the controls describe (the same for the tab and the API)."""
         source = choice(source, "data source", [v for _, v in SOURCES])
+        word = text_value(word, "word", MAX_WORD)
+        text = text_value(text, "pasted points", MAX_CSV_BYTES)
         count = check_points(count)
         g = torch.Generator().manual_seed(whole_number(seed, "data seed", 0, 2**31 - 1))
         if source == "preset":
@@ -124,7 +169,7 @@ class LabHandlers:
                 return from_csv(raw.decode("utf-8-sig"), g, "your CSV")
             except UnicodeDecodeError:
                 raise PointsError("the CSV is not UTF-8 text: save it as plain text, one x,y pair per line") from None
-        return from_csv(text if isinstance(text, str) else "", g, "your points")
+        return from_csv(text, g, "your points")
 
     def show_data(self, *data_inputs, user: UserState):
         """Load the data the controls describe: (data picture, note)."""
@@ -260,8 +305,8 @@ class LabHandlers:
         with user_errors():
             lab.model  # noqa: B018
             T = lab.schedule.timesteps
-            settings = SamplerSettings.checked(sampler, min(float(ddim_steps), T) if isinstance(ddim_steps, (int, float))
-                                               else ddim_steps, 0.0, clip_x0, T)
+            ddim_steps = min(whole_number(ddim_steps, "DDIM steps", 1, MAX_TIMESTEPS), T)  # the slider's 1…1000
+            settings = SamplerSettings.checked(sampler, ddim_steps, 0.0, clip_x0, T)
             variance = choice(variance, "reverse variance σ²", VARIANCES)
             count = check_samples(count)
             seed = whole_number(seed, "seed", 0, 2**31 - 1)
@@ -316,14 +361,14 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
             with gr.Column(scale=1, min_width=280):
                 source = widgets.Radio(SOURCES, value="preset", label="Data")
                 preset = widgets.Dropdown(list(DATASETS), value="two moons", label="Data set")
-                word = gr.Textbox("DDPM", label="Word (for the word data set)", max_length=12)
+                word = widgets.Textbox("DDPM", label="Word (for the word data set)", max_length=12)
                 with gr.Accordion("Draw, upload or paste", open=False):
                     drawing = SketchInput(label="Draw a shape (choose “my drawing” above)", height=300,
                                           type="numpy", sources=(), elem_id="lab-sketch", image_mode="RGBA",
                                           brush=gr.Brush(colors=["#000000"], color_mode="fixed"))
-                    csv_file = gr.File(label=f"CSV of points: x,y per line, at most {MAX_POINTS}",
+                    csv_file = CSVInput(label=f"CSV of points: x,y per line, at most {MAX_POINTS}",
                                        file_types=[".csv", ".txt"], type="filepath")
-                    text = gr.Textbox(label="Points: x,y per line, or JSON [[x, y], …]", lines=3)
+                    text = widgets.Textbox(label="Points: x,y per line, or JSON [[x, y], …]", lines=3)
                 with gr.Row():
                     count = widgets.Slider(50, MAX_POINTS, value=1000, step=50, label="Points", min_width=140)
                     data_seed = widgets.Number(0, label="Data seed", precision=0, min_width=100)

@@ -19,9 +19,10 @@ from typing import Any
 
 import gradio as gr
 from gradio import processing_utils, utils
-from gradio.data_classes import ImageData
+from gradio.data_classes import GradioModel, ImageData
 from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
 from pydantic import ConfigDict, ValidationError, field_serializer, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from .image import ImageError, read_data_url
 from .values import shown
@@ -43,6 +44,7 @@ class Slider(gr.Slider): is_template, preprocess = True, as_sent  # noqa: E701
 class Number(gr.Number): is_template, preprocess = True, as_sent  # noqa: E701
 class Radio(gr.Radio): is_template, preprocess = True, as_sent  # noqa: E701
 class Dropdown(gr.Dropdown): is_template, preprocess = True, as_sent  # noqa: E701
+class Textbox(gr.Textbox): is_template, preprocess = True, as_sent  # noqa: E701
 
 
 PHOTO_FORMS = ("an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
@@ -141,6 +143,73 @@ class PhotoInput(gr.Image):
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
+class SentFileData(GradioModel):
+    """``FileData``'s fields, taking any JSON: a value that is no file object becomes an empty one marked
+    ``refused``, so the component can answer it with a message naming its field (``FileData`` itself fails on it
+    with no message, before the component is asked)."""
+
+    model_config = ConfigDict(title="FileData", json_schema_extra={"description": "A local filepath or publicly "
+                                                                   "available URL."})  # FileData's API description
+    path: str = ""
+    url: str | None = None
+    size: int | None = None
+    orig_name: str | None = None
+    mime_type: str | None = None
+    is_stream: bool = False
+    meta: dict = {"_type": "gradio.FileData"}
+    refused: SkipJsonSchema[str | None] = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, handler):
+        if isinstance(value, dict) and isinstance(value.get("path"), str) and "refused" not in value:
+            try:
+                return handler(value)
+            except ValidationError:
+                pass
+        return handler({"refused": shown(value)})
+
+
+class FileInput(gr.File):
+    """``gr.File`` for one uploaded file, as a path: anything else, of any JSON type, is refused with a message
+    starting with :attr:`field`; like :class:`PhotoInput`, only files inside Gradio's upload folder are read and
+    web addresses are not fetched."""
+
+    is_template = True
+    # gr.File sets its data model in __init__: this one stays
+    data_model = property(lambda self: SentFileData, lambda self, value: None)
+    field = "file"
+
+    def _refused(self, sent: str) -> gr.Error:
+        return user_error(f"{self.field} must be an uploaded file (gradio_client: handle_file(path)), got {sent}")
+
+    def preprocess(self, payload: SentFileData | None) -> str | None:
+        if payload is None:
+            return None
+        if payload.refused is not None:
+            raise self._refused(payload.refused)
+        if not payload.path or is_http_url_like(payload.path):
+            raise self._refused(shown(payload.path or payload.url))
+        self.upload(payload.path)
+        return super().preprocess(payload)
+
+    def upload(self, path: str) -> str:
+        real = uploaded_file(path, utils.get_upload_folder())
+        if real is None:
+            raise user_error(f"{self.field}: send an uploaded file (gradio_client: handle_file(path)); other paths "
+                             "are not read")
+        return real
+
+    def check_sent(self, value: Any) -> None:
+        if is_file_obj_with_meta(value) and isinstance(value.get("path"), str) and not is_http_url_like(value["path"]):
+            self.upload(value["path"])
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
+        if is_http_url_like(url_or_file_path):
+            raise self._refused("a web address (files are not fetched)")
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
 class Blocks(gr.Blocks):
     """``gr.Blocks`` whose endpoints refuse a call with more or fewer values than they have fields, naming the
     fields (Gradio ignores extra values silently), and let :class:`PhotoInput` check the paths of tagged file
@@ -157,5 +226,5 @@ class Blocks(gr.Blocks):
             raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(fields)} value"
                              f"{'s' * (len(fields) != 1)} ({names or 'none'}), got {sent}")
         for block, value in zip(block_fn.inputs, inputs):
-            if isinstance(block, PhotoInput):
+            if isinstance(block, (PhotoInput, FileInput)):
                 block.check_sent(value)

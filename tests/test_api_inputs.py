@@ -95,6 +95,7 @@ KINDS = {"null": None, "bool": True, "int": 10**6, "huge int": HUGE_INT, "huge f
          "blank": "", "100 kB string": "7" * 100_000, "list": [[1, 2], [3]], "object": {"a": 1},
          "wrong choice": "no-such-choice"}
 SEED_OK, FLAG_OK = ("null", "blank", "int"), ("bool",)
+TEXT_OK = ("null", "'NaN'", "'Infinity'", "numeric string", "blank")  # short text where the data set needs none
 UPLOADED = "uploaded photo"  # a placeholder: the fuzz test uploads the photo once and sends Gradio's file object
 # each named endpoint's fields in order: (a regex the message must start with, a valid value, the kinds valid there)
 FIELDS = {
@@ -118,6 +119,21 @@ FIELDS = {
     "/download_model": [("Hub model id must", "someone/model", ())],
     "/load_folder": [("(model folder must|enter a model folder|.* is outside the weights folders|no folder)", "faces",
                       ())],
+    "/toy_forward": [("t must", 5, ()), ("point must", 1, ()), ("schedule must", "linear", ()),
+                     ("T \\(timesteps\\) must", 10, ()), ("β start must", 1e-4, ()), ("β end must", 0.02, ())],
+    "/toy_train": [("data source must", "preset", ()), ("data set must", "two moons", ()),
+                   ("word must", "DDPM", TEXT_OK), ("drawing must", None, ("null",)),
+                   ("CSV file must", None, ("null",)), ("pasted points must", "", TEXT_OK + ("100 kB string", "wrong choice")),
+                   ("number of data points must", 50, ()), ("data seed must", 0, ("int",)),
+                   ("schedule must", "linear", ()), ("T \\(timesteps\\) must", 10, ()), ("β start must", 1e-4, ()),
+                   ("β end must", 0.02, ()), ("width must", 8, ()), ("depth must", 1, ()), ("steps must", 1, ()),
+                   ("learning rate must", 1e-3, ()), ("seed must", 0, ("int",))],
+    "/toy_continue": [("steps must", 1, ())],
+    "/toy_sample": [("sampler must", "ddim", ()), ("DDIM steps must", 2, ()),
+                    ("reverse variance σ² must", "posterior", ()), ("clip x̂₀ must", True, FLAG_OK),
+                    ("number of points must", 10, ()), ("seed must", 0, ("int",)), ("t of the field must", 0, ()),
+                    ("arrows must", "score", ())],
+    **{f"/toy_export_{what}_{kind}": [] for what in ("training", "paths") for kind in ("gif", "mp4")},
     "/pin": [], "/export_gif": [], "/export_mp4": [], "/export_png": [], "/rescan_models": [],
 }
 
@@ -134,7 +150,8 @@ def test_fuzz_every_endpoint_field_and_json_type_gets_a_message_naming_the_field
                           timeout=PATIENCE).json()[0]
     photo = {"path": uploaded, "meta": {"_type": "gradio.FileData"}, "orig_name": "p.png"}
     for endpoint, data in (("/generate", ["ddim", 3, 0.0, 1, 1, True, False]), ("/pin", []),
-                           ("/generate", ["ddim", 2, 0.0, 2, 1, True, False]), ("/noise", [photo, 5, True, 3])):
+                           ("/generate", ["ddim", 2, 0.0, 2, 1, True, False]), ("/noise", [photo, 5, True, 3]),
+                           ("/toy_train", [v for _, v, _ in FIELDS["/toy_train"]])):
         assert call(url, endpoint, data, session)[0] == "complete"
     log_size = log.stat().st_size
     wrong, cases = [], 0

@@ -27,7 +27,8 @@ PHOTO = ROOT / "ddpm_app" / "assets" / "landscape.png"
 ENDPOINTS = {"/generate", "/frame", "/export_gif", "/export_mp4", "/export_png", "/noise", "/denoise",
              "/select_model", "/download_model", "/show_run", "/train_step", "/loss_curve", "/likelihood", "/pin",
              "/compare", "/interpolate", "/export_figure", "/load_folder",
-             "/rescan_models"}
+             "/rescan_models", "/toy_forward", "/toy_train", "/toy_continue", "/toy_sample",
+             *(f"/toy_export_{what}_{kind}" for what in ("training", "paths") for kind in ("gif", "mp4"))}
 T = 3000  # enough DDPM steps that a run is surely still going when it is stopped, however slow the machine
 
 

@@ -47,6 +47,16 @@ def flag(value: object, name: str) -> bool:
     return _flag(value, name, InputError)
 
 
+def text(value: object, name: str, most: int) -> str:
+    """A string of at most ``most`` characters (a text box; null is empty text); numbers, lists and objects are
+    refused."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > most:
+        raise InputError(f"{name} must be text of at most {most:,} characters, got {shown(value)}")
+    return value
+
+
 def batch_size(value: object) -> int:
     """How many images one run makes: 1…MAX_BATCH."""
     return whole_number(value, "number of images", 1, MAX_BATCH)
