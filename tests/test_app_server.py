@@ -145,7 +145,7 @@ def server(tmp_path_factory):
 def test_every_endpoint_through_gradio_client(server: str):
     client = Client(server, verbose=False)
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {name for name in named if not name.startswith("/toy_")} == ENDPOINTS  # the 2-D lab's: test_lab_app
+    assert named == ENDPOINTS
 
     # generate: the final images, the seed used, and the frame slider at the last stored step
     x_t, x0, eps, status, seed, slider = client.predict("ddim", 6, 0.0, 11, 2, True, False, api_name="/generate")

@@ -99,7 +99,7 @@ def test_run_trains_skips_broken_files_and_exports(trained):
     out = trained["out"]
     assert "warning: skipped 3 unreadable image file(s) of 11" in trained["stderr"]
     assert "batch 8, lr 0.001 (warm-up 0 steps, constant), EMA 0.9, not compiled" in trained["stderr"]
-    assert re.search(r"start-up: [0-9.]+ s to load the data and build the model, [0-9.]+ s for the first step",
+    assert re.search(r"start-up: [0-9.]+ s to load the data and build the model, [0-9.]+ s to time a step, [0-9.]+ s for the first step",
                      trained["stdout"] + trained["stderr"])
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     assert ckpt["step"] == 12 and ckpt["data"]["images"] == 8 and ckpt["data"]["split"] is None

@@ -264,6 +264,7 @@ def test_training_batches_are_flipped_normalised_pictures_at_every_timestep(tmp_
         return real_loss(model, sched, x0, t, noise, weights)
 
     monkeypatch.setattr(training, "diffusion_loss", recording_loss)
+    monkeypatch.setattr(Trainer, "time_step", lambda self: 1.0)  # its forward passes time zeros, not training batches
     run(Trainer(train_config(tmp_path, steps=6, save_every=0), MODEL, schedule, pack=pack))
     assert len(batches) == 6
     x0 = torch.cat([b[0] for b in batches])  # (48, 3, 16, 16)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_pictures_close, make_tiny_config, noised_photo_picture, perturb, seeded_init
+from test_app_server import ENDPOINTS
 from PIL import Image
 
 import app
@@ -654,12 +655,8 @@ def test_hub_download_adds_and_selects_the_model(handlers: ui.Handlers, tmp_path
 
 def test_build_wires_named_endpoints(library: ModelLibrary):
     demo = ui.build(library)
-    names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public" and
-             not d.api_name.startswith("toy_")}  # the 2-D lab's: test_lab_app
-    assert names == {"generate", "frame", "export_gif", "export_mp4", "export_png", "noise", "denoise",
-                     "select_model", "download_model", "show_run", "train_step", "loss_curve", "likelihood", "pin",
-                     "compare", "interpolate", "export_figure", "load_folder",
-                     "rescan_models"}
+    names = {"/" + d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
+    assert names == ENDPOINTS
     sampling = [d for d in demo.fns.values() if d.api_name in ("generate", "denoise")]
     assert all(d.concurrency_limit == 1 and d.concurrency_id == "model" for d in sampling)
     assert demo._queue.max_size is None  # the limits on waiting jobs and views are checked apart (app.server)
