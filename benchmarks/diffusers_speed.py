@@ -1,10 +1,12 @@
 """ms per network step at batch 1 of diffusers' UNet2DModel with the exact configs of google/ddpm-cifar10-32 and
 google/ddpm-celebahq-256 (random weights: no download), as the app runs it on the CPU (fp32, PyTorch).
 
-    python benchmarks/diffusers_speed.py [--rounds 3] [--only cifar10-32]
+    python benchmarks/diffusers_speed.py [--rounds 3] [--only cifar10-32] [--baseline weights/faces]
 
 The configs are written from the published unet/config.json of those repos. Each figure is the median of
-``--rounds`` timed calls after one untimed one; the 256² model takes seconds per call on a small CPU.
+``--rounds`` timed calls after one untimed one; the 256² model takes seconds per call on a small CPU. On a shared
+machine, ``--baseline`` times a model folder of the app's own (plain PyTorch fp32, the same loop) in the same run,
+so the figures can be read against it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import torch
 
 from ddpm_app.isa import cpu_model_name
+from ddpm_app.model_folder import load_pretrained
 from ddpm_app.models import DiffusersUNet, DiffusersUNetConfig
 
 COMMON = dict(act_fn="silu", attention_head_dim=None, center_input_sample=False, downsample_padding=0,
@@ -39,18 +42,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", choices=list(CONFIGS), default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--baseline", default=None, help="a model folder of the app's own to time alongside")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     where = f"CUDA {torch.cuda.get_device_name(device)}" if device.type == "cuda" else \
         f"CPU {cpu_model_name()}, {torch.get_num_threads()} threads"
     print(f"{where}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} at start")
+    networks = {}
+    if args.baseline:
+        networks[args.baseline] = load_pretrained(args.baseline).model
     for name, values in CONFIGS.items():
-        if args.only and name != args.only:
-            continue
-        torch.manual_seed(0)
-        net = DiffusersUNet(DiffusersUNetConfig.from_unet(values)).to(device).eval()
-        size = values["sample_size"]
-        x, t = torch.randn(1, 3, size, size, device=device), torch.tensor([500], device=device)
+        if not args.only or name == args.only:
+            torch.manual_seed(0)
+            networks[f"google/ddpm-{name}"] = DiffusersUNet(DiffusersUNetConfig.from_unet(values))
+    for name, net in networks.items():
+        net = net.to(device).eval()
+        size = net.config.image_size
+        x = torch.randn(1, net.config.in_channels, size, size, device=device)
+        t = torch.tensor([500], device=device)
         times = []
         with torch.inference_mode():
             for i in range(args.rounds + 1):
@@ -63,10 +72,9 @@ def main(argv: list[str] | None = None) -> None:
                 if i:
                     times.append((time.perf_counter() - start) * 1000)
         ms = statistics.median(times)
-        print(f"google/ddpm-{name}: {net.num_parameters() / 1e6:.1f} M parameters, {ms:.0f} ms per step at batch 1 "
+        print(f"{name} ({size}²): {net.num_parameters() / 1e6:.1f} M parameters, {ms:.0f} ms per step at batch 1 "
               f"(min {min(times):.0f}, max {max(times):.0f}); DDPM-1000 ≈ {ms:.0f} s, DDIM-50 ≈ {ms * 50 / 1000:.0f} s; "
-              f"load average {os.getloadavg()[0]:.2f}")
-
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

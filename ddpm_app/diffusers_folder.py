@@ -118,8 +118,8 @@ def schedule_from_scheduler(values: dict[str, Any]) -> tuple[ScheduleConfig, Sam
     else:  # diffusers' betas_for_alpha_bar: cos²((t/T + 0.008)/1.008·π/2), β capped at 0.999
         schedule = ScheduleConfig("cosine", timesteps, cosine_s=0.008, max_beta=0.999)
     variance = VARIANCE_TYPES[variance_type]
-    why = (f"from its {name} config: variance_type {variance_type} (σ_t² = {'β̃_t' if variance == 'posterior' else 'β_t'}), "
-           f"clip_sample {str(clip).lower()}")
+    sigma = "β̃_t" if variance == "posterior" else "β_t"
+    why = f"as its {name} config says (variance_type {variance_type}: σ_t² = {sigma}; clip_sample {str(clip).lower()})"
     return schedule, SamplingDefaults(ddim_eta=0.0, why=why, clip_x0=clip, variance=variance)
 
 

@@ -325,8 +325,9 @@ class Handlers:
     # -- Model ------------------------------------------------------------------------------------------
 
     def select_model(self, name: str, user: UserState) -> tuple:
-        """Switch this user's model: (summary, card, samples, header, t-slider, DDIM-steps and DDIM-η updates of
-        Generate and Denoise, dropdown update)."""
+        """Switch this user's model: (summary, card, samples, header, t-slider, DDIM-steps updates of Generate and
+        Denoise, Generate's image count, clip-x̂₀ updates of Generate and Denoise, DDIM-η updates of Generate and
+        Denoise, dropdown update)."""
         with user_errors():
             served = self.library.get(choice(name, "model", self.library.names))
         return self._switch(user, served, f"Loaded **{served.name}**.")
@@ -379,16 +380,18 @@ class Handlers:
         T = served.timesteps
         defaults = served.config.sampling
         if defaults != SamplingDefaults():
-            status += (f" DDIM η starts at {number(defaults.ddim_eta)}, x̂₀ clipping "
-                       f"{'on' if defaults.clip_x0 else 'off'} for this model: {defaults.why}")
+            differs = ([f"DDIM η starts at {number(defaults.ddim_eta)}"] * (defaults.ddim_eta != 0)
+                       + ["x̂₀ clipping starts off"] * (not defaults.clip_x0)
+                       + ["DDPM adds noise with σ_t² = β_t"] * (defaults.variance == "beta"))
+            status += f" {', '.join(differs) or 'Sampling'} for this model: {defaults.why}"
         first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)  # the model card's table says why, if it differs
         table, card, samples = model_card(served)
         # one update per output: Gradio takes the value out of an update dict as it sends it
-        ddim_steps = [gr.update(maximum=T, value=first.ddim_steps), gr.update(maximum=T, value=first.ddim_steps)]
+        ddim_steps = [gr.update(maximum=T, value=first.ddim_steps) for _ in range(2)]
         ddim_eta = [gr.update(value=defaults.ddim_eta) for _ in range(2)]
         clip = [gr.update(value=defaults.clip_x0) for _ in range(2)]
         return (status + "\n\n" + table, card, samples, model_header(served),
-                gr.update(maximum=T - 1, value=T // 4), *ddim_steps, *ddim_eta, gr.update(value=first.batch), *clip,
+                gr.update(maximum=T - 1, value=T // 4), *ddim_steps, gr.update(value=first.batch), *clip, *ddim_eta,
                 gr.update(choices=self.library.names, value=served.name))
 
 
@@ -779,7 +782,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private",
                       queue=False).then(**stopped)
 
-        model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, eta, sd_eta, batch, clip, sd_clip,
+        model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, batch, clip, sd_clip, eta, sd_eta,
                          model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
                                **noise_kw)

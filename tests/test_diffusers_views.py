@@ -40,12 +40,14 @@ def teach(library, tmp_path) -> ui_teach.TeachHandlers:
 def test_the_library_finds_and_describes_the_diffusers_folder(library: ModelLibrary, handlers: ui.Handlers):
     assert library.names == ["tiny-ddpm"]
     user = UserState()
-    summary, _, _, header, t_slider, steps, sd_steps, eta, sd_eta, batch, clip, sd_clip, pick = \
+    summary, _, _, header, t_slider, steps, sd_steps, batch, clip, sd_clip, eta, sd_eta, pick = \
         handlers.select_model("tiny-ddpm", user)
     assert "16×16, 3 channels" in header and f"T = {T}" in header
     assert "diffusers-unet2d" in summary and "diffusers DDPMPipeline" in summary
     assert "diffusers' UNet2DModel as PyTorch runs it" in summary  # the "runs on" line
-    assert "variance_type fixed_large" in summary and "clipping off" in summary
+    assert ("x̂₀ clipping starts off, DDPM adds noise with σ_t² = β_t for this model: as its DDPMScheduler config says "
+            "(variance_type fixed_large: σ_t² = β_t; clip_sample false)") in summary
+    assert eta["value"] == sd_eta["value"] == 0.0
     assert clip["value"] is False and sd_clip["value"] is False  # clip_sample false in the scheduler config
     assert batch["value"] == ui.FIRST_BATCH and steps["value"] == min(ui.DEFAULT_SETTINGS.steps, T)
     assert pick["value"] == "tiny-ddpm"

@@ -29,6 +29,7 @@ from .inputs import InputError, batch_size, whole_number
 STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
 FIRST_RUN_SECONDS = 60  # Generate's first settings should finish within about this long on this machine
 MIN_FIRST_STEPS = 10  # ... but with no fewer DDIM steps than this
+SLOW_STEP_MS = 1000  # a step this slow is timed once when the model loads, not four times
 
 
 class FirstRun(NamedTuple):
@@ -96,7 +97,11 @@ class ServedModel:
         # choice was remembered from an earlier start, or asked for; on CUDA the first call compiles: not measured)
         self.ms_per_step = self.runtime.ms_per_step
         if self.ms_per_step is None and self.device.type == "cpu":
-            self.ms_per_step = median_ms({"step": prepared}, example_input(loaded.model, 1), rounds=3)["step"]
+            # one call first: where it takes seconds (a 256² model), that call is the figure, not the median of four
+            example = example_input(loaded.model, 1)
+            self.ms_per_step = median_ms({"step": prepared}, example, rounds=1, warmup=0)["step"]
+            if self.ms_per_step < SLOW_STEP_MS:
+                self.ms_per_step = median_ms({"step": prepared}, example, rounds=3)["step"]
         self.heldout_note = ""  # why :attr:`heldout` is None, once it has been looked up
 
     @property
