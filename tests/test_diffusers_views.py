@@ -127,3 +127,28 @@ def test_a_slow_model_starts_with_one_image_and_fewer_ddim_steps(tmp_path: Path)
     assert "first settings" in table and "takes 4.0 s here" in table
     served.ms_per_step = 60_000.0
     assert served.first_run(4, 50).ddim_steps == 10  # never fewer than MIN_FIRST_STEPS
+
+
+def test_weights_may_name_a_diffusers_folder_or_a_hub_id(tmp_path: Path):
+    import app
+    from ddpm_app.model_folder import ModelFolderError
+    folder = save_pipeline(tmp_path / "google-like", num_train_timesteps=10)
+    args = app.parse_args(["--weights", str(folder), "--weights", "google/ddpm-celebahq-256"])
+    assert args.weights == [str(folder)] and args.hub_models == ["google/ddpm-celebahq-256"]
+    library = ModelLibrary(args.weights, "cpu", precision="fp32")  # the folder itself is the one model it serves
+    assert library.names == ["google-like"] and library.get().config.image_size == 8
+    with pytest.raises(ModelFolderError, match="google/ddpm-celebahq-256: cannot reach the Hugging Face Hub"):
+        ModelLibrary(args.weights, "cpu", hub_models=args.hub_models)  # the test's Hub is a closed port
+
+
+def test_a_link_out_of_the_weights_folder_inside_unet_is_refused(tmp_path: Path):
+    from ddpm_app.model_folder import ModelFolderError
+    outside = save_pipeline(tmp_path / "outside" / "m", num_train_timesteps=10)
+    inside = save_pipeline(tmp_path / "weights" / "m", num_train_timesteps=10)
+    weights = inside / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()
+    weights.symlink_to(outside / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelFolderError, match="no models"):
+        ModelLibrary(tmp_path / "weights", "cpu", precision="fp32")  # the scan leaves it out
+    from ddpm_app.app.library import model_folders
+    assert model_folders(tmp_path / "weights") == ({}, ["m"])
