@@ -36,7 +36,8 @@ UNET_CONFIG = "unet/config.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 UNET_WEIGHTS = re.compile(r"diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors")  # no variants (".fp16.")
 # what a diffusers DDPM folder holds on the Hub that the app fetches (no pickles, no code)
-HUB_FILES = [MODEL_INDEX, UNET_CONFIG, "unet/diffusion_pytorch_model*.safetensors", SCHEDULER_CONFIG, "README.md"]
+HUB_FILES = [MODEL_INDEX, UNET_CONFIG, "unet/diffusion_pytorch_model.safetensors",
+             "unet/diffusion_pytorch_model-*-of-*.safetensors", SCHEDULER_CONFIG, "README.md"]
 PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 # diffusers' beta_schedule → this app's schedule kind; others (scaled_linear, sigmoid, laplace) it does not have
@@ -167,7 +168,8 @@ def weight_files(unet_dir: Path) -> list[str]:
                                "can run code). It reads unet/diffusion_pytorch_model.safetensors only: convert the "
                                "weights to safetensors (UNet2DModel.save_pretrained writes them) and try again.")
     raise ModelFolderError(f"{unet_dir / 'diffusion_pytorch_model.safetensors'}: not found; the folder has no UNet "
-                           "weights")
+                           "weights in safetensors (the app never fetches or loads .bin pickles: a repo that has only "
+                           "those needs its weights converted to safetensors first)")
 
 
 def load_diffusers(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:

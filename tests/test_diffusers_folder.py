@@ -267,3 +267,13 @@ def test_unknown_unet_fields_are_left_as_diffusers_leaves_them_and_bad_types_nam
     assert check_unet(dict(TINY_UNET, resnet_eps_old=1))["layers_per_block"] == 1
     with pytest.raises(ConfigError, match="flip_sin_to_cos"):
         check_unet(dict(TINY_UNET, flip_sin_to_cos=1))
+
+
+def test_a_ddim_pipeline_folder_loads_and_its_scheduler_fields_are_checked(tmp_path: Path):
+    from diffusers import DDIMPipeline
+    DDIMPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=50)).save_pretrained(tmp_path / "d")
+    loaded = load_pretrained(tmp_path / "d")
+    assert loaded.config.schedule.timesteps == 50 and loaded.config.sampling.variance == "posterior"
+    edit_json(tmp_path / "d" / "scheduler" / "scheduler_config.json", set_alpha_to_one=False)
+    with pytest.raises(ModelFolderError, match="scheduler_config.json: set_alpha_to_one"):
+        load_pretrained(tmp_path / "d")
