@@ -1,7 +1,7 @@
 """Run the app: ``python app.py`` (locally, or as a Hugging Face Space with no arguments).
 
-Serves every model folder in ``weights/`` (or in each ``--weights DIR``, or $DDPM_WEIGHTS_DIR) on CUDA when present,
-else CPU.
+Serves every model folder in ``weights/`` (or in each ``--weights DIR``, or $DDPM_WEIGHTS_DIR; a ``--weights`` that is a
+diffusers DDPM folder or a Hub repo id serves that model) on CUDA when present, else CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users  # noqa: 
 from ddpm_app.app.server import BodyLimit  # noqa: E402
 from ddpm_app.image import MAX_FILE_BYTES  # noqa: E402
 from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device  # noqa: E402
-from ddpm_app.model_folder import ModelFolderError  # noqa: E402
+from ddpm_app.model_folder import ModelFolderError, is_repo_id  # noqa: E402
 
 IDLE_TRIM_S = 5.0  # seconds without tensor work before freed memory is returned to the system
 
@@ -36,8 +36,10 @@ IDLE_TRIM_S = 5.0  # seconds without tensor work before freed memory is returned
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="See how DDPM adds noise to photos and generates images, step by step.")
     p.add_argument("--weights", action="append", default=None,
-                   help="folder of model folders (default: weights/, or $DDPM_WEIGHTS_DIR); repeat it to serve "
-                        "several. The Model tab loads model folders from inside these folders only")
+                   help="folder of model folders (default: weights/, or $DDPM_WEIGHTS_DIR), a diffusers DDPM folder "
+                        "(model_index.json, unet/, scheduler/), or a Hub repo id of either kind (e.g. "
+                        "google/ddpm-cifar10-32); repeat it to serve several. The Model tab loads model folders from "
+                        "inside these folders only")
     p.add_argument("--model", default=None, help="model folder to start with (default: 'faces' if present, "
                                                  "else the first)")
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, or "
@@ -59,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preview-interval", type=float, default=DEFAULT_PREVIEW_INTERVAL,
                    help="seconds between streamed previews; 0 = every step, negative = only the final images")
     args = p.parse_args(argv)
-    args.weights = args.weights or [os.environ.get("DDPM_WEIGHTS_DIR", "weights")]
+    given = args.weights or []
+    args.hub_models = [w for w in given if is_repo_id(w)]
+    args.weights = [w for w in given if w not in args.hub_models] or [os.environ.get("DDPM_WEIGHTS_DIR", "weights")]
     return args
 
 
@@ -78,14 +82,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"torch threads: {chosen}; {WAITING}; {tune_malloc()}", file=sys.stderr, flush=True)
     try:
         library = ModelLibrary(args.weights, device, default=args.model, precision=args.precision,
-                               cpu_runtime=args.cpu_runtime, cpu_threads=threads)
+                               cpu_runtime=args.cpu_runtime, cpu_threads=threads, hub_models=args.hub_models)
         start = time.perf_counter()
         print("loading the first model and building its network for this machine (OpenVINO: converting and "
               "compiling, a few seconds) ...", file=sys.stderr, flush=True)
         library.get()  # load the first model now, so a broken one fails here and not on the first click
         print(f"first model ready in {time.perf_counter() - start:.1f} s; building the web page ...", file=sys.stderr,
               flush=True)
-    except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run
+    except (ModelFolderError, ValueError) as e:  # ValueError: a precision this device cannot run, a bad repo id
         sys.exit(f"error: {e}")
     interval = None if args.preview_interval < 0 else args.preview_interval
     users = Users()

@@ -28,7 +28,8 @@ from torch import nn
 
 from .models import Denoiser, ModelConfig, arch_name, architecture, build_model, make_config
 from .schedule import Schedule, ScheduleConfig
-from .values import ConfigError, exact_int, exact_real, shown
+from .samplers import VARIANCES, Variance
+from .values import ConfigError, choice, exact_int, exact_real, flag, shown
 
 FORMAT = "ddpm-app"
 FORMAT_VERSION = 1
@@ -56,18 +57,24 @@ class ModelFolderError(Exception):
 @dataclass(frozen=True)
 class SamplingDefaults:
     """How the app first samples a model, where it should differ from the app's own defaults (``config.json``'s
-    optional ``"sampling"``): the DDIM η, and why, in a sentence the app shows when the model is loaded."""
+    optional ``"sampling"``): the DDIM η, whether x̂₀ is clipped to [−1, 1], DDPM's reverse variance σ_t² (the
+    posterior's β̃_t or β_t, see :func:`ddpm_app.samplers.ddpm`), and why, in a sentence the app shows when the model
+    is loaded."""
 
     ddim_eta: float = 0.0
     why: str = ""
+    clip_x0: bool = True
+    variance: Variance = "posterior"
 
     def __post_init__(self) -> None:
         exact_real(self.ddim_eta, "ddim_eta", 0.0, 1.0)
         if not isinstance(self.why, str) or len(self.why) > MAX_WHY:
             raise ConfigError(f"why must be text of at most {MAX_WHY} characters, got {shown(self.why)}")
+        flag(self.clip_x0, "clip_x0", ConfigError)
+        choice(self.variance, "variance", VARIANCES, ConfigError)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ddim_eta": self.ddim_eta, "why": self.why}
+        return {"ddim_eta": self.ddim_eta, "why": self.why, "clip_x0": self.clip_x0, "variance": self.variance}
 
 
 @dataclass(frozen=True)
@@ -256,10 +263,15 @@ def check_weights(directory: Path, config: DiffusionConfig, files: list[str]) ->
 
 def load_local(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the model from ``directory/config.json`` and load its safetensors weights (strictly), once the config's
-    fields and the weights' shapes are checked (:func:`read_config`, :func:`check_weights`)."""
+    fields and the weights' shapes are checked (:func:`read_config`, :func:`check_weights`); a diffusers DDPM folder
+    (model_index.json) is loaded by :func:`ddpm_app.diffusers_folder.load_diffusers`."""
     from huggingface_hub import load_torch_model
 
+    from .diffusers_folder import is_diffusers_folder, load_diffusers
+
     directory = Path(directory)
+    if is_diffusers_folder(directory):  # diffusers' layout (model_index.json, unet/, scheduler/)
+        return load_diffusers(directory, device)
     if not directory.is_dir():
         raise ModelFolderError(f"{directory}: no such model folder")
     config = read_config(directory)
@@ -287,12 +299,24 @@ def is_repo_id(source: str) -> bool:
 
 
 def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
-    """Fetch a model folder from the Hub (only config, safetensors, card and images: no code, no pickles)."""
+    """Fetch a model folder from the Hub (only config, safetensors, card and images: no code, no pickles), or a
+    diffusers DDPM folder (its model_index.json, configs, safetensors and card): the configs come first and say
+    which."""
+    from .diffusers_folder import HUB_FILES as DIFFUSERS_FILES
+    from .diffusers_folder import MODEL_INDEX
+
+    markers = _snapshot(repo_id, revision, cache_dir, [CONFIG_NAME, MODEL_INDEX])
+    return _snapshot(repo_id, revision, cache_dir,
+                     DIFFUSERS_FILES if (markers / MODEL_INDEX).is_file() else HUB_FILES)
+
+
+def _snapshot(repo_id: str, revision: str | None, cache_dir: str | Path | None, patterns: list[str]) -> Path:
+    """The files of ``repo_id`` that match ``patterns``, fetched into the Hub's cache (or found there)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
     try:
-        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_FILES)
+        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
     except GatedRepoError:
         raise ModelFolderError(f"{repo_id}: the repo is gated; accept its terms on the Hub and log in "
                               "(`hf auth login`).") from None

@@ -190,13 +190,13 @@ def ddim_coefficients(schedule: Schedule, t: int, s: int, eta: float) -> DDIMCoe
 
 def sample(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, step_fn: DDPMStepFn | None = None,
-           **kwargs) -> Iterator[Step]:
+           variance: Variance = "posterior", **kwargs) -> Iterator[Step]:
     """Dispatch by name: ``"ddpm"`` (every timestep; ``steps`` and ``eta`` are not used) or ``"ddim"``.
 
-    ``step_fn`` is DDPM's step function (see :func:`ddpm`); DDIM does not use it.
+    ``step_fn`` and ``variance`` (σ_t²) are DDPM's (see :func:`ddpm`); DDIM does not use them.
     """
     if sampler == "ddpm":
-        return ddpm(model, schedule, shape, step_fn=step_fn, **kwargs)
+        return ddpm(model, schedule, shape, step_fn=step_fn, variance=variance, **kwargs)
     if sampler == "ddim":
         return ddim(model, schedule, shape, steps=steps or DEFAULT_DDIM_STEPS, eta=eta, **kwargs)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -217,21 +217,23 @@ class SamplerSettings:
     steps: int = DEFAULT_DDIM_STEPS  # DDIM only
     eta: float = 0.0  # DDIM only
     clip_x0: bool = True  # clip x̂₀ to [−1, 1] at every step
+    variance: Variance = "posterior"  # DDPM only: σ_t² = β̃_t (the posterior's) or β_t (the model's choice)
 
     @classmethod
     def checked(cls, sampler: str, steps: float | None, eta: float | None, clip_x0: bool,
-                timesteps: int) -> SamplerSettings:
+                timesteps: int, variance: str = "posterior") -> SamplerSettings:
         """Settings from user values (widgets, options), with a :class:`SettingsError` naming the allowed range
         for a bad one. DDPM does not use DDIM's steps and η, but a value given for them is checked all the same:
         a wrong one is answered, never ignored (None: not given, for DDPM only)."""
         sampler = choice(sampler, "sampler", SAMPLERS, SettingsError)
+        variance = choice(variance, "reverse variance σ²", VARIANCES, SettingsError)
         unused = sampler == "ddpm"
         steps = None if unused and steps is None else whole_number(steps, "DDIM steps", 1, timesteps, SettingsError)
         eta = None if unused and eta is None else real_number(eta, "η (eta)", 0.0, 1.0, SettingsError)
         clip_x0 = flag(clip_x0, "clip x̂₀", SettingsError)
         if unused:
-            return cls("ddpm", timesteps, 1.0, clip_x0)
-        return cls("ddim", steps, eta, clip_x0)
+            return cls("ddpm", timesteps, 1.0, clip_x0, variance)
+        return cls("ddim", steps, eta, clip_x0, variance)
 
     def num_steps(self, start_t: int) -> int:
         """Network evaluations for a chain that starts at timestep ``start_t``."""
@@ -241,7 +243,9 @@ class SamplerSettings:
         """What a chain from ``start_t`` runs, for people: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"."""
         n = self.num_steps(start_t)
         steps = f"{n} step{'' if n == 1 else 's'}"
-        return f"DDPM, {steps}" if self.sampler == "ddpm" else f"DDIM, {steps}, η = {self.eta:g}"
+        if self.sampler == "ddpm":
+            return f"DDPM, {steps}" + (", σ² = β" if self.variance == "beta" else "")
+        return f"DDIM, {steps}, η = {self.eta:g}"
 
     def file_stem(self, start_t: int) -> str:
         """What a chain from ``start_t`` runs, for file names: "ddpm-31steps" or "ddim-50steps-eta0.5"."""
@@ -260,7 +264,7 @@ class SamplerSettings:
         the sampler (``generator``, ``x_start``, ``device``), ``step_fn`` to DDPM (see :func:`ddpm`)."""
         start = schedule.timesteps - 1 if start_t is None else start_t
         return sample(model, schedule, shape, sampler=self.sampler, steps=self.num_steps(start), eta=self.eta,
-                      clip_x0=self.clip_x0, start_t=start_t, step_fn=step_fn, **kwargs)
+                      clip_x0=self.clip_x0, start_t=start_t, step_fn=step_fn, variance=self.variance, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -301,11 +305,13 @@ class StepBreakdown:
 
 
 def step_breakdown(schedule: Schedule, step: Step, settings: SamplerSettings,
-                   variance: Variance = "posterior") -> StepBreakdown:
+                   variance: Variance | None = None) -> StepBreakdown:
     """The terms of ``step`` (a step of a chain run with ``settings``), each a coefficient times x_t, x̂₀, ε̂ or z.
 
-    Coefficients come from the schedule in float64; z is the noise the sampler drew (``step.noise``).
+    Coefficients come from the schedule in float64; z is the noise the sampler drew (``step.noise``); DDPM's σ_t²
+    is ``variance``, by default the one the settings ran with.
     """
+    variance = variance or settings.variance
     f64 = schedule.float64
     t, s = step.t, step.t_prev
     abar_t = float(f64["alphas_cumprod"][t])

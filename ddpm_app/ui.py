@@ -49,6 +49,7 @@ SAMPLER_CHOICES = [("DDPM (all T steps)", "ddpm"), ("DDIM (K steps)", "ddim")]
 SDEDIT_CHOICES = [("DDPM (every step from t to 0: t + 1 steps)", "ddpm"), ("DDIM (K steps, at most t + 1)", "ddim")]
 STRIP_COLUMNS, STRIP_FONT_SIZE = 4, 18  # the forward strip: two rows of four, captions legible on a phone
 DEFAULT_SETTINGS = SamplerSettings()  # what the sampler controls show first
+FIRST_BATCH = 4  # the images Generate makes at first (one where a step is slow here: ServedModel.first_run)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 CSS = """
@@ -159,7 +160,7 @@ class Handlers:
         """Sample from noise, yielding (x_t, x̂₀, ε̂, status, seed used, frame-slider update) per preview."""
         served = self.served(user)
         with user_errors():
-            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
+            settings = served.settings(sampler, steps, eta, clip_x0)
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
             show_eps = flag(show_eps, "show ε̂")
@@ -296,7 +297,7 @@ class Handlers:
         served = self.served(user)
         forward = user.forward
         with user_errors():
-            settings = SamplerSettings.checked(sampler, steps, eta, clip_x0, served.timesteps)
+            settings = served.settings(sampler, steps, eta, clip_x0)
             seed = resolve_seed(seed)
         if forward.x_t is None or forward.model != served.name:
             raise user_error("Noise a photo in the Forward tab first (upload or pick one, then choose t).")
@@ -324,8 +325,9 @@ class Handlers:
     # -- Model ------------------------------------------------------------------------------------------
 
     def select_model(self, name: str, user: UserState) -> tuple:
-        """Switch this user's model: (summary, card, samples, header, t-slider, DDIM-steps and DDIM-η updates of
-        Generate and Denoise, dropdown update)."""
+        """Switch this user's model: (summary, card, samples, header, t-slider, DDIM-steps updates of Generate and
+        Denoise, Generate's image count, clip-x̂₀ updates of Generate and Denoise, DDIM-η updates of Generate and
+        Denoise, dropdown update)."""
         with user_errors():
             served = self.library.get(choice(name, "model", self.library.names))
         return self._switch(user, served, f"Loaded **{served.name}**.")
@@ -378,13 +380,18 @@ class Handlers:
         T = served.timesteps
         defaults = served.config.sampling
         if defaults != SamplingDefaults():
-            status += f" DDIM η starts at {number(defaults.ddim_eta)} for this model: {defaults.why}"
+            differs = ([f"DDIM η starts at {number(defaults.ddim_eta)}"] * (defaults.ddim_eta != 0)
+                       + ["x̂₀ clipping starts off"] * (not defaults.clip_x0)
+                       + ["DDPM adds noise with σ_t² = β_t"] * (defaults.variance == "beta"))
+            status += f" {', '.join(differs) or 'Sampling'} for this model: {defaults.why}"
+        first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)  # the model card's table says why, if it differs
         table, card, samples = model_card(served)
         # one update per output: Gradio takes the value out of an update dict as it sends it
-        ddim_steps = [gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T)) for _ in range(2)]
+        ddim_steps = [gr.update(maximum=T, value=first.ddim_steps) for _ in range(2)]
         ddim_eta = [gr.update(value=defaults.ddim_eta) for _ in range(2)]
+        clip = [gr.update(value=defaults.clip_x0) for _ in range(2)]
         return (status + "\n\n" + table, card, samples, model_header(served),
-                gr.update(maximum=T - 1, value=T // 4), *ddim_steps, *ddim_eta,
+                gr.update(maximum=T - 1, value=T // 4), *ddim_steps, gr.update(value=first.batch), *clip, *ddim_eta,
                 gr.update(choices=self.library.names, value=served.name))
 
 
@@ -512,6 +519,8 @@ def model_card(served: ServedModel) -> tuple[str, str, str | None]:
             ("speed here", "not measured (compiled on first use)" if s.ms_per_step is None
              else f"{s.ms_per_step:.1f} ms per step at batch 1, measured on this machine when the model was loaded"),
             ("runs on", s.runtime)]
+    first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)
+    rows += [("first settings", first.note)] if first.note else []
     rows += [(k.replace("_", " "), str(v)) for k, v in s.training.items()
              if isinstance(v, (str, int, float, bool)) and k != "dataset"][:12]
     table = "| property | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -572,7 +581,10 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
     th = TeachHandlers(library, preview_interval=preview_interval)
     first = library.get()
     T = first.timesteps
-    first_settings = replace(DEFAULT_SETTINGS, eta=first.config.sampling.ddim_eta)  # the model may ask for another η
+    first_run = first.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)  # fewer where a step is slow here
+    # the model may ask for another η and clipping
+    first_settings = replace(DEFAULT_SETTINGS, eta=first.config.sampling.ddim_eta, steps=first_run.ddim_steps,
+                             clip_x0=first.config.sampling.clip_x0)
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
     # operation on this thread would start a second OpenMP team, and sampling on a 2-core CPU then measured
     # 35-50 % slower for as long as the server runs (benchmarks/app_stream.py)
@@ -597,9 +609,9 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                             seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0,
                                                   min_width=120)
                             seed_used = gr.Textbox(label="Seed used", interactive=False, min_width=120)
-                        batch = widgets.Slider(1, MAX_BATCH, value=4, step=1, label="Images")
+                        batch = widgets.Slider(1, MAX_BATCH, value=first_run.batch, step=1, label="Images")
                         with gr.Row():
-                            clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
+                            clip = gr.Checkbox(first_settings.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
                             show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120,
                                                    info="with clipping on: the ε̂ consistent with the clipped x̂₀")
                         with gr.Row():
@@ -683,7 +695,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                         sd_start = _image("start: x_t", height=200)
                         sd_sampler, sd_steps, sd_eta = _sampler_controls(T, SDEDIT_CHOICES, first_settings)
                         sd_seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0)
-                        sd_clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀ to [−1, 1]")
+                        sd_clip = gr.Checkbox(first_settings.clip_x0, label="Clip x̂₀ to [−1, 1]")
                         with gr.Row():
                             sd_btn = gr.Button("Denoise", variant="primary", min_width=100)
                             sd_stop = gr.Button("Stop", variant="stop", min_width=80)
@@ -771,7 +783,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         sd_stop.click(lambda: STOPPED, None, sd_status, cancels=[sd_event], api_visibility="private",
                       queue=False).then(**stopped)
 
-        model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, eta, sd_eta, model_pick]
+        model_outputs = [summary, card, samples, header, t_slider, steps, sd_steps, batch, clip, sd_clip, eta, sd_eta,
+                         model_pick]
         refresh_forward = dict(fn=h.noise, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
                                **noise_kw)
         teach_ranges = dict(fn=th.ranges, inputs=user, outputs=[teach.train_t, teach.compare_t, teach.interp_steps,

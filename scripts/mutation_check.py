@@ -53,6 +53,7 @@ CPU = ("tests/test_cpu.py",)
 MODEL_FOLDERS_IN_APP = ("tests/test_model_folders_in_app.py",)
 INPUTS = ("tests/test_inputs.py",)  # the checks of what users send
 API = ("tests/test_api_inputs.py",)  # a real server sent every kind of value (a few minutes)
+DIFFUSERS = ("tests/test_diffusers_folder.py", "tests/test_diffusers_views.py")  # diffusers DDPM folders
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,8 @@ MUTATIONS: list[Mutation] = [
       "return processing_utils.save_file_to_cache(path, processing_utils.get_upload_folder())", "return str(path)",
       MODEL_FOLDERS_IN_APP, "a weights folder outside the working and temporary folders: Gradio refuses its samples.png"),
     M("model-switch-updates-shared", "ddpm_app/ui.py",
-      "ddim_steps = [gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T)) for _ in range(2)]",
-      "ddim_steps = [gr.update(maximum=T, value=min(DEFAULT_SETTINGS.steps, T))] * 2", ("tests/test_app_server.py",),
+      "ddim_steps = [gr.update(maximum=T, value=first.ddim_steps) for _ in range(2)]",
+      "ddim_steps = [gr.update(maximum=T, value=first.ddim_steps)] * 2", ("tests/test_app_server.py",),
       "after a model switch Denoise keeps its old DDIM step count (Gradio empties a shared update)"),
     M("model-eta-default-ignored", "ddpm_app/ui.py",
       "ddim_eta = [gr.update(value=defaults.ddim_eta) for _ in range(2)]",
@@ -375,7 +376,8 @@ MUTATIONS: list[Mutation] = [
       "clip_x0=self.clip_x0, start_t=start_t", "clip_x0=True, start_t=start_t", APP,
       "the Clip x̂₀ checkboxes (Generate and Denoise) do nothing"),
     M("app-eta-ignored", "ddpm_app/samplers.py",
-      'return cls("ddim", steps, eta, clip_x0)', 'return cls("ddim", steps, 0.0 * eta, clip_x0)', APP,
+      'return cls("ddim", steps, eta, clip_x0, variance)', 'return cls("ddim", steps, 0.0 * eta, clip_x0, variance)',
+      APP,
       "the η slider does nothing"),
     M("app-seed-ignored", "ddpm_app/app/served.py",
       "return torch.Generator(device=self.device).manual_seed(seed)",
@@ -479,6 +481,16 @@ MUTATIONS: list[Mutation] = [
     M("high-bit-image-not-averaged", "ddpm_app/image.py",
       "if img.mode not in HIGH_BIT_MODES or factor < 2:", "if True:", ("tests/test_reliability.py",),
       "a 252 KB float TIFF of 6,300² pixels costs a gigabyte and seconds of the device thread"),
+    # --- diffusers DDPM folders: the scheduler config mapped onto the app's schedule ------------------------------
+    M("diffusers-fixed-large-as-posterior", "ddpm_app/diffusers_folder.py",
+      '"fixed_large": "beta"}', '"fixed_large": "posterior"}', DIFFUSERS,
+      "a diffusers model with variance_type fixed_large samples with σ_t² = β̃_t instead of β_t"),
+    M("diffusers-clip-sample-ignored", "ddpm_app/diffusers_folder.py",
+      "why=why, clip_x0=clip, variance=variance)", "why=why, clip_x0=True, variance=variance)", DIFFUSERS,
+      "a diffusers model with clip_sample false starts with x̂₀ clipped"),
+    M("diffusers-v-prediction-accepted", "ddpm_app/diffusers_folder.py",
+      'if field("prediction_type", "epsilon") != "epsilon":', 'if field("prediction_type", "epsilon") == "nothing":',
+      DIFFUSERS, "a v-prediction model is run as if it predicted ε: a silently wrong chain"),
 ]
 
 

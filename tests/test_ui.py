@@ -607,7 +607,8 @@ def test_a_model_can_ask_for_its_own_ddim_eta(tmp_path: Path):
 
 def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
     me, other = UserState(), UserState()
-    summary, card, samples, header, t_slider, steps, sd_steps, eta, sd_eta, pick = handlers.select_model("mono", me)
+    summary, card, samples, header, t_slider, steps, sd_steps, batch, clip, sd_clip, eta, sd_eta, pick = \
+        handlers.select_model("mono", me)
     assert "mono" in header and "8×8" in header and "1 channel," in header
     assert "| dataset | noise |" in summary and samples is None
     assert t_slider["maximum"] == 11 and steps["maximum"] == 12 and pick["value"] == "mono"

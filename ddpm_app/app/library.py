@@ -14,6 +14,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
+from ..diffusers_folder import MODEL_INDEX
 from ..model_folder import CONFIG_NAME, ModelFolderError, download, load_local
 from ..values import shown
 from .inputs import InputError, choice, hub_model_id
@@ -89,22 +90,40 @@ def find_models(weights_dir: str | Path) -> dict[str, Path]:
     return model_folders(weights_dir)[0]
 
 
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a model: this app's (config.json) or a diffusers DDPM pipeline (model_index.json)."""
+    return (folder / CONFIG_NAME).is_file() or (folder / MODEL_INDEX).is_file()
+
+
 def model_folders(weights_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
     """(the model folders directly inside ``weights_dir`` by name, the names of those refused because a link in
-    them, or the folder itself, leads out of ``weights_dir``)."""
+    them, or the folder itself, leads out of ``weights_dir``). A weights folder that is itself a diffusers DDPM folder
+    serves that one model, under its folder's name."""
     weights_dir = Path(weights_dir)
     if not weights_dir.is_dir():
         return {}, []
-    out = {p: leads_out(p, weights_dir) for p in sorted(weights_dir.iterdir()) if (p / CONFIG_NAME).is_file()}
+    if (weights_dir / MODEL_INDEX).is_file():
+        candidates = [weights_dir]
+    else:
+        candidates = [p for p in sorted(weights_dir.iterdir()) if is_model_folder(p)]
+    out = {p: leads_out(p, weights_dir) for p in candidates}
     return {p.name: p for p, link in out.items() if link is None}, [p.name for p, link in out.items() if link]
 
 
 def leads_out(folder: Path, root: Path) -> Path | None:
     """The first of ``folder`` and the files in it whose real path (every link followed) is outside ``root``'s, or
     None: the app reads model folders from inside its weights folders only, and a link there to /elsewhere would
-    let a model folder, or its weights, card or pictures, come from anywhere."""
+    let a model folder, or its weights, card or pictures, come from anywhere. A diffusers DDPM folder's parts (unet/,
+    scheduler/) and their files are looked at too."""
     real_root = root.resolve()
-    for path in [folder, *(p for p in sorted(folder.iterdir()) if not p.is_dir())]:
+    folders = [folder]
+    if (folder / MODEL_INDEX).is_file():
+        folders += [part for part in (folder / "unet", folder / "scheduler") if part.exists()]
+    paths = list(folders)
+    for inside in folders:
+        if inside.is_dir():
+            paths += [p for p in sorted(inside.iterdir()) if not p.is_dir()]
+    for path in paths:
         if not path.resolve().is_relative_to(real_root):
             return path
     return None
@@ -124,7 +143,7 @@ class ModelLibrary:
     def __init__(self, weights_dir: str | Path | Sequence[str | Path], device: torch.device | str = "cpu",
                  default: str | None = None, models_in_memory: int = MODELS_IN_MEMORY,
                  hub_cache_dir: str | Path | None = None, precision: str = "auto",
-                 cpu_runtime: str = "pytorch", cpu_threads: int | None = None):
+                 cpu_runtime: str = "pytorch", cpu_threads: int | None = None, hub_models: Sequence[str] = ()):
         dirs = [weights_dir] if isinstance(weights_dir, (str, Path)) else list(weights_dir)
         self.roots = tuple(Path(d) for d in dirs)
         self.weights_dir = self.roots[0]
@@ -135,16 +154,22 @@ class ModelLibrary:
         self._added: dict[str, Path] = {}  # from the Hub or a nested folder: kept by a rescan
         self._hub: set[str] = set()  # the models loaded from the Hub (their cache links its files, by design)
         self.refused: list[str] = []  # model folders the last scan left out: a link in them leads out
+        self.hub_cache_dir = hub_cache_dir
+        for repo_id in hub_models:  # fetched now (a model folder or a diffusers DDPM folder), loaded on first use
+            repo_id = hub_model_id(repo_id)
+            self._added[repo_id] = download(repo_id, cache_dir=hub_cache_dir)
+            self._hub.add(repo_id)
         self.folders: dict[str, Path] = self._scan()
         if not self.folders:
             raise ModelFolderError(f"no models in {self._where}: each model is a folder with config.json "
-                                  "and model.safetensors (train one, or pass --weights DIR)")
+                                  "and model.safetensors, or a diffusers DDPM folder (train one, or pass --weights DIR "
+                                  "or a Hub repo id)")
         if default is not None and default not in self.folders:
             raise ModelFolderError(f"no model named {default!r} in {self._where}; "
                                   f"found: {', '.join(self.folders)}")
-        self.default = default or (DEFAULT_MODEL if DEFAULT_MODEL in self.folders else next(iter(self.folders)))
+        first = hub_model_id(hub_models[0]) if hub_models else DEFAULT_MODEL
+        self.default = default or (first if first in self.folders else next(iter(self.folders)))
         self.models_in_memory = models_in_memory
-        self.hub_cache_dir = hub_cache_dir
         self._loaded: OrderedDict[str, ServedModel] = OrderedDict()
         self._loading: dict[str, Future[ServedModel]] = {}  # by name: the loads under way
         self._lock = threading.Lock()  # guards the three dicts above and the folders; never held during a load
@@ -164,7 +189,7 @@ class ModelLibrary:
             self.refused += [f"{root / name}" for name in refused]
             for name, folder in inside.items():
                 found.setdefault(name, folder)
-        return found | {name: f for name, f in self._added.items() if (f / CONFIG_NAME).is_file()}
+        return found | {name: f for name, f in self._added.items() if is_model_folder(f)}
 
     def rescan(self) -> tuple[list[str], list[str]]:
         """Look at the weights folders again: (names of models new there, names of models gone)."""
@@ -229,7 +254,8 @@ class ModelLibrary:
         return self._served(name, self.folders[name], hub=name in self._hub)
 
     def add_from_hub(self, repo_id: str) -> str:
-        """Download a model in this app's format from the Hub and load it; returns its name (the repo id).
+        """Download a model in this app's format, or a diffusers DDPM pipeline, from the Hub and load it; returns its
+        name (the repo id).
 
         Raises :class:`ModelFolderError` (offline, not found, wrong format) and leaves the library as it was.
         """

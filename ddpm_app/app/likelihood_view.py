@@ -40,8 +40,8 @@ def photo_bits_per_dim(served: ServedModel, x0: Tensor, seed: int, num_timesteps
     (None: all T, exact), its timesteps and noise drawn from ``seed``."""
     batch = timesteps_per_call(min(num_timesteps or served.timesteps, served.timesteps))
     return bits_per_dim(served.fp32_eps_model, served.schedule, to_uint8(x0)[None], num_timesteps=num_timesteps,
-                        batch_size=batch, generator=served.generator(seed), clip_x0=CLIP_X0, device=served.device,
-                        progress=progress)
+                        batch_size=batch, generator=served.generator(seed), clip_x0=CLIP_X0,
+                        variance=served.config.sampling.variance, device=served.device, progress=progress)
 
 
 def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100) -> np.ndarray:

@@ -17,14 +17,26 @@ from torch import Tensor
 from .. import heldout
 from ..heldout import HeldOut
 from ..image import load_image
-from ..inference import example_input, median_ms, prepare
+from ..inference import Prepared, Runtime, example_input, median_ms, prepare
 from ..interpolation import slerp, weights
 from ..model_folder import LoadedModel
+from ..models import DiffusersUNet
 from ..samplers import SamplerSettings, Step
 from ..schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
 from .inputs import InputError, batch_size, whole_number
 
 STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
+FIRST_RUN_SECONDS = 60  # Generate's first settings should finish within about this long on this machine
+MIN_FIRST_STEPS = 10  # ... but with no fewer DDIM steps than this
+SLOW_STEP_MS = 1000  # a step this slow is timed once when the model loads, not four times
+
+
+class FirstRun(NamedTuple):
+    """Generate's first settings for a model on this machine, and why they differ from the app's (or "")."""
+
+    batch: int
+    ddim_steps: int
+    note: str
 
 
 class NoiseLevel(NamedTuple):
@@ -68,8 +80,11 @@ class ServedModel:
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
         self.device = torch.device(device)
-        prepared = prepare(loaded.model, self.device, precision=precision, cpu_runtime=cpu_runtime,
-                           cpu_threads=cpu_threads)
+        if self.device.type == "cpu" and isinstance(loaded.model, DiffusersUNet):
+            prepared = plain_cpu(loaded.model, cpu_threads)
+        else:
+            prepared = prepare(loaded.model, self.device, precision=precision, cpu_runtime=cpu_runtime,
+                               cpu_threads=cpu_threads)
         self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
         # the same network in fp32, for what the teaching views measure (the loss, the bound): the held-out figures
         # beside them were made in fp32, and bf16 would move the loss at large t (see Prepared.in_fp32)
@@ -79,7 +94,11 @@ class ServedModel:
         # what a step costs on this machine, for the model tab (on CUDA the first call compiles: not measured)
         self.ms_per_step = None
         if self.device.type == "cpu":
-            self.ms_per_step = median_ms({"step": prepared}, example_input(loaded.model, 1), rounds=3)["step"]
+            # one call first: where it takes seconds (a 256² model), that call is the figure, not the median of four
+            example = example_input(loaded.model, 1)
+            self.ms_per_step = median_ms({"step": prepared}, example, rounds=1, warmup=0)["step"]
+            if self.ms_per_step < SLOW_STEP_MS:
+                self.ms_per_step = median_ms({"step": prepared}, example, rounds=3)["step"]
         self.heldout_note = ""  # why :attr:`heldout` is None, once it has been looked up
 
     @property
@@ -114,6 +133,25 @@ class ServedModel:
 
     def check_batch(self, batch: float | None) -> int:
         return batch_size(batch)
+
+    def settings(self, sampler: str, steps: float | None, eta: float | None, clip_x0: bool) -> SamplerSettings:
+        """A user's sampler settings for this model, checked, with DDPM's reverse variance σ_t² of its config."""
+        return SamplerSettings.checked(sampler, steps, eta, clip_x0, self.timesteps, self.config.sampling.variance)
+
+    def first_run(self, batch: int, ddim_steps: int) -> FirstRun:
+        """What Generate starts with for this model: the app's ``batch`` and ``ddim_steps``, or, where a step costs so
+        much here that such a run would take more than :data:`FIRST_RUN_SECONDS` (a 256² model on a CPU), one image
+        and as many DDIM steps as fit in that time (at least :data:`MIN_FIRST_STEPS`), with a note that says why."""
+        ms = self.ms_per_step
+        if ms is None or ms * batch * ddim_steps <= FIRST_RUN_SECONDS * 1000:
+            return FirstRun(batch, min(ddim_steps, self.timesteps), "")
+        steps = max(MIN_FIRST_STEPS, min(ddim_steps, int(FIRST_RUN_SECONDS * 1000 // ms)))
+        steps = min(steps, self.timesteps)
+        size = self.config.image_size
+        note = (f"A step of this {size}×{size} model takes {ms / 1000:.1f} s here ({self.device.type}, one image), so "
+                f"Generate starts with 1 image and DDIM with {steps} steps (about {steps * ms / 1000:.0f} s); DDPM's "
+                f"{self.timesteps} steps would take about {self.timesteps * ms / 60000:.0f} min per image.")
+        return FirstRun(1, steps, note)
 
     def sample(self, settings: SamplerSettings, batch: int, seed: int) -> Iterator[Step]:
         """The reverse chain from x_T ~ N(0, I), drawn (like all its noise) from a generator seeded with ``seed``."""
@@ -189,6 +227,17 @@ class ServedModel:
                             self.config.image_size, self.config.channels, self.config.schedule,
                             None if dataset is None else str(dataset), training, card,
                             samples if samples.is_file() else None, self.runtime.describe(), self.ms_per_step)
+
+
+def plain_cpu(model: DiffusersUNet, threads: int | None) -> Prepared:
+    """diffusers' UNet2DModel on the CPU as PyTorch runs it, in fp32: the app's CPU engine (OpenVINO) is built for its
+    own U-Nets."""
+    model.cpu().eval().requires_grad_(False)
+    threads = threads or torch.get_num_threads()
+    runtime = Runtime(f"cpu, {threads} threads", "fp32", False,
+                      "diffusers' UNet2DModel as PyTorch runs it; the app's CPU engine is for its own U-Nets",
+                      engine=f"PyTorch {torch.__version__}")
+    return Prepared(model, channels_last=False, precision="fp32", device_type="cpu", runtime=runtime)
 
 
 def _strip_front_matter(text: str) -> str:

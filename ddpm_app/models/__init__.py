@@ -6,16 +6,18 @@ from dataclasses import fields
 from typing import Any
 
 from ..values import ConfigError, shown
+from .diffusers_unet import DiffusersUNet, DiffusersUNetConfig
 from .layers import Denoiser
 from .seed import SeedUNet, SeedUNetConfig
 from .unet import UNet, UNetConfig
 
-ModelConfig = UNetConfig | SeedUNetConfig
+ModelConfig = UNetConfig | SeedUNetConfig | DiffusersUNetConfig
 
 # architecture name (as written in config.json) → (config class, model class)
 ARCHITECTURES: dict[str, tuple[type, type[Denoiser]]] = {
     "ddpm": (UNetConfig, UNet),
     "seed": (SeedUNetConfig, SeedUNet),
+    "diffusers-unet2d": (DiffusersUNetConfig, DiffusersUNet),  # diffusers' UNet2DModel (see diffusers_folder)
 }
 
 
@@ -51,5 +53,5 @@ def build_model(config: ModelConfig) -> Denoiser:
     return ARCHITECTURES[arch_name(config)][1](config)
 
 
-__all__ = ["ARCHITECTURES", "architecture", "Denoiser", "ModelConfig", "SeedUNet", "SeedUNetConfig", "UNet", "UNetConfig",
+__all__ = ["ARCHITECTURES", "architecture", "Denoiser", "DiffusersUNet", "DiffusersUNetConfig", "ModelConfig", "SeedUNet", "SeedUNetConfig", "UNet", "UNetConfig",
            "arch_name", "build_model", "make_config"]
