@@ -180,6 +180,12 @@ class FileInput(gr.File):
     data_model = property(lambda self: SentFileData, lambda self, value: None)
     field = "file"
 
+    def get_block_name(self) -> str:
+        """The browser's File widget, for subclasses too (Gradio names a template by its direct base class)."""
+        return "file"
+
+    get_block_class = get_block_name
+
     def _refused(self, sent: str) -> gr.Error:
         return user_error(f"{self.field} must be an uploaded file (gradio_client: handle_file(path)), got {sent}")
 

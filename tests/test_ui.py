@@ -728,3 +728,15 @@ def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, mo
     run_all(handlers.denoise("ddim", 3, 0.0, 1, True, user))
     handlers.frame(1, user)
     assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_every_component_is_one_the_browser_has(library: ModelLibrary):
+    """A template component is drawn by its base class's widget, named by Gradio after the direct base: a template of a
+    template would name a widget that does not exist, and the page would fail to load it as a custom component."""
+    builtin = {cls.__name__.lower() for cls in vars(gr.components).values()
+               if isinstance(cls, type) and issubclass(cls, gr.blocks.Block)}
+    builtin |= {gr.Tab(render=False).get_block_name()} | {cls.__name__.lower() for cls in vars(gr.layouts).values()
+                                                          if isinstance(cls, type) and issubclass(cls, gr.blocks.Block)}
+    demo = ui.build(library)
+    names = {block.get_block_name() for block in demo.blocks.values()}
+    assert names <= builtin, names - builtin
