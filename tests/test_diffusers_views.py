@@ -98,7 +98,7 @@ def test_training_likelihood_compare_interpolate_and_figures(handlers: ui.Handle
     list(handlers.generate("ddim", 4, 0.0, 5, 1, False, False, user))
     image, caption = teach.compare(8, user)
     assert image is not None and "**A** (pinned): DDPM" in caption
-    outs = list(teach.interpolate(1, 2, 3, 3, False, user))
+    outs = list(teach.interpolate(1, 2, 3, 3, 0.0, False, user))
     assert outs
     handlers.frame(2, user)
     handlers.noise(str(PHOTO), 9, True, 5, user)
