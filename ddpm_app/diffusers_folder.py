@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .model_folder import (MAX_CONFIG_BYTES, MAX_NESTING, MAX_PARAMETERS, DiffusionConfig, LoadedModel,
-                           ModelFolderError, SamplingDefaults, nesting)
+                           ModelFolderError, SamplingDefaults, check_shapes, nesting)
 from .models import DiffusersUNet, DiffusersUNetConfig
 from .schedule import MAX_TIMESTEPS, Schedule, ScheduleConfig
 from .values import ConfigError, exact_int, exact_real, shown
@@ -198,13 +198,7 @@ def load_diffusers(directory: str | Path, device: torch.device | str = "cpu") ->
     # weights saved before diffusers renamed its attention layers (query → to_q, …) load as diffusers loads them
     skeleton.unet._fix_state_dict_keys_on_load(shapes)
     expected = {k: tuple(v.shape) for k, v in skeleton.unet.state_dict().items()}
-    differences = ([f"{k} missing" for k in expected if k not in shapes]
-                   + [f"{k} not in the network" for k in shapes if k not in expected]
-                   + [f"{k} is {shapes[k]} in the weights, {s} by {UNET_CONFIG}"
-                      for k, s in expected.items() if k in shapes and shapes[k] != s])
-    if differences:
-        raise ModelFolderError(f"{unet_dir / files[0]}: weights do not match {UNET_CONFIG} "
-                               f"({'; '.join(differences[:4])}{'; …' if len(differences) > 4 else ''})")
+    check_shapes(expected, shapes, unet_dir / files[0], UNET_CONFIG)
     model = DiffusersUNet(config.model)
     state: dict[str, torch.Tensor] = {}
     for name in files:

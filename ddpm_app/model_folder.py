@@ -252,13 +252,7 @@ def check_weights(directory: Path, config: DiffusionConfig, files: list[str]) ->
         except (SafetensorError, OSError) as e:
             raise ModelFolderError(f"{directory / name}: not a readable safetensors file ({e}). "
                                    "Re-export or re-download the model.") from None
-    differences = ([f"{k} missing" for k in expected if k not in found]
-                   + [f"{k} not in the network" for k in found if k not in expected]
-                   + [f"{k} is {found[k]} in the weights, {shape} by config.json"
-                      for k, shape in expected.items() if k in found and found[k] != shape])
-    if differences:
-        raise ModelFolderError(f"{directory / files[0]}: weights do not match config.json "
-                               f"({'; '.join(differences[:4])}{'; …' if len(differences) > 4 else ''})")
+    check_shapes(expected, found, directory / files[0], CONFIG_NAME)
 
 
 def load_local(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -341,3 +335,16 @@ def load_pretrained(source: str | Path, device: torch.device | str = "cpu", revi
         loaded.source = source_str
         return loaded
     return load_local(source, device)
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], weights: Path,
+                 config: str) -> None:
+    """A ModelFolderError naming ``weights`` unless its tensors (``found``: name → shape, from the file headers) are
+    exactly the ones the network ``config`` describes would hold (``expected``), shape for shape."""
+    differences = ([f"{k} missing" for k in expected if k not in found]
+                   + [f"{k} not in the network" for k in found if k not in expected]
+                   + [f"{k} is {found[k]} in the weights, {shape} by {config}"
+                      for k, shape in expected.items() if k in found and found[k] != shape])
+    if differences:
+        raise ModelFolderError(f"{weights}: weights do not match {config} "
+                               f"({'; '.join(differences[:4])}{'; …' if len(differences) > 4 else ''})")
