@@ -15,7 +15,7 @@ import time
 
 from starlette.middleware import Middleware
 
-from ddpm_app.cpu import cpu_budget, trim_malloc, tune_malloc, wait_passively
+from ddpm_app.runtime.cpu import cpu_budget, trim_malloc, tune_malloc, wait_passively
 
 WAITING = wait_passively()  # before torch loads OpenMP, which reads it once
 if __name__ == "__main__":
@@ -23,12 +23,14 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from ddpm_app import ui  # noqa: E402
-from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, Users  # noqa: E402
-from ddpm_app.app.server import BodyLimit  # noqa: E402
-from ddpm_app.image import MAX_FILE_BYTES  # noqa: E402
-from ddpm_app.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device  # noqa: E402
-from ddpm_app.model_folder import ModelFolderError, is_repo_id  # noqa: E402
+from ddpm_app.image import MAX_FILE_BYTES
+from ddpm_app.io.model_folder import ModelFolderError, is_repo_id
+from ddpm_app.runtime.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL
+from ddpm_app.serve.server import BodyLimit
+from ddpm_app.ui import page as ui
+from ddpm_app.views.state import Users
 
 IDLE_TRIM_S = 5.0  # seconds without tensor work before freed memory is returned to the system
 

@@ -16,19 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_app import cli
+from ddpm_app.cli import options as cli
 
 
 def _import_training():
     # deferred so that `--help` answers without loading torch
-    from ddpm_app import training
+    from ddpm_app.training import trainer as training
     return training
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ddpm_app.diffusion.schedule import ScheduleConfig
     from ddpm_app.models import SeedUNetConfig, UNetConfig
-    from ddpm_app.schedule import ScheduleConfig
-    from ddpm_app.training import TrainConfig
+    from ddpm_app.training.trainer import TrainConfig
 
     # option helps state their own defaults (from the config dataclasses), so no ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="train.py", description="Train a DDPM U-Net (ε-prediction, simple loss).")
@@ -83,7 +83,7 @@ def model_config_from_args(args, recipe_fields: tuple = ()):
 def detect_hardware(device) -> str:
     import torch
 
-    from ddpm_app.isa import cpu_model_name
+    from ddpm_app.runtime.isa import cpu_model_name
     if device.type == "cuda":
         n = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         return f"{n}× {torch.cuda.get_device_name(device)}" if n > 1 else torch.cuda.get_device_name(device)
@@ -95,7 +95,7 @@ def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddpm_app.training import read_metrics
+    from ddpm_app.training.trainer import read_metrics
 
     rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows:
@@ -116,8 +116,9 @@ def complete_export(folder: Path, samples: Path | None, title: str, data: str | 
     data pack has a test/ split, the held-out loss curve and bits/dim (heldout.json)."""
     import torch
 
-    from ddpm_app import heldout, model_card
-    from ddpm_app.model_folder import read_config
+    from ddpm_app.io import model_card
+    from ddpm_app.io.model_folder import read_config
+    from ddpm_app.metrics import heldout
     from ddpm_app.models import build_model
 
     if samples is not None:
@@ -152,12 +153,13 @@ def train_main(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     training = _import_training()
-    from ddpm_app.data import DatasetError
-    from ddpm_app.schedule import ScheduleConfig
     from tqdm import tqdm
 
+    from ddpm_app.diffusion.schedule import ScheduleConfig
+    from ddpm_app.io.data import DatasetError
+
     if args.push_to_hub:  # a bad repo id is worth knowing now, not after hours of training
-        from ddpm_app.hub import HubError, check_repo_id, has_token
+        from ddpm_app.io.hub import HubError, check_repo_id, has_token
         try:
             check_repo_id(args.push_to_hub)
         except HubError as e:
@@ -190,7 +192,7 @@ def train_main(argv) -> int:
         if not cfg.data:
             print("error: --data is required (an image folder or a .zip pack)", file=sys.stderr)
             return 2
-        from ddpm_app.inference import resolve_device
+        from ddpm_app.runtime.inference import resolve_device
         on = "cuda" if "cuda" in cfg.device else resolve_device(cfg.device).type  # a rank's own GPU is not asked for yet
         recipe = training.recipe_for(cfg, args.arch, on)
         model_config = None if args.resume else model_config_from_args(args, recipe.model)
@@ -268,7 +270,7 @@ def train_main(argv) -> int:
 
 def cpu_note(cfg, arch: str) -> str:
     """What training without a GPU does, said before it starts: which settings, and how to get the others."""
-    from ddpm_app import training
+    from ddpm_app.training import trainer as training
 
     recipe = training.recipe_for(cfg, arch, "cpu")
     if recipe is training.CPU_RECIPES[arch]:
@@ -290,7 +292,7 @@ def expected_note(cfg, p) -> str:
 
 
 def push(folder: Path, repo_id: str, private: bool = False) -> int:
-    from ddpm_app.hub import HubError, push_folder
+    from ddpm_app.io.hub import HubError, push_folder
     try:
         url = push_folder(folder, repo_id, private=private)
     except HubError as e:
@@ -319,7 +321,7 @@ def export_main(argv) -> int:
     out = training.export_checkpoint(ckpt, args.out, args.export_dtype, extra)
     grids = sorted((Path(args.ckpt).parent / "samples").glob("step_*.png"))
     data = (ckpt.get("data") or {}).get("path") or ckpt["train_config"].get("data")
-    from ddpm_app.inference import resolve_device
+    from ddpm_app.runtime.inference import resolve_device
     # the held-out figures take minutes on a CPU and seconds on a GPU
     complete_export(out, grids[-1] if grids else None, args.name or "DDPM model", data=data,
                     device=str(resolve_device()))

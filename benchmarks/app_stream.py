@@ -47,12 +47,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from ddpm_app import ui  # noqa: E402
-from ddpm_app.app import DEFAULT_PREVIEW_INTERVAL, ModelLibrary, UserState  # noqa: E402
-from ddpm_app.cpu import cpu_budget, tune_malloc  # noqa: E402
-from ddpm_app.inference import resolve_device  # noqa: E402
-from ddpm_app.isa import detect  # noqa: E402
-from ddpm_app.samplers import DEFAULT_DDIM_STEPS, SamplerSettings  # noqa: E402
+from ddpm_app.diffusion.samplers import DEFAULT_DDIM_STEPS, SamplerSettings
+from ddpm_app.runtime.cpu import cpu_budget, tune_malloc
+from ddpm_app.runtime.inference import resolve_device
+from ddpm_app.runtime.isa import detect
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL
+from ddpm_app.ui import page as ui
+from ddpm_app.views.state import UserState
 
 SEED = 1234
 ROOT = Path(__file__).resolve().parents[1]

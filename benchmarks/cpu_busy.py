@@ -31,16 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from ddpm_app.cpu import tune_malloc, wait_passively  # noqa: E402
+from ddpm_app.runtime.cpu import tune_malloc, wait_passively
 
 WAITING = wait_passively()  # before torch loads OpenMP, as app.py does
 
 import torch  # noqa: E402
 
-from ddpm_app.inference import CPU_RUNTIMES, example_input, median_ms, prepare_cpu  # noqa: E402
-from ddpm_app.isa import detect  # noqa: E402
-from ddpm_app.model_folder import load_pretrained  # noqa: E402
-from ddpm_app.samplers import SamplerSettings  # noqa: E402
+from ddpm_app.diffusion.samplers import SamplerSettings
+from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.runtime.inference import CPU_RUNTIMES, example_input, median_ms, prepare_cpu
+from ddpm_app.runtime.isa import detect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,9 +105,8 @@ def network_part(args, levels: list[int]) -> list[str]:
 
 
 def server_part(args, levels: list[int]) -> list[str]:
-    from gradio_client import Client
-
     from app_stream import start_server, time_server
+    from gradio_client import Client
 
     log = Path(tempfile.mkdtemp(prefix="cpu_busy-")) / "app.log"
     server_args = argparse.Namespace(weights=args.weights, model=args.model, threads=args.threads,

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from ddpm_app.isa import cpu_model_name
-from ddpm_app.model_folder import load_pretrained
+from ddpm_app.io.model_folder import load_pretrained
 from ddpm_app.models import DiffusersUNet, DiffusersUNetConfig
+from ddpm_app.runtime.isa import cpu_model_name
 
 COMMON = dict(act_fn="silu", attention_head_dim=None, center_input_sample=False, downsample_padding=0,
               flip_sin_to_cos=False, freq_shift=1, in_channels=3, out_channels=3, layers_per_block=2,

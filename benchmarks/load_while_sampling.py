@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from ddpm_app import ui
-from ddpm_app.app import ModelLibrary, UserState
-from ddpm_app.cpu import cpu_budget
+from ddpm_app.runtime.cpu import cpu_budget
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import page as ui
+from ddpm_app.views.state import UserState
 
 
 def ddim3(handlers: ui.Handlers, user: UserState) -> float:

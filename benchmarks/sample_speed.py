@@ -4,7 +4,7 @@
     python benchmarks/sample_speed.py [--threads 2] [--repeats 50] [--batches 1,2,3,4] [--precision auto]
 
 It first prints the CPU model, its instruction sets (AVX2 / AVX-512 / AVX512-BF16 / AMX), the threads and the
-network the app runs here (``ddpm_app.inference.prepare_cpu``). Then, per model and batch, the median of
+network the app runs here (``ddpm_app.runtime.inference.prepare_cpu``). Then, per model and batch, the median of
 ``--repeats`` single network evaluations of each CPU engine, interleaved (ABAB…) so that other jobs on the machine
 slow them alike: PyTorch in fp32, and OpenVINO in f32 and (where the CPU has bf16 in hardware) bf16 where it is
 installed. The seed architecture is measured with random weights (speed does not depend on the values). For how the
@@ -19,19 +19,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_app.cpu import tune_malloc, wait_passively  # noqa: E402
+from ddpm_app.runtime.cpu import tune_malloc, wait_passively
 
 wait_passively()  # before torch loads OpenMP, as app.py does
 
 import torch  # noqa: E402
 
-from ddpm_app import openvino_net, samplers  # noqa: E402
-from ddpm_app.inference import (CPU_RUNTIMES, PRECISION_CHOICES, Prepared, Runtime, example_input,  # noqa: E402
-                                median_ms, prepare, prepare_cpu)
-from ddpm_app.isa import CpuFeatures, detect  # noqa: E402
-from ddpm_app.model_folder import load_pretrained  # noqa: E402
-from ddpm_app.models import SeedUNetConfig, build_model  # noqa: E402
-from ddpm_app.schedule import Schedule, ScheduleConfig  # noqa: E402
+from ddpm_app.diffusion import samplers
+from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
+from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.models import SeedUNetConfig, build_model
+from ddpm_app.runtime import openvino_net
+from ddpm_app.runtime.inference import (
+    CPU_RUNTIMES,
+    PRECISION_CHOICES,
+    Prepared,
+    Runtime,
+    example_input,
+    median_ms,
+    prepare,
+    prepare_cpu,
+)
+from ddpm_app.runtime.isa import CpuFeatures, detect
 
 
 def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:

@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from ddpm_app import ui  # noqa: E402
-from ddpm_app.app import ModelLibrary, UserState  # noqa: E402
-from ddpm_app.ui_teach import TeachHandlers  # noqa: E402
-from ddpm_app.isa import cpu_model_name  # noqa: E402
+from ddpm_app.runtime.isa import cpu_model_name
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import page as ui
+from ddpm_app.ui.teach import TeachHandlers
+from ddpm_app.views.state import UserState
 
 PHOTO = Path(ui.ASSETS) / "portrait.png"
 

@@ -4,7 +4,7 @@ N(0, I)'s and a held-out sample's (docs/lab.md keeps the figures).
 
     python benchmarks/toy_lab.py [--data "two moons"] [--steps 4000] [--every 500] [--threads 2]
 
-Sampling time is not counted as training time. "useful" is :attr:`ddpm_app.app.lab_view.Quality.useful`.
+Sampling time is not counted as training time. "useful" is :attr:`ddpm_app.views.lab.Quality.useful`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_app.app.lab_view import LabSettings, quality
+from ddpm_app.diffusion.samplers import ddpm, final
+from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.lab import DATASETS, Trainer, build_model, dataset
-from ddpm_app.samplers import ddpm, final
-from ddpm_app.schedule import Schedule
+from ddpm_app.views.lab import LabSettings, quality
 
 
 def cpu_name() -> str:

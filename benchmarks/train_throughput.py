@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_app.data import ImagePack  # noqa: E402
-from ddpm_app.models import SeedUNetConfig, UNetConfig, build_model  # noqa: E402
-from ddpm_app.schedule import Schedule, ScheduleConfig  # noqa: E402
-from ddpm_app.training import Trainer, TrainConfig  # noqa: E402
+from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
+from ddpm_app.io.data import ImagePack
+from ddpm_app.models import SeedUNetConfig, UNetConfig, build_model
+from ddpm_app.training.trainer import TrainConfig, Trainer
 
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 

@@ -1,4 +1,4 @@
-"""Record ε̂ of every shipped model (weights/*) on fixed inputs, for tests/test_shipped_models.py.
+"""Record ε̂ of every shipped model (weights/*) on fixed inputs, for tests/models/test_shipped_models.py.
 
     python scripts/record_shipped_outputs.py        # writes tests/recorded/shipped_outputs.safetensors
 
@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpm_app.model_folder import load_pretrained  # noqa: E402
+from ddpm_app.io.model_folder import load_pretrained
 
 OUT = ROOT / "tests" / "recorded" / "shipped_outputs.safetensors"
 TIMESTEPS = (50, 600)

@@ -31,9 +31,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_app.model_folder import DiffusionConfig, save_pretrained
+from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
+from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig, UNet, UNetConfig
-from ddpm_app.schedule import Schedule, ScheduleConfig
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's build; scripts/test.sh installs it when this path is missing
 # flags for headless Chromium in a container: no sandbox (no user namespaces), no GPU, no background traffic

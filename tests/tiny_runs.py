@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm_app.data import ImagePack
+from ddpm_app.diffusion.schedule import ScheduleConfig
+from ddpm_app.io.data import ImagePack
 from ddpm_app.models import UNetConfig
-from ddpm_app.schedule import ScheduleConfig
-from ddpm_app.training import TrainConfig
+from ddpm_app.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PY = REPO / "train.py"

@@ -7,15 +7,15 @@
 - :mod:`.forward`: q(x_t | x₀) around one point, and the noised cloud.
 - :mod:`.metrics`: the energy distance between two point clouds.
 
-The schedule, the loss and the samplers are the library's own (:mod:`ddpm_app.schedule`, :mod:`ddpm_app.loss`,
-:mod:`ddpm_app.samplers`): they work on (B, 2) tensors as on (B, C, H, W) images.
+The schedule, the loss and the samplers are the library's own (:mod:`ddpm_app.diffusion.schedule`, :mod:`ddpm_app.diffusion.loss`,
+:mod:`ddpm_app.diffusion.samplers`): they work on (B, 2) tensors as on (B, C, H, W) images.
 """
 
-from .forward import Gaussian, noised_cloud, q_gaussian
-from .metrics import energy_distance
-from .model import PointMLP, PointMLPConfig, build_model, predict_field
-from .points import DATASETS, PointsError, PointSet, dataset, from_csv, from_drawing, split
-from .train import TrainRecord, Trainer, TrainSettings
+from ddpm_app.lab.forward import Gaussian, noised_cloud, q_gaussian
+from ddpm_app.lab.metrics import energy_distance
+from ddpm_app.lab.model import PointMLP, PointMLPConfig, build_model, predict_field
+from ddpm_app.lab.points import DATASETS, PointsError, PointSet, dataset, from_csv, from_drawing, split
+from ddpm_app.lab.train import Trainer, TrainRecord, TrainSettings
 
 __all__ = ["DATASETS", "Gaussian", "PointMLP", "PointMLPConfig", "PointSet", "PointsError", "TrainRecord", "Trainer",
            "TrainSettings", "build_model", "dataset", "energy_distance", "from_csv", "from_drawing",

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..schedule import Schedule
+from ddpm_app.diffusion.schedule import Schedule
 
 
 class Gaussian(NamedTuple):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..schedule import Schedule, extract
+from ddpm_app.diffusion.schedule import Schedule, extract
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..values import InvalidValue, shown
+from ddpm_app.checks import InvalidValue, shown
 
 MAX_POINTS = 5000  # training points in one set, at most
 MIN_POINTS = 10
@@ -88,7 +88,7 @@ def _smiley(n: int, g: torch.Generator) -> Tensor:
 def _word(n: int, g: torch.Generator, text: str = "DDPM") -> Tensor:
     from PIL import Image, ImageDraw
 
-    from ..app.pictures import label_font
+    from ddpm_app.pictures import label_font
 
     font = label_font(64)
     width = int(font.getlength(text)) + 16

@@ -13,8 +13,8 @@ from typing import Iterator, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..loss import diffusion_loss
-from ..schedule import Schedule
+from ddpm_app.diffusion.loss import diffusion_loss
+from ddpm_app.diffusion.schedule import Schedule
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ..values import ConfigError, shown
-from .diffusers_unet import DiffusersUNet, DiffusersUNetConfig
-from .layers import Denoiser
-from .seed import SeedUNet, SeedUNetConfig
-from .unet import UNet, UNetConfig
+from ddpm_app.checks import ConfigError, shown
+from ddpm_app.models.diffusers_unet import DiffusersUNet, DiffusersUNetConfig
+from ddpm_app.models.layers import Denoiser
+from ddpm_app.models.seed import SeedUNet, SeedUNetConfig
+from ddpm_app.models.unet import UNet, UNetConfig
 
 ModelConfig = UNetConfig | SeedUNetConfig | DiffusersUNetConfig
 
@@ -37,7 +37,7 @@ def architecture(arch: object) -> tuple[type, type[Denoiser]]:
 
 def make_config(arch: str, values: dict[str, Any]) -> ModelConfig:
     """The config dataclass of ``arch`` from a dict (e.g. config.json); unknown keys are an error, and so is any value
-    the config's own checks refuse (a :class:`~ddpm_app.values.ConfigError` naming the field)."""
+    the config's own checks refuse (a :class:`~ddpm_app.checks.ConfigError` naming the field)."""
     config_cls = architecture(arch)[0]
     if not isinstance(values, dict):
         raise ConfigError(f"the {arch} config must be a JSON object, got {shown(values)}")

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from ..values import ConfigError, exact_int, exact_ints, exact_real, shown
-from .layers import MAX_IMAGE_CHANNELS, MAX_IMAGE_SIZE, MAX_LEVELS, MAX_WIDTH, Denoiser
+from ddpm_app.checks import ConfigError, exact_int, exact_ints, exact_real, shown
+from ddpm_app.models.layers import MAX_IMAGE_CHANNELS, MAX_IMAGE_SIZE, MAX_LEVELS, MAX_WIDTH, Denoiser
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
@@ -108,7 +108,7 @@ class DiffusersUNetConfig:
 
 def check_unet(values: dict[str, Any]) -> dict[str, Any]:
     """The ``UNet2DModel`` arguments of ``values`` (unet/config.json), each checked, with diffusers' defaults for those
-    left out; a :class:`~ddpm_app.values.ConfigError` names the field that this app cannot run as diffusers would."""
+    left out; a :class:`~ddpm_app.checks.ConfigError` names the field that this app cannot run as diffusers would."""
     if not isinstance(values, dict):
         raise ConfigError(f"the UNet config must be a JSON object, got {shown(values)}")
     unet = {name: check(values[name], name) if name in values else default

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..values import exact_int, exact_real
+from ddpm_app.checks import exact_int, exact_real
 
 # Bounds on what a config may ask for, so a config.json cannot make the app build a network or images too large to
 # hold: sampling cost grows with image_size², and the widest shipped level has 192 channels
@@ -19,7 +19,7 @@ MAX_LEVELS = 8
 
 def check_image(image_size: object, in_channels: object, dropout: object) -> None:
     """The fields every network config has: image_size in 1…MAX_IMAGE_SIZE, in_channels in 1…MAX_IMAGE_CHANNELS,
-    dropout in 0…1 (:class:`~ddpm_app.values.ConfigError` naming the field otherwise)."""
+    dropout in 0…1 (:class:`~ddpm_app.checks.ConfigError` naming the field otherwise)."""
     exact_int(image_size, "image_size", 1, MAX_IMAGE_SIZE)
     exact_int(in_channels, "in_channels", 1, MAX_IMAGE_CHANNELS)
     exact_real(dropout, "dropout", 0.0, 1.0)

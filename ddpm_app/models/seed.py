@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..values import ConfigError, exact_int, exact_ints
-from .layers import MAX_LEVELS, MAX_WIDTH, Denoiser, check_image, timestep_embedding
+from ddpm_app.checks import ConfigError, exact_int, exact_ints
+from ddpm_app.models.layers import MAX_LEVELS, MAX_WIDTH, Denoiser, check_image, timestep_embedding
 
 
 @dataclass(frozen=True)

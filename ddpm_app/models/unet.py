@@ -14,8 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..values import ConfigError, exact_int, exact_ints
-from .layers import MAX_IMAGE_SIZE, MAX_LEVELS, MAX_WIDTH, Denoiser, check_image, group_norm, timestep_embedding, zero_module
+from ddpm_app.checks import ConfigError, exact_int, exact_ints
+from ddpm_app.models.layers import (
+    MAX_IMAGE_SIZE,
+    MAX_LEVELS,
+    MAX_WIDTH,
+    Denoiser,
+    check_image,
+    group_norm,
+    timestep_embedding,
+    zero_module,
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Command-line entry points and their options, generated from the config dataclasses."""

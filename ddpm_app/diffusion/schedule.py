@@ -1,0 +1,184 @@
+"""Noise schedules and the forward process q(x_t | x_0).
+
+Timesteps are 0-based, as in code: t = 0 … T−1, where the paper's t = 1 … T.
+So ``alphas_cumprod[t]`` is the paper's ᾱ_{t+1} and ``alphas_cumprod_prev[0] = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ddpm_app.checks import ConfigError, exact_int, exact_real, shown
+
+ScheduleKind = Literal["linear", "cosine"]
+SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine")
+MAX_TIMESTEPS = 10_000  # T: every per-timestep table has T entries, and DDPM sampling takes T network calls
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How β_t is laid out over the T diffusion steps."""
+
+    kind: ScheduleKind = "linear"
+    timesteps: int = 1000
+    beta_start: float = 1e-4  # linear only
+    beta_end: float = 0.02  # linear only
+    cosine_s: float = 0.008  # cosine only: the offset s of Nichol & Dhariwal
+    max_beta: float = 0.999  # cosine only: β is clipped here to avoid a singularity at t = T
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or self.kind not in SCHEDULE_KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(SCHEDULE_KINDS)}, got {shown(self.kind)}")
+        exact_int(self.timesteps, "timesteps", 1, MAX_TIMESTEPS)
+        for name in ("beta_start", "beta_end", "cosine_s", "max_beta"):
+            exact_real(getattr(self, name), name, 0.0, 1.0)
+        if self.kind == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
+            raise ConfigError(f"beta_start and beta_end need 0 < beta_start <= beta_end < 1, got {self.beta_start}, "
+                              f"{self.beta_end}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """β_t evenly spaced from beta_start to beta_end (DDPM, Ho et al. 2020), float64."""
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """β_t = 1 − ᾱ_t/ᾱ_{t−1} with ᾱ(t) = cos²((t/T + s)/(1 + s)·π/2) (Improved DDPM, eq. 17), float64."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = 1 - f[1:] / f[:-1]
+    return betas.clamp(max=max_beta)
+
+
+def extract(table: Tensor, t: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """table[t] for a batch of timesteps, shaped (B, 1, 1, …) to broadcast over ``shape``."""
+    out = table.to(t.device)[t]
+    return out.reshape(t.shape[0], *((1,) * (len(shape) - 1)))
+
+
+class Posterior(NamedTuple):
+    """q(x_{t−1} | x_t, x_0) = N(mean, variance·I)."""
+
+    mean: Tensor
+    variance: Tensor
+    log_variance: Tensor
+
+
+class Schedule:
+    """Every per-timestep quantity of a schedule, computed once in float64 and stored as float32."""
+
+    def __init__(self, config: ScheduleConfig = ScheduleConfig()):
+        self.config = config
+        if config.kind == "linear":
+            betas = linear_betas(config.timesteps, config.beta_start, config.beta_end)
+        else:
+            betas = cosine_betas(config.timesteps, config.cosine_s, config.max_beta)
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+
+        # forward process q(x_t | x_0), eq. (2)
+        sqrt_alphas_cumprod = alphas_cumprod.sqrt()
+        sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).sqrt()
+        # inverting eq. (2): x_0 from (x_t, ε)
+        sqrt_recip_alphas_cumprod = (1.0 / alphas_cumprod).sqrt()
+        sqrt_recipm1_alphas_cumprod = (1.0 / alphas_cumprod - 1.0).sqrt()
+
+        # posterior q(x_{t−1} | x_t, x_0): σ_q(t)² = β_t(1−ᾱ_{t−1})/(1−ᾱ_t), zero at the first step
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        # log σ² with the t = 0 entry (σ² = 0) replaced by the next one, as in improved-diffusion
+        posterior_log_variance_clipped = torch.log(
+            torch.cat([posterior_variance[1:2], posterior_variance[1:]]) if config.timesteps > 1
+            else betas
+        )
+        posterior_mean_coef1 = betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)
+        posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)
+
+        # the reverse step written with ε (the seed's sampling formula)
+        sqrt_recip_alphas = (1.0 / alphas).sqrt()
+        eps_coef = betas / sqrt_one_minus_alphas_cumprod
+
+        # signal-to-noise ratio ᾱ_t / (1 − ᾱ_t)
+        snr = alphas_cumprod / (1.0 - alphas_cumprod)
+
+        tables = dict(
+            betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod, alphas_cumprod_prev=alphas_cumprod_prev,
+            sqrt_alphas_cumprod=sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod=sqrt_one_minus_alphas_cumprod,
+            sqrt_recip_alphas_cumprod=sqrt_recip_alphas_cumprod,
+            sqrt_recipm1_alphas_cumprod=sqrt_recipm1_alphas_cumprod,
+            posterior_variance=posterior_variance, posterior_log_variance_clipped=posterior_log_variance_clipped,
+            posterior_mean_coef1=posterior_mean_coef1, posterior_mean_coef2=posterior_mean_coef2,
+            sqrt_recip_alphas=sqrt_recip_alphas, eps_coef=eps_coef, snr=snr,
+        )
+        self.float64 = tables
+        for name, value in tables.items():
+            setattr(self, name, value.float())
+
+    # tables are attributes set above; declared here for readers and type checkers
+    betas: Tensor
+    alphas: Tensor
+    alphas_cumprod: Tensor
+    alphas_cumprod_prev: Tensor
+    sqrt_alphas_cumprod: Tensor
+    sqrt_one_minus_alphas_cumprod: Tensor
+    sqrt_recip_alphas_cumprod: Tensor
+    sqrt_recipm1_alphas_cumprod: Tensor
+    posterior_variance: Tensor
+    posterior_log_variance_clipped: Tensor
+    posterior_mean_coef1: Tensor
+    posterior_mean_coef2: Tensor
+    sqrt_recip_alphas: Tensor
+    eps_coef: Tensor
+    snr: Tensor
+
+    @property
+    def timesteps(self) -> int:
+        return self.config.timesteps
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.config})"
+
+    def to(self, device: torch.device | str) -> Schedule:
+        """Move the float32 tables to ``device`` (in place; the float64 originals stay on the CPU)."""
+        for name in self.float64:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε  (q(x_t | x₀), eq. 2)."""
+        return (extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
+
+    def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = √α_t·x_{t−1} + √β_t·ε  (one forward step q(x_t | x_{t−1}), eq. 1)."""
+        return extract(self.alphas, t, x_prev.shape).sqrt() * x_prev + extract(self.betas, t, x_prev.shape).sqrt() * noise
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Posterior:
+        """q(x_{t−1} | x_t, x₀) = N(c₁·x₀ + c₂·x_t, σ_q(t)²·I)  (DDPM eq. 6–7)."""
+        mean = (extract(self.posterior_mean_coef1, t, x_t.shape) * x0
+                + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        variance = extract(self.posterior_variance, t, x_t.shape)
+        log_variance = extract(self.posterior_log_variance_clipped, t, x_t.shape)
+        return Posterior(mean, variance, log_variance)
+
+    def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x̂₀ = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t  (eq. 2 solved for x₀)."""
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+                - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """ε = (x_t − √ᾱ_t·x₀) / √(1−ᾱ_t)  (eq. 2 solved for ε)."""
+        return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0)
+                / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+
+    def snr_db(self, t: int) -> float:
+        """10·log₁₀(ᾱ_t / (1 − ᾱ_t)) for one timestep."""
+        return 10.0 * math.log10(float(self.float64["snr"][t]))

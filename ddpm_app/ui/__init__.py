@@ -1,0 +1,1 @@
+"""The Gradio interface: the widgets the app trusts, and the page with its tabs."""

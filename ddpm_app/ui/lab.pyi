@@ -1,0 +1,521 @@
+"""The 2-D lab tab: DDPM on points, trained live. Pick or draw a data set, watch q(x_t|x₀) spread it, train the
+ε-model (Algorithm 1) while the loss and samples stream, then sample (Algorithm 2 or DDIM) and see the paths, the
+learned field and x̂₀ — and how far the samples are from the data, beside noise and held-out data.
+
+:class:`LabHandlers` holds one method per event (plain functions or generators of widget values and the user's
+:class:`~ddpm_app.views.state.UserState`, so tests call them directly); :func:`lab_tab` lays the tab out and wires it inside
+:func:`ddpm_app.ui.page.build`. The math is the library's (:mod:`ddpm_app.lab`, :mod:`ddpm_app.diffusion.samplers`); the pictures
+and the per-user lab are in :mod:`ddpm_app.views.lab`.
+
+Training runs on the app's device worker a fraction of a second at a time, so other users' work takes turns with
+it instead of waiting for the whole run; one request trains at most :data:`MAX_STEPS` steps and
+:data:`MAX_TRAIN_SECONDS` seconds (Continue goes on from there).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+import torch
+from gradio.components.image_editor import EditorData
+from gradio.utils import get_upload_folder
+from gradio_client.utils import is_http_url_like
+from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from ddpm_app.checks import shown
+from ddpm_app.diffusion.samplers import VARIANCES, SamplerSettings
+from ddpm_app.lab import DATASETS, PointSet, dataset, from_csv, from_drawing
+from ddpm_app.lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD, PointsError
+from ddpm_app.serve.inputs import InputError, choice, whole_number
+from ddpm_app.serve.inputs import text as text_value
+from ddpm_app.serve.library import DeviceWorker
+from ddpm_app.ui import widgets
+from ddpm_app.ui.page import LATEX, _image, user_errors
+from ddpm_app.ui.widgets import uploaded_file, user_error
+from ddpm_app.views.export import ExportFolder, save_gif, save_mp4
+from ddpm_app.views.lab import (
+    MAX_SAMPLES,
+    MAX_STEPS,
+    MAX_TIMESTEPS,
+    MAX_TRAIN_SECONDS,
+    LabSettings,
+    LabState,
+    check_points,
+    check_samples,
+    data_picture,
+    field_picture,
+    forward_picture,
+    loss_picture,
+    marginal_picture,
+    paths_picture,
+    preview_picture,
+    quality,
+    training_frames,
+    trajectory_frames,
+    x0_picture,
+)
+from ddpm_app.views.state import UserState
+
+SOURCES = [("a data set", "preset"), ("my drawing", "drawing"), ("a CSV file", "csv"), ("pasted points", "text")]
+CHUNK_SECONDS = 0.3  # training runs on the device worker this long at a time, then other users' work gets a turn
+PREVIEW_SECONDS = 1.5  # at most one preview (samples + pictures) per this much training
+DEFAULTS = LabSettings()
+PICTURE_MIN_WIDTH = 300  # pixels: narrower than two of these (a phone), the pictures stack one per line
+
+HELP = r"""**DDPM on points in the plane**, where the whole distribution is one picture. The same math as the image
+models: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$, a network $\varepsilon_\theta(x_t, t)$
+trained on $\lVert\varepsilon - \varepsilon_\theta(x_t, t)\rVert^2$ (Algorithm 1), and the reverse chain
+(Algorithm 2). Here the network is a small MLP that trains on this server's CPU in seconds. Data are scaled to
+fill $[-1, 1]^2$, as images are."""
+
+EXPERIMENTS = {  # label: (what to change, what to look for)
+    "Smaller T (50)": (dict(timesteps=50), "With T = 50 the linear β still ends at 0.02, so ᾱ_T ≈ 0.6: x_T is not "
+                       "noise (Forward shows it) and sampling from N(0, I) starts somewhere the model never saw."),
+    "β 1e-4…0.002": (dict(beta_end=0.002), "β ten times smaller: ᾱ_T ≈ 0.37, the data still show through at t = T "
+                     "(Forward), so samples drawn from N(0, I) come out too spread."),
+    "σ² = β instead of β̃": (dict(variance="beta"), "The reverse variance β_t instead of the posterior's β̃_t: "
+                            "slightly more noise at each step; compare the distance with β̃."),
+    "Clipping off": (dict(clip=False), "x̂₀ is no longer clipped to [−1, 1]: at large t the guesses fly off (x̂₀ "
+                     "picture), yet DDPM's samples barely change; DDIM with few steps suffers more."),
+    "Network too small (1×8)": (dict(width=8, depth=1), "One hidden layer of 8 units cannot draw the shape: the "
+                                "loss stays higher and the samples blur into a blob."),
+}
+
+
+TRAINING_KEYS = ("timesteps", "beta_end", "width", "depth")  # an experiment changing one of these trains again
+SAMPLING_BASELINE = dict(variance="posterior", clip=True)
+
+
+def retrains(change: dict) -> bool:
+    return any(k in TRAINING_KEYS for k in change)
+
+
+def experiment_values(change: dict) -> dict:
+    """The settings an experiment sets: one that trains again sets the defaults plus its change (so experiments do
+    not pile up); one that only samples sets the sampler's defaults plus its change and leaves the model's settings
+    as they are, matching the model it samples from."""
+    s = DEFAULTS
+    sampling = SAMPLING_BASELINE | {k: v for k, v in change.items() if k not in TRAINING_KEYS}
+    if not retrains(change):
+        return sampling
+    return dict(timesteps=s.schedule.timesteps, beta_end=s.schedule.beta_end, width=s.network.width,
+                depth=s.network.depth) | {k: v for k, v in change.items() if k in TRAINING_KEYS} | sampling
+
+
+class SketchData(EditorData):
+    """``EditorData`` that takes any JSON: a value that is no editor value (not an object, or an object with none
+    of its keys) becomes an empty one marked ``refused``, so the sketchpad can answer it with a message."""
+
+    model_config = ConfigDict(title="EditorData")
+    refused: SkipJsonSchema[str | None] = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, handler):
+        if isinstance(value, dict) and value.keys() & {"background", "layers", "composite", "id"}:
+            try:
+                return handler({k: v for k, v in value.items() if k != "refused"})
+            except ValidationError:
+                pass
+        return handler({"refused": shown(value)})
+
+from gradio.events import Dependency
+
+class SketchInput(gr.ImageEditor):
+    """A sketchpad (``gr.ImageEditor`` with a black brush and no uploads, which is what ``gr.Sketchpad`` sets up; a
+    template of a template would have no page component) that answers any value that is no drawing with a
+    message, reads only images inside Gradio's upload folder and refuses web addresses, which Gradio would
+    download before the handler is asked."""
+
+    is_template = True
+    data_model = SketchData
+
+    def preprocess(self, payload: SketchData | None):
+        if payload is not None:
+            if payload.refused is not None:
+                raise user_error(f"drawing must be drawn in the box (an image editor value with background, "
+                                 f"layers and composite), got {payload.refused}")
+            for image in (payload.background, payload.composite, *payload.layers):
+                if image is not None and (not image.path or is_http_url_like(image.path)
+                                          or uploaded_file(image.path, get_upload_folder()) is None):
+                    raise user_error("drawing: draw in the box; other images are not read")
+        return super().preprocess(payload)
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
+        if is_http_url_like(url_or_file_path):
+            raise user_error("drawings are not fetched from web addresses: draw in the box")
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+    from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class CSVInput(widgets.FileInput):
+    """The lab's CSV upload: its messages start with "CSV file"."""
+
+    is_template = True
+    field = "CSV file"
+    from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class LabHandlers:
+    """The lab's events, over the app's device worker (all tensor work runs there, a stretch at a time)."""
+
+    def __init__(self, worker: DeviceWorker, export_dir: str | Path | None = None):
+        self.worker = worker
+        self.exports = ExportFolder(export_dir) if export_dir else ExportFolder.temporary("ddpm_lab_")
+
+    # -- data -------------------------------------------------------------------------------------------------
+
+    def points(self, source: str, preset: str, word: str, drawing: dict | None, csv_file: str | None, text: str,
+               count: float, seed: float) -> PointSet:
+        """The data set the controls describe (the same for the tab and the API)."""
+        source = choice(source, "data source", [v for _, v in SOURCES])
+        word = text_value(word, "word", MAX_WORD)
+        text = text_value(text, "pasted points", MAX_CSV_BYTES)
+        count = check_points(count)
+        g = torch.Generator().manual_seed(whole_number(seed, "data seed", 0, 2**31 - 1))
+        if source == "preset":
+            return dataset(choice(preset, "data set", DATASETS), count, g, word)
+        if source == "drawing":
+            return from_drawing(None if drawing is None else drawing.get("composite"), count, g)
+        if source == "csv":
+            if not csv_file:
+                raise PointsError("upload a CSV file of points (x,y per line) first")
+            raw = Path(csv_file).read_bytes()[:MAX_CSV_BYTES + 1]
+            try:
+                return from_csv(raw.decode("utf-8-sig"), g, "your CSV")
+            except UnicodeDecodeError:
+                raise PointsError("the CSV is not UTF-8 text: save it as plain text, one x,y pair per line") from None
+        return from_csv(text, g, "your points")
+
+    def show_data(self, *data_inputs, user: UserState):
+        """Load the data the controls describe: (data picture, note)."""
+        with user_errors():
+            data = self.points(*data_inputs)
+        user.lab.data = data
+        return self.worker.run(data_picture, data), f"**{data.name}**: {len(data.train)} training points."
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def forward(self, t: float, index: float, kind: str, timesteps: float, beta_start: float, beta_end: float,
+                user: UserState) -> tuple:
+        """q(x_t|x₀) at t around point ``index``, and x_T beside N(0, I): (picture, picture, t-slider update)."""
+        lab = user.lab
+        with user_errors():
+            settings = LabSettings.checked(kind, timesteps, beta_start, beta_end, DEFAULTS.network.width,
+                                           DEFAULTS.network.depth, 1, DEFAULTS.training.learning_rate, 0)
+            if lab.data is None:
+                raise InputError("choose the data first (Use this data)")
+            T = settings.schedule.timesteps
+            t = min(whole_number(t, "t", 0, MAX_STEPS), T - 1)
+            i = min(whole_number(index, "point", 1, MAX_POINTS), len(lab.data.train)) - 1
+        from ddpm_app.diffusion.schedule import Schedule
+
+        def draw():
+            schedule = Schedule(settings.schedule)
+            noise = torch.randn(lab.data.train.shape, generator=torch.Generator().manual_seed(0))
+            reference = torch.randn(lab.data.train.shape, generator=torch.Generator().manual_seed(1))
+            return (forward_picture(schedule, lab.data, t, i, noise),
+                    marginal_picture(schedule, lab.data, noise, reference))
+        return (*self.worker.run(draw), gr.update(maximum=T - 1, value=t))
+
+    # -- training ---------------------------------------------------------------------------------------------
+
+    def train(self, source, preset, word, drawing, csv_file, text, count, data_seed, kind, timesteps, beta_start,
+              beta_end, width, depth, steps, learning_rate, seed, user: UserState) -> Iterator[tuple]:
+        """A fresh model on the data, trained ``steps`` steps (Algorithm 1) while the loss and samples stream:
+        yields (status, data picture, loss picture, samples picture, quality, losses as JSON)."""
+        with user_errors():
+            settings = LabSettings.checked(kind, timesteps, beta_start, beta_end, width, depth, steps,
+                                           learning_rate, seed)
+            data = self.points(source, preset, word, drawing, csv_file, text, count, data_seed)
+        lab = user.lab
+        with self._holding(lab):
+            self.worker.run(lab.start, data, settings)
+            yield from self._train(lab, settings.steps, first=self.worker.run(data_picture, data))
+
+    def go_on(self, steps: float, user: UserState) -> Iterator[tuple]:
+        """``steps`` more steps of the current model (after Stop, or to train longer): the outputs of :meth:`train`."""
+        lab = user.lab
+        with user_errors():
+            steps = whole_number(steps, "steps", 1, MAX_STEPS)
+            lab.model  # noqa: B018  (raises "press Train first")
+        with self._holding(lab):
+            yield from self._train(lab, steps, first=gr.skip())
+
+    @staticmethod
+    @contextmanager
+    def _holding(lab: LabState) -> Iterator[LabState]:
+        """One training run per user at a time: a second one is refused with a message."""
+        if lab.busy:
+            raise user_error("this lab is already training: wait for it or press Stop first")
+        lab.busy = True
+        try:
+            yield lab
+        finally:
+            lab.busy = False
+
+    def _train(self, lab: LabState, steps: int, first) -> Iterator[tuple]:
+        records = lab.trainer.run(steps)
+        started = time.perf_counter()
+        target = lab.trainer.step + steps
+        state = dict(last_preview=-PREVIEW_SECONDS, done=False)
+
+        def chunk() -> tuple:
+            begin = time.perf_counter()
+            for record in records:
+                lab.losses.append(record.loss)
+                if time.perf_counter() - begin > CHUNK_SECONDS:
+                    break
+            else:
+                state["done"] = True
+            lab.seconds += time.perf_counter() - begin
+            out_of_time = time.perf_counter() - started > MAX_TRAIN_SECONDS
+            state["done"] = state["done"] or out_of_time
+            show = state["done"] or time.perf_counter() - state["last_preview"] > PREVIEW_SECONDS
+            if show:
+                preview = lab.preview()
+                state["last_preview"] = time.perf_counter()
+                pictures = (loss_picture(lab.losses, lab.previews), preview_picture(lab.data, preview))
+            else:
+                pictures = (gr.skip(), gr.skip())
+            return self._status(lab, target, out_of_time), *pictures
+
+        try:
+            while not state["done"]:
+                status, loss_pic, samples_pic = self.worker.run(chunk)
+                last = state["done"]
+                result = self._result(lab) if last else gr.skip()
+                yield status, first, loss_pic, samples_pic, result[0] if last else gr.skip(), \
+                    result[1] if last else gr.skip()
+                first = gr.skip()
+        finally:
+            self.worker.run(records.close)
+        lab.history.append(f"{lab.settings.describe()}, {lab.trainer.step} steps in {lab.seconds:.1f} s: "
+                           f"distance {lab.previews[-1].distance:.4f}")
+
+    @staticmethod
+    def _status(lab: LabState, target: int, out_of_time: bool) -> str:
+        step = lab.trainer.step
+        recent = lab.losses[-100:]
+        note = (f" Stopped at this request's limit of {MAX_TRAIN_SECONDS:.0f} s: press <b>Continue</b> to go on."
+                if out_of_time else "")
+        return (f"<div class='ddpm-stats'><progress value='{step}' max='{target}'></progress><div>step <b>{step}</b> "
+                f"of {target} · loss {sum(recent) / max(len(recent), 1):.4f} (mean of the last {len(recent)}) · "
+                f"{lab.seconds:.1f} s of training{note}</div></div>")
+
+    def _result(self, lab: LabState) -> tuple[str, dict]:
+        """(quality of the last preview, the losses as JSON)."""
+        q = self.worker.run(quality, lab.previews[-1].samples, lab.data)
+        history = "\n".join(f"- {line}" for line in lab.history[-4:])
+        text = q.markdown() + (f"\n\nEarlier runs:\n{history}" if history else "")
+        return text, dict(steps=lab.trainer.step, seconds=round(lab.seconds, 3), losses=lab.losses,
+                          energy_distance=q.model, noise_energy_distance=q.noise, heldout_energy_distance=q.heldout,
+                          settings=lab.settings.describe())
+
+    # -- sampling ---------------------------------------------------------------------------------------------
+
+    def sample(self, sampler: str, ddim_steps: float, variance: str, clip_x0: bool, count: float, seed: float,
+               field_t: float, arrows: str, user: UserState) -> tuple:
+        """Run the reverse chain for ``count`` points: (paths, field at t, x̂₀ at t, quality, JSON data + samples)."""
+        lab = user.lab
+        with user_errors():
+            lab.model  # noqa: B018
+            T = lab.schedule.timesteps
+            ddim_steps = min(whole_number(ddim_steps, "DDIM steps", 1, MAX_TIMESTEPS), T)  # the slider's 1…1000
+            settings = SamplerSettings.checked(sampler, ddim_steps, 0.0, clip_x0, T)
+            variance = choice(variance, "reverse variance σ²", VARIANCES)
+            count = check_samples(count)
+            seed = whole_number(seed, "seed", 0, 2**31 - 1)
+            arrows = choice(arrows, "arrows", ("score", "eps"))
+            field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), T - 1)
+
+        def run():
+            result = lab.sample(settings, variance, count, seed)
+            q = quality(result.final, lab.data, seed)
+            return (paths_picture(lab.data, result), field_picture(lab.model, lab.schedule, result, field_t, arrows),
+                    x0_picture(lab.data, result, field_t), q)
+        paths, field, x0, q = self.worker.run(run)
+        return (paths, field, x0, q.markdown(), dict(data=lab.data.train.tolist(), samples=lab.run.final.tolist(),
+                                                     energy_distance=q.model, noise_energy_distance=q.noise,
+                                                     heldout_energy_distance=q.heldout, sampler=lab.run.title),
+                gr.update(maximum=T - 1))
+
+    def field(self, field_t: float, arrows: str, user: UserState) -> tuple:
+        """The field and x̂₀ pictures at another t of the last run: (field, x̂₀)."""
+        lab = user.lab
+        if lab.run is None:
+            return gr.skip(), gr.skip()
+        with user_errors():
+            field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), lab.schedule.timesteps - 1)
+            arrows = choice(arrows, "arrows", ("score", "eps"))
+        return self.worker.run(lambda: (field_picture(lab.model, lab.schedule, lab.run, field_t, arrows),
+                                        x0_picture(lab.data, lab.run, field_t)))
+
+    # -- exports ----------------------------------------------------------------------------------------------
+
+    def export(self, what: str, kind: str, user: UserState) -> str:
+        """The training animation (``what="training"``) or the trajectories (``"paths"``) as GIF or MP4."""
+        with user_errors():
+            frames = self.worker.run(training_frames if what == "training" else trajectory_frames, user.lab)
+            write = save_gif if kind == "gif" else save_mp4
+            stem = "lab-training" if what == "training" else "lab-trajectories"
+            return str(self.exports.write(f"{stem}.{kind}", lambda path: write(frames, path)))
+
+
+def _plot(label: str, elem_id: str) -> gr.Image:
+    """A figure of the lab (540 px square or so), at least :data:`PICTURE_MIN_WIDTH` wide."""
+    return _image(label, height=None, pixelated=False, min_width=PICTURE_MIN_WIDTH, elem_id=elem_id)
+
+
+def lab_tab(lh: LabHandlers, user: gr.State) -> None:
+    """The 2-D lab tab with its events (API names ``toy_train``, ``toy_continue``, ``toy_sample``); call inside
+    ``gr.Tabs()``."""
+    s = DEFAULTS
+    with gr.Tab("2-D lab", id="lab", elem_id="lab-tab"):
+        gr.Markdown(HELP, latex_delimiters=LATEX)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                source = widgets.Radio(SOURCES, value="preset", label="Data")
+                preset = widgets.Dropdown(list(DATASETS), value="two moons", label="Data set")
+                word = widgets.Textbox("DDPM", label="Word (for the word data set)", max_length=12)
+                with gr.Accordion("Draw, upload or paste", open=False):
+                    drawing = SketchInput(label="Draw a shape (choose “my drawing” above)", height=300,
+                                          type="numpy", sources=(), elem_id="lab-sketch", image_mode="RGBA",
+                                          brush=gr.Brush(colors=["#000000"], color_mode="fixed"))
+                    csv_file = CSVInput(label=f"CSV of points: x,y per line, at most {MAX_POINTS}",
+                                       file_types=[".csv", ".txt"], type="filepath")
+                    text = widgets.Textbox(label="Points: x,y per line, or JSON [[x, y], …]", lines=3)
+                with gr.Row():
+                    count = widgets.Slider(50, MAX_POINTS, value=1000, step=50, label="Points", min_width=140)
+                    data_seed = widgets.Number(0, label="Data seed", precision=0, min_width=100)
+                use_btn = gr.Button("Use this data", size="sm")
+                data_note = gr.Markdown("", elem_id="lab-data-note")
+            with gr.Column(scale=1, min_width=280):
+                data_plot = _plot("data", elem_id="lab-data")
+
+        gr.Markdown("### Forward: $q(x_t\\mid x_0)$", latex_delimiters=LATEX)
+        with gr.Row():
+            fwd_t = widgets.Slider(0, s.schedule.timesteps - 1, value=100, step=1, label="t", elem_id="lab-t",
+                                   min_width=200)
+            fwd_point = widgets.Slider(1, 1000, value=1, step=1, label="the red point x₀ (index)", min_width=200)
+        with gr.Row():
+            fwd_plot = _plot("x_t and q(x_t|x₀)", elem_id="lab-forward")
+            marg_plot = _plot("x_T beside N(0, I)", elem_id="lab-marginal")
+
+        gr.Markdown("### Train (Algorithm 1)")
+        with gr.Row():
+            kind = widgets.Radio(["linear", "cosine"], value=s.schedule.kind, label="Schedule", min_width=140)
+            timesteps = widgets.Slider(2, 1000, value=s.schedule.timesteps, step=1, label="T", min_width=160)
+            beta_start = widgets.Number(s.schedule.beta_start, label="β start (linear)", min_width=100)
+            beta_end = widgets.Number(s.schedule.beta_end, label="β end (linear)", min_width=100)
+        with gr.Row():
+            width = widgets.Slider(2, 512, value=s.network.width, step=1, label="MLP width", min_width=140)
+            depth = widgets.Slider(1, 6, value=s.network.depth, step=1, label="MLP depth", min_width=140)
+            steps = widgets.Slider(100, MAX_STEPS, value=s.steps, step=100, label="Steps", min_width=160,
+                                   elem_id="lab-steps")
+            lr = widgets.Number(s.training.learning_rate, label="Learning rate", min_width=100)
+            seed = widgets.Number(0, label="Seed", precision=0, min_width=80)
+        with gr.Row():
+            train_btn = gr.Button("Train", variant="primary", min_width=90)
+            more_btn = gr.Button("Continue", min_width=90)
+            stop_btn = gr.Button("Stop", variant="stop", min_width=80)
+        status = gr.HTML("<div class='ddpm-stats'>Press <b>Train</b>.</div>", elem_id="lab-status", min_height=50)
+        with gr.Row():
+            loss_plot = _plot("loss", elem_id="lab-loss")
+            preview_plot = _plot("samples while training", elem_id="lab-preview")
+        quality_md = gr.Markdown("", elem_id="lab-quality")
+        with gr.Accordion("Losses (JSON, as /toy_train returns them)", open=False):
+            losses_json = gr.JSON(label="losses")
+
+        gr.Markdown("### Experiments — one click each: settings change, then it trains (or samples) again")
+        with gr.Row():
+            exp_btns = [gr.Button(label, size="sm", min_width=120) for label in EXPERIMENTS]
+        exp_note = gr.Markdown("", elem_id="lab-experiment")
+
+        gr.Markdown("### Sample (Algorithm 2, or DDIM)")
+        with gr.Row():
+            sampler = widgets.Radio([("DDPM", "ddpm"), ("DDIM", "ddim")], value="ddpm", label="Sampler", min_width=120)
+            ddim_steps = widgets.Slider(1, 1000, value=50, step=1, label="DDIM steps", min_width=140)
+            variance = widgets.Radio([("β̃ (posterior)", "posterior"), ("β", "beta")], value="posterior",
+                                     label="DDPM σ²", min_width=140)
+            clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]", min_width=100)
+        with gr.Row():
+            n_samples = widgets.Slider(10, MAX_SAMPLES, value=500, step=10, label="Points", min_width=140)
+            sample_seed = widgets.Number(0, label="Seed", precision=0, min_width=80)
+            field_t = widgets.Slider(0, 999, value=300, step=1, label="t of the arrows and x̂₀", min_width=160,
+                                     elem_id="lab-field-t")
+            arrows = widgets.Radio([("score", "score"), ("−ε̂", "eps")], value="score", label="Arrows", min_width=120)
+        sample_btn = gr.Button("Sample", variant="primary")
+        with gr.Row():
+            paths_plot = _plot("paths from x_T to x₀", elem_id="lab-paths")
+            field_plot = _plot("the learned field", elem_id="lab-field")
+            x0_plot = _plot("x̂₀ along the way", elem_id="lab-x0")
+        sample_quality = gr.Markdown("", elem_id="lab-sample-quality")
+        with gr.Accordion("Samples (JSON, as /toy_sample returns them)", open=False):
+            samples_json = gr.JSON(label="samples")
+        with gr.Row():
+            export_btns = [(gr.Button(f"{label} ({kind.upper()})", size="sm", min_width=120), what, kind)
+                           for what, label in (("training", "Training"), ("paths", "Trajectories"))
+                           for kind in ("gif", "mp4")]
+        lab_file = gr.File(label="Download", interactive=False, elem_classes="ddpm-download")
+
+    # events ----------------------------------------------------------------------------------------------------
+    data_inputs = [source, preset, word, drawing, csv_file, text, count, data_seed]
+    schedule_inputs = [kind, timesteps, beta_start, beta_end]
+    train_inputs = data_inputs + schedule_inputs + [width, depth, steps, lr, seed, user]
+    train_outputs = [status, data_plot, loss_plot, preview_plot, quality_md, losses_json]
+    sample_inputs = [sampler, ddim_steps, variance, clip, n_samples, sample_seed, field_t, arrows, user]
+    sample_outputs = [paths_plot, field_plot, x0_plot, sample_quality, samples_json, field_t]
+    forward = dict(fn=lh.forward, inputs=[fwd_t, fwd_point, *schedule_inputs, user],
+                   outputs=[fwd_plot, marg_plot, fwd_t], show_progress="hidden", trigger_mode="always_last",
+                   concurrency_limit=4)
+    lab = dict(concurrency_limit=2, concurrency_id="lab")
+
+    def show(*values):
+        return lh.show_data(*values[:-1], user=values[-1])
+    for trigger in (use_btn.click, preset.input, source.input):
+        trigger(show, data_inputs + [user], [data_plot, data_note], api_visibility="private",
+                show_progress="minimal").success(**forward, api_visibility="private")
+    fwd_t.input(**forward, api_name="toy_forward")
+    for control in (fwd_point, kind, timesteps):
+        control.input(**forward, api_visibility="private")
+    train_event = train_btn.click(lh.train, train_inputs, train_outputs, api_name="toy_train", **lab)
+    more_event = more_btn.click(lh.go_on, [steps, user], train_outputs, api_name="toy_continue", **lab)
+    stop_btn.click(lambda: gr.skip(), None, None, cancels=[train_event, more_event], api_visibility="private",
+                   queue=False)
+    sample_btn.click(lh.sample, sample_inputs, sample_outputs, api_name="toy_sample", **lab)
+    field_t.input(lh.field, [field_t, arrows, user], [field_plot, x0_plot], api_visibility="private",
+                  show_progress="hidden", trigger_mode="always_last", concurrency_limit=4)
+    arrows.input(lh.field, [field_t, arrows, user], [field_plot, x0_plot], api_visibility="private",
+                 show_progress="hidden")
+
+    widget_of = dict(timesteps=timesteps, beta_end=beta_end, width=width, depth=depth, variance=variance, clip=clip)
+    for btn, (label, (change, note)) in zip(exp_btns, EXPERIMENTS.items()):
+        values = experiment_values(change)
+
+        def apply(values=values, note=note, label=label):
+            return [values.get(k, gr.skip()) for k in widget_of] + [f"**{label}.** {note}"]
+        event = btn.click(apply, None, list(widget_of.values()) + [exp_note], api_visibility="private", queue=False)
+        if retrains(change):
+            event = event.success(lh.train, train_inputs, train_outputs, api_visibility="private", **lab)
+        event.success(lh.sample, sample_inputs, sample_outputs, api_visibility="private", **lab).success(
+            **forward, api_visibility="private")
+
+    for btn, what, kind_ in export_btns:
+        btn.click(lambda u, what=what, kind_=kind_: lh.export(what, kind_, u), user, lab_file,
+                  api_name=f"toy_export_{what}_{kind_}", show_progress="minimal")

@@ -1,0 +1,242 @@
+"""Gradio input components whose values reach the handlers unchanged, so that the handlers check every value
+(with :mod:`ddpm_app.serve.inputs`) and answer any wrong one, of any JSON type, with a message naming the field.
+
+Gradio's own ``Slider``, ``Number``, ``Radio`` and ``Dropdown`` check and round values before a handler sees them:
+a string or NaN then fails inside Gradio with a generic error, and a seed of 1.5 is silently rounded to 2. The
+versions here are templates of those components (the browser shows the ordinary widgets) that skip that step.
+
+:class:`PhotoInput` is ``gr.Image`` for user photos: it accepts an uploaded file or a ``data:`` URL, under the
+same limits (:mod:`ddpm_app.image`), refuses web addresses, paths outside Gradio's upload folder and anything else
+with a message, and hands the handler a file path.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio import processing_utils, utils
+from gradio.data_classes import GradioModel, ImageData
+from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
+from pydantic import ConfigDict, ValidationError, field_serializer, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from ddpm_app.image import ImageError, read_data_url
+from ddpm_app.checks import shown
+
+
+def user_error(message: str) -> gr.Error:
+    """The error a user sees: ``message`` with its HTML escaped (the page shows error text as HTML, and messages
+    quote what was sent), no traceback in the server's log."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+def as_sent(self, payload: Any) -> Any:
+    """The value as the client sent it: the handler checks it."""
+    return payload
+
+from gradio.events import Dependency
+
+# templates of Gradio's components (the same widgets in the browser) whose values reach the handler unchanged
+class Slider(gr.Slider): is_template, preprocess = True, as_sent
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component  # noqa: E701
+class Number(gr.Number): is_template, preprocess = True, as_sent  # noqa: E701
+class Radio(gr.Radio): is_template, preprocess = True, as_sent  # noqa: E701
+class Dropdown(gr.Dropdown): is_template, preprocess = True, as_sent  # noqa: E701
+class Textbox(gr.Textbox): is_template, preprocess = True, as_sent  # noqa: E701
+
+
+PHOTO_FORMS = ("an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
+               "(data:image/png;base64,…)")
+NOT_FETCHED = f"photos are not fetched from web addresses; send {PHOTO_FORMS}"
+# the same words for every path that is not an upload, so an answer tells nothing about the server's files
+NOT_READ = f"photo: send {PHOTO_FORMS}; other paths are not read"
+
+
+def uploaded_file(path: str, upload_folder: str) -> str | None:
+    """``path`` if it names a file inside ``upload_folder`` (where Gradio keeps uploads, cached examples and the
+    photos decoded from data: URLs) once ``..`` and links are resolved, else None: missing, a folder, outside,
+    or no path at all (too long, a NUL byte) all look the same to the caller."""
+    try:
+        real = Path(path).resolve()
+        inside = real.is_relative_to(Path(upload_folder).resolve()) and real.is_file()
+    except (OSError, RuntimeError, ValueError):  # a name too long, a link loop, a NUL byte
+        return None
+    return os.fspath(real) if inside else None
+
+
+class PhotoData(ImageData):
+    """``ImageData`` that takes any JSON: a bare string counts as a URL, and a value that is no file object at
+    all becomes an empty one marked ``refused``, so the component can answer it with a message (Gradio would
+    fail on it with a generic error before the component is asked)."""
+
+    model_config = ConfigDict(title="ImageData")  # the same API description as gr.Image's
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, handler):
+        try:
+            return handler({"url": value} if isinstance(value, str) else value)
+        except ValidationError:
+            return handler({"meta": {"_type": "gradio.FileData", "refused": shown(value)}})
+
+    @field_serializer("url")
+    def _data_url_header(self, url: str | None) -> str | None:
+        """A ``data:`` URL serialized as its header alone. Gradio records each input's serialized value in the
+        session's state and keeps it an hour after the user leaves: megabytes of every photo sent (refused ones
+        too) stayed in memory that long. The handler gets the whole URL: Gradio passes it the model itself."""
+        return url[:url.find(",") + 1] + "…" if url is not None and url.startswith("data:") else url
+
+
+class PhotoInput(gr.Image):
+    """``gr.Image`` for photos users send, as a file path (``type="filepath"``). An upload has already passed the
+    server's upload limit; a ``data:`` URL is held to the same limit before it is decoded and saved in the cache;
+    either way the handler opens the file with :func:`ddpm_app.image.open_image`, so every way a photo arrives
+    gets the same checks and messages. Web addresses and other values are refused.
+
+    Gradio checks a file object's path only when the object carries its ``meta`` tag; an untagged
+    ``{"path": …}`` reaches :meth:`preprocess` as sent. So every path is checked here: only files inside Gradio's
+    upload folder are read, and any other path gets the same message whether it exists, is a folder or is
+    missing."""
+
+    is_template = True
+    data_model = PhotoData
+
+    def preprocess(self, payload: PhotoData | None) -> str | None:
+        if payload is None:
+            return None
+        if payload.meta.get("refused") is not None:
+            raise user_error(f"photo must be {PHOTO_FORMS}, got {payload.meta['refused']}")
+        if payload.path and not is_http_url_like(payload.path):
+            return self.upload(payload.path)
+        if payload.url and payload.url.startswith("data:"):
+            try:
+                data = read_data_url(payload.url)
+            except ImageError as e:
+                raise user_error(str(e)) from None
+            path = processing_utils.save_bytes_to_cache(data, "photo", self.GRADIO_CACHE)
+            self.temp_files.add(path)
+            return path
+        if is_http_url_like(payload.path) or is_http_url_like(payload.url):
+            raise user_error(NOT_FETCHED)
+        raise user_error(f"photo must be {PHOTO_FORMS}, got {shown(payload.url) if payload.url else 'no file'}")
+
+    @staticmethod
+    def upload(path: str) -> str:
+        """The real path of ``path`` if it is a file Gradio made (see :func:`uploaded_file`), else an error that
+        says nothing about the file system."""
+        if (real := uploaded_file(path, utils.get_upload_folder())) is None:
+            raise user_error(NOT_READ)
+        return real
+
+    def check_sent(self, value: Any) -> None:
+        """The same check for a file object carrying Gradio's ``meta`` tag, before Gradio's own (which answers a
+        path outside its upload folder with an error that has no message)."""
+        if is_file_obj_with_meta(value) and isinstance(value.get("path"), str) and not is_http_url_like(value["path"]):
+            self.upload(value["path"])
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
+        """Gradio would download a web address here, before :meth:`preprocess`, without the upload limits."""
+        if is_http_url_like(url_or_file_path):
+            raise user_error(NOT_FETCHED)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class SentFileData(GradioModel):
+    """``FileData``'s fields, taking any JSON: a value that is no file object becomes an empty one marked
+    ``refused``, so the component can answer it with a message naming its field (``FileData`` itself fails on it
+    with no message, before the component is asked)."""
+
+    model_config = ConfigDict(title="FileData", json_schema_extra={"description": "A local filepath or publicly "
+                                                                   "available URL."})  # FileData's API description
+    path: str = ""
+    url: str | None = None
+    size: int | None = None
+    orig_name: str | None = None
+    mime_type: str | None = None
+    is_stream: bool = False
+    meta: dict = {"_type": "gradio.FileData"}
+    refused: SkipJsonSchema[str | None] = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, handler):
+        if isinstance(value, dict) and isinstance(value.get("path"), str) and "refused" not in value:
+            try:
+                return handler(value)
+            except ValidationError:
+                pass
+        return handler({"refused": shown(value)})
+
+
+class FileInput(gr.File):
+    """``gr.File`` for one uploaded file, as a path: anything else, of any JSON type, is refused with a message
+    starting with :attr:`field`; like :class:`PhotoInput`, only files inside Gradio's upload folder are read and
+    web addresses are not fetched."""
+
+    is_template = True
+    # gr.File sets its data model in __init__: this one stays
+    data_model = property(lambda self: SentFileData, lambda self, value: None)
+    field = "file"
+
+    def get_block_name(self) -> str:
+        """The browser's File widget, for subclasses too (Gradio names a template by its direct base class)."""
+        return "file"
+
+    get_block_class = get_block_name
+
+    def _refused(self, sent: str) -> gr.Error:
+        return user_error(f"{self.field} must be an uploaded file (gradio_client: handle_file(path)), got {sent}")
+
+    def preprocess(self, payload: SentFileData | None) -> str | None:
+        if payload is None:
+            return None
+        if payload.refused is not None:
+            raise self._refused(payload.refused)
+        if not payload.path or is_http_url_like(payload.path):
+            raise self._refused(shown(payload.path or payload.url))
+        self.upload(payload.path)
+        return super().preprocess(payload)
+
+    def upload(self, path: str) -> str:
+        real = uploaded_file(path, utils.get_upload_folder())
+        if real is None:
+            raise user_error(f"{self.field}: send an uploaded file (gradio_client: handle_file(path)); other paths "
+                             "are not read")
+        return real
+
+    def check_sent(self, value: Any) -> None:
+        if is_file_obj_with_meta(value) and isinstance(value.get("path"), str) and not is_http_url_like(value["path"]):
+            self.upload(value["path"])
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
+        if is_http_url_like(url_or_file_path):
+            raise self._refused("a web address (files are not fetched)")
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class Blocks(gr.Blocks):
+    """``gr.Blocks`` whose endpoints refuse a call with more or fewer values than they have fields, naming the
+    fields (Gradio ignores extra values silently), and let :class:`PhotoInput` check the paths of tagged file
+    objects before Gradio does."""
+
+    def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
+        # By now a call with one value per field has None in the slots of server-side state (gr.State), as
+        # gradio_client and the page send them; a value there is one more than the fields.
+        fields = [block for block in block_fn.inputs if not block.skip_api]
+        sent = len(inputs) - (len(inputs) == len(block_fn.inputs)) * sum(
+            value is None for block, value in zip(block_fn.inputs, inputs) if block.skip_api)
+        if sent != len(fields):
+            names = ", ".join(str(getattr(block, "label", None) or block.get_block_name()) for block in fields)
+            raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(fields)} value"
+                             f"{'s' * (len(fields) != 1)} ({names or 'none'}), got {sent}")
+        for block, value in zip(block_fn.inputs, inputs):
+            if isinstance(block, (PhotoInput, FileInput)):
+                block.check_sent(value)

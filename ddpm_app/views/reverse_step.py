@@ -1,0 +1,113 @@
+"""The reverse step explained where it happens: its update with the numbers filled in, and its terms as pictures.
+
+The numbers come from :func:`ddpm_app.diffusion.samplers.step_breakdown`; this module only writes them out.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+from torch import Tensor
+
+from ddpm_app.diffusion.samplers import StepBreakdown, StepTerm, step_breakdown
+from ddpm_app.numbers import number
+from ddpm_app.pictures import labelled_strip
+from ddpm_app.serve.runs import Frame, Trajectory
+
+
+def _sub(t: int) -> str:
+    return "0" if t < 0 else str(t)
+
+
+def equation_text(b: StepBreakdown) -> str:
+    """One line of plain text: the update with this step's coefficients, e.g.
+    "x₄₉₉ = 1.005·x₅₀₀ − 0.01234·ε̂ + 0.1407·z"."""
+    target = "x_0" if b.t_prev < 0 else f"x_{b.t_prev}"
+    parts = [f"{number(abs(term.coefficient))}·{_factor(term, b)}" for term in b.terms]
+    signs = ["−" if term.coefficient < 0 else "+" for term in b.terms]
+    body = ("−" if signs[0] == "−" else "") + parts[0] + "".join(f" {s} {p}" for s, p in zip(signs[1:], parts[1:]))
+    return f"{target} = {body}"
+
+
+def _factor(term: StepTerm, b: StepBreakdown) -> str:
+    return f"x_{b.t}" if term.factor == "x_t" else term.factor
+
+
+# which variance the step's noise has, with its formula (DDPM paper, sec. 3.2; DDIM paper, eq. 16)
+SIGMA_FORMULA = {
+    "posterior": ("$\\sigma_t^2 = \\tilde\\beta_t = \\frac{1-\\bar\\alpha_{t-1}}{1-\\bar\\alpha_t}\\,\\beta_t$, the "
+                  "variance of the posterior $q(x_{t-1}\\mid x_t, x_0)$ (Ho et al. also tried $\\sigma_t^2 = \\beta_t$)"),
+    "beta": ("$\\sigma_t^2 = \\beta_t$ (Ho et al.'s other choice is the posterior variance "
+             "$\\tilde\\beta_t = \\frac{1-\\bar\\alpha_{t-1}}{1-\\bar\\alpha_t}\\,\\beta_t$)"),
+    "ddim": ("$\\sigma = \\eta\\,\\sqrt{\\tfrac{1-\\bar\\alpha_s}{1-\\bar\\alpha_t}}\\,"
+             "\\sqrt{1-\\tfrac{\\bar\\alpha_t}{\\bar\\alpha_s}}$ (η = 1: the posterior variance, as DDPM; η = 0: none)"),
+}
+CLIPPED_EPS = ("With **clip x̂₀** on, x̂₀ is clipped to [−1, 1] and the ε̂ shown (and used) is the one consistent "
+               "with it, $\\hat\\varepsilon = (x_t - \\sqrt{\\bar\\alpha_t}\\,\\hat x_0)/\\sqrt{1-\\bar\\alpha_t}$, not the "
+               "network's raw output (they differ where the clip bites, most at small t).")
+
+
+def equation_markdown(b: StepBreakdown, clip_x0: bool = False) -> str:
+    """The update in LaTeX twice: its symbolic form with this step's schedule values, then (a line below) the
+    coefficients; then which variance σ is and, with ``clip_x0``, which ε̂ is shown."""
+    t, s = b.t, _sub(b.t_prev)
+    n = partial(number, latex=True)
+    c = [term.coefficient for term in b.terms]
+    if b.sampler == "ddpm":
+        values = (f"$\\alpha_t = {n(b.alpha)}$ · $\\beta_t = {n(b.beta)}$ · $\\bar\\alpha_t = {n(b.alpha_bar)}$ · "
+                  f"$\\bar\\alpha_{{t-1}} = {n(b.alpha_bar_prev)}$ · $\\sigma_t = {n(b.sigma)}$"
+                  + (" (no noise on the last step)" if b.t_prev < 0 else ""))
+        form = (f"x_{{{s}}} = \\frac{{1}}{{\\sqrt{{{n(b.alpha)}}}}}\\Big(x_{{{t}}} - "
+                f"\\frac{{{n(b.beta)}}}{{\\sqrt{{1-{n(b.alpha_bar)}}}}}\\,\\hat\\varepsilon\\Big) + {n(b.sigma)}\\,z")
+        terms = f"{n(c[0])}\\,x_{{{t}}} {_signed(c[1])}\\,\\hat\\varepsilon {_signed(c[2])}\\,z"
+    else:
+        values = (f"$\\bar\\alpha_t = {n(b.alpha_bar)}$ (t = {t}) · $\\bar\\alpha_s = {n(b.alpha_bar_prev)}$ "
+                  f"(s = {b.t_prev if b.t_prev >= 0 else 'the final image'}) · $\\sigma = {n(b.sigma)}$")
+        form = (f"x_{{{s}}} = \\sqrt{{{n(b.alpha_bar_prev)}}}\\,\\hat x_0 + "
+                f"\\sqrt{{1-{n(b.alpha_bar_prev)}-{n(b.sigma)}^2}}\\,\\hat\\varepsilon + {n(b.sigma)}\\,z")
+        terms = f"{n(c[0])}\\,\\hat x_0 {_signed(c[1])}\\,\\hat\\varepsilon {_signed(c[2])}\\,z"
+    notes = "Noise: " + SIGMA_FORMULA["ddim" if b.sampler == "ddim" else b.variance] + "."
+    if clip_x0:
+        notes += "  \n" + CLIPPED_EPS
+    return f"{values}\n\n$${form}$$\n\n$$= {terms}$$\n\n{notes}"  # two lines: each fits a phone
+
+
+def _signed(v: float) -> str:
+    return f"- {number(-v, latex=True)}" if v < 0 else f"+ {number(v, latex=True)}"
+
+
+def display_gain(value: Tensor) -> float:
+    """A round factor (1, 2, 5, 10, 20, …) that makes a small term visible: its largest |value| near 1."""
+    peak = float(value.abs().max())
+    if peak == 0 or peak >= 0.5:
+        return 1.0
+    gain = 1.0 / peak
+    power = 10 ** math.floor(math.log10(gain))
+    return max(m * power for m in (1, 2, 5) if m * power <= gain)
+
+
+def term_label(term: StepTerm, b: StepBreakdown, gain: float) -> str:
+    shown = f" (×{gain:g})" if gain != 1 else ""
+    return f"{number(term.coefficient)}·{_factor(term, b)}{shown}"
+
+
+def terms_strip(b: StepBreakdown, x_prev: Tensor, min_size: int = 128, title: str | None = None) -> np.ndarray:
+    """The first image's terms side by side, each labelled with its coefficient (small ones enlarged by a shown
+    factor), and the result x_prev at the end: (H, W, 3)."""
+    images, labels = [], []
+    for term in b.terms:
+        gain = display_gain(term.value[0])
+        images.append(term.value[0] * gain)
+        labels.append(term_label(term, b, gain))
+    images.append(x_prev[0] if x_prev.dim() == 4 else x_prev)
+    labels.append(f"= x_{_sub(b.t_prev)}")
+    return labelled_strip(images, labels, min_size=min_size, title=title)
+
+
+def frame_breakdown(run: Trajectory, frame: Frame) -> StepBreakdown | None:
+    """The stored frame's step (its first image) as terms, or None when the run did not keep them."""
+    if run.settings is None or run.schedule is None or frame.pred_eps is None:
+        return None
+    return step_breakdown(run.schedule, frame.first_step(run.num_steps), run.settings)

@@ -1,0 +1,71 @@
+"""The app keeps one OpenMP team: building the page and switching models do their tensor work on the device
+thread, so no other thread starts OpenMP helpers (which made sampling in the server 35-50 % slower)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from conftest import PATIENCE, make_tiny_config, perturb, seeded_init
+
+from ddpm_app.diffusion.schedule import ScheduleConfig
+from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
+from ddpm_app.models import UNet
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import page as ui
+from ddpm_app.views.state import UserState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def save_tiny(directory: Path, timesteps: int = 20) -> Path:
+    config = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=timesteps), training={"dataset": "noise"})
+    return save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, directory)
+
+
+def test_build_and_model_switch_compute_on_the_device_thread(tmp_path: Path, monkeypatch):
+    save_tiny(tmp_path / "faces")
+    save_tiny(tmp_path / "other")
+    library = ModelLibrary(tmp_path, "cpu")
+    threads: dict[str, set[int]] = {}
+
+    for name in ("schedule_plot", "forward_numbers", "model_card", "model_header"):
+        def record(*args, _name=name, _fn=getattr(ui, name), **kwargs):
+            threads.setdefault(_name, set()).add(threading.get_ident())
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(ui, name, record)
+
+    ui.build(library)
+    ui.Handlers(library).select_model("other", UserState())
+    worker = library.worker.run(threading.get_ident)
+    assert set(threads) == {"schedule_plot", "forward_numbers", "model_card", "model_header"}
+    assert all(ids == {worker} for ids in threads.values()), threads
+
+
+SCRIPT = """
+import os, sys
+import torch
+torch.set_num_threads(2)
+from ddpm_app.ui import page as ui
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.views.state import UserState
+library = ModelLibrary(sys.argv[1], "cpu")
+library.get()  # on the loader thread, which has a team of its own (loads run beside users' sampling)
+library.worker.run(lambda: torch.ones(1 << 20).sum())  # the device thread and its team, as after any first request
+before = len(os.listdir("/proc/self/task"))
+ui.build(library)
+ui.Handlers(library).select_model("faces", UserState())
+print(before, len(os.listdir("/proc/self/task")))
+"""
+
+
+def test_building_the_page_starts_no_openmp_threads(tmp_path: Path):
+    save_tiny(tmp_path / "faces", timesteps=1000)  # schedule tables long enough for torch to go parallel
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=PATIENCE, env={"PATH": "/usr/bin:/bin", "GRADIO_ANALYTICS_ENABLED": "False",
+                                           "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = map(int, out.stdout.split()[-2:])
+    assert after == before, f"{after - before} thread(s) started while building the page"

@@ -1,0 +1,278 @@
+"""What the app says and writes: titles that state what ran, numbered frames, small numbers, exported files
+(their names, their fonts, their progress) and the help texts' claims."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fontTools.ttLib import TTFont
+from PIL import Image, ImageDraw
+from tiny_app import PHOTO, T, run_all, save_tiny
+
+from ddpm_app.diffusion.samplers import SamplerSettings
+from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
+from ddpm_app.numbers import number
+from ddpm_app.pictures import noise_picture
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import page as ui
+from ddpm_app.views.export import export_gif
+from ddpm_app.views.state import UserState
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> ModelLibrary:
+    root = tmp_path_factory.mktemp("weights")
+    save_tiny(root / "faces")  # 16×16 RGB, T = 20
+    return ModelLibrary(root, "cpu")
+
+
+@pytest.fixture
+def handlers(library: ModelLibrary, tmp_path: Path) -> ui.Handlers:
+    return ui.Handlers(library, preview_interval=0, export_dir=tmp_path / "exports")
+
+
+def noised(handlers: ui.Handlers, t: int) -> UserState:
+    user = UserState()
+    handlers.noise(str(PHOTO), t, True, 5, user)
+    return user
+
+
+# -- titles state what ran ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings, start_t, steps, title", [
+    (SamplerSettings("ddpm", 1000), 30, 31, "DDPM, 31 steps"),
+    (SamplerSettings("ddpm", 1000), 999, 1000, "DDPM, 1000 steps"),
+    (SamplerSettings("ddim", 1000), 0, 1, "DDIM, 1 step, η = 0"),
+    (SamplerSettings("ddim", 50, 0.5), 999, 50, "DDIM, 50 steps, η = 0.5"),
+    (SamplerSettings("ddim", 50), 9, 10, "DDIM, 10 steps, η = 0"),
+])
+def test_the_description_counts_the_steps_a_chain_from_start_t_runs(settings, start_t, steps, title):
+    assert settings.num_steps(start_t) == steps
+    assert settings.describe(start_t) == title
+    assert f"-{steps}steps" in settings.file_stem(start_t)
+
+
+def test_denoise_titles_frames_and_exports_with_the_steps_that_ran(handlers: ui.Handlers, monkeypatch):
+    user = noised(handlers, 9)
+    outs = run_all(handlers.denoise("ddpm", 1, 0.0, 3, True, user))
+    assert len(outs) == 10 and user.run.title == "SDEdit from t = 9, DDPM, 10 steps, seed 3"
+    drawn = record_drawn_text(monkeypatch)
+    path = Path(handlers.export("gif", user))
+    assert path.name == "sdedit-t9_ddpm-10steps_seed3.gif"
+    assert user.run.title in {text for text, _ in drawn}  # the GIF's header says what ran too
+
+    user = noised(handlers, 0)
+    assert len(run_all(handlers.denoise("ddim", T, 0.0, 4, True, user))) == 1
+    assert "DDIM, 1 step, η = 0" in handlers.frame(1, user)[2]
+    assert Path(handlers.export("png", user)).name == "sdedit-t0_ddim-1steps-eta0_seed4.png"
+
+
+def test_generate_files_are_named_by_sampler_steps_and_seed(handlers: ui.Handlers):
+    user = UserState()
+    run_all(handlers.generate("ddim", 5, 0.5, 8, 1, True, False, user))
+    assert Path(handlers.export("gif", user)).name == "ddim-5steps-eta0.5_seed8.gif"
+    run_all(handlers.generate("ddpm", 5, 0.5, 9, 1, True, False, user))
+    assert Path(handlers.export("png", user)).name == f"ddpm-{T}steps_seed9.png"
+
+
+def test_the_denoise_sampler_choices_say_what_runs_from_t():
+    choices = dict((value, label) for label, value in ui.SDEDIT_CHOICES)
+    assert "all T steps" not in choices["ddpm"] and "t + 1 steps" in choices["ddpm"]
+    assert "at most t + 1" in choices["ddim"]
+
+
+# -- frames are numbered from 1, and Stop shows the last one ------------------------------------------------
+
+
+def test_the_slider_value_is_the_frame_number_the_label_shows(handlers: ui.Handlers):
+    user = UserState()
+    outs = run_all(handlers.generate("ddim", 6, 0.0, 2, 1, True, False, user))
+    slider = outs[-1][5]
+    assert slider["value"] == slider["maximum"] == 6
+    assert "frame 6/6" in handlers.frame(slider["value"], user)[2]
+    assert outs[0][5]["value"] == 1 and "frame 1/6" in handlers.frame(1, user)[2]
+
+
+def test_after_stop_the_slider_and_frames_show_the_last_stored_frame(handlers: ui.Handlers):
+    user = UserState()
+    gen = handlers.generate("ddpm", 1, 0.0, 9, 1, True, False, user)
+    previews = [next(gen) for _ in range(5)]
+    assert previews[-1][5].get("value") is None  # mid-run previews leave the slider where the user put it
+    gen.close()  # what Gradio does when Stop cancels the event
+    slider, x_t, _, label, *_ = handlers.show_stopped(user)
+    assert slider["value"] == slider["maximum"] == len(user.run.frames) == 5
+    assert "frame 5/5" in label and "stopped after 5 of 20 steps" in label
+    np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[-1].x_t))
+
+
+# -- numbers -------------------------------------------------------------------------------------------------
+
+
+def test_one_number_style_significant_digits_and_scientific_notation_outside_1e_3_to_1e5():
+    assert number(0.7221) == "0.7221" and number(0.98765) == "0.9877" and number(-0.01234) == "-0.01234"
+    assert number(0.0012) == "0.0012" and number(9999.0) == "9999" and number(0) == "0" and number(1.0) == "1"
+    assert number(0.00099) == "9.900×10⁻⁴" and number(123456.0) == "1.235×10⁵"
+    assert number(12000.0) == "1.200×10⁴"  # 4 significant digits cannot show 12000 without an exponent
+    assert number(0.99998) == "0.99998"  # not "1": the digits that say how close to 1 stay
+    assert number(-0.99996993) == "-0.99997" and number(1.0000012) == "1.000001"  # and no more of them
+    assert number(2.5e-7, 2, latex=True) == r"2.5\times10^{-7}" and number(0.0064, 3, latex=True) == "0.0064"
+
+
+def test_alpha_bar_near_T_is_in_scientific_notation_not_zero():
+    abar = float(Schedule(ScheduleConfig()).alphas_cumprod[-1])  # linear schedule, T = 1000: ᾱ_999 = 4.0358e-5
+    assert number(abar) == "4.036×10⁻⁵" and number(abar, latex=True) == r"4.036\times10^{-5}"
+
+
+def test_status_and_forward_numbers_show_a_tiny_alpha_bar(tmp_path: Path):
+    save_tiny(tmp_path / "faces", timesteps=1000)
+    served = ModelLibrary(tmp_path).get()
+    numbers = ui.forward_numbers(served, 996)
+    assert "0.0000" not in numbers and "×10^{-" not in numbers
+    assert "**4.288×10⁻⁵**" in numbers  # ᾱ_996 = 4.2877e-5 in the text
+    assert r"$$x_t = 0.00655\,x_0 + 0.99998\,\varepsilon" in numbers  # √ᾱ_t, √(1−ᾱ_t) in the equation
+
+
+def test_forward_at_t0_does_not_call_the_noised_image_x0(handlers: ui.Handlers):
+    numbers = ui.forward_numbers(handlers.library.get(), 0)
+    equation = numbers.split("$$")[1]
+    lhs = equation.split("=")[0].strip()
+    assert lhs == "x_t" and "(t = 0)" in equation
+    assert "$t = 0$ is the paper's first step" in ui.FORWARD_HELP  # which t convention, said once
+
+
+def test_halved_noise_pictures_are_explained_where_they_are_shown():
+    # noise_picture shows ε/2: ε = ±2 (two standard deviations) maps to black and white
+    eps = torch.tensor([-2.0, 0.0, 2.0]).view(1, 1, 3).expand(3, 1, 3)
+    shown = noise_picture(eps)
+    assert shown[0, 0, 0] == 0 and shown[0, 2, 0] == 255 and 126 <= shown[0, 1, 0] <= 129
+    for help_text in (ui.FORWARD_HELP, ui.GENERATE_HELP):
+        assert "×½" in help_text and r"$\varepsilon/2$" in help_text and "standard deviations" in help_text
+
+
+def test_the_frames_help_describes_early_guesses_as_saturated_noise():
+    assert "blurry" not in ui.FRAMES_HELP and "saturated colour noise" in ui.FRAMES_HELP
+
+
+# -- exports: a font with every glyph, progress -------------------------------------------------------------
+
+
+def record_drawn_text(monkeypatch) -> list[tuple[str, object]]:
+    """Every (text, font) that ImageDraw.text draws from now on."""
+    drawn: list[tuple[str, object]] = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, text, *args, **kwargs):
+        drawn.append((text, kwargs.get("font")))
+        return original(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    return drawn
+
+
+def missing_glyphs(text: str, font) -> set[str]:
+    """The characters of ``text`` that ``font`` (a Pillow FreeType font) has no glyph for."""
+    source = font.path
+    if hasattr(source, "seek"):
+        source.seek(0)
+    cmap = TTFont(source).getBestCmap()
+    return {ch for ch in text if not ch.isspace() and ord(ch) not in cmap}
+
+
+def test_every_character_drawn_on_exports_and_strips_is_in_the_font(handlers: ui.Handlers, monkeypatch):
+    drawn = record_drawn_text(monkeypatch)
+    user = noised(handlers, 9)  # the forward strip's captions
+    run_all(handlers.denoise("ddim", 4, 0.5, 1, True, user))  # η in the title, the comparison strip's captions
+    handlers.export("gif", user)
+    run_all(handlers.generate("ddpm", 1, 0.0, 2, 1, True, False, user))
+    handlers.export("gif", user)
+    texts = {text for text, _ in drawn}
+    assert any("η = 0.5" in text for text in texts) and "predicted x̂₀" in texts and "t = 0" in texts
+    for text, font in drawn:
+        assert font is not None and not missing_glyphs(text, font), (text, missing_glyphs(text, font))
+
+
+def test_eta_is_drawn_as_a_glyph_not_a_box():
+    """Pillow draws a character its font lacks as the .notdef box: η must look different from it."""
+    from ddpm_app.pictures import label_font
+
+    font = label_font(14)
+    notdef = np.asarray(font.getmask("\uffff"))  # a code point no font here maps
+    eta = np.asarray(font.getmask("η"))
+    assert eta.size and (eta.shape != notdef.shape or not np.array_equal(eta, notdef))
+
+
+def label_row_ink(strip: np.ndarray, tile: int) -> list[int]:
+    """Dark pixels under each tile of a one-row strip (the label row: below the tiles)."""
+    row = strip[tile:].min(axis=2) < 128  # (text rows, W)
+    return [int(row[:, i * (tile + 2):(i + 1) * (tile + 2) - 2].sum()) for i in range(strip.shape[1] // tile)]
+
+
+def test_strip_labels_keep_their_underscores_and_stay_under_their_own_picture():
+    from ddpm_app.pictures import labelled_strip
+
+    grey = torch.zeros(3, 16, 16)  # enlarged ×8 to 128 px: the terms strip's size
+    assert label_row_ink(labelled_strip([grey], ["_"], min_size=128), 128)[0] > 0  # not cut off at the bottom
+    long = "−1.234×10⁻⁴·x_999 (×2000)"  # wider than 128 px at the default label size
+    ink = label_row_ink(labelled_strip([grey, grey, grey], ["", long, ""], min_size=128), 128)
+    assert ink[1] > 0 and ink[0] == ink[2] == 0  # drawn smaller, not spilling under the neighbours
+
+
+def test_export_reports_progress_per_frame(handlers: ui.Handlers, tmp_path: Path):
+    user = UserState()
+    run_all(handlers.generate("ddim", 6, 0.0, 1, 1, True, False, user))
+    calls = []
+    handlers.export("gif", user, progress=lambda value, **kw: calls.append((value, kw.get("desc"))))
+    assert [c[0] for c in calls] == [(i, 6) for i in range(6)] and "GIF" in calls[0][1]
+    told = []
+    gif = Image.open(export_gif(user.run, tmp_path / "a.gif", max_frames=3, progress=lambda i, n: told.append((i, n))))
+    assert gif.n_frames == 3 and told == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_a_120_frame_gif_of_a_64_pixel_run_stays_under_2_mb(tmp_path: Path):
+    """A DDPM run of a 64×64 RGB image: x_t goes from noise to a photo, x̂₀ from blur to it (every pixel of every
+    frame differs). Its 120-frame GIF was 6.6 MB; the frames are kept, at 128 px and 48 colours."""
+    from ddpm_app.image import load_image, to_uint8
+    from ddpm_app.serve.runs import Frame, Trajectory
+
+    x0 = load_image(PHOTO, 64)[None]  # (1, 3, 64, 64)
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x0, 8), scale_factor=8, mode="bilinear")
+    g = torch.Generator().manual_seed(0)
+    run = Trajectory("DDPM, 1000 steps, seed 1 · faces", 1000, tuple(x0.shape), 1)
+    for i in range(120):
+        a, eps = (i / 119) ** 2, torch.randn(x0.shape, generator=g)
+        x_t, guess = a ** 0.5 * x0 + (1 - a) ** 0.5 * eps, a * x0 + (1 - a) * blurred + 0.05 * eps
+        run.frames.append(Frame(i * 8, 999 - i * 8, to_uint8(x_t.clamp(-1, 1)), to_uint8(guess.clamp(-1, 1))))
+    gif = export_gif(run, tmp_path / "run.gif")
+    assert Image.open(gif).n_frames == 120 and gif.stat().st_size <= 2_000_000, gif.stat().st_size
+    assert Image.open(gif).height >= 128 + 40  # each picture at least 128 px under the label bar
+
+
+def test_the_docs_examples_are_what_the_app_prints():
+    """docs/teaching.md's examples, read against the code on the default schedule (linear, T = 1000): the status
+    line's update for a DDPM step, the Frames label's t for a DDIM-50 step, and ᾱ_T."""
+    from ddpm_app.diffusion.samplers import Step, ddim_timesteps, step_breakdown
+    from ddpm_app.views.reverse_step import equation_text
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "teaching.md").read_text()
+    schedule = Schedule(ScheduleConfig())
+    update = re.search(r"`(x_\d+ = [^`]*·x_(\d+) [^`]*·z)`", text)
+    assert update, "docs/teaching.md has no example of the reverse step's update"
+    t, nothing = int(update.group(2)), torch.zeros(1, 1, 1, 1)
+    step = Step(0, 1000, t, t - 1, nothing, nothing, nothing, nothing, nothing)
+    assert update.group(1) == equation_text(step_breakdown(schedule, step, SamplerSettings("ddpm", 1000, 1.0, True)))
+    label = re.search(r"`step (\d+) of 50 · t = (\d+)` for DDIM-50", text)
+    assert label and ddim_timesteps(999, 50)[int(label.group(1)) - 1] == int(label.group(2))
+    abar = re.search(r"ᾱ_T = ([^,]*?), not 0.0000", text)
+    assert abar and number(float(schedule.float64["alphas_cumprod"][-1])) == abar.group(1)
+
+
+def test_the_forward_strip_wraps_into_rows_with_legible_captions(handlers: ui.Handlers):
+    strip = handlers.noise(str(PHOTO), 5, True, 1, UserState())[4]
+    tile = 128 + 2  # 16 px images enlarged ×8, and the gap
+    assert strip.shape[1] == ui.STRIP_COLUMNS * tile - 2  # four across: two rows of the eight timesteps
+    assert strip.shape[0] == 2 * (128 + ui.STRIP_FONT_SIZE + 6)
