@@ -150,8 +150,7 @@ class SketchInput(gr.ImageEditor):
         if is_http_url_like(url_or_file_path):
             raise user_error("drawings are not fetched from web addresses: draw in the box")
         return await super().async_move_resource_to_block_cache(url_or_file_path)
-    from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer
@@ -163,8 +162,7 @@ class CSVInput(widgets.FileInput):
 
     is_template = True
     field = "CSV file"
-    from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer
