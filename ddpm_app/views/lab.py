@@ -14,7 +14,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from matplotlib.patches import Circle
-from matplotlib.ticker import FuncFormatter
 from PIL import Image
 from torch import Tensor
 
@@ -33,7 +32,7 @@ from ddpm_app.lab import (
 )
 from ddpm_app.lab.points import MAX_POINTS
 from ddpm_app.serve.inputs import InputError, choice, real_number, whole_number
-from ddpm_app.views.plots import new_figure, pixels
+from ddpm_app.views.plots import log_y, new_figure, pixels
 
 MAX_STEPS = 20_000  # optimiser steps in one Train or Continue request
 MAX_TRAIN_SECONDS = 60.0  # wall-clock seconds one request may train; Continue goes on from there
@@ -274,7 +273,7 @@ def loss_picture(losses: list[float], previews: list[Preview]) -> np.ndarray:
         smooth = np.convolve(y, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(1, len(y) + 1), y, c=MODEL_COLOUR, alpha=0.2, lw=0.6)
         ax.plot(np.arange(window, len(y) + 1), smooth, c=MODEL_COLOUR, lw=1.8, label=f"loss (mean of {window})")
-        ax.set_yscale("log")
+        log_y(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("‖ε − ε̂‖² / 2")
     ax.grid(alpha=0.3)
@@ -283,11 +282,8 @@ def loss_picture(losses: list[float], previews: list[Preview]) -> np.ndarray:
         ax2 = legend_on = ax.twinx()  # one legend, on the axes drawn last, so no curve covers it
         ax2.plot([p.step for p in previews], [p.distance for p in previews], "o-", c=NOISE_COLOUR, ms=3,
                  label="energy distance of samples")
-        ax2.set_yscale("log")
+        log_y(ax2)
         ax2.set_ylabel("energy distance", color=NOISE_COLOUR)
-        plain = FuncFormatter(lambda y, _: f"{y:.3g}")  # 0.0123, not 1.23 × 10⁻²
-        ax2.yaxis.set_major_formatter(plain)
-        ax2.yaxis.set_minor_formatter(plain)
         handles += ax2.get_legend_handles_labels()[0]
     if handles:
         legend_on.legend(handles=handles, loc="upper right", fontsize=8)

@@ -17,7 +17,7 @@ from ddpm_app.image import to_uint8
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.numbers import number
 from ddpm_app.serve.served import ServedModel
-from ddpm_app.views.plots import new_figure, pixels
+from ddpm_app.views.plots import log_y, new_figure, pixels
 
 ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
 CLIP_X0 = True  # as the held-out figures of the shipped models (python -m ddpm_app.metrics.evaluate)
@@ -56,7 +56,7 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
         ax.plot(*zip(*ref_steps), "-", lw=1.2, color="tab:orange", alpha=0.9, label="held-out mean")
     ax.plot(*zip(*steps), "o", ms=3, color="tab:blue", label="your photo")
     ax.plot([0], [photo.decoder], "D", ms=6, color="tab:red", label=f"decoder $L_0$ = {photo.decoder:.2f}")
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_xlim(-timesteps * 0.02, timesteps - 1)
     ax.set_xlabel("t")
     ax.set_ylabel("bits/dim")

@@ -12,8 +12,24 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 MARK_COLOUR = (220, 20, 60)
+
+
+class PlainLogFormatter(LogFormatter):
+    """Matplotlib's choice of which log-axis ticks to label (fewer as the range widens, so labels never crowd),
+    written as plain decimals: 0.03, not 3×10⁻², which learners read faster."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+
+def log_y(ax: Axes) -> None:
+    """A logarithmic y axis whose ticks are labelled as plain decimals."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def new_figure(width: float = 8, height: float = 3, dpi: int = 100) -> Figure:

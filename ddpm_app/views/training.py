@@ -17,7 +17,7 @@ from torch import Tensor
 from ddpm_app.diffusion.loss import LossCurve, curve_timesteps, loss_curve, noise_prediction
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.serve.served import ServedModel
-from ddpm_app.views.plots import MarkedPlot, new_figure
+from ddpm_app.views.plots import MarkedPlot, log_y, new_figure
 
 CURVE_TIMESTEPS = 25  # points of the photo's loss curve, evenly spaced over the schedule
 CURVE_DRAWS = 3  # ε per point
@@ -87,7 +87,7 @@ def curve_plot(photo: LossCurve | None, heldout: HeldOut | None, timesteps: int)
         h = heldout.loss
         ax.plot(h.timesteps, h.mean, "s--", ms=3, lw=1.5, color="tab:orange",
                 label=f"held-out images ({h.num_images}, {heldout.data})")
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_xlim(0, timesteps - 1)
     ax.set_xlabel("t")
     ax.set_ylabel("E‖ε − ε̂‖² per value")
