@@ -13,6 +13,7 @@ from importlib.metadata import metadata, version
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from gradio_client import Client
 from huggingface_hub import HfApi, RepoCard, constants
 from packaging.requirements import Requirement
@@ -270,7 +271,8 @@ def test_a_space_like_start_serves_on_all_interfaces_and_answers_gradio_client(t
     log = tmp_path / "app.log"
     with serving([], space_env(GRADIO_SERVER_PORT=str(port)), port, log) as (url, _):
         assert listening_on_all_interfaces(port), Path("/proc/net/tcp").read_text()
-        text = log.read_text()
+        # Gradio prints its URL once the server thread is up, which can be just after the first page is served
+        text = wait_for(lambda: "Running on local URL" in (t := log.read_text()) and t, "the URL in the log")
         assert f"torch threads: {cpu_budget()}; OpenMP threads " in text
         # --cpu-runtime auto: OpenVINO at every batch where it is installed and the CPU has bf16, else PyTorch
         openvino = detect().bf16_native and openvino_net.version() is not None
