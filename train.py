@@ -11,152 +11,91 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from ddpm_app.cli import options as cli
 
-
-def _import_training():
-    # deferred so that `--help` answers without loading torch
-    from ddpm_app.training import trainer as training
-    return training
+DEFAULT_ARCH = "ddpm"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ddpm_app.diffusion.schedule import ScheduleConfig
+    from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, ScheduleConfig
     from ddpm_app.models import SeedUNetConfig, UNetConfig
-    from ddpm_app.training.trainer import TrainConfig
+    from ddpm_app.training.config import TrainConfig
 
-    # option helps state their own defaults (from the config dataclasses), so no ArgumentDefaultsHelpFormatter
+    # option helps state their own defaults (from the config dataclasses), so no ArgumentDefaultsHelpFormatter. The
+    # options of a run leave no attribute when not given: the configs fill in their defaults, and a resumed run
+    # tells the options given now from the settings it was started with
     p = argparse.ArgumentParser(prog="train.py", description="Train a DDPM U-Net (ε-prediction, simple loss).")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (model, EMA, "
-                   "optimizer, step, RNG states); model and schedule options are then taken from the checkpoint")
+                   "optimizer, step, RNG states) with its settings, except the options given now; model and schedule "
+                   "options are then taken from the checkpoint")
     p.add_argument("--push-to-hub", metavar="USER/REPO", default=None,
                    help="after training, upload the export folder to this Hub repo (token: HF_TOKEN or `hf auth login`)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--name", default=None, help="title of the model card (default: from the data pack)")
     p.add_argument("--hardware", default=None, help="hardware to name in the model card (default: detected GPU/CPU)")
-    cli.add_dataclass_options(p.add_argument_group("training"), TrainConfig)
+    cli.add_dataclass_options(p.add_argument_group("training"), TrainConfig, omit_unset=True)
 
     g = p.add_argument_group("model", "architecture and its config fields (unset ones keep the architecture's "
                              "defaults; `ddpm` and `seed` each take their own)")
-    g.add_argument("--arch", choices=["ddpm", "seed"], default="ddpm", help="U-Net design (default: ddpm)")
+    g.add_argument("--arch", choices=["ddpm", "seed"], default=argparse.SUPPRESS,
+                   help=f"U-Net design (default: {DEFAULT_ARCH})")
     seen = set()
     for cls, label in ((UNetConfig, "ddpm"), (SeedUNetConfig, "seed")):
         names = [f for f in cls.__dataclass_fields__ if f not in seen]
-        cli.add_dataclass_options(g, cls, skip=tuple(seen), defaults=False,
+        cli.add_dataclass_options(g, cls, skip=tuple(seen), defaults=False, omit_unset=True,
                                   help_prefix=f"[{label}] ")
         seen.update(names)
 
     s = p.add_argument_group("noise schedule")
-    s.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="β_t layout (default: linear)")
-    cli.add_dataclass_options(s, ScheduleConfig, skip=("kind",))
+    s.add_argument("--schedule", dest="kind", choices=SCHEDULE_KINDS, default=argparse.SUPPRESS,
+                   help=f"β_t layout (default: {ScheduleConfig.kind})")
+    cli.add_dataclass_options(s, ScheduleConfig, skip=("kind",), omit_unset=True)
     return p
 
 
-def given_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
-    """The options of ``args`` that ``argv`` sets explicitly (even to their default value)."""
-    probe = build_parser()
-    for action in probe._actions:  # an option left out then leaves no attribute at all
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv))) & set(vars(args))
-
-
 def model_config_from_args(args, recipe_fields: tuple = ()):
-    """The model config the options give. ``recipe_fields`` (the recipe's network) fill in only when the options set
-    none of those fields: a network half from the options and half from the recipe would be neither."""
-    from ddpm_app.models import ARCHITECTURES, SeedUNetConfig, UNetConfig, make_config
+    """The model config the options give (:func:`ddpm_app.training.config.model_config`, ``recipe_fields`` filling
+    in); an option of the other architecture is an error."""
+    from ddpm_app.models import ARCHITECTURES, SeedUNetConfig, UNetConfig
+    from ddpm_app.training.config import model_config
 
-    own = ARCHITECTURES[args.arch][0]
-    given = {**cli.pick(args, UNetConfig, only_given=True), **cli.pick(args, SeedUNetConfig, only_given=True)}
+    arch = getattr(args, "arch", DEFAULT_ARCH)
+    own = ARCHITECTURES[arch][0]
+    given = {**cli.pick(args, UNetConfig), **cli.pick(args, SeedUNetConfig)}
     foreign = sorted(set(given) - set(own.__dataclass_fields__))
     if foreign:
-        raise SystemExit(f"error: --arch {args.arch} has no option(s) "
+        raise SystemExit(f"error: --arch {arch} has no option(s) "
                          + ", ".join("--" + f.replace("_", "-") for f in foreign))
-    recipe = dict(recipe_fields)
-    return make_config(args.arch, given if set(given) & set(recipe) else {**recipe, **given})
+    return model_config(arch, given, recipe_fields)
 
 
-def detect_hardware(device) -> str:
-    import torch
+def architecture_options(args) -> list[str]:
+    """The model and noise-schedule options given, which a resumed run takes from its checkpoint instead."""
+    from ddpm_app.diffusion.schedule import ScheduleConfig
+    from ddpm_app.models import SeedUNetConfig, UNetConfig
 
-    from ddpm_app.runtime.isa import cpu_model_name
-    if device.type == "cuda":
-        n = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        return f"{n}× {torch.cuda.get_device_name(device)}" if n > 1 else torch.cuda.get_device_name(device)
-    return f"CPU ({cpu_model_name()}, {torch.get_num_threads()} threads)"
-
-
-def plot_loss(metrics_path: Path, out_path: Path) -> Path | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ddpm_app.training.trainer import read_metrics
-
-    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
-    ax.set(xlabel="step", ylabel="loss (ε MSE)", yscale="log", title="training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
-    return out_path
-
-
-def complete_export(folder: Path, samples: Path | None, title: str, data: str | None = None,
-                    device: str = "cpu", heldout_images: int | None = None) -> Path:
-    """Finish an exported model folder: the sample grid as samples.png, the model card (README.md) and, when the
-    data pack has a test/ split, the held-out loss curve and bits/dim (heldout.json)."""
-    import torch
-
-    from ddpm_app.io import model_card
-    from ddpm_app.io.model_folder import read_config
-    from ddpm_app.metrics import heldout
-    from ddpm_app.models import build_model
-
-    if samples is not None:
-        shutil.copy(samples, folder / "samples.png")
-    config = read_config(folder)
-    with torch.device("meta"):  # the parameter count without allocating the weights
-        num_parameters = build_model(config.model).num_parameters()
-    model_card.write(folder, config, num_parameters, title=title,
-                     sample_image="samples.png" if samples is not None else None)
-    if data and Path(data).exists():
-        measured = heldout.measure_folder(folder, data, device=device, limit=heldout_images or heldout.HELDOUT_IMAGES)
-        print(f"held-out figures: {measured.method}" if measured else f"{data} has no test/ split: "
-              "no held-out figures stored", file=sys.stderr)
-    return folder
-
-
-def finish_export(trainer, args) -> Path:
-    """Export the EMA weights with a model card, the last sample grid and the loss curve."""
-    out = Path(trainer.cfg.out)
-    export_dir = out / "export"
-    hardware = args.hardware or detect_hardware(trainer.device)
-    trainer.export(export_dir, extra={"hardware": hardware})
-    grids = sorted((out / "samples").glob("step_*.png"))
-    if trainer.cfg.sample_every == 0 or not grids or not grids[-1].name.endswith(f"{trainer.step:07d}.png"):
-        grids.append(trainer.sample_grid())
-    plot_loss(out / "metrics.jsonl", out / "loss.png")
-    return complete_export(export_dir, grids[-1], args.name or f"DDPM {Path(trainer.cfg.data).stem}",
-                           data=trainer.cfg.data, device=str(trainer.device), heldout_images=trainer.cfg.heldout_images)
+    names = {"arch", *UNetConfig.__dataclass_fields__, *SeedUNetConfig.__dataclass_fields__,
+             *ScheduleConfig.__dataclass_fields__}
+    flags = {"kind": "schedule"}  # --schedule sets ScheduleConfig.kind
+    return ["--" + flags.get(name, name).replace("_", "-") for name in sorted(set(vars(args)) & names)]
 
 
 def train_main(argv) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    training = _import_training()
+    args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
     from ddpm_app.diffusion.schedule import ScheduleConfig
     from ddpm_app.io.data import DatasetError
+    from ddpm_app.runtime.inference import resolve_device
+    from ddpm_app.training import config
+    from ddpm_app.training.checkpoint import resume_config
+    from ddpm_app.training.distributed import hardware_name
+    from ddpm_app.training.errors import TrainingError
+    from ddpm_app.training.trainer import Trainer
 
     if args.push_to_hub:  # a bad repo id is worth knowing now, not after hours of training
         from ddpm_app.io.hub import HubError, check_repo_id, has_token
@@ -168,38 +107,26 @@ def train_main(argv) -> int:
         if not has_token() and os.environ.get("RANK", "0") == "0":
             print("warning: no Hugging Face token yet; set HF_TOKEN or run `hf auth login` before training ends, "
                   "or the model will only be exported locally", file=sys.stderr)
-    cfg_values = cli.pick(args, training.TrainConfig)
-    checkpoint = None  # the training state to resume from, read once
-    if args.resume:
-        # the run folder's own settings, with the options given now taking precedence for bookkeeping
-        try:
-            checkpoint = training.read_resume_checkpoint(Path(args.out))
-        except training.TrainingError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        saved = {k: v for k, v in checkpoint["train_config"].items() if k in training.TrainConfig.__dataclass_fields__}
-        given = given_options(args, argv)
-        from ddpm_app.models import SeedUNetConfig, UNetConfig
-        architecture = {"arch", "schedule", *UNetConfig.__dataclass_fields__, *SeedUNetConfig.__dataclass_fields__,
-                        *ScheduleConfig.__dataclass_fields__}
-        ignored = sorted(given & architecture)
-        if ignored:
-            print("warning: --resume takes the model and noise schedule from the checkpoint; ignoring "
-                  + ", ".join("--" + name.replace("_", "-") for name in ignored), file=sys.stderr)
-        cfg_values = {**saved, **{k: v for k, v in cfg_values.items() if k in given}, "out": args.out}
+    given = cli.pick(args, config.TrainConfig)  # the training options given; TrainConfig or the checkpoint has the rest
     try:
-        cfg = training.TrainConfig(**cfg_values)
+        checkpoint = None  # the training state to resume from, read once
+        if args.resume:
+            cfg, checkpoint = resume_config(given)
+            ignored = architecture_options(args)
+            if ignored:
+                print("warning: --resume takes the model and noise schedule from the checkpoint; ignoring "
+                      + ", ".join(ignored), file=sys.stderr)
+        else:
+            cfg = config.TrainConfig(**given)
         if not cfg.data:
             print("error: --data is required (an image folder or a .zip pack)", file=sys.stderr)
             return 2
-        from ddpm_app.runtime.inference import resolve_device
         on = "cuda" if "cuda" in cfg.device else resolve_device(cfg.device).type  # a rank's own GPU is not asked for yet
-        recipe = training.recipe_for(cfg, args.arch, on)
+        recipe = config.recipe_for(cfg, getattr(args, "arch", DEFAULT_ARCH), on)
         model_config = None if args.resume else model_config_from_args(args, recipe.model)
-        schedule_config = ScheduleConfig(args.schedule, args.timesteps, args.beta_start, args.beta_end,
-                                         args.cosine_s, args.max_beta)
-        trainer = training.Trainer(cfg, model_config, schedule_config, resume=args.resume, checkpoint=checkpoint)
-    except (training.TrainingError, DatasetError, ValueError) as e:
+        schedule_config = ScheduleConfig(**cli.pick(args, ScheduleConfig))
+        trainer = Trainer(cfg, model_config, schedule_config, resume=args.resume, checkpoint=checkpoint)
+    except (TrainingError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     main_rank = trainer.dist.is_main
@@ -210,7 +137,7 @@ def train_main(argv) -> int:
                   f"(first: {pack.skipped[0]})", file=sys.stderr)
         n_params = trainer.model.num_parameters()
         print(f"training {trainer.diffusion_config.arch} U-Net ({n_params / 1e6:.2f} M parameters) on {len(pack)} "
-              f"images from {cfg.data} on {detect_hardware(trainer.device)}"
+              f"images from {cfg.data} on {hardware_name(trainer.device)}"
               + (f", resuming at step {trainer.step}" if args.resume else ""), file=sys.stderr)
         cfg = trainer.cfg  # with the architecture's recipe filled in
         if not trainer.is_cuda:
@@ -236,7 +163,7 @@ def train_main(argv) -> int:
                           + f"{first_step_s:.1f} s for the first step{compiling}; images/s count from the second step")
             elif p.event == "log":
                 if loop_start is not None and main_rank:  # the first speed measured: will the time limit cut the run?
-                    warning = training.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
+                    warning = config.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
                     if warning:
                         bar.write(warning, file=sys.stderr)
                     loop_start = None
@@ -249,7 +176,7 @@ def train_main(argv) -> int:
                           f"{p.held_out.raw:.5f} (raw weights)")
             elif p.event in ("stopped", "done"):
                 status = p.event
-    except (training.TrainingError, OSError) as e:  # OSError: e.g. the disk filled up while writing a sample grid
+    except (TrainingError, OSError) as e:  # OSError: e.g. the disk filled up while writing a sample grid
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -261,23 +188,25 @@ def train_main(argv) -> int:
         return 0
     if not main_rank:
         return 0
-    export_dir = finish_export(trainer, args)
-    print(f"exported to {export_dir}", file=sys.stderr)
+    exported = trainer.export(title=args.name, hardware=args.hardware)
+    if exported.figures:
+        print(exported.figures, file=sys.stderr)
+    print(f"exported to {exported.folder}", file=sys.stderr)
     if args.push_to_hub:
-        return push(export_dir, args.push_to_hub, args.private)
+        return push(exported.folder, args.push_to_hub, args.private)
     return 0
 
 
 def cpu_note(cfg, arch: str) -> str:
     """What training without a GPU does, said before it starts: which settings, and how to get the others."""
-    from ddpm_app.training import trainer as training
+    from ddpm_app.training.config import CPU_RECIPES, RECIPES, recipe_for
 
-    recipe = training.recipe_for(cfg, arch, "cpu")
-    if recipe is training.CPU_RECIPES[arch]:
+    recipe = recipe_for(cfg, arch, "cpu")
+    if recipe is CPU_RECIPES[arch]:
         return (f"no CUDA GPU: training on the CPU with settings made for it (--recipe cpu): a smaller network and "
                 f"batch {recipe.batch_size}, so a step takes about a second on 2 cores. It shows the trainer at work; "
                 f"good samples take a GPU's hours. --recipe gpu takes the shipped models' settings "
-                f"(batch {training.RECIPES[arch].batch_size}) here too, at minutes a step.")
+                f"(batch {RECIPES[arch].batch_size}) here too, at minutes a step.")
     return (f"no CUDA GPU: training on the CPU with the GPU recipe (--recipe {cfg.recipe}); a step of "
             f"{cfg.batch_size} images can take minutes here (--recipe cpu: about a second)")
 
@@ -311,21 +240,16 @@ def export_main(argv) -> int:
     p.add_argument("--name", default=None, help="model card title")
     p.add_argument("--hardware", default=None, help="hardware to name in the model card")
     args = p.parse_args(argv)
-    training = _import_training()
+    from ddpm_app.training.errors import TrainingError
+    from ddpm_app.training.export import export_checkpoint_file
     try:
-        ckpt = training.load_checkpoint(args.ckpt)
-    except training.TrainingError as e:
+        exported = export_checkpoint_file(args.ckpt, args.out, args.export_dtype, args.name, args.hardware)
+    except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    extra = {"hardware": args.hardware} if args.hardware else None
-    out = training.export_checkpoint(ckpt, args.out, args.export_dtype, extra)
-    grids = sorted((Path(args.ckpt).parent / "samples").glob("step_*.png"))
-    data = (ckpt.get("data") or {}).get("path") or ckpt["train_config"].get("data")
-    from ddpm_app.runtime.inference import resolve_device
-    # the held-out figures take minutes on a CPU and seconds on a GPU
-    complete_export(out, grids[-1] if grids else None, args.name or "DDPM model", data=data,
-                    device=str(resolve_device()))
-    print(f"exported {args.ckpt} to {out}", file=sys.stderr)
+    if exported.figures:
+        print(exported.figures, file=sys.stderr)
+    print(f"exported {args.ckpt} to {exported.folder}", file=sys.stderr)
     return 0
 
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.io.data import ImagePack
 from ddpm_app.models import SeedUNetConfig, UNetConfig, build_model
-from ddpm_app.training.trainer import TrainConfig, Trainer
+from ddpm_app.training.config import TrainConfig
+from ddpm_app.training.trainer import Trainer
 
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm_app.diffusion.likelihood import bound_timesteps, variational_bound
 from ddpm_app.io.data import load_pack
 from ddpm_app.io.model_folder import load_local
+from ddpm_app.metrics.eps_mse import held_out_mse, held_out_set
 from ddpm_app.runtime.inference import prepare
 from ddpm_app.runtime.isa import cpu_model_name
-from ddpm_app.training.trainer import held_out_mse, held_out_set
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@
 
 The loss curve is measured here on the first N images of the pack's test/ split, K timesteps evenly spaced
 over the schedule, D fresh ε per (image, t). The bits/dim comes either from an evaluation report of
-``python -m ddpm_app.metrics.evaluate`` (``--bpd-from``: there, the exact bound over all T and every held-out image) or is
+``python -m ddpm_app.cli.evaluate`` (``--bpd-from``: there, the exact bound over all T and every held-out image) or is
 estimated here from ``--bound-timesteps`` timesteps on the same N images.
 """
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from train_throughput import CONFIGS, fake_pack  # noqa: E402
 
 from ddpm_app.diffusion.schedule import ScheduleConfig
-from ddpm_app.training.trainer import TrainConfig, Trainer
+from ddpm_app.training.config import TrainConfig
+from ddpm_app.training.trainer import Trainer
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ from PIL import Image
 from ddpm_app.diffusion.schedule import ScheduleConfig
 from ddpm_app.io.data import ImagePack
 from ddpm_app.models import UNetConfig
-from ddpm_app.training.trainer import TrainConfig
+from ddpm_app.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PY = REPO / "train.py"

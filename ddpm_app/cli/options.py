@@ -23,10 +23,12 @@ def _base_type(tp: Any) -> Any:
 
 
 def add_dataclass_options(parser: argparse._ActionsContainer, cls: type, *, skip: tuple[str, ...] = (),
-                          defaults: bool = True, help_prefix: str = "") -> list[str]:
+                          defaults: bool = True, help_prefix: str = "", omit_unset: bool = False) -> list[str]:
     """Add ``--field-name`` for each field of a dataclass; returns the destination names added.
 
-    With ``defaults=False`` options default to None, so a caller can tell which ones were given.
+    With ``defaults=False`` options default to None (and their help states no default), so a caller can tell which
+    ones were given. With ``omit_unset`` an option that is not given leaves no attribute at all, so :func:`pick`
+    returns exactly the options given and the dataclass fills in the rest; the help still states its defaults.
     Help texts come from the comments next to each field, where the dataclass has them.
     """
     hints = typing.get_type_hints(cls)
@@ -39,7 +41,8 @@ def add_dataclass_options(parser: argparse._ActionsContainer, cls: type, *, skip
         default = _default(f)
         flag = "--" + f.name.replace("_", "-")
         help_text = help_prefix + comments.get(f.name, f.name.replace("_", " "))
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default if defaults else None}
+        kwargs: dict[str, Any] = {"dest": f.name,
+                                  "default": argparse.SUPPRESS if omit_unset else default if defaults else None}
         if defaults and default is not None:
             help_text += f" (default: {default})"
         if tp is bool:

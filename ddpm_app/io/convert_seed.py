@@ -6,16 +6,14 @@ unpickler, which refuses anything but tensors and plain containers, so a file ca
 without running it — reads the widths off the tensor shapes, loads the tensors strictly into
 :class:`~ddpm_app.models.SeedUNet`, and writes the result with :func:`~ddpm_app.io.model_folder.save_pretrained`.
 
-    python -m ddpm_app.io.convert_seed ddpm_T1000_l2_epochs_300.pth weights/seed-celeba --image-size 96
+    python -m ddpm_app.cli.convert_seed ddpm_T1000_l2_epochs_300.pth weights/seed-celeba --image-size 96
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import pickle
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -23,8 +21,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, ScheduleConfig
-from ddpm_app.io.model_folder import DiffusionConfig, ModelFolderError, save_pretrained
+from ddpm_app.diffusion.schedule import ScheduleConfig
+from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig
 
 # prefixes that wrappers add to every key: torch.compile (``_orig_mod.``) and DataParallel (``module.``)
@@ -151,38 +149,3 @@ def convert(pth_path: str | Path, out_dir: str | Path, *, image_size: int = 64,
         "source_sha256": hashlib.sha256(pth_path.read_bytes()).hexdigest(),
     })
     return Converted(save_pretrained(model, config, out_dir, dtype=dtype), config)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    defaults = ScheduleConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm_app.io.convert_seed",
-        description="Convert the seed tutorial's model.state_dict() .pth file into a model folder "
-                    "(config.json + model.safetensors). The file is read with weights-only loading.")
-    parser.add_argument("pth", type=Path, help="the .pth file saved with torch.save(model.state_dict(), …)")
-    parser.add_argument("out_dir", type=Path, help="folder to write config.json and the safetensors weights into")
-    parser.add_argument("--image-size", type=int, default=64,
-                        help="side of the images the model was trained on (not stored in the .pth; "
-                             "the tutorial's training code uses 96)")
-    parser.add_argument("--schedule", choices=SCHEDULE_KINDS, default=defaults.kind,
-                        help="noise schedule the model was trained with (the tutorial: linear)")
-    parser.add_argument("--timesteps", type=int, default=defaults.timesteps, help="T (the tutorial: 1000)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        schedule = ScheduleConfig(kind=args.schedule, timesteps=args.timesteps)
-        directory, config = convert(args.pth, args.out_dir, image_size=args.image_size, schedule=schedule)
-    except (ValueError, ModelFolderError, OSError) as e:  # ConversionError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    widths = ", ".join(map(str, config.model.down_channels))
-    print(f"wrote {directory} (seed U-Net, widths {widths}, {config.image_size}×{config.image_size}, "
-          f"{config.schedule.kind} schedule, T = {config.schedule.timesteps})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """How good is a model? Likelihood bound, FD-UTK, attribute coverage, memorisation and a sample grid.
 
-    python -m ddpm_app.metrics.evaluate MODEL_DIR --data PACK.zip [--split test] [--num-samples N] [--sampler ddpm|ddim --steps K]
+    python -m ddpm_app.cli.evaluate MODEL_DIR --data PACK.zip [--split test] [--num-samples N] [--sampler ddpm|ddim --steps K]
 
 writes ``eval.json``, ``samples_<sampler>.png`` (8×8) and ``memorisation.png`` into ``--out`` (default
 ``MODEL_DIR/eval``) and prints a table. The same as a library call: ``evaluate(model_dir, data, EvalConfig(...))``.
@@ -15,20 +15,18 @@ writes ``eval.json``, ``samples_<sampler>.png`` (8×8) and ``memorisation.png`` 
    whose file names carry UTKFace labels; skipped (and said so) for others.
 3. **Memorisation**: each of 64 samples' nearest training image, in pixels (mirror images included, since
    training flips) and in the face features; the median distance over the samples divided by the median
-   distance of held-out images to their nearest training image. Well below 1 means samples copy the training set.
+   distance of held-out images to their nearest training image. Well below 1 means samples copy the training set
+   (:mod:`ddpm_app.metrics.memorisation`).
 4. **A sample grid** from the sampler and step count asked for.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -41,6 +39,7 @@ from ddpm_app.io.model_folder import LoadedModel, is_repo_id, load_pretrained
 from ddpm_app.metrics.features import (
     DEFAULT_WEIGHTS,
     HEADS,
+    FaceFeatures,
     class_fractions,
     embed,
     fd_bootstrap_se,
@@ -52,6 +51,7 @@ from ddpm_app.metrics.features import (
     sha256_file,
     total_variation,
 )
+from ddpm_app.metrics.memorisation import Memorisation, measure_memorisation
 from ddpm_app.runtime.inference import Precision, float32_matmul, prepare, resolve_device
 
 GRID_SAMPLES = 64  # an 8×8 grid
@@ -136,34 +136,6 @@ class FaceMetrics:
 
 
 @dataclass(frozen=True)
-class Neighbour:
-    """A sample's nearest training image, in pixels and in the face features."""
-
-    sample: int
-    pixel_distance: float  # RMS distance of 8-bit values scaled to [0, 1]
-    pixel_train: str
-    pixel_flipped: bool  # the nearest was the training image's mirror image
-    feature_distance: float | None
-    feature_train: str | None
-
-
-@dataclass(frozen=True)
-class Memorisation:
-    num_samples: int
-    num_test: int
-    pixel_median: float  # median over samples of the distance to the nearest training image
-    pixel_test_median: float  # median over held-out images of the same
-    pixel_ratio: float  # pixel_median / pixel_test_median
-    pixel_min: float
-    pixel_test_min: float
-    feature_median: float | None
-    feature_test_median: float | None
-    feature_ratio: float | None
-    grid: str
-    neighbours: list[Neighbour]
-
-
-@dataclass(frozen=True)
 class EvalResult:
     model: str
     data: str
@@ -227,55 +199,6 @@ def generate(model: EpsModel, loaded: LoadedModel, config: EvalConfig, count: in
                 progress(done, count * steps)
         out.append(to_uint8(step.x_prev).cpu())
     return torch.cat(out)
-
-
-class Nearest(NamedTuple):
-    """For each query, the distance to its nearest reference image, that image's index, and whether its mirror
-    image was the nearer one; (Q,) each."""
-
-    distance: Tensor
-    index: Tensor
-    flipped: Tensor
-
-
-@torch.inference_mode()
-def nearest_pixels(queries: Tensor, reference: Tensor, device: torch.device, *, flips: bool = True,
-                   chunk: int = 4096) -> Nearest:
-    """Nearest reference image of each uint8 query in RMS pixel distance (values scaled to [0, 1]).
-
-    ‖q − r‖² = ‖q‖² + ‖r‖² − 2·q·r in fp32 with TF32 off, both centred at 0.5 to keep the cancellation small
-    (an exact copy comes out within ~1e-4 of 0). With ``flips`` each reference image's mirror image is tried too.
-    """
-    dims = queries[0].numel()
-    q = (queries.to(device).float() / 255.0 - 0.5).reshape(len(queries), -1)  # (Q, D)
-    q_sq = q.square().sum(dim=1, keepdim=True)
-    best = torch.full((len(q),), math.inf, device=device)
-    best_index = torch.zeros(len(q), dtype=torch.long, device=device)
-    best_flip = torch.zeros(len(q), dtype=torch.bool, device=device)
-    with float32_matmul("fp32", device):
-        for start in range(0, len(reference), chunk):
-            block = reference[start:start + chunk].to(device)
-            for flipped in ((False, True) if flips else (False,)):
-                r = ((block.flip(-1) if flipped else block).float() / 255.0 - 0.5).reshape(len(block), -1)
-                d2 = q_sq + r.square().sum(dim=1)[None, :] - 2.0 * q @ r.T  # (Q, chunk)
-                value, index = d2.min(dim=1)
-                better = value < best
-                best = torch.where(better, value, best)
-                best_index = torch.where(better, index + start, best_index)
-                best_flip = torch.where(better, torch.tensor(flipped, device=device), best_flip)
-    distance = (best.clamp(min=0) / dims).sqrt()
-    return Nearest(distance.cpu(), best_index.cpu(), best_flip.cpu())
-
-
-def nearest_features(queries: Tensor, reference: Tensor) -> Nearest:
-    """Nearest reference of each query in Euclidean feature distance (float64 features on the CPU)."""
-    d = torch.cdist(queries.double(), reference.double())  # (Q, R)
-    value, index = d.min(dim=1)
-    return Nearest(value, index, torch.zeros(len(queries), dtype=torch.bool))
-
-
-def _median(x: Tensor) -> float:
-    return float(x.double().quantile(0.5))
 
 
 def default_out_dir(model: str | Path) -> Path:
@@ -345,7 +268,7 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
 
     # 4. memorisation
     t0 = time.perf_counter()
-    memorisation = _memorisation(config, test, train, samples, device, embeddings, out)
+    memorisation = measure_memorisation(config.memorisation_samples, test, train, samples, device, embeddings, out)
     seconds["memorisation"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - clock
 
@@ -361,12 +284,6 @@ def evaluate(model_dir: str | Path, data: str | Path, config: EvalConfig = EvalC
     return result
 
 
-class FaceFeatures(NamedTuple):
-    """Face features (N, F) of the samples, the held-out split and the training split."""
-
-    samples: Tensor
-    test: Tensor
-    train: Tensor
 
 
 def _face_metrics(config: EvalConfig, test: ImagePack, train: ImagePack, samples: Tensor, device: torch.device
@@ -409,51 +326,8 @@ def _face_metrics(config: EvalConfig, test: ImagePack, train: ImagePack, samples
     return faces, note, embeddings
 
 
-def _memorisation(config: EvalConfig, test: ImagePack, train: ImagePack, samples: Tensor, device: torch.device,
-                  embeddings: FaceFeatures | None, out: Path) -> Memorisation:
-    k = config.memorisation_samples
-    queries = samples[:k]
-    near_samples = nearest_pixels(queries, train.images, device)
-    near_test = nearest_pixels(test.images, train.images, device)
-    feature_samples = feature_test = None
-    if embeddings is not None:
-        feature_samples = nearest_features(embeddings.samples[:k], embeddings.train)
-        feature_test = nearest_features(embeddings.test, embeddings.train)
-
-    # the grid: each sample, then its nearest training image in pixels (mirrored if that was nearer),
-    # then (with face features) its nearest in features; four samples per row
-    tiles = []
-    for i in range(k):
-        tiles.append(queries[i])
-        match = train.images[int(near_samples.index[i])]
-        tiles.append(match.flip(-1) if bool(near_samples.flipped[i]) else match)
-        if feature_samples is not None:
-            tiles.append(train.images[int(feature_samples.index[i])])
-    per_sample = 3 if feature_samples is not None else 2
-    grid_path = save_grid(from_uint8(torch.stack(tiles)), out / "memorisation.png", nrow=4 * per_sample)
-
-    neighbours = [Neighbour(
-        sample=i, pixel_distance=float(near_samples.distance[i]), pixel_train=train.names[int(near_samples.index[i])],
-        pixel_flipped=bool(near_samples.flipped[i]),
-        feature_distance=None if feature_samples is None else float(feature_samples.distance[i]),
-        feature_train=None if feature_samples is None else train.names[int(feature_samples.index[i])],
-    ) for i in range(k)]
-    pixel_median, pixel_test_median = _median(near_samples.distance), _median(near_test.distance)
-    feature_median = feature_test_median = feature_ratio = None
-    if feature_samples is not None and feature_test is not None:
-        feature_median, feature_test_median = _median(feature_samples.distance), _median(feature_test.distance)
-        feature_ratio = feature_median / feature_test_median if feature_test_median > 0 else math.inf
-    return Memorisation(
-        num_samples=k, num_test=len(test), pixel_median=pixel_median, pixel_test_median=pixel_test_median,
-        pixel_ratio=pixel_median / pixel_test_median if pixel_test_median > 0 else math.inf,
-        pixel_min=float(near_samples.distance.min()), pixel_test_min=float(near_test.distance.min()),
-        feature_median=feature_median, feature_test_median=feature_test_median, feature_ratio=feature_ratio,
-        grid=grid_path.name, neighbours=neighbours,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------
-# command line
+# the report
 
 
 def format_table(result: EvalResult) -> str:
@@ -493,46 +367,3 @@ def format_table(result: EvalResult) -> str:
     rows.append(("time", ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
-
-
-class _Printer:
-    """Progress lines on stderr, at most one per stage every few seconds."""
-
-    def __init__(self, every: float = 10.0):
-        self.every, self.last, self.start = every, {}, {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        self.start.setdefault(stage, now)
-        if done < total and now - self.last.get(stage, 0.0) < self.every:
-            return
-        self.last[stage] = now
-        elapsed = now - self.start[stage]
-        eta = elapsed / done * (total - done) if done else 0.0
-        print(f"{stage}: {done}/{total}  {elapsed:.0f} s elapsed, ~{eta:.0f} s left", file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ddpm_app.cli.options import add_dataclass_options, pick
-    from ddpm_app.io.data import DatasetError
-    from ddpm_app.io.model_folder import ModelFolderError
-
-    parser = argparse.ArgumentParser(prog="python -m ddpm_app.metrics.evaluate",
-                                     description="Measure a model: bits/dim, FD-UTK, memorisation, sample grid.")
-    parser.add_argument("model", help="model folder (config.json + model.safetensors) or Hub repo id")
-    parser.add_argument("--data", required=True, help="data pack (zip or folder) with train/ and test/ folders")
-    parser.add_argument("--out", default=None, help="output folder (default: MODEL_DIR/eval)")
-    add_dataclass_options(parser, EvalConfig)
-    args = parser.parse_args(argv)
-    try:
-        config = EvalConfig(**pick(args, EvalConfig))
-        result = evaluate(args.model, args.data, config, out_dir=args.out, progress=_Printer())
-    except (ModelFolderError, DatasetError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""What a model scores on held-out images of its data, kept beside its weights as ``heldout.json``.
+"""The held-out figures: what a model scores on the held-out split of its data, kept beside its weights as
+``heldout.json``.
 
 Two numbers a learner compares their own photo with: the loss against t (:func:`ddpm_app.diffusion.loss.loss_curve`) and the
 bound in bits/dim (:func:`ddpm_app.diffusion.likelihood.bits_per_dim`), both over the data pack's ``test/`` split. The file is
@@ -22,7 +23,7 @@ from ddpm_app.io.data import DatasetError, load_pack
 
 HELDOUT_NAME = "heldout.json"
 LOSS_TIMESTEPS = 50  # points of the stored loss curve, evenly spaced over the schedule
-HELDOUT_IMAGES = 256  # held-out images measured at export (the first of the split)
+HELDOUT_IMAGES = 256  # images of the held-out figures measured at export (the first of the split)
 BOUND_TIMESTEPS = 100  # timesteps of the bits/dim estimate at export (the decoder and 99 strata)
 
 

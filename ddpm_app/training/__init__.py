@@ -1,2 +1,3 @@
-"""Training the U-Net: the training config and recipes, the loop, checkpoints that resume exactly, EMA and
-multi-GPU."""
+"""Training the U-Net: the settings and recipes (config), the timesteps and loss weights of a batch (objective), the
+loop (trainer), checkpoints that resume exactly (checkpoint), the EMA (ema), several GPUs (distributed) and the model
+folder a run ends with (export)."""

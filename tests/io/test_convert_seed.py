@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import PATIENCE, perturb, seeded_init
 
+from ddpm_app.cli.convert_seed import main
 from ddpm_app.diffusion.schedule import ScheduleConfig
-from ddpm_app.io.convert_seed import ConversionError, convert, infer_config, main, read_state_dict
+from ddpm_app.io.convert_seed import ConversionError, convert, infer_config, read_state_dict
 from ddpm_app.io.model_folder import load_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig
 
@@ -205,7 +206,7 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
     path = tmp_path / "bad.pth"
     path.write_bytes(b"\x80\x04not really")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "ddpm_app.io.convert_seed", str(path), str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "ddpm_app.cli.convert_seed", str(path), str(tmp_path / "out")],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=PATIENCE)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

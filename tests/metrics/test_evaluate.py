@@ -11,12 +11,14 @@ import torch
 from PIL import Image
 from tiny_packs import EMOJI_TEST, EMOJI_TRAIN, UTK_TEST, UTK_TRAIN, emoji_pack, utkface_pack
 
+from ddpm_app.cli.evaluate import main
 from ddpm_app.diffusion.likelihood import bits_per_dim
 from ddpm_app.io.data import load_pack
 from ddpm_app.io.model_folder import load_pretrained
 from ddpm_app.metrics import evaluate as ev
-from ddpm_app.metrics.evaluate import EvalConfig, EvalResult, evaluate, main, nearest_pixels
+from ddpm_app.metrics.evaluate import EvalConfig, EvalResult, evaluate
 from ddpm_app.metrics.features import HEADS, embed, fd_bootstrap_se, feature_fd, load_feature_net
+from ddpm_app.metrics.memorisation import nearest_pixels
 
 FAST = ["--num-samples", "64", "--batch-size", "64", "--device", "cpu"]
 

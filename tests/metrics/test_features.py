@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny_packs import utkface_pack
 
+from ddpm_app.cli.features import main
 from ddpm_app.metrics.features import (
     AGE_GROUPS,
     DEFAULT_WEIGHTS,
@@ -32,7 +33,6 @@ from ddpm_app.metrics.features import (
     is_utkface,
     label_names,
     load_feature_net,
-    main,
     metadata_path,
     parse_utkface_name,
     save_feature_net,

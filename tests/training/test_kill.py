@@ -22,7 +22,7 @@ import torch
 from conftest import PATIENCE
 from tiny_runs import PYTHON, REPO, subprocess_env, train_args, write_folder
 
-from ddpm_app.training.trainer import CHECKPOINT_NAME, load_checkpoint
+from ddpm_app.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 pytestmark = pytest.mark.slow
 

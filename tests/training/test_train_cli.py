@@ -22,9 +22,12 @@ from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.io.data import load_pack
 from ddpm_app.io.model_folder import load_pretrained
 from ddpm_app.metrics import heldout
+from ddpm_app.metrics.eps_mse import held_out_mse, held_out_set
 from ddpm_app.models import build_model, make_config
+from ddpm_app.training import config, export
 from ddpm_app.training import trainer as training
-from ddpm_app.training.trainer import CHECKPOINT_NAME, TrainConfig, load_checkpoint
+from ddpm_app.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ddpm_app.training.config import TrainConfig
 
 FAKE_TOKEN = "hf_fakeTokenForTests0123456789abcdefXYZ"
 
@@ -193,10 +196,10 @@ def test_export_subcommand_rewrites_the_model_folder(trained, tmp_path, capsys):
 
 def test_export_subcommand_measures_the_held_out_figures_on_the_gpu_when_there_is_one(trained, tmp_path,
                                                                                       monkeypatch):
-    import ddpm_app.runtime.inference
     seen = {}
-    monkeypatch.setattr(ddpm_app.runtime.inference, "resolve_device", lambda name="auto": torch.device("cuda", 3))
-    monkeypatch.setattr(train, "complete_export", lambda folder, *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(export, "resolve_device", lambda name="auto": torch.device("cuda", 3))
+    monkeypatch.setattr(export, "complete_export",
+                        lambda folder, *args, **kwargs: seen.update(kwargs) or export.Exported(folder, None))
     assert train.main(["export", "--ckpt", str(trained["out"] / CHECKPOINT_NAME), "--out", str(tmp_path / "x")]) == 0
     assert seen["device"] == "cuda:3"
 
@@ -251,7 +254,7 @@ def test_the_time_limit_is_checked_once_at_the_first_measured_speed(tmp_path, ca
     def warn(cfg, step, images_per_s, seconds_used):
         calls.append((step, images_per_s, seconds_used))
         return "warning: the time limit cuts this run short"
-    monkeypatch.setattr(training, "time_limit_warning", warn)
+    monkeypatch.setattr(config, "time_limit_warning", warn)
     data = write_folder(tmp_path / "pictures")
     assert train.main(train_args(data, tmp_path / "run", "--split", "", "--lr-decay", "cosine")) == 0
     assert capsys.readouterr().err.count("warning: the time limit cuts this run short") == 1
@@ -264,13 +267,13 @@ def test_help_states_each_architectures_recipe_as_the_trainer_has_it(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
     helps = {name: re.search(rf"--{name} [A-Z_]+ ([a-z].+?\))", text).group(1)
              for name in ("batch-size", "lr", "warmup-steps", "sample-eta")}
-    for arch, recipe in training.RECIPES.items():
+    for arch, recipe in config.RECIPES.items():
         stated = {name: float(re.search(rf"([0-9.e-]+) for {arch}", h).group(1)) for name, h in helps.items()}
         assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps,
                           "sample-eta": recipe.sample_eta}
     on_cpu = {name: re.search(r"on the CPU ([0-9.e-]+)(?: and ([0-9.e-]+))?", helps[name]).groups()
               for name in list(helps)[:3]}
-    for i, recipe in enumerate(training.CPU_RECIPES.values()):  # "on the CPU N" for both, or "N and M" for each
+    for i, recipe in enumerate(config.CPU_RECIPES.values()):  # "on the CPU N" for both, or "N and M" for each
         stated = {name: float(values[i] or values[0]) for name, values in on_cpu.items()}
         assert stated == {"batch-size": recipe.batch_size, "lr": recipe.lr, "warmup-steps": recipe.warmup_steps}
 
@@ -306,11 +309,11 @@ def test_eval_every_reads_the_pack_s_test_folder_and_logs_held_out_mse(tmp_path,
     # is taken on the training split or the EMA and raw figures are swapped
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     assert ckpt["step"] == 4
-    held_out = training.held_out_set(load_pack(pack, 16, split="test").images, SCHEDULE.timesteps)
+    held_out = held_out_set(load_pack(pack, 16, split="test").images, SCHEDULE.timesteps)
     for key, weights in (("held_out_mse", "model"), ("held_out_mse_ema", "ema")):
         model = build_model(MODEL)
         model.load_state_dict(ckpt[weights])
-        assert held[-1][key] == pytest.approx(training.held_out_mse(model, Schedule(SCHEDULE), held_out), rel=1e-5)
+        assert held[-1][key] == pytest.approx(held_out_mse(model, Schedule(SCHEDULE), held_out), rel=1e-5)
     assert "step 4: held-out ε-MSE" in capsys.readouterr().out  # tqdm.write prints to stdout
 
 
@@ -437,7 +440,7 @@ def test_the_cpu_smoke_run_trains_with_the_cpu_settings_exports_and_the_app_serv
                        "--image-size", "16", "--timesteps", "20", "--sample-steps", "2", "--heldout-images", "3"]) == 0
     said = capsys.readouterr()
     err = said.err
-    recipe = training.CPU_RECIPES["ddpm"]
+    recipe = config.CPU_RECIPES["ddpm"]
     assert "no CUDA GPU: training on the CPU with settings made for it (--recipe cpu)" in err
     assert f"batch {recipe.batch_size}, lr {recipe.lr:g} (warm-up {recipe.warmup_steps} steps" in err
     expected, started = said.out.index("expected: about "), said.out.index("start-up: ")  # the progress bar's lines
@@ -455,7 +458,7 @@ def test_the_cpu_smoke_run_trains_with_the_cpu_settings_exports_and_the_app_serv
 def test_the_cpu_recipes_network_fills_in_only_when_no_size_of_it_is_given():
     """Options that size the network take it whole from the options: the recipe's widths and heads are not mixed in
     (a resumed or reproduced run must build the network its options name)."""
-    recipe = dict(training.CPU_RECIPES["ddpm"].model)
+    recipe = dict(config.CPU_RECIPES["ddpm"].model)
     sized = train.build_parser().parse_args(["--data", "x.zip", "--out", "o", "--base-channels", "48"])
     assert train.model_config_from_args(sized, tuple(recipe.items())) == make_config("ddpm", {"base_channels": 48})
     bare = train.build_parser().parse_args(["--data", "x.zip", "--out", "o", "--image-size", "32"])

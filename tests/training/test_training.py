@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -19,23 +20,19 @@ from PIL import Image
 from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
 
 from ddpm_app.diffusion import samplers
-from ddpm_app.diffusion.loss import curve_timesteps, loss_curve
+from ddpm_app.diffusion.loss import curve_timesteps, diffusion_loss, loss_curve
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.io.model_folder import SamplingDefaults, load_pretrained
+from ddpm_app.metrics.eps_mse import held_out_mse, held_out_set
 from ddpm_app.models import SeedUNetConfig, build_model
+from ddpm_app.training import config, distributed, objective
 from ddpm_app.training import trainer as training
-from ddpm_app.training.trainer import (
-    CHECKPOINT_NAME,
-    Trainer,
-    TrainingError,
-    diffusion_loss,
-    export_checkpoint,
-    held_out_mse,
-    held_out_set,
-    load_checkpoint,
-    loss_weights,
-    lr_at,
-)
+from ddpm_app.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ddpm_app.training.config import lr_at
+from ddpm_app.training.errors import TrainingError
+from ddpm_app.training.export import export_checkpoint
+from ddpm_app.training.objective import loss_weights
+from ddpm_app.training.trainer import Trainer
 
 
 def run(trainer: Trainer) -> list[training.Progress]:
@@ -89,21 +86,21 @@ def test_lr_cosine_decays_to_a_tenth(tmp_path):
     ("ddpm", {}, 2, dict(compile_mode="default")),
 ])
 def test_unset_settings_come_from_the_architectures_recipe(arch, given, world_size, expected):
-    cfg = training.with_recipe(training.TrainConfig(**given), arch, world_size)
+    cfg = config.with_recipe(config.TrainConfig(**given), arch, world_size)
     assert {k: getattr(cfg, k) for k in expected} == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("arch", ["ddpm", "seed"])
 def test_without_a_gpu_the_cpu_recipe_fills_in_unless_the_gpu_one_is_asked_for(arch):
-    cpu, gpu = training.CPU_RECIPES[arch], training.RECIPES[arch]
+    cpu, gpu = config.CPU_RECIPES[arch], config.RECIPES[arch]
     assert cpu.batch_size < gpu.batch_size and cpu.model  # a smaller batch and network
     for device, recipe, expected in (("cpu", "auto", cpu), ("cpu", "cpu", cpu), ("cpu", "gpu", gpu),
                                      ("cuda", "auto", gpu), ("cuda", "cpu", cpu)):
-        cfg = training.with_recipe(training.TrainConfig(recipe=recipe), arch, 1, device)
-        assert training.recipe_for(cfg, arch, device) is expected
+        cfg = config.with_recipe(config.TrainConfig(recipe=recipe), arch, 1, device)
+        assert config.recipe_for(cfg, arch, device) is expected
         assert (cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.heldout_images) == (
             expected.batch_size, expected.lr, expected.warmup_steps, expected.heldout_images)
-    given = training.with_recipe(training.TrainConfig(batch_size=64, heldout_images=5), arch, 1, "cpu")
+    given = config.with_recipe(config.TrainConfig(batch_size=64, heldout_images=5), arch, 1, "cpu")
     scaled = pytest.approx(cpu.lr * math.sqrt(64 / cpu.batch_size))
     assert (given.batch_size, given.lr, given.heldout_images) == (64, scaled, 5)
 
@@ -132,12 +129,12 @@ def test_the_trainer_runs_and_records_the_recipe_it_filled_in(tmp_path):
 def test_a_time_limit_that_cuts_the_lr_decay_short_is_warned_about_with_the_step_it_reaches(tmp_path):
     # 15,360 images/s at batch 1,024 is 15 steps/s; 630 s allowed, 130 s used: 500 s more reach step 100 + 7,500
     cfg = train_config(tmp_path, steps=8000, batch_size=1024, max_minutes=10.5, lr_decay="cosine")
-    warning = training.time_limit_warning(cfg, step=100, images_per_s=15_360, seconds_used=130)
+    warning = config.time_limit_warning(cfg, step=100, images_per_s=15_360, seconds_used=130)
     assert "stops the run near step 7600 of 8000, before the cosine learning-rate decay ends" in warning
     assert "use --steps 7600" in warning
-    assert training.time_limit_warning(dataclasses.replace(cfg, steps=7600), 100, 15_360, 130) is None  # it fits
-    assert training.time_limit_warning(dataclasses.replace(cfg, lr_decay="constant"), 100, 15_360, 130) is None
-    assert training.time_limit_warning(dataclasses.replace(cfg, max_minutes=0), 100, 15_360, 130) is None
+    assert config.time_limit_warning(dataclasses.replace(cfg, steps=7600), 100, 15_360, 130) is None  # it fits
+    assert config.time_limit_warning(dataclasses.replace(cfg, lr_decay="constant"), 100, 15_360, 130) is None
+    assert config.time_limit_warning(dataclasses.replace(cfg, max_minutes=0), 100, 15_360, 130) is None
 
 
 def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
@@ -154,13 +151,13 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr(tmp_path):
 
 def test_log_uniform_timesteps_follow_their_stated_probabilities():
     T = 1000
-    probs = training.log_uniform_t_probs(T)
+    probs = objective.log_uniform_t_probs(T)
     assert probs.shape == (T,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-12)
     assert (probs[1:] < probs[:-1]).all() and probs[-1] > 0  # decreasing, every t reachable
     assert float(probs[0]) == pytest.approx(math.log(2) / math.log(T + 1))
     gen = torch.Generator().manual_seed(0)
     n = 400_000
-    t = training.sample_timesteps(n, T, 1.0, generator=gen)
+    t = objective.sample_timesteps(n, T, 1.0, generator=gen)
     assert t.dtype == torch.long and int(t.min()) == 0 and int(t.max()) <= T - 1
     counts = torch.bincount(t, minlength=T).double()
     # bins wide enough for ~≥ 2,000 draws each; each count within 5 binomial standard deviations of its expectation
@@ -173,16 +170,16 @@ def test_log_uniform_timesteps_follow_their_stated_probabilities():
 
 def test_small_t_fraction_draws_that_share_of_the_batch_log_uniformly_and_none_keeps_the_uniform_stream():
     T, batch = 1000, 1024
-    assert training.small_t_count(batch, 0.25) == 256 and training.small_t_count(batch, 0.0) == 0
-    plain = training.sample_timesteps(batch, T, 0.0, generator=torch.Generator().manual_seed(3))
+    assert objective.small_t_count(batch, 0.25) == 256 and objective.small_t_count(batch, 0.0) == 0
+    plain = objective.sample_timesteps(batch, T, 0.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(plain, torch.randint(0, T, (batch,), generator=torch.Generator().manual_seed(3)))
     gen = torch.Generator().manual_seed(0)
-    draws = torch.stack([training.sample_timesteps(batch, T, 0.25, generator=gen) for _ in range(100)])
+    draws = torch.stack([objective.sample_timesteps(batch, T, 0.25, generator=gen) for _ in range(100)])
     head, tail = draws[:, :256], draws[:, 256:]
     assert float((head == 0).double().mean()) == pytest.approx(math.log(2) / math.log(T + 1), abs=0.01)
     assert float((tail == 0).double().mean()) < 0.003 and float(tail.double().mean()) == pytest.approx(499.5, abs=6)
     with pytest.raises(ValueError, match="small_t_fraction must lie in"):
-        training.TrainConfig(small_t_fraction=1.5)
+        config.TrainConfig(small_t_fraction=1.5)
 
 
 def test_the_trainer_draws_its_timesteps_with_the_small_t_fraction(tmp_path):
@@ -400,7 +397,7 @@ def test_held_out_mse_is_the_training_loss_on_the_same_x0_t_and_noise():
 def test_training_logs_the_held_out_mse_of_the_ema_and_raw_weights(tmp_path):
     pack, held = shapes_pack(8), shapes_pack(5)
     cfg = train_config(tmp_path, steps=12, eval_every=6, eval_images=4)
-    trainer = Trainer(cfg, MODEL, SCHEDULE, pack=pack, held_out=held)
+    trainer = Trainer(cfg, MODEL, SCHEDULE, pack=pack, held_out_split=held)
     evals = [p for p in run(trainer) if p.event == "eval"]
     assert [p.step for p in evals] == [6, 12]
     rows = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "held_out_mse" in r]
@@ -480,10 +477,10 @@ def test_sigint_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly(tmp
 
 
 def test_the_time_limit_leaves_room_for_the_next_step():
-    cfg = training.TrainConfig(max_minutes=1.0)
-    assert not training.out_of_time(cfg, 50.0, 9.0) and training.out_of_time(cfg, 50.0, 11.0)
-    assert not training.out_of_time(cfg, 59.0, None) and training.out_of_time(cfg, 61.0, None)  # speed not known
-    assert not training.out_of_time(dataclasses.replace(cfg, max_minutes=0), 1e9, 1e9)  # no limit
+    cfg = config.TrainConfig(max_minutes=1.0)
+    assert not config.out_of_time(cfg, 50.0, 9.0) and config.out_of_time(cfg, 50.0, 11.0)
+    assert not config.out_of_time(cfg, 59.0, None) and config.out_of_time(cfg, 61.0, None)  # speed not known
+    assert not config.out_of_time(dataclasses.replace(cfg, max_minutes=0), 1e9, 1e9)  # no limit
 
 
 def test_time_limit_stops_with_a_checkpoint_before_the_step_that_would_pass_it(tmp_path, monkeypatch):
@@ -512,10 +509,10 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_a_batch_that_does_not_divide_among_the_processes_is_a_clear_error():
-    assert training.per_rank_batch(128, 4) == 32
+    assert distributed.per_rank_batch(128, 4) == 32
     with pytest.raises(TrainingError, match="--batch-size 130 does not divide evenly among 4 processes; "
                                             "use a multiple of 4"):
-        training.per_rank_batch(130, 4)
+        distributed.per_rank_batch(130, 4)
 
 
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
@@ -623,8 +620,8 @@ def test_unwritable_run_folder_fails_before_loading_data(tmp_path):
 
 
 def test_too_little_free_space_fails_before_training(tmp_path, monkeypatch):
-    real_usage = training.shutil.disk_usage
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1_000_000))
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1_000_000))
     with pytest.raises(TrainingError, match=r"only 1\.0 MB free, but .* need about"):
         Trainer(train_config(tmp_path), MODEL, SCHEDULE, pack=shapes_pack())
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / CHECKPOINT_NAME).exists()
@@ -668,7 +665,7 @@ def test_seed_net_keeps_the_literal_upsampling_on_cpu(tmp_path):
 def test_export_loads_through_the_core_loader_and_samples(tmp_path, dtype):
     trainer = Trainer(train_config(tmp_path / "run", steps=4, export_dtype=dtype), MODEL, SCHEDULE, pack=shapes_pack())
     run(trainer)
-    folder = trainer.export(tmp_path / "export", extra={"hardware": "test CPU"})
+    folder = trainer.export(tmp_path / "export", hardware="test CPU").folder
 
     loaded = load_pretrained(folder)
     assert loaded.config.model == MODEL and loaded.config.schedule == SCHEDULE
@@ -695,7 +692,7 @@ def test_export_loads_through_the_core_loader_and_samples(tmp_path, dtype):
 def test_init_from_an_export_starts_from_its_weights_and_counts_on(tmp_path):
     first = Trainer(train_config(tmp_path / "first", steps=4), MODEL, SCHEDULE, pack=shapes_pack())
     run(first)
-    folder = first.export(tmp_path / "export")
+    folder = first.export(tmp_path / "export").folder
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"sampling": {"ddim_eta": 0.5, "why": "a test"}}))
 
@@ -708,7 +705,8 @@ def test_init_from_an_export_starts_from_its_weights_and_counts_on(tmp_path):
     assert second.diffusion_config.model == MODEL and second.diffusion_config.schedule == SCHEDULE
     run(second)
     assert second.images_seen == 32 + 32  # the export's images plus this run's 4 steps × 8
-    assert load_pretrained(second.export(tmp_path / "export2")).config.sampling == SamplingDefaults(0.5, "a test")
+    again = second.export(tmp_path / "export2").folder
+    assert load_pretrained(again).config.sampling == SamplingDefaults(0.5, "a test")
 
 
 def test_init_from_a_broken_folder_is_a_clear_error(tmp_path):
