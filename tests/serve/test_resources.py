@@ -21,11 +21,12 @@ from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.serve.library import DeviceWorker, ModelLibrary
 from ddpm_app.serve.runs import Trajectory
+from ddpm_app.ui import kit
 from ddpm_app.ui import page as ui
 from ddpm_app.views.export import ExportFolder
 from ddpm_app.views.state import Users, UserState
 
-PHOTO = Path(ui.ASSETS) / "portrait.png"
+PHOTO = Path(kit.ASSETS) / "portrait.png"
 
 
 @pytest.fixture(scope="module")
