@@ -9,7 +9,7 @@ from typing import Iterator
 import gradio as gr
 
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, on_device, output_image
+from ddpm_app.ui.kit import LATEX, TabHandlers, output_image
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.compare import compare_picture
 from ddpm_app.views.state import UserState
@@ -20,7 +20,6 @@ run, **B** the run **Frames** shows now."""
 
 
 class CompareHandlers(TabHandlers):
-    @on_device
     def pin(self, user: UserState) -> tuple:
         """Pin the run Frames shows: (caption, compare picture, t-slider update)."""
         if user.run is None or not user.run.frames:
@@ -30,7 +29,6 @@ class CompareHandlers(TabHandlers):
         return (f"Pinned **A**: {user.pinned.title}. Now change a setting (keep the seed) and run again.",
                 *self.compare(first, user)[:1], gr.update(value=first))
 
-    @on_device
     def compare(self, t: float, user: UserState) -> tuple:
         """Both runs at timestep ``t`` (in the model's 0…T−1, as the slider): (picture, caption)."""
         with user_errors():
@@ -41,7 +39,7 @@ class CompareHandlers(TabHandlers):
         if latest is None or not latest.frames:
             return None, "Pinned; now run another (Generate or Denoise) to compare with."
         user.lesson.compare_t = t
-        return compare_picture(user.pinned, latest, t)
+        return self.worker.run(compare_picture, user.pinned, latest, t)
 
     def play(self, user: UserState, positions: int = 30, delay: float = 0.15) -> Iterator[tuple]:
         """Both runs from x_T down to x₀: (t, picture, caption) at ``positions`` evenly spaced timesteps."""

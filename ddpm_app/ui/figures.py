@@ -6,7 +6,7 @@ import gradio as gr
 
 from ddpm_app.serve.inputs import choice
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import TabHandlers, on_device
+from ddpm_app.ui.kit import TabHandlers
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.figures import VIEWS, figure, save_figure
 from ddpm_app.views.state import UserState
@@ -16,11 +16,11 @@ FIGURE_HELP = """Figures for slides: the latest result of a view as one PNG, eve
 
 
 class FigureHandlers(TabHandlers):
-    @on_device
     def export_figure(self, view: str, user: UserState) -> str:
         """The latest result of ``view`` as a slide figure (PNG, ≥ 512 px per image); returns its path."""
         with user_errors():
-            picture_ = figure(choice(view, "view", VIEWS), user, self.served(user))
+            view = choice(view, "view", VIEWS)
+            picture_ = self.worker.run(figure, view, user, self.served(user))
         return str(self.figures.write(f"ddpm_{view}.png", lambda path: save_figure(picture_, path)))
 
 

@@ -16,17 +16,9 @@ from ddpm_app.pictures import labelled_strip, noise_picture, picture
 from ddpm_app.serve.inputs import flag
 from ddpm_app.serve.served import ServedModel, schedule_curves
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import (
-    EXAMPLES,
-    LATEX,
-    NOISE_SHOWN,
-    TabHandlers,
-    on_device,
-    output_image,
-    user_key,
-)
+from ddpm_app.ui.kit import EXAMPLES, LATEX, NOISE_SHOWN, TabHandlers, output_image, user_key
 from ddpm_app.ui.widgets import user_errors
-from ddpm_app.views.state import UserState
+from ddpm_app.views.state import ForwardState, UserState
 
 STRIP_COLUMNS, STRIP_FONT_SIZE = 4, 18  # the forward strip: two rows of four, captions legible on a phone
 
@@ -39,31 +31,38 @@ $x_0$ is the clean photo. """ + NOISE_SHOWN
 
 
 class ForwardHandlers(TabHandlers):
-    @on_device
     def noise(self, photo: str | None, t: float, fix_noise: bool, noise_seed: float | None,
               user: UserState, request: gr.Request | None = None) -> tuple:
         """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
         served = self.served(user)
-        forward = user.forward
         with user_errors():
             t = served.check_t(t)
-            forward.update(served, photo, t, flag(fix_noise, "fix the noise"), noise_seed)
+            outputs = self.worker.run(forward_view, served, user.forward, photo, t, flag(fix_noise, "fix the noise"),
+                                      noise_seed)
         self.users.seen(user_key(user, request), user)
-        numbers, plot = forward_numbers(served, t, forward.eps_seed), schedule_plot(served, t)
-        if forward.x0 is None:
-            hint = "Upload a photo (or pick an example) in the **Forward** tab first."
-            return None, None, None, numbers, None, plot, None, hint
-        ts = served.strip_timesteps()
-        strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts],
-                               min_size=128, columns=STRIP_COLUMNS, font_size=STRIP_FONT_SIZE)
-        note = (f"Starting point: the photo noised to **t = {t}** (noise seed {forward.eps_seed}); "
-                f"change it in the **Forward** tab.")
-        return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
-                picture(forward.x_t), note)
+        return outputs
 
     def new_noise(self, photo: str | None, t: float, user: UserState, request: gr.Request | None = None) -> tuple:
         """Draw a fresh ε: (noise-seed box reset to −1, then the outputs of :meth:`noise`)."""
         return (-1, *self.noise(photo, t, False, -1, user, request))
+
+
+def forward_view(served: ServedModel, forward: ForwardState, photo: str | None, t: int, fix_noise: bool,
+                 noise_seed: float | None) -> tuple:
+    """Noise ``photo`` to ``t`` (:meth:`~ddpm_app.views.state.ForwardState.update`) and draw the view: (x₀, ε, x_t,
+    numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
+    forward.update(served, photo, t, fix_noise, noise_seed)
+    numbers, plot = forward_numbers(served, t, forward.eps_seed), schedule_plot(served, t)
+    if forward.x0 is None:
+        hint = "Upload a photo (or pick an example) in the **Forward** tab first."
+        return None, None, None, numbers, None, plot, None, hint
+    ts = served.strip_timesteps()
+    strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts],
+                           min_size=128, columns=STRIP_COLUMNS, font_size=STRIP_FONT_SIZE)
+    note = (f"Starting point: the photo noised to **t = {t}** (noise seed {forward.eps_seed}); "
+            f"change it in the **Forward** tab.")
+    return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
+            picture(forward.x_t), note)
 
 
 def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None) -> str:

@@ -10,8 +10,9 @@ import gradio as gr
 
 from ddpm_app.pictures import picture
 from ddpm_app.serve.inputs import whole_number
+from ddpm_app.serve.runs import Frame, Trajectory
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, frame_slider, on_device, output_image
+from ddpm_app.ui.kit import LATEX, TabHandlers, frame_slider, output_image
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.export import export_gif, export_mp4, export_png
 from ddpm_app.views.reverse_step import equation_markdown, frame_breakdown, terms_strip
@@ -28,7 +29,6 @@ RELEASED = ("Your last run is no longer kept (runs are released when you leave, 
 
 
 class FramesHandlers(TabHandlers):
-    @on_device
     def frame(self, number: float, user: UserState) -> tuple:
         """Stored frame ``number`` (1 = the first) of the run Frames shows (the user's latest Generate or Denoise
         run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
@@ -47,13 +47,9 @@ class FramesHandlers(TabHandlers):
         every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
         label = (f"**step {f.index + 1} of {run.num_steps} · t = {f.t}** — frame {i + 1}/{len(run.frames)}: "
                  f"{run.title} ({state}). Stored: {every}.")
-        parts = frame_breakdown(run, f)
-        if parts is None:
-            return picture(f.x_t), picture(f.pred_x0), label, "", None, user.shown
-        return (picture(f.x_t), picture(f.pred_x0), label, equation_markdown(parts, run.settings.clip_x0),
-                terms_strip(parts, f.x_prev), user.shown)
+        x_t, x0, update, terms = self.worker.run(frame_pictures, run, f)
+        return x_t, x0, label, update, terms, user.shown
 
-    @on_device
     def nudge(self, number: float, delta: int, user: UserState) -> tuple:
         """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames (1…count)."""
         count = len(user.run.frames) if user.run and user.run.frames else 1
@@ -61,7 +57,6 @@ class FramesHandlers(TabHandlers):
             number = min(max(whole_number(number, "frame", 1, count) + delta, 1), count)
         return (number, *self.frame(number, user))
 
-    @on_device
     def show_run(self, which: str, user: UserState) -> tuple:
         """Switch Frames between the latest Generate and Denoise runs: (slider update, outputs of :meth:`frame`)."""
         with user_errors():
@@ -79,7 +74,6 @@ class FramesHandlers(TabHandlers):
         run.ended.wait(wait_s)
         return frame_slider(len(run.frames), len(run.frames)), *self.frame(max(len(run.frames), 1), user)
 
-    @on_device
     def export(self, kind: str, user: UserState, progress: gr.Progress | None = None) -> str:
         """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images), named by
         what ran (``ddim-50steps-eta0_seed7.gif``); returns a path. ``progress`` hears of each frame drawn."""
@@ -93,7 +87,16 @@ class FramesHandlers(TabHandlers):
             return {"gif": export_gif, "mp4": export_mp4}[kind](run, path, progress=told)
 
         with user_errors():
-            return str(self.exports.write(f"{run.file_stem if run else 'run'}.{kind}", write))
+            return str(self.worker.run(self.exports.write, f"{run.file_stem if run else 'run'}.{kind}", write))
+
+
+def frame_pictures(run: Trajectory, f: Frame) -> tuple:
+    """(x_t, x̂₀, the step's update with its numbers, its terms as pictures) of the stored frame ``f`` of ``run``."""
+    parts = frame_breakdown(run, f)
+    if parts is None:
+        return picture(f.x_t), picture(f.pred_x0), "", None
+    return (picture(f.x_t), picture(f.pred_x0), equation_markdown(parts, run.settings.clip_x0),
+            terms_strip(parts, f.x_prev))
 
 
 def _exporter(h: FramesHandlers, kind: str):

@@ -3,7 +3,6 @@ its previews, and the texts more than one tab shows."""
 
 from __future__ import annotations
 
-import functools
 import html
 import io
 import time
@@ -18,12 +17,9 @@ from PIL import Image
 from ddpm_app.diffusion.samplers import SamplerSettings, Step, step_breakdown
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
+from ddpm_app.serve.inputs import InputError
 from ddpm_app.serve.library import ModelLibrary
-from ddpm_app.serve.runs import (
-    DEFAULT_PREVIEW_INTERVAL,
-    DEFAULT_TRAJECTORY_BYTES,
-    Trajectory,
-)
+from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, Trajectory
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import widgets
 from ddpm_app.ui.widgets import PhotoInput
@@ -42,23 +38,20 @@ $\pm 2$ standard deviations span black to white."""
 STOPPED = "<div class='ddpm-stats'><b>Stopped.</b> The steps computed so far are in the <b>Frames</b> tab.</div>"
 
 
-def on_device(method):
-    """Run a handler on the library's device worker, the one thread that does the app's tensor work."""
-    @functools.wraps(method)
-    def on_worker(self: TabHandlers, *args, **kwargs):
-        return self.library.worker.run(method, self, *args, **kwargs)
-    return on_worker
-
-
 class TabHandlers:
-    """What every tab's handlers share: the model library (and its device worker, where all tensor work runs), the
-    users' results, how runs stream and are kept, and the folders downloads are written to. Each tab's module
-    adds its events to it; :class:`ddpm_app.ui.page.Handlers` has them all."""
+    """What every tab's handlers share: the model library and its device worker, the users' results, how runs stream
+    and are kept, and the folders downloads are written to. Each tab's module adds its events to it;
+    :class:`ddpm_app.ui.page.Handlers` has them all.
+
+    All tensor work runs on the worker (:class:`~ddpm_app.serve.worker.DeviceWorker`): a handler hands it a job with
+    ``self.worker.run(fn, …)``, or a generator with ``self.worker.stream(…)``; checking what the user sent and
+    formatting text happen on the handler's own thread."""
 
     def __init__(self, library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
                  max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None,
                  users: Users | None = None, figure_dir: str | Path | None = None):
         self.library = library
+        self.worker = library.worker
         self.preview_interval = preview_interval  # None: send only the final images
         self.max_trajectory_bytes = max_trajectory_bytes
         self.exports = ExportFolder(export_dir) if export_dir else ExportFolder.temporary("ddpm_app_")
@@ -73,6 +66,13 @@ class TabHandlers:
     def served(self, user: UserState) -> ServedModel:
         """The model this user has chosen (shared with every other user of it)."""
         return self.library.get(user.model)
+
+
+def photo_given(photo: str | None) -> str:
+    """The photo's path, or an error asking for one."""
+    if photo is None:
+        raise InputError("upload a photo (or pick an example) first")
+    return photo
 
 
 def first_settings(first: ServedModel) -> SamplerSettings:

@@ -27,7 +27,7 @@ from ddpm_app.lab import DATASETS, PointSet, dataset, from_csv, from_drawing
 from ddpm_app.lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD, PointsError
 from ddpm_app.serve.inputs import InputError, choice, whole_number
 from ddpm_app.serve.inputs import text as text_value
-from ddpm_app.serve.library import DeviceWorker
+from ddpm_app.serve.worker import DeviceWorker
 from ddpm_app.ui import widgets
 from ddpm_app.ui.kit import LATEX, output_image
 from ddpm_app.ui.widgets import CSVInput, SketchInput, user_error, user_errors
@@ -200,43 +200,44 @@ class LabHandlers:
             lab.busy = False
 
     def _train(self, lab: LabState, steps: int, first) -> Iterator[tuple]:
+        for status, loss_pic, samples_pic, last in self.worker.stream(self._chunks(lab, steps)):
+            result = self._result(lab) if last else gr.skip()
+            yield status, first, loss_pic, samples_pic, result[0] if last else gr.skip(), \
+                result[1] if last else gr.skip()
+            first = gr.skip()
+        lab.history.append(f"{lab.settings.describe()}, {lab.trainer.step} steps in {lab.seconds:.1f} s: "
+                           f"distance {lab.previews[-1].distance:.4f}")
+
+    @classmethod
+    def _chunks(cls, lab: LabState, steps: int) -> Iterator[tuple]:
+        """``steps`` training steps, :data:`CHUNK_SECONDS` of them at a time (on the worker): after each stretch
+        (status, loss picture, samples picture, whether it was the last), with pictures at most every
+        :data:`PREVIEW_SECONDS`."""
         records = lab.trainer.run(steps)
         started = time.perf_counter()
         target = lab.trainer.step + steps
-        state = dict(last_preview=-PREVIEW_SECONDS, done=False)
-
-        def chunk() -> tuple:
-            begin = time.perf_counter()
-            for record in records:
-                lab.losses.append(record.loss)
-                if time.perf_counter() - begin > CHUNK_SECONDS:
-                    break
-            else:
-                state["done"] = True
-            lab.seconds += time.perf_counter() - begin
-            out_of_time = time.perf_counter() - started > MAX_TRAIN_SECONDS
-            state["done"] = state["done"] or out_of_time
-            show = state["done"] or time.perf_counter() - state["last_preview"] > PREVIEW_SECONDS
-            if show:
-                preview = lab.preview()
-                state["last_preview"] = time.perf_counter()
-                pictures = (loss_picture(lab.losses, lab.previews), preview_picture(lab.data, preview))
-            else:
-                pictures = (gr.skip(), gr.skip())
-            return self._status(lab, target, out_of_time), *pictures
-
+        last_preview, done = -PREVIEW_SECONDS, False
         try:
-            while not state["done"]:
-                status, loss_pic, samples_pic = self.worker.run(chunk)
-                last = state["done"]
-                result = self._result(lab) if last else gr.skip()
-                yield status, first, loss_pic, samples_pic, result[0] if last else gr.skip(), \
-                    result[1] if last else gr.skip()
-                first = gr.skip()
+            while not done:
+                begin = time.perf_counter()
+                for record in records:
+                    lab.losses.append(record.loss)
+                    if time.perf_counter() - begin > CHUNK_SECONDS:
+                        break
+                else:
+                    done = True
+                lab.seconds += time.perf_counter() - begin
+                out_of_time = time.perf_counter() - started > MAX_TRAIN_SECONDS
+                done = done or out_of_time
+                if done or time.perf_counter() - last_preview > PREVIEW_SECONDS:
+                    preview = lab.preview()
+                    last_preview = time.perf_counter()
+                    pictures = (loss_picture(lab.losses, lab.previews), preview_picture(lab.data, preview))
+                else:
+                    pictures = (gr.skip(), gr.skip())
+                yield cls._status(lab, target, out_of_time), *pictures, done
         finally:
-            self.worker.run(records.close)
-        lab.history.append(f"{lab.settings.describe()}, {lab.trainer.step} steps in {lab.seconds:.1f} s: "
-                           f"distance {lab.previews[-1].distance:.4f}")
+            records.close()
 
     @staticmethod
     def _status(lab: LabState, target: int, out_of_time: bool) -> str:
@@ -293,8 +294,9 @@ class LabHandlers:
         with user_errors():
             field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), lab.schedule.timesteps - 1)
             arrows = choice(arrows, "arrows", ("score", "eps"))
-        return self.worker.run(lambda: (field_picture(lab.model, lab.schedule, lab.run, field_t, arrows),
-                                        x0_picture(lab.data, lab.run, field_t)))
+        def draw():
+            return field_picture(lab.model, lab.schedule, lab.run, field_t, arrows), x0_picture(lab.data, lab.run, field_t)
+        return self.worker.run(draw)
 
     # -- exports ----------------------------------------------------------------------------------------------
 

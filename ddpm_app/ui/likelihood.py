@@ -3,24 +3,18 @@ per dimension, streamed as its terms are evaluated."""
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from typing import Iterator
 
 import gradio as gr
 
-from ddpm_app.serve.inputs import InputError, flag, resolve_seed
+from ddpm_app.serve.inputs import flag, resolve_seed
 from ddpm_app.serve.server import JOBS
+from ddpm_app.serve.worker import Reports
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, output_image, photo_column
+from ddpm_app.ui.kit import LATEX, TabHandlers, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
-from ddpm_app.views.likelihood import (
-    ESTIMATE_TIMESTEPS,
-    photo_bits_per_dim,
-    terms_plot,
-    verdict,
-)
+from ddpm_app.views.likelihood import ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
 from ddpm_app.views.state import UserState
 
 LIKELIHOOD_HELP = r"""**How likely is your photo under the model?** The same bound that gave the training loss,
@@ -28,10 +22,6 @@ $-\log p_\theta(x_0) \le L_T + \sum_{t\ge 2} L_{t-1} + L_0$, measured on your ph
 (per colour value of the 8-bit image; lower is more likely). $L_T$ is the prior term (tiny: $x_T$ is pure noise
 whatever the photo), $L_{t-1}$ the KL of each reverse step, $L_0$ the decoder's probability of the exact pixel
 values. The quick estimate evaluates a stratified sample of $t$; the exact bound evaluates all $T$ terms."""
-
-
-class Cancelled(Exception):
-    """The user left or pressed Stop: the computation in progress ends early."""
 
 
 class LikelihoodHandlers(TabHandlers):
@@ -42,37 +32,25 @@ class LikelihoodHandlers(TabHandlers):
         with user_errors():
             exact = flag(exact, "exact")
             seed = resolve_seed(seed)
-            if photo is None:
-                raise InputError("upload a photo (or pick an example) first")
-            x0 = self.library.worker.run(served.prepare_photo, photo)
+            x0 = self.worker.run(served.prepare_photo, photo_given(photo))
         num = None if exact else min(ESTIMATE_TIMESTEPS, served.timesteps)
-        updates: queue.Queue = queue.Queue()
-        cancel = threading.Event()
+        reports = Reports()  # one job: it says how far it has got after every batch of timesteps
+        started = time.perf_counter()
 
         def progress(done: int, total: int) -> None:
-            if cancel.is_set():
-                raise Cancelled
-            updates.put((done, total))
+            if done < total:
+                reports((progress_html(done, total, time.perf_counter() - started, exact), gr.skip(), gr.skip()))
 
-        started = time.perf_counter()
-        job = self.library.worker.submit(photo_bits_per_dim, served, x0, seed, num, progress)
-        try:
-            while not job.done() or not updates.empty():
-                try:
-                    done, total = updates.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if done < total:
-                    yield progress_html(done, total, time.perf_counter() - started, exact), gr.skip(), gr.skip()
-            bpd = job.result()
-        finally:
-            cancel.set()
-        plot = self.library.worker.run(terms_plot, bpd, served.heldout, served.timesteps)
-        user.lesson.likelihood, user.lesson.likelihood_plot = bpd, plot
-        elapsed = time.perf_counter() - started
-        done_text = (f"<div class='ddpm-stats'><progress value='1' max='1'></progress><div><b>Done</b>: "
-                     f"{bpd.timesteps_evaluated} timesteps in {elapsed:.1f} s (seed {seed}).</div></div>")
-        yield done_text, plot, verdict(bpd, served.heldout, served.heldout_note, served.timesteps)
+        def bound() -> Iterator[tuple]:
+            bpd = photo_bits_per_dim(served, x0, seed, num, progress)
+            plot = terms_plot(bpd, served.heldout, served.timesteps)
+            user.lesson.likelihood, user.lesson.likelihood_plot = bpd, plot
+            elapsed = time.perf_counter() - started
+            done_text = (f"<div class='ddpm-stats'><progress value='1' max='1'></progress><div><b>Done</b>: "
+                         f"{bpd.timesteps_evaluated} timesteps in {elapsed:.1f} s (seed {seed}).</div></div>")
+            yield done_text, plot, verdict(bpd, served.heldout, served.heldout_note, served.timesteps)
+
+        yield from self.worker.stream(bound(), reports)
 
 
 def progress_html(done: int, total: int, elapsed: float, exact: bool) -> str:

@@ -16,7 +16,7 @@ from ddpm_app.numbers import number
 from ddpm_app.serve.inputs import choice
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, TabHandlers, on_device
+from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, TabHandlers
 from ddpm_app.ui.widgets import user_error, user_errors
 from ddpm_app.views.state import UserState
 
@@ -78,15 +78,15 @@ class ModelHandlers(TabHandlers):
         """Every output of a model switch, built first: only then is ``user`` on ``served``, so an output that
         cannot be made leaves the user on their model, with a message."""
         try:
-            outputs = self._model_outputs(served, status)
+            outputs = self.worker.run(self._model_outputs, served, status)
         except OSError as e:
             raise user_error(f"{served.name}: its model card could not be read ({e}) — the current model stays "
                              "loaded.") from None
         user.model = served.name
         return outputs
 
-    @on_device
     def _model_outputs(self, served: ServedModel, status: str) -> tuple:
+        """(On the worker: the model card's table and the first run's settings measure the model.)"""
         T = served.timesteps
         defaults = served.config.sampling
         if defaults != SamplingDefaults():

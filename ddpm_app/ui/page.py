@@ -13,31 +13,20 @@ import gradio as gr
 
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES
+from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.server import JOBS, limit_waiting
 from ddpm_app.ui import widgets
 from ddpm_app.ui.compare import CompareHandlers, compare_tab
 from ddpm_app.ui.denoise import DenoiseHandlers, denoise_tab
 from ddpm_app.ui.figures import FigureHandlers, figure_row
-from ddpm_app.ui.forward import (
-    ForwardHandlers,
-    forward_events,
-    forward_numbers,
-    forward_tab,
-    schedule_plot,
-)
+from ddpm_app.ui.forward import ForwardHandlers, forward_events, forward_numbers, forward_tab, schedule_plot
 from ddpm_app.ui.frames import FramesHandlers, frames_tab
 from ddpm_app.ui.generate import GenerateHandlers, generate_events, generate_tab
 from ddpm_app.ui.interpolate import InterpolateHandlers, interpolate_tab
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings
 from ddpm_app.ui.lab import LabHandlers, lab_tab
 from ddpm_app.ui.likelihood import LikelihoodHandlers, likelihood_tab
-from ddpm_app.ui.model import (
-    ModelHandlers,
-    model_card,
-    model_events,
-    model_header,
-    model_tab,
-)
+from ddpm_app.ui.model import ModelHandlers, model_card, model_events, model_header, model_tab
 from ddpm_app.ui.training import TrainingHandlers, training_tab
 from ddpm_app.views.state import Users, UserState
 
@@ -87,6 +76,13 @@ class Handlers(GenerateHandlers, FramesHandlers, ForwardHandlers, DenoiseHandler
     share (:class:`~ddpm_app.ui.kit.TabHandlers`): each tab's module defines its own."""
 
 
+def first_views(first: ServedModel) -> tuple:
+    """What the page shows of the first model before anyone asks: (header, Forward's numbers and schedule plot at
+    t = T/4, the model card's table, text and samples)."""
+    t = first.timesteps // 4
+    return model_header(first), forward_numbers(first, t), schedule_plot(first, t), model_card(first)
+
+
 def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
           max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, queue_size: int = QUEUE_SIZE,
           users: Users | None = None) -> gr.Blocks:
@@ -99,9 +95,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
     # operation on this thread would start a second OpenMP team, and sampling on a 2-core CPU then measured
     # 35-50 % slower for as long as the server runs (benchmarks/app_stream.py)
-    header_text, numbers_text, plot_image, (table, card_text, samples_path) = library.worker.run(
-        lambda: (model_header(first), forward_numbers(first, T // 4), schedule_plot(first, T // 4),
-                 model_card(first)))
+    header_text, numbers_text, plot_image, (table, card_text, samples_path) = library.worker.run(first_views, first)
 
     with widgets.Blocks(title="DDPM step by step", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         user = gr.State(UserState())

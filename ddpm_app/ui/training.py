@@ -6,22 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
+import numpy as np
+from torch import Tensor
 
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
-from ddpm_app.serve.inputs import InputError, random_seed, resolve_seed
+from ddpm_app.serve.inputs import random_seed, resolve_seed
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, on_device, output_image, photo_column
+from ddpm_app.ui.kit import LATEX, TabHandlers, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import UserState
-from ddpm_app.views.training import (
-    curve_plot,
-    error_heatmap,
-    heat_scale,
-    photo_curve,
-    training_step,
-)
+from ddpm_app.views.training import curve_plot, error_heatmap, heat_scale, photo_curve, training_step
 
 CURVE_SEED = 0  # the photo's loss curve draws its ε from this seed: the same curve every time
 
@@ -52,16 +48,17 @@ class TrainingOutputs:
 
 
 class TrainingHandlers(TabHandlers):
-    @on_device
     def train_step(self, photo: str | None, t: float, noise_seed: float | None, user: UserState) -> tuple:
         """One step of Algorithm 1 on the photo: (x₀, ε, x_t, ε̂, |ε − ε̂|² map, numbers, loss-curve plot)."""
         served = self.served(user)
         with user_errors():
             t = served.check_t(t)
             seed = resolve_seed(noise_seed)
-            if photo is None:
-                raise InputError("upload a photo (or pick an example) first")
-            x0 = served.prepare_photo(photo)
+            x0 = self.worker.run(served.prepare_photo, photo_given(photo))
+        return self.worker.run(self._step_outputs, served, photo, x0, t, seed, user)
+
+    def _step_outputs(self, served: ServedModel, photo: str, x0: Tensor, t: int, seed: int, user: UserState) -> tuple:
+        """(On the worker.)"""
         step = training_step(served, x0, t, seed)
         user.lesson.step = step
         level = served.noise_level(t)
@@ -73,33 +70,31 @@ class TrainingHandlers(TabHandlers):
                    f"$\\lVert\\varepsilon - \\hat\\varepsilon\\rVert^2$ = **{step.loss_sum:.1f}** (the tutorial's "
                    f"per-image sum). A network that predicted ε̂ = 0 would score about 1 per value. "
                    f"Heat map of (ε − ε̂)²: black 0 … white {number(heat_scale(step.squared_error))}.")
-        plot = self._curve_plot(served, photo, user).at(t)
+        plot = self._curve_plot(served, photo, user, t)
         return TrainingOutputs(picture(x0), noise_picture(step.eps), picture(step.x_t), noise_picture(step.pred_eps),
                                error_heatmap(step.squared_error, heat_scale(step.squared_error)), numbers,
                                plot).as_tuple()
 
-    def _curve_plot(self, served: ServedModel, photo: str | None, user: UserState):
-        """The loss-curve plot for this model and photo: with the photo's curve once computed, else held-out only."""
+    def _curve_plot(self, served: ServedModel, photo: str | None, user: UserState, t: int) -> np.ndarray:
+        """The loss-curve plot for this model and photo, ``t`` marked: with the photo's curve once computed, else
+        held-out only. (On the worker.)"""
         lesson = user.lesson
         has_curve = lesson.curve is not None and lesson.curve_for == (served.name, photo)
         key = (served.name, photo if has_curve else None)
         if lesson.plot is None or lesson.plot_for != key:
             lesson.plot = curve_plot(lesson.curve if has_curve else None, served.heldout, served.timesteps)
             lesson.plot_for = key
-        return lesson.plot
+        return lesson.plot.at(t)
 
-    @on_device
     def loss_curve(self, photo: str | None, t: float, user: UserState) -> tuple:
         """The photo's loss at every t (several ε each) beside the held-out curve: (plot, summary)."""
         served = self.served(user)
         with user_errors():
             t = served.check_t(t)
-            if photo is None:
-                raise InputError("upload a photo (or pick an example) first")
-            x0 = served.prepare_photo(photo)
+            x0 = self.worker.run(served.prepare_photo, photo_given(photo))
         lesson = user.lesson
         if lesson.curve is None or lesson.curve_for != (served.name, photo):
-            lesson.curve = photo_curve(served, x0, CURVE_SEED)
+            lesson.curve = self.worker.run(photo_curve, served, x0, CURVE_SEED)
             lesson.curve_for = (served.name, photo)
         curve = lesson.curve
         held = served.heldout
@@ -114,9 +109,8 @@ class TrainingHandlers(TabHandlers):
             summary += f"No held-out curve to compare with: {served.heldout_note}. "
         summary += ("At large t, x_t is almost pure noise, so ε̂ ≈ x_t and the loss is small; at small t the noise "
                     "is faint and hard to tell from the photo's own detail, so the loss is largest there.")
-        return self._curve_plot(served, photo, user).at(t), summary
+        return self.worker.run(self._curve_plot, served, photo, user, t), summary
 
-    @on_device
     def random_t(self, user: UserState) -> int:
         """t ~ Uniform{0, …, T−1}, as Algorithm 1 draws it."""
         return random_seed() % self.served(user).timesteps
