@@ -8,10 +8,10 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.checks import resolve_seed
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.image import psnr
 from ddpm_app.pictures import labelled_strip
-from ddpm_app.serve.inputs import resolve_seed
 from ddpm_app.serve.runs import PREVIEW_BUDGET, Throttle, Trajectory, stream
 from ddpm_app.serve.server import JOBS
 from ddpm_app.ui import widgets

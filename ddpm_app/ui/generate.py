@@ -8,8 +8,9 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.checks import flag, resolve_seed
 from ddpm_app.diffusion.samplers import SamplerSettings
-from ddpm_app.serve.inputs import MAX_BATCH, flag, resolve_seed
+from ddpm_app.serve.inputs import MAX_BATCH
 from ddpm_app.serve.runs import PREVIEW_BUDGET, Throttle, Trajectory, stream
 from ddpm_app.serve.server import JOBS
 from ddpm_app.ui import widgets
