@@ -243,11 +243,6 @@ class SamplerSettings:
             return f"DDPM, {steps}" + (", σ² = β" if self.variance == "beta" else "")
         return f"DDIM, {steps}, η = {self.eta:g}"
 
-    def file_stem(self, start_t: int) -> str:
-        """What a chain from ``start_t`` runs, for file names: "ddpm-31steps" or "ddim-50steps-eta0.5"."""
-        stem = f"{self.sampler}-{self.num_steps(start_t)}steps"
-        return stem if self.sampler == "ddpm" else f"{stem}-eta{self.eta:g}"
-
     def label(self) -> str:
         """For reports and file names: "ddpm (1000 steps)" or "ddim (50 steps, η = 0)"."""
         if self.sampler == "ddpm":
