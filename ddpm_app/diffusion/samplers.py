@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from ddpm_app.checks import InvalidValue, choice, flag, real_number, whole_number
+from ddpm_app.checks import choice, flag, real_number, whole_number
 from ddpm_app.diffusion.schedule import Schedule, extract
 
 # ε_θ(x_t, t): anything that maps (B, C, H, W) float32 and (B,) long timesteps to a (B, C, H, W) noise prediction
@@ -202,10 +202,6 @@ def sample(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, sampl
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-class SettingsError(InvalidValue):
-    """A sampler setting is out of range; the message names the setting and the allowed values."""
-
-
 @dataclass(frozen=True)
 class SamplerSettings:
     """How to run the reverse chain: ``ddpm`` over every timestep, or ``ddim`` over ``steps`` of them with η.
@@ -222,15 +218,15 @@ class SamplerSettings:
     @classmethod
     def checked(cls, sampler: str, steps: float | None, eta: float | None, clip_x0: bool,
                 timesteps: int, variance: str = "posterior") -> SamplerSettings:
-        """Settings from user values (widgets, options), with a :class:`SettingsError` naming the allowed range
+        """Settings from user values (widgets, options), with an :class:`~ddpm_app.checks.InvalidValue` naming the allowed range
         for a bad one. DDPM does not use DDIM's steps and η, but a value given for them is checked all the same:
         a wrong one is answered, never ignored (None: not given, for DDPM only)."""
-        sampler = choice(sampler, "sampler", SAMPLERS, SettingsError)
-        variance = choice(variance, "reverse variance σ²", VARIANCES, SettingsError)
+        sampler = choice(sampler, "sampler", SAMPLERS)
+        variance = choice(variance, "reverse variance σ²", VARIANCES)
         unused = sampler == "ddpm"
-        steps = None if unused and steps is None else whole_number(steps, "DDIM steps", 1, timesteps, SettingsError)
-        eta = None if unused and eta is None else real_number(eta, "η (eta)", 0.0, 1.0, SettingsError)
-        clip_x0 = flag(clip_x0, "clip x̂₀", SettingsError)
+        steps = None if unused and steps is None else whole_number(steps, "DDIM steps", 1, timesteps)
+        eta = None if unused and eta is None else real_number(eta, "η (eta)", 0.0, 1.0)
+        clip_x0 = flag(clip_x0, "clip x̂₀")
         if unused:
             return cls("ddpm", timesteps, 1.0, clip_x0, variance)
         return cls("ddim", steps, eta, clip_x0, variance)
@@ -246,11 +242,6 @@ class SamplerSettings:
         if self.sampler == "ddpm":
             return f"DDPM, {steps}" + (", σ² = β" if self.variance == "beta" else "")
         return f"DDIM, {steps}, η = {self.eta:g}"
-
-    def file_stem(self, start_t: int) -> str:
-        """What a chain from ``start_t`` runs, for file names: "ddpm-31steps" or "ddim-50steps-eta0.5"."""
-        stem = f"{self.sampler}-{self.num_steps(start_t)}steps"
-        return stem if self.sampler == "ddpm" else f"{stem}-eta{self.eta:g}"
 
     def label(self) -> str:
         """For reports and file names: "ddpm (1000 steps)" or "ddim (50 steps, η = 0)"."""

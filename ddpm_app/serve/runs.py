@@ -57,10 +57,40 @@ class Frame:
                     noise_of(self.pred_eps), from_uint8(self.x_prev)[None], noise_of(self.noise))
 
 
+@dataclass(frozen=True)
+class RunName:
+    """What a reverse run runs, named once from the same parts (the sampler and the steps it takes from
+    ``start_t``, the seed, where the chain starts): :attr:`title` for people (Frames, Compare, the GIF's header) and
+    :attr:`file_stem` for the run's exports."""
+
+    settings: SamplerSettings
+    start_t: int  # the chain's first timestep: T − 1 from noise
+    seed: int
+    from_photo: bool = False  # SDEdit: from a photo noised to ``start_t`` (Denoise); else from noise (Generate)
+
+    @property
+    def title(self) -> str:
+        """For people: "DDIM, 50 steps, η = 0, x̂₀ clipped, seed 7" or "SDEdit from t = 9, DDPM, 10 steps, seed 3"."""
+        sampler = self.settings.describe(self.start_t)
+        if self.from_photo:
+            return f"SDEdit from t = {self.start_t}, {sampler}, seed {self.seed}"
+        return f"{sampler}, x̂₀ {'clipped' if self.settings.clip_x0 else 'not clipped'}, seed {self.seed}"
+
+    @property
+    def file_stem(self) -> str:
+        """For files, the title's start, sampler, steps and seed: "ddim-50steps-eta0_seed7" or
+        "sdedit-t9_ddpm-10steps_seed3"."""
+        s = self.settings
+        sampler = f"{s.sampler}-{s.num_steps(self.start_t)}steps" + (f"-eta{s.eta:g}" if s.sampler == "ddim" else "")
+        start = f"sdedit-t{self.start_t}_" if self.from_photo else ""
+        return f"{start}{sampler}_seed{self.seed}"
+
+
 @dataclass
 class Trajectory:
     """The frames of one reverse run: every step, or every ``stride``-th one (and the last) when all of them
-    would take more than ``max_bytes``. Frames are appended one at a time, so a stopped run stays consistent."""
+    would take more than ``max_bytes``. Frames are appended one at a time, so a stopped run stays consistent.
+    The app makes one with :meth:`of`, named by a :class:`RunName`."""
 
     title: str
     num_steps: int
@@ -76,6 +106,13 @@ class Trajectory:
     released: bool = False  # its pictures were dropped to free memory (see :class:`~ddpm_app.views.state.Users`)
     file_stem: str = "run"  # what ran, for export file names: "ddim-50steps-eta0_seed7"
     ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # stopped or finished
+
+    @classmethod
+    def of(cls, name: RunName, shape: tuple[int, ...], schedule: Schedule,
+           max_bytes: int = DEFAULT_TRAJECTORY_BYTES) -> Trajectory:
+        """An empty trajectory for the run ``name`` names, of images of ``shape`` (B, C, H, W)."""
+        return cls(name.title, name.settings.num_steps(name.start_t), shape, name.seed, max_bytes, name.settings,
+                   schedule, file_stem=name.file_stem)
 
     @property
     def stride(self) -> int:

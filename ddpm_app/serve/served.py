@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddpm_app.checks import InvalidValue, whole_number
 from ddpm_app.diffusion.interpolation import slerp, weights
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
@@ -23,7 +24,7 @@ from ddpm_app.metrics import heldout
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.models import DiffusersUNet
 from ddpm_app.runtime.inference import Prepared, Runtime, example_input, median_ms, prepare
-from ddpm_app.serve.inputs import InputError, batch_size, whole_number
+from ddpm_app.serve.inputs import batch_size
 
 STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
 FIRST_RUN_SECONDS = 60  # Generate's first settings should finish within about this long on this machine
@@ -196,7 +197,7 @@ class ServedModel:
         if self.config.channels == 1:
             x0 = x0.mean(dim=0, keepdim=True)
         elif self.config.channels != 3:
-            raise InputError(f"this model takes {self.config.channels}-channel images; photos need 1 or 3")
+            raise InvalidValue(f"this model takes {self.config.channels}-channel images; photos need 1 or 3")
         return x0
 
     def draw_noise(self, seed: int) -> Tensor:

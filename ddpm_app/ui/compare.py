@@ -10,7 +10,7 @@ import gradio as gr
 
 from ddpm_app.ui import widgets
 from ddpm_app.ui.kit import LATEX, TabHandlers, output_image
-from ddpm_app.ui.widgets import user_errors
+from ddpm_app.ui.widgets import user_error, user_errors
 from ddpm_app.views.compare import compare_picture
 from ddpm_app.views.state import UserState
 
@@ -23,7 +23,7 @@ class CompareHandlers(TabHandlers):
     def pin(self, user: UserState) -> tuple:
         """Pin the run Frames shows: (caption, compare picture, t-slider update)."""
         if user.run is None or not user.run.frames:
-            raise gr.Error("Nothing to pin yet: run Generate (or Denoise) first.", print_exception=False)
+            raise user_error("Nothing to pin yet: run Generate (or Denoise) first.")
         user.pinned = user.run
         first = user.pinned.frames[0].t
         return (f"Pinned **A**: {user.pinned.title}. Now change a setting (keep the seed) and run again.",
@@ -44,7 +44,7 @@ class CompareHandlers(TabHandlers):
     def play(self, user: UserState, positions: int = 30, delay: float = 0.15) -> Iterator[tuple]:
         """Both runs from x_T down to x₀: (t, picture, caption) at ``positions`` evenly spaced timesteps."""
         if user.pinned is None or user.run is None or not user.run.frames:
-            raise gr.Error("Pin a run and run another first.", print_exception=False)
+            raise user_error("Pin a run and run another first.")
         top = max(user.pinned.frames[0].t, user.run.frames[0].t)
         for i in range(positions):
             t = round(top * (1 - i / (positions - 1)))

@@ -8,11 +8,11 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.checks import resolve_seed
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.image import psnr
 from ddpm_app.pictures import labelled_strip
-from ddpm_app.serve.inputs import resolve_seed
-from ddpm_app.serve.runs import PREVIEW_BUDGET, Throttle, Trajectory, stream
+from ddpm_app.serve.runs import PREVIEW_BUDGET, RunName, Throttle, Trajectory, stream
 from ddpm_app.serve.server import JOBS
 from ddpm_app.ui import widgets
 from ddpm_app.ui.frames import FramesTab
@@ -50,9 +50,8 @@ class DenoiseHandlers(TabHandlers):
         if forward.x_t is None or forward.model != served.name:
             raise user_error("Noise a photo in the Forward tab first (upload or pick one, then choose t).")
         t, x0, x_t = forward.t, forward.x0, forward.x_t
-        run = Trajectory(f"SDEdit from t = {t}, {settings.describe(t)}, seed {seed}", settings.num_steps(t),
-                         served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule,
-                         file_stem=f"sdedit-t{t}_{settings.file_stem(t)}_seed{seed}")
+        run = Trajectory.of(RunName(settings, t, seed, from_photo=True), served.shape(1), served.schedule,
+                            self.max_trajectory_bytes)
         user.keep("denoise", run)
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()

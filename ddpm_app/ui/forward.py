@@ -11,9 +11,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ddpm_app.checks import flag
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip, noise_picture, picture
-from ddpm_app.serve.inputs import flag
 from ddpm_app.serve.served import ServedModel, schedule_curves
 from ddpm_app.ui import widgets
 from ddpm_app.ui.kit import EXAMPLES, LATEX, NOISE_SHOWN, TabHandlers, output_image, user_key

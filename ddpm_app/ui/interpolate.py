@@ -7,10 +7,10 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.checks import flag, resolve_seed, whole_number
 from ddpm_app.diffusion.samplers import SamplerSettings
 from ddpm_app.image import to_uint8
 from ddpm_app.pictures import labelled_strip
-from ddpm_app.serve.inputs import flag, resolve_seed, whole_number
 from ddpm_app.serve.runs import Throttle, stream
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.server import JOBS

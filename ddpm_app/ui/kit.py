@@ -14,10 +14,10 @@ import numpy as np
 from gradio import processing_utils
 from PIL import Image
 
+from ddpm_app.checks import InvalidValue
 from ddpm_app.diffusion.samplers import SamplerSettings, Step, step_breakdown
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
-from ddpm_app.serve.inputs import InputError
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, Trajectory
 from ddpm_app.serve.served import ServedModel
@@ -71,7 +71,7 @@ class TabHandlers:
 def photo_given(photo: str | None) -> str:
     """The photo's path, or an error asking for one."""
     if photo is None:
-        raise InputError("upload a photo (or pick an example) first")
+        raise InvalidValue("upload a photo (or pick an example) first")
     return photo
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import gradio as gr
 from gradio import processing_utils
 
-from ddpm_app.checks import InvalidValue
+from ddpm_app.checks import choice
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.io.model_folder import ModelFolderError, SamplingDefaults
+from ddpm_app.io.model_folder import SamplingDefaults
 from ddpm_app.numbers import number
-from ddpm_app.serve.inputs import choice
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import widgets
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, TabHandlers
@@ -23,6 +22,7 @@ from ddpm_app.views.state import UserState
 MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedule, image size) and
 `model.safetensors`. Pick one from the weights folder (**Rescan** after adding one there), load a model folder
 nested inside it, or download one in this format from the Hugging Face Hub."""
+STAYS = " — the current model stays loaded."  # after a switch that failed
 
 
 class ModelHandlers(TabHandlers):
@@ -36,19 +36,15 @@ class ModelHandlers(TabHandlers):
 
     def download_model(self, repo_id: str, user: UserState) -> tuple:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
-        try:
+        with user_errors(STAYS):
             name = self.library.add_from_hub(repo_id)
-        except (InvalidValue, ModelFolderError) as e:
-            raise user_error(f"{e} — the current model stays loaded.") from None
         return self._switch(user, self.library.get(name), f"Downloaded and loaded **{name}**.")
 
     def load_folder(self, path: str, user: UserState) -> tuple:
         """Load a model folder inside a weights folder and switch to it; on failure the current model stays."""
-        try:
+        with user_errors(STAYS):
             name = self.library.add_folder(path)
             served = self.library.get(name)
-        except (InvalidValue, ModelFolderError) as e:
-            raise user_error(f"{e} — the current model stays loaded.") from None
         return self._switch(user, served, f"Loaded **{name}** from `{served.folder}`.")
 
     def rescan(self, user: UserState) -> tuple[dict, str]:
@@ -80,8 +76,7 @@ class ModelHandlers(TabHandlers):
         try:
             outputs = self.worker.run(self._model_outputs, served, status)
         except OSError as e:
-            raise user_error(f"{served.name}: its model card could not be read ({e}) — the current model stays "
-                             "loaded.") from None
+            raise user_error(f"{served.name}: its model card could not be read ({e}){STAYS}") from None
         user.model = served.name
         return outputs
 

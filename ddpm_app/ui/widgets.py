@@ -1,5 +1,6 @@
 """Gradio input components whose values reach the handlers unchanged, so that the handlers check every value
-(with :mod:`ddpm_app.serve.inputs`) and answer any wrong one, of any JSON type, with a message naming the field.
+(with :mod:`ddpm_app.checks`) and answer any wrong one, of any JSON type, with a message naming the field; and the
+one place where what a user got wrong becomes the message they see (:func:`user_errors`, :func:`user_error`).
 
 Gradio's own ``Slider``, ``Number``, ``Radio`` and ``Dropdown`` check and round values before a handler sees them:
 a string or NaN then fails inside Gradio with a generic error, and a seed of 1.5 is silently rounded to 2. The
@@ -38,12 +39,13 @@ def user_error(message: str) -> gr.Error:
 
 
 @contextmanager
-def user_errors():
-    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
+def user_errors(then: str = ""):
+    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message,
+    ``then`` added (what happens next)."""
     try:
         yield
     except (InvalidValue, ImageError, ModelFolderError) as e:
-        raise user_error(str(e)) from None
+        raise user_error(f"{e}{then}") from None
 
 
 def as_sent(self, payload: Any) -> Any:

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddpm_app.checks import InvalidValue
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip
-from ddpm_app.serve.inputs import InputError
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.views.compare import compare_picture
 from ddpm_app.views.likelihood import terms_plot
@@ -33,23 +33,23 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
     if view == "step":
         run = user.run
         if run is None or not run.frames:
-            raise InputError("nothing to export yet: run Generate (or Denoise) first")
+            raise InvalidValue("nothing to export yet: run Generate (or Denoise) first")
         frame = run.frames[min(user.frame_index, len(run.frames) - 1)]
         parts = frame_breakdown(run, frame)
         if parts is None:
-            raise InputError("this run kept no step terms; run it again")
+            raise InvalidValue("this run kept no step terms; run it again")
         return terms_strip(parts, frame.x_prev, SLIDE_SIZE, title=f"{run.title}: {equation_text(parts)}")
     if view == "forward":
         fwd = user.forward
         if fwd.x0 is None:
-            raise InputError("nothing to export yet: noise a photo in the Forward tab first")
+            raise InvalidValue("nothing to export yet: noise a photo in the Forward tab first")
         ts = served.strip_timesteps(6)
         return labelled_strip(served.q_sample(fwd.x0, ts, fwd.eps), [f"x_{t}" for t in ts], SLIDE_SIZE,
                               title="x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, the same ε at every t")
     if view == "training":
         s = lesson.step
         if s is None:
-            raise InputError("nothing to export yet: pick a photo in the Training tab first")
+            raise InvalidValue("nothing to export yet: pick a photo in the Training tab first")
         scale = heat_scale(s.squared_error)
         return labelled_strip([s.x0, s.eps / 2, s.x_t, s.pred_eps / 2, _rgb_tensor(error_heatmap(s.squared_error, scale))],
                               ["x₀", "ε (×½)", f"x_{s.t}", "ε̂ = ε_θ(x_t, t) (×½)", f"(ε − ε̂)², 0 … {number(scale)}"],
@@ -57,20 +57,20 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
                                                 f"‖ε − ε̂‖² = {s.loss_sum:.1f}")
     if view == "likelihood":
         if lesson.likelihood is None:
-            raise InputError("nothing to export yet: compute the bits/dim of a photo in the Likelihood tab first")
+            raise InvalidValue("nothing to export yet: compute the bits/dim of a photo in the Likelihood tab first")
         return terms_plot(lesson.likelihood, served.heldout, served.timesteps, dpi=220)
     if view == "compare":
         if user.pinned is None or user.run is None or not user.run.frames:
-            raise InputError("nothing to compare yet: pin a run, then run another")
+            raise InvalidValue("nothing to compare yet: pin a run, then run another")
         t = lesson.compare_t
         return compare_picture(user.pinned, user.run, t, SLIDE_SIZE, title=f"A (pinned) and B (latest) at t = {t}")[0]
     if view == "interpolation":
         if lesson.interpolation is None:
-            raise InputError("nothing to export yet: run an interpolation first")
+            raise InvalidValue("nothing to export yet: run an interpolation first")
         n = len(lesson.interpolation)
         return labelled_strip(list(lesson.interpolation), [f"w = {i / max(n - 1, 1):.2f}" for i in range(n)],
                               SLIDE_SIZE, title=lesson.interpolation_title)
-    raise InputError(f"no figure for view {view!r}; choose one of {', '.join(VIEWS)}")
+    raise InvalidValue(f"no figure for view {view!r}; choose one of {', '.join(VIEWS)}")
 
 
 def save_figure(picture: np.ndarray, path: str | Path) -> Path:

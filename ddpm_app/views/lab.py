@@ -17,6 +17,7 @@ from matplotlib.patches import Circle
 from PIL import Image
 from torch import Tensor
 
+from ddpm_app.checks import InvalidValue, choice, real_number, whole_number
 from ddpm_app.diffusion.samplers import SamplerSettings, Step, ddim, ddpm
 from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
 from ddpm_app.lab import (
@@ -31,7 +32,6 @@ from ddpm_app.lab import (
     q_gaussian,
 )
 from ddpm_app.lab.points import MAX_POINTS
-from ddpm_app.serve.inputs import InputError, choice, real_number, whole_number
 from ddpm_app.views.plots import log_y, new_figure, pixels
 
 MAX_STEPS = 20_000  # optimiser steps in one Train or Continue request
@@ -64,7 +64,7 @@ class LabSettings:
         b0 = real_number(beta_start, "β start", 1e-6, 0.5)
         b1 = real_number(beta_end, "β end", 1e-6, 0.5)
         if kind == "linear" and b1 < b0:
-            raise InputError(f"β end must be at least β start, got β start {b0:g} and β end {b1:g}")
+            raise InvalidValue(f"β end must be at least β start, got β start {b0:g} and β end {b1:g}")
         network = PointMLPConfig(whole_number(width, "width", 2, 512), whole_number(depth, "depth", 1, 6))
         training = TrainSettings(learning_rate=real_number(learning_rate, "learning rate", 1e-5, 0.1),
                                  seed=whole_number(seed, "seed", 0, 2**31 - 1))
@@ -153,7 +153,7 @@ class LabState:
     @property
     def model(self):
         if self.trainer is None:
-            raise InputError("no model yet: press Train first")
+            raise InvalidValue("no model yet: press Train first")
         return self.trainer.model
 
     def preview(self) -> Preview:
@@ -345,7 +345,7 @@ def x0_picture(data: PointSet, run: SampleRun, t: int) -> np.ndarray:
 def training_frames(lab: LabState) -> list[Image.Image]:
     """The training animation: each preview's samples over the data."""
     if not lab.previews:
-        raise InputError("nothing to export yet: press Train first")
+        raise InvalidValue("nothing to export yet: press Train first")
     return [Image.fromarray(preview_picture(lab.data, p)) for p in lab.previews]
 
 
@@ -353,6 +353,6 @@ def trajectory_frames(lab: LabState, max_frames: int = 60) -> list[Image.Image]:
     """The sampling animation: the points and their paths so far, at up to ``max_frames`` stored steps."""
     run = lab.run
     if run is None:
-        raise InputError("nothing to export yet: press Sample first")
+        raise InvalidValue("nothing to export yet: press Sample first")
     picks = sorted(set(np.linspace(0, len(run.ts) - 1, min(max_frames, len(run.ts))).round().astype(int).tolist()))
     return [Image.fromarray(paths_picture(lab.data, run, i)) for i in picks] + [Image.fromarray(paths_picture(lab.data, run))]

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from ddpm_app.checks import InvalidValue
 from ddpm_app.diffusion.samplers import ddim, ddpm, final
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.lab import (
     DATASETS,
     PointMLP,
     PointMLPConfig,
-    PointsError,
     Trainer,
     TrainSettings,
     dataset,
@@ -144,17 +144,17 @@ def test_csv_points_and_their_errors():
     ps = from_csv(text, gen(0))
     assert len(ps.train) + len(ps.heldout) == 50 and len(ps.heldout) == 10
     assert parse_points("[[0, 1], [2, 3]" + ", [1, 1]" * 8 + "]").shape == (10, 2)
-    with pytest.raises(PointsError, match="line 3 of the CSV must be two numbers"):
+    with pytest.raises(InvalidValue, match="line 3 of the CSV must be two numbers"):
         parse_points("x,y\n1,2\n1,b\n")
-    with pytest.raises(PointsError, match="line 2 of the CSV holds NaN"):
+    with pytest.raises(InvalidValue, match="line 2 of the CSV holds NaN"):
         parse_points("1,2\nnan,3\n" + "1,1\n" * 10)
-    with pytest.raises(PointsError, match="point 2 holds NaN"):
+    with pytest.raises(InvalidValue, match="point 2 holds NaN"):
         parse_points("[[1, 2], [NaN, 3]]")
-    with pytest.raises(PointsError, match="too many points"):
+    with pytest.raises(InvalidValue, match="too many points"):
         parse_points("\n".join(f"{i},1" for i in range(MAX_POINTS + 1)))
-    with pytest.raises(PointsError, match="too few points"):
+    with pytest.raises(InvalidValue, match="too few points"):
         parse_points("1,2\n3,4")
-    with pytest.raises(PointsError, match="the same point"):
+    with pytest.raises(InvalidValue, match="the same point"):
         parse_points("1,2\n" * 20)
 
 
@@ -164,5 +164,5 @@ def test_drawing_points_follow_the_ink():
     canvas[40:60, 20:40, :3] = 0  # a black square on the left, transparent elsewhere would count too
     ps = from_drawing(canvas, 200, gen(0))
     assert len(ps.train) == 200 and torch.cat([ps.train, ps.heldout]).abs().max() <= 1.0 + 1e-6
-    with pytest.raises(PointsError, match="blank"):
+    with pytest.raises(InvalidValue, match="blank"):
         from_drawing(np.full((100, 200, 4), 255, np.uint8), 200, gen(0))

@@ -18,6 +18,7 @@ from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.serve.runs import RunName
 from ddpm_app.ui import denoise, forward, frames, generate
 from ddpm_app.ui import page as ui
 from ddpm_app.views.export import export_gif
@@ -55,7 +56,8 @@ def noised(handlers: ui.Handlers, t: int) -> UserState:
 def test_the_description_counts_the_steps_a_chain_from_start_t_runs(settings, start_t, steps, title):
     assert settings.num_steps(start_t) == steps
     assert settings.describe(start_t) == title
-    assert f"-{steps}steps" in settings.file_stem(start_t)
+    name = RunName(settings, start_t, 7)
+    assert name.title == f"{title}, x̂₀ clipped, seed 7" and f"-{steps}steps" in name.file_stem
 
 
 def test_denoise_titles_frames_and_exports_with_the_steps_that_ran(handlers: ui.Handlers, monkeypatch):
