@@ -283,7 +283,7 @@ MUTATIONS: list[Mutation] = [
       "return self.model(x, t).float()", "return self.model(x, t + 1).float()", INFERENCE,
       "every sample subtly off"),
     M("prepared-net-left-in-train-mode", "ddpm_app/runtime/inference.py",
-      "model = model.to(device).eval()", "model = model.to(device).train()", INFERENCE,
+      "self.eval()  # as prepare left the model: no dropout", "self.train()", INFERENCE,
       "dropout stays on while sampling"),
     M("openvino-gets-t-plus-1", "ddpm_app/runtime/openvino_net.py",
       "self.time_features(t.detach().reshape(-1).expand(x.shape[0]))",
