@@ -15,6 +15,7 @@ import torch
 from ddpm_app.checks import InvalidValue, choice, shown
 from ddpm_app.io.diffusers_folder import MODEL_INDEX
 from ddpm_app.io.model_folder import CONFIG_NAME, ModelFolderError, download, load_local
+from ddpm_app.runtime.inference import prepare
 from ddpm_app.serve.inputs import hub_model_id
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.worker import DeviceWorker
@@ -246,8 +247,9 @@ class ModelLibrary:
         loaded = load_local(folder, self.device)
         if hub:
             loaded.source = name
-        return ServedModel(name, loaded, self.device, folder, self.precision, self.cpu_runtime,
-                           self.cpu_threads)
+        network = prepare(loaded.model, self.device, precision=self.precision, cpu_runtime=self.cpu_runtime,
+                          cpu_threads=self.cpu_threads)
+        return ServedModel(name, loaded, network, folder)
 
     def _refuse_links(self, folder: Path) -> None:
         """A ModelFolderError unless ``folder`` and every file in it are inside one weights folder, links followed

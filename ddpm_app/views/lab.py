@@ -235,7 +235,7 @@ def forward_picture(schedule: Schedule, data: PointSet, t: int, index: int, nois
     x0 = data.train[index]
     q = q_gaussian(schedule, x0, t)
     limit = max(LIMIT, float(x_t.abs().quantile(0.995)) * 1.1)
-    abar = float(schedule.float64["alphas_cumprod"][t])
+    abar = float(schedule.float64.alphas_cumprod[t])
     fig, ax = _axes(f"x_t at t = {t} (ᾱ_t = {abar:.3g}); q(x_t|x₀) around the red point", limit)
     _dots(ax, data.train, DATA_COLOUR, "x₀ (data)", alpha=0.3)
     _dots(ax, x_t, MODEL_COLOUR, "x_t")

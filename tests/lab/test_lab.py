@@ -57,7 +57,7 @@ def test_noised_cloud_has_the_closed_form_moments():
     s = Schedule(ScheduleConfig())
     x0 = dataset("two moons", 20000, gen(3)).train.double()
     for t in (100, 300, 999):
-        abar = float(s.float64["alphas_cumprod"][t])
+        abar = float(s.float64.alphas_cumprod[t])
         xt = noised_cloud(s, x0.float(), t, torch.randn(x0.shape, generator=gen(t))).double()
         assert xt.mean(0).tolist() == pytest.approx((abar ** 0.5 * x0.mean(0)).tolist(), abs=0.02)
         expected = abar * torch.cov(x0.T) + (1 - abar) * torch.eye(2, dtype=torch.float64)
@@ -78,7 +78,7 @@ class GaussianOracle(torch.nn.Module):
 
     def __init__(self, schedule: Schedule, s: float):
         super().__init__()
-        self.abar, self.s = schedule.float64["alphas_cumprod"], s
+        self.abar, self.s = schedule.float64.alphas_cumprod, s
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t):
@@ -106,7 +106,7 @@ def test_training_loss_matches_the_closed_form_for_gaussian_data():
     trainer = Trainer(GaussianOracle(s, sd), s, points, TrainSettings(batch_size=4096, seed=1))
     with torch.no_grad():
         measured = sum(float(trainer.batch_loss()) for _ in range(20)) / 20
-    abar = s.float64["alphas_cumprod"]
+    abar = s.float64.alphas_cumprod
     expected = float((abar * sd ** 2 / (abar * sd ** 2 + 1 - abar)).mean())
     assert measured == pytest.approx(expected, rel=0.03)
     zero = Trainer(ZeroModel(), s, points, TrainSettings(batch_size=4096))
@@ -119,7 +119,7 @@ def test_field_is_minus_eps_over_sigma():
     model = PointMLP(PointMLPConfig(width=16, depth=1)).eval()
     x = torch.randn(7, 2, generator=gen(0))
     f = predict_field(model, s, x, 20)
-    sigma = float(s.float64["sqrt_one_minus_alphas_cumprod"][20])
+    sigma = float(s.float64.sqrt_one_minus_alphas_cumprod[20])
     assert torch.allclose(f.score, -f.eps / sigma, rtol=1e-5)
 
 

@@ -271,7 +271,7 @@ def test_the_docs_examples_are_what_the_app_prints():
     label = re.search(r"`step (\d+) of 50 · t = (\d+)` for DDIM-50", text)
     assert label and ddim_timesteps(999, 50)[int(label.group(1)) - 1] == int(label.group(2))
     abar = re.search(r"ᾱ_T = ([^,]*?), not 0.0000", text)
-    assert abar and number(float(schedule.float64["alphas_cumprod"][-1])) == abar.group(1)
+    assert abar and number(float(schedule.float64.alphas_cumprod[-1])) == abar.group(1)
 
 
 def test_the_forward_strip_wraps_into_rows_with_legible_captions(handlers: ui.Handlers):
