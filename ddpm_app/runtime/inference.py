@@ -252,7 +252,8 @@ def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatur
     if isinstance(model, DiffusersUNet):
         model.cpu().eval().requires_grad_(False)
         why = "diffusers' UNet2DModel as PyTorch runs it; the app's CPU engine is for its own U-Nets"
-        return Network(model, Runtime(f"cpu, {threads} threads", "fp32", False, why, f"PyTorch {torch.__version__}"), "cpu")
+        runs = Runtime(f"cpu, {threads} threads", "fp32", False, why, engine=f"PyTorch {torch.__version__}")
+        return Network(model, runs, "cpu")
     cpu = cpu or detect()
     engine = choose_cpu_engine(runtime, precision, cpu, openvino_net.version())
     model = model.cpu().eval().requires_grad_(False)
