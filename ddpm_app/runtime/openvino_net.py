@@ -91,6 +91,12 @@ def convert(model: nn.Module) -> Converted:
     return Converted(graph, time.perf_counter() - start, installed)
 
 
+# Calls of up to this many images (sampling: at most 4, a comparison's two runs 8) keep their buffers for the next
+# call; a larger one (a teaching view's loss curve: 75 inputs) gives them back, so it does not hold hundreds of MiB
+# for the life of the server.
+KEPT_BATCH = 16
+
+
 class OpenVinoNetwork(nn.Module):
     """ε_θ(x_t, t) of the network ``converted`` was made from, computed by OpenVINO on the CPU with ``threads``
     threads, in ``hint`` precision (bf16: OpenVINO's bf16 inference precision, which it keeps to f32 where the CPU has
@@ -134,7 +140,20 @@ class OpenVinoNetwork(nn.Module):
         x = x.detach().float().contiguous()  # OpenVINO reads NCHW: a channels_last x_t is copied
         features = self.time_features(t.detach().reshape(-1).expand(x.shape[0])).contiguous()
         out = request.infer({"x": x.numpy(), "features": features.numpy()})
-        return torch.from_numpy(out[0].copy())  # the request's output buffer is reused by its next call
+        eps = torch.from_numpy(out[0].copy())  # the request's output buffer is reused by its next call
+        if x.shape[0] > KEPT_BATCH:
+            self.release_memory()
+        return eps
+
+    def release_memory(self) -> None:
+        """Give back the buffers the largest call so far left behind (OpenVINO keeps them for the life of the
+        compiled network: a few MiB per image). This thread's next call makes a new inference request."""
+        self._local.request = None
+        with self._lock:
+            try:
+                self._compiled.release_memory()
+            except RuntimeError as e:  # another thread's request is running: its buffers stay until a later release
+                log.debug("OpenVINO kept its buffers: %s", e)
 
 
 class _FeaturesInput(nn.Module):

@@ -112,6 +112,42 @@ def test_each_thread_has_its_own_inference_request(net):
 
 
 @needs_openvino
+def test_a_call_larger_than_sampling_batches_gives_its_buffers_back(net, monkeypatch):
+    """A loss curve's one large call must not hold OpenVINO's buffers for the life of the server: after it the
+    compiled network releases them, and the next call (a new request) computes the same ε̂."""
+    ov = ov_network(net, "fp32")
+    released = []
+    small = (torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 7]))
+    large_batch = openvino_net.KEPT_BATCH + 1
+    large = (torch.randn(large_batch, 3, 16, 16, generator=torch.Generator().manual_seed(1)),
+             torch.arange(large_batch))
+    with torch.inference_mode():
+        before = ov(*small)
+        compiled = ov.compile()
+        monkeypatch.setattr(ov, "_compiled", SpyOnRelease(compiled, released))
+        ov(*small)
+        assert released == [] and ov._local.request is not None  # sampling keeps its request
+        out = ov(*large)
+        assert released == [1] and ov._local.request is None
+        assert relative_error(out, net(*large)) < 1e-4
+        torch.testing.assert_close(ov(*small), before, rtol=0, atol=0)
+
+
+class SpyOnRelease:
+    """An OpenVINO compiled network that counts its ``release_memory`` calls (and still releases)."""
+
+    def __init__(self, compiled, calls: list):
+        self.compiled, self.calls = compiled, calls
+
+    def create_infer_request(self):
+        return self.compiled.create_infer_request()
+
+    def release_memory(self):
+        self.calls.append(1)
+        self.compiled.release_memory()
+
+
+@needs_openvino
 def test_a_network_openvino_cannot_convert_raises_its_own_error(net):
     class Untraceable(torch.nn.Module):
         config = make_tiny_config()
