@@ -24,7 +24,8 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.io.model_folder import ModelFolderError, is_repo_id
+from ddpm_app.io.loading import is_repo_id
+from ddpm_app.io.model_folder import ModelFolderError
 from ddpm_app.runtime.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_device
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL

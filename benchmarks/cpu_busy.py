@@ -38,7 +38,7 @@ WAITING = wait_passively()  # before torch loads OpenMP, as app.py does
 import torch  # noqa: E402
 
 from ddpm_app.diffusion.samplers import SamplerSettings
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.runtime.inference import CPU_RUNTIMES, example_input, median_ms, prepare_cpu
 from ddpm_app.runtime.isa import detect
 

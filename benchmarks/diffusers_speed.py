@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.models import DiffusersUNet, DiffusersUNetConfig
 from ddpm_app.runtime.isa import cpu_model_name
 

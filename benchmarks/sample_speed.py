@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from ddpm_app.diffusion import samplers
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.models import SeedUNetConfig, build_model
 from ddpm_app.runtime import openvino_net
 from ddpm_app.runtime.inference import (

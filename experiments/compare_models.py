@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm_app.diffusion.likelihood import bound_timesteps, variational_bound
 from ddpm_app.io.data import load_pack
-from ddpm_app.io.model_folder import load_local
+from ddpm_app.io.loading import load_local
 from ddpm_app.metrics.eps_mse import held_out_mse, held_out_set
 from ddpm_app.runtime.inference import prepare
 from ddpm_app.runtime.isa import cpu_model_name

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from ddpm_app.diffusion.likelihood import BitsPerDim
 from ddpm_app.io.data import load_pack
-from ddpm_app.io.model_folder import load_local
+from ddpm_app.io.loading import load_local
 from ddpm_app.metrics import heldout
 from ddpm_app.runtime.inference import prepare
 from ddpm_app.runtime.isa import cpu_model_name

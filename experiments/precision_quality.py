@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app.diffusion import samplers
 from ddpm_app.image import to_uint8
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.runtime.inference import CPU_RUNTIMES, prepare_cpu
 from ddpm_app.runtime.isa import detect
 

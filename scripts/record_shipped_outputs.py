@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 
 OUT = ROOT / "tests" / "recorded" / "shipped_outputs.safetensors"
 TIMESTEPS = (50, 600)

@@ -61,7 +61,7 @@ def render(config: DiffusionConfig, num_parameters: int, *, title: str = "DDPM m
         f"# {title}", "",
         f"An unconditional {config.image_size}×{config.image_size} denoising diffusion model (DDPM, ε-prediction), "
         "in the ddpm-app format: `config.json` + safetensors weights. Load it with "
-        "`ddpm_app.io.model_folder.load_pretrained(\"<folder or repo id>\")` or pick it in the app's Model tab.", "",
+        "`ddpm_app.io.loading.load_pretrained(\"<folder or repo id>\")` or pick it in the app's Model tab.", "",
     ]
     if sample_image:
         lines += [f"![samples]({sample_image})", ""]

@@ -35,7 +35,8 @@ from ddpm_app.diffusion.likelihood import BitsPerDim, bits_per_dim
 from ddpm_app.diffusion.samplers import DEFAULT_DDIM_STEPS, EpsModel, SamplerName, SamplerSettings, Variance
 from ddpm_app.image import from_uint8, save_grid, to_uint8
 from ddpm_app.io.data import ImagePack, load_pack
-from ddpm_app.io.model_folder import LoadedModel, is_repo_id, load_pretrained
+from ddpm_app.io.loading import is_repo_id, load_pretrained
+from ddpm_app.io.model_folder import LoadedModel
 from ddpm_app.metrics.features import (
     DEFAULT_WEIGHTS,
     HEADS,

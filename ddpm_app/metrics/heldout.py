@@ -98,7 +98,7 @@ def measure_folder(folder: str | Path, data: str | Path, *, split: str = "test",
                    device: torch.device | str = "cpu", **kwargs) -> HeldOut | None:
     """Measure the model in ``folder`` on the ``split`` of its data pack and save heldout.json beside it; None
     (and no file) when the pack has no such split."""
-    from ddpm_app.io.model_folder import load_local
+    from ddpm_app.io.loading import load_local
     from ddpm_app.runtime.inference import prepare
 
     loaded = load_local(folder, device)

@@ -14,7 +14,8 @@ import torch
 
 from ddpm_app.checks import InvalidValue, choice, shown
 from ddpm_app.io.diffusers_folder import MODEL_INDEX
-from ddpm_app.io.model_folder import CONFIG_NAME, ModelFolderError, download, load_local
+from ddpm_app.io.loading import download, load_local
+from ddpm_app.io.model_folder import CONFIG_NAME, ModelFolderError
 from ddpm_app.runtime.inference import prepare
 from ddpm_app.serve.inputs import hub_model_id
 from ddpm_app.serve.served import ServedModel

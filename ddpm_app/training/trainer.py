@@ -34,7 +34,8 @@ from ddpm_app.diffusion.samplers import SamplerSettings
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.image import from_uint8, save_grid
 from ddpm_app.io.data import DatasetError, ImagePack, load_pack, random_flip, resolve_split
-from ddpm_app.io.model_folder import DiffusionConfig, LoadedModel, ModelFolderError, load_pretrained
+from ddpm_app.io.loading import load_pretrained
+from ddpm_app.io.model_folder import DiffusionConfig, LoadedModel, ModelFolderError
 from ddpm_app.metrics.eps_mse import HeldOutMSE, held_out_mse, held_out_set
 from ddpm_app.models import ModelConfig, SeedUNet, build_model
 from ddpm_app.runtime.inference import prepare, resolve_device

@@ -9,15 +9,8 @@ from huggingface_hub import constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ddpm_app.io.model_folder import (
-    CONFIG_NAME,
-    DiffusionConfig,
-    ModelFolderError,
-    load_local,
-    load_pretrained,
-    read_config,
-    save_pretrained,
-)
+from ddpm_app.io.loading import load_local, load_pretrained
+from ddpm_app.io.model_folder import CONFIG_NAME, DiffusionConfig, ModelFolderError, read_config, save_pretrained
 from ddpm_app.models import build_model
 
 

@@ -15,7 +15,7 @@ from conftest import PATIENCE, perturb, seeded_init
 from ddpm_app.cli.convert_seed import main
 from ddpm_app.diffusion.schedule import ScheduleConfig
 from ddpm_app.io.convert_seed import ConversionError, convert, infer_config, read_state_dict
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig
 
 ROOT = Path(__file__).resolve().parents[2]

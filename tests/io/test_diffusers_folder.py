@@ -16,7 +16,8 @@ from ddpm_app.checks import ConfigError
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.io import diffusers_folder
 from ddpm_app.io.diffusers_folder import schedule_from_scheduler
-from ddpm_app.io.model_folder import ModelFolderError, download, load_pretrained
+from ddpm_app.io.loading import download, load_pretrained
+from ddpm_app.io.model_folder import ModelFolderError
 from ddpm_app.serve.library import ModelLibrary
 
 

@@ -14,7 +14,7 @@ from tiny_packs import EMOJI_TEST, EMOJI_TRAIN, UTK_TEST, UTK_TRAIN, emoji_pack,
 from ddpm_app.cli.evaluate import main
 from ddpm_app.diffusion.likelihood import bits_per_dim
 from ddpm_app.io.data import load_pack
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.metrics import evaluate as ev
 from ddpm_app.metrics.evaluate import EvalConfig, EvalResult, evaluate
 from ddpm_app.metrics.features import HEADS, embed, fd_bootstrap_se, feature_fd, load_feature_net

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from ddpm_app.diffusion import samplers
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.image import load_image
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.runtime.inference import prepare
 
 ROOT = Path(__file__).resolve().parents[2]

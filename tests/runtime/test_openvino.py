@@ -251,7 +251,7 @@ def test_ctrl_c_after_an_openvino_network_was_used_does_not_crash_the_process():
 @needs_openvino
 def test_evaluation_can_measure_the_openvino_path(tiny_model_dir):
     """python -m ddpm_app.cli.evaluate --cpu-runtime openvino: its samples and its bound run OpenVINO's network."""
-    from ddpm_app.io.model_folder import load_pretrained
+    from ddpm_app.io.loading import load_pretrained
     from ddpm_app.metrics.evaluate import EvalConfig, network
 
     assert EvalConfig().cpu_runtime == "pytorch" and EvalConfig(cpu_runtime="openvino").cpu_runtime == "openvino"

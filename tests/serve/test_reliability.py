@@ -19,7 +19,7 @@ from PIL import Image, ImageFile
 from ddpm_app import image
 from ddpm_app.diffusion.schedule import ScheduleConfig
 from ddpm_app.image import load_image
-from ddpm_app.io import model_folder
+from ddpm_app.io import loading
 from ddpm_app.io.model_folder import DiffusionConfig, ModelFolderError, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.serve.library import ModelLibrary
@@ -326,7 +326,7 @@ def test_hub_download_asks_only_for_config_weights_card_and_pictures(monkeypatch
         return str(tmp_path)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    assert model_folder.download("someone/model") == tmp_path
+    assert loading.download("someone/model") == tmp_path
     assert asked["repo_id"] == "someone/model"
     assert sorted(asked["allow_patterns"]) == sorted(["config.json", "*.safetensors", "*.safetensors.index.json",
                                                       "README.md", "*.png", "heldout.json"])

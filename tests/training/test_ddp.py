@@ -19,7 +19,7 @@ from conftest import PATIENCE
 from tiny_runs import PYTHON, REPO, subprocess_env, train_args, write_folder
 
 from ddpm_app.io.data import load_pack
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from tiny_runs import MODEL, SCHEDULE, train_args, write_folder
 import train
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.io.data import load_pack
-from ddpm_app.io.model_folder import load_pretrained
+from ddpm_app.io.loading import load_pretrained
 from ddpm_app.metrics import heldout
 from ddpm_app.metrics.eps_mse import held_out_mse, held_out_set
 from ddpm_app.models import build_model, make_config

@@ -22,7 +22,8 @@ from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
 from ddpm_app.diffusion import samplers
 from ddpm_app.diffusion.loss import curve_timesteps, diffusion_loss, loss_curve
 from ddpm_app.diffusion.schedule import Schedule
-from ddpm_app.io.model_folder import SamplingDefaults, load_pretrained
+from ddpm_app.io.loading import load_pretrained
+from ddpm_app.io.model_folder import SamplingDefaults
 from ddpm_app.metrics.eps_mse import held_out_mse, held_out_set
 from ddpm_app.models import SeedUNetConfig, build_model
 from ddpm_app.training import config, distributed, objective

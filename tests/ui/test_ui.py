@@ -24,7 +24,8 @@ from ddpm_app.diffusion.samplers import SamplerSettings, ddim_timesteps
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.image import load_image, to_uint8
 from ddpm_app.io.convert_seed import convert
-from ddpm_app.io.model_folder import ModelFolderError, SamplingDefaults, load_pretrained
+from ddpm_app.io.loading import load_pretrained
+from ddpm_app.io.model_folder import ModelFolderError, SamplingDefaults
 from ddpm_app.models import SeedUNet, SeedUNetConfig
 from ddpm_app.numbers import number
 from ddpm_app.pictures import picture
