@@ -134,9 +134,8 @@ def tune_malloc(libc: object | None = None, platform: str = sys.platform) -> str
 
     glibc serves a block above its mmap threshold from fresh pages (zeroed by the kernel, faulted in on first touch)
     and raises that threshold as the program frees such blocks, so the cost of a CPU step depends on what the
-    process allocated before: on an AMD EPYC (2 threads, faces model, bf16 at batch 4) one step took 19.1 ms in a
-    fresh process and 22.6–22.9 ms after the network had been traced or converted for OpenVINO, and 18.7–20.4 ms
-    in either case with the thresholds fixed here. A process without glibc (macOS, Windows, musl) is left as it is.
+    process allocated before (figures: docs/performance.md, "The engine"). Fixed thresholds make a step cost the
+    same whatever came before. A process without glibc (macOS, Windows, musl) is left as it is.
     """
     if not platform.startswith("linux"):
         return f"malloc left as it is ({platform})"

@@ -292,7 +292,7 @@ def prepare(model: nn.Module, device: torch.device | str, compile: bool | None =
     channels_last and compiled with CUDA graphs unless ``compile=False``.
 
     ``precision``: "auto" (or None) is fp16 autocast on CUDA and :func:`choose_cpu_engine`'s choice on the CPU; else
-    one of :data:`Precision`. On an H100, fp16 takes a 1,000-step chain of 16 images from 2.4 s to 1.4 s. TF32 is a
+    one of :data:`Precision` (fp16 is the fast one on CUDA: docs/performance.md, "On the GPU"). TF32 is a
     global setting: "tf32" and "fp32" take effect inside :func:`float32_matmul`. The first call at each new batch
     size compiles (CUDA only, a few seconds). The model itself is moved and switched to eval mode in place.
     ``cpu_runtime``: one of :data:`CPU_RUNTIMES`, for the CPU only, and ``cpu_threads`` the threads OpenVINO runs

@@ -113,7 +113,7 @@ def build_network(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
     seed_net = isinstance(model, SeedUNet)
     if device.type == "cuda" and seed_net:
         model.subpixel = True  # the same function with fewer FLOPs: see models/seed.py
-    # the seed net trains faster in NCHW (H100, torch 2.11: 12.8k vs 7.3k images/s, layout copies around its convs)
+    # the seed net trains faster in NCHW: channels_last adds layout copies around its convs (docs/training.md)
     channels_last = not seed_net if cfg.channels_last is None else cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

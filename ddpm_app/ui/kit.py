@@ -118,9 +118,9 @@ def run_preview(served: ServedModel, run: Trajectory, step: Step, started: float
 def preview_file(array: np.ndarray) -> str:
     """A picture streamed while a run goes on, as a JPEG file (quality 90, full colour resolution) in Gradio's cache.
 
-    Gradio would encode an array as PNG for each panel: about 20 ms for a 4-image grid on a 2-core CPU, against
-    0.4 ms for this JPEG at a quarter of the bytes, which matters when previews compete with sampling for the
-    cores. Final pictures and the frame scrubber stay lossless PNG.
+    Gradio would encode an array as PNG for each panel, many times slower than this JPEG at four times the bytes
+    (docs/performance.md, "Streaming cost"), and previews compete with sampling for the cores. Final pictures and
+    the frame scrubber stay lossless PNG.
     """
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, "JPEG", quality=90, subsampling=0)
