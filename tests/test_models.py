@@ -1,6 +1,7 @@
 """The U-Nets: shapes, timestep conditioning, and the seed network against the tutorial's layout and forward pass."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -222,6 +223,46 @@ def test_seed_config_validation():
         SeedUNetConfig(down_channels=(32, 48))  # GroupNorm(32) and groups=32 need multiples of 32
     with pytest.raises(ValueError):
         SeedUNetConfig(image_size=40)  # four halvings need a multiple of 16
+
+
+# --- the seed net's first GroupNorm and the amplitude of x_t ------------------------------------------------
+
+def test_the_tutorials_first_group_norm_makes_eps_blind_to_the_amplitude_of_x_t(seed_config):
+    """With the tutorial's GroupNorm on init_conv's output, ε_θ(c·x_t, t) = ε_θ(x_t, t) for any c > 0: the network cannot
+    tell how much noise x_t holds. Without its statistics (input_group_norm=False) ε̂ changes with the amplitude."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    t = torch.tensor([3, 700])
+    tutorial = perturb(seeded_init(lambda: SeedUNet(seed_config)), scale=0.02).eval()
+    fixed = SeedUNet(replace(seed_config, input_group_norm=False)).eval()
+    fixed.load_state_dict(tutorial.state_dict())  # the same state dict: keys and shapes
+    with torch.no_grad():
+        torch.testing.assert_close(tutorial(1.5 * x, t), tutorial(x, t), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(tutorial(0.5 * x, t), tutorial(x, t), rtol=1e-4, atol=1e-4)
+        change = (fixed(1.5 * x, t) - fixed(x, t)).abs().mean() / fixed(x, t).abs().mean()
+    assert change > 0.05
+
+
+def test_without_input_group_norm_only_the_first_norm_changes(seed_config):
+    """The first block's norm1 scales and shifts each channel by the GroupNorm's own weight and bias; every other norm
+    stays a GroupNorm, and the state dict keeps the tutorial's layout."""
+    model = perturb(seeded_init(lambda: SeedUNet(replace(seed_config, input_group_norm=False))), scale=0.02).eval()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in SeedUNet(seed_config).state_dict().items()}
+    norm = model.downs[0].norm1
+    h = torch.randn(2, seed_config.init_dim, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(norm(h), h * norm.weight[:, None, None] + norm.bias[:, None, None])
+    group_norms = [name for name, m in model.named_modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert "downs.0.norm1" not in group_norms and len(group_norms) == 2 * len(model.downs) + 2 * len(model.ups) - 1
+
+
+def test_input_group_norm_is_the_tutorials_by_default_and_is_checked():
+    assert SeedUNetConfig().input_group_norm is True
+    assert make_config("seed", {"image_size": 16}).input_group_norm is True  # a config.json written before the field
+    assert make_config("seed", {"image_size": 16, "input_group_norm": False}).input_group_norm is False
+    with pytest.raises(ValueError, match="input_group_norm must be true or false"):
+        SeedUNetConfig(input_group_norm=0)
 
 
 # --- the seed tutorial's U-Net: forward pass, re-implemented with functional ops -----------------------
