@@ -147,8 +147,9 @@ def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1, device_type: s
 
 
 class StartUp(NamedTuple):
-    """The phases before training runs at speed, in seconds: reading the images onto the device, building the model
-    and its optimizer, timing a step (CPU only, else 0) and the first step (on CUDA this compiles the loss)."""
+    """The phases before training runs at speed, in seconds: reading the images onto the device (the GPU's own start
+    included), building the model and its optimizer, timing a step (CPU only, else 0) and the first step (on CUDA this
+    compiles the loss)."""
 
     data_s: float
     model_s: float
@@ -779,8 +780,8 @@ class Trainer:
                 if self.is_cuda:
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
-                startup = StartUp(self.data_ready - self.created, setup_end - self.data_ready, start - setup_end,
-                                  now - start)
+                timing = start - setup_end if not self.is_cuda else 0.0  # a step is timed on the CPU only
+                startup = StartUp(self.data_ready - self.created, setup_end - self.data_ready, timing, now - start)
                 yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
                                self.train_seconds, "started", startup=startup)
                 untimed_steps, window_start = window_steps, time.perf_counter()

@@ -13,13 +13,10 @@ A checkpoint saved by the tutorial's code (``torch.save(model.state_dict(), …)
 Each block resamples, so four blocks take 64×64 down to 4×4 and back; there is no attention despite the
 tutorial's class name. Skip connections concatenate each down block's output with the matching up block's input.
 
-Every block normalises its input before anything else, the residual path included. In the first block that is
-``GroupNorm(32, 32)`` on ``init_conv``'s output: one channel per group, an instance norm, so the network cannot see
-the amplitude of x_t at all (ε_θ(c·x_t, t) = ε_θ(x_t, t) for every c > 0) nor, but at the borders, its mean colour.
-Deterministic DDIM then keeps colour noise: an excess of noise in x_t looks to the network like image, and x̂₀
-keeps it all the way down (``docs/evaluation.md``). ``SeedUNetConfig.input_group_norm = False`` keeps that layer's
-weight and bias (the same state dict) but drops the statistics: the first block scales and shifts each channel
-(:class:`ChannelAffine`), and ε̂ sees the amplitude. The default is the tutorial's.
+Every block normalises its input before anything else, its shortcut included, and the first block's
+``GroupNorm(32, 32)`` on ``init_conv``'s output has one channel per group: ε_θ(c·x_t, t) = ε_θ(x_t, t) for every
+c > 0. The network cannot see how much noise x_t holds: the likely cause of the colour noise that deterministic DDIM
+leaves in its samples (``docs/evaluation.md`` has the control experiment).
 
 Going up, "nearest ×2, then a 3×3 conv" is computed by :func:`upsample_conv3x3` as one stride-2 transposed
 convolution: the same function of the same weights with 16 instead of 36 multiply-adds per input pixel and
@@ -36,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..values import ConfigError, exact_int, exact_ints, flag
+from ..values import ConfigError, exact_int, exact_ints
 from .layers import MAX_LEVELS, MAX_WIDTH, Denoiser, check_image, timestep_embedding
 
 
@@ -48,13 +45,11 @@ class SeedUNetConfig:
     down_channels: tuple[int, ...] = (32, 64, 128, 256, 512)  # init_dim first, then each down block's output
     time_pos_dim: int = 32
     dropout: float = 0.01
-    input_group_norm: bool = True  # the first block normalises by the image's own statistics, as the tutorial does (ε̂ is then blind to x_t's amplitude); off: a per-channel scale and shift with the same weights
 
     def __post_init__(self) -> None:
         check_image(self.image_size, self.in_channels, self.dropout)
         exact_int(self.init_dim, "init_dim", 1, MAX_WIDTH)
         exact_int(self.time_pos_dim, "time_pos_dim", 4, MAX_WIDTH)
-        flag(self.input_group_norm, "input_group_norm", ConfigError)
         object.__setattr__(self, "down_channels",
                            exact_ints(self.down_channels, "down_channels", 1, MAX_WIDTH, (2, MAX_LEVELS)))
         if self.down_channels[0] != self.init_dim:
@@ -100,26 +95,14 @@ class SinusoidalPosEmb(nn.Module):
         return timestep_embedding(t, self.dim)
 
 
-class ChannelAffine(nn.Module):
-    """y = weight·x + bias per channel: a GroupNorm's parameters without its statistics, (B, C, H, W) → (B, C, H, W)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
-
-
 class SeedBlock(nn.Module):
     """The tutorial's ``AttnBlock``: a resampling residual block with a scale-shift timestep condition."""
 
-    def __init__(self, in_ch: int, out_ch: int, time_dim: int, up: bool, dropout: float, group_norm: bool = True):
+    def __init__(self, in_ch: int, out_ch: int, time_dim: int, up: bool, dropout: float):
         super().__init__()
         self.subpixel = False  # up blocks may resample with upsample_conv3x3 (same weights, same function)
         self.time_condition = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, 2 * out_ch))
-        self.norm1 = nn.GroupNorm(32, in_ch) if group_norm else ChannelAffine(in_ch)
+        self.norm1 = nn.GroupNorm(32, in_ch)
         self.norm2 = nn.GroupNorm(32, out_ch)
         self.short_cut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         if up:
@@ -154,9 +137,8 @@ class SeedUNet(Denoiser):
         self.init_conv = nn.Conv2d(config.in_channels, config.init_dim, 7, padding=3)
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(config.time_pos_dim),
                                       nn.Linear(config.time_pos_dim, time_dim), nn.GELU())
-        self.downs = nn.ModuleList(SeedBlock(a, b, time_dim, up=False, dropout=config.dropout,
-                                             group_norm=config.input_group_norm or i > 0)
-                                   for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])))
+        self.downs = nn.ModuleList(SeedBlock(a, b, time_dim, up=False, dropout=config.dropout)
+                                   for a, b in zip(widths[:-1], widths[1:]))
         rev = widths[::-1]
         self.ups = nn.ModuleList(SeedBlock(2 * a, b, time_dim, up=True, dropout=config.dropout)
                                  for a, b in zip(rev[:-1], rev[1:]))
