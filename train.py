@@ -20,6 +20,19 @@ from ddpm_app.cli import options as cli
 DEFAULT_ARCH = "ddpm"
 
 
+def use_compile_cache() -> Path:
+    """Where torch.compile keeps its caches (compiled graphs and kernels) between runs: ``TORCHINDUCTOR_CACHE_DIR`` if
+    set, else ``ddpm_app/torchinductor`` in the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``), which this
+    sets. A run whose graphs are in the cache compiles its first step in seconds instead of minutes; PyTorch's own
+    default is a folder under /tmp, which many systems empty when they restart."""
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if given:
+        return Path(given)
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpm_app" / "torchinductor"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, ScheduleConfig
     from ddpm_app.models import SeedUNetConfig, UNetConfig
@@ -84,8 +97,10 @@ def architecture_options(args) -> list[str]:
     return ["--" + flags.get(name, name).replace("_", "-") for name in sorted(set(vars(args)) & names)]
 
 
-def train_main(argv) -> int:
+def train_main(argv, started: float) -> int:
+    """A training run; ``started`` (time.perf_counter()) is when the command began: the start-up printed counts from it."""
     args = build_parser().parse_args(argv)
+    compile_cache = use_compile_cache()  # before torch is imported
     from tqdm import tqdm
 
     from ddpm_app.diffusion.schedule import ScheduleConfig
@@ -125,6 +140,7 @@ def train_main(argv) -> int:
         recipe = config.recipe_for(cfg, getattr(args, "arch", DEFAULT_ARCH), on)
         model_config = None if args.resume else model_config_from_args(args, recipe.model)
         schedule_config = ScheduleConfig(**cli.pick(args, ScheduleConfig))
+        imports_s = time.perf_counter() - started  # torch and the library, parsing the options
         trainer = Trainer(cfg, model_config, schedule_config, resume=args.resume, checkpoint=checkpoint)
     except (TrainingError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -155,12 +171,9 @@ def train_main(argv) -> int:
             if p.event == "expected" and main_rank:
                 bar.write(expected_note(cfg, p))
             elif p.event == "started" and main_rank:
-                setup_s, timing_s, first_step_s = p.startup
-                loop_start = time.perf_counter() - first_step_s  # --max-minutes counts from here
-                compiling = " (compiling)" if cfg.compile and trainer.is_cuda else ""
-                bar.write(f"start-up: {setup_s:.1f} s to load the data and build the model, "
-                          + (f"{timing_s:.1f} s to time a step, " if timing_s else "")
-                          + f"{first_step_s:.1f} s for the first step{compiling}; images/s count from the second step")
+                loop_start = time.perf_counter() - p.startup.first_step_s  # --max-minutes counts from here
+                bar.write(startup_note(p.startup, imports_s, time.perf_counter() - started,
+                                       compile_cache if cfg.compile and trainer.is_cuda else None))
             elif p.event == "log":
                 if loop_start is not None and main_rank:  # the first speed measured: will the time limit cut the run?
                     warning = config.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
@@ -195,6 +208,17 @@ def train_main(argv) -> int:
     if args.push_to_hub:
         return push(exported.folder, args.push_to_hub, args.private)
     return 0
+
+
+def startup_note(startup, imports_s: float, total_s: float, compile_cache: Path | None) -> str:
+    """The start-up's phases (:class:`ddpm_app.training.trainer.StartUp`) in one line; ``compile_cache`` where the
+    first step compiled."""
+    return (f"start-up: {imports_s:.1f} s to import, {startup.data_s:.1f} s to load the data, {startup.model_s:.1f} s "
+            f"to build the model, "
+            + (f"{startup.timing_s:.1f} s to time a step, " if startup.timing_s else "")
+            + f"{startup.first_step_s:.1f} s for the first step"
+            + (f" (compiling; cache {compile_cache})" if compile_cache else "")
+            + f": the first step ended {total_s:.1f} s after the start; images/s count from the second step")
 
 
 def cpu_note(cfg, arch: str) -> str:
@@ -263,13 +287,14 @@ def push_main(argv) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
         return export_main(argv[1:])
     if argv and argv[0] == "push":
         return push_main(argv[1:])
     try:
-        return train_main(argv)
+        return train_main(argv, started)
     finally:
         _leave_process_group()
 

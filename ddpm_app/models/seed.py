@@ -13,6 +13,11 @@ A checkpoint saved by the tutorial's code (``torch.save(model.state_dict(), …)
 Each block resamples, so four blocks take 64×64 down to 4×4 and back; there is no attention despite the
 tutorial's class name. Skip connections concatenate each down block's output with the matching up block's input.
 
+Every block normalises its input before anything else, its shortcut included, and the first block's
+``GroupNorm(32, 32)`` on ``init_conv``'s output has one channel per group: ε_θ(c·x_t, t) = ε_θ(x_t, t) for every
+c > 0. The network cannot see how much noise x_t holds: the likely cause of the colour noise that deterministic DDIM
+leaves in its samples (``docs/evaluation.md`` has the control experiment).
+
 Going up, "nearest ×2, then a 3×3 conv" is computed by :func:`upsample_conv3x3` as one stride-2 transposed
 convolution: the same function of the same weights with 16 instead of 36 multiply-adds per input pixel and
 channel pair. These four convolutions hold most of the network's FLOPs. It is used where it is faster

@@ -22,7 +22,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -65,6 +65,17 @@ from ddpm_app.training.objective import loss_weights, sample_timesteps
 STOP_SYNC_STEPS = 10  # with several processes, a stop request (signal, time limit) is agreed on every N steps
 
 
+class StartUp(NamedTuple):
+    """The phases before training runs at speed, in seconds: reading the images onto the device (the GPU's own start
+    included), building the model and its optimizer, timing a step (CPU only, else 0) and the first step (on CUDA this
+    compiles the loss)."""
+
+    data_s: float
+    model_s: float
+    timing_s: float
+    first_step_s: float
+
+
 @dataclass(frozen=True)
 class Progress:
     """What the loop reports every ``log_every`` steps, and at its end."""
@@ -78,7 +89,7 @@ class Progress:
     event: str = "log"  # started | log | sample | checkpoint | eval | done | stopped
     path: str | None = None  # the file an event wrote (sample grid, checkpoint)
     held_out: HeldOutMSE | None = None  # the held-out ε-MSE (event "eval")
-    startup: tuple[float, float, float] | None = None  # event "started": seconds to set up (data, model), to time a step (CPU), then the first step (compiling on CUDA)
+    startup: StartUp | None = None  # event "started": the start-up's phases
     step_s: float | None = None  # event "expected": the seconds one step should take here, timed before the first
 
 
@@ -151,6 +162,7 @@ class Trainer:
         self.schedule = Schedule(self.diffusion_config.schedule).to(self.device)
         self.pack = pack if pack is not None else load_pack(cfg.data, model_config.image_size, cfg.split, limit=cfg.max_images or None)
         self.images = shard_images(self.pack, model_config, self.dist, self.device)
+        self.data_ready = time.perf_counter()
 
         self.held_out_set = None  # fixed (x₀, t, ε) for the held-out ε-MSE, on rank 0 only
         if cfg.eval_every and self.dist.is_main:
@@ -387,7 +399,8 @@ class Trainer:
                 if self.is_cuda:
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
-                startup = (setup_end - self.created, start - setup_end, now - start)
+                timing = start - setup_end if not self.is_cuda else 0.0  # a step is timed on the CPU only
+                startup = StartUp(self.data_ready - self.created, setup_end - self.data_ready, timing, now - start)
                 yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
                                self.train_seconds, "started", startup=startup)
                 untimed_steps, window_start = window_steps, time.perf_counter()

@@ -223,6 +223,23 @@ def test_seed_config_validation():
         SeedUNetConfig(image_size=40)  # four halvings need a multiple of 16
 
 
+# --- the seed net cannot see the amplitude of x_t ------------------------------------------------------------
+
+def test_the_seed_net_is_blind_to_the_amplitude_of_x_t_and_the_ddpm_unet_is_not(seed_config, tiny_model):
+    """The tutorial's first block normalises init_conv's output with GroupNorm(32, 32), one channel per group, and every
+    block normalises its whole input, shortcut included: ε_θ(c·x_t, t) = ε_θ(x_t, t) for c > 0, so the network cannot
+    tell how much noise x_t holds (the likely cause of the colour noise that deterministic DDIM leaves with it:
+    docs/evaluation.md). The DDPM U-Net's ε̂ changes with the amplitude."""
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([3, 700])
+    seed_net = perturb(seeded_init(lambda: SeedUNet(seed_config)), scale=0.02).eval()
+    with torch.no_grad():
+        for c in (1.5, 4.0):  # exactly, but for GroupNorm's ε (1e-5) next to the variance
+            torch.testing.assert_close(seed_net(c * x, t), seed_net(x, t), rtol=1e-4, atol=1e-4)
+        change = (tiny_model(1.5 * x, t) - tiny_model(x, t)).abs().mean() / tiny_model(x, t).abs().mean()
+    assert change > 0.05
+
+
 # --- the seed tutorial's U-Net: forward pass, re-implemented with functional ops -----------------------
 
 def tutorial_time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

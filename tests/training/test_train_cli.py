@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import json
 import re
 import zipfile
@@ -103,7 +104,9 @@ def test_run_trains_skips_broken_files_and_exports(trained):
     out = trained["out"]
     assert "warning: skipped 3 unreadable image file(s) of 11" in trained["stderr"]
     assert "batch 8, lr 0.001 (warm-up 0 steps, constant), EMA 0.9, not compiled" in trained["stderr"]
-    assert re.search(r"start-up: [0-9.]+ s to load the data and build the model, [0-9.]+ s to time a step, [0-9.]+ s for the first step",
+    assert re.search(r"start-up: [0-9.]+ s to import, [0-9.]+ s to load the data, [0-9.]+ s to build the model, "
+                     r"[0-9.]+ s to time a step, [0-9.]+ s for the first step: the first step ended [0-9.]+ s after the "
+                     r"start",
                      trained["stdout"] + trained["stderr"])
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     assert ckpt["step"] == 12 and ckpt["data"]["images"] == 8 and ckpt["data"]["split"] is None
@@ -464,3 +467,25 @@ def test_the_cpu_recipes_network_fills_in_only_when_no_size_of_it_is_given():
     bare = train.build_parser().parse_args(["--data", "x.zip", "--out", "o", "--image-size", "32"])
     built = train.model_config_from_args(bare, tuple(recipe.items()))
     assert built == make_config("ddpm", {**recipe, "image_size": 32})
+
+
+# -- the compile cache kept between runs ----------------------------------------------------------------------------
+
+def test_compile_cache_is_kept_in_the_user_cache_folder_unless_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert train.use_compile_cache() == tmp_path / "cache" / "ddpm_app" / "torchinductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "ddpm_app" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert train.use_compile_cache() == tmp_path / "mine"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_startup_note_names_every_phase_and_the_cache_only_when_compiling(tmp_path):
+    startup = training.StartUp(data_s=4.25, model_s=1.5, timing_s=0.0, first_step_s=20.0)
+    note = train.startup_note(startup, 3.0, 28.75, tmp_path)
+    assert note.startswith("start-up: 3.0 s to import, 4.2 s to load the data, 1.5 s to build the model, 20.0 s for "
+                           f"the first step (compiling; cache {tmp_path}): the first step ended 28.8 s after the start")
+    assert "to time a step" not in note
+    cpu = train.startup_note(startup._replace(timing_s=2.0), 3.0, 30.75, None)
+    assert "2.0 s to time a step, 20.0 s for the first step: the first" in cpu and "compiling" not in cpu
