@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ddpm_app.pictures import label_font, picture
+from ddpm_app.fonts import draw_text, text_width
+from ddpm_app.pictures import picture
 from ddpm_app.serve.inputs import InputError
 from ddpm_app.serve.runs import Frame, Trajectory
 
@@ -24,7 +25,7 @@ from ddpm_app.serve.runs import Frame, Trajectory
 def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256) -> Image.Image:
     """x_t | x̂₀ of one stored frame side by side under two label lines, upscaled (nearest) to ``min_height``.
 
-    The labels are drawn in :func:`~.pictures.label_font`, which has every character they use."""
+    The labels are drawn with :func:`~ddpm_app.fonts.draw_text`, whose fonts have every character they use."""
     left = Image.fromarray(picture(frame.x_t))
     right = Image.fromarray(picture(frame.pred_x0))
     scale = max(1, math.ceil(min_height / left.height))
@@ -36,13 +37,11 @@ def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256) -
     draw = ImageDraw.Draw(out)
     title = trajectory.title
     size = 14
-    while size > 9 and label_font(size).getlength(title) > out.width - 8:  # long titles: smaller, still whole
+    while size > 9 and text_width(title, size) > out.width - 8:  # long titles: smaller, still whole
         size -= 1
-    draw.text((4, 2), title, fill="black", font=label_font(size))
-    font = label_font(14)
-    draw.text((4, 21), f"x_t   step {frame.index + 1}/{trajectory.num_steps}, t = {frame.t}", fill="black",
-              font=font)
-    draw.text((w + gap + 4, 21), "predicted x̂₀", fill="black", font=font)
+    draw_text(draw, (4, 2), title, size)
+    draw_text(draw, (4, 21), f"x_t   step {frame.index + 1}/{trajectory.num_steps}, t = {frame.t}", 14)
+    draw_text(draw, (w + gap + 4, 21), "predicted x̂₀", 14)
     return out
 
 

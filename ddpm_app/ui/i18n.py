@@ -1,0 +1,77 @@
+"""The page in the reader's language: the catalogues of :mod:`ddpm_app.text` handed to Gradio, which translates labels,
+tab names, buttons and Markdown in the browser; the language switch; and how a handler learns its user's language.
+
+Gradio translates what the page was built with (``i18n(key)`` in place of a string), and what an update sends as
+``i18n(key)``, by the browser's language. Texts a handler writes with numbers in them (status lines, notes, plot
+titles) it writes itself, in ``user.language``: the page sets that from the browser's language when it loads
+(:data:`DETECT_JS`), and the switch changes it together with Gradio's language (:data:`SWITCH_JS`), remembered by the
+browser for the next visit (:data:`HEAD`). API clients, and everything before the page says otherwise, get English.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+from gradio.i18n import I18nData
+
+from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, text
+
+NAMESPACE = "ddpm."  # our keys beside Gradio's own ("common.…", "image.…", "plot.…") in the browser's tables
+STORAGE_KEY = "ddpm_app.language"  # where the browser remembers the switch
+
+I18N = gr.I18n(**{tag: {NAMESPACE + key: words for key, words in catalogue(tag).items()} for tag in LANGUAGES})
+
+
+def i18n(key: str) -> I18nData:
+    """A catalogue text that the browser shows in its language (a label, a tab name, a static Markdown)."""
+    catalogue(ENGLISH)[key]  # noqa: B018  (a key the catalogue lacks fails here, not as a raw key on the page)
+    return I18N(NAMESPACE + key)
+
+
+def english(value: object) -> object:
+    """``value`` with an :func:`i18n` text read in English (for API descriptions and messages); others as they are."""
+    if isinstance(value, I18nData):
+        return text(value.key.removeprefix(NAMESPACE))
+    return value
+
+
+def choices(pairs: list[tuple[str, str]]) -> list[tuple[I18nData, str]]:
+    """(catalogue key, value) pairs as choices whose names the browser translates."""
+    return [(i18n(key), value) for key, value in pairs]
+
+
+# The browser picks Gradio's language before the page exists; this script, first in the page's head, makes the
+# switch's last choice win over the browser's own language by answering navigator.language with it.
+HEAD = f"""<script>
+(() => {{
+  try {{
+    const chosen = localStorage.getItem("{STORAGE_KEY}");
+    if (chosen) {{
+      Object.defineProperty(navigator, "language", {{get: () => chosen, configurable: true}});
+      Object.defineProperty(navigator, "languages", {{get: () => [chosen], configurable: true}});
+    }}
+  }} catch (e) {{}}
+}})();
+</script>"""
+
+# On load: the switch shows the language Gradio chose (<html lang>, which Gradio keeps up to date): any Chinese is
+# 简体中文, the only Chinese there is; everything else English.
+DETECT_JS = "() => (document.documentElement.lang || '').toLowerCase().startsWith('zh') ? 'zh-CN' : 'en'"
+
+# On a change of the switch: Gradio's language follows at once (its changeLocale, which its own settings panel uses,
+# from the module the page already loaded), and the browser remembers the choice.
+SWITCH_JS = f"""async (language) => {{
+  try {{ localStorage.setItem("{STORAGE_KEY}", language); }} catch (e) {{}}
+  const core = performance.getEntriesByType("resource").map((entry) => entry.name)
+    .find((name) => /\\/assets\\/core-[^/]*\\.js$/.test(name));
+  if (core) {{
+    const gradio = await import(core);
+    if (gradio.changeLocale) gradio.changeLocale(language);
+  }}
+  return language;
+}}"""
+
+
+def language_switch() -> gr.Radio:
+    """The visible switch: each language by its own name."""
+    return gr.Radio([(name, tag) for tag, name in LANGUAGES.items()], value=ENGLISH, label=i18n("app.language"),
+                    elem_id="language", container=False, min_width=200)
