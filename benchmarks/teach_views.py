@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from ddpm_app.runtime.isa import cpu_model_name
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.ui import page as ui
-from ddpm_app.ui.teach import TeachHandlers
+from ddpm_app.ui.kit import ASSETS
 from ddpm_app.views.state import UserState
 
-PHOTO = Path(ui.ASSETS) / "portrait.png"
+PHOTO = Path(ASSETS) / "portrait.png"
 
 
 def summary(name: str, seconds: list[float]) -> str:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     library = ModelLibrary(args.weights, "cpu", default=args.model)
-    teach = TeachHandlers(library, preview_interval=0.2)
+    teach = ui.Handlers(library, preview_interval=0.2)
     photo = str(PHOTO)
     before = load_average()
     served = library.get(args.model)

@@ -11,7 +11,7 @@ then measures how far generated faces are from real ones *as this network sees f
 not comparable with Inception FID, nor between feature networks trained with different settings or seeds.
 
 Run ``python -m ddpm_app.cli.features train --data utkface-64.zip --out ddpm_app/assets/face_features.safetensors``
-to reproduce the shipped weights (about 10 minutes on two CPU cores).
+to reproduce the shipped weights.
 """
 
 from __future__ import annotations

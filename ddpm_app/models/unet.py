@@ -29,7 +29,7 @@ from ddpm_app.models.layers import (
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Defaults: the shipped 64×64 models' design (≈ 12 M parameters, ~15 ms a step on 2 CPU cores)."""
+    """Defaults: the shipped 64×64 models' design (≈ 12 M parameters), small enough to sample on a laptop's CPU."""
 
     image_size: int = 64
     in_channels: int = 3

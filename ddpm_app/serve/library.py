@@ -1,16 +1,14 @@
 """The models the app serves: the model folders in a weights directory plus any downloaded from the Hub, loaded
-on first use, and the one thread that does all of the app's tensor work."""
+on first use, with the one thread that does all of their tensor work (:class:`~ddpm_app.serve.worker.DeviceWorker`)."""
 
 from __future__ import annotations
 
-import contextvars
 import os
 import threading
-import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Sequence
 
 import torch
 
@@ -19,69 +17,10 @@ from ddpm_app.io.diffusers_folder import MODEL_INDEX
 from ddpm_app.io.model_folder import CONFIG_NAME, ModelFolderError, download, load_local
 from ddpm_app.serve.inputs import InputError, choice, hub_model_id
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.serve.worker import DeviceWorker
 
 DEFAULT_MODEL = "faces"
 MODELS_IN_MEMORY = 3
-Result = TypeVar("Result")
-
-
-class DeviceWorker:
-    """One thread that does all of the app's tensor work, one job at a time: ``run(fn, …)`` calls ``fn`` there.
-
-    PyTorch's CPU kernels start an OpenMP thread team in each thread that calls them. A web server hands requests
-    to any of its pool threads, so each would get a team; with more team threads than cores OpenMP sleeps
-    between kernels instead of spinning, and sampling from a pool thread measured ~50 % slower than from a
-    script's main thread on a 2-core machine. Calling every kernel from this one thread keeps one team.
-    """
-
-    def __init__(self, name: str = "ddpm-device", clock: Callable[[], float] = time.monotonic):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
-                                            initializer=self._remember_thread)
-        self._thread_id: int | None = None
-        self.clock = clock
-        self._jobs = 0  # submitted and not yet finished
-        self._last_done = clock()
-        self._lock = threading.Lock()
-
-    def _remember_thread(self) -> None:
-        self._thread_id = threading.get_ident()
-
-    def run(self, fn: Callable[..., Result], *args, **kwargs) -> Result:
-        """``fn(*args, **kwargs)`` on the worker, in the caller's context (so a ``gr.Progress`` still finds its
-        event, as with ``asyncio.to_thread``)."""
-        if threading.get_ident() == self._thread_id:  # already on the worker (a job calling another)
-            return fn(*args, **kwargs)
-        return self.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
-
-    def submit(self, fn: Callable[..., Result], *args, **kwargs) -> Future[Result]:
-        """Start ``fn`` on the worker and return at once (for a caller that reports progress while it runs)."""
-        with self._lock:
-            self._jobs += 1
-        future = self._executor.submit(fn, *args, **kwargs)
-        future.add_done_callback(self._done)
-        return future
-
-    def _done(self, _: Future) -> None:
-        with self._lock:
-            self._jobs -= 1
-            self._last_done = self.clock()
-
-    def idle_for(self) -> float:
-        """Seconds since the worker's last job ended; 0 while a job runs or waits."""
-        with self._lock:
-            return 0.0 if self._jobs else self.clock() - self._last_done
-
-    def when_idle(self, action: Callable[[], object], every: float, after: float) -> threading.Thread:
-        """Every ``every`` seconds, from a daemon thread, call ``action()`` if no job has run for ``after`` seconds
-        (the app returns freed memory to the system this way, never between two sampling steps)."""
-        def loop() -> None:
-            while True:
-                time.sleep(every)
-                if self.idle_for() >= after:
-                    action()
-        thread = threading.Thread(target=loop, name="ddpm-device-idle", daemon=True)
-        thread.start()
-        return thread
 
 
 def find_models(weights_dir: str | Path) -> dict[str, Path]:

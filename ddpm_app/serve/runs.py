@@ -16,7 +16,7 @@ from torch import Tensor
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.image import from_uint8, to_uint8
-from ddpm_app.serve.library import DeviceWorker
+from ddpm_app.serve.worker import DeviceWorker
 
 # seconds between previews sent to the browser at most: 5 a second look smooth (what they cost: PREVIEW_BUDGET,
 # and benchmarks/app_stream.py)
@@ -176,8 +176,9 @@ def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle
     """Run every step of a sampler, store each in ``trajectory``, and yield ``render(step)`` (the step itself
     by default) for those to preview: the first, then at most one per throttle interval, and always the last.
 
-    With a ``worker``, the steps and the rendering run on its thread, a stretch of steps per preview. Closing
-    this iterator (Stop) ends the sampler after the stretch in progress; the trajectory keeps what was done.
+    With a ``worker``, the steps and the rendering run on its thread, a stretch of steps per preview
+    (:meth:`~ddpm_app.serve.worker.DeviceWorker.stream`). Closing this iterator (Stop) ends the sampler after the
+    stretch in progress; the trajectory keeps what was done.
     """
     throttle = throttle or Throttle(DEFAULT_PREVIEW_INTERVAL)
     render = render or (lambda step: step)
@@ -194,16 +195,23 @@ def stream(steps: Iterator[Step], trajectory: Trajectory | None = None, throttle
                 return shown, step.is_last
         return None
 
-    call = worker.run if worker is not None else (lambda fn: fn())
-    try:
-        while (preview := call(advance)) is not None:
-            with throttle.spending():  # until the consumer asks for more (Gradio sends it on), sampling waits
+    def previews() -> Iterator[Preview]:
+        try:
+            while (preview := advance()) is not None:
                 yield preview[0]
-            if preview[1]:
-                return
+                if preview[1]:
+                    return
+        finally:  # a sampler generator: its cleanup runs where it ran
+            if hasattr(steps, "close"):
+                steps.close()
+
+    shown = previews() if worker is None else worker.stream(previews())
+    try:
+        for preview in shown:
+            with throttle.spending():  # until the consumer asks for more (Gradio sends it on), sampling waits
+                yield preview
     finally:  # also when the consumer closes us (Stop)
-        if hasattr(steps, "close"):  # a sampler generator: let it run its cleanup on the worker too
-            call(steps.close)
+        shown.close()
         if trajectory is not None:
             trajectory.stopped = not trajectory.finished
             trajectory.ended.set()

@@ -17,26 +17,20 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import gradio as gr
 import torch
-from gradio.components.image_editor import EditorData
-from gradio.utils import get_upload_folder
-from gradio_client.utils import is_http_url_like
-from pydantic import ConfigDict, ValidationError, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
-from ddpm_app.checks import shown
 from ddpm_app.diffusion.samplers import VARIANCES, SamplerSettings
 from ddpm_app.lab import DATASETS, PointSet, dataset, from_csv, from_drawing
 from ddpm_app.lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD, PointsError
 from ddpm_app.serve.inputs import InputError, choice, whole_number
 from ddpm_app.serve.inputs import text as text_value
-from ddpm_app.serve.library import DeviceWorker
+from ddpm_app.serve.worker import DeviceWorker
 from ddpm_app.ui import widgets
-from ddpm_app.ui.page import LATEX, _image, user_errors
-from ddpm_app.ui.widgets import uploaded_file, user_error
+from ddpm_app.ui.kit import LATEX, output_image
+from ddpm_app.ui.widgets import CSVInput, SketchInput, user_error, user_errors
 from ddpm_app.views.export import ExportFolder, save_gif, save_mp4
 from ddpm_app.views.lab import (
     MAX_SAMPLES,
@@ -105,57 +99,6 @@ def experiment_values(change: dict) -> dict:
         return sampling
     return dict(timesteps=s.schedule.timesteps, beta_end=s.schedule.beta_end, width=s.network.width,
                 depth=s.network.depth) | {k: v for k, v in change.items() if k in TRAINING_KEYS} | sampling
-
-
-class SketchData(EditorData):
-    """``EditorData`` that takes any JSON: a value that is no editor value (not an object, or an object with none
-    of its keys) becomes an empty one marked ``refused``, so the sketchpad can answer it with a message."""
-
-    model_config = ConfigDict(title="EditorData")
-    refused: SkipJsonSchema[str | None] = None
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _anything(cls, value: Any, handler):
-        if isinstance(value, dict) and value.keys() & {"background", "layers", "composite", "id"}:
-            try:
-                return handler({k: v for k, v in value.items() if k != "refused"})
-            except ValidationError:
-                pass
-        return handler({"refused": shown(value)})
-
-
-class SketchInput(gr.ImageEditor):
-    """A sketchpad (``gr.ImageEditor`` with a black brush and no uploads, which is what ``gr.Sketchpad`` sets up; a
-    template of a template would have no page component) that answers any value that is no drawing with a
-    message, reads only images inside Gradio's upload folder and refuses web addresses, which Gradio would
-    download before the handler is asked."""
-
-    is_template = True
-    data_model = SketchData
-
-    def preprocess(self, payload: SketchData | None):
-        if payload is not None:
-            if payload.refused is not None:
-                raise user_error(f"drawing must be drawn in the box (an image editor value with background, "
-                                 f"layers and composite), got {payload.refused}")
-            for image in (payload.background, payload.composite, *payload.layers):
-                if image is not None and (not image.path or is_http_url_like(image.path)
-                                          or uploaded_file(image.path, get_upload_folder()) is None):
-                    raise user_error("drawing: draw in the box; other images are not read")
-        return super().preprocess(payload)
-
-    async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
-        if is_http_url_like(url_or_file_path):
-            raise user_error("drawings are not fetched from web addresses: draw in the box")
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
-
-
-class CSVInput(widgets.FileInput):
-    """The lab's CSV upload: its messages start with "CSV file"."""
-
-    is_template = True
-    field = "CSV file"
 
 
 class LabHandlers:
@@ -257,43 +200,44 @@ class LabHandlers:
             lab.busy = False
 
     def _train(self, lab: LabState, steps: int, first) -> Iterator[tuple]:
+        for status, loss_pic, samples_pic, last in self.worker.stream(self._chunks(lab, steps)):
+            result = self._result(lab) if last else gr.skip()
+            yield status, first, loss_pic, samples_pic, result[0] if last else gr.skip(), \
+                result[1] if last else gr.skip()
+            first = gr.skip()
+        lab.history.append(f"{lab.settings.describe()}, {lab.trainer.step} steps in {lab.seconds:.1f} s: "
+                           f"distance {lab.previews[-1].distance:.4f}")
+
+    @classmethod
+    def _chunks(cls, lab: LabState, steps: int) -> Iterator[tuple]:
+        """``steps`` training steps, :data:`CHUNK_SECONDS` of them at a time (on the worker): after each stretch
+        (status, loss picture, samples picture, whether it was the last), with pictures at most every
+        :data:`PREVIEW_SECONDS`."""
         records = lab.trainer.run(steps)
         started = time.perf_counter()
         target = lab.trainer.step + steps
-        state = dict(last_preview=-PREVIEW_SECONDS, done=False)
-
-        def chunk() -> tuple:
-            begin = time.perf_counter()
-            for record in records:
-                lab.losses.append(record.loss)
-                if time.perf_counter() - begin > CHUNK_SECONDS:
-                    break
-            else:
-                state["done"] = True
-            lab.seconds += time.perf_counter() - begin
-            out_of_time = time.perf_counter() - started > MAX_TRAIN_SECONDS
-            state["done"] = state["done"] or out_of_time
-            show = state["done"] or time.perf_counter() - state["last_preview"] > PREVIEW_SECONDS
-            if show:
-                preview = lab.preview()
-                state["last_preview"] = time.perf_counter()
-                pictures = (loss_picture(lab.losses, lab.previews), preview_picture(lab.data, preview))
-            else:
-                pictures = (gr.skip(), gr.skip())
-            return self._status(lab, target, out_of_time), *pictures
-
+        last_preview, done = -PREVIEW_SECONDS, False
         try:
-            while not state["done"]:
-                status, loss_pic, samples_pic = self.worker.run(chunk)
-                last = state["done"]
-                result = self._result(lab) if last else gr.skip()
-                yield status, first, loss_pic, samples_pic, result[0] if last else gr.skip(), \
-                    result[1] if last else gr.skip()
-                first = gr.skip()
+            while not done:
+                begin = time.perf_counter()
+                for record in records:
+                    lab.losses.append(record.loss)
+                    if time.perf_counter() - begin > CHUNK_SECONDS:
+                        break
+                else:
+                    done = True
+                lab.seconds += time.perf_counter() - begin
+                out_of_time = time.perf_counter() - started > MAX_TRAIN_SECONDS
+                done = done or out_of_time
+                if done or time.perf_counter() - last_preview > PREVIEW_SECONDS:
+                    preview = lab.preview()
+                    last_preview = time.perf_counter()
+                    pictures = (loss_picture(lab.losses, lab.previews), preview_picture(lab.data, preview))
+                else:
+                    pictures = (gr.skip(), gr.skip())
+                yield cls._status(lab, target, out_of_time), *pictures, done
         finally:
-            self.worker.run(records.close)
-        lab.history.append(f"{lab.settings.describe()}, {lab.trainer.step} steps in {lab.seconds:.1f} s: "
-                           f"distance {lab.previews[-1].distance:.4f}")
+            records.close()
 
     @staticmethod
     def _status(lab: LabState, target: int, out_of_time: bool) -> str:
@@ -350,8 +294,9 @@ class LabHandlers:
         with user_errors():
             field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), lab.schedule.timesteps - 1)
             arrows = choice(arrows, "arrows", ("score", "eps"))
-        return self.worker.run(lambda: (field_picture(lab.model, lab.schedule, lab.run, field_t, arrows),
-                                        x0_picture(lab.data, lab.run, field_t)))
+        def draw():
+            return field_picture(lab.model, lab.schedule, lab.run, field_t, arrows), x0_picture(lab.data, lab.run, field_t)
+        return self.worker.run(draw)
 
     # -- exports ----------------------------------------------------------------------------------------------
 
@@ -366,7 +311,7 @@ class LabHandlers:
 
 def _plot(label: str, elem_id: str) -> gr.Image:
     """A figure of the lab (540 px square or so), at least :data:`PICTURE_MIN_WIDTH` wide."""
-    return _image(label, height=None, pixelated=False, min_width=PICTURE_MIN_WIDTH, elem_id=elem_id)
+    return output_image(label, height=None, pixelated=False, min_width=PICTURE_MIN_WIDTH, elem_id=elem_id)
 
 
 def lab_tab(lh: LabHandlers, user: gr.State) -> None:

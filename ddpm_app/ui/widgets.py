@@ -14,24 +14,36 @@ from __future__ import annotations
 
 import html
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio import processing_utils, utils
+from gradio.components.image_editor import EditorData
 from gradio.data_classes import GradioModel, ImageData
 from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
 from pydantic import ConfigDict, ValidationError, field_serializer, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from ddpm_app.checks import shown
+from ddpm_app.checks import InvalidValue, shown
 from ddpm_app.image import ImageError, read_data_url
+from ddpm_app.io.model_folder import ModelFolderError
 
 
 def user_error(message: str) -> gr.Error:
     """The error a user sees: ``message`` with its HTML escaped (the page shows error text as HTML, and messages
     quote what was sent), no traceback in the server's log."""
     return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+@contextmanager
+def user_errors():
+    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message."""
+    try:
+        yield
+    except (InvalidValue, ImageError, ModelFolderError) as e:
+        raise user_error(str(e)) from None
 
 
 def as_sent(self, payload: Any) -> Any:
@@ -214,6 +226,57 @@ class FileInput(gr.File):
         if is_http_url_like(url_or_file_path):
             raise self._refused("a web address (files are not fetched)")
         return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class SketchData(EditorData):
+    """``EditorData`` that takes any JSON: a value that is no editor value (not an object, or an object with none
+    of its keys) becomes an empty one marked ``refused``, so the sketchpad can answer it with a message."""
+
+    model_config = ConfigDict(title="EditorData")
+    refused: SkipJsonSchema[str | None] = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _anything(cls, value: Any, handler):
+        if isinstance(value, dict) and value.keys() & {"background", "layers", "composite", "id"}:
+            try:
+                return handler({k: v for k, v in value.items() if k != "refused"})
+            except ValidationError:
+                pass
+        return handler({"refused": shown(value)})
+
+
+class SketchInput(gr.ImageEditor):
+    """A sketchpad (``gr.ImageEditor`` with a black brush and no uploads, which is what ``gr.Sketchpad`` sets up; a
+    template of a template would have no page component) that answers any value that is no drawing with a
+    message, reads only images inside Gradio's upload folder and refuses web addresses, which Gradio would
+    download before the handler is asked."""
+
+    is_template = True
+    data_model = SketchData
+
+    def preprocess(self, payload: SketchData | None):
+        if payload is not None:
+            if payload.refused is not None:
+                raise user_error(f"drawing must be drawn in the box (an image editor value with background, "
+                                 f"layers and composite), got {payload.refused}")
+            for image in (payload.background, payload.composite, *payload.layers):
+                if image is not None and (not image.path or is_http_url_like(image.path)
+                                          or uploaded_file(image.path, utils.get_upload_folder()) is None):
+                    raise user_error("drawing: draw in the box; other images are not read")
+        return super().preprocess(payload)
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
+        if is_http_url_like(url_or_file_path):
+            raise user_error("drawings are not fetched from web addresses: draw in the box")
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class CSVInput(FileInput):
+    """The lab's CSV upload: its messages start with "CSV file"."""
+
+    is_template = True
+    field = "CSV file"
 
 
 class Blocks(gr.Blocks):

@@ -21,9 +21,8 @@ from ddpm_app.views.plots import log_y, new_figure, pixels
 
 ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
 CLIP_X0 = True  # as the held-out figures of the shipped models (python -m ddpm_app.cli.evaluate)
-# The timesteps go through the network in a few large calls, with a progress update after each. On a 2-core CPU
-# that others share, per-call costs dominate: the faces model's 50-timestep estimate took a median 3.2 s in calls
-# of 5 timesteps, 2.7 s in calls of 10 and 1.9 s in one call of 50 (load average ≈ 5).
+# The timesteps go through the network in a few large calls, with a progress update after each: on a small shared
+# CPU per-call costs dominate (docs/performance.md, "Teaching views").
 PROGRESS_UPDATES = 5
 MAX_TIMESTEPS_PER_CALL = 50
 

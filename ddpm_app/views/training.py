@@ -54,9 +54,9 @@ def training_step(served: ServedModel, x0: Tensor, t: int, noise_seed: int) -> T
 
 def photo_curve(served: ServedModel, x0: Tensor, seed: int, num: int = CURVE_TIMESTEPS,
                 draws: int = CURVE_DRAWS) -> LossCurve:
-    """The photo's loss at ``num`` timesteps over the schedule, ``draws`` ε each (from ``seed``), in one network call:
-    on a 2-core CPU that others share, per-call costs dominate (faces model, load average ≈ 5: a median 2.3 s for
-    the 75 inputs in one call against 5.3 s in calls of 16). ε is drawn the same whatever the batch."""
+    """The photo's loss at ``num`` timesteps over the schedule, ``draws`` ε each (from ``seed``), in one network call,
+    because on a small shared CPU per-call costs dominate (docs/performance.md, "Teaching views"). ε is drawn the same
+    whatever the batch."""
     return loss_curve(served.fp32_eps_model, served.schedule, x0[None].to(served.device),
                       curve_timesteps(served.timesteps, num), draws=draws,
                       generator=served.generator(seed), batch_size=num * draws)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddpm_app.lab import PointMLPConfig, build_model
-from ddpm_app.serve.library import DeviceWorker
+from ddpm_app.serve.worker import DeviceWorker
 from ddpm_app.ui.lab import EXPERIMENTS, LabHandlers, lab_tab
 from ddpm_app.views.state import UserState
 

@@ -14,6 +14,7 @@ from ddpm_app.diffusion.schedule import ScheduleConfig
 from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import model
 from ddpm_app.ui import page as ui
 from ddpm_app.views.state import UserState
 
@@ -31,11 +32,13 @@ def test_build_and_model_switch_compute_on_the_device_thread(tmp_path: Path, mon
     library = ModelLibrary(tmp_path, "cpu")
     threads: dict[str, set[int]] = {}
 
-    for name in ("schedule_plot", "forward_numbers", "model_card", "model_header"):
-        def record(*args, _name=name, _fn=getattr(ui, name), **kwargs):
+    # where the page is built, and where a model switch draws its outputs
+    for module, name in [(ui, "schedule_plot"), (ui, "forward_numbers"), (ui, "model_card"), (ui, "model_header"),
+                         (model, "model_card"), (model, "model_header")]:
+        def record(*args, _name=name, _fn=getattr(module, name), **kwargs):
             threads.setdefault(_name, set()).add(threading.get_ident())
             return _fn(*args, **kwargs)
-        monkeypatch.setattr(ui, name, record)
+        monkeypatch.setattr(module, name, record)
 
     ui.build(library)
     ui.Handlers(library).select_model("other", UserState())

@@ -17,6 +17,7 @@ from tiny_app import run_all, save_tiny
 
 from ddpm_app.serve.inputs import InputError
 from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import model
 from ddpm_app.ui import page as ui
 from ddpm_app.views.state import UserState
 
@@ -160,7 +161,7 @@ def test_a_model_switch_whose_outputs_fail_leaves_the_user_on_their_model(handle
     user = UserState()
     handlers.select_model("faces", user)
     (place / "weights" / "runs" / "nested" / "samples.png").write_bytes(b"not read yet")
-    monkeypatch.setattr(ui, "served_picture", lambda path: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    monkeypatch.setattr(model, "served_picture", lambda path: (_ for _ in ()).throw(PermissionError(13, "denied")))
     with pytest.raises(gr.Error, match=r"runs/nested: its model card could not be read .*denied.*current model "
                                        "stays loaded"):
         handlers.load_folder("runs/nested", user)

@@ -23,11 +23,12 @@ from ddpm_app.io import model_folder
 from ddpm_app.io.model_folder import DiffusionConfig, ModelFolderError, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import kit
 from ddpm_app.ui import page as ui
 from ddpm_app.views.state import UserState
 
 T = 20
-PHOTO = Path(ui.ASSETS) / "portrait.png"
+PHOTO = Path(kit.ASSETS) / "portrait.png"
 
 
 def save_tiny(directory: Path, seed: int = 0) -> Path:

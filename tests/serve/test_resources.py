@@ -19,13 +19,15 @@ from ddpm_app.diffusion.samplers import Step
 from ddpm_app.diffusion.schedule import ScheduleConfig
 from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
-from ddpm_app.serve.library import DeviceWorker, ModelLibrary
+from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import Trajectory
+from ddpm_app.serve.worker import DeviceWorker, Reports
+from ddpm_app.ui import kit
 from ddpm_app.ui import page as ui
 from ddpm_app.views.export import ExportFolder
 from ddpm_app.views.state import Users, UserState
 
-PHOTO = Path(ui.ASSETS) / "portrait.png"
+PHOTO = Path(kit.ASSETS) / "portrait.png"
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +241,47 @@ def test_the_device_worker_is_idle_only_while_no_job_runs_or_waits():
     job.result(PATIENCE), waiting.result(PATIENCE)
     clock.now += 3
     assert worker.idle_for() == 3  # since the last job ended
+
+
+def test_a_stream_computes_each_item_on_the_worker_when_asked_and_ends_there():
+    worker = DeviceWorker()
+    device = worker.run(threading.get_ident)
+    order, cleanup = [], []
+
+    def items():
+        try:
+            for i in range(3):
+                order.append(f"item {i}")
+                yield threading.get_ident()
+        finally:
+            cleanup.append(threading.get_ident())
+
+    stream = worker.stream(items())
+    first = next(stream)
+    worker.run(order.append, "another user's job")  # between two items the worker is free for others
+    second = next(stream)
+    stream.close()  # Stop: the generator is closed on the worker, where it ran
+    assert first == second == device and cleanup == [device]
+    assert order == ["item 0", "another user's job", "item 1"]
+
+
+def test_a_long_job_reports_while_it_runs_and_closing_the_stream_ends_it():
+    worker = DeviceWorker()
+    reached, release = [], threading.Event()
+
+    def job(reports: Reports):
+        for i in range(10_000):
+            reports(i)
+            reached.append(i)
+            if i == 1:
+                release.wait(PATIENCE)
+        yield "the result"
+
+    reports = Reports()
+    stream = worker.stream(job(reports), reports)
+    assert [next(stream), next(stream)] == [0, 1]  # handed on while the job still runs
+    release.set()
+    stream.close()  # the job's next report raises Cancelled: it ends long before its 10,000 reports
+    assert worker.run(lambda: "free") == "free" and len(reached) < 10_000
+    reports = Reports()
+    assert list(worker.stream(job(reports), reports)) == [*range(10_000), "the result"]

@@ -15,7 +15,7 @@ from serving import ROOT, serving_app
 from ddpm_app.diffusion.schedule import ScheduleConfig
 from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
-from ddpm_app.ui import page as ui
+from ddpm_app.ui import forward
 
 SHOTS = ROOT / "test-artifacts" / "browser"
 SHOTS.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def test_phone_width_layout(browser, server):
     strip = page.locator("#fwd-strip img")
     strip.wait_for(timeout=30_000)
     scale = strip.evaluate("img => img.getBoundingClientRect().width / img.naturalWidth")
-    assert ui.STRIP_FONT_SIZE * scale >= 10, f"strip captions are {ui.STRIP_FONT_SIZE * scale:.1f} px high"
+    assert forward.STRIP_FONT_SIZE * scale >= 10, f"strip captions are {forward.STRIP_FONT_SIZE * scale:.1f} px high"
     page.screenshot(path=SHOTS / "phone_forward.png", full_page=True)
 
     open_tab(page, "Model")

@@ -13,8 +13,8 @@ from tiny_diffusers import save_pipeline
 
 from ddpm_app.diffusion.samplers import step_breakdown
 from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import kit, model
 from ddpm_app.ui import page as ui
-from ddpm_app.ui import teach as ui_teach
 from ddpm_app.views.state import UserState
 
 T = 20
@@ -35,8 +35,8 @@ def handlers(library, tmp_path) -> ui.Handlers:
 
 
 @pytest.fixture
-def teach(library, tmp_path) -> ui_teach.TeachHandlers:
-    return ui_teach.TeachHandlers(library, tmp_path / "figures", preview_interval=0)
+def teach(library, tmp_path) -> ui.Handlers:
+    return ui.Handlers(library, preview_interval=0, figure_dir=tmp_path / "figures")
 
 
 def test_the_library_finds_and_describes_the_diffusers_folder(library: ModelLibrary, handlers: ui.Handlers):
@@ -51,7 +51,7 @@ def test_the_library_finds_and_describes_the_diffusers_folder(library: ModelLibr
             "(variance_type fixed_large: σ_t² = β_t; clip_sample false)") in summary
     assert eta["value"] == sd_eta["value"] == 0.0
     assert clip["value"] is False and sd_clip["value"] is False  # clip_sample false in the scheduler config
-    assert batch["value"] == ui.FIRST_BATCH and steps["value"] == min(ui.DEFAULT_SETTINGS.steps, T)
+    assert batch["value"] == kit.FIRST_BATCH and steps["value"] == min(kit.DEFAULT_SETTINGS.steps, T)
     assert pick["value"] == "tiny-ddpm"
 
 
@@ -87,7 +87,7 @@ def test_forward_and_denoise(handlers: ui.Handlers):
     assert len(user.run.frames) == 13  # t = 12 … 0
 
 
-def test_training_likelihood_compare_interpolate_and_figures(handlers: ui.Handlers, teach: ui_teach.TeachHandlers):
+def test_training_likelihood_compare_interpolate_and_figures(handlers: ui.Handlers, teach: ui.Handlers):
     user = UserState()
     x0_pic, eps_pic, xt_pic, pred_pic, heat, numbers, plot = teach.train_step(str(PHOTO), 13, 42, user)
     assert "13" in numbers
@@ -125,7 +125,7 @@ def test_a_slow_model_starts_with_one_image_and_fewer_ddim_steps(tmp_path: Path)
     first = served.first_run(4, 50)
     assert first.batch == 1 and first.ddim_steps == 15
     assert "4.0 s" in first.note and "about 60 s" in first.note and "67 min" in first.note
-    table = ui.model_card(served)[0]
+    table = model.model_card(served)[0]
     assert "first settings" in table and "takes 4.0 s here" in table
     served.ms_per_step = 60_000.0
     assert served.first_run(4, 50).ddim_steps == 10  # never fewer than MIN_FIRST_STEPS

@@ -23,11 +23,16 @@ from ddpm_app.numbers import number
 from ddpm_app.runtime.inference import prepare_cpu
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.ui import page as ui
-from ddpm_app.ui import teach as ui_teach
+from ddpm_app.ui import training as training_tab
 from ddpm_app.views import likelihood as likelihood_view
 from ddpm_app.views import training as training_view
 from ddpm_app.views.compare import frame_at
-from ddpm_app.views.likelihood import CLIP_X0, ESTIMATE_TIMESTEPS, timesteps_per_call, verdict
+from ddpm_app.views.likelihood import (
+    CLIP_X0,
+    ESTIMATE_TIMESTEPS,
+    timesteps_per_call,
+    verdict,
+)
 from ddpm_app.views.state import UserState
 
 T = 20
@@ -48,8 +53,8 @@ def handlers(library, tmp_path) -> ui.Handlers:
 
 
 @pytest.fixture
-def teach(library, tmp_path) -> ui_teach.TeachHandlers:
-    return ui_teach.TeachHandlers(library, tmp_path / "figures", preview_interval=0)
+def teach(library, tmp_path) -> ui.Handlers:
+    return ui.Handlers(library, preview_interval=0, figure_dir=tmp_path / "figures")
 
 
 # -- the reverse step, explained ------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_
                          for net in (fp32, served.eps_model)] for step in in_bf16_at}
     step = max(losses, key=lambda s: abs(losses[s][1] - losses[s][0]))  # where bf16 shows most on this CPU
     in_fp32, in_bf16 = losses[step]
-    teach = ui_teach.TeachHandlers(library, tmp_path / "f", preview_interval=0)
+    teach = ui.Handlers(library, preview_interval=0, figure_dir=tmp_path / "f")
     user = UserState()
     teach.train_step(str(PHOTO), step, 42, user)
     same = 1e-6  # float32 rounding between two fp32 networks; bf16 moves the loss further (the tiny model's ε̂ is
@@ -222,7 +227,7 @@ def test_loss_curve_is_the_library_curve_and_says_when_held_out_figures_are_miss
     served = library.get("faces")
     x0 = served.prepare_photo(str(PHOTO))
     expected = loss_curve(served.eps_model, served.schedule, x0[None], curve_timesteps(T, training_view.CURVE_TIMESTEPS),
-                          draws=training_view.CURVE_DRAWS, generator=served.generator(ui_teach.CURVE_SEED),
+                          draws=training_view.CURVE_DRAWS, generator=served.generator(training_tab.CURVE_SEED),
                           batch_size=7)  # ε does not depend on the batch
     assert user.lesson.curve.mean == pytest.approx(expected.mean, rel=1e-6)
     assert user.lesson.curve.timesteps == list(range(T))  # 25 points asked, T = 20 available
@@ -252,7 +257,7 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
     assert again.bpd.timesteps_evaluated == 6 and not again.bpd.exact
 
     fresh = ModelLibrary(tmp_path, "cpu").get("m")
-    teach = ui_teach.TeachHandlers(ModelLibrary(tmp_path, "cpu"), tmp_path / "f", preview_interval=0)
+    teach = ui.Handlers(ModelLibrary(tmp_path, "cpu"), preview_interval=0, figure_dir=tmp_path / "f")
     _, summary = teach.loss_curve(str(PHOTO), 3, UserState())
     assert "Held-out images (6, noise, split test)" in summary and fresh.heldout is not None
 
@@ -315,7 +320,7 @@ def test_the_verdict_says_how_much_of_the_bound_lies_in_the_least_noisy_steps():
 
 def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
     save_tiny(tmp_path / "long", timesteps=120)
-    teach = ui_teach.TeachHandlers(ModelLibrary(tmp_path, "cpu"), tmp_path / "f", preview_interval=0)
+    teach = ui.Handlers(ModelLibrary(tmp_path, "cpu"), preview_interval=0, figure_dir=tmp_path / "f")
     user = UserState()
     outs = list(teach.likelihood(str(PHOTO), False, 3, user))
     assert user.lesson.likelihood.timesteps_evaluated == ESTIMATE_TIMESTEPS and not user.lesson.likelihood.exact
@@ -332,7 +337,7 @@ def test_the_bound_goes_through_the_network_in_a_few_large_calls():
 def test_likelihood_stop_ends_the_computation(tmp_path):
     save_tiny(tmp_path / "long", timesteps=200)
     library = ModelLibrary(tmp_path, "cpu")
-    teach = ui_teach.TeachHandlers(library, tmp_path / "f", preview_interval=0)
+    teach = ui.Handlers(library, preview_interval=0, figure_dir=tmp_path / "f")
     gen = teach.likelihood(str(PHOTO), True, 3, UserState())
     next(gen)
     gen.close()  # what Stop does

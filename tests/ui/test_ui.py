@@ -27,11 +27,12 @@ from ddpm_app.io.convert_seed import convert
 from ddpm_app.io.model_folder import ModelFolderError, SamplingDefaults, load_pretrained
 from ddpm_app.models import SeedUNet, SeedUNetConfig
 from ddpm_app.numbers import number
+from ddpm_app.pictures import picture
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import Throttle, Trajectory, stream
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.ui import forward, frames, kit, model
 from ddpm_app.ui import page as ui
-from ddpm_app.ui import teach as ui_teach
 from ddpm_app.views.export import export_gif, export_indices
 from ddpm_app.views.state import UserState
 
@@ -134,7 +135,7 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
     assert slider["maximum"] == 7 and slider["value"] == 7  # frames are numbered from 1, the last is the 7th
     assert isinstance(outs[0][2], type(gr.skip()))  # ε̂ not shown: no picture made while streaming
     # the last preview shows the finished image
-    np.testing.assert_array_equal(x_t, ui.picture(run.final))
+    np.testing.assert_array_equal(x_t, picture(run.final))
 
 
 @pytest.mark.parametrize("with_noise", [True, False])
@@ -239,7 +240,7 @@ def test_previews_on_the_way_are_jpeg_files_of_the_same_picture():
     """Faces survive JPEG within a few levels, and the file is smaller than the PNG of them."""
     with Image.open(Path(__file__).resolve().parents[2] / "weights" / "faces" / "samples.png") as im:
         array = np.asarray(im.convert("RGB"))[:134, :134]  # 2×2 faces, as a 4-image preview grid
-    path = ui.preview_file(array)
+    path = kit.preview_file(array)
     decoded = preview_of(path)
     assert decoded.shape == array.shape
     assert np.abs(decoded.astype(int) - array).mean() < 3.0
@@ -382,11 +383,11 @@ def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Pa
         handlers.frame(99, user)
     x_t, x0, label, *_ = handlers.frame(3, user)
     assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label and "frame 3/3" in label
-    np.testing.assert_array_equal(x_t, ui.picture(run.frames[-1].x_t))
+    np.testing.assert_array_equal(x_t, picture(run.frames[-1].x_t))
     gif = Image.open(handlers.export("gif", user))
     assert gif.n_frames == 3
     png = Image.open(handlers.export("png", user))
-    grid = Image.fromarray(ui.picture(run.frames[-1].pred_x0))
+    grid = Image.fromarray(picture(run.frames[-1].pred_x0))
     assert png.size == (grid.width * 32, grid.height * 32)  # 16 px images enlarged to 512 px, like slide figures
     np.testing.assert_array_equal(np.asarray(png)[::32, ::32], np.asarray(grid))  # nearest neighbour: sharp
     # a new run replaces it
@@ -399,8 +400,8 @@ def test_frame_scrubber_and_prev_next(handlers: ui.Handlers):
     assert handlers.frame(0, user)[0] is None  # nothing yet
     run_all(handlers.generate("ddim", 6, 0.0, 2, 1, True, False, user))
     x_t, x0, label, *_ = handlers.frame(3, user)  # the slider and the label both count frames from 1
-    np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[2].x_t))
-    np.testing.assert_array_equal(x0, ui.picture(user.run.frames[2].pred_x0))
+    np.testing.assert_array_equal(x_t, picture(user.run.frames[2].x_t))
+    np.testing.assert_array_equal(x0, picture(user.run.frames[2].pred_x0))
     assert "frame 3/6" in label and "finished" in label
     assert handlers.nudge(3, +1, user)[0] == 4
     assert handlers.nudge(6, +1, user)[0] == 6
@@ -413,7 +414,7 @@ def test_gif_export_has_one_frame_per_stored_step(handlers: ui.Handlers):
     path = Path(handlers.export("gif", user))
     gif = Image.open(path)
     assert path.suffix == ".gif" and gif.n_frames == 8
-    side = ui.picture(user.run.frames[0].x_t).shape[0] * 4  # a 2×2 grid of 16 px images, enlarged ×4 to ≥ 128 px
+    side = picture(user.run.frames[0].x_t).shape[0] * 4  # a 2×2 grid of 16 px images, enlarged ×4 to ≥ 128 px
     assert gif.size == (2 * side + 8, side + 40)  # x_t | x̂₀ side by side under a label bar
 
 
@@ -495,7 +496,7 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     assert "t = 7" in note
     # the plot marks t with a 2-pixel crimson line in each panel, moving linearly with t; nothing else changes
     session = handlers.library.get("faces")
-    at_0, at_end = ui.schedule_plot(session, 0), ui.schedule_plot(session, T - 1)
+    at_0, at_end = forward.schedule_plot(session, 0), forward.schedule_plot(session, T - 1)
     first, last = marker_columns(at_0), marker_columns(at_end)
     assert len(first) == len(last) == 1  # the two panels, stacked, share the t axis: one column
     rows = np.nonzero((at_0 == MARKER).all(-1).any(1))[0]
@@ -535,8 +536,8 @@ def test_fixed_noise_stays_while_t_moves(handlers: ui.Handlers):
 def test_forward_without_a_photo_shows_the_numbers_only(handlers: ui.Handlers):
     out = handlers.noise(None, 3, True, -1, UserState())
     assert out[0] is None and out[2] is None and "t = 3" in out[3]
-    first = marker_columns(ui.schedule_plot(handlers.library.get("faces"), 0))
-    last = marker_columns(ui.schedule_plot(handlers.library.get("faces"), T - 1))
+    first = marker_columns(forward.schedule_plot(handlers.library.get("faces"), 0))
+    last = marker_columns(forward.schedule_plot(handlers.library.get("faces"), T - 1))
     assert all(abs(c - (a + 3 * (b - a) / (T - 1))) <= 1 for c, a, b in zip(marker_columns(out[5]), first, last))
 
 
@@ -583,11 +584,10 @@ def test_a_model_can_ask_for_its_own_ddim_eta(tmp_path: Path):
     assert "DDIM η starts at 1 for this model: deterministic DDIM leaves noise in its samples." in summary
     summary, *_, eta, sd_eta, pick = handlers.select_model("faces", user)
     assert eta["value"] == sd_eta["value"] == 0.0 and "DDIM η starts" not in summary
-    teach = ui_teach.TeachHandlers(library, tmp_path / "figures", preview_interval=0)
     handlers.select_model("noisy-ode", user)
-    assert teach.ranges(user)[3]["value"] == 1.0  # Interpolate's η
+    assert handlers.ranges(user)[3]["value"] == 1.0  # Interpolate's η
     handlers.select_model("faces", user)
-    assert teach.ranges(user)[3]["value"] == 0.0
+    assert handlers.ranges(user)[3]["value"] == 0.0
     assert eta_sliders(ui.build(library)) == [0.0, 0.0, 0.0]
     only = tmp_path / "only"
     save_tiny(only / "noisy-ode", sampling=NOISY_ODE)
@@ -674,7 +674,7 @@ def test_model_card_summary_and_samples(tmp_path: Path):
     (folder / "README.md").write_text(card)
     Image.new("RGB", (8, 8)).save(folder / "samples.png")
     served = ModelLibrary(tmp_path).get()
-    table, card, samples = ui.model_card(served)
+    table, card, samples = model.model_card(served)
     assert "| dataset | noise |" in table and "| parameters |" in table and "linear, T = 20" in table
     assert card.startswith("# Faces") and "license" not in card and "![" not in card and "Trained on faces." in card
     assert Path(samples).name == "samples.png" and Path(samples).read_bytes() == (folder / "samples.png").read_bytes()
@@ -684,7 +684,7 @@ def test_model_tab_shows_the_step_time_measured_here_and_how_the_model_runs(tmp_
     save_tiny(tmp_path / "faces")
     served = ModelLibrary(tmp_path, precision="fp32").get()
     assert served.runtime.precision == "fp32" and served.ms_per_step > 0
-    table, _, _ = ui.model_card(served)
+    table, _, _ = model.model_card(served)
     assert f"| speed here | {served.ms_per_step:.1f} ms per step at batch 1, measured on this machine" in table
     assert f"| runs on | {served.runtime.describe()} |" in table and "fp32" in served.runtime.describe()
 
@@ -710,7 +710,8 @@ def test_all_tensor_work_runs_on_the_one_device_thread(handlers: ui.Handlers, mo
     served = handlers.library.get("faces")
     monkeypatch.setattr(served, "eps_model", recording(served.eps_model))
     monkeypatch.setattr(ServedModel, "q_sample", recording(ServedModel.q_sample))
-    monkeypatch.setattr(ui, "picture", recording(ui.picture))
+    for module in (kit, frames, forward):  # every tab module that draws the pictures of a run or the forward view
+        monkeypatch.setattr(module, "picture", recording(module.picture))
     user = UserState()
     run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
     handlers.noise(str(PHOTO), 5, True, -1, user)

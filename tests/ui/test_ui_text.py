@@ -16,8 +16,9 @@ from tiny_app import PHOTO, T, run_all, save_tiny
 from ddpm_app.diffusion.samplers import SamplerSettings
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.numbers import number
-from ddpm_app.pictures import noise_picture
+from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.ui import denoise, forward, frames, generate
 from ddpm_app.ui import page as ui
 from ddpm_app.views.export import export_gif
 from ddpm_app.views.state import UserState
@@ -81,7 +82,7 @@ def test_generate_files_are_named_by_sampler_steps_and_seed(handlers: ui.Handler
 
 
 def test_the_denoise_sampler_choices_say_what_runs_from_t():
-    choices = dict((value, label) for label, value in ui.SDEDIT_CHOICES)
+    choices = dict((value, label) for label, value in denoise.SDEDIT_CHOICES)
     assert "all T steps" not in choices["ddpm"] and "t + 1 steps" in choices["ddpm"]
     assert "at most t + 1" in choices["ddim"]
 
@@ -107,7 +108,7 @@ def test_after_stop_the_slider_and_frames_show_the_last_stored_frame(handlers: u
     slider, x_t, _, label, *_ = handlers.show_stopped(user)
     assert slider["value"] == slider["maximum"] == len(user.run.frames) == 5
     assert "frame 5/5" in label and "stopped after 5 of 20 steps" in label
-    np.testing.assert_array_equal(x_t, ui.picture(user.run.frames[-1].x_t))
+    np.testing.assert_array_equal(x_t, picture(user.run.frames[-1].x_t))
 
 
 # -- numbers -------------------------------------------------------------------------------------------------
@@ -131,18 +132,18 @@ def test_alpha_bar_near_T_is_in_scientific_notation_not_zero():
 def test_status_and_forward_numbers_show_a_tiny_alpha_bar(tmp_path: Path):
     save_tiny(tmp_path / "faces", timesteps=1000)
     served = ModelLibrary(tmp_path).get()
-    numbers = ui.forward_numbers(served, 996)
+    numbers = forward.forward_numbers(served, 996)
     assert "0.0000" not in numbers and "×10^{-" not in numbers
     assert "**4.288×10⁻⁵**" in numbers  # ᾱ_996 = 4.2877e-5 in the text
     assert r"$$x_t = 0.00655\,x_0 + 0.99998\,\varepsilon" in numbers  # √ᾱ_t, √(1−ᾱ_t) in the equation
 
 
 def test_forward_at_t0_does_not_call_the_noised_image_x0(handlers: ui.Handlers):
-    numbers = ui.forward_numbers(handlers.library.get(), 0)
+    numbers = forward.forward_numbers(handlers.library.get(), 0)
     equation = numbers.split("$$")[1]
     lhs = equation.split("=")[0].strip()
     assert lhs == "x_t" and "(t = 0)" in equation
-    assert "$t = 0$ is the paper's first step" in ui.FORWARD_HELP  # which t convention, said once
+    assert "$t = 0$ is the paper's first step" in forward.FORWARD_HELP  # which t convention, said once
 
 
 def test_halved_noise_pictures_are_explained_where_they_are_shown():
@@ -150,12 +151,12 @@ def test_halved_noise_pictures_are_explained_where_they_are_shown():
     eps = torch.tensor([-2.0, 0.0, 2.0]).view(1, 1, 3).expand(3, 1, 3)
     shown = noise_picture(eps)
     assert shown[0, 0, 0] == 0 and shown[0, 2, 0] == 255 and 126 <= shown[0, 1, 0] <= 129
-    for help_text in (ui.FORWARD_HELP, ui.GENERATE_HELP):
+    for help_text in (forward.FORWARD_HELP, generate.GENERATE_HELP):
         assert "×½" in help_text and r"$\varepsilon/2$" in help_text and "standard deviations" in help_text
 
 
 def test_the_frames_help_describes_early_guesses_as_saturated_noise():
-    assert "blurry" not in ui.FRAMES_HELP and "saturated colour noise" in ui.FRAMES_HELP
+    assert "blurry" not in frames.FRAMES_HELP and "saturated colour noise" in frames.FRAMES_HELP
 
 
 # -- exports: a font with every glyph, progress -------------------------------------------------------------
@@ -274,5 +275,5 @@ def test_the_docs_examples_are_what_the_app_prints():
 def test_the_forward_strip_wraps_into_rows_with_legible_captions(handlers: ui.Handlers):
     strip = handlers.noise(str(PHOTO), 5, True, 1, UserState())[4]
     tile = 128 + 2  # 16 px images enlarged ×8, and the gap
-    assert strip.shape[1] == ui.STRIP_COLUMNS * tile - 2  # four across: two rows of the eight timesteps
-    assert strip.shape[0] == 2 * (128 + ui.STRIP_FONT_SIZE + 6)
+    assert strip.shape[1] == forward.STRIP_COLUMNS * tile - 2  # four across: two rows of the eight timesteps
+    assert strip.shape[0] == 2 * (128 + forward.STRIP_FONT_SIZE + 6)

@@ -1,0 +1,117 @@
+"""The Denoise tab (SDEdit): run the reverse chain from the Forward tab's x_t at its t back to 0."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import gradio as gr
+
+from ddpm_app.diffusion.samplers import SamplerSettings, Step
+from ddpm_app.image import psnr
+from ddpm_app.pictures import labelled_strip
+from ddpm_app.serve.inputs import resolve_seed
+from ddpm_app.serve.runs import PREVIEW_BUDGET, Throttle, Trajectory, stream
+from ddpm_app.serve.server import JOBS
+from ddpm_app.ui import widgets
+from ddpm_app.ui.frames import FramesTab
+from ddpm_app.ui.kit import (
+    LATEX,
+    STOPPED,
+    TabHandlers,
+    output_image,
+    preview_file,
+    run_preview,
+    sampler_controls,
+    user_key,
+)
+from ddpm_app.ui.widgets import user_error, user_errors
+from ddpm_app.views.state import UserState
+
+# what each sampler runs from the noised photo's t
+SDEDIT_CHOICES = [("DDPM (every step from t to 0: t + 1 steps)", "ddpm"), ("DDIM (K steps, at most t + 1)", "ddim")]
+
+DENOISE_HELP = r"""Take the photo noised to $t$ in the **Forward** tab and run the reverse chain from that $t$
+back to 0 (SDEdit). Small $t$ keeps the photo; large $t$ keeps only its rough layout and colours, and the model
+fills in the rest with what it has learned."""
+
+
+class DenoiseHandlers(TabHandlers):
+    def denoise(self, sampler: str, steps: float, eta: float, seed: float | None, clip_x0: bool,
+                user: UserState, request: gr.Request | None = None) -> Iterator[tuple]:
+        """Run the reverse chain from the forward tab's x_t at its t back to 0 (SDEdit); yields
+        (x_t, x̂₀, original | noised | result, status, seed used, frame-slider update)."""
+        served = self.served(user)
+        forward = user.forward
+        with user_errors():
+            settings = served.settings(sampler, steps, eta, clip_x0)
+            seed = resolve_seed(seed)
+        if forward.x_t is None or forward.model != served.name:
+            raise user_error("Noise a photo in the Forward tab first (upload or pick one, then choose t).")
+        t, x0, x_t = forward.t, forward.x0, forward.x_t
+        run = Trajectory(f"SDEdit from t = {t}, {settings.describe(t)}, seed {seed}", settings.num_steps(t),
+                         served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule,
+                         file_stem=f"sdedit-t{t}_{settings.file_stem(t)}_seed{seed}")
+        user.keep("denoise", run)
+        self.users.seen(user_key(user, request), user)
+        started = time.perf_counter()
+
+        def render(step: Step) -> tuple:
+            x_now, x0_now, _, status, seed_used, slider = run_preview(served, run, step, started, False)
+            result = run.result()
+            compare = labelled_strip([x0, x_t, result], ["original", f"noised to t={t}",
+                                                         "result" if step.is_last else "current guess"])
+            compare = compare if step.is_last else preview_file(compare)
+            if step.is_last:
+                status += f"<div>PSNR of the result against the original: <b>{psnr(result, x0):.1f} dB</b></div>"
+            return x_now, x0_now, compare, status, seed_used, slider
+
+        yield from stream(served.sdedit(x_t, t, settings, seed), run, Throttle(self.preview_interval, budget=PREVIEW_BUDGET), render,
+                          self.library.worker)
+
+
+@dataclass
+class DenoiseTab:
+    """The Denoise tab's components that other tabs' events update."""
+
+    start: gr.Image  # x_t, drawn by the Forward tab
+    note: gr.Markdown  # where x_t comes from, written by the Forward tab
+    steps: gr.Slider
+    eta: gr.Slider
+    clip: gr.Checkbox
+
+
+def denoise_tab(h: DenoiseHandlers, user: gr.State, T: int, settings: SamplerSettings,
+                frames: FramesTab) -> DenoiseTab:
+    """The Denoise tab with its events; call inside ``gr.Tabs()``."""
+    with gr.Tab("Denoise", id="denoise"):
+        gr.Markdown(DENOISE_HELP, latex_delimiters=LATEX)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                note = gr.Markdown("Upload a photo (or pick an example) in the **Forward** tab first.",
+                                   label="starting point")
+                start = output_image("start: x_t", height=200)
+                sampler, steps, eta = sampler_controls(T, SDEDIT_CHOICES, settings)
+                seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0)
+                clip = gr.Checkbox(settings.clip_x0, label="Clip x̂₀ to [−1, 1]")
+                with gr.Row():
+                    run_btn = gr.Button("Denoise", variant="primary", min_width=100)
+                    stop_btn = gr.Button("Stop", variant="stop", min_width=80)
+                seed_used = gr.Textbox(label="Seed used", interactive=False)
+            with gr.Column(scale=2, min_width=300):
+                status = gr.HTML("<div class='ddpm-stats'>Press <b>Denoise</b>.</div>", label="progress",
+                                 elem_id="sd-status", min_height=60)
+                with gr.Row():
+                    x_t = output_image("x_t", min_width=200)
+                    x0 = output_image("predicted x̂₀", min_width=200)
+                compare = output_image("original | noised | result", height=220, pixelated=False)
+
+    event = run_btn.click(h.denoise, [sampler, steps, eta, seed, clip, user],
+                          [x_t, x0, compare, status, seed_used, frames.slider], api_name="denoise",
+                          show_progress="full", show_progress_on=[status], concurrency_limit=1, concurrency_id=JOBS)
+    event.success(**frames.show_frame, api_name="show_denoised", api_visibility="private")
+    stop_btn.click(lambda: STOPPED, None, status, cancels=[event], api_visibility="private",
+                   queue=False).then(**frames.show_stopped)
+    frames.cleared_by(run_btn)
+    return DenoiseTab(start, note, steps, eta, clip)

@@ -1,0 +1,37 @@
+"""Figures for slides, in a row under the tabs: the latest result of a view as one labelled PNG."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ddpm_app.serve.inputs import choice
+from ddpm_app.ui import widgets
+from ddpm_app.ui.kit import TabHandlers
+from ddpm_app.ui.widgets import user_errors
+from ddpm_app.views.figures import VIEWS, figure, save_figure
+from ddpm_app.views.state import UserState
+
+FIGURE_HELP = """Figures for slides: the latest result of a view as one PNG, every image at least 512 pixels
+(enlarged with sharp pixels), labelled."""
+
+
+class FigureHandlers(TabHandlers):
+    def export_figure(self, view: str, user: UserState) -> str:
+        """The latest result of ``view`` as a slide figure (PNG, ≥ 512 px per image); returns its path."""
+        with user_errors():
+            view = choice(view, "view", VIEWS)
+            picture_ = self.worker.run(figure, view, user, self.served(user))
+        return str(self.figures.write(f"ddpm_{view}.png", lambda path: save_figure(picture_, path)))
+
+
+def figure_row(h: FigureHandlers, user: gr.State) -> None:
+    """One row under the tabs: pick a view, get its slide figure."""
+    names = {"step": "Frames: this step's terms", "forward": "Forward: x_t over t", "training": "Training step",
+             "likelihood": "Likelihood terms", "compare": "Compare A | B", "interpolation": "Interpolation strip"}
+    with gr.Accordion("Figures for slides (PNG)", open=False):
+        gr.Markdown(FIGURE_HELP)
+        with gr.Row():
+            view = widgets.Dropdown([(names[v], v) for v in VIEWS], value="training", label="View", min_width=200)
+            btn = gr.Button("Export figure", size="sm", min_width=100)
+        out = gr.File(label="Figure", interactive=False, elem_id="figure-file")
+    btn.click(h.export_figure, [view, user], out, api_name="export_figure")

@@ -1,0 +1,162 @@
+"""The Frames tab: scrub through every stored step of the latest Generate or Denoise run, see the step's update
+with its numbers and its terms as pictures, and export the run as GIF, MP4 or PNG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from ddpm_app.pictures import picture
+from ddpm_app.serve.inputs import whole_number
+from ddpm_app.serve.runs import Frame, Trajectory
+from ddpm_app.ui import widgets
+from ddpm_app.ui.kit import LATEX, TabHandlers, frame_slider, output_image
+from ddpm_app.ui.widgets import user_errors
+from ddpm_app.views.export import export_gif, export_mp4, export_png
+from ddpm_app.views.reverse_step import equation_markdown, frame_breakdown, terms_strip
+from ddpm_app.views.state import DEFAULT_TIME_TO_LIVE, UserState
+
+FRAMES_HELP = r"""Every step of the last run is kept: scrub through it to see $x_t$ lose its noise while the guess
+$\hat x_0$ forms. The earliest guesses ($t \gtrsim 900$) are saturated colour noise: $\hat x_0$ divides by
+$\sqrt{\bar\alpha_t}$, which is tiny there, and clipping to $[-1, 1]$ leaves mostly pure colours. By
+$t \approx 700$ the guess has the layout and colours of the final image; the rest of the chain adds the detail."""
+
+RELEASED = ("Your last run is no longer kept (runs are released when you leave, after "
+            f"{DEFAULT_TIME_TO_LIVE // 60} minutes without a new one, or when the server needs the memory for other "
+            "users' runs): press **Generate** (or **Denoise**) again.")
+
+
+class FramesHandlers(TabHandlers):
+    def frame(self, number: float, user: UserState) -> tuple:
+        """Stored frame ``number`` (1 = the first) of the run Frames shows (the user's latest Generate or Denoise
+        run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
+        run = user.run
+        if run is not None and run.released:
+            return None, None, RELEASED, "", None, user.shown
+        if run is None or not run.frames:
+            return (None, None, f"No {user.shown} run yet: press **{user.shown.capitalize()}** first.",
+                    "", None, user.shown)
+        with user_errors():
+            i = whole_number(number, "frame", 1, len(run.frames)) - 1
+        f = run.frames[i]
+        user.frame_index = i
+        state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
+                 if run.stopped else f"running: {run.steps_done} of {run.num_steps} steps")
+        every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
+        label = (f"**step {f.index + 1} of {run.num_steps} · t = {f.t}** — frame {i + 1}/{len(run.frames)}: "
+                 f"{run.title} ({state}). Stored: {every}.")
+        x_t, x0, update, terms = self.worker.run(frame_pictures, run, f)
+        return x_t, x0, label, update, terms, user.shown
+
+    def nudge(self, number: float, delta: int, user: UserState) -> tuple:
+        """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames (1…count)."""
+        count = len(user.run.frames) if user.run and user.run.frames else 1
+        with user_errors():
+            number = min(max(whole_number(number, "frame", 1, count) + delta, 1), count)
+        return (number, *self.frame(number, user))
+
+    def show_run(self, which: str, user: UserState) -> tuple:
+        """Switch Frames between the latest Generate and Denoise runs: (slider update, outputs of :meth:`frame`)."""
+        with user_errors():
+            user.show(which)
+        count = len(user.run.frames) if user.run and user.run.frames else 1
+        return (frame_slider(count, count), *self.frame(count, user))
+
+    def show_stopped(self, user: UserState, wait_s: float = 60.0) -> tuple:
+        """After Stop: wait until the run has ended (the step in progress finishes), then show its last stored
+        frame: (frame-slider update, then the outputs of :meth:`frame`). Not on the device thread, which is
+        finishing the run."""
+        run = user.run
+        if run is None:
+            return gr.skip(), *self.frame(1, user)
+        run.ended.wait(wait_s)
+        return frame_slider(len(run.frames), len(run.frames)), *self.frame(max(len(run.frames), 1), user)
+
+    def export(self, kind: str, user: UserState, progress: gr.Progress | None = None) -> str:
+        """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images), named by
+        what ran (``ddim-50steps-eta0_seed7.gif``); returns a path. ``progress`` hears of each frame drawn."""
+        run = user.run
+        told = None if progress is None else (
+            lambda done, total: progress((done, total), desc=f"{kind.upper()}: drawing frames", unit="frames"))
+
+        def write(path: Path) -> Path:
+            if kind == "png":
+                return export_png(run, path)
+            return {"gif": export_gif, "mp4": export_mp4}[kind](run, path, progress=told)
+
+        with user_errors():
+            return str(self.worker.run(self.exports.write, f"{run.file_stem if run else 'run'}.{kind}", write))
+
+
+def frame_pictures(run: Trajectory, f: Frame) -> tuple:
+    """(x_t, x̂₀, the step's update with its numbers, its terms as pictures) of the stored frame ``f`` of ``run``."""
+    parts = frame_breakdown(run, f)
+    if parts is None:
+        return picture(f.x_t), picture(f.pred_x0), "", None
+    return (picture(f.x_t), picture(f.pred_x0), equation_markdown(parts, run.settings.clip_x0),
+            terms_strip(parts, f.x_prev))
+
+
+def _exporter(h: FramesHandlers, kind: str):
+    """The export event's function for ``kind``: Gradio passes it a ``gr.Progress`` that the export reports to."""
+    def export(user: UserState, progress=gr.Progress()) -> str:
+        return h.export(kind, user, progress)
+    export.__name__ = f"export_{kind}"
+    return export
+
+
+@dataclass
+class FramesTab:
+    """What the runs' tabs (Generate, Denoise) connect to: the frame slider, the events that show a frame, and the
+    download box."""
+
+    slider: gr.Slider
+    show_frame: dict  # an event showing the slider's frame
+    show_stopped: dict  # an event showing the last frame once a stopped run has ended
+    export_file: gr.File
+
+    def cleared_by(self, button: gr.Button) -> None:
+        """A new run: the previous run's export goes."""
+        button.click(lambda: None, None, self.export_file, api_visibility="private", queue=False,
+                     show_progress="hidden")
+
+
+def frames_tab(h: FramesHandlers, user: gr.State) -> FramesTab:
+    """The Frames tab with its own events; call inside ``gr.Tabs()``."""
+    with gr.Tab("Frames", id="frames"):
+        gr.Markdown(FRAMES_HELP, latex_delimiters=LATEX)
+        frame = widgets.Slider(1, 2, value=1, step=1, label="Frame",
+                               info="one stored step of the run: the line below says which step and t",
+                               elem_id="frame-slider")
+        with gr.Row():
+            prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
+            next_btn = gr.Button("Next ▶", size="sm", min_width=80)
+        label = gr.Markdown("No run yet: press **Generate** first.", label="frame info", elem_id="frame-label")
+        which_run = widgets.Radio([("Latest Generate run", "generate"), ("Latest Denoise run", "denoise")],
+                                  value="generate", label="Run", elem_id="which-run")
+        with gr.Row():
+            x_t = output_image("x_t", min_width=200)
+            x0 = output_image("predicted x̂₀", min_width=200)
+        update = gr.Markdown("", latex_delimiters=LATEX, label="this step's update", elem_id="frame-update")
+        terms = output_image("this step's terms (first image) and their sum", height=220, pixelated=False,
+                             elem_id="frame-terms")
+        with gr.Row():
+            gif_btn = gr.Button("Export GIF", size="sm", min_width=80)
+            mp4_btn = gr.Button("Export MP4", size="sm", min_width=80)
+            png_btn = gr.Button("Final images (PNG)", size="sm", min_width=80)
+        export_file = gr.File(label="Download (the latest run's export)", interactive=False,
+                              elem_id="export-file", elem_classes="ddpm-download")
+
+    outputs = [x_t, x0, label, update, terms, which_run]
+    show_frame = dict(fn=h.frame, inputs=[frame, user], outputs=outputs, show_progress="hidden", concurrency_limit=4)
+    show_stopped = dict(fn=h.show_stopped, inputs=user, outputs=[frame, *outputs], api_visibility="private",
+                        show_progress="hidden", concurrency_limit=4)
+    frame.input(**show_frame, api_name="frame", trigger_mode="always_last")
+    prev_btn.click(lambda i, u: h.nudge(i, -1, u), [frame, user], [frame, *outputs], api_visibility="private")
+    next_btn.click(lambda i, u: h.nudge(i, +1, u), [frame, user], [frame, *outputs], api_visibility="private")
+    which_run.input(h.show_run, [which_run, user], [frame, *outputs], api_name="show_run", show_progress="hidden")
+    for btn, kind in ((gif_btn, "gif"), (mp4_btn, "mp4"), (png_btn, "png")):
+        btn.click(_exporter(h, kind), user, export_file, api_name=f"export_{kind}", show_progress="full")
+    return FramesTab(frame, show_frame, show_stopped, export_file)

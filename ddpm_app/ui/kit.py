@@ -1,0 +1,175 @@
+"""What the tabs share: the handlers' common state, the output picture and sampler widgets, the run status line and
+its previews, and the texts more than one tab shows."""
+
+from __future__ import annotations
+
+import html
+import io
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from gradio import processing_utils
+from PIL import Image
+
+from ddpm_app.diffusion.samplers import SamplerSettings, Step, step_breakdown
+from ddpm_app.numbers import number
+from ddpm_app.pictures import noise_picture, picture
+from ddpm_app.serve.inputs import InputError
+from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, Trajectory
+from ddpm_app.serve.served import ServedModel
+from ddpm_app.ui import widgets
+from ddpm_app.ui.widgets import PhotoInput
+from ddpm_app.views.export import ExportFolder
+from ddpm_app.views.reverse_step import equation_text
+from ddpm_app.views.state import Users, UserState
+
+ASSETS = Path(__file__).parents[1] / "assets"
+EXAMPLES = sorted(ASSETS.glob("*.png"))
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+DEFAULT_SETTINGS = SamplerSettings()  # what the sampler controls show first
+FIRST_BATCH = 4  # the images Generate makes at first (one where a step is slow here: ServedModel.first_run)
+
+NOISE_SHOWN = r"""Noise pictures ($\varepsilon$, $\hat\varepsilon$, marked ×½) show $\varepsilon/2$, so that
+$\pm 2$ standard deviations span black to white."""
+STOPPED = "<div class='ddpm-stats'><b>Stopped.</b> The steps computed so far are in the <b>Frames</b> tab.</div>"
+
+
+class TabHandlers:
+    """What every tab's handlers share: the model library and its device worker, the users' results, how runs stream
+    and are kept, and the folders downloads are written to. Each tab's module adds its events to it;
+    :class:`ddpm_app.ui.page.Handlers` has them all.
+
+    All tensor work runs on the worker (:class:`~ddpm_app.serve.worker.DeviceWorker`): a handler hands it a job with
+    ``self.worker.run(fn, …)``, or a generator with ``self.worker.stream(…)``; checking what the user sent and
+    formatting text happen on the handler's own thread."""
+
+    def __init__(self, library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
+                 max_trajectory_bytes: int = DEFAULT_TRAJECTORY_BYTES, export_dir: str | Path | None = None,
+                 users: Users | None = None, figure_dir: str | Path | None = None):
+        self.library = library
+        self.worker = library.worker
+        self.preview_interval = preview_interval  # None: send only the final images
+        self.max_trajectory_bytes = max_trajectory_bytes
+        self.exports = ExportFolder(export_dir) if export_dir else ExportFolder.temporary("ddpm_app_")
+        # bounded, like exports
+        self.figures = ExportFolder(figure_dir) if figure_dir else ExportFolder.temporary("ddpm_figures_")
+        self.users = Users() if users is None else users  # whose runs and photos stay in memory, and for how long
+
+    def leave(self, request: gr.Request) -> None:
+        """The user's tab (or API client) has closed: release its run and photo."""
+        self.users.leave(request.session_hash)
+
+    def served(self, user: UserState) -> ServedModel:
+        """The model this user has chosen (shared with every other user of it)."""
+        return self.library.get(user.model)
+
+
+def photo_given(photo: str | None) -> str:
+    """The photo's path, or an error asking for one."""
+    if photo is None:
+        raise InputError("upload a photo (or pick an example) first")
+    return photo
+
+
+def first_settings(first: ServedModel) -> SamplerSettings:
+    """What the sampler controls show for the first model: fewer DDIM steps where a step is slow here, and the η
+    and clipping the model asks for."""
+    first_run = first.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)
+    return replace(DEFAULT_SETTINGS, eta=first.config.sampling.ddim_eta, steps=first_run.ddim_steps,
+                   clip_x0=first.config.sampling.clip_x0)
+
+
+def user_key(user: UserState, request: gr.Request | None) -> object:
+    """Who ``user`` is to :class:`~ddpm_app.views.state.Users`: the Gradio session, or the object when called directly."""
+    return request.session_hash if request is not None else id(user)
+
+
+def frame_slider(count: int, value: int | None = None) -> dict:
+    """The frame slider's update for ``count`` stored frames, numbered from 1 (its range is at least 1…2)."""
+    update = gr.update(maximum=max(count, 2))
+    if value is not None:
+        update["value"] = max(value, 1)
+    return update
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A run's previews and status line (Generate and Denoise)
+
+
+def run_preview(served: ServedModel, run: Trajectory, step: Step, started: float, show_eps: bool = True) -> tuple:
+    """(x_t, x̂₀, ε̂, status, seed, frame-slider update) for one step; the last one shows the finished x₀.
+
+    The frame slider counts stored frames from 1, as the Frames label does. Pictures on the way are JPEG files
+    (:func:`preview_file`); the last step's are arrays, sent as PNG."""
+    count = len(run.frames)  # the scrubber grows with the run
+    jump = step.is_last or step.index == 0  # to the last frame when done; to the first on a new run
+    slider = frame_slider(count, count if jump else None)
+    send = (lambda array: array) if step.is_last else preview_file
+    update = equation_text(step_breakdown(served.schedule, step, run.settings))
+    return (send(picture(step.x_prev if step.is_last else step.x_t)), send(picture(step.pred_x0)),
+            send(noise_picture(step.pred_eps)) if show_eps or step.is_last else gr.skip(),
+            status_html(served, run, step, time.perf_counter() - started, update), str(run.seed), slider)
+
+
+def preview_file(array: np.ndarray) -> str:
+    """A picture streamed while a run goes on, as a JPEG file (quality 90, full colour resolution) in Gradio's cache.
+
+    Gradio would encode an array as PNG for each panel: about 20 ms for a 4-image grid on a 2-core CPU, against
+    0.4 ms for this JPEG at a quarter of the bytes, which matters when previews compete with sampling for the
+    cores. Final pictures and the frame scrubber stay lossless PNG.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=90, subsampling=0)
+    return processing_utils.save_bytes_to_cache(buffer.getvalue(), "preview.jpeg", processing_utils.get_upload_folder())
+
+
+def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float, update: str = "") -> str:
+    """Progress, the step's t, ᾱ_t and SNR, and (``update``) the step's update with its numbers filled in."""
+    level = served.noise_level(step.t)
+    n = run.num_steps
+    if step.is_last:
+        head = f"<b>Done</b>: {n} steps in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} steps/s). Shown: the final x₀."
+    else:
+        head = f"Step <b>{step.index + 1}</b> / {n}"
+    return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
+            f"<div>{head}</div>"
+            f"<div>t = <b>{step.t}</b> · ᾱ_t = {number(level.alpha_bar)} · SNR = {level.snr_db:+.1f} dB · "
+            f"{elapsed:.1f} s · seed {run.seed}</div>"
+            + (f"<div class='ddpm-update'>{html.escape(update)}</div>" if update else "") + "</div>")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Widgets more than one tab lays out
+
+
+def output_image(label: str, height: int | None = 280, pixelated: bool = True, **kw) -> gr.Image:
+    """An output picture, its label above it (class ``ddpm-picture``); ``pixelated`` enlarges small model images
+    with sharp pixels."""
+    return gr.Image(label=label, format="png", interactive=False, height=height,
+                    elem_classes=["ddpm-picture"] + ["pixelated"] * pixelated, buttons=["download", "fullscreen"],
+                    **{"min_width": 140} | kw)
+
+
+def sampler_controls(T: int, choices: list[tuple[str, str]],
+                     default: SamplerSettings) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
+    """Sampler choice (``choices`` say what each runs), and DDIM's K and η (shown only for DDIM)."""
+    sampler = widgets.Radio(choices, value=default.sampler, label="Sampler")
+    with gr.Column(visible=default.sampler == "ddim") as ddim_row:
+        steps = widgets.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
+        eta = widgets.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
+    sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
+                   queue=False, show_progress="hidden")
+    return sampler, steps, eta
+
+
+def photo_column(label: str) -> PhotoInput:
+    """A photo upload with the example pictures under it, in a narrow column."""
+    with gr.Column(scale=1, min_width=260):
+        photo = PhotoInput(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                           height=220)
+        gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples", cache_examples=False)
+    return photo
