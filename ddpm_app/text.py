@@ -49,6 +49,51 @@ def text(key: str, language: str = ENGLISH, /, **values: object) -> str:
     return template.format(**values) if values else template
 
 
+@lru_cache(maxsize=1)
+def _english_patterns() -> list[tuple[re.Pattern, str]]:
+    """Each English text with fields as a pattern that reads its values back, longest first (the most specific wins)."""
+    patterns = []
+    for key, template in sorted(catalogue(ENGLISH).items(), key=lambda item: -len(item[1])):
+        try:
+            parts = list(Formatter().parse(template))
+        except ValueError:  # a lone LaTeX brace: a text no message is written from
+            continue
+        if any(name is not None and not name.isidentifier() for _, name, _, _ in parts):
+            continue  # LaTeX braces ({\bar\alpha_t}): a help text, shown as written
+        seen: set[str] = set()
+        pattern = ""
+        for literal, name, _, _ in parts:
+            pattern += re.escape(literal)
+            if name is not None:
+                pattern += f"(?P={name})" if name in seen else f"(?P<{name}>.+?)"
+                seen.add(name)
+        if seen or "{" not in template:
+            patterns.append((re.compile(pattern, re.S), key))
+    return patterns
+
+
+def translated(message: str, language: str) -> str:
+    """An English message (an error a check raised, a note a view wrote) in ``language``: read back against the
+    catalogue's English texts and written with the matching text of ``language``, each value carried over, and a
+    value that is a field's name (``field.<name>``) in that language's words. A message no text matches stays as
+    it is: the library's checks write English, the language of API clients."""
+    if language_of(language) == ENGLISH:
+        return message
+    names = catalogue(language_of(language))
+    for pattern, key in _english_patterns():
+        found = pattern.fullmatch(message)
+        if found:
+            values = {name: names.get(f"field.{value}", value) for name, value in found.groupdict().items()}
+            return text(key, language, **values) if values else text(key, language)
+    return message
+
+
+def count(noun: str, n: int, language: str = ENGLISH) -> str:
+    """``n`` and the noun, as the language counts: "1 step", "5 steps", "5 步" (keys ``count.<noun>.one``/``.other``,
+    the plural forms of CLDR: Chinese has only the one, written twice)."""
+    return text(f"count.{noun}.{'one' if n == 1 else 'other'}", language, n=n)
+
+
 def fields(template: str) -> set[str]:
     """The names a template's ``{name}`` fields take from the format values (LaTeX braces count as fields too, so
     both languages must write the same formulas)."""

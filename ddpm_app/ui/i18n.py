@@ -10,27 +10,54 @@ browser for the next visit (:data:`HEAD`). API clients, and everything before th
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Callable
+
 import gradio as gr
 from gradio.i18n import I18nData
 
 from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, text
 
 NAMESPACE = "ddpm."  # our keys beside Gradio's own ("common.…", "image.…", "plot.…") in the browser's tables
-STORAGE_KEY = "ddpm_app.language"  # where the browser remembers the switch
+STORAGE_KEY = "ddpm_app.language"
+MARKER = "__i18n__"  # how Gradio writes a translatable text as a string  # where the browser remembers the switch
 
 I18N = gr.I18n(**{tag: {NAMESPACE + key: words for key, words in catalogue(tag).items()} for tag in LANGUAGES})
 
 
-def i18n(key: str) -> I18nData:
-    """A catalogue text that the browser shows in its language (a label, a tab name, a static Markdown)."""
+WRITTEN: dict[str, str] = {}  # key of a text written for the page (:func:`written`) → its English
+
+
+def i18n(key: str, **values: object) -> I18nData:
+    """A catalogue text that the browser shows in its language (a label, a tab name, a static Markdown); with
+    ``values``, the text filled with them (a label that names the model's T)."""
+    if values:
+        return written(lambda language: text(key, language, **values))
     catalogue(ENGLISH)[key]  # noqa: B018  (a key the catalogue lacks fails here, not as a raw key on the page)
     return I18N(NAMESPACE + key)
 
 
+def written(write: Callable[[str], str]) -> I18nData:
+    """A text the page is built with that holds values (the first model's numbers, its card's table): written once
+    in each language and handed to the browser's tables under a key of its own, so the page shows it in the
+    browser's language from the start."""
+    texts = {language: write(language) for language in LANGUAGES}
+    key = "written." + hashlib.sha1(json.dumps(texts, sort_keys=True).encode()).hexdigest()[:16]
+    for language, words in texts.items():
+        I18N.translations[language][NAMESPACE + key] = words
+    WRITTEN[key] = texts[ENGLISH]
+    return I18N(NAMESPACE + key)
+
+
 def english(value: object) -> object:
-    """``value`` with an :func:`i18n` text read in English (for API descriptions and messages); others as they are."""
+    """``value`` with an :func:`i18n` text read in English (for API descriptions and messages); others as they are.
+    A component keeps some such texts as the string Gradio makes of them (a button's value)."""
+    if isinstance(value, str) and value.startswith(MARKER):
+        value = I18nData(json.loads(value.removeprefix(MARKER))["key"])
     if isinstance(value, I18nData):
-        return text(value.key.removeprefix(NAMESPACE))
+        key = value.key.removeprefix(NAMESPACE)
+        return WRITTEN[key] if key in WRITTEN else text(key)
     return value
 
 
