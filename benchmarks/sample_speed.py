@@ -33,7 +33,7 @@ from ddpm_app.runtime import openvino_net
 from ddpm_app.runtime.inference import (
     CPU_RUNTIMES,
     PRECISION_CHOICES,
-    Prepared,
+    Network,
     Runtime,
     example_input,
     median_ms,
@@ -54,7 +54,7 @@ def header(cpu: CpuFeatures, threads: int, runtime: Runtime) -> list[str]:
                                                                      else [])
 
 
-def cpu_engines(model: torch.nn.Module, cpu: CpuFeatures, threads: int) -> dict[str, Prepared]:
+def cpu_engines(model: torch.nn.Module, cpu: CpuFeatures, threads: int) -> dict[str, Network]:
     """The engines that could run ``model`` on this CPU, each at every batch size."""
     engines = {"PyTorch fp32": prepare_cpu(model, "fp32", cpu, runtime="pytorch", threads=threads)}
     if openvino_net.version() is not None:
@@ -71,8 +71,7 @@ def chain_seconds(model, schedule: Schedule, size: int, channels: int, device: t
     for _ in range(2):
         gen = torch.Generator(device).manual_seed(0)
         start = time.perf_counter()
-        samplers.final(samplers.ddpm(model, schedule, shape, generator=gen, device=device, clip_x0=True,
-                                     step_fn=model.ddpm_step))
+        samplers.final(samplers.ddpm(model, schedule, shape, generator=gen, device=device, clip_x0=True))
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         first_work.append(work if work is not None else totals[-1])
 
     print(f"CPU: {cpu_model_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; model "
-          f"{args.model}, sampling in {served.eps_model.precision}, measuring in {served.fp32_eps_model.precision}\n"
+          f"{args.model}, sampling in {served.eps_model.precision}, measuring in {served.eps_model.fp32().precision}\n"
           f"load average (1 / 5 / 15 min) before {before}, after {load_average()}\n")
     print("| measure | median | range | runs |\n|---|---|---|---|")
     print(summary("training view: update after moving t", moves))

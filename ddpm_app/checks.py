@@ -1,32 +1,40 @@
-"""Values that people and API clients send, checked: any JSON value in (a string, null, NaN, ±Infinity, a huge
-number, a nested list…), a number, a choice or a flag out, or an :class:`InvalidValue` whose message names the
-field and what it allows. Messages quote at most a short prefix of what was sent (:func:`shown`).
+"""Values that people, API clients and config files send, checked: any JSON value in (a string, null, NaN, ±Infinity,
+a huge number, a nested list…), a clean value out, or an :class:`InvalidValue` whose message names the field and
+what it allows. Messages quote at most a short prefix of what was sent (:func:`shown`).
 
-Each check takes the error class to raise, so a module can raise its own kind (``SettingsError`` for sampler
-settings, ``InputError`` in the app); all of them are :class:`InvalidValue`.
+A user's bad value and a config file's are the same kind of error, with one class. The checks of what users send
+(:func:`whole_number`, :func:`real_number`, :func:`choice`, :func:`flag`, :func:`text`, seeds) take widget and API
+values as they come; those of stored configs (:func:`exact_int`, …) take a value only as written, never rounded or
+parsed. The app turns an :class:`InvalidValue` into the message a user sees in one place
+(:func:`ddpm_app.ui.widgets.user_errors`).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from typing import Sequence
 
 SHOWN_CHARACTERS = 40  # how much of a bad value a message repeats
+MAX_SEED = 2**32 - 1
 
 
 class InvalidValue(ValueError):
     """A value is missing, of the wrong type or out of range; the message names the field and the allowed values."""
 
 
-class ConfigError(InvalidValue):
-    """A field of a model or schedule config (as config.json holds it) is of the wrong type or out of range; the
-    message names the field and what it allows."""
+# The name config readers (model folders, model and schedule configs) raise it under: the same class.
+ConfigError = InvalidValue
 
 
 def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
     """``repr(value)`` cut to ``limit`` characters (with "…"), for quoting a value in a message."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What users send
 
 
 def _number(value: object) -> float:
@@ -40,55 +48,94 @@ def _number(value: object) -> float:
         return math.nan
 
 
-def whole_number(value: object, name: str, low: int, high: int, error: type[InvalidValue] = InvalidValue) -> int:
-    """``value`` as an int in low…high, or ``error`` naming ``name`` and the range."""
+def whole_number(value: object, name: str, low: int, high: int) -> int:
+    """``value`` as an int in low…high (a frame index, a timestep, a number of steps), or an error naming ``name``
+    and the range."""
     number = _number(value)
     if not number.is_integer() or not low <= number <= high:
-        raise error(f"{name} must be a whole number in {low}…{high}, got {shown(value)}")
+        raise InvalidValue(f"{name} must be a whole number in {low}…{high}, got {shown(value)}")
     return int(number)
 
 
-def real_number(value: object, name: str, low: float, high: float, error: type[InvalidValue] = InvalidValue) -> float:
-    """``value`` as a finite float in low…high, or ``error`` naming ``name`` and the range."""
+def real_number(value: object, name: str, low: float, high: float) -> float:
+    """``value`` as a finite float in low…high, or an error naming ``name`` and the range."""
     number = _number(value)
     if not low <= number <= high:  # also false for NaN
-        raise error(f"{name} must be a number in {low:g}…{high:g}, got {shown(value)}")
+        raise InvalidValue(f"{name} must be a number in {low:g}…{high:g}, got {shown(value)}")
     return number
 
 
-def choice(value: object, name: str, choices: Sequence[str], error: type[InvalidValue] = InvalidValue) -> str:
-    """``value`` if it is one of ``choices`` (strings), else ``error`` listing them."""
+def choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices`` (strings), else an error listing them."""
     if not isinstance(value, str) or value not in choices:
-        raise error(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+        raise InvalidValue(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
     return value
 
 
-def flag(value: object, name: str, error: type[InvalidValue] = InvalidValue) -> bool:
-    """``value`` if it is true or false, else ``error``."""
+def flag(value: object, name: str) -> bool:
+    """``value`` if it is true or false (a checkbox)."""
     if not isinstance(value, bool):
-        raise error(f"{name} must be true or false, got {shown(value)}")
+        raise InvalidValue(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
-def exact_int(value: object, name: str, low: int, high: int, error: type[InvalidValue] = ConfigError) -> int:
-    """``value`` if it is an int (not a bool, a float or a string) in low…high, else ``error``: a stored config is
+def text(value: object, name: str, most: int) -> str:
+    """A string of at most ``most`` characters (a text box; null is empty text); numbers, lists and objects are
+    refused."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > most:
+        raise InvalidValue(f"{name} must be text of at most {most:,} characters, got {shown(value)}")
+    return value
+
+
+def random_seed() -> int:
+    """A fresh seed from the OS, never from (or into) a global generator."""
+    return random.SystemRandom().randrange(2**31)
+
+
+def requested_seed(value: object) -> int | None:
+    """The seed asked for, or None for "draw one": blank, null or −1. Anything else must be a whole number in
+    0…2³²−1; a fraction is refused rather than rounded."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        seed = whole_number(value, "seed", -1, MAX_SEED)
+    except InvalidValue:
+        raise InvalidValue(f"seed must be a whole number in 0…{MAX_SEED}, or −1 / blank for a random one; "
+                           f"got {shown(value)}") from None
+    return None if seed == -1 else seed
+
+
+def resolve_seed(value: object) -> int:
+    """The seed to use: the one asked for, or a random one for blank / −1."""
+    seed = requested_seed(value)
+    return random_seed() if seed is None else seed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What config files hold: taken as written
+
+
+def exact_int(value: object, name: str, low: int, high: int) -> int:
+    """``value`` if it is an int (not a bool, a float or a string) in low…high, else an error: a stored config is
     taken as written, never rounded or parsed."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise error(f"{name} must be a whole number in {low}…{high}, got {shown(value)}")
+        raise InvalidValue(f"{name} must be a whole number in {low}…{high}, got {shown(value)}")
     return value
 
 
-def exact_real(value: object, name: str, low: float, high: float, error: type[InvalidValue] = ConfigError) -> float:
-    """``value`` if it is an int or a float (not a bool or a string) in low…high, else ``error``."""
+def exact_real(value: object, name: str, low: float, high: float) -> float:
+    """``value`` if it is an int or a float (not a bool or a string) in low…high, else an error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # NaN: not in range
-        raise error(f"{name} must be a number in {low:g}…{high:g}, got {shown(value)}")
+        raise InvalidValue(f"{name} must be a number in {low:g}…{high:g}, got {shown(value)}")
     return float(value)
 
 
-def exact_ints(value: object, name: str, low: int, high: int, length: tuple[int, int],
-               error: type[InvalidValue] = ConfigError) -> tuple[int, ...]:
-    """``value`` as a tuple if it is a list (or tuple) of ``length[0]``…``length[1]`` ints in low…high, else ``error``."""
+def exact_ints(value: object, name: str, low: int, high: int, length: tuple[int, int]) -> tuple[int, ...]:
+    """``value`` as a tuple if it is a list (or tuple) of ``length[0]``…``length[1]`` ints in low…high, else an
+    error."""
     if not isinstance(value, (list, tuple)) or not length[0] <= len(value) <= length[1]:
-        raise error(f"{name} must be a list of {length[0]}…{length[1]} whole numbers in {low}…{high}, "
-                    f"got {shown(value)}")
-    return tuple(exact_int(v, f"{name}[{i}]", low, high, error) for i, v in enumerate(value))
+        raise InvalidValue(f"{name} must be a list of {length[0]}…{length[1]} whole numbers in {low}…{high}, "
+                           f"got {shown(value)}")
+    return tuple(exact_int(v, f"{name}[{i}]", low, high) for i, v in enumerate(value))

@@ -41,8 +41,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run(model, schedule, shape, seed: int, sampler: str) -> tuple[list[samplers.Step], float]:
     start = time.perf_counter()
-    steps = list(samplers.sample(model, schedule, shape, sampler=sampler, steps=50, clip_x0=True,
-                                 step_fn=model.ddpm_step, generator=torch.Generator().manual_seed(seed)))
+    settings = samplers.SamplerSettings(sampler, 50, 0.0, clip_x0=True)
+    steps = list(settings.run(model, schedule, shape, generator=torch.Generator().manual_seed(seed)))
     return steps, time.perf_counter() - start
 
 

@@ -27,8 +27,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from ddpm_app.diffusion.samplers import VARIANCES, EpsModel, Variance
-from ddpm_app.diffusion.schedule import Schedule, extract
+from ddpm_app.diffusion.samplers import EpsModel
+from ddpm_app.diffusion.schedule import Schedule, Variance, extract
 
 LN2 = math.log(2.0)
 
@@ -69,22 +69,15 @@ def mean_over_dims(x: Tensor) -> Tensor:
 
 
 def model_log_variance(schedule: Schedule, variance: Variance = "posterior") -> Tensor:
-    """log σ_t² of p_θ(x_{t−1}|x_t) for every t, float64: the clipped posterior variance, or β_t with
-    σ_0² = σ_q(1)² (improved-diffusion's "fixedlarge"; β_0 would make the decoder needlessly wide)."""
-    f64 = schedule.float64
-    if variance == "posterior":
-        return f64["posterior_log_variance_clipped"]
-    if variance == "beta":
-        if schedule.timesteps == 1:
-            return f64["betas"].log()
-        return torch.cat([f64["posterior_variance"][1:2], f64["betas"][1:]]).log()
-    raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+    """log σ_t² of p_θ(x_{t−1}|x_t) for every t, float64: the sampler's reverse variance, σ_0² = σ_q(1)² for the
+    decoder (:meth:`~ddpm_app.diffusion.schedule.Tables.reverse_variance`)."""
+    return schedule.float64.reverse_variance(variance).log()
 
 
 def prior_bpd(schedule: Schedule, x0: Tensor) -> Tensor:
     """L_T = KL(N(√ᾱ_T·x₀, (1−ᾱ_T)·I) ‖ N(0, I)) per image, in bits/dim: (B, C, H, W) → (B,)."""
     x0 = x0.double()
-    abar_T = schedule.float64["alphas_cumprod"][-1].to(x0.device)
+    abar_T = schedule.float64.alphas_cumprod[-1].to(x0.device)
     mean = abar_T.sqrt() * x0
     logvar = torch.log1p(-abar_T).expand_as(x0)
     zero = torch.zeros((), dtype=torch.float64, device=x0.device)
@@ -98,21 +91,18 @@ def vb_terms(model: EpsModel, schedule: Schedule, x0: Tensor, t: Tensor, noise: 
     t ≥ 1: KL(q(x_{t−1}|x_t, x₀) ‖ p_θ(x_{t−1}|x_t)) with x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (``noise`` is ε);
     t = 0: −log p_θ(x₀|x₁), the discretized Gaussian decoder with mean x̂₀.
     """
-    f64 = {k: v.to(x0.device) for k, v in schedule.float64.items()}
+    q = schedule.float64  # the bound's arithmetic is float64; only the network sees float32
     x0, noise = x0.double(), noise.double()
-    shape = x0.shape
-    # q(x_t | x₀), eq. 4
-    x_t = extract(f64["sqrt_alphas_cumprod"], t, shape) * x0 + extract(f64["sqrt_one_minus_alphas_cumprod"], t, shape) * noise
+    x_t = q.q_sample(x0, t, noise)
     eps = model(x_t.float(), t).double()
-    pred_x0 = extract(f64["sqrt_recip_alphas_cumprod"], t, shape) * x_t - extract(f64["sqrt_recipm1_alphas_cumprod"], t, shape) * eps
+    pred_x0 = q.predict_x0(x_t, t, eps)
     if clip_x0:
         pred_x0 = pred_x0.clamp(-1.0, 1.0)
-    # q(x_{t−1} | x_t, x₀) and p_θ(x_{t−1} | x_t): the same posterior-mean formula (eq. 7) at x₀ and at x̂₀
-    c1, c2 = extract(f64["posterior_mean_coef1"], t, shape), extract(f64["posterior_mean_coef2"], t, shape)
-    true_mean, model_mean = c1 * x0 + c2 * x_t, c1 * pred_x0 + c2 * x_t
-    true_logvar = extract(f64["posterior_log_variance_clipped"], t, shape)
-    model_logvar = extract(model_log_variance(schedule, variance).to(x0.device), t, shape)
-    terms = mean_over_dims(normal_kl(true_mean, true_logvar, model_mean, model_logvar)) / LN2
+    # q(x_{t−1} | x_t, x₀), and p_θ(x_{t−1} | x_t): the posterior's mean at x̂₀ with the reverse variance σ_t²
+    true = q.q_posterior(x0, x_t, t)
+    model_mean = q.q_posterior(pred_x0, x_t, t).mean
+    model_logvar = extract(model_log_variance(schedule, variance), t, x0.shape)
+    terms = mean_over_dims(normal_kl(true.mean, true.log_variance, model_mean, model_logvar)) / LN2
 
     first = (t == 0).nonzero().flatten()
     if first.numel():

@@ -13,28 +13,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, Literal, NamedTuple
+from typing import Callable, Iterator, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from ddpm_app.checks import InvalidValue, choice, flag, real_number, whole_number
-from ddpm_app.diffusion.schedule import Schedule, extract
+from ddpm_app.checks import choice, flag, real_number, whole_number
+from ddpm_app.diffusion.schedule import VARIANCES, Schedule, Variance, extract
 
 # ε_θ(x_t, t): anything that maps (B, C, H, W) float32 and (B,) long timesteps to a (B, C, H, W) noise prediction
 EpsModel = Callable[[Tensor, Tensor], Tensor]
-# the reverse step's variance σ_t²: the posterior variance σ_q(t)² or β_t
-Variance = Literal["posterior", "beta"]
-VARIANCES: tuple[str, ...] = ("posterior", "beta")
 SamplerName = Literal["ddpm", "ddim"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
 DEFAULT_DDIM_STEPS = 50
-# one ancestral step with the network inside: (schedule, x_t, t, z, σ table, clip_x0) → (ε̂, x̂₀, x_{t−1});
-# :func:`ddpm_step` with a model bound, or a compiled version of it (:meth:`ddpm_app.runtime.inference.Prepared.ddpm_step`)
-DDPMStepFn = Callable[[Schedule, Tensor, Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor]]
 # a step's fresh noise z ~ N(0, I) for a batch of the given shape (B, C, H, W), drawn some other way than from one
 # generator: interpolation slerps two seeds' z so that its ends get exactly each seed's own noise
 NoiseFn = Callable[[tuple[int, ...]], Tensor]
+
+
+@runtime_checkable
+class FusedNetwork(Protocol):
+    """An ε_θ that also runs DDPM's whole step itself, :func:`ddpm_step` with itself as the model, compiled into one
+    graph where it can be: the runtime's network (:class:`ddpm_app.runtime.inference.Network`), which replays it as
+    one CUDA graph on a GPU. :func:`ddpm` takes a network's own step where it has one."""
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+    def ddpm_step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma: Tensor,
+                  clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -84,17 +90,16 @@ def _predict(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, clip_x0
     return eps, x0
 
 
-def ddpm_step(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
+def ddpm_step(model: EpsModel, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma: Tensor,
               clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
     """x_{t−1} = 1/√α_t·(x_t − β_t/√(1−ᾱ_t)·ε̂) + σ_t·z: one ancestral step, returning (ε̂, x̂₀, x_{t−1}).
 
-    Pure tensor code with no Python branch on values, so it can be compiled and captured in a CUDA graph as a
-    whole (see :meth:`ddpm_app.runtime.inference.Prepared.ddpm_step`, which :func:`ddpm` takes as ``step_fn``); pass
-    zero noise for the last step.
+    ``sigma`` is the table of σ_t for every t. Pure tensor code with no Python branch on values, so it can be compiled
+    and captured in a CUDA graph as a whole (see :class:`FusedNetwork`); pass zero noise for the last step.
     """
     eps, x0 = _predict(model, schedule, x, tt, clip_x0)
     mean = extract(schedule.sqrt_recip_alphas, tt, x.shape) * (x - extract(schedule.eps_coef, tt, x.shape) * eps)
-    return eps, x0, mean + extract(sigma_table, tt, x.shape) * noise
+    return eps, x0, mean + extract(sigma, tt, x.shape) * noise
 
 
 def _timestep(x: Tensor, t: int) -> Tensor:
@@ -105,30 +110,27 @@ def _timestep(x: Tensor, t: int) -> Tensor:
 def ddpm(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
          x_start: Tensor | None = None, start_t: int | None = None, clip_x0: bool = False,
          variance: Variance = "posterior", device: torch.device | str = "cpu",
-         step_fn: DDPMStepFn | None = None, draw_noise: NoiseFn | None = None) -> Iterator[Step]:
+         draw_noise: NoiseFn | None = None) -> Iterator[Step]:
     """Ancestral sampling: x_{t−1} = 1/√α_t·(x_t − β_t/√(1−ᾱ_t)·ε̂) + σ_t·z  (DDPM Algorithm 2).
 
-    σ_t² is the posterior variance β_t(1−ᾱ_{t−1})/(1−ᾱ_t) by default, or β_t with ``variance="beta"``; no
-    noise is added at the last step. Starts from x_T ~ N(0, I), or from ``x_start`` at timestep ``start_t``
-    (a noised photo, for SDEdit). With ``clip_x0``, ε̂ is recomputed from the clipped x̂₀, so the same formula
-    gives the posterior mean of q(x_{t−1} | x_t, x̂₀) for the clipped x̂₀.
+    σ_t² is the posterior variance β_t(1−ᾱ_{t−1})/(1−ᾱ_t) by default, or β_t with ``variance="beta"``
+    (:meth:`~ddpm_app.diffusion.schedule.Tables.reverse_variance`); no noise is added at the last step. Starts from
+    x_T ~ N(0, I), or from ``x_start`` at timestep ``start_t`` (a noised photo, for SDEdit). With ``clip_x0``, ε̂ is
+    recomputed from the clipped x̂₀, so the same formula gives the posterior mean of q(x_{t−1} | x_t, x̂₀) for the
+    clipped x̂₀.
 
-    ``step_fn`` computes each step (default: :func:`ddpm_step` with ``model``); pass a prepared network's own
-    (compiled) step to run it as one graph. It must compute the same thing as the default. ``draw_noise(shape)``
-    gives each step's z instead of the generator (see :data:`NoiseFn`).
+    Each step is :func:`ddpm_step` with ``model``, or the model's own step where it has one (a :class:`FusedNetwork`,
+    compiled as one graph). ``draw_noise(shape)`` gives each step's z instead of the generator (see :data:`NoiseFn`).
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
     x, t0 = _start(schedule, shape, start_t, x_start, generator, device)
-    sigma_table = schedule.posterior_variance if variance == "posterior" else schedule.betas
-    sigma_table = sigma_table.sqrt().to(device)
+    sigma = schedule.reverse_variance(variance).sqrt().to(device)
     num_steps = t0 + 1
-    step = step_fn or partial(ddpm_step, model)
+    step = model.ddpm_step if isinstance(model, FusedNetwork) else partial(ddpm_step, model)
     for index, t in enumerate(range(t0, -1, -1)):
         tt = _timestep(x, t)
         # no noise at the last step: z = 0 there, and the generator is not drawn from
         z = _noise(draw_noise, x, generator) if t > 0 else torch.zeros_like(x)
-        eps, x0, x_prev = step(schedule, x, tt, z, sigma_table, clip_x0)
+        eps, x0, x_prev = step(schedule, x, tt, z, sigma, clip_x0)
         yield Step(index, num_steps, t, t - 1, x, x0, eps, x_prev, z if t > 0 else None)
         x = x_prev
 
@@ -150,9 +152,11 @@ def ddim(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, steps: 
          ) -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s−σ²)·ε̂ + σ·z over ``steps`` timesteps.
 
-    σ = η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_s); η = 0 is deterministic, η = 1 matches DDPM's posterior variance.
+    σ = η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_s), η times the posterior's standard deviation for the jump t → s
+    (:func:`ddim_coefficients`); η = 0 is deterministic, η = 1 over every timestep is DDPM with the posterior variance.
     After the last listed timestep the chain ends at x̂₀ (ᾱ_{−1} = 1). ``draw_noise(shape)`` gives each z instead
-    of the generator (see :data:`NoiseFn`).
+    of the generator (see :data:`NoiseFn`). ``model`` is only asked for ε̂: the update is a few multiply-adds with
+    per-jump numbers, and a :class:`FusedNetwork`'s step is DDPM's.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
@@ -181,29 +185,13 @@ class DDIMCoefficients(NamedTuple):
 
 def ddim_coefficients(schedule: Schedule, t: int, s: int, eta: float) -> DDIMCoefficients:
     """The coefficients of DDIM's update from timestep t to s (s = −1: the final image, ᾱ_{−1} = 1), float64."""
-    abar = schedule.float64["alphas_cumprod"]
+    abar = schedule.float64.alphas_cumprod
     a_t = float(abar[t])
     a_s = float(abar[s]) if s >= 0 else 1.0
     sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
     return DDIMCoefficients(a_s ** 0.5, max(1 - a_s - sigma ** 2, 0.0) ** 0.5, sigma)
 
 
-def sample(model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, sampler: str = "ddpm",
-           steps: int | None = None, eta: float = 0.0, step_fn: DDPMStepFn | None = None,
-           variance: Variance = "posterior", **kwargs) -> Iterator[Step]:
-    """Dispatch by name: ``"ddpm"`` (every timestep; ``steps`` and ``eta`` are not used) or ``"ddim"``.
-
-    ``step_fn`` and ``variance`` (σ_t²) are DDPM's (see :func:`ddpm`); DDIM does not use them.
-    """
-    if sampler == "ddpm":
-        return ddpm(model, schedule, shape, step_fn=step_fn, variance=variance, **kwargs)
-    if sampler == "ddim":
-        return ddim(model, schedule, shape, steps=steps or DEFAULT_DDIM_STEPS, eta=eta, **kwargs)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-
-
-class SettingsError(InvalidValue):
-    """A sampler setting is out of range; the message names the setting and the allowed values."""
 
 
 @dataclass(frozen=True)
@@ -222,15 +210,15 @@ class SamplerSettings:
     @classmethod
     def checked(cls, sampler: str, steps: float | None, eta: float | None, clip_x0: bool,
                 timesteps: int, variance: str = "posterior") -> SamplerSettings:
-        """Settings from user values (widgets, options), with a :class:`SettingsError` naming the allowed range
+        """Settings from user values (widgets, options), with an :class:`~ddpm_app.checks.InvalidValue` naming the allowed range
         for a bad one. DDPM does not use DDIM's steps and η, but a value given for them is checked all the same:
         a wrong one is answered, never ignored (None: not given, for DDPM only)."""
-        sampler = choice(sampler, "sampler", SAMPLERS, SettingsError)
-        variance = choice(variance, "reverse variance σ²", VARIANCES, SettingsError)
+        sampler = choice(sampler, "sampler", SAMPLERS)
+        variance = choice(variance, "reverse variance σ²", VARIANCES)
         unused = sampler == "ddpm"
-        steps = None if unused and steps is None else whole_number(steps, "DDIM steps", 1, timesteps, SettingsError)
-        eta = None if unused and eta is None else real_number(eta, "η (eta)", 0.0, 1.0, SettingsError)
-        clip_x0 = flag(clip_x0, "clip x̂₀", SettingsError)
+        steps = None if unused and steps is None else whole_number(steps, "DDIM steps", 1, timesteps)
+        eta = None if unused and eta is None else real_number(eta, "η (eta)", 0.0, 1.0)
+        clip_x0 = flag(clip_x0, "clip x̂₀")
         if unused:
             return cls("ddpm", timesteps, 1.0, clip_x0, variance)
         return cls("ddim", steps, eta, clip_x0, variance)
@@ -247,11 +235,6 @@ class SamplerSettings:
             return f"DDPM, {steps}" + (", σ² = β" if self.variance == "beta" else "")
         return f"DDIM, {steps}, η = {self.eta:g}"
 
-    def file_stem(self, start_t: int) -> str:
-        """What a chain from ``start_t`` runs, for file names: "ddpm-31steps" or "ddim-50steps-eta0.5"."""
-        stem = f"{self.sampler}-{self.num_steps(start_t)}steps"
-        return stem if self.sampler == "ddpm" else f"{stem}-eta{self.eta:g}"
-
     def label(self) -> str:
         """For reports and file names: "ddpm (1000 steps)" or "ddim (50 steps, η = 0)"."""
         if self.sampler == "ddpm":
@@ -259,12 +242,17 @@ class SamplerSettings:
         return f"ddim ({self.steps} steps, η = {self.eta:g})"
 
     def run(self, model: EpsModel, schedule: Schedule, shape: tuple[int, ...], *, start_t: int | None = None,
-            step_fn: DDPMStepFn | None = None, **kwargs) -> Iterator[Step]:
-        """The reverse chain with these settings, from timestep ``start_t`` (T−1 by default); ``kwargs`` go to
-        the sampler (``generator``, ``x_start``, ``device``), ``step_fn`` to DDPM (see :func:`ddpm`)."""
-        start = schedule.timesteps - 1 if start_t is None else start_t
-        return sample(model, schedule, shape, sampler=self.sampler, steps=self.num_steps(start), eta=self.eta,
-                      clip_x0=self.clip_x0, start_t=start_t, step_fn=step_fn, variance=self.variance, **kwargs)
+            **kwargs) -> Iterator[Step]:
+        """The reverse chain with these settings, from timestep ``start_t`` (T−1 by default), run by :func:`ddpm` or
+        :func:`ddim`; ``kwargs`` go to the sampler (``generator``, ``x_start``, ``device``, ``draw_noise``)."""
+        if self.sampler == "ddpm":
+            chain = partial(ddpm, variance=self.variance)
+        elif self.sampler == "ddim":
+            start = schedule.timesteps - 1 if start_t is None else start_t
+            chain = partial(ddim, steps=self.num_steps(start), eta=self.eta)
+        else:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        return chain(model, schedule, shape, clip_x0=self.clip_x0, start_t=start_t, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -314,13 +302,12 @@ def step_breakdown(schedule: Schedule, step: Step, settings: SamplerSettings,
     variance = variance or settings.variance
     f64 = schedule.float64
     t, s = step.t, step.t_prev
-    abar_t = float(f64["alphas_cumprod"][t])
-    abar_s = float(f64["alphas_cumprod"][s]) if s >= 0 else 1.0
+    abar_t = float(f64.alphas_cumprod[t])
+    abar_s = float(f64.alphas_cumprod[s]) if s >= 0 else 1.0
     z = step.noise if step.noise is not None else torch.zeros_like(step.x_t)
     if settings.sampler == "ddpm":
-        alpha, beta = float(f64["alphas"][t]), float(f64["betas"][t])
-        table = f64["posterior_variance"] if variance == "posterior" else f64["betas"]
-        sigma = float(table[t]) ** 0.5 if step.noise is not None else 0.0
+        alpha, beta = float(f64.alphas[t]), float(f64.betas[t])
+        sigma = float(f64.reverse_variance(variance)[t]) ** 0.5 if step.noise is not None else 0.0
         c_x = 1.0 / alpha ** 0.5
         c_eps = -beta / (alpha ** 0.5 * (1.0 - abar_t) ** 0.5)
         terms = (StepTerm("x_t", c_x, c_x * step.x_t), StepTerm("ε̂", c_eps, c_eps * step.pred_eps),

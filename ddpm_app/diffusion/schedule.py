@@ -7,7 +7,7 @@ So ``alphas_cumprod[t]`` is the paper's ᾱ_{t+1} and ``alphas_cumprod_prev[0] =
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, NamedTuple
 
 import torch
@@ -18,6 +18,9 @@ from ddpm_app.checks import ConfigError, exact_int, exact_real, shown
 ScheduleKind = Literal["linear", "cosine"]
 SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine")
 MAX_TIMESTEPS = 10_000  # T: every per-timestep table has T entries, and DDPM sampling takes T network calls
+# the reverse step's variance σ_t²: the posterior variance β̃_t = σ_q(t)² or β_t (see Tables.reverse_variance)
+Variance = Literal["posterior", "beta"]
+VARIANCES: tuple[str, ...] = ("posterior", "beta")
 
 
 @dataclass(frozen=True)
@@ -72,85 +75,75 @@ class Posterior(NamedTuple):
     log_variance: Tensor
 
 
-class Schedule:
-    """Every per-timestep quantity of a schedule, computed once in float64 and stored as float32."""
+@dataclass(eq=False)
+class Tables:
+    """A schedule's per-timestep quantities, a (T,) tensor each, all in one dtype, and the distributions built on them.
 
-    def __init__(self, config: ScheduleConfig = ScheduleConfig()):
-        self.config = config
-        if config.kind == "linear":
-            betas = linear_betas(config.timesteps, config.beta_start, config.beta_end)
-        else:
-            betas = cosine_betas(config.timesteps, config.cosine_s, config.max_beta)
-        alphas = 1.0 - betas
-        alphas_cumprod = torch.cumprod(alphas, dim=0)
-        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    :meth:`from_betas` computes them in float64; a :class:`Schedule` is these tables in float32 with their float64
+    originals beside them (``schedule.float64``, a ``Tables`` too), so either precision has the same names and methods.
+    """
 
-        # forward process q(x_t | x_0), eq. (2)
-        sqrt_alphas_cumprod = alphas_cumprod.sqrt()
-        sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).sqrt()
-        # inverting eq. (2): x_0 from (x_t, ε)
-        sqrt_recip_alphas_cumprod = (1.0 / alphas_cumprod).sqrt()
-        sqrt_recipm1_alphas_cumprod = (1.0 / alphas_cumprod - 1.0).sqrt()
-
-        # posterior q(x_{t−1} | x_t, x_0): σ_q(t)² = β_t(1−ᾱ_{t−1})/(1−ᾱ_t), zero at the first step
-        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        # log σ² with the t = 0 entry (σ² = 0) replaced by the next one, as in improved-diffusion
-        posterior_log_variance_clipped = torch.log(
-            torch.cat([posterior_variance[1:2], posterior_variance[1:]]) if config.timesteps > 1
-            else betas
-        )
-        posterior_mean_coef1 = betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)
-        posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)
-
-        # the reverse step written with ε (the seed's sampling formula)
-        sqrt_recip_alphas = (1.0 / alphas).sqrt()
-        eps_coef = betas / sqrt_one_minus_alphas_cumprod
-
-        # signal-to-noise ratio ᾱ_t / (1 − ᾱ_t)
-        snr = alphas_cumprod / (1.0 - alphas_cumprod)
-
-        tables = dict(
-            betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod, alphas_cumprod_prev=alphas_cumprod_prev,
-            sqrt_alphas_cumprod=sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod=sqrt_one_minus_alphas_cumprod,
-            sqrt_recip_alphas_cumprod=sqrt_recip_alphas_cumprod,
-            sqrt_recipm1_alphas_cumprod=sqrt_recipm1_alphas_cumprod,
-            posterior_variance=posterior_variance, posterior_log_variance_clipped=posterior_log_variance_clipped,
-            posterior_mean_coef1=posterior_mean_coef1, posterior_mean_coef2=posterior_mean_coef2,
-            sqrt_recip_alphas=sqrt_recip_alphas, eps_coef=eps_coef, snr=snr,
-        )
-        self.float64 = tables
-        for name, value in tables.items():
-            setattr(self, name, value.float())
-
-    # tables are attributes set above; declared here for readers and type checkers
+    # the chain: β_t, α_t = 1 − β_t, ᾱ_t = ∏_{s≤t} α_s and ᾱ_{t−1} (ᾱ_{−1} = 1)
     betas: Tensor
     alphas: Tensor
     alphas_cumprod: Tensor
     alphas_cumprod_prev: Tensor
+    # forward process q(x_t | x_0), eq. (2)
     sqrt_alphas_cumprod: Tensor
     sqrt_one_minus_alphas_cumprod: Tensor
+    # inverting eq. (2): x_0 from (x_t, ε)
     sqrt_recip_alphas_cumprod: Tensor
     sqrt_recipm1_alphas_cumprod: Tensor
+    # posterior q(x_{t−1} | x_t, x_0), eq. (6–7); its log variance is set from the others (see __post_init__)
     posterior_variance: Tensor
-    posterior_log_variance_clipped: Tensor
     posterior_mean_coef1: Tensor
     posterior_mean_coef2: Tensor
+    posterior_log_variance_clipped: Tensor = field(init=False)
+    # the reverse step written with ε (the seed's sampling formula)
     sqrt_recip_alphas: Tensor
     eps_coef: Tensor
+    # signal-to-noise ratio ᾱ_t / (1 − ᾱ_t)
     snr: Tensor
 
-    @property
-    def timesteps(self) -> int:
-        return self.config.timesteps
+    def __post_init__(self) -> None:
+        # log σ_q(t)² with the t = 0 entry (σ² = 0) replaced by the next one, as in improved-diffusion
+        self.posterior_log_variance_clipped = self.reverse_variance("posterior").log()
 
-    def __repr__(self) -> str:
-        return f"Schedule({self.config})"
+    @classmethod
+    def from_betas(cls, betas: Tensor) -> Tables:
+        """Every table from β_t, computed in float64."""
+        betas = betas.double()
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).sqrt()
+        # σ_q(t)² = β_t(1−ᾱ_{t−1})/(1−ᾱ_t), zero at the first step
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        return cls(
+            betas=betas, alphas=alphas, alphas_cumprod=alphas_cumprod, alphas_cumprod_prev=alphas_cumprod_prev,
+            sqrt_alphas_cumprod=alphas_cumprod.sqrt(), sqrt_one_minus_alphas_cumprod=sqrt_one_minus_alphas_cumprod,
+            sqrt_recip_alphas_cumprod=(1.0 / alphas_cumprod).sqrt(),
+            sqrt_recipm1_alphas_cumprod=(1.0 / alphas_cumprod - 1.0).sqrt(),
+            posterior_variance=posterior_variance,
+            posterior_mean_coef1=betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
+            sqrt_recip_alphas=(1.0 / alphas).sqrt(), eps_coef=betas / sqrt_one_minus_alphas_cumprod,
+            snr=alphas_cumprod / (1.0 - alphas_cumprod),
+        )
 
-    def to(self, device: torch.device | str) -> Schedule:
-        """Move the float32 tables to ``device`` (in place; the float64 originals stay on the CPU)."""
-        for name in self.float64:
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+    def reverse_variance(self, variance: Variance) -> Tensor:
+        """σ_t² of the reverse step p_θ(x_{t−1} | x_t) for every t: the posterior's β̃_t = σ_q(t)² ("posterior") or β_t
+        ("beta"), DDPM's two choices (improved-diffusion's "fixedsmall" and "fixedlarge").
+
+        At t = 0 both are β̃_1, the width of the bound's decoder (β̃_0 = 0 would make it a point, β_0 needlessly
+        narrow); sampling adds no noise at t = 0 whatever σ_0 is.
+        """
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+        table = self.posterior_variance if variance == "posterior" else self.betas
+        if len(table) == 1:  # T = 1: there is no β̃_1
+            return self.betas
+        return torch.cat([self.posterior_variance[1:2], table[1:]])
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε  (q(x_t | x₀), eq. 2)."""
@@ -179,6 +172,35 @@ class Schedule:
         return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0)
                 / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
 
+
+class Schedule(Tables):
+    """A schedule's tables in float32, what sampling and training compute with, and the same tables in float64
+    (:attr:`float64`), what the bound and the numbers the app shows are computed from. Each is computed once, in
+    float64; the float32 ones are those rounded."""
+
+    def __init__(self, config: ScheduleConfig = ScheduleConfig()):
+        self.config = config
+        if config.kind == "linear":
+            betas = linear_betas(config.timesteps, config.beta_start, config.beta_end)
+        else:
+            betas = cosine_betas(config.timesteps, config.cosine_s, config.max_beta)
+        self.float64 = Tables.from_betas(betas)  # stays on the CPU
+        for f in fields(Tables):  # each table rounded to float32
+            setattr(self, f.name, getattr(self.float64, f.name).float())
+
+    @property
+    def timesteps(self) -> int:
+        return self.config.timesteps
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.config})"
+
+    def to(self, device: torch.device | str) -> Schedule:
+        """Move the float32 tables to ``device`` (in place; the float64 ones stay on the CPU)."""
+        for f in fields(Tables):
+            setattr(self, f.name, getattr(self, f.name).to(device))
+        return self
+
     def snr_db(self, t: int) -> float:
         """10·log₁₀(ᾱ_t / (1 − ᾱ_t)) for one timestep."""
-        return 10.0 * math.log10(float(self.float64["snr"][t]))
+        return 10.0 * math.log10(float(self.float64.snr[t]))

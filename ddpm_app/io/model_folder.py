@@ -70,8 +70,8 @@ class SamplingDefaults:
         exact_real(self.ddim_eta, "ddim_eta", 0.0, 1.0)
         if not isinstance(self.why, str) or len(self.why) > MAX_WHY:
             raise ConfigError(f"why must be text of at most {MAX_WHY} characters, got {shown(self.why)}")
-        flag(self.clip_x0, "clip_x0", ConfigError)
-        choice(self.variance, "variance", VARIANCES, ConfigError)
+        flag(self.clip_x0, "clip_x0")
+        choice(self.variance, "variance", VARIANCES)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ddim_eta": self.ddim_eta, "why": self.why, "clip_x0": self.clip_x0, "variance": self.variance}

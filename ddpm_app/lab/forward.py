@@ -20,8 +20,7 @@ class Gaussian(NamedTuple):
 def q_gaussian(schedule: Schedule, x0: Tensor, t: int) -> Gaussian:
     """q(x_t | x₀) = N(√ᾱ_t·x₀, (1−ᾱ_t)·I) for one point x₀ (2,): the circles drawn around it (eq. 4)."""
     f64 = schedule.float64
-    return Gaussian(float(f64["sqrt_alphas_cumprod"][t]) * x0.double(),
-                    float(f64["sqrt_one_minus_alphas_cumprod"][t]))
+    return Gaussian(float(f64.sqrt_alphas_cumprod[t]) * x0.double(), float(f64.sqrt_one_minus_alphas_cumprod[t]))
 
 
 def noised_cloud(schedule: Schedule, x0: Tensor, t: int, noise: Tensor) -> Tensor:

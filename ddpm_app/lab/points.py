@@ -25,10 +25,6 @@ MAX_WORD = 12  # characters of the word set
 HELD_OUT_SHARE = 0.2  # of the points of a CSV, kept aside to measure against
 
 
-class PointsError(InvalidValue):
-    """The points could not be made: a bad CSV line, too many points, a blank drawing; the message says which."""
-
-
 @dataclass(frozen=True)
 class PointSet:
     """Training points and a held-out sample of the same distribution, both in [−1, 1]²."""
@@ -107,11 +103,11 @@ DATASETS: tuple[str, ...] = tuple(RECIPES)
 def dataset(name: str, count: int, generator: torch.Generator, word: str = "DDPM") -> PointSet:
     """``count`` training points of a recipe and as many held out, drawn together from ``generator``."""
     if name not in RECIPES:
-        raise PointsError(f"data set must be one of {', '.join(DATASETS)}, got {shown(name)}")
+        raise InvalidValue(f"data set must be one of {', '.join(DATASETS)}, got {shown(name)}")
     if name == "word":
         text = word.strip() if isinstance(word, str) else ""
         if not 1 <= len(text) <= MAX_WORD:
-            raise PointsError(f"word must be 1…{MAX_WORD} characters, got {shown(word)}")
+            raise InvalidValue(f"word must be 1…{MAX_WORD} characters, got {shown(word)}")
         points = _word(2 * count, generator, text)
         name = f"word “{text}”"
     else:
@@ -124,7 +120,7 @@ def points_from_mask(mask: np.ndarray, n: int, generator: torch.Generator) -> Te
     random true pixel plus a uniform offset inside it."""
     rows, cols = np.nonzero(mask)
     if len(rows) == 0:
-        raise PointsError("the drawing is blank: draw a shape (a few strokes) first")
+        raise InvalidValue("the drawing is blank: draw a shape (a few strokes) first")
     pick = torch.randint(0, len(rows), (n,), generator=generator).numpy()
     jitter = torch.rand(n, 2, generator=generator)
     x = torch.from_numpy(cols[pick]).float() + jitter[:, 0]
@@ -135,12 +131,12 @@ def points_from_mask(mask: np.ndarray, n: int, generator: torch.Generator) -> Te
 def from_drawing(image: np.ndarray | None, count: int, generator: torch.Generator) -> PointSet:
     """Points drawn from the strokes of a sketch (H, W, 3 or 4) uint8: ink is a dark pixel (not transparent)."""
     if image is None:
-        raise PointsError("the drawing is blank: draw a shape (a few strokes) first")
+        raise InvalidValue("the drawing is blank: draw a shape (a few strokes) first")
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[0] * array.shape[1] > 4096 * 4096:
-        raise PointsError("the drawing must be a picture of at most 4096 × 4096 pixels")
+        raise InvalidValue("the drawing must be a picture of at most 4096 × 4096 pixels")
     ink = array[..., :3].mean(axis=2) < 128
     if array.shape[2] == 4:
         ink &= array[..., 3] > 0
@@ -151,21 +147,21 @@ def parse_points(text: str) -> Tensor:
     """Points from CSV text (one "x,y" per line; commas, semicolons, tabs or spaces between; one header line
     and blank lines allowed) or a JSON list of [x, y] pairs: (N, 2) float64. Errors name the line."""
     if not isinstance(text, str):
-        raise PointsError(f"points must be CSV text or a JSON list of [x, y], got {shown(text)}")
+        raise InvalidValue(f"points must be CSV text or a JSON list of [x, y], got {shown(text)}")
     if len(text.encode()) > MAX_CSV_BYTES:
-        raise PointsError(f"the points take more than {MAX_CSV_BYTES // 2**20} MB: send at most {MAX_POINTS} points")
+        raise InvalidValue(f"the points take more than {MAX_CSV_BYTES // 2**20} MB: send at most {MAX_POINTS} points")
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise PointsError(f"the points are not valid JSON ({e.msg} at character {e.pos})") from None
+            raise InvalidValue(f"the points are not valid JSON ({e.msg} at character {e.pos})") from None
         if not isinstance(rows, list):
-            raise PointsError("the JSON points must be a list of [x, y] pairs")
+            raise InvalidValue("the JSON points must be a list of [x, y] pairs")
         values = []
         for i, row in enumerate(rows):
             if not (isinstance(row, list) and len(row) == 2
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)):
-                raise PointsError(f"point {i + 1} must be [x, y] with two numbers, got {shown(row)}")
+                raise InvalidValue(f"point {i + 1} must be [x, y] with two numbers, got {shown(row)}")
             values.append(_finite([float(v) for v in row], f"point {i + 1}"))
         return _checked(values)
     values = []
@@ -181,28 +177,28 @@ def parse_points(text: str) -> Tensor:
         except ValueError:
             if number == 1 and not values:  # a header such as "x,y"
                 continue
-            raise PointsError(f"line {number} of the CSV must be two numbers x,y, got {shown(line)}") from None
+            raise InvalidValue(f"line {number} of the CSV must be two numbers x,y, got {shown(line)}") from None
         values.append(_finite(pair, f"line {number} of the CSV"))
         if len(values) > MAX_POINTS:
-            raise PointsError(f"too many points: at most {MAX_POINTS} (line {number})")
+            raise InvalidValue(f"too many points: at most {MAX_POINTS} (line {number})")
     return _checked(values)
 
 
 def _finite(pair: list[float], where: str) -> list[float]:
     if not all(math.isfinite(v) for v in pair):
-        raise PointsError(f"{where} holds NaN or infinity ({pair[0]}, {pair[1]}): every coordinate must be a "
+        raise InvalidValue(f"{where} holds NaN or infinity ({pair[0]}, {pair[1]}): every coordinate must be a "
                           "finite number")
     return pair
 
 
 def _checked(values: list[list[float]]) -> Tensor:
     if len(values) > MAX_POINTS:
-        raise PointsError(f"too many points: {len(values)}, at most {MAX_POINTS}")
+        raise InvalidValue(f"too many points: {len(values)}, at most {MAX_POINTS}")
     if len(values) < MIN_POINTS:
-        raise PointsError(f"too few points: {len(values)}, at least {MIN_POINTS}")
+        raise InvalidValue(f"too few points: {len(values)}, at least {MIN_POINTS}")
     points = torch.tensor(values, dtype=torch.float64)
     if float((points.max(dim=0).values - points.min(dim=0).values).max()) == 0:
-        raise PointsError("all the points are the same point: a distribution needs some spread")
+        raise InvalidValue("all the points are the same point: a distribution needs some spread")
     return points
 
 

@@ -1,4 +1,5 @@
-"""Making a loaded network fast for sampling on the device at hand, and choosing that device.
+"""Making a loaded network fast for sampling on the device at hand, and choosing that device: :func:`prepare` decides
+once how a model runs here and gives the one :class:`Network` the samplers, the loss and the bound are handed.
 
 On the CPU one engine runs every batch size and every step, chosen once when the model loads from what the CPU has
 and what is installed (:func:`choose_cpu_engine`), never from a timing: OpenVINO's compiled network
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from ddpm_app.diffusion import samplers
 from ddpm_app.diffusion.schedule import Schedule
+from ddpm_app.models import DiffusersUNet
 from ddpm_app.runtime import openvino_net
 from ddpm_app.runtime.isa import CpuFeatures, detect
 from ddpm_app.runtime.openvino_net import OpenVinoError, OpenVinoNetwork
@@ -81,28 +83,38 @@ class Runtime:
         return f"{', '.join(parts)} ({self.reason})"
 
 
-class Prepared(nn.Module):
-    """Wraps a network for sampling: matches the input's memory format and returns float32 ε̂.
+class Network(nn.Module):
+    """ε_θ(x_t, t) of one model, made to run on one device: the one object the samplers, the loss and the bound are
+    handed. How it runs (device, engine, precision, compiled or not) was decided when it was built (:func:`prepare`)
+    and is described by :attr:`runtime`.
 
-    Besides ε̂ (``forward``) it offers :meth:`ddpm_step`, to pass to :func:`ddpm_app.diffusion.samplers.ddpm` as ``step_fn``.
-    On CUDA, bf16/fp16 are autocast; a CPU network carries its precision itself (OpenVINO's bf16), and
-    ``fp32_model`` is its float32 twin for :meth:`in_fp32`.
+    Called, it gives float32 ε̂ for x_t in the layout the network wants (channels_last where chosen), in bf16/fp16
+    autocast on CUDA where chosen; a CPU engine computes in its own precision (OpenVINO's bf16). :meth:`ddpm_step`
+    runs DDPM's whole step with it, as one CUDA graph where it was compiled (the sampler's
+    :class:`~ddpm_app.diffusion.samplers.FusedNetwork`). :meth:`fp32` is the same network computing in float32
+    throughout, for measuring.
     """
 
-    def __init__(self, model: nn.Module, channels_last: bool, compile: bool = False, precision: Precision = "fp32",
-                 device_type: str = "cpu", runtime: Runtime | None = None, fp32_model: nn.Module | None = None):
+    def __init__(self, model: nn.Module, runtime: Runtime, device: torch.device | str, *, channels_last: bool = False,
+                 autocast: torch.dtype | None = None, compile: bool = False, fp32: Network | None = None):
         super().__init__()
         self.model = model
-        self.fp32_model = fp32_model
+        self.runtime = runtime
+        self.device = torch.device(device)
         self.channels_last = channels_last
-        self.precision = precision
-        self.device_type = device_type
-        self.autocast_dtype = _AUTOCAST.get(precision) if device_type == "cuda" else None
+        self.autocast_dtype = autocast
         self.compiled = compile
-        self.runtime = runtime or Runtime(device_type, precision, compile, "given")
+        if fp32 is None and runtime.precision == "bf16" and autocast is None:
+            raise ValueError("a network that computes in bf16 by itself (a CPU engine's) needs its fp32 twin")
+        self._fp32 = fp32  # None: the same module without autocast or compiling, made when first asked for
         if compile:
             self._eps_graph = torch.compile(self._eps, mode="reduce-overhead", dynamic=False)
             self._step_graph = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
+        self.eval()  # as prepare left the model: no dropout
+
+    @property
+    def precision(self) -> Precision:
+        return self.runtime.precision
 
     def _eps(self, x: Tensor, t: Tensor) -> Tensor:
         if self.channels_last:
@@ -110,9 +122,9 @@ class Prepared(nn.Module):
         with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             return self.model(x, t).float()
 
-    def _step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
+    def _step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma: Tensor,
               clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return samplers.ddpm_step(self._eps, schedule, x, tt, noise, sigma_table, clip_x0)
+        return samplers.ddpm_step(self._eps, schedule, x, tt, noise, sigma, clip_x0)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if not self.compiled:
@@ -121,34 +133,29 @@ class Prepared(nn.Module):
         torch.compiler.cudagraph_mark_step_begin()
         return self._eps_graph(x, t).clone()
 
-    def in_fp32(self) -> Prepared:
-        """The same network computing in float32 throughout: itself when it already does, else (CPU bf16) its fp32
-        twin (OpenVINO's f32 network), or (CUDA) the module without autocast and uncompiled.
+    def ddpm_step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma: Tensor,
+                  clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`ddpm_app.diffusion.samplers.ddpm_step` with this network, as one CUDA graph when compiled."""
+        if not self.compiled:
+            return self._step(schedule, x, tt, noise, sigma, clip_x0)
+        torch.compiler.cudagraph_mark_step_begin()
+        eps, x0, x_prev = self._step_graph(schedule, x, tt, noise, sigma, clip_x0)
+        return eps.clone(), x0.clone(), x_prev.clone()
+
+    def fp32(self) -> Network:
+        """The same network computing in float32 throughout: itself where it already does, else its fp32 twin (a CPU
+        engine's float32 network, e.g. OpenVINO's f32) or the module without autocast and uncompiled (CUDA).
 
         For measuring (the loss, the bound), whose figures are compared with held-out ones made in fp32: bf16
         rounding of ε̂ is small against ε̂ but not against ‖ε − ε̂‖² where ε̂ is nearly right. Shipped faces model,
         the example portrait: in bf16 the loss read 11–17 % high at t ≥ 870 and 0.3 % at t = 300, and the
         bits/dim moved by 3·10⁻⁴."""
-        if self.precision == "fp32" and not self.compiled:
-            return self
-        if self.device_type == "cpu":
-            if self.fp32_model is None:
-                raise ValueError("this CPU network was prepared without an fp32 twin; use prepare_cpu")
-            model = self.fp32_model
-        else:
-            model = self.model
-        engine = model.describe() if isinstance(model, OpenVinoNetwork) else self.runtime.engine
-        runtime = replace(self.runtime, precision="fp32", compiled=False, reason="fp32 for measuring", engine=engine)
-        return Prepared(model, self.channels_last, precision="fp32", device_type=self.device_type, runtime=runtime)
-
-    def ddpm_step(self, schedule: Schedule, x: Tensor, tt: Tensor, noise: Tensor, sigma_table: Tensor,
-                  clip_x0: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """:func:`ddpm_app.diffusion.samplers.ddpm_step` with this network, as one CUDA graph when compiled."""
-        if not self.compiled:
-            return self._step(schedule, x, tt, noise, sigma_table, clip_x0)
-        torch.compiler.cudagraph_mark_step_begin()
-        eps, x0, x_prev = self._step_graph(schedule, x, tt, noise, sigma_table, clip_x0)
-        return eps.clone(), x0.clone(), x_prev.clone()
+        if self._fp32 is None:
+            if self.precision == "fp32" and not self.compiled:
+                return self
+            runtime = replace(self.runtime, precision="fp32", compiled=False, reason="fp32 for measuring")
+            self._fp32 = Network(self.model, runtime, self.device, channels_last=self.channels_last)
+        return self._fp32
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,51 +237,58 @@ def choose_cpu_engine(runtime: str, precision: str | None, cpu: CpuFeatures, ope
 
 
 def prepare_cpu(model: nn.Module, precision: str | None = "auto", cpu: CpuFeatures | None = None,
-                channels_last: bool = True, runtime: str = "pytorch", threads: int | None = None) -> Prepared:
+                channels_last: bool = True, runtime: str = "pytorch", threads: int | None = None) -> Network:
     """``model`` ready to sample on this CPU, through the engine :func:`choose_cpu_engine` picks, at every batch size
-    and every step; with its fp32 twin for :meth:`Prepared.in_fp32` (OpenVINO's f32 network, compiled when first
-    used). ``runtime="auto"`` falls back to PyTorch, with a warning in the log, where OpenVINO cannot build the
-    network; ``runtime="openvino"`` then raises a ValueError that says why. OpenVINO runs on ``threads`` threads
-    (default: PyTorch's count now).
+    and every step; with its fp32 twin for :meth:`Network.fp32` (OpenVINO's f32 network, compiled when first used).
+    ``runtime="auto"`` falls back to PyTorch, with a warning in the log, where OpenVINO cannot build the network;
+    ``runtime="openvino"`` then raises a ValueError that says why. OpenVINO runs on ``threads`` threads (default:
+    PyTorch's count now). diffusers' UNet2DModel runs as PyTorch runs it, in fp32: the engines are built for the
+    app's own U-Nets.
 
     ``model`` itself is switched to eval mode and, with ``channels_last``, to that layout; OpenVINO's network is a
     snapshot of its weights.
     """
-    cpu = cpu or detect()
     threads = threads or torch.get_num_threads()
+    if isinstance(model, DiffusersUNet):
+        model.cpu().eval().requires_grad_(False)
+        why = "diffusers' UNet2DModel as PyTorch runs it; the app's CPU engine is for its own U-Nets"
+        return Network(model, Runtime(f"cpu, {threads} threads", "fp32", False, why, f"PyTorch {torch.__version__}"), "cpu")
+    cpu = cpu or detect()
     engine = choose_cpu_engine(runtime, precision, cpu, openvino_net.version())
     model = model.cpu().eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = fp32_net = model
-    described = ""
+    net, fp32_net = model, None
     if engine.runtime == "openvino":
         try:
             converted = openvino_net.convert(model)
             net = OpenVinoNetwork(converted, model.time_features, threads, engine.precision)
             net.compile()  # now, not at the first click
-            fp32_net = net if engine.precision == "fp32" else OpenVinoNetwork(converted, model.time_features, threads,
-                                                                              "fp32")
-            described = net.describe()
+            if engine.precision != "fp32":
+                fp32_net = OpenVinoNetwork(converted, model.time_features, threads, "fp32")
         except OpenVinoError as e:
             if runtime == "openvino":
                 raise ValueError(f"--cpu-runtime openvino: {e}; leave --cpu-runtime at auto") from e
             log.warning("--cpu-runtime auto: %s; PyTorch runs instead", e)
             engine = CpuEngine("pytorch", "fp32", f"auto: {e}")
-            net = fp32_net = model
+            net = model
+    described = net.describe() if isinstance(net, OpenVinoNetwork) else f"PyTorch {torch.__version__}"
+    chosen = Runtime(f"cpu: {cpu.describe()}, {threads} threads", engine.precision, False, engine.reason, described)
+    twin = None
+    if fp32_net is not None:
+        twin = Network(fp32_net, replace(chosen, precision="fp32", reason="fp32 for measuring",
+                                         engine=fp32_net.describe()), "cpu")
     # OpenVINO reads NCHW: a channels_last x_t would be copied twice
-    prepared = Prepared(net, channels_last and net is model, precision=engine.precision, fp32_model=fp32_net,
-                        runtime=Runtime(f"cpu: {cpu.describe()}, {threads} threads", engine.precision, False,
-                                        engine.reason, engine=described or f"PyTorch {torch.__version__}"))
-    log.info("sampling on %s", prepared.runtime.describe())
-    return prepared
+    network = Network(net, chosen, "cpu", channels_last=channels_last and net is model, fp32=twin)
+    log.info("sampling on %s", network.runtime.describe())
+    return network
 
 
 def prepare(model: nn.Module, device: torch.device | str, compile: bool | None = None,
             precision: str | None = "auto", channels_last: bool = True, cpu_runtime: str = "pytorch",
-            cpu_threads: int | None = None) -> Prepared:
-    """Eval mode, no grads, on ``device``. On the CPU: :func:`prepare_cpu`. On CUDA: channels_last and compiled with
-    CUDA graphs unless ``compile=False``.
+            cpu_threads: int | None = None) -> Network:
+    """``model`` as a :class:`Network` on ``device``: eval mode, no grads. On the CPU: :func:`prepare_cpu`. On CUDA:
+    channels_last and compiled with CUDA graphs unless ``compile=False``.
 
     ``precision``: "auto" (or None) is fp16 autocast on CUDA and :func:`choose_cpu_engine`'s choice on the CPU; else
     one of :data:`Precision`. On an H100, fp16 takes a 1,000-step chain of 16 images from 2.4 s to 1.4 s. TF32 is a
@@ -296,5 +310,5 @@ def prepare(model: nn.Module, device: torch.device | str, compile: bool | None =
         model = model.to(memory_format=torch.channels_last)
     use_compile = device.type == "cuda" if compile is None else compile
     runtime = Runtime(str(device), chosen, use_compile, "auto" if precision in (None, "auto") else "asked for")
-    return Prepared(model, channels_last=channels_last, compile=use_compile, precision=chosen,
-                    device_type=device.type, runtime=runtime)
+    autocast = _AUTOCAST.get(chosen) if device.type == "cuda" else None
+    return Network(model, runtime, device, channels_last=channels_last, autocast=autocast, compile=use_compile)

@@ -12,10 +12,11 @@ from typing import Sequence
 
 import torch
 
-from ddpm_app.checks import shown
+from ddpm_app.checks import InvalidValue, choice, shown
 from ddpm_app.io.diffusers_folder import MODEL_INDEX
 from ddpm_app.io.model_folder import CONFIG_NAME, ModelFolderError, download, load_local
-from ddpm_app.serve.inputs import InputError, choice, hub_model_id
+from ddpm_app.runtime.inference import prepare
+from ddpm_app.serve.inputs import hub_model_id
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.worker import DeviceWorker
 
@@ -147,10 +148,10 @@ class ModelLibrary:
         """(name, folder) of the model folder a user typed: relative to a weights folder (or to the working
         directory), or absolute, and inside a weights folder once ``..`` and symlinks are resolved."""
         if path is not None and not isinstance(path, str):
-            raise InputError(f"model folder must be a path (text), got {shown(path)}")
+            raise InvalidValue(f"model folder must be a path (text), got {shown(path)}")
         text = (path or "").strip()
         if not text:
-            raise InputError(f"enter a model folder inside {self._where}")
+            raise InvalidValue(f"enter a model folder inside {self._where}")
         given = Path(text)
         candidates = [given] if given.is_absolute() else [root / given for root in self.roots] + [given]
         inside = []
@@ -164,16 +165,16 @@ class ModelLibrary:
                     inside.append((real, root.resolve()))
                     break
         if not inside:
-            raise InputError(f"{shown(text)} is outside the weights folders; only model folders inside {self._where} "
+            raise InvalidValue(f"{shown(text)} is outside the weights folders; only model folders inside {self._where} "
                              "can be loaded (start the app with --weights DIR to allow another folder)")
         for real, root in inside:
             if os.path.isdir(real):  # False for a name too long to look up, as for a missing one
                 return (real.relative_to(root).as_posix() if real != root else root.name), real
-        raise InputError(f"no folder {shown(text)} in {self._where}")
+        raise InvalidValue(f"no folder {shown(text)} in {self._where}")
 
     def add_folder(self, path: str) -> str:
         """Load the model folder at ``path`` (see :meth:`find_folder`); returns its name (a path relative to its
-        weights folder). Raises :class:`InputError` or :class:`ModelFolderError` and leaves the library as it was."""
+        weights folder). Raises :class:`InvalidValue` or :class:`ModelFolderError` and leaves the library as it was."""
         if isinstance(path, str) and path.strip() in self.folders:
             return path.strip()
         name, folder = self.find_folder(path)
@@ -246,8 +247,9 @@ class ModelLibrary:
         loaded = load_local(folder, self.device)
         if hub:
             loaded.source = name
-        return ServedModel(name, loaded, self.device, folder, self.precision, self.cpu_runtime,
-                           self.cpu_threads)
+        network = prepare(loaded.model, self.device, precision=self.precision, cpu_runtime=self.cpu_runtime,
+                          cpu_threads=self.cpu_threads)
+        return ServedModel(name, loaded, network, folder)
 
     def _refuse_links(self, folder: Path) -> None:
         """A ModelFolderError unless ``folder`` and every file in it are inside one weights folder, links followed

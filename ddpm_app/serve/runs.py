@@ -17,6 +17,7 @@ from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.image import from_uint8, to_uint8
 from ddpm_app.serve.worker import DeviceWorker
+from ddpm_app.text import ENGLISH, count, text
 
 # seconds between previews sent to the browser at most: 5 a second look smooth (what they cost: PREVIEW_BUDGET,
 # and benchmarks/app_stream.py)
@@ -57,10 +58,55 @@ class Frame:
                     noise_of(self.pred_eps), from_uint8(self.x_prev)[None], noise_of(self.noise))
 
 
+def sampler_words(settings: SamplerSettings, start_t: int, language: str = ENGLISH) -> str:
+    """What a chain from ``start_t`` runs, for people, in ``language``: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"
+    (:meth:`~ddpm_app.diffusion.samplers.SamplerSettings.describe`, which reports use, in English)."""
+    steps = count("step", settings.num_steps(start_t), language)
+    if settings.sampler == "ddpm":
+        variance = text("settings.beta_variance", language) if settings.variance == "beta" else ""
+        return text("settings.ddpm", language, steps=steps, variance=variance)
+    return text("settings.ddim", language, steps=steps, eta=f"{settings.eta:g}")
+
+
+@dataclass(frozen=True)
+class RunName:
+    """What a reverse run runs, named once from the same parts (the sampler and the steps it takes from
+    ``start_t``, the seed, where the chain starts): :attr:`title` for people (Frames, Compare, the GIF's header) and
+    :attr:`file_stem` for the run's exports."""
+
+    settings: SamplerSettings
+    start_t: int  # the chain's first timestep: T − 1 from noise
+    seed: int
+    from_photo: bool = False  # SDEdit: from a photo noised to ``start_t`` (Denoise); else from noise (Generate)
+
+    @property
+    def title(self) -> str:
+        """For people: "DDIM, 50 steps, η = 0, x̂₀ clipped, seed 7" or "SDEdit from t = 9, DDPM, 10 steps, seed 3"."""
+        return self.words(ENGLISH)
+
+    def words(self, language: str) -> str:
+        """The :attr:`title` in ``language``."""
+        sampler = sampler_words(self.settings, self.start_t, language)
+        if self.from_photo:
+            return text("run.sdedit_title", language, t=self.start_t, settings=sampler, seed=self.seed)
+        clipped = text("run.clipped" if self.settings.clip_x0 else "run.not_clipped", language)
+        return text("run.title", language, settings=sampler, clipped=clipped, seed=self.seed)
+
+    @property
+    def file_stem(self) -> str:
+        """For files, the title's start, sampler, steps and seed: "ddim-50steps-eta0_seed7" or
+        "sdedit-t9_ddpm-10steps_seed3"."""
+        s = self.settings
+        sampler = f"{s.sampler}-{s.num_steps(self.start_t)}steps" + (f"-eta{s.eta:g}" if s.sampler == "ddim" else "")
+        start = f"sdedit-t{self.start_t}_" if self.from_photo else ""
+        return f"{start}{sampler}_seed{self.seed}"
+
+
 @dataclass
 class Trajectory:
     """The frames of one reverse run: every step, or every ``stride``-th one (and the last) when all of them
-    would take more than ``max_bytes``. Frames are appended one at a time, so a stopped run stays consistent."""
+    would take more than ``max_bytes``. Frames are appended one at a time, so a stopped run stays consistent.
+    The app makes one with :meth:`of`, named by a :class:`RunName`."""
 
     title: str
     num_steps: int
@@ -76,6 +122,14 @@ class Trajectory:
     released: bool = False  # its pictures were dropped to free memory (see :class:`~ddpm_app.views.state.Users`)
     file_stem: str = "run"  # what ran, for export file names: "ddim-50steps-eta0_seed7"
     ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # stopped or finished
+
+    @classmethod
+    def of(cls, name: RunName, shape: tuple[int, ...], schedule: Schedule,
+           max_bytes: int = DEFAULT_TRAJECTORY_BYTES, language: str = ENGLISH) -> Trajectory:
+        """An empty trajectory for the run ``name`` names (its title in ``language``), of images of ``shape``
+        (B, C, H, W)."""
+        return cls(name.words(language), name.settings.num_steps(name.start_t), shape, name.seed, max_bytes,
+                   name.settings, schedule, file_stem=name.file_stem)
 
     @property
     def stride(self) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddpm_app.checks import InvalidValue, whole_number
 from ddpm_app.diffusion.interpolation import slerp, weights
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
@@ -21,9 +22,8 @@ from ddpm_app.image import load_image
 from ddpm_app.io.model_folder import LoadedModel
 from ddpm_app.metrics import heldout
 from ddpm_app.metrics.heldout import HeldOut
-from ddpm_app.models import DiffusersUNet
-from ddpm_app.runtime.inference import Prepared, Runtime, example_input, median_ms, prepare
-from ddpm_app.serve.inputs import InputError, batch_size, whole_number
+from ddpm_app.runtime.inference import Network, example_input, median_ms
+from ddpm_app.serve.inputs import batch_size
 
 STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
 FIRST_RUN_SECONDS = 60  # Generate's first settings should finish within about this long on this machine
@@ -70,35 +70,27 @@ class ModelSummary:
 
 
 class ServedModel:
-    """A loaded model, its schedule and its device: the calls the app's handlers make. One per model, shared by
-    every user; what a user keeps is in :class:`~ddpm_app.views.state.UserState`."""
+    """A loaded model, its schedule and its network on this machine: the calls the app's handlers make. One per model,
+    shared by every user; what a user keeps is in :class:`~ddpm_app.views.state.UserState`."""
 
-    def __init__(self, name: str, loaded: LoadedModel, device: torch.device | str, folder: Path | None = None,
-                 precision: str = "auto", cpu_runtime: str = "pytorch", cpu_threads: int | None = None):
+    def __init__(self, name: str, loaded: LoadedModel, network: Network, folder: Path | None = None):
         self.name = name
         self.loaded = loaded
         self.folder = Path(folder or loaded.source)  # where config.json and the model card are
         self.schedule = loaded.schedule
-        self.device = torch.device(device)
-        if self.device.type == "cpu" and isinstance(loaded.model, DiffusersUNet):
-            prepared = plain_cpu(loaded.model, cpu_threads)
-        else:
-            prepared = prepare(loaded.model, self.device, precision=precision, cpu_runtime=cpu_runtime,
-                               cpu_threads=cpu_threads)
-        self.eps_model = prepared  # ε_θ(x_t, t), made fast for this device
-        # the same network in fp32, for what the teaching views measure (the loss, the bound): the held-out figures
-        # beside them were made in fp32, and bf16 would move the loss at large t (see Prepared.in_fp32)
-        self.fp32_eps_model = prepared.in_fp32()
-        self.ddpm_step = prepared.ddpm_step  # DDPM's whole step with this network (one CUDA graph on a GPU)
-        self.runtime = prepared.runtime
+        # ε_θ(x_t, t) as it runs here (see ddpm_app.runtime.inference.prepare): the samplers run it, and what the
+        # teaching views measure (the loss, the bound) runs its .fp32(), as the held-out figures beside them were made
+        self.eps_model = network
+        self.device = network.device
+        self.runtime = network.runtime
         # what a step costs on this machine, for the model tab (on CUDA the first call compiles: not measured)
         self.ms_per_step = None
         if self.device.type == "cpu":
             # one call first: where it takes seconds (a 256² model), that call is the figure, not the median of four
             example = example_input(loaded.model, 1)
-            self.ms_per_step = median_ms({"step": prepared}, example, rounds=1, warmup=0)["step"]
+            self.ms_per_step = median_ms({"step": network}, example, rounds=1, warmup=0)["step"]
             if self.ms_per_step < SLOW_STEP_MS:
-                self.ms_per_step = median_ms({"step": prepared}, example, rounds=3)["step"]
+                self.ms_per_step = median_ms({"step": network}, example, rounds=3)["step"]
         self.heldout_note = ""  # why :attr:`heldout` is None, once it has been looked up
 
     @property
@@ -155,15 +147,14 @@ class ServedModel:
 
     def sample(self, settings: SamplerSettings, batch: int, seed: int) -> Iterator[Step]:
         """The reverse chain from x_T ~ N(0, I), drawn (like all its noise) from a generator seeded with ``seed``."""
-        return settings.run(self.eps_model, self.schedule, self.shape(batch), step_fn=self.ddpm_step,
-                            generator=self.generator(seed), device=self.device)
+        return settings.run(self.eps_model, self.schedule, self.shape(batch), generator=self.generator(seed),
+                            device=self.device)
 
     def sdedit(self, x_t: Tensor, t: int, settings: SamplerSettings, seed: int) -> Iterator[Step]:
         """The reverse chain from a given x_t at timestep t back to x₀ (SDEdit: noise a photo, then denoise it)."""
         x_start = x_t.to(self.device)[None] if x_t.dim() == 3 else x_t.to(self.device)
         return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), start_t=t,
-                            step_fn=self.ddpm_step, generator=self.generator(seed), x_start=x_start,
-                            device=self.device)
+                            generator=self.generator(seed), x_start=x_start, device=self.device)
 
     def start_noise(self, seed: int, batch: int = 1) -> Tensor:
         """x_T ~ N(0, I) as :meth:`sample` draws it from ``seed`` (B, C, H, W)."""
@@ -182,13 +173,13 @@ class ServedModel:
                          torch.randn(one, generator=b, device=self.device)[0], w)
 
         x_start = draw(self.shape(n))  # x_T: each generator's first draw, as in sample()
-        return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), step_fn=self.ddpm_step,
-                            x_start=x_start, draw_noise=draw, device=self.device)
+        return settings.run(self.eps_model, self.schedule, tuple(x_start.shape), x_start=x_start, draw_noise=draw,
+                            device=self.device)
 
     def noise_level(self, t: int) -> NoiseLevel:
         s = self.schedule
         return NoiseLevel(t, float(s.alphas_cumprod[t]), float(s.sqrt_alphas_cumprod[t]),
-                          float(s.sqrt_one_minus_alphas_cumprod[t]), float(s.float64["snr"][t]), s.snr_db(t))
+                          float(s.sqrt_one_minus_alphas_cumprod[t]), float(s.float64.snr[t]), s.snr_db(t))
 
     def prepare_photo(self, source) -> Tensor:
         """A user photo → x₀ (C, H, W) in [−1, 1] at the model's size: center-cropped, resized, grey if C = 1."""
@@ -196,7 +187,7 @@ class ServedModel:
         if self.config.channels == 1:
             x0 = x0.mean(dim=0, keepdim=True)
         elif self.config.channels != 3:
-            raise InputError(f"this model takes {self.config.channels}-channel images; photos need 1 or 3")
+            raise InvalidValue(f"this model takes {self.config.channels}-channel images; photos need 1 or 3")
         return x0
 
     def draw_noise(self, seed: int) -> Tensor:
@@ -229,17 +220,6 @@ class ServedModel:
                             samples if samples.is_file() else None, self.runtime.describe(), self.ms_per_step)
 
 
-def plain_cpu(model: DiffusersUNet, threads: int | None) -> Prepared:
-    """diffusers' UNet2DModel on the CPU as PyTorch runs it, in fp32: the app's CPU engine (OpenVINO) is built for its
-    own U-Nets."""
-    model.cpu().eval().requires_grad_(False)
-    threads = threads or torch.get_num_threads()
-    runtime = Runtime(f"cpu, {threads} threads", "fp32", False,
-                      "diffusers' UNet2DModel as PyTorch runs it; the app's CPU engine is for its own U-Nets",
-                      engine=f"PyTorch {torch.__version__}")
-    return Prepared(model, channels_last=False, precision="fp32", device_type="cpu", runtime=runtime)
-
-
 def _strip_front_matter(text: str) -> str:
     if text.startswith("---"):
         end = text.find("\n---", 3)
@@ -254,5 +234,5 @@ def schedule_curves(timesteps: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     curves = {}
     for kind in SCHEDULE_KINDS:
         s = Schedule(ScheduleConfig(kind=kind, timesteps=timesteps))
-        curves[kind] = (s.float64["alphas_cumprod"].numpy(), 10.0 * np.log10(s.float64["snr"].numpy()))
+        curves[kind] = (s.float64.alphas_cumprod.numpy(), 10.0 * np.log10(s.float64.snr.numpy()))
     return curves

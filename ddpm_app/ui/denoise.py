@@ -8,11 +8,11 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.checks import resolve_seed
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.image import psnr
 from ddpm_app.pictures import labelled_strip
-from ddpm_app.serve.inputs import resolve_seed
-from ddpm_app.serve.runs import PREVIEW_BUDGET, Throttle, Trajectory, stream
+from ddpm_app.serve.runs import PREVIEW_BUDGET, RunName, Throttle, Trajectory, stream
 from ddpm_app.serve.server import JOBS
 from ddpm_app.text import text
 from ddpm_app.ui import widgets
@@ -29,7 +29,6 @@ from ddpm_app.ui.kit import (
     user_key,
 )
 from ddpm_app.ui.widgets import user_error, user_errors
-from ddpm_app.views.reverse_step import sampler_words
 from ddpm_app.views.state import UserState
 
 # what each sampler runs from the noised photo's t (catalogue keys)
@@ -51,10 +50,8 @@ class DenoiseHandlers(TabHandlers):
         if forward.x_t is None or forward.model != served.name:
             raise user_error(text("denoise.needs_forward", language))
         t, x0, x_t = forward.t, forward.x0, forward.x_t
-        title = text("run.sdedit_title", language, t=t, settings=sampler_words(settings, t, language), seed=seed)
-        run = Trajectory(title, settings.num_steps(t),
-                         served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule,
-                         file_stem=f"sdedit-t{t}_{settings.file_stem(t)}_seed{seed}")
+        run = Trajectory.of(RunName(settings, t, seed, from_photo=True), served.shape(1), served.schedule,
+                            self.max_trajectory_bytes, language)
         user.keep("denoise", run)
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()

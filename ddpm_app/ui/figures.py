@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ddpm_app.serve.inputs import choice
+from ddpm_app.checks import choice
 from ddpm_app.text import text
 from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import choices as i18n_choices

@@ -10,9 +10,9 @@ import gradio as gr
 import numpy as np
 from matplotlib.figure import Figure
 
+from ddpm_app.checks import flag
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip, noise_picture, picture
-from ddpm_app.serve.inputs import flag
 from ddpm_app.serve.served import ServedModel, schedule_curves
 from ddpm_app.text import ENGLISH, text
 from ddpm_app.ui import widgets

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from ddpm_app.checks import whole_number
 from ddpm_app.pictures import picture
-from ddpm_app.serve.inputs import whole_number
 from ddpm_app.serve.runs import Frame, Trajectory
 from ddpm_app.text import ENGLISH, text
 from ddpm_app.ui import widgets

@@ -8,9 +8,10 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.checks import flag, resolve_seed
 from ddpm_app.diffusion.samplers import SamplerSettings
-from ddpm_app.serve.inputs import MAX_BATCH, flag, resolve_seed
-from ddpm_app.serve.runs import PREVIEW_BUDGET, Throttle, Trajectory, stream
+from ddpm_app.serve.inputs import MAX_BATCH
+from ddpm_app.serve.runs import PREVIEW_BUDGET, RunName, Throttle, Trajectory, stream
 from ddpm_app.serve.server import JOBS
 from ddpm_app.text import text
 from ddpm_app.ui import widgets
@@ -23,7 +24,6 @@ from ddpm_app.ui.kit import (
     help_markdown,
     output_image,
     run_preview,
-    run_title,
     sampler_controls,
     user_key,
 )
@@ -49,10 +49,8 @@ class GenerateHandlers(TabHandlers):
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
             show_eps = flag(show_eps, "show ε̂")
-        start_t = served.timesteps - 1
-        run = Trajectory(run_title(settings, start_t, seed, user.language), settings.num_steps(start_t),
-                         served.shape(batch), seed, self.max_trajectory_bytes, settings, served.schedule,
-                         file_stem=f"{settings.file_stem(start_t)}_seed{seed}")
+        run = Trajectory.of(RunName(settings, served.timesteps - 1, seed), served.shape(batch), served.schedule,
+                            self.max_trajectory_bytes, user.language)
         user.keep("generate", run)  # a new object per run: a stopped run still finishing its step cannot write into it
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()

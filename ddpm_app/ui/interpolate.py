@@ -7,11 +7,11 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.checks import flag, resolve_seed, whole_number
 from ddpm_app.diffusion.samplers import SamplerSettings
 from ddpm_app.image import to_uint8
 from ddpm_app.pictures import labelled_strip
-from ddpm_app.serve.inputs import flag, resolve_seed, whole_number
-from ddpm_app.serve.runs import Throttle, stream
+from ddpm_app.serve.runs import Throttle, sampler_words, stream
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.server import JOBS
 from ddpm_app.text import text
@@ -19,7 +19,6 @@ from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import i18n
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, TabHandlers, help_markdown, output_image
 from ddpm_app.ui.widgets import user_errors
-from ddpm_app.views.reverse_step import sampler_words
 from ddpm_app.views.state import UserState
 
 MAX_INTERPOLATION = 10  # images in an interpolation strip

@@ -14,10 +14,10 @@ import numpy as np
 from gradio import processing_utils
 from PIL import Image
 
+from ddpm_app.checks import InvalidValue
 from ddpm_app.diffusion.samplers import SamplerSettings, Step, step_breakdown
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
-from ddpm_app.serve.inputs import InputError
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, Trajectory
 from ddpm_app.serve.served import ServedModel
@@ -27,7 +27,7 @@ from ddpm_app.ui.i18n import choices as i18n_choices
 from ddpm_app.ui.i18n import i18n
 from ddpm_app.ui.widgets import PhotoInput
 from ddpm_app.views.export import ExportFolder
-from ddpm_app.views.reverse_step import equation_text, sampler_words
+from ddpm_app.views.reverse_step import equation_text
 from ddpm_app.views.state import Users, UserState
 
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -73,14 +73,8 @@ class TabHandlers:
 def photo_given(photo: str | None) -> str:
     """The photo's path, or an error asking for one."""
     if photo is None:
-        raise InputError(text("error.upload_first"))
+        raise InvalidValue(text("error.upload_first"))
     return photo
-
-
-def run_title(settings: SamplerSettings, start_t: int, seed: int, language: str = ENGLISH) -> str:
-    """How a run is named where it is shown (Frames, Compare, the GIF): its sampler, clipping and seed."""
-    clipped = text("run.clipped" if settings.clip_x0 else "run.not_clipped", language)
-    return text("run.title", language, settings=sampler_words(settings, start_t, language), clipped=clipped, seed=seed)
 
 
 def first_settings(first: ServedModel) -> SamplerSettings:

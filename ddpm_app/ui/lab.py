@@ -22,11 +22,11 @@ from typing import Iterator
 import gradio as gr
 import torch
 
+from ddpm_app.checks import InvalidValue, choice, whole_number
+from ddpm_app.checks import text as text_value
 from ddpm_app.diffusion.samplers import VARIANCES, SamplerSettings
 from ddpm_app.lab import DATASETS, PointSet, dataset, from_csv, from_drawing
-from ddpm_app.lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD, PointsError
-from ddpm_app.serve.inputs import InputError, choice, whole_number
-from ddpm_app.serve.inputs import text as text_value
+from ddpm_app.lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD
 from ddpm_app.serve.worker import DeviceWorker
 from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.ui import widgets
@@ -117,12 +117,12 @@ class LabHandlers:
             return from_drawing(None if drawing is None else drawing.get("composite"), count, g)
         if source == "csv":
             if not csv_file:
-                raise PointsError("upload a CSV file of points (x,y per line) first")
+                raise InvalidValue("upload a CSV file of points (x,y per line) first")
             raw = Path(csv_file).read_bytes()[:MAX_CSV_BYTES + 1]
             try:
                 return from_csv(raw.decode("utf-8-sig"), g, "your CSV")
             except UnicodeDecodeError:
-                raise PointsError("the CSV is not UTF-8 text: save it as plain text, one x,y pair per line") from None
+                raise InvalidValue("the CSV is not UTF-8 text: save it as plain text, one x,y pair per line") from None
         return from_csv(text, g, "your points")
 
     def show_data(self, *data_inputs, user: UserState):
@@ -144,7 +144,7 @@ class LabHandlers:
             settings = LabSettings.checked(kind, timesteps, beta_start, beta_end, DEFAULTS.network.width,
                                            DEFAULTS.network.depth, 1, DEFAULTS.training.learning_rate, 0)
             if lab.data is None:
-                raise InputError(text("lab.choose_data"))
+                raise InvalidValue(text("lab.choose_data"))
             T = settings.schedule.timesteps
             t = min(whole_number(t, "t", 0, MAX_STEPS), T - 1)
             i = min(whole_number(index, "point", 1, MAX_POINTS), len(lab.data.train)) - 1

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import gradio as gr
 
-from ddpm_app.serve.inputs import flag, resolve_seed
+from ddpm_app.checks import flag, resolve_seed
 from ddpm_app.serve.server import JOBS
 from ddpm_app.serve.worker import Reports
 from ddpm_app.text import ENGLISH, text

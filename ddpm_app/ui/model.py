@@ -9,11 +9,10 @@ from pathlib import Path
 import gradio as gr
 from gradio import processing_utils
 
-from ddpm_app.checks import InvalidValue
+from ddpm_app.checks import choice
 from ddpm_app.image import MAX_FILE_BYTES
-from ddpm_app.io.model_folder import ModelFolderError, SamplingDefaults
+from ddpm_app.io.model_folder import SamplingDefaults
 from ddpm_app.numbers import number
-from ddpm_app.serve.inputs import choice
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import ENGLISH, count, text, translated
 from ddpm_app.ui import widgets
@@ -36,19 +35,15 @@ class ModelHandlers(TabHandlers):
 
     def download_model(self, repo_id: str, user: UserState) -> tuple:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
-        try:
+        with user_errors(user.language, then="model.stays"):
             name = self.library.add_from_hub(repo_id)
-        except (InvalidValue, ModelFolderError) as e:
-            raise user_error(text("model.stays", user.language, error=translated(str(e), user.language))) from None
         return self._switch(user, self.library.get(name), text("model.downloaded", user.language, name=name))
 
     def load_folder(self, path: str, user: UserState) -> tuple:
         """Load a model folder inside a weights folder and switch to it; on failure the current model stays."""
-        try:
+        with user_errors(user.language, then="model.stays"):
             name = self.library.add_folder(path)
             served = self.library.get(name)
-        except (InvalidValue, ModelFolderError) as e:
-            raise user_error(text("model.stays", user.language, error=translated(str(e), user.language))) from None
         return self._switch(user, served, text("model.loaded_from", user.language, name=name, folder=served.folder))
 
     def rescan(self, user: UserState) -> tuple[dict, str]:

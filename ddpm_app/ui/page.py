@@ -12,11 +12,11 @@ from __future__ import annotations
 import gradio as gr
 from gradio.i18n import I18nData
 
+from ddpm_app.checks import choice
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.server import JOBS, limit_waiting
-from ddpm_app.serve.inputs import choice
 from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, text
 from ddpm_app.ui import widgets
 from ddpm_app.ui.compare import CompareHandlers, compare_tab
@@ -27,7 +27,6 @@ from ddpm_app.ui.frames import FramesHandlers, frames_tab
 from ddpm_app.ui.generate import GenerateHandlers, generate_events, generate_tab
 from ddpm_app.ui.i18n import DETECT_JS, SWITCH_JS, i18n, language_switch, written
 from ddpm_app.ui.i18n import HEAD as LANGUAGE_HEAD
-from ddpm_app.ui.i18n import I18N  # noqa: F401  (launch(i18n=ui.I18N) where the app is launched by hand)
 from ddpm_app.ui.interpolate import InterpolateHandlers, interpolate_tab
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings
 from ddpm_app.ui.lab import LabHandlers, lab_tab

@@ -9,9 +9,9 @@ import gradio as gr
 import numpy as np
 from torch import Tensor
 
+from ddpm_app.checks import random_seed, resolve_seed
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
-from ddpm_app.serve.inputs import random_seed, resolve_seed
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import text, translated
 from ddpm_app.ui import widgets

@@ -1,5 +1,6 @@
 """Gradio input components whose values reach the handlers unchanged, so that the handlers check every value
-(with :mod:`ddpm_app.serve.inputs`) and answer any wrong one, of any JSON type, with a message naming the field.
+(with :mod:`ddpm_app.checks`) and answer any wrong one, of any JSON type, with a message naming the field; and the
+one place where what a user got wrong becomes the message they see (:func:`user_errors`, :func:`user_error`).
 
 Gradio's own ``Slider``, ``Number``, ``Radio`` and ``Dropdown`` check and round values before a handler sees them:
 a string or NaN then fails inside Gradio with a generic error, and a seed of 1.5 is silently rounded to 2. The
@@ -30,7 +31,7 @@ from pydantic.json_schema import SkipJsonSchema
 from ddpm_app.checks import InvalidValue, shown
 from ddpm_app.image import ImageError, read_data_url
 from ddpm_app.io.model_folder import ModelFolderError
-from ddpm_app.text import ENGLISH, translated
+from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.ui.i18n import I18N, english
 
 
@@ -41,13 +42,14 @@ def user_error(message: str) -> gr.Error:
 
 
 @contextmanager
-def user_errors(language: str = ENGLISH):
+def user_errors(language: str = ENGLISH, then: str | None = None):
     """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message, in
-    ``language`` where the catalogue has the message's words (:func:`~ddpm_app.text.translated`)."""
+    ``language`` where the catalogue has the message's words (:func:`~ddpm_app.text.translated`), the catalogue
+    text ``then`` added (what happens next)."""
     try:
         yield
     except (InvalidValue, ImageError, ModelFolderError) as e:
-        raise user_error(translated(str(e), language)) from None
+        raise user_error(translated(str(e), language) + (text(then, language) if then else "")) from None
 
 
 def as_sent(self, payload: Any) -> Any:

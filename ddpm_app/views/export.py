@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ddpm_app.checks import InvalidValue
 from ddpm_app.fonts import draw_text, text_width
 from ddpm_app.pictures import picture
-from ddpm_app.serve.inputs import InputError
 from ddpm_app.serve.runs import Frame, Trajectory
 from ddpm_app.text import ENGLISH, text
 
@@ -77,9 +77,9 @@ def _reporting(pictures: Iterable[Image.Image], total: int, progress: ExportProg
 
 def _check_frames(trajectory: Trajectory | None) -> Trajectory:
     if trajectory is not None and trajectory.released:
-        raise InputError(text("export.released"))
+        raise InvalidValue(text("export.released"))
     if trajectory is None or not trajectory.frames:
-        raise InputError(text("figures.none_step"))
+        raise InvalidValue(text("figures.none_step"))
     return trajectory
 
 
@@ -124,7 +124,7 @@ def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int 
 def save_mp4(pictures: Iterable[Image.Image | np.ndarray], path: str | Path, fps: int = 20) -> Path:
     """``pictures`` (all of one size) as an H.264 MP4, the last one held a second (needs ``imageio-ffmpeg``)."""
     if importlib.util.find_spec("imageio_ffmpeg") is None:  # the ffmpeg binary imageio's MP4 writer runs
-        raise InputError("MP4 export needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
+        raise InvalidValue("MP4 export needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
                          "the GIF export works without it")
     import imageio.v2 as imageio
 

@@ -17,6 +17,7 @@ from matplotlib.patches import Circle
 from PIL import Image
 from torch import Tensor
 
+from ddpm_app.checks import InvalidValue, choice, real_number, whole_number
 from ddpm_app.diffusion.samplers import SamplerSettings, Step, ddim, ddpm
 from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
 from ddpm_app.lab import (
@@ -31,10 +32,9 @@ from ddpm_app.lab import (
     q_gaussian,
 )
 from ddpm_app.lab.points import MAX_POINTS
-from ddpm_app.serve.inputs import InputError, choice, real_number, whole_number
+from ddpm_app.serve.runs import sampler_words
 from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.views.plots import log_y, new_figure, pixels
-from ddpm_app.views.reverse_step import sampler_words
 
 MAX_STEPS = 20_000  # optimiser steps in one Train or Continue request
 MAX_TRAIN_SECONDS = 60.0  # wall-clock seconds one request may train; Continue goes on from there
@@ -66,7 +66,7 @@ class LabSettings:
         b0 = real_number(beta_start, "β start", 1e-6, 0.5)
         b1 = real_number(beta_end, "β end", 1e-6, 0.5)
         if kind == "linear" and b1 < b0:
-            raise InputError(f"β end must be at least β start, got β start {b0:g} and β end {b1:g}")
+            raise InvalidValue(f"β end must be at least β start, got β start {b0:g} and β end {b1:g}")
         network = PointMLPConfig(whole_number(width, "width", 2, 512), whole_number(depth, "depth", 1, 6))
         training = TrainSettings(learning_rate=real_number(learning_rate, "learning rate", 1e-5, 0.1),
                                  seed=whole_number(seed, "seed", 0, 2**31 - 1))
@@ -155,7 +155,7 @@ class LabState:
     @property
     def model(self):
         if self.trainer is None:
-            raise InputError(text("lab.no_model"))
+            raise InvalidValue(text("lab.no_model"))
         return self.trainer.model
 
     def preview(self) -> Preview:
@@ -242,7 +242,7 @@ def forward_picture(schedule: Schedule, data: PointSet, t: int, index: int, nois
     x0 = data.train[index]
     q = q_gaussian(schedule, x0, t)
     limit = max(LIMIT, float(x_t.abs().quantile(0.995)) * 1.1)
-    abar = float(schedule.float64["alphas_cumprod"][t])
+    abar = float(schedule.float64.alphas_cumprod[t])
     fig, ax = _axes(text("lab.plot.forward", language, t=t, abar=f"{abar:.3g}"), limit)
     _dots(ax, data.train, DATA_COLOUR, text("lab.plot.x0_data", language), alpha=0.3)
     _dots(ax, x_t, MODEL_COLOUR, "x_t")
@@ -359,7 +359,7 @@ def x0_picture(data: PointSet, run: SampleRun, t: int, language: str = ENGLISH) 
 def training_frames(lab: LabState, language: str = ENGLISH) -> list[Image.Image]:
     """The training animation: each preview's samples over the data."""
     if not lab.previews:
-        raise InputError(text("lab.none_training"))
+        raise InvalidValue(text("lab.none_training"))
     return [Image.fromarray(preview_picture(lab.data, p, language=language)) for p in lab.previews]
 
 
@@ -367,6 +367,6 @@ def trajectory_frames(lab: LabState, max_frames: int = 60, language: str = ENGLI
     """The sampling animation: the points and their paths so far, at up to ``max_frames`` stored steps."""
     run = lab.run
     if run is None:
-        raise InputError(text("lab.none_sample"))
+        raise InvalidValue(text("lab.none_sample"))
     picks = sorted(set(np.linspace(0, len(run.ts) - 1, min(max_frames, len(run.ts))).round().astype(int).tolist()))
     return [Image.fromarray(paths_picture(lab.data, run, upto, language=language)) for upto in [*picks, None]]

@@ -39,7 +39,7 @@ def photo_bits_per_dim(served: ServedModel, x0: Tensor, seed: int, num_timesteps
     """The bound for one photo x₀ (C, H, W) in [−1, 1], taken as the 8-bit image it shows: over ``num_timesteps``
     (None: all T, exact), its timesteps and noise drawn from ``seed``."""
     batch = timesteps_per_call(min(num_timesteps or served.timesteps, served.timesteps))
-    return bits_per_dim(served.fp32_eps_model, served.schedule, to_uint8(x0)[None], num_timesteps=num_timesteps,
+    return bits_per_dim(served.eps_model.fp32(), served.schedule, to_uint8(x0)[None], num_timesteps=num_timesteps,
                         batch_size=batch, generator=served.generator(seed), clip_x0=CLIP_X0,
                         variance=served.config.sampling.variance, device=served.device, progress=progress)
 

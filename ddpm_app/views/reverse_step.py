@@ -11,21 +11,11 @@ from functools import partial
 import numpy as np
 from torch import Tensor
 
-from ddpm_app.diffusion.samplers import SamplerSettings, StepBreakdown, StepTerm, step_breakdown
+from ddpm_app.diffusion.samplers import StepBreakdown, StepTerm, step_breakdown
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.runs import Frame, Trajectory
-from ddpm_app.text import ENGLISH, count, text
-
-
-def sampler_words(settings: SamplerSettings, start_t: int, language: str = ENGLISH) -> str:
-    """What a chain from ``start_t`` runs, for people, in ``language``: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"
-    (:meth:`~ddpm_app.diffusion.samplers.SamplerSettings.describe`, which reports and file names use, in English)."""
-    steps = count("step", settings.num_steps(start_t), language)
-    if settings.sampler == "ddpm":
-        variance = text("settings.beta_variance", language) if settings.variance == "beta" else ""
-        return text("settings.ddpm", language, steps=steps, variance=variance)
-    return text("settings.ddim", language, steps=steps, eta=f"{settings.eta:g}")
+from ddpm_app.text import ENGLISH, text
 
 
 def _sub(t: int) -> str:

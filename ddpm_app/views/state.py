@@ -12,9 +12,9 @@ from typing import Callable, Hashable
 import numpy as np
 from torch import Tensor
 
+from ddpm_app.checks import InvalidValue, choice, random_seed, requested_seed
 from ddpm_app.diffusion.likelihood import BitsPerDim
 from ddpm_app.diffusion.loss import LossCurve
-from ddpm_app.serve.inputs import InputError, choice, random_seed, requested_seed
 from ddpm_app.serve.runs import DEFAULT_TRAJECTORY_BYTES, Trajectory
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import ENGLISH
@@ -98,7 +98,7 @@ class UserState:
         """Make ``run`` this user's latest run of ``kind`` (a new object per run: a stopped run still finishing its
         step cannot write into the next one) and the one the Frames tab shows."""
         if kind not in RUN_KINDS:
-            raise InputError(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+            raise InvalidValue(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
         self.runs[kind] = run
         self.shown = kind
 

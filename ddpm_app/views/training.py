@@ -46,7 +46,7 @@ def training_step(served: ServedModel, x0: Tensor, t: int, noise_seed: int) -> T
     eps = served.draw_noise(noise_seed)
     tt = torch.tensor([t], device=served.device)
     with torch.inference_mode():
-        out = noise_prediction(served.fp32_eps_model, served.schedule, x0[None].to(served.device), tt,
+        out = noise_prediction(served.eps_model.fp32(), served.schedule, x0[None].to(served.device), tt,
                                eps[None].to(served.device))
     error = out.squared_error[0].cpu()
     return TrainingStep(t, noise_seed, x0, eps, out.x_t[0].cpu(), out.pred_eps[0].cpu(), error,
@@ -58,7 +58,7 @@ def photo_curve(served: ServedModel, x0: Tensor, seed: int, num: int = CURVE_TIM
     """The photo's loss at ``num`` timesteps over the schedule, ``draws`` ε each (from ``seed``), in one network call,
     because on a small shared CPU per-call costs dominate (docs/performance.md, "Teaching views"). ε is drawn the same
     whatever the batch."""
-    return loss_curve(served.fp32_eps_model, served.schedule, x0[None].to(served.device),
+    return loss_curve(served.eps_model.fp32(), served.schedule, x0[None].to(served.device),
                       curve_timesteps(served.timesteps, num), draws=draws,
                       generator=served.generator(seed), batch_size=num * draws)
 

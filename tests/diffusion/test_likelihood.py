@@ -154,7 +154,7 @@ def test_exact_noise_oracle_has_zero_kl_terms_and_the_analytic_bound():
                               generator=torch.Generator().manual_seed(0))
     assert bound.terms.shape == (1, 50)
     assert float(bound.terms[0, 1:].abs().max()) < 1e-9  # every KL(q ‖ p_θ) vanishes
-    sigma = math.sqrt(float(schedule.float64["posterior_variance"][1]))  # the decoder's σ_1
+    sigma = math.sqrt(float(schedule.float64.posterior_variance[1]))  # the decoder's σ_1
     # (rel 1e−6: the network runs in float32, so x̂₀ = x₀ only to float32 precision)
     assert float(bound.decoder) == pytest.approx(decoder_nll_bits(x, to_unit(x), sigma), rel=1e-6)
     assert float(bound.total) == pytest.approx(float(prior_bpd(schedule, to_unit(x)) + bound.decoder), rel=1e-7)
@@ -166,7 +166,7 @@ def test_oracle_with_beta_variance_pays_exactly_the_variance_mismatch():
     schedule = Schedule(ScheduleConfig(timesteps=30))
     x = one_image(1)
     bound = variational_bound(oracle_for(to_unit(x), schedule), schedule, x, variance="beta")
-    beta, post = schedule.float64["betas"], schedule.float64["posterior_variance"]
+    beta, post = schedule.float64.betas, schedule.float64.posterior_variance
     # KL(N(μ, σ_q²) ‖ N(μ, β)) = ½·(log(β/σ_q²) + σ_q²/β − 1), the same for every pixel
     expected = 0.5 * ((beta / post).log() + post / beta - 1.0) / LN2
     torch.testing.assert_close(bound.terms[0, 1:], expected[1:], rtol=1e-9, atol=1e-12)
@@ -181,7 +181,7 @@ def test_constant_guess_model_gives_the_closed_form_terms_at_any_batch_size():
     images = torch.cat([one_image(s, 4) for s in range(3)])  # (3, 3, 4, 4)
     x0 = to_unit(images)
     f64 = schedule.float64
-    c1, var = f64["posterior_mean_coef1"], f64["posterior_variance"]
+    c1, var = f64.posterior_mean_coef1, f64.posterior_variance
     sq = ((x0[:, None] - guess[None, :, None, None, None]) ** 2).mean(dim=(2, 3, 4))  # (3, T)
     expected = c1[None, :] ** 2 * sq / (2 * var[None, :]) / LN2
     sigma = math.sqrt(float(var[1]))
@@ -205,20 +205,20 @@ def test_kl_term_is_the_ddpm_epsilon_weighting():
     model = lambda x_t, tt: 0.7 * x_t - 0.1  # noqa: E731 - any ε̂ that depends on x_t
     got = vb_terms(model, schedule, x0, t, noise, variance="posterior")
     f64 = schedule.float64
-    x_t = f64["sqrt_alphas_cumprod"][t].reshape(-1, 1, 1, 1) * x0 + \
-        f64["sqrt_one_minus_alphas_cumprod"][t].reshape(-1, 1, 1, 1) * noise
+    x_t = f64.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1) * x0 + \
+        f64.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1) * noise
     err = ((noise - model(x_t.float(), t).double()) ** 2).mean(dim=(1, 2, 3))
-    weight = f64["betas"][t] ** 2 / (2 * f64["posterior_variance"][t] * f64["alphas"][t] * (1 - f64["alphas_cumprod"][t]))
+    weight = f64.betas[t] ** 2 / (2 * f64.posterior_variance[t] * f64.alphas[t] * (1 - f64.alphas_cumprod[t]))
     torch.testing.assert_close(got, weight * err / LN2, rtol=1e-5, atol=0)
 
 
 def test_model_log_variance_tables():
     schedule = Schedule(ScheduleConfig(timesteps=10))
     f64 = schedule.float64
-    torch.testing.assert_close(model_log_variance(schedule, "posterior"), f64["posterior_log_variance_clipped"])
+    torch.testing.assert_close(model_log_variance(schedule, "posterior"), f64.posterior_log_variance_clipped)
     beta = model_log_variance(schedule, "beta")
-    torch.testing.assert_close(beta[1:], f64["betas"][1:].log())
-    assert float(beta[0]) == pytest.approx(math.log(float(f64["posterior_variance"][1])))
+    torch.testing.assert_close(beta[1:], f64.betas[1:].log())
+    assert float(beta[0]) == pytest.approx(math.log(float(f64.posterior_variance[1])))
     with pytest.raises(ValueError):
         model_log_variance(schedule, "learned")  # type: ignore[arg-type]
 

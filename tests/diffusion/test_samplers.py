@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ddpm_app.diffusion.samplers import SamplerSettings, Step, ddim, ddim_timesteps, ddpm, final, sample, step_breakdown
+from ddpm_app.diffusion.samplers import SamplerSettings, Step, ddim, ddim_timesteps, ddpm, final, step_breakdown
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 
 SHAPE = (2, 3, 4, 4)
@@ -161,14 +161,13 @@ def test_no_noise_on_the_last_ddpm_step(tiny_model, tiny_schedule, variance):
     assert not torch.allclose(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("sampler, kwargs", [("ddpm", {}), ("ddim", dict(steps=5, eta=0.0)),
-                                             ("ddim", dict(steps=5, eta=1.0))])
-def test_same_seed_same_images_different_seed_different(tiny_model, tiny_schedule, sampler, kwargs):
+@pytest.mark.parametrize("settings", [SamplerSettings("ddpm", 20, 1.0, False), SamplerSettings("ddim", 5, 0.0, False),
+                                      SamplerSettings("ddim", 5, 1.0, False)])
+def test_same_seed_same_images_different_seed_different(tiny_model, tiny_schedule, settings):
     shape = (2, 3, 16, 16)
 
     def run(seed: int) -> torch.Tensor:
-        return final(sample(tiny_model, tiny_schedule, shape, sampler=sampler,
-                            generator=torch.Generator().manual_seed(seed), **kwargs))
+        return final(settings.run(tiny_model, tiny_schedule, shape, generator=torch.Generator().manual_seed(seed)))
 
     first, again, other = run(7), run(7), run(8)
     assert first.shape == shape and torch.isfinite(first).all()
@@ -199,9 +198,9 @@ def test_ddpm_rejects_bad_arguments(tiny_schedule, kwargs):
         next(ddpm(oracle(tiny_schedule, known_x0()), tiny_schedule, SHAPE, **kwargs))
 
 
-def test_sample_rejects_unknown_sampler(tiny_schedule):
-    with pytest.raises(ValueError):
-        sample(oracle(tiny_schedule, known_x0()), tiny_schedule, SHAPE, sampler="euler")
+def test_settings_refuse_to_run_an_unknown_sampler(tiny_schedule):
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        SamplerSettings("euler").run(oracle(tiny_schedule, known_x0()), tiny_schedule, SHAPE)  # type: ignore[arg-type]
 
 
 # --- known answers for the noise terms ------------------------------------------------------------------

@@ -61,30 +61,44 @@ def test_cosine_schedule_starts_near_one_and_clips_beta():
     cosine = Schedule(ScheduleConfig(kind="cosine", timesteps=T))
     assert 0.9999 < cosine.alphas_cumprod[0].item() < 1.0
     # ᾱ(T) = cos²(π/2) = 0 would make β_T = 1; it is clipped at max_beta
-    assert cosine.float64["betas"][-1].item() == 0.999
-    assert cosine.float64["betas"].max().item() <= 0.999
-    clipped = Schedule(ScheduleConfig(kind="cosine", timesteps=T, max_beta=0.5)).float64["betas"]
+    assert cosine.float64.betas[-1].item() == 0.999
+    assert cosine.float64.betas.max().item() <= 0.999
+    clipped = Schedule(ScheduleConfig(kind="cosine", timesteps=T, max_beta=0.5)).float64.betas
     assert clipped.max().item() == 0.5
     assert (clipped == 0.5).sum() > 1
     # below the clip the betas follow 1 − ᾱ(t)/ᾱ(t−1) with ᾱ(t) = cos²((t/T + s)/(1 + s)·π/2)
     s = 0.008
     f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
-    np.testing.assert_allclose(cosine.float64["betas"][:-1].numpy(), (1 - f[1:] / f[:-1])[:-1], rtol=1e-12)
+    np.testing.assert_allclose(cosine.float64.betas[:-1].numpy(), (1 - f[1:] / f[:-1])[:-1], rtol=1e-12)
 
 
 @pytest.mark.parametrize("config", [ScheduleConfig(kind="linear"), ScheduleConfig(kind="linear", timesteps=20),
                                     ScheduleConfig(kind="cosine")], ids=["linear", "linear-20", "cosine"])
 def test_tables_are_float32_rounded_from_float64(config):
     schedule = Schedule(config)
-    reference = reference_tables(schedule.float64["betas"].numpy())
+    reference = reference_tables(schedule.float64.betas.numpy())
     for name, expected in reference.items():
-        table64 = schedule.float64[name]
+        table64 = getattr(schedule.float64, name)
         table32 = getattr(schedule, name)
         assert table64.dtype == torch.float64 and table32.dtype == torch.float32, name
         np.testing.assert_allclose(table64.numpy(), expected, rtol=1e-12, atol=1e-300, err_msg=name)
         # float32 rounding of a float64 value is within half an ulp (2⁻²⁴ ≈ 6e-8) of it; computing in
         # float32 instead loses much more (√(1/ᾱ − 1) at t = 0 is off by ≈ 6e-5 from the cancellation)
         np.testing.assert_allclose(table32.double().numpy(), expected, rtol=1.5e-7, atol=1e-30, err_msg=name)
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_reverse_variance_is_the_posteriors_or_beta_with_the_decoders_width_at_t0(linear, variance):
+    """σ_t² = β̃_t or β_t for t ≥ 1, and β̃_1 at t = 0 for both, in either precision: the one rule DDPM's sampler and
+    the bound share."""
+    ref = reference_tables(np.linspace(1e-4, 0.02, T))
+    expected = (ref["posterior_variance"] if variance == "posterior" else ref["betas"]).copy()
+    expected[0] = ref["posterior_variance"][1]
+    np.testing.assert_allclose(linear.float64.reverse_variance(variance).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(linear.reverse_variance(variance).double().numpy(), expected, rtol=1.5e-7)
+    assert linear.reverse_variance(variance).dtype == torch.float32
+    with pytest.raises(ValueError, match="variance must be one of posterior, beta"):
+        linear.reverse_variance("learned")  # type: ignore[arg-type]
 
 
 def test_snr_db(linear):
@@ -164,7 +178,7 @@ def gaussian_product(x_t: float, x0: float, alpha: float, abar_prev: float) -> t
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_posterior_is_the_product_of_eq1_and_eq2(kind):
     schedule = Schedule(ScheduleConfig(kind=kind, timesteps=T))
-    ref = reference_tables(schedule.float64["betas"].numpy())
+    ref = reference_tables(schedule.float64.betas.numpy())
     ts = [1, 2, 10, 250, 500, 998, 999]
     x_t = torch.tensor([0.7, -1.3, 0.2, 2.0, -0.4, 0.1, -0.9]).view(-1, 1, 1, 1)
     x0 = torch.tensor([0.5, -1.0, 1.0, -0.2, 0.9, -0.6, 0.3]).view(-1, 1, 1, 1)

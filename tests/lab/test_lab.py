@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from ddpm_app.checks import InvalidValue
 from ddpm_app.diffusion.samplers import ddim, ddpm, final
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.lab import (
     DATASETS,
     PointMLP,
     PointMLPConfig,
-    PointsError,
     Trainer,
     TrainSettings,
     dataset,
@@ -57,7 +57,7 @@ def test_noised_cloud_has_the_closed_form_moments():
     s = Schedule(ScheduleConfig())
     x0 = dataset("two moons", 20000, gen(3)).train.double()
     for t in (100, 300, 999):
-        abar = float(s.float64["alphas_cumprod"][t])
+        abar = float(s.float64.alphas_cumprod[t])
         xt = noised_cloud(s, x0.float(), t, torch.randn(x0.shape, generator=gen(t))).double()
         assert xt.mean(0).tolist() == pytest.approx((abar ** 0.5 * x0.mean(0)).tolist(), abs=0.02)
         expected = abar * torch.cov(x0.T) + (1 - abar) * torch.eye(2, dtype=torch.float64)
@@ -78,7 +78,7 @@ class GaussianOracle(torch.nn.Module):
 
     def __init__(self, schedule: Schedule, s: float):
         super().__init__()
-        self.abar, self.s = schedule.float64["alphas_cumprod"], s
+        self.abar, self.s = schedule.float64.alphas_cumprod, s
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t):
@@ -106,7 +106,7 @@ def test_training_loss_matches_the_closed_form_for_gaussian_data():
     trainer = Trainer(GaussianOracle(s, sd), s, points, TrainSettings(batch_size=4096, seed=1))
     with torch.no_grad():
         measured = sum(float(trainer.batch_loss()) for _ in range(20)) / 20
-    abar = s.float64["alphas_cumprod"]
+    abar = s.float64.alphas_cumprod
     expected = float((abar * sd ** 2 / (abar * sd ** 2 + 1 - abar)).mean())
     assert measured == pytest.approx(expected, rel=0.03)
     zero = Trainer(ZeroModel(), s, points, TrainSettings(batch_size=4096))
@@ -119,7 +119,7 @@ def test_field_is_minus_eps_over_sigma():
     model = PointMLP(PointMLPConfig(width=16, depth=1)).eval()
     x = torch.randn(7, 2, generator=gen(0))
     f = predict_field(model, s, x, 20)
-    sigma = float(s.float64["sqrt_one_minus_alphas_cumprod"][20])
+    sigma = float(s.float64.sqrt_one_minus_alphas_cumprod[20])
     assert torch.allclose(f.score, -f.eps / sigma, rtol=1e-5)
 
 
@@ -144,17 +144,17 @@ def test_csv_points_and_their_errors():
     ps = from_csv(text, gen(0))
     assert len(ps.train) + len(ps.heldout) == 50 and len(ps.heldout) == 10
     assert parse_points("[[0, 1], [2, 3]" + ", [1, 1]" * 8 + "]").shape == (10, 2)
-    with pytest.raises(PointsError, match="line 3 of the CSV must be two numbers"):
+    with pytest.raises(InvalidValue, match="line 3 of the CSV must be two numbers"):
         parse_points("x,y\n1,2\n1,b\n")
-    with pytest.raises(PointsError, match="line 2 of the CSV holds NaN"):
+    with pytest.raises(InvalidValue, match="line 2 of the CSV holds NaN"):
         parse_points("1,2\nnan,3\n" + "1,1\n" * 10)
-    with pytest.raises(PointsError, match="point 2 holds NaN"):
+    with pytest.raises(InvalidValue, match="point 2 holds NaN"):
         parse_points("[[1, 2], [NaN, 3]]")
-    with pytest.raises(PointsError, match="too many points"):
+    with pytest.raises(InvalidValue, match="too many points"):
         parse_points("\n".join(f"{i},1" for i in range(MAX_POINTS + 1)))
-    with pytest.raises(PointsError, match="too few points"):
+    with pytest.raises(InvalidValue, match="too few points"):
         parse_points("1,2\n3,4")
-    with pytest.raises(PointsError, match="the same point"):
+    with pytest.raises(InvalidValue, match="the same point"):
         parse_points("1,2\n" * 20)
 
 
@@ -164,5 +164,5 @@ def test_drawing_points_follow_the_ink():
     canvas[40:60, 20:40, :3] = 0  # a black square on the left, transparent elsewhere would count too
     ps = from_drawing(canvas, 200, gen(0))
     assert len(ps.train) == 200 and torch.cat([ps.train, ps.heldout]).abs().max() <= 1.0 + 1e-6
-    with pytest.raises(PointsError, match="blank"):
+    with pytest.raises(InvalidValue, match="blank"):
         from_drawing(np.full((100, 200, 4), 255, np.uint8), 200, gen(0))

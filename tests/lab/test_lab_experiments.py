@@ -126,7 +126,7 @@ def test_smaller_T_trains_a_model_of_T_50(tab):
     assert max(run.ts) <= 49 and 0 in run.ts  # the reverse chain ran over T = 50
     t_max = tab.props[tab.find(gr.Slider, elem_id="lab-t")._id]["maximum"]
     assert t_max == 49  # and the Forward view shows the same schedule
-    abar_T = float(tab.lab.schedule.float64["alphas_cumprod"][-1])
+    abar_T = float(tab.lab.schedule.float64.alphas_cumprod[-1])
     assert 0.55 < abar_T < 0.65  # what the note says: x_T is not noise
 
 
@@ -134,9 +134,9 @@ def test_smaller_beta_trains_with_beta_up_to_0_002(tab):
     trained(tab)
     (old, _), (new, _) = run_experiment(tab, "β 1e-4…0.002")
     assert new is not old and tab.lab.settings.schedule.beta_end == 0.002
-    betas = tab.lab.schedule.float64["betas"]
+    betas = tab.lab.schedule.float64.betas
     assert len(betas) == 1000 and float(betas[-1]) == pytest.approx(0.002) and float(betas[0]) == pytest.approx(1e-4)
-    assert 0.3 < float(tab.lab.schedule.float64["alphas_cumprod"][-1]) < 0.4  # ᾱ_T ≈ 0.37, as the note says
+    assert 0.3 < float(tab.lab.schedule.float64.alphas_cumprod[-1]) < 0.4  # ᾱ_T ≈ 0.37, as the note says
 
 
 def test_variance_beta_samples_the_same_model_with_more_noise(tab):

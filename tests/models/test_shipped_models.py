@@ -177,7 +177,8 @@ def test_a_seeds_image_is_the_same_in_any_batch_and_any_view():
     from ddpm_app.serve.served import ServedModel
 
     torch.manual_seed(0)
-    served = ServedModel("faces", load_pretrained(WEIGHTS / "faces"), "cpu", cpu_runtime="auto")
+    loaded = load_pretrained(WEIGHTS / "faces")
+    served = ServedModel("faces", loaded, prepare(loaded.model, "cpu", cpu_runtime="auto"))
     settings = SamplerSettings("ddim", 20, 0.0, True)
 
     def images(steps) -> torch.Tensor:

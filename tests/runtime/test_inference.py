@@ -11,7 +11,7 @@ from tiny_app import needs_bf16
 from ddpm_app.diffusion import samplers
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.models import UNetConfig, build_model
-from ddpm_app.runtime.inference import Prepared, choose_cpu_engine, prepare, prepare_cpu
+from ddpm_app.runtime.inference import Network, Runtime, choose_cpu_engine, prepare, prepare_cpu
 from ddpm_app.runtime.isa import CpuFeatures
 
 AVX2 = CpuFeatures("an AVX2 CPU", avx2=True, avx512=False, avx512_bf16=False, amx=False)
@@ -40,10 +40,9 @@ def test_prepared_model_is_the_raw_network(net):
     torch.testing.assert_close(prepared(x, t), raw, rtol=1e-5, atol=1e-5)
 
 
-def chain(model, schedule, seed=3, step_fn=None):
+def chain(model, schedule, seed=3):
     gen = torch.Generator().manual_seed(seed)
-    step_fn = step_fn or (model.ddpm_step if isinstance(model, Prepared) else None)
-    return list(samplers.ddpm(model, schedule, (2, 3, 16, 16), generator=gen, clip_x0=True, step_fn=step_fn))
+    return list(samplers.ddpm(model, schedule, (2, 3, 16, 16), generator=gen, clip_x0=True))
 
 
 def relative_error(a, b):
@@ -59,16 +58,22 @@ def test_prepared_model_gives_the_bare_networks_chain(net):
             torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)
 
 
-def test_the_sampler_uses_the_step_function_it_is_given(net):
+def test_ddpm_runs_the_networks_own_step_where_it_has_one(net):
+    """The sampler is handed one object; a network with its own (fused) step has every step run by it."""
     schedule = Schedule(ScheduleConfig(timesteps=5))
     prepared = prepare(net, "cpu", precision="fp32")
     calls = []
 
-    def counting_step(*args):
-        calls.append(args[2])  # tt
-        return prepared.ddpm_step(*args)
+    class Counting:  # the prepared network, counting the steps it is asked to run
+        def __call__(self, x, t):
+            return prepared(x, t)
 
-    steps = chain(prepared, schedule, step_fn=counting_step)
+        def ddpm_step(self, *args):
+            calls.append(args[2])  # tt
+            return prepared.ddpm_step(*args)
+
+    assert isinstance(prepared, samplers.FusedNetwork) and not isinstance(net, samplers.FusedNetwork)
+    steps = chain(Counting(), schedule)
     assert [int(tt[0]) for tt in calls] == [4, 3, 2, 1, 0]
     torch.testing.assert_close(steps[-1].x_prev, chain(net, schedule)[-1].x_prev, rtol=1e-4, atol=1e-4)
 
@@ -84,12 +89,12 @@ def test_compiled_step_matches_the_bare_network(net):
 
 
 @needs_bf16
-def test_in_fp32_is_the_fp32_network_whatever_sampling_runs_in(net):
+def test_fp32_is_the_fp32_network_whatever_sampling_runs_in(net):
     """What the teaching views measure with: a bf16 network's fp32 twin gives fp32's ε̂ (OpenVINO f32 against PyTorch,
     to float rounding), at any t, where the bf16 network does not."""
     fp32, bf16 = prepare_cpu(net, "fp32"), prepare_cpu(net, "auto", runtime="auto")
-    assert fp32.in_fp32() is fp32 and bf16.precision == "bf16"
-    measuring = bf16.in_fp32()
+    assert fp32.fp32() is fp32 and bf16.precision == "bf16"
+    measuring = bf16.fp32()
     assert measuring.precision == measuring.runtime.precision == "fp32"
     x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([500, 999])
     with torch.inference_mode():
@@ -97,12 +102,20 @@ def test_in_fp32_is_the_fp32_network_whatever_sampling_runs_in(net):
         assert relative_error(measuring(x, t), reference) < 1e-4 < relative_error(bf16(x, t), reference)
 
 
-def test_in_fp32_on_cuda_drops_autocast_and_compiling(net):
+def test_fp32_on_cuda_drops_autocast_and_compiling(net):
     """A CUDA network's fp32 form (built here without a GPU: only its settings are checked)."""
-    fast = Prepared(net, channels_last=True, precision="fp16", device_type="cuda")
-    measuring = fast.in_fp32()
-    assert fast.autocast_dtype == torch.float16 and measuring.autocast_dtype is None
+    fast = Network(net, Runtime("cuda", "fp16", True, "auto"), "cuda", channels_last=True, autocast=torch.float16,
+                   compile=True)
+    measuring = fast.fp32()
+    assert fast.autocast_dtype == torch.float16 and measuring.autocast_dtype is None and fast.fp32() is measuring
     assert measuring.model is net and not measuring.compiled and measuring.precision == "fp32"
+    assert measuring.channels_last and measuring.device == torch.device("cuda")
+
+
+def test_a_cpu_engines_bf16_network_cannot_be_built_without_its_fp32_twin(net):
+    """Its fp32 form is another network (OpenVINO's f32): without it, measuring would silently run bf16."""
+    with pytest.raises(ValueError, match="fp32 twin"):
+        Network(net, Runtime("cpu", "bf16", False, "asked for"), "cpu")
 
 
 # --- the CPU engine: one rule, nothing timed ------------------------------------------------------------------
@@ -147,8 +160,8 @@ def test_the_same_network_runs_every_batch_size_and_every_step(net):
     prepared = prepare_cpu(net, "auto", runtime="auto")
     seen, twin = [], []
     hooks = [prepared.model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))]
-    if prepared.fp32_model is not prepared.model:
-        hooks.append(prepared.fp32_model.register_forward_pre_hook(lambda _, args: twin.append(args[0].shape[0])))
+    if prepared.fp32().model is not prepared.model:
+        hooks.append(prepared.fp32().model.register_forward_pre_hook(lambda _, args: twin.append(args[0].shape[0])))
     try:
         with torch.inference_mode():
             for batch in (1, 2, 3, 4, 7):

@@ -150,7 +150,7 @@ def test_openvino_runs_every_step_and_its_f32_network_does_the_measuring(net, mo
     prepared = prepare_cpu(net, "auto", cpu=AMX, runtime="openvino")
     assert isinstance(prepared.model, OpenVinoNetwork) and prepared.precision == "bf16"
     assert prepared.model.hint == "bf16" and len(conversions) == 1 and prepared.model._compiled is not None
-    twin = prepared.fp32_model
+    twin = prepared.fp32().model
     assert isinstance(twin, OpenVinoNetwork) and twin.hint == "fp32" and twin._compiled is None
     assert prepared.runtime.engine.startswith("OpenVINO ") and "(bf16, built in" in prepared.runtime.describe()
     fp32 = prepare_cpu(net, "fp32")
@@ -160,12 +160,12 @@ def test_openvino_runs_every_step_and_its_f32_network_does_the_measuring(net, mo
             x = torch.randn(batch, 3, 16, 16, generator=gen)
             for t in (torch.full((batch,), 100), torch.full((batch,), 0)):
                 assert torch.equal(prepared(x, t), prepared.model(x, t))
-                measured = prepared.in_fp32()
+                measured = prepared.fp32()
                 assert measured.precision == "fp32" and measured.model is twin
                 torch.testing.assert_close(measured(x, t), fp32(x, t), rtol=1e-4, atol=1e-5)
-    assert "(fp32, built in" in prepared.in_fp32().runtime.describe()
+    assert "(fp32, built in" in prepared.fp32().runtime.describe()
     f32 = prepare_cpu(net, "fp32", runtime="openvino")  # OpenVINO in f32: its own twin
-    assert isinstance(f32.model, OpenVinoNetwork) and f32.fp32_model is f32.model and f32.in_fp32() is f32
+    assert isinstance(f32.model, OpenVinoNetwork) and f32.fp32() is f32
 
 
 def test_auto_is_pytorch_without_openvino_or_without_bf16_in_hardware(net, monkeypatch):
@@ -184,7 +184,7 @@ def test_auto_falls_back_to_pytorch_with_a_warning_where_openvino_cannot_build_t
     monkeypatch.setattr(openvino_net, "convert", fail)
     with caplog.at_level("WARNING", logger="ddpm_app.runtime.inference"):
         prepared = prepare_cpu(net, "auto", cpu=AMX, runtime="auto")
-    assert prepared.model is net and prepared.precision == "fp32" and prepared.fp32_model is net
+    assert prepared.model is net and prepared.precision == "fp32" and prepared.fp32() is prepared
     assert "--cpu-runtime auto: OpenVINO could not convert the network: boom; PyTorch runs instead" in caplog.text
 
 

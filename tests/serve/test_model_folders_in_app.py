@@ -15,7 +15,7 @@ import pytest
 from conftest import PATIENCE, wait_for
 from tiny_app import run_all, save_tiny
 
-from ddpm_app.serve.inputs import InputError
+from ddpm_app.checks import InvalidValue
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.ui import model
 from ddpm_app.ui import page as ui
@@ -75,7 +75,7 @@ def test_a_symlink_inside_the_weights_folder_that_leads_out_is_refused(handlers:
     (place / "weights" / "runs" / "link").symlink_to(place / "outside" / "secret", target_is_directory=True)
     (place / "weights" / "runs" / "up").symlink_to(place / "outside", target_is_directory=True)
     for attempt in ("runs/link", "runs/up/secret", str(place / "weights" / "runs" / "link")):
-        with pytest.raises(InputError, match="outside the weights folders"):
+        with pytest.raises(InvalidValue, match="outside the weights folders"):
             handlers.library.add_folder(attempt)
     # a symlink that stays inside is fine
     (place / "weights" / "alias").symlink_to(place / "weights" / "runs" / "nested", target_is_directory=True)
@@ -99,7 +99,7 @@ def test_another_weights_folder_named_on_the_command_line_is_allowed(place: Path
     library = ModelLibrary([place / "weights", place / "outside"])
     assert library.names == ["faces", "secret"]  # both scanned
     assert library.add_folder(str(place / "outside" / "secret")) == "secret"
-    with pytest.raises(InputError, match="outside the weights folders"):
+    with pytest.raises(InvalidValue, match="outside the weights folders"):
         library.add_folder(str(place))
 
 

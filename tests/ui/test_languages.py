@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from serving import ROOT
 
 from ddpm_app import fonts
 from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, fields, language_of, text
-from serving import ROOT
 
 TUTORIAL = ROOT.parent / "shared" / "seed" / "000_84a41ae4c88c7355.txt"
 # the glossary's Chinese words that the tutorial itself uses (the rest, such as 种子 or 噪声调度, it never needs)

@@ -185,7 +185,7 @@ def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_
     save_tiny(tmp_path / "faces")
     library = ModelLibrary(tmp_path, "cpu", precision="bf16", cpu_runtime="auto")  # bf16 runs in OpenVINO
     served = library.get("faces")
-    assert served.eps_model.precision == "bf16" and served.fp32_eps_model.precision == "fp32"
+    assert served.eps_model.precision == "bf16" and served.eps_model.fp32().precision == "fp32"
     fp32 = prepare_cpu(served.loaded.model, "fp32")  # built afresh: the known answer
     x0, eps = served.prepare_photo(str(PHOTO))[None], served.draw_noise(42)[None]
     in_bf16_at = bf16_timesteps(served, fp32, x0, eps)

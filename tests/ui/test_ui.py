@@ -171,8 +171,8 @@ def library_chain(weights: Path, sampler: str, steps: int, eta: float, clip_x0: 
     """The steps the library's samplers take with the loaded (unprepared) "faces" network: what the app must show."""
     loaded = load_pretrained(weights / "faces")
     kwargs = dict(x_start=x_start, start_t=start_t) if x_start is not None else {}
-    return list(samplers.sample(loaded.model, loaded.schedule, (batch, 3, 16, 16), sampler=sampler, steps=steps,
-                                eta=eta, clip_x0=clip_x0, generator=torch.Generator().manual_seed(seed), **kwargs))
+    return list(SamplerSettings(sampler, steps, eta, clip_x0).run(loaded.model, loaded.schedule, (batch, 3, 16, 16),
+                                                                  generator=torch.Generator().manual_seed(seed), **kwargs))
 
 
 @pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.6), ("ddpm", 0.0)])

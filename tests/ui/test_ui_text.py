@@ -18,7 +18,8 @@ from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
-from ddpm_app.text import text
+from ddpm_app.serve.runs import RunName
+from ddpm_app.text import catalogue
 from ddpm_app.ui import denoise, forward, frames, generate
 from ddpm_app.ui import page as ui
 from ddpm_app.views.export import export_gif
@@ -56,7 +57,8 @@ def noised(handlers: ui.Handlers, t: int) -> UserState:
 def test_the_description_counts_the_steps_a_chain_from_start_t_runs(settings, start_t, steps, title):
     assert settings.num_steps(start_t) == steps
     assert settings.describe(start_t) == title
-    assert f"-{steps}steps" in settings.file_stem(start_t)
+    name = RunName(settings, start_t, 7)
+    assert name.title == f"{title}, x̂₀ clipped, seed 7" and f"-{steps}steps" in name.file_stem
 
 
 def test_denoise_titles_frames_and_exports_with_the_steps_that_ran(handlers: ui.Handlers, monkeypatch):
@@ -83,7 +85,7 @@ def test_generate_files_are_named_by_sampler_steps_and_seed(handlers: ui.Handler
 
 
 def test_the_denoise_sampler_choices_say_what_runs_from_t():
-    choices = dict((value, text(key)) for key, value in denoise.SDEDIT_CHOICES)
+    choices = dict((value, catalogue("en")[key]) for key, value in denoise.SDEDIT_CHOICES)
     assert "all T steps" not in choices["ddpm"] and "t + 1 steps" in choices["ddpm"]
     assert "at most t + 1" in choices["ddim"]
 
@@ -270,7 +272,7 @@ def test_the_docs_examples_are_what_the_app_prints():
     label = re.search(r"`step (\d+) of 50 · t = (\d+)` for DDIM-50", text)
     assert label and ddim_timesteps(999, 50)[int(label.group(1)) - 1] == int(label.group(2))
     abar = re.search(r"ᾱ_T = ([^,]*?), not 0.0000", text)
-    assert abar and number(float(schedule.float64["alphas_cumprod"][-1])) == abar.group(1)
+    assert abar and number(float(schedule.float64.alphas_cumprod[-1])) == abar.group(1)
 
 
 def test_the_forward_strip_wraps_into_rows_with_legible_captions(handlers: ui.Handlers):
