@@ -13,6 +13,7 @@ from ddpm_app.checks import choice
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.io.model_folder import SamplingDefaults
 from ddpm_app.numbers import number
+from ddpm_app.runtime.inference import Runtime
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import ENGLISH, count, text, translated
 from ddpm_app.ui import widgets
@@ -116,7 +117,8 @@ def model_card(served: ServedModel, language: str = ENGLISH) -> tuple[str, str, 
     rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or text("card.not_recorded", language)),
             ("architecture", s.arch), ("parameters", f"{s.parameters / 1e6:.1f} M"),
             ("image size", text("card.image_size_value", language, size=s.image_size, channels=s.channels)),
-            ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}"), ("speed", speed), ("runs_on", s.runtime)]
+            ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}"), ("speed", speed),
+            ("runs_on", runtime_words(served.runtime, language))]
     first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)
     rows += [("first_settings", translated(first.note, language))] if first.note else []
     rows = [(text(f"card.{k.replace(' ', '_')}", language), v) for k, v in rows]
@@ -126,6 +128,16 @@ def model_card(served: ServedModel, language: str = ENGLISH) -> tuple[str, str, 
     table = head + "\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     card = s.card[:3000] + ("…" if len(s.card) > 3000 else "")
     return table, card or text("model.no_card", language), served_picture(s.samples)
+
+
+def runtime_words(runtime: Runtime, language: str = ENGLISH) -> str:
+    """How the network runs here (:meth:`~ddpm_app.runtime.inference.Runtime.describe`), in ``language``: the
+    device, precision and engine by their names, the rest in words."""
+    if language == ENGLISH:
+        return runtime.describe()
+    parts = ([translated(runtime.device, language), runtime.precision] + [runtime.engine] * bool(runtime.engine)
+             + [text("runtime.compiled", language)] * runtime.compiled)
+    return text("runtime.describe", language, parts=", ".join(parts), reason=translated(runtime.reason, language))
 
 
 def served_picture(path: Path | None) -> str | None:
