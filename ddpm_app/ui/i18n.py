@@ -3,9 +3,10 @@ tab names, buttons and Markdown in the browser; the language switch; and how a h
 
 Gradio translates what the page was built with (``i18n(key)`` in place of a string), and what an update sends as
 ``i18n(key)``, by the browser's language. Texts a handler writes with numbers in them (status lines, notes, plot
-titles) it writes itself, in ``user.language``: the page sets that from the browser's language when it loads
-(:data:`DETECT_JS`), and the switch changes it together with Gradio's language (:data:`SWITCH_JS`), remembered by the
-browser for the next visit (:data:`HEAD`). API clients, and everything before the page says otherwise, get English.
+titles) it writes itself, in ``user.language``: the page sets that when it loads, from the reader's last choice or
+else the browser's language (:data:`DETECT_JS`), and the switch changes it together with Gradio's language
+(:data:`SWITCH_JS`), remembered by the browser for the next visit. API clients, and everything before the page says
+otherwise, get English.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from gradio.i18n import I18nData
 from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, text
 
 NAMESPACE = "ddpm."  # our keys beside Gradio's own ("common.…", "image.…", "plot.…") in the browser's tables
-STORAGE_KEY = "ddpm_app.language"
-MARKER = "__i18n__"  # how Gradio writes a translatable text as a string  # where the browser remembers the switch
+STORAGE_KEY = "ddpm_app.language"  # where the browser remembers the switch
+MARKER = "__i18n__"  # how Gradio writes a translatable text as a string
 
 I18N = gr.I18n(**{tag: {NAMESPACE + key: words for key, words in catalogue(tag).items()} for tag in LANGUAGES})
 
@@ -66,34 +67,32 @@ def choices(pairs: list[tuple[str, str]]) -> list[tuple[I18nData, str]]:
     return [(i18n(key), value) for key, value in pairs]
 
 
-# The browser picks Gradio's language before the page exists; this script, first in the page's head, makes the
-# switch's last choice win over the browser's own language by answering navigator.language with it.
-HEAD = f"""<script>
-(() => {{
-  try {{
-    const chosen = localStorage.getItem("{STORAGE_KEY}");
-    if (chosen) {{
-      Object.defineProperty(navigator, "language", {{get: () => chosen, configurable: true}});
-      Object.defineProperty(navigator, "languages", {{get: () => [chosen], configurable: true}});
-    }}
-  }} catch (e) {{}}
-}})();
-</script>"""
+# Gradio's language follows at once: its changeLocale (which its own settings panel uses), from the module the page
+# already loaded
+CHANGE_LOCALE = """async (language) => {
+    const core = performance.getEntriesByType("resource").map((entry) => entry.name)
+      .find((name) => /\\/assets\\/core-[^/]*\\.js$/.test(name));
+    if (core) {
+      const gradio = await import(core);
+      if (gradio.changeLocale) gradio.changeLocale(language);
+    }
+  }"""
 
-# On load: the switch shows the language Gradio chose (<html lang>, which Gradio keeps up to date): any Chinese is
-# 简体中文, the only Chinese there is; everything else English.
-DETECT_JS = "() => (document.documentElement.lang || '').toLowerCase().startsWith('zh') ? 'zh-CN' : 'en'"
+# On load: the switch shows the language the reader chose last time, which Gradio then takes too; else the one
+# Gradio chose from the browser (<html lang>, which Gradio keeps up to date): any Chinese is 简体中文, the only
+# Chinese there is, everything else English.
+DETECT_JS = f"""async () => {{
+  let chosen = null;
+  try {{ chosen = localStorage.getItem("{STORAGE_KEY}"); }} catch (e) {{}}
+  const browser = (document.documentElement.lang || "").toLowerCase().startsWith("zh") ? "zh-CN" : "en";
+  if (chosen && chosen !== browser) await ({CHANGE_LOCALE})(chosen);
+  return chosen || browser;
+}}"""
 
-# On a change of the switch: Gradio's language follows at once (its changeLocale, which its own settings panel uses,
-# from the module the page already loaded), and the browser remembers the choice.
+# On a change of the switch: Gradio's language follows, and the browser remembers the choice.
 SWITCH_JS = f"""async (language) => {{
   try {{ localStorage.setItem("{STORAGE_KEY}", language); }} catch (e) {{}}
-  const core = performance.getEntriesByType("resource").map((entry) => entry.name)
-    .find((name) => /\\/assets\\/core-[^/]*\\.js$/.test(name));
-  if (core) {{
-    const gradio = await import(core);
-    if (gradio.changeLocale) gradio.changeLocale(language);
-  }}
+  await ({CHANGE_LOCALE})(language);
   return language;
 }}"""
 
@@ -101,4 +100,4 @@ SWITCH_JS = f"""async (language) => {{
 def language_switch() -> gr.Radio:
     """The visible switch: each language by its own name."""
     return gr.Radio([(name, tag) for tag, name in LANGUAGES.items()], value=ENGLISH, label=i18n("app.language"),
-                    elem_id="language", container=False, min_width=200)
+                    elem_id="language", container=False, scale=0, min_width=200)

@@ -135,7 +135,8 @@ def runtime_words(runtime: Runtime, language: str = ENGLISH) -> str:
     device, precision and engine by their names, the rest in words."""
     if language == ENGLISH:
         return runtime.describe()
-    parts = ([translated(runtime.device, language), runtime.precision] + [runtime.engine] * bool(runtime.engine)
+    parts = ([translated(runtime.device, language), runtime.precision]
+             + [translated(runtime.engine, language)] * bool(runtime.engine)
              + [text("runtime.compiled", language)] * runtime.compiled)
     return text("runtime.describe", language, parts=", ".join(parts), reason=translated(runtime.reason, language))
 

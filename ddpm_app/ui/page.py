@@ -26,7 +26,6 @@ from ddpm_app.ui.forward import ForwardHandlers, forward_events, forward_numbers
 from ddpm_app.ui.frames import FramesHandlers, frames_tab
 from ddpm_app.ui.generate import GenerateHandlers, generate_events, generate_tab
 from ddpm_app.ui.i18n import DETECT_JS, SWITCH_JS, i18n, language_switch, written
-from ddpm_app.ui.i18n import HEAD as LANGUAGE_HEAD
 from ddpm_app.ui.interpolate import InterpolateHandlers, interpolate_tab
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings
 from ddpm_app.ui.lab import LabHandlers, lab_tab
@@ -63,8 +62,7 @@ CSS = """
 """
 # Gradio drops @media rules from `css`, so the phone-width rule goes into the page head.
 # It lets all five tabs fit on one line instead of hiding three behind an overflow menu.
-# The language script goes first: it must run before Gradio picks the page's language.
-HEAD = LANGUAGE_HEAD + """<style>
+HEAD = """<style>
 @media (max-width: 480px) {
   .tabs .tab-container button { padding-left: 6px !important; padding-right: 6px !important; }
 }
@@ -141,9 +139,11 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
 
     with widgets.Blocks(title=text("app.title"), analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         user = gr.State(UserState())
-        with gr.Row(equal_height=False):
-            gr.Markdown(i18n("app.intro"), scale=5, min_width=300)
-            switch = language_switch()
+        with gr.Row(equal_height=False):  # the switch beside the title; on a phone, under it
+            with gr.Column(scale=5, min_width=320):
+                gr.Markdown(i18n("app.intro"))
+            with gr.Column(scale=0, min_width=220):
+                switch = language_switch()
         header = gr.Markdown(header_text, label=i18n("app.model_label"))
 
         with gr.Tabs():

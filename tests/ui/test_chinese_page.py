@@ -50,7 +50,8 @@ def english_words(text: str, names: set[str] = NAMES) -> set[str]:
 
 def machine_names(served) -> set[str]:
     """The words of this machine's CPU and engine names ("AMD EPYC", "OpenVINO"), which the model table shows."""
-    return NAMES | set(TOKEN.findall(f"{served.runtime.device} {served.runtime.engine}"))
+    engine = re.sub(r"\(.*\)", "", served.runtime.engine)  # "OpenVINO 2026.4.1 (bf16, built in 2.3 s)": its name
+    return NAMES | set(TOKEN.findall(f"{served.runtime.device} {engine}"))
 
 
 def shown_texts(config: dict) -> list[tuple[str, str, str]]:
