@@ -88,6 +88,16 @@ def translated(message: str, language: str) -> str:
     return message
 
 
+def sentences(*texts: str) -> str:
+    """Texts as one paragraph: a space after each, but none after a full-width sign (Chinese sets no spaces)."""
+    joined = ""
+    for words in texts:
+        words = words.strip()
+        joined += ("" if not joined or "\u3000" <= joined[-1] <= "\u303f" or "\uff00" <= joined[-1] <= "\uffef"
+                   else " ") + words
+    return joined
+
+
 def count(noun: str, n: int, language: str = ENGLISH) -> str:
     """``n`` and the noun, as the language counts: "1 step", "5 steps", "5 步" (keys ``count.<noun>.one``/``.other``,
     the plural forms of CLDR: Chinese has only the one, written twice)."""

@@ -21,10 +21,10 @@ from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, Trajectory
 from ddpm_app.serve.served import ServedModel
-from ddpm_app.text import ENGLISH, text
+from ddpm_app.text import ENGLISH, sentences, text
 from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import choices as i18n_choices
-from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.i18n import i18n, written
 from ddpm_app.ui.widgets import PhotoInput
 from ddpm_app.views.export import ExportFolder
 from ddpm_app.views.reverse_step import equation_text
@@ -172,11 +172,13 @@ def sampler_controls(T: int, choices: list[tuple[str, str]],
 
 
 def help_markdown(key: str, noise_pictures: bool = False) -> None:
-    """A tab's help, the catalogue text ``key`` with its formulas; ``noise_pictures``: and how noise pictures are
-    shown."""
-    gr.Markdown(i18n(key), latex_delimiters=LATEX)
+    """A tab's help, the catalogue text ``key`` with its formulas; ``noise_pictures``: followed, in the same
+    paragraph, by how noise pictures are shown."""
     if noise_pictures:
-        gr.Markdown(i18n("noise_shown"), latex_delimiters=LATEX)
+        words = written(lambda language: sentences(text(key, language), text("noise_shown", language)))
+    else:
+        words = i18n(key)
+    gr.Markdown(words, latex_delimiters=LATEX)
 
 
 def photo_column(label: str) -> PhotoInput:
