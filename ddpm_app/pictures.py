@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from ddpm_app.fonts import draw_text, pillow_font, text_width
 from ddpm_app.image import from_uint8, grid, to_numpy
 
 
@@ -28,25 +28,16 @@ def noise_picture(eps: Tensor, nrow: int | None = None) -> np.ndarray:
     return picture(eps / 2, nrow)
 
 
-@lru_cache(maxsize=1)
-def label_font_path() -> str:
-    """DejaVu Sans, which matplotlib ships: it has every glyph the labels use (Greek, x̂₀'s combining hat,
-    subscripts, superscripts), where Pillow's built-in font draws η as a box."""
-    from matplotlib import font_manager
-
-    return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
-
-
-@lru_cache(maxsize=8)
 def label_font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(label_font_path(), size)
+    """The labels' font: DejaVu Sans (see :mod:`ddpm_app.fonts`, which adds a CJK font for Chinese)."""
+    return pillow_font(size)
 
 
-def fitting_font(text: str, size: int, width: int, smallest: int = 8) -> ImageFont.FreeTypeFont:
-    """The label font at ``size``, or smaller (down to ``smallest``) until ``text`` fits in ``width`` pixels."""
-    while size > smallest and label_font(size).getlength(text) > width:
+def fitting_size(text: str, size: int, width: int, smallest: int = 8) -> int:
+    """``size``, or smaller (down to ``smallest``) until ``text`` fits in ``width`` pixels."""
+    while size > smallest and text_width(text, size) > width:
         size -= 1
-    return label_font(size)
+    return size
 
 
 def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min_size: int = 96,
@@ -69,9 +60,9 @@ def labelled_strip(images: Sequence[Tensor] | Tensor, labels: Sequence[str], min
     out = Image.new("RGB", (min(columns, len(tiles)) * (w + pad) - pad, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(out)
     if title:
-        draw.text((out.width // 2, 0), title, fill="black", font=font, anchor="ma")
+        draw_text(draw, (out.width // 2, 0), title, size, centred=True)
     for i, (tile, label) in enumerate(zip(tiles, labels)):
         x, y = (i % columns) * (w + pad), top + (i // columns) * cell_h
         out.paste(tile.resize((w, h), Image.NEAREST), (x, y))
-        draw.text((x + w // 2, y + h + 2), label, fill="black", font=fitting_font(label, size, w), anchor="ma")
+        draw_text(draw, (x + w // 2, y + h + 2), label, fitting_size(label, size, w), centred=True)
     return np.asarray(out)

@@ -17,6 +17,7 @@ from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.image import from_uint8, to_uint8
 from ddpm_app.serve.worker import DeviceWorker
+from ddpm_app.text import ENGLISH, count, text
 
 # seconds between previews sent to the browser at most: 5 a second look smooth (what they cost: PREVIEW_BUDGET,
 # and benchmarks/app_stream.py)
@@ -57,6 +58,16 @@ class Frame:
                     noise_of(self.pred_eps), from_uint8(self.x_prev)[None], noise_of(self.noise))
 
 
+def sampler_words(settings: SamplerSettings, start_t: int, language: str = ENGLISH) -> str:
+    """What a chain from ``start_t`` runs, for people, in ``language``: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"
+    (:meth:`~ddpm_app.diffusion.samplers.SamplerSettings.describe`, which reports use, in English)."""
+    steps = count("step", settings.num_steps(start_t), language)
+    if settings.sampler == "ddpm":
+        variance = text("settings.beta_variance", language) if settings.variance == "beta" else ""
+        return text("settings.ddpm", language, steps=steps, variance=variance)
+    return text("settings.ddim", language, steps=steps, eta=f"{settings.eta:g}")
+
+
 @dataclass(frozen=True)
 class RunName:
     """What a reverse run runs, named once from the same parts (the sampler and the steps it takes from
@@ -71,10 +82,15 @@ class RunName:
     @property
     def title(self) -> str:
         """For people: "DDIM, 50 steps, η = 0, x̂₀ clipped, seed 7" or "SDEdit from t = 9, DDPM, 10 steps, seed 3"."""
-        sampler = self.settings.describe(self.start_t)
+        return self.words(ENGLISH)
+
+    def words(self, language: str) -> str:
+        """The :attr:`title` in ``language``."""
+        sampler = sampler_words(self.settings, self.start_t, language)
         if self.from_photo:
-            return f"SDEdit from t = {self.start_t}, {sampler}, seed {self.seed}"
-        return f"{sampler}, x̂₀ {'clipped' if self.settings.clip_x0 else 'not clipped'}, seed {self.seed}"
+            return text("run.sdedit_title", language, t=self.start_t, settings=sampler, seed=self.seed)
+        clipped = text("run.clipped" if self.settings.clip_x0 else "run.not_clipped", language)
+        return text("run.title", language, settings=sampler, clipped=clipped, seed=self.seed)
 
     @property
     def file_stem(self) -> str:
@@ -109,10 +125,11 @@ class Trajectory:
 
     @classmethod
     def of(cls, name: RunName, shape: tuple[int, ...], schedule: Schedule,
-           max_bytes: int = DEFAULT_TRAJECTORY_BYTES) -> Trajectory:
-        """An empty trajectory for the run ``name`` names, of images of ``shape`` (B, C, H, W)."""
-        return cls(name.title, name.settings.num_steps(name.start_t), shape, name.seed, max_bytes, name.settings,
-                   schedule, file_stem=name.file_stem)
+           max_bytes: int = DEFAULT_TRAJECTORY_BYTES, language: str = ENGLISH) -> Trajectory:
+        """An empty trajectory for the run ``name`` names (its title in ``language``), of images of ``shape``
+        (B, C, H, W)."""
+        return cls(name.words(language), name.settings.num_steps(name.start_t), shape, name.seed, max_bytes,
+                   name.settings, schedule, file_stem=name.file_stem)
 
     @property
     def stride(self) -> int:

@@ -8,43 +8,43 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.text import text
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, output_image
+from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.kit import TabHandlers, help_markdown, output_image
 from ddpm_app.ui.widgets import user_error, user_errors
 from ddpm_app.views.compare import compare_picture
 from ddpm_app.views.state import UserState
 
-COMPARE_HELP = r"""**Runs side by side.** Pin a run (the one shown in **Frames**), then run another from the same
-seed — DDPM against DDIM, or clipping on against off — and scrub both by $t$ with one slider. **A** is the pinned
-run, **B** the run **Frames** shows now."""
+COMPARE_HELP = text("compare.help")
 
 
 class CompareHandlers(TabHandlers):
     def pin(self, user: UserState) -> tuple:
         """Pin the run Frames shows: (caption, compare picture, t-slider update)."""
         if user.run is None or not user.run.frames:
-            raise user_error("Nothing to pin yet: run Generate (or Denoise) first.")
+            raise user_error(text("compare.nothing_to_pin", user.language))
         user.pinned = user.run
         first = user.pinned.frames[0].t
-        return (f"Pinned **A**: {user.pinned.title}. Now change a setting (keep the seed) and run again.",
+        return (text("compare.pinned", user.language, title=user.pinned.title),
                 *self.compare(first, user)[:1], gr.update(value=first))
 
     def compare(self, t: float, user: UserState) -> tuple:
         """Both runs at timestep ``t`` (in the model's 0…T−1, as the slider): (picture, caption)."""
-        with user_errors():
+        with user_errors(user.language):
             t = self.served(user).check_t(t)
         if user.pinned is None:
-            return None, "Nothing pinned yet: run **Generate**, then press **Pin this run**."
+            return None, text("compare.nothing_pinned", user.language)
         latest = user.run
         if latest is None or not latest.frames:
-            return None, "Pinned; now run another (Generate or Denoise) to compare with."
+            return None, text("compare.run_another", user.language)
         user.lesson.compare_t = t
-        return self.worker.run(compare_picture, user.pinned, latest, t)
+        return self.worker.run(compare_picture, user.pinned, latest, t, language=user.language)
 
     def play(self, user: UserState, positions: int = 30, delay: float = 0.15) -> Iterator[tuple]:
         """Both runs from x_T down to x₀: (t, picture, caption) at ``positions`` evenly spaced timesteps."""
         if user.pinned is None or user.run is None or not user.run.frames:
-            raise user_error("Pin a run and run another first.")
+            raise user_error(text("compare.pin_first", user.language))
         top = max(user.pinned.frames[0].t, user.run.frames[0].t)
         for i in range(positions):
             t = round(top * (1 - i / (positions - 1)))
@@ -55,15 +55,14 @@ class CompareHandlers(TabHandlers):
 def compare_tab(h: CompareHandlers, user: gr.State, T: int) -> gr.Slider:
     """The Compare tab with its events; returns its t slider (a model switch sets its range). Call inside
     ``gr.Tabs()``."""
-    with gr.Tab("Compare", id="compare", elem_id="compare-tab"):
-        gr.Markdown(COMPARE_HELP, latex_delimiters=LATEX)
+    with gr.Tab(i18n("tab.compare"), id="compare", elem_id="compare-tab"):
+        help_markdown("compare.help")
         with gr.Row():
-            pin_btn = gr.Button("Pin this run (as A)", variant="primary", min_width=120)
-            play_btn = gr.Button("Play both ▶", min_width=100)
-        t = widgets.Slider(0, T - 1, value=T - 1, step=1, label="t (both runs)", elem_id="compare-t")
-        caption = gr.Markdown("Nothing pinned yet: run **Generate**, then press **Pin this run**.", label="runs",
-                              elem_id="compare-caption")
-        image = output_image("A: x_t, x̂₀ | B: x_t, x̂₀", height=300, pixelated=False, elem_id="compare-image")
+            pin_btn = gr.Button(i18n("compare.pin"), variant="primary", min_width=120)
+            play_btn = gr.Button(i18n("compare.play"), min_width=100)
+        t = widgets.Slider(0, T - 1, value=T - 1, step=1, label=i18n("compare.t"), elem_id="compare-t")
+        caption = gr.Markdown(i18n("compare.nothing_pinned"), label=i18n("compare.runs"), elem_id="compare-caption")
+        image = output_image("compare.picture", height=300, pixelated=False, elem_id="compare-image")
 
     pin_btn.click(h.pin, user, [caption, image, t], api_name="pin", show_progress="hidden")
     t.input(h.compare, [t, user], [image, caption], api_name="compare", show_progress="hidden",

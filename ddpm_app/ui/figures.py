@@ -5,20 +5,22 @@ from __future__ import annotations
 import gradio as gr
 
 from ddpm_app.checks import choice
+from ddpm_app.text import text
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import TabHandlers
+from ddpm_app.ui.i18n import choices as i18n_choices
+from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.kit import TabHandlers, help_markdown
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.figures import VIEWS, figure, save_figure
 from ddpm_app.views.state import UserState
 
-FIGURE_HELP = """Figures for slides: the latest result of a view as one PNG, every image at least 512 pixels
-(enlarged with sharp pixels), labelled."""
+FIGURE_HELP = text("figures.help")
 
 
 class FigureHandlers(TabHandlers):
     def export_figure(self, view: str, user: UserState) -> str:
         """The latest result of ``view`` as a slide figure (PNG, ≥ 512 px per image); returns its path."""
-        with user_errors():
+        with user_errors(user.language):
             view = choice(view, "view", VIEWS)
             picture_ = self.worker.run(figure, view, user, self.served(user))
         return str(self.figures.write(f"ddpm_{view}.png", lambda path: save_figure(picture_, path)))
@@ -26,12 +28,11 @@ class FigureHandlers(TabHandlers):
 
 def figure_row(h: FigureHandlers, user: gr.State) -> None:
     """One row under the tabs: pick a view, get its slide figure."""
-    names = {"step": "Frames: this step's terms", "forward": "Forward: x_t over t", "training": "Training step",
-             "likelihood": "Likelihood terms", "compare": "Compare A | B", "interpolation": "Interpolation strip"}
-    with gr.Accordion("Figures for slides (PNG)", open=False):
-        gr.Markdown(FIGURE_HELP)
+    with gr.Accordion(i18n("figures.accordion"), open=False):
+        help_markdown("figures.help")
         with gr.Row():
-            view = widgets.Dropdown([(names[v], v) for v in VIEWS], value="training", label="View", min_width=200)
-            btn = gr.Button("Export figure", size="sm", min_width=100)
-        out = gr.File(label="Figure", interactive=False, elem_id="figure-file")
+            view = widgets.Dropdown(i18n_choices([(f"figures.{v}", v) for v in VIEWS]), value="training",
+                                    label=i18n("figures.view"), min_width=200)
+            btn = gr.Button(i18n("figures.export"), size="sm", min_width=100)
+        out = gr.File(label=i18n("figures.figure"), interactive=False, elem_id="figure-file")
     btn.click(h.export_figure, [view, user], out, api_name="export_figure")

@@ -8,26 +8,23 @@ from functools import lru_cache
 
 import gradio as gr
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ddpm_app.checks import flag
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip, noise_picture, picture
 from ddpm_app.serve.served import ServedModel, schedule_curves
+from ddpm_app.text import ENGLISH, text
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import EXAMPLES, LATEX, NOISE_SHOWN, TabHandlers, output_image, user_key
+from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.kit import EXAMPLES, LATEX, NOISE_SHOWN, TabHandlers, help_markdown, output_image, user_key
 from ddpm_app.ui.widgets import user_errors
+from ddpm_app.views.plots import pixels
 from ddpm_app.views.state import ForwardState, UserState
 
 STRIP_COLUMNS, STRIP_FONT_SIZE = 4, 18  # the forward strip: two rows of four, captions legible on a phone
 
-FORWARD_HELP = r"""The forward process needs no network: for any $t$,
-$$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\qquad \varepsilon \sim \mathcal N(0, I),$$
-where $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$ falls from 1 to about 0. The signal-to-noise ratio
-$\mathrm{SNR}(t) = \bar\alpha_t/(1-\bar\alpha_t)$ says how much of the photo is left. Here $t$ counts from 0, as in
-the code: $t = 0$ is the paper's first step ($t = 1$), so $x_t$ at $t = 0$ already holds a little noise, while
-$x_0$ is the clean photo. """ + NOISE_SHOWN
+FORWARD_HELP = text("forward.help") + NOISE_SHOWN  # as the page shows it in English
 
 
 class ForwardHandlers(TabHandlers):
@@ -35,10 +32,10 @@ class ForwardHandlers(TabHandlers):
               user: UserState, request: gr.Request | None = None) -> tuple:
         """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
         served = self.served(user)
-        with user_errors():
+        with user_errors(user.language):
             t = served.check_t(t)
             outputs = self.worker.run(forward_view, served, user.forward, photo, t, flag(fix_noise, "fix the noise"),
-                                      noise_seed)
+                                      noise_seed, user.language)
         self.users.seen(user_key(user, request), user)
         return outputs
 
@@ -48,27 +45,28 @@ class ForwardHandlers(TabHandlers):
 
 
 def forward_view(served: ServedModel, forward: ForwardState, photo: str | None, t: int, fix_noise: bool,
-                 noise_seed: float | None) -> tuple:
+                 noise_seed: float | None, language: str = ENGLISH) -> tuple:
     """Noise ``photo`` to ``t`` (:meth:`~ddpm_app.views.state.ForwardState.update`) and draw the view: (x₀, ε, x_t,
     numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
     forward.update(served, photo, t, fix_noise, noise_seed)
-    numbers, plot = forward_numbers(served, t, forward.eps_seed), schedule_plot(served, t)
+    numbers = forward_numbers(served, t, forward.eps_seed, language)
+    plot = schedule_plot(served, t, language)
     if forward.x0 is None:
-        hint = "Upload a photo (or pick an example) in the **Forward** tab first."
-        return None, None, None, numbers, None, plot, None, hint
+        return None, None, None, numbers, None, plot, None, text("forward.upload_first", language)
     ts = served.strip_timesteps()
     strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts],
                            min_size=128, columns=STRIP_COLUMNS, font_size=STRIP_FONT_SIZE)
-    note = (f"Starting point: the photo noised to **t = {t}** (noise seed {forward.eps_seed}); "
-            f"change it in the **Forward** tab.")
+    note = text("forward.starting_point", language, t=t, seed=forward.eps_seed)
     return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
             picture(forward.x_t), note)
 
 
-def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None) -> str:
+def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None, language: str = ENGLISH) -> str:
     lv = served.noise_level(t)
-    seed = f" · noise seed {noise_seed}" if noise_seed is not None else ""
-    return (f"**t = {t}** of 0…{served.timesteps - 1} ({served.config.schedule.kind} schedule){seed}\n\n"
+    seed = text("forward.numbers_seed", language, seed=noise_seed) if noise_seed is not None else ""
+    head = text("forward.numbers", language, t=t, last=served.timesteps - 1, kind=served.config.schedule.kind,
+                seed=seed)
+    return (f"{head}\n\n"
             f"$\\bar\\alpha_t$ = **{number(lv.alpha_bar)}** · "
             f"$\\sqrt{{\\bar\\alpha_t}}$ = **{number(lv.sqrt_alpha_bar)}** · "
             f"$\\sqrt{{1-\\bar\\alpha_t}}$ = **{number(lv.sqrt_one_minus_alpha_bar)}** · "
@@ -77,11 +75,11 @@ def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None) 
             f"{number(lv.sqrt_one_minus_alpha_bar, 3, latex=True)}\\,\\varepsilon \\qquad (t = {t})$$")
 
 
-def schedule_plot(served: ServedModel, t: int) -> np.ndarray:
+def schedule_plot(served: ServedModel, t: int, language: str = ENGLISH) -> np.ndarray:
     """ᾱ_t and SNR (dB) against t for both schedules, the model's drawn bold, the current t marked: (H, W, 3).
 
-    The curves are drawn once per model (matplotlib is slow); moving t only paints the marker line."""
-    base, marks = _schedule_figure(served.timesteps, served.config.schedule.kind)
+    The curves are drawn once per model and language (matplotlib is slow); moving t only paints the marker line."""
+    base, marks = _schedule_figure(served.timesteps, served.config.schedule.kind, language)
     img = base.copy()
     for x0, dx, top, bottom in marks:
         x = round(x0 + dx * t)
@@ -90,33 +88,31 @@ def schedule_plot(served: ServedModel, t: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _schedule_figure(timesteps: int, own: str) -> tuple[np.ndarray, list[tuple[float, float, int, int]]]:
+def _schedule_figure(timesteps: int, own: str, language: str) -> tuple[np.ndarray, list[tuple[float, float, int, int]]]:
     """The two panels, one above the other (narrow enough to stay legible on a phone), as pixels, and for each
     the marker geometry: x pixel = x0 + dx·t, rows top…bottom."""
     fig = Figure(figsize=(4.8, 4.4), dpi=100, layout="constrained")
-    fig.suptitle("Noise schedules (red line: the current t)", fontsize=10)
+    fig.suptitle(text("plot.schedules_title", language), fontsize=10)
     ax_a, ax_s = fig.subplots(2, 1, sharex=True)
     for kind, (abar, snr_db) in schedule_curves(timesteps).items():
         style = dict(lw=2.6 if kind == own else 1.2, alpha=1.0 if kind == own else 0.55,
-                     label=f"{kind}{' (this model)' if kind == own else ''}")
+                     label=text("plot.this_model", language, kind=kind) if kind == own else kind)
         ax_a.plot(abar, **style)
         ax_s.plot(snr_db, **style)
     for ax, name in ((ax_a, r"$\bar\alpha_t$"), (ax_s, "SNR (dB)")):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    ax_s.set_xlabel("t")
+    ax_s.set_xlabel(text("plot.t", language))
     ax_a.legend(fontsize=8, loc="lower left")  # the top right holds the picture's buttons
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    height = pixels.shape[0]
+    image = pixels(fig)
+    height = image.shape[0]
     marks = []
     for ax in (ax_a, ax_s):
         (x_start, _), (x_end, _) = ax.transData.transform([(0, 0), (timesteps - 1, 0)])
         box = ax.get_window_extent()  # pixels from the bottom left
         marks.append((x_start, (x_end - x_start) / max(timesteps - 1, 1),
                       int(height - box.y1) + 1, int(height - box.y0) - 1))
-    return pixels, marks
+    return image, marks
 
 
 @dataclass
@@ -141,30 +137,32 @@ class ForwardTab:
 def forward_tab(T: int, numbers: str, plot: np.ndarray) -> ForwardTab:
     """The Forward tab's layout, showing ``numbers`` and ``plot`` at first (its events: :func:`forward_events`, once
     the Denoise tab exists); call inside ``gr.Tabs()``."""
-    with gr.Tab("Forward", id="forward"):
-        gr.Markdown(FORWARD_HELP, latex_delimiters=LATEX)
+    with gr.Tab(i18n("tab.forward"), id="forward"):
+        help_markdown("forward.help", noise_pictures=True)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                photo = widgets.PhotoInput(label="Photo (center-cropped, resized)", type="filepath",
+                photo = widgets.PhotoInput(label=i18n("forward.photo"), type="filepath",
                                            image_mode=None, sources=["upload", "clipboard"], height=260)
-                gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples", cache_examples=False)
+                gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label=i18n("label.examples"),
+                            cache_examples=False)
             with gr.Column(scale=2, min_width=300):
                 # t right above x_t, so x_t stays in view while t moves (on a phone too); the pictures
                 # in the order of x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
                 t_slider = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
                 with gr.Row():
-                    q_xt = output_image("x_t", height=240, elem_id="fwd-xt")
-                    q_x0 = output_image("x₀", height=240)
-                    q_eps = output_image("ε (×½)", height=240)
-                numbers_md = gr.Markdown(numbers, latex_delimiters=LATEX, label="numbers", elem_id="fwd-numbers")
+                    q_xt = output_image("picture.x_t", height=240, elem_id="fwd-xt")
+                    q_x0 = output_image("picture.x0", height=240)
+                    q_eps = output_image("picture.eps", height=240)
+                numbers_md = gr.Markdown(numbers, latex_delimiters=LATEX, label=i18n("label.numbers"),
+                                         elem_id="fwd-numbers")
                 with gr.Row():
-                    fix_noise = gr.Checkbox(True, label="Fix the noise ε while t moves", min_width=140)
-                    noise_seed = widgets.Number(-1, label="Noise seed (−1 = random)", precision=0, min_width=120)
-                    new_noise = gr.Button("New noise", size="sm", min_width=80)
+                    fix_noise = gr.Checkbox(True, label=i18n("forward.fix_noise"), min_width=140)
+                    noise_seed = widgets.Number(-1, label=i18n("forward.noise_seed"), precision=0, min_width=120)
+                    new_noise = gr.Button(i18n("forward.new_noise"), size="sm", min_width=80)
         with gr.Row():
-            strip = output_image("x_t at evenly spaced t (same ε)", height=None, pixelated=False, scale=3,
-                                 min_width=300, elem_id="fwd-strip")
-            plot_image = output_image("noise schedules", height=None, pixelated=False, value=plot, scale=2,
+            strip = output_image("forward.strip", height=None, pixelated=False, scale=3, min_width=300,
+                                 elem_id="fwd-strip")
+            plot_image = output_image("forward.schedules", height=None, pixelated=False, value=plot, scale=2,
                                       min_width=300, show_label=False, elem_id="fwd-plot")
     return ForwardTab(photo, t_slider, fix_noise, noise_seed, new_noise,
                       [q_x0, q_eps, q_xt, numbers_md, strip, plot_image])

@@ -11,55 +11,53 @@ import gradio as gr
 from ddpm_app.checks import whole_number
 from ddpm_app.pictures import picture
 from ddpm_app.serve.runs import Frame, Trajectory
+from ddpm_app.text import ENGLISH, text
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, frame_slider, output_image
+from ddpm_app.ui.i18n import choices as i18n_choices
+from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.kit import LATEX, TabHandlers, frame_slider, help_markdown, output_image
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.export import export_gif, export_mp4, export_png
 from ddpm_app.views.reverse_step import equation_markdown, frame_breakdown, terms_strip
 from ddpm_app.views.state import DEFAULT_TIME_TO_LIVE, UserState
 
-FRAMES_HELP = r"""Every step of the last run is kept: scrub through it to see $x_t$ lose its noise while the guess
-$\hat x_0$ forms. The earliest guesses ($t \gtrsim 900$) are saturated colour noise: $\hat x_0$ divides by
-$\sqrt{\bar\alpha_t}$, which is tiny there, and clipping to $[-1, 1]$ leaves mostly pure colours. By
-$t \approx 700$ the guess has the layout and colours of the final image; the rest of the chain adds the detail."""
-
-RELEASED = ("Your last run is no longer kept (runs are released when you leave, after "
-            f"{DEFAULT_TIME_TO_LIVE // 60} minutes without a new one, or when the server needs the memory for other "
-            "users' runs): press **Generate** (or **Denoise**) again.")
+FRAMES_HELP = text("frames.help")
+RELEASED = text("run.released", minutes=DEFAULT_TIME_TO_LIVE // 60)
 
 
 class FramesHandlers(TabHandlers):
     def frame(self, number: float, user: UserState) -> tuple:
         """Stored frame ``number`` (1 = the first) of the run Frames shows (the user's latest Generate or Denoise
         run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
-        run = user.run
+        run, language = user.run, user.language
         if run is not None and run.released:
-            return None, None, RELEASED, "", None, user.shown
+            return None, None, text("run.released", language, minutes=DEFAULT_TIME_TO_LIVE // 60), "", None, user.shown
         if run is None or not run.frames:
-            return (None, None, f"No {user.shown} run yet: press **{user.shown.capitalize()}** first.",
-                    "", None, user.shown)
-        with user_errors():
+            return (None, None, text("run.no_run", language, kind=text(f"run.noun.{user.shown}", language),
+                                     button=text(f"run.kind.{user.shown}", language)), "", None, user.shown)
+        with user_errors(user.language):
             i = whole_number(number, "frame", 1, len(run.frames)) - 1
         f = run.frames[i]
         user.frame_index = i
-        state = ("finished" if run.finished else f"stopped after {run.steps_done} of {run.num_steps} steps"
-                 if run.stopped else f"running: {run.steps_done} of {run.num_steps} steps")
-        every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
-        label = (f"**step {f.index + 1} of {run.num_steps} · t = {f.t}** — frame {i + 1}/{len(run.frames)}: "
-                 f"{run.title} ({state}). Stored: {every}.")
-        x_t, x0, update, terms = self.worker.run(frame_pictures, run, f)
+        done = dict(done=run.steps_done, total=run.num_steps)
+        state = text("run.finished" if run.finished else "run.stopped_after" if run.stopped else "run.running",
+                     language, **done)
+        every = text("run.every_step" if run.stride == 1 else "run.every_nth", language, stride=run.stride)
+        label = text("run.frame_label", language, step=f.index + 1, steps=run.num_steps, t=f.t, frame=i + 1,
+                     frames=len(run.frames), title=run.title, state=state, every=every)
+        x_t, x0, update, terms = self.worker.run(frame_pictures, run, f, language)
         return x_t, x0, label, update, terms, user.shown
 
     def nudge(self, number: float, delta: int, user: UserState) -> tuple:
         """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames (1…count)."""
         count = len(user.run.frames) if user.run and user.run.frames else 1
-        with user_errors():
+        with user_errors(user.language):
             number = min(max(whole_number(number, "frame", 1, count) + delta, 1), count)
         return (number, *self.frame(number, user))
 
     def show_run(self, which: str, user: UserState) -> tuple:
         """Switch Frames between the latest Generate and Denoise runs: (slider update, outputs of :meth:`frame`)."""
-        with user_errors():
+        with user_errors(user.language):
             user.show(which)
         count = len(user.run.frames) if user.run and user.run.frames else 1
         return (frame_slider(count, count), *self.frame(count, user))
@@ -78,24 +76,26 @@ class FramesHandlers(TabHandlers):
         """Write the latest run as ``gif`` / ``mp4`` (x_t | x̂₀ per frame) or ``png`` (final images), named by
         what ran (``ddim-50steps-eta0_seed7.gif``); returns a path. ``progress`` hears of each frame drawn."""
         run = user.run
+        language = user.language
         told = None if progress is None else (
-            lambda done, total: progress((done, total), desc=f"{kind.upper()}: drawing frames", unit="frames"))
+            lambda done, total: progress((done, total), desc=text("export.drawing_frames", language, kind=kind.upper()),
+                                         unit=text("export.frames_unit", language)))
 
         def write(path: Path) -> Path:
             if kind == "png":
                 return export_png(run, path)
-            return {"gif": export_gif, "mp4": export_mp4}[kind](run, path, progress=told)
+            return {"gif": export_gif, "mp4": export_mp4}[kind](run, path, progress=told, language=language)
 
-        with user_errors():
+        with user_errors(user.language):
             return str(self.worker.run(self.exports.write, f"{run.file_stem if run else 'run'}.{kind}", write))
 
 
-def frame_pictures(run: Trajectory, f: Frame) -> tuple:
+def frame_pictures(run: Trajectory, f: Frame, language: str = ENGLISH) -> tuple:
     """(x_t, x̂₀, the step's update with its numbers, its terms as pictures) of the stored frame ``f`` of ``run``."""
     parts = frame_breakdown(run, f)
     if parts is None:
         return picture(f.x_t), picture(f.pred_x0), "", None
-    return (picture(f.x_t), picture(f.pred_x0), equation_markdown(parts, run.settings.clip_x0),
+    return (picture(f.x_t), picture(f.pred_x0), equation_markdown(parts, run.settings.clip_x0, language),
             terms_strip(parts, f.x_prev))
 
 
@@ -125,28 +125,27 @@ class FramesTab:
 
 def frames_tab(h: FramesHandlers, user: gr.State) -> FramesTab:
     """The Frames tab with its own events; call inside ``gr.Tabs()``."""
-    with gr.Tab("Frames", id="frames"):
-        gr.Markdown(FRAMES_HELP, latex_delimiters=LATEX)
-        frame = widgets.Slider(1, 2, value=1, step=1, label="Frame",
-                               info="one stored step of the run: the line below says which step and t",
+    with gr.Tab(i18n("tab.frames"), id="frames"):
+        help_markdown("frames.help")
+        frame = widgets.Slider(1, 2, value=1, step=1, label=i18n("frames.frame"), info=i18n("frames.frame_info"),
                                elem_id="frame-slider")
         with gr.Row():
-            prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
-            next_btn = gr.Button("Next ▶", size="sm", min_width=80)
-        label = gr.Markdown("No run yet: press **Generate** first.", label="frame info", elem_id="frame-label")
-        which_run = widgets.Radio([("Latest Generate run", "generate"), ("Latest Denoise run", "denoise")],
-                                  value="generate", label="Run", elem_id="which-run")
+            prev_btn = gr.Button(i18n("frames.previous"), size="sm", min_width=80)
+            next_btn = gr.Button(i18n("frames.next"), size="sm", min_width=80)
+        label = gr.Markdown(i18n("frames.none_yet"), label=i18n("frames.frame_info_label"), elem_id="frame-label")
+        which_run = widgets.Radio(i18n_choices([("frames.latest_generate", "generate"),
+                                                ("frames.latest_denoise", "denoise")]),
+                                  value="generate", label=i18n("frames.run"), elem_id="which-run")
         with gr.Row():
-            x_t = output_image("x_t", min_width=200)
-            x0 = output_image("predicted x̂₀", min_width=200)
-        update = gr.Markdown("", latex_delimiters=LATEX, label="this step's update", elem_id="frame-update")
-        terms = output_image("this step's terms (first image) and their sum", height=220, pixelated=False,
-                             elem_id="frame-terms")
+            x_t = output_image("picture.x_t", min_width=200)
+            x0 = output_image("picture.pred_x0", min_width=200)
+        update = gr.Markdown("", latex_delimiters=LATEX, label=i18n("frames.update"), elem_id="frame-update")
+        terms = output_image("frames.terms", height=220, pixelated=False, elem_id="frame-terms")
         with gr.Row():
-            gif_btn = gr.Button("Export GIF", size="sm", min_width=80)
-            mp4_btn = gr.Button("Export MP4", size="sm", min_width=80)
-            png_btn = gr.Button("Final images (PNG)", size="sm", min_width=80)
-        export_file = gr.File(label="Download (the latest run's export)", interactive=False,
+            gif_btn = gr.Button(i18n("frames.export_gif"), size="sm", min_width=80)
+            mp4_btn = gr.Button(i18n("frames.export_mp4"), size="sm", min_width=80)
+            png_btn = gr.Button(i18n("frames.export_png"), size="sm", min_width=80)
+        export_file = gr.File(label=i18n("frames.download"), interactive=False,
                               elem_id="export-file", elem_classes="ddpm-download")
 
     outputs = [x_t, x0, label, update, terms, which_run]

@@ -13,13 +13,15 @@ from ddpm_app.diffusion.samplers import SamplerSettings
 from ddpm_app.serve.inputs import MAX_BATCH
 from ddpm_app.serve.runs import PREVIEW_BUDGET, RunName, Throttle, Trajectory, stream
 from ddpm_app.serve.server import JOBS
+from ddpm_app.text import text
 from ddpm_app.ui import widgets
 from ddpm_app.ui.frames import FramesTab
+from ddpm_app.ui.i18n import i18n
 from ddpm_app.ui.kit import (
-    LATEX,
     NOISE_SHOWN,
     STOPPED,
     TabHandlers,
+    help_markdown,
     output_image,
     run_preview,
     sampler_controls,
@@ -28,14 +30,10 @@ from ddpm_app.ui.kit import (
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import UserState
 
-# what each sampler runs from x_T
-SAMPLER_CHOICES = [("DDPM (all T steps)", "ddpm"), ("DDIM (K steps)", "ddim")]
+# what each sampler runs from x_T (catalogue keys)
+SAMPLER_CHOICES = [("sampler.ddpm", "ddpm"), ("sampler.ddim", "ddim")]
 
-GENERATE_HELP = r"""Start from pure noise $x_T \sim \mathcal N(0, I)$ and step backwards. At each step the network
-predicts the noise $\hat\varepsilon = \varepsilon_\theta(x_t, t)$, which gives a guess of the final image,
-$\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$; the sampler then moves
-$x_t$ a little towards it. **DDPM** takes all $T$ steps and adds fresh noise each time; **DDIM** visits only
-$K$ of them ($\eta = 0$: no fresh noise, the same seed always gives the same image). """ + NOISE_SHOWN
+GENERATE_HELP = text("generate.help") + NOISE_SHOWN  # as the page shows it in English
 
 
 class GenerateHandlers(TabHandlers):
@@ -46,18 +44,19 @@ class GenerateHandlers(TabHandlers):
                  show_eps: bool, user: UserState, request: gr.Request | None = None) -> Iterator[tuple]:
         """Sample from noise, yielding (x_t, x̂₀, ε̂, status, seed used, frame-slider update) per preview."""
         served = self.served(user)
-        with user_errors():
+        with user_errors(user.language):
             settings = served.settings(sampler, steps, eta, clip_x0)
             batch = served.check_batch(batch)
             seed = resolve_seed(seed)
             show_eps = flag(show_eps, "show ε̂")
         run = Trajectory.of(RunName(settings, served.timesteps - 1, seed), served.shape(batch), served.schedule,
-                            self.max_trajectory_bytes)
+                            self.max_trajectory_bytes, user.language)
         user.keep("generate", run)  # a new object per run: a stopped run still finishing its step cannot write into it
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()
         yield from stream(served.sample(settings, batch, seed), run, Throttle(self.preview_interval, budget=PREVIEW_BUDGET),
-                          lambda step: run_preview(served, run, step, started, show_eps), self.library.worker)
+                          lambda step: run_preview(served, run, step, started, show_eps, user.language),
+                          self.library.worker)
 
 
 @dataclass
@@ -83,30 +82,30 @@ class GenerateTab:
 def generate_tab(T: int, settings: SamplerSettings, batch: int) -> GenerateTab:
     """The Generate tab's layout (its events: :func:`generate_events`, once the Frames tab exists); call inside
     ``gr.Tabs()``."""
-    with gr.Tab("Generate", id="generate"):
-        gr.Markdown(GENERATE_HELP, latex_delimiters=LATEX)
+    with gr.Tab(i18n("tab.generate"), id="generate"):
+        help_markdown("generate.help", noise_pictures=True)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 sampler, steps, eta = sampler_controls(T, SAMPLER_CHOICES, settings)
                 with gr.Row():
-                    seed = widgets.Number(-1, label="Seed (−1 or blank = random)", precision=0, min_width=120)
-                    seed_used = gr.Textbox(label="Seed used", interactive=False, min_width=120)
-                images = widgets.Slider(1, MAX_BATCH, value=batch, step=1, label="Images")
+                    seed = widgets.Number(-1, label=i18n("generate.seed"), precision=0, min_width=120)
+                    seed_used = gr.Textbox(label=i18n("generate.seed_used"), interactive=False, min_width=120)
+                images = widgets.Slider(1, MAX_BATCH, value=batch, step=1, label=i18n("generate.images"))
                 with gr.Row():
-                    clip = gr.Checkbox(settings.clip_x0, label="Clip x̂₀ to [−1, 1]", min_width=120)
-                    show_eps = gr.Checkbox(False, label="Show predicted noise ε̂", min_width=120,
-                                           info="with clipping on: the ε̂ consistent with the clipped x̂₀")
+                    clip = gr.Checkbox(settings.clip_x0, label=i18n("generate.clip"), min_width=120)
+                    show_eps = gr.Checkbox(False, label=i18n("generate.show_eps"), min_width=120,
+                                           info=i18n("generate.show_eps_info"))
                 with gr.Row():
-                    run_btn = gr.Button("Generate", variant="primary", min_width=100)
-                    stop_btn = gr.Button("Stop", variant="stop", min_width=80)
+                    run_btn = gr.Button(i18n("generate.button"), variant="primary", min_width=100)
+                    stop_btn = gr.Button(i18n("button.stop"), variant="stop", min_width=80)
             with gr.Column(scale=2, min_width=300):
-                status = gr.HTML("<div class='ddpm-stats'>Press <b>Generate</b>.</div>", label="progress",
-                                 elem_id="gen-status", min_height=60)
+                status = gr.HTML(i18n("generate.press"), label=i18n("label.progress"), elem_id="gen-status",
+                                 min_height=60)
                 with gr.Row():
                     # at least 200 px each: one picture per line on a phone, big enough to see faces
-                    x_t = output_image("x_t", elem_id="gen-xt", min_width=200)
-                    x0 = output_image("predicted x̂₀", elem_id="gen-x0", min_width=200)
-                    eps = output_image("predicted ε̂ (×½)", visible=False, elem_id="gen-eps", min_width=200)
+                    x_t = output_image("picture.x_t", elem_id="gen-xt", min_width=200)
+                    x0 = output_image("picture.pred_x0", elem_id="gen-x0", min_width=200)
+                    eps = output_image("picture.pred_eps", visible=False, elem_id="gen-eps", min_width=200)
     return GenerateTab(sampler, steps, eta, seed, seed_used, images, clip, show_eps, run_btn, stop_btn, status, x_t,
                        x0, eps)
 

@@ -11,22 +11,19 @@ from ddpm_app.checks import flag, resolve_seed, whole_number
 from ddpm_app.diffusion.samplers import SamplerSettings
 from ddpm_app.image import to_uint8
 from ddpm_app.pictures import labelled_strip
-from ddpm_app.serve.runs import Throttle, stream
+from ddpm_app.serve.runs import Throttle, sampler_words, stream
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.server import JOBS
+from ddpm_app.text import text
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import DEFAULT_SETTINGS, LATEX, TabHandlers, output_image
+from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.kit import DEFAULT_SETTINGS, TabHandlers, help_markdown, output_image
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import UserState
 
 MAX_INTERPOLATION = 10  # images in an interpolation strip
 
-INTERPOLATE_HELP = r"""**Between two seeds.** DDIM with $\eta = 0$ is a deterministic map from $x_T$ to an image.
-Take the two seeds' starting noises, walk between them along a great circle (spherical interpolation keeps each
-interpolant as long as a real Gaussian sample), and run the map from each: the images change smoothly from one
-seed's image to the other's (the DDIM paper's figure). η starts at the model's own (as in **Generate**); with
-$\eta > 0$ each step's fresh noise $z$ is interpolated between the two seeds' in the same way, so the ends are
-still exactly the two seeds' **Generate** images with these settings."""
+INTERPOLATE_HELP = text("interpolate.help")
 
 
 class InterpolateHandlers(TabHandlers):
@@ -34,21 +31,22 @@ class InterpolateHandlers(TabHandlers):
                     user: UserState) -> Iterator[tuple]:
         """DDIM from slerps between two seeds' x_T (and, for η > 0, their z), streamed: (strip of x̂₀ or the
         images, status)."""
-        served = self.served(user)
-        with user_errors():
+        served, language = self.served(user), user.language
+        with user_errors(language):
             a, b = resolve_seed(seed_a), resolve_seed(seed_b)
             n = whole_number(n, "number of images", 2, MAX_INTERPOLATION)
             settings = SamplerSettings.checked("ddim", steps, eta, flag(clip_x0, "clip x̂₀"), served.timesteps)
-        title = f"seed {a} → seed {b}, {settings.describe(served.timesteps - 1)}"
+        title = text("interpolate.title", language, a=a, b=b,
+                     settings=sampler_words(settings, served.timesteps - 1, language))
         labels = [f"w = {i / (n - 1):.2f}" for i in range(n)]
 
         def render(step) -> tuple:
             images = step.x_prev if step.is_last else step.pred_x0
             if step.is_last:
                 user.lesson.interpolation = to_uint8(images).cpu()
-                user.lesson.interpolation_title = f"Interpolation: {title}"
-            status = (f"Done: {title}." if step.is_last else
-                      f"Step {step.index + 1} / {step.num_steps} (t = {step.t}); shown: the current guesses x̂₀.")
+                user.lesson.interpolation_title = text("interpolate.figure_title", language, title=title)
+            status = (text("interpolate.done", language, title=title) if step.is_last else
+                      text("interpolate.step", language, step=step.index + 1, steps=step.num_steps, t=step.t))
             return labelled_strip(list(images), labels, min_size=96), status
 
         yield from stream(served.interpolate(a, b, n, settings), None, Throttle(self.preview_interval), render,
@@ -59,20 +57,19 @@ def interpolate_tab(h: InterpolateHandlers, user: gr.State, first: ServedModel) 
     """The Interpolate tab with its events; returns its DDIM-steps and η sliders (a model switch sets them). Call
     inside ``gr.Tabs()``."""
     T = first.timesteps
-    with gr.Tab("Interpolate", id="interpolate", elem_id="interpolate-tab"):
-        gr.Markdown(INTERPOLATE_HELP, latex_delimiters=LATEX)
+    with gr.Tab(i18n("tab.interpolate"), id="interpolate", elem_id="interpolate-tab"):
+        help_markdown("interpolate.help")
         with gr.Row():
-            seed_a = widgets.Number(1, label="Seed a", precision=0, min_width=100)
-            seed_b = widgets.Number(2, label="Seed b", precision=0, min_width=100)
-            n = widgets.Slider(2, MAX_INTERPOLATION, value=6, step=1, label="Images", min_width=160)
-            steps = widgets.Slider(1, T, value=min(25, T), step=1, label="DDIM steps K", min_width=160)
-            eta = widgets.Slider(0, 1, value=first.config.sampling.ddim_eta, step=0.05, label="η (eta)",
-                                 min_width=120, elem_id="interp-eta")
-            clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label="Clip x̂₀", min_width=100)
-        run_btn = gr.Button("Interpolate", variant="primary")
-        status = gr.Markdown("", label="status", elem_id="interp-status")
-        strip = output_image("from seed a (w = 0) to seed b (w = 1)", height=None, pixelated=False,
-                             elem_id="interp-strip")
+            seed_a = widgets.Number(1, label=i18n("interpolate.seed_a"), precision=0, min_width=100)
+            seed_b = widgets.Number(2, label=i18n("interpolate.seed_b"), precision=0, min_width=100)
+            n = widgets.Slider(2, MAX_INTERPOLATION, value=6, step=1, label=i18n("generate.images"), min_width=160)
+            steps = widgets.Slider(1, T, value=min(25, T), step=1, label=i18n("sampler.ddim_steps"), min_width=160)
+            eta = widgets.Slider(0, 1, value=first.config.sampling.ddim_eta, step=0.05,
+                                 label=i18n("interpolate.eta"), min_width=120, elem_id="interp-eta")
+            clip = gr.Checkbox(DEFAULT_SETTINGS.clip_x0, label=i18n("interpolate.clip"), min_width=100)
+        run_btn = gr.Button(i18n("interpolate.button"), variant="primary")
+        status = gr.Markdown("", label=i18n("label.status"), elem_id="interp-status")
+        strip = output_image("interpolate.strip", height=None, pixelated=False, elem_id="interp-strip")
 
     run_btn.click(h.interpolate, [seed_a, seed_b, n, steps, eta, clip, user], [strip, status],
                   api_name="interpolate", show_progress="hidden", concurrency_limit=1, concurrency_id=JOBS)

@@ -21,7 +21,10 @@ from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES, Trajectory
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.text import ENGLISH, sentences, text
 from ddpm_app.ui import widgets
+from ddpm_app.ui.i18n import choices as i18n_choices
+from ddpm_app.ui.i18n import i18n, written
 from ddpm_app.ui.widgets import PhotoInput
 from ddpm_app.views.export import ExportFolder
 from ddpm_app.views.reverse_step import equation_text
@@ -33,9 +36,8 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 DEFAULT_SETTINGS = SamplerSettings()  # what the sampler controls show first
 FIRST_BATCH = 4  # the images Generate makes at first (one where a step is slow here: ServedModel.first_run)
 
-NOISE_SHOWN = r"""Noise pictures ($\varepsilon$, $\hat\varepsilon$, marked ×½) show $\varepsilon/2$, so that
-$\pm 2$ standard deviations span black to white."""
-STOPPED = "<div class='ddpm-stats'><b>Stopped.</b> The steps computed so far are in the <b>Frames</b> tab.</div>"
+NOISE_SHOWN = text("noise_shown")  # under the help of the tabs that show noise pictures
+STOPPED = i18n("run.stopped")
 
 
 class TabHandlers:
@@ -71,7 +73,7 @@ class TabHandlers:
 def photo_given(photo: str | None) -> str:
     """The photo's path, or an error asking for one."""
     if photo is None:
-        raise InvalidValue("upload a photo (or pick an example) first")
+        raise InvalidValue(text("error.upload_first"))
     return photo
 
 
@@ -100,7 +102,8 @@ def frame_slider(count: int, value: int | None = None) -> dict:
 # A run's previews and status line (Generate and Denoise)
 
 
-def run_preview(served: ServedModel, run: Trajectory, step: Step, started: float, show_eps: bool = True) -> tuple:
+def run_preview(served: ServedModel, run: Trajectory, step: Step, started: float, show_eps: bool = True,
+                language: str = ENGLISH) -> tuple:
     """(x_t, x̂₀, ε̂, status, seed, frame-slider update) for one step; the last one shows the finished x₀.
 
     The frame slider counts stored frames from 1, as the Frames label does. Pictures on the way are JPEG files
@@ -112,7 +115,7 @@ def run_preview(served: ServedModel, run: Trajectory, step: Step, started: float
     update = equation_text(step_breakdown(served.schedule, step, run.settings))
     return (send(picture(step.x_prev if step.is_last else step.x_t)), send(picture(step.pred_x0)),
             send(noise_picture(step.pred_eps)) if show_eps or step.is_last else gr.skip(),
-            status_html(served, run, step, time.perf_counter() - started, update), str(run.seed), slider)
+            status_html(served, run, step, time.perf_counter() - started, update, language), str(run.seed), slider)
 
 
 def preview_file(array: np.ndarray) -> str:
@@ -127,18 +130,19 @@ def preview_file(array: np.ndarray) -> str:
     return processing_utils.save_bytes_to_cache(buffer.getvalue(), "preview.jpeg", processing_utils.get_upload_folder())
 
 
-def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float, update: str = "") -> str:
+def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float, update: str = "",
+                language: str = ENGLISH) -> str:
     """Progress, the step's t, ᾱ_t and SNR, and (``update``) the step's update with its numbers filled in."""
     level = served.noise_level(step.t)
     n = run.num_steps
     if step.is_last:
-        head = f"<b>Done</b>: {n} steps in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} steps/s). Shown: the final x₀."
+        head = text("status.done", language, steps=n, seconds=f"{elapsed:.1f}", rate=f"{n / max(elapsed, 1e-9):.0f}")
     else:
-        head = f"Step <b>{step.index + 1}</b> / {n}"
+        head = text("status.step", language, step=step.index + 1, steps=n)
     return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
             f"<div>{head}</div>"
             f"<div>t = <b>{step.t}</b> · ᾱ_t = {number(level.alpha_bar)} · SNR = {level.snr_db:+.1f} dB · "
-            f"{elapsed:.1f} s · seed {run.seed}</div>"
+            f"{elapsed:.1f} s · {text('status.seed', language, seed=run.seed)}</div>"
             + (f"<div class='ddpm-update'>{html.escape(update)}</div>" if update else "") + "</div>")
 
 
@@ -147,29 +151,41 @@ def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float
 
 
 def output_image(label: str, height: int | None = 280, pixelated: bool = True, **kw) -> gr.Image:
-    """An output picture, its label above it (class ``ddpm-picture``); ``pixelated`` enlarges small model images
-    with sharp pixels."""
-    return gr.Image(label=label, format="png", interactive=False, height=height,
+    """An output picture labelled with the catalogue text ``label`` above it (class ``ddpm-picture``); ``pixelated``
+    enlarges small model images with sharp pixels."""
+    return gr.Image(label=i18n(label), format="png", interactive=False, height=height,
                     elem_classes=["ddpm-picture"] + ["pixelated"] * pixelated, buttons=["download", "fullscreen"],
                     **{"min_width": 140} | kw)
 
 
 def sampler_controls(T: int, choices: list[tuple[str, str]],
                      default: SamplerSettings) -> tuple[gr.Radio, gr.Slider, gr.Slider]:
-    """Sampler choice (``choices`` say what each runs), and DDIM's K and η (shown only for DDIM)."""
-    sampler = widgets.Radio(choices, value=default.sampler, label="Sampler")
+    """Sampler choice (``choices``: catalogue keys saying what each runs, and the samplers), and DDIM's K and η
+    (shown only for DDIM)."""
+    sampler = widgets.Radio(i18n_choices(choices), value=default.sampler, label=i18n("sampler.label"))
     with gr.Column(visible=default.sampler == "ddim") as ddim_row:
-        steps = widgets.Slider(1, T, value=min(default.steps, T), step=1, label="DDIM steps K")
-        eta = widgets.Slider(0, 1, value=default.eta, step=0.05, label="η (0 = deterministic, 1 = as much noise as DDPM)")
+        steps = widgets.Slider(1, T, value=min(default.steps, T), step=1, label=i18n("sampler.ddim_steps"))
+        eta = widgets.Slider(0, 1, value=default.eta, step=0.05, label=i18n("sampler.eta"))
     sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, ddim_row, api_visibility="private",
                    queue=False, show_progress="hidden")
     return sampler, steps, eta
 
 
+def help_markdown(key: str, noise_pictures: bool = False) -> None:
+    """A tab's help, the catalogue text ``key`` with its formulas; ``noise_pictures``: followed, in the same
+    paragraph, by how noise pictures are shown."""
+    if noise_pictures:
+        words = written(lambda language: sentences(text(key, language), text("noise_shown", language)))
+    else:
+        words = i18n(key)
+    gr.Markdown(words, latex_delimiters=LATEX)
+
+
 def photo_column(label: str) -> PhotoInput:
-    """A photo upload with the example pictures under it, in a narrow column."""
+    """A photo upload (labelled with the catalogue text ``label``) with the example pictures under it, in a narrow
+    column."""
     with gr.Column(scale=1, min_width=260):
-        photo = PhotoInput(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
+        photo = PhotoInput(label=i18n(label), type="filepath", image_mode=None, sources=["upload", "clipboard"],
                            height=220)
-        gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples", cache_examples=False)
+        gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label=i18n("label.examples"), cache_examples=False)
     return photo

@@ -28,8 +28,11 @@ from ddpm_app.diffusion.samplers import VARIANCES, SamplerSettings
 from ddpm_app.lab import DATASETS, PointSet, dataset, from_csv, from_drawing
 from ddpm_app.lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD
 from ddpm_app.serve.worker import DeviceWorker
+from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, output_image
+from ddpm_app.ui.i18n import choices as i18n_choices
+from ddpm_app.ui.i18n import i18n, written
+from ddpm_app.ui.kit import LATEX, help_markdown, output_image
 from ddpm_app.ui.widgets import CSVInput, SketchInput, user_error, user_errors
 from ddpm_app.views.export import ExportFolder, save_gif, save_mp4
 from ddpm_app.views.lab import (
@@ -55,30 +58,20 @@ from ddpm_app.views.lab import (
 )
 from ddpm_app.views.state import UserState
 
-SOURCES = [("a data set", "preset"), ("my drawing", "drawing"), ("a CSV file", "csv"), ("pasted points", "text")]
+SOURCES = [("lab.source_preset", "preset"), ("lab.source_drawing", "drawing"), ("lab.source_csv", "csv"),
+           ("lab.source_text", "text")]  # catalogue keys
 CHUNK_SECONDS = 0.3  # training runs on the device worker this long at a time, then other users' work gets a turn
 PREVIEW_SECONDS = 1.5  # at most one preview (samples + pictures) per this much training
 DEFAULTS = LabSettings()
 PICTURE_MIN_WIDTH = 300  # pixels: narrower than two of these (a phone), the pictures stack one per line
 
-HELP = r"""**DDPM on points in the plane**, where the whole distribution is one picture. The same math as the image
-models: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$, a network $\varepsilon_\theta(x_t, t)$
-trained on $\lVert\varepsilon - \varepsilon_\theta(x_t, t)\rVert^2$ (Algorithm 1), and the reverse chain
-(Algorithm 2). Here the network is a small MLP that trains on this server's CPU in seconds. Data are scaled to
-fill $[-1, 1]^2$, as images are."""
+HELP = text("lab.help")
 
-EXPERIMENTS = {  # label: (what to change, what to look for)
-    "Smaller T (50)": (dict(timesteps=50), "With T = 50 the linear β still ends at 0.02, so ᾱ_T ≈ 0.6: x_T is not "
-                       "noise (Forward shows it) and sampling from N(0, I) starts somewhere the model never saw."),
-    "β 1e-4…0.002": (dict(beta_end=0.002), "β ten times smaller: ᾱ_T ≈ 0.37, the data still show through at t = T "
-                     "(Forward), so samples drawn from N(0, I) come out too spread."),
-    "σ² = β instead of β̃": (dict(variance="beta"), "The reverse variance β_t instead of the posterior's β̃_t: "
-                            "slightly more noise at each step; compare the distance with β̃."),
-    "Clipping off": (dict(clip=False), "x̂₀ is no longer clipped to [−1, 1]: at large t the guesses fly off (x̂₀ "
-                     "picture), yet DDPM's samples barely change; DDIM with few steps suffers more."),
-    "Network too small (1×8)": (dict(width=8, depth=1), "One hidden layer of 8 units cannot draw the shape: the "
-                                "loss stays higher and the samples blur into a blob."),
-}
+# label: (what to change, the catalogue key of its label and of what to look for, which is the key + "_note")
+EXPERIMENTS = {text(key): (change, key) for change, key in (
+    (dict(timesteps=50), "lab.exp.small_t"), (dict(beta_end=0.002), "lab.exp.small_beta"),
+    (dict(variance="beta"), "lab.exp.beta_variance"), (dict(clip=False), "lab.exp.no_clip"),
+    (dict(width=8, depth=1), "lab.exp.tiny_net"))}
 
 
 TRAINING_KEYS = ("timesteps", "beta_end", "width", "depth")  # an experiment changing one of these trains again
@@ -134,22 +127,24 @@ class LabHandlers:
 
     def show_data(self, *data_inputs, user: UserState):
         """Load the data the controls describe: (data picture, note)."""
-        with user_errors():
+        language = user.language
+        with user_errors(language):
             data = self.points(*data_inputs)
         user.lab.data = data
-        return self.worker.run(data_picture, data), f"**{data.name}**: {len(data.train)} training points."
+        note = text("lab.data_note", language, name=translated(data.name, language), count=len(data.train))
+        return self.worker.run(data_picture, data, language), note
 
     # -- forward ----------------------------------------------------------------------------------------------
 
     def forward(self, t: float, index: float, kind: str, timesteps: float, beta_start: float, beta_end: float,
                 user: UserState) -> tuple:
         """q(x_t|x₀) at t around point ``index``, and x_T beside N(0, I): (picture, picture, t-slider update)."""
-        lab = user.lab
-        with user_errors():
+        lab, language = user.lab, user.language
+        with user_errors(language):
             settings = LabSettings.checked(kind, timesteps, beta_start, beta_end, DEFAULTS.network.width,
                                            DEFAULTS.network.depth, 1, DEFAULTS.training.learning_rate, 0)
             if lab.data is None:
-                raise InvalidValue("choose the data first (Use this data)")
+                raise InvalidValue(text("lab.choose_data"))
             T = settings.schedule.timesteps
             t = min(whole_number(t, "t", 0, MAX_STEPS), T - 1)
             i = min(whole_number(index, "point", 1, MAX_POINTS), len(lab.data.train)) - 1
@@ -159,8 +154,8 @@ class LabHandlers:
             schedule = Schedule(settings.schedule)
             noise = torch.randn(lab.data.train.shape, generator=torch.Generator().manual_seed(0))
             reference = torch.randn(lab.data.train.shape, generator=torch.Generator().manual_seed(1))
-            return (forward_picture(schedule, lab.data, t, i, noise),
-                    marginal_picture(schedule, lab.data, noise, reference))
+            return (forward_picture(schedule, lab.data, t, i, noise, language),
+                    marginal_picture(schedule, lab.data, noise, reference, language))
         return (*self.worker.run(draw), gr.update(maximum=T - 1, value=t))
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -169,47 +164,48 @@ class LabHandlers:
               beta_end, width, depth, steps, learning_rate, seed, user: UserState) -> Iterator[tuple]:
         """A fresh model on the data, trained ``steps`` steps (Algorithm 1) while the loss and samples stream:
         yields (status, data picture, loss picture, samples picture, quality, losses as JSON)."""
-        with user_errors():
+        language = user.language
+        with user_errors(language):
             settings = LabSettings.checked(kind, timesteps, beta_start, beta_end, width, depth, steps,
                                            learning_rate, seed)
             data = self.points(source, preset, word, drawing, csv_file, text, count, data_seed)
         lab = user.lab
-        with self._holding(lab):
+        with self._holding(lab, language):
             self.worker.run(lab.start, data, settings)
-            yield from self._train(lab, settings.steps, first=self.worker.run(data_picture, data))
+            yield from self._train(lab, settings.steps, self.worker.run(data_picture, data, language), language)
 
     def go_on(self, steps: float, user: UserState) -> Iterator[tuple]:
         """``steps`` more steps of the current model (after Stop, or to train longer): the outputs of :meth:`train`."""
-        lab = user.lab
-        with user_errors():
+        lab, language = user.lab, user.language
+        with user_errors(language):
             steps = whole_number(steps, "steps", 1, MAX_STEPS)
             lab.model  # noqa: B018  (raises "press Train first")
-        with self._holding(lab):
-            yield from self._train(lab, steps, first=gr.skip())
+        with self._holding(lab, language):
+            yield from self._train(lab, steps, gr.skip(), language)
 
     @staticmethod
     @contextmanager
-    def _holding(lab: LabState) -> Iterator[LabState]:
+    def _holding(lab: LabState, language: str = ENGLISH) -> Iterator[LabState]:
         """One training run per user at a time: a second one is refused with a message."""
         if lab.busy:
-            raise user_error("this lab is already training: wait for it or press Stop first")
+            raise user_error(text("lab.busy", language))
         lab.busy = True
         try:
             yield lab
         finally:
             lab.busy = False
 
-    def _train(self, lab: LabState, steps: int, first) -> Iterator[tuple]:
-        for status, loss_pic, samples_pic, last in self.worker.stream(self._chunks(lab, steps)):
-            result = self._result(lab) if last else gr.skip()
+    def _train(self, lab: LabState, steps: int, first, language: str = ENGLISH) -> Iterator[tuple]:
+        for status, loss_pic, samples_pic, last in self.worker.stream(self._chunks(lab, steps, language)):
+            result = self._result(lab, language) if last else gr.skip()
             yield status, first, loss_pic, samples_pic, result[0] if last else gr.skip(), \
                 result[1] if last else gr.skip()
             first = gr.skip()
-        lab.history.append(f"{lab.settings.describe()}, {lab.trainer.step} steps in {lab.seconds:.1f} s: "
-                           f"distance {lab.previews[-1].distance:.4f}")
+        lab.history.append(text("lab.history", language, settings=lab.settings.describe(), steps=lab.trainer.step,
+                                seconds=f"{lab.seconds:.1f}", distance=f"{lab.previews[-1].distance:.4f}"))
 
     @classmethod
-    def _chunks(cls, lab: LabState, steps: int) -> Iterator[tuple]:
+    def _chunks(cls, lab: LabState, steps: int, language: str = ENGLISH) -> Iterator[tuple]:
         """``steps`` training steps, :data:`CHUNK_SECONDS` of them at a time (on the worker): after each stretch
         (status, loss picture, samples picture, whether it was the last), with pictures at most every
         :data:`PREVIEW_SECONDS`."""
@@ -232,29 +228,29 @@ class LabHandlers:
                 if done or time.perf_counter() - last_preview > PREVIEW_SECONDS:
                     preview = lab.preview()
                     last_preview = time.perf_counter()
-                    pictures = (loss_picture(lab.losses, lab.previews), preview_picture(lab.data, preview))
+                    pictures = (loss_picture(lab.losses, lab.previews, language),
+                                preview_picture(lab.data, preview, language=language))
                 else:
                     pictures = (gr.skip(), gr.skip())
-                yield cls._status(lab, target, out_of_time), *pictures, done
+                yield cls._status(lab, target, out_of_time, language), *pictures, done
         finally:
             records.close()
 
     @staticmethod
-    def _status(lab: LabState, target: int, out_of_time: bool) -> str:
+    def _status(lab: LabState, target: int, out_of_time: bool, language: str = ENGLISH) -> str:
         step = lab.trainer.step
         recent = lab.losses[-100:]
-        note = (f" Stopped at this request's limit of {MAX_TRAIN_SECONDS:.0f} s: press <b>Continue</b> to go on."
-                if out_of_time else "")
-        return (f"<div class='ddpm-stats'><progress value='{step}' max='{target}'></progress><div>step <b>{step}</b> "
-                f"of {target} · loss {sum(recent) / max(len(recent), 1):.4f} (mean of the last {len(recent)}) · "
-                f"{lab.seconds:.1f} s of training{note}</div></div>")
+        note = text("lab.limit", language, seconds=f"{MAX_TRAIN_SECONDS:.0f}") if out_of_time else ""
+        line = text("lab.status", language, step=step, target=target, loss=f"{sum(recent) / max(len(recent), 1):.4f}",
+                    recent=len(recent), seconds=f"{lab.seconds:.1f}", note=note)
+        return f"<div class='ddpm-stats'><progress value='{step}' max='{target}'></progress><div>{line}</div></div>"
 
-    def _result(self, lab: LabState) -> tuple[str, dict]:
+    def _result(self, lab: LabState, language: str = ENGLISH) -> tuple[str, dict]:
         """(quality of the last preview, the losses as JSON)."""
         q = self.worker.run(quality, lab.previews[-1].samples, lab.data)
         history = "\n".join(f"- {line}" for line in lab.history[-4:])
-        text = q.markdown() + (f"\n\nEarlier runs:\n{history}" if history else "")
-        return text, dict(steps=lab.trainer.step, seconds=round(lab.seconds, 3), losses=lab.losses,
+        words = q.markdown(language) + (text("lab.earlier", language, history=history) if history else "")
+        return words, dict(steps=lab.trainer.step, seconds=round(lab.seconds, 3), losses=lab.losses,
                           energy_distance=q.model, noise_energy_distance=q.noise, heldout_energy_distance=q.heldout,
                           settings=lab.settings.describe())
 
@@ -263,8 +259,8 @@ class LabHandlers:
     def sample(self, sampler: str, ddim_steps: float, variance: str, clip_x0: bool, count: float, seed: float,
                field_t: float, arrows: str, user: UserState) -> tuple:
         """Run the reverse chain for ``count`` points: (paths, field at t, x̂₀ at t, quality, JSON data + samples)."""
-        lab = user.lab
-        with user_errors():
+        lab, language = user.lab, user.language
+        with user_errors(language):
             lab.model  # noqa: B018
             T = lab.schedule.timesteps
             ddim_steps = min(whole_number(ddim_steps, "DDIM steps", 1, MAX_TIMESTEPS), T)  # the slider's 1…1000
@@ -276,34 +272,38 @@ class LabHandlers:
             field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), T - 1)
 
         def run():
-            result = lab.sample(settings, variance, count, seed)
+            result = lab.sample(settings, variance, count, seed, language)
             q = quality(result.final, lab.data, seed)
-            return (paths_picture(lab.data, result), field_picture(lab.model, lab.schedule, result, field_t, arrows),
-                    x0_picture(lab.data, result, field_t), q)
+            return (paths_picture(lab.data, result, language=language),
+                    field_picture(lab.model, lab.schedule, result, field_t, arrows, language),
+                    x0_picture(lab.data, result, field_t, language), q)
         paths, field, x0, q = self.worker.run(run)
-        return (paths, field, x0, q.markdown(), dict(data=lab.data.train.tolist(), samples=lab.run.final.tolist(),
-                                                     energy_distance=q.model, noise_energy_distance=q.noise,
-                                                     heldout_energy_distance=q.heldout, sampler=lab.run.title),
+        return (paths, field, x0, q.markdown(language), dict(data=lab.data.train.tolist(),
+                                                             samples=lab.run.final.tolist(), energy_distance=q.model,
+                                                             noise_energy_distance=q.noise,
+                                                             heldout_energy_distance=q.heldout, sampler=lab.run.title),
                 gr.update(maximum=T - 1))
 
     def field(self, field_t: float, arrows: str, user: UserState) -> tuple:
         """The field and x̂₀ pictures at another t of the last run: (field, x̂₀)."""
-        lab = user.lab
+        lab, language = user.lab, user.language
         if lab.run is None:
             return gr.skip(), gr.skip()
-        with user_errors():
+        with user_errors(language):
             field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), lab.schedule.timesteps - 1)
             arrows = choice(arrows, "arrows", ("score", "eps"))
         def draw():
-            return field_picture(lab.model, lab.schedule, lab.run, field_t, arrows), x0_picture(lab.data, lab.run, field_t)
+            return (field_picture(lab.model, lab.schedule, lab.run, field_t, arrows, language),
+                    x0_picture(lab.data, lab.run, field_t, language))
         return self.worker.run(draw)
 
     # -- exports ----------------------------------------------------------------------------------------------
 
     def export(self, what: str, kind: str, user: UserState) -> str:
         """The training animation (``what="training"``) or the trajectories (``"paths"``) as GIF or MP4."""
-        with user_errors():
-            frames = self.worker.run(training_frames if what == "training" else trajectory_frames, user.lab)
+        with user_errors(user.language):
+            frames = self.worker.run(training_frames if what == "training" else trajectory_frames, user.lab,
+                                     language=user.language)
             write = save_gif if kind == "gif" else save_mp4
             stem = "lab-training" if what == "training" else "lab-trajectories"
             return str(self.exports.write(f"{stem}.{kind}", lambda path: write(frames, path)))
@@ -318,96 +318,100 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
     """The 2-D lab tab with its events (API names ``toy_train``, ``toy_continue``, ``toy_sample``); call inside
     ``gr.Tabs()``."""
     s = DEFAULTS
-    with gr.Tab("2-D lab", id="lab", elem_id="lab-tab"):
-        gr.Markdown(HELP, latex_delimiters=LATEX)
+    with gr.Tab(i18n("tab.lab"), id="lab", elem_id="lab-tab"):
+        help_markdown("lab.help")
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
-                source = widgets.Radio(SOURCES, value="preset", label="Data")
-                preset = widgets.Dropdown(list(DATASETS), value="two moons", label="Data set")
-                word = widgets.Textbox("DDPM", label="Word (for the word data set)", max_length=12)
-                with gr.Accordion("Draw, upload or paste", open=False):
-                    drawing = SketchInput(label="Draw a shape (choose “my drawing” above)", height=300,
+                source = widgets.Radio(i18n_choices(SOURCES), value="preset", label=i18n("lab.source"))
+                preset = widgets.Dropdown(i18n_choices([(f"lab.set.{name}", name) for name in DATASETS]),
+                                          value="two moons", label=i18n("lab.data_set"))
+                word = widgets.Textbox("DDPM", label=i18n("lab.word"), max_length=12)
+                with gr.Accordion(i18n("lab.draw_accordion"), open=False):
+                    drawing = SketchInput(label=i18n("lab.draw"), height=300,
                                           type="numpy", sources=(), elem_id="lab-sketch", image_mode="RGBA",
                                           brush=gr.Brush(colors=["#000000"], color_mode="fixed"))
-                    csv_file = CSVInput(label=f"CSV of points: x,y per line, at most {MAX_POINTS}",
-                                       file_types=[".csv", ".txt"], type="filepath")
-                    text = widgets.Textbox(label="Points: x,y per line, or JSON [[x, y], …]", lines=3)
+                    csv_file = CSVInput(label=i18n("lab.csv", max=MAX_POINTS), file_types=[".csv", ".txt"],
+                                       type="filepath")
+                    pasted = widgets.Textbox(label=i18n("lab.paste"), lines=3)
                 with gr.Row():
-                    count = widgets.Slider(50, MAX_POINTS, value=1000, step=50, label="Points", min_width=140)
-                    data_seed = widgets.Number(0, label="Data seed", precision=0, min_width=100)
-                use_btn = gr.Button("Use this data", size="sm")
+                    count = widgets.Slider(50, MAX_POINTS, value=1000, step=50, label=i18n("lab.points"),
+                                           min_width=140)
+                    data_seed = widgets.Number(0, label=i18n("lab.data_seed"), precision=0, min_width=100)
+                use_btn = gr.Button(i18n("lab.use"), size="sm")
                 data_note = gr.Markdown("", elem_id="lab-data-note")
             with gr.Column(scale=1, min_width=280):
-                data_plot = _plot("data", elem_id="lab-data")
+                data_plot = _plot("lab.data", elem_id="lab-data")
 
-        gr.Markdown("### Forward: $q(x_t\\mid x_0)$", latex_delimiters=LATEX)
+        gr.Markdown(i18n("lab.forward_heading"), latex_delimiters=LATEX)
         with gr.Row():
             fwd_t = widgets.Slider(0, s.schedule.timesteps - 1, value=100, step=1, label="t", elem_id="lab-t",
                                    min_width=200)
-            fwd_point = widgets.Slider(1, 1000, value=1, step=1, label="the red point x₀ (index)", min_width=200)
+            fwd_point = widgets.Slider(1, 1000, value=1, step=1, label=i18n("lab.red_point"), min_width=200)
         with gr.Row():
-            fwd_plot = _plot("x_t and q(x_t|x₀)", elem_id="lab-forward")
-            marg_plot = _plot("x_T beside N(0, I)", elem_id="lab-marginal")
+            fwd_plot = _plot("lab.forward_plot", elem_id="lab-forward")
+            marg_plot = _plot("lab.marginal_plot", elem_id="lab-marginal")
 
-        gr.Markdown("### Train (Algorithm 1)")
+        gr.Markdown(i18n("lab.train_heading"))
         with gr.Row():
-            kind = widgets.Radio(["linear", "cosine"], value=s.schedule.kind, label="Schedule", min_width=140)
+            kind = widgets.Radio(["linear", "cosine"], value=s.schedule.kind, label=i18n("lab.schedule"),
+                                 min_width=140)
             timesteps = widgets.Slider(2, 1000, value=s.schedule.timesteps, step=1, label="T", min_width=160)
-            beta_start = widgets.Number(s.schedule.beta_start, label="β start (linear)", min_width=100)
-            beta_end = widgets.Number(s.schedule.beta_end, label="β end (linear)", min_width=100)
+            beta_start = widgets.Number(s.schedule.beta_start, label=i18n("lab.beta_start"), min_width=100)
+            beta_end = widgets.Number(s.schedule.beta_end, label=i18n("lab.beta_end"), min_width=100)
         with gr.Row():
-            width = widgets.Slider(2, 512, value=s.network.width, step=1, label="MLP width", min_width=140)
-            depth = widgets.Slider(1, 6, value=s.network.depth, step=1, label="MLP depth", min_width=140)
-            steps = widgets.Slider(100, MAX_STEPS, value=s.steps, step=100, label="Steps", min_width=160,
+            width = widgets.Slider(2, 512, value=s.network.width, step=1, label=i18n("lab.width"), min_width=140)
+            depth = widgets.Slider(1, 6, value=s.network.depth, step=1, label=i18n("lab.depth"), min_width=140)
+            steps = widgets.Slider(100, MAX_STEPS, value=s.steps, step=100, label=i18n("lab.steps"), min_width=160,
                                    elem_id="lab-steps")
-            lr = widgets.Number(s.training.learning_rate, label="Learning rate", min_width=100)
-            seed = widgets.Number(0, label="Seed", precision=0, min_width=80)
+            lr = widgets.Number(s.training.learning_rate, label=i18n("lab.learning_rate"), min_width=100)
+            seed = widgets.Number(0, label=i18n("lab.seed"), precision=0, min_width=80)
         with gr.Row():
-            train_btn = gr.Button("Train", variant="primary", min_width=90)
-            more_btn = gr.Button("Continue", min_width=90)
-            stop_btn = gr.Button("Stop", variant="stop", min_width=80)
-        status = gr.HTML("<div class='ddpm-stats'>Press <b>Train</b>.</div>", elem_id="lab-status", min_height=50)
+            train_btn = gr.Button(i18n("lab.train"), variant="primary", min_width=90)
+            more_btn = gr.Button(i18n("lab.continue"), min_width=90)
+            stop_btn = gr.Button(i18n("button.stop"), variant="stop", min_width=80)
+        status = gr.HTML(i18n("lab.press_train"), elem_id="lab-status", min_height=50)
         with gr.Row():
-            loss_plot = _plot("loss", elem_id="lab-loss")
-            preview_plot = _plot("samples while training", elem_id="lab-preview")
+            loss_plot = _plot("lab.loss", elem_id="lab-loss")
+            preview_plot = _plot("lab.preview", elem_id="lab-preview")
         quality_md = gr.Markdown("", elem_id="lab-quality")
-        with gr.Accordion("Losses (JSON, as /toy_train returns them)", open=False):
-            losses_json = gr.JSON(label="losses")
+        with gr.Accordion(i18n("lab.losses_accordion"), open=False):
+            losses_json = gr.JSON(label=i18n("lab.losses"))
 
-        gr.Markdown("### Experiments — one click each: settings change, then it trains (or samples) again")
+        gr.Markdown(i18n("lab.experiments_heading"))
         with gr.Row():
-            exp_btns = [gr.Button(label, size="sm", min_width=120) for label in EXPERIMENTS]
+            exp_btns = [gr.Button(i18n(key), size="sm", min_width=120) for _, key in EXPERIMENTS.values()]
         exp_note = gr.Markdown("", elem_id="lab-experiment")
 
-        gr.Markdown("### Sample (Algorithm 2, or DDIM)")
+        gr.Markdown(i18n("lab.sample_heading"))
         with gr.Row():
-            sampler = widgets.Radio([("DDPM", "ddpm"), ("DDIM", "ddim")], value="ddpm", label="Sampler", min_width=120)
-            ddim_steps = widgets.Slider(1, 1000, value=50, step=1, label="DDIM steps", min_width=140)
-            variance = widgets.Radio([("β̃ (posterior)", "posterior"), ("β", "beta")], value="posterior",
-                                     label="DDPM σ²", min_width=140)
-            clip = gr.Checkbox(True, label="Clip x̂₀ to [−1, 1]", min_width=100)
+            sampler = widgets.Radio([("DDPM", "ddpm"), ("DDIM", "ddim")], value="ddpm", label=i18n("sampler.label"),
+                                    min_width=120)
+            ddim_steps = widgets.Slider(1, 1000, value=50, step=1, label=i18n("lab.ddim_steps"), min_width=140)
+            variance = widgets.Radio([(i18n("lab.variance_posterior"), "posterior"), ("β", "beta")], value="posterior",
+                                     label=i18n("lab.variance"), min_width=140)
+            clip = gr.Checkbox(True, label=i18n("generate.clip"), min_width=100)
         with gr.Row():
-            n_samples = widgets.Slider(10, MAX_SAMPLES, value=500, step=10, label="Points", min_width=140)
-            sample_seed = widgets.Number(0, label="Seed", precision=0, min_width=80)
-            field_t = widgets.Slider(0, 999, value=300, step=1, label="t of the arrows and x̂₀", min_width=160,
+            n_samples = widgets.Slider(10, MAX_SAMPLES, value=500, step=10, label=i18n("lab.points"), min_width=140)
+            sample_seed = widgets.Number(0, label=i18n("lab.seed"), precision=0, min_width=80)
+            field_t = widgets.Slider(0, 999, value=300, step=1, label=i18n("lab.field_t"), min_width=160,
                                      elem_id="lab-field-t")
-            arrows = widgets.Radio([("score", "score"), ("−ε̂", "eps")], value="score", label="Arrows", min_width=120)
-        sample_btn = gr.Button("Sample", variant="primary")
+            arrows = widgets.Radio([(i18n("lab.arrows_score"), "score"), ("−ε̂", "eps")], value="score",
+                                   label=i18n("lab.arrows"), min_width=120)
+        sample_btn = gr.Button(i18n("lab.sample"), variant="primary")
         with gr.Row():
-            paths_plot = _plot("paths from x_T to x₀", elem_id="lab-paths")
-            field_plot = _plot("the learned field", elem_id="lab-field")
-            x0_plot = _plot("x̂₀ along the way", elem_id="lab-x0")
+            paths_plot = _plot("lab.paths", elem_id="lab-paths")
+            field_plot = _plot("lab.field", elem_id="lab-field")
+            x0_plot = _plot("lab.x0_along", elem_id="lab-x0")
         sample_quality = gr.Markdown("", elem_id="lab-sample-quality")
-        with gr.Accordion("Samples (JSON, as /toy_sample returns them)", open=False):
-            samples_json = gr.JSON(label="samples")
+        with gr.Accordion(i18n("lab.samples_accordion"), open=False):
+            samples_json = gr.JSON(label=i18n("lab.samples"))
         with gr.Row():
-            export_btns = [(gr.Button(f"{label} ({kind.upper()})", size="sm", min_width=120), what, kind)
-                           for what, label in (("training", "Training"), ("paths", "Trajectories"))
-                           for kind in ("gif", "mp4")]
-        lab_file = gr.File(label="Download", interactive=False, elem_classes="ddpm-download")
+            export_btns = [(gr.Button(i18n(f"lab.export_{what}", kind=kind.upper()), size="sm", min_width=120), what,
+                            kind) for what in ("training", "paths") for kind in ("gif", "mp4")]
+        lab_file = gr.File(label=i18n("lab.download"), interactive=False, elem_classes="ddpm-download")
 
     # events ----------------------------------------------------------------------------------------------------
-    data_inputs = [source, preset, word, drawing, csv_file, text, count, data_seed]
+    data_inputs = [source, preset, word, drawing, csv_file, pasted, count, data_seed]
     schedule_inputs = [kind, timesteps, beta_start, beta_end]
     train_inputs = data_inputs + schedule_inputs + [width, depth, steps, lr, seed, user]
     train_outputs = [status, data_plot, loss_plot, preview_plot, quality_md, losses_json]
@@ -437,11 +441,13 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
                  show_progress="hidden")
 
     widget_of = dict(timesteps=timesteps, beta_end=beta_end, width=width, depth=depth, variance=variance, clip=clip)
-    for btn, (label, (change, note)) in zip(exp_btns, EXPERIMENTS.items()):
+    for btn, (change, key) in zip(exp_btns, EXPERIMENTS.values()):
         values = experiment_values(change)
+        note = written(lambda language, key=key: text("lab.exp.note", language, label=text(key, language),
+                                                      note=text(f"{key}_note", language)))
 
-        def apply(values=values, note=note, label=label):
-            return [values.get(k, gr.skip()) for k in widget_of] + [f"**{label}.** {note}"]
+        def apply(values=values, note=note):
+            return [values.get(k, gr.skip()) for k in widget_of] + [note]
         event = btn.click(apply, None, list(widget_of.values()) + [exp_note], api_visibility="private", queue=False)
         if retrains(change):
             event = event.success(lh.train, train_inputs, train_outputs, api_visibility="private", **lab)

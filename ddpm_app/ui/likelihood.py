@@ -11,25 +11,23 @@ import gradio as gr
 from ddpm_app.checks import flag, resolve_seed
 from ddpm_app.serve.server import JOBS
 from ddpm_app.serve.worker import Reports
+from ddpm_app.text import ENGLISH, text
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, output_image, photo_column, photo_given
+from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.kit import TabHandlers, help_markdown, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.likelihood import ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
 from ddpm_app.views.state import UserState
 
-LIKELIHOOD_HELP = r"""**How likely is your photo under the model?** The same bound that gave the training loss,
-$-\log p_\theta(x_0) \le L_T + \sum_{t\ge 2} L_{t-1} + L_0$, measured on your photo in bits per dimension
-(per colour value of the 8-bit image; lower is more likely). $L_T$ is the prior term (tiny: $x_T$ is pure noise
-whatever the photo), $L_{t-1}$ the KL of each reverse step, $L_0$ the decoder's probability of the exact pixel
-values. The quick estimate evaluates a stratified sample of $t$; the exact bound evaluates all $T$ terms."""
+LIKELIHOOD_HELP = text("likelihood.help")
 
 
 class LikelihoodHandlers(TabHandlers):
     def likelihood(self, photo: str | None, exact: bool, seed: float | None, user: UserState) -> Iterator[tuple]:
         """The bound for the photo, streamed: (progress, plot, verdict) after every batch of timesteps, then the
         result. ``exact``: all T timesteps; otherwise the quick estimate from a stratified sample."""
-        served = self.served(user)
-        with user_errors():
+        served, language = self.served(user), user.language
+        with user_errors(language):
             exact = flag(exact, "exact")
             seed = resolve_seed(seed)
             x0 = self.worker.run(served.prepare_photo, photo_given(photo))
@@ -39,44 +37,45 @@ class LikelihoodHandlers(TabHandlers):
 
         def progress(done: int, total: int) -> None:
             if done < total:
-                reports((progress_html(done, total, time.perf_counter() - started, exact), gr.skip(), gr.skip()))
+                reports((progress_html(done, total, time.perf_counter() - started, exact, language), gr.skip(),
+                         gr.skip()))
 
         def bound() -> Iterator[tuple]:
             bpd = photo_bits_per_dim(served, x0, seed, num, progress)
-            plot = terms_plot(bpd, served.heldout, served.timesteps)
+            plot = terms_plot(bpd, served.heldout, served.timesteps, language=language)
             user.lesson.likelihood, user.lesson.likelihood_plot = bpd, plot
             elapsed = time.perf_counter() - started
-            done_text = (f"<div class='ddpm-stats'><progress value='1' max='1'></progress><div><b>Done</b>: "
-                         f"{bpd.timesteps_evaluated} timesteps in {elapsed:.1f} s (seed {seed}).</div></div>")
-            yield done_text, plot, verdict(bpd, served.heldout, served.heldout_note, served.timesteps)
+            done = text("likelihood.done", language, timesteps=bpd.timesteps_evaluated, seconds=f"{elapsed:.1f}",
+                        seed=seed)
+            done_text = f"<div class='ddpm-stats'><progress value='1' max='1'></progress><div>{done}</div></div>"
+            yield done_text, plot, verdict(bpd, served.heldout, served.heldout_note, served.timesteps, language)
 
         yield from self.worker.stream(bound(), reports)
 
 
-def progress_html(done: int, total: int, elapsed: float, exact: bool) -> str:
-    what = "exact bound, all timesteps" if exact else "estimate"
-    return (f"<div class='ddpm-stats'><progress value='{done}' max='{total}'></progress>"
-            f"<div>{done} / {total} timesteps ({what}) · {elapsed:.1f} s</div></div>")
+def progress_html(done: int, total: int, elapsed: float, exact: bool, language: str = ENGLISH) -> str:
+    what = text("likelihood.progress_exact" if exact else "likelihood.progress_estimate", language)
+    line = text("likelihood.progress", language, done=done, total=total, what=what, seconds=f"{elapsed:.1f}")
+    return f"<div class='ddpm-stats'><progress value='{done}' max='{total}'></progress><div>{line}</div></div>"
 
 
 def likelihood_tab(h: LikelihoodHandlers, user: gr.State, T: int) -> None:
     """The Likelihood tab with its events; call inside ``gr.Tabs()``."""
-    with gr.Tab("Likelihood", id="likelihood", elem_id="likelihood-tab"):
-        gr.Markdown(LIKELIHOOD_HELP, latex_delimiters=LATEX)
+    with gr.Tab(i18n("tab.likelihood"), id="likelihood", elem_id="likelihood-tab"):
+        help_markdown("likelihood.help")
         with gr.Row():
-            photo = photo_column("Photo")
+            photo = photo_column("likelihood.photo")
             with gr.Column(scale=2, min_width=300):
-                exact = gr.Checkbox(False, label=f"Exact: all {T} timesteps (slower)")
-                seed = widgets.Number(0, label="Seed (timesteps and noise)", precision=0)
+                exact = gr.Checkbox(False, label=i18n("likelihood.exact", T=T))
+                seed = widgets.Number(0, label=i18n("likelihood.seed"), precision=0)
                 with gr.Row():
-                    run_btn = gr.Button("Bits/dim of this photo", variant="primary", min_width=120)
-                    stop_btn = gr.Button("Stop", variant="stop", min_width=80)
-                status = gr.HTML("<div class='ddpm-stats'>Pick a photo, then press <b>Bits/dim</b>.</div>",
-                                 label="progress", elem_id="lk-status")
-                meaning = gr.Markdown("", label="what it means", elem_id="lk-verdict")
-        plot = output_image("the terms of the bound", height=None, pixelated=False, elem_id="lk-plot")
+                    run_btn = gr.Button(i18n("likelihood.button"), variant="primary", min_width=120)
+                    stop_btn = gr.Button(i18n("button.stop"), variant="stop", min_width=80)
+                status = gr.HTML(i18n("likelihood.press"), label=i18n("label.progress"), elem_id="lk-status")
+                meaning = gr.Markdown("", label=i18n("likelihood.meaning"), elem_id="lk-verdict")
+        plot = output_image("likelihood.terms", height=None, pixelated=False, elem_id="lk-plot")
 
     event = run_btn.click(h.likelihood, [photo, exact, seed, user], [status, plot, meaning], api_name="likelihood",
                           show_progress="hidden", concurrency_limit=1, concurrency_id=JOBS)
-    stop_btn.click(lambda: "<div class='ddpm-stats'><b>Stopped.</b></div>", None, status, cancels=[event],
+    stop_btn.click(lambda: i18n("likelihood.stopped"), None, status, cancels=[event],
                    api_visibility="private", queue=False)

@@ -13,16 +13,16 @@ from ddpm_app.checks import choice
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.io.model_folder import SamplingDefaults
 from ddpm_app.numbers import number
+from ddpm_app.runtime.inference import Runtime
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.text import ENGLISH, count, text, translated
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, TabHandlers
+from ddpm_app.ui.i18n import i18n
+from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, TabHandlers, help_markdown
 from ddpm_app.ui.widgets import user_error, user_errors
 from ddpm_app.views.state import UserState
 
-MODEL_HELP = """Each model is a folder with `config.json` (architecture, schedule, image size) and
-`model.safetensors`. Pick one from the weights folder (**Rescan** after adding one there), load a model folder
-nested inside it, or download one in this format from the Hugging Face Hub."""
-STAYS = " — the current model stays loaded."  # after a switch that failed
+MODEL_HELP = text("model.help")
 
 
 class ModelHandlers(TabHandlers):
@@ -30,34 +30,34 @@ class ModelHandlers(TabHandlers):
         """Switch this user's model: (summary, card, samples, header, t-slider, DDIM-steps updates of Generate and
         Denoise, Generate's image count, clip-x̂₀ updates of Generate and Denoise, DDIM-η updates of Generate and
         Denoise, dropdown update)."""
-        with user_errors():
+        with user_errors(user.language):
             served = self.library.get(choice(name, "model", self.library.names))
-        return self._switch(user, served, f"Loaded **{served.name}**.")
+        return self._switch(user, served, text("model.loaded", user.language, name=served.name))
 
     def download_model(self, repo_id: str, user: UserState) -> tuple:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
-        with user_errors(STAYS):
+        with user_errors(user.language, then="model.stays"):
             name = self.library.add_from_hub(repo_id)
-        return self._switch(user, self.library.get(name), f"Downloaded and loaded **{name}**.")
+        return self._switch(user, self.library.get(name), text("model.downloaded", user.language, name=name))
 
     def load_folder(self, path: str, user: UserState) -> tuple:
         """Load a model folder inside a weights folder and switch to it; on failure the current model stays."""
-        with user_errors(STAYS):
+        with user_errors(user.language, then="model.stays"):
             name = self.library.add_folder(path)
             served = self.library.get(name)
-        return self._switch(user, served, f"Loaded **{name}** from `{served.folder}`.")
+        return self._switch(user, served, text("model.loaded_from", user.language, name=name, folder=served.folder))
 
     def rescan(self, user: UserState) -> tuple[dict, str]:
         """Look at the weights folders again: (model dropdown update, what changed)."""
         new, gone = self.library.rescan()
-        names = self.library.names
-        changes = [f"new: {', '.join(new)}"] * bool(new) + [f"gone: {', '.join(gone)}"] * bool(gone)
+        names, language = self.library.names, user.language
+        changes = ([text("model.rescan_new", language, names=", ".join(new))] * bool(new)
+                   + [text("model.rescan_gone", language, names=", ".join(gone))] * bool(gone))
         refused = self.library.refused
-        note = (f"{len(names)} model{'s' if len(names) != 1 else ''} in "
-                f"{', '.join(f'`{r}/`' for r in self.library.roots)}"
-                f"{' (' + '; '.join(changes) + ')' if changes else ', no change'}."
-                + (f" Left out, a link in them leads out of the weights folders: {', '.join(refused)}."
-                   if refused else ""))
+        note = (text("model.rescan_note", language, models=count("model", len(names), language),
+                     roots=", ".join(f"`{r}/`" for r in self.library.roots),
+                     changes=" (" + "; ".join(changes) + ")" if changes else text("model.rescan_no_change", language))
+                + (text("model.rescan_refused", language, names=", ".join(refused)) if refused else ""))
         if user.model not in names:  # this user's model folder is gone: back to the default
             user.model = None
         return gr.update(choices=names, value=user.model or self.library.default), note
@@ -74,56 +74,71 @@ class ModelHandlers(TabHandlers):
         """Every output of a model switch, built first: only then is ``user`` on ``served``, so an output that
         cannot be made leaves the user on their model, with a message."""
         try:
-            outputs = self.worker.run(self._model_outputs, served, status)
+            outputs = self.worker.run(self._model_outputs, served, status, user.language)
         except OSError as e:
-            raise user_error(f"{served.name}: its model card could not be read ({e}){STAYS}") from None
+            raise user_error(text("model.card_unreadable", user.language, name=served.name, error=e)) from None
         user.model = served.name
         return outputs
 
-    def _model_outputs(self, served: ServedModel, status: str) -> tuple:
+    def _model_outputs(self, served: ServedModel, status: str, language: str = ENGLISH) -> tuple:
         """(On the worker: the model card's table and the first run's settings measure the model.)"""
         T = served.timesteps
         defaults = served.config.sampling
         if defaults != SamplingDefaults():
-            differs = ([f"DDIM η starts at {number(defaults.ddim_eta)}"] * (defaults.ddim_eta != 0)
-                       + ["x̂₀ clipping starts off"] * (not defaults.clip_x0)
-                       + ["DDPM adds noise with σ_t² = β_t"] * (defaults.variance == "beta"))
-            status += f" {', '.join(differs) or 'Sampling'} for this model: {defaults.why}"
+            differs = ([text("model.differs_eta", language, eta=number(defaults.ddim_eta))] * (defaults.ddim_eta != 0)
+                       + [text("model.differs_clip", language)] * (not defaults.clip_x0)
+                       + [text("model.differs_variance", language)] * (defaults.variance == "beta"))
+            status += text("model.differs", language,
+                           what=", ".join(differs) or text("model.differs_sampling", language), why=defaults.why)
         first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)  # the model card's table says why, if it differs
-        table, card, samples = model_card(served)
+        table, card, samples = model_card(served, language)
         # one update per output: Gradio takes the value out of an update dict as it sends it
         ddim_steps = [gr.update(maximum=T, value=first.ddim_steps) for _ in range(2)]
         ddim_eta = [gr.update(value=defaults.ddim_eta) for _ in range(2)]
         clip = [gr.update(value=defaults.clip_x0) for _ in range(2)]
-        return (status + "\n\n" + table, card, samples, model_header(served),
+        return (status + "\n\n" + table, card, samples, model_header(served, language),
                 gr.update(maximum=T - 1, value=T // 4), *ddim_steps, gr.update(value=first.batch), *clip, *ddim_eta,
                 gr.update(choices=self.library.names, value=served.name))
 
 
-def model_header(served: ServedModel) -> str:
+def model_header(served: ServedModel, language: str = ENGLISH) -> str:
     c = served.config
-    return (f"Model: **{served.name}** — {c.image_size}×{c.image_size}, {c.channels} channel"
-            f"{'s' if c.channels > 1 else ''}, {c.schedule.kind} schedule, T = {c.schedule.timesteps}, "
-            f"device {served.device.type}")
+    return text("model.header", language, name=served.name, size=c.image_size,
+                channels=count("channel", c.channels, language), kind=c.schedule.kind, T=c.schedule.timesteps,
+                device=served.device.type)
 
 
-def model_card(served: ServedModel) -> tuple[str, str, str | None]:
-    """(summary table, model card text) in Markdown, and the path of the card's sample grid if there is one."""
+def model_card(served: ServedModel, language: str = ENGLISH) -> tuple[str, str, str | None]:
+    """(summary table, model card text) in Markdown, and the path of the card's sample grid if there is one. The
+    card is the model's own README, shown as its author wrote it; the table's words are the app's."""
     s = served.summary()
-    rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or "not recorded"), ("architecture", s.arch),
-            ("parameters", f"{s.parameters / 1e6:.1f} M"),
-            ("image size", f"{s.image_size}×{s.image_size}, {s.channels} channel(s)"),
-            ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}"),
-            ("speed here", "not measured (compiled on first use)" if s.ms_per_step is None
-             else f"{s.ms_per_step:.1f} ms per step at batch 1, measured on this machine when the model was loaded"),
-            ("runs on", s.runtime)]
+    speed = (text("card.speed_unmeasured", language) if s.ms_per_step is None
+             else text("card.speed_value", language, ms=f"{s.ms_per_step:.1f}"))
+    rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or text("card.not_recorded", language)),
+            ("architecture", s.arch), ("parameters", f"{s.parameters / 1e6:.1f} M"),
+            ("image size", text("card.image_size_value", language, size=s.image_size, channels=s.channels)),
+            ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}"), ("speed", speed),
+            ("runs_on", runtime_words(served.runtime, language))]
     first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)
-    rows += [("first settings", first.note)] if first.note else []
+    rows += [("first_settings", translated(first.note, language))] if first.note else []
+    rows = [(text(f"card.{k.replace(' ', '_')}", language), v) for k, v in rows]
     rows += [(k.replace("_", " "), str(v)) for k, v in s.training.items()
              if isinstance(v, (str, int, float, bool)) and k != "dataset"][:12]
-    table = "| property | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    head = f"| {text('card.property', language)} | {text('card.value', language)} |"
+    table = head + "\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     card = s.card[:3000] + ("…" if len(s.card) > 3000 else "")
-    return table, card or "This model has no README.md card.", served_picture(s.samples)
+    return table, card or text("model.no_card", language), served_picture(s.samples)
+
+
+def runtime_words(runtime: Runtime, language: str = ENGLISH) -> str:
+    """How the network runs here (:meth:`~ddpm_app.runtime.inference.Runtime.describe`), in ``language``: the
+    device, precision and engine by their names, the rest in words."""
+    if language == ENGLISH:
+        return runtime.describe()
+    parts = ([translated(runtime.device, language), runtime.precision]
+             + [translated(runtime.engine, language)] * bool(runtime.engine)
+             + [text("runtime.compiled", language)] * runtime.compiled)
+    return text("runtime.describe", language, parts=", ".join(parts), reason=translated(runtime.reason, language))
 
 
 def served_picture(path: Path | None) -> str | None:
@@ -154,28 +169,27 @@ class ModelTab:
 def model_tab(names: list[str], first: str, table: str, card: str, samples: str | None) -> ModelTab:
     """The Model tab's layout, showing the first model's ``table``, ``card`` and ``samples`` (its events:
     :func:`model_events`, once every tab a switch updates exists); call inside ``gr.Tabs()``."""
-    with gr.Tab("Model", id="model"):
-        gr.Markdown(MODEL_HELP)
+    with gr.Tab(i18n("tab.model"), id="model"):
+        help_markdown("model.help")
         with gr.Row():
             with gr.Column(min_width=240):
-                pick = widgets.Dropdown(names, value=first, label="Models in the weights folder")
-                rescan_btn = gr.Button("Rescan the weights folder", size="sm")
+                pick = widgets.Dropdown(names, value=first, label=i18n("model.pick"))
+                rescan_btn = gr.Button(i18n("model.rescan"), size="sm")
             with gr.Column(min_width=240):
-                folder = gr.Textbox(label="Model folder inside the weights folder", placeholder="runs/my-faces",
-                                    elem_id="model-folder")
-                folder_btn = gr.Button("Load folder", size="sm")
+                folder = gr.Textbox(label=i18n("model.folder"), placeholder="runs/my-faces", elem_id="model-folder")
+                folder_btn = gr.Button(i18n("model.load_folder"), size="sm")
             with gr.Column(min_width=240):
-                repo = gr.Textbox(label="Hub model id", placeholder="user/model-name")
-                download_btn = gr.Button("Download from the Hub", size="sm")
+                repo = gr.Textbox(label=i18n("model.hub_id"), placeholder="user/model-name")
+                download_btn = gr.Button(i18n("model.download"), size="sm")
         note = gr.Markdown("", elem_id="model-note")
         with gr.Row():
             with gr.Column(min_width=300):
-                summary = gr.Markdown(table, label="model summary", elem_id="model-summary")
+                summary = gr.Markdown(table, label=i18n("model.summary"), elem_id="model-summary")
             with gr.Column(min_width=300):
-                samples_image = gr.Image(samples, label="samples from the model card", interactive=False,
+                samples_image = gr.Image(samples, label=i18n("model.samples"), interactive=False,
                                          buttons=["fullscreen"], elem_classes="ddpm-picture", elem_id="model-samples")
-        with gr.Accordion("Model card (README.md)", open=False):
-            card_md = gr.Markdown(card, label="model card")
+        with gr.Accordion(i18n("model.card_accordion"), open=False):
+            card_md = gr.Markdown(card, label=i18n("model.card"))
     return ModelTab(pick, rescan_btn, folder, folder_btn, repo, download_btn, note, summary, samples_image, card_md)
 
 

@@ -10,11 +10,14 @@ library: the tabs only turn widget values into calls and results into pictures a
 from __future__ import annotations
 
 import gradio as gr
+from gradio.i18n import I18nData
 
+from ddpm_app.checks import choice
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.serve.server import JOBS, limit_waiting
+from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, text
 from ddpm_app.ui import widgets
 from ddpm_app.ui.compare import CompareHandlers, compare_tab
 from ddpm_app.ui.denoise import DenoiseHandlers, denoise_tab
@@ -22,12 +25,14 @@ from ddpm_app.ui.figures import FigureHandlers, figure_row
 from ddpm_app.ui.forward import ForwardHandlers, forward_events, forward_numbers, forward_tab, schedule_plot
 from ddpm_app.ui.frames import FramesHandlers, frames_tab
 from ddpm_app.ui.generate import GenerateHandlers, generate_events, generate_tab
+from ddpm_app.ui.i18n import DETECT_JS, SWITCH_JS, i18n, language_switch, written
 from ddpm_app.ui.interpolate import InterpolateHandlers, interpolate_tab
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings
 from ddpm_app.ui.lab import LabHandlers, lab_tab
 from ddpm_app.ui.likelihood import LikelihoodHandlers, likelihood_tab
 from ddpm_app.ui.model import ModelHandlers, model_card, model_events, model_header, model_tab
 from ddpm_app.ui.training import TrainingHandlers, training_tab
+from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import Users, UserState
 
 QUEUE_SIZE = 16  # sampling jobs waiting at most; more get "queue full"
@@ -65,9 +70,7 @@ HEAD = """<style>
 THEME = gr.themes.Soft(font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
 
-INTRO = """# Denoising diffusion, step by step
-A diffusion model learns to undo noise. **Forward**, a photo is mixed with Gaussian noise until nothing is left;
-**reverse**, a network ε_θ predicts the noise in x_t and the sampler removes a little of it at each step."""
+INTRO = text("app.intro")
 
 
 class Handlers(GenerateHandlers, FramesHandlers, ForwardHandlers, DenoiseHandlers, TrainingHandlers,
@@ -75,12 +78,49 @@ class Handlers(GenerateHandlers, FramesHandlers, ForwardHandlers, DenoiseHandler
     """Every tab's event handlers (but the 2-D lab's, :class:`~ddpm_app.ui.lab.LabHandlers`), over the state they
     share (:class:`~ddpm_app.ui.kit.TabHandlers`): each tab's module defines its own."""
 
+    def set_language(self, language: str, t: float, user: UserState) -> tuple:
+        """The switch (or, on load, the browser) sets the user's language: what handlers write from now on is in
+        it, and what they wrote before that the page always shows is written again: (header, Forward's numbers
+        and schedule plot at ``t``, the model card's table and text)."""
+        with user_errors(user.language):
+            user.language = choice(language, "language", list(LANGUAGES))
+            served = self.served(user)
+            t = served.check_t(t)
+        return self.worker.run(language_views, served, t, user.forward.eps_seed, user.language)
+
+
+def language_views(served: ServedModel, t: int, noise_seed: int | None, language: str) -> tuple:
+    """The texts and plot the page always shows of the user's model, in ``language``: (header, Forward's numbers
+    and schedule plot at ``t``, the model card's table and text)."""
+    table, card, _ = model_card(served, language)
+    return (model_header(served, language), forward_numbers(served, t, noise_seed, language),
+            schedule_plot(served, t, language), table, card)
+
 
 def first_views(first: ServedModel) -> tuple:
     """What the page shows of the first model before anyone asks: (header, Forward's numbers and schedule plot at
-    t = T/4, the model card's table, text and samples)."""
+    t = T/4, the model card's table, text and samples), each text written in every language (the browser shows
+    its own)."""
     t = first.timesteps // 4
-    return model_header(first), forward_numbers(first, t), schedule_plot(first, t), model_card(first)
+    cards = {language: model_card(first, language) for language in LANGUAGES}  # (table, text, samples) each
+    return (written(lambda language: model_header(first, language)),
+            written(lambda language: forward_numbers(first, t, None, language)), schedule_plot(first, t),
+            (written(lambda language: cards[language][0]), written(lambda language: cards[language][1]),
+             cards[ENGLISH][2]))
+
+
+def glossary() -> I18nData:
+    """The tutorial's terms as a table: in English, or in the reader's language beside English (the words of the
+    papers and the code)."""
+    english = {key: words for key, words in catalogue(ENGLISH).items() if key.startswith("term.")}
+
+    def table(language: str) -> str:
+        if language == ENGLISH:
+            return "\n".join(["| English |", "|---|", *(f"| {words} |" for words in english.values())])
+        own = catalogue(language)
+        return "\n".join([f"| {LANGUAGES[language]} | English |", "|---|---|",
+                          *(f"| {own[key]} | {words} |" for key, words in english.items())])
+    return written(table)
 
 
 def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIEW_INTERVAL,
@@ -97,10 +137,14 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
     # 35-50 % slower for as long as the server runs (benchmarks/app_stream.py)
     header_text, numbers_text, plot_image, (table, card_text, samples_path) = library.worker.run(first_views, first)
 
-    with widgets.Blocks(title="DDPM step by step", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    with widgets.Blocks(title=text("app.title"), analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         user = gr.State(UserState())
-        gr.Markdown(INTRO)
-        header = gr.Markdown(header_text, label="model")
+        with gr.Row(equal_height=False):  # the switch beside the title; on a phone, under it
+            with gr.Column(scale=5, min_width=320):
+                gr.Markdown(i18n("app.intro"))
+            with gr.Column(scale=0, min_width=220):
+                switch = language_switch()
+        header = gr.Markdown(header_text, label=i18n("app.model_label"))
 
         with gr.Tabs():
             generate = generate_tab(T, settings, first.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps).batch)
@@ -114,6 +158,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             interpolation = interpolate_tab(h, user, first)
             model = model_tab(library.names, first.name, table, card_text, samples_path)
         figure_row(h, user)
+        with gr.Accordion(i18n("app.glossary"), open=False):
+            gr.Markdown(glossary(), elem_id="glossary")
 
         generate_events(h, generate, frames, user)
         sdedit = [denoise.start, denoise.note]
@@ -122,6 +168,11 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                    generate.eta, denoise.eta]
         model_events(h, model, user, updated, forward.noise_event(h, user, sdedit),
                      [train_t, compare_t, *interpolation])
+        demo.load(None, None, switch, js=DETECT_JS)
+        switch.change(None, switch, None, js=SWITCH_JS)
+        switch.change(h.set_language, [switch, forward.t, user],
+                      [header, forward.outputs[3], forward.outputs[5], model.summary, model.card],
+                      api_visibility="private", show_progress="hidden")
         demo.unload(h.leave)
     demo.queue(max_size=None, default_concurrency_limit=2)
     limit_waiting(demo, JOBS, queue_size, VIEW_QUEUE_SIZE)  # views are never refused because jobs fill the queue

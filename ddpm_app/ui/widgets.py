@@ -23,6 +23,7 @@ import gradio as gr
 from gradio import processing_utils, utils
 from gradio.components.image_editor import EditorData
 from gradio.data_classes import GradioModel, ImageData
+from gradio.i18n import I18nData
 from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
 from pydantic import ConfigDict, ValidationError, field_serializer, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -30,6 +31,8 @@ from pydantic.json_schema import SkipJsonSchema
 from ddpm_app.checks import InvalidValue, shown
 from ddpm_app.image import ImageError, read_data_url
 from ddpm_app.io.model_folder import ModelFolderError
+from ddpm_app.text import ENGLISH, text, translated
+from ddpm_app.ui.i18n import I18N, english
 
 
 def user_error(message: str) -> gr.Error:
@@ -39,13 +42,14 @@ def user_error(message: str) -> gr.Error:
 
 
 @contextmanager
-def user_errors(then: str = ""):
-    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message,
-    ``then`` added (what happens next)."""
+def user_errors(language: str = ENGLISH, then: str | None = None):
+    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message, in
+    ``language`` where the catalogue has the message's words (:func:`~ddpm_app.text.translated`), the catalogue
+    text ``then`` added (what happens next)."""
     try:
         yield
     except (InvalidValue, ImageError, ModelFolderError) as e:
-        raise user_error(f"{e}{then}") from None
+        raise user_error(translated(str(e), language) + (text(then, language) if then else "")) from None
 
 
 def as_sent(self, payload: Any) -> Any:
@@ -284,7 +288,20 @@ class CSVInput(FileInput):
 class Blocks(gr.Blocks):
     """``gr.Blocks`` whose endpoints refuse a call with more or fewer values than they have fields, naming the
     fields (Gradio ignores extra values silently), and let :class:`PhotoInput` check the paths of tagged file
-    objects before Gradio does."""
+    objects before Gradio does. Its page speaks the catalogue's languages (:data:`~ddpm_app.ui.i18n.I18N`) however it
+    is launched."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.i18n_instance = I18N  # what the config sends the browser; launch() sets it again
+
+    def launch(self, *args, i18n: gr.I18n | None = None, **kwargs):
+        return super().launch(*args, i18n=i18n or I18N, **kwargs)
+
+    def get_api_info(self, all_endpoints: bool = False, page: str | None = None):
+        """Gradio's description of the endpoints, with the fields' labels in English (the page shows them in the
+        browser's language; an API client reads them as they always were)."""
+        return _in_english(super().get_api_info(all_endpoints, page))
 
     def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
         # By now a call with one value per field has None in the slots of server-side state (gr.State), as
@@ -293,9 +310,20 @@ class Blocks(gr.Blocks):
         sent = len(inputs) - (len(inputs) == len(block_fn.inputs)) * sum(
             value is None for block, value in zip(block_fn.inputs, inputs) if block.skip_api)
         if sent != len(fields):
-            names = ", ".join(str(getattr(block, "label", None) or block.get_block_name()) for block in fields)
+            names = ", ".join(str(english(getattr(block, "label", None)) or block.get_block_name()) for block in fields)
             raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(fields)} value"
                              f"{'s' * (len(fields) != 1)} ({names or 'none'}), got {sent}")
         for block, value in zip(block_fn.inputs, inputs):
             if isinstance(block, (PhotoInput, FileInput)):
                 block.check_sent(value)
+
+
+def _in_english(value: Any) -> Any:
+    """``value`` (JSON-like) with every translatable label read in English."""
+    if isinstance(value, dict):
+        if value.get("__type__") == "translation_metadata":
+            return english(I18nData(value["key"]))
+        return {k: _in_english(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_english(v) for v in value]
+    return english(value)

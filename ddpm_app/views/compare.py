@@ -7,6 +7,7 @@ import numpy as np
 from ddpm_app.image import from_uint8, grid
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.runs import Frame, Trajectory
+from ddpm_app.text import ENGLISH, text
 
 
 def frame_at(run: Trajectory, t: int) -> Frame:
@@ -17,19 +18,19 @@ def frame_at(run: Trajectory, t: int) -> Frame:
 
 
 def compare_picture(pinned: Trajectory, latest: Trajectory, t: int, min_size: int = 128,
-                    title: str | None = None) -> tuple[np.ndarray, str]:
+                    title: str | None = None, language: str = ENGLISH) -> tuple[np.ndarray, str]:
     """x_t and x̂₀ of both runs at ``t``, side by side (A = pinned, B = latest), and a Markdown caption."""
     a, b = frame_at(pinned, t), frame_at(latest, t)
     tiles = [grid(from_uint8(x)) for x in (a.x_t, a.pred_x0, b.x_t, b.pred_x0)]
-    labels = [f"A: x_{a.t}", "A: x̂₀", f"B: x_{b.t}", "B: x̂₀"]
-    caption = (f"**A** (pinned): {pinned.title} — at t = {a.t}, step {a.index + 1}/{pinned.num_steps}.  \n"
-               f"**B** (latest): {latest.title} — at t = {b.t}, step {b.index + 1}/{latest.num_steps}.")
+    labels = [label for run, f in (("A", a), ("B", b)) for label in (text("compare.label_xt", language, run=run, t=f.t),
+                                                                   text("compare.label_x0", language, run=run))]
+    caption = text("compare.caption", language, title_a=pinned.title, t_a=a.t, step_a=a.index + 1,
+                   steps_a=pinned.num_steps, title_b=latest.title, t_b=b.t, step_b=b.index + 1,
+                   steps_b=latest.num_steps)
     if pinned.seed != latest.seed:
-        caption += f"  \nThe seeds differ ({pinned.seed} and {latest.seed}): use the same seed to compare samplers."
+        caption += text("compare.seeds_differ", language, a=pinned.seed, b=latest.seed)
     elif (noisy(pinned) or noisy(latest)) and pinned.settings != latest.settings:
-        caption += ("  \nSame seed, so the same starting noise x_T, yet different images: DDPM (and DDIM with η > 0) "
-                    "draws fresh noise z at every step, and the two chains draw it differently (or one adds none), "
-                    "so they part ways from the first step on.")
+        caption += text("compare.same_seed", language)
     return labelled_strip(tiles, labels, min_size=min_size, title=title), caption
 
 

@@ -17,14 +17,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ddpm_app.checks import InvalidValue
-from ddpm_app.pictures import label_font, picture
+from ddpm_app.fonts import draw_text, text_width
+from ddpm_app.pictures import picture
 from ddpm_app.serve.runs import Frame, Trajectory
+from ddpm_app.text import ENGLISH, text
 
 
-def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256) -> Image.Image:
+def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256, language: str = ENGLISH) -> Image.Image:
     """x_t | x̂₀ of one stored frame side by side under two label lines, upscaled (nearest) to ``min_height``.
 
-    The labels are drawn in :func:`~.pictures.label_font`, which has every character they use."""
+    The labels are drawn with :func:`~ddpm_app.fonts.draw_text`, whose fonts have every character they use."""
     left = Image.fromarray(picture(frame.x_t))
     right = Image.fromarray(picture(frame.pred_x0))
     scale = max(1, math.ceil(min_height / left.height))
@@ -36,13 +38,12 @@ def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256) -
     draw = ImageDraw.Draw(out)
     title = trajectory.title
     size = 14
-    while size > 9 and label_font(size).getlength(title) > out.width - 8:  # long titles: smaller, still whole
+    while size > 9 and text_width(title, size) > out.width - 8:  # long titles: smaller, still whole
         size -= 1
-    draw.text((4, 2), title, fill="black", font=label_font(size))
-    font = label_font(14)
-    draw.text((4, 21), f"x_t   step {frame.index + 1}/{trajectory.num_steps}, t = {frame.t}", fill="black",
-              font=font)
-    draw.text((w + gap + 4, 21), "predicted x̂₀", fill="black", font=font)
+    draw_text(draw, (4, 2), title, size)
+    draw_text(draw, (4, 21), text("export.x_t", language, step=frame.index + 1, steps=trajectory.num_steps, t=frame.t),
+              14)
+    draw_text(draw, (w + gap + 4, 21), text("picture.pred_x0", language), 14)
     return out
 
 
@@ -59,9 +60,9 @@ def export_indices(n: int, max_frames: int) -> list[int]:
 ExportProgress = Callable[[int, int], None]
 
 
-def _pictures(trajectory: Trajectory, indices: list[int], progress: ExportProgress | None):
+def _pictures(trajectory: Trajectory, indices: list[int], progress: ExportProgress | None, language: str = ENGLISH):
     """The labelled pictures of the frames at ``indices``, one at a time, reporting progress before each."""
-    pictures = (frame_picture(trajectory, trajectory.frames[i]) for i in indices)
+    pictures = (frame_picture(trajectory, trajectory.frames[i], language=language) for i in indices)
     return _reporting(pictures, len(indices), progress)
 
 
@@ -76,9 +77,9 @@ def _reporting(pictures: Iterable[Image.Image], total: int, progress: ExportProg
 
 def _check_frames(trajectory: Trajectory | None) -> Trajectory:
     if trajectory is not None and trajectory.released:
-        raise InvalidValue("this run is no longer kept in memory: run Generate (or Denoise) again")
+        raise InvalidValue(text("export.released"))
     if trajectory is None or not trajectory.frames:
-        raise InvalidValue("nothing to export yet: run Generate (or Denoise) first")
+        raise InvalidValue(text("figures.none_step"))
     return trajectory
 
 
@@ -90,11 +91,13 @@ GIF_COLOURS = 48
 
 
 def export_gif(trajectory: Trajectory | None, path: str | Path, max_frames: int = 120,
-               duration_ms: int = 60, hold_last_ms: int = 1500, progress: ExportProgress | None = None) -> Path:
-    """An animated GIF of the stored frames (x_t | x̂₀ side by side, labelled), the last one held a moment."""
+               duration_ms: int = 60, hold_last_ms: int = 1500, progress: ExportProgress | None = None,
+               language: str = ENGLISH) -> Path:
+    """An animated GIF of the stored frames (x_t | x̂₀ side by side, labelled in ``language``), the last one held
+    a moment."""
     trajectory = _check_frames(trajectory)
     indices = export_indices(len(trajectory.frames), max_frames)
-    pictures = (frame_picture(trajectory, trajectory.frames[i], GIF_HEIGHT) for i in indices)
+    pictures = (frame_picture(trajectory, trajectory.frames[i], GIF_HEIGHT, language) for i in indices)
     return save_gif(list(_reporting(pictures, len(indices), progress)), path, duration_ms, hold_last_ms)
 
 
@@ -111,11 +114,11 @@ def save_gif(pictures: list[Image.Image], path: str | Path, duration_ms: int = 6
 
 
 def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int = 300, fps: int = 20,
-               progress: ExportProgress | None = None) -> Path:
-    """An H.264 MP4 of the stored frames (needs the ``imageio-ffmpeg`` package)."""
+               progress: ExportProgress | None = None, language: str = ENGLISH) -> Path:
+    """An H.264 MP4 of the stored frames, labelled in ``language`` (needs the ``imageio-ffmpeg`` package)."""
     trajectory = _check_frames(trajectory)
     indices = export_indices(len(trajectory.frames), max_frames)
-    return save_mp4(_pictures(trajectory, indices, progress), path, fps)
+    return save_mp4(_pictures(trajectory, indices, progress, language), path, fps)
 
 
 def save_mp4(pictures: Iterable[Image.Image | np.ndarray], path: str | Path, fps: int = 20) -> Path:

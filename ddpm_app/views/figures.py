@@ -13,6 +13,7 @@ from ddpm_app.checks import InvalidValue
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.text import text
 from ddpm_app.views.compare import compare_picture
 from ddpm_app.views.likelihood import terms_plot
 from ddpm_app.views.reverse_step import equation_text, frame_breakdown, terms_strip
@@ -29,44 +30,46 @@ def _rgb_tensor(picture: np.ndarray) -> torch.Tensor:
 
 def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
     """The slide figure of ``view`` (one of :data:`VIEWS`) from this user's latest result there: (H, W, 3)."""
-    lesson = user.lesson
+    lesson, language = user.lesson, user.language
     if view == "step":
         run = user.run
         if run is None or not run.frames:
-            raise InvalidValue("nothing to export yet: run Generate (or Denoise) first")
+            raise InvalidValue(text("figures.none_step"))
         frame = run.frames[min(user.frame_index, len(run.frames) - 1)]
         parts = frame_breakdown(run, frame)
         if parts is None:
-            raise InvalidValue("this run kept no step terms; run it again")
+            raise InvalidValue(text("figures.no_terms"))
         return terms_strip(parts, frame.x_prev, SLIDE_SIZE, title=f"{run.title}: {equation_text(parts)}")
     if view == "forward":
         fwd = user.forward
         if fwd.x0 is None:
-            raise InvalidValue("nothing to export yet: noise a photo in the Forward tab first")
+            raise InvalidValue(text("figures.none_forward"))
         ts = served.strip_timesteps(6)
         return labelled_strip(served.q_sample(fwd.x0, ts, fwd.eps), [f"x_{t}" for t in ts], SLIDE_SIZE,
-                              title="x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, the same ε at every t")
+                              title=text("figures.forward_title", language))
     if view == "training":
         s = lesson.step
         if s is None:
-            raise InvalidValue("nothing to export yet: pick a photo in the Training tab first")
+            raise InvalidValue(text("figures.none_training"))
         scale = heat_scale(s.squared_error)
         return labelled_strip([s.x0, s.eps / 2, s.x_t, s.pred_eps / 2, _rgb_tensor(error_heatmap(s.squared_error, scale))],
-                              ["x₀", "ε (×½)", f"x_{s.t}", "ε̂ = ε_θ(x_t, t) (×½)", f"(ε − ε̂)², 0 … {number(scale)}"],
-                              SLIDE_SIZE, title=f"t = {s.t}: loss ‖ε − ε̂‖²/D = {number(s.loss)}, "
-                                                f"‖ε − ε̂‖² = {s.loss_sum:.1f}")
+                              ["x₀", text("picture.eps", language), f"x_{s.t}", "ε̂ = ε_θ(x_t, t) (×½)",
+                               text("figures.heat", language, scale=number(scale))],
+                              SLIDE_SIZE, title=text("figures.training_title", language, t=s.t, loss=number(s.loss),
+                                                     loss_sum=f"{s.loss_sum:.1f}"))
     if view == "likelihood":
         if lesson.likelihood is None:
-            raise InvalidValue("nothing to export yet: compute the bits/dim of a photo in the Likelihood tab first")
-        return terms_plot(lesson.likelihood, served.heldout, served.timesteps, dpi=220)
+            raise InvalidValue(text("figures.none_likelihood"))
+        return terms_plot(lesson.likelihood, served.heldout, served.timesteps, dpi=220, language=language)
     if view == "compare":
         if user.pinned is None or user.run is None or not user.run.frames:
-            raise InvalidValue("nothing to compare yet: pin a run, then run another")
+            raise InvalidValue(text("figures.none_compare"))
         t = lesson.compare_t
-        return compare_picture(user.pinned, user.run, t, SLIDE_SIZE, title=f"A (pinned) and B (latest) at t = {t}")[0]
+        return compare_picture(user.pinned, user.run, t, SLIDE_SIZE, text("figures.compare_title", language, t=t),
+                               language)[0]
     if view == "interpolation":
         if lesson.interpolation is None:
-            raise InvalidValue("nothing to export yet: run an interpolation first")
+            raise InvalidValue(text("figures.none_interpolation"))
         n = len(lesson.interpolation)
         return labelled_strip(list(lesson.interpolation), [f"w = {i / max(n - 1, 1):.2f}" for i in range(n)],
                               SLIDE_SIZE, title=lesson.interpolation_title)

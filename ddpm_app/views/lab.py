@@ -32,6 +32,8 @@ from ddpm_app.lab import (
     q_gaussian,
 )
 from ddpm_app.lab.points import MAX_POINTS
+from ddpm_app.serve.runs import sampler_words
+from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.views.plots import log_y, new_figure, pixels
 
 MAX_STEPS = 20_000  # optimiser steps in one Train or Continue request
@@ -83,11 +85,11 @@ class Quality(NamedTuple):
     noise: float
     heldout: float
 
-    def markdown(self) -> str:
+    def markdown(self, language: str = ENGLISH) -> str:
         ratio = self.noise / self.model if self.model > 0 else math.inf
-        return (f"**Energy distance to the data** (lower is closer; 0 = the same distribution): samples "
-                f"**{self.model:.4f}** · N(0, I) {self.noise:.4f} · held-out data {self.heldout:.4f} — the samples "
-                f"are {ratio:.0f}× closer than noise" + (", about as close as fresh data." if self.useful else "."))
+        return text("lab.quality", language, model=f"{self.model:.4f}", noise=f"{self.noise:.4f}",
+                    heldout=f"{self.heldout:.4f}", ratio=f"{ratio:.0f}",
+                    end=text("lab.quality_useful" if self.useful else "punct.stop", language))
 
     @property
     def useful(self) -> bool:
@@ -153,7 +155,7 @@ class LabState:
     @property
     def model(self):
         if self.trainer is None:
-            raise InvalidValue("no model yet: press Train first")
+            raise InvalidValue(text("lab.no_model"))
         return self.trainer.model
 
     def preview(self) -> Preview:
@@ -164,7 +166,8 @@ class LabState:
         self.previews.append(shown)
         return shown
 
-    def sample(self, settings: SamplerSettings, variance: str, count: int, seed: int) -> SampleRun:
+    def sample(self, settings: SamplerSettings, variance: str, count: int, seed: int,
+               language: str = ENGLISH) -> SampleRun:
         """Run the reverse chain for ``count`` points and keep it (frames evenly spaced over its steps)."""
         generator = torch.Generator().manual_seed(seed)
         if settings.sampler == "ddpm":
@@ -176,8 +179,10 @@ class LabState:
         total = settings.num_steps(self.schedule.timesteps - 1)
         keep = set(np.linspace(0, total - 1, min(total, MAX_STORED_FRAMES)).round().astype(int).tolist())
         variance_name = "" if settings.sampler == "ddim" else f", σ² = {'β̃' if variance == 'posterior' else 'β'}"
-        run = SampleRun(f"{settings.describe(self.schedule.timesteps - 1)}{variance_name}, "
-                        f"{'clipped' if settings.clip_x0 else 'unclipped'} x̂₀, seed {seed}", [], [], [])
+        title = text("lab.run_title", language, settings=sampler_words(settings, self.schedule.timesteps - 1, language),
+                     variance=variance_name, clipped=text("lab.clipped" if settings.clip_x0 else "lab.unclipped",
+                                                          language), seed=seed)
+        run = SampleRun(title, [], [], [])
         for step in steps:
             if step.index in keep:
                 run.ts.append(step.t)
@@ -221,40 +226,43 @@ def _dots(ax, points: Tensor, colour: str, label: str, size: float = 4, alpha: f
     ax.scatter(p[:, 0], p[:, 1], s=size, c=colour, alpha=alpha, linewidths=0, label=label)
 
 
-def data_picture(data: PointSet) -> np.ndarray:
-    fig, ax = _axes(f"{data.name}: {len(data.train)} training points, {len(data.heldout)} held out")
-    _dots(ax, data.train, MODEL_COLOUR, "training points")
-    _dots(ax, data.heldout, "#f0883e", "held out", alpha=0.4)
+def data_picture(data: PointSet, language: str = ENGLISH) -> np.ndarray:
+    fig, ax = _axes(text("lab.plot.data", language, name=translated(data.name, language), train=len(data.train),
+                         heldout=len(data.heldout)))
+    _dots(ax, data.train, MODEL_COLOUR, text("lab.plot.training_points", language))
+    _dots(ax, data.heldout, "#f0883e", text("lab.plot.held_out", language), alpha=0.4)
     ax.legend(loc="upper right", fontsize=8, markerscale=3)
     return pixels(fig)
 
 
-def forward_picture(schedule: Schedule, data: PointSet, t: int, index: int, noise: Tensor) -> np.ndarray:
+def forward_picture(schedule: Schedule, data: PointSet, t: int, index: int, noise: Tensor,
+                    language: str = ENGLISH) -> np.ndarray:
     """The cloud at t, and q(x_t | x₀) around one chosen point: its mean and 1σ, 2σ circles."""
     x_t = noised_cloud(schedule, data.train, t, noise)
     x0 = data.train[index]
     q = q_gaussian(schedule, x0, t)
     limit = max(LIMIT, float(x_t.abs().quantile(0.995)) * 1.1)
     abar = float(schedule.float64.alphas_cumprod[t])
-    fig, ax = _axes(f"x_t at t = {t} (ᾱ_t = {abar:.3g}); q(x_t|x₀) around the red point", limit)
-    _dots(ax, data.train, DATA_COLOUR, "x₀ (data)", alpha=0.3)
+    fig, ax = _axes(text("lab.plot.forward", language, t=t, abar=f"{abar:.3g}"), limit)
+    _dots(ax, data.train, DATA_COLOUR, text("lab.plot.x0_data", language), alpha=0.3)
     _dots(ax, x_t, MODEL_COLOUR, "x_t")
     mean = q.mean.numpy()
     for k in (1, 2):
         ax.add_patch(Circle(mean, k * q.std, fill=False, ec=NOISE_COLOUR, lw=1.4, ls="-" if k == 1 else "--"))
     ax.annotate("", mean, x0.numpy(), arrowprops=dict(arrowstyle="->", color=NOISE_COLOUR))
-    ax.plot(*x0.numpy(), marker="*", ms=12, c=NOISE_COLOUR, ls="", label="x₀ (chosen)")
-    ax.plot(*mean, marker="+", ms=12, c=NOISE_COLOUR, ls="", label="√ᾱ_t·x₀ (mean); circles 1σ, 2σ")
+    ax.plot(*x0.numpy(), marker="*", ms=12, c=NOISE_COLOUR, ls="", label=text("lab.plot.x0_chosen", language))
+    ax.plot(*mean, marker="+", ms=12, c=NOISE_COLOUR, ls="", label=text("lab.plot.mean", language))
     ax.legend(loc="upper left", fontsize=7)
     return pixels(fig)
 
 
-def marginal_picture(schedule: Schedule, data: PointSet, noise: Tensor, reference: Tensor) -> np.ndarray:
+def marginal_picture(schedule: Schedule, data: PointSet, noise: Tensor, reference: Tensor,
+                     language: str = ENGLISH) -> np.ndarray:
     """The cloud at the last timestep beside N(0, I) points, with the distance between them."""
     T = schedule.timesteps
     x_T = noised_cloud(schedule, data.train, T - 1, noise)
     gap = energy_distance(x_T, reference)
-    fig, ax = _axes(f"x_T (t = {T - 1}, blue) beside N(0, I) (red): energy distance {gap:.4f}", 3.6)
+    fig, ax = _axes(text("lab.plot.marginal", language, t=T - 1, gap=f"{gap:.4f}"), 3.6)
     _dots(ax, reference, NOISE_COLOUR, "N(0, I)", alpha=0.35)
     _dots(ax, x_T, MODEL_COLOUR, "x_T")
     for k in (1, 2, 3):
@@ -263,7 +271,7 @@ def marginal_picture(schedule: Schedule, data: PointSet, noise: Tensor, referenc
     return pixels(fig)
 
 
-def loss_picture(losses: list[float], previews: list[Preview]) -> np.ndarray:
+def loss_picture(losses: list[float], previews: list[Preview], language: str = ENGLISH) -> np.ndarray:
     """The loss per step (faint) and its running mean, and the previews' distances on a second axis."""
     fig = new_figure(FIGURE_INCHES, FIGURE_INCHES * 0.75, FIGURE_DPI)
     ax = fig.subplots()
@@ -272,52 +280,57 @@ def loss_picture(losses: list[float], previews: list[Preview]) -> np.ndarray:
         window = max(1, min(100, len(y) // 10))
         smooth = np.convolve(y, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(1, len(y) + 1), y, c=MODEL_COLOUR, alpha=0.2, lw=0.6)
-        ax.plot(np.arange(window, len(y) + 1), smooth, c=MODEL_COLOUR, lw=1.8, label=f"loss (mean of {window})")
+        ax.plot(np.arange(window, len(y) + 1), smooth, c=MODEL_COLOUR, lw=1.8,
+                label=text("lab.plot.loss_mean", language, window=window))
         log_y(ax)
-    ax.set_xlabel("step")
+    ax.set_xlabel(text("lab.plot.step", language))
     ax.set_ylabel("‖ε − ε̂‖² / 2")
     ax.grid(alpha=0.3)
     legend_on, handles = ax, ax.get_legend_handles_labels()[0]
     if previews:
         ax2 = legend_on = ax.twinx()  # one legend, on the axes drawn last, so no curve covers it
         ax2.plot([p.step for p in previews], [p.distance for p in previews], "o-", c=NOISE_COLOUR, ms=3,
-                 label="energy distance of samples")
+                 label=text("lab.plot.energy_samples", language))
         log_y(ax2)
-        ax2.set_ylabel("energy distance", color=NOISE_COLOUR)
+        ax2.set_ylabel(text("lab.plot.energy", language), color=NOISE_COLOUR)
         handles += ax2.get_legend_handles_labels()[0]
     if handles:
         legend_on.legend(handles=handles, loc="upper right", fontsize=8)
-    ax.set_title("Training loss (Algorithm 1)", fontsize=10)
+    ax.set_title(text("lab.plot.loss_title", language), fontsize=10)
     return pixels(fig)
 
 
-def preview_picture(data: PointSet, preview: Preview | None, label: str = "") -> np.ndarray:
-    title = "no samples yet" if preview is None else (f"samples after {preview.step} steps (DDIM {PREVIEW_DDIM_STEPS}): "
-                                                      f"distance {preview.distance:.4f}")
+def preview_picture(data: PointSet, preview: Preview | None, label: str = "", language: str = ENGLISH) -> np.ndarray:
+    title = (text("lab.plot.no_samples", language) if preview is None else
+             text("lab.plot.samples_after", language, step=preview.step, ddim=PREVIEW_DDIM_STEPS,
+                  distance=f"{preview.distance:.4f}"))
     fig, ax = _axes(label + title)
-    _dots(ax, data.train, DATA_COLOUR, "data", alpha=0.35)
+    _dots(ax, data.train, DATA_COLOUR, text("lab.data", language), alpha=0.35)
     if preview is not None:
-        _dots(ax, preview.samples, MODEL_COLOUR, "samples", size=6, alpha=0.8)
+        _dots(ax, preview.samples, MODEL_COLOUR, text("lab.samples", language), size=6, alpha=0.8)
     ax.legend(loc="upper right", fontsize=8, markerscale=3)
     return pixels(fig)
 
 
-def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths: int = 20) -> np.ndarray:
+def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths: int = 20,
+                  language: str = ENGLISH) -> np.ndarray:
     """Trajectories of the first ``paths`` points from x_T to x₀ (up to stored frame ``upto``), the points now."""
     last = len(run.ts) - 1 if upto is None else upto
     track = torch.stack(run.x_t[:last + 1] + ([run.final] if upto is None else []))[:, :paths].numpy()  # (F, P, 2)
     limit = max(LIMIT, float(np.quantile(np.abs(track), 0.99)) * 1.05)
-    fig, ax = _axes(f"{run.title}\n{'x₀' if upto is None else f'x_t at t = {run.ts[last]}'} and the paths", limit)
-    _dots(ax, data.train, DATA_COLOUR, "data", alpha=0.3)
+    what = text("lab.plot.paths_x0", language) if upto is None else text("lab.plot.paths_xt", language, t=run.ts[last])
+    fig, ax = _axes(text("lab.plot.paths", language, title=run.title, what=what), limit)
+    _dots(ax, data.train, DATA_COLOUR, text("lab.data", language), alpha=0.3)
     for p in range(track.shape[1]):
         ax.plot(track[:, p, 0], track[:, p, 1], c=MODEL_COLOUR, lw=0.5, alpha=0.3)
     now = run.final if upto is None else run.x_t[last]
-    _dots(ax, now, NOISE_COLOUR, "points now", size=6, alpha=0.9)
+    _dots(ax, now, NOISE_COLOUR, text("lab.plot.points_now", language), size=6, alpha=0.9)
     ax.legend(loc="upper right", fontsize=8, markerscale=3)
     return pixels(fig)
 
 
-def field_picture(model, schedule: Schedule, run: SampleRun, t: int, kind: str = "score") -> np.ndarray:
+def field_picture(model, schedule: Schedule, run: SampleRun, t: int, kind: str = "score",
+                  language: str = ENGLISH) -> np.ndarray:
     """The network's −ε̂ (or score) as arrows on a grid at t, over the run's points at that t."""
     i = run.at(t)
     t = run.ts[i]
@@ -326,33 +339,34 @@ def field_picture(model, schedule: Schedule, run: SampleRun, t: int, kind: str =
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
     f = predict_field(model, schedule, grid, t)
     arrows = (f.score if kind == "score" else -f.eps).numpy()
-    fig, ax = _axes(f"{'score −ε̂/√(1−ᾱ_t)' if kind == 'score' else '−ε̂'} at t = {t} over x_t", limit)
+    what = text("lab.plot.score", language) if kind == "score" else "−ε̂"
+    fig, ax = _axes(text("lab.plot.field", language, what=what, t=t), limit)
     _dots(ax, run.x_t[i], MODEL_COLOUR, "x_t", alpha=0.5)
     g = grid.numpy()
     ax.quiver(g[:, 0], g[:, 1], arrows[:, 0], arrows[:, 1], color="#333", angles="xy", width=0.003)
     return pixels(fig)
 
 
-def x0_picture(data: PointSet, run: SampleRun, t: int) -> np.ndarray:
+def x0_picture(data: PointSet, run: SampleRun, t: int, language: str = ENGLISH) -> np.ndarray:
     i = run.at(t)
-    fig, ax = _axes(f"x̂₀ predicted from x_t at t = {run.ts[i]}")
-    _dots(ax, data.train, DATA_COLOUR, "data", alpha=0.35)
+    fig, ax = _axes(text("lab.plot.x0", language, t=run.ts[i]))
+    _dots(ax, data.train, DATA_COLOUR, text("lab.data", language), alpha=0.35)
     _dots(ax, run.pred_x0[i], "#8250df", "x̂₀", size=5, alpha=0.7)
     ax.legend(loc="upper right", fontsize=8, markerscale=3)
     return pixels(fig)
 
 
-def training_frames(lab: LabState) -> list[Image.Image]:
+def training_frames(lab: LabState, language: str = ENGLISH) -> list[Image.Image]:
     """The training animation: each preview's samples over the data."""
     if not lab.previews:
-        raise InvalidValue("nothing to export yet: press Train first")
-    return [Image.fromarray(preview_picture(lab.data, p)) for p in lab.previews]
+        raise InvalidValue(text("lab.none_training"))
+    return [Image.fromarray(preview_picture(lab.data, p, language=language)) for p in lab.previews]
 
 
-def trajectory_frames(lab: LabState, max_frames: int = 60) -> list[Image.Image]:
+def trajectory_frames(lab: LabState, max_frames: int = 60, language: str = ENGLISH) -> list[Image.Image]:
     """The sampling animation: the points and their paths so far, at up to ``max_frames`` stored steps."""
     run = lab.run
     if run is None:
-        raise InvalidValue("nothing to export yet: press Sample first")
+        raise InvalidValue(text("lab.none_sample"))
     picks = sorted(set(np.linspace(0, len(run.ts) - 1, min(max_frames, len(run.ts))).round().astype(int).tolist()))
-    return [Image.fromarray(paths_picture(lab.data, run, i)) for i in picks] + [Image.fromarray(paths_picture(lab.data, run))]
+    return [Image.fromarray(paths_picture(lab.data, run, upto, language=language)) for upto in [*picks, None]]

@@ -17,6 +17,7 @@ from ddpm_app.image import to_uint8
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.numbers import number
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.views.plots import log_y, new_figure, pixels
 
 ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
@@ -43,7 +44,8 @@ def photo_bits_per_dim(served: ServedModel, x0: Tensor, seed: int, num_timesteps
                         variance=served.config.sampling.variance, device=served.device, progress=progress)
 
 
-def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100) -> np.ndarray:
+def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100,
+               language: str = ENGLISH) -> np.ndarray:
     """Left: the per-step KL terms L_{t−1} against t (the photo's, and the held-out mean), with the decoder L_0 at
     t = 0. Right: the three parts of the bound side by side. (H, W, 3) uint8."""
     fig = new_figure(9, 3.2, dpi)
@@ -52,28 +54,31 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
     ref = heldout.bpd if heldout is not None else None
     if ref is not None:
         ref_steps = [(t, v) for t, _, v in ref.per_timestep if t > 0]
-        ax.plot(*zip(*ref_steps), "-", lw=1.2, color="tab:orange", alpha=0.9, label="held-out mean")
-    ax.plot(*zip(*steps), "o", ms=3, color="tab:blue", label="your photo")
-    ax.plot([0], [photo.decoder], "D", ms=6, color="tab:red", label=f"decoder $L_0$ = {photo.decoder:.2f}")
+        ax.plot(*zip(*ref_steps), "-", lw=1.2, color="tab:orange", alpha=0.9,
+                label=text("plot.heldout_mean", language))
+    ax.plot(*zip(*steps), "o", ms=3, color="tab:blue", label=text("plot.your_photo", language))
+    ax.plot([0], [photo.decoder], "D", ms=6, color="tab:red",
+            label=text("plot.decoder_value", language, value=f"{photo.decoder:.2f}"))
     log_y(ax)
     ax.set_xlim(-timesteps * 0.02, timesteps - 1)
-    ax.set_xlabel("t")
-    ax.set_ylabel("bits/dim")
-    ax.set_title(r"per step: $L_{t-1} = \mathrm{KL}(q(x_{t-1}|x_t, x_0)\,\|\,p_\theta(x_{t-1}|x_t))$", fontsize=10)
+    ax.set_xlabel(text("plot.t", language))
+    ax.set_ylabel(text("plot.bits_per_dim", language))
+    ax.set_title(text("plot.per_step", language), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right")
 
-    parts = ["prior $L_T$", r"$\sum_t L_{t-1}$", "decoder $L_0$"]
+    parts = [text("plot.prior", language), r"$\sum_t L_{t-1}$", text("plot.decoder", language)]
     mine = [photo.prior, photo.diffusion, photo.decoder]
     x = np.arange(3)
     width = 0.38 if ref is not None else 0.6
-    bars.bar(x - (width / 2 if ref is not None else 0), mine, width, color="tab:blue", label="your photo")
+    bars.bar(x - (width / 2 if ref is not None else 0), mine, width, color="tab:blue",
+             label=text("plot.your_photo", language))
     if ref is not None:
         bars.bar(x + width / 2, [ref.prior, ref.diffusion, ref.decoder], width, color="tab:orange",
-                 label="held-out")
+                 label=text("plot.heldout", language))
     bars.set_xticks(x, parts, fontsize=8)
-    bars.set_ylabel("bits/dim")
-    bars.set_title(f"the bound: {photo.total:.3f} bits/dim", fontsize=10)
+    bars.set_ylabel(text("plot.bits_per_dim", language))
+    bars.set_title(text("plot.the_bound", language, total=f"{photo.total:.3f}"), fontsize=10)
     bars.grid(alpha=0.3, axis="y")
     tallest = max(mine + ([ref.prior, ref.diffusion, ref.decoder] if ref is not None else []))
     bars.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
@@ -90,7 +95,7 @@ def least_noisy_bits(bound: BitsPerDim, t_max: int) -> float | None:
     return sum(value for _, value in rows.values())
 
 
-def where_the_bits_are(photo: BitsPerDim, heldout: BitsPerDim | None, timesteps: int) -> str:
+def where_the_bits_are(photo: BitsPerDim, heldout: BitsPerDim | None, timesteps: int, language: str = ENGLISH) -> str:
     """One sentence: how much of the bound lies in the decoder and the least noisy 1 % of the steps (t ≤ T/100),
     for the photo and the held-out images; empty when the terms are not there to add up."""
     t_max = timesteps // 100
@@ -98,31 +103,28 @@ def where_the_bits_are(photo: BitsPerDim, heldout: BitsPerDim | None, timesteps:
     if mine is None:
         return ""
     theirs = least_noisy_bits(heldout, t_max) if heldout is not None else None
-    also = f" (held-out images: {theirs:.2f} of {heldout.total:.2f})" if theirs is not None else ""
-    return (f" Of the {photo.total:.2f}, **{mine:.2f}** lie in the decoder and the least noisy 1 % of the steps, "
-            f"t ≤ {t_max}{also}: most of the cost of describing an image is its finest detail, which only the last "
-            "steps of sampling settle.")
+    also = (text("verdict.least_noisy_heldout", language, theirs=f"{theirs:.2f}", total=f"{heldout.total:.2f}")
+            if theirs is not None else "")
+    return text("verdict.least_noisy", language, total=f"{photo.total:.2f}", mine=f"{mine:.2f}", t_max=t_max,
+                also=also)
 
 
-def verdict(photo: BitsPerDim, heldout: HeldOut | None, note: str = "", timesteps: int = 0) -> str:
+def verdict(photo: BitsPerDim, heldout: HeldOut | None, note: str = "", timesteps: int = 0,
+            language: str = ENGLISH) -> str:
     """What the number means, in Markdown: the photo against the held-out average, and (given the model's T) how
     much of each lies in the least noisy steps."""
     reference = heldout.bpd if heldout is not None else None
-    head = (f"**Your photo: {photo.total:.3f} {photo.label}** — prior {number(photo.prior, 2)}, per-step terms "
-            f"{photo.diffusion:.3f}, decoder {photo.decoder:.3f}." + where_the_bits_are(photo, reference, timesteps))
+    head = (text("verdict.head", language, total=f"{photo.total:.3f}", unit=translated(photo.label, language),
+                 prior=number(photo.prior, 2), steps=f"{photo.diffusion:.3f}", decoder=f"{photo.decoder:.3f}")
+            + where_the_bits_are(photo, reference, timesteps, language))
     if heldout is None or heldout.bpd is None:
-        return head + f"\n\nNo held-out figure to compare with: {note or 'this model has none stored'}."
+        return head + text("verdict.no_heldout", language,
+                           note=translated(note, language) or text("verdict.none_stored", language))
     ref = heldout.bpd
     diff = photo.total - ref.total
     ratio = photo.total / ref.total
-    if ratio < 1.15:
-        reading = ("close to the held-out average: to this model your photo looks like its training data.")
-    elif ratio < 1.5:
-        reading = "somewhat worse than the held-out average: partly unlike the images the model learned."
-    else:
-        reading = ("much worse than the held-out average: the model finds this image unlike anything it learned, "
-                   "so it needs many more bits to describe it.")
-    return (f"{head}\n\nHeld-out average ({heldout.data}): **{ref.total:.3f} {ref.label}** over {ref.num_images} "
-            f"images. Difference: **{diff:+.3f} bits/dim** — {reading}\n\n"
-            "A photo like the training data (a face, for the faces model) should score near the held-out average; "
-            "a very different image (a landscape, a cartoon, text) scores much worse.")
+    reading = text("verdict.close" if ratio < 1.15 else "verdict.somewhat" if ratio < 1.5 else "verdict.much",
+                   language)
+    return head + text("verdict.heldout", language, data=heldout.data, total=f"{ref.total:.3f}",
+                       unit=translated(ref.label, language),
+                       images=ref.num_images, diff=f"{diff:+.3f}", reading=reading)

@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
+from ddpm_app.fonts import set_plot_fonts
+
 MARK_COLOUR = (220, 20, 60)
 
 
@@ -33,14 +35,15 @@ def log_y(ax: Axes) -> None:
 
 
 def new_figure(width: float = 8, height: float = 3, dpi: int = 100) -> Figure:
-    """A figure whose text is DejaVu Sans (Greek letters and subscripts included)."""
+    """A figure whose text is DejaVu Sans (Greek letters and subscripts included; Chinese in a CJK font)."""
     fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
     fig.set_facecolor("white")
     return fig
 
 
 def pixels(fig: Figure) -> np.ndarray:
-    """The figure drawn: (H, W, 3) uint8."""
+    """The figure drawn: (H, W, 3) uint8, Chinese in its texts included (:func:`~ddpm_app.fonts.set_plot_fonts`)."""
+    set_plot_fonts(fig)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

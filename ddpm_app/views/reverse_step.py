@@ -15,6 +15,7 @@ from ddpm_app.diffusion.samplers import StepBreakdown, StepTerm, step_breakdown
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.runs import Frame, Trajectory
+from ddpm_app.text import ENGLISH, text
 
 
 def _sub(t: int) -> str:
@@ -35,21 +36,11 @@ def _factor(term: StepTerm, b: StepBreakdown) -> str:
     return f"x_{b.t}" if term.factor == "x_t" else term.factor
 
 
-# which variance the step's noise has, with its formula (DDPM paper, sec. 3.2; DDIM paper, eq. 16)
-SIGMA_FORMULA = {
-    "posterior": ("$\\sigma_t^2 = \\tilde\\beta_t = \\frac{1-\\bar\\alpha_{t-1}}{1-\\bar\\alpha_t}\\,\\beta_t$, the "
-                  "variance of the posterior $q(x_{t-1}\\mid x_t, x_0)$ (Ho et al. also tried $\\sigma_t^2 = \\beta_t$)"),
-    "beta": ("$\\sigma_t^2 = \\beta_t$ (Ho et al.'s other choice is the posterior variance "
-             "$\\tilde\\beta_t = \\frac{1-\\bar\\alpha_{t-1}}{1-\\bar\\alpha_t}\\,\\beta_t$)"),
-    "ddim": ("$\\sigma = \\eta\\,\\sqrt{\\tfrac{1-\\bar\\alpha_s}{1-\\bar\\alpha_t}}\\,"
-             "\\sqrt{1-\\tfrac{\\bar\\alpha_t}{\\bar\\alpha_s}}$ (η = 1: the posterior variance, as DDPM; η = 0: none)"),
-}
-CLIPPED_EPS = ("With **clip x̂₀** on, x̂₀ is clipped to [−1, 1] and the ε̂ shown (and used) is the one consistent "
-               "with it, $\\hat\\varepsilon = (x_t - \\sqrt{\\bar\\alpha_t}\\,\\hat x_0)/\\sqrt{1-\\bar\\alpha_t}$, not the "
-               "network's raw output (they differ where the clip bites, most at small t).")
+# which variance the step's noise has, with its formula (DDPM paper, sec. 3.2; DDIM paper, eq. 16): catalogue keys
+SIGMA_FORMULA = {kind: f"step.sigma.{kind}" for kind in ("posterior", "beta", "ddim")}
 
 
-def equation_markdown(b: StepBreakdown, clip_x0: bool = False) -> str:
+def equation_markdown(b: StepBreakdown, clip_x0: bool = False, language: str = ENGLISH) -> str:
     """The update in LaTeX twice: its symbolic form with this step's schedule values, then (a line below) the
     coefficients; then which variance σ is and, with ``clip_x0``, which ε̂ is shown."""
     t, s = b.t, _sub(b.t_prev)
@@ -58,19 +49,21 @@ def equation_markdown(b: StepBreakdown, clip_x0: bool = False) -> str:
     if b.sampler == "ddpm":
         values = (f"$\\alpha_t = {n(b.alpha)}$ · $\\beta_t = {n(b.beta)}$ · $\\bar\\alpha_t = {n(b.alpha_bar)}$ · "
                   f"$\\bar\\alpha_{{t-1}} = {n(b.alpha_bar_prev)}$ · $\\sigma_t = {n(b.sigma)}$"
-                  + (" (no noise on the last step)" if b.t_prev < 0 else ""))
+                  + (text("step.no_noise_last", language) if b.t_prev < 0 else ""))
         form = (f"x_{{{s}}} = \\frac{{1}}{{\\sqrt{{{n(b.alpha)}}}}}\\Big(x_{{{t}}} - "
                 f"\\frac{{{n(b.beta)}}}{{\\sqrt{{1-{n(b.alpha_bar)}}}}}\\,\\hat\\varepsilon\\Big) + {n(b.sigma)}\\,z")
         terms = f"{n(c[0])}\\,x_{{{t}}} {_signed(c[1])}\\,\\hat\\varepsilon {_signed(c[2])}\\,z"
     else:
         values = (f"$\\bar\\alpha_t = {n(b.alpha_bar)}$ (t = {t}) · $\\bar\\alpha_s = {n(b.alpha_bar_prev)}$ "
-                  f"(s = {b.t_prev if b.t_prev >= 0 else 'the final image'}) · $\\sigma = {n(b.sigma)}$")
+                  f"(s = {b.t_prev if b.t_prev >= 0 else text('step.final_image', language)}) · "
+                  f"$\\sigma = {n(b.sigma)}$")
         form = (f"x_{{{s}}} = \\sqrt{{{n(b.alpha_bar_prev)}}}\\,\\hat x_0 + "
                 f"\\sqrt{{1-{n(b.alpha_bar_prev)}-{n(b.sigma)}^2}}\\,\\hat\\varepsilon + {n(b.sigma)}\\,z")
         terms = f"{n(c[0])}\\,\\hat x_0 {_signed(c[1])}\\,\\hat\\varepsilon {_signed(c[2])}\\,z"
-    notes = "Noise: " + SIGMA_FORMULA["ddim" if b.sampler == "ddim" else b.variance] + "."
+    sigma = SIGMA_FORMULA["ddim" if b.sampler == "ddim" else b.variance]
+    notes = text("step.noise", language) + text(sigma, language) + text("punct.stop", language)
     if clip_x0:
-        notes += "  \n" + CLIPPED_EPS
+        notes += "  \n" + text("step.clipped_eps", language)
     return f"{values}\n\n$${form}$$\n\n$$= {terms}$$\n\n{notes}"  # two lines: each fits a phone
 
 

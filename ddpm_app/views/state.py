@@ -17,6 +17,7 @@ from ddpm_app.diffusion.likelihood import BitsPerDim
 from ddpm_app.diffusion.loss import LossCurve
 from ddpm_app.serve.runs import DEFAULT_TRAJECTORY_BYTES, Trajectory
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.text import ENGLISH
 from ddpm_app.views.lab import LabState
 from ddpm_app.views.plots import MarkedPlot
 from ddpm_app.views.training import TrainingStep
@@ -91,6 +92,7 @@ class UserState:
     forward: ForwardState = field(default_factory=ForwardState)
     lesson: LessonState = field(default_factory=LessonState)
     lab: LabState = field(default_factory=LabState)  # the 2-D lab: data, model, runs
+    language: str = ENGLISH  # what the texts it is sent are written in (the page sets it from the browser's language)
 
     def keep(self, kind: str, run: Trajectory) -> None:
         """Make ``run`` this user's latest run of ``kind`` (a new object per run: a stopped run still finishing its

@@ -17,6 +17,7 @@ from torch import Tensor
 from ddpm_app.diffusion.loss import LossCurve, curve_timesteps, loss_curve, noise_prediction
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.serve.served import ServedModel
+from ddpm_app.text import ENGLISH, text
 from ddpm_app.views.plots import MarkedPlot, log_y, new_figure
 
 CURVE_TIMESTEPS = 25  # points of the photo's loss curve, evenly spaced over the schedule
@@ -74,24 +75,24 @@ def error_heatmap(squared_error: Tensor, vmax: float = ERROR_RANGE) -> np.ndarra
     return (colormaps["magma"](values)[..., :3] * 255).round().astype(np.uint8)
 
 
-def curve_plot(photo: LossCurve | None, heldout: HeldOut | None, timesteps: int) -> MarkedPlot:
+def curve_plot(photo: LossCurve | None, heldout: HeldOut | None, timesteps: int, language: str = ENGLISH) -> MarkedPlot:
     """The loss against t: the photo's (with ±1 standard error) and the held-out images' from heldout.json."""
     fig = new_figure(8, 3.0)
     ax = fig.subplots()
     if photo is not None:
         mean, err = np.array(photo.mean), np.nan_to_num(np.array(photo.stderr))
         ax.plot(photo.timesteps, mean, "o-", ms=3, lw=2, color="tab:blue",
-                label=f"your photo ({photo.draws} ε per t)")
+                label=text("plot.your_photo_draws", language, draws=photo.draws))
         ax.fill_between(photo.timesteps, np.maximum(mean - err, 1e-6), mean + err, alpha=0.25, color="tab:blue")
     if heldout is not None and heldout.loss is not None:
         h = heldout.loss
         ax.plot(h.timesteps, h.mean, "s--", ms=3, lw=1.5, color="tab:orange",
-                label=f"held-out images ({h.num_images}, {heldout.data})")
+                label=text("plot.heldout_images", language, images=h.num_images, data=heldout.data))
     log_y(ax)
     ax.set_xlim(0, timesteps - 1)
-    ax.set_xlabel("t")
-    ax.set_ylabel("E‖ε − ε̂‖² per value")
-    ax.set_title("The training loss at each t (the terms of the ELBO, unweighted)", fontsize=10)
+    ax.set_xlabel(text("plot.t", language))
+    ax.set_ylabel(text("plot.loss_per_value", language))
+    ax.set_title(text("plot.training_title", language), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper right")

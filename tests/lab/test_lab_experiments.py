@@ -12,6 +12,7 @@ import torch
 
 from ddpm_app.lab import PointMLPConfig, build_model
 from ddpm_app.serve.worker import DeviceWorker
+from ddpm_app.ui.i18n import english
 from ddpm_app.ui.lab import EXPERIMENTS, LabHandlers, lab_tab
 from ddpm_app.views.state import UserState
 
@@ -35,7 +36,7 @@ class Tab:
 
     def find(self, kind, **attrs):
         found = [b for b in self.demo.blocks.values() if isinstance(b, kind)
-                 and all(getattr(b, k, None) == v for k, v in attrs.items())]
+                 and all(english(getattr(b, k, None)) == v for k, v in attrs.items())]
         assert len(found) == 1, (kind, attrs, found)
         return found[0]
 
@@ -43,7 +44,7 @@ class Tab:
         self.values[component._id] = value
 
     def value(self, component):
-        return self.values[component._id]
+        return english(self.values[component._id])
 
     @property
     def lab(self):

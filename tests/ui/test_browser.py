@@ -135,6 +135,7 @@ def test_phone_width_layout(browser, server):
     assert 0 <= gap < 60, f"x_t is {gap:.0f} px below the t slider"
     # the strip's captions drawn at a legible size once the strip is scaled to the phone's width
     strip = page.locator("#fwd-strip img")
+    page.locator("#fwd-strip").scroll_into_view_if_needed()  # the browser loads a picture far below only then
     strip.wait_for(timeout=30_000)
     scale = strip.evaluate("img => img.getBoundingClientRect().width / img.naturalWidth")
     assert forward.STRIP_FONT_SIZE * scale >= 10, f"strip captions are {forward.STRIP_FONT_SIZE * scale:.1f} px high"
@@ -251,6 +252,8 @@ def test_picture_labels_never_cover_pictures(browser, server, width):
     assert_labels_clear(page)
     open_tab(page, "Forward")
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
+    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
+    page.locator("#fwd-strip").scroll_into_view_if_needed()  # the browser loads a picture far below only then
     page.locator("#fwd-strip img").wait_for(timeout=60_000)
     assert_labels_clear(page)  # also the schedule plot: no label over its panels
     page.screenshot(path=SHOTS / f"labels_{width}.png", full_page=True)

@@ -34,6 +34,7 @@ from ddpm_app.serve.runs import Throttle, Trajectory, stream
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import forward, frames, kit, model
 from ddpm_app.ui import page as ui
+from ddpm_app.ui.i18n import english
 from ddpm_app.views.export import export_gif, export_indices
 from ddpm_app.views.state import UserState
 
@@ -569,7 +570,8 @@ NOISY_ODE = SamplingDefaults(1.0, "deterministic DDIM leaves noise in its sample
 
 
 def eta_sliders(demo: gr.Blocks) -> list[float]:
-    return [b.value for b in demo.blocks.values() if isinstance(b, gr.Slider) and (b.label or "").startswith("η")]
+    return [b.value for b in demo.blocks.values()
+            if isinstance(b, gr.Slider) and (english(b.label) or "").startswith("η")]
 
 
 def test_a_model_can_ask_for_its_own_ddim_eta(tmp_path: Path):

@@ -19,6 +19,7 @@ from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import RunName
+from ddpm_app.text import catalogue
 from ddpm_app.ui import denoise, forward, frames, generate
 from ddpm_app.ui import page as ui
 from ddpm_app.views.export import export_gif
@@ -84,7 +85,7 @@ def test_generate_files_are_named_by_sampler_steps_and_seed(handlers: ui.Handler
 
 
 def test_the_denoise_sampler_choices_say_what_runs_from_t():
-    choices = dict((value, label) for label, value in denoise.SDEDIT_CHOICES)
+    choices = dict((value, catalogue("en")[key]) for key, value in denoise.SDEDIT_CHOICES)
     assert "all T steps" not in choices["ddpm"] and "t + 1 steps" in choices["ddpm"]
     assert "at most t + 1" in choices["ddim"]
 
