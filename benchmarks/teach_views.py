@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         start = time.perf_counter()
         bar = work = None
-        for status, *_ in teach.likelihood(photo, False, i, UserState()):
+        for status, *_ in teach.likelihood(photo, False, i, True, UserState()):
             now = time.perf_counter() - start
             done = re.search(r"value='(\d+)'", status)
             bar = bar if bar is not None else now

@@ -440,8 +440,8 @@ MUTATIONS: list[Mutation] = [
       "the lab's training noise is uniform on [0, 1) instead of N(0, I)"),
     # --- the teaching views ---------------------------------------------------------------------------------------
     M("likelihood-view-unclipped", "ddpm_app/views/likelihood.py",
-      "generator=served.generator(seed), clip_x0=CLIP_X0", "generator=served.generator(seed), clip_x0=False", TEACH,
-      "the photo's bound is not computed like the held-out figure it is compared with"),
+      "generator=served.generator(seed), clip_x0=clip_x0", "generator=served.generator(seed), clip_x0=False", TEACH,
+      "the photo's bound leaves x̂₀ unclipped whatever the checkbox says, unlike the held-out figure"),
     M("least-noisy-bits-stop-short", "ddpm_app/views/likelihood.py",
       "bound.per_timestep if t <= t_max}", "bound.per_timestep if t < t_max}", TEACH,
       "the share of the bound in the least noisy steps leaves out t = T/100 (and then is never shown)"),

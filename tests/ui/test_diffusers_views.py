@@ -93,7 +93,7 @@ def test_training_likelihood_compare_interpolate_and_figures(handlers: ui.Handle
     assert "13" in numbers
     plot, summary = teach.loss_curve(str(PHOTO), 3, user)
     assert plot is not None and summary
-    outs = list(teach.likelihood(str(LANDSCAPE), True, 1, user))
+    outs = list(teach.likelihood(str(LANDSCAPE), True, 1, True, user))
     assert "bits/dim" in str(outs[-1])
     list(handlers.generate("ddpm", None, None, 5, 1, False, False, user))
     teach.pin(user)

@@ -202,7 +202,7 @@ def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_
     # small, so by 10⁻⁵–10⁻³ here, where the shipped model's moves by per cent)
     assert user.lesson.step.loss == pytest.approx(in_fp32, rel=same)
     assert in_bf16 != pytest.approx(in_fp32, rel=same)  # the network that samples would have shown another number
-    list(teach.likelihood(str(PHOTO), False, 11, user))
+    list(teach.likelihood(str(PHOTO), False, 11, True, user))
     expected, sampling = (bits_per_dim(net, served.schedule, to_uint8(x0[0])[None], num_timesteps=ESTIMATE_TIMESTEPS,
                                        batch_size=timesteps_per_call(T), generator=served.generator(11),
                                        clip_x0=CLIP_X0) for net in (fp32, served.eps_model))
@@ -272,7 +272,7 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
 @pytest.mark.parametrize("exact", [False, True])
 def test_likelihood_is_bits_per_dim_on_the_same_image_timesteps_and_noise(teach, library, exact):
     user = UserState()
-    outs = list(teach.likelihood(str(PHOTO), exact, 11, user))
+    outs = list(teach.likelihood(str(PHOTO), exact, 11, True, user))
     assert len(outs) >= 2 and "progress" in outs[0][0]  # progress before the result
     status, plot, verdict = outs[-1]
     served = library.get("faces")
@@ -285,6 +285,53 @@ def test_likelihood_is_bits_per_dim_on_the_same_image_timesteps_and_noise(teach,
     assert got.timesteps_evaluated == T and got.exact  # T = 20 < 50: the estimate is the exact sum here
     assert f"{expected.total:.3f}" in verdict and "No held-out figure" in verdict
     assert "Done" in status and plot.shape[1] > plot.shape[0]
+
+
+def test_a_new_run_clears_the_previous_photos_result_first(teach):
+    """While a new photo's bound is computed, the previous photo's plot and verdict are gone: the first output
+    clears both, before any result."""
+    user = UserState()
+    list(teach.likelihood(str(PHOTO), False, 1, True, user))
+    first = next(teach.likelihood(str(LANDSCAPE), False, 1, True, user))
+    assert first[1] is None and "bits/dim" not in first[2] and "value='0'" in first[0]
+
+
+def test_likelihood_offers_ho_et_al_s_unclipped_bound(teach, library):
+    """Unticked, p_θ's mean uses x̂₀ as the network gives it: the library's bound with clip_x0 False, and the text
+    says which bound it is and that the held-out figure clips."""
+    served = library.get("faces")
+    x0 = to_uint8(served.prepare_photo(str(PHOTO)))[None]
+    unclipped, clipped = UserState(), UserState()
+    *_, (status, _, text) = teach.likelihood(str(PHOTO), False, 11, False, unclipped)
+    *_, (_, _, text_clipped) = teach.likelihood(str(PHOTO), False, 11, True, clipped)
+    expected = bits_per_dim(served.eps_model, served.schedule, x0, num_timesteps=ESTIMATE_TIMESTEPS,
+                            batch_size=timesteps_per_call(T), generator=served.generator(11), clip_x0=False)
+    assert unclipped.lesson.likelihood.total == pytest.approx(expected.total, rel=1e-12)
+    assert unclipped.lesson.likelihood.total != clipped.lesson.likelihood.total  # the tiny model's x̂₀ leaves [−1, 1]
+    assert "x̂₀ not clipped" in status and "Ho et al.'s bound" in text and "unclipped in p_θ's mean" in text
+    assert "clipped to [−1, 1] in p_θ's mean" in text_clipped
+    held = heldout.HeldOut("faces, split test", "m", None, bound(3.0))  # measured with clipping
+    assert "The held-out figure clips x̂₀." in verdict(unclipped.lesson.likelihood, held)
+    assert "The held-out figure" not in verdict(clipped.lesson.likelihood, held)
+
+
+def test_exact_means_every_t_not_free_of_noise():
+    exact = verdict(bound(3.0), None)
+    assert "every t is evaluated" in exact and "another seed moves the total" in exact
+    estimate = verdict(BitsPerDim(3.0, 0.01, 0.001, 0.5, 2.499, 1, 50, False, "posterior", True, []), None)
+    assert "An estimate from 50 timesteps" in estimate
+
+
+@pytest.mark.parametrize("total", [3.0, 40.0])
+def test_the_terms_plot_marks_the_8_bits_of_the_raw_pixels(total):
+    """A dashed line at 8 bits/dim on the bars, inside the axes whatever the bound (a noise image's 40 too), and a
+    bound above 8 is read as worse than storing the pixels."""
+    fig = likelihood_view.terms_figure(bound(total), heldout.HeldOut("d", "m", None, bound(3.0)), T)
+    bars = fig.axes[1]
+    assert any(list(line.get_ydata()) == [8, 8] for line in bars.lines)
+    assert bars.get_ylim()[1] > max(8, total)
+    assert [t.get_text() for t in bars.get_xticklabels()][-1] == "total"
+    assert ("more than the 8 bits/dim of storing the raw 8-bit pixels" in verdict(bound(total), None)) == (total > 8)
 
 
 def bound(total: float) -> BitsPerDim:
@@ -322,7 +369,7 @@ def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
     save_tiny(tmp_path / "long", timesteps=120)
     teach = ui.Handlers(ModelLibrary(tmp_path, "cpu"), preview_interval=0, figure_dir=tmp_path / "f")
     user = UserState()
-    outs = list(teach.likelihood(str(PHOTO), False, 3, user))
+    outs = list(teach.likelihood(str(PHOTO), False, 3, True, user))
     assert user.lesson.likelihood.timesteps_evaluated == ESTIMATE_TIMESTEPS and not user.lesson.likelihood.exact
     done = [int(m) for o in outs[:-1] for m in re.findall(r"value='(\d+)'", o[0])]
     assert done == [0, 10, 20, 30, 40]  # an update before the first network call and after each but the last
@@ -338,7 +385,7 @@ def test_likelihood_stop_ends_the_computation(tmp_path):
     save_tiny(tmp_path / "long", timesteps=200)
     library = ModelLibrary(tmp_path, "cpu")
     teach = ui.Handlers(library, preview_interval=0, figure_dir=tmp_path / "f")
-    gen = teach.likelihood(str(PHOTO), True, 3, UserState())
+    gen = teach.likelihood(str(PHOTO), True, 3, True, UserState())
     next(gen)
     gen.close()  # what Stop does
     assert library.worker.run(lambda: "free") == "free"  # the worker is not stuck in the cancelled bound
@@ -429,7 +476,7 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
     handlers.frame(3, user)
     handlers.noise(str(PHOTO), 9, True, 5, user)
     teach.train_step(str(PHOTO), 5, 1, user)
-    list(teach.likelihood(str(LANDSCAPE), False, 1, user))
+    list(teach.likelihood(str(LANDSCAPE), False, 1, True, user))
     list(teach.interpolate(1, 2, 3, 3, 0.0, True, user))
     for view in ("step", "forward", "training", "compare", "interpolation"):
         img = Image.open(teach.export_figure(view, user))
