@@ -15,7 +15,7 @@ from ddpm_app.ui import widgets
 from ddpm_app.ui.kit import LATEX, TabHandlers, frame_slider, output_image
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.export import export_gif, export_mp4, export_png
-from ddpm_app.views.reverse_step import equation_markdown, frame_breakdown, terms_strip
+from ddpm_app.views.reverse_step import change_picture, equation_markdown, frame_breakdown, terms_strip
 from ddpm_app.views.state import DEFAULT_TIME_TO_LIVE, UserState
 
 FRAMES_HELP = r"""Every step of the last run is kept: scrub through it to see $x_t$ lose its noise while the guess
@@ -31,13 +31,14 @@ RELEASED = ("Your last run is no longer kept (runs are released when you leave, 
 class FramesHandlers(TabHandlers):
     def frame(self, number: float, user: UserState) -> tuple:
         """Stored frame ``number`` (1 = the first) of the run Frames shows (the user's latest Generate or Denoise
-        run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
+        run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run, the step's
+        change x_{t−1} − x_t as a picture)."""
         run = user.run
         if run is not None and run.released:
-            return None, None, RELEASED, "", None, user.shown
+            return None, None, RELEASED, "", None, user.shown, None
         if run is None or not run.frames:
             return (None, None, f"No {user.shown} run yet: press **{user.shown.capitalize()}** first.",
-                    "", None, user.shown)
+                    "", None, user.shown, None)
         with user_errors():
             i = whole_number(number, "frame", 1, len(run.frames)) - 1
         f = run.frames[i]
@@ -47,8 +48,8 @@ class FramesHandlers(TabHandlers):
         every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
         label = (f"**step {f.index + 1} of {run.num_steps} · t = {f.t}** — frame {i + 1}/{len(run.frames)}: "
                  f"{run.title} ({state}). Stored: {every}.")
-        x_t, x0, update, terms = self.worker.run(frame_pictures, run, f)
-        return x_t, x0, label, update, terms, user.shown
+        x_t, x0, update, terms, change = self.worker.run(frame_pictures, run, f)
+        return x_t, x0, label, update, terms, user.shown, change
 
     def nudge(self, number: float, delta: int, user: UserState) -> tuple:
         """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames (1…count)."""
@@ -91,12 +92,13 @@ class FramesHandlers(TabHandlers):
 
 
 def frame_pictures(run: Trajectory, f: Frame) -> tuple:
-    """(x_t, x̂₀, the step's update with its numbers, its terms as pictures) of the stored frame ``f`` of ``run``."""
+    """(x_t, x̂₀, the step's update with its numbers, its terms as pictures, its change x_{t−1} − x_t) of the
+    stored frame ``f`` of ``run``."""
     parts = frame_breakdown(run, f)
     if parts is None:
-        return picture(f.x_t), picture(f.pred_x0), "", None
+        return picture(f.x_t), picture(f.pred_x0), "", None, None
     return (picture(f.x_t), picture(f.pred_x0), equation_markdown(parts, run.settings.clip_x0),
-            terms_strip(parts, f.x_prev))
+            terms_strip(parts, f.x_prev), change_picture(parts, f.first_x_t))
 
 
 def _exporter(h: FramesHandlers, kind: str):
@@ -140,8 +142,11 @@ def frames_tab(h: FramesHandlers, user: gr.State) -> FramesTab:
             x_t = output_image("x_t", min_width=200)
             x0 = output_image("predicted x̂₀", min_width=200)
         update = gr.Markdown("", latex_delimiters=LATEX, label="this step's update", elem_id="frame-update")
-        terms = output_image("this step's terms (first image) and their sum", height=220, pixelated=False,
-                             elem_id="frame-terms")
+        with gr.Row():
+            terms = output_image("this step's terms (first image) and their sum", height=220, pixelated=False,
+                                 elem_id="frame-terms", scale=4, min_width=300)
+            change = output_image("what the step changed (first image)", height=220, pixelated=False,
+                                  elem_id="frame-change", scale=1, min_width=160)
         with gr.Row():
             gif_btn = gr.Button("Export GIF", size="sm", min_width=80)
             mp4_btn = gr.Button("Export MP4", size="sm", min_width=80)
@@ -149,7 +154,7 @@ def frames_tab(h: FramesHandlers, user: gr.State) -> FramesTab:
         export_file = gr.File(label="Download (the latest run's export)", interactive=False,
                               elem_id="export-file", elem_classes="ddpm-download")
 
-    outputs = [x_t, x0, label, update, terms, which_run]
+    outputs = [x_t, x0, label, update, terms, which_run, change]
     show_frame = dict(fn=h.frame, inputs=[frame, user], outputs=outputs, show_progress="hidden", concurrency_limit=4)
     show_stopped = dict(fn=h.show_stopped, inputs=user, outputs=[frame, *outputs], api_visibility="private",
                         show_progress="hidden", concurrency_limit=4)

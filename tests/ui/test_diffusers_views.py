@@ -65,7 +65,7 @@ def test_generate_frames_and_exports(handlers: ui.Handlers, library: ModelLibrar
     b = step_breakdown(served.schedule, replay[0], user.run.settings)  # the variance the settings carry: β_t
     assert b.sigma == pytest.approx(float(served.schedule.float64["betas"][T - 1]) ** 0.5)
     assert b.sigma > float(served.schedule.float64["posterior_variance"][T - 1]) ** 0.5
-    x_t, x0, label, update, terms, which = handlers.frame(1, user)
+    x_t, x0, label, update, terms, which, _ = handlers.frame(1, user)
     assert which == "generate" and f"t = {T - 1}" in label
     assert outs[-1][0] is not None
     for kind in ("gif", "png", "mp4"):

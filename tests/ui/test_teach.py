@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import assert_pictures_close
 from tiny_app import PHOTO, needs_bf16, save_tiny
 
 from ddpm_app.diffusion import interpolation
@@ -20,6 +21,7 @@ from ddpm_app.diffusion.samplers import step_breakdown
 from ddpm_app.image import to_uint8
 from ddpm_app.metrics import heldout
 from ddpm_app.numbers import number
+from ddpm_app.pictures import picture
 from ddpm_app.runtime.inference import prepare_cpu
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.ui import page as ui
@@ -33,6 +35,7 @@ from ddpm_app.views.likelihood import (
     timesteps_per_call,
     verdict,
 )
+from ddpm_app.views.reverse_step import display_gain, frame_breakdown
 from ddpm_app.views.state import UserState
 
 T = 20
@@ -73,13 +76,36 @@ def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(hand
     target = f"x_{replay[0].t_prev}"
     assert f"{target} = {number(first.terms[0].coefficient)}·" in status  # the update, its numbers filled in
 
-    x_t, x0, label, update, terms, which = handlers.frame(1, user)
+    x_t, x0, label, update, terms, which, change = handlers.frame(1, user)
     assert which == "generate" and f"t = {replay[0].t}" in label
     for term in first.terms:  # the same coefficients, written for LaTeX
         assert number(abs(term.coefficient), latex=True) in update
     assert terms.shape[1] > 4 * 16  # x_t term | ε̂ term | noise term | result, each enlarged
     last = handlers.frame(len(user.run.frames), user)[3]
     assert "x_{0}" in last and ("no noise on the last step" in last or sampler == "ddim")
+
+
+@pytest.mark.parametrize("sampler, steps, clip", [("ddpm", 1, True), ("ddim", 5, False)])
+def test_the_terms_add_up_to_the_shown_x_prev_at_t_T_minus_1_too(handlers, library, sampler, steps, clip):
+    """At t = T−1, x_t ~ N(0, I) leaves [−1, 1] on a third of its values (and DDIM's unclipped x̂₀ much more): the
+    terms are built from the step's own tensors, so they add up to the x_{t−1} the strip shows to within a grey
+    level, and the change picture is x_{t−1} − x_t of the sampler's step."""
+    user = UserState()
+    list(handlers.generate(sampler, steps, 0.0, 7, 2, clip, False, user))
+    served, run = library.get("faces"), user.run
+    frame = run.frames[0]
+    assert frame.t == T - 1 and (frame.first_x_t.abs() > 1).float().mean() > 0.2  # where a clamp would bite
+    parts = frame_breakdown(run, frame)
+    assert_pictures_close(picture(parts.result()), picture(frame.x_prev), levels=1)
+    step = next(served.sample(run.settings, 2, 7))  # the same step again, in float32
+    torch.testing.assert_close(parts.result()[0], step.x_prev[0], rtol=0, atol=0.01)
+
+    change = handlers.frame(1, user)[6]
+    exact = step.x_prev[0] - step.x_t[0]
+    gain = display_gain(exact)
+    tile = change[:128:8, :128:8]  # the 16×16 image, enlarged 8× with sharp pixels, its caption below
+    assert_pictures_close(tile, picture(exact * gain), levels=1)
+    assert picture(exact).std() > 0  # a step that moves x_t
 
 
 def test_the_step_says_which_variance_its_noise_has_and_which_eps_it_shows(handlers):
@@ -119,7 +145,7 @@ def test_frames_name_the_step_and_t_of_each_frame_for_ddpm_ddim_and_sdedit(handl
 
 def test_frames_of_a_thinned_run_name_the_step_they_hold(library, tmp_path):
     served = library.get("faces")
-    per_step = 2 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀; ε̂, z and x_prev of one 16×16 image
+    per_step = 2 * 3 * 16 * 16 + 9 * 3 * 16 * 16  # x_t, x̂₀, x_prev (uint8); x_t, x̂₀, ε̂, z (float16) of one image
     thin = ui.Handlers(library, preview_interval=0, export_dir=tmp_path, max_trajectory_bytes=per_step * 6)
     user = UserState()
     list(thin.generate("ddpm", 1, 0.0, 3, 1, False, False, user))

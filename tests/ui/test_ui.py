@@ -140,19 +140,21 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
 
 @pytest.mark.parametrize("with_noise", [True, False])
 def test_a_stored_frame_keeps_each_picture_of_its_step_in_its_own_field(with_noise):
-    """Each field of a frame holds its own picture of the step: x_t and x̂₀ of every image, then ε̂, z (over
-    ±NOISE_RANGE) and x_prev of the first; the last step also keeps the final images."""
-    from ddpm_app.serve.runs import NOISE_RANGE
+    """Each field of a frame holds its own picture of the step: x_t and x̂₀ of every image and x_prev of the first
+    as uint8 pictures, then the first image's x_t, x̂₀, ε̂ and z as they were (float16, unclamped: x_t is N(0, I)
+    here, far outside a picture's [−1, 1]); the last step also keeps the final images."""
     g = torch.Generator().manual_seed(3)
-    x_t, x0, eps, x_prev, z = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(5))
+    x_t, x0, eps, x_prev, z = (2 * torch.randn(2, 3, 4, 4, generator=g) for _ in range(5))
     run = Trajectory("run", 2, (2, 3, 4, 4), 0)
     for index in range(2):
         run.add(samplers.Step(index, 2, 10 - index, 9 - index, x_t + index, x0, eps, x_prev, z if with_noise else None))
     f = run.frames[0]
     assert (f.index, f.t, f.t_prev) == (0, 10, 9)
-    for stored, expected in [(f.x_t, x_t), (f.pred_x0, x0), (f.pred_eps, eps[0] / NOISE_RANGE),
-                             (f.x_prev, x_prev[0])] + [(f.noise, z[0] / NOISE_RANGE)] * with_noise:
+    for stored, expected in [(f.x_t, x_t), (f.pred_x0, x0), (f.x_prev, x_prev[0])]:
         assert stored.shape == expected.shape and torch.equal(stored, to_uint8(expected))
+    for stored, expected in [(f.first_x_t, x_t[0]), (f.first_pred_x0, x0[0]), (f.pred_eps, eps[0])] + [
+            (f.noise, z[0])] * with_noise:
+        assert stored.dtype == torch.float16 and torch.equal(stored, expected.half())
     assert (f.noise is None) == (not with_noise)  # a step that added no noise stores no z
     assert torch.equal(run.frames[1].x_t, to_uint8(x_t + 1))
     assert torch.equal(run.final, to_uint8(x_prev)) and run.finished
@@ -339,13 +341,14 @@ def test_a_preview_sends_each_picture_once_as_jpeg_and_the_final_images_lossless
 
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
     served = library.get("faces")
-    per_step = 2 * 4 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀ of four; ε̂, z and x_prev of the first
+    # x_t, x̂₀ of four (uint8); the first's x_prev (uint8) and its x_t, x̂₀, ε̂, z (float16)
+    per_step = 2 * 4 * 3 * 16 * 16 + (1 + 2 * 4) * 3 * 16 * 16
     run = Trajectory("t", T, served.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
     assert run.stride == 4
     list(stream(served.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
     assert [f.index for f in run.frames] == [0, 4, 8, 12, 16, 19]
-    stored = sum(x.numel() for f in run.frames for x in (f.x_t, f.pred_x0, f.pred_eps, f.noise, f.x_prev)
-                 if x is not None)
+    stored = sum(x.nbytes for f in run.frames for x in (f.x_t, f.pred_x0, f.first_x_t, f.first_pred_x0, f.pred_eps,
+                                                        f.noise, f.x_prev) if x is not None)
     assert run.finished and stored <= per_step * 6
 
 
