@@ -82,6 +82,7 @@ class Trajectory:
     stopped: bool = False  # the run ended before its last step (Stop, or an error)
     released: bool = False  # its pictures were dropped to free memory (see :class:`~ddpm_app.views.state.Users`)
     file_stem: str = "run"  # what ran, for export file names: "ddim-50steps-eta0_seed7"
+    model: str = ""  # the name of the model that ran it
     ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # stopped or finished
 
     @property

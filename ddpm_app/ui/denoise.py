@@ -52,7 +52,7 @@ class DenoiseHandlers(TabHandlers):
         t, x0, x_t = forward.t, forward.x0, forward.x_t
         run = Trajectory(f"SDEdit from t = {t}, {settings.describe(t)}, seed {seed}", settings.num_steps(t),
                          served.shape(1), seed, self.max_trajectory_bytes, settings, served.schedule,
-                         file_stem=f"sdedit-t{t}_{settings.file_stem(t)}_seed{seed}")
+                         file_stem=f"sdedit-t{t}_{settings.file_stem(t)}_seed{seed}", model=served.name)
         user.keep("denoise", run)
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()

@@ -47,7 +47,7 @@ class FramesHandlers(TabHandlers):
                  if run.stopped else f"running: {run.steps_done} of {run.num_steps} steps")
         every = "every step" if run.stride == 1 else f"every {run.stride}th step and the last"
         label = (f"**step {f.index + 1} of {run.num_steps} · t = {f.t}** — frame {i + 1}/{len(run.frames)}: "
-                 f"{run.title} ({state}). Stored: {every}.")
+                 f"{run.title} ({state}). {model_named(run, user.model or self.library.default)} Stored: {every}.")
         x_t, x0, update, terms, change = self.worker.run(frame_pictures, run, f)
         return x_t, x0, label, update, terms, user.shown, change
 
@@ -89,6 +89,13 @@ class FramesHandlers(TabHandlers):
 
         with user_errors():
             return str(self.worker.run(self.exports.write, f"{run.file_stem if run else 'run'}.{kind}", write))
+
+
+def model_named(run: Trajectory, selected: str) -> str:
+    """Which model made ``run``, and whether that is still the ``selected`` one: a run stays in Frames after a switch."""
+    if run.model == selected:
+        return f"Model: **{run.model}**."
+    return f"Model: **{run.model}**, not the one selected now (**{selected}**): run again to see {selected}'s."
 
 
 def frame_pictures(run: Trajectory, f: Frame) -> tuple:

@@ -54,7 +54,7 @@ class GenerateHandlers(TabHandlers):
         clipped = "x̂₀ clipped" if settings.clip_x0 else "x̂₀ not clipped"
         run = Trajectory(f"{settings.describe(start_t)}, {clipped}, seed {seed}", settings.num_steps(start_t),
                          served.shape(batch), seed, self.max_trajectory_bytes, settings, served.schedule,
-                         file_stem=f"{settings.file_stem(start_t)}_seed{seed}")
+                         file_stem=f"{settings.file_stem(start_t)}_seed{seed}", model=served.name)
         user.keep("generate", run)  # a new object per run: a stopped run still finishing its step cannot write into it
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()

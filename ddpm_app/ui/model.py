@@ -34,6 +34,23 @@ class ModelHandlers(TabHandlers):
             served = self.library.get(choice(name, "model", self.library.names))
         return self._switch(user, served, f"Loaded **{served.name}**.")
 
+    def switching(self, name: str, user: UserState) -> tuple[str, str]:
+        """What the page says at once while this user's model switches to ``name``: (header, note). Loading a
+        model that is not in memory takes seconds (its weights read, its network prepared and timed for this
+        machine); the current model stays until the new one is ready (:meth:`model_now` then says which it is)."""
+        if not isinstance(name, str) or name not in self.library.names:
+            return gr.skip(), gr.skip()  # the switch itself says why
+        now = f"Model: **{user.model or self.library.default}**"
+        if self.library.in_memory(name):
+            return f"{now} → switching to **{name}**…", f"Switching to **{name}**…"
+        return (f"{now} → loading **{name}**…",
+                f"Loading **{name}**: reading its weights, preparing its network for this machine and timing a step "
+                "(seconds; the current model stays until it is ready)…")
+
+    def model_now(self, user: UserState) -> tuple[str, str]:
+        """After a switch, whether it worked or not: (header of this user's model, note cleared)."""
+        return model_header(self.served(user)), ""
+
     def download_model(self, repo_id: str, user: UserState) -> tuple:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
         try:
@@ -184,16 +201,21 @@ def model_tab(names: list[str], first: str, table: str, card: str, samples: str 
     return ModelTab(pick, rescan_btn, folder, folder_btn, repo, download_btn, note, summary, samples_image, card_md)
 
 
-def model_events(h: ModelHandlers, tab: ModelTab, user: gr.State, updated: list, refresh_forward: dict,
-                 teaching: list) -> None:
-    """A model switch (pick, download, load) updates ``updated`` (the page header, Forward's t, then Generate's and
-    Denoise's sampler controls: see :meth:`ModelHandlers.select_model`), redraws the Forward view
-    (``refresh_forward``) and sets the ranges of the ``teaching`` sliders (:meth:`ModelHandlers.ranges`)."""
+def model_events(h: ModelHandlers, tab: ModelTab, user: gr.State, header: gr.Markdown, updated: list,
+                 refresh_forward: dict, teaching: list) -> None:
+    """A model switch (pick, download, load) updates ``updated`` (the page ``header``, Forward's t, then Generate's
+    and Denoise's sampler controls: see :meth:`ModelHandlers.select_model`), redraws the Forward view
+    (``refresh_forward``) and sets the ranges of the ``teaching`` sliders (:meth:`ModelHandlers.ranges`). A pick says
+    at once what is happening, and its timer runs on the summary until the model is ready."""
     outputs = [tab.summary, tab.card, tab.samples, *updated, tab.pick]
     refresh = dict(refresh_forward, api_visibility="private")
     ranges = dict(fn=h.ranges, inputs=user, outputs=teaching, api_visibility="private", queue=False)
-    tab.pick.input(h.select_model, [tab.pick, user], outputs, api_name="select_model",
-                   show_progress="hidden").then(**refresh).then(**ranges)
+    now = dict(fn=h.model_now, inputs=user, outputs=[header, tab.note], api_visibility="private", queue=False,
+               show_progress="hidden")
+    tab.pick.input(h.switching, [tab.pick, user], [header, tab.note], api_visibility="private", queue=False,
+                   show_progress="hidden")
+    tab.pick.input(h.select_model, [tab.pick, user], outputs, api_name="select_model", show_progress="full",
+                   show_progress_on=[tab.summary]).then(**now).then(**refresh).then(**ranges)
     tab.download.click(h.download_model, [tab.repo, user], outputs, api_name="download_model",
                        show_progress="minimal", show_progress_on=tab.download).success(**refresh).then(**ranges)
     tab.load_folder.click(h.load_folder, [tab.folder, user], outputs, api_name="load_folder",

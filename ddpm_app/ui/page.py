@@ -120,7 +120,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         forward_events(h, forward, user, sdedit)
         updated = [header, forward.t, generate.steps, denoise.steps, generate.batch, generate.clip, denoise.clip,
                    generate.eta, denoise.eta]
-        model_events(h, model, user, updated, forward.noise_event(h, user, sdedit),
+        model_events(h, model, user, header, updated, forward.noise_event(h, user, sdedit),
                      [train_t, compare_t, *interpolation])
         demo.unload(h.leave)
     demo.queue(max_size=None, default_concurrency_limit=2)

@@ -616,6 +616,43 @@ def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
         handlers.select_model("cats", me)
 
 
+def test_a_switch_says_at_once_what_it_is_doing_and_the_header_ends_on_the_users_model(tmp_path: Path):
+    """Picking a model that is not in memory says it is loading (the header too) before the slow part; once the
+    switch has ended the header names the user's model: the new one, or the old one after a switch that failed."""
+    save_tiny(tmp_path / "faces")
+    save_tiny(tmp_path / "other", seed=2)
+    library = ModelLibrary(tmp_path, "cpu", precision="fp32")
+    handlers, user = ui.Handlers(library, preview_interval=0, export_dir=tmp_path / "exports"), UserState()
+    library.get("faces")
+    assert not library.in_memory("other")
+    header, note = handlers.switching("other", user)
+    assert header.startswith("Model: **faces** → loading **other**") and note.startswith("Loading **other**:")
+    handlers.select_model("other", user)
+    header, note = handlers.model_now(user)
+    assert header.startswith("Model: **other** —") and note == ""
+    assert handlers.switching("faces", user) == ("Model: **other** → switching to **faces**…",
+                                                 "Switching to **faces**…")  # in memory: no loading
+    (tmp_path / "faces" / "config.json").write_text("{")  # broken on disk, out of memory: the switch fails
+    library._loaded.pop("faces")
+    with pytest.raises(gr.Error):
+        handlers.select_model("faces", user)
+    assert handlers.model_now(user)[0].startswith("Model: **other** —")
+    assert handlers.switching("nonsense", user) == (gr.skip(), gr.skip())  # the switch itself says why
+
+
+def test_frames_name_the_model_a_run_came_from(handlers: ui.Handlers):
+    """A run stays in Frames after a model switch: its label names the model that made it, and says when that is
+    not the one selected now."""
+    user = UserState()
+    run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    assert "Model: **faces**." in handlers.frame(1, user)[2]
+    handlers.select_model("mono", user)
+    label = handlers.frame(1, user)[2]
+    assert "Model: **faces**, not the one selected now (**mono**)" in label
+    run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    assert "Model: **mono**." in handlers.frame(1, user)[2]
+
+
 def test_converted_seed_checkpoint_samples_like_any_model(handlers: ui.Handlers):
     user = UserState()
     summary = handlers.select_model("seed", user)[0]
