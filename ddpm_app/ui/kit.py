@@ -3,6 +3,7 @@ its previews, and the texts more than one tab shows."""
 
 from __future__ import annotations
 
+import filecmp
 import html
 import io
 import time
@@ -66,6 +67,25 @@ class TabHandlers:
     def served(self, user: UserState) -> ServedModel:
         """The model this user has chosen (shared with every other user of it)."""
         return self.library.get(user.model)
+
+    def carry_photo(self, tab: str, photo: str | None, target: str | None, user: UserState) -> str | dict:
+        """The Forward tab's ``photo`` for ``tab``'s photo input, which holds ``target``: taken when the input is
+        empty or still holds the photo carried there last; one the user put there is kept (``gr.skip()``)."""
+        last = user.carried.get(tab)
+        if photo is None or (target is not None and (same_file(target, photo) or not same_file(target, last))):
+            return gr.skip()
+        user.carried[tab] = photo
+        return photo
+
+
+def same_file(a: str | None, b: str | None) -> bool:
+    """Whether two photo files hold the same bytes (Gradio copies a photo it shows into its cache, by a new path)."""
+    if a is None or b is None:
+        return False
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def photo_given(photo: str | None) -> str:
@@ -173,3 +193,13 @@ def photo_column(label: str) -> PhotoInput:
                            height=220)
         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label="Examples", cache_examples=False)
     return photo
+
+
+def carried_into(h: TabHandlers, tab: gr.Tab, photo: PhotoInput, source: gr.Image, user: gr.State) -> None:
+    """Opening ``tab`` brings the Forward tab's photo (``source``) into its ``photo`` input, unless the user put
+    another one there (:meth:`TabHandlers.carry_photo`). On opening, not at once: the tab's own work on a new photo
+    (the training view's loss curve) runs only for a user who looks at it."""
+    def carry(source_photo: str | None, target: str | None, state: UserState) -> str | dict:
+        return h.carry_photo(tab.id, source_photo, target, state)
+    carry.__name__ = f"carry_photo_{tab.id}"
+    tab.select(carry, [source, photo, user], photo, api_visibility="private", queue=False, show_progress="hidden")

@@ -12,7 +12,7 @@ from ddpm_app.serve.inputs import flag, resolve_seed
 from ddpm_app.serve.server import JOBS
 from ddpm_app.serve.worker import Reports
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, output_image, photo_column, photo_given
+from ddpm_app.ui.kit import LATEX, TabHandlers, carried_into, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.likelihood import CLIP_X0, ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
 from ddpm_app.views.state import UserState
@@ -70,9 +70,10 @@ def progress_html(done: int, total: int, elapsed: float, exact: bool) -> str:
             f"<div>{done} / {total} timesteps ({what}) · {elapsed:.1f} s</div></div>")
 
 
-def likelihood_tab(h: LikelihoodHandlers, user: gr.State, T: int) -> None:
-    """The Likelihood tab with its events; call inside ``gr.Tabs()``."""
-    with gr.Tab("Likelihood", id="likelihood", elem_id="likelihood-tab"):
+def likelihood_tab(h: LikelihoodHandlers, user: gr.State, T: int, carry_from: gr.Image) -> None:
+    """The Likelihood tab with its events; opening it brings the Forward tab's photo (``carry_from``) along. Call
+    inside ``gr.Tabs()``."""
+    with gr.Tab("Likelihood", id="likelihood", elem_id="likelihood-tab") as tab:
         gr.Markdown(LIKELIHOOD_HELP, latex_delimiters=LATEX)
         with gr.Row():
             photo = photo_column("Photo")
@@ -98,3 +99,4 @@ def likelihood_tab(h: LikelihoodHandlers, user: gr.State, T: int) -> None:
                           concurrency_id=JOBS)
     stop_btn.click(lambda: "<div class='ddpm-stats'><b>Stopped.</b></div>", None, status, cancels=[event],
                    api_visibility="private", queue=False)
+    carried_into(h, tab, photo, carry_from, user)

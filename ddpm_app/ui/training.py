@@ -14,7 +14,7 @@ from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.inputs import random_seed, resolve_seed
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import widgets
-from ddpm_app.ui.kit import LATEX, TabHandlers, output_image, photo_column, photo_given
+from ddpm_app.ui.kit import LATEX, TabHandlers, carried_into, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import UserState
 from ddpm_app.views.training import curve_plot, error_heatmap, heat_scale, photo_curve, training_step
@@ -116,10 +116,10 @@ class TrainingHandlers(TabHandlers):
         return random_seed() % self.served(user).timesteps
 
 
-def training_tab(h: TrainingHandlers, user: gr.State, T: int) -> gr.Slider:
-    """The Training tab with its events; returns its t slider (a model switch sets its range). Call inside
-    ``gr.Tabs()``."""
-    with gr.Tab("Training", id="training", elem_id="training-tab"):
+def training_tab(h: TrainingHandlers, user: gr.State, T: int, carry_from: gr.Image) -> gr.Slider:
+    """The Training tab with its events; returns its t slider (a model switch sets its range). Opening it brings
+    the Forward tab's photo (``carry_from``) along. Call inside ``gr.Tabs()``."""
+    with gr.Tab("Training", id="training", elem_id="training-tab") as tab:
         gr.Markdown(TRAINING_HELP, latex_delimiters=LATEX)
         with gr.Row():
             photo = photo_column("Photo x₀")
@@ -149,4 +149,5 @@ def training_tab(h: TrainingHandlers, user: gr.State, T: int) -> gr.Slider:
         show_progress="minimal", show_progress_on=plot).success(  # mark the t the slider has got to meanwhile
         h.train_step, inputs, outputs, api_visibility="private", **quick)
     random_btn.click(h.random_t, user, t, api_visibility="private", queue=False)
+    carried_into(h, tab, photo, carry_from, user)
     return t

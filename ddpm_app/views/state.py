@@ -91,6 +91,7 @@ class UserState:
     forward: ForwardState = field(default_factory=ForwardState)
     lesson: LessonState = field(default_factory=LessonState)
     lab: LabState = field(default_factory=LabState)  # the 2-D lab: data, model, runs
+    carried: dict[str, str] = field(default_factory=dict)  # by tab: the Forward tab's photo carried there last
 
     def keep(self, kind: str, run: Trajectory) -> None:
         """Make ``run`` this user's latest run of ``kind`` (a new object per run: a stopped run still finishing its

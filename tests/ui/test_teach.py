@@ -292,6 +292,35 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
     assert broken.heldout is None and "not a readable held-out file" in broken.heldout_note
 
 
+# -- the photo, carried from Forward ------------------------------------------------------------------------------
+
+
+def test_the_forward_photo_is_carried_into_a_tab_unless_the_user_put_another_there(teach, tmp_path):
+    """Opening Training (or Likelihood) brings Forward's photo into its empty input, and a new Forward photo
+    replaces the one carried there before (Gradio shows it from a copy in its cache: same bytes, another path);
+    a photo the user put there stays, and so does one that is already Forward's."""
+    user, skip = UserState(), gr.skip()
+    shown = tmp_path / "cache-copy.png"
+    shown.write_bytes(PHOTO.read_bytes())  # the carried photo as the browser sends it back
+    assert teach.carry_photo("training", str(PHOTO), None, user) == str(PHOTO)
+    assert teach.carry_photo("training", str(PHOTO), str(shown), user) == skip  # already there
+    assert teach.carry_photo("training", str(LANDSCAPE), str(shown), user) == str(LANDSCAPE)  # replaces the carried
+    assert teach.carry_photo("likelihood", str(PHOTO), str(LANDSCAPE), user) == skip  # the user's own stays
+    assert teach.carry_photo("likelihood", None, None, user) == skip  # nothing in Forward
+    assert teach.carry_photo("likelihood", str(PHOTO), None, user) == str(PHOTO)
+
+
+def test_opening_training_or_likelihood_carries_the_forward_photo(library):
+    """The two tabs' select events take the Forward photo and the tab's own as inputs and write the tab's own."""
+    demo = ui.build(library)
+    carries = {d.fn.__name__: d for d in demo.fns.values() if d.fn and d.fn.__name__.startswith("carry_photo_")}
+    assert set(carries) == {"carry_photo_training", "carry_photo_likelihood"}
+    for dep in carries.values():
+        forward_photo, own, _ = dep.inputs
+        assert dep.outputs == [own] and forward_photo.label == "Photo (center-cropped, resized)"
+        assert dep.targets[0][1] == "select"
+
+
 # -- the likelihood of a photo ------------------------------------------------------------------------------------
 
 
