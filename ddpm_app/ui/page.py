@@ -102,7 +102,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         gr.Markdown(INTRO)
         header = gr.Markdown(header_text, label="model")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             generate = generate_tab(T, settings, first.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps).batch)
             lab_tab(LabHandlers(library.worker), user)  # the 2-D lab: DDPM on points, trained live
             frames = frames_tab(h, user)
@@ -113,7 +113,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
             compare_t = compare_tab(h, user, T)
             interpolation = interpolate_tab(h, user, first)
             model = model_tab(library.names, first.name, table, card_text, samples_path)
-        figure_row(h, user)
+        figure_row(h, user, tabs)
 
         generate_events(h, generate, frames, user)
         sdedit = [denoise.start, denoise.note]

@@ -544,6 +544,23 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
         teach.export_figure("nope", user)
 
 
+def test_the_figures_row_offers_the_figure_of_the_tab_opened_last(library):
+    """Opening a tab with a slide figure makes its figure the one offered; Model and the 2-D lab have none and
+    leave it; the page starts on Generate, whose figure is the step's terms."""
+    demo = ui.build(library)
+    tabs = next(b for b in demo.blocks.values() if isinstance(b, gr.Tabs))
+    view = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "figure-view")
+    offered = {}
+    for dep in demo.fns.values():
+        if dep.outputs == [view] and dep.targets[0][1] == "select":
+            offered[demo.blocks[dep.targets[0][0]].id] = dep.fn()
+    assert offered == {"generate": "step", "frames": "step", "denoise": "step", "forward": "forward",
+                       "training": "training", "likelihood": "likelihood", "compare": "compare",
+                       "interpolate": "interpolation"}
+    assert {tab.id for tab in tabs.children} - set(offered) == {"lab", "model"}
+    assert view.value == "step" and tabs.children[0].id == "generate"
+
+
 def test_teaching_endpoints_are_wired(library):
     demo = ui.build(library)
     names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
