@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     user = UserState()
     teach.train_step(photo, 100, 0, user)  # warm up: load the model, draw the held-out plot
-    teach.loss_curve(photo, 100, user)
+    list(teach.loss_curve(photo, 100, user))
 
     moves = []
     for i in range(args.repeats):
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         fresh = UserState()
         start = time.perf_counter()
-        teach.loss_curve(photo, 100, fresh)
+        list(teach.loss_curve(photo, 100, fresh))
         curves.append(time.perf_counter() - start)
 
     first_bar, first_work, totals = [], [], []

@@ -25,6 +25,7 @@ from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import widgets
 from ddpm_app.ui.widgets import PhotoInput
 from ddpm_app.views.export import ExportFolder
+from ddpm_app.views.pace import Pace, about, time_left
 from ddpm_app.views.reverse_step import equation_text
 from ddpm_app.views.state import Users, UserState
 
@@ -59,6 +60,7 @@ class TabHandlers:
         # bounded, like exports
         self.figures = ExportFolder(figure_dir) if figure_dir else ExportFolder.temporary("ddpm_figures_")
         self.users = Users() if users is None else users  # whose runs and photos stay in memory, and for how long
+        self.pace = Pace()  # how fast each model's fp32 network went in the loss curve and the bound
 
     def leave(self, request: gr.Request) -> None:
         """The user's tab (or API client) has closed: release its run and photo."""
@@ -67,6 +69,13 @@ class TabHandlers:
     def served(self, user: UserState) -> ServedModel:
         """The model this user has chosen (shared with every other user of it)."""
         return self.library.get(user.model)
+
+    def estimate(self, served: ServedModel, inputs: int) -> str:
+        """How long ``inputs`` fp32 network inputs should take, "≈ 6 s", from :attr:`pace` or the step time
+        measured when the model loaded; "" where neither is known."""
+        fallback = served.ms_per_step / 1000 if served.ms_per_step is not None else None
+        seconds = self.pace.estimate(served.name, inputs, fallback)
+        return "" if seconds is None else about(seconds)
 
     def carry_photo(self, tab: str, photo: str | None, target: str | None, user: UserState) -> str | dict:
         """The Forward tab's ``photo`` for ``tab``'s photo input, which holds ``target``: taken when the input is
@@ -154,7 +163,8 @@ def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float
     if step.is_last:
         head = f"<b>Done</b>: {n} steps in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} steps/s). Shown: the final x₀."
     else:
-        head = f"Step <b>{step.index + 1}</b> / {n}"
+        left = time_left(step.index + 1, n, elapsed)
+        head = f"Step <b>{step.index + 1}</b> / {n}" + (f" · {left}" if left else "")
     return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
             f"<div>{head}</div>"
             f"<div>t = <b>{step.t}</b> · ᾱ_t = {number(level.alpha_bar)} · SNR = {level.snr_db:+.1f} dB · "

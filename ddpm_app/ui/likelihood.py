@@ -15,6 +15,7 @@ from ddpm_app.ui import widgets
 from ddpm_app.ui.kit import LATEX, TabHandlers, carried_into, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.likelihood import CLIP_X0, ESTIMATE_TIMESTEPS, photo_bits_per_dim, terms_plot, verdict
+from ddpm_app.views.pace import time_left
 from ddpm_app.views.state import UserState
 
 LIKELIHOOD_HELP = r"""**How likely is your photo under the model?** The same bound that gave the training loss,
@@ -40,16 +41,21 @@ class LikelihoodHandlers(TabHandlers):
             seed = resolve_seed(seed)
             x0 = self.worker.run(served.prepare_photo, photo_given(photo))
         num = None if exact else min(ESTIMATE_TIMESTEPS, served.timesteps)
+        total = num or served.timesteps
         reports = Reports()  # one job: it says how far it has got after every batch of timesteps
         started = time.perf_counter()
-        yield progress_html(0, num or served.timesteps, 0.0, exact), None, CLEARED
+        estimate = self.estimate(served, total)
+        yield progress_html(0, total, 0.0, exact, f"{estimate} in all" if estimate else ""), None, CLEARED
 
         def progress(done: int, total: int) -> None:
             if 0 < done < total:  # 0 was said above
-                reports((progress_html(done, total, time.perf_counter() - started, exact), gr.skip(), gr.skip()))
+                elapsed = time.perf_counter() - started
+                reports((progress_html(done, total, elapsed, exact, time_left(done, total, elapsed)), gr.skip(),
+                         gr.skip()))
 
         def bound() -> Iterator[tuple]:
             bpd = photo_bits_per_dim(served, x0, seed, num, progress, clip_x0)
+            self.pace.record(served.name, bpd.timesteps_evaluated, time.perf_counter() - started)
             plot = terms_plot(bpd, served.heldout, served.timesteps)
             user.lesson.likelihood, user.lesson.likelihood_plot = bpd, plot
             elapsed = time.perf_counter() - started
@@ -64,10 +70,11 @@ class LikelihoodHandlers(TabHandlers):
 CLEARED = "*The bound for this photo is being computed…*"  # the previous photo's verdict, gone
 
 
-def progress_html(done: int, total: int, elapsed: float, exact: bool) -> str:
+def progress_html(done: int, total: int, elapsed: float, exact: bool, left: str = "") -> str:
+    """The progress bar and line: timesteps done, seconds so far and (``left``) how long the rest should take."""
     what = "exact bound, all timesteps" if exact else "estimate"
     return (f"<div class='ddpm-stats'><progress value='{done}' max='{total}'></progress>"
-            f"<div>{done} / {total} timesteps ({what}) · {elapsed:.1f} s</div></div>")
+            f"<div>{done} / {total} timesteps ({what}) · {elapsed:.1f} s{f' · {left}' if left else ''}</div></div>")
 
 
 def likelihood_tab(h: LikelihoodHandlers, user: gr.State, T: int, carry_from: gr.Image) -> None:

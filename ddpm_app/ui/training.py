@@ -3,12 +3,15 @@ loss at every t for the photo beside held-out images of the model's data."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import gradio as gr
 import numpy as np
 from torch import Tensor
 
+from ddpm_app.diffusion.loss import curve_timesteps
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.inputs import random_seed, resolve_seed
@@ -17,7 +20,15 @@ from ddpm_app.ui import widgets
 from ddpm_app.ui.kit import LATEX, TabHandlers, carried_into, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import UserState
-from ddpm_app.views.training import curve_plot, error_heatmap, heat_scale, photo_curve, training_step
+from ddpm_app.views.training import (
+    CURVE_DRAWS,
+    CURVE_TIMESTEPS,
+    curve_plot,
+    error_heatmap,
+    heat_scale,
+    photo_curve,
+    training_step,
+)
 
 CURVE_SEED = 0  # the photo's loss curve draws its ε from this seed: the same curve every time
 
@@ -86,15 +97,23 @@ class TrainingHandlers(TabHandlers):
             lesson.plot_for = key
         return lesson.plot.at(t)
 
-    def loss_curve(self, photo: str | None, t: float, user: UserState) -> tuple:
-        """The photo's loss at every t (several ε each) beside the held-out curve: (plot, summary)."""
+    def loss_curve(self, photo: str | None, t: float, user: UserState) -> Iterator[tuple]:
+        """The photo's loss at every t (several ε each) beside the held-out curve: (plot, summary); before a curve
+        not computed yet, (no change, what is computed and how long it should take)."""
         served = self.served(user)
         with user_errors():
             t = served.check_t(t)
             x0 = self.worker.run(served.prepare_photo, photo_given(photo))
         lesson = user.lesson
         if lesson.curve is None or lesson.curve_for != (served.name, photo):
+            timesteps = len(curve_timesteps(served.timesteps, CURVE_TIMESTEPS))
+            inputs = timesteps * CURVE_DRAWS
+            estimate = self.estimate(served, inputs)
+            yield gr.skip(), (f"*Computing your photo's loss at {timesteps} timesteps, {CURVE_DRAWS} ε each "
+                              f"({inputs} network inputs in one call){f', {estimate}' if estimate else ''}…*")
+            started = time.perf_counter()
             lesson.curve = self.worker.run(photo_curve, served, x0, CURVE_SEED)
+            self.pace.record(served.name, inputs, time.perf_counter() - started)
             lesson.curve_for = (served.name, photo)
         curve = lesson.curve
         held = served.heldout
@@ -109,7 +128,7 @@ class TrainingHandlers(TabHandlers):
             summary += f"No held-out curve to compare with: {served.heldout_note}. "
         summary += ("At large t, x_t is almost pure noise, so ε̂ ≈ x_t and the loss is small; at small t the noise "
                     "is faint and hard to tell from the photo's own detail, so the loss is largest there.")
-        return self.worker.run(self._curve_plot, served, photo, user, t), summary
+        yield self.worker.run(self._curve_plot, served, photo, user, t), summary
 
     def random_t(self, user: UserState) -> int:
         """t ~ Uniform{0, …, T−1}, as Algorithm 1 draws it."""

@@ -91,7 +91,7 @@ def test_training_likelihood_compare_interpolate_and_figures(handlers: ui.Handle
     user = UserState()
     x0_pic, eps_pic, xt_pic, pred_pic, heat, numbers, plot = teach.train_step(str(PHOTO), 13, 42, user)
     assert "13" in numbers
-    plot, summary = teach.loss_curve(str(PHOTO), 3, user)
+    *_, (plot, summary) = teach.loss_curve(str(PHOTO), 3, user)
     assert plot is not None and summary
     outs = list(teach.likelihood(str(LANDSCAPE), True, 1, True, user))
     assert "bits/dim" in str(outs[-1])

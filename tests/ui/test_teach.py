@@ -248,8 +248,8 @@ def test_training_view_marks_t_on_the_curve_without_redrawing(teach):
 def test_loss_curve_is_the_library_curve_and_says_when_held_out_figures_are_missing(teach, library):
     user = UserState()
     with pytest.raises(gr.Error, match="upload a photo"):
-        teach.loss_curve(None, 3, user)
-    plot, summary = teach.loss_curve(str(PHOTO), 3, user)
+        list(teach.loss_curve(None, 3, user))
+    *_, (plot, summary) = teach.loss_curve(str(PHOTO), 3, user)
     served = library.get("faces")
     x0 = served.prepare_photo(str(PHOTO))
     expected = loss_curve(served.eps_model, served.schedule, x0[None], curve_timesteps(T, training_view.CURVE_TIMESTEPS),
@@ -284,7 +284,7 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
 
     fresh = ModelLibrary(tmp_path, "cpu").get("m")
     teach = ui.Handlers(ModelLibrary(tmp_path, "cpu"), preview_interval=0, figure_dir=tmp_path / "f")
-    _, summary = teach.loss_curve(str(PHOTO), 3, UserState())
+    *_, (_, summary) = teach.loss_curve(str(PHOTO), 3, UserState())
     assert "Held-out images (6, noise, split test)" in summary and fresh.heldout is not None
 
     (folder / heldout.HELDOUT_NAME).write_text("{not json")
