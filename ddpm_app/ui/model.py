@@ -13,6 +13,7 @@ from ddpm_app.checks import InvalidValue
 from ddpm_app.image import MAX_FILE_BYTES
 from ddpm_app.io.model_folder import ModelFolderError, SamplingDefaults
 from ddpm_app.numbers import number
+from ddpm_app.runtime.inference import Runtime
 from ddpm_app.serve.inputs import choice
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.ui import widgets
@@ -130,22 +131,75 @@ def model_header(served: ServedModel) -> str:
 
 
 def model_card(served: ServedModel) -> tuple[str, str, str | None]:
-    """(summary table, model card text) in Markdown, and the path of the card's sample grid if there is one."""
+    """(summary: a table in plain words, then how the network runs here in detail, folded; model card text) in
+    Markdown, and the path of the card's sample grid if there is one."""
     s = served.summary()
-    rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or "not recorded"), ("architecture", s.arch),
+    rows = [("dataset", s.dataset or "not recorded"), ("architecture", s.arch),
             ("parameters", f"{s.parameters / 1e6:.1f} M"),
             ("image size", f"{s.image_size}×{s.image_size}, {s.channels} channel(s)"),
             ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}"),
             ("speed here", "not measured (compiled on first use)" if s.ms_per_step is None
              else f"{s.ms_per_step:.1f} ms per step at batch 1, measured on this machine when the model was loaded"),
-            ("runs on", s.runtime)]
+            ("runs on", runs_on(served))]
     first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)
     rows += [("first settings", first.note)] if first.note else []
-    rows += [(k.replace("_", " "), str(v)) for k, v in s.training.items()
-             if isinstance(v, (str, int, float, bool)) and k != "dataset"][:12]
+    rows += training_rows(s.training)
     table = "| property | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     card = s.card[:3000] + ("…" if len(s.card) > 3000 else "")
-    return table, card or "This model has no README.md card.", served_picture(s.samples)
+    return table + "\n\n" + how_it_runs(served, s.source), card or "This model has no README.md card.", \
+        served_picture(s.samples)
+
+
+PLACES = {"cpu": "this computer's processor (CPU)", "cuda": "this computer's graphics card (GPU)"}
+
+
+def fast_path(runtime: Runtime) -> bool:
+    """Whether the network runs faster than plain PyTorch in float32: another engine (OpenVINO), lower precision
+    (bf16, fp16) or a compiled step."""
+    return runtime.engine.startswith("OpenVINO") or runtime.precision != "fp32" or runtime.compiled
+
+
+def runs_on(served: ServedModel) -> str:
+    """Where the network runs, in plain words: "this computer's processor (CPU), fast path on"."""
+    where = PLACES.get(served.device.type, served.device.type)
+    return f"{where}, fast path {'on' if fast_path(served.runtime) else 'off'}"
+
+
+def how_it_runs(served: ServedModel, source: str) -> str:
+    """The details behind :func:`runs_on` and where the model was read from, folded until asked for."""
+    r = served.runtime
+    lines = [f"- **device**: {r.device}", f"- **engine**: {r.engine or 'PyTorch'}",
+             f"- **arithmetic**: {r.precision}" + (", the step compiled" if r.compiled else ""),
+             f"- **why**: {r.reason}",
+             f"- **fast path**: {'on' if fast_path(r) else 'off'} (on: another engine than plain PyTorch, "
+             "precision lower than float32, or a compiled step)",
+             f"- **read from**: `{source}`"]
+    return "<details><summary>How it runs here, in detail</summary>\n\n" + "\n".join(lines) + "\n\n</details>"
+
+
+def training_rows(training: dict) -> list[tuple[str, str]]:
+    """The model's training record as table rows: one total of training steps (a run continued from an earlier
+    one records its own steps and those before it), the time in minutes, numbers with thousands separators."""
+    steps, before = training.get("steps"), training.get("steps_before_this_run")
+    rows = []
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        rows.append(("training steps", f"{steps + before:,} in all ({before:,} in earlier runs, then {steps:,})"
+                     if isinstance(before, int) and before > 0 else f"{steps:,}"))
+    for key, value in training.items():
+        if key in ("dataset", "steps", "steps_before_this_run") or not isinstance(value, (str, int, float, bool)):
+            continue
+        if key == "train_seconds" and isinstance(value, (int, float)):
+            rows.append(("training time", f"{value / 60:,.0f} min" if value >= 120 else f"{value:,.0f} s"))
+        else:
+            rows.append((key.replace("_", " "), plain_number(value)))
+    return rows[:12]
+
+
+def plain_number(value: object) -> str:
+    """A number with thousands separators (37,153,536); anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}"
 
 
 def served_picture(path: Path | None) -> str | None:

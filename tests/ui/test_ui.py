@@ -7,6 +7,7 @@ import io
 import itertools
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -726,7 +727,24 @@ def test_model_tab_shows_the_step_time_measured_here_and_how_the_model_runs(tmp_
     assert served.runtime.precision == "fp32" and served.ms_per_step > 0
     table, _, _ = model.model_card(served)
     assert f"| speed here | {served.ms_per_step:.1f} ms per step at batch 1, measured on this machine" in table
-    assert f"| runs on | {served.runtime.describe()} |" in table and "fp32" in served.runtime.describe()
+    # plain words in the table (PyTorch in float32: no fast path), the details folded under it
+    assert "| runs on | this computer's processor (CPU), fast path off |" in table
+    plain, details = table.split("<details>")
+    r = served.runtime
+    assert all(f"**{name}**: {value}" in details for name, value in [("device", r.device), ("engine", r.engine),
+                                                                      ("arithmetic", "fp32"), ("why", r.reason)])
+    assert f"**read from**: `{served.loaded.source}`" in details and "source" not in plain
+    assert model.fast_path(replace(r, precision="bf16")) and model.fast_path(replace(r, engine="OpenVINO 2026.4"))
+
+
+def test_the_model_tab_gives_one_total_of_training_steps_and_separates_thousands():
+    """A run continued from earlier ones records its own steps and those before: the table adds them up."""
+    rows = dict(model.training_rows({"steps": 9000, "steps_before_this_run": 35829, "train_seconds": 3303.3,
+                                     "images_seen": 37153536, "weights": "ema", "dataset": "faces"}))
+    assert rows == {"training steps": "44,829 in all (35,829 in earlier runs, then 9,000)",
+                    "training time": "55 min", "images seen": "37,153,536", "weights": "ema"}
+    assert dict(model.training_rows({"steps": 9379, "train_seconds": 48.0})) == {"training steps": "9,379",
+                                                                                 "training time": "48 s"}
 
 
 def test_app_takes_a_precision_and_refuses_unknown_ones(capsys):
