@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     user = UserState()
     teach.train_step(photo, 100, 0, user)  # warm up: load the model, draw the held-out plot
-    teach.loss_curve(photo, 100, user)
+    list(teach.loss_curve(photo, 100, user))
 
     moves = []
     for i in range(args.repeats):
@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         fresh = UserState()
         start = time.perf_counter()
-        teach.loss_curve(photo, 100, fresh)
+        list(teach.loss_curve(photo, 100, fresh))
         curves.append(time.perf_counter() - start)
 
     first_bar, first_work, totals = [], [], []
     for i in range(args.repeats):
         start = time.perf_counter()
         bar = work = None
-        for status, *_ in teach.likelihood(photo, False, i, UserState()):
+        for status, *_ in teach.likelihood(photo, False, i, True, UserState()):
             now = time.perf_counter() - start
             done = re.search(r"value='(\d+)'", status)
             bar = bar if bar is not None else now

@@ -189,6 +189,11 @@ class ModelLibrary:
     def names(self) -> list[str]:
         return list(self.folders)
 
+    def in_memory(self, name: str) -> bool:
+        """Whether the model called ``name`` is loaded (a switch to it is immediate)."""
+        with self._lock:
+            return name in self._loaded
+
     def get(self, name: str | None = None) -> ServedModel:
         """The model called ``name`` (the default if None), loading it if it is not in memory."""
         name = self.default if name is None else choice(name, "model", self.names)

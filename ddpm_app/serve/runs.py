@@ -28,34 +28,41 @@ DEFAULT_PREVIEW_INTERVAL = 0.2
 # preview costs a run: the server's work after the hand-off and the slower step that follows it add as much again
 # (README, "Streaming cost"), so 2.5 % of measured cost stands for about 5 % of the run's time.
 PREVIEW_BUDGET = 0.025
-# per run: every step of DDPM-1000 for four 64×64 RGB images, with the first image's step terms (135 MB as
-# uint8); a dense subset beyond that
-DEFAULT_TRAJECTORY_BYTES = 144 * 2**20
-NOISE_RANGE = 4.0  # ε̂ and z are stored as uint8 over ±4 (N(0, I) values beyond 4σ are rare)
+# per run: every step of DDPM-1000 for four 64×64 RGB images, with the first image's step (199 MiB); a dense
+# subset beyond that
+DEFAULT_TRAJECTORY_BYTES = 200 * 2**20
 Preview = TypeVar("Preview")
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One stored step of a run, as uint8 pictures."""
+    """One stored step of a run: every image's x_t and x̂₀ as uint8 pictures, and the first image's step as the
+    sampler took it, to show its terms."""
 
     index: int  # step index within the run (0 = first network evaluation)
     t: int
     x_t: Tensor  # (B, C, H, W) uint8
     pred_x0: Tensor  # (B, C, H, W) uint8
-    # the first image's step, to show its terms: t_prev, ε̂ and z (uint8 over ±NOISE_RANGE), x_prev
+    # the first image's step: x_t, x̂₀, ε̂ and z in float16 and unclamped (near T, x_t reaches ±4, and clamped to a
+    # picture's [−1, 1] its term would not add up to x_prev), and x_prev as it is shown
     t_prev: int = -1
-    pred_eps: Tensor | None = None  # (C, H, W) uint8
-    noise: Tensor | None = None  # (C, H, W) uint8; None when the step added no noise
+    first_x_t: Tensor | None = None  # (C, H, W) float16
+    first_pred_x0: Tensor | None = None  # (C, H, W) float16
+    pred_eps: Tensor | None = None  # (C, H, W) float16
+    noise: Tensor | None = None  # (C, H, W) float16; None when the step added no noise
     x_prev: Tensor | None = None  # (C, H, W) uint8
 
+    @property
+    def nbytes(self) -> int:
+        kept = (self.x_t, self.pred_x0, self.first_x_t, self.first_pred_x0, self.pred_eps, self.noise, self.x_prev)
+        return sum(x.nbytes for x in kept if x is not None)
+
     def first_step(self, num_steps: int) -> Step:
-        """The first image's step rebuilt from the stored pictures (x_t clamped to [−1, 1], ε̂ and z quantised):
-        good for showing its terms, not for computing with."""
-        def noise_of(x: Tensor | None) -> Tensor | None:
-            return None if x is None else from_uint8(x)[None] * NOISE_RANGE
-        return Step(self.index, num_steps, self.t, self.t_prev, from_uint8(self.x_t[:1]), from_uint8(self.pred_x0[:1]),
-                    noise_of(self.pred_eps), from_uint8(self.x_prev)[None], noise_of(self.noise))
+        """The first image's step as the sampler took it, to float16 precision, with x_prev as shown (clamped)."""
+        def exact(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.float()[None]
+        return Step(self.index, num_steps, self.t, self.t_prev, exact(self.first_x_t), exact(self.first_pred_x0),
+                    exact(self.pred_eps), from_uint8(self.x_prev)[None], exact(self.noise))
 
 
 def sampler_words(settings: SamplerSettings, start_t: int, language: str = ENGLISH) -> str:
@@ -121,19 +128,21 @@ class Trajectory:
     stopped: bool = False  # the run ended before its last step (Stop, or an error)
     released: bool = False  # its pictures were dropped to free memory (see :class:`~ddpm_app.views.state.Users`)
     file_stem: str = "run"  # what ran, for export file names: "ddim-50steps-eta0_seed7"
+    model: str = ""  # the name of the model that ran it
     ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # stopped or finished
 
     @classmethod
     def of(cls, name: RunName, shape: tuple[int, ...], schedule: Schedule,
-           max_bytes: int = DEFAULT_TRAJECTORY_BYTES, language: str = ENGLISH) -> Trajectory:
+           max_bytes: int = DEFAULT_TRAJECTORY_BYTES, language: str = ENGLISH, model: str = "") -> Trajectory:
         """An empty trajectory for the run ``name`` names (its title in ``language``), of images of ``shape``
-        (B, C, H, W)."""
+        (B, C, H, W), run by the ``model`` of that name."""
         return cls(name.words(language), name.settings.num_steps(name.start_t), shape, name.seed, max_bytes,
-                   name.settings, schedule, file_stem=name.file_stem)
+                   name.settings, schedule, file_stem=name.file_stem, model=model)
 
     @property
     def stride(self) -> int:
-        per_step = 2 * math.prod(self.shape) + 3 * math.prod(self.shape[1:])  # x_t, x̂₀; ε̂, z, x_prev of one
+        # x_t, x̂₀ of each; x_prev of the first (uint8), and its x_t, x̂₀, ε̂, z (float16)
+        per_step = 2 * math.prod(self.shape) + 9 * math.prod(self.shape[1:])
         return max(1, math.ceil(self.num_steps * per_step / self.max_bytes))
 
     @property
@@ -145,9 +154,8 @@ class Trajectory:
 
     @property
     def nbytes(self) -> int:
-        """Memory the stored pictures take."""
-        pictures = [x for f in self.frames for x in (f.x_t, f.pred_x0)] + ([self.final] if self.final is not None else [])
-        return sum(x.nbytes for x in pictures)
+        """Memory the stored frames and final images take."""
+        return sum(f.nbytes for f in self.frames) + (self.final.nbytes if self.final is not None else 0)
 
     @property
     def running(self) -> bool:
@@ -161,13 +169,14 @@ class Trajectory:
         if self.released:
             return
         if self.keeps(step.index):
-            # one conversion and one copy off the device for all the pictures of the step, not one per picture
+            # one conversion and one copy off the device for all the pictures of the step, and one for the first
+            # image's tensors, not one per picture
             b = len(step.x_t)
-            noise = [] if step.noise is None else [step.noise[:1] / NOISE_RANGE]
-            pictures = to_uint8(torch.cat([step.x_t, step.pred_x0, step.x_prev[:1], step.pred_eps[:1] / NOISE_RANGE,
-                                           *noise])).cpu()
-            self.frames.append(Frame(step.index, step.t, pictures[:b], pictures[b:2 * b], step.t_prev,
-                                     pictures[2 * b + 1], pictures[2 * b + 2] if noise else None, pictures[2 * b]))
+            pictures = to_uint8(torch.cat([step.x_t, step.pred_x0, step.x_prev[:1]])).cpu()
+            noise = [] if step.noise is None else [step.noise[0]]
+            first = torch.stack([step.x_t[0], step.pred_x0[0], step.pred_eps[0], *noise]).to(torch.float16).cpu()
+            self.frames.append(Frame(step.index, step.t, pictures[:b], pictures[b:2 * b], step.t_prev, first[0],
+                                     first[1], first[2], first[3] if noise else None, pictures[2 * b]))
         if step.is_last:
             self.final = to_uint8(step.x_prev).cpu()
         self.steps_done = step.index + 1

@@ -51,7 +51,7 @@ class DenoiseHandlers(TabHandlers):
             raise user_error(text("denoise.needs_forward", language))
         t, x0, x_t = forward.t, forward.x0, forward.x_t
         run = Trajectory.of(RunName(settings, t, seed, from_photo=True), served.shape(1), served.schedule,
-                            self.max_trajectory_bytes, language)
+                            self.max_trajectory_bytes, language, model=served.name)
         user.keep("denoise", run)
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()

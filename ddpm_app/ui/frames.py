@@ -18,7 +18,7 @@ from ddpm_app.ui.i18n import i18n
 from ddpm_app.ui.kit import LATEX, TabHandlers, frame_slider, help_markdown, output_image
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.export import export_gif, export_mp4, export_png
-from ddpm_app.views.reverse_step import equation_markdown, frame_breakdown, terms_strip
+from ddpm_app.views.reverse_step import change_picture, equation_markdown, frame_breakdown, terms_strip
 from ddpm_app.views.state import DEFAULT_TIME_TO_LIVE, UserState
 
 FRAMES_HELP = text("frames.help")
@@ -28,13 +28,15 @@ RELEASED = text("run.released", minutes=DEFAULT_TIME_TO_LIVE // 60)
 class FramesHandlers(TabHandlers):
     def frame(self, number: float, user: UserState) -> tuple:
         """Stored frame ``number`` (1 = the first) of the run Frames shows (the user's latest Generate or Denoise
-        run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run)."""
+        run): (x_t, x̂₀, label, the step's update with its numbers, its terms as pictures, which run, the step's
+        change x_{t−1} − x_t as a picture)."""
         run, language = user.run, user.language
         if run is not None and run.released:
-            return None, None, text("run.released", language, minutes=DEFAULT_TIME_TO_LIVE // 60), "", None, user.shown
+            return (None, None, text("run.released", language, minutes=DEFAULT_TIME_TO_LIVE // 60), "", None,
+                    user.shown, None)
         if run is None or not run.frames:
             return (None, None, text("run.no_run", language, kind=text(f"run.noun.{user.shown}", language),
-                                     button=text(f"run.kind.{user.shown}", language)), "", None, user.shown)
+                                     button=text(f"run.kind.{user.shown}", language)), "", None, user.shown, None)
         with user_errors(user.language):
             i = whole_number(number, "frame", 1, len(run.frames)) - 1
         f = run.frames[i]
@@ -44,9 +46,10 @@ class FramesHandlers(TabHandlers):
                      language, **done)
         every = text("run.every_step" if run.stride == 1 else "run.every_nth", language, stride=run.stride)
         label = text("run.frame_label", language, step=f.index + 1, steps=run.num_steps, t=f.t, frame=i + 1,
-                     frames=len(run.frames), title=run.title, state=state, every=every)
-        x_t, x0, update, terms = self.worker.run(frame_pictures, run, f, language)
-        return x_t, x0, label, update, terms, user.shown
+                     frames=len(run.frames), title=run.title, state=state, every=every,
+                     model=model_named(run, user.model or self.library.default, language))
+        x_t, x0, update, terms, change = self.worker.run(frame_pictures, run, f, language)
+        return x_t, x0, label, update, terms, user.shown, change
 
     def nudge(self, number: float, delta: int, user: UserState) -> tuple:
         """Prev/next: (new slider value, then the outputs of :meth:`frame`), kept inside the stored frames (1…count)."""
@@ -90,13 +93,21 @@ class FramesHandlers(TabHandlers):
             return str(self.worker.run(self.exports.write, f"{run.file_stem if run else 'run'}.{kind}", write))
 
 
+def model_named(run: Trajectory, selected: str, language: str = ENGLISH) -> str:
+    """Which model made ``run``, and whether that is still the ``selected`` one: a run stays in Frames after a switch."""
+    if run.model == selected:
+        return text("run.model", language, model=run.model)
+    return text("run.model_not_selected", language, model=run.model, selected=selected)
+
+
 def frame_pictures(run: Trajectory, f: Frame, language: str = ENGLISH) -> tuple:
-    """(x_t, x̂₀, the step's update with its numbers, its terms as pictures) of the stored frame ``f`` of ``run``."""
+    """(x_t, x̂₀, the step's update with its numbers, its terms as pictures, its change x_{t−1} − x_t) of the
+    stored frame ``f`` of ``run``."""
     parts = frame_breakdown(run, f)
     if parts is None:
-        return picture(f.x_t), picture(f.pred_x0), "", None
+        return picture(f.x_t), picture(f.pred_x0), "", None, None
     return (picture(f.x_t), picture(f.pred_x0), equation_markdown(parts, run.settings.clip_x0, language),
-            terms_strip(parts, f.x_prev))
+            terms_strip(parts, f.x_prev), change_picture(parts, f.first_x_t))
 
 
 def _exporter(h: FramesHandlers, kind: str):
@@ -140,7 +151,11 @@ def frames_tab(h: FramesHandlers, user: gr.State) -> FramesTab:
             x_t = output_image("picture.x_t", min_width=200)
             x0 = output_image("picture.pred_x0", min_width=200)
         update = gr.Markdown("", latex_delimiters=LATEX, label=i18n("frames.update"), elem_id="frame-update")
-        terms = output_image("frames.terms", height=220, pixelated=False, elem_id="frame-terms")
+        with gr.Row():
+            terms = output_image("frames.terms", height=220, pixelated=False, elem_id="frame-terms", scale=4,
+                                 min_width=300)
+            change = output_image("frames.change", height=220, pixelated=False, elem_id="frame-change", scale=1,
+                                  min_width=160)
         with gr.Row():
             gif_btn = gr.Button(i18n("frames.export_gif"), size="sm", min_width=80)
             mp4_btn = gr.Button(i18n("frames.export_mp4"), size="sm", min_width=80)
@@ -148,7 +163,7 @@ def frames_tab(h: FramesHandlers, user: gr.State) -> FramesTab:
         export_file = gr.File(label=i18n("frames.download"), interactive=False,
                               elem_id="export-file", elem_classes="ddpm-download")
 
-    outputs = [x_t, x0, label, update, terms, which_run]
+    outputs = [x_t, x0, label, update, terms, which_run, change]
     show_frame = dict(fn=h.frame, inputs=[frame, user], outputs=outputs, show_progress="hidden", concurrency_limit=4)
     show_stopped = dict(fn=h.show_stopped, inputs=user, outputs=[frame, *outputs], api_visibility="private",
                         show_progress="hidden", concurrency_limit=4)

@@ -50,7 +50,7 @@ class GenerateHandlers(TabHandlers):
             seed = resolve_seed(seed)
             show_eps = flag(show_eps, "show ε̂")
         run = Trajectory.of(RunName(settings, served.timesteps - 1, seed), served.shape(batch), served.schedule,
-                            self.max_trajectory_bytes, user.language)
+                            self.max_trajectory_bytes, user.language, model=served.name)
         user.keep("generate", run)  # a new object per run: a stopped run still finishing its step cannot write into it
         self.users.seen(user_key(user, request), user)
         started = time.perf_counter()

@@ -3,6 +3,7 @@ its previews, and the texts more than one tab shows."""
 
 from __future__ import annotations
 
+import filecmp
 import html
 import io
 import time
@@ -27,6 +28,7 @@ from ddpm_app.ui.i18n import choices as i18n_choices
 from ddpm_app.ui.i18n import i18n, written
 from ddpm_app.ui.widgets import PhotoInput
 from ddpm_app.views.export import ExportFolder
+from ddpm_app.views.pace import Pace, about, time_left
 from ddpm_app.views.reverse_step import equation_text
 from ddpm_app.views.state import Users, UserState
 
@@ -60,6 +62,7 @@ class TabHandlers:
         # bounded, like exports
         self.figures = ExportFolder(figure_dir) if figure_dir else ExportFolder.temporary("ddpm_figures_")
         self.users = Users() if users is None else users  # whose runs and photos stay in memory, and for how long
+        self.pace = Pace()  # how fast each model's fp32 network went in the loss curve and the bound
 
     def leave(self, request: gr.Request) -> None:
         """The user's tab (or API client) has closed: release its run and photo."""
@@ -68,6 +71,32 @@ class TabHandlers:
     def served(self, user: UserState) -> ServedModel:
         """The model this user has chosen (shared with every other user of it)."""
         return self.library.get(user.model)
+
+    def estimate(self, served: ServedModel, inputs: int, language: str = ENGLISH) -> str:
+        """How long ``inputs`` fp32 network inputs should take, "≈ 6 s" (in ``language``), from :attr:`pace` or the
+        step time measured when the model loaded; "" where neither is known."""
+        fallback = served.ms_per_step / 1000 if served.ms_per_step is not None else None
+        seconds = self.pace.estimate(served.name, inputs, fallback)
+        return "" if seconds is None else about(seconds, language)
+
+    def carry_photo(self, tab: str, photo: str | None, target: str | None, user: UserState) -> str | dict:
+        """The Forward tab's ``photo`` for ``tab``'s photo input, which holds ``target``: taken when the input is
+        empty or still holds the photo carried there last; one the user put there is kept (``gr.skip()``)."""
+        last = user.carried.get(tab)
+        if photo is None or (target is not None and (same_file(target, photo) or not same_file(target, last))):
+            return gr.skip()
+        user.carried[tab] = photo
+        return photo
+
+
+def same_file(a: str | None, b: str | None) -> bool:
+    """Whether two photo files hold the same bytes (Gradio copies a photo it shows into its cache, by a new path)."""
+    if a is None or b is None:
+        return False
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def photo_given(photo: str | None) -> str:
@@ -138,7 +167,8 @@ def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float
     if step.is_last:
         head = text("status.done", language, steps=n, seconds=f"{elapsed:.1f}", rate=f"{n / max(elapsed, 1e-9):.0f}")
     else:
-        head = text("status.step", language, step=step.index + 1, steps=n)
+        left = time_left(step.index + 1, n, elapsed, language)
+        head = text("status.step", language, step=step.index + 1, steps=n) + (f" · {left}" if left else "")
     return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
             f"<div>{head}</div>"
             f"<div>t = <b>{step.t}</b> · ᾱ_t = {number(level.alpha_bar)} · SNR = {level.snr_db:+.1f} dB · "
@@ -189,3 +219,13 @@ def photo_column(label: str) -> PhotoInput:
                            height=220)
         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label=i18n("label.examples"), cache_examples=False)
     return photo
+
+
+def carried_into(h: TabHandlers, tab: gr.Tab, photo: PhotoInput, source: gr.Image, user: gr.State) -> None:
+    """Opening ``tab`` brings the Forward tab's photo (``source``) into its ``photo`` input, unless the user put
+    another one there (:meth:`TabHandlers.carry_photo`). On opening, not at once: the tab's own work on a new photo
+    (the training view's loss curve) runs only for a user who looks at it."""
+    def carry(source_photo: str | None, target: str | None, state: UserState) -> str | dict:
+        return h.carry_photo(tab.id, source_photo, target, state)
+    carry.__name__ = f"carry_photo_{tab.id}"
+    tab.select(carry, [source, photo, user], photo, api_visibility="private", queue=False, show_progress="hidden")

@@ -34,6 +34,21 @@ class ModelHandlers(TabHandlers):
             served = self.library.get(choice(name, "model", self.library.names))
         return self._switch(user, served, text("model.loaded", user.language, name=served.name))
 
+    def switching(self, name: str, user: UserState) -> tuple[str, str]:
+        """What the page says at once while this user's model switches to ``name``: (header, note). Loading a
+        model that is not in memory takes seconds (its weights read, its network prepared and timed for this
+        machine); the current model stays until the new one is ready (:meth:`model_now` then says which it is)."""
+        if not isinstance(name, str) or name not in self.library.names:
+            return gr.skip(), gr.skip()  # the switch itself says why
+        now, language = user.model or self.library.default, user.language
+        how = "switching" if self.library.in_memory(name) else "loading"
+        return (text(f"model.{how}_header", language, now=now, name=name),
+                text(f"model.{how}_note", language, name=name))
+
+    def model_now(self, user: UserState) -> tuple[str, str]:
+        """After a switch, whether it worked or not: (header of this user's model, note cleared)."""
+        return model_header(self.served(user), user.language), ""
+
     def download_model(self, repo_id: str, user: UserState) -> tuple:
         """Download a model from the Hub and switch to it; on failure the current model stays."""
         with user_errors(user.language, then="model.stays"):
@@ -109,36 +124,83 @@ def model_header(served: ServedModel, language: str = ENGLISH) -> str:
 
 
 def model_card(served: ServedModel, language: str = ENGLISH) -> tuple[str, str, str | None]:
-    """(summary table, model card text) in Markdown, and the path of the card's sample grid if there is one. The
-    card is the model's own README, shown as its author wrote it; the table's words are the app's."""
+    """(summary: a table in plain words, then how the network runs here in detail, folded; model card text) in
+    Markdown, and the path of the card's sample grid if there is one. The card is the model's own README, shown as
+    its author wrote it; the table's words are the app's."""
     s = served.summary()
     speed = (text("card.speed_unmeasured", language) if s.ms_per_step is None
              else text("card.speed_value", language, ms=f"{s.ms_per_step:.1f}"))
-    rows = [("source", f"`{s.source}`"), ("dataset", s.dataset or text("card.not_recorded", language)),
-            ("architecture", s.arch), ("parameters", f"{s.parameters / 1e6:.1f} M"),
+    rows = [("dataset", s.dataset or text("card.not_recorded", language)), ("architecture", s.arch),
+            ("parameters", f"{s.parameters / 1e6:.1f} M"),
             ("image size", text("card.image_size_value", language, size=s.image_size, channels=s.channels)),
             ("schedule", f"{s.schedule.kind}, T = {s.schedule.timesteps}"), ("speed", speed),
-            ("runs_on", runtime_words(served.runtime, language))]
+            ("runs_on", runs_on(served, language))]
     first = served.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps)
     rows += [("first_settings", translated(first.note, language))] if first.note else []
-    rows = [(text(f"card.{k.replace(' ', '_')}", language), v) for k, v in rows]
-    rows += [(k.replace("_", " "), str(v)) for k, v in s.training.items()
-             if isinstance(v, (str, int, float, bool)) and k != "dataset"][:12]
+    rows = [(text(f"card.{k.replace(' ', '_')}", language), v) for k, v in rows] + training_rows(s.training, language)
     head = f"| {text('card.property', language)} | {text('card.value', language)} |"
     table = head + "\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     card = s.card[:3000] + ("…" if len(s.card) > 3000 else "")
-    return table, card or text("model.no_card", language), served_picture(s.samples)
+    return (table + "\n\n" + how_it_runs(served, s.source, language), card or text("model.no_card", language),
+            served_picture(s.samples))
 
 
-def runtime_words(runtime: Runtime, language: str = ENGLISH) -> str:
-    """How the network runs here (:meth:`~ddpm_app.runtime.inference.Runtime.describe`), in ``language``: the
-    device, precision and engine by their names, the rest in words."""
-    if language == ENGLISH:
-        return runtime.describe()
-    parts = ([translated(runtime.device, language), runtime.precision]
-             + [translated(runtime.engine, language)] * bool(runtime.engine)
-             + [text("runtime.compiled", language)] * runtime.compiled)
-    return text("runtime.describe", language, parts=", ".join(parts), reason=translated(runtime.reason, language))
+def fast_path(runtime: Runtime) -> bool:
+    """Whether the network runs faster than plain PyTorch in float32: another engine (OpenVINO), lower precision
+    (bf16, fp16) or a compiled step."""
+    return runtime.engine.startswith("OpenVINO") or runtime.precision != "fp32" or runtime.compiled
+
+
+def runs_on(served: ServedModel, language: str = ENGLISH) -> str:
+    """Where the network runs, in plain words: "this computer's processor (CPU), fast path on"."""
+    kind = served.device.type
+    where = text(f"card.place_{kind}", language) if kind in ("cpu", "cuda") else kind
+    return text("card.runs_on_value", language, where=where,
+                state=text("card.on" if fast_path(served.runtime) else "card.off", language))
+
+
+def how_it_runs(served: ServedModel, source: str, language: str = ENGLISH) -> str:
+    """The details behind :func:`runs_on` and where the model was read from, folded until asked for."""
+    r = served.runtime
+    state = text("card.on" if fast_path(r) else "card.off", language)
+    lines = [f"- **{text('card.device', language)}**: {translated(r.device, language)}",
+             f"- **{text('card.engine', language)}**: {translated(r.engine, language) if r.engine else 'PyTorch'}",
+             f"- **{text('card.arithmetic', language)}**: {r.precision}"
+             + (text("card.compiled", language) if r.compiled else ""),
+             f"- **{text('card.why', language)}**: {translated(r.reason, language)}",
+             f"- **{text('card.fast_path', language)}**: {state} {text('card.fast_path_means', language)}",
+             f"- **{text('card.read_from', language)}**: `{source}`"]
+    return (f"<details><summary>{text('card.how_it_runs', language)}</summary>\n\n" + "\n".join(lines)
+            + "\n\n</details>")
+
+
+def training_rows(training: dict, language: str = ENGLISH) -> list[tuple[str, str]]:
+    """The model's training record as table rows: one total of training steps (a run continued from an earlier
+    one records its own steps and those before it), the time in minutes, numbers with thousands separators."""
+    steps, before = training.get("steps"), training.get("steps_before_this_run")
+    rows = []
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        rows.append((text("card.training_steps", language),
+                     text("card.training_steps_continued", language, total=f"{steps + before:,}",
+                          before=f"{before:,}", steps=f"{steps:,}")
+                     if isinstance(before, int) and before > 0 else f"{steps:,}"))
+    for key, value in training.items():
+        if key in ("dataset", "steps", "steps_before_this_run") or not isinstance(value, (str, int, float, bool)):
+            continue
+        if key == "train_seconds" and isinstance(value, (int, float)):
+            rows.append((text("card.training_time", language),
+                         text("card.minutes", language, n=f"{value / 60:,.0f}") if value >= 120
+                         else text("card.seconds", language, n=f"{value:,.0f}")))
+        else:
+            rows.append((key.replace("_", " "), plain_number(value)))
+    return rows[:12]
+
+
+def plain_number(value: object) -> str:
+    """A number with thousands separators (37,153,536); anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}"
 
 
 def served_picture(path: Path | None) -> str | None:
@@ -193,16 +255,21 @@ def model_tab(names: list[str], first: str, table: str, card: str, samples: str 
     return ModelTab(pick, rescan_btn, folder, folder_btn, repo, download_btn, note, summary, samples_image, card_md)
 
 
-def model_events(h: ModelHandlers, tab: ModelTab, user: gr.State, updated: list, refresh_forward: dict,
-                 teaching: list) -> None:
-    """A model switch (pick, download, load) updates ``updated`` (the page header, Forward's t, then Generate's and
-    Denoise's sampler controls: see :meth:`ModelHandlers.select_model`), redraws the Forward view
-    (``refresh_forward``) and sets the ranges of the ``teaching`` sliders (:meth:`ModelHandlers.ranges`)."""
+def model_events(h: ModelHandlers, tab: ModelTab, user: gr.State, header: gr.Markdown, updated: list,
+                 refresh_forward: dict, teaching: list) -> None:
+    """A model switch (pick, download, load) updates ``updated`` (the page ``header``, Forward's t, then Generate's
+    and Denoise's sampler controls: see :meth:`ModelHandlers.select_model`), redraws the Forward view
+    (``refresh_forward``) and sets the ranges of the ``teaching`` sliders (:meth:`ModelHandlers.ranges`). A pick says
+    at once what is happening, and its timer runs on the summary until the model is ready."""
     outputs = [tab.summary, tab.card, tab.samples, *updated, tab.pick]
     refresh = dict(refresh_forward, api_visibility="private")
     ranges = dict(fn=h.ranges, inputs=user, outputs=teaching, api_visibility="private", queue=False)
-    tab.pick.input(h.select_model, [tab.pick, user], outputs, api_name="select_model",
-                   show_progress="hidden").then(**refresh).then(**ranges)
+    now = dict(fn=h.model_now, inputs=user, outputs=[header, tab.note], api_visibility="private", queue=False,
+               show_progress="hidden")
+    tab.pick.input(h.switching, [tab.pick, user], [header, tab.note], api_visibility="private", queue=False,
+                   show_progress="hidden")
+    tab.pick.input(h.select_model, [tab.pick, user], outputs, api_name="select_model", show_progress="full",
+                   show_progress_on=[tab.summary]).then(**now).then(**refresh).then(**ranges)
     tab.download.click(h.download_model, [tab.repo, user], outputs, api_name="download_model",
                        show_progress="minimal", show_progress_on=tab.download).success(**refresh).then(**ranges)
     tab.load_folder.click(h.load_folder, [tab.folder, user], outputs, api_name="load_folder",

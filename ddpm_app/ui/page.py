@@ -146,18 +146,18 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 switch = language_switch()
         header = gr.Markdown(header_text, label=i18n("app.model_label"))
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             generate = generate_tab(T, settings, first.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps).batch)
             lab_tab(LabHandlers(library.worker), user)  # the 2-D lab: DDPM on points, trained live
             frames = frames_tab(h, user)
             forward = forward_tab(T, numbers_text, plot_image)
             denoise = denoise_tab(h, user, T, settings, frames)
-            train_t = training_tab(h, user, T)
-            likelihood_tab(h, user, T)
+            train_t = training_tab(h, user, T, forward.photo)
+            likelihood_tab(h, user, T, forward.photo)
             compare_t = compare_tab(h, user, T)
             interpolation = interpolate_tab(h, user, first)
             model = model_tab(library.names, first.name, table, card_text, samples_path)
-        figure_row(h, user)
+        figure_row(h, user, tabs)
         with gr.Accordion(i18n("app.glossary"), open=False):
             gr.Markdown(glossary(), elem_id="glossary")
 
@@ -166,7 +166,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         forward_events(h, forward, user, sdedit)
         updated = [header, forward.t, generate.steps, denoise.steps, generate.batch, generate.clip, denoise.clip,
                    generate.eta, denoise.eta]
-        model_events(h, model, user, updated, forward.noise_event(h, user, sdedit),
+        model_events(h, model, user, header, updated, forward.noise_event(h, user, sdedit),
                      [train_t, compare_t, *interpolation])
         demo.load(None, None, switch, js=DETECT_JS)
         switch.change(None, switch, None, js=SWITCH_JS)

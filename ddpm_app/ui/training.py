@@ -3,23 +3,34 @@ loss at every t for the photo beside held-out images of the model's data."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import gradio as gr
 import numpy as np
 from torch import Tensor
 
 from ddpm_app.checks import random_seed, resolve_seed
+from ddpm_app.diffusion.loss import curve_timesteps
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import text, translated
 from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import i18n
-from ddpm_app.ui.kit import LATEX, TabHandlers, help_markdown, output_image, photo_column, photo_given
+from ddpm_app.ui.kit import LATEX, TabHandlers, carried_into, help_markdown, output_image, photo_column, photo_given
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import UserState
-from ddpm_app.views.training import curve_plot, error_heatmap, heat_scale, photo_curve, training_step
+from ddpm_app.views.training import (
+    CURVE_DRAWS,
+    CURVE_TIMESTEPS,
+    curve_plot,
+    error_heatmap,
+    heat_scale,
+    photo_curve,
+    training_step,
+)
 
 CURVE_SEED = 0  # the photo's loss curve draws its ε from this seed: the same curve every time
 
@@ -79,15 +90,23 @@ class TrainingHandlers(TabHandlers):
             lesson.plot_for = key
         return lesson.plot.at(t)
 
-    def loss_curve(self, photo: str | None, t: float, user: UserState) -> tuple:
-        """The photo's loss at every t (several ε each) beside the held-out curve: (plot, summary)."""
+    def loss_curve(self, photo: str | None, t: float, user: UserState) -> Iterator[tuple]:
+        """The photo's loss at every t (several ε each) beside the held-out curve: (plot, summary); before a curve
+        not computed yet, (no change, what is computed and how long it should take)."""
         served, language = self.served(user), user.language
         with user_errors(language):
             t = served.check_t(t)
             x0 = self.worker.run(served.prepare_photo, photo_given(photo))
         lesson = user.lesson
         if lesson.curve is None or lesson.curve_for != (served.name, photo):
+            timesteps = len(curve_timesteps(served.timesteps, CURVE_TIMESTEPS))
+            inputs = timesteps * CURVE_DRAWS
+            estimate = self.estimate(served, inputs, language)
+            yield gr.skip(), text("training.computing", language, timesteps=timesteps, draws=CURVE_DRAWS,
+                                  inputs=inputs, estimate=text("punct.comma", language) + estimate if estimate else "")
+            started = time.perf_counter()
             lesson.curve = self.worker.run(photo_curve, served, x0, CURVE_SEED)
+            self.pace.record(served.name, inputs, time.perf_counter() - started)
             lesson.curve_for = (served.name, photo)
         curve = lesson.curve
         held = served.heldout
@@ -101,17 +120,17 @@ class TrainingHandlers(TabHandlers):
         else:
             summary += text("training.summary_none", language, note=translated(served.heldout_note, language))
         summary += text("training.summary_end", language)
-        return self.worker.run(self._curve_plot, served, photo, user, t), summary
+        yield self.worker.run(self._curve_plot, served, photo, user, t), summary
 
     def random_t(self, user: UserState) -> int:
         """t ~ Uniform{0, …, T−1}, as Algorithm 1 draws it."""
         return random_seed() % self.served(user).timesteps
 
 
-def training_tab(h: TrainingHandlers, user: gr.State, T: int) -> gr.Slider:
-    """The Training tab with its events; returns its t slider (a model switch sets its range). Call inside
-    ``gr.Tabs()``."""
-    with gr.Tab(i18n("tab.training"), id="training", elem_id="training-tab"):
+def training_tab(h: TrainingHandlers, user: gr.State, T: int, carry_from: gr.Image) -> gr.Slider:
+    """The Training tab with its events; returns its t slider (a model switch sets its range). Opening it brings
+    the Forward tab's photo (``carry_from``) along. Call inside ``gr.Tabs()``."""
+    with gr.Tab(i18n("tab.training"), id="training", elem_id="training-tab") as tab:
         help_markdown("training.help")
         with gr.Row():
             photo = photo_column("training.photo")
@@ -141,4 +160,5 @@ def training_tab(h: TrainingHandlers, user: gr.State, T: int) -> gr.Slider:
         show_progress="minimal", show_progress_on=plot).success(  # mark the t the slider has got to meanwhile
         h.train_step, inputs, outputs, api_visibility="private", **quick)
     random_btn.click(h.random_t, user, t, api_visibility="private", queue=False)
+    carried_into(h, tab, photo, carry_from, user)
     return t

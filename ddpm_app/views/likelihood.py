@@ -10,6 +10,7 @@ import math
 from typing import Callable
 
 import numpy as np
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from ddpm_app.diffusion.likelihood import BitsPerDim, bits_per_dim
@@ -21,7 +22,10 @@ from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.views.plots import log_y, new_figure, pixels
 
 ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
-CLIP_X0 = True  # as the held-out figures of the shipped models (python -m ddpm_app.cli.evaluate)
+# p_θ's mean from x̂₀ clipped to [−1, 1], as sampling and the held-out figures of the shipped models
+# (python -m ddpm_app.cli.evaluate); Ho et al.'s bound leaves x̂₀ as the network gives it
+CLIP_X0 = True
+RAW_BITS = 8  # bits/dim of the image stored as it is: one byte per colour value
 # The timesteps go through the network in a few large calls, with a progress update after each: on a small shared
 # CPU per-call costs dominate (docs/performance.md, "Teaching views").
 PROGRESS_UPDATES = 5
@@ -35,19 +39,27 @@ def timesteps_per_call(num_timesteps: int) -> int:
 
 
 def photo_bits_per_dim(served: ServedModel, x0: Tensor, seed: int, num_timesteps: int | None = ESTIMATE_TIMESTEPS,
-                       progress: Callable[[int, int], None] | None = None) -> BitsPerDim:
+                       progress: Callable[[int, int], None] | None = None, clip_x0: bool = CLIP_X0) -> BitsPerDim:
     """The bound for one photo x₀ (C, H, W) in [−1, 1], taken as the 8-bit image it shows: over ``num_timesteps``
-    (None: all T, exact), its timesteps and noise drawn from ``seed``."""
+    (None: all T, exact), its timesteps and noise drawn from ``seed``; p_θ's mean from x̂₀ clipped to [−1, 1] or
+    (``clip_x0`` False, Ho et al.'s bound) as the network gives it."""
     batch = timesteps_per_call(min(num_timesteps or served.timesteps, served.timesteps))
     return bits_per_dim(served.eps_model.fp32(), served.schedule, to_uint8(x0)[None], num_timesteps=num_timesteps,
-                        batch_size=batch, generator=served.generator(seed), clip_x0=CLIP_X0,
+                        batch_size=batch, generator=served.generator(seed), clip_x0=clip_x0,
                         variance=served.config.sampling.variance, device=served.device, progress=progress)
 
 
 def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100,
                language: str = ENGLISH) -> np.ndarray:
+    """:func:`terms_figure` drawn: (H, W, 3) uint8."""
+    return pixels(terms_figure(photo, heldout, timesteps, dpi, language))
+
+
+def terms_figure(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100,
+                 language: str = ENGLISH) -> Figure:
     """Left: the per-step KL terms L_{t−1} against t (the photo's, and the held-out mean), with the decoder L_0 at
-    t = 0. Right: the three parts of the bound side by side. (H, W, 3) uint8."""
+    t = 0. Right: the three parts of the bound and their sum side by side, under a line at the 8 bits/dim of the raw
+    8-bit image (a bound above it describes the image worse than storing its bytes)."""
     fig = new_figure(9, 3.2, dpi)
     ax, bars = fig.subplots(1, 2, width_ratios=[2.2, 1])
     steps = [(t, v) for t, _, v in photo.per_timestep if t > 0]
@@ -67,23 +79,24 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right")
 
-    parts = [text("plot.prior", language), r"$\sum_t L_{t-1}$", text("plot.decoder", language)]
-    mine = [photo.prior, photo.diffusion, photo.decoder]
-    x = np.arange(3)
+    parts = [text("plot.prior", language), r"$\sum_t L_{t-1}$", text("plot.decoder", language),
+             text("plot.total", language)]
+    mine = [photo.prior, photo.diffusion, photo.decoder, photo.total]
+    theirs = [ref.prior, ref.diffusion, ref.decoder, ref.total] if ref is not None else []
+    x = np.arange(len(parts))
     width = 0.38 if ref is not None else 0.6
     bars.bar(x - (width / 2 if ref is not None else 0), mine, width, color="tab:blue",
              label=text("plot.your_photo", language))
     if ref is not None:
-        bars.bar(x + width / 2, [ref.prior, ref.diffusion, ref.decoder], width, color="tab:orange",
-                 label=text("plot.heldout", language))
+        bars.bar(x + width / 2, theirs, width, color="tab:orange", label=text("plot.heldout", language))
+    bars.axhline(RAW_BITS, color="0.3", lw=1.2, ls="--", label=text("plot.raw_bits", language, bits=RAW_BITS))
     bars.set_xticks(x, parts, fontsize=8)
     bars.set_ylabel(text("plot.bits_per_dim", language))
     bars.set_title(text("plot.the_bound", language, total=f"{photo.total:.3f}"), fontsize=10)
     bars.grid(alpha=0.3, axis="y")
-    tallest = max(mine + ([ref.prior, ref.diffusion, ref.decoder] if ref is not None else []))
-    bars.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
+    bars.set_ylim(0, 1.35 * max(mine + theirs + [RAW_BITS]))  # room for the legend above the bars
     bars.legend(fontsize=8, loc="upper left")
-    return pixels(fig)
+    return fig
 
 
 def least_noisy_bits(bound: BitsPerDim, t_max: int) -> float | None:
@@ -109,14 +122,36 @@ def where_the_bits_are(photo: BitsPerDim, heldout: BitsPerDim | None, timesteps:
                 also=also)
 
 
+def raw_storage(total: float, language: str = ENGLISH) -> str:
+    """A sentence for a bound above the 8 bits/dim of the raw image (or empty): the model describes the image
+    worse than its own bytes do."""
+    if total <= RAW_BITS:
+        return ""
+    return text("verdict.raw_storage", language, bits=RAW_BITS)
+
+
+def how_measured(photo: BitsPerDim, reference: BitsPerDim | None = None, language: str = ENGLISH) -> str:
+    """Which bound the number is: every t or a sample of them (either way one noisy x_t per term), and p_θ's mean
+    from the clipped x̂₀ or Ho et al.'s unclipped one, noting a held-out figure measured the other way."""
+    if photo.exact:
+        sampled = text("verdict.exact", language)
+    else:
+        sampled = text("verdict.estimate", language, timesteps=photo.timesteps_evaluated)
+    clipped = text("verdict.clipped" if photo.clip_x0 else "verdict.unclipped", language)
+    if reference is not None and reference.clip_x0 != photo.clip_x0:
+        clipped += text("verdict.heldout_clips" if reference.clip_x0 else "verdict.heldout_unclipped", language)
+    return f"{sampled} {clipped}"
+
+
 def verdict(photo: BitsPerDim, heldout: HeldOut | None, note: str = "", timesteps: int = 0,
             language: str = ENGLISH) -> str:
-    """What the number means, in Markdown: the photo against the held-out average, and (given the model's T) how
-    much of each lies in the least noisy steps."""
+    """What the number means, in Markdown: the photo against the held-out average, which bound it is, and (given
+    the model's T) how much of each lies in the least noisy steps."""
     reference = heldout.bpd if heldout is not None else None
     head = (text("verdict.head", language, total=f"{photo.total:.3f}", unit=translated(photo.label, language),
                  prior=number(photo.prior, 2), steps=f"{photo.diffusion:.3f}", decoder=f"{photo.decoder:.3f}")
-            + where_the_bits_are(photo, reference, timesteps, language))
+            + where_the_bits_are(photo, reference, timesteps, language) + raw_storage(photo.total, language)
+            + f"\n\n{how_measured(photo, reference, language)}")
     if heldout is None or heldout.bpd is None:
         return head + text("verdict.no_heldout", language,
                            note=translated(note, language) or text("verdict.none_stored", language))

@@ -99,6 +99,16 @@ def terms_strip(b: StepBreakdown, x_prev: Tensor, min_size: int = 128, title: st
     return labelled_strip(images, labels, min_size=min_size, title=title)
 
 
+def change_picture(b: StepBreakdown, x_t: Tensor, min_size: int = 128) -> np.ndarray:
+    """The step's whole change x_{t−1} − x_t (= Σ terms − x_t) of the first image, x_t (C, H, W) as the sampler had
+    it; grey for 0, enlarged by a shown factor when small: x_t and x_{t−1} look alike, so this is where the step can
+    be seen. (H, W, 3)."""
+    change = b.result()[0] - x_t.float()
+    gain = display_gain(change)
+    shown = f" (×{gain:g})" if gain != 1 else ""
+    return labelled_strip([change * gain], [f"x_{_sub(b.t_prev)} − x_{b.t}{shown}"], min_size=min_size)
+
+
 def frame_breakdown(run: Trajectory, frame: Frame) -> StepBreakdown | None:
     """The stored frame's step (its first image) as terms, or None when the run did not keep them."""
     if run.settings is None or run.schedule is None or frame.pred_eps is None:

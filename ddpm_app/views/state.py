@@ -93,6 +93,7 @@ class UserState:
     lesson: LessonState = field(default_factory=LessonState)
     lab: LabState = field(default_factory=LabState)  # the 2-D lab: data, model, runs
     language: str = ENGLISH  # what the texts it is sent are written in (the page sets it from the browser's language)
+    carried: dict[str, str] = field(default_factory=dict)  # by tab: the Forward tab's photo carried there last
 
     def keep(self, kind: str, run: Trajectory) -> None:
         """Make ``run`` this user's latest run of ``kind`` (a new object per run: a stopped run still finishing its

@@ -55,7 +55,7 @@ def call(url: str, endpoint: str, data: list, session: str | None = None) -> tup
 
 NOT_READ = ("photo: send an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
             "(data:image/png;base64,…); other paths are not read")
-PHOTO_ENDPOINTS = {"/noise": [5, True, 3], "/train_step": [5, 0], "/loss_curve": [5], "/likelihood": [False, 0]}
+PHOTO_ENDPOINTS = {"/noise": [5, True, 3], "/train_step": [5, 0], "/loss_curve": [5], "/likelihood": [False, 0, True]}
 
 
 def test_photo_paths_that_are_no_upload_are_never_read_and_the_answer_tells_nothing(app):
@@ -108,7 +108,8 @@ FIELDS = {
                ("seed must", 3, SEED_OK)],
     "/train_step": [("(upload a )?photo", UPLOADED, ()), ("t must", 5, ()), ("seed must", 0, SEED_OK)],
     "/loss_curve": [("(upload a )?photo", UPLOADED, ()), ("t must", 5, ())],
-    "/likelihood": [("(upload a )?photo", UPLOADED, ()), ("exact must", False, FLAG_OK), ("seed must", 0, SEED_OK)],
+    "/likelihood": [("(upload a )?photo", UPLOADED, ()), ("exact must", False, FLAG_OK), ("seed must", 0, SEED_OK),
+                    ("clip x̂₀ must", True, FLAG_OK)],
     "/frame": [("frame must", 1, ())],
     "/show_run": [("run must", "generate", ())],
     "/compare": [("t must", 5, ())],

@@ -105,9 +105,9 @@ def test_teaching_endpoints_through_gradio_client(server: str):
     assert Image.open(plot).width > Image.open(plot).height
 
     # the likelihood of the photo: progress, then the bound and what it means
-    status, plot, verdict = client.predict(photo, False, 2, api_name="/likelihood")
+    status, plot, verdict = client.predict(photo, False, 2, True, api_name="/likelihood")
     assert "Done" in status and "bits/dim (estimate from 50 timesteps)" in verdict
-    job = client.submit(photo, False, 3, api_name="/likelihood")
+    job = client.submit(photo, False, 3, True, api_name="/likelihood")
     job.result()
     assert any("progress" in out[0] and "Done" not in out[0] for out in job.outputs())  # streamed progress
 
@@ -115,8 +115,9 @@ def test_teaching_endpoints_through_gradio_client(server: str):
     client.predict("ddim", 6, 0.0, 11, 1, True, False, api_name="/generate")
     client.predict(photo, 40, True, 5, api_name="/noise")
     client.predict("ddim", 5, 0.0, 3, True, api_name="/denoise")
-    f_xt, f_x0, label, update, terms, which = client.predict(3, api_name="/frame")
+    f_xt, f_x0, label, update, terms, which, change = client.predict(3, api_name="/frame")
     assert which == "denoise" and "SDEdit" in label and "\\hat\\varepsilon" in update and Image.open(terms).width > 0
+    assert Image.open(change).width > 0
     slider, *shown = client.predict("generate", api_name="/show_run")
     assert shown[5] == "generate" and "DDIM, 6 steps" in shown[2]
 

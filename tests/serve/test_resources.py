@@ -127,7 +127,8 @@ def test_exports_are_bounded_in_number_bytes_and_age(tmp_path: Path):
 # -- users' runs and photos in memory -------------------------------------------------------------------------------
 
 
-def finished_run(nbytes_per_frame: int = 2 * 3 * 16 * 16, steps: int = 4, seed: int = 0) -> Trajectory:
+# x_t, x̂₀ and x_prev as uint8 pictures, and x_t, x̂₀, ε̂ in float16 (no z)
+def finished_run(nbytes_per_frame: int = (3 + 2 * 3) * 3 * 16 * 16, steps: int = 4, seed: int = 0) -> Trajectory:
     run = Trajectory("test", steps, (1, 3, 16, 16), seed)
     for i in range(steps):
         x = torch.zeros(1, 3, 16, 16)

@@ -21,10 +21,10 @@ from ddpm_app.views.state import UserState
 CHINESE = "zh-CN"
 # names, not words: samplers, methods and measures by their papers' names, formats, the Hub, units, the schedules'
 # and the lab's arrows' names (as config.json and the API write them), the weights folder's name, the model, its
-# architecture and its data set
-NAMES = {"weights", "ddpm", "DDPM", "DDIM", "SDEdit", "SNR", "PSNR", "ELBO", "KL", "MLP", "JSON", "CSV", "PNG", "GIF", "JPEG", "WebP",
-         "BMP", "TIFF", "README", "Hugging", "Face", "Hub", "ID", "CPU", "bits", "dim", "dB", "ms", "linear", "cosine",
-         "score", "eta", "cpu", "English", "PyTorch", "faces", "noise"}
+# architecture and its data set, the authors a bound is named after (Ho et al.)
+NAMES = {"weights", "ddpm", "DDPM", "DDIM", "SDEdit", "SNR", "PSNR", "ELBO", "KL", "Ho", "MLP", "JSON", "CSV", "PNG",
+         "GIF", "JPEG", "WebP", "BMP", "TIFF", "README", "Hugging", "Face", "Hub", "ID", "CPU", "bits", "dim", "dB",
+         "ms", "linear", "cosine", "score", "eta", "cpu", "English", "PyTorch", "faces", "noise"}
 SKIPPED = {"glossary", "model-card"}  # English beside Chinese on purpose; the model's own README, as written
 TOKEN = re.compile(r"[A-Za-z0-9_]+")  # a word, or a symbol or name with digits or _ in it (x_t, MP4, fp32)
 
@@ -136,6 +136,19 @@ def test_a_chinese_user_s_status_lines_notes_and_errors_are_chinese(app):
         handlers.train_step(None, 3, 0, user)
     assert refused.value.message == catalogue(CHINESE)["error.upload_first"]
 
+
+
+def test_a_chinese_user_s_bound_loss_curve_and_model_switch_say_so_in_chinese(app):
+    """The texts of slow work (how long it will take, which bound it is) and of a model switch are Chinese too."""
+    _, handlers = app
+    user = UserState(language=CHINESE)
+    outs = list(handlers.likelihood(str(PHOTO), False, 1, False, user))
+    written = [out[0] for out in outs] + [outs[0][2], outs[-1][2]]
+    assert "Ho 等人" in outs[-1][2] and "未裁剪" in outs[-1][0]
+    first, last = list(handlers.loss_curve(str(PHOTO), 3, user))
+    header, note = handlers.switching("faces", user)
+    for text in [*written, first[1], last[1], header, note]:
+        assert not english_words(text), (text, english_words(text))
 
 def test_an_english_user_s_texts_are_as_they_were(app):
     _, handlers = app

@@ -65,7 +65,7 @@ def test_generate_frames_and_exports(handlers: ui.Handlers, library: ModelLibrar
     b = step_breakdown(served.schedule, replay[0], user.run.settings)  # the variance the settings carry: β_t
     assert b.sigma == pytest.approx(float(served.schedule.float64.betas[T - 1]) ** 0.5)
     assert b.sigma > float(served.schedule.float64.posterior_variance[T - 1]) ** 0.5
-    x_t, x0, label, update, terms, which = handlers.frame(1, user)
+    x_t, x0, label, update, terms, which, _ = handlers.frame(1, user)
     assert which == "generate" and f"t = {T - 1}" in label
     assert outs[-1][0] is not None
     for kind in ("gif", "png", "mp4"):
@@ -91,9 +91,9 @@ def test_training_likelihood_compare_interpolate_and_figures(handlers: ui.Handle
     user = UserState()
     x0_pic, eps_pic, xt_pic, pred_pic, heat, numbers, plot = teach.train_step(str(PHOTO), 13, 42, user)
     assert "13" in numbers
-    plot, summary = teach.loss_curve(str(PHOTO), 3, user)
+    *_, (plot, summary) = teach.loss_curve(str(PHOTO), 3, user)
     assert plot is not None and summary
-    outs = list(teach.likelihood(str(LANDSCAPE), True, 1, user))
+    outs = list(teach.likelihood(str(LANDSCAPE), True, 1, True, user))
     assert "bits/dim" in str(outs[-1])
     list(handlers.generate("ddpm", None, None, 5, 1, False, False, user))
     teach.pin(user)

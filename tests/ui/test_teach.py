@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import assert_pictures_close
 from tiny_app import PHOTO, needs_bf16, save_tiny
 
 from ddpm_app.diffusion import interpolation
@@ -20,10 +21,12 @@ from ddpm_app.diffusion.samplers import step_breakdown
 from ddpm_app.image import to_uint8
 from ddpm_app.metrics import heldout
 from ddpm_app.numbers import number
+from ddpm_app.pictures import picture
 from ddpm_app.runtime.inference import prepare_cpu
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.ui import page as ui
 from ddpm_app.ui import training as training_tab
+from ddpm_app.ui.i18n import english
 from ddpm_app.views import likelihood as likelihood_view
 from ddpm_app.views import training as training_view
 from ddpm_app.views.compare import frame_at
@@ -33,6 +36,7 @@ from ddpm_app.views.likelihood import (
     timesteps_per_call,
     verdict,
 )
+from ddpm_app.views.reverse_step import display_gain, frame_breakdown
 from ddpm_app.views.state import UserState
 
 T = 20
@@ -73,13 +77,36 @@ def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(hand
     target = f"x_{replay[0].t_prev}"
     assert f"{target} = {number(first.terms[0].coefficient)}·" in status  # the update, its numbers filled in
 
-    x_t, x0, label, update, terms, which = handlers.frame(1, user)
+    x_t, x0, label, update, terms, which, change = handlers.frame(1, user)
     assert which == "generate" and f"t = {replay[0].t}" in label
     for term in first.terms:  # the same coefficients, written for LaTeX
         assert number(abs(term.coefficient), latex=True) in update
     assert terms.shape[1] > 4 * 16  # x_t term | ε̂ term | noise term | result, each enlarged
     last = handlers.frame(len(user.run.frames), user)[3]
     assert "x_{0}" in last and ("no noise on the last step" in last or sampler == "ddim")
+
+
+@pytest.mark.parametrize("sampler, steps, clip", [("ddpm", 1, True), ("ddim", 5, False)])
+def test_the_terms_add_up_to_the_shown_x_prev_at_t_T_minus_1_too(handlers, library, sampler, steps, clip):
+    """At t = T−1, x_t ~ N(0, I) leaves [−1, 1] on a third of its values (and DDIM's unclipped x̂₀ much more): the
+    terms are built from the step's own tensors, so they add up to the x_{t−1} the strip shows to within a grey
+    level, and the change picture is x_{t−1} − x_t of the sampler's step."""
+    user = UserState()
+    list(handlers.generate(sampler, steps, 0.0, 7, 2, clip, False, user))
+    served, run = library.get("faces"), user.run
+    frame = run.frames[0]
+    assert frame.t == T - 1 and (frame.first_x_t.abs() > 1).float().mean() > 0.2  # where a clamp would bite
+    parts = frame_breakdown(run, frame)
+    assert_pictures_close(picture(parts.result()), picture(frame.x_prev), levels=1)
+    step = next(served.sample(run.settings, 2, 7))  # the same step again, in float32
+    torch.testing.assert_close(parts.result()[0], step.x_prev[0], rtol=0, atol=0.01)
+
+    change = handlers.frame(1, user)[6]
+    exact = step.x_prev[0] - step.x_t[0]
+    gain = display_gain(exact)
+    tile = change[:128:8, :128:8]  # the 16×16 image, enlarged 8× with sharp pixels, its caption below
+    assert_pictures_close(tile, picture(exact * gain), levels=1)
+    assert picture(exact).std() > 0  # a step that moves x_t
 
 
 def test_the_step_says_which_variance_its_noise_has_and_which_eps_it_shows(handlers):
@@ -119,7 +146,7 @@ def test_frames_name_the_step_and_t_of_each_frame_for_ddpm_ddim_and_sdedit(handl
 
 def test_frames_of_a_thinned_run_name_the_step_they_hold(library, tmp_path):
     served = library.get("faces")
-    per_step = 2 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀; ε̂, z and x_prev of one 16×16 image
+    per_step = 2 * 3 * 16 * 16 + 9 * 3 * 16 * 16  # x_t, x̂₀, x_prev (uint8); x_t, x̂₀, ε̂, z (float16) of one image
     thin = ui.Handlers(library, preview_interval=0, export_dir=tmp_path, max_trajectory_bytes=per_step * 6)
     user = UserState()
     list(thin.generate("ddpm", 1, 0.0, 3, 1, False, False, user))
@@ -202,7 +229,7 @@ def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_
     # small, so by 10⁻⁵–10⁻³ here, where the shipped model's moves by per cent)
     assert user.lesson.step.loss == pytest.approx(in_fp32, rel=same)
     assert in_bf16 != pytest.approx(in_fp32, rel=same)  # the network that samples would have shown another number
-    list(teach.likelihood(str(PHOTO), False, 11, user))
+    list(teach.likelihood(str(PHOTO), False, 11, True, user))
     expected, sampling = (bits_per_dim(net, served.schedule, to_uint8(x0[0])[None], num_timesteps=ESTIMATE_TIMESTEPS,
                                        batch_size=timesteps_per_call(T), generator=served.generator(11),
                                        clip_x0=CLIP_X0) for net in (fp32, served.eps_model))
@@ -222,8 +249,8 @@ def test_training_view_marks_t_on_the_curve_without_redrawing(teach):
 def test_loss_curve_is_the_library_curve_and_says_when_held_out_figures_are_missing(teach, library):
     user = UserState()
     with pytest.raises(gr.Error, match="upload a photo"):
-        teach.loss_curve(None, 3, user)
-    plot, summary = teach.loss_curve(str(PHOTO), 3, user)
+        list(teach.loss_curve(None, 3, user))
+    *_, (plot, summary) = teach.loss_curve(str(PHOTO), 3, user)
     served = library.get("faces")
     x0 = served.prepare_photo(str(PHOTO))
     expected = loss_curve(served.eps_model, served.schedule, x0[None], curve_timesteps(T, training_view.CURVE_TIMESTEPS),
@@ -258,12 +285,41 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
 
     fresh = ModelLibrary(tmp_path, "cpu").get("m")
     teach = ui.Handlers(ModelLibrary(tmp_path, "cpu"), preview_interval=0, figure_dir=tmp_path / "f")
-    _, summary = teach.loss_curve(str(PHOTO), 3, UserState())
+    *_, (_, summary) = teach.loss_curve(str(PHOTO), 3, UserState())
     assert "Held-out images (6, noise, split test)" in summary and fresh.heldout is not None
 
     (folder / heldout.HELDOUT_NAME).write_text("{not json")
     broken = ModelLibrary(tmp_path, "cpu").get("m")
     assert broken.heldout is None and "not a readable held-out file" in broken.heldout_note
+
+
+# -- the photo, carried from Forward ------------------------------------------------------------------------------
+
+
+def test_the_forward_photo_is_carried_into_a_tab_unless_the_user_put_another_there(teach, tmp_path):
+    """Opening Training (or Likelihood) brings Forward's photo into its empty input, and a new Forward photo
+    replaces the one carried there before (Gradio shows it from a copy in its cache: same bytes, another path);
+    a photo the user put there stays, and so does one that is already Forward's."""
+    user, skip = UserState(), gr.skip()
+    shown = tmp_path / "cache-copy.png"
+    shown.write_bytes(PHOTO.read_bytes())  # the carried photo as the browser sends it back
+    assert teach.carry_photo("training", str(PHOTO), None, user) == str(PHOTO)
+    assert teach.carry_photo("training", str(PHOTO), str(shown), user) == skip  # already there
+    assert teach.carry_photo("training", str(LANDSCAPE), str(shown), user) == str(LANDSCAPE)  # replaces the carried
+    assert teach.carry_photo("likelihood", str(PHOTO), str(LANDSCAPE), user) == skip  # the user's own stays
+    assert teach.carry_photo("likelihood", None, None, user) == skip  # nothing in Forward
+    assert teach.carry_photo("likelihood", str(PHOTO), None, user) == str(PHOTO)
+
+
+def test_opening_training_or_likelihood_carries_the_forward_photo(library):
+    """The two tabs' select events take the Forward photo and the tab's own as inputs and write the tab's own."""
+    demo = ui.build(library)
+    carries = {d.fn.__name__: d for d in demo.fns.values() if d.fn and d.fn.__name__.startswith("carry_photo_")}
+    assert set(carries) == {"carry_photo_training", "carry_photo_likelihood"}
+    for dep in carries.values():
+        forward_photo, own, _ = dep.inputs
+        assert dep.outputs == [own] and english(forward_photo.label) == "Photo (center-cropped, resized)"
+        assert dep.targets[0][1] == "select"
 
 
 # -- the likelihood of a photo ------------------------------------------------------------------------------------
@@ -272,7 +328,7 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
 @pytest.mark.parametrize("exact", [False, True])
 def test_likelihood_is_bits_per_dim_on_the_same_image_timesteps_and_noise(teach, library, exact):
     user = UserState()
-    outs = list(teach.likelihood(str(PHOTO), exact, 11, user))
+    outs = list(teach.likelihood(str(PHOTO), exact, 11, True, user))
     assert len(outs) >= 2 and "progress" in outs[0][0]  # progress before the result
     status, plot, verdict = outs[-1]
     served = library.get("faces")
@@ -285,6 +341,53 @@ def test_likelihood_is_bits_per_dim_on_the_same_image_timesteps_and_noise(teach,
     assert got.timesteps_evaluated == T and got.exact  # T = 20 < 50: the estimate is the exact sum here
     assert f"{expected.total:.3f}" in verdict and "No held-out figure" in verdict
     assert "Done" in status and plot.shape[1] > plot.shape[0]
+
+
+def test_a_new_run_clears_the_previous_photos_result_first(teach):
+    """While a new photo's bound is computed, the previous photo's plot and verdict are gone: the first output
+    clears both, before any result."""
+    user = UserState()
+    list(teach.likelihood(str(PHOTO), False, 1, True, user))
+    first = next(teach.likelihood(str(LANDSCAPE), False, 1, True, user))
+    assert first[1] is None and "bits/dim" not in first[2] and "value='0'" in first[0]
+
+
+def test_likelihood_offers_ho_et_al_s_unclipped_bound(teach, library):
+    """Unticked, p_θ's mean uses x̂₀ as the network gives it: the library's bound with clip_x0 False, and the text
+    says which bound it is and that the held-out figure clips."""
+    served = library.get("faces")
+    x0 = to_uint8(served.prepare_photo(str(PHOTO)))[None]
+    unclipped, clipped = UserState(), UserState()
+    *_, (status, _, text) = teach.likelihood(str(PHOTO), False, 11, False, unclipped)
+    *_, (_, _, text_clipped) = teach.likelihood(str(PHOTO), False, 11, True, clipped)
+    expected = bits_per_dim(served.eps_model, served.schedule, x0, num_timesteps=ESTIMATE_TIMESTEPS,
+                            batch_size=timesteps_per_call(T), generator=served.generator(11), clip_x0=False)
+    assert unclipped.lesson.likelihood.total == pytest.approx(expected.total, rel=1e-12)
+    assert unclipped.lesson.likelihood.total != clipped.lesson.likelihood.total  # the tiny model's x̂₀ leaves [−1, 1]
+    assert "x̂₀ not clipped" in status and "Ho et al.'s bound" in text and "unclipped in p_θ's mean" in text
+    assert "clipped to [−1, 1] in p_θ's mean" in text_clipped
+    held = heldout.HeldOut("faces, split test", "m", None, bound(3.0))  # measured with clipping
+    assert "The held-out figure clips x̂₀." in verdict(unclipped.lesson.likelihood, held)
+    assert "The held-out figure" not in verdict(clipped.lesson.likelihood, held)
+
+
+def test_exact_means_every_t_not_free_of_noise():
+    exact = verdict(bound(3.0), None)
+    assert "every t is evaluated" in exact and "another seed moves the total" in exact
+    estimate = verdict(BitsPerDim(3.0, 0.01, 0.001, 0.5, 2.499, 1, 50, False, "posterior", True, []), None)
+    assert "An estimate from 50 timesteps" in estimate
+
+
+@pytest.mark.parametrize("total", [3.0, 40.0])
+def test_the_terms_plot_marks_the_8_bits_of_the_raw_pixels(total):
+    """A dashed line at 8 bits/dim on the bars, inside the axes whatever the bound (a noise image's 40 too), and a
+    bound above 8 is read as worse than storing the pixels."""
+    fig = likelihood_view.terms_figure(bound(total), heldout.HeldOut("d", "m", None, bound(3.0)), T)
+    bars = fig.axes[1]
+    assert any(list(line.get_ydata()) == [8, 8] for line in bars.lines)
+    assert bars.get_ylim()[1] > max(8, total)
+    assert [t.get_text() for t in bars.get_xticklabels()][-1] == "total"
+    assert ("more than the 8 bits/dim of storing the raw 8-bit pixels" in verdict(bound(total), None)) == (total > 8)
 
 
 def bound(total: float) -> BitsPerDim:
@@ -322,7 +425,7 @@ def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
     save_tiny(tmp_path / "long", timesteps=120)
     teach = ui.Handlers(ModelLibrary(tmp_path, "cpu"), preview_interval=0, figure_dir=tmp_path / "f")
     user = UserState()
-    outs = list(teach.likelihood(str(PHOTO), False, 3, user))
+    outs = list(teach.likelihood(str(PHOTO), False, 3, True, user))
     assert user.lesson.likelihood.timesteps_evaluated == ESTIMATE_TIMESTEPS and not user.lesson.likelihood.exact
     done = [int(m) for o in outs[:-1] for m in re.findall(r"value='(\d+)'", o[0])]
     assert done == [0, 10, 20, 30, 40]  # an update before the first network call and after each but the last
@@ -338,7 +441,7 @@ def test_likelihood_stop_ends_the_computation(tmp_path):
     save_tiny(tmp_path / "long", timesteps=200)
     library = ModelLibrary(tmp_path, "cpu")
     teach = ui.Handlers(library, preview_interval=0, figure_dir=tmp_path / "f")
-    gen = teach.likelihood(str(PHOTO), True, 3, UserState())
+    gen = teach.likelihood(str(PHOTO), True, 3, True, UserState())
     next(gen)
     gen.close()  # what Stop does
     assert library.worker.run(lambda: "free") == "free"  # the worker is not stuck in the cancelled bound
@@ -429,7 +532,7 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
     handlers.frame(3, user)
     handlers.noise(str(PHOTO), 9, True, 5, user)
     teach.train_step(str(PHOTO), 5, 1, user)
-    list(teach.likelihood(str(LANDSCAPE), False, 1, user))
+    list(teach.likelihood(str(LANDSCAPE), False, 1, True, user))
     list(teach.interpolate(1, 2, 3, 3, 0.0, True, user))
     for view in ("step", "forward", "training", "compare", "interpolation"):
         img = Image.open(teach.export_figure(view, user))
@@ -440,6 +543,23 @@ def test_every_view_exports_a_labelled_slide_figure(handlers, teach):
     assert plot.width >= 1800
     with pytest.raises(gr.Error, match="view must be one of step, forward, training"):
         teach.export_figure("nope", user)
+
+
+def test_the_figures_row_offers_the_figure_of_the_tab_opened_last(library):
+    """Opening a tab with a slide figure makes its figure the one offered; Model and the 2-D lab have none and
+    leave it; the page starts on Generate, whose figure is the step's terms."""
+    demo = ui.build(library)
+    tabs = next(b for b in demo.blocks.values() if isinstance(b, gr.Tabs))
+    view = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "figure-view")
+    offered = {}
+    for dep in demo.fns.values():
+        if dep.outputs == [view] and dep.targets[0][1] == "select":
+            offered[demo.blocks[dep.targets[0][0]].id] = dep.fn()
+    assert offered == {"generate": "step", "frames": "step", "denoise": "step", "forward": "forward",
+                       "training": "training", "likelihood": "likelihood", "compare": "compare",
+                       "interpolate": "interpolation"}
+    assert {tab.id for tab in tabs.children} - set(offered) == {"lab", "model"}
+    assert view.value == "step" and tabs.children[0].id == "generate"
 
 
 def test_teaching_endpoints_are_wired(library):

@@ -7,6 +7,7 @@ import io
 import itertools
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -142,19 +143,21 @@ def test_generate_ddim_previews_every_step_and_stores_the_trajectory(handlers: u
 
 @pytest.mark.parametrize("with_noise", [True, False])
 def test_a_stored_frame_keeps_each_picture_of_its_step_in_its_own_field(with_noise):
-    """Each field of a frame holds its own picture of the step: x_t and x̂₀ of every image, then ε̂, z (over
-    ±NOISE_RANGE) and x_prev of the first; the last step also keeps the final images."""
-    from ddpm_app.serve.runs import NOISE_RANGE
+    """Each field of a frame holds its own picture of the step: x_t and x̂₀ of every image and x_prev of the first
+    as uint8 pictures, then the first image's x_t, x̂₀, ε̂ and z as they were (float16, unclamped: x_t is N(0, I)
+    here, far outside a picture's [−1, 1]); the last step also keeps the final images."""
     g = torch.Generator().manual_seed(3)
-    x_t, x0, eps, x_prev, z = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(5))
+    x_t, x0, eps, x_prev, z = (2 * torch.randn(2, 3, 4, 4, generator=g) for _ in range(5))
     run = Trajectory("run", 2, (2, 3, 4, 4), 0)
     for index in range(2):
         run.add(samplers.Step(index, 2, 10 - index, 9 - index, x_t + index, x0, eps, x_prev, z if with_noise else None))
     f = run.frames[0]
     assert (f.index, f.t, f.t_prev) == (0, 10, 9)
-    for stored, expected in [(f.x_t, x_t), (f.pred_x0, x0), (f.pred_eps, eps[0] / NOISE_RANGE),
-                             (f.x_prev, x_prev[0])] + [(f.noise, z[0] / NOISE_RANGE)] * with_noise:
+    for stored, expected in [(f.x_t, x_t), (f.pred_x0, x0), (f.x_prev, x_prev[0])]:
         assert stored.shape == expected.shape and torch.equal(stored, to_uint8(expected))
+    for stored, expected in [(f.first_x_t, x_t[0]), (f.first_pred_x0, x0[0]), (f.pred_eps, eps[0])] + [
+            (f.noise, z[0])] * with_noise:
+        assert stored.dtype == torch.float16 and torch.equal(stored, expected.half())
     assert (f.noise is None) == (not with_noise)  # a step that added no noise stores no z
     assert torch.equal(run.frames[1].x_t, to_uint8(x_t + 1))
     assert torch.equal(run.final, to_uint8(x_prev)) and run.finished
@@ -342,13 +345,14 @@ def test_a_preview_sends_each_picture_once_as_jpeg_and_the_final_images_lossless
 
 def test_large_runs_keep_a_dense_subset(library: ModelLibrary):
     served = library.get("faces")
-    per_step = 2 * 4 * 3 * 16 * 16 + 3 * 3 * 16 * 16  # x_t, x̂₀ of four; ε̂, z and x_prev of the first
+    # x_t, x̂₀ of four (uint8); the first's x_prev (uint8) and its x_t, x̂₀, ε̂, z (float16)
+    per_step = 2 * 4 * 3 * 16 * 16 + (1 + 2 * 4) * 3 * 16 * 16
     run = Trajectory("t", T, served.shape(4), 0, max_bytes=per_step * 6)  # room for 6 of the 20 steps
     assert run.stride == 4
     list(stream(served.sample(SamplerSettings("ddpm", T), 4, 0), run, Throttle(None)))
     assert [f.index for f in run.frames] == [0, 4, 8, 12, 16, 19]
-    stored = sum(x.numel() for f in run.frames for x in (f.x_t, f.pred_x0, f.pred_eps, f.noise, f.x_prev)
-                 if x is not None)
+    stored = sum(x.nbytes for f in run.frames for x in (f.x_t, f.pred_x0, f.first_x_t, f.first_pred_x0, f.pred_eps,
+                                                        f.noise, f.x_prev) if x is not None)
     assert run.finished and stored <= per_step * 6
 
 
@@ -617,6 +621,43 @@ def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
         handlers.select_model("cats", me)
 
 
+def test_a_switch_says_at_once_what_it_is_doing_and_the_header_ends_on_the_users_model(tmp_path: Path):
+    """Picking a model that is not in memory says it is loading (the header too) before the slow part; once the
+    switch has ended the header names the user's model: the new one, or the old one after a switch that failed."""
+    save_tiny(tmp_path / "faces")
+    save_tiny(tmp_path / "other", seed=2)
+    library = ModelLibrary(tmp_path, "cpu", precision="fp32")
+    handlers, user = ui.Handlers(library, preview_interval=0, export_dir=tmp_path / "exports"), UserState()
+    library.get("faces")
+    assert not library.in_memory("other")
+    header, note = handlers.switching("other", user)
+    assert header.startswith("Model: **faces** → loading **other**") and note.startswith("Loading **other**:")
+    handlers.select_model("other", user)
+    header, note = handlers.model_now(user)
+    assert header.startswith("Model: **other** —") and note == ""
+    assert handlers.switching("faces", user) == ("Model: **other** → switching to **faces**…",
+                                                 "Switching to **faces**…")  # in memory: no loading
+    (tmp_path / "faces" / "config.json").write_text("{")  # broken on disk, out of memory: the switch fails
+    library._loaded.pop("faces")
+    with pytest.raises(gr.Error):
+        handlers.select_model("faces", user)
+    assert handlers.model_now(user)[0].startswith("Model: **other** —")
+    assert handlers.switching("nonsense", user) == (gr.skip(), gr.skip())  # the switch itself says why
+
+
+def test_frames_name_the_model_a_run_came_from(handlers: ui.Handlers):
+    """A run stays in Frames after a model switch: its label names the model that made it, and says when that is
+    not the one selected now."""
+    user = UserState()
+    run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    assert "Model: **faces**." in handlers.frame(1, user)[2]
+    handlers.select_model("mono", user)
+    label = handlers.frame(1, user)[2]
+    assert "Model: **faces**, not the one selected now (**mono**)" in label
+    run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))
+    assert "Model: **mono**." in handlers.frame(1, user)[2]
+
+
 def test_converted_seed_checkpoint_samples_like_any_model(handlers: ui.Handlers):
     user = UserState()
     summary = handlers.select_model("seed", user)[0]
@@ -690,7 +731,24 @@ def test_model_tab_shows_the_step_time_measured_here_and_how_the_model_runs(tmp_
     assert served.runtime.precision == "fp32" and served.ms_per_step > 0
     table, _, _ = model.model_card(served)
     assert f"| speed here | {served.ms_per_step:.1f} ms per step at batch 1, measured on this machine" in table
-    assert f"| runs on | {served.runtime.describe()} |" in table and "fp32" in served.runtime.describe()
+    # plain words in the table (PyTorch in float32: no fast path), the details folded under it
+    assert "| runs on | this computer's processor (CPU), fast path off |" in table
+    plain, details = table.split("<details>")
+    r = served.runtime
+    assert all(f"**{name}**: {value}" in details for name, value in [("device", r.device), ("engine", r.engine),
+                                                                      ("arithmetic", "fp32"), ("why", r.reason)])
+    assert f"**read from**: `{served.loaded.source}`" in details and "source" not in plain
+    assert model.fast_path(replace(r, precision="bf16")) and model.fast_path(replace(r, engine="OpenVINO 2026.4"))
+
+
+def test_the_model_tab_gives_one_total_of_training_steps_and_separates_thousands():
+    """A run continued from earlier ones records its own steps and those before: the table adds them up."""
+    rows = dict(model.training_rows({"steps": 9000, "steps_before_this_run": 35829, "train_seconds": 3303.3,
+                                     "images_seen": 37153536, "weights": "ema", "dataset": "faces"}))
+    assert rows == {"training steps": "44,829 in all (35,829 in earlier runs, then 9,000)",
+                    "training time": "55 min", "images seen": "37,153,536", "weights": "ema"}
+    assert dict(model.training_rows({"steps": 9379, "train_seconds": 48.0})) == {"training steps": "9,379",
+                                                                                 "training time": "48 s"}
 
 
 def test_app_takes_a_precision_and_refuses_unknown_ones(capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -13,15 +14,16 @@ from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw
 from tiny_app import PHOTO, T, run_all, save_tiny
 
-from ddpm_app.diffusion.samplers import SamplerSettings
+from ddpm_app.diffusion.samplers import SamplerSettings, Step
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
-from ddpm_app.serve.runs import RunName
+from ddpm_app.serve.runs import RunName, Trajectory
 from ddpm_app.text import catalogue
-from ddpm_app.ui import denoise, forward, frames, generate
+from ddpm_app.ui import denoise, forward, frames, generate, kit
 from ddpm_app.ui import page as ui
+from ddpm_app.views import pace
 from ddpm_app.views.export import export_gif
 from ddpm_app.views.state import UserState
 
@@ -280,3 +282,45 @@ def test_the_forward_strip_wraps_into_rows_with_legible_captions(handlers: ui.Ha
     tile = 128 + 2  # 16 px images enlarged ×8, and the gap
     assert strip.shape[1] == forward.STRIP_COLUMNS * tile - 2  # four across: two rows of the eight timesteps
     assert strip.shape[0] == 2 * (128 + forward.STRIP_FONT_SIZE + 6)
+
+
+# -- how long slow work will take --------------------------------------------------------------------------------
+
+
+def test_time_left_is_the_rest_at_the_rate_so_far():
+    """20 of 100 steps in 10 s: 80 more at 0.5 s each is 40 s; minutes from 90 s; nothing before the first step
+    or after the last."""
+    assert pace.time_left(20, 100, 10.0) == "≈ 40 s left"
+    assert pace.time_left(10, 100, 10.0) == "≈ 2 min left"  # 90 s
+    assert pace.time_left(99, 100, 0.01) == "≈ 1 s left"  # never "0 s"
+    assert pace.time_left(0, 100, 3.0) == pace.time_left(100, 100, 3.0) == ""
+    rates = pace.Pace()
+    assert rates.estimate("faces", 75) is None and rates.estimate("faces", 75, fallback=0.02) == pytest.approx(1.5)
+    rates.record("faces", 50, 5.0)  # 0.1 s an input, measured: it wins over the fallback
+    assert rates.estimate("faces", 1000, fallback=0.02) == pytest.approx(100.0) and rates.estimate("emoji", 1) is None
+
+
+def test_a_runs_status_says_how_long_is_left(library):
+    served = library.get()
+    run = Trajectory("r", 100, served.shape(1), 0)
+    x = torch.zeros(served.shape(1))
+    step = Step(19, 100, 15, 14, x, x, x, x)  # t within the tiny model's T = 20
+    assert "Step <b>20</b> / 100 · ≈ 40 s left" in kit.status_html(served, run, step, 10.0)
+    last = Step(99, 100, 0, -1, x, x, x, x)
+    assert "left" not in kit.status_html(served, run, last, 50.0)
+
+
+def test_the_bound_and_the_loss_curve_say_how_long_they_will_take(handlers: ui.Handlers):
+    """Before its first network call the bound gives an estimate for the whole (from the model's measured step time,
+    then from its own last run), and after each call what is left; the loss curve says what it computes and how
+    long it should take, and only when it has to compute it."""
+    outs = list(handlers.likelihood(str(PHOTO), False, 1, True, UserState()))
+    assert re.search(r"0 / 20 timesteps \(estimate\) · 0\.0 s · ≈ \d+ (s|min) in all", outs[0][0])
+    assert all(re.search(r"≈ \d+ (s|min) left", out[0]) for out in outs[1:-1]) and len(outs) > 3
+    assert handlers.pace.estimate("faces", 20) is not None  # measured by that run
+    user = UserState()
+    first, last = list(handlers.loss_curve(str(PHOTO), 3, user))
+    assert first[0] == gr.skip() and re.search(r"20 timesteps, 3 ε each \(60 network inputs in one call\), ≈ \d+ (s|min)",
+                                               first[1])
+    assert "Your photo: the loss at 20 timesteps" in last[1]
+    assert len(list(handlers.loss_curve(str(PHOTO), 5, user))) == 1  # the same photo: nothing to compute
