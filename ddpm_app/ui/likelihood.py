@@ -21,7 +21,6 @@ from ddpm_app.views.pace import time_left
 from ddpm_app.views.state import UserState
 
 LIKELIHOOD_HELP = text("likelihood.help")
-CLEARED = text("likelihood.cleared")  # the previous photo's verdict, gone
 
 
 class LikelihoodHandlers(TabHandlers):
