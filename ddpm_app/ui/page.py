@@ -110,16 +110,13 @@ def first_views(first: ServedModel) -> tuple:
 
 
 def glossary() -> I18nData:
-    """The tutorial's terms as a table: in English, or in the reader's language beside English (the words of the
-    papers and the code)."""
-    english = {key: words for key, words in catalogue(ENGLISH).items() if key.startswith("term.")}
-
+    """The seed tutorial's terms as a table, the reader's language first and the other beside it: the Chinese
+    tutorial's words for the English papers' and code's, and back."""
     def table(language: str) -> str:
-        if language == ENGLISH:
-            return "\n".join(["| English |", "|---|", *(f"| {words} |" for words in english.values())])
-        own = catalogue(language)
-        return "\n".join([f"| {LANGUAGES[language]} | English |", "|---|---|",
-                          *(f"| {own[key]} | {words} |" for key, words in english.items())])
+        order = [language] + [other for other in LANGUAGES if other != language]
+        terms = [key for key in catalogue(ENGLISH) if key.startswith("term.")]
+        rows = ["| " + " | ".join(catalogue(tag)[key] for tag in order) + " |" for key in terms]
+        return "\n".join(["| " + " | ".join(LANGUAGES[tag] for tag in order) + " |", "|---" * len(order) + "|", *rows])
     return written(table)
 
 
