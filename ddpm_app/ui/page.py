@@ -25,7 +25,7 @@ from ddpm_app.ui.figures import FigureHandlers, figure_row
 from ddpm_app.ui.forward import ForwardHandlers, forward_events, forward_numbers, forward_tab, schedule_plot
 from ddpm_app.ui.frames import FramesHandlers, frames_tab
 from ddpm_app.ui.generate import GenerateHandlers, generate_events, generate_tab
-from ddpm_app.ui.i18n import DETECT_JS, SWITCH_JS, i18n, language_switch, written
+from ddpm_app.ui.i18n import DETECT_JS, REMEMBER_JS, SWITCH_JS, i18n, language_switch, written
 from ddpm_app.ui.interpolate import InterpolateHandlers, interpolate_tab
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings
 from ddpm_app.ui.lab import LabHandlers, lab_tab
@@ -167,6 +167,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                      [train_t, compare_t, *interpolation])
         demo.load(None, None, switch, js=DETECT_JS)
         switch.change(None, switch, None, js=SWITCH_JS)
+        switch.input(None, switch, None, js=REMEMBER_JS)
         switch.change(h.set_language, [switch, forward.t, user],
                       [header, forward.outputs[3], forward.outputs[5], model.summary, model.card],
                       api_visibility="private", show_progress="hidden")
