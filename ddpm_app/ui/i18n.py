@@ -5,8 +5,8 @@ Gradio translates what the page was built with (``i18n(key)`` in place of a stri
 ``i18n(key)``, by the browser's language. Texts a handler writes with numbers in them (status lines, notes, plot
 titles) it writes itself, in ``user.language``: the page sets that when it loads, from the reader's last choice or
 else the browser's language (:data:`DETECT_JS`), and the switch changes it together with Gradio's language
-(:data:`SWITCH_JS`), remembered by the browser for the next visit. API clients, and everything before the page says
-otherwise, get English.
+(:data:`SWITCH_JS`); a click on it the browser remembers for the next visit (:data:`REMEMBER_JS`). API clients, and
+everything before the page says otherwise, get English.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def choices(pairs: list[tuple[str, str]]) -> list[tuple[I18nData, str]]:
 
 
 # Gradio's language follows at once: its changeLocale (which its own settings panel uses), from the module the page
-# already loaded
+# already loaded; and the window's title
+TITLES = json.dumps({tag: catalogue(tag)["app.title"] for tag in LANGUAGES}, ensure_ascii=False)
 CHANGE_LOCALE = """async (language) => {
+    document.title = (""" + TITLES + """)[language] || document.title;
     const core = performance.getEntriesByType("resource").map((entry) => entry.name)
       .find((name) => /\\/assets\\/core-[^/]*\\.js$/.test(name));
     if (core) {
@@ -89,10 +91,15 @@ DETECT_JS = f"""async () => {{
   return chosen || browser;
 }}"""
 
-# On a change of the switch: Gradio's language follows, and the browser remembers the choice.
+# On a change of the switch (a click, or the load's choice): Gradio's language follows.
 SWITCH_JS = f"""async (language) => {{
-  try {{ localStorage.setItem("{STORAGE_KEY}", language); }} catch (e) {{}}
   await ({CHANGE_LOCALE})(language);
+  return language;
+}}"""
+
+# On a click of the switch: the browser remembers the choice for the next visit.
+REMEMBER_JS = f"""(language) => {{
+  try {{ localStorage.setItem("{STORAGE_KEY}", language); }} catch (e) {{}}
   return language;
 }}"""
 

@@ -25,7 +25,7 @@ from ddpm_app.ui.figures import FigureHandlers, figure_row
 from ddpm_app.ui.forward import ForwardHandlers, forward_events, forward_numbers, forward_tab, schedule_plot
 from ddpm_app.ui.frames import FramesHandlers, frames_tab
 from ddpm_app.ui.generate import GenerateHandlers, generate_events, generate_tab
-from ddpm_app.ui.i18n import DETECT_JS, SWITCH_JS, i18n, language_switch, written
+from ddpm_app.ui.i18n import DETECT_JS, REMEMBER_JS, SWITCH_JS, i18n, language_switch, written
 from ddpm_app.ui.interpolate import InterpolateHandlers, interpolate_tab
 from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings
 from ddpm_app.ui.lab import LabHandlers, lab_tab
@@ -110,16 +110,13 @@ def first_views(first: ServedModel) -> tuple:
 
 
 def glossary() -> I18nData:
-    """The tutorial's terms as a table: in English, or in the reader's language beside English (the words of the
-    papers and the code)."""
-    english = {key: words for key, words in catalogue(ENGLISH).items() if key.startswith("term.")}
-
+    """The seed tutorial's terms as a table, the reader's language first and the other beside it: the Chinese
+    tutorial's words for the English papers' and code's, and back."""
     def table(language: str) -> str:
-        if language == ENGLISH:
-            return "\n".join(["| English |", "|---|", *(f"| {words} |" for words in english.values())])
-        own = catalogue(language)
-        return "\n".join([f"| {LANGUAGES[language]} | English |", "|---|---|",
-                          *(f"| {own[key]} | {words} |" for key, words in english.items())])
+        order = [language] + [other for other in LANGUAGES if other != language]
+        terms = [key for key in catalogue(ENGLISH) if key.startswith("term.")]
+        rows = ["| " + " | ".join(catalogue(tag)[key] for tag in order) + " |" for key in terms]
+        return "\n".join(["| " + " | ".join(LANGUAGES[tag] for tag in order) + " |", "|---" * len(order) + "|", *rows])
     return written(table)
 
 
@@ -170,6 +167,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                      [train_t, compare_t, *interpolation])
         demo.load(None, None, switch, js=DETECT_JS)
         switch.change(None, switch, None, js=SWITCH_JS)
+        switch.input(None, switch, None, js=REMEMBER_JS)
         switch.change(h.set_language, [switch, forward.t, user],
                       [header, forward.outputs[3], forward.outputs[5], model.summary, model.card],
                       api_visibility="private", show_progress="hidden")

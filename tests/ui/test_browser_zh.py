@@ -107,9 +107,10 @@ def test_the_switch_turns_the_page_to_english_and_is_remembered(browser, server)
     page.get_by_text("linear schedule, T = 50").first.wait_for(timeout=PATIENCE_MS)  # the server's words too
     page.reload()  # the next visit: English, though the browser says zh-CN
     page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=PATIENCE_MS)
-    assert page.locator("#language input[value='en']").is_checked()
+    assert page.locator("#language input[value='en']").is_checked() and page.title() == "DDPM step by step"
     page.locator("#language").get_by_text("简体中文", exact=True).click()
     page.get_by_role("button", name="生成", exact=True).wait_for(timeout=PATIENCE_MS)
     page.get_by_text("噪声调度，T = 50").first.wait_for(timeout=PATIENCE_MS)
+    assert page.title() == "DDPM 逐步演示"
     context.close()
     assert not errors, errors

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from serving import ROOT
 
 from ddpm_app import fonts
-from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, fields, language_of, text
+from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, count, fields, language_of, sentences, text, translated
 
 TUTORIAL = ROOT.parent / "shared" / "seed" / "000_84a41ae4c88c7355.txt"
 # the glossary's Chinese words that the tutorial itself uses (the rest, such as 种子 or 噪声调度, it never needs)
@@ -53,6 +53,23 @@ def test_a_text_is_looked_up_by_key_and_filled_with_values():
     assert text("generate.help") == catalogue(ENGLISH)["generate.help"]  # no values: LaTeX braces as written
     with pytest.raises(KeyError):
         text("no.such.key")
+
+
+def test_an_english_message_is_read_back_and_written_in_chinese():
+    """The checks raise English (the API's language); the page turns a message it knows into Chinese, the field's
+    name too, and leaves one it does not know as it is."""
+    from ddpm_app.checks import whole_number
+
+    with pytest.raises(ValueError) as raised:
+        whole_number(99, "frame", 1, 6)
+    assert translated(str(raised.value), CHINESE) == "帧 必须是 1…6 之间的整数，收到的是 99"
+    assert translated(str(raised.value), ENGLISH) == str(raised.value)
+    assert translated("an error no catalogue knows", CHINESE) == "an error no catalogue knows"
+
+
+def test_counts_and_sentences_follow_the_language():
+    assert [count("step", n) for n in (1, 5)] == ["1 step", "5 steps"] and count("step", 5, CHINESE) == "5 步"
+    assert sentences("One.", "Two.") == "One. Two." and sentences("一。", "二。") == "一。二。"
 
 
 @pytest.mark.parametrize("tag, language", [("zh-CN", "zh-CN"), ("zh", "zh-CN"), ("zh-Hans-SG", "zh-CN"),
