@@ -90,7 +90,7 @@ def denoise_tab(h: DenoiseHandlers, user: gr.State, T: int, settings: SamplerSet
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 note = gr.Markdown(i18n("forward.upload_first"), label=i18n("denoise.starting_point"))
-                start = output_image("denoise.start", height=200)
+                start = output_image("denoise.start", height=200, elem_id="sd-start")
                 sampler, steps, eta = sampler_controls(T, SDEDIT_CHOICES, settings)
                 seed = widgets.Number(-1, label=i18n("generate.seed"), precision=0)
                 clip = gr.Checkbox(settings.clip_x0, label=i18n("generate.clip"))

@@ -92,7 +92,7 @@ def _schedule_figure(timesteps: int, own: str, language: str) -> tuple[np.ndarra
     """The two panels, one above the other (narrow enough to stay legible on a phone), as pixels, and for each
     the marker geometry: x pixel = x0 + dx·t, rows top…bottom."""
     fig = Figure(figsize=(4.8, 4.4), dpi=100, layout="constrained")
-    fig.suptitle(text("plot.schedules_title", language), fontsize=10)
+    fig.suptitle(text("plot.schedules_title", language), fontsize=12)
     ax_a, ax_s = fig.subplots(2, 1, sharex=True)
     for kind, (abar, snr_db) in schedule_curves(timesteps).items():
         style = dict(lw=2.6 if kind == own else 1.2, alpha=1.0 if kind == own else 0.55,
@@ -100,10 +100,11 @@ def _schedule_figure(timesteps: int, own: str, language: str) -> tuple[np.ndarra
         ax_a.plot(abar, **style)
         ax_s.plot(snr_db, **style)
     for ax, name in ((ax_a, r"$\bar\alpha_t$"), (ax_s, "SNR (dB)")):
-        ax.set_ylabel(name)
+        ax.set_ylabel(name, fontsize=11)
+        ax.tick_params(labelsize=10)
         ax.grid(alpha=0.3)
-    ax_s.set_xlabel(text("plot.t", language))
-    ax_a.legend(fontsize=8, loc="lower left")  # the top right holds the picture's buttons
+    ax_s.set_xlabel(text("plot.t", language), fontsize=11)
+    ax_a.legend(fontsize=10, loc="lower left")  # the top right holds the picture's buttons
     image = pixels(fig)
     height = image.shape[0]
     marks = []
@@ -142,7 +143,8 @@ def forward_tab(T: int, numbers: str, plot: np.ndarray) -> ForwardTab:
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 photo = widgets.PhotoInput(label=i18n("forward.photo"), type="filepath",
-                                           image_mode=None, sources=["upload", "clipboard"], height=260)
+                                           image_mode=None, sources=["upload", "clipboard"], height=260,
+                                           elem_id="fwd-photo", elem_classes="ddpm-photo")
                 gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label=i18n("label.examples"),
                             cache_examples=False)
             with gr.Column(scale=2, min_width=300):

@@ -33,6 +33,7 @@ from ddpm_app.views.state import UserState
 # what each sampler runs from x_T (catalogue keys)
 SAMPLER_CHOICES = [("sampler.ddpm", "ddpm"), ("sampler.ddim", "ddim")]
 
+# its x̂₀ formula is in braces: KaTeX breaks a braced group nowhere, so it is never split across two lines
 GENERATE_HELP = text("generate.help") + NOISE_SHOWN  # as the page shows it in English
 
 

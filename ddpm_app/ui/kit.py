@@ -211,12 +211,12 @@ def help_markdown(key: str, noise_pictures: bool = False) -> None:
     gr.Markdown(words, latex_delimiters=LATEX)
 
 
-def photo_column(label: str) -> PhotoInput:
+def photo_column(label: str, elem_id: str | None = None) -> PhotoInput:
     """A photo upload (labelled with the catalogue text ``label``) with the example pictures under it, in a narrow
     column."""
     with gr.Column(scale=1, min_width=260):
         photo = PhotoInput(label=i18n(label), type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                           height=220)
+                           height=220, elem_id=elem_id, elem_classes="ddpm-photo")
         gr.Examples([[str(p)] for p in EXAMPLES], inputs=photo, label=i18n("label.examples"), cache_examples=False)
     return photo
 

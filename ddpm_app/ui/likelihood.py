@@ -78,7 +78,7 @@ def likelihood_tab(h: LikelihoodHandlers, user: gr.State, T: int, carry_from: gr
     with gr.Tab(i18n("tab.likelihood"), id="likelihood", elem_id="likelihood-tab") as tab:
         help_markdown("likelihood.help")
         with gr.Row():
-            photo = photo_column("likelihood.photo")
+            photo = photo_column("likelihood.photo", elem_id="lk-photo")
             with gr.Column(scale=2, min_width=300):
                 exact = gr.Checkbox(False, label=i18n("likelihood.exact", T=T), elem_id="lk-exact",
                                     info=i18n("likelihood.exact_info"))

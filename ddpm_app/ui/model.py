@@ -256,22 +256,26 @@ def model_tab(names: list[str], first: str, table: str, card: str, samples: str 
 
 
 def model_events(h: ModelHandlers, tab: ModelTab, user: gr.State, header: gr.Markdown, updated: list,
-                 refresh_forward: dict, teaching: list) -> None:
+                 refresh_forward: dict, refresh_frame: dict, teaching: list) -> None:
     """A model switch (pick, download, load) updates ``updated`` (the page ``header``, Forward's t, then Generate's
     and Denoise's sampler controls: see :meth:`ModelHandlers.select_model`), redraws the Forward view
-    (``refresh_forward``) and sets the ranges of the ``teaching`` sliders (:meth:`ModelHandlers.ranges`). A pick says
-    at once what is happening, and its timer runs on the summary until the model is ready."""
+    (``refresh_forward``) and the frame Frames shows (``refresh_frame``: its label says the run is another model's)
+    and sets the ranges of the ``teaching`` sliders (:meth:`ModelHandlers.ranges`). A pick says at once what is
+    happening, and its timer runs on the summary until the model is ready."""
     outputs = [tab.summary, tab.card, tab.samples, *updated, tab.pick]
     refresh = dict(refresh_forward, api_visibility="private")
+    frame = dict(refresh_frame, api_visibility="private")
     ranges = dict(fn=h.ranges, inputs=user, outputs=teaching, api_visibility="private", queue=False)
     now = dict(fn=h.model_now, inputs=user, outputs=[header, tab.note], api_visibility="private", queue=False,
                show_progress="hidden")
     tab.pick.input(h.switching, [tab.pick, user], [header, tab.note], api_visibility="private", queue=False,
                    show_progress="hidden")
     tab.pick.input(h.select_model, [tab.pick, user], outputs, api_name="select_model", show_progress="full",
-                   show_progress_on=[tab.summary]).then(**now).then(**refresh).then(**ranges)
+                   show_progress_on=[tab.summary]).then(**now).then(**refresh).then(**frame).then(**ranges)
     tab.download.click(h.download_model, [tab.repo, user], outputs, api_name="download_model",
-                       show_progress="minimal", show_progress_on=tab.download).success(**refresh).then(**ranges)
+                       show_progress="minimal", show_progress_on=tab.download).success(**refresh).then(
+        **frame).then(**ranges)
     tab.load_folder.click(h.load_folder, [tab.folder, user], outputs, api_name="load_folder",
-                          show_progress="minimal", show_progress_on=tab.load_folder).success(**refresh).then(**ranges)
+                          show_progress="minimal", show_progress_on=tab.load_folder).success(**refresh).then(
+        **frame).then(**ranges)
     tab.rescan.click(h.rescan, user, [tab.pick, tab.note], api_name="rescan_models", show_progress="hidden")

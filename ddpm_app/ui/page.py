@@ -43,11 +43,12 @@ CSS = """
 .pixelated .image-container > button, .pixelated .image-frame { width: 100%; height: 100%; }
 .pixelated .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 /* a picture's label sits above it, and its buttons beside the label, instead of both floating over the picture
-   (on a phone a floating label covers small images and runs under the buttons) */
-.ddpm-picture > label[data-testid="block-label"] { position: static !important; width: fit-content;
-  max-width: calc(100% - 72px); margin-bottom: 6px; }
-.ddpm-picture { display: flex !important; flex-flow: column nowrap !important; }
-.ddpm-picture .image-container { flex: 1 1 auto; min-height: 0; overflow: visible; }
+   (on a phone a floating label covers small images and runs under the buttons); a photo upload's (ddpm-photo)
+   buttons are there already */
+.ddpm-picture > label[data-testid="block-label"], .ddpm-photo > label[data-testid="block-label"] {
+  position: static !important; width: fit-content; max-width: calc(100% - 72px); margin-bottom: 6px; }
+.ddpm-picture, .ddpm-photo { display: flex !important; flex-flow: column nowrap !important; }
+.ddpm-picture .image-container, .ddpm-photo .image-container { flex: 1 1 auto; min-height: 0; overflow: visible; }
 .ddpm-picture .image-container > .icon-button-wrapper { top: -36px !important; }
 /* the model table: words whole, the property names on one line, so it stays readable on a phone */
 #model-summary td, #model-summary th { overflow-wrap: normal; word-break: normal; }
@@ -60,11 +61,14 @@ CSS = """
 .katex-display { overflow-x: auto; overflow-y: hidden; }
 .ddpm-stats progress { width: 100%; height: 0.9em; }
 """
-# Gradio drops @media rules from `css`, so the phone-width rule goes into the page head.
-# It lets all five tabs fit on one line instead of hiding three behind an overflow menu.
+# Gradio drops @media rules from `css`, so the phone-width rules go into the page head. The tabs wrap onto a second
+# line rather than hide behind an overflow menu (gr.Tabs(overflow_behavior="wrap")); narrower buttons keep it to two.
 HEAD = """<style>
 @media (max-width: 480px) {
   .tabs .tab-container button { padding-left: 6px !important; padding-right: 6px !important; }
+  /* displayed equations a sixth smaller than KaTeX's 1.21em: the DDPM step's symbolic form then fits a phone
+     (wider ones still scroll sideways in their box) */
+  .katex-display > .katex { font-size: 1em !important; }
 }
 </style>"""
 THEME = gr.themes.Soft(font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
@@ -141,9 +145,9 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
                 gr.Markdown(i18n("app.intro"))
             with gr.Column(scale=0, min_width=220):
                 switch = language_switch()
-        header = gr.Markdown(header_text, label=i18n("app.model_label"))
+        header = gr.Markdown(header_text, label=i18n("app.model_label"), elem_id="page-header")
 
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # every tab in view, on a phone too
             generate = generate_tab(T, settings, first.first_run(FIRST_BATCH, DEFAULT_SETTINGS.steps).batch)
             lab_tab(LabHandlers(library.worker), user)  # the 2-D lab: DDPM on points, trained live
             frames = frames_tab(h, user)
@@ -163,7 +167,7 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
         forward_events(h, forward, user, sdedit)
         updated = [header, forward.t, generate.steps, denoise.steps, generate.batch, generate.clip, denoise.clip,
                    generate.eta, denoise.eta]
-        model_events(h, model, user, header, updated, forward.noise_event(h, user, sdedit),
+        model_events(h, model, user, header, updated, forward.noise_event(h, user, sdedit), frames.show_frame,
                      [train_t, compare_t, *interpolation])
         demo.load(None, None, switch, js=DETECT_JS)
         switch.change(None, switch, None, js=SWITCH_JS)

@@ -133,7 +133,7 @@ def training_tab(h: TrainingHandlers, user: gr.State, T: int, carry_from: gr.Ima
     with gr.Tab(i18n("tab.training"), id="training", elem_id="training-tab") as tab:
         help_markdown("training.help")
         with gr.Row():
-            photo = photo_column("training.photo")
+            photo = photo_column("training.photo", elem_id="train-photo")
             with gr.Column(scale=2, min_width=300):
                 t = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="train-t")
                 with gr.Row():

@@ -60,7 +60,8 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
     if view == "likelihood":
         if lesson.likelihood is None:
             raise InvalidValue(text("figures.none_likelihood"))
-        return terms_plot(lesson.likelihood, served.heldout, served.timesteps, dpi=220, language=language)
+        return terms_plot(lesson.likelihood, served.heldout, served.timesteps, dpi=220, language=language,
+                          wide=True)
     if view == "compare":
         if user.pinned is None or user.run is None or not user.run.frames:
             raise InvalidValue(text("figures.none_compare"))

@@ -50,18 +50,24 @@ def photo_bits_per_dim(served: ServedModel, x0: Tensor, seed: int, num_timesteps
 
 
 def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100,
-               language: str = ENGLISH) -> np.ndarray:
+               language: str = ENGLISH, wide: bool = False) -> np.ndarray:
     """:func:`terms_figure` drawn: (H, W, 3) uint8."""
-    return pixels(terms_figure(photo, heldout, timesteps, dpi, language))
+    return pixels(terms_figure(photo, heldout, timesteps, dpi, language, wide))
 
 
 def terms_figure(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100,
-                 language: str = ENGLISH) -> Figure:
-    """Left: the per-step KL terms L_{t−1} against t (the photo's, and the held-out mean), with the decoder L_0 at
-    t = 0. Right: the three parts of the bound and their sum side by side, under a line at the 8 bits/dim of the raw
-    8-bit image (a bound above it describes the image worse than storing its bytes)."""
-    fig = new_figure(9, 3.2, dpi)
-    ax, bars = fig.subplots(1, 2, width_ratios=[2.2, 1])
+                 language: str = ENGLISH, wide: bool = False) -> Figure:
+    """The per-step KL terms L_{t−1} against t (the photo's, and the held-out mean), with the decoder L_0 at t = 0;
+    then the three parts of the bound and their sum side by side, under a line at the 8 bits/dim of the raw 8-bit
+    image (a bound above it describes the image worse than storing its bytes). One above the other, narrow enough
+    that a phone shows the text legibly; ``wide``: side by side, for a slide."""
+    if wide:
+        fig = new_figure(9, 3.2, dpi)
+        ax, bars = fig.subplots(1, 2, width_ratios=[2.2, 1])
+    else:
+        fig = new_figure(5.2, 6.4, dpi)
+        ax, bars = fig.subplots(2, 1, height_ratios=[1.3, 1])
+    small, large = (8, 10) if wide else (10, 12)
     steps = [(t, v) for t, _, v in photo.per_timestep if t > 0]
     ref = heldout.bpd if heldout is not None else None
     if ref is not None:
@@ -73,11 +79,11 @@ def terms_figure(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi
             label=text("plot.decoder_value", language, value=f"{photo.decoder:.2f}"))
     log_y(ax)
     ax.set_xlim(-timesteps * 0.02, timesteps - 1)
-    ax.set_xlabel(text("plot.t", language))
-    ax.set_ylabel(text("plot.bits_per_dim", language))
-    ax.set_title(text("plot.per_step", language), fontsize=10)
+    ax.set_xlabel(text("plot.t", language), fontsize=small + 1)
+    ax.set_ylabel(text("plot.bits_per_dim", language), fontsize=small + 1)
+    ax.set_title(text("plot.per_step", language), fontsize=large)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=small, loc="upper right")
 
     parts = [text("plot.prior", language), r"$\sum_t L_{t-1}$", text("plot.decoder", language),
              text("plot.total", language)]
@@ -90,12 +96,14 @@ def terms_figure(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi
     if ref is not None:
         bars.bar(x + width / 2, theirs, width, color="tab:orange", label=text("plot.heldout", language))
     bars.axhline(RAW_BITS, color="0.3", lw=1.2, ls="--", label=text("plot.raw_bits", language, bits=RAW_BITS))
-    bars.set_xticks(x, parts, fontsize=8)
-    bars.set_ylabel(text("plot.bits_per_dim", language))
-    bars.set_title(text("plot.the_bound", language, total=f"{photo.total:.3f}"), fontsize=10)
+    bars.set_xticks(x, parts, fontsize=small)
+    bars.set_ylabel(text("plot.bits_per_dim", language), fontsize=small + 1)
+    bars.set_title(text("plot.the_bound", language, total=f"{photo.total:.3f}"), fontsize=large)
     bars.grid(alpha=0.3, axis="y")
     bars.set_ylim(0, 1.35 * max(mine + theirs + [RAW_BITS]))  # room for the legend above the bars
-    bars.legend(fontsize=8, loc="upper left")
+    bars.legend(fontsize=small, loc="upper left")
+    for axes in (ax, bars):
+        axes.tick_params(labelsize=small)
     return fig
 
 

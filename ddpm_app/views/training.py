@@ -76,8 +76,9 @@ def error_heatmap(squared_error: Tensor, vmax: float = ERROR_RANGE) -> np.ndarra
 
 
 def curve_plot(photo: LossCurve | None, heldout: HeldOut | None, timesteps: int, language: str = ENGLISH) -> MarkedPlot:
-    """The loss against t: the photo's (with ±1 standard error) and the held-out images' from heldout.json."""
-    fig = new_figure(8, 3.0)
+    """The loss against t: the photo's (with ±1 standard error) and the held-out images' from heldout.json; narrow
+    and with large text, so that a phone, which shrinks it to its width, shows the text legibly."""
+    fig = new_figure(5.2, 3.6)
     ax = fig.subplots()
     if photo is not None:
         mean, err = np.array(photo.mean), np.nan_to_num(np.array(photo.stderr))
@@ -90,10 +91,11 @@ def curve_plot(photo: LossCurve | None, heldout: HeldOut | None, timesteps: int,
                 label=text("plot.heldout_images", language, images=h.num_images, data=heldout.data))
     log_y(ax)
     ax.set_xlim(0, timesteps - 1)
-    ax.set_xlabel(text("plot.t", language))
-    ax.set_ylabel(text("plot.loss_per_value", language))
-    ax.set_title(text("plot.training_title", language), fontsize=10)
+    ax.set_xlabel(text("plot.t", language), fontsize=11)
+    ax.set_ylabel(text("plot.loss_per_value", language), fontsize=11)
+    ax.set_title(text("plot.training_title", language), fontsize=12)
+    ax.tick_params(labelsize=10)
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=10, loc="upper right")
     return MarkedPlot.draw(fig, [ax])

@@ -20,6 +20,7 @@ from ddpm_app.ui import forward
 SHOTS = ROOT / "test-artifacts" / "browser"
 SHOTS.mkdir(parents=True, exist_ok=True)
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
+LANDSCAPE = PHOTO.parent / "landscape.png"
 T = 1000  # DDPM steps: long enough (seconds) to watch previews arrive and to stop a run part-way
 PATIENCE_MS = PATIENCE * 1000  # Playwright's waits, as a guard against a hang only
 
@@ -28,10 +29,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """The app on two tiny models: faces (32×32, T = 1000), the one it starts with, and other (16×16, T = 50)."""
     root = tmp_path_factory.mktemp("browser")
     config = DiffusionConfig(make_tiny_config(image_size=32, base_channels=32), ScheduleConfig(timesteps=T),
                              training={"dataset": "noise"})
     save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, root / "weights" / "faces")
+    other = DiffusionConfig(make_tiny_config(), ScheduleConfig(timesteps=50), training={"dataset": "noise"})
+    save_pretrained(perturb(seeded_init(lambda: UNet(other.model), seed=1), seed=1), other, root / "weights" / "other")
     with serving_app(root / "weights", root / "app.log") as (url, _):
         yield url
 
@@ -120,10 +124,82 @@ def test_generate_streams_previews_and_stop_keeps_frames(browser, server):
     assert not errors, errors
 
 
+def test_a_photo_dropped_into_forward_is_carried_to_denoise_training_and_likelihood(browser, server):
+    """Forward's photo reaches Denoise's start, and Training's and Likelihood's photo inputs when they are opened;
+    a photo the user put into one of them stays there when Forward gets another."""
+    page, errors = open_app(browser, server)
+    open_tab(page, "Forward")
+    page.locator("input[type=file]").first.set_input_files(str(PHOTO))
+    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
+    open_tab(page, "Denoise")
+    page.locator("#sd-start img").wait_for(timeout=PATIENCE_MS)
+    open_tab(page, "Training")
+    assert "portrait" in page.locator("#train-photo img").get_attribute("src", timeout=PATIENCE_MS)
+    page.locator("#train-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)  # and used at once
+    open_tab(page, "Likelihood")
+    assert "portrait" in page.locator("#lk-photo img").get_attribute("src", timeout=PATIENCE_MS)
+    page.get_by_role("button", name="Bits/dim of this photo").click()
+    page.locator("#lk-status").get_by_text("Done").wait_for(timeout=PATIENCE_MS)
+    page.screenshot(path=SHOTS / "carried_likelihood.png", full_page=True)
+
+    page.locator("#lk-photo button[aria-label='Remove Image']").click()  # the user's own photo there instead
+    page.locator("#lk-photo input[type=file]").set_input_files(str(LANDSCAPE))
+    page.locator("#lk-photo img").wait_for(timeout=PATIENCE_MS)
+    open_tab(page, "Forward")
+    page.locator("button.gallery-item:visible").nth(2).click()  # another example: shapes
+    page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
+    open_tab(page, "Training")
+    page.wait_for_function("() => document.querySelector('#train-photo img')?.src.includes('shapes')",
+                           timeout=PATIENCE_MS)  # it held Forward's last photo: it takes the new one
+    open_tab(page, "Likelihood")
+    page.wait_for_timeout(1000)  # time for a carry that should not come
+    assert "landscape" in page.locator("#lk-photo img").get_attribute("src")
+    assert not errors, errors
+
+
+def test_a_model_switch_says_what_it_does_and_frames_names_the_runs_model(browser, server):
+    """Picking another model: the header says at once that it is loading, then names the new model; the slider
+    ranges follow it; Frames still shows the earlier run and names its model."""
+    page, errors = open_app(browser, server)
+    page.get_by_role("button", name="Generate", exact=True).click()  # DDIM on faces
+    page.locator("#gen-status").get_by_text("Done").wait_for(timeout=PATIENCE_MS)
+    header = page.locator("#page-header")
+    header.evaluate("""el => { window.headerSaid = [];
+        new MutationObserver(() => window.headerSaid.push(el.innerText))
+            .observe(el, {subtree: true, childList: true, characterData: true}); }""")
+    open_tab(page, "Model")
+    page.get_by_label("Models in the weights folder").click()
+    page.get_by_role("option", name="other").click()
+    header.get_by_text("Model: other —").wait_for(timeout=PATIENCE_MS)
+    said = page.evaluate("window.headerSaid")
+    assert any(re.search(r"faces → (loading|switching to) other", text) for text in said), said
+    page.locator("#model-summary").get_by_text("Loaded other").wait_for(timeout=PATIENCE_MS)
+    assert page.locator("#model-note").inner_text().strip() == ""  # the loading note is gone
+    open_tab(page, "Forward")
+    page.locator("#t-slider").get_by_text("49").first.wait_for(timeout=PATIENCE_MS)  # T = 50: t in 0…49
+    open_tab(page, "Frames")
+    label = page.locator("#frame-label")
+    label.get_by_text("not the one selected now").wait_for(timeout=PATIENCE_MS)
+    assert "Model: faces, not the one selected now (other)" in label.inner_text()
+    page.screenshot(path=SHOTS / "frames_after_switch.png", full_page=True)
+    assert not errors, errors
+
+
+PLOT_TEXT = 10 * 100 / 72  # px: the smallest text of the app's plots, 10 pt at 100 dpi
+
+
+def shown_scale(img) -> float:
+    """How much the browser shrinks (or enlarges) a picture: its width on the page over its own."""
+    return img.evaluate("img => img.getBoundingClientRect().width / img.naturalWidth")
+
+
 def test_phone_width_layout(browser, server):
     page, errors = open_app(browser, server, width=400)
-    tabs = page.get_by_role("tab")  # nine tabs: those that do not fit on the line are under "More tabs"
-    assert tabs.count() == 9 or (tabs.count() >= 3 and page.get_by_role("button", name="More tabs").count())
+    tabs = page.get_by_role("tab")  # all ten in view, wrapped onto more lines: none kept under a menu
+    assert tabs.count() == 10 and not page.get_by_role("button", name="More tabs").count()
+    for i in range(tabs.count()):
+        box = tabs.nth(i).bounding_box()
+        assert tabs.nth(i).is_visible() and 0 <= box["x"] and box["x"] + box["width"] <= 400, tabs.nth(i).inner_text()
     open_tab(page, "Forward")
     page.locator("input[type=file]").first.set_input_files(str(PHOTO))
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
@@ -137,9 +213,24 @@ def test_phone_width_layout(browser, server):
     strip = page.locator("#fwd-strip img")
     page.locator("#fwd-strip").scroll_into_view_if_needed()  # the browser loads a picture far below only then
     strip.wait_for(timeout=30_000)
-    scale = strip.evaluate("img => img.getBoundingClientRect().width / img.naturalWidth")
-    assert forward.STRIP_FONT_SIZE * scale >= 10, f"strip captions are {forward.STRIP_FONT_SIZE * scale:.1f} px high"
+    assert forward.STRIP_FONT_SIZE * shown_scale(strip) >= 10, "the strip's captions are too small on a phone"
+    assert PLOT_TEXT * shown_scale(page.locator("#fwd-plot img")) >= 8.5, "the schedule plot's text is too small"
     page.screenshot(path=SHOTS / "phone_forward.png", full_page=True)
+    open_tab(page, "Training")  # the photo comes along: its step and loss curve
+    page.locator("#train-curve").scroll_into_view_if_needed()
+    curve = page.locator("#train-curve img")
+    curve.wait_for(timeout=PATIENCE_MS)
+    assert PLOT_TEXT * shown_scale(curve) >= 8.5, "the loss curve's text is too small on a phone"
+
+    open_tab(page, "Generate")  # a DDPM step's equation, the widest, fits the phone's width
+    page.get_by_text("DDPM (all T steps)").click()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    open_tab(page, "Frames")
+    page.locator("#frame-label").get_by_text(re.compile(r"DDPM, 1000 steps.*finished")).wait_for(timeout=PATIENCE_MS)
+    page.get_by_role("button", name="◀ Previous").click()
+    page.locator("#frame-label").get_by_text("step 999 of 1000").wait_for(timeout=PATIENCE_MS)
+    widths = page.locator("#frame-update .katex-display").evaluate_all("els => els.map(e => [e.scrollWidth, e.clientWidth])")
+    assert widths and all(scroll <= client for scroll, client in widths), f"an equation is cut off: {widths}"
 
     open_tab(page, "Model")
     table = page.locator("#model-summary table")
@@ -212,7 +303,7 @@ def test_export_shows_progress_is_named_by_the_run_and_a_new_run_clears_it(brows
 
 # For every picture shown: its label's box, the box of the picture drawn in it (object-fit: contain), the box of
 # its buttons, and whether the label's text is cut off.
-PICTURE_BOXES = """() => [...document.querySelectorAll('.ddpm-picture')].filter(b => b.offsetParent && b.querySelector('img'))
+PICTURE_BOXES = """() => [...document.querySelectorAll('.ddpm-picture, .ddpm-photo')].filter(b => b.offsetParent && b.querySelector('img'))
   .map(b => {
     const box = r => r && {x: r.left, y: r.top, r: r.right, b: r.bottom};
     const label = b.querySelector('label[data-testid=block-label]:not(.sr-only)');
@@ -255,6 +346,6 @@ def test_picture_labels_never_cover_pictures(browser, server, width):
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=PATIENCE_MS)
     page.locator("#fwd-strip").scroll_into_view_if_needed()  # the browser loads a picture far below only then
     page.locator("#fwd-strip img").wait_for(timeout=60_000)
-    assert_labels_clear(page)  # also the schedule plot: no label over its panels
+    assert_labels_clear(page)  # also the photo's (its buttons beside it) and the schedule plot's
     page.screenshot(path=SHOTS / f"labels_{width}.png", full_page=True)
     assert not errors, errors

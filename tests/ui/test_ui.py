@@ -645,6 +645,17 @@ def test_a_switch_says_at_once_what_it_is_doing_and_the_header_ends_on_the_users
     assert handlers.switching("nonsense", user) == (gr.skip(), gr.skip())  # the switch itself says why
 
 
+def test_after_a_switch_the_header_the_forward_view_and_the_frame_shown_are_redrawn(library: ModelLibrary):
+    """What follows a pick, in order: the header names the user's model, Forward is redrawn, and so is the frame
+    Frames shows (its label says the run came from another model), then the teaching sliders' ranges."""
+    demo = ui.build(library)
+    after = {f.trigger_after: f for f in demo.fns.values() if f.trigger_after is not None}
+    step, names = next(f for f in demo.fns.values() if f.api_name == "select_model"), []
+    while (step := after.get(step._id)) is not None:
+        names.append(step.fn.__name__)
+    assert names == ["model_now", "noise", "frame", "ranges"]
+
+
 def test_frames_name_the_model_a_run_came_from(handlers: ui.Handlers):
     """A run stays in Frames after a model switch: its label names the model that made it, and says when that is
     not the one selected now."""
