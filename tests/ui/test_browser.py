@@ -174,7 +174,8 @@ def test_a_model_switch_says_what_it_does_and_frames_names_the_runs_model(browse
     said = page.evaluate("window.headerSaid")
     assert any(re.search(r"faces → (loading|switching to) other", text) for text in said), said
     page.locator("#model-summary").get_by_text("Loaded other").wait_for(timeout=PATIENCE_MS)
-    assert page.locator("#model-note").inner_text().strip() == ""  # the loading note is gone
+    page.wait_for_function(  # the loading note goes once the switch has finished (an event after the summary's)
+        "() => document.querySelector('#model-note').innerText.trim() === ''", timeout=PATIENCE_MS)
     open_tab(page, "Forward")
     page.locator("#t-slider").get_by_text("49").first.wait_for(timeout=PATIENCE_MS)  # T = 50: t in 0…49
     open_tab(page, "Frames")
