@@ -14,12 +14,15 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_app.runtime.cpu import cpu_budget
 from ddpm_app.serve.library import ModelLibrary
