@@ -16,7 +16,9 @@ tutorial's class name. Skip connections concatenate each down block's output wit
 Every block normalises its input before anything else, its shortcut included, and the first block's
 ``GroupNorm(32, 32)`` on ``init_conv``'s output has one channel per group: ε_θ(c·x_t, t) = ε_θ(x_t, t) for every
 c > 0. The network cannot see how much noise x_t holds: the likely cause of the colour noise that deterministic DDIM
-leaves in its samples (``docs/evaluation.md`` has the control experiment).
+leaves in its samples (``docs/evaluation.md`` has the control experiment). ``block_norm="branch"`` moves each
+block's first norm onto its residual branch, after the resampling conv: the same modules and state-dict keys, but
+the shortcut now carries x_t's amplitude into the sum.
 
 Going up, "nearest ×2, then a 3×3 conv" is computed by :func:`upsample_conv3x3` as one stride-2 transposed
 convolution: the same function of the same weights with 16 instead of 36 multiply-adds per input pixel and
@@ -28,12 +30,13 @@ channel pair. These four convolutions hold most of the network's FLOPs. It is us
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpm_app.checks import ConfigError, exact_int, exact_ints
+from ddpm_app.checks import ConfigError, choice, exact_int, exact_ints
 from ddpm_app.models.layers import MAX_LEVELS, MAX_WIDTH, Denoiser, check_image, timestep_embedding
 
 
@@ -45,9 +48,12 @@ class SeedUNetConfig:
     down_channels: tuple[int, ...] = (32, 64, 128, 256, 512)  # init_dim first, then each down block's output
     time_pos_dim: int = 32
     dropout: float = 0.01
+    # "branch" keeps x_t's amplitude on the shortcut, which the tutorial's "input" placement normalises away
+    block_norm: Literal["input", "branch"] = "input"  # each block's first norm: on its whole input or its branch only
 
     def __post_init__(self) -> None:
         check_image(self.image_size, self.in_channels, self.dropout)
+        choice(self.block_norm, "block_norm", ("input", "branch"))
         exact_int(self.init_dim, "init_dim", 1, MAX_WIDTH)
         exact_int(self.time_pos_dim, "time_pos_dim", 4, MAX_WIDTH)
         object.__setattr__(self, "down_channels",
@@ -98,8 +104,9 @@ class SinusoidalPosEmb(nn.Module):
 class SeedBlock(nn.Module):
     """The tutorial's ``AttnBlock``: a resampling residual block with a scale-shift timestep condition."""
 
-    def __init__(self, in_ch: int, out_ch: int, time_dim: int, up: bool, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, time_dim: int, up: bool, dropout: float, norm_input: bool = True):
         super().__init__()
+        self.norm_input = norm_input  # False: norm1 acts on the residual branch alone, after resampling
         self.subpixel = False  # up blocks may resample with upsample_conv3x3 (same weights, same function)
         self.time_condition = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, 2 * out_ch))
         self.norm1 = nn.GroupNorm(32, in_ch)
@@ -114,12 +121,13 @@ class SeedBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, time_emb: Tensor) -> Tensor:
-        x = self.norm1(x)
+        if self.norm_input:
+            x = self.norm1(x)
         if self.subpixel:
             x = upsample_conv3x3(x, self.sample[1].weight, self.sample[1].bias)
         else:
             x = self.sample(x)  # the residual path and the main path share the resampled input
-        h = self.conv1(F.silu(x))
+        h = self.conv1(F.silu(x if self.norm_input else self.norm1(x)))
         scale, shift = self.time_condition(time_emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
         h = h * (scale + 1) + shift
         h = self.conv2(F.silu(self.norm2(h)))
@@ -137,11 +145,10 @@ class SeedUNet(Denoiser):
         self.init_conv = nn.Conv2d(config.in_channels, config.init_dim, 7, padding=3)
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(config.time_pos_dim),
                                       nn.Linear(config.time_pos_dim, time_dim), nn.GELU())
-        self.downs = nn.ModuleList(SeedBlock(a, b, time_dim, up=False, dropout=config.dropout)
-                                   for a, b in zip(widths[:-1], widths[1:]))
+        block = dict(time_dim=time_dim, dropout=config.dropout, norm_input=config.block_norm == "input")
+        self.downs = nn.ModuleList(SeedBlock(a, b, up=False, **block) for a, b in zip(widths[:-1], widths[1:]))
         rev = widths[::-1]
-        self.ups = nn.ModuleList(SeedBlock(2 * a, b, time_dim, up=True, dropout=config.dropout)
-                                 for a, b in zip(rev[:-1], rev[1:]))
+        self.ups = nn.ModuleList(SeedBlock(2 * a, b, up=True, **block) for a, b in zip(rev[:-1], rev[1:]))
         self.output = nn.Conv2d(config.init_dim, config.in_channels, 1)
         for p in self.parameters():
             if p.dim() > 1:
