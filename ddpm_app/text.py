@@ -111,10 +111,10 @@ def _english_patterns() -> list[tuple[re.Pattern, str]]:
 
 
 def translated(message: str, language: str) -> str:
-    """An English message (an error a check raised, a note a view wrote) in ``language``: read back against the
-    catalogue's English texts and written with the matching text of ``language``, each value carried over, and a
-    value that is a field's name (``field.<name>``) in that language's words. A message no text matches stays as
-    it is: the library's checks write English, the language of API clients."""
+    """An English note a lower layer wrote as text (how the network runs here, a data set's name) in ``language``:
+    read back against the catalogue's English texts and written with the matching text of ``language``, each value
+    carried over, and a value that is a field's name (``field.<name>``) in that language's words. A note no text
+    matches stays as it is. Errors need none of this: they carry their key (:class:`CatalogueError`)."""
     if language_of(language) == ENGLISH:
         return message
     names = catalogue(language_of(language))

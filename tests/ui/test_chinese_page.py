@@ -187,7 +187,7 @@ def test_every_event_that_takes_an_upload_knows_its_user(app):
 
 @pytest.mark.parametrize("folder, config", [
     ("not-an-object", "[]"),
-    ("bad-field", '{"format": "ddpm-app", "arch": "unet", "model": {}, "schedule": {"timesteps": 1.5}}'),
+    ("bad-field", '{"format": "ddpm-app", "arch": "ddpm", "model": {}, "schedule": {"timesteps": 1.5}}'),
 ])
 def test_a_bad_model_folder_is_refused_in_the_user_s_language(app, folder, config):
     """A model folder that cannot be read is refused in the language of the user who asked for it: the file's own
