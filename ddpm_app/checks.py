@@ -15,12 +15,15 @@ import math
 import random
 from typing import Sequence
 
+from ddpm_app.text import CatalogueError
+
 SHOWN_CHARACTERS = 40  # how much of a bad value a message repeats
 MAX_SEED = 2**32 - 1
 
 
-class InvalidValue(ValueError):
-    """A value is missing, of the wrong type or out of range; the message names the field and the allowed values."""
+class InvalidValue(CatalogueError, ValueError):
+    """A value is missing, of the wrong type or out of range; the message (a catalogue key and its values) names the
+    field and the allowed values."""
 
 
 # The name config readers (model folders, model and schedule configs) raise it under: the same class.
@@ -53,7 +56,7 @@ def whole_number(value: object, name: str, low: int, high: int) -> int:
     and the range."""
     number = _number(value)
     if not number.is_integer() or not low <= number <= high:
-        raise InvalidValue(f"{name} must be a whole number in {low}…{high}, got {shown(value)}")
+        raise InvalidValue("error.whole_number", name=name, low=low, high=high, got=shown(value))
     return int(number)
 
 
@@ -61,21 +64,21 @@ def real_number(value: object, name: str, low: float, high: float) -> float:
     """``value`` as a finite float in low…high, or an error naming ``name`` and the range."""
     number = _number(value)
     if not low <= number <= high:  # also false for NaN
-        raise InvalidValue(f"{name} must be a number in {low:g}…{high:g}, got {shown(value)}")
+        raise InvalidValue("error.real_number", name=name, low=low, high=high, got=shown(value))
     return number
 
 
 def choice(value: object, name: str, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices`` (strings), else an error listing them."""
     if not isinstance(value, str) or value not in choices:
-        raise InvalidValue(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+        raise InvalidValue("error.choice", name=name, choices=", ".join(choices), got=shown(value))
     return value
 
 
 def flag(value: object, name: str) -> bool:
     """``value`` if it is true or false (a checkbox)."""
     if not isinstance(value, bool):
-        raise InvalidValue(f"{name} must be true or false, got {shown(value)}")
+        raise InvalidValue("error.flag", name=name, got=shown(value))
     return value
 
 
@@ -85,7 +88,7 @@ def text(value: object, name: str, most: int) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > most:
-        raise InvalidValue(f"{name} must be text of at most {most:,} characters, got {shown(value)}")
+        raise InvalidValue("error.text", name=name, most=most, got=shown(value))
     return value
 
 
@@ -102,8 +105,7 @@ def requested_seed(value: object) -> int | None:
     try:
         seed = whole_number(value, "seed", -1, MAX_SEED)
     except InvalidValue:
-        raise InvalidValue(f"seed must be a whole number in 0…{MAX_SEED}, or −1 / blank for a random one; "
-                           f"got {shown(value)}") from None
+        raise InvalidValue("error.seed", most=MAX_SEED, got=shown(value)) from None
     return None if seed == -1 else seed
 
 
@@ -121,14 +123,14 @@ def exact_int(value: object, name: str, low: int, high: int) -> int:
     """``value`` if it is an int (not a bool, a float or a string) in low…high, else an error: a stored config is
     taken as written, never rounded or parsed."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidValue(f"{name} must be a whole number in {low}…{high}, got {shown(value)}")
+        raise InvalidValue("error.whole_number", name=name, low=low, high=high, got=shown(value))
     return value
 
 
 def exact_real(value: object, name: str, low: float, high: float) -> float:
     """``value`` if it is an int or a float (not a bool or a string) in low…high, else an error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # NaN: not in range
-        raise InvalidValue(f"{name} must be a number in {low:g}…{high:g}, got {shown(value)}")
+        raise InvalidValue("error.real_number", name=name, low=low, high=high, got=shown(value))
     return float(value)
 
 
@@ -136,6 +138,6 @@ def exact_ints(value: object, name: str, low: int, high: int, length: tuple[int,
     """``value`` as a tuple if it is a list (or tuple) of ``length[0]``…``length[1]`` ints in low…high, else an
     error."""
     if not isinstance(value, (list, tuple)) or not length[0] <= len(value) <= length[1]:
-        raise InvalidValue(f"{name} must be a list of {length[0]}…{length[1]} whole numbers in {low}…{high}, "
-                           f"got {shown(value)}")
+        raise InvalidValue("error.whole_numbers", name=name, least=length[0], most=length[1], low=low, high=high,
+                           got=shown(value))
     return tuple(exact_int(v, f"{name}[{i}]", low, high) for i, v in enumerate(value))

@@ -17,6 +17,8 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
+from ddpm_app.text import CatalogueError
+
 # Pillow refuses (DecompressionBombError) images above 2× this many pixels and warns above it; open_image refuses
 # anything above it, from the header alone, before decoding a pixel.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -25,14 +27,13 @@ MAX_FILE_BYTES = 20 * 2**20  # larger image files are refused before they are op
 # the decoders Pillow may use on a user's file; no others (EPS would run Ghostscript, and so on). The JPEG decoder
 # also opens the multi-picture JPEGs of many cameras.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
-USE_FORMATS = "use a PNG, JPEG, WebP, GIF, BMP or TIFF file"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit, 32-bit and float greyscale
 EXIF_ORIENTATION = 0x0112
 
 
-class ImageError(ValueError):
-    """An image could not be used; the message says why and what to do."""
+class ImageError(CatalogueError, ValueError):
+    """An image could not be used; the message (a catalogue key and its values) says why and what to do."""
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -83,14 +84,12 @@ def _white_level(img: Image.Image, arr: np.ndarray) -> float:
     if img.mode != "F":
         return 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
     if not np.isfinite(arr).all():
-        raise ImageError("the image holds values that are not numbers (NaN or infinity); save it with 8-bit "
-                         f"or 16-bit pixels, or floats in 0…1 ({USE_FORMATS})")
+        raise ImageError("error.image_not_numbers")
     low, high = float(arr.min()), float(arr.max())
     for white in (1.0, 255.0, 65535.0):
         if 0.0 <= low and high <= white:
             return white
-    raise ImageError(f"a floating-point image with values in {low:g}…{high:g} cannot be shown as a photo; save "
-                     "it with floats in 0…1, or as 8-bit or 16-bit pixels")
+    raise ImageError("error.image_float_range", low=low, high=high)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -133,14 +132,14 @@ def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = N
         try:
             nbytes = Path(source).stat().st_size
         except FileNotFoundError:
-            raise ImageError(f"file not found: {source}") from None
+            raise ImageError("error.file_not_found", path=source) from None
         except OSError as e:
-            raise ImageError(f"cannot read {source} ({e})") from None
+            raise ImageError("error.file_unreadable", path=source, why=e) from None
         check_file_size(nbytes)
     try:
         img = Image.open(source, formats=FORMATS)
         if img.width < 1 or img.height < 1:
-            raise ImageError(f"the image is empty ({img.width}×{img.height} pixels)")
+            raise ImageError("error.image_empty", width=img.width, height=img.height)
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise Image.DecompressionBombError
         if getattr(img, "n_frames", 1) > 1:
@@ -149,27 +148,27 @@ def open_image(source: str | Path | BinaryIO | Image.Image, size: int | None = N
             img.draft(img.mode, (size, size))
         img.load()
     except Image.DecompressionBombError:
-        raise ImageError(f"the image is too large (over {MAX_IMAGE_PIXELS:,} pixels); use a smaller picture") from None
+        raise ImageError("error.image_large", pixels=MAX_IMAGE_PIXELS) from None
     except FileNotFoundError:
-        raise ImageError(f"file not found: {source}") from None
+        raise ImageError("error.file_not_found", path=source) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         if isinstance(e, ImageError):
             raise
         if isinstance(e, UnidentifiedImageError):  # its text repeats the path
             size = _declared_png_size(source)
             if size is not None and 0 in size:
-                raise ImageError(f"the image is empty ({size[0]}×{size[1]} pixels)") from None
-            raise ImageError(f"not a readable image (unknown or unsupported format); {USE_FORMATS}") from None
-        raise ImageError(f"not a readable image ({e}); {USE_FORMATS}") from None
+                raise ImageError("error.image_empty", width=size[0], height=size[1]) from None
+            raise ImageError("error.unreadable") from None
+        raise ImageError("error.unreadable_because", why=e) from None
     return img
 
 
 def check_file_size(nbytes: int) -> None:
     """Refuse an empty file, or one over :data:`MAX_FILE_BYTES`, before anything reads it."""
     if nbytes == 0:
-        raise ImageError(f"the file is empty; {USE_FORMATS}")
+        raise ImageError("error.file_empty")
     if nbytes > MAX_FILE_BYTES:
-        raise ImageError(f"the file is too large ({nbytes / 2**20:.1f} MB; at most {MAX_FILE_BYTES // 2**20} MB)")
+        raise ImageError("error.file_large", size=nbytes / 2**20, most=MAX_FILE_BYTES // 2**20)
 
 
 def _declared_png_size(source: str | Path | BinaryIO) -> tuple[int, int] | None:
@@ -193,13 +192,13 @@ def read_data_url(url: str) -> bytes:
     worked out from the URL's length and checked before anything is decoded."""
     header, comma, payload = url.partition(",")
     if not header.startswith("data:") or not comma:
-        raise ImageError("not a data: URL (data:image/png;base64,…)")
+        raise ImageError("error.not_data_url")
     if header.endswith(";base64"):
         check_file_size(len(payload) * 3 // 4 - payload[-2:].count("="))
         try:
             return base64.b64decode(payload, validate=True)
         except binascii.Error:
-            raise ImageError(f"the data: URL is not valid base64; {USE_FORMATS}") from None
+            raise ImageError("error.data_url_base64") from None
     if len(payload) > 3 * MAX_FILE_BYTES:  # percent-encoding at most triples the length
         check_file_size(len(payload) // 3)
     data = urllib.parse.unquote_to_bytes(payload)

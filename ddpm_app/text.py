@@ -49,6 +49,44 @@ def text(key: str, language: str = ENGLISH, /, **values: object) -> str:
     return template.format(**values) if values else template
 
 
+class CatalogueError(Exception):
+    """An error whose message is a catalogue text: raised with its key and values, read in English as ``str(e)`` (the
+    language of API clients, logs and tests) and in a user's language with :meth:`in_language` wherever that is known.
+    A value that is itself such a text (a file's message inside a model folder's) is read in the same language,
+    and the ``name`` of the field a check names in that language's words (``field.<name>``)."""
+
+    def __init__(self, key: str, /, **values: object):
+        catalogue(ENGLISH)[key]  # noqa: B018  (a key the catalogue lacks fails where it is raised)
+        super().__init__(key)
+        self.key, self.values = key, values
+
+    def __str__(self) -> str:
+        return self.in_language(ENGLISH)
+
+    def __reduce__(self):  # a copy keeps the values too (Exception's own copies only the key)
+        return _rebuilt, (type(self), self.key, self.values)
+
+    def in_language(self, language: str) -> str:
+        values = {name: _in(value, language) for name, value in self.values.items()}
+        if isinstance(values.get("name"), str):  # the field a check names
+            values["name"] = catalogue(language_of(language)).get(f"field.{values['name']}", values["name"])
+        return text(self.key, language, **values)
+
+
+def _in(value: object, language: str) -> object:
+    """A message's value in ``language``: a catalogue error read in it, a list (the differences found) joined with
+    semicolons; anything else as it is."""
+    if isinstance(value, CatalogueError):
+        return value.in_language(language)
+    if isinstance(value, list):
+        return "; ".join(str(_in(part, language)) for part in value)
+    return value
+
+
+def _rebuilt(cls: type, key: str, values: dict) -> CatalogueError:
+    return cls(key, **values)
+
+
 @lru_cache(maxsize=1)
 def _english_patterns() -> list[tuple[re.Pattern, str]]:
     """Each English text with fields as a pattern that reads its values back, longest first (the most specific wins)."""
@@ -73,10 +111,10 @@ def _english_patterns() -> list[tuple[re.Pattern, str]]:
 
 
 def translated(message: str, language: str) -> str:
-    """An English message (an error a check raised, a note a view wrote) in ``language``: read back against the
-    catalogue's English texts and written with the matching text of ``language``, each value carried over, and a
-    value that is a field's name (``field.<name>``) in that language's words. A message no text matches stays as
-    it is: the library's checks write English, the language of API clients."""
+    """An English note a lower layer wrote as text (how the network runs here, a data set's name) in ``language``:
+    read back against the catalogue's English texts and written with the matching text of ``language``, each value
+    carried over, and a value that is a field's name (``field.<name>``) in that language's words. A note no text
+    matches stays as it is. Errors need none of this: they carry their key (:class:`CatalogueError`)."""
     if language_of(language) == ENGLISH:
         return message
     names = catalogue(language_of(language))

@@ -36,13 +36,12 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in SCHEDULE_KINDS:
-            raise ConfigError(f"kind must be one of {', '.join(SCHEDULE_KINDS)}, got {shown(self.kind)}")
+            raise ConfigError("error.choice", name="kind", choices=", ".join(SCHEDULE_KINDS), got=shown(self.kind))
         exact_int(self.timesteps, "timesteps", 1, MAX_TIMESTEPS)
         for name in ("beta_start", "beta_end", "cosine_s", "max_beta"):
             exact_real(getattr(self, name), name, 0.0, 1.0)
         if self.kind == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
-            raise ConfigError(f"beta_start and beta_end need 0 < beta_start <= beta_end < 1, got {self.beta_start}, "
-                              f"{self.beta_end}")
+            raise ConfigError("config.beta_order", start=self.beta_start, end=self.beta_end)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -64,21 +64,21 @@ def is_diffusers_folder(directory: str | Path) -> bool:
 def read_json(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, with the limits of the app's own config.json; errors name the file."""
     if not path.is_file():
-        raise ModelFolderError(f"{path}: not found. A diffusers DDPM folder needs {MODEL_INDEX}, {UNET_CONFIG}, "
-                               f"unet/diffusion_pytorch_model.safetensors and {SCHEDULER_CONFIG}.")
+        raise ModelFolderError("diffusers.not_found", path=path, index=MODEL_INDEX, unet=UNET_CONFIG,
+                               scheduler=SCHEDULER_CONFIG)
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelFolderError(f"{path}: {path.stat().st_size:,} bytes, more than a config may have "
-                               f"({MAX_CONFIG_BYTES:,})")
+        raise ModelFolderError("diffusers.config_large", path=path, size=path.stat().st_size, most=MAX_CONFIG_BYTES)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
+        raise ModelFolderError("folder.not_json", path=path, why=e) from None
     except RecursionError:
-        raise ModelFolderError(f"{path}: lists and objects nest more than {MAX_NESTING} levels deep") from None
+        raise ModelFolderError("folder.in_file", path=path,
+                               detail=ConfigError("config.too_deep", most=MAX_NESTING)) from None
     if not isinstance(data, dict):
-        raise ModelFolderError(f"{path}: must hold a JSON object")
+        raise ModelFolderError("diffusers.not_object", path=path)
     if nesting(data) > MAX_NESTING:
-        raise ModelFolderError(f"{path}: lists and objects nest more than {MAX_NESTING} levels deep")
+        raise ModelFolderError("folder.in_file", path=path, detail=ConfigError("config.too_deep", most=MAX_NESTING))
     return data
 
 
@@ -89,37 +89,34 @@ def schedule_from_scheduler(values: dict[str, Any]) -> tuple[ScheduleConfig, Sam
     exactly. ``timestep_spacing`` and ``steps_offset`` only place diffusers' own DDIM steps: the app places its own."""
     name = values.get("_class_name")
     if name not in SCHEDULERS:
-        raise ConfigError(f"_class_name must be one of {', '.join(SCHEDULERS)}, got {shown(name)}")
+        raise ConfigError("error.choice", name="_class_name", choices=", ".join(SCHEDULERS), got=shown(name))
 
     def field(key: str, default: object) -> Any:
         return values.get(key, default)
 
     if field("prediction_type", "epsilon") != "epsilon":
-        raise ConfigError(f"prediction_type is {shown(values['prediction_type'])}: the app runs ε-prediction "
-                          "models only (not v_prediction or sample)")
+        raise ConfigError("diffusers.prediction_type", got=shown(values["prediction_type"]))
     if field("trained_betas", None) is not None:
-        raise ConfigError("trained_betas: a list of β_t is not supported; the app builds linear or cosine schedules")
+        raise ConfigError("diffusers.trained_betas")
     kind = field("beta_schedule", "linear")
     if kind not in BETA_SCHEDULES:
-        raise ConfigError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {shown(kind)}")
+        raise ConfigError("error.choice", name="beta_schedule", choices=", ".join(BETA_SCHEDULES), got=shown(kind))
     for flag_name in ("thresholding", "rescale_betas_zero_snr"):
         if field(flag_name, False) is not False:
-            raise ConfigError(f"{flag_name} is {shown(values[flag_name])}: the app does not run it (only false)")
+            raise ConfigError("diffusers.only_false", name=flag_name, got=shown(values[flag_name]))
     clip = field("clip_sample", True)
     if not isinstance(clip, bool):
-        raise ConfigError(f"clip_sample must be true or false, got {shown(clip)}")
+        raise ConfigError("error.flag", name="clip_sample", got=shown(clip))
     if clip and exact_real(field("clip_sample_range", 1.0), "clip_sample_range", 0.0, 1e6) != 1.0:
-        raise ConfigError(f"clip_sample_range is {shown(values['clip_sample_range'])}: the app clips x̂₀ to [−1, 1] "
-                          "only")
+        raise ConfigError("diffusers.clip_range", got=shown(values["clip_sample_range"]))
     if name == "DDIMScheduler":
         if field("set_alpha_to_one", True) is not True:
-            raise ConfigError("set_alpha_to_one: the app's DDIM ends at x̂₀ (ᾱ = 1); only true is supported")
+            raise ConfigError("diffusers.alpha_to_one")
         variance_type = "fixed_small"  # DDIMScheduler has no such field; its DDPM (η = 1) noise is β̃_t
     else:
         variance_type = field("variance_type", "fixed_small")
     if variance_type not in VARIANCE_TYPES:
-        raise ConfigError(f"variance_type must be one of {', '.join(VARIANCE_TYPES)}, got {shown(variance_type)} "
-                          "(a learned variance needs a network output the app does not use)")
+        raise ConfigError("diffusers.variance_type", choices=", ".join(VARIANCE_TYPES), got=shown(variance_type))
     timesteps = exact_int(field("num_train_timesteps", 1000), "num_train_timesteps", 1, MAX_TIMESTEPS)
     beta_start = exact_real(field("beta_start", 1e-4), "beta_start", 0.0, 1.0)
     beta_end = exact_real(field("beta_end", 0.02), "beta_end", 0.0, 1.0)
@@ -140,25 +137,26 @@ def read_diffusers_config(directory: str | Path) -> DiffusionConfig:
     index = read_json(directory / MODEL_INDEX)
     pipeline = index.get("_class_name")
     if pipeline not in PIPELINES:
-        raise ModelFolderError(f"{directory / MODEL_INDEX}: _class_name must be one of {', '.join(PIPELINES)} (an "
-                               f"unconditional DDPM), got {shown(pipeline)}")
+        raise ModelFolderError("diffusers.pipeline", path=directory / MODEL_INDEX, choices=", ".join(PIPELINES),
+                               got=shown(pipeline))
     for part, classes in (("unet", ("UNet2DModel",)), ("scheduler", SCHEDULERS)):
         entry = index.get(part)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[1] in classes):
-            raise ModelFolderError(f"{directory / MODEL_INDEX}: {part} must be [\"diffusers\", one of "
-                                   f"{', '.join(classes)}], got {shown(entry)}")
+            raise ModelFolderError("diffusers.part", path=directory / MODEL_INDEX, part=part,
+                                   choices=", ".join(classes), got=shown(entry))
     unet_values = read_json(directory / UNET_CONFIG)
     try:
         if unet_values.get("_class_name") != "UNet2DModel":
-            raise ConfigError(f"_class_name must be 'UNet2DModel', got {shown(unet_values.get('_class_name'))}")
+            raise ConfigError("error.choice", name="_class_name", choices="UNet2DModel",
+                              got=shown(unet_values.get("_class_name")))
         model = DiffusersUNetConfig.from_unet(unet_values)
     except ConfigError as e:
-        raise ModelFolderError(f"{directory / UNET_CONFIG}: {e}") from None
+        raise ModelFolderError("folder.in_file", path=directory / UNET_CONFIG, detail=e) from None
     scheduler_values = read_json(directory / SCHEDULER_CONFIG)
     try:
         schedule, sampling = schedule_from_scheduler(scheduler_values)
     except ConfigError as e:
-        raise ModelFolderError(f"{directory / SCHEDULER_CONFIG}: {e}") from None
+        raise ModelFolderError("folder.in_file", path=directory / SCHEDULER_CONFIG, detail=e) from None
     training = {"format": f"diffusers {pipeline}", "scheduler": scheduler_values["_class_name"]}
     version = unet_values.get("_diffusers_version")
     if isinstance(version, str):
@@ -173,12 +171,8 @@ def weight_files(unet_dir: Path) -> list[str]:
         return found
     pickles = sorted(p.name for p in unet_dir.glob("*.bin")) if unet_dir.is_dir() else []
     if pickles:
-        raise ModelFolderError(f"{unet_dir / pickles[0]}: PyTorch pickle weights, which this app never loads (a pickle "
-                               "can run code). It reads unet/diffusion_pytorch_model.safetensors only: convert the "
-                               "weights to safetensors (UNet2DModel.save_pretrained writes them) and try again.")
-    raise ModelFolderError(f"{unet_dir / 'diffusion_pytorch_model.safetensors'}: not found; the folder has no UNet "
-                           "weights in safetensors (the app never fetches or loads .bin pickles: a repo that has only "
-                           "those needs its weights converted to safetensors first)")
+        raise ModelFolderError("diffusers.pickle", path=unet_dir / pickles[0])
+    raise ModelFolderError("diffusers.no_weights", path=unet_dir / "diffusion_pytorch_model.safetensors")
 
 
 def load_diffusers(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -187,23 +181,22 @@ def load_diffusers(directory: str | Path, device: torch.device | str = "cpu") ->
     any tensor is made), then loaded strictly: no weight may be missing or left over."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ModelFolderError(f"{directory}: no such model folder")
+        raise ModelFolderError("folder.no_such", path=directory)
     config = read_diffusers_config(directory)
     unet_dir = directory / "unet"
     files = weight_files(unet_dir)
     with torch.device("meta"):
         skeleton = DiffusersUNet(config.model)
     if skeleton.num_parameters() > MAX_PARAMETERS:
-        raise ModelFolderError(f"{directory / UNET_CONFIG}: the UNet has {skeleton.num_parameters():,} parameters, more "
-                               f"than this app loads ({MAX_PARAMETERS:,})")
+        raise ModelFolderError("diffusers.too_many_parameters", path=directory / UNET_CONFIG,
+                               parameters=skeleton.num_parameters(), most=MAX_PARAMETERS)
     shapes: dict[str, tuple[int, ...]] = {}
     for name in files:
         try:
             with safe_open(unet_dir / name, "pt") as weights:
                 shapes |= {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
         except (SafetensorError, OSError) as e:
-            raise ModelFolderError(f"{unet_dir / name}: not a readable safetensors file ({e}). "
-                                   "Re-download or re-save the model.") from None
+            raise ModelFolderError("diffusers.bad_safetensors", path=unet_dir / name, why=e) from None
     # weights saved before diffusers renamed its attention layers (query → to_q, …) load as diffusers loads them
     skeleton.unet._fix_state_dict_keys_on_load(shapes)
     expected = {k: tuple(v.shape) for k, v in skeleton.unet.state_dict().items()}
@@ -214,7 +207,7 @@ def load_diffusers(directory: str | Path, device: torch.device | str = "cpu") ->
         try:
             state |= load_file(unet_dir / name)
         except (SafetensorError, OSError) as e:
-            raise ModelFolderError(f"{unet_dir / name}: not a readable safetensors file ({e})") from None
+            raise ModelFolderError("diffusers.unreadable", path=unet_dir / name, why=e) from None
     model.unet._fix_state_dict_keys_on_load(state)
     model.unet.load_state_dict(state, strict=True)
     model.to(device).eval()

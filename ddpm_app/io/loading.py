@@ -56,17 +56,15 @@ def _snapshot(repo_id: str, revision: str | None, cache_dir: str | Path | None, 
     try:
         path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
     except GatedRepoError:
-        raise ModelFolderError(f"{repo_id}: the repo is gated; accept its terms on the Hub and log in "
-                              "(`hf auth login`).") from None
+        raise ModelFolderError("hub.gated", repo=repo_id) from None
     except RepositoryNotFoundError:
-        raise ModelFolderError(f"{repo_id}: no such model repo on the Hub (or it is private: log in first).") from None
+        raise ModelFolderError("hub.not_found", repo=repo_id) from None
     except RevisionNotFoundError:
-        raise ModelFolderError(f"{repo_id}: revision {revision!r} not found.") from None
+        raise ModelFolderError("hub.no_revision", repo=repo_id, revision=repr(revision)) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise ModelFolderError(f"{repo_id}: cannot reach the Hugging Face Hub and the model is not cached. "
-                              "Check the network, or use a model folder on disk.") from None
+        raise ModelFolderError("hub.offline", repo=repo_id) from None
     except (HfHubHTTPError, OSError) as e:
-        raise ModelFolderError(f"{repo_id}: download failed ({type(e).__name__}: {str(e)[:200]}).") from None
+        raise ModelFolderError("hub.failed", repo=repo_id, why=f"{type(e).__name__}: {str(e)[:200]}") from None
     return Path(path)
 
 

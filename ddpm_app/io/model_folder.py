@@ -31,6 +31,7 @@ from ddpm_app.checks import ConfigError, choice, exact_int, exact_real, flag, sh
 from ddpm_app.diffusion.samplers import VARIANCES, Variance
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.models import Denoiser, ModelConfig, arch_name, architecture, build_model, make_config
+from ddpm_app.text import CatalogueError
 
 FORMAT = "ddpm-app"
 FORMAT_VERSION = 1
@@ -51,8 +52,9 @@ WEIGHTS_IMAGE_SIZE = "image_size"  # safetensors metadata: the image size the we
 Part = TypeVar("Part")
 
 
-class ModelFolderError(Exception):
-    """A model could not be saved or loaded; the message says which file (and field) and what to do."""
+class ModelFolderError(CatalogueError):
+    """A model could not be saved or loaded; the message (a catalogue key and its values) says which file (and
+    field) and what to do."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class SamplingDefaults:
     def __post_init__(self) -> None:
         exact_real(self.ddim_eta, "ddim_eta", 0.0, 1.0)
         if not isinstance(self.why, str) or len(self.why) > MAX_WHY:
-            raise ConfigError(f"why must be text of at most {MAX_WHY} characters, got {shown(self.why)}")
+            raise ConfigError("error.text", name="why", most=MAX_WHY, got=shown(self.why))
         flag(self.clip_x0, "clip_x0")
         choice(self.variance, "variance", VARIANCES)
 
@@ -112,29 +114,27 @@ class DiffusionConfig:
         :class:`~ddpm_app.checks.ConfigError` names the field ("model.base_channels", "schedule.timesteps") and
         what it allows."""
         if not isinstance(data, dict):
-            raise ConfigError("config.json must hold a JSON object")
+            raise ConfigError("config.not_object")
         if nesting(data) > MAX_NESTING:
-            raise ConfigError(f"lists and objects nest more than {MAX_NESTING} levels deep")
+            raise ConfigError("config.too_deep", most=MAX_NESTING)
         if data.get("format") != FORMAT:
-            raise ConfigError(f"format must be {FORMAT!r}: not a {FORMAT} model config (format = "
-                              f"{shown(data.get('format'))})")
+            raise ConfigError("config.format", format=FORMAT, got=shown(data.get("format")))
         version = exact_int(data.get("format_version", FORMAT_VERSION), "format_version", 0, MAX_FORMAT_VERSION)
         if version > FORMAT_VERSION:
-            raise ConfigError(f"format_version {version} is newer than this app supports ({FORMAT_VERSION}); "
-                              "upgrade the app")
+            raise ConfigError("config.newer", version=version, supported=FORMAT_VERSION)
         for key in ("arch", "model", "schedule"):
             if key not in data:
-                raise ConfigError(f"missing key {key!r}")
+                raise ConfigError("config.missing_key", key=repr(key))
         architecture(data["arch"])
         schedule = _part("schedule", data["schedule"], lambda values: ScheduleConfig(**values))
         model = _part("model", data["model"], lambda values: make_config(data["arch"], values))
         for key, value in (("image_size", model.image_size), ("channels", model.in_channels)):
             if key in data and data[key] != value:
-                raise ConfigError(f"{key} is {shown(data[key])} but the model's is {value}; they must agree")
+                raise ConfigError("config.disagree", key=key, got=shown(data[key]), value=value)
         sampling = _part("sampling", data.get("sampling") or {}, lambda values: SamplingDefaults(**values))
         training = data.get("training") or {}
         if not isinstance(training, dict):
-            raise ConfigError(f"training must be a JSON object, got {shown(training)}")
+            raise ConfigError("config.part_not_object", name="training", got=shown(training))
         return cls(model=model, schedule=schedule, training=dict(training), sampling=sampling)
 
 
@@ -142,13 +142,13 @@ def _part(name: str, values: Any, build: Callable[[dict[str, Any]], Part]) -> Pa
     """``build(values)`` for the part of config.json called ``name``, its errors naming the field as
     ``name.field``."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{name} must be a JSON object, got {shown(values)}")
+        raise ConfigError("config.part_not_object", name=name, got=shown(values))
     try:
         return build(values)
     except ConfigError as e:
-        raise ConfigError(f"{name}.{e}") from None
+        raise ConfigError("config.in_part", part=name, detail=e) from None
     except TypeError as e:  # a missing or unexpected field
-        raise ConfigError(f"{name}: {re.sub(r'^.*__init__[(][)] ', '', str(e))}") from None
+        raise ConfigError("config.part_fields", part=name, why=re.sub(r"^.*__init__[(][)] ", "", str(e))) from None
 
 
 def nesting(value: Any) -> int:
@@ -215,18 +215,18 @@ def read_config(directory: str | Path) -> DiffusionConfig:
     """Parse ``directory/config.json``, with an error that names the file, the field and what it allows."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise ModelFolderError(f"{path}: not found. A model folder needs config.json and model.safetensors.")
+        raise ModelFolderError("folder.config_not_found", path=path)
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelFolderError(f"{path}: {path.stat().st_size:,} bytes, more than a config.json may have "
-                               f"({MAX_CONFIG_BYTES:,})")
+        raise ModelFolderError("folder.config_large", path=path, size=path.stat().st_size, most=MAX_CONFIG_BYTES)
     try:
         return DiffusionConfig.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
+        raise ModelFolderError("folder.not_json", path=path, why=e) from None
     except RecursionError:
-        raise ModelFolderError(f"{path}: lists and objects nest more than {MAX_NESTING} levels deep") from None
+        raise ModelFolderError("folder.in_file", path=path,
+                               detail=ConfigError("config.too_deep", most=MAX_NESTING)) from None
     except ValueError as e:
-        raise ModelFolderError(f"{path}: {e}") from None
+        raise ModelFolderError("folder.in_file", path=path, detail=e) from None
 
 
 def check_weights(directory: Path, config: DiffusionConfig, files: list[str]) -> None:
@@ -237,8 +237,8 @@ def check_weights(directory: Path, config: DiffusionConfig, files: list[str]) ->
     with torch.device("meta"):
         skeleton = build_model(config.model)
     if skeleton.num_parameters() > MAX_PARAMETERS:
-        raise ModelFolderError(f"{directory / CONFIG_NAME}: model asks for {skeleton.num_parameters():,} parameters, "
-                               f"more than this app loads ({MAX_PARAMETERS:,})")
+        raise ModelFolderError("folder.too_many_parameters", path=directory / CONFIG_NAME,
+                               parameters=skeleton.num_parameters(), most=MAX_PARAMETERS)
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     found: dict[str, tuple[int, ...]] = {}
     for name in files:
@@ -246,13 +246,11 @@ def check_weights(directory: Path, config: DiffusionConfig, files: list[str]) ->
             with safe_open(directory / name, "pt") as weights:
                 saved_for = (weights.metadata() or {}).get(WEIGHTS_IMAGE_SIZE)
                 if saved_for is not None and saved_for != str(config.image_size):
-                    raise ModelFolderError(
-                        f"{directory / CONFIG_NAME}: model.image_size is {config.image_size}, but {name} holds weights "
-                        f"saved for {shown(saved_for)}×{shown(saved_for)} images; set image_size to that")
+                    raise ModelFolderError("folder.image_size", path=directory / CONFIG_NAME, size=config.image_size,
+                                           weights=name, saved=shown(saved_for))
                 found |= {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
         except (SafetensorError, OSError) as e:
-            raise ModelFolderError(f"{directory / name}: not a readable safetensors file ({e}). "
-                                   "Re-export or re-download the model.") from None
+            raise ModelFolderError("folder.bad_safetensors", path=directory / name, why=e) from None
     check_shapes(expected, found, directory / files[0], CONFIG_NAME)
 
 
@@ -263,22 +261,22 @@ def load_model_folder(directory: str | Path, device: torch.device | str = "cpu")
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise ModelFolderError(f"{directory}: no such model folder")
+        raise ModelFolderError("folder.no_such", path=directory)
     config = read_config(directory)
     weights = sorted(p.name for p in directory.glob("model*.safetensors"))
     if not weights:
-        raise ModelFolderError(f"{directory}: no model.safetensors found next to config.json")
+        raise ModelFolderError("folder.no_weights", path=directory)
     check_weights(directory, config, weights)
     model = build_model(config.model)
     try:
         load_torch_model(model, directory, strict=True, safe=True, filename_pattern=WEIGHTS_PATTERN)
     except (SafetensorError, OSError, ValueError) as e:  # ValueError: huggingface_hub wraps SafetensorError in one
         cause = e.__cause__ if isinstance(e, ValueError) and e.__cause__ is not None else e
-        raise ModelFolderError(f"{directory}/{weights[0]}: not a readable safetensors file ({cause}). "
-                              "Re-export or re-download the model.") from None
+        raise ModelFolderError("folder.bad_safetensors", path=f"{directory}/{weights[0]}", why=cause) from None
     except RuntimeError as e:  # missing/unexpected keys or wrong shapes from load_state_dict
         detail = re.sub(r"\s+", " ", str(e))[:500]
-        raise ModelFolderError(f"{directory}/{weights[0]}: weights do not match config.json ({detail})") from None
+        raise ModelFolderError("folder.weights_differ", path=f"{directory}/{weights[0]}", config=CONFIG_NAME,
+                               detail=detail) from None
     model.to(device).eval()
     return LoadedModel(model, Schedule(config.schedule), config, str(directory))
 
@@ -287,10 +285,10 @@ def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[in
                  config: str) -> None:
     """A ModelFolderError naming ``weights`` unless its tensors (``found``: name → shape, from the file headers) are
     exactly the ones the network ``config`` describes would hold (``expected``), shape for shape."""
-    differences = ([f"{k} missing" for k in expected if k not in found]
-                   + [f"{k} not in the network" for k in found if k not in expected]
-                   + [f"{k} is {found[k]} in the weights, {shape} by {config}"
+    differences = ([CatalogueError("folder.tensor_missing", name=k) for k in expected if k not in found]
+                   + [CatalogueError("folder.tensor_extra", name=k) for k in found if k not in expected]
+                   + [CatalogueError("folder.tensor_shape", name=k, found=found[k], shape=shape, config=config)
                       for k, shape in expected.items() if k in found and found[k] != shape])
     if differences:
-        raise ModelFolderError(f"{weights}: weights do not match {config} "
-                               f"({'; '.join(differences[:4])}{'; …' if len(differences) > 4 else ''})")
+        raise ModelFolderError("folder.weights_differ", path=weights, config=config,
+                               detail=differences[:4] + ["…"] * (len(differences) > 4))

@@ -103,11 +103,11 @@ DATASETS: tuple[str, ...] = tuple(RECIPES)
 def dataset(name: str, count: int, generator: torch.Generator, word: str = "DDPM") -> PointSet:
     """``count`` training points of a recipe and as many held out, drawn together from ``generator``."""
     if name not in RECIPES:
-        raise InvalidValue(f"data set must be one of {', '.join(DATASETS)}, got {shown(name)}")
+        raise InvalidValue("error.choice", name="data set", choices=", ".join(DATASETS), got=shown(name))
     if name == "word":
         text = word.strip() if isinstance(word, str) else ""
         if not 1 <= len(text) <= MAX_WORD:
-            raise InvalidValue(f"word must be 1…{MAX_WORD} characters, got {shown(word)}")
+            raise InvalidValue("error.word_length", most=MAX_WORD, got=shown(word))
         points = _word(2 * count, generator, text)
         name = f"word “{text}”"
     else:
@@ -120,7 +120,7 @@ def points_from_mask(mask: np.ndarray, n: int, generator: torch.Generator) -> Te
     random true pixel plus a uniform offset inside it."""
     rows, cols = np.nonzero(mask)
     if len(rows) == 0:
-        raise InvalidValue("the drawing is blank: draw a shape (a few strokes) first")
+        raise InvalidValue("error.drawing_blank")
     pick = torch.randint(0, len(rows), (n,), generator=generator).numpy()
     jitter = torch.rand(n, 2, generator=generator)
     x = torch.from_numpy(cols[pick]).float() + jitter[:, 0]
@@ -131,12 +131,12 @@ def points_from_mask(mask: np.ndarray, n: int, generator: torch.Generator) -> Te
 def from_drawing(image: np.ndarray | None, count: int, generator: torch.Generator) -> PointSet:
     """Points drawn from the strokes of a sketch (H, W, 3 or 4) uint8: ink is a dark pixel (not transparent)."""
     if image is None:
-        raise InvalidValue("the drawing is blank: draw a shape (a few strokes) first")
+        raise InvalidValue("error.drawing_blank")
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[0] * array.shape[1] > 4096 * 4096:
-        raise InvalidValue("the drawing must be a picture of at most 4096 × 4096 pixels")
+        raise InvalidValue("error.drawing_size")
     ink = array[..., :3].mean(axis=2) < 128
     if array.shape[2] == 4:
         ink &= array[..., 3] > 0
@@ -147,22 +147,22 @@ def parse_points(text: str) -> Tensor:
     """Points from CSV text (one "x,y" per line; commas, semicolons, tabs or spaces between; one header line
     and blank lines allowed) or a JSON list of [x, y] pairs: (N, 2) float64. Errors name the line."""
     if not isinstance(text, str):
-        raise InvalidValue(f"points must be CSV text or a JSON list of [x, y], got {shown(text)}")
+        raise InvalidValue("error.points_form", got=shown(text))
     if len(text.encode()) > MAX_CSV_BYTES:
-        raise InvalidValue(f"the points take more than {MAX_CSV_BYTES // 2**20} MB: send at most {MAX_POINTS} points")
+        raise InvalidValue("error.points_bytes", mb=MAX_CSV_BYTES // 2**20, most=MAX_POINTS)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise InvalidValue(f"the points are not valid JSON ({e.msg} at character {e.pos})") from None
+            raise InvalidValue("error.points_json", why=e.msg, at=e.pos) from None
         if not isinstance(rows, list):
-            raise InvalidValue("the JSON points must be a list of [x, y] pairs")
+            raise InvalidValue("error.points_pairs")
         values = []
         for i, row in enumerate(rows):
             if not (isinstance(row, list) and len(row) == 2
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)):
-                raise InvalidValue(f"point {i + 1} must be [x, y] with two numbers, got {shown(row)}")
-            values.append(_finite([float(v) for v in row], f"point {i + 1}"))
+                raise InvalidValue("error.point_pair", n=i + 1, got=shown(row))
+            values.append(_finite([float(v) for v in row], "error.point_not_finite", i + 1))
         return _checked(values)
     values = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -177,28 +177,28 @@ def parse_points(text: str) -> Tensor:
         except ValueError:
             if number == 1 and not values:  # a header such as "x,y"
                 continue
-            raise InvalidValue(f"line {number} of the CSV must be two numbers x,y, got {shown(line)}") from None
-        values.append(_finite(pair, f"line {number} of the CSV"))
+            raise InvalidValue("error.csv_line", n=number, got=shown(line)) from None
+        values.append(_finite(pair, "error.csv_line_not_finite", number))
         if len(values) > MAX_POINTS:
-            raise InvalidValue(f"too many points: at most {MAX_POINTS} (line {number})")
+            raise InvalidValue("error.csv_too_many", most=MAX_POINTS, n=number)
     return _checked(values)
 
 
-def _finite(pair: list[float], where: str) -> list[float]:
+def _finite(pair: list[float], key: str, n: int) -> list[float]:
+    """``pair`` if both coordinates are finite, else the error ``key`` naming point or line ``n``."""
     if not all(math.isfinite(v) for v in pair):
-        raise InvalidValue(f"{where} holds NaN or infinity ({pair[0]}, {pair[1]}): every coordinate must be a "
-                          "finite number")
+        raise InvalidValue(key, n=n, x=pair[0], y=pair[1])
     return pair
 
 
 def _checked(values: list[list[float]]) -> Tensor:
     if len(values) > MAX_POINTS:
-        raise InvalidValue(f"too many points: {len(values)}, at most {MAX_POINTS}")
+        raise InvalidValue("error.too_many_points", count=len(values), most=MAX_POINTS)
     if len(values) < MIN_POINTS:
-        raise InvalidValue(f"too few points: {len(values)}, at least {MIN_POINTS}")
+        raise InvalidValue("error.too_few_points", count=len(values), least=MIN_POINTS)
     points = torch.tensor(values, dtype=torch.float64)
     if float((points.max(dim=0).values - points.min(dim=0).values).max()) == 0:
-        raise InvalidValue("all the points are the same point: a distribution needs some spread")
+        raise InvalidValue("error.same_point")
     return points
 
 

@@ -31,7 +31,7 @@ def arch_name(config: ModelConfig) -> str:
 def architecture(arch: object) -> tuple[type, type[Denoiser]]:
     """(config class, model class) of the architecture named ``arch`` (config.json's "arch"), or a ConfigError."""
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise ConfigError(f"arch: unknown architecture {shown(arch)}; known: {', '.join(ARCHITECTURES)}")
+        raise ConfigError("config.unknown_arch", got=shown(arch), known=", ".join(ARCHITECTURES))
     return ARCHITECTURES[arch]
 
 
@@ -40,11 +40,11 @@ def make_config(arch: str, values: dict[str, Any]) -> ModelConfig:
     the config's own checks refuse (a :class:`~ddpm_app.checks.ConfigError` naming the field)."""
     config_cls = architecture(arch)[0]
     if not isinstance(values, dict):
-        raise ConfigError(f"the {arch} config must be a JSON object, got {shown(values)}")
+        raise ConfigError("config.arch_not_object", arch=arch, got=shown(values))
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown {arch} config fields: {', '.join(unknown)}")
+        raise ConfigError("config.unknown_fields", arch=arch, names=", ".join(unknown))
     return config_cls(**values)
 
 

@@ -22,7 +22,7 @@ UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
 def _one_of(*choices: object) -> Callable[[object, str], object]:
     def check(value: object, name: str) -> object:
         if isinstance(value, bool) != isinstance(choices[0], bool) or value not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {shown(value)}")
+            raise ConfigError("error.choice", name=name, choices=", ".join(map(repr, choices)), got=shown(value))
         return value
     return check
 
@@ -35,7 +35,7 @@ def _blocks(allowed: tuple[str, ...]) -> Callable[[object, str], object]:
     def check(value: object, name: str) -> tuple[str, ...]:
         if (not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_LEVELS
                 or any(v not in allowed for v in value)):
-            raise ConfigError(f"{name} must be a list of 1…{MAX_LEVELS} of {', '.join(allowed)}, got {shown(value)}")
+            raise ConfigError("config.blocks", name=name, most=MAX_LEVELS, allowed=", ".join(allowed), got=shown(value))
         return tuple(value)
     return check
 
@@ -90,8 +90,8 @@ class DiffusersUNetConfig:
         exact_int(self.in_channels, "in_channels", 1, MAX_IMAGE_CHANNELS)
         unet = dict(self.unet)
         if (unet["sample_size"], unet["in_channels"]) != (self.image_size, self.in_channels):
-            raise ConfigError(f"image_size and in_channels ({self.image_size}, {self.in_channels}) must be the UNet's "
-                              f"sample_size and in_channels ({unet['sample_size']}, {unet['in_channels']})")
+            raise ConfigError("config.unet_disagrees", size=self.image_size, channels=self.in_channels,
+                              unet_size=unet["sample_size"], unet_channels=unet["in_channels"])
 
     @classmethod
     def from_unet(cls, values: dict[str, Any]) -> DiffusersUNetConfig:
@@ -110,24 +110,22 @@ def check_unet(values: dict[str, Any]) -> dict[str, Any]:
     """The ``UNet2DModel`` arguments of ``values`` (unet/config.json), each checked, with diffusers' defaults for those
     left out; a :class:`~ddpm_app.checks.ConfigError` names the field that this app cannot run as diffusers would."""
     if not isinstance(values, dict):
-        raise ConfigError(f"the UNet config must be a JSON object, got {shown(values)}")
+        raise ConfigError("config.unet_not_object", got=shown(values))
     unet = {name: check(values[name], name) if name in values else default
             for name, (check, default) in FIELDS.items()}
     if unet["sample_size"] is None:
-        raise ConfigError("sample_size: missing; the app needs the image size the UNet was trained at")
+        raise ConfigError("config.no_sample_size")
     if unet["out_channels"] != unet["in_channels"]:
-        raise ConfigError(f"out_channels is {unet['out_channels']} but in_channels is {unet['in_channels']}: the "
-                          "network predicts more than ε (a learned variance?), which this app cannot run")
+        raise ConfigError("config.out_channels", out=unet["out_channels"], channels=unet["in_channels"])
     levels = len(unet["block_out_channels"])
     for name in ("down_block_types", "up_block_types"):
         if len(unet[name]) != levels:
-            raise ConfigError(f"{name} has {len(unet[name])} blocks but block_out_channels {levels} levels")
+            raise ConfigError("config.block_count", name=name, blocks=len(unet[name]), levels=levels)
     for width in unet["block_out_channels"]:
         if width % unet["norm_num_groups"]:
-            raise ConfigError(f"norm_num_groups {unet['norm_num_groups']} must divide every block_out_channels "
-                              f"entry, not {width}")
+            raise ConfigError("config.norm_groups", groups=unet["norm_num_groups"], width=width)
     if unet["sample_size"] % 2 ** (levels - 1):
-        raise ConfigError(f"sample_size {unet['sample_size']} must be divisible by 2^(levels−1) = {2 ** (levels - 1)}")
+        raise ConfigError("config.sample_size_divisible", size=unet["sample_size"], by=2 ** (levels - 1))
     return unet
 
 

@@ -59,11 +59,11 @@ class SeedUNetConfig:
         object.__setattr__(self, "down_channels",
                            exact_ints(self.down_channels, "down_channels", 1, MAX_WIDTH, (2, MAX_LEVELS)))
         if self.down_channels[0] != self.init_dim:
-            raise ConfigError("down_channels must start with init_dim")
+            raise ConfigError("config.seed_first_width")
         if any(c % 32 for c in self.down_channels):
-            raise ConfigError("every width in down_channels must be a multiple of 32 (grouped conv and GroupNorm)")
+            raise ConfigError("config.seed_widths")
         if self.image_size % 2 ** (len(self.down_channels) - 1):
-            raise ConfigError(f"image_size must be divisible by {2 ** (len(self.down_channels) - 1)}")
+            raise ConfigError("config.seed_image_size", by=2 ** (len(self.down_channels) - 1))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -54,12 +54,10 @@ class UNetConfig:
         object.__setattr__(self, "attention_resolutions", exact_ints(
             self.attention_resolutions, "attention_resolutions", 1, MAX_IMAGE_SIZE, (0, MAX_LEVELS)))
         if self.base_channels * max(self.channel_mult) > MAX_WIDTH:
-            raise ConfigError(f"base_channels·max(channel_mult) must be at most {MAX_WIDTH} channels, got "
-                              f"{self.base_channels}·{max(self.channel_mult)}")
+            raise ConfigError("config.unet_width", most=MAX_WIDTH, base=self.base_channels, mult=max(self.channel_mult))
         if self.image_size % (self.patch_size * 2 ** (len(self.channel_mult) - 1)):
-            raise ConfigError(
-                f"image_size {self.image_size} must be divisible by patch_size·2^(levels−1) = "
-                f"{self.patch_size * 2 ** (len(self.channel_mult) - 1)}")
+            raise ConfigError("config.unet_image_size", size=self.image_size,
+                              by=self.patch_size * 2 ** (len(self.channel_mult) - 1))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -35,6 +35,5 @@ def hub_model_id(value: object) -> str:
         except refused:
             valid = False
     if not valid:
-        raise InvalidValue(f"Hub model id must look like 'user/model-name' (letters, digits, '-', '_' and '.'; at "
-                           f"most {HUB_ID_MAX_LENGTH} characters), got {shown(value)}")
+        raise InvalidValue("error.hub_id", most=HUB_ID_MAX_LENGTH, got=shown(value))
     return text

@@ -102,12 +102,10 @@ class ModelLibrary:
             self._hub.add(repo_id)
         self.folders: dict[str, Path] = self._scan()
         if not self.folders:
-            raise ModelFolderError(f"no models in {self._where}: each model is a folder with config.json "
-                                  "and model.safetensors, or a diffusers DDPM folder (train one, or pass --weights DIR "
-                                  "or a Hub repo id)")
+            raise ModelFolderError("folder.no_models", where=self._where)
         if default is not None and default not in self.folders:
-            raise ModelFolderError(f"no model named {default!r} in {self._where}; "
-                                  f"found: {', '.join(self.folders)}")
+            raise ModelFolderError("folder.no_model_named", name=repr(default), where=self._where,
+                                   found=", ".join(self.folders))
         first = hub_model_id(hub_models[0]) if hub_models else DEFAULT_MODEL
         self.default = default or (first if first in self.folders else next(iter(self.folders)))
         self.models_in_memory = models_in_memory
@@ -149,10 +147,10 @@ class ModelLibrary:
         """(name, folder) of the model folder a user typed: relative to a weights folder (or to the working
         directory), or absolute, and inside a weights folder once ``..`` and symlinks are resolved."""
         if path is not None and not isinstance(path, str):
-            raise InvalidValue(f"model folder must be a path (text), got {shown(path)}")
+            raise InvalidValue("folder.not_text", got=shown(path))
         text = (path or "").strip()
         if not text:
-            raise InvalidValue(f"enter a model folder inside {self._where}")
+            raise InvalidValue("folder.enter_one", where=self._where)
         given = Path(text)
         candidates = [given] if given.is_absolute() else [root / given for root in self.roots] + [given]
         inside = []
@@ -166,12 +164,11 @@ class ModelLibrary:
                     inside.append((real, root.resolve()))
                     break
         if not inside:
-            raise InvalidValue(f"{shown(text)} is outside the weights folders; only model folders inside {self._where} "
-                             "can be loaded (start the app with --weights DIR to allow another folder)")
+            raise InvalidValue("folder.outside", path=shown(text), where=self._where)
         for real, root in inside:
             if os.path.isdir(real):  # False for a name too long to look up, as for a missing one
                 return (real.relative_to(root).as_posix() if real != root else root.name), real
-        raise InvalidValue(f"no folder {shown(text)} in {self._where}")
+        raise InvalidValue("folder.missing", path=shown(text), where=self._where)
 
     def add_folder(self, path: str) -> str:
         """Load the model folder at ``path`` (see :meth:`find_folder`); returns its name (a path relative to its
@@ -266,6 +263,4 @@ class ModelLibrary:
         root = next((r for r in self.roots if real.is_relative_to(r.resolve())), None)
         link = leads_out(folder, root) if root is not None else folder
         if link is not None:
-            raise ModelFolderError(f"{link}: a link that leads out of the weights folders ({self._where}) to "
-                                   f"{link.resolve()}; model folders and their files are read from inside them "
-                                   "only (start the app with --weights DIR to serve another folder)")
+            raise ModelFolderError("folder.link_out", link=link, where=self._where, target=link.resolve())

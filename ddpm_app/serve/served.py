@@ -187,7 +187,7 @@ class ServedModel:
         if self.config.channels == 1:
             x0 = x0.mean(dim=0, keepdim=True)
         elif self.config.channels != 3:
-            raise InvalidValue(f"this model takes {self.config.channels}-channel images; photos need 1 or 3")
+            raise InvalidValue("error.channels", channels=self.config.channels)
         return x0
 
     def draw_noise(self, seed: int) -> Tensor:

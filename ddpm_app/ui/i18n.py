@@ -21,10 +21,20 @@ from gradio.i18n import I18nData
 from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, text
 
 NAMESPACE = "ddpm."  # our keys beside Gradio's own ("common.…", "image.…", "plot.…") in the browser's tables
+# catalogue keys of words Gradio's own page shows (its "common.runs": the footer's "Runs"), under Gradio's key: where
+# Gradio's tables lack one in our languages, ours fill the gap
+GRADIO = "gradio."
 STORAGE_KEY = "ddpm_app.language"  # where the browser remembers the switch
 MARKER = "__i18n__"  # how Gradio writes a translatable text as a string
 
-I18N = gr.I18n(**{tag: {NAMESPACE + key: words for key, words in catalogue(tag).items()} for tag in LANGUAGES})
+
+
+def browser_key(key: str) -> str:
+    """The key a catalogue text has in the browser's tables: Gradio's own for its words, ours otherwise."""
+    return key.removeprefix(GRADIO) if key.startswith(GRADIO) else NAMESPACE + key
+
+
+I18N = gr.I18n(**{tag: {browser_key(key): words for key, words in catalogue(tag).items()} for tag in LANGUAGES})
 
 
 WRITTEN: dict[str, str] = {}  # key of a text written for the page (:func:`written`) → its English

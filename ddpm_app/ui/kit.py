@@ -102,7 +102,7 @@ def same_file(a: str | None, b: str | None) -> bool:
 def photo_given(photo: str | None) -> str:
     """The photo's path, or an error asking for one."""
     if photo is None:
-        raise InvalidValue(text("error.upload_first"))
+        raise InvalidValue("error.upload_first")
     return photo
 
 

@@ -117,12 +117,12 @@ class LabHandlers:
             return from_drawing(None if drawing is None else drawing.get("composite"), count, g)
         if source == "csv":
             if not csv_file:
-                raise InvalidValue("upload a CSV file of points (x,y per line) first")
+                raise InvalidValue("error.csv_upload_first")
             raw = Path(csv_file).read_bytes()[:MAX_CSV_BYTES + 1]
             try:
                 return from_csv(raw.decode("utf-8-sig"), g, "your CSV")
             except UnicodeDecodeError:
-                raise InvalidValue("the CSV is not UTF-8 text: save it as plain text, one x,y pair per line") from None
+                raise InvalidValue("error.csv_not_utf8") from None
         return from_csv(text, g, "your points")
 
     def show_data(self, *data_inputs, user: UserState):
@@ -144,7 +144,7 @@ class LabHandlers:
             settings = LabSettings.checked(kind, timesteps, beta_start, beta_end, DEFAULTS.network.width,
                                            DEFAULTS.network.depth, 1, DEFAULTS.training.learning_rate, 0)
             if lab.data is None:
-                raise InvalidValue(text("lab.choose_data"))
+                raise InvalidValue("lab.choose_data")
             T = settings.schedule.timesteps
             t = min(whole_number(t, "t", 0, MAX_STEPS), T - 1)
             i = min(whole_number(index, "point", 1, MAX_POINTS), len(lab.data.train)) - 1

@@ -251,6 +251,7 @@ def model_tab(names: list[str], first: str, table: str, card: str, samples: str 
                 samples_image = gr.Image(samples, label=i18n("model.samples"), interactive=False,
                                          buttons=["fullscreen"], elem_classes="ddpm-picture", elem_id="model-samples")
         with gr.Accordion(i18n("model.card_accordion"), open=False):
+            gr.Markdown(i18n("model.card_note"), elem_id="model-card-note")  # the card is not translated
             card_md = gr.Markdown(card, label=i18n("model.card"))
     return ModelTab(pick, rescan_btn, folder, folder_btn, repo, download_btn, note, summary, samples_image, card_md)
 

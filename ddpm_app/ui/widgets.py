@@ -8,7 +8,8 @@ versions here are templates of those components (the browser shows the ordinary 
 
 :class:`PhotoInput` is ``gr.Image`` for user photos: it accepts an uploaded file or a ``data:`` URL, under the
 same limits (:mod:`ddpm_app.image`), refuses web addresses, paths outside Gradio's upload folder and anything else
-with a message, and hands the handler a file path.
+with a message, and hands the handler a file path. What these components refuse, before any handler runs, reaches
+the user in their language too (:class:`Refused`, :meth:`Blocks.preprocess_data`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from pydantic.json_schema import SkipJsonSchema
 from ddpm_app.checks import InvalidValue, shown
 from ddpm_app.image import ImageError, read_data_url
 from ddpm_app.io.model_folder import ModelFolderError
-from ddpm_app.text import ENGLISH, text, translated
+from ddpm_app.text import ENGLISH, CatalogueError, text
 from ddpm_app.ui.i18n import I18N, english
+from ddpm_app.views.state import UserState
 
 
 def user_error(message: str) -> gr.Error:
@@ -43,13 +45,27 @@ def user_error(message: str) -> gr.Error:
 
 @contextmanager
 def user_errors(language: str = ENGLISH, then: str | None = None):
-    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message, in
-    ``language`` where the catalogue has the message's words (:func:`~ddpm_app.text.translated`), the catalogue
-    text ``then`` added (what happens next)."""
+    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message in
+    ``language``, the catalogue text ``then`` added (what happens next)."""
     try:
         yield
     except (InvalidValue, ImageError, ModelFolderError) as e:
-        raise user_error(translated(str(e), language) + (text(then, language) if then else "")) from None
+        raise user_error(e.in_language(language) + (text(then, language) if then else "")) from None
+
+
+class Refused(gr.Error):
+    """A value a component refuses before any handler runs (in its ``preprocess``, or as Gradio first handles a
+    file): the catalogue text ``reason``, in English as API clients read it, and in the user's language where the
+    call carries the user (:meth:`Blocks.preprocess_data`)."""
+
+    def __init__(self, reason: CatalogueError):
+        super().__init__(html.escape(str(reason), quote=False), print_exception=False)
+        self.reason = reason
+
+
+def refused(key: str, **values: object) -> Refused:
+    """A :class:`Refused` of the catalogue text ``key`` filled with ``values``."""
+    return Refused(InvalidValue(key, **values))
 
 
 def as_sent(self, payload: Any) -> Any:
@@ -63,13 +79,6 @@ class Number(gr.Number): is_template, preprocess = True, as_sent  # noqa: E701
 class Radio(gr.Radio): is_template, preprocess = True, as_sent  # noqa: E701
 class Dropdown(gr.Dropdown): is_template, preprocess = True, as_sent  # noqa: E701
 class Textbox(gr.Textbox): is_template, preprocess = True, as_sent  # noqa: E701
-
-
-PHOTO_FORMS = ("an uploaded image file (gradio_client: handle_file(path)) or a data: URL "
-               "(data:image/png;base64,…)")
-NOT_FETCHED = f"photos are not fetched from web addresses; send {PHOTO_FORMS}"
-# the same words for every path that is not an upload, so an answer tells nothing about the server's files
-NOT_READ = f"photo: send {PHOTO_FORMS}; other paths are not read"
 
 
 def uploaded_file(path: str, upload_folder: str) -> str | None:
@@ -125,27 +134,27 @@ class PhotoInput(gr.Image):
         if payload is None:
             return None
         if payload.meta.get("refused") is not None:
-            raise user_error(f"photo must be {PHOTO_FORMS}, got {payload.meta['refused']}")
+            raise refused("upload.photo_form", got=payload.meta["refused"])
         if payload.path and not is_http_url_like(payload.path):
             return self.upload(payload.path)
         if payload.url and payload.url.startswith("data:"):
             try:
                 data = read_data_url(payload.url)
             except ImageError as e:
-                raise user_error(str(e)) from None
+                raise Refused(e) from None
             path = processing_utils.save_bytes_to_cache(data, "photo", self.GRADIO_CACHE)
             self.temp_files.add(path)
             return path
         if is_http_url_like(payload.path) or is_http_url_like(payload.url):
-            raise user_error(NOT_FETCHED)
-        raise user_error(f"photo must be {PHOTO_FORMS}, got {shown(payload.url) if payload.url else 'no file'}")
+            raise refused("upload.photo_not_fetched")
+        raise refused("upload.photo_form", got=shown(payload.url) if payload.url else InvalidValue("upload.no_file"))
 
     @staticmethod
     def upload(path: str) -> str:
         """The real path of ``path`` if it is a file Gradio made (see :func:`uploaded_file`), else an error that
-        says nothing about the file system."""
+        says nothing about the file system: the same words for every path that is not an upload."""
         if (real := uploaded_file(path, utils.get_upload_folder())) is None:
-            raise user_error(NOT_READ)
+            raise refused("upload.photo_not_read")
         return real
 
     def check_sent(self, value: Any) -> None:
@@ -157,7 +166,7 @@ class PhotoInput(gr.Image):
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
         """Gradio would download a web address here, before :meth:`preprocess`, without the upload limits."""
         if is_http_url_like(url_or_file_path):
-            raise user_error(NOT_FETCHED)
+            raise refused("upload.photo_not_fetched")
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
@@ -204,8 +213,8 @@ class FileInput(gr.File):
 
     get_block_class = get_block_name
 
-    def _refused(self, sent: str) -> gr.Error:
-        return user_error(f"{self.field} must be an uploaded file (gradio_client: handle_file(path)), got {sent}")
+    def _refused(self, sent: str | CatalogueError) -> Refused:
+        return refused("upload.file_form", name=self.field, got=sent)
 
     def preprocess(self, payload: SentFileData | None) -> str | None:
         if payload is None:
@@ -220,8 +229,7 @@ class FileInput(gr.File):
     def upload(self, path: str) -> str:
         real = uploaded_file(path, utils.get_upload_folder())
         if real is None:
-            raise user_error(f"{self.field}: send an uploaded file (gradio_client: handle_file(path)); other paths "
-                             "are not read")
+            raise refused("upload.file_not_read", name=self.field)
         return real
 
     def check_sent(self, value: Any) -> None:
@@ -230,7 +238,7 @@ class FileInput(gr.File):
 
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
         if is_http_url_like(url_or_file_path):
-            raise self._refused("a web address (files are not fetched)")
+            raise self._refused(InvalidValue("upload.web_address"))
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
@@ -264,17 +272,16 @@ class SketchInput(gr.ImageEditor):
     def preprocess(self, payload: SketchData | None):
         if payload is not None:
             if payload.refused is not None:
-                raise user_error(f"drawing must be drawn in the box (an image editor value with background, "
-                                 f"layers and composite), got {payload.refused}")
+                raise refused("upload.drawing_form", got=payload.refused)
             for image in (payload.background, payload.composite, *payload.layers):
                 if image is not None and (not image.path or is_http_url_like(image.path)
                                           or uploaded_file(image.path, utils.get_upload_folder()) is None):
-                    raise user_error("drawing: draw in the box; other images are not read")
+                    raise refused("upload.drawing_not_read")
         return super().preprocess(payload)
 
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | None) -> str | None:
         if is_http_url_like(url_or_file_path):
-            raise user_error("drawings are not fetched from web addresses: draw in the box")
+            raise refused("upload.drawing_not_fetched")
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
@@ -303,6 +310,17 @@ class Blocks(gr.Blocks):
         browser's language; an API client reads them as they always were)."""
         return _in_english(super().get_api_info(all_endpoints, page))
 
+    async def preprocess_data(self, block_fn, inputs: list[Any], state, explicit_call: bool = False):
+        """Gradio's preprocessing (the endpoint's checks, then each component's), a value refused on the way said
+        in the language of the user the call carries (their :class:`~ddpm_app.views.state.UserState`), else in
+        English."""
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except Refused as e:
+            users = [state[block._id] for block in block_fn.inputs if state is not None and block.stateful]
+            language = next((user.language for user in users if isinstance(user, UserState)), ENGLISH)
+            raise user_error(e.reason.in_language(language)) from None
+
     def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
         # By now a call with one value per field has None in the slots of server-side state (gr.State), as
         # gradio_client and the page send them; a value there is one more than the fields.
@@ -311,8 +329,8 @@ class Blocks(gr.Blocks):
             value is None for block, value in zip(block_fn.inputs, inputs) if block.skip_api)
         if sent != len(fields):
             names = ", ".join(str(english(getattr(block, "label", None)) or block.get_block_name()) for block in fields)
-            raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(fields)} value"
-                             f"{'s' * (len(fields) != 1)} ({names or 'none'}), got {sent}")
+            raise refused("upload.arity", api=block_fn.api_name or block_fn.name, names=names or "none", sent=sent,
+                          values=InvalidValue(f"count.value.{'one' if len(fields) == 1 else 'other'}", n=len(fields)))
         for block, value in zip(block_fn.inputs, inputs):
             if isinstance(block, (PhotoInput, FileInput)):
                 block.check_sent(value)

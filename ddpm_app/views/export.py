@@ -77,9 +77,9 @@ def _reporting(pictures: Iterable[Image.Image], total: int, progress: ExportProg
 
 def _check_frames(trajectory: Trajectory | None) -> Trajectory:
     if trajectory is not None and trajectory.released:
-        raise InvalidValue(text("export.released"))
+        raise InvalidValue("export.released")
     if trajectory is None or not trajectory.frames:
-        raise InvalidValue(text("figures.none_step"))
+        raise InvalidValue("figures.none_step")
     return trajectory
 
 
@@ -124,8 +124,7 @@ def export_mp4(trajectory: Trajectory | None, path: str | Path, max_frames: int 
 def save_mp4(pictures: Iterable[Image.Image | np.ndarray], path: str | Path, fps: int = 20) -> Path:
     """``pictures`` (all of one size) as an H.264 MP4, the last one held a second (needs ``imageio-ffmpeg``)."""
     if importlib.util.find_spec("imageio_ffmpeg") is None:  # the ffmpeg binary imageio's MP4 writer runs
-        raise InvalidValue("MP4 export needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
-                         "the GIF export works without it")
+        raise InvalidValue("export.no_ffmpeg")
     import imageio.v2 as imageio
 
     path = Path(path)

@@ -34,23 +34,23 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
     if view == "step":
         run = user.run
         if run is None or not run.frames:
-            raise InvalidValue(text("figures.none_step"))
+            raise InvalidValue("figures.none_step")
         frame = run.frames[min(user.frame_index, len(run.frames) - 1)]
         parts = frame_breakdown(run, frame)
         if parts is None:
-            raise InvalidValue(text("figures.no_terms"))
+            raise InvalidValue("figures.no_terms")
         return terms_strip(parts, frame.x_prev, SLIDE_SIZE, title=f"{run.title}: {equation_text(parts)}")
     if view == "forward":
         fwd = user.forward
         if fwd.x0 is None:
-            raise InvalidValue(text("figures.none_forward"))
+            raise InvalidValue("figures.none_forward")
         ts = served.strip_timesteps(6)
         return labelled_strip(served.q_sample(fwd.x0, ts, fwd.eps), [f"x_{t}" for t in ts], SLIDE_SIZE,
                               title=text("figures.forward_title", language))
     if view == "training":
         s = lesson.step
         if s is None:
-            raise InvalidValue(text("figures.none_training"))
+            raise InvalidValue("figures.none_training")
         scale = heat_scale(s.squared_error)
         return labelled_strip([s.x0, s.eps / 2, s.x_t, s.pred_eps / 2, _rgb_tensor(error_heatmap(s.squared_error, scale))],
                               ["x₀", text("picture.eps", language), f"x_{s.t}", "ε̂ = ε_θ(x_t, t) (×½)",
@@ -59,22 +59,22 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
                                                      loss_sum=f"{s.loss_sum:.1f}"))
     if view == "likelihood":
         if lesson.likelihood is None:
-            raise InvalidValue(text("figures.none_likelihood"))
+            raise InvalidValue("figures.none_likelihood")
         return terms_plot(lesson.likelihood, served.heldout, served.timesteps, dpi=220, language=language,
                           wide=True)
     if view == "compare":
         if user.pinned is None or user.run is None or not user.run.frames:
-            raise InvalidValue(text("figures.none_compare"))
+            raise InvalidValue("figures.none_compare")
         t = lesson.compare_t
         return compare_picture(user.pinned, user.run, t, SLIDE_SIZE, text("figures.compare_title", language, t=t),
                                language)[0]
     if view == "interpolation":
         if lesson.interpolation is None:
-            raise InvalidValue(text("figures.none_interpolation"))
+            raise InvalidValue("figures.none_interpolation")
         n = len(lesson.interpolation)
         return labelled_strip(list(lesson.interpolation), [f"w = {i / max(n - 1, 1):.2f}" for i in range(n)],
                               SLIDE_SIZE, title=lesson.interpolation_title)
-    raise InvalidValue(f"no figure for view {view!r}; choose one of {', '.join(VIEWS)}")
+    raise InvalidValue("figures.no_such_view", view=repr(view), views=", ".join(VIEWS))
 
 
 def save_figure(picture: np.ndarray, path: str | Path) -> Path:

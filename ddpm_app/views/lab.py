@@ -66,7 +66,7 @@ class LabSettings:
         b0 = real_number(beta_start, "β start", 1e-6, 0.5)
         b1 = real_number(beta_end, "β end", 1e-6, 0.5)
         if kind == "linear" and b1 < b0:
-            raise InvalidValue(f"β end must be at least β start, got β start {b0:g} and β end {b1:g}")
+            raise InvalidValue("error.beta_order", start=b0, end=b1)
         network = PointMLPConfig(whole_number(width, "width", 2, 512), whole_number(depth, "depth", 1, 6))
         training = TrainSettings(learning_rate=real_number(learning_rate, "learning rate", 1e-5, 0.1),
                                  seed=whole_number(seed, "seed", 0, 2**31 - 1))
@@ -155,7 +155,7 @@ class LabState:
     @property
     def model(self):
         if self.trainer is None:
-            raise InvalidValue(text("lab.no_model"))
+            raise InvalidValue("lab.no_model")
         return self.trainer.model
 
     def preview(self) -> Preview:
@@ -359,7 +359,7 @@ def x0_picture(data: PointSet, run: SampleRun, t: int, language: str = ENGLISH) 
 def training_frames(lab: LabState, language: str = ENGLISH) -> list[Image.Image]:
     """The training animation: each preview's samples over the data."""
     if not lab.previews:
-        raise InvalidValue(text("lab.none_training"))
+        raise InvalidValue("lab.none_training")
     return [Image.fromarray(preview_picture(lab.data, p, language=language)) for p in lab.previews]
 
 
@@ -367,6 +367,6 @@ def trajectory_frames(lab: LabState, max_frames: int = 60, language: str = ENGLI
     """The sampling animation: the points and their paths so far, at up to ``max_frames`` stored steps."""
     run = lab.run
     if run is None:
-        raise InvalidValue(text("lab.none_sample"))
+        raise InvalidValue("lab.none_sample")
     picks = sorted(set(np.linspace(0, len(run.ts) - 1, min(max_frames, len(run.ts))).round().astype(int).tolist()))
     return [Image.fromarray(paths_picture(lab.data, run, upto, language=language)) for upto in [*picks, None]]

@@ -99,7 +99,7 @@ class UserState:
         """Make ``run`` this user's latest run of ``kind`` (a new object per run: a stopped run still finishing its
         step cannot write into the next one) and the one the Frames tab shows."""
         if kind not in RUN_KINDS:
-            raise InvalidValue(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+            raise InvalidValue("error.choice", name="run kind", choices=", ".join(RUN_KINDS), got=repr(kind))
         self.runs[kind] = run
         self.shown = kind
 

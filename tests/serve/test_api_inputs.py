@@ -23,6 +23,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from serving import ENDPOINTS, ROOT, serving_tiny_model
 
+from ddpm_app.text import text
+
 pytestmark = pytest.mark.slow
 
 T = 20
@@ -273,6 +275,42 @@ def test_other_ways_of_sending_a_photo_are_refused_clearly(app, value):
     kind, message = call(url, "/noise", [value, 5, True, 3])
     assert kind == "error" and message and message.startswith(("photos are not fetched from web addresses",
                                                               "photo must be an uploaded image file")), message
+    assert "Traceback" not in log.read_text()
+
+
+def choose_language(url: str, language: str, session: str) -> None:
+    """What the page's language switch does, the way the page does it (through the queue: the event is not in the
+    API): this session's user reads ``language`` from now on."""
+    config = httpx.get(f"{url}config", timeout=PATIENCE).json()
+    switch = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "language")
+    event = next(d["id"] for d in config["dependencies"]
+                 if d["backend_fn"] and d["inputs"][:1] == [switch] and [switch, "change"] in d["targets"])
+    joined = httpx.post(f"{url}gradio_api/queue/join", timeout=PATIENCE, json={
+        "data": [language, 5, None], "fn_index": event, "trigger_id": switch, "session_hash": session})
+    joined.raise_for_status()
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=PATIENCE) as s:
+        for line in s.iter_lines():
+            if line.startswith("data:") and json.loads(line.removeprefix("data:")).get("msg") == "process_completed":
+                assert json.loads(line.removeprefix("data:"))["success"]
+                return
+    raise AssertionError("the language switch got no answer")
+
+
+@pytest.mark.parametrize("value, key", [
+    ({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "upload.photo_not_read"),  # Gradio's own check
+    ({"path": "/etc/passwd"}, "upload.photo_not_read"),  # the component's
+    ("https://example.com/photo.png", "upload.photo_not_fetched"),
+    ("data:image/png;base64,!!!", "error.data_url_base64"),  # the image's own check, before any handler
+])
+def test_a_photo_refused_before_the_handler_is_answered_in_the_users_language(app, value, key):
+    """A photo is checked as Gradio first reads it, before any handler runs and knows the user: the message still
+    comes in the language the user's page chose, and in English to a session that chose none (an API client)."""
+    url, log = app
+    chinese, english = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    choose_language(url, "zh-CN", chinese)
+    assert call(url, "/noise", [value, 5, True, 3], chinese) == ("error", text(key, "zh-CN"))
+    assert call(url, "/noise", [value, 5, True, 3], english) == ("error", text(key))
+    assert text(key, "zh-CN") != text(key)
     assert "Traceback" not in log.read_text()
 
 

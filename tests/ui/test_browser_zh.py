@@ -96,6 +96,11 @@ def test_every_tab_in_chinese(browser, server, width):
         open_tab(page, name)
         page.wait_for_timeout(400)  # the tab's pictures settle
         page.screenshot(path=SHOTS / f"{key}-{width}.png", full_page=True)
+    # Gradio's footer links to the runs this browser saved (once there is one, on the next visit): in Chinese too
+    page.reload()
+    footer = page.locator("footer")
+    footer.get_by_text("运行记录", exact=True).wait_for(timeout=PATIENCE_MS)
+    assert "Runs" not in footer.inner_text()
     context.close()
     assert not errors, errors
 

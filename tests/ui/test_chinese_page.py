@@ -170,3 +170,37 @@ def test_pictures_a_chinese_user_exports_are_labelled_in_chinese(app, tmp_path: 
     assert user.run.title.startswith("DDIM，2 步")
     picture = frame_picture(user.run, user.run.frames[-1], language=CHINESE)
     assert picture.width > 0
+
+
+def test_every_event_that_takes_an_upload_knows_its_user(app):
+    """An upload is checked before its handler runs (:class:`~ddpm_app.ui.widgets.Refused`): the message reaches the
+    user in their language only if the event carries the user too."""
+    from ddpm_app.ui.widgets import FileInput, PhotoInput, SketchInput
+
+    demo, _ = app
+    uploads = [fn for fn in demo.fns.values()
+               if fn.fn is not None and any(isinstance(b, (PhotoInput, FileInput, SketchInput)) for b in fn.inputs)]
+    assert len(uploads) > 5
+    assert [fn.name for fn in uploads
+            if not any(isinstance(b, gr.State) and isinstance(b.value, UserState) for b in fn.inputs)] == []
+
+
+@pytest.mark.parametrize("folder, config", [
+    ("not-an-object", "[]"),
+    ("bad-field", '{"format": "ddpm-app", "arch": "ddpm", "model": {}, "schedule": {"timesteps": 1.5}}'),
+])
+def test_a_bad_model_folder_is_refused_in_the_user_s_language(app, folder, config):
+    """A model folder that cannot be read is refused in the language of the user who asked for it: the file's own
+    message inside the folder's too, and the app's "the current model stays"."""
+    demo, handlers = app
+    bad = handlers.library.weights_dir / "nested" / folder
+    bad.mkdir(parents=True, exist_ok=True)
+    (bad / "config.json").write_text(config)
+    said = {}
+    for language in ("en", CHINESE):
+        with pytest.raises(gr.Error) as refused:
+            handlers.load_folder(f"nested/{folder}", UserState(language=language))
+        said[language] = refused.value.message
+    assert said["en"].startswith(str(bad / "config.json") + ": ") and "current model stays" in said["en"]
+    assert said[CHINESE].startswith(str(bad / "config.json") + "：") and "当前" in said[CHINESE]
+    assert not english_words(said[CHINESE].replace(str(bad), "")), said[CHINESE]

@@ -3,8 +3,10 @@ tutorial's words, and pictures and plots draw Chinese with a font that has it.""
 
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,9 @@ from PIL import Image, ImageDraw
 from serving import ROOT
 
 from ddpm_app import fonts
-from ddpm_app.text import ENGLISH, LANGUAGES, catalogue, count, fields, language_of, sentences, text, translated
+from ddpm_app.checks import ConfigError, whole_number
+from ddpm_app.io.model_folder import ModelFolderError, read_config
+from ddpm_app.text import ENGLISH, LANGUAGES, CatalogueError, catalogue, count, fields, language_of, sentences, text
 
 TUTORIAL = ROOT.parent / "shared" / "seed" / "000_84a41ae4c88c7355.txt"
 # the glossary's Chinese words that the tutorial itself uses (the rest, such as 种子 or 噪声调度, it never needs)
@@ -55,16 +59,33 @@ def test_a_text_is_looked_up_by_key_and_filled_with_values():
         text("no.such.key")
 
 
-def test_an_english_message_is_read_back_and_written_in_chinese():
-    """The checks raise English (the API's language); the page turns a message it knows into Chinese, the field's
-    name too, and leaves one it does not know as it is."""
-    from ddpm_app.checks import whole_number
-
+def test_a_check_names_its_text_which_reads_in_either_language():
+    """A check raises a catalogue key and its values: English as ``str`` (the API's language), Chinese where the user
+    reads it, the field's name in Chinese words too; a copy (a pickle) keeps the values."""
     with pytest.raises(ValueError) as raised:
         whole_number(99, "frame", 1, 6)
-    assert translated(str(raised.value), CHINESE) == "帧 必须是 1…6 之间的整数，收到的是 99"
-    assert translated(str(raised.value), ENGLISH) == str(raised.value)
-    assert translated("an error no catalogue knows", CHINESE) == "an error no catalogue knows"
+    assert str(raised.value) == "frame must be a whole number in 1…6, got 99"
+    assert raised.value.in_language(CHINESE) == "帧 必须是 1…6 之间的整数，收到的是 99"
+    assert raised.value.in_language(ENGLISH) == str(raised.value)
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert type(copy) is type(raised.value) and copy.in_language(CHINESE) == raised.value.in_language(CHINESE)
+
+
+def test_a_message_inside_a_message_is_read_in_the_same_language():
+    """A model folder's message holds its file's message, and the weights' differences a list: all in one language."""
+    with pytest.raises(ModelFolderError) as raised:
+        read_config(Path(__file__).parent)  # no config.json here
+    assert str(raised.value).endswith("config.json: not found. A model folder needs config.json and model.safetensors.")
+    assert raised.value.in_language(CHINESE).endswith("config.json：找不到。模型文件夹需要 config.json 和 model.safetensors。")
+    nested = ModelFolderError("folder.in_file", path="m/config.json",
+                              detail=ConfigError("config.in_part", part="schedule",
+                                                 detail=ConfigError("error.flag", name="clip", got="3")))
+    assert str(nested) == "m/config.json: schedule.clip must be true or false, got 3"
+    assert nested.in_language(CHINESE) == "m/config.json：schedule.clip 必须是 true 或 false，收到的是 3"
+    differ = ModelFolderError("folder.weights_differ", path="w", config="c",
+                              detail=[CatalogueError("folder.tensor_missing", name="a"), "…"])
+    assert str(differ) == "w: weights do not match c (a missing; …)"
+    assert differ.in_language(CHINESE) == "w：权重与 c 不符（缺少 a; …）"
 
 
 def test_counts_and_sentences_follow_the_language():
