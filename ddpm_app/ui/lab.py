@@ -404,7 +404,7 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
             x0_plot = _plot("lab.x0_along", elem_id="lab-x0")
         sample_quality = gr.Markdown("", elem_id="lab-sample-quality")
         with gr.Accordion(i18n("lab.samples_accordion"), open=False):
-            samples_json = gr.JSON(label=i18n("lab.samples"))
+            samples_json = gr.JSON(label=i18n("lab.samples"), elem_id="lab-samples-json")
         with gr.Row():
             export_btns = [(gr.Button(i18n(f"lab.export_{what}", kind=kind.upper()), size="sm", min_width=120), what,
                             kind) for what in ("training", "paths") for kind in ("gif", "mp4")]

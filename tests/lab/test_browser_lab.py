@@ -1,11 +1,13 @@
 """The 2-D lab in a real browser (Debian's headless Chromium, Playwright) against ``python app.py`` with a tiny
 image model: choose a data set, see the forward process, train (the loss figure and the
 distance line appear), sample, at 1280 and 400 pixels wide, with no page or console errors and no warning or
-traceback in the server's log. Screenshots go to test-artifacts/lab/ (the README's copies are docs/screens/lab*.png).
+traceback in the server's log; and a shape drawn with the mouse on the sketchpad becomes the data set (a blank one
+gets the message). Screenshots go to test-artifacts/lab/ (the README's copies are docs/screens/lab*.png).
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -30,8 +32,16 @@ def server(tmp_path_factory):
         yield url, log
 
 
+# counts the page's file uploads in flight: the sketchpad sends its layers again whenever the page changes, and a
+# page closed in the middle of one leaves the server a disconnected upload (a traceback in its log)
+COUNT_UPLOADS = """{ const fetch0 = window.fetch; window.uploading = 0;
+    window.fetch = (...args) => { if (!String(args[0]?.url ?? args[0]).includes('/upload')) return fetch0(...args);
+        window.uploading++; return fetch0(...args).finally(() => window.uploading--); } }"""
+
+
 def open_lab(browser, url: str, width: int):
     page = browser.new_page(viewport={"width": width, "height": 900})
+    page.add_init_script(COUNT_UPLOADS)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -79,5 +89,59 @@ def test_lab_tab(browser, server, width):
     assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
     tab.screenshot(path=SHOTS / f"lab{'' if width == 1280 else '-phone'}.png")
     page.close()
+    assert not errors, errors
+    assert not LOG_TROUBLE.findall(log.read_text()), log.read_text()
+
+
+def test_drawing_is_the_data(browser, server):
+    """A stroke drawn with the mouse, across the middle and then up from its right end, gives points along it in
+    the lab's coordinates, y pointing up (the stroke is about 0.15 thick there: the brush's width); choosing "my
+    drawing" before drawing anything says the drawing is blank."""
+    url, log = server
+    page, errors = open_lab(browser, url, 1280)
+    tab = page.locator("#lab-tab")
+    tab.get_by_text("Draw, upload or paste").click()
+    tab.get_by_role("radio", name="my drawing").check()
+    page.locator(".toast-body").get_by_text("the drawing is blank: draw a shape (a few strokes) first").wait_for(
+        timeout=PATIENCE_MS)
+
+    sketch = page.locator("#lab-sketch")
+    sketch.get_by_role("button", name="Brush").click()  # the canvas takes strokes once a tool is chosen
+    box = sketch.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2 - 90, box["y"] + box["height"] / 2  # the page's middle, 240 px square
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for dx, dy in [(9 * i, 0) for i in range(1, 21)] + [(180, -9 * i) for i in range(1, 7)]:
+        page.mouse.move(x + dx, y + dy)
+    page.mouse.up()
+    sketch.screenshot(path=SHOTS / "lab-drawing.png")
+    tab.get_by_role("button", name="Use this data").click()
+    page.locator("#lab-data-note").get_by_text("your drawing: 1000 training points").wait_for(timeout=PATIENCE_MS)
+    page.locator("#lab-data img").wait_for(timeout=PATIENCE_MS)
+    page.locator("#lab-data").screenshot(path=SHOTS / "lab-drawing-data.png")
+
+    steps = page.locator("#lab-steps input[type=number]")  # the points come back with a sample (/toy_sample's JSON)
+    steps.fill("100")
+    steps.press("Enter")
+    tab.get_by_role("button", name="Train", exact=True).click()
+    page.locator("#lab-status").get_by_text("step 100 of 100").wait_for(timeout=PATIENCE_MS)
+    tab.get_by_role("button", name="Sample", exact=True).click()
+    tab.get_by_text("Samples (JSON").click()
+    data = json.loads(page.wait_for_function(
+        """() => { const el = document.querySelector('#lab-samples-json .json-holder');
+                   try { const v = JSON.parse(el.innerText); return v.data.length ? JSON.stringify(v.data) : null }
+                   catch { return null } }""", timeout=PATIENCE_MS).json_value())
+    page.wait_for_function("() => window.uploading === 0", timeout=PATIENCE_MS)
+    page.close()
+
+    assert len(data) == 1000
+    xs, ys = [p[0] for p in data], [p[1] for p in data]
+    bar = [y for x, y in data if x < 0.5]  # the horizontal stroke, left of the upright one
+    upright = [(x, y) for x, y in data if y > max(bar) + 0.05]
+    assert min(xs) < -0.95 and max(xs) > 0.95, "the longer side (the horizontal stroke) spans −1…1"
+    assert max(bar) - min(bar) < 0.25, f"the horizontal stroke is {max(bar) - min(bar):.2f} thick, not a line"
+    assert max(ys) - max(bar) > 0.4, "the upright stroke rises above the horizontal one (y points up)"
+    assert min(ys) > min(bar) - 0.05, "nothing lies below the horizontal stroke (y points up)"
+    assert min(x for x, _ in upright) > 0.75, "the upright stroke stands at the right end"
     assert not errors, errors
     assert not LOG_TROUBLE.findall(log.read_text()), log.read_text()

@@ -159,10 +159,19 @@ def test_csv_points_and_their_errors():
 
 
 def test_drawing_points_follow_the_ink():
+    """Ink is an opaque dark pixel (transparent black, what the sketchpad's empty layer holds, is none); the points
+    lie on it with y pointing up: a bar along the bottom and an upright at its right end stay so."""
     import numpy as np
-    canvas = np.full((100, 200, 4), 255, np.uint8)
-    canvas[40:60, 20:40, :3] = 0  # a black square on the left, transparent elsewhere would count too
-    ps = from_drawing(canvas, 200, gen(0))
-    assert len(ps.train) == 200 and torch.cat([ps.train, ps.heldout]).abs().max() <= 1.0 + 1e-6
+    canvas = np.zeros((100, 200, 4), np.uint8)  # transparent black
+    canvas[80:90, 0:200] = (0, 0, 0, 255)  # the bar: 200 × 10 pixels
+    canvas[10:80, 190:200] = (0, 0, 0, 255)  # the upright at its right end, up to row 10
+    ps = from_drawing(canvas, 2000, gen(0))
+    x, y = torch.cat([ps.train, ps.heldout]).T
+    assert len(ps.train) == 2000 and float(x.min()) == pytest.approx(-1, abs=0.01) and float(x.max()) <= 1.0
+    bar, upright = y[x < 0.85], y[x >= 0.9]
+    assert float(bar.max() - bar.min()) <= 0.1 + 1e-6  # 10 pixels of 200 across −1…1
+    assert float(upright.max()) == pytest.approx(float(bar.min()) + 0.8, abs=0.01)  # 80 pixels above the bar's foot
+    with pytest.raises(InvalidValue, match="blank"):
+        from_drawing(np.zeros((100, 200, 4), np.uint8), 200, gen(0))
     with pytest.raises(InvalidValue, match="blank"):
         from_drawing(np.full((100, 200, 4), 255, np.uint8), 200, gen(0))

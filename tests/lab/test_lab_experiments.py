@@ -1,6 +1,7 @@
-"""The 2-D lab's one-click experiments, each run through the events the tab wires (the button's click and what
-follows it), on few points, few steps and few samples: each sets what it names, trains again only when the model
-changes, and the model, schedule or sampling run afterwards really is the changed one."""
+"""The 2-D lab's one-click experiments and its exports, each run through the events the tab wires (the button's
+click and what follows it), on few points, few steps and few samples: each experiment sets what it names, trains
+again only when the model changes, and the model, schedule or sampling run afterwards really is the changed one;
+the GIF and MP4 buttons animate the training previews and the sampling paths."""
 
 from __future__ import annotations
 
@@ -179,3 +180,29 @@ def test_a_sampling_experiment_after_a_training_one_keeps_the_model_s_settings(t
     # a training experiment after it starts from the defaults again: T back to 1000 with the smaller β
     run_experiment(tab, "β 1e-4…0.002")
     assert tab.lab.schedule.timesteps == 1000 and tab.value(tab.find(gr.Radio, label="DDPM σ²")) == "posterior"
+
+
+@pytest.mark.parametrize("what, label", [("training", "Training"), ("paths", "Trajectories")])
+def test_exports_animate_the_training_and_the_paths(tab, what, label):
+    """Training: one frame per preview drawn while training; Trajectories: the paths growing, many frames, the
+    first unlike the last. Every frame a figure of at least 512 px; the MP4 holds the same frames and then the
+    last for a second at 20 fps."""
+    import imageio.v3 as iio  # MP4 export needs imageio-ffmpeg, a requirement: missing, this test fails
+    from PIL import Image, ImageChops, ImageSequence
+
+    download = tab.find(gr.File, label="Download")
+    with pytest.raises(gr.Error, match="nothing to export yet"):
+        tab.click(button(tab, f"{label} (GIF)"))
+    trained(tab)
+    tab.click(button(tab, f"{label} (GIF)"))
+    with Image.open(tab.value(download)) as gif:
+        frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+    assert min(min(f.size) for f in frames) >= 512
+    if what == "training":
+        assert len(frames) == len(tab.lab.previews)
+    else:
+        assert len(frames) > 10 and ImageChops.difference(frames[0], frames[-1]).getbbox() is not None
+    tab.click(button(tab, f"{label} (MP4)"))
+    video = iio.imread(tab.value(download), plugin="FFMPEG")
+    assert video.shape[0] == len(frames) + 20 and min(video.shape[1:3]) >= 512
+
