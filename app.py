@@ -30,6 +30,7 @@ from ddpm_app.runtime.inference import CPU_RUNTIMES, PRECISION_CHOICES, resolve_
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL
 from ddpm_app.serve.server import BodyLimit
+from ddpm_app.serve.sessions import HeartbeatWatch, Sessions
 from ddpm_app.ui import page as ui
 from ddpm_app.views.state import Users
 
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     interval = None if args.preview_interval < 0 else args.preview_interval
     users = Users()
     users.sweep_every(60)  # results unused for the time-to-live go even while nobody makes a request
+    sessions = Sessions(users.leave, users.time_to_live)  # Gradio's record of a session goes once nobody holds it
     # memory freed by users who left or by refused requests goes back to the system once the device is idle
     library.worker.when_idle(trim_malloc, every=IDLE_TRIM_S, after=IDLE_TRIM_S)
     demo = ui.build(library, preview_interval=interval, queue_size=args.queue_size, users=users)
@@ -106,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     # command line; the address and the hint are printed here instead (a public URL Gradio prints itself)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_BYTES,
-                    css=ui.CSS, head=ui.HEAD, theme=ui.THEME, app_kwargs={"middleware": [Middleware(BodyLimit)]},
+                    css=ui.CSS, head=ui.HEAD, theme=ui.THEME,
+                    app_kwargs={"middleware": [Middleware(BodyLimit), Middleware(HeartbeatWatch, sessions=sessions)],
+                                "lifespan": sessions.lifespan},
                     quiet=True, prevent_thread_lock=True)
     except KeyboardInterrupt:  # stopped while Gradio was still checking its own address: close, no traceback
         demo.close()

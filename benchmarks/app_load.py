@@ -25,11 +25,14 @@ memory and CPU are not measured and ``--queue-size`` only labels the output).
    then as many of 20.5 MB (under the body cap, refused by the app's size check); the server's memory meanwhile,
    just after and ``--settle`` seconds later;
 8. loss curve (``--phases curve``): the first ``/loss_curve`` of the server (run this phase first, on a fresh
-   server); its memory before, at the peak, just after and ``--settle`` seconds later.
+   server); its memory before, at the peak, just after and ``--settle`` seconds later;
+9. large inputs (``--phases inputs``): ``--visitors`` clients come, ``--visitors-at-once`` at a time, each sends
+   one value of ``--input-mb`` MB (``/show_run``'s choice of run, refused with a message: Gradio records the value
+   in the session before the app sees it) and leaves; the server's memory as in phase 5.
 
-Phases 5, 7 and 8 also give the server's memory just after it started ("fresh start"). Phases 5 to 8 need the
+Phases 5, 7, 8 and 9 also give the server's memory just after it started ("fresh start"). Phases 5 to 9 need the
 server started here (``--url`` not given); it then runs with its own temporary folder (TMPDIR and GRADIO_TEMP_DIR),
-so its files can be counted. The phases run in the order curve, refused, memory, exports, load. Prints one
+so its files can be counted. The phases run in the order curve, refused, memory, inputs, exports, load. Prints one
 Markdown table per phase.
 """
 
@@ -185,6 +188,30 @@ def come_and_go(url: str, pid: int, fresh: float, args: argparse.Namespace) -> N
         print(f"\nErrors: {errors[:3]!r}")
 
 
+def large_inputs(url: str, pid: int, fresh: float, args: argparse.Namespace) -> None:
+    """Phase 9: users come, each sends one large value and leaves; what the server keeps of it."""
+    value = "x" * int(args.input_mb * 2**20)
+
+    def visit(i: int) -> str:
+        c = client(url)
+        try:
+            c.predict(value, api_name="/show_run")
+            return "answered"
+        except Exception as e:
+            return "refused" if "must be one of" in str(e) else f"{type(e).__name__}: {str(e)[:80]}"
+        finally:
+            c.close()  # the user leaves: its heartbeat connection closes
+
+    with PeakMemory(pid) as memory:
+        with ThreadPoolExecutor(args.visitors_at_once) as pool:
+            answers = list(pool.map(visit, range(args.visitors)))
+    left = rss_mib(pid)
+    kinds = ", ".join(f"{answers.count(a)}× {a}" for a in sorted(set(answers)))
+    print("\n" + MEMORY_HEADER.format(settle=args.linger))
+    print(memory_row(f"{args.visitors} users, {args.visitors_at_once} at a time, each sending {args.input_mb:g} MB as "
+                     f"/show_run's run ({kinds})", fresh, memory, left, settled_rss(pid, args.linger)))
+
+
 def settled_rss(pid: int, seconds: float) -> float:
     """The server's RSS ``seconds`` from now."""
     time.sleep(seconds)
@@ -282,13 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--burst", type=int, default=24, help="clients submitting at once in the busy phase")
     p.add_argument("--queue-size", type=int, default=16, help="the app's queue size (app.py --queue-size)")
     p.add_argument("--phases", default="load",
-                   help="comma-separated: load (phases 1-4), memory, exports, refused, curve")
+                   help="comma-separated: load (phases 1-4), memory, exports, refused, curve, inputs")
     p.add_argument("--visitors", type=int, default=20, help="users who come and go (memory phase)")
     p.add_argument("--visitors-at-once", type=int, default=4)
     p.add_argument("--visitor-steps", type=int, default=50, help="DDIM steps of each visitor's run")
     p.add_argument("--linger", type=float, default=60, help="seconds to wait after the last visitor left")
     p.add_argument("--refused", type=int, default=30, help="photos over the size limit sent (refused phase)")
     p.add_argument("--refused-mb", type=float, default=25, help="size of each of them in MB")
+    p.add_argument("--input-mb", type=float, default=5, help="size of each user's value in MB (inputs phase)")
     p.add_argument("--settle", type=float, default=10, help="seconds to wait after the refused and curve phases")
     p.add_argument("--failed-exports", type=int, default=100)
     p.add_argument("--good-exports", type=int, default=20)
@@ -301,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     if url is None:
         proc, url = start_app(args, temp)
     elif phases - {"load"}:
-        sys.exit("the memory, exports, refused and curve phases measure the server: leave out --url")
+        sys.exit("the memory, exports, refused, curve and inputs phases measure the server: leave out --url")
     pid = proc.pid if proc else None
     fresh = rss_mib(pid) if pid else float("nan")
     print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
@@ -312,6 +340,8 @@ def main(argv: list[str] | None = None) -> None:
             refused(url, pid, fresh, args)
         if "memory" in phases:
             come_and_go(url, pid, fresh, args)
+        if "inputs" in phases:
+            large_inputs(url, pid, fresh, args)
         if "exports" in phases:
             exports(url, temp, args)
         if "load" in phases:

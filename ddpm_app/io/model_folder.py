@@ -182,12 +182,15 @@ def save_pretrained(model: nn.Module, config: DiffusionConfig, directory: str | 
                     dtype: torch.dtype | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE) -> Path:
     """Write ``config.json`` and the safetensors weights (cast to ``dtype`` if given) into ``directory``.
 
-    Files are written into a temporary folder first and then renamed into place one by one, so no file is
-    ever half-written under its final name; weight files of an earlier save that the new one lacks are removed.
+    Every weights file records in its safetensors metadata the image size it was saved for (``image_size``), which
+    the loader compares with config.json's (:func:`check_image_size`). Files are written into a temporary folder
+    first and then renamed into place one by one, so no file is ever half-written under its final name; weight files
+    of an earlier save that the new one lacks are removed.
     """
     import shutil
 
-    from huggingface_hub import save_torch_state_dict
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -197,8 +200,14 @@ def save_pretrained(model: nn.Module, config: DiffusionConfig, directory: str | 
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in model.state_dict().items()}
         staging.mkdir()
-        save_torch_state_dict(state, staging, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_size,
-                              metadata={WEIGHTS_IMAGE_SIZE: str(config.image_size)})
+        split = split_torch_state_dict_into_shards(state, filename_pattern=WEIGHTS_PATTERN,
+                                                   max_shard_size=max_shard_size)
+        recorded = {"format": "pt", WEIGHTS_IMAGE_SIZE: str(config.image_size)}  # in every shard: each is checked
+        for filename, names in split.filename_to_tensors.items():
+            save_file({name: state[name] for name in names}, staging / filename, metadata=recorded)
+        if split.is_sharded:
+            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+            (staging / f"{WEIGHTS_PATTERN.format(suffix='')}.index.json").write_text(json.dumps(index, indent=2))
         (staging / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         new_files = sorted(p.name for p in staging.iterdir())
         for old in directory.glob("model*.safetensors*"):  # stale shards or index of an earlier save
@@ -244,14 +253,25 @@ def check_weights(directory: Path, config: DiffusionConfig, files: list[str]) ->
     for name in files:
         try:
             with safe_open(directory / name, "pt") as weights:
-                saved_for = (weights.metadata() or {}).get(WEIGHTS_IMAGE_SIZE)
-                if saved_for is not None and saved_for != str(config.image_size):
-                    raise ModelFolderError("folder.image_size", path=directory / CONFIG_NAME, size=config.image_size,
-                                           weights=name, saved=shown(saved_for))
+                check_image_size(directory / name, (weights.metadata() or {}).get(WEIGHTS_IMAGE_SIZE), config)
                 found |= {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
         except (SafetensorError, OSError) as e:
             raise ModelFolderError("folder.bad_safetensors", path=directory / name, why=e) from None
     check_shapes(expected, found, directory / files[0], CONFIG_NAME)
+
+
+def check_image_size(weights: Path, saved_for: str | None, config: DiffusionConfig) -> None:
+    """A ModelFolderError unless config.json's image size is the one ``weights`` records it was trained at (its
+    safetensors metadata): the networks are fully convolutional, so weights trained at 64×64 would run at 128×128 too,
+    and make images they were never trained to make. Weights that record no size (exports older than the record,
+    other people's folders) are trusted to match."""
+    if saved_for is None or saved_for == str(config.image_size):
+        return
+    if not (saved_for.isascii() and saved_for.isdigit()):
+        raise ModelFolderError("folder.image_size_record", weights=weights, key=WEIGHTS_IMAGE_SIZE,
+                               value=shown(saved_for))
+    raise ModelFolderError("folder.image_size", path=weights.parent / CONFIG_NAME, size=config.image_size,
+                           weights=weights, saved=saved_for, key=WEIGHTS_IMAGE_SIZE)
 
 
 def load_model_folder(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:

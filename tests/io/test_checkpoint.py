@@ -2,6 +2,8 @@
 
 import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from safetensors.torch import load_file, save_file
 from ddpm_app.io.loading import load_local, load_pretrained
 from ddpm_app.io.model_folder import CONFIG_NAME, DiffusionConfig, ModelFolderError, read_config, save_pretrained
 from ddpm_app.models import build_model
+
+SHIPPED = Path(__file__).resolve().parents[2] / "weights"
 
 
 def outputs(model) -> torch.Tensor:
@@ -207,16 +211,61 @@ def test_a_huge_config_json_is_refused_before_it_is_read(tiny_model_dir):
         load_pretrained(tiny_model_dir)
 
 
-def test_weights_saved_for_another_image_size_are_refused(tiny_model, tiny_diffusion_config, tmp_path):
-    """A convolutional network's weights fit any image size; the size they were trained at is stored with them, and
-    a config.json that asks for another is refused."""
-    folder = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "m")
-    with safe_open(folder / "model.safetensors", "pt") as f:
-        assert f.metadata()["image_size"] == "16"
+def recorded_sizes(folder) -> dict[str, str | None]:
+    """Each weights file of ``folder`` → the image size its safetensors metadata records (None: none)."""
+    sizes = {}
+    for path in sorted(folder.glob("model*.safetensors")):
+        with safe_open(path, "pt") as f:
+            sizes[path.name] = (f.metadata() or {}).get("image_size")
+    return sizes
+
+
+def test_every_weights_file_records_the_image_size_it_was_saved_for(tiny_model, tiny_diffusion_config, tmp_path):
+    single = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "one")
+    sharded = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "shards", max_shard_size="100KB")
+    assert recorded_sizes(single) == {"model.safetensors": "16"}
+    assert len(recorded_sizes(sharded)) > 1 and set(recorded_sizes(sharded).values()) == {"16"}
+
+
+@pytest.mark.parametrize("max_shard_size", ["5GB", "100KB"])
+def test_weights_saved_for_another_image_size_are_refused(tiny_model, tiny_diffusion_config, tmp_path, max_shard_size):
+    """A convolutional network's weights run at any image size; the size they were trained at is stored with them, and
+    a config.json that asks for another is refused, naming both files, both sizes and the fields to set."""
+    folder = save_pretrained(tiny_model, tiny_diffusion_config, tmp_path / "m", max_shard_size=max_shard_size)
     rewrite_config(folder, lambda d: (d.update(image_size=32), d["model"].update(image_size=32)))
-    with pytest.raises(ModelFolderError, match=r"config\.json: model\.image_size is 32, but model\.safetensors holds "
-                                               r"weights saved for '16'×'16' images"):
+    first = min(recorded_sizes(folder))
+    with pytest.raises(ModelFolderError) as error:
         load_pretrained(folder)
+    assert str(error.value) == (
+        f"{folder / CONFIG_NAME}: image_size (and model.image_size) is 32, but {folder / first} records that its "
+        "weights were trained at 16×16 (its metadata's image_size). "
+        "Set both fields to 16, or train a model at 32×32.")
+
+
+def without_recorded_size(path) -> None:
+    """Write ``path`` again as exports before the record were: the same tensors, no image size in the metadata."""
+    save_file(load_file(path), path, metadata={"format": "pt"})
+
+
+def test_weights_that_record_no_image_size_still_load(tiny_model, tiny_model_dir):
+    """Older exports and other people's folders record no size: they load as they did, at config.json's size."""
+    without_recorded_size(tiny_model_dir / "model.safetensors")
+    assert recorded_sizes(tiny_model_dir) == {"model.safetensors": None}
+    assert torch.equal(outputs(load_pretrained(tiny_model_dir)), outputs(tiny_model))
+
+
+def test_a_recorded_image_size_that_is_not_a_size_is_named(tiny_model_dir):
+    weights = tiny_model_dir / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt", "image_size": "sixteen"})
+    with pytest.raises(ModelFolderError, match=rf"^{re.escape(str(weights))}: its metadata's image_size is 'sixteen', "
+                                               r"not an image size\. Re-export or re-download the model\.$"):
+        load_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in SHIPPED.glob("*/config.json")), ids=lambda p: p.name)
+def test_every_shipped_weights_file_records_its_config_s_image_size(folder):
+    size = str(read_config(folder).image_size)
+    assert recorded_sizes(folder) and set(recorded_sizes(folder).values()) == {size}
 
 
 def test_shapes_are_checked_before_the_network_is_built(tiny_model_dir, monkeypatch):

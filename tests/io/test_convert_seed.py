@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from conftest import PATIENCE, perturb, seeded_init
 
 from ddpm_app.cli.convert_seed import main
@@ -50,6 +51,8 @@ def test_library_conversion_gives_identical_outputs(seed_model, seed_config, tut
     assert config.schedule == ScheduleConfig()
     assert config.training["source_file"] == tutorial_pth.name
     assert "seed tutorial" in config.training["converted_from"]
+    with safe_open(directory / "model.safetensors", "pt") as weights:  # the size it was given, checked on load
+        assert weights.metadata()["image_size"] == "16"
     loaded = load_pretrained(directory)
     assert loaded.config == config
     assert isinstance(loaded.model, SeedUNet)

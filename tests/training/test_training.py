@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from conftest import perturb, seeded_init
 from PIL import Image
 from tiny_runs import MODEL, SCHEDULE, shapes_pack, train_config
@@ -668,6 +669,8 @@ def test_export_loads_through_the_core_loader_and_samples(tmp_path, dtype):
     run(trainer)
     folder = trainer.export(tmp_path / "export", hardware="test CPU").folder
 
+    with safe_open(folder / "model.safetensors", "pt") as weights:  # the size it was trained at, checked on load
+        assert weights.metadata()["image_size"] == str(MODEL.image_size)
     loaded = load_pretrained(folder)
     assert loaded.config.model == MODEL and loaded.config.schedule == SCHEDULE
     assert loaded.config.training["steps"] == 4 and loaded.config.training["images_seen"] == 32
