@@ -132,7 +132,7 @@ FIELDS = {
     "/toy_continue": [("steps must", 1, ())],
     "/toy_sample": [("sampler must", "ddim", ()), ("DDIM steps must", 2, ()),
                     ("reverse variance σ² must", "posterior", ()), ("clip x̂₀ must", True, FLAG_OK),
-                    ("number of points must", 10, ()), ("seed must", 0, ("int",)), ("t of the field must", 0, ()),
+                    ("number of points must", 10, ()), ("seed must", 0, ("int",)), ("t of the field must", 1, ()),
                     ("arrows must", "score", ())],
     **{f"/toy_export_{what}_{kind}": [] for what in ("training", "paths") for kind in ("gif", "mp4")},
     "/pin": [], "/export_gif": [], "/export_mp4": [], "/export_png": [], "/rescan_models": [],
