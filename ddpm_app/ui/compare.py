@@ -64,7 +64,7 @@ def compare_tab(h: CompareHandlers, user: gr.State, T: int) -> gr.Slider:
             play_btn = gr.Button(i18n("compare.play"), min_width=100)
         t = widgets.Slider(1, T, value=T, step=1, label=i18n("compare.t"), elem_id="compare-t")
         caption = gr.Markdown(i18n("compare.nothing_pinned"), label=i18n("compare.runs"), elem_id="compare-caption")
-        image = output_image("compare.picture", height=300, pixelated=False, elem_id="compare-image")
+        image = output_image("compare.picture", height=340, pixelated=False, elem_id="compare-image")
 
     pin_btn.click(h.pin, user, [caption, image, t], api_name="pin", show_progress="hidden")
     t.input(h.compare, [t, user], [image, caption], api_name="compare", show_progress="hidden",

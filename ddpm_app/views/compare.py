@@ -21,7 +21,8 @@ def frame_at(run: Trajectory, t: int) -> Frame:
 
 def compare_picture(pinned: Trajectory, latest: Trajectory, t: int, min_size: int = 128,
                     title: str | None = None, language: str = ENGLISH) -> tuple[np.ndarray, str]:
-    """x_t and x̂₀ of both runs at ``t``, side by side (A = pinned, B = latest), and a Markdown caption."""
+    """x_t and x̂₀ of both runs at ``t``, A (pinned) in the top row and B (latest) under it, and a Markdown caption.
+    Two by two, the picture is about as tall as wide, so a phone shows it across its width, not as a thin strip."""
     a, b = frame_at(pinned, t), frame_at(latest, t)
     tiles = [grid(from_uint8(x)) for x in (a.x_t, a.pred_x0, b.x_t, b.pred_x0)]
     labels = [label for run, f in (("A", a), ("B", b))
@@ -34,7 +35,7 @@ def compare_picture(pinned: Trajectory, latest: Trajectory, t: int, min_size: in
         caption += text("compare.seeds_differ", language, a=pinned.seed, b=latest.seed)
     elif (noisy(pinned) or noisy(latest)) and pinned.settings != latest.settings:
         caption += text("compare.same_seed", language)
-    return labelled_strip(tiles, labels, min_size=min_size, title=title), caption
+    return labelled_strip(tiles, labels, min_size=min_size, columns=2, title=title), caption
 
 
 def noisy(run: Trajectory) -> bool:

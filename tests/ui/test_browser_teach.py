@@ -1,8 +1,8 @@
 """The teaching views in a real browser (Debian's headless Chromium, Playwright) against ``python app.py`` serving
 the shipped faces model: each view opened and used at 1280 and 400 pixels wide.
 
-The screenshots go to test-artifacts/teach/; look at them after a change to the views, and copy them to
-docs/screens/ (which the README shows).
+The screenshots go to test-artifacts/teach/; look at them after a change to the views (the docs' screenshots,
+docs/screens/, are taken by scripts/screenshots.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from conftest import open_tab
 from serving import ROOT, serving_app
 
-SHOTS = ROOT / "test-artifacts" / "teach"  # for a person to look at; the README's copies are in docs/screens/
+SHOTS = ROOT / "test-artifacts" / "teach"  # for a person to look at; the docs' are scripts/screenshots.py's
 SHOTS.mkdir(parents=True, exist_ok=True)
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 WEIGHTS = ROOT / "weights"
