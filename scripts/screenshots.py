@@ -112,8 +112,9 @@ def tour(browser, url: str, width: int, out: Path) -> None:
     shoot(page, out / f"compare-{width}.png")
 
     open_tab(page, "Forward")
-    page.locator("input[type=file]").first.set_input_files(str(PHOTO))
+    page.locator("#fwd-photo input[type=file]").set_input_files(str(PHOTO))
     page.locator("#fwd-numbers").get_by_text("noise seed").wait_for(timeout=WAIT)
+    page.locator("#fwd-strip").scroll_into_view_if_needed()  # a lazy image far down a phone's page loads once near
     page.locator("#fwd-strip img").wait_for(timeout=WAIT)
     shoot(page, out / f"forward-{width}.png")
 
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", type=Path, default=ROOT / "weights")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screens")
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--width", type=int, action="append", help=f"a page width in pixels (default: {WIDTHS})")
     args = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             browser = pw.chromium.launch(executable_path=args.chromium, headless=True,
                                          args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
                                          env={**os.environ, "FONTCONFIG_FILE": str(fonts)})
-            for width in WIDTHS:
+            for width in args.width or WIDTHS:
                 tour(browser, url, width, args.out)
             browser.close()
 
