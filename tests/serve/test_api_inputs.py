@@ -278,7 +278,7 @@ def test_other_ways_of_sending_a_photo_are_refused_clearly(app, value):
 
 def test_the_smaller_input_holes_are_messages(app):
     """A 5 MB run name is quoted in 40 characters, escaped, and not copied into the log; a 300-character folder
-    name is a message; /compare's t must be in the model's 0…T−1; DDPM refuses DDIM settings that make no sense
+    name is a message; /compare's t must be the paper's, in 1…T; DDPM refuses DDIM settings that make no sense
     even though it does not use them."""
     url, log = app
     session = uuid.uuid4().hex[:12]
@@ -291,9 +291,9 @@ def test_the_smaller_input_holes_are_messages(app):
     assert len(message) < 200 and log.stat().st_size - size < 10_000
     kind, message = call(url, "/load_folder", ["x" * 300])
     assert kind == "error" and message.startswith("no folder 'xxxxx") and "the current model stays loaded" in message
-    for t in (T, 1000, 5000, 10**9):
-        assert call(url, "/compare", [t], session) == ("error", f"t must be a whole number in 0…{T - 1}, got {t}")
-    assert call(url, "/compare", [T - 1], session)[0] == "complete"
+    for t in (0, T + 1, 5000, 10**9):
+        assert call(url, "/compare", [t], session) == ("error", f"t must be a whole number in 1…{T}, got {t}")
+    assert call(url, "/compare", [T], session)[0] == "complete"
     assert call(url, "/generate", ["ddpm", "garbage", 0.0, 1, 1, True, False]) == (
         "error", f"DDIM steps must be a whole number in 1…{T}, got 'garbage'")
     assert call(url, "/generate", ["ddpm", 3, "NaN", 1, 1, True, False]) == (
