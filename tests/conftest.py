@@ -161,13 +161,14 @@ def chromium() -> Path:
 
 def noised_photo_picture(photo, size: int, t: int, noise_seed: int, timesteps: int) -> np.ndarray:
     """The forward view's x_t as the app should show it, from the definitions alone: x₀ the photo at ``size`` in
-    [−1, 1], ε ~ N(0, I) from ``noise_seed`` (CPU), ᾱ_t for the default linear β from 1e-4 to 0.02 over ``timesteps``,
-    x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, shown as (H, W, 3) uint8 with [−1, 1] → [0, 255]."""
+    [−1, 1], ε ~ N(0, I) from ``noise_seed`` (CPU), ᾱ_t = ∏_{s≤t}(1 − β_s) for the paper's t (1…T, as the app's
+    slider) and the default linear β from 1e-4 to 0.02 over ``timesteps``, x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, shown as
+    (H, W, 3) uint8 with [−1, 1] → [0, 255]."""
     from ddpm_app.image import load_image
 
     x0 = load_image(photo, size).double()
     eps = torch.randn((3, size, size), generator=torch.Generator().manual_seed(noise_seed)).double()
-    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64), 0)[t]
+    abar = torch.prod(1 - torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)[:t])
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
     return ((x_t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 

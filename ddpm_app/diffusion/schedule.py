@@ -1,7 +1,8 @@
 """Noise schedules and the forward process q(x_t | x_0).
 
 Timesteps are 0-based, as in code: t = 0 … T−1, where the paper's t = 1 … T.
-So ``alphas_cumprod[t]`` is the paper's ᾱ_{t+1} and ``alphas_cumprod_prev[0] = 1``.
+So ``alphas_cumprod[t]`` is the paper's ᾱ_{t+1} and ``alphas_cumprod_prev[0] = 1``. What people read (labels,
+equations, sliders, the API) uses the paper's t: :func:`paper_t` and :func:`table_index` go between the two.
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ class ScheduleConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def paper_t(index: int) -> int:
+    """The paper's t of a table index (or of an array of them): index i holds t = i + 1, so 0…T−1 are t = 1…T, and
+    a chain's end (index −1, the data x₀) is t = 0."""
+    return index + 1
+
+
+def table_index(t: int) -> int:
+    """The table index of the paper's t = 1…T, :func:`paper_t` undone: ``betas[table_index(t)]`` is β_t."""
+    return t - 1
 
 
 def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:

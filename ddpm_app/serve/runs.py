@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
-from ddpm_app.diffusion.schedule import Schedule
+from ddpm_app.diffusion.schedule import Schedule, paper_t
 from ddpm_app.image import from_uint8, to_uint8
 from ddpm_app.serve.worker import DeviceWorker
 from ddpm_app.text import ENGLISH, count, text
@@ -82,30 +82,31 @@ class RunName:
     :attr:`file_stem` for the run's exports."""
 
     settings: SamplerSettings
-    start_t: int  # the chain's first timestep: T − 1 from noise
+    start_t: int  # the chain's first timestep (table index): T − 1 from noise, shown as the paper's t = T
     seed: int
     from_photo: bool = False  # SDEdit: from a photo noised to ``start_t`` (Denoise); else from noise (Generate)
 
     @property
     def title(self) -> str:
-        """For people: "DDIM, 50 steps, η = 0, x̂₀ clipped, seed 7" or "SDEdit from t = 9, DDPM, 10 steps, seed 3"."""
+        """For people: "DDIM, 50 steps, η = 0, x̂₀ clipped, seed 7" or "SDEdit from t = 10, DDPM, 10 steps, seed 3"
+        (the paper's t)."""
         return self.words(ENGLISH)
 
     def words(self, language: str) -> str:
         """The :attr:`title` in ``language``."""
         sampler = sampler_words(self.settings, self.start_t, language)
         if self.from_photo:
-            return text("run.sdedit_title", language, t=self.start_t, settings=sampler, seed=self.seed)
+            return text("run.sdedit_title", language, t=paper_t(self.start_t), settings=sampler, seed=self.seed)
         clipped = text("run.clipped" if self.settings.clip_x0 else "run.not_clipped", language)
         return text("run.title", language, settings=sampler, clipped=clipped, seed=self.seed)
 
     @property
     def file_stem(self) -> str:
         """For files, the title's start, sampler, steps and seed: "ddim-50steps-eta0_seed7" or
-        "sdedit-t9_ddpm-10steps_seed3"."""
+        "sdedit-t10_ddpm-10steps_seed3" (the paper's t)."""
         s = self.settings
         sampler = f"{s.sampler}-{s.num_steps(self.start_t)}steps" + (f"-eta{s.eta:g}" if s.sampler == "ddim" else "")
-        start = f"sdedit-t{self.start_t}_" if self.from_photo else ""
+        start = f"sdedit-t{paper_t(self.start_t)}_" if self.from_photo else ""
         return f"{start}{sampler}_seed{self.seed}"
 
 

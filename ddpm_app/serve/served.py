@@ -17,7 +17,7 @@ from torch import Tensor
 from ddpm_app.checks import InvalidValue, whole_number
 from ddpm_app.diffusion.interpolation import slerp, weights
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
-from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
+from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig, table_index
 from ddpm_app.image import load_image
 from ddpm_app.io.model_folder import LoadedModel
 from ddpm_app.metrics import heldout
@@ -120,8 +120,9 @@ class ServedModel:
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def check_t(self, t: float | None) -> int:
-        return whole_number(t, "t", 0, self.timesteps - 1)
+    def t_index(self, t: float | None) -> int:
+        """The table index of a t a person gives, the paper's t = 1…T, checked."""
+        return table_index(whole_number(t, "t", 1, self.timesteps))
 
     def check_batch(self, batch: float | None) -> int:
         return batch_size(batch)

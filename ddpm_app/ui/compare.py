@@ -8,6 +8,7 @@ from typing import Iterator
 
 import gradio as gr
 
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.text import text
 from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import i18n
@@ -25,14 +26,14 @@ class CompareHandlers(TabHandlers):
         if user.run is None or not user.run.frames:
             raise user_error(text("compare.nothing_to_pin", user.language))
         user.pinned = user.run
-        first = user.pinned.frames[0].t
+        first = paper_t(user.pinned.frames[0].t)
         return (text("compare.pinned", user.language, title=user.pinned.title),
                 *self.compare(first, user)[:1], gr.update(value=first))
 
     def compare(self, t: float, user: UserState) -> tuple:
-        """Both runs at timestep ``t`` (in the model's 0…T−1, as the slider): (picture, caption)."""
+        """Both runs at the paper's ``t`` (1…T, as the slider): (picture, caption)."""
         with user_errors(user.language):
-            t = self.served(user).check_t(t)
+            t = self.served(user).t_index(t)
         if user.pinned is None:
             return None, text("compare.nothing_pinned", user.language)
         latest = user.run
@@ -42,12 +43,13 @@ class CompareHandlers(TabHandlers):
         return self.worker.run(compare_picture, user.pinned, latest, t, language=user.language)
 
     def play(self, user: UserState, positions: int = 30, delay: float = 0.15) -> Iterator[tuple]:
-        """Both runs from x_T down to x₀: (t, picture, caption) at ``positions`` evenly spaced timesteps."""
+        """Both runs from x_T down to x₀: (t, picture, caption) at ``positions`` evenly spaced timesteps, the paper's
+        t from the higher start down to 1."""
         if user.pinned is None or user.run is None or not user.run.frames:
             raise user_error(text("compare.pin_first", user.language))
-        top = max(user.pinned.frames[0].t, user.run.frames[0].t)
+        top = paper_t(max(user.pinned.frames[0].t, user.run.frames[0].t))
         for i in range(positions):
-            t = round(top * (1 - i / (positions - 1)))
+            t = 1 + round((top - 1) * (1 - i / (positions - 1)))
             yield (t, *self.compare(t, user))
             time.sleep(delay)
 
@@ -60,9 +62,9 @@ def compare_tab(h: CompareHandlers, user: gr.State, T: int) -> gr.Slider:
         with gr.Row():
             pin_btn = gr.Button(i18n("compare.pin"), variant="primary", min_width=120)
             play_btn = gr.Button(i18n("compare.play"), min_width=100)
-        t = widgets.Slider(0, T - 1, value=T - 1, step=1, label=i18n("compare.t"), elem_id="compare-t")
+        t = widgets.Slider(1, T, value=T, step=1, label=i18n("compare.t"), elem_id="compare-t")
         caption = gr.Markdown(i18n("compare.nothing_pinned"), label=i18n("compare.runs"), elem_id="compare-caption")
-        image = output_image("compare.picture", height=300, pixelated=False, elem_id="compare-image")
+        image = output_image("compare.picture", height=340, pixelated=False, elem_id="compare-image")
 
     pin_btn.click(h.pin, user, [caption, image, t], api_name="pin", show_progress="hidden")
     t.input(h.compare, [t, user], [image, caption], api_name="compare", show_progress="hidden",

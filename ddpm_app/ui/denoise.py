@@ -10,6 +10,7 @@ import gradio as gr
 
 from ddpm_app.checks import resolve_seed
 from ddpm_app.diffusion.samplers import SamplerSettings, Step
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.image import psnr
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.runs import PREVIEW_BUDGET, RunName, Throttle, Trajectory, stream
@@ -40,7 +41,7 @@ DENOISE_HELP = text("denoise.help")
 class DenoiseHandlers(TabHandlers):
     def denoise(self, sampler: str, steps: float, eta: float, seed: float | None, clip_x0: bool,
                 user: UserState, request: gr.Request | None = None) -> Iterator[tuple]:
-        """Run the reverse chain from the forward tab's x_t at its t back to 0 (SDEdit); yields
+        """Run the reverse chain from the forward tab's x_t at its t back to x₀ (SDEdit); yields
         (x_t, x̂₀, original | noised | result, status, seed used, frame-slider update)."""
         served = self.served(user)
         forward, language = user.forward, user.language
@@ -60,7 +61,7 @@ class DenoiseHandlers(TabHandlers):
             x_now, x0_now, _, status, seed_used, slider = run_preview(served, run, step, started, False, language)
             result = run.result()
             now = "denoise.result" if step.is_last else "denoise.current_guess"
-            labels = [text(key, language, t=t) for key in ("denoise.original", "denoise.noised", now)]
+            labels = [text(key, language, t=paper_t(t)) for key in ("denoise.original", "denoise.noised", now)]
             compare = labelled_strip([x0, x_t, result], labels)
             compare = compare if step.is_last else preview_file(compare)
             if step.is_last:

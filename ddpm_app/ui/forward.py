@@ -11,13 +11,23 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ddpm_app.checks import flag
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip, noise_picture, picture
 from ddpm_app.serve.served import ServedModel, schedule_curves
 from ddpm_app.text import ENGLISH, text
 from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import i18n
-from ddpm_app.ui.kit import EXAMPLES, LATEX, NOISE_SHOWN, TabHandlers, help_markdown, output_image, user_key
+from ddpm_app.ui.kit import (
+    EXAMPLES,
+    LATEX,
+    NOISE_SHOWN,
+    TabHandlers,
+    help_markdown,
+    output_image,
+    starting_t,
+    user_key,
+)
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.plots import pixels
 from ddpm_app.views.state import ForwardState, UserState
@@ -30,10 +40,11 @@ FORWARD_HELP = text("forward.help") + NOISE_SHOWN  # as the page shows it in Eng
 class ForwardHandlers(TabHandlers):
     def noise(self, photo: str | None, t: float, fix_noise: bool, noise_seed: float | None,
               user: UserState, request: gr.Request | None = None) -> tuple:
-        """x_t of the photo at ``t``: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
+        """x_t of the photo at the paper's ``t`` (1…T, as the slider): (x₀, ε, x_t, numbers, strip over t, schedule
+        plot, SDEdit start, SDEdit note)."""
         served = self.served(user)
         with user_errors(user.language):
-            t = served.check_t(t)
+            t = served.t_index(t)
             outputs = self.worker.run(forward_view, served, user.forward, photo, t, flag(fix_noise, "fix the noise"),
                                       noise_seed, user.language)
         self.users.seen(user_key(user, request), user)
@@ -46,25 +57,26 @@ class ForwardHandlers(TabHandlers):
 
 def forward_view(served: ServedModel, forward: ForwardState, photo: str | None, t: int, fix_noise: bool,
                  noise_seed: float | None, language: str = ENGLISH) -> tuple:
-    """Noise ``photo`` to ``t`` (:meth:`~ddpm_app.views.state.ForwardState.update`) and draw the view: (x₀, ε, x_t,
-    numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
+    """Noise ``photo`` to the table index ``t`` (:meth:`~ddpm_app.views.state.ForwardState.update`) and draw the
+    view: (x₀, ε, x_t, numbers, strip over t, schedule plot, SDEdit start, SDEdit note)."""
     forward.update(served, photo, t, fix_noise, noise_seed)
     numbers = forward_numbers(served, t, forward.eps_seed, language)
     plot = schedule_plot(served, t, language)
     if forward.x0 is None:
         return None, None, None, numbers, None, plot, None, text("forward.upload_first", language)
     ts = served.strip_timesteps()
-    strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {s}" for s in ts],
+    strip = labelled_strip(served.q_sample(forward.x0, ts, forward.eps), [f"t = {paper_t(s)}" for s in ts],
                            min_size=128, columns=STRIP_COLUMNS, font_size=STRIP_FONT_SIZE)
-    note = text("forward.starting_point", language, t=t, seed=forward.eps_seed)
+    note = text("forward.starting_point", language, t=paper_t(t), seed=forward.eps_seed)
     return (picture(forward.x0), noise_picture(forward.eps), picture(forward.x_t), numbers, strip, plot,
             picture(forward.x_t), note)
 
 
 def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None, language: str = ENGLISH) -> str:
+    """ᾱ_t, SNR and q(x_t|x₀) with the numbers filled in, for the table index ``t`` (shown as the paper's t)."""
     lv = served.noise_level(t)
     seed = text("forward.numbers_seed", language, seed=noise_seed) if noise_seed is not None else ""
-    head = text("forward.numbers", language, t=t, last=served.timesteps - 1, kind=served.config.schedule.kind,
+    head = text("forward.numbers", language, t=paper_t(t), T=served.timesteps, kind=served.config.schedule.kind,
                 seed=seed)
     return (f"{head}\n\n"
             f"$\\bar\\alpha_t$ = **{number(lv.alpha_bar)}** · "
@@ -72,17 +84,18 @@ def forward_numbers(served: ServedModel, t: int, noise_seed: int | None = None, 
             f"$\\sqrt{{1-\\bar\\alpha_t}}$ = **{number(lv.sqrt_one_minus_alpha_bar)}** · "
             f"SNR = $\\bar\\alpha_t/(1-\\bar\\alpha_t)$ = {number(lv.snr)} = **{lv.snr_db:+.1f} dB**\n\n"
             f"$$x_t = {number(lv.sqrt_alpha_bar, 3, latex=True)}\\,x_0 + "
-            f"{number(lv.sqrt_one_minus_alpha_bar, 3, latex=True)}\\,\\varepsilon \\qquad (t = {t})$$")
+            f"{number(lv.sqrt_one_minus_alpha_bar, 3, latex=True)}\\,\\varepsilon \\qquad (t = {paper_t(t)})$$")
 
 
 def schedule_plot(served: ServedModel, t: int, language: str = ENGLISH) -> np.ndarray:
-    """ᾱ_t and SNR (dB) against t for both schedules, the model's drawn bold, the current t marked: (H, W, 3).
+    """ᾱ_t and SNR (dB) against the paper's t for both schedules, the model's drawn bold, the table index ``t``
+    marked: (H, W, 3).
 
     The curves are drawn once per model and language (matplotlib is slow); moving t only paints the marker line."""
     base, marks = _schedule_figure(served.timesteps, served.config.schedule.kind, language)
     img = base.copy()
     for x0, dx, top, bottom in marks:
-        x = round(x0 + dx * t)
+        x = round(x0 + dx * paper_t(t))
         img[top:bottom, x - 1:x + 1] = (220, 20, 60)
     return img
 
@@ -90,15 +103,16 @@ def schedule_plot(served: ServedModel, t: int, language: str = ENGLISH) -> np.nd
 @lru_cache(maxsize=8)
 def _schedule_figure(timesteps: int, own: str, language: str) -> tuple[np.ndarray, list[tuple[float, float, int, int]]]:
     """The two panels, one above the other (narrow enough to stay legible on a phone), as pixels, and for each
-    the marker geometry: x pixel = x0 + dx·t, rows top…bottom."""
+    the marker geometry: x pixel = x0 + dx·t for the paper's t, rows top…bottom."""
     fig = Figure(figsize=(4.8, 4.4), dpi=100, layout="constrained")
     fig.suptitle(text("plot.schedules_title", language), fontsize=12)
     ax_a, ax_s = fig.subplots(2, 1, sharex=True)
+    ts = np.arange(1, timesteps + 1)  # the paper's t
     for kind, (abar, snr_db) in schedule_curves(timesteps).items():
         style = dict(lw=2.6 if kind == own else 1.2, alpha=1.0 if kind == own else 0.55,
                      label=text("plot.this_model", language, kind=kind) if kind == own else kind)
-        ax_a.plot(abar, **style)
-        ax_s.plot(snr_db, **style)
+        ax_a.plot(ts, abar, **style)
+        ax_s.plot(ts, snr_db, **style)
     for ax, name in ((ax_a, r"$\bar\alpha_t$"), (ax_s, "SNR (dB)")):
         ax.set_ylabel(name, fontsize=11)
         ax.tick_params(labelsize=10)
@@ -109,10 +123,10 @@ def _schedule_figure(timesteps: int, own: str, language: str) -> tuple[np.ndarra
     height = image.shape[0]
     marks = []
     for ax in (ax_a, ax_s):
-        (x_start, _), (x_end, _) = ax.transData.transform([(0, 0), (timesteps - 1, 0)])
+        (x_start, _), (x_end, _) = ax.transData.transform([(1, 0), (timesteps, 0)])
         box = ax.get_window_extent()  # pixels from the bottom left
-        marks.append((x_start, (x_end - x_start) / max(timesteps - 1, 1),
-                      int(height - box.y1) + 1, int(height - box.y0) - 1))
+        dx = (x_end - x_start) / max(timesteps - 1, 1)
+        marks.append((x_start - dx, dx, int(height - box.y1) + 1, int(height - box.y0) - 1))
     return image, marks
 
 
@@ -150,7 +164,7 @@ def forward_tab(T: int, numbers: str, plot: np.ndarray) -> ForwardTab:
             with gr.Column(scale=2, min_width=300):
                 # t right above x_t, so x_t stays in view while t moves (on a phone too); the pictures
                 # in the order of x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
-                t_slider = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="t-slider")
+                t_slider = widgets.Slider(1, T, value=starting_t(T), step=1, label="t", elem_id="t-slider")
                 with gr.Row():
                     q_xt = output_image("picture.x_t", height=240, elem_id="fwd-xt")
                     q_x0 = output_image("picture.x0", height=240)

@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from ddpm_app.checks import whole_number
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.pictures import picture
 from ddpm_app.serve.runs import Frame, Trajectory
 from ddpm_app.text import ENGLISH, text
@@ -45,7 +46,7 @@ class FramesHandlers(TabHandlers):
         state = text("run.finished" if run.finished else "run.stopped_after" if run.stopped else "run.running",
                      language, **done)
         every = text("run.every_step" if run.stride == 1 else "run.every_nth", language, stride=run.stride)
-        label = text("run.frame_label", language, step=f.index + 1, steps=run.num_steps, t=f.t, frame=i + 1,
+        label = text("run.frame_label", language, step=f.index + 1, steps=run.num_steps, t=paper_t(f.t), frame=i + 1,
                      frames=len(run.frames), title=run.title, state=state, every=every,
                      model=model_named(run, user.model or self.library.default, language))
         x_t, x0, update, terms, change = self.worker.run(frame_pictures, run, f, language)

@@ -9,6 +9,7 @@ import gradio as gr
 
 from ddpm_app.checks import flag, resolve_seed, whole_number
 from ddpm_app.diffusion.samplers import SamplerSettings
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.image import to_uint8
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.runs import Throttle, sampler_words, stream
@@ -46,7 +47,7 @@ class InterpolateHandlers(TabHandlers):
                 user.lesson.interpolation = to_uint8(images).cpu()
                 user.lesson.interpolation_title = text("interpolate.figure_title", language, title=title)
             status = (text("interpolate.done", language, title=title) if step.is_last else
-                      text("interpolate.step", language, step=step.index + 1, steps=step.num_steps, t=step.t))
+                      text("interpolate.step", language, step=step.index + 1, steps=step.num_steps, t=paper_t(step.t)))
             return labelled_strip(list(images), labels, min_size=96), status
 
         yield from stream(served.interpolate(a, b, n, settings), None, Throttle(self.preview_interval), render,

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ddpm_app.checks import InvalidValue
 from ddpm_app.diffusion.samplers import SamplerSettings, Step, step_breakdown
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
@@ -114,6 +115,11 @@ def first_settings(first: ServedModel) -> SamplerSettings:
                    clip_x0=first.config.sampling.clip_x0)
 
 
+def starting_t(T: int) -> int:
+    """Where Forward's and Training's t sliders start: the paper's t = T/4, at least 1."""
+    return max(T // 4, 1)
+
+
 def user_key(user: UserState, request: gr.Request | None) -> object:
     """Who ``user`` is to :class:`~ddpm_app.views.state.Users`: the Gradio session, or the object when called directly."""
     return request.session_hash if request is not None else id(user)
@@ -171,7 +177,8 @@ def status_html(served: ServedModel, run: Trajectory, step: Step, elapsed: float
         head = text("status.step", language, step=step.index + 1, steps=n) + (f" · {left}" if left else "")
     return (f"<div class='ddpm-stats'><progress value='{step.index + 1}' max='{n}'></progress>"
             f"<div>{head}</div>"
-            f"<div>t = <b>{step.t}</b> · ᾱ_t = {number(level.alpha_bar)} · SNR = {level.snr_db:+.1f} dB · "
+            f"<div>t = <b>{paper_t(step.t)}</b> · ᾱ_t = {number(level.alpha_bar)} · "
+            f"SNR = {level.snr_db:+.1f} dB · "
             f"{elapsed:.1f} s · {text('status.seed', language, seed=run.seed)}</div>"
             + (f"<div class='ddpm-update'>{html.escape(update)}</div>" if update else "") + "</div>")
 

@@ -25,6 +25,7 @@ import torch
 from ddpm_app.checks import InvalidValue, choice, whole_number
 from ddpm_app.checks import text as text_value
 from ddpm_app.diffusion.samplers import VARIANCES, SamplerSettings
+from ddpm_app.diffusion.schedule import paper_t, table_index
 from ddpm_app.lab import DATASETS, PointSet, dataset, from_csv, from_drawing
 from ddpm_app.lab.points import MAX_CSV_BYTES, MAX_POINTS, MAX_WORD
 from ddpm_app.serve.worker import DeviceWorker
@@ -94,6 +95,12 @@ def experiment_values(change: dict) -> dict:
                 depth=s.network.depth) | {k: v for k, v in change.items() if k in TRAINING_KEYS} | sampling
 
 
+def slider_row(t: float, name: str, T: int) -> int:
+    """The tables' row of a t slider's value, the paper's t (1…T; the field's slider goes to 1000, and a t above
+    this model's T means T)."""
+    return table_index(min(whole_number(t, name, 1, MAX_STEPS), T))
+
+
 class LabHandlers:
     """The lab's events, over the app's device worker (all tensor work runs there, a stretch at a time)."""
 
@@ -146,7 +153,7 @@ class LabHandlers:
             if lab.data is None:
                 raise InvalidValue("lab.choose_data")
             T = settings.schedule.timesteps
-            t = min(whole_number(t, "t", 0, MAX_STEPS), T - 1)
+            t = slider_row(t, "t", T)
             i = min(whole_number(index, "point", 1, MAX_POINTS), len(lab.data.train)) - 1
         from ddpm_app.diffusion.schedule import Schedule
 
@@ -156,7 +163,7 @@ class LabHandlers:
             reference = torch.randn(lab.data.train.shape, generator=torch.Generator().manual_seed(1))
             return (forward_picture(schedule, lab.data, t, i, noise, language),
                     marginal_picture(schedule, lab.data, noise, reference, language))
-        return (*self.worker.run(draw), gr.update(maximum=T - 1, value=t))
+        return (*self.worker.run(draw), gr.update(maximum=T, value=paper_t(t)))
 
     # -- training ---------------------------------------------------------------------------------------------
 
@@ -269,7 +276,7 @@ class LabHandlers:
             count = check_samples(count)
             seed = whole_number(seed, "seed", 0, 2**31 - 1)
             arrows = choice(arrows, "arrows", ("score", "eps"))
-            field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), T - 1)
+            field_t = slider_row(field_t, "t of the field", T)
 
         def run():
             result = lab.sample(settings, variance, count, seed, language)
@@ -282,7 +289,7 @@ class LabHandlers:
                                                              samples=lab.run.final.tolist(), energy_distance=q.model,
                                                              noise_energy_distance=q.noise,
                                                              heldout_energy_distance=q.heldout, sampler=lab.run.title),
-                gr.update(maximum=T - 1))
+                gr.update(maximum=T))
 
     def field(self, field_t: float, arrows: str, user: UserState) -> tuple:
         """The field and x̂₀ pictures at another t of the last run: (field, x̂₀)."""
@@ -290,7 +297,7 @@ class LabHandlers:
         if lab.run is None:
             return gr.skip(), gr.skip()
         with user_errors(language):
-            field_t = min(whole_number(field_t, "t of the field", 0, MAX_STEPS), lab.schedule.timesteps - 1)
+            field_t = slider_row(field_t, "t of the field", lab.schedule.timesteps)
             arrows = choice(arrows, "arrows", ("score", "eps"))
         def draw():
             return (field_picture(lab.model, lab.schedule, lab.run, field_t, arrows, language),
@@ -344,7 +351,7 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
 
         gr.Markdown(i18n("lab.forward_heading"), latex_delimiters=LATEX)
         with gr.Row():
-            fwd_t = widgets.Slider(0, s.schedule.timesteps - 1, value=100, step=1, label="t", elem_id="lab-t",
+            fwd_t = widgets.Slider(1, s.schedule.timesteps, value=100, step=1, label="t", elem_id="lab-t",
                                    min_width=200)
             fwd_point = widgets.Slider(1, 1000, value=1, step=1, label=i18n("lab.red_point"), min_width=200)
         with gr.Row():
@@ -393,7 +400,7 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
         with gr.Row():
             n_samples = widgets.Slider(10, MAX_SAMPLES, value=500, step=10, label=i18n("lab.points"), min_width=140)
             sample_seed = widgets.Number(0, label=i18n("lab.seed"), precision=0, min_width=80)
-            field_t = widgets.Slider(0, 999, value=300, step=1, label=i18n("lab.field_t"), min_width=160,
+            field_t = widgets.Slider(1, 1000, value=300, step=1, label=i18n("lab.field_t"), min_width=160,
                                      elem_id="lab-field-t")
             arrows = widgets.Radio([(i18n("lab.arrows_score"), "score"), ("−ε̂", "eps")], value="score",
                                    label=i18n("lab.arrows"), min_width=120)

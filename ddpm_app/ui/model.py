@@ -18,7 +18,7 @@ from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import ENGLISH, count, text, translated
 from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import i18n
-from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, TabHandlers, help_markdown
+from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, TabHandlers, help_markdown, starting_t
 from ddpm_app.ui.widgets import user_error, user_errors
 from ddpm_app.views.state import UserState
 
@@ -78,11 +78,11 @@ class ModelHandlers(TabHandlers):
         return gr.update(choices=names, value=user.model or self.library.default), note
 
     def ranges(self, user: UserState) -> tuple:
-        """The teaching tabs' slider updates for this user's model: (training t, compare t, interpolation DDIM
-        steps, its η: the model's own DDIM η)."""
+        """The teaching tabs' slider updates for this user's model: (training t, compare t, both the paper's t = 1…T;
+        interpolation DDIM steps, its η: the model's own DDIM η)."""
         served = self.served(user)
         T = served.timesteps
-        return (gr.update(maximum=T - 1, value=min(T // 4, T - 1)), gr.update(maximum=T - 1, value=T - 1),
+        return (gr.update(maximum=T, value=starting_t(T)), gr.update(maximum=T, value=T),
                 gr.update(maximum=T, value=min(25, T)), gr.update(value=served.config.sampling.ddim_eta))
 
     def _switch(self, user: UserState, served: ServedModel, status: str) -> tuple:
@@ -112,7 +112,7 @@ class ModelHandlers(TabHandlers):
         ddim_eta = [gr.update(value=defaults.ddim_eta) for _ in range(2)]
         clip = [gr.update(value=defaults.clip_x0) for _ in range(2)]
         return (status + "\n\n" + table, card, samples, model_header(served, language),
-                gr.update(maximum=T - 1, value=T // 4), *ddim_steps, gr.update(value=first.batch), *clip, *ddim_eta,
+                gr.update(maximum=T, value=starting_t(T)), *ddim_steps, gr.update(value=first.batch), *clip, *ddim_eta,
                 gr.update(choices=self.library.names, value=served.name))
 
 

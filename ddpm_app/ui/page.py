@@ -13,6 +13,7 @@ import gradio as gr
 from gradio.i18n import I18nData
 
 from ddpm_app.checks import choice
+from ddpm_app.diffusion.schedule import table_index
 from ddpm_app.serve.library import ModelLibrary
 from ddpm_app.serve.runs import DEFAULT_PREVIEW_INTERVAL, DEFAULT_TRAJECTORY_BYTES
 from ddpm_app.serve.served import ServedModel
@@ -27,7 +28,7 @@ from ddpm_app.ui.frames import FramesHandlers, frames_tab
 from ddpm_app.ui.generate import GenerateHandlers, generate_events, generate_tab
 from ddpm_app.ui.i18n import DETECT_JS, REMEMBER_JS, SWITCH_JS, i18n, language_switch, written
 from ddpm_app.ui.interpolate import InterpolateHandlers, interpolate_tab
-from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings
+from ddpm_app.ui.kit import DEFAULT_SETTINGS, FIRST_BATCH, first_settings, starting_t
 from ddpm_app.ui.lab import LabHandlers, lab_tab
 from ddpm_app.ui.likelihood import LikelihoodHandlers, likelihood_tab
 from ddpm_app.ui.model import ModelHandlers, model_card, model_events, model_header, model_tab
@@ -85,17 +86,17 @@ class Handlers(GenerateHandlers, FramesHandlers, ForwardHandlers, DenoiseHandler
     def set_language(self, language: str, t: float, user: UserState) -> tuple:
         """The switch (or, on load, the browser) sets the user's language: what handlers write from now on is in
         it, and what they wrote before that the page always shows is written again: (header, Forward's numbers
-        and schedule plot at ``t``, the model card's table and text)."""
+        and schedule plot at the slider's ``t``, the model card's table and text)."""
         with user_errors(user.language):
             user.language = choice(language, "language", list(LANGUAGES))
             served = self.served(user)
-            t = served.check_t(t)
+            t = served.t_index(t)
         return self.worker.run(language_views, served, t, user.forward.eps_seed, user.language)
 
 
 def language_views(served: ServedModel, t: int, noise_seed: int | None, language: str) -> tuple:
     """The texts and plot the page always shows of the user's model, in ``language``: (header, Forward's numbers
-    and schedule plot at ``t``, the model card's table and text)."""
+    and schedule plot at the table index ``t``, the model card's table and text)."""
     table, card, _ = model_card(served, language)
     return (model_header(served, language), forward_numbers(served, t, noise_seed, language),
             schedule_plot(served, t, language), table, card)
@@ -105,7 +106,7 @@ def first_views(first: ServedModel) -> tuple:
     """What the page shows of the first model before anyone asks: (header, Forward's numbers and schedule plot at
     t = T/4, the model card's table, text and samples), each text written in every language (the browser shows
     its own)."""
-    t = first.timesteps // 4
+    t = table_index(starting_t(first.timesteps))
     cards = {language: model_card(first, language) for language in LANGUAGES}  # (table, text, samples) each
     return (written(lambda language: model_header(first, language)),
             written(lambda language: forward_numbers(first, t, None, language)), schedule_plot(first, t),

@@ -13,13 +13,23 @@ from torch import Tensor
 
 from ddpm_app.checks import random_seed, resolve_seed
 from ddpm_app.diffusion.loss import curve_timesteps
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import text, translated
 from ddpm_app.ui import widgets
 from ddpm_app.ui.i18n import i18n
-from ddpm_app.ui.kit import LATEX, TabHandlers, carried_into, help_markdown, output_image, photo_column, photo_given
+from ddpm_app.ui.kit import (
+    LATEX,
+    TabHandlers,
+    carried_into,
+    help_markdown,
+    output_image,
+    photo_column,
+    photo_given,
+    starting_t,
+)
 from ddpm_app.ui.widgets import user_errors
 from ddpm_app.views.state import UserState
 from ddpm_app.views.training import (
@@ -55,20 +65,21 @@ class TrainingOutputs:
 
 class TrainingHandlers(TabHandlers):
     def train_step(self, photo: str | None, t: float, noise_seed: float | None, user: UserState) -> tuple:
-        """One step of Algorithm 1 on the photo: (x₀, ε, x_t, ε̂, |ε − ε̂|² map, numbers, loss-curve plot)."""
+        """One step of Algorithm 1 on the photo at the paper's ``t`` (1…T, as the slider): (x₀, ε, x_t, ε̂,
+        |ε − ε̂|² map, numbers, loss-curve plot)."""
         served = self.served(user)
         with user_errors(user.language):
-            t = served.check_t(t)
+            t = served.t_index(t)
             seed = resolve_seed(noise_seed)
             x0 = self.worker.run(served.prepare_photo, photo_given(photo))
         return self.worker.run(self._step_outputs, served, photo, x0, t, seed, user)
 
     def _step_outputs(self, served: ServedModel, photo: str, x0: Tensor, t: int, seed: int, user: UserState) -> tuple:
-        """(On the worker.)"""
+        """(On the worker; ``t`` is the table index.)"""
         step = training_step(served, x0, t, seed)
         user.lesson.step = step
         level = served.noise_level(t)
-        numbers = text("training.numbers", user.language, t=t, seed=seed, alpha_bar=number(level.alpha_bar),
+        numbers = text("training.numbers", user.language, t=paper_t(t), seed=seed, alpha_bar=number(level.alpha_bar),
                        sqrt_alpha_bar=number(level.sqrt_alpha_bar, latex=True),
                        sqrt_one_minus=number(level.sqrt_one_minus_alpha_bar, latex=True), loss=number(step.loss),
                        values=step.eps.numel(), loss_sum=f"{step.loss_sum:.1f}",
@@ -88,14 +99,14 @@ class TrainingHandlers(TabHandlers):
             lesson.plot = curve_plot(lesson.curve if has_curve else None, served.heldout, served.timesteps,
                                      user.language)
             lesson.plot_for = key
-        return lesson.plot.at(t)
+        return lesson.plot.at(paper_t(t))
 
     def loss_curve(self, photo: str | None, t: float, user: UserState) -> Iterator[tuple]:
         """The photo's loss at every t (several ε each) beside the held-out curve: (plot, summary); before a curve
         not computed yet, (no change, what is computed and how long it should take)."""
         served, language = self.served(user), user.language
         with user_errors(language):
-            t = served.check_t(t)
+            t = served.t_index(t)
             x0 = self.worker.run(served.prepare_photo, photo_given(photo))
         lesson = user.lesson
         if lesson.curve is None or lesson.curve_for != (served.name, photo):
@@ -123,8 +134,8 @@ class TrainingHandlers(TabHandlers):
         yield self.worker.run(self._curve_plot, served, photo, user, t), summary
 
     def random_t(self, user: UserState) -> int:
-        """t ~ Uniform{0, …, T−1}, as Algorithm 1 draws it."""
-        return random_seed() % self.served(user).timesteps
+        """t ~ Uniform{1, …, T}, as Algorithm 1 draws it."""
+        return 1 + random_seed() % self.served(user).timesteps
 
 
 def training_tab(h: TrainingHandlers, user: gr.State, T: int, carry_from: gr.Image) -> gr.Slider:
@@ -135,7 +146,7 @@ def training_tab(h: TrainingHandlers, user: gr.State, T: int, carry_from: gr.Ima
         with gr.Row():
             photo = photo_column("training.photo", elem_id="train-photo")
             with gr.Column(scale=2, min_width=300):
-                t = widgets.Slider(0, T - 1, value=T // 4, step=1, label="t", elem_id="train-t")
+                t = widgets.Slider(1, T, value=starting_t(T), step=1, label="t", elem_id="train-t")
                 with gr.Row():
                     random_btn = gr.Button(i18n("training.random_t"), size="sm", min_width=120)
                     seed = widgets.Number(0, label=i18n("training.noise_seed"), precision=0, min_width=120)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ddpm_app.checks import InvalidValue
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.fonts import draw_text, text_width
 from ddpm_app.pictures import picture
 from ddpm_app.serve.runs import Frame, Trajectory
@@ -41,8 +42,8 @@ def frame_picture(trajectory: Trajectory, frame: Frame, min_height: int = 256, l
     while size > 9 and text_width(title, size) > out.width - 8:  # long titles: smaller, still whole
         size -= 1
     draw_text(draw, (4, 2), title, size)
-    draw_text(draw, (4, 21), text("export.x_t", language, step=frame.index + 1, steps=trajectory.num_steps, t=frame.t),
-              14)
+    label = text("export.x_t", language, step=frame.index + 1, steps=trajectory.num_steps, t=paper_t(frame.t))
+    draw_text(draw, (4, 21), label, 14)
     draw_text(draw, (w + gap + 4, 21), text("picture.pred_x0", language), 14)
     return out
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ddpm_app.checks import InvalidValue
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.served import ServedModel
@@ -45,17 +46,18 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
         if fwd.x0 is None:
             raise InvalidValue("figures.none_forward")
         ts = served.strip_timesteps(6)
-        return labelled_strip(served.q_sample(fwd.x0, ts, fwd.eps), [f"x_{t}" for t in ts], SLIDE_SIZE,
+        return labelled_strip(served.q_sample(fwd.x0, ts, fwd.eps), [f"x_{paper_t(t)}" for t in ts], SLIDE_SIZE,
                               title=text("figures.forward_title", language))
     if view == "training":
         s = lesson.step
         if s is None:
             raise InvalidValue("figures.none_training")
         scale = heat_scale(s.squared_error)
+        t = paper_t(s.t)
         return labelled_strip([s.x0, s.eps / 2, s.x_t, s.pred_eps / 2, _rgb_tensor(error_heatmap(s.squared_error, scale))],
-                              ["x₀", text("picture.eps", language), f"x_{s.t}", "ε̂ = ε_θ(x_t, t) (×½)",
+                              ["x₀", text("picture.eps", language), f"x_{t}", "ε̂ = ε_θ(x_t, t) (×½)",
                                text("figures.heat", language, scale=number(scale))],
-                              SLIDE_SIZE, title=text("figures.training_title", language, t=s.t, loss=number(s.loss),
+                              SLIDE_SIZE, title=text("figures.training_title", language, t=t, loss=number(s.loss),
                                                      loss_sum=f"{s.loss_sum:.1f}"))
     if view == "likelihood":
         if lesson.likelihood is None:
@@ -66,8 +68,8 @@ def figure(view: str, user: UserState, served: ServedModel) -> np.ndarray:
         if user.pinned is None or user.run is None or not user.run.frames:
             raise InvalidValue("figures.none_compare")
         t = lesson.compare_t
-        return compare_picture(user.pinned, user.run, t, SLIDE_SIZE, text("figures.compare_title", language, t=t),
-                               language)[0]
+        title = text("figures.compare_title", language, t=paper_t(t))
+        return compare_picture(user.pinned, user.run, t, SLIDE_SIZE, title, language)[0]
     if view == "interpolation":
         if lesson.interpolation is None:
             raise InvalidValue("figures.none_interpolation")

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ddpm_app.checks import InvalidValue, choice, real_number, whole_number
 from ddpm_app.diffusion.samplers import SamplerSettings, Step, ddim, ddpm
-from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig
+from ddpm_app.diffusion.schedule import SCHEDULE_KINDS, Schedule, ScheduleConfig, paper_t
 from ddpm_app.lab import (
     PointMLPConfig,
     PointSet,
@@ -243,7 +243,7 @@ def forward_picture(schedule: Schedule, data: PointSet, t: int, index: int, nois
     q = q_gaussian(schedule, x0, t)
     limit = max(LIMIT, float(x_t.abs().quantile(0.995)) * 1.1)
     abar = float(schedule.float64.alphas_cumprod[t])
-    fig, ax = _axes(text("lab.plot.forward", language, t=t, abar=f"{abar:.3g}"), limit)
+    fig, ax = _axes(text("lab.plot.forward", language, t=paper_t(t), abar=f"{abar:.3g}"), limit)
     _dots(ax, data.train, DATA_COLOUR, text("lab.plot.x0_data", language), alpha=0.3)
     _dots(ax, x_t, MODEL_COLOUR, "x_t")
     mean = q.mean.numpy()
@@ -262,7 +262,7 @@ def marginal_picture(schedule: Schedule, data: PointSet, noise: Tensor, referenc
     T = schedule.timesteps
     x_T = noised_cloud(schedule, data.train, T - 1, noise)
     gap = energy_distance(x_T, reference)
-    fig, ax = _axes(text("lab.plot.marginal", language, t=T - 1, gap=f"{gap:.4f}"), 3.6)
+    fig, ax = _axes(text("lab.plot.marginal", language, t=T, gap=f"{gap:.4f}"), 3.6)
     _dots(ax, reference, NOISE_COLOUR, "N(0, I)", alpha=0.35)
     _dots(ax, x_T, MODEL_COLOUR, "x_T")
     for k in (1, 2, 3):
@@ -318,7 +318,7 @@ def paths_picture(data: PointSet, run: SampleRun, upto: int | None = None, paths
     last = len(run.ts) - 1 if upto is None else upto
     track = torch.stack(run.x_t[:last + 1] + ([run.final] if upto is None else []))[:, :paths].numpy()  # (F, P, 2)
     limit = max(LIMIT, float(np.quantile(np.abs(track), 0.99)) * 1.05)
-    what = text("lab.plot.paths_x0", language) if upto is None else text("lab.plot.paths_xt", language, t=run.ts[last])
+    what = text("lab.plot.paths_x0", language) if upto is None else text("lab.plot.paths_xt", language, t=paper_t(run.ts[last]))
     fig, ax = _axes(text("lab.plot.paths", language, title=run.title, what=what), limit)
     _dots(ax, data.train, DATA_COLOUR, text("lab.data", language), alpha=0.3)
     for p in range(track.shape[1]):
@@ -340,7 +340,7 @@ def field_picture(model, schedule: Schedule, run: SampleRun, t: int, kind: str =
     f = predict_field(model, schedule, grid, t)
     arrows = (f.score if kind == "score" else -f.eps).numpy()
     what = text("lab.plot.score", language) if kind == "score" else "−ε̂"
-    fig, ax = _axes(text("lab.plot.field", language, what=what, t=t), limit)
+    fig, ax = _axes(text("lab.plot.field", language, what=what, t=paper_t(t)), limit)
     _dots(ax, run.x_t[i], MODEL_COLOUR, "x_t", alpha=0.5)
     g = grid.numpy()
     ax.quiver(g[:, 0], g[:, 1], arrows[:, 0], arrows[:, 1], color="#333", angles="xy", width=0.003)
@@ -349,7 +349,7 @@ def field_picture(model, schedule: Schedule, run: SampleRun, t: int, kind: str =
 
 def x0_picture(data: PointSet, run: SampleRun, t: int, language: str = ENGLISH) -> np.ndarray:
     i = run.at(t)
-    fig, ax = _axes(text("lab.plot.x0", language, t=run.ts[i]))
+    fig, ax = _axes(text("lab.plot.x0", language, t=paper_t(run.ts[i])))
     _dots(ax, data.train, DATA_COLOUR, text("lab.data", language), alpha=0.35)
     _dots(ax, run.pred_x0[i], "#8250df", "x̂₀", size=5, alpha=0.7)
     ax.legend(loc="upper right", fontsize=8, markerscale=3)

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ddpm_app.diffusion.likelihood import BitsPerDim, bits_per_dim
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.image import to_uint8
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.numbers import number
@@ -21,7 +22,7 @@ from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import ENGLISH, text, translated
 from ddpm_app.views.plots import log_y, new_figure, pixels
 
-ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of 1…T−1
+ESTIMATE_TIMESTEPS = 50  # the quick estimate: the decoder and one t from each of 49 strata of the paper's t = 2…T
 # p_θ's mean from x̂₀ clipped to [−1, 1], as sampling and the held-out figures of the shipped models
 # (python -m ddpm_app.cli.evaluate); Ho et al.'s bound leaves x̂₀ as the network gives it
 CLIP_X0 = True
@@ -57,7 +58,8 @@ def terms_plot(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: 
 
 def terms_figure(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi: int = 100,
                  language: str = ENGLISH, wide: bool = False) -> Figure:
-    """The per-step KL terms L_{t−1} against t (the photo's, and the held-out mean), with the decoder L_0 at t = 0;
+    """The per-step KL terms L_{t−1} against the paper's t (the photo's, and the held-out mean), with the decoder L_0
+    at t = 1;
     then the three parts of the bound and their sum side by side, under a line at the 8 bits/dim of the raw 8-bit
     image (a bound above it describes the image worse than storing its bytes). One above the other, narrow enough
     that a phone shows the text legibly; ``wide``: side by side, for a slide."""
@@ -68,17 +70,17 @@ def terms_figure(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi
         fig = new_figure(5.2, 6.4, dpi)
         ax, bars = fig.subplots(2, 1, height_ratios=[1.3, 1])
     small, large = (8, 10) if wide else (10, 12)
-    steps = [(t, v) for t, _, v in photo.per_timestep if t > 0]
+    steps = [(paper_t(i), v) for i, _, v in photo.per_timestep if i > 0]
     ref = heldout.bpd if heldout is not None else None
     if ref is not None:
-        ref_steps = [(t, v) for t, _, v in ref.per_timestep if t > 0]
+        ref_steps = [(paper_t(i), v) for i, _, v in ref.per_timestep if i > 0]
         ax.plot(*zip(*ref_steps), "-", lw=1.2, color="tab:orange", alpha=0.9,
                 label=text("plot.heldout_mean", language))
     ax.plot(*zip(*steps), "o", ms=3, color="tab:blue", label=text("plot.your_photo", language))
-    ax.plot([0], [photo.decoder], "D", ms=6, color="tab:red",
+    ax.plot([paper_t(0)], [photo.decoder], "D", ms=6, color="tab:red",
             label=text("plot.decoder_value", language, value=f"{photo.decoder:.2f}"))
     log_y(ax)
-    ax.set_xlim(-timesteps * 0.02, timesteps - 1)
+    ax.set_xlim(1 - timesteps * 0.02, timesteps)
     ax.set_xlabel(text("plot.t", language), fontsize=small + 1)
     ax.set_ylabel(text("plot.bits_per_dim", language), fontsize=small + 1)
     ax.set_title(text("plot.per_step", language), fontsize=large)
@@ -108,10 +110,11 @@ def terms_figure(photo: BitsPerDim, heldout: HeldOut | None, timesteps: int, dpi
 
 
 def least_noisy_bits(bound: BitsPerDim, t_max: int) -> float | None:
-    """Σ_{t ≤ t_max} L_t: the decoder term and the per-step terms of the least noisy steps, in bits/dim; None when
-    the bound did not evaluate each of those t with weight 1 (the estimate's first strata are single steps)."""
-    rows = {t: (weight, value) for t, weight, value in bound.per_timestep if t <= t_max}
-    if sorted(rows) != list(range(t_max + 1)) or any(weight != 1 for weight, _ in rows.values()):
+    """Σ_{t ≤ t_max} L_{t−1} over the paper's t: the decoder term L_0 (t = 1) and the per-step terms of the least
+    noisy steps, in bits/dim; None when the bound did not evaluate each of those t with weight 1 (the estimate's
+    first strata are single steps)."""
+    rows = {paper_t(i): (weight, value) for i, weight, value in bound.per_timestep if paper_t(i) <= t_max}
+    if sorted(rows) != list(range(1, t_max + 1)) or any(weight != 1 for weight, _ in rows.values()):
         return None
     return sum(value for _, value in rows.values())
 

@@ -1,6 +1,8 @@
 """The reverse step explained where it happens: its update with the numbers filled in, and its terms as pictures.
 
-The numbers come from :func:`ddpm_app.diffusion.samplers.step_breakdown`; this module only writes them out.
+The numbers come from :func:`ddpm_app.diffusion.samplers.step_breakdown`; this module only writes them out, with the
+paper's t (:func:`~ddpm_app.diffusion.schedule.paper_t`): the step at table index t is the paper's step t + 1, and
+the last one makes x₀.
 """
 
 from __future__ import annotations
@@ -12,20 +14,17 @@ import numpy as np
 from torch import Tensor
 
 from ddpm_app.diffusion.samplers import StepBreakdown, StepTerm, step_breakdown
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.numbers import number
 from ddpm_app.pictures import labelled_strip
 from ddpm_app.serve.runs import Frame, Trajectory
 from ddpm_app.text import ENGLISH, text
 
 
-def _sub(t: int) -> str:
-    return "0" if t < 0 else str(t)
-
-
 def equation_text(b: StepBreakdown) -> str:
-    """One line of plain text: the update with this step's coefficients, e.g.
-    "x₄₉₉ = 1.005·x₅₀₀ − 0.01234·ε̂ + 0.1407·z"."""
-    target = "x_0" if b.t_prev < 0 else f"x_{b.t_prev}"
+    """One line of plain text: the update with this step's coefficients and the paper's t, e.g.
+    "x_499 = 1.005·x_500 − 0.01053·ε̂ + 0.1003·z"."""
+    target = f"x_{paper_t(b.t_prev)}"
     parts = [f"{number(abs(term.coefficient))}·{_factor(term, b)}" for term in b.terms]
     signs = ["−" if term.coefficient < 0 else "+" for term in b.terms]
     body = ("−" if signs[0] == "−" else "") + parts[0] + "".join(f" {s} {p}" for s, p in zip(signs[1:], parts[1:]))
@@ -33,7 +32,7 @@ def equation_text(b: StepBreakdown) -> str:
 
 
 def _factor(term: StepTerm, b: StepBreakdown) -> str:
-    return f"x_{b.t}" if term.factor == "x_t" else term.factor
+    return f"x_{paper_t(b.t)}" if term.factor == "x_t" else term.factor
 
 
 # which variance the step's noise has, with its formula (DDPM paper, sec. 3.2; DDIM paper, eq. 16): catalogue keys
@@ -43,19 +42,20 @@ SIGMA_FORMULA = {kind: f"step.sigma.{kind}" for kind in ("posterior", "beta", "d
 def equation_markdown(b: StepBreakdown, clip_x0: bool = False, language: str = ENGLISH) -> str:
     """The update in LaTeX twice: its symbolic form with this step's schedule values, then (a line below) the
     coefficients; then which variance σ is and, with ``clip_x0``, which ε̂ is shown."""
-    t, s = b.t, _sub(b.t_prev)
+    t, s = paper_t(b.t), paper_t(b.t_prev)
     n = partial(number, latex=True)
     c = [term.coefficient for term in b.terms]
     if b.sampler == "ddpm":
-        values = (f"$\\alpha_t = {n(b.alpha)}$ · $\\beta_t = {n(b.beta)}$ · $\\bar\\alpha_t = {n(b.alpha_bar)}$ · "
-                  f"$\\bar\\alpha_{{t-1}} = {n(b.alpha_bar_prev)}$ · $\\sigma_t = {n(b.sigma)}$"
+        values = (f"$t = {t}$: $\\alpha_t = {n(b.alpha)}$ · $\\beta_t = {n(b.beta)}$ · "
+                  f"$\\bar\\alpha_t = {n(b.alpha_bar)}$ · $\\bar\\alpha_{{t-1}} = {n(b.alpha_bar_prev)}$ · "
+                  f"$\\sigma_t = {n(b.sigma)}$"
                   + (text("step.no_noise_last", language) if b.t_prev < 0 else ""))
         form = (f"x_{{{s}}} = \\frac{{1}}{{\\sqrt{{{n(b.alpha)}}}}}\\Big(x_{{{t}}} - "
                 f"\\frac{{{n(b.beta)}}}{{\\sqrt{{1-{n(b.alpha_bar)}}}}}\\,\\hat\\varepsilon\\Big) + {n(b.sigma)}\\,z")
         terms = f"{n(c[0])}\\,x_{{{t}}} {_signed(c[1])}\\,\\hat\\varepsilon {_signed(c[2])}\\,z"
     else:
         values = (f"$\\bar\\alpha_t = {n(b.alpha_bar)}$ (t = {t}) · $\\bar\\alpha_s = {n(b.alpha_bar_prev)}$ "
-                  f"(s = {b.t_prev if b.t_prev >= 0 else text('step.final_image', language)}) · "
+                  f"(s = {s if s > 0 else text('step.final_image', language)}) · "
                   f"$\\sigma = {n(b.sigma)}$")
         form = (f"x_{{{s}}} = \\sqrt{{{n(b.alpha_bar_prev)}}}\\,\\hat x_0 + "
                 f"\\sqrt{{1-{n(b.alpha_bar_prev)}-{n(b.sigma)}^2}}\\,\\hat\\varepsilon + {n(b.sigma)}\\,z")
@@ -95,7 +95,7 @@ def terms_strip(b: StepBreakdown, x_prev: Tensor, min_size: int = 128, title: st
         images.append(term.value[0] * gain)
         labels.append(term_label(term, b, gain))
     images.append(x_prev[0] if x_prev.dim() == 4 else x_prev)
-    labels.append(f"= x_{_sub(b.t_prev)}")
+    labels.append(f"= x_{paper_t(b.t_prev)}")
     return labelled_strip(images, labels, min_size=min_size, title=title)
 
 
@@ -106,7 +106,7 @@ def change_picture(b: StepBreakdown, x_t: Tensor, min_size: int = 128) -> np.nda
     change = b.result()[0] - x_t.float()
     gain = display_gain(change)
     shown = f" (×{gain:g})" if gain != 1 else ""
-    return labelled_strip([change * gain], [f"x_{_sub(b.t_prev)} − x_{b.t}{shown}"], min_size=min_size)
+    return labelled_strip([change * gain], [f"x_{paper_t(b.t_prev)} − x_{paper_t(b.t)}{shown}"], min_size=min_size)
 
 
 def frame_breakdown(run: Trajectory, frame: Frame) -> StepBreakdown | None:

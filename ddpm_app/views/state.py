@@ -36,7 +36,7 @@ class ForwardState:
     x0: Tensor | None = None  # (C, H, W) in [−1, 1]
     eps: Tensor | None = None  # (C, H, W)
     eps_seed: int | None = None
-    t: int = 0
+    t: int = 0  # table index: the paper's t − 1
     x_t: Tensor | None = None  # (C, H, W)
 
     def update(self, served: ServedModel, photo: str | None, t: int, fix_noise: bool,

@@ -15,6 +15,7 @@ from matplotlib import colormaps
 from torch import Tensor
 
 from ddpm_app.diffusion.loss import LossCurve, curve_timesteps, loss_curve, noise_prediction
+from ddpm_app.diffusion.schedule import paper_t
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.serve.served import ServedModel
 from ddpm_app.text import ENGLISH, text
@@ -29,7 +30,7 @@ ERROR_RANGE = 4.0  # a fixed colour scale for the heat map: 0 … 4 (a useless �
 class TrainingStep:
     """One step of Algorithm 1 on one image (each (C, H, W)), and its loss."""
 
-    t: int
+    t: int  # table index: the paper's t − 1
     noise_seed: int
     x0: Tensor
     eps: Tensor  # ε ~ N(0, I)
@@ -76,21 +77,22 @@ def error_heatmap(squared_error: Tensor, vmax: float = ERROR_RANGE) -> np.ndarra
 
 
 def curve_plot(photo: LossCurve | None, heldout: HeldOut | None, timesteps: int, language: str = ENGLISH) -> MarkedPlot:
-    """The loss against t: the photo's (with ±1 standard error) and the held-out images' from heldout.json; narrow
-    and with large text, so that a phone, which shrinks it to its width, shows the text legibly."""
+    """The loss against the paper's t: the photo's (with ±1 standard error) and the held-out images' from
+    heldout.json; narrow and with large text, so that a phone, which shrinks it to its width, shows the text legibly."""
     fig = new_figure(5.2, 3.6)
     ax = fig.subplots()
     if photo is not None:
         mean, err = np.array(photo.mean), np.nan_to_num(np.array(photo.stderr))
-        ax.plot(photo.timesteps, mean, "o-", ms=3, lw=2, color="tab:blue",
+        ts = paper_t(np.array(photo.timesteps))
+        ax.plot(ts, mean, "o-", ms=3, lw=2, color="tab:blue",
                 label=text("plot.your_photo_draws", language, draws=photo.draws))
-        ax.fill_between(photo.timesteps, np.maximum(mean - err, 1e-6), mean + err, alpha=0.25, color="tab:blue")
+        ax.fill_between(ts, np.maximum(mean - err, 1e-6), mean + err, alpha=0.25, color="tab:blue")
     if heldout is not None and heldout.loss is not None:
         h = heldout.loss
-        ax.plot(h.timesteps, h.mean, "s--", ms=3, lw=1.5, color="tab:orange",
+        ax.plot(paper_t(np.array(h.timesteps)), h.mean, "s--", ms=3, lw=1.5, color="tab:orange",
                 label=text("plot.heldout_images", language, images=h.num_images, data=heldout.data))
     log_y(ax)
-    ax.set_xlim(0, timesteps - 1)
+    ax.set_xlim(1, timesteps)
     ax.set_xlabel(text("plot.t", language), fontsize=11)
     ax.set_ylabel(text("plot.loss_per_value", language), fontsize=11)
     ax.set_title(text("plot.training_title", language), fontsize=12)

@@ -83,7 +83,7 @@ def test_every_endpoint_through_gradio_client(server: str):
     # models: switch this client's model; a Hub download fails cleanly (offline) and keeps it
     summary, card, samples, header, t_slider, steps, sd_steps, batch, clip, sd_clip, eta, sd_eta, pick = client.predict(
         "small", api_name="/select_model")
-    assert "small" in header and t_slider["maximum"] == 9 and steps["value"] == sd_steps["value"] == 10
+    assert "small" in header and t_slider["maximum"] == 10 and steps["value"] == sd_steps["value"] == 10
     assert batch["value"] == 4 and clip["value"] is sd_clip["value"] is True
     assert eta["value"] == sd_eta["value"] == 0
     with pytest.raises(AppError, match="the current model stays loaded"):

@@ -43,7 +43,7 @@ def test_a_nested_model_folder_loads_by_its_path_inside_the_weights_folder(handl
     user = UserState()
     summary, _, _, header, t_slider, *_, pick = handlers.load_folder("runs/nested", user)
     assert user.model == "runs/nested" and "runs/nested" in pick["choices"] and pick["value"] == "runs/nested"
-    assert "8×8" in header and t_slider["maximum"] == 9 and "T = 10" in summary
+    assert "8×8" in header and t_slider["maximum"] == 10 and "T = 10" in summary
     assert len(run_all(handlers.generate("ddim", 3, 0.0, 1, 1, True, False, user))) == 3
     # the same folder by an absolute path, by a path from the working directory, and a listed name
     assert handlers.library.add_folder(str(place / "weights" / "runs" / "nested")) == "runs/nested"

@@ -249,9 +249,10 @@ def test_wrong_type_values_name_the_allowed_range(handlers: ui.Handlers, args, m
         next(handlers.generate(sampler, steps, eta, seed, batch, True, False, UserState()))
 
 
-@pytest.mark.parametrize("t", [-1, T, "x", None, 2.5, 10**400])
+@pytest.mark.parametrize("t", [0, T + 1, "x", None, 2.5, 10**400])
 def test_wrong_t_names_the_allowed_range(handlers: ui.Handlers, t):
-    with pytest.raises(gr.Error, match=f"t must be a whole number in 0…{T - 1}"):
+    """t is the paper's, 1…T: 0 (the data x₀ itself) and T + 1 are outside."""
+    with pytest.raises(gr.Error, match=f"t must be a whole number in 1…{T}"):
         handlers.noise(str(PHOTO), t, True, -1, UserState())
 
 

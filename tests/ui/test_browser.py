@@ -66,8 +66,8 @@ def test_forward_tab_upload_and_t_slider(browser, server):
     page.screenshot(path=SHOTS / "forward_photo.png", full_page=True)
 
     page.locator("#t-slider input[type=range]").focus()
-    page.keyboard.press("End")  # t = T − 1
-    numbers.get_by_text(f"t = {T - 1}", exact=True).wait_for(timeout=PATIENCE_MS)
+    page.keyboard.press("End")  # the paper's t = T
+    numbers.get_by_text(f"t = {T}", exact=True).wait_for(timeout=PATIENCE_MS)
     page.wait_for_function("([el, old]) => { const i = el.querySelector('img'); return i && i.src !== old; }",
                            arg=[x_t.element_handle(), before], timeout=PATIENCE_MS)
     assert image_src(x_t) != before

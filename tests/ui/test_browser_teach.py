@@ -1,8 +1,8 @@
 """The teaching views in a real browser (Debian's headless Chromium, Playwright) against ``python app.py`` serving
 the shipped faces model: each view opened and used at 1280 and 400 pixels wide.
 
-The screenshots go to test-artifacts/teach/; look at them after a change to the views, and copy them to
-docs/screens/ (which the README shows).
+The screenshots go to test-artifacts/teach/; look at them after a change to the views (the docs' screenshots,
+docs/screens/, are taken by scripts/screenshots.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from conftest import open_tab
 from serving import ROOT, serving_app
 
-SHOTS = ROOT / "test-artifacts" / "teach"  # for a person to look at; the README's copies are in docs/screens/
+SHOTS = ROOT / "test-artifacts" / "teach"  # for a person to look at; the docs' are scripts/screenshots.py's
 SHOTS.mkdir(parents=True, exist_ok=True)
 PHOTO = ROOT / "ddpm_app" / "assets" / "portrait.png"
 WEIGHTS = ROOT / "weights"
@@ -56,7 +56,7 @@ def test_teaching_views(browser, server, width):
     page.locator("#train-summary").get_by_text("held-out", exact=False).first.wait_for(timeout=WAIT)
     page.locator("#train-t input[type=range]").focus()
     page.keyboard.press("End")
-    page.locator("#train-numbers").get_by_text("t = 999").wait_for(timeout=WAIT)
+    page.locator("#train-numbers").get_by_text("t = 1000").wait_for(timeout=WAIT)
     page.wait_for_function("() => !document.querySelector('.wrap.pending, .eta-bar')", timeout=WAIT)
     page.screenshot(path=SHOTS / f"training{tag}.png", full_page=True)
 
@@ -86,8 +86,8 @@ def test_teaching_views(browser, server, width):
     # short-lived state on a busy machine, where several previews reach the page between two animation frames)
     page.locator("#frame-label").get_by_text("x̂₀ not clipped, seed 7 (finished)").wait_for(timeout=WAIT)
     page.get_by_role("button", name="◀ Previous").click()
-    # DDIM-50 from t = 999 visits …, 41, 20, 0: the label names the step before the last and its t
-    page.locator("#frame-label").get_by_text("step 49 of 50 · t = 20").wait_for(timeout=WAIT)
+    # DDIM-50 from t = 1000 visits …, 42, 21, 1: the label names the step before the last and its t
+    page.locator("#frame-label").get_by_text("step 49 of 50 · t = 21").wait_for(timeout=WAIT)
     page.locator("#frame-terms img").wait_for(timeout=WAIT)
     page.wait_for_function("() => !document.querySelector('.wrap.pending, .eta-bar')", timeout=WAIT)
     page.screenshot(path=SHOTS / f"frames-step{tag}.png", full_page=True)
@@ -95,8 +95,8 @@ def test_teaching_views(browser, server, width):
     page.locator("#compare-t input[type=range]").focus()
     for _ in range(3):
         page.keyboard.press("PageDown")
-    # DDIM-50 visits t = …, 734, 714, 693, …: at t = 699 both runs show their step at t = 714
-    page.locator("#compare-caption").get_by_text("at t = 714").first.wait_for(timeout=WAIT)
+    # DDIM-50 visits t = …, 735, 715, 694, …: at t = 700 both runs show their step at t = 715
+    page.locator("#compare-caption").get_by_text("at t = 715").first.wait_for(timeout=WAIT)
     page.locator("#compare-image img").wait_for(timeout=WAIT)
     page.screenshot(path=SHOTS / f"compare{tag}.png", full_page=True)
 

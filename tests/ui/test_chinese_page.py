@@ -155,7 +155,7 @@ def test_an_english_user_s_texts_are_as_they_were(app):
     user = UserState()
     outs = run_all(handlers.generate("ddim", 3, 0.0, 7, 1, True, False, user))
     assert "<b>Done</b>: 3 steps in" in outs[-1][3] and "seed 7" in outs[-1][3]
-    assert handlers.frame(3, user)[2].startswith("**step 3 of 3 · t = 0** — frame 3/3: DDIM, 3 steps, η = 0, "
+    assert handlers.frame(3, user)[2].startswith("**step 3 of 3 · t = 1** — frame 3/3: DDIM, 3 steps, η = 0, "
                                                  "x̂₀ clipped, seed 7 (finished).")
 
 

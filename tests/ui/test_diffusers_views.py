@@ -66,7 +66,7 @@ def test_generate_frames_and_exports(handlers: ui.Handlers, library: ModelLibrar
     assert b.sigma == pytest.approx(float(served.schedule.float64.betas[T - 1]) ** 0.5)
     assert b.sigma > float(served.schedule.float64.posterior_variance[T - 1]) ** 0.5
     x_t, x0, label, update, terms, which, _ = handlers.frame(1, user)
-    assert which == "generate" and f"t = {T - 1}" in label
+    assert which == "generate" and f"t = {T}**" in label  # the paper's t of the first step
     assert outs[-1][0] is not None
     for kind in ("gif", "png", "mp4"):
         assert Path(handlers.export(kind, user)).stat().st_size > 0
@@ -84,7 +84,7 @@ def test_forward_and_denoise(handlers: ui.Handlers):
     outs = list(handlers.denoise("ddim", 4, 0.0, 9, False, user))
     assert "PSNR" in outs[-1][3]
     outs = list(handlers.denoise("ddpm", None, None, 9, False, user))
-    assert len(user.run.frames) == 13  # t = 12 … 0
+    assert len(user.run.frames) == 12  # the paper's t = 12, 11, …, 1
 
 
 def test_training_likelihood_compare_interpolate_and_figures(handlers: ui.Handlers, teach: ui.Handlers):

@@ -64,8 +64,10 @@ def teach(library, tmp_path) -> ui.Handlers:
 # -- the reverse step, explained ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", 1), ("ddim", 5)])
-def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(handlers, library, sampler, steps):
+@pytest.mark.parametrize("sampler, steps, target", [("ddpm", 1, "x_19"), ("ddim", 5, "x_15")])
+def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(handlers, library, sampler, steps, target):
+    """T = 20, in the paper's t: the first step is t = 20 and makes x_19 (DDPM) or x_15 (DDIM-5 visits t = 20, 15,
+    11, 6, 1); the last makes x_0."""
     user = UserState()
     outs = list(handlers.generate(sampler, steps, 0.0, 7, 2, False, False, user))
     served = library.get("faces")
@@ -74,11 +76,11 @@ def test_generate_status_and_frames_show_the_step_with_the_samplers_numbers(hand
     first = step_breakdown(served.schedule, replay[0], settings)
     torch.testing.assert_close(first.result(), replay[0].x_prev, rtol=0, atol=2e-5)
     status = outs[0][3]
-    target = f"x_{replay[0].t_prev}"
     assert f"{target} = {number(first.terms[0].coefficient)}·" in status  # the update, its numbers filled in
+    assert "t = <b>20</b>" in status
 
     x_t, x0, label, update, terms, which, change = handlers.frame(1, user)
-    assert which == "generate" and f"t = {replay[0].t}" in label
+    assert which == "generate" and "t = 20**" in label and f"x_{{{target[2:]}}} = " in update
     for term in first.terms:  # the same coefficients, written for LaTeX
         assert number(abs(term.coefficient), latex=True) in update
     assert terms.shape[1] > 4 * 16  # x_t term | ε̂ term | noise term | result, each enlarged
@@ -129,19 +131,19 @@ def frame_heads(handlers, user, count: int) -> list[str]:
 
 def test_frames_name_the_step_and_t_of_each_frame_for_ddpm_ddim_and_sdedit(handlers, library):
     user = UserState()
-    list(handlers.generate("ddpm", 1, 0.0, 3, 1, False, False, user))  # T = 20: t = 19, 18, …, 0
-    assert frame_heads(handlers, user, 3) == ["step 1 of 20 · t = 19", "step 2 of 20 · t = 18",
-                                              "step 3 of 20 · t = 17"]
-    assert handlers.frame(20, user)[2].startswith("**step 20 of 20 · t = 0**")
-    list(handlers.generate("ddim", 5, 0.0, 3, 1, False, False, user))  # linspace(19, 0, 5) rounded
-    assert frame_heads(handlers, user, 5) == ["step 1 of 5 · t = 19", "step 2 of 5 · t = 14", "step 3 of 5 · t = 10",
-                                              "step 4 of 5 · t = 5", "step 5 of 5 · t = 0"]
+    list(handlers.generate("ddpm", 1, 0.0, 3, 1, False, False, user))  # T = 20: the paper's t = 20, 19, …, 1
+    assert frame_heads(handlers, user, 3) == ["step 1 of 20 · t = 20", "step 2 of 20 · t = 19",
+                                              "step 3 of 20 · t = 18"]
+    assert handlers.frame(20, user)[2].startswith("**step 20 of 20 · t = 1**")
+    list(handlers.generate("ddim", 5, 0.0, 3, 1, False, False, user))  # linspace(20, 1, 5) rounded
+    assert frame_heads(handlers, user, 5) == ["step 1 of 5 · t = 20", "step 2 of 5 · t = 15", "step 3 of 5 · t = 11",
+                                              "step 4 of 5 · t = 6", "step 5 of 5 · t = 1"]
     handlers.noise(str(PHOTO), 9, True, 5, user)
     list(handlers.denoise("ddim", 4, 0.0, 1, True, user))  # SDEdit: the chain starts at the Forward tab's t = 9
-    assert frame_heads(handlers, user, 4) == ["step 1 of 4 · t = 9", "step 2 of 4 · t = 6", "step 3 of 4 · t = 3",
-                                              "step 4 of 4 · t = 0"]
-    list(handlers.denoise("ddpm", 1, 0.0, 1, True, user))
-    assert frame_heads(handlers, user, 2) == ["step 1 of 10 · t = 9", "step 2 of 10 · t = 8"]
+    assert frame_heads(handlers, user, 4) == ["step 1 of 4 · t = 9", "step 2 of 4 · t = 6", "step 3 of 4 · t = 4",
+                                              "step 4 of 4 · t = 1"]
+    list(handlers.denoise("ddpm", 1, 0.0, 1, True, user))  # t = 9, 8, …, 1: nine steps
+    assert frame_heads(handlers, user, 2) == ["step 1 of 9 · t = 9", "step 2 of 9 · t = 8"]
 
 
 def test_frames_of_a_thinned_run_name_the_step_they_hold(library, tmp_path):
@@ -151,8 +153,8 @@ def test_frames_of_a_thinned_run_name_the_step_they_hold(library, tmp_path):
     user = UserState()
     list(thin.generate("ddpm", 1, 0.0, 3, 1, False, False, user))
     assert user.run.stride == 4 and served.timesteps == 20  # frames hold steps 1, 5, 9, 13, 17 and 20
-    assert frame_heads(thin, user, 6) == ["step 1 of 20 · t = 19", "step 5 of 20 · t = 15", "step 9 of 20 · t = 11",
-                                          "step 13 of 20 · t = 7", "step 17 of 20 · t = 3", "step 20 of 20 · t = 0"]
+    assert frame_heads(thin, user, 6) == ["step 1 of 20 · t = 20", "step 5 of 20 · t = 16", "step 9 of 20 · t = 12",
+                                          "step 13 of 20 · t = 8", "step 17 of 20 · t = 4", "step 20 of 20 · t = 1"]
 
 
 def test_generate_and_denoise_runs_do_not_replace_each_other(handlers):
@@ -172,8 +174,10 @@ def test_generate_and_denoise_runs_do_not_replace_each_other(handlers):
 
 
 def test_training_step_loss_is_diffusion_loss_on_the_same_x0_t_and_eps(teach, library):
+    """The slider's t = 14 is the paper's: x_14 = √ᾱ_14·x₀ + √(1−ᾱ_14)·ε with ᾱ_14 = ∏_{s≤14}(1 − β_s), the tables'
+    row 13."""
     user = UserState()
-    x0_pic, eps_pic, xt_pic, pred_pic, heat, numbers, plot = teach.train_step(str(PHOTO), 13, 42, user)
+    x0_pic, eps_pic, xt_pic, pred_pic, heat, numbers, plot = teach.train_step(str(PHOTO), 14, 42, user)
     served = library.get("faces")
     x0 = served.prepare_photo(str(PHOTO))
     eps = served.draw_noise(42)
@@ -184,8 +188,11 @@ def test_training_step_loss_is_diffusion_loss_on_the_same_x0_t_and_eps(teach, li
     assert step.loss_sum == pytest.approx(expected * x0.numel(), rel=1e-5)  # the tutorial's per-image sum
     assert number(step.loss) in numbers and f"{step.loss_sum:.1f}" in numbers
     torch.testing.assert_close(step.x_t, served.schedule.q_sample(x0[None], torch.tensor([13]), eps[None])[0])
+    config = served.config.schedule
+    abar_14 = np.prod(1 - np.linspace(config.beta_start, config.beta_end, config.timesteps)[:14])
+    assert "**t = 14**" in numbers and f"x_{{14}} = {number(abar_14 ** 0.5, latex=True)}\\,x_0" in numbers
     assert heat.shape == (16, 16, 3) and plot.shape[1] > plot.shape[0]
-    other = teach.train_step(str(PHOTO), 13, 43, user)  # another ε: another loss
+    other = teach.train_step(str(PHOTO), 14, 43, user)  # another ε: another loss
     assert user.lesson.step.loss != pytest.approx(expected)
     assert not np.array_equal(other[1], eps_pic)
 
@@ -224,7 +231,7 @@ def test_training_and_likelihood_measure_in_fp32_when_sampling_runs_in_bf16(tmp_
     in_fp32, in_bf16 = losses[step]
     teach = ui.Handlers(library, preview_interval=0, figure_dir=tmp_path / "f")
     user = UserState()
-    teach.train_step(str(PHOTO), step, 42, user)
+    teach.train_step(str(PHOTO), step + 1, 42, user)  # the slider's t is the paper's: the tables' row + 1
     same = 1e-6  # float32 rounding between two fp32 networks; bf16 moves the loss further (the tiny model's ε̂ is
     # small, so by 10⁻⁵–10⁻³ here, where the shipped model's moves by per cent)
     assert user.lesson.step.loss == pytest.approx(in_fp32, rel=same)
@@ -405,16 +412,17 @@ def test_verdict_reads_the_photo_against_the_held_out_ratio(photo, reading):
 
 
 def test_the_verdict_says_how_much_of_the_bound_lies_in_the_least_noisy_steps():
-    """T = 1000: t ≤ 10 is the least noisy 1 %. The photo's terms are 1.0 at t = 0 and 0.1·t after it up to t = 10
-    (Σ = 6.5), then 0.001 each; a stratified row inside t ≤ 10, or no terms at all, says nothing."""
-    rows = [(0, 1.0, 1.0)] + [(t, 1.0, 0.1 * t) for t in range(1, 11)] + [(t, 1.0, 0.001) for t in range(11, 1000)]
+    """T = 1000: the paper's t ≤ 10 is the least noisy 1 %, ten terms: the decoder L_0 (t = 1, the bound's row 0)
+    and L_{t−1} for t = 2…10 (rows 1…9). The photo's are 1.0 and then 0.1·(t − 1) (Σ = 5.5), then 0.001 each; a
+    stratified row inside t ≤ 10, or no terms at all, says nothing."""
+    rows = [(0, 1.0, 1.0)] + [(i, 1.0, 0.1 * i) for i in range(1, 10)] + [(i, 1.0, 0.001) for i in range(10, 1000)]
     photo = BitsPerDim(7.489, 0.01, 0.0, 1.0, 6.489, 4, 1000, True, "posterior", True, rows)
-    assert likelihood_view.least_noisy_bits(photo, 10) == pytest.approx(6.5)
+    assert likelihood_view.least_noisy_bits(photo, 10) == pytest.approx(5.5)
     held = BitsPerDim(3.0, 0.01, 0.0, 1.5, 1.5, 4, 1000, True, "posterior", True,
-                      [(t, 1.0, 2.6 / 11) for t in range(11)] + [(t, 1.0, 0.0004) for t in range(11, 1000)])
+                      [(i, 1.0, 2.6 / 10) for i in range(10)] + [(i, 1.0, 0.0004) for i in range(10, 1000)])
     text = verdict(photo, heldout.HeldOut("faces, split test", "m", None, held), timesteps=1000)
-    assert "**6.50** lie in the decoder and the least noisy 1 % of the steps, t ≤ 10 (held-out images: 2.60 of 3.00)" in text
-    assert "(held-out" not in verdict(photo, None, timesteps=1000) and "**6.50**" in verdict(photo, None, timesteps=1000)
+    assert "**5.50** lie in the decoder and the least noisy 1 % of the steps, t ≤ 10 (held-out images: 2.60 of 3.00)" in text
+    assert "(held-out" not in verdict(photo, None, timesteps=1000) and "**5.50**" in verdict(photo, None, timesteps=1000)
     strided = BitsPerDim(7.489, 0.01, 0.0, 1.0, 6.489, 4, 50, False, "posterior", True, [(0, 1.0, 1.0), (5, 9.0, 0.5)])
     assert likelihood_view.least_noisy_bits(strided, 10) is None
     assert "least noisy" not in verdict(strided, None, timesteps=1000)
@@ -429,7 +437,7 @@ def test_likelihood_estimate_samples_timesteps_when_T_is_large(tmp_path):
     assert user.lesson.likelihood.timesteps_evaluated == ESTIMATE_TIMESTEPS and not user.lesson.likelihood.exact
     done = [int(m) for o in outs[:-1] for m in re.findall(r"value='(\d+)'", o[0])]
     assert done == [0, 10, 20, 30, 40]  # an update before the first network call and after each but the last
-    # the model's T reaches the verdict: 1 % of T = 120 is t ≤ 1, both evaluated one by one in the estimate
+    # the model's T reaches the verdict: 1 % of T = 120 is t ≤ 1, the decoder, evaluated in the estimate
     assert "least noisy 1 % of the steps, t ≤ 1:" in outs[-1][2]
 
 
@@ -457,7 +465,7 @@ def test_pin_a_run_and_compare_another_from_the_same_seed(handlers, teach):
         teach.pin(user)
     list(handlers.generate("ddpm", 1, 0.0, 5, 1, True, False, user))
     caption, picture_, slider = teach.pin(user)
-    assert "DDPM" in caption and slider["value"] == T - 1
+    assert "DDPM" in caption and slider["value"] == T  # the paper's t of x_T
     list(handlers.generate("ddim", 5, 0.0, 5, 1, True, False, user))
     image, caption = teach.compare(8, user)
     assert "**A** (pinned): DDPM" in caption and "**B** (latest): DDIM, 5 steps" in caption
@@ -473,14 +481,14 @@ def test_pin_a_run_and_compare_another_from_the_same_seed(handlers, teach):
     teach.pin(same)
     list(handlers.generate("ddim", 4, 0.0, 5, 1, True, False, same))  # η = 0 both: no fresh noise anywhere
     assert "fresh noise" not in teach.compare(8, same)[1]
-    # DDPM stores every t; DDIM's 5 steps of T = 20 are round(linspace(19, 0, 5)) = 19, 14, 10, 5, 0, so at t = 8
-    # the DDIM chain is still at x_10, its third step. Fails if B shows the pinned run or the frame is not the
-    # last one at or above t.
-    assert frame_at(user.pinned, 8).t == 8 and frame_at(user.run, 8).t == 10
-    assert "at t = 8, step 12/20" in caption.split("**B**")[0] and "at t = 10, step 3/5" in caption.split("**B**")[1]
+    # DDPM stores every t = 20, 19, …, 1 (the paper's; t = 8 is its 13th step); DDIM's 5 steps of T = 20 are
+    # 1 + round(linspace(19, 0, 5)) = 20, 15, 11, 6, 1, so at t = 8 the DDIM chain is still at x_11, its third
+    # step. Fails if B shows the pinned run or the frame is not the last one at or above t.
+    assert frame_at(user.pinned, 7).t == 7 and frame_at(user.run, 7).t == 10  # the tables' rows of t = 8 and 11
+    assert "at t = 8, step 13/20" in caption.split("**B**")[0] and "at t = 11, step 3/5" in caption.split("**B**")[1]
     assert image.shape[1] > 4 * 16
     played = list(teach.play(user, positions=4, delay=0))
-    assert [p[0] for p in played] == [T - 1, 13, 6, 0]
+    assert [p[0] for p in played] == [T, 14, 7, 1]
 
 
 # -- interpolation -------------------------------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def test_denoise_is_the_library_chain_from_the_noised_photo(handlers: ui.Handler
     finals = {}
     for clip in (True, False):
         user = UserState()
-        handlers.noise(str(PHOTO), 12, True, 5, user)
+        handlers.noise(str(PHOTO), 13, True, 5, user)  # the paper's t = 13: the tables' row 12
         run_all(handlers.denoise(sampler, 4, 0.5, 9, clip, user))
         expected = library_chain(weights, sampler, 4, 0.5, clip, 9, 1, x_start=user.forward.x_t[None], start_t=12)
         assert [f.t for f in user.run.frames] == [s.t for s in expected] and expected[0].t == 12
@@ -389,7 +389,7 @@ def test_stop_keeps_a_consistent_partial_run(handlers: ui.Handlers, tmp_path: Pa
     with pytest.raises(gr.Error, match="frame must be a whole number in 1…3, got 99"):
         handlers.frame(99, user)
     x_t, x0, label, *_ = handlers.frame(3, user)
-    assert "stopped after 3 of 20 steps" in label and f"t = {T - 3}" in label and "frame 3/3" in label
+    assert "stopped after 3 of 20 steps" in label and f"t = {T - 2}**" in label and "frame 3/3" in label  # t = T, T−1, T−2
     np.testing.assert_array_equal(x_t, picture(run.frames[-1].x_t))
     gif = Image.open(handlers.export("gif", user))
     assert gif.n_frames == 3
@@ -474,8 +474,9 @@ def test_out_of_range_generate_inputs_name_the_allowed_range(handlers: ui.Handle
 
 def test_out_of_range_t_and_bad_images(handlers: ui.Handlers, tmp_path: Path):
     user = UserState()
-    with pytest.raises(gr.Error, match="t must be a whole number in 0…19"):
-        handlers.noise(str(PHOTO), 20, True, -1, user)
+    for t in (0, 21):  # the paper's t = 1…T
+        with pytest.raises(gr.Error, match="t must be a whole number in 1…20"):
+            handlers.noise(str(PHOTO), t, True, -1, user)
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
     with pytest.raises(gr.Error, match="not a readable image"):
@@ -492,16 +493,17 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     x0_pic, eps_pic, xt_pic, numbers, strip, plot, start, note = handlers.noise(str(PHOTO), 7, True, 1234, user)
     x0 = load_image(PHOTO, 16)
     eps = torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(1234))
-    expected = Schedule(ScheduleConfig(timesteps=T)).q_sample(x0[None], torch.tensor([7]), eps[None])
+    expected = Schedule(ScheduleConfig(timesteps=T)).q_sample(x0[None], torch.tensor([6]), eps[None])  # row 6: t = 7
     torch.testing.assert_close(user.forward.x_t[None], expected)
     assert_pictures_close(xt_pic, noised_photo_picture(PHOTO, 16, 7, 1234, T))
     np.testing.assert_array_equal(x0_pic, ((x0 + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
     assert "t = 7" in numbers and "noise seed 1234" in numbers
-    abar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / (T - 1)) for i in range(8))  # ᾱ_7 of the linear schedule
+    abar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / (T - 1)) for i in range(7))  # ᾱ_7 = ∏_{s≤7} (1 − β_s)
     assert f"**{number(math.sqrt(abar))}**" in numbers and f"{10 * math.log10(abar / (1 - abar)):+.1f} dB" in numbers
     assert strip.shape[1] > 8 * 16  # eight noised copies side by side
     assert "t = 7" in note
-    # the plot marks t with a 2-pixel crimson line in each panel, moving linearly with t; nothing else changes
+    # the plot marks t with a 2-pixel crimson line in each panel, moving linearly with t; nothing else changes (the
+    # plot takes the tables' row: 0 is t = 1, T − 1 is t = T)
     session = handlers.library.get("faces")
     at_0, at_end = forward.schedule_plot(session, 0), forward.schedule_plot(session, T - 1)
     first, last = marker_columns(at_0), marker_columns(at_end)
@@ -510,7 +512,7 @@ def test_forward_x_t_is_q_sample_of_the_photo_with_the_same_noise(handlers: ui.H
     assert (np.diff(rows) > 1).sum() == 1  # two stretches of rows: a line in each panel
     per_t = [(b - a) / (T - 1) for a, b in zip(first, last)]
     assert min(per_t) > 5  # pixels per timestep: the line moves right with t
-    assert all(abs(c - (a + 7 * d)) <= 1 for c, a, d in zip(marker_columns(plot), first, per_t))
+    assert all(abs(c - (a + 6 * d)) <= 1 for c, a, d in zip(marker_columns(plot), first, per_t))  # t = 7
     unmarked = np.ones(plot.shape[1], bool)
     unmarked[[c for line in first + last for c in (line - 1, line)]] = False
     assert np.array_equal(at_0[:, unmarked], at_end[:, unmarked])
@@ -545,7 +547,7 @@ def test_forward_without_a_photo_shows_the_numbers_only(handlers: ui.Handlers):
     assert out[0] is None and out[2] is None and "t = 3" in out[3]
     first = marker_columns(forward.schedule_plot(handlers.library.get("faces"), 0))
     last = marker_columns(forward.schedule_plot(handlers.library.get("faces"), T - 1))
-    assert all(abs(c - (a + 3 * (b - a) / (T - 1))) <= 1 for c, a, b in zip(marker_columns(out[5]), first, last))
+    assert all(abs(c - (a + 2 * (b - a) / (T - 1))) <= 1 for c, a, b in zip(marker_columns(out[5]), first, last))
 
 
 # -- noise it, then denoise it ---------------------------------------------------------------------------------
@@ -556,15 +558,15 @@ def test_denoise_runs_from_the_forward_x_t(handlers: ui.Handlers):
     with pytest.raises(gr.Error, match="Noise a photo in the Forward tab first"):
         next(handlers.denoise("ddim", 5, 0.0, 1, True, user))
     handlers.noise(str(PHOTO), 9, True, 5, user)
-    outs = run_all(handlers.denoise("ddim", 15, 0.0, 1, True, user))  # 15 > t + 1: capped to 10 steps
+    outs = run_all(handlers.denoise("ddim", 15, 0.0, 1, True, user))  # 15 > t: capped to 9 steps
     run = user.run
-    assert len(outs) == 10 and run.num_steps == 10 and run.finished
-    assert run.frames[0].t == 9 and run.frames[-1].t == 0
+    assert len(outs) == 9 and run.num_steps == 9 and run.finished
+    assert run.frames[0].t == 8 and run.frames[-1].t == 0  # the tables' rows of t = 9 and t = 1
     assert torch.equal(run.frames[0].x_t[0], to_uint8(user.forward.x_t))  # started from the forward tab's x_t
     compare, status = outs[-1][2], outs[-1][3]
     assert image_of(compare).shape[1] > 3 * 16 and "PSNR" in status
     ddpm = run_all(handlers.denoise("ddpm", 1, 0.0, 1, True, user))
-    assert len(ddpm) == 10  # DDPM from t = 9: ten steps
+    assert len(ddpm) == 9  # DDPM from t = 9: t = 9, 8, …, 1
 
 
 # -- models ------------------------------------------------------------------------------------------------------
@@ -608,7 +610,7 @@ def test_switching_models_changes_only_this_users_model(handlers: ui.Handlers):
         handlers.select_model("mono", me)
     assert "mono" in header and "8×8" in header and "1 channel," in header
     assert "| dataset | noise |" in summary and samples is None
-    assert t_slider["maximum"] == 11 and steps["maximum"] == 12 and pick["value"] == "mono"
+    assert t_slider["maximum"] == 12 and steps["maximum"] == 12 and pick["value"] == "mono"
     assert "cosine, T = 12" in summary
     outs = run_all(handlers.generate("ddim", 4, 0.0, 1, 2, True, False, me))
     assert me.run.frames[0].x_t.shape == (2, 1, 8, 8)

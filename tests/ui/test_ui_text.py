@@ -64,18 +64,18 @@ def test_the_description_counts_the_steps_a_chain_from_start_t_runs(settings, st
 
 
 def test_denoise_titles_frames_and_exports_with_the_steps_that_ran(handlers: ui.Handlers, monkeypatch):
-    user = noised(handlers, 9)
+    user = noised(handlers, 9)  # the paper's t = 9: DDPM takes the steps t = 9, 8, …, 1
     outs = run_all(handlers.denoise("ddpm", 1, 0.0, 3, True, user))
-    assert len(outs) == 10 and user.run.title == "SDEdit from t = 9, DDPM, 10 steps, seed 3"
+    assert len(outs) == 9 and user.run.title == "SDEdit from t = 9, DDPM, 9 steps, seed 3"
     drawn = record_drawn_text(monkeypatch)
     path = Path(handlers.export("gif", user))
-    assert path.name == "sdedit-t9_ddpm-10steps_seed3.gif"
+    assert path.name == "sdedit-t9_ddpm-9steps_seed3.gif"
     assert user.run.title in {text for text, _ in drawn}  # the GIF's header says what ran too
 
-    user = noised(handlers, 0)
+    user = noised(handlers, 1)
     assert len(run_all(handlers.denoise("ddim", T, 0.0, 4, True, user))) == 1
     assert "DDIM, 1 step, η = 0" in handlers.frame(1, user)[2]
-    assert Path(handlers.export("png", user)).name == "sdedit-t0_ddim-1steps-eta0_seed4.png"
+    assert Path(handlers.export("png", user)).name == "sdedit-t1_ddim-1steps-eta0_seed4.png"
 
 
 def test_generate_files_are_named_by_sampler_steps_and_seed(handlers: ui.Handlers):
@@ -88,8 +88,8 @@ def test_generate_files_are_named_by_sampler_steps_and_seed(handlers: ui.Handler
 
 def test_the_denoise_sampler_choices_say_what_runs_from_t():
     choices = dict((value, catalogue("en")[key]) for key, value in denoise.SDEDIT_CHOICES)
-    assert "all T steps" not in choices["ddpm"] and "t + 1 steps" in choices["ddpm"]
-    assert "at most t + 1" in choices["ddim"]
+    assert "all T steps" not in choices["ddpm"] and "from t down to 1: t steps" in choices["ddpm"]
+    assert "at most t)" in choices["ddim"]
 
 
 # -- frames are numbered from 1, and Stop shows the last one ------------------------------------------------
@@ -143,12 +143,14 @@ def test_status_and_forward_numbers_show_a_tiny_alpha_bar(tmp_path: Path):
     assert r"$$x_t = 0.00655\,x_0 + 0.99998\,\varepsilon" in numbers  # √ᾱ_t, √(1−ᾱ_t) in the equation
 
 
-def test_forward_at_t0_does_not_call_the_noised_image_x0(handlers: ui.Handlers):
+def test_forward_at_the_first_step_is_the_papers_t_1_not_the_photo_x0(handlers: ui.Handlers):
+    """The tables' row 0 is the paper's t = 1 (x_1, a little noise); x₀ is the photo. The help says which t is
+    shown and where the code's arrays keep it."""
     numbers = forward.forward_numbers(handlers.library.get(), 0)
     equation = numbers.split("$$")[1]
     lhs = equation.split("=")[0].strip()
-    assert lhs == "x_t" and "(t = 0)" in equation
-    assert "$t = 0$ is the paper's first step" in forward.FORWARD_HELP  # which t convention, said once
+    assert lhs == "x_t" and "(t = 1)" in equation and "**t = 1** of 1…20" in numbers
+    assert "$t$ is the paper's" in forward.FORWARD_HELP and "index $t - 1$" in forward.FORWARD_HELP
 
 
 def test_halved_noise_pictures_are_explained_where_they_are_shown():
@@ -197,7 +199,7 @@ def test_every_character_drawn_on_exports_and_strips_is_in_the_font(handlers: ui
     run_all(handlers.generate("ddpm", 1, 0.0, 2, 1, True, False, user))
     handlers.export("gif", user)
     texts = {text for text, _ in drawn}
-    assert any("η = 0.5" in text for text in texts) and "predicted x̂₀" in texts and "t = 0" in texts
+    assert any("η = 0.5" in text for text in texts) and "predicted x̂₀" in texts and "t = 1" in texts
     for text, font in drawn:
         assert font is not None and not missing_glyphs(text, font), (text, missing_glyphs(text, font))
 
@@ -258,21 +260,67 @@ def test_a_120_frame_gif_of_a_64_pixel_run_stays_under_2_mb(tmp_path: Path):
     assert Image.open(gif).height >= 128 + 40  # each picture at least 128 px under the label bar
 
 
+PAPER_BETAS = np.linspace(1e-4, 0.02, 1000)  # Ho et al.'s β_1 … β_1000: β_t is PAPER_BETAS[t − 1]
+
+
+def paper_step(t: int) -> tuple[float, float, float, float]:
+    """DDPM's step t of the paper's linear schedule (T = 1000), from its definitions: (β_t, 1/√α_t,
+    β_t/(√α_t·√(1−ᾱ_t)), σ_t = √β̃_t), with ᾱ_t = ∏_{s≤t}(1 − β_s) and β̃_t = β_t(1−ᾱ_{t−1})/(1−ᾱ_t)."""
+    beta = PAPER_BETAS[t - 1]
+    abar, abar_prev = np.prod(1 - PAPER_BETAS[:t]), np.prod(1 - PAPER_BETAS[:t - 1])
+    return (beta, 1 / (1 - beta) ** 0.5, beta / ((1 - beta) ** 0.5 * (1 - abar) ** 0.5),
+            (beta * (1 - abar_prev) / (1 - abar)) ** 0.5)
+
+
+def steps_of_a_1000_step_chain() -> list:
+    """Every step of DDPM over the default schedule (linear, T = 1000) on one pixel, with ε̂ = 0: what the app
+    labels, in the order the sampler takes them."""
+    from ddpm_app.diffusion.samplers import ddpm
+
+    chain = ddpm(lambda x, t: torch.zeros_like(x), Schedule(ScheduleConfig()), (1, 1, 1, 1),
+                 generator=torch.Generator().manual_seed(0))
+    return list(chain)
+
+
+def test_the_first_reverse_step_of_a_1000_step_chain_is_the_papers_t_1000_with_its_beta():
+    """The chain starts from x_T: its first step is labelled t = 1000, uses β_1000 = 0.02 and makes x_999; its last is
+    t = 1 with β_1 = 10⁻⁴ and makes x₀ from x_1, adding no noise. The numbers are recomputed from the paper's
+    definitions; a label one t off (the code's 0-based row) would name β_999 or x_998."""
+    from ddpm_app.diffusion.samplers import step_breakdown
+    from ddpm_app.views.reverse_step import equation_markdown, equation_text
+
+    settings, schedule = SamplerSettings("ddpm", 1000, 1.0, False), Schedule(ScheduleConfig())
+    steps = steps_of_a_1000_step_chain()
+    first, last = (step_breakdown(schedule, steps[i], settings) for i in (0, -1))
+    beta, c_x, c_eps, sigma = paper_step(1000)
+    assert beta == 0.02
+    assert equation_text(first) == f"x_999 = {number(c_x)}·x_1000 − {number(c_eps)}·ε̂ + {number(sigma)}·z"
+    update = equation_markdown(first)
+    assert update.startswith(f"$t = 1000$: $\\alpha_t = {number(1 - beta, latex=True)}$ · $\\beta_t = 0.02$")
+    assert f"x_{{999}} = \\frac{{1}}{{\\sqrt{{{number(1 - beta, latex=True)}}}}}\\Big(x_{{1000}}" in update
+    beta, c_x, c_eps, _ = paper_step(1)
+    assert beta == 1e-4 and equation_text(last) == f"x_0 = {number(c_x)}·x_1 − {number(c_eps)}·ε̂ + 0·z"
+    assert "$t = 1$: " in equation_markdown(last) and f"\\beta_t = {number(1e-4, latex=True)}$" in equation_markdown(last)
+
+
 def test_the_docs_examples_are_what_the_app_prints():
-    """docs/teaching.md's examples, read against the code on the default schedule (linear, T = 1000): the status
-    line's update for a DDPM step, the Frames label's t for a DDIM-50 step, and ᾱ_T."""
-    from ddpm_app.diffusion.samplers import Step, ddim_timesteps, step_breakdown
+    """docs/teaching.md's examples, read against the code on the default schedule (linear, T = 1000) in the paper's
+    t: the status line's update for a DDPM step (its coefficients recomputed from the paper, and the line the app
+    writes for that step of its chain), the Frames label's t for a DDIM-50 step, and ᾱ_T."""
+    from ddpm_app.diffusion.samplers import ddim_timesteps, step_breakdown
     from ddpm_app.views.reverse_step import equation_text
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "teaching.md").read_text()
     schedule = Schedule(ScheduleConfig())
-    update = re.search(r"`(x_\d+ = [^`]*·x_(\d+) [^`]*·z)`", text)
+    update = re.search(r"`(x_(\d+) = ([^`·]*)·x_(\d+) − ([^`·]*)·ε̂ \+ ([^`·]*)·z)`", text)
     assert update, "docs/teaching.md has no example of the reverse step's update"
-    t, nothing = int(update.group(2)), torch.zeros(1, 1, 1, 1)
-    step = Step(0, 1000, t, t - 1, nothing, nothing, nothing, nothing, nothing)
+    t = int(update.group(4))
+    _, c_x, c_eps, sigma = paper_step(t)
+    assert int(update.group(2)) == t - 1 and update.group(3, 5, 6) == (number(c_x), number(c_eps), number(sigma))
+    step = steps_of_a_1000_step_chain()[1000 - t]  # the chain takes t = 1000, 999, …, 1
     assert update.group(1) == equation_text(step_breakdown(schedule, step, SamplerSettings("ddpm", 1000, 1.0, True)))
     label = re.search(r"`step (\d+) of 50 · t = (\d+)` for DDIM-50", text)
-    assert label and ddim_timesteps(999, 50)[int(label.group(1)) - 1] == int(label.group(2))
+    assert label and ddim_timesteps(999, 50)[int(label.group(1)) - 1] + 1 == int(label.group(2))  # row + 1
     abar = re.search(r"ᾱ_T = ([^,]*?), not 0.0000", text)
     assert abar and number(float(schedule.float64.alphas_cumprod[-1])) == abar.group(1)
 
