@@ -177,7 +177,7 @@ def test_a_model_switch_says_what_it_does_and_frames_names_the_runs_model(browse
     page.wait_for_function(  # the loading note goes once the switch has finished (an event after the summary's)
         "() => document.querySelector('#model-note').innerText.trim() === ''", timeout=PATIENCE_MS)
     open_tab(page, "Forward")
-    page.locator("#t-slider").get_by_text("49").first.wait_for(timeout=PATIENCE_MS)  # T = 50: t in 0…49
+    page.locator("#t-slider").get_by_text("50").first.wait_for(timeout=PATIENCE_MS)  # T = 50: the paper's t in 1…50
     open_tab(page, "Frames")
     label = page.locator("#frame-label")
     label.get_by_text("not the one selected now").wait_for(timeout=PATIENCE_MS)
