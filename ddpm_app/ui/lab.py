@@ -439,7 +439,7 @@ def lab_tab(lh: LabHandlers, user: gr.State) -> None:
         control.input(**forward, api_visibility="private")
     train_event = train_btn.click(lh.train, train_inputs, train_outputs, api_name="toy_train", **lab)
     more_event = more_btn.click(lh.go_on, [steps, user], train_outputs, api_name="toy_continue", **lab)
-    stop_btn.click(lambda: gr.skip(), None, None, cancels=[train_event, more_event], api_visibility="private",
+    stop_btn.click(None, None, None, cancels=[train_event, more_event], api_visibility="private",
                    queue=False)
     sample_btn.click(lh.sample, sample_inputs, sample_outputs, api_name="toy_sample", **lab)
     field_t.input(lh.field, [field_t, arrows, user], [field_plot, x0_plot], api_visibility="private",

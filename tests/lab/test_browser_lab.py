@@ -1,8 +1,8 @@
 """The 2-D lab in a real browser (Debian's headless Chromium, Playwright) against ``python app.py`` with a tiny
 image model: choose a data set, see the forward process, train (the loss figure and the
 distance line appear), sample, at 1280 and 400 pixels wide, with no page or console errors and no warning or
-traceback in the server's log; and a shape drawn with the mouse on the sketchpad becomes the data set (a blank one
-gets the message). Screenshots go to test-artifacts/lab/ (the README's copies are docs/screens/lab*.png).
+traceback in the server's log; a shape drawn with the mouse on the sketchpad becomes the data set (a blank one
+gets the message); Stop ends a training run and Continue goes on from where it stopped. Screenshots go to test-artifacts/lab/ (the README's copies are docs/screens/lab*.png).
 """
 
 from __future__ import annotations
@@ -143,5 +143,50 @@ def test_drawing_is_the_data(browser, server):
     assert max(ys) - max(bar) > 0.4, "the upright stroke rises above the horizontal one (y points up)"
     assert min(ys) > min(bar) - 0.05, "nothing lies below the horizontal stroke (y points up)"
     assert min(x for x, _ in upright) > 0.75, "the upright stroke stands at the right end"
+    assert not errors, errors
+    assert not LOG_TROUBLE.findall(log.read_text()), log.read_text()
+
+
+STATUS_STEP = re.compile(r"step (\d+) of (\d+)")
+
+
+def shown_step(page) -> tuple[int, int]:
+    """(step, target) of the lab's status line."""
+    found = STATUS_STEP.search(page.locator("#lab-status").inner_text())
+    assert found, page.locator("#lab-status").inner_text()
+    return int(found[1]), int(found[2])
+
+
+def test_stop_ends_training_and_continue_goes_on_from_there(browser, server):
+    """Stop during a long Train: the status stops moving short of the target; Continue then trains the slider's
+    steps more from the step it reached, not from zero."""
+    url, log = server
+    page, errors = open_lab(browser, url, 1280)
+    tab = page.locator("#lab-tab")
+    page.get_by_role("button", name="Use this data").click()
+    page.locator("#lab-data-note").get_by_text("two moons").wait_for(timeout=PATIENCE_MS)
+    steps = page.locator("#lab-steps input[type=number]")
+    steps.fill("20000")
+    steps.press("Enter")
+    tab.get_by_role("button", name="Train", exact=True).click()
+    page.locator("#lab-status").get_by_text(re.compile(r"step [1-9]\d* of 20000")).wait_for(timeout=PATIENCE_MS)
+    tab.get_by_role("button", name="Stop", exact=True).click()
+    page.wait_for_function("() => !document.querySelector('#lab-status .eta-bar, #lab-status .wrap.pending')",
+                           timeout=PATIENCE_MS)  # the event has ended
+    stopped, target = shown_step(page)
+    page.wait_for_timeout(3000)  # time for an update that should not come
+    assert shown_step(page) == (stopped, target) and 0 < stopped < target == 20000
+
+    steps.fill("300")
+    steps.press("Enter")
+    tab.get_by_role("button", name="Continue", exact=True).click()
+    page.wait_for_function(
+        """() => { const m = /step (\\d+) of (\\d+)/.exec(document.querySelector('#lab-status').innerText);
+                   return m && m[1] === m[2] && Number(m[2]) < 20000 }""", timeout=PATIENCE_MS)
+    done, goal = shown_step(page)
+    assert goal >= stopped + 300, (stopped, goal)  # on from where Stop left it (a chunk in flight may add a few)
+    assert goal < stopped + 300 + 2000, (stopped, goal)
+    page.wait_for_function("() => window.uploading === 0", timeout=PATIENCE_MS)
+    page.close()
     assert not errors, errors
     assert not LOG_TROUBLE.findall(log.read_text()), log.read_text()
