@@ -41,7 +41,7 @@ class TrainConfig:
     log_every: int = 100
     sample_every: int = 2000  # EMA sample grid (DDIM) every N steps (0: off)
     sample_steps: int = DEFAULT_DDIM_STEPS  # DDIM steps for the grid
-    sample_eta: float | None = None  # grid's DDIM η (default: the recipe's, 0 for ddpm, 1 for seed, whose deterministic DDIM samples keep noise)
+    sample_eta: float | None = None  # grid's DDIM η (default: the recipe's, 0 for ddpm, 1 for seed, whose deterministic DDIM samples keep noise unless --block-norm branch, then 0)
     save_every: int = 2000  # checkpoint every N steps
     max_minutes: float = 0.0  # stop (with a checkpoint) before a step that would end after this much wall time, start-up included; 0: no limit
     export_dtype: Literal["fp32", "fp16"] = "fp32"
@@ -77,6 +77,7 @@ class Recipe:
     lr: float
     warmup_steps: int
     sample_eta: float  # DDIM η of the sample grids: the seed net's deterministic (η = 0) samples keep visible noise
+    # (with its norms on the input; with ``block_norm="branch"`` they are clean and the grids use η = 0)
     heldout_images: int = HELDOUT_IMAGES  # images of the held-out figures measured at export (each: 150 network calls)
     model: tuple[tuple[str, object], ...] = ()  # model config fields of a fresh network, where not given
 
@@ -101,16 +102,18 @@ def recipe_for(cfg: TrainConfig, arch: str, device_type: str) -> Recipe:
     return (CPU_RECIPES if cpu else RECIPES)[arch]
 
 
-def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1, device_type: str = "cuda") -> TrainConfig:
+def with_recipe(cfg: TrainConfig, arch: str, world_size: int = 1, device_type: str = "cuda",
+                block_norm: str = "input") -> TrainConfig:
     """``cfg`` with its unset settings filled in from ``arch``'s recipe on ``device_type`` (:func:`recipe_for`). A
     batch other than the recipe's scales the recipe's learning rate by √(batch / recipe batch), the usual rule for
-    Adam. ``compile_mode="auto"`` becomes CUDA graphs on one GPU and the default mode under DistributedDataParallel."""
+    Adam. ``compile_mode="auto"`` becomes CUDA graphs on one GPU and the default mode under DistributedDataParallel.
+    A seed net with ``block_norm="branch"`` sees x_t's amplitude, so its grids need no η > 0."""
     recipe = recipe_for(cfg, arch, device_type)
     batch = cfg.batch_size or recipe.batch_size
     lr = cfg.lr if cfg.lr is not None else recipe.lr * math.sqrt(batch / recipe.batch_size)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else recipe.warmup_steps
     mode = cfg.compile_mode if cfg.compile_mode != "auto" else "reduce-overhead" if world_size == 1 else "default"
-    eta = cfg.sample_eta if cfg.sample_eta is not None else recipe.sample_eta
+    eta = cfg.sample_eta if cfg.sample_eta is not None else 0.0 if block_norm == "branch" else recipe.sample_eta
     heldout = cfg.heldout_images or recipe.heldout_images
     return replace(cfg, batch_size=batch, lr=lr, warmup_steps=warmup, compile_mode=mode, sample_eta=eta,
                    heldout_images=heldout)

@@ -155,7 +155,8 @@ class Trainer:
         if resume and checkpoint is None:
             checkpoint = read_resume_checkpoint(self.out)
         self.diffusion_config, start = starting_point(cfg, model_config, schedule_config, checkpoint)
-        self.cfg = cfg = with_recipe(cfg, self.diffusion_config.arch, self.dist.world_size, self.device.type)
+        self.cfg = cfg = with_recipe(cfg, self.diffusion_config.arch, self.dist.world_size, self.device.type,
+                                     getattr(self.diffusion_config.model, "block_norm", "input"))
         self.per_rank_batch = per_rank_batch(cfg.batch_size, self.dist.world_size)
         self.global_batch = self.per_rank_batch * self.dist.world_size
         model_config = self.diffusion_config.model

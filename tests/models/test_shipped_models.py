@@ -88,14 +88,20 @@ def test_config_records_the_training(shipped):
 
 def test_the_card_readme_and_held_out_figures_quote_the_model_s_own_evaluation(shipped):
     """After a retraining, the evaluation report in docs/eval/, the stored held-out bits/dim and the headline
-    figures of the card and the README must all be the new model's."""
+    figures of the card and the README must all be the new model's. Where the report left the exact bound out
+    (``--skip-bpd``), the card and the README quote the trainer's estimate in ``heldout.json`` and call it one."""
     name, _ = shipped
     report = json.loads((ROOT / "docs" / "eval" / f"{name}-eval.json").read_text())
-    bound = report["bpd"]
-    assert bound["exact"] and bound["num_images"] >= 300
     stored = json.loads((WEIGHTS / name / "heldout.json").read_text())["bpd"]
-    assert stored["total"] == pytest.approx(bound["total"], abs=1e-9)
-    quoted = f"{bound['total']:.3f} ± {bound['stderr']:.3f}"
+    bound = report["bpd"]
+    if bound is None:
+        assert report["config"]["skip_bpd"] and not stored["exact"]
+        bound, label = stored, " (estimate)"
+    else:
+        assert bound["exact"] and bound["num_images"] >= 300
+        assert stored["total"] == pytest.approx(bound["total"], abs=1e-9)
+        label = ""
+    quoted = f"{bound['total']:.3f} ± {bound['stderr']:.3f}{label}"
     assert quoted in (WEIGHTS / name / "README.md").read_text()
     assert quoted in (ROOT / "README.md").read_text()
     if "utkface" in report["data"]:  # the face models: the card's FD-UTK at sampling seed 0

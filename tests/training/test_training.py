@@ -79,6 +79,9 @@ def test_lr_cosine_decays_to_a_tenth(tmp_path):
     ("ddpm", {}, 1, dict(batch_size=1024, lr=3e-4, warmup_steps=300, compile_mode="reduce-overhead", sample_eta=0.0)),
     ("seed", {}, 1, dict(batch_size=256, lr=4e-4, warmup_steps=500, compile_mode="reduce-overhead", sample_eta=1.0)),
     ("seed", {"sample_eta": 0.0}, 1, dict(sample_eta=0.0)),
+    # the seed net with its norms on the residual branch sees x_t's amplitude: clean at η = 0
+    ("seed-branch", {}, 1, dict(batch_size=256, sample_eta=0.0)),
+    ("seed-branch", {"sample_eta": 0.5}, 1, dict(sample_eta=0.5)),
     # another batch scales the recipe's lr by √(batch / recipe batch): 3e-4·√(256/1024) = 1.5e-4
     ("ddpm", {"batch_size": 256}, 1, dict(batch_size=256, lr=1.5e-4, warmup_steps=300)),
     ("seed", {"batch_size": 1024}, 1, dict(batch_size=1024, lr=8e-4)),
@@ -88,7 +91,8 @@ def test_lr_cosine_decays_to_a_tenth(tmp_path):
     ("ddpm", {}, 2, dict(compile_mode="default")),
 ])
 def test_unset_settings_come_from_the_architectures_recipe(arch, given, world_size, expected):
-    cfg = config.with_recipe(config.TrainConfig(**given), arch, world_size)
+    arch, _, block_norm = arch.partition("-")
+    cfg = config.with_recipe(config.TrainConfig(**given), arch, world_size, block_norm=block_norm or "input")
     assert {k: getattr(cfg, k) for k in expected} == pytest.approx(expected)
 
 
