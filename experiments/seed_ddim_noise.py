@@ -1,6 +1,6 @@
 """Why deterministic DDIM leaves colour noise in seed-faces' samples: the network cannot see the amplitude of x_t.
 
-    python scripts/seed_ddim_noise.py PACK.zip [--seed-net weights/seed-faces] [--faces weights/faces]
+    python experiments/seed_ddim_noise.py PACK.zip [--seed-net weights/seed-faces] [--faces weights/faces]
                                       [--also FOLDER ...] [--grid control.png]
 
 On the CPU, in about five minutes:

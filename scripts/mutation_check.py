@@ -38,7 +38,7 @@ SCHEDULE = ("tests/diffusion/test_schedule.py", "tests/diffusion/test_samplers.p
 SAMPLERS = ("tests/diffusion/test_samplers.py", "tests/runtime/test_inference.py")
 LIKELIHOOD = ("tests/diffusion/test_likelihood.py",)
 TRAINING = ("tests/training/test_training.py",)
-MODEL_FOLDER = ("tests/io/test_checkpoint.py", "tests/training/test_training.py")
+MODEL_FOLDER = ("tests/io/test_model_folder.py", "tests/training/test_training.py")
 INFERENCE = ("tests/runtime/test_inference.py", "tests/models/test_shipped_models.py")
 MODELS = ("tests/models/test_models.py", "tests/models/test_shipped_models.py")
 DATA = ("tests/io/test_data.py", "tests/training/test_training.py", "tests/training/test_train_cli.py")
@@ -250,7 +250,7 @@ MUTATIONS: list[Mutation] = [
       "a model folder missing weights loads silently"),
     M("config-types-loose", "ddpm_app/checks.py",
       "if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:",
-      "if not low <= value <= high:", ("tests/io/test_checkpoint.py",),
+      "if not low <= value <= high:", ("tests/io/test_model_folder.py",),
       "config.json's 1.5 or true passes as a whole number, and a string is a TypeError with no message"),
     M("links-not-followed", "ddpm_app/serve/library.py",
       "if not path.resolve().is_relative_to(real_root):", "if not path.absolute().is_relative_to(real_root):",

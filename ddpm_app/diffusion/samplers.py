@@ -227,16 +227,9 @@ class SamplerSettings:
         """Network evaluations for a chain that starts at timestep ``start_t``."""
         return start_t + 1 if self.sampler == "ddpm" else min(self.steps, start_t + 1)
 
-    def describe(self, start_t: int) -> str:
-        """What a chain from ``start_t`` runs, for people: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"."""
-        n = self.num_steps(start_t)
-        steps = f"{n} step{'' if n == 1 else 's'}"
-        if self.sampler == "ddpm":
-            return f"DDPM, {steps}" + (", σ² = β" if self.variance == "beta" else "")
-        return f"DDIM, {steps}, η = {self.eta:g}"
-
     def label(self) -> str:
-        """For reports and file names: "ddpm (1000 steps)" or "ddim (50 steps, η = 0)"."""
+        """For evaluation reports (``eval.json``'s "sampler"): "ddpm (1000 steps)" or "ddim (50 steps, η = 0)". A run
+        in the app is named by :class:`ddpm_app.serve.runs.RunName`."""
         if self.sampler == "ddpm":
             return f"ddpm ({self.steps} steps)"
         return f"ddim ({self.steps} steps, η = {self.eta:g})"
@@ -308,8 +301,9 @@ def step_breakdown(schedule: Schedule, step: Step, settings: SamplerSettings,
     if settings.sampler == "ddpm":
         alpha, beta = float(f64.alphas[t]), float(f64.betas[t])
         sigma = float(f64.reverse_variance(variance)[t]) ** 0.5 if step.noise is not None else 0.0
-        c_x = 1.0 / alpha ** 0.5
-        c_eps = -beta / (alpha ** 0.5 * (1.0 - abar_t) ** 0.5)
+        # the coefficients ddpm_step uses: 1/√α_t and −(1/√α_t)·β_t/√(1−ᾱ_t)
+        c_x = float(f64.sqrt_recip_alphas[t])
+        c_eps = -c_x * float(f64.eps_coef[t])
         terms = (StepTerm("x_t", c_x, c_x * step.x_t), StepTerm("ε̂", c_eps, c_eps * step.pred_eps),
                  StepTerm("z", sigma, sigma * z))
         return StepBreakdown("ddpm", t, s, alpha, beta, abar_t, abar_s, sigma, terms, variance)

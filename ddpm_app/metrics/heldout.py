@@ -20,6 +20,7 @@ from ddpm_app.diffusion.samplers import EpsModel
 from ddpm_app.diffusion.schedule import Schedule
 from ddpm_app.image import from_uint8
 from ddpm_app.io.data import DatasetError, load_pack
+from ddpm_app.text import CatalogueError
 
 HELDOUT_NAME = "heldout.json"
 LOSS_TIMESTEPS = 50  # points of the stored loss curve, evenly spaced over the schedule
@@ -27,7 +28,7 @@ HELDOUT_IMAGES = 256  # images of the held-out figures measured at export (the f
 BOUND_TIMESTEPS = 100  # timesteps of the bits/dim estimate at export (the decoder and 99 strata)
 
 
-class HeldOutError(ValueError):
+class HeldOutError(CatalogueError, ValueError):
     """heldout.json exists but cannot be read; the message names the file."""
 
 
@@ -68,7 +69,7 @@ def load(folder: str | Path) -> HeldOut | None:
     try:
         return HeldOut.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise HeldOutError(f"{path}: not a readable held-out file ({type(e).__name__}: {e})") from None
+        raise HeldOutError("heldout.unreadable", path=path, error=f"{type(e).__name__}: {e}") from None
 
 
 def measure(model: EpsModel, schedule: Schedule, images: torch.Tensor, data: str, *,

@@ -147,9 +147,8 @@ class Network(nn.Module):
         engine's float32 network, e.g. OpenVINO's f32) or the module without autocast and uncompiled (CUDA).
 
         For measuring (the loss, the bound), whose figures are compared with held-out ones made in fp32: bf16
-        rounding of ε̂ is small against ε̂ but not against ‖ε − ε̂‖² where ε̂ is nearly right. Shipped faces model,
-        the example portrait: in bf16 the loss read 11–17 % high at t ≥ 870 and 0.3 % at t = 300, and the
-        bits/dim moved by 3·10⁻⁴."""
+        rounding of ε̂ is small against ε̂ but not against ‖ε − ε̂‖² where ε̂ is nearly right (the figures:
+        docs/teaching.md, "Training")."""
         if self._fp32 is None:
             if self.precision == "fp32" and not self.compiled:
                 return self
@@ -203,7 +202,7 @@ def choose_cpu_engine(runtime: str, precision: str | None, cpu: CpuFeatures, ope
     ``auto`` runs OpenVINO where it is installed and the CPU has bf16 in hardware (AMX or AVX512-BF16), PyTorch
     otherwise. OpenVINO computes in bf16 for precision auto or bf16, in f32 for fp32 (or tf32). PyTorch computes in
     fp32: its bf16 network ran each batch size through other kernels, and a seed's image then depended on the
-    batch it ran in (10 grey levels apart on an Intel Xeon); asking for bf16 there is an error that says why.
+    batch it ran in (docs/performance.md, "The engine"); asking for bf16 there is an error that says why.
     """
     requested = precision or "auto"
     if runtime not in CPU_RUNTIMES:

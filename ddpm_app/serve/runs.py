@@ -66,8 +66,7 @@ class Frame:
 
 
 def sampler_words(settings: SamplerSettings, start_t: int, language: str = ENGLISH) -> str:
-    """What a chain from ``start_t`` runs, for people, in ``language``: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"
-    (:meth:`~ddpm_app.diffusion.samplers.SamplerSettings.describe`, which reports use, in English)."""
+    """What a chain from ``start_t`` runs, for people, in ``language``: "DDPM, 31 steps" or "DDIM, 1 step, η = 0"."""
     steps = count("step", settings.num_steps(start_t), language)
     if settings.sampler == "ddpm":
         variance = text("settings.beta_variance", language) if settings.variance == "beta" else ""

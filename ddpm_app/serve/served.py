@@ -24,6 +24,7 @@ from ddpm_app.metrics import heldout
 from ddpm_app.metrics.heldout import HeldOut
 from ddpm_app.runtime.inference import Network, example_input, median_ms
 from ddpm_app.serve.inputs import batch_size
+from ddpm_app.text import text
 
 STRIP_LENGTH = 8  # x_t at this many evenly spaced t in the forward view
 FIRST_RUN_SECONDS = 60  # Generate's first settings should finish within about this long on this machine
@@ -106,8 +107,7 @@ class ServedModel:
         except heldout.HeldOutError as e:
             self.heldout_note = str(e)
             return None
-        self.heldout_note = "" if found else (f"this model folder has no {heldout.HELDOUT_NAME} (it was exported "
-                                              "before held-out figures were kept)")
+        self.heldout_note = "" if found else text("heldout.missing", name=heldout.HELDOUT_NAME)
         return found
 
     @property

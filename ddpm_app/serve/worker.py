@@ -48,8 +48,8 @@ class DeviceWorker:
 
     PyTorch's CPU kernels start an OpenMP thread team in each thread that calls them. A web server hands requests
     to any of its pool threads, so each would get a team; with more team threads than cores OpenMP sleeps
-    between kernels instead of spinning, and sampling from a pool thread measured ~50 % slower than from a
-    script's main thread on a 2-core machine. Calling every kernel from this one thread keeps one team.
+    between kernels instead of spinning, and sampling slows down (docs/operations.md, "Threads"). Calling every
+    kernel from this one thread keeps one team.
     """
 
     def __init__(self, name: str = "ddpm-device", clock: Callable[[], float] = time.monotonic):

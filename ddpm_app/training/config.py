@@ -85,8 +85,8 @@ class Recipe:
 RECIPES = {"ddpm": Recipe(batch_size=1024, lr=3e-4, warmup_steps=300, sample_eta=0.0),
            "seed": Recipe(batch_size=256, lr=4e-4, warmup_steps=500, sample_eta=1.0)}
 # Without a GPU: a 1.2 M-parameter U-Net (widths 32/64/64, one ResBlock per level, attention at 8×8) on batches of
-# 32 (the seed net, 1.5 M, on 16), so a step takes about a second on 2 cores (docs/training/cpu-steps.txt), with a
-# short warm-up and a higher learning rate, so that a few minutes show the loss falling
+# 32 (the seed net, 1.5 M, on 16), sized for a 2-core CPU (step times: docs/training/cpu-steps.txt), with a short
+# warm-up and a higher learning rate, so that a few minutes show the loss falling
 CPU_RECIPES = {
     "ddpm": Recipe(batch_size=32, lr=1e-3, warmup_steps=20, sample_eta=0.0, heldout_images=16,
                    model=(("base_channels", 32), ("channel_mult", (1, 2, 2)), ("num_res_blocks", 1),

@@ -47,9 +47,8 @@ from ddpm_app.views.lab import (
     check_samples,
     data_picture,
     field_picture,
-    forward_picture,
+    forward_pictures,
     loss_picture,
-    marginal_picture,
     paths_picture,
     preview_picture,
     quality,
@@ -136,7 +135,7 @@ class LabHandlers:
         """Load the data the controls describe: (data picture, note)."""
         language = user.language
         with user_errors(language):
-            data = self.points(*data_inputs)
+            data = self.worker.run(self.points, *data_inputs)  # the points are tensors, made on the worker
         user.lab.data = data
         note = text("lab.data_note", language, name=translated(data.name, language), count=len(data.train))
         return self.worker.run(data_picture, data, language), note
@@ -155,15 +154,8 @@ class LabHandlers:
             T = settings.schedule.timesteps
             t = slider_row(t, "t", T)
             i = min(whole_number(index, "point", 1, MAX_POINTS), len(lab.data.train)) - 1
-        from ddpm_app.diffusion.schedule import Schedule
-
-        def draw():
-            schedule = Schedule(settings.schedule)
-            noise = torch.randn(lab.data.train.shape, generator=torch.Generator().manual_seed(0))
-            reference = torch.randn(lab.data.train.shape, generator=torch.Generator().manual_seed(1))
-            return (forward_picture(schedule, lab.data, t, i, noise, language),
-                    marginal_picture(schedule, lab.data, noise, reference, language))
-        return (*self.worker.run(draw), gr.update(maximum=T, value=paper_t(t)))
+        pictures = self.worker.run(forward_pictures, settings.schedule, lab.data, t, i, language)
+        return (*pictures, gr.update(maximum=T, value=paper_t(t)))
 
     # -- training ---------------------------------------------------------------------------------------------
 
@@ -175,7 +167,7 @@ class LabHandlers:
         with user_errors(language):
             settings = LabSettings.checked(kind, timesteps, beta_start, beta_end, width, depth, steps,
                                            learning_rate, seed)
-            data = self.points(source, preset, word, drawing, csv_file, text, count, data_seed)
+            data = self.worker.run(self.points, source, preset, word, drawing, csv_file, text, count, data_seed)
         lab = user.lab
         with self._holding(lab, language):
             self.worker.run(lab.start, data, settings)

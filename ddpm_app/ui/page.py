@@ -135,8 +135,8 @@ def build(library: ModelLibrary, preview_interval: float | None = DEFAULT_PREVIE
     T = first.timesteps
     settings = first_settings(first)
     # the first model's pictures and numbers, computed on the device thread like all tensor work: a tensor
-    # operation on this thread would start a second OpenMP team, and sampling on a 2-core CPU then measured
-    # 35-50 % slower for as long as the server runs (benchmarks/app_stream.py)
+    # operation on this thread would start a second OpenMP team, which slows sampling for as long as the server
+    # runs (docs/operations.md, "Threads")
     header_text, numbers_text, plot_image, (table, card_text, samples_path) = library.worker.run(first_views, first)
 
     with widgets.Blocks(title=text("app.title"), analytics_enabled=False, delete_cache=(3600, 3600)) as demo:

@@ -31,7 +31,6 @@ from pydantic.json_schema import SkipJsonSchema
 
 from ddpm_app.checks import InvalidValue, shown
 from ddpm_app.image import ImageError, read_data_url
-from ddpm_app.io.model_folder import ModelFolderError
 from ddpm_app.text import ENGLISH, CatalogueError, text
 from ddpm_app.ui.i18n import I18N, english
 from ddpm_app.views.state import UserState
@@ -45,11 +44,12 @@ def user_error(message: str) -> gr.Error:
 
 @contextmanager
 def user_errors(language: str = ENGLISH, then: str | None = None):
-    """Turn what a user can get wrong (a value out of range, a bad image, a bad model) into a gr.Error message in
-    ``language``, the catalogue text ``then`` added (what happens next)."""
+    """Turn what a user can get wrong (a value out of range, a bad image, a bad model: a :class:`CatalogueError`, such
+    as :class:`~ddpm_app.checks.InvalidValue`) into a gr.Error message in ``language``, the catalogue text ``then``
+    added (what happens next)."""
     try:
         yield
-    except (InvalidValue, ImageError, ModelFolderError) as e:
+    except CatalogueError as e:
         raise user_error(e.in_language(language) + (text(then, language) if then else "")) from None
 
 

@@ -256,6 +256,18 @@ def forward_picture(schedule: Schedule, data: PointSet, t: int, index: int, nois
     return pixels(fig)
 
 
+def forward_pictures(config: ScheduleConfig, data: PointSet, t: int, index: int,
+                     language: str = ENGLISH) -> tuple[np.ndarray, np.ndarray]:
+    """The forward process on the data with the schedule ``config`` describes: :func:`forward_picture` at t around
+    point ``index`` and :func:`marginal_picture`, every point noised with the same ε (seed 0), so that moving t moves
+    each point along one path, and the same N(0, I) points (seed 1) beside x_T."""
+    schedule = Schedule(config)
+    noise = torch.randn(data.train.shape, generator=torch.Generator().manual_seed(0))
+    reference = torch.randn(data.train.shape, generator=torch.Generator().manual_seed(1))
+    return (forward_picture(schedule, data, t, index, noise, language),
+            marginal_picture(schedule, data, noise, reference, language))
+
+
 def marginal_picture(schedule: Schedule, data: PointSet, noise: Tensor, reference: Tensor,
                      language: str = ENGLISH) -> np.ndarray:
     """The cloud at the last timestep beside N(0, I) points, with the distance between them."""

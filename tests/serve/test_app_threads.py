@@ -14,7 +14,8 @@ from ddpm_app.diffusion.schedule import ScheduleConfig
 from ddpm_app.io.model_folder import DiffusionConfig, save_pretrained
 from ddpm_app.models import UNet
 from ddpm_app.serve.library import ModelLibrary
-from ddpm_app.ui import model
+from ddpm_app.serve.worker import DeviceWorker
+from ddpm_app.ui import lab, model
 from ddpm_app.ui import page as ui
 from ddpm_app.views.state import UserState
 
@@ -26,25 +27,41 @@ def save_tiny(directory: Path, timesteps: int = 20) -> Path:
     return save_pretrained(perturb(seeded_init(lambda: UNet(config.model))), config, directory)
 
 
-def test_build_and_model_switch_compute_on_the_device_thread(tmp_path: Path, monkeypatch):
-    save_tiny(tmp_path / "faces")
-    save_tiny(tmp_path / "other")
-    library = ModelLibrary(tmp_path, "cpu")
+def record_threads(monkeypatch, functions: list[tuple[object, str]]) -> dict[str, set[int]]:
+    """The threads each of ``functions`` (module, name) runs on from now on, by name."""
     threads: dict[str, set[int]] = {}
-
-    # where the page is built, and where a model switch draws its outputs
-    for module, name in [(ui, "schedule_plot"), (ui, "forward_numbers"), (ui, "model_card"), (ui, "model_header"),
-                         (model, "model_card"), (model, "model_header")]:
+    for module, name in functions:
         def record(*args, _name=name, _fn=getattr(module, name), **kwargs):
             threads.setdefault(_name, set()).add(threading.get_ident())
             return _fn(*args, **kwargs)
         monkeypatch.setattr(module, name, record)
+    return threads
 
+
+def test_build_and_model_switch_compute_on_the_device_thread(tmp_path: Path, monkeypatch):
+    save_tiny(tmp_path / "faces")
+    save_tiny(tmp_path / "other")
+    library = ModelLibrary(tmp_path, "cpu")
+    # where the page is built, and where a model switch draws its outputs
+    threads = record_threads(monkeypatch, [(ui, "schedule_plot"), (ui, "forward_numbers"), (ui, "model_card"),
+                                           (ui, "model_header"), (model, "model_card"), (model, "model_header")])
     ui.build(library)
     ui.Handlers(library).select_model("other", UserState())
     worker = library.worker.run(threading.get_ident)
     assert set(threads) == {"schedule_plot", "forward_numbers", "model_card", "model_header"}
     assert all(ids == {worker} for ids in threads.values()), threads
+
+
+def test_the_lab_makes_its_points_and_pictures_on_the_device_thread(monkeypatch):
+    """The 2-D lab's data set (tensors drawn from a generator) and its forward-process pictures are tensor work too."""
+    worker = DeviceWorker()
+    handlers = lab.LabHandlers(worker)
+    threads = record_threads(monkeypatch, [(lab, "dataset"), (lab, "data_picture"), (lab, "forward_pictures")])
+    user = UserState()
+    handlers.show_data("preset", "two moons", "DDPM", None, None, "", 200, 0, user=user)
+    handlers.forward(10, 1, "linear", 100, 1e-4, 0.02, user)
+    assert set(threads) == {"dataset", "data_picture", "forward_pictures"}
+    assert all(ids == {worker.run(threading.get_ident)} for ids in threads.values()), threads
 
 
 SCRIPT = """

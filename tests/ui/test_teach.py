@@ -24,6 +24,7 @@ from ddpm_app.numbers import number
 from ddpm_app.pictures import picture
 from ddpm_app.runtime.inference import prepare_cpu
 from ddpm_app.serve.library import ModelLibrary
+from ddpm_app.text import translated
 from ddpm_app.ui import page as ui
 from ddpm_app.ui import training as training_tab
 from ddpm_app.ui.i18n import english
@@ -298,6 +299,9 @@ def test_held_out_figures_are_stored_loaded_and_compared(tmp_path):
     (folder / heldout.HELDOUT_NAME).write_text("{not json")
     broken = ModelLibrary(tmp_path, "cpu").get("m")
     assert broken.heldout is None and "not a readable held-out file" in broken.heldout_note
+    # a Chinese page says why in Chinese, the file's path and the reader's words carried over
+    chinese = translated(broken.heldout_note, "zh-CN")
+    assert chinese.startswith(f"{folder / heldout.HELDOUT_NAME}：不是可读的留出数据文件（JSONDecodeError: ")
 
 
 # -- the photo, carried from Forward ------------------------------------------------------------------------------

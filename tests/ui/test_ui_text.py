@@ -19,7 +19,7 @@ from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.numbers import number
 from ddpm_app.pictures import noise_picture, picture
 from ddpm_app.serve.library import ModelLibrary
-from ddpm_app.serve.runs import RunName, Trajectory
+from ddpm_app.serve.runs import RunName, Trajectory, sampler_words
 from ddpm_app.text import catalogue
 from ddpm_app.ui import denoise, forward, frames, generate, kit
 from ddpm_app.ui import page as ui
@@ -58,7 +58,7 @@ def noised(handlers: ui.Handlers, t: int) -> UserState:
 ])
 def test_the_description_counts_the_steps_a_chain_from_start_t_runs(settings, start_t, steps, title):
     assert settings.num_steps(start_t) == steps
-    assert settings.describe(start_t) == title
+    assert sampler_words(settings, start_t) == title
     name = RunName(settings, start_t, 7)
     assert name.title == f"{title}, x̂₀ clipped, seed 7" and f"-{steps}steps" in name.file_stem
 
