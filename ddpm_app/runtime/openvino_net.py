@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -97,12 +98,32 @@ def convert(model: nn.Module) -> Converted:
 KEPT_BATCH = 16
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """The network compiled twice from one graph: ``one`` runs a call as one request on all threads; ``halves`` (None
+    with a single thread) has two streams of half the threads each, for a batch split in two."""
+
+    one: object  # openvino.CompiledModel
+    halves: object | None
+
+    def release_memory(self) -> None:
+        for compiled in (self.one, self.halves):
+            if compiled is not None:
+                compiled.release_memory()
+
+
 class OpenVinoNetwork(nn.Module):
     """ε_θ(x_t, t) of the network ``converted`` was made from, computed by OpenVINO on the CPU with ``threads``
     threads, in ``hint`` precision (bf16: OpenVINO's bf16 inference precision, which it keeps to f32 where the CPU has
     no bf16); ``time_features`` is that network's (parameter-free) map from t to its sinusoidal features.
 
-    Compiled at the first call, or by :meth:`compile`. Each calling thread gets its own inference request, so users
+    One rule for the batch: a single image runs as one request on all threads; a batch of two or more is split into
+    halves (⌈n/2⌉ and ⌊n/2⌋ images) run at once on two streams of half the threads each. Inside one request every
+    parallel op waits for its slowest thread, and where other programs share the cores that thread is often the one
+    the scheduler has put aside; two streams never wait for each other inside an op (docs/performance.md has the
+    measurements).
+
+    Compiled at the first call, or by :meth:`compile`. Each calling thread gets its own inference requests, so users
     sampling at once do not share one. Raises :class:`OpenVinoError` when it cannot be compiled.
     """
 
@@ -112,43 +133,62 @@ class OpenVinoNetwork(nn.Module):
         self.converted, self.time_features = converted, time_features
         self.hint, self.threads, self.version = hint, threads, converted.version
         self.seconds = converted.seconds  # to convert and compile, paid when the model is loaded
-        self._compiled = None
+        self._compiled: Compiled | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def compile(self):
-        """OpenVINO's compiled network, compiled once."""
+    def compile(self) -> Compiled:
+        """OpenVINO's compiled networks, compiled once."""
         with self._lock:
             if self._compiled is None:
                 start = time.perf_counter()
+                settings = {"INFERENCE_NUM_THREADS": self.threads,
+                            "INFERENCE_PRECISION_HINT": _OPENVINO_HINT[self.hint]}
                 try:
-                    self._compiled = _core().compile_model(self.converted.graph, "CPU", {
-                        "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": _OPENVINO_HINT[self.hint],
-                        "PERFORMANCE_HINT": "LATENCY"})
+                    one = _core().compile_model(self.converted.graph, "CPU", settings | {"PERFORMANCE_HINT": "LATENCY"})
+                    halves = (_core().compile_model(self.converted.graph, "CPU", settings | {"NUM_STREAMS": 2})
+                              if self.threads >= 2 else None)
                 except Exception as e:  # OpenVINO raises its own types (and RuntimeError) for what it cannot compile
                     raise OpenVinoError(f"OpenVINO could not compile the network: {type(e).__name__}: {e}") from e
+                self._compiled = Compiled(one, halves)
                 self.seconds += time.perf_counter() - start
             return self._compiled
 
     def describe(self) -> str:
         return f"OpenVINO {self.version} ({self.hint}, built in {self.seconds:.1f} s)"
 
+    def _requests(self) -> tuple[object, list[object]]:
+        """This thread's request on all threads, and its two half-batch requests (none with a single thread)."""
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            compiled = self.compile()
+            halves = [] if compiled.halves is None else [compiled.halves.create_infer_request() for _ in range(2)]
+            requests = self._local.requests = (compiled.one.create_infer_request(), halves)
+        return requests
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compile().create_infer_request()
+        one, halves = self._requests()
         x = x.detach().float().contiguous()  # OpenVINO reads NCHW: a channels_last x_t is copied
         features = self.time_features(t.detach().reshape(-1).expand(x.shape[0])).contiguous()
-        out = request.infer({"x": x.numpy(), "features": features.numpy()})
-        eps = torch.from_numpy(out[0].copy())  # the request's output buffer is reused by its next call
-        if x.shape[0] > KEPT_BATCH:
+        x, features = x.numpy(), features.numpy()
+        n = len(x)
+        if n == 1 or not halves:
+            eps = torch.from_numpy(one.infer({"x": x, "features": features})[0].copy())  # its buffer is reused
+        else:
+            parts = (slice(0, (n + 1) // 2), slice((n + 1) // 2, n))
+            for request, part in zip(halves, parts):
+                request.start_async({"x": x[part], "features": features[part]})
+            for request in halves:
+                request.wait()
+            eps = torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in halves]))
+        if n > KEPT_BATCH:
             self.release_memory()
         return eps
 
     def release_memory(self) -> None:
         """Give back the buffers the largest call so far left behind (OpenVINO keeps them for the life of the
-        compiled network: a few MiB per image). This thread's next call makes a new inference request."""
-        self._local.request = None
+        compiled network: a few MiB per image). This thread's next call makes new inference requests."""
+        self._local.requests = None
         with self._lock:
             try:
                 self._compiled.release_memory()

@@ -30,8 +30,8 @@ def never_called(*args, **kwargs):
     raise AssertionError("OpenVINO should not be built here")
 
 
-def ov_network(model, hint="bf16"):
-    return OpenVinoNetwork(openvino_net.convert(model), model.time_features, 1, hint)
+def ov_network(model, hint="bf16", threads=1):
+    return OpenVinoNetwork(openvino_net.convert(model), model.time_features, threads, hint)
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +112,37 @@ def test_each_thread_has_its_own_inference_request(net):
 
 
 @needs_openvino
-def test_a_call_larger_than_sampling_batches_gives_its_buffers_back(net, monkeypatch):
+@pytest.mark.parametrize("batch, halves", [(1, None), (2, [1, 1]), (3, [2, 1]), (4, [2, 2])])
+def test_one_image_runs_on_all_threads_and_a_batch_in_two_halves_at_once(net, batch, halves):
+    """The one rule: a single image is one request on both threads; n ≥ 2 images are split ⌈n/2⌉ + ⌊n/2⌋ over two
+    one-thread streams, and the halves put back in order give the network's ε̂ for the whole batch."""
+    ov = ov_network(net, "fp32", threads=2)
+    x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
+    t = torch.tensor([5, 900, 37, 412][:batch])
+    with torch.inference_mode():
+        out = ov(x, t)
+        assert relative_error(out, net(x, t)) < 1e-4
+    one, pair = ov._requests()
+    assert ov.compile().halves.get_property("NUM_STREAMS") == 2
+    ran = [request.get_input_tensor(0).shape[0] if request.get_input_tensor(0).get_size() else 0 for request in pair]
+    assert (one.get_input_tensor(0).shape[0], ran) == ((1, [0, 0]) if halves is None else (0, halves))
+
+
+@needs_openvino
+def test_with_one_thread_every_batch_is_one_request(net):
+    ov = ov_network(net, "fp32", threads=1)
+    with torch.inference_mode():
+        ov(torch.randn(4, 3, 16, 16), torch.tensor([1, 2, 3, 4]))
+    one, pair = ov._requests()
+    assert ov.compile().halves is None and pair == [] and one.get_input_tensor(0).shape[0] == 4
+
+
+@needs_openvino
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_call_larger_than_sampling_batches_gives_its_buffers_back(net, monkeypatch, threads):
     """A loss curve's one large call must not hold OpenVINO's buffers for the life of the server: after it the
-    compiled network releases them, and the next call (a new request) computes the same ε̂."""
-    ov = ov_network(net, "fp32")
+    compiled networks release them, and the next call (new requests) computes the same ε̂."""
+    ov = ov_network(net, "fp32", threads)
     released = []
     small = (torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 7]))
     large_batch = openvino_net.KEPT_BATCH + 1
@@ -123,24 +150,21 @@ def test_a_call_larger_than_sampling_batches_gives_its_buffers_back(net, monkeyp
              torch.arange(large_batch))
     with torch.inference_mode():
         before = ov(*small)
-        compiled = ov.compile()
-        monkeypatch.setattr(ov, "_compiled", SpyOnRelease(compiled, released))
+        monkeypatch.setattr(ov, "_compiled", SpyOnRelease(ov.compile(), released))
         ov(*small)
-        assert released == [] and ov._local.request is not None  # sampling keeps its request
+        assert released == [] and ov._local.requests is not None  # sampling keeps its requests
         out = ov(*large)
-        assert released == [1] and ov._local.request is None
+        assert released == [1] and ov._local.requests is None
         assert relative_error(out, net(*large)) < 1e-4
         torch.testing.assert_close(ov(*small), before, rtol=0, atol=0)
 
 
 class SpyOnRelease:
-    """An OpenVINO compiled network that counts its ``release_memory`` calls (and still releases)."""
+    """OpenVINO's compiled networks that count their ``release_memory`` calls (and still release)."""
 
     def __init__(self, compiled, calls: list):
         self.compiled, self.calls = compiled, calls
-
-    def create_infer_request(self):
-        return self.compiled.create_infer_request()
+        self.one, self.halves = compiled.one, compiled.halves
 
     def release_memory(self):
         self.calls.append(1)
