@@ -118,7 +118,7 @@ class OpenVinoNetwork(nn.Module):
     no bf16); ``time_features`` is that network's (parameter-free) map from t to its sinusoidal features.
 
     One rule for the batch: a single image runs as one request on all threads; a batch of two or more is split into
-    halves (⌈n/2⌉ and ⌊n/2⌋ images) run at once on two streams of half the threads each. Inside one request every
+    two equal halves (an odd one with its last image repeated) run at once on two streams of half the threads each. Inside one request every
     parallel op waits for its slowest thread, and where other programs share the cores that thread is often the one
     the scheduler has put aside; two streams never wait for each other inside an op (docs/performance.md has the
     measurements).
@@ -175,12 +175,14 @@ class OpenVinoNetwork(nn.Module):
         if n == 1 or not halves:
             eps = torch.from_numpy(one.infer({"x": x, "features": features})[0].copy())  # its buffer is reused
         else:
-            parts = (slice(0, (n + 1) // 2), slice((n + 1) // 2, n))
-            for request, part in zip(halves, parts):
+            if n % 2:  # two equal halves: an image more costs less than a stream that waits with one image fewer
+                x, features = np.concatenate([x, x[-1:]]), np.concatenate([features, features[-1:]])
+            half = len(x) // 2
+            for request, part in zip(halves, (slice(0, half), slice(half, None))):
                 request.start_async({"x": x[part], "features": features[part]})
             for request in halves:
                 request.wait()
-            eps = torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in halves]))
+            eps = torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in halves])[:n])
         if n > KEPT_BATCH:
             self.release_memory()
         return eps

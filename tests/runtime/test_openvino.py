@@ -112,13 +112,14 @@ def test_each_thread_has_its_own_inference_request(net):
 
 
 @needs_openvino
-@pytest.mark.parametrize("batch, halves", [(1, None), (2, [1, 1]), (3, [2, 1]), (4, [2, 2])])
+@pytest.mark.parametrize("batch, halves", [(1, None), (2, [1, 1]), (3, [2, 2]), (4, [2, 2]), (5, [3, 3])])
 def test_one_image_runs_on_all_threads_and_a_batch_in_two_halves_at_once(net, batch, halves):
-    """The one rule: a single image is one request on both threads; n ≥ 2 images are split ⌈n/2⌉ + ⌊n/2⌋ over two
-    one-thread streams, and the halves put back in order give the network's ε̂ for the whole batch."""
+    """The one rule: a single image is one request on both threads; n ≥ 2 images are split into two equal halves over
+    two one-thread streams, an odd batch with its last image repeated, and the halves put back in order (the repeat
+    left out) give the network's ε̂ for the whole batch."""
     ov = ov_network(net, "fp32", threads=2)
     x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
-    t = torch.tensor([5, 900, 37, 412][:batch])
+    t = torch.tensor([5, 900, 37, 412, 999][:batch])
     with torch.inference_mode():
         out = ov(x, t)
         assert relative_error(out, net(x, t)) < 1e-4
