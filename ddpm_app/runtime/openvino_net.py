@@ -118,10 +118,10 @@ class OpenVinoNetwork(nn.Module):
     no bf16); ``time_features`` is that network's (parameter-free) map from t to its sinusoidal features.
 
     One rule for the batch: a single image runs as one request on all threads; a batch of two or more is split into
-    two equal halves (an odd one with its last image repeated) run at once on two streams of half the threads each. Inside one request every
-    parallel op waits for its slowest thread, and where other programs share the cores that thread is often the one
-    the scheduler has put aside; two streams never wait for each other inside an op (docs/performance.md has the
-    measurements).
+    two equal halves (an odd one with its last image repeated) run at once on two streams of half the threads each.
+    Inside one request every parallel op waits for its slowest thread, and where other programs share the cores that
+    thread is often the one the scheduler has put aside; two streams never wait for each other inside an op
+    (docs/performance.md has the measurements).
 
     Compiled at the first call, or by :meth:`compile`. Each calling thread gets its own inference requests, so users
     sampling at once do not share one. Raises :class:`OpenVinoError` when it cannot be compiled.
