@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from conftest import PATIENCE, make_tiny_config, open_tab, perturb, seeded_init, wait_for
 from serving import ROOT, serving_app
 
@@ -47,6 +48,14 @@ def open_app(browser, url: str, width: int = 1280):
     page.goto(url)
     page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=PATIENCE_MS)
     return page, errors
+
+
+def wait_until_said(page, selector: str, word: str) -> None:
+    """Wait for ``word`` in the element ``selector``; a time-out says what the element said instead."""
+    try:
+        page.locator(selector).get_by_text(word).wait_for(timeout=PATIENCE_MS)
+    except PlaywrightTimeout:
+        pytest.fail(f"{selector} did not say {word!r} in {PATIENCE} s; it says {page.locator(selector).inner_text()!r}")
 
 
 def image_src(block) -> str | None:
@@ -139,7 +148,7 @@ def test_a_photo_dropped_into_forward_is_carried_to_denoise_training_and_likelih
     open_tab(page, "Likelihood")
     assert "portrait" in page.locator("#lk-photo img").get_attribute("src", timeout=PATIENCE_MS)
     page.get_by_role("button", name="Bits/dim of this photo").click()
-    page.locator("#lk-status").get_by_text("Done").wait_for(timeout=PATIENCE_MS)
+    wait_until_said(page, "#lk-status", "Done")
     page.screenshot(path=SHOTS / "carried_likelihood.png", full_page=True)
 
     page.locator("#lk-photo button[aria-label='Remove Image']").click()  # the user's own photo there instead
@@ -162,7 +171,7 @@ def test_a_model_switch_says_what_it_does_and_frames_names_the_runs_model(browse
     ranges follow it; Frames still shows the earlier run and names its model."""
     page, errors = open_app(browser, server)
     page.get_by_role("button", name="Generate", exact=True).click()  # DDIM on faces
-    page.locator("#gen-status").get_by_text("Done").wait_for(timeout=PATIENCE_MS)
+    wait_until_said(page, "#gen-status", "Done")
     header = page.locator("#page-header")
     header.evaluate("""el => { window.headerSaid = [];
         new MutationObserver(() => window.headerSaid.push(el.innerText))
