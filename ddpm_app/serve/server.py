@@ -4,11 +4,13 @@ read, and separate limits on waiting sampling jobs and waiting quick views, so t
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Awaitable, Callable, MutableMapping
 
 import gradio as gr
 from fastapi.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ddpm_app.image import MAX_FILE_BYTES
 
@@ -18,6 +20,8 @@ MAX_BODY_BYTES = math.ceil(MAX_FILE_BYTES / 3) * 4 + 2**20
 JOBS = "model"  # the concurrency group of the sampling jobs (Generate, Denoise, …): one at a time per device
 TOO_LARGE = (f"The request is too large (at most {MAX_BODY_BYTES / 2**20:.1f} MB); photos may be at most "
              f"{MAX_FILE_BYTES // 2**20} MB.")
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, object]
 Message = MutableMapping[str, object]
@@ -36,7 +40,8 @@ class BodyTooLarge(HTTPException):
 class BodyLimit:
     """ASGI middleware that refuses any HTTP request whose body exceeds ``max_bytes`` with 413: from its
     Content-Length header before a byte of the body is read, or, for a body streamed without one, as soon as what
-    has arrived passes the cap. The connection is then closed, so the rest of the body is never read either."""
+    has arrived passes the cap. The connection is then closed, so the rest of the body is never read either. A
+    client that goes away before its body is in is a line in the log, not a traceback."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES):
         self.app, self.max_bytes = app, max_bytes
@@ -69,6 +74,9 @@ class BodyLimit:
         except BodyTooLarge:  # raised where nothing turned it into a response
             if not started:
                 await refuse(send)
+        except ClientDisconnect:  # a tab closed in the middle of an upload: nobody is left to answer, nothing broke
+            log.info("a client left before it had sent all of its request (%s %s)", scope.get("method"),
+                     scope.get("path"))
 
 
 async def refuse(send: Send) -> None:

@@ -33,7 +33,7 @@ def server(tmp_path_factory):
 
 
 # counts the page's file uploads in flight: the sketchpad sends its layers again whenever the page changes, and a
-# page closed in the middle of one leaves the server a disconnected upload (a traceback in its log)
+# page closed in the middle of one leaves the server a disconnected upload (a line in its log)
 COUNT_UPLOADS = """{ const fetch0 = window.fetch; window.uploading = 0;
     window.fetch = (...args) => { if (!String(args[0]?.url ?? args[0]).includes('/upload')) return fetch0(...args);
         window.uploading++; return fetch0(...args).finally(() => window.uploading--); } }"""

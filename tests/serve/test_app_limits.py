@@ -153,6 +153,24 @@ def test_bodies_over_the_cap_are_refused_before_they_are_read(app):
         Client(url, verbose=False).predict(photo, 40, True, 5, api_name="/noise")
 
 
+def test_a_client_that_leaves_in_the_middle_of_an_upload_is_a_line_in_the_log(app):
+    """A tab closed while its upload is on the way (the sketchpad sends its layers whenever the page changes): the
+    server says so in one line, with no traceback, and goes on serving."""
+    url, _, log = app
+    boundary = "xyz"
+    head = (f"POST /gradio_api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {2**20}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}")
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + png_header(8, 8)
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=PATIENCE) as conn:
+        conn.sendall(head.encode() + b"\r\n\r\n" + part)  # far less than the announced megabyte, then gone
+    wait_for(lambda: "a client left before it had sent all of its request (POST /gradio_api/upload)" in
+             log.read_text(), "the server's note of the client that left")
+    assert "Traceback" not in log.read_text()
+    assert httpx.get(url, timeout=PATIENCE).status_code == 200
+
+
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", status)[1]) / 1024
