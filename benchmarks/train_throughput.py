@@ -5,10 +5,10 @@
 (a) the seed tutorial's loop on the seed architecture, as the tutorial writes it: fp32, plain Adam at 2e-4,
     per-image sum-of-squares loss, batch 128, no EMA (data comes from memory here, which only helps it:
     the tutorial decodes JPEGs in the training process);
-(b) our Trainer (bf16 autocast, torch.compile, fused AdamW, EMA, clipping; channels_last for `ddpm`, NCHW for
-    the seed net; the seed net's upsampling convs as transposed convs, see models/seed.py) on the seed
-    architecture and on `ddpm` U-Net configurations. A run's flags can change the layout (``nchw``, ``cl``) or
-    keep the tutorial's literal upsample-then-conv ops in our trainer (``literal``), to show what each part gives.
+(b) our Trainer (bf16 autocast, torch.compile, fused AdamW, EMA, clipping, NCHW on CUDA; the seed net's upsampling
+    convs as transposed convs, see models/seed.py) on the seed architecture and on `ddpm` U-Net configurations.
+    A run's flags can change the layout (``nchw``, ``cl``) or keep the tutorial's literal upsample-then-conv ops in
+    our trainer (``literal``), to show what each part gives.
 Prints images/s (median over timed windows), the ratio to (a), and the model FLOPs utilisation:
 training FLOPs per image (counted by torch.utils.flop_counter on one forward + backward of the network as the
 tutorial writes it) × images/s ÷ the GPU's dense bf16 peak (989 TFLOP/s for H100/H200 SXM).

@@ -98,30 +98,21 @@ def convert(model: nn.Module) -> Converted:
 KEPT_BATCH = 16
 
 
-@dataclass(frozen=True)
-class Compiled:
-    """The network compiled twice from one graph: ``one`` runs a call as one request on all threads; ``halves`` (None
-    with a single thread) has two streams of half the threads each, for a batch split in two."""
-
-    one: object  # openvino.CompiledModel
-    halves: object | None
-
-    def release_memory(self) -> None:
-        for compiled in (self.one, self.halves):
-            if compiled is not None:
-                compiled.release_memory()
-
-
 class OpenVinoNetwork(nn.Module):
     """ε_θ(x_t, t) of the network ``converted`` was made from, computed by OpenVINO on the CPU with ``threads``
     threads, in ``hint`` precision (bf16: OpenVINO's bf16 inference precision, which it keeps to f32 where the CPU has
     no bf16); ``time_features`` is that network's (parameter-free) map from t to its sinusoidal features.
 
-    One rule for the batch: a single image runs as one request on all threads; a batch of two or more is split into
-    two equal halves (an odd one with its last image repeated) run at once on two streams of half the threads each.
-    Inside one request every parallel op waits for its slowest thread, and where other programs share the cores that
-    thread is often the one the scheduler has put aside; two streams never wait for each other inside an op
-    (docs/performance.md has the measurements).
+    One rule for the batch: with two threads or more the network is compiled as two streams of half the threads
+    each; a single image runs on one stream, and a batch of two or more is split into two equal halves (an odd one
+    with its last image repeated) run at once, one per stream. Two reasons (docs/performance.md has the measurements):
+    - every image is computed by one stream's threads, whatever its batch. OpenVINO's bf16 results depend on how
+      many threads share an op: a single image on both threads came out up to 5 grey levels away from the same seed
+      in a batch after DDIM-20, where on one stream it is the same image;
+    - inside one request every parallel op waits for its slowest thread, and where other programs share the cores
+      that thread is often the one the scheduler has put aside; two streams never wait for each other inside an op.
+    The streams are not pinned to cores: a stream pinned to the core that a busy program runs on waits for it while
+    the other core idles.
 
     Compiled at the first call, or by :meth:`compile`. Each calling thread gets its own inference requests, so users
     sampling at once do not share one. Raises :class:`OpenVinoError` when it cannot be compiled.
@@ -132,57 +123,55 @@ class OpenVinoNetwork(nn.Module):
         super().__init__()
         self.converted, self.time_features = converted, time_features
         self.hint, self.threads, self.version = hint, threads, converted.version
+        self.streams = 2 if threads >= 2 else 1
         self.seconds = converted.seconds  # to convert and compile, paid when the model is loaded
-        self._compiled: Compiled | None = None
+        self._compiled = None  # openvino.CompiledModel
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def compile(self) -> Compiled:
-        """OpenVINO's compiled networks, compiled once."""
+    def compile(self):
+        """OpenVINO's compiled network (an ``openvino.CompiledModel``), compiled once."""
         with self._lock:
             if self._compiled is None:
                 start = time.perf_counter()
-                settings = {"INFERENCE_NUM_THREADS": self.threads,
+                settings = {"INFERENCE_NUM_THREADS": self.streams * (self.threads // self.streams),
+                            "NUM_STREAMS": self.streams, "ENABLE_CPU_PINNING": False,
                             "INFERENCE_PRECISION_HINT": _OPENVINO_HINT[self.hint]}
                 try:
-                    one = _core().compile_model(self.converted.graph, "CPU", settings | {"PERFORMANCE_HINT": "LATENCY"})
-                    halves = (_core().compile_model(self.converted.graph, "CPU", settings | {"NUM_STREAMS": 2})
-                              if self.threads >= 2 else None)
+                    self._compiled = _core().compile_model(self.converted.graph, "CPU", settings)
                 except Exception as e:  # OpenVINO raises its own types (and RuntimeError) for what it cannot compile
                     raise OpenVinoError(f"OpenVINO could not compile the network: {type(e).__name__}: {e}") from e
-                self._compiled = Compiled(one, halves)
                 self.seconds += time.perf_counter() - start
             return self._compiled
 
     def describe(self) -> str:
         return f"OpenVINO {self.version} ({self.hint}, built in {self.seconds:.1f} s)"
 
-    def _requests(self) -> tuple[object, list[object]]:
-        """This thread's request on all threads, and its two half-batch requests (none with a single thread)."""
+    def _requests(self) -> list[object]:
+        """This thread's inference requests, one per stream."""
         requests = getattr(self._local, "requests", None)
         if requests is None:
             compiled = self.compile()
-            halves = [] if compiled.halves is None else [compiled.halves.create_infer_request() for _ in range(2)]
-            requests = self._local.requests = (compiled.one.create_infer_request(), halves)
+            requests = self._local.requests = [compiled.create_infer_request() for _ in range(self.streams)]
         return requests
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        one, halves = self._requests()
+        requests = self._requests()
         x = x.detach().float().contiguous()  # OpenVINO reads NCHW: a channels_last x_t is copied
         features = self.time_features(t.detach().reshape(-1).expand(x.shape[0])).contiguous()
         x, features = x.numpy(), features.numpy()
         n = len(x)
-        if n == 1 or not halves:
-            eps = torch.from_numpy(one.infer({"x": x, "features": features})[0].copy())  # its buffer is reused
+        if n == 1 or len(requests) == 1:
+            eps = torch.from_numpy(requests[0].infer({"x": x, "features": features})[0].copy())  # its buffer is reused
         else:
             if n % 2:  # two equal halves: an image more costs less than a stream that waits with one image fewer
                 x, features = np.concatenate([x, x[-1:]]), np.concatenate([features, features[-1:]])
             half = len(x) // 2
-            for request, part in zip(halves, (slice(0, half), slice(half, None))):
+            for request, part in zip(requests, (slice(0, half), slice(half, None))):
                 request.start_async({"x": x[part], "features": features[part]})
-            for request in halves:
+            for request in requests:
                 request.wait()
-            eps = torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in halves])[:n])
+            eps = torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in requests])[:n])
         if n > KEPT_BATCH:
             self.release_memory()
         return eps

@@ -175,16 +175,16 @@ def test_early_guesses_are_saturated_noise_and_the_layout_settles_by_t700(shippe
 
 def test_a_seeds_image_is_the_same_in_any_batch_and_any_view():
     """Generate's images at one, three and four images and Interpolate's end images, for the same seeds and settings,
-    through the network the app runs on this machine (OpenVINO bf16 where it is installed and the CPU has bf16 in
-    hardware, PyTorch fp32 elsewhere): at most 2 grey levels apart. DDIM with η = 0, so the seed's x_T alone decides
-    the image."""
+    through the network the app runs on this machine with two threads, as on a 2-core machine (OpenVINO bf16 where it
+    is installed and the CPU has bf16 in hardware, PyTorch fp32 elsewhere): at most 2 grey levels apart. DDIM with
+    η = 0, so the seed's x_T alone decides the image."""
     from ddpm_app.diffusion.samplers import SamplerSettings
     from ddpm_app.image import to_uint8
     from ddpm_app.serve.served import ServedModel
 
     torch.manual_seed(0)
     loaded = load_pretrained(WEIGHTS / "faces")
-    served = ServedModel("faces", loaded, prepare(loaded.model, "cpu", cpu_runtime="auto"))
+    served = ServedModel("faces", loaded, prepare(loaded.model, "cpu", cpu_runtime="auto", cpu_threads=2))
     settings = SamplerSettings("ddim", 20, 0.0, True)
 
     def images(steps) -> torch.Tensor:

@@ -34,7 +34,7 @@ from ddpm_app.training.config import lr_at
 from ddpm_app.training.errors import TrainingError
 from ddpm_app.training.export import export_checkpoint
 from ddpm_app.training.objective import loss_weights
-from ddpm_app.training.trainer import Trainer
+from ddpm_app.training.trainer import Trainer, default_channels_last
 
 
 def run(trainer: Trainer) -> list[training.Progress]:
@@ -645,8 +645,14 @@ def test_data_of_the_wrong_size_is_a_clear_error(tmp_path):
 SEED_MODEL = SeedUNetConfig(image_size=16, down_channels=(32, 64), dropout=0.0)
 
 
+@pytest.mark.parametrize("seed_net, device, expected", [
+    (False, "cpu", True), (True, "cpu", False), (False, "cuda", False), (True, "cuda", False)])
+def test_both_networks_train_in_nchw_on_cuda_and_the_ddpm_unet_in_channels_last_on_the_cpu(seed_net, device, expected):
+    assert default_channels_last(seed_net, torch.device(device)) is expected
+
+
 @pytest.mark.parametrize("model, option, expected", [
-    (MODEL, None, True), (SEED_MODEL, None, False),  # the default depends on the network
+    (MODEL, None, True), (SEED_MODEL, None, False),  # the default (on this CPU) depends on the network
     (MODEL, False, False), (SEED_MODEL, True, True),  # an explicit choice wins
 ])
 def test_memory_layout_follows_the_network_unless_chosen(tmp_path, model, option, expected):
