@@ -3,11 +3,12 @@ giving up its second thread on a busy machine, and may that thread be pinned to 
 
     taskset -c 0,1 python experiments/openvino_one_image_busy.py [--model weights/faces] [--calls 21] [--busy 0,1,2,3]
 
-A batch of one cannot be split into two independent halves as larger batches are (runtime/openvino_net.py), so it
-runs as one request on all threads, and each parallel op waits for its slowest thread. Prints, per busy level, the
-median ms per call of the network compiled for two threads and for one (OpenVINO's latency hint, bf16), with the
-CPU seconds the process got per second of the call (median, range: what share of the cores it was given), and of
-one stream of the app's two-stream network (two threads, one per stream) with OpenVINO's CPU pinning on and off.
+A batch of one cannot be split into two independent halves as larger batches are (runtime/openvino_net.py): on all
+threads each of its parallel ops waits for the slowest thread; on one stream the other core idles. Prints, per busy
+level, the median ms per call of the network compiled for two threads and for one (OpenVINO's latency hint, bf16),
+with the CPU seconds the process got per second of the call (median, range: what share of the cores it was given),
+and of one stream of the app's two-stream network (two threads, one per stream) with OpenVINO's CPU pinning on and
+off.
 """
 
 from __future__ import annotations
