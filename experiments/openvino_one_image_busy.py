@@ -61,11 +61,13 @@ def main() -> int:
     size = model.config.image_size
     inputs = {"x": np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32),
               "features": model.time_features(torch.tensor([500])).numpy()}
-    print("| busy processes | two threads | one thread | one stream, pinned | one stream, unpinned |\n|---|---|---|---|---|")
+    print("| busy processes | two threads | one thread | one stream, pinned | one stream, unpinned |")
+    print("|---|---|---|---|---|")
     for busy in (int(b) for b in args.busy.split(",")):
         spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(busy)]
         time.sleep(1)
-        cells = [timed(request, inputs, args.calls) for request in (requests[2], requests[1], streams[True], streams[False])]
+        chosen = (requests[2], requests[1], streams[True], streams[False])
+        cells = [timed(request, inputs, args.calls) for request in chosen]
         print(f"| {busy} | " + " | ".join(cells) + " |", flush=True)
         for spinner in spinners:
             spinner.kill()

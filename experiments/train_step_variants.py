@@ -5,8 +5,8 @@
 Every variant runs in its own process. They compile at the same time (compilation is CPU work), then take turns
 on the GPU behind a file lock, so each one is timed alone: 10 warm-up steps, then the median of windows of 10
 steps. A variant is a layout (``cl`` channels_last, ``nchw``) joined by ``+`` with changes to try:
-``nodrop`` (dropout 0, to see what dropout costs), ``default`` (compile mode default instead of CUDA graphs), ``gnview`` (GroupNorm computed on a view of the
-channels split into groups, which keeps channels_last).
+``nodrop`` (dropout 0, to see what dropout costs), ``default`` (compile mode default instead of CUDA graphs),
+``gnview`` (GroupNorm computed on a view of the channels split into groups, which keeps channels_last).
 ``--profile NAME`` also prints the CUDA kernels of that variant's step.
 """
 
@@ -121,8 +121,8 @@ def main() -> int:
     ready = Path(tempfile.mkdtemp()) / "ready"
     ready.mkdir()
     print(f"# {args.config}, batch {args.batch}; {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print("| variant | ms/step median (range) | images/s | MFU | compile + 3 steps | peak memory |\n|---|---|---|---|---|---|",
-          flush=True)
+    print("| variant | ms/step median (range) | images/s | MFU | compile + 3 steps | peak memory |", flush=True)
+    print("|---|---|---|---|---|---|", flush=True)
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", v, "--ready", str(ready), "--count",
                                str(len(variants)), "--config", args.config, "--batch", str(args.batch),
                                "--windows", str(args.windows), "--profile", args.profile], env=os.environ)

@@ -130,19 +130,6 @@ def test_one_image_runs_on_one_stream_and_a_batch_in_two_halves_at_once(net, bat
 
 
 @needs_openvino
-def test_an_image_alone_is_computed_as_in_a_batch(net):
-    """bf16 results depend on how many threads share an op; every image runs on one stream's threads, so an image
-    alone gets the ε̂ it gets in a batch (to a bf16 rounding, not the larger gap of a different thread count)."""
-    ov = ov_network(net, "bf16", threads=2)
-    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(11))
-    t = torch.tensor([500, 20, 999, 300])
-    with torch.inference_mode():
-        batch = ov(x, t)
-        alone = torch.cat([ov(x[i:i + 1], t[i:i + 1]) for i in range(4)])
-    assert relative_error(alone, batch) < 1e-3
-
-
-@needs_openvino
 def test_with_one_thread_every_batch_is_one_request(net):
     ov = ov_network(net, "fp32", threads=1)
     with torch.inference_mode():
