@@ -37,7 +37,7 @@ class TrainConfig:
     compile: bool = True  # torch.compile the network (CUDA only)
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"  # auto: reduce-overhead (CUDA graphs) on one GPU, default with several
     bf16: bool = True  # bf16 autocast (CUDA only)
-    channels_last: bool | None = None  # channels_last memory format (default: on the CPU for the ddpm U-Net only)
+    channels_last: bool | None = None  # channels_last memory format (default: off on CUDA; on a CPU, on for the ddpm U-Net)
     log_every: int = 100
     sample_every: int = 2000  # EMA sample grid (DDIM) every N steps (0: off)
     sample_steps: int = DEFAULT_DDIM_STEPS  # DDIM steps for the grid

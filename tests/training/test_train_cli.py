@@ -88,7 +88,7 @@ def test_help_lists_every_option_with_its_help_text(capsys):
         assert option in text, option
     assert "total optimizer steps of the run (default: 20000)" in " ".join(text.split())
     assert "image folder or .zip pack" in text
-    assert "--no-channels-last" in text and "(default: on, but off for the seed net)" in " ".join(text.split())
+    assert "--no-channels-last" in text and "(default: off on CUDA; on a CPU, on for the ddpm U-Net)" in " ".join(text.split())
     assert "{constant,cosine}" in text and "{uniform,min-snr}" in text
     assert not re.search(r"\(default: [^)]*\)\s*\(default:", text)  # each default stated once
     for sub in ("export", "push"):
