@@ -166,6 +166,7 @@ def train_main(argv, started: float) -> int:
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not main_rank)
     status = "done"
     loop_start = None
+    final_speed = not trainer.compiles_in_background  # whether the steps run as they will to the end
     try:
         for p in trainer.run():
             if p.event == "expected" and main_rank:
@@ -173,9 +174,13 @@ def train_main(argv, started: float) -> int:
             elif p.event == "started" and main_rank:
                 loop_start = time.perf_counter() - p.startup.first_step_s  # --max-minutes counts from here
                 bar.write(startup_note(p.startup, imports_s, time.perf_counter() - started,
-                                       compile_cache if cfg.compile and trainer.is_cuda else None))
+                                       compile_cache if cfg.compile and trainer.is_cuda else None,
+                                       trainer.compile_log if trainer.compiles_in_background else None))
+            elif p.event == "compiled" and main_rank:
+                final_speed = True
+                bar.write(compiled_note(p, trainer.compile_log))
             elif p.event == "log":
-                if loop_start is not None and main_rank:  # the first speed measured: will the time limit cut the run?
+                if loop_start is not None and final_speed and main_rank:  # will the time limit cut the run?
                     warning = config.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
                     if warning:
                         bar.write(warning, file=sys.stderr)
@@ -210,15 +215,29 @@ def train_main(argv, started: float) -> int:
     return 0
 
 
-def startup_note(startup, imports_s: float, total_s: float, compile_cache: Path | None) -> str:
+def startup_note(startup, imports_s: float, total_s: float, compile_cache: Path | None,
+                 compile_log: Path | None = None) -> str:
     """The start-up's phases (:class:`ddpm_app.training.trainer.StartUp`) in one line; ``compile_cache`` where the
-    first step compiled."""
+    run compiles, ``compile_log`` where another process compiles while the first steps run uncompiled."""
+    if compile_log:
+        compiling = f" (uncompiled; another process is compiling the step into {compile_cache}, log {compile_log})"
+    else:
+        compiling = f" (compiling; cache {compile_cache})" if compile_cache else ""
     return (f"start-up: {imports_s:.1f} s to import, {startup.data_s:.1f} s to load the data, {startup.model_s:.1f} s "
             f"to build the model, "
             + (f"{startup.timing_s:.1f} s to time a step, " if startup.timing_s else "")
-            + f"{startup.first_step_s:.1f} s for the first step"
-            + (f" (compiling; cache {compile_cache})" if compile_cache else "")
+            + f"{startup.first_step_s:.1f} s for the first step{compiling}"
             + f": the first step ended {total_s:.1f} s after the start; images/s count from the second step")
+
+
+def compiled_note(p, compile_log: Path) -> str:
+    """The background compile has ended: the step it switched at, or why training goes on uncompiled."""
+    ready = p.compile
+    if ready.ok:
+        return (f"step {p.step}: switched to the compiled step ({ready.background_s:.0f} s compiling in the background, "
+                f"{p.step_s:.1f} s to load it from the cache)")
+    return (f"warning: compiling in the background failed after {ready.background_s:.0f} s ({ready.note}; log "
+            f"{compile_log}); training goes on uncompiled. --no-background-compile compiles in this process instead")
 
 
 def cpu_note(cfg, arch: str) -> str:

@@ -47,6 +47,7 @@ APP = ("tests/ui/test_ui.py",)
 TEACH = ("tests/ui/test_teach.py",)  # the teaching views: likelihood of a photo, runs side by side, interpolation
 LAB = ("tests/lab/test_lab.py",)  # the 2-D lab's library
 TRAIN_CLI = ("tests/training/test_train_cli.py",)
+BACKGROUND_COMPILE = ("tests/training/test_background_compile.py",)  # one real compile on the CPU: about a minute
 EVALUATE = ("tests/metrics/test_evaluate.py",)
 OPENVINO = ("tests/runtime/test_openvino.py",)
 CPU = ("tests/runtime/test_cpu.py",)
@@ -307,6 +308,16 @@ MUTATIONS: list[Mutation] = [
     M("trainer-channels-last-on-cuda", "ddpm_app/training/trainer.py",
       'return device.type != "cuda" and not seed_net', "return not seed_net", TRAINING,
       "the ddpm U-Net trains in channels_last on CUDA, about 7 % slower"),
+    M("background-compile-other-threads", "ddpm_app/training/background_compile.py",
+      '    torch.set_num_threads(spec["threads"])\n', "", BACKGROUND_COMPILE,
+      "the child compiles the CPU's kernels for another thread count: the run finds nothing in the cache and "
+      "compiles everything again"),
+    M("background-compile-never-switches", "ddpm_app/training/trainer.py",
+      "                    self.use_compiled()\n", "                    pass\n", BACKGROUND_COMPILE,
+      "the run trains uncompiled to its end although the compiled step is ready"),
+    M("background-compile-outlives-the-run", "ddpm_app/training/trainer.py",
+      "            if behind:\n                behind.stop()\n", "", BACKGROUND_COMPILE,
+      "a run that ends before the compile leaves the child compiling on the GPU"),
     M("openvino-streams-pinned", "ddpm_app/runtime/openvino_net.py",
       '"ENABLE_CPU_PINNING": False', '"ENABLE_CPU_PINNING": True', OPENVINO,
       "a stream pinned to the core a busy program runs on waits for it while the other core idles"),

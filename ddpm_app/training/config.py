@@ -35,6 +35,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cuda | cpu
     recipe: Literal["auto", "gpu", "cpu"] = "auto"  # unset settings from: gpu = the shipped models' recipe (batch 1024 for ddpm); cpu = a smaller network and batch that step in about a second on 2 CPU cores; auto = cpu where there is no CUDA GPU
     compile: bool = True  # torch.compile the network (CUDA only)
+    background_compile: bool = True  # on one GPU: train uncompiled from the first step while another process compiles the step into torch.compile's cache, then switch to it (--no-background-compile: compile before the first step)
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "auto"  # auto: reduce-overhead (CUDA graphs) on one GPU, default with several
     bf16: bool = True  # bf16 autocast (CUDA only)
     channels_last: bool | None = None  # channels_last memory format (default: off on CUDA; on a CPU, on for the ddpm U-Net)

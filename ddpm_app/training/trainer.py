@@ -39,6 +39,7 @@ from ddpm_app.io.model_folder import DiffusionConfig, LoadedModel, ModelFolderEr
 from ddpm_app.metrics.eps_mse import HeldOutMSE, held_out_mse, held_out_set
 from ddpm_app.models import ModelConfig, SeedUNet, build_model
 from ddpm_app.runtime.inference import prepare, resolve_device
+from ddpm_app.training.background_compile import LOG_NAME, BackgroundCompile, CompileReady
 from ddpm_app.training.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -86,11 +87,13 @@ class Progress:
     lr: float
     images_per_s: float
     elapsed_s: float  # wall time of this process's training so far
-    event: str = "log"  # started | log | sample | checkpoint | eval | done | stopped
+    event: str = "log"  # started | log | compiled | sample | checkpoint | eval | done | stopped
     path: str | None = None  # the file an event wrote (sample grid, checkpoint)
     held_out: HeldOutMSE | None = None  # the held-out ε-MSE (event "eval")
     startup: StartUp | None = None  # event "started": the start-up's phases
-    step_s: float | None = None  # event "expected": the seconds one step should take here, timed before the first
+    step_s: float | None = None  # event "expected": the seconds one step should take here, timed before the first;
+    # event "compiled": the seconds of the step that loaded the graphs compiled in the background
+    compile: CompileReady | None = None  # event "compiled": the background compile has ended (ok or not)
 
 
 def starting_point(cfg: TrainConfig, model_config: ModelConfig | None, schedule_config: ScheduleConfig | None,
@@ -137,7 +140,7 @@ def build_network(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
 
 
 def compiled(loss: Callable[..., Tensor], cfg: TrainConfig) -> Callable[..., Tensor]:
-    """``torch.compile`` of the loss in ``cfg.compile_mode`` (CUDA only)."""
+    """``torch.compile`` of the loss in ``cfg.compile_mode`` (its CUDA graphs need a GPU; a CPU runs the rest)."""
     return torch.compile(loss, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
 
@@ -191,13 +194,30 @@ class Trainer:
         self._agreed_check(self._preflight, "the run folder is not usable")
 
         self.net = data_parallel(self.model, self.dist, self.device)
-        # the whole loss is compiled, so noising x₀ and the squared error fuse with the network's kernels
-        self._graphed = cfg.compile and self.is_cuda and cfg.compile_mode == "reduce-overhead"
-        self._forward_loss = compiled(self._loss, cfg) if cfg.compile and self.is_cuda else self._loss
+        self._forward_loss, self._graphed = self._loss, False  # uncompiled until use_compiled()
+        # on one GPU the step is compiled in another process while this one trains (see background_compile.py)
+        self._compile_behind = cfg.compile and self.is_cuda and cfg.background_compile and self.dist.world_size == 1
+        if cfg.compile and self.is_cuda and not self._compile_behind:
+            self.use_compiled()
         # fixed noise for the sample grids, so grids from different steps are comparable
         self.grid_noise = torch.randn((16, model_config.in_channels, model_config.image_size, model_config.image_size),
                                       generator=torch.Generator().manual_seed(1234)).to(self.device)
         self._stop_signal: int | None = None
+
+    @property
+    def compiles_in_background(self) -> bool:
+        """Whether the run trains uncompiled while another process compiles its step (log: :attr:`compile_log`)."""
+        return self._compile_behind
+
+    @property
+    def compile_log(self) -> Path:
+        return self.out / LOG_NAME
+
+    def use_compiled(self) -> None:
+        """Run the loss under ``torch.compile`` from the next step on: the whole loss, so that noising x₀ and the
+        squared error fuse with the network's kernels. Its first call compiles, or loads the graphs from the cache."""
+        self._forward_loss = compiled(self._loss, self.cfg)
+        self._graphed = self.is_cuda and self.cfg.compile_mode == "reduce-overhead"
 
     def _start_from(self, start: LoadedModel) -> None:
         """A model folder's (EMA) weights seed both the model and its EMA; its images and time carry on."""
@@ -363,15 +383,21 @@ class Trainer:
             if self._resumed:
                 trim_metrics(self.out / METRICS_NAME, self.step)
             metrics = (self.out / METRICS_NAME).open("a")
+        behind = None
+        if self._compile_behind and self.step < self.cfg.steps:
+            behind = BackgroundCompile(self.cfg.to_dict(), self.diffusion_config.to_dict(), str(self.device),
+                                       self.compile_log)
         try:
-            yield from self._loop(metrics)
+            yield from self._loop(metrics, behind)
         finally:
+            if behind:
+                behind.stop()
             if metrics:
                 metrics.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
 
-    def _loop(self, metrics) -> Iterator[Progress]:
+    def _loop(self, metrics, behind: BackgroundCompile | None) -> Iterator[Progress]:
         cfg = self.cfg
         self.model.train()
         setup_end = time.perf_counter()
@@ -397,9 +423,23 @@ class Trainer:
         start = time.perf_counter()
         first_step, untimed_steps = True, 0
         while self.step < cfg.steps:
+            ready = behind.ready() if behind is not None else None
+            if ready is not None:
+                behind = None
+                if ready.ok:
+                    self.use_compiled()
+                else:  # training goes on uncompiled
+                    yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step), 0.0, self.train_seconds,
+                                   "compiled", compile=ready)
             step_start = time.perf_counter()
             window_loss += self.train_step()
             window_steps += 1
+            if ready is not None and ready.ok:  # this step loaded the compiled graphs: start-up, not throughput
+                if self.is_cuda:
+                    torch.cuda.synchronize(self.device)
+                yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0, self.train_seconds,
+                               "compiled", compile=ready, step_s=time.perf_counter() - step_start)
+                untimed_steps, window_start = window_steps, time.perf_counter()
             if first_step:  # data loading and compilation are start-up, not training throughput
                 first_step = False
                 if self.is_cuda:
