@@ -91,7 +91,7 @@ def ours(config, device, steps: int, warmup: int, batch: int, out: str, compile_
     """(images/s, whether the trainer ran channels_last)."""
     cfg = TrainConfig(out=out, steps=warmup + steps, batch_size=batch, log_every=10, sample_every=0,
                       save_every=0, device=device.type, warmup_steps=10, compile_mode=compile_mode,
-                      channels_last=channels_last)
+                      channels_last=channels_last, background_compile=False)
     trainer = Trainer(cfg, config, ScheduleConfig(), pack=fake_pack(4096, config.image_size))
     if literal:
         trainer.model.subpixel = False  # before the first step, which compiles the network

@@ -33,7 +33,8 @@ def main() -> int:
     args = p.parse_args()
     config = CONFIGS[args.config]
     cfg = TrainConfig(out="/tmp/profile-run", steps=10_000, batch_size=args.batch, sample_every=0, save_every=0,
-                      compile=args.compile, channels_last=args.channels_last, warmup_steps=10)
+                      compile=args.compile, channels_last=args.channels_last, warmup_steps=10,
+                      background_compile=False)
     trainer = Trainer(cfg, config, ScheduleConfig(), pack=fake_pack(4096, config.image_size))
     for _ in range(15):
         trainer.train_step()

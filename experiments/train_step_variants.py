@@ -6,7 +6,9 @@ Every variant runs in its own process. They compile at the same time (compilatio
 on the GPU behind a file lock, so each one is timed alone: 10 warm-up steps, then the median of windows of 10
 steps. A variant is a layout (``cl`` channels_last, ``nchw``) joined by ``+`` with changes to try:
 ``nodrop`` (dropout 0, to see what dropout costs), ``default`` (compile mode default instead of CUDA graphs),
-``gnview`` (GroupNorm computed on a view of the channels split into groups, which keeps channels_last).
+``gnview`` (GroupNorm computed on a view of the channels split into groups, which keeps channels_last),
+``layoutopt`` (Inductor's layout optimisation forced on: its convolutions and what lies between them in
+channels_last inside the compiled graph, whatever the tensors' layout outside it).
 ``--profile NAME`` also prints the CUDA kernels of that variant's step.
 """
 
@@ -35,7 +37,7 @@ from ddpm_app.diffusion.schedule import ScheduleConfig  # noqa: E402
 from ddpm_app.training.config import TrainConfig  # noqa: E402
 from ddpm_app.training.trainer import Trainer  # noqa: E402
 
-FLAGS = {"cl", "nchw", "nodrop", "default", "gnview"}
+FLAGS = {"cl", "nchw", "nodrop", "default", "gnview", "layoutopt"}
 
 
 def group_norm_on_a_view(self, x):
@@ -55,9 +57,12 @@ def worker(name: str, args, ready_dir: Path, lock_path: Path, count: int) -> Non
         config = dataclasses.replace(config, dropout=0.0)
     if "gnview" in flags:
         torch.nn.GroupNorm.forward = group_norm_on_a_view
+    if "layoutopt" in flags:  # Inductor's own choice of channels_last inside the graph, which its heuristic
+        torch._inductor.config.force_layout_optimization = True  # turns down for convs with in ≥ 2·out (the decoder)
     mode = "default" if "default" in flags else "reduce-overhead"
     cfg = TrainConfig(out=tempfile.mkdtemp(), steps=100_000, batch_size=args.batch, sample_every=0, save_every=0,
-                      warmup_steps=10, compile_mode=mode, channels_last="cl" in flags)
+                      warmup_steps=10, compile_mode=mode, channels_last="cl" in flags,
+                      background_compile=False)
     trainer = Trainer(cfg, config, ScheduleConfig(), pack=fake_pack(4096, config.image_size))
     start = time.perf_counter()
     for _ in range(3):
@@ -115,7 +120,7 @@ def main() -> int:
     for v in variants:
         flags = set(v.split("+"))
         if not flags <= FLAGS or len(flags & {"cl", "nchw"}) != 1:
-            raise SystemExit(f"bad variant {v!r}: one of cl, nchw, then any of nodrop, default, gnview, joined by +")
+            raise SystemExit(f"bad variant {v!r}: one of cl, nchw, then any of nodrop, default, gnview, layoutopt, joined by +")
     if not torch.cuda.is_available():
         raise SystemExit("this experiment needs a CUDA GPU")
     ready = Path(tempfile.mkdtemp()) / "ready"
