@@ -305,10 +305,10 @@ MUTATIONS: list[Mutation] = [
     M("openvino-odd-batch-unequal-halves", "ddpm_app/runtime/openvino_net.py",
       "if n % 2:", "if False:", OPENVINO,
       "three images split two and one: the stream with one waits, and three cost more than four"),
-    M("trainer-channels-last-on-cuda", "ddpm_app/training/trainer.py",
+    M("trainer-channels-last-on-cuda", "ddpm_app/training/network.py",
       'return device.type != "cuda" and not seed_net', "return not seed_net", TRAINING,
       "the ddpm U-Net trains in channels_last on CUDA, about 7 % slower"),
-    M("background-compile-other-threads", "ddpm_app/training/background_compile.py",
+    M("background-compile-other-threads", "ddpm_app/cli/compile_step.py",
       '    torch.set_num_threads(spec["threads"])\n', "", BACKGROUND_COMPILE,
       "the child compiles the CPU's kernels for another thread count: the run finds nothing in the cache and "
       "compiles everything again"),

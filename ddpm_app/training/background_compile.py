@@ -9,7 +9,7 @@ run itself trains uncompiled; once the child has exited, the run compiles its ow
 The child needs no data and no weights: the compiled graph depends on the network's config, the batch's shape and
 the settings of the step, not on the images or the parameter values.
 
-    python -m ddpm_app.training.background_compile SPEC_JSON     # what BackgroundCompile starts
+The child is ``python -m ddpm_app.cli.compile_step SPEC_JSON`` (:class:`BackgroundCompile` starts it).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 LOG_NAME = "compile.log"
+CHILD = "ddpm_app.cli.compile_step"
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class BackgroundCompile:
         env = dict(os.environ)  # the same cache folder; one core left to the run's own steps
         env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, len(os.sched_getaffinity(0)) - 1)))
         with log.open("w") as out:  # a session of its own, so that stop() ends its compile workers too
-            self.process = subprocess.Popen([sys.executable, "-m", __name__, spec], stdout=out, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen([sys.executable, "-m", CHILD, spec], stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
     def ready(self) -> CompileReady | None:
@@ -77,38 +77,3 @@ class BackgroundCompile:
             self.process.wait()
         except ProcessLookupError:  # exited in between
             pass
-
-
-def compile_step(spec: dict) -> None:
-    """Build the spec's network in a trainer of its own over random images and run one compiled step, which leaves
-    the compiled graphs and kernels in torch.compile's cache. ``spec``: the run's settings, model and schedule,
-    device and torch's thread count (:class:`BackgroundCompile`)."""
-    from ddpm_app.io.data import ImagePack
-    from ddpm_app.io.model_folder import DiffusionConfig
-    from ddpm_app.training.config import TrainConfig
-    from ddpm_app.training.trainer import Trainer
-
-    torch.set_num_threads(spec["threads"])
-    diffusion = DiffusionConfig.from_dict(spec["diffusion_config"])
-    model = diffusion.model
-    images = torch.randint(0, 256, (2, model.in_channels, model.image_size, model.image_size), dtype=torch.uint8)
-    with tempfile.TemporaryDirectory() as out:
-        cfg = replace(TrainConfig(**spec["train_config"]), out=out, device=spec["device"], init_from="", eval_every=0, sample_every=0, save_every=0, max_minutes=0.0,
-                      background_compile=False)
-        trainer = Trainer(cfg, model, diffusion.schedule, pack=ImagePack(images, ["a", "b"], []))
-        trainer.use_compiled()
-        trainer.train_step()
-        if trainer.is_cuda:
-            torch.cuda.synchronize(trainer.device)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    started = time.perf_counter()
-    compile_step(json.loads(args[0]))
-    print(f"compiled one training step in {time.perf_counter() - started:.1f} s", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

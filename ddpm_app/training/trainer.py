@@ -2,16 +2,17 @@
 (DDPM eq. 14).
 
 Built for throughput on one or several GPUs: the whole dataset sits on the device as uint8, batches are
-drawn by indexing, the network runs in bf16 autocast (channels_last where faster) under ``torch.compile``,
-AdamW is fused, and the EMA update is a single foreach op. Training runs in resumable chunks: a checkpoint
-holds the model, the EMA, the optimizer, the step and every RNG state, written atomically, so ``resume``
-continues exactly where an uninterrupted run would be. The loop is a generator of :class:`Progress` records; entry
-points print them.
+drawn by indexing, the network runs in bf16 autocast under ``torch.compile`` (on one GPU, compiled in another process
+while the first steps run uncompiled), AdamW is fused, and the EMA update is a single foreach op. Training runs in
+resumable chunks: a checkpoint holds the model, the EMA, the optimizer, the step and every RNG state, written
+atomically, so ``resume`` continues where an uninterrupted run would be. The loop is a generator of :class:`Progress`
+records; entry points print them.
 
-The rest of a run lives beside it: its settings and recipes (:mod:`~ddpm_app.training.config`), the timesteps and loss
-weights of a batch (:mod:`~ddpm_app.training.objective`), the checkpoint (:mod:`~ddpm_app.training.checkpoint`), the
-EMA (:mod:`~ddpm_app.training.ema`), several GPUs (:mod:`~ddpm_app.training.distributed`) and the model folder a
-run ends with (:mod:`~ddpm_app.training.export`).
+The rest of a run lives beside it: its settings and recipes (:mod:`~ddpm_app.training.config`), the network on its
+device (:mod:`~ddpm_app.training.network`), compiling it in the background (:mod:`~ddpm_app.training.background_compile`),
+the timesteps and loss weights of a batch (:mod:`~ddpm_app.training.objective`), the checkpoint
+(:mod:`~ddpm_app.training.checkpoint`), the EMA (:mod:`~ddpm_app.training.ema`), several GPUs
+(:mod:`~ddpm_app.training.distributed`) and the model folder a run ends with (:mod:`~ddpm_app.training.export`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -37,7 +38,7 @@ from ddpm_app.io.data import DatasetError, ImagePack, load_pack, random_flip, re
 from ddpm_app.io.loading import load_pretrained
 from ddpm_app.io.model_folder import DiffusionConfig, LoadedModel, ModelFolderError
 from ddpm_app.metrics.eps_mse import HeldOutMSE, held_out_mse, held_out_set
-from ddpm_app.models import ModelConfig, SeedUNet, build_model
+from ddpm_app.models import ModelConfig
 from ddpm_app.runtime.inference import prepare, resolve_device
 from ddpm_app.training.background_compile import LOG_NAME, BackgroundCompile, CompileReady
 from ddpm_app.training.checkpoint import (
@@ -61,6 +62,7 @@ from ddpm_app.training.distributed import (
 from ddpm_app.training.ema import EMA
 from ddpm_app.training.errors import TrainingError
 from ddpm_app.training.export import Exported, complete_export, export_checkpoint, plot_loss, sample_grids
+from ddpm_app.training.network import build_network, compiled
 from ddpm_app.training.objective import loss_weights, sample_timesteps
 
 STOP_SYNC_STEPS = 10  # with several processes, a stop request (signal, time limit) is agreed on every N steps
@@ -118,30 +120,6 @@ def load_held_out_split(cfg: TrainConfig, image_size: int) -> ImagePack:
     except DatasetError:
         raise TrainingError(f"--eval-every: {cfg.data} has no readable held-out images in a folder named "
                             f"{cfg.eval_split!r}; name one with --eval-split, or leave --eval-every at 0") from None
-
-
-def default_channels_last(seed_net: bool, device: torch.device) -> bool:
-    """NCHW on CUDA, where both networks train faster in it: in channels_last the compiled step copies activations
-    between layouts around its normalisations (docs/training.md). On the CPU the ddpm U-Net keeps channels_last."""
-    return device.type != "cuda" and not seed_net
-
-
-def build_network(model_config: ModelConfig, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, bool]:
-    """A freshly initialised network (seeded with ``cfg.seed``) on ``device``, and whether it is channels_last."""
-    torch.manual_seed(cfg.seed)  # parameter init only; the loop's randomness comes from the trainer's generator
-    model = build_model(model_config).to(device)
-    seed_net = isinstance(model, SeedUNet)
-    if device.type == "cuda" and seed_net:
-        model.subpixel = True  # the same function with fewer FLOPs: see models/seed.py
-    channels_last = default_channels_last(seed_net, device) if cfg.channels_last is None else cfg.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, channels_last
-
-
-def compiled(loss: Callable[..., Tensor], cfg: TrainConfig) -> Callable[..., Tensor]:
-    """``torch.compile`` of the loss in ``cfg.compile_mode`` (its CUDA graphs need a GPU; a CPU runs the rest)."""
-    return torch.compile(loss, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
 
 class Trainer:

@@ -34,7 +34,8 @@ from ddpm_app.training.config import lr_at
 from ddpm_app.training.errors import TrainingError
 from ddpm_app.training.export import export_checkpoint
 from ddpm_app.training.objective import loss_weights
-from ddpm_app.training.trainer import Trainer, default_channels_last
+from ddpm_app.training.network import default_channels_last
+from ddpm_app.training.trainer import Trainer
 
 
 def run(trainer: Trainer) -> list[training.Progress]:
