@@ -62,7 +62,7 @@ from ddpm_app.training.distributed import (
 from ddpm_app.training.ema import EMA
 from ddpm_app.training.errors import TrainingError
 from ddpm_app.training.export import Exported, complete_export, export_checkpoint, plot_loss, sample_grids
-from ddpm_app.training.network import build_network, compiled
+from ddpm_app.training.network import build_network, compiled, convs_channels_last_inside
 from ddpm_app.training.objective import loss_weights, sample_timesteps
 
 STOP_SYNC_STEPS = 10  # with several processes, a stop request (signal, time limit) is agreed on every N steps
@@ -173,9 +173,10 @@ class Trainer:
 
         self.net = data_parallel(self.model, self.dist, self.device)
         self._forward_loss, self._graphed = self._loss, False  # uncompiled until use_compiled()
-        # on one GPU the step is compiled in another process while this one trains (see background_compile.py)
-        self._compile_behind = cfg.compile and self.is_cuda and cfg.background_compile and self.dist.world_size == 1
-        if cfg.compile and self.is_cuda and not self._compile_behind:
+        # on one GPU the step is compiled in another process while this one trains (log: compile_log)
+        self.compiles_in_background = cfg.compile and self.is_cuda and cfg.background_compile and self.dist.world_size == 1
+        self._behind: BackgroundCompile | None = None  # the child process, while it compiles
+        if cfg.compile and self.is_cuda and not self.compiles_in_background:
             self.use_compiled()
         # fixed noise for the sample grids, so grids from different steps are comparable
         self.grid_noise = torch.randn((16, model_config.in_channels, model_config.image_size, model_config.image_size),
@@ -183,18 +184,14 @@ class Trainer:
         self._stop_signal: int | None = None
 
     @property
-    def compiles_in_background(self) -> bool:
-        """Whether the run trains uncompiled while another process compiles its step (log: :attr:`compile_log`)."""
-        return self._compile_behind
-
-    @property
-    def compile_log(self) -> Path:
+    def compile_log(self) -> Path:  # the output of the process compiling in the background
         return self.out / LOG_NAME
 
     def use_compiled(self) -> None:
         """Run the loss under ``torch.compile`` from the next step on: the whole loss, so that noising x₀ and the
         squared error fuse with the network's kernels. Its first call compiles, or loads the graphs from the cache."""
-        self._forward_loss = compiled(self._loss, self.cfg)
+        self._forward_loss = compiled(self._loss, self.cfg, convs_channels_last_inside(self.model, self.device,
+                                                                                       self.channels_last))
         self._graphed = self.is_cuda and self.cfg.compile_mode == "reduce-overhead"
 
     def _start_from(self, start: LoadedModel) -> None:
@@ -361,21 +358,18 @@ class Trainer:
             if self._resumed:
                 trim_metrics(self.out / METRICS_NAME, self.step)
             metrics = (self.out / METRICS_NAME).open("a")
-        behind = None
-        if self._compile_behind and self.step < self.cfg.steps:
-            behind = BackgroundCompile(self.cfg.to_dict(), self.diffusion_config.to_dict(), str(self.device),
-                                       self.compile_log)
         try:
-            yield from self._loop(metrics, behind)
+            yield from self._loop(metrics)
         finally:
-            if behind:
-                behind.stop()
+            if self._behind:
+                self._behind.stop()
+                self._behind = None
             if metrics:
                 metrics.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
 
-    def _loop(self, metrics, behind: BackgroundCompile | None) -> Iterator[Progress]:
+    def _loop(self, metrics) -> Iterator[Progress]:
         cfg = self.cfg
         self.model.train()
         setup_end = time.perf_counter()
@@ -401,9 +395,9 @@ class Trainer:
         start = time.perf_counter()
         first_step, untimed_steps = True, 0
         while self.step < cfg.steps:
-            ready = behind.ready() if behind is not None else None
+            ready = self._behind.ready() if self._behind is not None else None
             if ready is not None:
-                behind = None
+                self._behind = None
                 if ready.ok:
                     self.use_compiled()
                 else:  # training goes on uncompiled
@@ -425,6 +419,9 @@ class Trainer:
                 now = time.perf_counter()
                 timing = start - setup_end if not self.is_cuda else 0.0  # a step is timed on the CPU only
                 startup = StartUp(self.data_ready - self.created, setup_end - self.data_ready, timing, now - start)
+                if self.compiles_in_background and self.step < cfg.steps:  # once the first step has had the machine alone
+                    self._behind = BackgroundCompile(cfg.to_dict(), self.diffusion_config.to_dict(), str(self.device),
+                                                     self.compile_log)
                 yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
                                self.train_seconds, "started", startup=startup)
                 untimed_steps, window_start = window_steps, time.perf_counter()

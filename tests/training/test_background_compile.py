@@ -67,7 +67,7 @@ def stand_in(monkeypatch):
     monkeypatch.setattr(training, "BackgroundCompile", StandInChild)
     calls = []
 
-    def compiled(loss, cfg):
+    def compiled(loss, cfg, convs_channels_last=False):
         def counted(*args):
             calls.append(1)
             return loss(*args)
@@ -80,7 +80,7 @@ def stand_in(monkeypatch):
 def background_run(tmp_path, steps: int = 8) -> Trainer:
     trainer = Trainer(train_config(tmp_path, steps=steps, log_every=2, save_every=0), MODEL, SCHEDULE,
                       pack=shapes_pack())
-    trainer._compile_behind = True  # what one GPU gets; the CPU compiles nothing by default
+    trainer.compiles_in_background = True  # what one GPU gets; the CPU compiles nothing by default
     return trainer
 
 
@@ -128,7 +128,7 @@ def test_a_resumed_run_that_has_nothing_left_starts_no_child(tmp_path, stand_in)
     list(trainer.run())
     again = Trainer(train_config(tmp_path, steps=2, log_every=2, save_every=0), MODEL, SCHEDULE, pack=shapes_pack(),
                     resume=True)
-    again._compile_behind = True
+    again.compiles_in_background = True
     list(again.run())
     assert len(StandInChild.made) == 1
 

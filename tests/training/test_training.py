@@ -34,6 +34,7 @@ from ddpm_app.training.config import lr_at
 from ddpm_app.training.errors import TrainingError
 from ddpm_app.training.export import export_checkpoint
 from ddpm_app.training.objective import loss_weights
+from ddpm_app.training import network
 from ddpm_app.training.network import default_channels_last
 from ddpm_app.training.trainer import Trainer
 
@@ -650,6 +651,23 @@ SEED_MODEL = SeedUNetConfig(image_size=16, down_channels=(32, 64), dropout=0.0)
     (False, "cpu", True), (True, "cpu", False), (False, "cuda", False), (True, "cuda", False)])
 def test_both_networks_train_in_nchw_on_cuda_and_the_ddpm_unet_in_channels_last_on_the_cpu(seed_net, device, expected):
     assert default_channels_last(seed_net, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("net, device, channels_last, expected", [
+    (MODEL, "cuda", False, True),  # the ddpm U-Net on CUDA: channels_last inside the compiled step
+    (SEED_MODEL, "cuda", False, False), (MODEL, "cuda", True, False), (MODEL, "cpu", False, False),
+])
+def test_the_ddpm_unet_compiles_its_convolutions_channels_last_on_cuda(monkeypatch, net, device, channels_last,
+                                                                        expected):
+    model = build_model(net)
+    assert network.convs_channels_last_inside(model, torch.device(device), channels_last) is expected
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: asked.append(kwargs) or fn)
+    cfg = train_config(Path("unused"), compile_mode="reduce-overhead")
+    network.compiled(len, cfg, expected)
+    wanted = {"options": {"triton.cudagraphs": True, "force_layout_optimization": True}} if expected else \
+        {"mode": "reduce-overhead"}
+    assert asked == [wanted]
 
 
 @pytest.mark.parametrize("model, option, expected", [
