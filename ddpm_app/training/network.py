@@ -39,7 +39,8 @@ def convs_channels_last_inside(model: nn.Module, device: torch.device, channels_
     return device.type == "cuda" and not channels_last and not isinstance(model, SeedUNet)
 
 
-def compiled(loss: Callable[..., Tensor], cfg: TrainConfig, convs_channels_last: bool = False) -> Callable[..., Tensor]:
+def compiled(loss: Callable[..., Tensor], cfg: TrainConfig,
+             convs_channels_last: bool = False) -> Callable[..., Tensor]:
     """``torch.compile`` of the loss in ``cfg.compile_mode`` (its CUDA graphs need a GPU; a CPU runs the rest), with
     Inductor's layout optimisation forced on if ``convs_channels_last`` (:func:`convs_channels_last_inside`)."""
     mode = None if cfg.compile_mode == "default" else cfg.compile_mode

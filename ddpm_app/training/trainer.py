@@ -9,8 +9,8 @@ atomically, so ``resume`` continues where an uninterrupted run would be. The loo
 records; entry points print them.
 
 The rest of a run lives beside it: its settings and recipes (:mod:`~ddpm_app.training.config`), the network on its
-device (:mod:`~ddpm_app.training.network`), compiling it in the background (:mod:`~ddpm_app.training.background_compile`),
-the timesteps and loss weights of a batch (:mod:`~ddpm_app.training.objective`), the checkpoint
+device (:mod:`~ddpm_app.training.network`), its compile in the background (:mod:`~.background_compile`), the
+timesteps and loss weights of a batch (:mod:`~ddpm_app.training.objective`), the checkpoint
 (:mod:`~ddpm_app.training.checkpoint`), the EMA (:mod:`~ddpm_app.training.ema`), several GPUs
 (:mod:`~ddpm_app.training.distributed`) and the model folder a run ends with (:mod:`~ddpm_app.training.export`).
 """
@@ -174,7 +174,8 @@ class Trainer:
         self.net = data_parallel(self.model, self.dist, self.device)
         self._forward_loss, self._graphed = self._loss, False  # uncompiled until use_compiled()
         # on one GPU the step is compiled in another process while this one trains (log: compile_log)
-        self.compiles_in_background = cfg.compile and self.is_cuda and cfg.background_compile and self.dist.world_size == 1
+        self.compiles_in_background = (cfg.compile and self.is_cuda and cfg.background_compile
+                                       and self.dist.world_size == 1)
         self._behind: BackgroundCompile | None = None  # the child process, while it compiles
         if cfg.compile and self.is_cuda and not self.compiles_in_background:
             self.use_compiled()
@@ -419,7 +420,7 @@ class Trainer:
                 now = time.perf_counter()
                 timing = start - setup_end if not self.is_cuda else 0.0  # a step is timed on the CPU only
                 startup = StartUp(self.data_ready - self.created, setup_end - self.data_ready, timing, now - start)
-                if self.compiles_in_background and self.step < cfg.steps:  # once the first step has had the machine alone
+                if self.compiles_in_background and self.step < cfg.steps:  # the first step had the machine alone
                     self._behind = BackgroundCompile(cfg.to_dict(), self.diffusion_config.to_dict(), str(self.device),
                                                      self.compile_log)
                 yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
