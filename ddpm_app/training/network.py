@@ -33,10 +33,10 @@ def build_network(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
 
 def convs_channels_last_inside(model: nn.Module, device: torch.device, channels_last: bool) -> bool:
     """Whether the compiled step runs its convolutions, and what lies between them, in channels_last while the
-    tensors outside it stay NCHW: on CUDA for the ddpm U-Net, whose step is faster that way than in either layout throughout,
-    since cuDNN no longer transposes around every convolution (docs/training.md). Inductor's own rule declines it for
-    any network with a convolution of in ≥ 2·out channels, as the decoder's after each skip. The seed U-Net was not
-    measured with it."""
+    tensors outside it stay NCHW: on CUDA for the ddpm U-Net, whose step is faster that way than in either layout
+    throughout, since cuDNN no longer transposes around every convolution (docs/training.md). Inductor's own rule
+    declines it for any network with a convolution of in ≥ 2·out channels, as the decoder's after each skip. The seed
+    U-Net was not measured with it."""
     return device.type == "cuda" and not channels_last and not isinstance(model, SeedUNet)
 
 
