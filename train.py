@@ -180,13 +180,14 @@ def train_main(argv, started: float) -> int:
                 final_speed = True
                 bar.write(compiled_note(p, trainer.compile_log))
             elif p.event == "log":
-                if loop_start is not None and final_speed and main_rank:  # will the time limit cut the run?
+                # will the time limit cut the run? Judged on the first window timed at full speed
+                if loop_start is not None and final_speed and p.images_per_s > 0 and main_rank:
                     warning = config.time_limit_warning(cfg, p.step, p.images_per_s, time.perf_counter() - loop_start)
                     if warning:
                         bar.write(warning, file=sys.stderr)
                     loop_start = None
                 bar.update(p.step - bar.n)
-                bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}")
+                bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}" if p.images_per_s > 0 else "—")
             elif p.event in ("sample", "checkpoint") and main_rank:
                 bar.write(f"step {p.step}: {p.event} → {p.path}")
             elif p.event == "eval":
@@ -235,7 +236,7 @@ def compiled_note(p, compile_log: Path) -> str:
     ready = p.compile
     if ready.ok:
         return (f"step {p.step}: switched to the compiled step ({ready.background_s:.0f} s compiling in the background, "
-                f"{p.step_s:.1f} s to load it from the cache)")
+                f"{p.step_s:.1f} s to load it from the cache and start it)")
     return (f"warning: compiling in the background failed after {ready.background_s:.0f} s ({ready.note}; log "
             f"{compile_log}); training goes on uncompiled. --no-background-compile compiles in this process instead")
 

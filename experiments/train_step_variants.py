@@ -8,7 +8,11 @@ steps. A variant is a layout (``cl`` channels_last, ``nchw``) joined by ``+`` wi
 ``nodrop`` (dropout 0, to see what dropout costs), ``default`` (compile mode default instead of CUDA graphs),
 ``gnview`` (GroupNorm computed on a view of the channels split into groups, which keeps channels_last),
 ``layoutopt`` (Inductor's layout optimisation forced on: its convolutions and what lies between them in
-channels_last inside the compiled graph, whatever the tensors' layout outside it).
+channels_last inside the compiled graph, whatever the tensors' layout outside it), ``interp`` (the nearest ×2
+upsampling by ``F.interpolate``, whose gradient Inductor computes as a scatter-add, instead of the U-Net's repeat of
+each pixel, whose gradient is a sum over the four copies), ``cdt``
+(Inductor's coordinate-descent tuning of its own kernels' block sizes), ``mat`` (Inductor's max-autotune: its
+convolutions and matmuls benchmarked against its Triton templates).
 ``--profile NAME`` also prints the CUDA kernels of that variant's step.
 """
 
@@ -34,10 +38,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_throughput import BF16_PEAK, CONFIGS, fake_pack, training_flops_per_image  # noqa: E402
 
 from ddpm_app.diffusion.schedule import ScheduleConfig  # noqa: E402
+from ddpm_app.models import unet  # noqa: E402
 from ddpm_app.training.config import TrainConfig  # noqa: E402
 from ddpm_app.training.trainer import Trainer  # noqa: E402
 
-FLAGS = {"cl", "nchw", "nodrop", "default", "gnview", "layoutopt"}
+FLAGS = {"cl", "nchw", "nodrop", "default", "gnview", "layoutopt", "interp", "cdt", "mat"}
 
 
 def group_norm_on_a_view(self, x):
@@ -50,6 +55,12 @@ def group_norm_on_a_view(self, x):
     return y * self.weight.view(shape) + self.bias.view(shape)
 
 
+def upsample_by_interpolate(x, pattern):
+    """The U-Net's nearest ×2 (einops ``repeat``) as ``F.interpolate`` computes it: the same values."""
+    assert pattern == "b c h w -> b c (h 2) (w 2)", pattern
+    return torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
 def worker(name: str, args, ready_dir: Path, lock_path: Path, count: int) -> None:
     flags = set(name.split("+"))
     config = CONFIGS[args.config]
@@ -59,6 +70,12 @@ def worker(name: str, args, ready_dir: Path, lock_path: Path, count: int) -> Non
         torch.nn.GroupNorm.forward = group_norm_on_a_view
     if "layoutopt" in flags:  # Inductor's own choice of channels_last inside the graph, which its heuristic
         torch._inductor.config.force_layout_optimization = True  # turns down for convs with in ≥ 2·out (the decoder)
+    if "interp" in flags:
+        unet.repeat = upsample_by_interpolate
+    if "cdt" in flags:
+        torch._inductor.config.coordinate_descent_tuning = True
+    if "mat" in flags:
+        torch._inductor.config.max_autotune = True
     mode = "default" if "default" in flags else "reduce-overhead"
     cfg = TrainConfig(out=tempfile.mkdtemp(), steps=100_000, batch_size=args.batch, sample_every=0, save_every=0,
                       warmup_steps=10, compile_mode=mode, channels_last="cl" in flags,
@@ -120,7 +137,8 @@ def main() -> int:
     for v in variants:
         flags = set(v.split("+"))
         if not flags <= FLAGS or len(flags & {"cl", "nchw"}) != 1:
-            raise SystemExit(f"bad variant {v!r}: one of cl, nchw, then any of nodrop, default, gnview, layoutopt, joined by +")
+            raise SystemExit(f"bad variant {v!r}: one of cl, nchw, then any of "
+                             f"{', '.join(sorted(FLAGS - {'cl', 'nchw'}))}, joined by +")
     if not torch.cuda.is_available():
         raise SystemExit("this experiment needs a CUDA GPU")
     ready = Path(tempfile.mkdtemp()) / "ready"

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from ddpm_app.checks import ConfigError, exact_int, exact_ints
@@ -95,12 +96,10 @@ class Attention(nn.Module):
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # (B, heads, HW, C/heads) each
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (qkv heads d) h w -> qkv b heads (h w) d", qkv=3,
+                            heads=self.heads)
         out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+        return x + self.proj(rearrange(out, "b heads (h w) d -> b (heads d) h w", h=x.shape[2]))
 
 
 class ResAttnBlock(nn.Module):
@@ -177,7 +176,7 @@ class UNet(Denoiser):
         p = self.config.patch_size
         emb = self.time_embed(features)  # (B, 4·base)
         if p > 1:
-            x = F.pixel_unshuffle(x, p)  # (B, C·p², H/p, W/p)
+            x = rearrange(x, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=p, p2=p)  # each p×p patch a pixel
         h = self.input_conv(x)
         skips = [h]
         for level, blocks in enumerate(self.down):
@@ -194,7 +193,7 @@ class UNet(Denoiser):
             for block in blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if level < len(self.upsample):
-                h = self.upsample[level](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+                h = self.upsample[level](repeat(h, "b c h w -> b c (h 2) (w 2)"))  # nearest ×2
 
         out = self.out_conv(F.silu(self.out_norm(h)))
-        return F.pixel_shuffle(out, p) if p > 1 else out
+        return rearrange(out, "b (c p1 p2) h w -> b c (h p1) (w p2)", p1=p, p2=p) if p > 1 else out

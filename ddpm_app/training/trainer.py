@@ -87,14 +87,14 @@ class Progress:
     total_steps: int
     loss: float  # mean training loss since the previous report
     lr: float
-    images_per_s: float
+    images_per_s: float  # nan for a window of start-up steps only
     elapsed_s: float  # wall time of this process's training so far
     event: str = "log"  # started | log | compiled | sample | checkpoint | eval | done | stopped
     path: str | None = None  # the file an event wrote (sample grid, checkpoint)
     held_out: HeldOutMSE | None = None  # the held-out ε-MSE (event "eval")
     startup: StartUp | None = None  # event "started": the start-up's phases
     step_s: float | None = None  # event "expected": the seconds one step should take here, timed before the first;
-    # event "compiled": the seconds of the step that loaded the graphs compiled in the background
+    # event "compiled": the seconds of the steps that loaded the graphs compiled in the background (and recorded them)
     compile: CompileReady | None = None  # event "compiled": the background compile has ended (ok or not)
 
 
@@ -282,8 +282,7 @@ class Trainer:
     def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
         idx = torch.randint(0, self.images.shape[0], (self.per_rank_batch,), device=self.device, generator=self.gen)
         x0 = from_uint8(random_flip(self.images[idx], self.gen))  # (B, C, H, W) in [−1, 1]
-        if self.channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=torch.channels_last) if self.channels_last else x0
         t = sample_timesteps(x0.shape[0], self.schedule.timesteps, self.cfg.small_t_fraction, device=self.device,
                              generator=self.gen)
         noise = torch.randn(x0.shape, device=self.device, generator=self.gen)
@@ -328,8 +327,7 @@ class Trainer:
         batch (CPU work grows with the batch). The weights, the optimizer and every random state stay as they were."""
         images = min(images, self.per_rank_batch)
         x0 = torch.zeros((images, *self.images.shape[1:]), device=self.device)
-        if self.channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=torch.channels_last) if self.channels_last else x0
         t = torch.linspace(0, self.schedule.timesteps - 1, images, device=self.device).long()
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0)
         with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
@@ -394,25 +392,28 @@ class Trainer:
                     f"{time.perf_counter() - self.created:.0f} s and a step of {self.per_rank_batch} images should take "
                     f"about {step_s:.1f} s here. Allow more minutes, or take a smaller --batch-size.")
         start = time.perf_counter()
-        first_step, untimed_steps = True, 0
+        first_step, untimed_steps, settling = True, 0, 0
         while self.step < cfg.steps:
             ready = self._behind.ready() if self._behind is not None else None
             if ready is not None:
                 self._behind = None
-                if ready.ok:
+                if ready.ok:  # the first compiled step loads the graphs; with CUDA graphs the second records them
                     self.use_compiled()
+                    switched, settling, switch_start = ready, 2 if self._graphed else 1, time.perf_counter()
                 else:  # training goes on uncompiled
                     yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step), 0.0, self.train_seconds,
                                    "compiled", compile=ready)
             step_start = time.perf_counter()
             window_loss += self.train_step()
             window_steps += 1
-            if ready is not None and ready.ok:  # this step loaded the compiled graphs: start-up, not throughput
+            if settling:  # start-up, not throughput
+                settling -= 1
                 if self.is_cuda:
                     torch.cuda.synchronize(self.device)
-                yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0, self.train_seconds,
-                               "compiled", compile=ready, step_s=time.perf_counter() - step_start)
                 untimed_steps, window_start = window_steps, time.perf_counter()
+                if not settling:
+                    yield Progress(self.step, cfg.steps, float("nan"), lr_at(cfg, self.step - 1), 0.0,
+                                   self.train_seconds, "compiled", compile=switched, step_s=window_start - switch_start)
             if first_step:  # data loading and compilation are start-up, not training throughput
                 first_step = False
                 if self.is_cuda:
@@ -445,12 +446,13 @@ class Trainer:
                             if last_good is not None else "No checkpoint of this run had been written yet.")
                     raise TrainingError(f"loss became {loss} at step {self.step}; stopped. {kept} "
                                         "Try a lower --lr or --grad-clip.")
-                ips = (window_steps - untimed_steps) * self.global_batch / (time.perf_counter() - window_start)
+                timed = window_steps - untimed_steps  # none when the window held only start-up steps: nan
+                ips = timed * self.global_batch / (time.perf_counter() - window_start) if timed else float("nan")
                 window_loss.zero_()
                 window_steps, untimed_steps, window_start = 0, 0, time.perf_counter()
                 if metrics:
                     metrics.write(json.dumps({"step": self.step, "loss": loss, "lr": lr_at(cfg, self.step - 1),
-                                              "images_per_s": ips, "elapsed_s": self.train_seconds}) + "\n")
+                                              "images_per_s": ips if timed else None, "elapsed_s": self.train_seconds}) + "\n")
                     metrics.flush()
                 yield progress("log", loss, ips)
                 if due_sample and self.dist.is_main:

@@ -7,6 +7,8 @@ uncompiled to compiled steps is checked with a stand-in child, whose end the tes
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 
@@ -103,6 +105,30 @@ def test_the_run_trains_uncompiled_until_the_child_ends_then_switches(tmp_path, 
     assert log_6.images_per_s > 0
 
 
+def test_with_cuda_graphs_the_recording_step_is_start_up_too(tmp_path, stand_in, monkeypatch):
+    """CUDA graphs are recorded on the compiled step's second call: that step is slow once and is no measure of
+    speed, nor of whether a time limit will cut the run."""
+    use_compiled = Trainer.use_compiled
+
+    def graphed(self):  # what use_compiled does on one GPU in the default mode, here on the CPU
+        use_compiled(self)
+        self._graphed = True
+
+    monkeypatch.setattr(Trainer, "use_compiled", graphed)
+    trainer = background_run(tmp_path)
+    events = []
+    for p in trainer.run():
+        events.append(p)
+        if p.event == "log" and p.step == 4:
+            StandInChild.made[0].result = CompileReady(True, 12.0)
+    switch = [p for p in events if p.event == "compiled"]
+    assert len(switch) == 1 and switch[0].step == 6 and switch[0].step_s > 0  # after loading (5) and recording (6)
+    logs = {p.step: p.images_per_s for p in events if p.event == "log"}
+    assert logs[4] > 0 and math.isnan(logs[6]) and logs[8] > 0  # step 6's window held start-up steps only
+    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+    assert rows[6]["images_per_s"] is None and rows[8]["images_per_s"] > 0  # JSON has no nan
+
+
 def test_a_failed_child_leaves_the_run_uncompiled_with_its_reason(tmp_path, stand_in):
     trainer = background_run(tmp_path)
     events = []
@@ -153,4 +179,4 @@ def test_the_switch_is_said_with_both_times():
     class P:
         step, step_s, compile = 312, 9.4, CompileReady(True, 151.2)
     assert train_cli.compiled_note(P, None) == ("step 312: switched to the compiled step (151 s compiling in the "
-                                                "background, 9.4 s to load it from the cache)")
+                                                "background, 9.4 s to load it from the cache and start it)")
