@@ -398,6 +398,10 @@ MUTATIONS: list[Mutation] = [
       "x.flip(-1), x)", "x.flip(-2), x)", DATA, "the random flip turns faces upside down"),
     M("flip-never", "ddpm_app/io/data.py", "generator=generator) < 0.5", "generator=generator) < 0.0", DATA,
       "the random flip never happens"),
+    M("pack-small-files-in-threads", "ddpm_app/io/data.py",
+      "if sum(sizes) < SMALL_FILE_BYTES * max(1, len(sizes)):", "if sum(sizes) > SMALL_FILE_BYTES * max(1, len(sizes)):",
+      DATA, "a pack of small images is decoded in threads that fight over the GIL (several times slower) and one of "
+      "large photos in a single thread"),
     M("auto-split-ignores-train-folder", "ddpm_app/io/data.py",
       'return "train" if any(_in_split(n, "train") for n in names) else None', "return None", DATA,
       "a pack's test images are trained on"),

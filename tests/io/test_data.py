@@ -1,13 +1,16 @@
-"""Training data on the way into the loss: which files a pack trains on, the random flip mirrors left–right, and
-pixels map to [−1, 1]."""
+"""Training data on the way into the loss: which files a pack trains on, how they are decoded, the random flip
+mirrors left–right, and pixels map to [−1, 1]."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 from tiny_packs import UTK_TEST, UTK_TRAIN, utkface_pack
 from tiny_runs import shapes, write_folder
 
 from ddpm_app.image import from_uint8
+from ddpm_app.io import data
 from ddpm_app.io.data import list_images, load_pack, random_flip, resolve_split
 
 
@@ -45,3 +48,32 @@ def test_uint8_pixels_map_to_minus_one_to_one():
     x = torch.tensor([0, 1, 127, 128, 254, 255], dtype=torch.uint8)
     expected = torch.tensor([-1.0, -1 + 2 / 255, -1 + 254 / 255, -1 + 256 / 255, 1 - 2 / 255, 1.0])
     torch.testing.assert_close(from_uint8(x), expected, rtol=0, atol=1e-6)
+
+
+def test_small_and_large_files_decode_alike_whichever_way_they_are_read(tmp_path, monkeypatch):
+    """A pack of small files is decoded in one thread, one of large photos in several (data.SMALL_FILE_BYTES): the
+    same pixels, the same order and the same skipped files either way."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):  # noise photos: a JPEG of them is far larger than SMALL_FILE_BYTES
+        Image.fromarray(rng.integers(0, 256, (160 + 8 * i, 200, 3), dtype=np.uint8)).save(folder / f"p{i}.jpg",
+                                                                                        quality=95)
+    (folder / "p2b.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    threads = []
+    monkeypatch.setattr(data.ThreadPoolExecutor, "__init__", counting(data.ThreadPoolExecutor.__init__, threads))
+    large = load_pack(folder, 16)
+    assert len(threads) == 1  # decoded in threads
+    monkeypatch.setattr(data, "SMALL_FILE_BYTES", 10**9)  # now every file counts as small
+    small = load_pack(folder, 16)
+    assert len(threads) == 1  # decoded in this thread
+    assert large.names == small.names == [f"p{i}.jpg" for i in range(5)]
+    assert large.skipped == small.skipped == ["p2b.jpg"]
+    assert torch.equal(large.images, small.images) and large.images.shape == (5, 3, 16, 16)
+
+
+def counting(init, calls: list):
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        init(self, *args, **kwargs)
+    return counted
