@@ -187,7 +187,8 @@ def train_main(argv, started: float) -> int:
                         bar.write(warning, file=sys.stderr)
                     loop_start = None
                 bar.update(p.step - bar.n)
-                bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=f"{p.images_per_s:,.0f}" if p.images_per_s > 0 else "—")
+                speed = f"{p.images_per_s:,.0f}" if p.images_per_s > 0 else "—"  # nan: start-up steps only
+                bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.1e}", img_s=speed)
             elif p.event in ("sample", "checkpoint") and main_rank:
                 bar.write(f"step {p.step}: {p.event} → {p.path}")
             elif p.event == "eval":

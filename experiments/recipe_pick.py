@@ -16,7 +16,7 @@ for name in sys.argv[1:]:
     except OSError:
         continue
     a, b = solo[name]
-    logs = [r for r in rows[a:b] if "images_per_s" in r][1:]  # the first may span the switch
+    logs = [r for r in rows[a:b] if r.get("images_per_s")][1:]  # the first may span the switch
     evals = [r for r in rows if "held_out_mse" in r]
     if not logs or not evals or not all(np.isfinite(r["held_out_mse_ema"]) for r in evals):
         print(f"{name}: no solo throughput or evaluations; left out", file=sys.stderr)

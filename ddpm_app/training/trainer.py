@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from ddpm_app.diffusion import samplers
 from ddpm_app.diffusion.loss import diffusion_loss
-from ddpm_app.diffusion.samplers import SamplerSettings
 from ddpm_app.diffusion.schedule import Schedule, ScheduleConfig
 from ddpm_app.image import from_uint8, save_grid
 from ddpm_app.io.data import DatasetError, ImagePack, load_pack, random_flip, resolve_split
@@ -314,7 +313,7 @@ class Trainer:
     def sample_grid(self) -> Path:
         """16 EMA samples from fixed noise with DDIM (cheap; η from the recipe, its noise from a fixed seed too),
         saved as samples/step_XXXXXXX.png."""
-        settings = SamplerSettings("ddim", self.cfg.sample_steps, eta=self.cfg.sample_eta, clip_x0=True)
+        settings = samplers.SamplerSettings("ddim", self.cfg.sample_steps, eta=self.cfg.sample_eta, clip_x0=True)
         net = prepare(self.ema.model, self.device, compile=False, precision="fp32", channels_last=self.channels_last)
         generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
         x = samplers.final(settings.run(net, self.schedule, tuple(self.grid_noise.shape), x_start=self.grid_noise,
@@ -452,7 +451,8 @@ class Trainer:
                 window_steps, untimed_steps, window_start = 0, 0, time.perf_counter()
                 if metrics:
                     metrics.write(json.dumps({"step": self.step, "loss": loss, "lr": lr_at(cfg, self.step - 1),
-                                              "images_per_s": ips if timed else None, "elapsed_s": self.train_seconds}) + "\n")
+                                              "images_per_s": ips if timed else None,  # JSON has no nan
+                                              "elapsed_s": self.train_seconds}) + "\n")
                     metrics.flush()
                 yield progress("log", loss, ips)
                 if due_sample and self.dist.is_main:
