@@ -1,4 +1,4 @@
-"""Where deterministic DDIM's pale and dark outliers come from: the starting noise's own low frequencies.
+"""How much of a deterministic DDIM sample's brightness its starting noise's mean decides.
 
     python experiments/ddim_brightness.py PACK.zip [--models weights/faces weights/seed-faces] [--samples 64]
                                           [--steps 50] [--grid brightness.png]
@@ -8,7 +8,7 @@ image, per RGB channel, and its coarse layout) can decide the image's brightness
 x_T still holds √ᾱ_T ≈ 0.006 of a training image, so on the training distribution x_T's mean does carry a little
 information about the image's; a network that uses it, followed along a path that never adds noise, turns a random
 tilt of x_T into a pale or dark face. DDPM and DDIM at η > 0 add fresh noise at every step, which the network treats
-as noise, so the final image forgets x_T's tilt.
+as noise, so the final image largely forgets x_T's tilt.
 
 On the CPU, for each model, DDIM (50 steps) from the same ``--samples`` x_T at η = 0 and η = 1 (x̂₀ clipped), then:
 
@@ -66,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder, loaded in zip(args.models, models):
         net = loaded.model.float().eval()
         for eta in (0.0, 1.0):
-            chain = samplers.ddim(net, loaded.schedule, tuple(x_T.shape), steps=args.steps, eta=eta, x_start=x_T,
-                                  clip_x0=True, generator=torch.Generator().manual_seed(1))
-            for step in chain:
-                x = step.x_prev
+            x = samplers.final(samplers.ddim(net, loaded.schedule, tuple(x_T.shape), steps=args.steps, eta=eta,
+                                             x_start=x_T, clip_x0=True, generator=torch.Generator().manual_seed(1)))
             x = x.clamp(-1, 1)
             rows.append(x[:8])
             whole = corr(x_T.mean((1, 2, 3)), x.mean((1, 2, 3)))
