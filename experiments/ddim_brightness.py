@@ -43,6 +43,7 @@ def corr(a: Tensor, b: Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()))
 
 
+@torch.no_grad()  # a context, not set_grad_enabled(False): main also runs inside the tests' process
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data", help="the faces pack (its test/ gives the brightness range of real faces)")
@@ -51,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--grid", default=None, help="save the images: per model, a row of η = 0 above one of η = 1")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     models = [load_pretrained(folder) for folder in args.models]
     size, channels = models[0].config.image_size, models[0].config.channels
     if any((m.config.image_size, m.config.channels) != (size, channels) for m in models):

@@ -33,4 +33,5 @@ def test_a_row_per_model_and_eta_and_the_grid(tiny_model_dir, tmp_path, capsys):
     assert [(r[0], r[1]) for r in rows] == [(str(tiny_model_dir), "0"), (str(tiny_model_dir), "1")]
     assert all(-1 <= float(v) <= 1 for r in rows for v in r[2:5])
     assert grid.is_file()
+    assert torch.is_grad_enabled()  # the tests after this one train
 
