@@ -2,8 +2,8 @@
 
     python experiments/first_step_phases.py [--batch 1024] [--no-cudnn-benchmark] [--device cuda]
 
-``train.py``'s first step (uncompiled while another process compiles) took 15.9 s on a fresh machine and 5.5 s on
-the same machine again. This splits such a step: importing torch, CUDA's start, the first cuDNN convolution and the
+``train.py``'s first step (uncompiled while another process compiles) is several times slower on a fresh machine
+than on the same machine again (docs/training.md has the figures). This splits such a step: importing torch, CUDA's start, the first cuDNN convolution and the
 first cuBLAS matmul (each loads its library), building the shipped U-Net, then the first two steps' forward,
 backward and optimizer step, each followed by a synchronisation, as the trainer runs them (bf16 autocast, fused
 AdamW, cuDNN's benchmark on unless ``--no-cudnn-benchmark``). Run it first on a fresh machine, then again.
